@@ -1,0 +1,2 @@
+//! tikv-mockstore binary.
+fn main() {}
