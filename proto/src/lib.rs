@@ -16,13 +16,16 @@
 //!   what the sans-IO core needs.
 //! - `client`: tonic client stubs (for example `tikvpb::tikv_client::TikvClient`,
 //!   `pdpb::pd_client::PdClient`, `keyspacepb::keyspace_client::KeyspaceClient`) generated
-//!   without tonic's transport, meant to run over a
-//!   runtime-agnostic HTTP/2 channel.
+//!   without tonic's transport, plus the runtime-agnostic HTTP/2 channel they run over (the `channel` module:
+//!   `channel::handshake` returns a `channel::GrpcChannel`).
 //! - `server`: tonic server stubs (for example `tikvpb::tikv_server::TikvServer` and the
 //!   `tikvpb::tikv_server::Tikv` trait), for the mock cluster. Every rpc of a server trait
 //!   has a default body that answers `Unimplemented`, so a server only writes what it serves.
 //!   Serving needs a transport, which this crate does not pull in (for example tonic's
 //!   `transport` feature on the serving side).
+
+#[cfg(feature = "client")]
+pub mod channel;
 
 /// Declares one public module holding the code generated for a protobuf package.
 macro_rules! generated_package {
