@@ -1,0 +1,1175 @@
+//! Replica selection for one region request.
+//!
+//! A [`ReplicaSelector`] lives inside one [`crate::machine::request::RegionRequest`]: it keeps,
+//! per replica of the region, how often it was tried, for how long, and what it answered
+//! (not leader, busy, data not ready, deadline exceeded), and picks the next target for leader
+//! reads, follower / learner / mixed / prefer-leader reads and stale reads. The region's cached
+//! leader and the stores' liveness, slowness and epochs are shared state read from
+//! [`RegionCache`] and [`StoreCache`].
+//!
+//! Mirrors client-go `internal/locate/replica_selector.go` (`replicaSelector`,
+//! `ReplicaSelectLeaderStrategy`, `ReplicaSelectMixedStrategy`, `onNotLeader`,
+//! `onServerIsBusy`, `onRegionNotFound`, `onSendFailure`, `onSendSuccess`) and the replica
+//! helpers of `region_request.go` (`replica`, `buildRPCContext`, `updateLeader`,
+//! `addPendingBackoff`, `backoffOnRetry`, `backoffOnNoCandidate`). Request forwarding through a
+//! proxy store (client-go `enableForwarding`) is not implemented.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tikv_proto::metapb;
+
+use crate::error::Error;
+use crate::machine::backoff::BackoffKind;
+use crate::machine::region_cache::{InvalidReason, RegionCache, RegionVerId, same_peer};
+use crate::machine::store::{Liveness, ResolveState, StoreCache, StoreKind};
+use crate::rng::Rng;
+
+/// Which replicas a read may use. Mirrors client-go `kv.ReplicaReadType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicaReadType {
+    /// Leader only (falls back to followers only when the leader cannot be used).
+    #[default]
+    Leader,
+    /// Followers (replica read).
+    Follower,
+    /// Leader and followers alike.
+    Mixed,
+    /// Learners only.
+    Learner,
+    /// The leader unless it is slow, then followers.
+    PreferLeader,
+}
+
+/// Routing options of one request. Mirrors the request fields and `StoreSelectorOption`s
+/// client-go's selector reads (`ReplicaReadType`, `StaleRead`, `BusyThresholdMs`,
+/// `WithMatchLabels`, `WithMatchStores`, `WithLeaderOnly`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadOptions {
+    /// Replica read type.
+    pub replica_read: ReplicaReadType,
+    /// Stale read (served by any replica at a timestamp below its safe ts).
+    pub stale_read: bool,
+    /// Prefer stores carrying these labels.
+    pub labels: Vec<metapb::StoreLabel>,
+    /// Prefer these stores.
+    pub stores: Vec<u64>,
+    /// Never use a follower.
+    pub leader_only: bool,
+    /// Let a busy leader hand the read to an idle follower when its estimated wait exceeds
+    /// this (zero: off).
+    pub busy_threshold: Duration,
+}
+
+/// A replica is exhausted after this many attempts. Mirrors client-go `maxReplicaAttempt`.
+pub const MAX_REPLICA_ATTEMPTS: u32 = 10;
+/// ... or after this much accumulated RPC time. Mirrors client-go `maxReplicaAttemptTime`.
+pub const MAX_REPLICA_ATTEMPT_TIME: Duration = Duration::from_secs(50);
+/// `ServerIsBusy(0)` replies from the cached leader before a follower is probed. Mirrors
+/// client-go `leaderBusyProbeThreshold`.
+const LEADER_BUSY_PROBE_THRESHOLD: u32 = 2;
+
+const FLAG_DEADLINE_ERR: u8 = 1;
+const FLAG_DATA_NOT_READY: u8 = 1 << 1;
+const FLAG_NOT_LEADER: u8 = 1 << 2;
+const FLAG_SERVER_BUSY: u8 = 1 << 3;
+const FLAG_SUSPECT_NOT_LEADER: u8 = 1 << 4;
+
+const SCORE_NOT_ATTEMPTED: i64 = 1;
+const SCORE_NORMAL_PEER: i64 = 1 << 1;
+const SCORE_PREFER_LEADER: i64 = 1 << 2;
+const SCORE_LABEL_MATCHES: i64 = 1 << 3;
+const SCORE_NOT_SLOW: i64 = 1 << 4;
+
+/// One replica as seen by one request. Mirrors client-go `replica`.
+#[derive(Debug, Clone)]
+struct Replica {
+    peer: metapb::Peer,
+    epoch: u32,
+    attempts: u32,
+    attempted_time: Duration,
+    flags: u8,
+}
+
+impl Replica {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn exhausted(&self, max_attempts: u32, max_time: Duration) -> bool {
+        self.attempts >= max_attempts || (!max_time.is_zero() && self.attempted_time >= max_time)
+    }
+
+    fn epoch_stale(&self, stores: &StoreCache) -> bool {
+        self.epoch != stores.epoch(self.peer.store_id)
+    }
+}
+
+/// The target chosen for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The peer to address.
+    pub peer: metapb::Peer,
+    /// Its store's address.
+    pub address: Arc<str>,
+    /// Whether the request must be sent as a replica read.
+    pub replica_read: bool,
+    /// Whether the request must be sent as a stale read.
+    pub stale_read: bool,
+    /// The busy threshold to put in the context (ms, 0 = none).
+    pub busy_threshold_ms: u32,
+    /// Whether the target is the cached leader.
+    pub is_leader: bool,
+}
+
+/// What the selector says after a region error it handles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Retry at once.
+    Retry,
+    /// Back off with this kind, then retry.
+    BackoffThenRetry(BackoffKind),
+    /// Do not retry: hand the region error to the caller.
+    GiveUp,
+}
+
+/// Replica selection state of one region request. See the module docs.
+#[derive(Debug, Clone)]
+pub struct ReplicaSelector {
+    region: RegionVerId,
+    replicas: Vec<Replica>,
+    read_type: ReplicaReadType,
+    stale_read: bool,
+    read_only: bool,
+    labels: Vec<metapb::StoreLabel>,
+    match_stores: Vec<u64>,
+    leader_only: bool,
+    prefer_leader: bool,
+    busy_threshold: Duration,
+    req_replica_read: bool,
+    req_stale_read: bool,
+    target: Option<usize>,
+    attempts: u32,
+    invalidated_for_retry: bool,
+    last_leader_peer: u64,
+    leader_busy_count: u32,
+    leader_busy_peer: u64,
+    leader_busy_probed: bool,
+    pending_backoffs: Vec<(u64, BackoffKind, Error)>,
+}
+
+impl ReplicaSelector {
+    /// A selector for the cached region `region`, or `None` when that version is no longer
+    /// cached and valid. `read_only` is client-go's `isReadReq` (get, batch get, scan,
+    /// coprocessor). Mirrors client-go `newReplicaSelector` / `buildTiKVReplicas`.
+    pub fn new(
+        region: RegionVerId,
+        opts: &ReadOptions,
+        read_only: bool,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Self> {
+        if !cache.is_valid(region, now, rng) {
+            return None;
+        }
+        let cached = cache.get(region)?;
+        let replicas: Vec<Replica> = cached
+            .peers()
+            .iter()
+            .zip(cached.store_epochs())
+            .filter(|(p, _)| {
+                stores
+                    .get(p.store_id)
+                    .is_none_or(|s| s.kind() == StoreKind::Tikv)
+            })
+            .map(|(p, e)| Replica {
+                peer: *p,
+                epoch: *e,
+                attempts: 0,
+                attempted_time: Duration::ZERO,
+                flags: 0,
+            })
+            .collect();
+        if replicas.is_empty() {
+            return None;
+        }
+        Some(ReplicaSelector {
+            region,
+            replicas,
+            read_type: opts.replica_read,
+            stale_read: opts.stale_read,
+            read_only,
+            labels: opts.labels.clone(),
+            match_stores: opts.stores.clone(),
+            leader_only: opts.leader_only,
+            prefer_leader: opts.replica_read == ReplicaReadType::PreferLeader,
+            busy_threshold: opts.busy_threshold,
+            req_replica_read: opts.replica_read != ReplicaReadType::Leader,
+            req_stale_read: opts.stale_read,
+            target: None,
+            attempts: 0,
+            invalidated_for_retry: false,
+            last_leader_peer: cached.leader().id,
+            leader_busy_count: 0,
+            leader_busy_peer: 0,
+            leader_busy_probed: false,
+            pending_backoffs: Vec::new(),
+        })
+    }
+
+    /// The region this selector routes.
+    pub fn region(&self) -> RegionVerId {
+        self.region
+    }
+
+    /// Store ids of every replica (to resolve before selecting).
+    pub fn store_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.replicas.iter().map(|r| r.peer.store_id)
+    }
+
+    /// Number of selections made so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Whether the current target is the cached leader ("leader" / "follower" in client-go's
+    /// `replicaType`).
+    pub fn target_is_leader(&self, cache: &RegionCache) -> bool {
+        self.target
+            .is_some_and(|t| self.replicas[t].peer.id == self.leader_peer_id(cache))
+    }
+
+    fn leader_peer_id(&self, cache: &RegionCache) -> u64 {
+        cache
+            .get(self.region)
+            .map_or(self.last_leader_peer, |r| r.leader().id)
+    }
+
+    fn leader_idx(&mut self, cache: &RegionCache) -> usize {
+        let id = self.leader_peer_id(cache);
+        self.last_leader_peer = id;
+        self.replicas
+            .iter()
+            .position(|r| r.peer.id == id)
+            .unwrap_or(0)
+    }
+
+    /// Mirrors client-go `isLeaderCandidate`.
+    fn is_leader_candidate(r: &Replica, stores: &StoreCache, now: Instant) -> bool {
+        let reachable = stores
+            .get(r.peer.store_id)
+            .is_none_or(|s| s.liveness(now) == Liveness::Reachable);
+        reachable
+            && !r.exhausted(MAX_REPLICA_ATTEMPTS, MAX_REPLICA_ATTEMPT_TIME)
+            && !r.has(FLAG_DEADLINE_ERR)
+            && !r.has(FLAG_NOT_LEADER)
+            && !r.epoch_stale(stores)
+    }
+
+    /// Picks the next target, or `None` when no replica can be used (the caller then returns
+    /// the pseudo `EpochNotMatch`). Mirrors client-go `replicaSelector.next` +
+    /// `buildRPCContext`.
+    pub fn next(
+        &mut self,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Target> {
+        if self.invalidated_for_retry {
+            self.invalidated_for_retry = false;
+        } else if !cache.is_valid(self.region, now, rng) {
+            tracing::debug!(region = self.region.id, "replica selector: region invalid");
+            return None;
+        }
+        self.attempts += 1;
+        self.target = None;
+        if self.read_type == ReplicaReadType::Leader {
+            self.next_for_leader(cache, stores, now, rng);
+        } else {
+            self.next_for_mixed(cache, stores, now, rng);
+        }
+        let t = self.target?;
+        // buildRPCContext: a stale target invalidates the region.
+        if self.replicas[t].epoch_stale(stores) {
+            tracing::debug!(
+                region = self.region.id,
+                store = self.replicas[t].peer.store_id,
+                "target store epoch is stale"
+            );
+            cache.invalidate(self.region, InvalidReason::Other);
+            return None;
+        }
+        let store = stores.get(self.replicas[t].peer.store_id);
+        let address = match store.map(|s| (s.state(), s.address().clone())) {
+            Some((ResolveState::Resolved | ResolveState::NeedCheck, addr)) if !addr.is_empty() => {
+                addr
+            }
+            _ => return None,
+        };
+        self.replicas[t].attempts += 1;
+        let leader_id = self.leader_peer_id(cache);
+        Some(Target {
+            peer: self.replicas[t].peer,
+            address,
+            replica_read: self.req_replica_read,
+            stale_read: self.req_stale_read,
+            busy_threshold_ms: u32::try_from(self.busy_threshold.as_millis()).unwrap_or(u32::MAX),
+            is_leader: self.replicas[t].peer.id == leader_id,
+        })
+    }
+
+    /// Mirrors client-go `replicaSelector.nextForReplicaReadLeader`.
+    fn next_for_leader(
+        &mut self,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) {
+        let leader_idx = self.leader_idx(cache);
+        let leader = &self.replicas[leader_idx];
+        let mut target = (Self::is_leader_candidate(leader, stores, now)
+            && !leader.has(FLAG_SUSPECT_NOT_LEADER))
+        .then_some(leader_idx);
+        if let Some(t) = target
+            && !self.busy_threshold.is_zero()
+            && self.read_only
+        {
+            let wait = stores
+                .get(self.replicas[t].peer.store_id)
+                .map_or(Duration::ZERO, |s| s.estimated_wait(now));
+            if wait > self.busy_threshold || self.replicas[t].has(FLAG_SERVER_BUSY) {
+                let idle = Mixed {
+                    leader_idx,
+                    busy_threshold: self.busy_threshold,
+                    ..Mixed::default()
+                }
+                .next(self, cache, stores, now, rng);
+                match idle {
+                    Some(i) => {
+                        target = Some(i);
+                        self.req_replica_read = true;
+                    }
+                    None => {
+                        self.busy_threshold = Duration::ZERO;
+                        self.req_replica_read = false;
+                    }
+                }
+            }
+        }
+        if target.is_some() {
+            self.target = target;
+            return;
+        }
+        let mixed = Mixed {
+            leader_idx,
+            leader_only: self.leader_only,
+            ..Mixed::default()
+        };
+        self.target = mixed.next(self, cache, stores, now, rng);
+        if self.target.is_some()
+            && self.read_only
+            && self.replicas[leader_idx].has(FLAG_DEADLINE_ERR)
+        {
+            self.req_replica_read = true;
+            self.req_stale_read = false;
+        }
+    }
+
+    /// Mirrors client-go `replicaSelector.nextForReplicaReadMixed`.
+    fn next_for_mixed(
+        &mut self,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) {
+        let leader_idx = self.leader_idx(cache);
+        if self.stale_read && self.attempts == 2 {
+            let leader = &self.replicas[leader_idx];
+            if Self::is_leader_candidate(leader, stores, now)
+                && !leader.has(FLAG_SUSPECT_NOT_LEADER)
+                && !leader.exhausted(1, Duration::ZERO)
+            {
+                self.target = Some(leader_idx);
+                self.req_stale_read = false;
+                self.req_replica_read = false;
+                return;
+            }
+        }
+        let mixed = Mixed {
+            leader_idx,
+            try_leader: matches!(
+                self.read_type,
+                ReplicaReadType::Mixed | ReplicaReadType::PreferLeader
+            ),
+            prefer_leader: self.prefer_leader,
+            leader_only: self.leader_only,
+            learner_only: self.read_type == ReplicaReadType::Learner,
+            use_labels: true,
+            busy_threshold: Duration::ZERO,
+        };
+        self.target = mixed.next(self, cache, stores, now, rng);
+        let Some(t) = self.target else {
+            return;
+        };
+        let leader_id = self.leader_peer_id(cache);
+        let is_leader = self.replicas[t].peer.id == leader_id;
+        if self.stale_read {
+            let mut stale = true;
+            let labels_ok = stores
+                .get(self.replicas[t].peer.store_id)
+                .is_none_or(|s| s.labels_match(&self.labels));
+            if (self.attempts != 1 || (!labels_ok && !is_leader))
+                && self.can_send_replica_read(leader_idx)
+            {
+                stale = false;
+            }
+            self.req_stale_read = stale;
+            self.req_replica_read = !stale;
+        } else {
+            self.req_stale_read = false;
+            self.req_replica_read = self.read_only && !is_leader;
+        }
+    }
+
+    /// Mirrors client-go `ReplicaSelectMixedStrategy.canSendReplicaRead`.
+    fn can_send_replica_read(&self, leader_idx: usize) -> bool {
+        let leader = &self.replicas[leader_idx];
+        !(leader.attempts == 0 || leader.has(FLAG_DEADLINE_ERR) || leader.has(FLAG_SERVER_BUSY))
+    }
+
+    /// Handles `NotLeader`: flags the target; with a hint, moves the cached leader to the hinted
+    /// peer if it is one of ours and its store is reachable (otherwise the region is invalidated
+    /// for `StoreNotFound`), and switches to leader reads; without a hint, backs off
+    /// `RegionScheduling`. Mirrors client-go `replicaSelector.onNotLeader` + `updateLeader`.
+    pub fn on_not_leader(
+        &mut self,
+        leader: Option<&metapb::Peer>,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+    ) -> Verdict {
+        if let Some(t) = self.target {
+            self.replicas[t].flags |= FLAG_NOT_LEADER;
+        }
+        let Some(leader) = leader else {
+            return Verdict::BackoffThenRetry(BackoffKind::RegionScheduling);
+        };
+        let found = self
+            .replicas
+            .iter()
+            .position(|r| same_peer(&r.peer, leader));
+        match found {
+            Some(i) => {
+                let reachable = stores
+                    .get(leader.store_id)
+                    .is_none_or(|s| s.liveness(now) == Liveness::Reachable);
+                if !reachable {
+                    tracing::debug!(
+                        region = self.region.id,
+                        store = leader.store_id,
+                        "hinted leader unreachable; keep trying others"
+                    );
+                    return Verdict::Retry;
+                }
+                let r = &mut self.replicas[i];
+                if r.exhausted(MAX_REPLICA_ATTEMPTS, MAX_REPLICA_ATTEMPT_TIME) {
+                    r.attempts = MAX_REPLICA_ATTEMPTS - 1;
+                    r.attempted_time = Duration::ZERO;
+                }
+                r.flags &= !(FLAG_NOT_LEADER | FLAG_SUSPECT_NOT_LEADER);
+                cache.switch_leader(self.region, leader, stores);
+                self.last_leader_peer = leader.id;
+                tracing::debug!(
+                    region = self.region.id,
+                    leader_store = leader.store_id,
+                    "NotLeader hint: switch leader"
+                );
+                if Self::is_leader_candidate(&self.replicas[i], stores, now) {
+                    self.read_type = ReplicaReadType::Leader;
+                }
+            }
+            None => {
+                tracing::debug!(
+                    region = self.region.id,
+                    leader_store = leader.store_id,
+                    "NotLeader hint names an unknown peer"
+                );
+                cache.invalidate(self.region, InvalidReason::StoreNotFound);
+            }
+        }
+        Verdict::Retry
+    }
+
+    /// Handles `FlashbackInProgress`: a replica read to a follower may be retried on the leader.
+    /// Mirrors client-go `replicaSelector.onFlashbackInProgress`.
+    pub fn on_flashback_in_progress(&mut self, cache: &RegionCache) -> bool {
+        let follower = self
+            .target
+            .is_some_and(|t| self.replicas[t].peer.id != self.leader_peer_id(cache));
+        if self.req_replica_read && follower {
+            self.busy_threshold = Duration::ZERO;
+            self.read_type = ReplicaReadType::Leader;
+            self.req_replica_read = false;
+            return true;
+        }
+        false
+    }
+
+    /// Handles `DataIsNotReady` (stale read): flags the target. Mirrors client-go
+    /// `replicaSelector.onDataIsNotReady`.
+    pub fn on_data_is_not_ready(&mut self) {
+        if let Some(t) = self.target {
+            self.replicas[t].flags |= FLAG_DATA_NOT_READY;
+        }
+    }
+
+    /// Handles `RegionNotFound`: if the leader has not been tried, retry once on it (the region
+    /// is invalidated for everyone else); otherwise invalidate and give up. Mirrors client-go
+    /// `replicaSelector.onRegionNotFound`.
+    pub fn on_region_not_found(&mut self, cache: &mut RegionCache) -> Verdict {
+        let leader_idx = self.leader_idx(cache);
+        cache.invalidate(self.region, InvalidReason::Other);
+        if !self.replicas[leader_idx].exhausted(1, Duration::ZERO) {
+            self.read_type = ReplicaReadType::Leader;
+            self.req_replica_read = false;
+            self.invalidated_for_retry = true;
+            return Verdict::Retry;
+        }
+        Verdict::GiveUp
+    }
+
+    /// Handles `ServerIsBusy`. Records the store's estimated wait (or marks it slow when TiKV
+    /// gave none, counting busy replies of the cached leader to probe a follower after two of
+    /// them); then either retries another replica at once, recording a pending
+    /// `TikvServerBusy` backoff for this store, or backs off now when only this replica is
+    /// left. Mirrors client-go `replicaSelector.onServerIsBusy` + `canFastRetry`.
+    pub fn on_server_is_busy(
+        &mut self,
+        store_id: u64,
+        estimated_wait_ms: u32,
+        err: Error,
+        cache: &RegionCache,
+        stores: &mut StoreCache,
+        now: Instant,
+    ) -> Verdict {
+        if estimated_wait_ms != 0 {
+            stores.update_server_load(store_id, estimated_wait_ms, now);
+            if !self.busy_threshold.is_zero()
+                && self.read_only
+                && let Some(t) = self.target
+            {
+                self.replicas[t].flags |= FLAG_SERVER_BUSY;
+            }
+        } else {
+            stores.mark_slow(store_id, now);
+            let leader_id = self.leader_peer_id(cache);
+            let target_is_leader = self
+                .target
+                .is_some_and(|t| self.replicas[t].peer.id == leader_id);
+            if self.read_type == ReplicaReadType::Leader
+                && !self.stale_read
+                && !self.leader_only
+                && target_is_leader
+                && !self.leader_busy_probed
+            {
+                if self.leader_busy_peer != leader_id {
+                    self.leader_busy_peer = leader_id;
+                    self.leader_busy_count = 0;
+                }
+                self.leader_busy_count += 1;
+                if self.leader_busy_count >= LEADER_BUSY_PROBE_THRESHOLD
+                    && let Some(t) = self.target
+                {
+                    tracing::info!(
+                        region = self.region.id,
+                        store = store_id,
+                        "leader keeps answering ServerIsBusy; probing a follower"
+                    );
+                    self.replicas[t].flags |= FLAG_SUSPECT_NOT_LEADER;
+                    self.leader_busy_probed = true;
+                }
+            }
+        }
+        if self.can_fast_retry(cache, stores, now) {
+            self.pending_backoffs.retain(|(s, _, _)| *s != store_id);
+            self.pending_backoffs
+                .push((store_id, BackoffKind::TikvServerBusy, err));
+            if let Some(t) = self.target {
+                self.replicas[t].flags |= FLAG_SERVER_BUSY;
+            }
+            return Verdict::Retry;
+        }
+        Verdict::BackoffThenRetry(BackoffKind::TikvServerBusy)
+    }
+
+    fn can_fast_retry(&mut self, cache: &RegionCache, stores: &StoreCache, now: Instant) -> bool {
+        if self.read_type == ReplicaReadType::Leader {
+            let leader_idx = self.leader_idx(cache);
+            let leader = &self.replicas[leader_idx];
+            if Self::is_leader_candidate(leader, stores, now) && !leader.has(FLAG_SERVER_BUSY) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handles a deadline exceeded on a read with a configurable (short) timeout: flags the
+    /// target so the next attempt goes elsewhere, without backoff. Returns whether the rule
+    /// applied. Mirrors client-go `replicaSelector.onReadReqConfigurableTimeout`.
+    pub fn on_read_req_configurable_timeout(&mut self, max_execution_duration_ms: u64) -> bool {
+        if max_execution_duration_ms < 30_000 && self.read_only {
+            if let Some(t) = self.target {
+                self.replicas[t].flags |= FLAG_DEADLINE_ERR;
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Handles a transport failure to the target: when the store is not known reachable, bump
+    /// its epoch (every cached region on it becomes stale) and mark it for re-resolution.
+    /// Mirrors client-go `replicaSelector.onSendFailure` + `invalidateReplicaStore`.
+    pub fn on_send_failure(&mut self, stores: &mut StoreCache, now: Instant) {
+        let Some(t) = self.target else {
+            return;
+        };
+        let r = &self.replicas[t];
+        let liveness = stores
+            .get(r.peer.store_id)
+            .map_or(Liveness::Unknown, |s| s.liveness(now));
+        if liveness != Liveness::Reachable {
+            stores.invalidate_store(r.peer.store_id, r.epoch, now);
+        }
+    }
+
+    /// Adds RPC time to the target's budget. Mirrors client-go `recordAttemptedTime`.
+    pub fn record_attempted_time(&mut self, elapsed: Duration) {
+        if let Some(t) = self.target {
+            self.replicas[t].attempted_time += elapsed;
+        }
+    }
+
+    /// A follower that served a plain leader read is the leader now. Mirrors client-go
+    /// `replicaSelector.onSendSuccess`.
+    pub fn on_send_success(
+        &mut self,
+        sent_replica_read: bool,
+        sent_stale_read: bool,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+    ) {
+        let Some(t) = self.target else {
+            return;
+        };
+        let peer = self.replicas[t].peer;
+        if peer.id != self.leader_peer_id(cache) && !sent_replica_read && !sent_stale_read {
+            cache.switch_leader(self.region, &peer, stores);
+            self.last_leader_peer = peer.id;
+        }
+    }
+
+    /// Pending backoff for `store_id`, due before retrying on that store. Mirrors client-go
+    /// `baseReplicaSelector.backoffOnRetry`.
+    pub fn take_pending_backoff(&mut self, store_id: u64) -> Option<(BackoffKind, Error)> {
+        let i = self
+            .pending_backoffs
+            .iter()
+            .position(|(s, _, _)| *s == store_id)?;
+        let (_, kind, err) = self.pending_backoffs.remove(i);
+        Some((kind, err))
+    }
+
+    /// The pending backoff with the largest base, due when no candidate is left. Mirrors
+    /// client-go `baseReplicaSelector.backoffOnNoCandidate`.
+    pub fn no_candidate_backoff(&self) -> Option<(BackoffKind, Error)> {
+        self.pending_backoffs
+            .iter()
+            .max_by_key(|(_, kind, _)| kind.params().0)
+            .map(|(_, kind, err)| (*kind, err.clone()))
+    }
+
+    /// Invalidates the region (used when giving up on it). Mirrors client-go
+    /// `baseReplicaSelector.invalidateRegion`.
+    pub fn invalidate_region(&self, cache: &mut RegionCache) {
+        cache.invalidate(self.region, InvalidReason::Other);
+    }
+}
+
+/// Score-based replica choice. Mirrors client-go `ReplicaSelectMixedStrategy`.
+#[derive(Debug, Default)]
+struct Mixed {
+    leader_idx: usize,
+    try_leader: bool,
+    prefer_leader: bool,
+    leader_only: bool,
+    learner_only: bool,
+    use_labels: bool,
+    busy_threshold: Duration,
+}
+
+impl Mixed {
+    fn next(
+        &self,
+        sel: &mut ReplicaSelector,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<usize> {
+        let mut best: Vec<usize> = Vec::with_capacity(sel.replicas.len());
+        let mut max_score = -1i64;
+        let mut reload = false;
+        for (i, r) in sel.replicas.iter().enumerate() {
+            let stale = r.epoch_stale(stores);
+            let store = stores.get(r.peer.store_id);
+            let liveness = store.map_or(Liveness::Reachable, |s| s.liveness(now));
+            let resolved = store.is_some_and(|s| s.state() == ResolveState::Resolved);
+            let is_leader = i == self.leader_idx;
+            if stale && ((liveness == Liveness::Reachable && resolved) || is_leader) {
+                reload = true;
+            }
+            if !self.is_candidate(r, is_leader, stale, liveness, stores, now) {
+                continue;
+            }
+            let score = self.score(sel, r, is_leader, stores, now);
+            if score > max_score {
+                max_score = score;
+                best.clear();
+                best.push(i);
+            } else if score == max_score {
+                best.push(i);
+            }
+        }
+        if reload {
+            cache.mark_delayed_reload(sel.region);
+        }
+        match best.len() {
+            1 => return Some(best[0]),
+            n if n > 1 => return Some(best[rng.below(n as u64) as usize]),
+            _ => {}
+        }
+        if !self.busy_threshold.is_zero() {
+            return None;
+        }
+        let leader = &mut sel.replicas[self.leader_idx];
+        if leader.has(FLAG_SUSPECT_NOT_LEADER) {
+            leader.flags &= !FLAG_SUSPECT_NOT_LEADER;
+            if ReplicaSelector::is_leader_candidate(leader, stores, now) {
+                return Some(self.leader_idx);
+            }
+        }
+        if !sel.replicas.iter().any(|r| r.has(FLAG_DEADLINE_ERR)) {
+            tracing::debug!(region = sel.region.id, "no replica left; invalidate region");
+            sel.invalidate_region(cache);
+        }
+        None
+    }
+
+    fn is_candidate(
+        &self,
+        r: &Replica,
+        is_leader: bool,
+        epoch_stale: bool,
+        liveness: Liveness,
+        stores: &StoreCache,
+        now: Instant,
+    ) -> bool {
+        if epoch_stale || liveness == Liveness::Unreachable {
+            return false;
+        }
+        let max_attempts = if r.has(FLAG_DATA_NOT_READY) && !is_leader {
+            2
+        } else {
+            1
+        };
+        if r.exhausted(max_attempts, Duration::ZERO) {
+            return false;
+        }
+        if self.leader_only && !is_leader {
+            return false;
+        }
+        let store = stores.get(r.peer.store_id);
+        if !self.busy_threshold.is_zero() {
+            let wait = store.map_or(Duration::ZERO, |s| s.estimated_wait(now));
+            if wait > self.busy_threshold || r.has(FLAG_SERVER_BUSY) || is_leader {
+                return false;
+            }
+        }
+        if self.prefer_leader && store.is_some_and(|s| s.is_slow(now)) && !is_leader {
+            return false;
+        }
+        true
+    }
+
+    fn score(
+        &self,
+        sel: &ReplicaSelector,
+        r: &Replica,
+        is_leader: bool,
+        stores: &StoreCache,
+        now: Instant,
+    ) -> i64 {
+        let store = stores.get(r.peer.store_id);
+        let slow = store.is_some_and(|s| s.is_slow(now));
+        let labels: &[metapb::StoreLabel] = if self.use_labels { &sel.labels } else { &[] };
+        let match_stores: &[u64] = if self.use_labels {
+            &sel.match_stores
+        } else {
+            &[]
+        };
+        let mut score = 0;
+        let matches = store.map_or(labels.is_empty() && match_stores.is_empty(), |s| {
+            s.id_matches(match_stores) && s.labels_match(labels)
+        });
+        if matches {
+            score |= SCORE_LABEL_MATCHES;
+        }
+        if is_leader {
+            if self.prefer_leader {
+                score |= if slow {
+                    SCORE_NORMAL_PEER
+                } else {
+                    SCORE_PREFER_LEADER
+                };
+            } else if self.try_leader {
+                score |= if labels.is_empty() {
+                    SCORE_NORMAL_PEER
+                } else {
+                    SCORE_PREFER_LEADER
+                };
+            }
+        } else if !self.learner_only || r.peer.role == metapb::PeerRole::Learner as i32 {
+            score |= SCORE_NORMAL_PEER;
+        }
+        if !slow {
+            score |= SCORE_NOT_SLOW;
+        }
+        if r.attempts == 0 {
+            score |= SCORE_NOT_ATTEMPTED;
+        }
+        score
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::region_cache::tests::{pd, raw_v1, region};
+
+    struct Fixture {
+        cache: RegionCache,
+        stores: StoreCache,
+        rng: Rng,
+        now: Instant,
+        ver: RegionVerId,
+    }
+
+    /// Region 1 with peers 11@1 (leader), 12@2, 13@3 (learner), all stores resolved.
+    fn fixture() -> Fixture {
+        let now = Instant::now();
+        let mut rng = Rng::new(5);
+        let mut stores = StoreCache::default();
+        for id in 1..=3 {
+            let meta = metapb::Store {
+                id,
+                address: format!("s{id}:20160"),
+                labels: vec![metapb::StoreLabel {
+                    key: "zone".into(),
+                    value: format!("z{id}"),
+                }],
+                ..Default::default()
+            };
+            stores.apply_store(id, Some(&meta)).unwrap();
+        }
+        let mut cache = RegionCache::default();
+        let mut meta = region(1, "", "", 1, &[(11, 1), (12, 2), (13, 3)]);
+        meta.peers[2].role = metapb::PeerRole::Learner as i32;
+        cache
+            .apply_pd_region(pd(meta, 1), true, &raw_v1(), &mut stores, now, &mut rng)
+            .unwrap();
+        let ver = cache.latest(1).unwrap().ver_id();
+        Fixture {
+            cache,
+            stores,
+            rng,
+            now,
+            ver,
+        }
+    }
+
+    fn selector(f: &mut Fixture, opts: ReadOptions, read_only: bool) -> ReplicaSelector {
+        ReplicaSelector::new(
+            f.ver,
+            &opts,
+            read_only,
+            &mut f.cache,
+            &f.stores,
+            f.now,
+            &mut f.rng,
+        )
+        .unwrap()
+    }
+
+    fn next(f: &mut Fixture, s: &mut ReplicaSelector) -> Option<Target> {
+        s.next(&mut f.cache, &f.stores, f.now, &mut f.rng)
+    }
+
+    #[test]
+    fn leader_read_targets_leader_until_exhausted_then_followers() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        for _ in 0..MAX_REPLICA_ATTEMPTS {
+            let t = next(&mut f, &mut s).unwrap();
+            assert_eq!(t.peer.store_id, 1);
+            assert!(!t.replica_read && t.is_leader);
+        }
+        // Leader exhausted: followers once each, then nothing (and the region is invalidated).
+        let mut seen = vec![
+            next(&mut f, &mut s).unwrap().peer.store_id,
+            next(&mut f, &mut s).unwrap().peer.store_id,
+        ];
+        seen.sort();
+        assert_eq!(seen, vec![2, 3]);
+        assert!(next(&mut f, &mut s).is_none());
+        assert!(!f.cache.is_valid(f.ver, f.now, &mut f.rng));
+    }
+
+    #[test]
+    fn follower_read_avoids_leader_and_sets_replica_read() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Follower,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let a = next(&mut f, &mut s).unwrap();
+        let b = next(&mut f, &mut s).unwrap();
+        assert_ne!(a.peer.store_id, 1);
+        assert_ne!(b.peer.store_id, 1);
+        assert_ne!(a.peer.store_id, b.peer.store_id);
+        assert!(a.replica_read && b.replica_read);
+        // Followers used once each; the leader is last (no NormalPeer score, but a candidate).
+        let c = next(&mut f, &mut s).unwrap();
+        assert_eq!(c.peer.store_id, 1);
+        assert!(!c.replica_read);
+    }
+
+    #[test]
+    fn learner_read_prefers_learner() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Learner,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 3);
+        assert!(t.replica_read);
+    }
+
+    #[test]
+    fn mixed_read_with_labels_prefers_matching_store() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Mixed,
+            labels: vec![metapb::StoreLabel {
+                key: "zone".into(),
+                value: "z2".into(),
+            }],
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 2);
+        assert!(t.replica_read);
+        // Next: leader (PreferLeader with labels) before the other follower.
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+    }
+
+    #[test]
+    fn prefer_leader_skips_slow_leader() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::PreferLeader,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts.clone(), true);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        f.stores.mark_slow(1, f.now);
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_ne!(t.peer.store_id, 1);
+    }
+
+    #[test]
+    fn stale_read_attempts_follow_client_go() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Mixed,
+            stale_read: true,
+            labels: vec![metapb::StoreLabel {
+                key: "zone".into(),
+                value: "z2".into(),
+            }],
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        // Attempt 1: stale read on the label-matched replica.
+        let t1 = next(&mut f, &mut s).unwrap();
+        assert_eq!(t1.peer.store_id, 2);
+        assert!(t1.stale_read && !t1.replica_read);
+        s.on_data_is_not_ready();
+        // Attempt 2: leader, normal read.
+        let t2 = next(&mut f, &mut s).unwrap();
+        assert_eq!(t2.peer.store_id, 1);
+        assert!(!t2.stale_read && !t2.replica_read);
+        // Attempt 3: a follower with replica read (leader already tried).
+        let t3 = next(&mut f, &mut s).unwrap();
+        assert_ne!(t3.peer.store_id, 1);
+        assert!(t3.replica_read && !t3.stale_read);
+    }
+
+    #[test]
+    fn not_leader_hint_switches_leader_only_within_region() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        let hint = metapb::Peer {
+            id: 12,
+            store_id: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.on_not_leader(Some(&hint), &mut f.cache, &f.stores, f.now),
+            Verdict::Retry
+        );
+        assert_eq!(f.cache.get(f.ver).unwrap().leader().store_id, 2);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 2);
+        // A hint outside the region invalidates it.
+        let stranger = metapb::Peer {
+            id: 99,
+            store_id: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.on_not_leader(Some(&stranger), &mut f.cache, &f.stores, f.now),
+            Verdict::Retry
+        );
+        assert_eq!(
+            f.cache.get(f.ver).unwrap().invalid_reason(),
+            Some(InvalidReason::StoreNotFound)
+        );
+        assert!(next(&mut f, &mut s).is_none());
+    }
+
+    #[test]
+    fn not_leader_without_hint_backs_off_and_tries_others() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        next(&mut f, &mut s).unwrap();
+        assert_eq!(
+            s.on_not_leader(None, &mut f.cache, &f.stores, f.now),
+            Verdict::BackoffThenRetry(BackoffKind::RegionScheduling)
+        );
+        // The flagged leader is no candidate; a follower is tried with a leader read.
+        let t = next(&mut f, &mut s).unwrap();
+        assert_ne!(t.peer.store_id, 1);
+        assert!(!t.replica_read);
+    }
+
+    #[test]
+    fn server_busy_on_leader_backs_off_then_fast_retries_once_flagged() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        next(&mut f, &mut s).unwrap();
+        let e = Error::Internal("busy".into());
+        // Leader is still a candidate and not flagged busy: back off, same leader.
+        assert_eq!(
+            s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now),
+            Verdict::BackoffThenRetry(BackoffKind::TikvServerBusy)
+        );
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        // Second busy(0) from the leader: it becomes a suspect; next attempt probes a follower.
+        s.on_server_is_busy(1, 0, e, &f.cache, &mut f.stores, f.now);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_ne!(t.peer.store_id, 1);
+        assert!(!t.replica_read, "the probe is a leader read");
+    }
+
+    #[test]
+    fn server_busy_on_follower_records_pending_backoff() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Follower,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        let e = Error::Internal("busy".into());
+        assert_eq!(
+            s.on_server_is_busy(t.peer.store_id, 0, e, &f.cache, &mut f.stores, f.now),
+            Verdict::Retry
+        );
+        assert!(s.no_candidate_backoff().is_some());
+        assert_eq!(
+            s.take_pending_backoff(t.peer.store_id).map(|(k, _)| k),
+            Some(BackoffKind::TikvServerBusy)
+        );
+        assert!(s.take_pending_backoff(t.peer.store_id).is_none());
+    }
+
+    #[test]
+    fn region_not_found_retries_once_on_leader() {
+        let mut f = fixture();
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Follower,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_ne!(t.peer.store_id, 1);
+        assert_eq!(s.on_region_not_found(&mut f.cache), Verdict::Retry);
+        assert!(
+            !f.cache.is_valid(f.ver, f.now, &mut f.rng),
+            "invalid for others"
+        );
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 1);
+        assert_eq!(s.on_region_not_found(&mut f.cache), Verdict::GiveUp);
+    }
+
+    #[test]
+    fn send_failure_bumps_store_epoch_and_skips_replica() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        next(&mut f, &mut s).unwrap();
+        f.stores.mark_unreachable(1, f.now);
+        s.on_send_failure(&mut f.stores, f.now);
+        assert_eq!(f.stores.epoch(1), 1);
+        // The leader's replica is stale now: followers get a leader read.
+        let t = next(&mut f, &mut s).unwrap();
+        assert_ne!(t.peer.store_id, 1);
+    }
+
+    #[test]
+    fn unknown_store_kind_tiflash_is_not_a_replica() {
+        let mut f = fixture();
+        let mut meta = metapb::Store {
+            id: 2,
+            address: "s2:20160".into(),
+            ..Default::default()
+        };
+        meta.labels.push(metapb::StoreLabel {
+            key: "engine".into(),
+            value: "tiflash".into(),
+        });
+        f.stores.apply_store(2, Some(&meta)).unwrap();
+        let s = selector(&mut f, ReadOptions::default(), false);
+        assert_eq!(s.store_ids().collect::<Vec<_>>(), vec![1, 3]);
+    }
+}

@@ -1,0 +1,525 @@
+//! The store cache: what the client knows about each TiKV store.
+//!
+//! A store is known by id as soon as a region names it; its address and labels are resolved
+//! lazily from PD (`GetStore`) the first time a request needs it. Each store carries an *epoch*
+//! that cached regions snapshot when they are built: bumping it (after a send failure, or when
+//! PD reports the store as a tombstone) makes every cached region that uses the store stale, so
+//! the next request reloads it. Liveness and slowness are tracked with explicit instants, never
+//! read from a clock.
+//!
+//! Mirrors client-go `internal/locate/store_cache.go` (`Store`, `resolveState`,
+//! `initByStoreMeta`, `reResolve`, `livenessState`, `markStoreNeedCheck`, `EstimatedWaitTime`,
+//! `StoreHealthStatus`) with one deliberate change: client-go probes an unreachable store with a
+//! gRPC health check in a background loop; here an unreachable store is skipped until
+//! [`StoreCache::liveness_recheck`] has passed and the next real request serves as the probe (a
+//! runtime that does probe can report with [`StoreCache::set_liveness`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tikv_proto::metapb;
+
+use crate::error::Error;
+
+/// How far the store's address is known. Mirrors client-go `resolveState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveState {
+    /// Known by id only; its address must be fetched from PD before use.
+    Unresolved,
+    /// Address and labels are known.
+    Resolved,
+    /// A request to it failed in a way that suggests its metadata changed; it is re-read from
+    /// PD before its next use (the old address is still used if PD cannot answer).
+    NeedCheck,
+    /// PD reports it removed. Regions must not route to it.
+    Tombstone,
+}
+
+/// Whether the store answers. Mirrors client-go `livenessState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The store answers (or has not failed recently).
+    Reachable,
+    /// A request to it failed at the transport level recently.
+    Unreachable,
+    /// A probe could not tell.
+    Unknown,
+}
+
+/// The engine behind a store. Mirrors client-go `tikvrpc.GetStoreTypeByMeta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A TiKV store.
+    Tikv,
+    /// A TiFlash (columnar) store; never a target of KV requests.
+    TiFlash,
+}
+
+/// Label key that marks the store engine (`engine=tiflash`).
+const ENGINE_LABEL: &str = "engine";
+
+/// A store's client-side slow score at or above this is slow. Mirrors client-go
+/// `tikvSlowScoreSlowThreshold`.
+const SLOW_SCORE_THRESHOLD: f64 = 80.0;
+/// TiKV-side slow scores decay linearly at 20 points per minute. Mirrors client-go
+/// `tikvSlowScoreDecayRate`.
+const SLOW_SCORE_DECAY_PER_SEC: f64 = 20.0 / 60.0;
+/// How long a store stays "slow" after `markAlreadySlow`. client-go sets the client-side score
+/// to its maximum (100) and lets it decay on the 1 s health tick by at least 2 points, so it
+/// drops below the threshold of 80 after about ten ticks.
+const MARK_SLOW_DURATION: Duration = Duration::from_secs(10);
+
+/// What the client knows about one store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    id: u64,
+    address: Arc<str>,
+    labels: Vec<metapb::StoreLabel>,
+    kind: StoreKind,
+    state: ResolveState,
+    epoch: u32,
+    liveness: Liveness,
+    unreachable_until: Option<Instant>,
+    slow_until: Option<Instant>,
+    tikv_slow_score: Option<(f64, Instant)>,
+    estimated_wait: Option<(Duration, Instant)>,
+}
+
+impl Store {
+    fn unresolved(id: u64) -> Self {
+        Store {
+            id,
+            address: Arc::from(""),
+            labels: Vec::new(),
+            kind: StoreKind::Tikv,
+            state: ResolveState::Unresolved,
+            epoch: 0,
+            liveness: Liveness::Reachable,
+            unreachable_until: None,
+            slow_until: None,
+            tikv_slow_score: None,
+            estimated_wait: None,
+        }
+    }
+
+    /// The store id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The store's address (`host:port`); empty until resolved.
+    pub fn address(&self) -> &Arc<str> {
+        &self.address
+    }
+
+    /// The store's labels.
+    pub fn labels(&self) -> &[metapb::StoreLabel] {
+        &self.labels
+    }
+
+    /// The engine of the store.
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// How far the store is resolved.
+    pub fn state(&self) -> ResolveState {
+        self.state
+    }
+
+    /// The store's failure epoch; cached regions snapshot it.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Liveness at `now`: an unreachable store becomes reachable again (on trial) once its
+    /// recheck instant has passed. Mirrors client-go `getLivenessState` plus the effect of its
+    /// health-check loop.
+    pub fn liveness(&self, now: Instant) -> Liveness {
+        match (self.liveness, self.unreachable_until) {
+            (Liveness::Unreachable, Some(until)) if now >= until => Liveness::Reachable,
+            (state, _) => state,
+        }
+    }
+
+    /// Whether the store is slow at `now` (marked slow by a `ServerIsBusy` without estimate, or
+    /// reported slow by TiKV's health feedback). Mirrors client-go `StoreHealthStatus.IsSlow`.
+    pub fn is_slow(&self, now: Instant) -> bool {
+        if self.slow_until.is_some_and(|until| now < until) {
+            return true;
+        }
+        match self.tikv_slow_score {
+            Some((score, at)) => {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                score - elapsed * SLOW_SCORE_DECAY_PER_SEC >= SLOW_SCORE_THRESHOLD
+            }
+            None => false,
+        }
+    }
+
+    /// The wait TiKV last estimated for this store, minus the time since. Mirrors client-go
+    /// `Store.EstimatedWaitTime`.
+    pub fn estimated_wait(&self, now: Instant) -> Duration {
+        match self.estimated_wait {
+            Some((wait, at)) => wait.saturating_sub(now.saturating_duration_since(at)),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Whether the store carries every label in `labels` (an empty list matches everything).
+    /// Mirrors client-go `Store.IsLabelsMatch`.
+    pub fn labels_match(&self, labels: &[metapb::StoreLabel]) -> bool {
+        labels.iter().all(|want| {
+            self.labels
+                .iter()
+                .any(|have| have.key == want.key && have.value == want.value)
+        })
+    }
+
+    /// Whether the store is one of `ids` (an empty list matches everything). Mirrors client-go
+    /// `Store.IsStoreMatch`.
+    pub fn id_matches(&self, ids: &[u64]) -> bool {
+        ids.is_empty() || ids.contains(&self.id)
+    }
+
+    fn same_labels(&self, labels: &[metapb::StoreLabel]) -> bool {
+        self.labels.len() == labels.len() && self.labels_match(labels)
+    }
+}
+
+/// The outcome of applying a PD store answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreUpdate {
+    /// The store is resolved; nothing that matters changed.
+    Unchanged,
+    /// The address or labels changed (or the store was just resolved).
+    Updated,
+    /// The store is gone: its epoch was bumped so every region using it becomes stale.
+    Tombstone,
+}
+
+/// Every store the client knows, by id.
+#[derive(Debug, Clone)]
+pub struct StoreCache {
+    stores: HashMap<u64, Store>,
+    /// How long a store that failed at the transport level is skipped before the next request
+    /// tries it again. client-go's health-check loop probes every second.
+    pub liveness_recheck: Duration,
+}
+
+impl Default for StoreCache {
+    fn default() -> Self {
+        StoreCache {
+            stores: HashMap::new(),
+            liveness_recheck: Duration::from_secs(1),
+        }
+    }
+}
+
+impl StoreCache {
+    /// The store with `id`, if known.
+    pub fn get(&self, id: u64) -> Option<&Store> {
+        self.stores.get(&id)
+    }
+
+    /// The store with `id`, created unresolved if unknown. Mirrors client-go
+    /// `storeCache.getOrInsertDefault`.
+    pub fn get_or_insert(&mut self, id: u64) -> &mut Store {
+        self.stores
+            .entry(id)
+            .or_insert_with(|| Store::unresolved(id))
+    }
+
+    /// Current epoch of store `id` (0 for an unknown store, which is also where a new store
+    /// starts).
+    pub fn epoch(&self, id: u64) -> u32 {
+        self.stores.get(&id).map_or(0, |s| s.epoch)
+    }
+
+    /// Whether the store must be (re-)read from PD before it is used: unresolved, or marked
+    /// `NeedCheck`.
+    pub fn needs_resolve(&self, id: u64) -> bool {
+        self.stores
+            .get(&id)
+            .is_none_or(|s| matches!(s.state, ResolveState::Unresolved | ResolveState::NeedCheck))
+    }
+
+    /// Every known store.
+    pub fn iter(&self) -> impl Iterator<Item = &Store> {
+        self.stores.values()
+    }
+
+    /// Applies PD's answer for store `id` (`None`: PD does not know the store).
+    ///
+    /// Mirrors client-go `Store.initByStoreMeta` (first resolution) and `Store.reResolve`
+    /// (later ones): a missing or tombstone store becomes [`ResolveState::Tombstone`] and its
+    /// epoch is bumped; a changed address or label set updates the store in place; an empty
+    /// address is an error.
+    pub fn apply_store(
+        &mut self,
+        id: u64,
+        meta: Option<&metapb::Store>,
+    ) -> Result<StoreUpdate, Error> {
+        let store = self.get_or_insert(id);
+        let meta = match meta {
+            Some(m) if m.state != metapb::StoreState::Tombstone as i32 => m,
+            _ => {
+                if store.state != ResolveState::Tombstone {
+                    store.epoch = store.epoch.wrapping_add(1);
+                    store.state = ResolveState::Tombstone;
+                    tracing::info!(store = id, "store removed in PD; invalidating its regions");
+                }
+                return Ok(StoreUpdate::Tombstone);
+            }
+        };
+        if meta.address.is_empty() {
+            return Err(Error::Pd(format!("empty address for store {id}")));
+        }
+        let changed = store.state == ResolveState::Unresolved
+            || *store.address != *meta.address
+            || !store.same_labels(&meta.labels);
+        if changed {
+            if store.state != ResolveState::Unresolved {
+                tracing::info!(
+                    store = id,
+                    old = %store.address,
+                    new = %meta.address,
+                    "store metadata changed"
+                );
+            }
+            store.address = Arc::from(meta.address.as_str());
+            store.labels = meta.labels.clone();
+            store.kind = kind_of(&meta.labels);
+        }
+        store.state = ResolveState::Resolved;
+        Ok(if changed {
+            StoreUpdate::Updated
+        } else {
+            StoreUpdate::Unchanged
+        })
+    }
+
+    /// Applies a `GetAllStores` answer: adds missing stores and refreshes known ones. Mirrors
+    /// client-go `storeCacheUpdater.insertMissingStores` plus `reResolve`.
+    pub fn apply_all_stores(&mut self, stores: &[metapb::Store]) {
+        for meta in stores {
+            if let Err(err) = self.apply_store(meta.id, Some(meta)) {
+                tracing::warn!(store = meta.id, error = %err, "ignoring bad store from PD");
+            }
+        }
+    }
+
+    /// Marks a resolved store to be re-read from PD before its next use. Mirrors client-go
+    /// `storeCache.markStoreNeedCheck`.
+    pub fn mark_need_check(&mut self, id: u64) {
+        if let Some(s) = self.stores.get_mut(&id)
+            && s.state == ResolveState::Resolved
+        {
+            s.state = ResolveState::NeedCheck;
+        }
+    }
+
+    /// Bumps the store's epoch if it still equals `seen`, which invalidates every cached region
+    /// built with that epoch; marks the store `NeedCheck` and slow. Returns whether the epoch
+    /// moved. Mirrors client-go `baseReplicaSelector.invalidateReplicaStore` and
+    /// `RegionCache.markRegionNeedBeRefill`.
+    pub fn invalidate_store(&mut self, id: u64, seen: u32, now: Instant) -> bool {
+        let Some(s) = self.stores.get_mut(&id) else {
+            return false;
+        };
+        let moved = s.epoch == seen;
+        if moved {
+            s.epoch = s.epoch.wrapping_add(1);
+            tracing::info!(store = id, address = %s.address, "marking the store's regions for refill");
+        }
+        if s.state == ResolveState::Resolved {
+            s.state = ResolveState::NeedCheck;
+        }
+        s.slow_until = Some(now + MARK_SLOW_DURATION);
+        moved
+    }
+
+    /// Records a transport failure: the store is skipped until `now + liveness_recheck`.
+    pub fn mark_unreachable(&mut self, id: u64, now: Instant) {
+        let recheck = self.liveness_recheck;
+        let s = self.get_or_insert(id);
+        if s.liveness(now) == Liveness::Reachable {
+            tracing::info!(store = id, address = %s.address, "store unreachable");
+        }
+        s.liveness = Liveness::Unreachable;
+        s.unreachable_until = Some(now + recheck);
+    }
+
+    /// Records that the store answered.
+    pub fn mark_reachable(&mut self, id: u64) {
+        if let Some(s) = self.stores.get_mut(&id) {
+            if s.liveness != Liveness::Reachable {
+                tracing::info!(store = id, "store reachable again");
+            }
+            s.liveness = Liveness::Reachable;
+            s.unreachable_until = None;
+        }
+    }
+
+    /// Sets the liveness reported by an external probe (a runtime's gRPC health check).
+    pub fn set_liveness(&mut self, id: u64, liveness: Liveness, now: Instant) {
+        match liveness {
+            Liveness::Reachable => self.mark_reachable(id),
+            Liveness::Unreachable => self.mark_unreachable(id, now),
+            Liveness::Unknown => {
+                let s = self.get_or_insert(id);
+                s.liveness = Liveness::Unknown;
+                s.unreachable_until = None;
+            }
+        }
+    }
+
+    /// Marks the store slow for a while. Mirrors client-go `StoreHealthStatus.markAlreadySlow`.
+    pub fn mark_slow(&mut self, id: u64, now: Instant) {
+        self.get_or_insert(id).slow_until = Some(now + MARK_SLOW_DURATION);
+    }
+
+    /// Records TiKV's own slow score (from `HealthFeedback`). Mirrors client-go
+    /// `StoreHealthStatus.updateTiKVServerSideSlowScore`.
+    pub fn record_slow_score(&mut self, id: u64, score: i64, now: Instant) {
+        self.get_or_insert(id).tikv_slow_score = Some((score as f64, now));
+    }
+
+    /// Records TiKV's estimated wait from a `ServerIsBusy`. Mirrors client-go
+    /// `Store.updateServerLoadStats`.
+    pub fn update_server_load(&mut self, id: u64, estimated_wait_ms: u32, now: Instant) {
+        self.get_or_insert(id).estimated_wait =
+            Some((Duration::from_millis(u64::from(estimated_wait_ms)), now));
+    }
+}
+
+fn kind_of(labels: &[metapb::StoreLabel]) -> StoreKind {
+    let tiflash = labels
+        .iter()
+        .any(|l| l.key == ENGINE_LABEL && (l.value == "tiflash" || l.value == "tiflash_compute"));
+    if tiflash {
+        StoreKind::TiFlash
+    } else {
+        StoreKind::Tikv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: u64, addr: &str) -> metapb::Store {
+        metapb::Store {
+            id,
+            address: addr.into(),
+            ..Default::default()
+        }
+    }
+
+    fn label(k: &str, v: &str) -> metapb::StoreLabel {
+        metapb::StoreLabel {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn resolve_update_and_tombstone() {
+        let mut c = StoreCache::default();
+        assert!(c.needs_resolve(1));
+        assert_eq!(
+            c.apply_store(1, Some(&meta(1, "a:1"))),
+            Ok(StoreUpdate::Updated)
+        );
+        assert!(!c.needs_resolve(1));
+        assert_eq!(&**c.get(1).unwrap().address(), "a:1");
+        assert_eq!(
+            c.apply_store(1, Some(&meta(1, "a:1"))),
+            Ok(StoreUpdate::Unchanged)
+        );
+        let mut m = meta(1, "b:2");
+        m.labels.push(label("zone", "z1"));
+        assert_eq!(c.apply_store(1, Some(&m)), Ok(StoreUpdate::Updated));
+        assert_eq!(&**c.get(1).unwrap().address(), "b:2");
+        assert!(c.get(1).unwrap().labels_match(&[label("zone", "z1")]));
+        assert!(!c.get(1).unwrap().labels_match(&[label("zone", "z2")]));
+        let e = c.epoch(1);
+        assert_eq!(c.apply_store(1, None), Ok(StoreUpdate::Tombstone));
+        assert_eq!(c.get(1).unwrap().state(), ResolveState::Tombstone);
+        assert_eq!(c.epoch(1), e + 1);
+        // A second tombstone answer does not bump again.
+        let mut t = meta(1, "b:2");
+        t.state = metapb::StoreState::Tombstone as i32;
+        assert_eq!(c.apply_store(1, Some(&t)), Ok(StoreUpdate::Tombstone));
+        assert_eq!(c.epoch(1), e + 1);
+        assert!(c.apply_store(2, Some(&meta(2, ""))).is_err());
+    }
+
+    #[test]
+    fn tiflash_label_sets_kind() {
+        let mut c = StoreCache::default();
+        let mut m = meta(3, "f:1");
+        m.labels.push(label("engine", "tiflash"));
+        c.apply_store(3, Some(&m)).unwrap();
+        assert_eq!(c.get(3).unwrap().kind(), StoreKind::TiFlash);
+    }
+
+    #[test]
+    fn invalidate_bumps_epoch_once_per_snapshot() {
+        let base = Instant::now();
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        assert!(c.invalidate_store(1, 0, base));
+        assert_eq!(c.epoch(1), 1);
+        // A second request that saw epoch 0 does not bump again.
+        assert!(!c.invalidate_store(1, 0, base));
+        assert_eq!(c.epoch(1), 1);
+        assert_eq!(c.get(1).unwrap().state(), ResolveState::NeedCheck);
+        assert!(c.needs_resolve(1));
+        assert!(c.get(1).unwrap().is_slow(base + Duration::from_secs(1)));
+        assert!(!c.get(1).unwrap().is_slow(base + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn unreachable_until_recheck() {
+        let base = Instant::now();
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        c.mark_unreachable(1, base);
+        let s = c.get(1).unwrap();
+        assert_eq!(s.liveness(base), Liveness::Unreachable);
+        assert_eq!(
+            s.liveness(base + Duration::from_millis(999)),
+            Liveness::Unreachable
+        );
+        assert_eq!(
+            s.liveness(base + Duration::from_secs(1)),
+            Liveness::Reachable
+        );
+        c.mark_unreachable(1, base);
+        c.mark_reachable(1);
+        assert_eq!(c.get(1).unwrap().liveness(base), Liveness::Reachable);
+    }
+
+    #[test]
+    fn load_and_slow_score_decay() {
+        let base = Instant::now();
+        let mut c = StoreCache::default();
+        c.update_server_load(1, 500, base);
+        let s = c.get(1).unwrap();
+        assert_eq!(
+            s.estimated_wait(base + Duration::from_millis(200)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            s.estimated_wait(base + Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        c.record_slow_score(1, 100, base);
+        let s = c.get(1).unwrap();
+        assert!(s.is_slow(base + Duration::from_secs(59)));
+        // 100 - 20/60 * 61 < 80
+        assert!(!s.is_slow(base + Duration::from_secs(61)));
+    }
+}
