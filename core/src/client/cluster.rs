@@ -1,0 +1,227 @@
+//! [`Cluster`]: one client's connection to a TiKV cluster (PD client, TiKV connections, the
+//! shared caches), and the [`Dispatch`] that carries out the machines' actions on it. The
+//! public clients ([`super::RawClient`], later the transactional one) are thin views over it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tikv_proto::keyspacepb;
+
+use super::driver::{self, Dispatch, LocalIo};
+use super::pd::{PdClient, PdStats};
+use super::rpc::{self, PD_LOAD_KEYSPACE};
+use super::runtime::{Channel, Runtime};
+use super::sync::Inbox;
+use super::tikv::{TikvTransport, TransportConfig, TransportStats};
+use crate::codec::{ApiCodec, KeyMode};
+use crate::config::{ApiVersion, Config};
+use crate::error::Error;
+use crate::machine::{Action, Input, Operation, Shared, Timestamp};
+
+pub(crate) struct Inner<R: Runtime> {
+    rt: R,
+    config: Config,
+    shared: Mutex<Shared>,
+    tikv: TikvTransport<R>,
+    pd: Arc<PdClient<R>>,
+}
+
+impl<R: Runtime> Drop for Inner<R> {
+    fn drop(&mut self) {
+        self.pd.close();
+        self.tikv.close();
+    }
+}
+
+impl<R: Runtime> Dispatch for Inner<R> {
+    type Sleep = R::Sleep;
+
+    fn now(&self) -> Instant {
+        self.rt.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> R::Sleep {
+        self.rt.sleep_until(deadline)
+    }
+
+    fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+        match action {
+            Action::Tikv {
+                id,
+                address,
+                request,
+                timeout,
+                ..
+            } => self.tikv.start(id, &address, request, timeout, reply),
+            Action::Pd { id, request } => {
+                let pd = self.pd.clone();
+                Some(Box::pin(async move {
+                    Input::Pd {
+                        id,
+                        result: pd.call_shared(request).await,
+                    }
+                }))
+            }
+            Action::Tso { id } => {
+                self.pd.request_tso(id, reply);
+                None
+            }
+        }
+    }
+}
+
+/// A connection to one TiKV cluster, generic over the async [`Runtime`].
+///
+/// Cheap to clone (an `Arc`); every clone shares the PD client, the TiKV connections and the
+/// region / store caches. Dropping the last clone closes the connections.
+pub struct Cluster<R: Runtime> {
+    inner: Arc<Inner<R>>,
+    codec: Arc<ApiCodec>,
+}
+
+impl<R: Runtime> Clone for Cluster<R> {
+    fn clone(&self) -> Self {
+        Cluster {
+            inner: self.inner.clone(),
+            codec: self.codec.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Cluster<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("api_version", &self.inner.config.api_version)
+            .field("keyspace", &self.codec.keyspace_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Cluster<R> {
+    /// Connects to the cluster whose PD answers at one of `pd_endpoints` (`host:port`, with or
+    /// without `http://` / `https://`): validates `config`, finds the PD leader, and with API
+    /// V2 loads the keyspace. `mode` is the key mode of the client being built (raw or
+    /// transactional).
+    pub async fn connect(
+        rt: R,
+        pd_endpoints: &[impl AsRef<str>],
+        config: Config,
+        mode: KeyMode,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        if pd_endpoints.is_empty() {
+            return Err(Error::invalid("at least one PD endpoint is required"));
+        }
+        let endpoints: Vec<String> = pd_endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
+        let pd = PdClient::new(rt.clone(), endpoints, &config);
+        // A bad endpoint list should fail here, not at the first request (client-go's
+        // `NewClient` also connects to PD eagerly).
+        pd.call(crate::machine::PdRequest::GetAllStores(Default::default()))
+            .await?;
+        let codec = match config.api_version {
+            ApiVersion::V1 => ApiCodec::v1(mode),
+            ApiVersion::V2 => {
+                let meta = load_keyspace(&rt, &pd, config.keyspace_name(), &config).await?;
+                ApiCodec::v2_from_meta(mode, &meta)?
+            }
+        };
+        let tikv = TikvTransport::new(rt.clone(), TransportConfig::from_config(&config));
+        let shared = Mutex::new(Shared::new(config.rng_seed));
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                rt,
+                config,
+                shared,
+                tikv,
+                pd,
+            }),
+            codec: Arc::new(codec),
+        })
+    }
+
+    /// Runs `op` to completion on this cluster.
+    pub async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
+        driver::drive(&*self.inner, &self.inner.shared, op).await
+    }
+
+    /// The key codec (API version, keyspace) of this client.
+    pub fn codec(&self) -> &Arc<ApiCodec> {
+        &self.codec
+    }
+
+    /// The configuration the cluster was connected with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &R {
+        &self.inner.rt
+    }
+
+    /// Fetches one timestamp from the TSO.
+    pub async fn timestamp(&self) -> Result<Timestamp, Error> {
+        self.inner.pd.timestamp().await
+    }
+
+    /// Transport counters: TiKV batches and unary calls.
+    pub fn transport_stats(&self) -> &TransportStats {
+        &self.inner.tikv.stats
+    }
+
+    /// PD counters: member lookups, calls, TSO streams.
+    pub fn pd_stats(&self) -> &PdStats {
+        &self.inner.pd.stats
+    }
+
+    /// Closes every connection now; pending and later requests fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.inner.pd.close();
+        self.inner.tikv.close();
+    }
+}
+
+/// Loads keyspace `name` from PD. Mirrors client-go `tikv/kv.go` `NewKVStore` →
+/// `pdClient.LoadKeyspace`, failing unless the keyspace is enabled.
+async fn load_keyspace<R: Runtime>(
+    rt: &R,
+    pd: &PdClient<R>,
+    name: &str,
+    config: &Config,
+) -> Result<keyspacepb::KeyspaceMeta, Error> {
+    let _ = (rt, config);
+    let (channel, cluster_id) = pd.leader_channel().await?;
+    let req = keyspacepb::LoadKeyspaceRequest {
+        header: Some(tikv_proto::pdpb::RequestHeader {
+            cluster_id,
+            ..Default::default()
+        }),
+        name: name.to_owned(),
+        namespace: None,
+    };
+    let bytes = channel
+        .unary(
+            PD_LOAD_KEYSPACE,
+            rpc::encode(&req),
+            Some(config.pd_server_timeout),
+        )
+        .await
+        .map_err(|s| Error::Pd(format!("LoadKeyspace: {s}")))?;
+    let resp: keyspacepb::LoadKeyspaceResponse = rpc::decode(bytes, "LoadKeyspaceResponse")?;
+    if let Some(err) = resp.header.as_ref().and_then(|h| h.error.as_ref()) {
+        return Err(
+            if err.r#type == tikv_proto::pdpb::ErrorType::EntryNotFound as i32 {
+                Error::KeyspaceNotFound(name.to_owned())
+            } else {
+                Error::Pd(format!("LoadKeyspace {name:?}: {}", err.message))
+            },
+        );
+    }
+    let meta = resp
+        .keyspace
+        .ok_or_else(|| Error::KeyspaceNotFound(name.to_owned()))?;
+    if meta.state != keyspacepb::KeyspaceState::Enabled as i32 {
+        return Err(Error::KeyspaceNotFound(name.to_owned()));
+    }
+    Ok(meta)
+}

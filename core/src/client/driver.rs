@@ -1,0 +1,432 @@
+//! The generic driver: runs one [`Operation`] to completion following the contract written in
+//! [`crate::machine`] (start, drain actions, wait for the first completion or the timeout,
+//! feed it back, repeat).
+//!
+//! Carrying out an action is delegated to a [`Dispatch`]: the client's connection layer (TiKV
+//! `BatchCommands` streams, PD, TSO) in production, a scripted fake in unit tests. Completions
+//! come back either through the operation's [`Inbox`] (pushed by a long-lived stream task: no
+//! task per request) or as a small future the driver polls itself (unary and PD calls).
+//!
+//! Rules the loop keeps: the [`Shared`] mutex is held only while the machine is called, never
+//! across an `.await`; no task is spawned per operation or per request; and a machine that
+//! keeps producing immediately-ready work yields to the executor every
+//! [`MAX_READY_STEPS`] steps instead of starving other tasks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_lite::future;
+
+use super::sync::{Inbox, lock};
+use crate::error::Error;
+use crate::machine::{Action, Input, Operation, Shared};
+
+/// A completion the driver polls itself (a unary RPC or a PD call in flight).
+pub type LocalIo = Pin<Box<dyn Future<Output = Input> + Send + 'static>>;
+
+/// Steps the driver runs back to back without waiting before it yields once to the executor.
+pub const MAX_READY_STEPS: u32 = 64;
+
+/// Carries out the actions of operations.
+///
+/// Contract: every action passed to [`Dispatch::start`] completes exactly once, either by an
+/// [`Input`] with the action's id pushed to `reply`, or by the returned [`LocalIo`] resolving.
+/// Per-request deadlines (the `timeout` of [`Action::Tikv`]) are enforced by the dispatcher,
+/// which then completes the action with [`Error::Timeout`].
+pub trait Dispatch: Sync {
+    /// The timer future.
+    type Sleep: Future<Output = ()> + Send + Unpin;
+
+    /// The current time (the runtime's clock).
+    fn now(&self) -> Instant;
+
+    /// A timer firing at `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
+
+    /// Starts `action`; see the trait contract.
+    fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo>;
+}
+
+enum Step {
+    Start,
+    Inputs,
+    Timeout,
+}
+
+/// Runs `op` to completion. `shared` is locked only inside machine calls.
+pub async fn drive<D, O>(
+    dispatch: &D,
+    shared: &Mutex<Shared>,
+    mut op: O,
+) -> Result<O::Output, Error>
+where
+    D: Dispatch,
+    O: Operation,
+{
+    let inbox: Inbox<Input> = Inbox::new();
+    let mut actions: Vec<Action> = Vec::new();
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut local: Vec<LocalIo> = Vec::new();
+    let mut via_inbox: usize = 0;
+    let mut timer: Option<(Instant, D::Sleep)> = None;
+    let mut ready_steps: u32 = 0;
+    let mut step = Step::Start;
+
+    loop {
+        let now = dispatch.now();
+        let (result, timeout) = {
+            let mut shared = lock(shared);
+            match step {
+                Step::Start => op.start(now, &mut shared),
+                Step::Inputs => {
+                    for input in inputs.drain(..) {
+                        op.handle_input(now, &mut shared, input);
+                    }
+                }
+                Step::Timeout => op.handle_timeout(now, &mut shared),
+            }
+            while let Some(action) = op.poll_action() {
+                actions.push(action);
+            }
+            (op.poll_result(), op.poll_timeout())
+        };
+
+        for action in actions.drain(..) {
+            tracing::trace!(?action, "dispatch");
+            match dispatch.start(action, &inbox) {
+                Some(io) => local.push(io),
+                None => via_inbox += 1,
+            }
+        }
+        if let Some(result) = result {
+            // Late completions are refused by the closed inbox and dropped by their producer.
+            inbox.close();
+            return result;
+        }
+        let deadline = timeout.map(|(at, _why)| at);
+        if deadline.is_none() && via_inbox == 0 && local.is_empty() {
+            inbox.close();
+            return Err(Error::Internal(
+                "operation waits for nothing: no I/O in flight and no timeout".into(),
+            ));
+        }
+        match (&timer, deadline) {
+            (Some((at, _)), Some(d)) if *at == d => {}
+            (_, Some(d)) => timer = Some((d, dispatch.sleep_until(d))),
+            (_, None) => timer = None,
+        }
+
+        ready_steps += 1;
+        if ready_steps >= MAX_READY_STEPS {
+            ready_steps = 0;
+            future::yield_now().await;
+        }
+
+        step = future::poll_fn(|cx| {
+            poll_completions(
+                cx,
+                &inbox,
+                &mut local,
+                &mut inputs,
+                &mut via_inbox,
+                &mut timer,
+            )
+        })
+        .await;
+        if !matches!(step, Step::Timeout) {
+            // Only the timer path can spin without I/O; a completed I/O resets the count.
+            ready_steps = 0;
+        } else {
+            timer = None;
+        }
+    }
+}
+
+fn poll_completions<S: Future<Output = ()> + Unpin>(
+    cx: &mut Context<'_>,
+    inbox: &Inbox<Input>,
+    local: &mut Vec<LocalIo>,
+    inputs: &mut Vec<Input>,
+    via_inbox: &mut usize,
+    timer: &mut Option<(Instant, S)>,
+) -> Poll<Step> {
+    let mut i = 0;
+    while i < local.len() {
+        if let Poll::Ready(input) = local[i].as_mut().poll(cx) {
+            inputs.push(input);
+            drop(local.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    if *via_inbox > 0 {
+        let before = inputs.len();
+        if let Poll::Ready(true) = inbox.poll_drain(cx, inputs) {
+            *via_inbox = via_inbox.saturating_sub(inputs.len() - before);
+        }
+    }
+    if !inputs.is_empty() {
+        return Poll::Ready(Step::Inputs);
+    }
+    if let Some((_, sleep)) = timer
+        && Pin::new(sleep).poll(cx).is_ready()
+    {
+        return Poll::Ready(Step::Timeout);
+    }
+    Poll::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{IoId, PdRequest, PdResponse, TikvCmd, TikvRequest, TikvResponse};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+    use tikv_proto::{kvrpcpb, pdpb};
+
+    /// A timer that fires when polled after its deadline on the fake clock.
+    struct FakeSleep {
+        at: Instant,
+        clock: Arc<Mutex<Instant>>,
+    }
+
+    impl Future for FakeSleep {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let now = *lock(&self.clock);
+            if now >= self.at {
+                Poll::Ready(())
+            } else {
+                // Virtual time: jump straight to the deadline, then fire on the next poll.
+                *lock(&self.clock) = self.at;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Answers TiKV actions through the inbox (like a stream task) and PD actions with a
+    /// local future (like a unary call).
+    struct FakeDispatch {
+        clock: Arc<Mutex<Instant>>,
+        started: AtomicU32,
+        /// When false TiKV actions are swallowed (a lost reply) to exercise timeouts.
+        answer_tikv: bool,
+    }
+
+    impl Dispatch for FakeDispatch {
+        type Sleep = FakeSleep;
+        fn now(&self) -> Instant {
+            *lock(&self.clock)
+        }
+        fn sleep_until(&self, at: Instant) -> FakeSleep {
+            FakeSleep {
+                at,
+                clock: self.clock.clone(),
+            }
+        }
+        fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            match action {
+                Action::Tikv { id, .. } => {
+                    if self.answer_tikv {
+                        let input = Input::Tikv {
+                            id,
+                            result: Ok(TikvResponse::Cmd(crate::machine::TikvCmdResponse::RawGet(
+                                kvrpcpb::RawGetResponse {
+                                    value: bytes::Bytes::from_static(b"v"),
+                                    ..Default::default()
+                                },
+                            ))),
+                        };
+                        let reply = reply.clone();
+                        // Deliver from another thread, as a stream task would.
+                        std::thread::spawn(move || {
+                            let _ = reply.push(input);
+                        });
+                    }
+                    None
+                }
+                Action::Pd { id, .. } => Some(Box::pin(async move {
+                    Input::Pd {
+                        id,
+                        result: Ok(PdResponse::Store(pdpb::GetStoreResponse::default())),
+                    }
+                })),
+                Action::Tso { id } => Some(Box::pin(async move {
+                    Input::Tso {
+                        id,
+                        result: Err(Error::Pd("no tso here".into())),
+                    }
+                })),
+            }
+        }
+    }
+
+    fn fake(answer_tikv: bool) -> FakeDispatch {
+        FakeDispatch {
+            clock: Arc::new(Mutex::new(Instant::now())),
+            started: AtomicU32::new(0),
+            answer_tikv,
+        }
+    }
+
+    /// Sends a PD call and a TiKV call at once, and on a lost TiKV reply retries after a
+    /// 100 ms backoff, up to `attempts` times.
+    struct TwoCalls {
+        attempts: u32,
+        pending: Vec<IoId>,
+        actions: Vec<Action>,
+        wake_at: Option<Instant>,
+        deadline: Option<Instant>,
+        got_pd: bool,
+        result: Option<Result<(bool, bytes::Bytes), Error>>,
+    }
+
+    impl TwoCalls {
+        fn new(attempts: u32) -> Self {
+            TwoCalls {
+                attempts,
+                pending: Vec::new(),
+                actions: Vec::new(),
+                wake_at: None,
+                deadline: None,
+                got_pd: false,
+                result: None,
+            }
+        }
+        fn send_tikv(&mut self, now: Instant, shared: &mut Shared) {
+            let id = shared.next_io_id();
+            self.pending.push(id);
+            self.deadline = Some(now + Duration::from_millis(50));
+            self.actions.push(Action::Tikv {
+                id,
+                store_id: 1,
+                address: Arc::from("s1"),
+                request: TikvRequest::Cmd(TikvCmd::RawGet(Default::default())),
+                timeout: Duration::from_millis(50),
+            });
+        }
+    }
+
+    impl Operation for TwoCalls {
+        type Output = (bool, bytes::Bytes);
+        fn start(&mut self, now: Instant, shared: &mut Shared) {
+            let id = shared.next_io_id();
+            self.pending.push(id);
+            self.actions.push(Action::Pd {
+                id,
+                request: PdRequest::GetStore(Default::default()),
+            });
+            self.send_tikv(now, shared);
+        }
+        fn handle_input(&mut self, _now: Instant, _shared: &mut Shared, input: Input) {
+            if !self.pending.contains(&input.id()) {
+                return;
+            }
+            self.pending.retain(|p| *p != input.id());
+            match input {
+                Input::Pd { .. } => self.got_pd = true,
+                Input::Tikv { result, .. } => match result {
+                    Ok(TikvResponse::Cmd(crate::machine::TikvCmdResponse::RawGet(r))) => {
+                        self.deadline = None;
+                        self.result = Some(Ok((self.got_pd, r.value)));
+                    }
+                    other => self.result = Some(Err(Error::Internal(format!("{other:?}")))),
+                },
+                Input::Tso { .. } => {}
+            }
+        }
+        fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+            if let Some(d) = self.deadline
+                && now >= d
+            {
+                // The RPC deadline passed: back off 100 ms, then resend.
+                self.deadline = None;
+                self.pending.clear();
+                self.attempts -= 1;
+                if self.attempts == 0 {
+                    self.result = Some(Err(Error::Timeout {
+                        address: "s1".into(),
+                        timeout_ms: 50,
+                    }));
+                } else {
+                    self.wake_at = Some(now + Duration::from_millis(100));
+                }
+                return;
+            }
+            if let Some(w) = self.wake_at
+                && now >= w
+            {
+                self.wake_at = None;
+                self.send_tikv(now, shared);
+            }
+        }
+        fn poll_action(&mut self) -> Option<Action> {
+            if self.actions.is_empty() {
+                None
+            } else {
+                Some(self.actions.remove(0))
+            }
+        }
+        fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+            self.deadline
+                .map(|d| (d, "rpc deadline"))
+                .or(self.wake_at.map(|w| (w, "backoff")))
+        }
+        fn poll_result(&mut self) -> Option<Result<Self::Output, Error>> {
+            self.result.take()
+        }
+    }
+
+    #[test]
+    fn completes_with_inbox_and_local_completions() {
+        let d = fake(true);
+        let shared = Mutex::new(Shared::new(1));
+        let out = future::block_on(drive(&d, &shared, TwoCalls::new(3))).unwrap();
+        assert_eq!(out.1, bytes::Bytes::from_static(b"v"));
+        assert_eq!(d.started.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn timeouts_drive_retries_until_the_machine_gives_up() {
+        let d = fake(false);
+        let start = d.now();
+        let shared = Mutex::new(Shared::new(1));
+        let err = future::block_on(drive(&d, &shared, TwoCalls::new(3))).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        // One PD call and three TiKV attempts.
+        assert_eq!(d.started.load(Ordering::Relaxed), 4);
+        // Virtual time advanced by 3 deadlines and 2 backoffs.
+        assert_eq!(d.now() - start, Duration::from_millis(3 * 50 + 2 * 100));
+    }
+
+    struct Idle;
+    impl Operation for Idle {
+        type Output = ();
+        fn start(&mut self, _: Instant, _: &mut Shared) {}
+        fn handle_input(&mut self, _: Instant, _: &mut Shared, _: Input) {}
+        fn handle_timeout(&mut self, _: Instant, _: &mut Shared) {}
+        fn poll_action(&mut self) -> Option<Action> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+            None
+        }
+        fn poll_result(&mut self) -> Option<Result<(), Error>> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_stalled_machine_is_an_internal_error_not_a_hang() {
+        let d = fake(true);
+        let shared = Mutex::new(Shared::new(1));
+        let err = future::block_on(drive(&d, &shared, Idle)).unwrap_err();
+        assert!(matches!(err, Error::Internal(_)));
+    }
+}

@@ -1,0 +1,285 @@
+//! Lean runtime-neutral synchronisation: an unbounded many-producer, one-consumer inbox.
+//!
+//! The async side needs three kinds of hand-over, all of the same shape (many producers, one
+//! consumer task that drains everything at once): an operation's inbox of I/O completions, a
+//! stream task's queue of requests to send, and the outgoing message stream of a gRPC call.
+//! [`Inbox`] serves all three with one `std::sync::Mutex` held for a push or a swap of two
+//! vectors, and one stored [`Waker`]. Runtime-neutral by construction (no tokio, no smol), and
+//! cheaper than a general channel: the consumer takes the whole backlog in one lock.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use futures_lite::Stream;
+
+/// Locks `m`, ignoring poisoning: the protected data are plain queues that a panicking holder
+/// cannot leave half-updated in a way that matters to the other side.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct State<T> {
+    items: Vec<T>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+/// An unbounded queue with many producers (clones) and one consumer.
+///
+/// [`Inbox::push`] never blocks; the consumer calls [`Inbox::poll_drain`] and gets every item
+/// queued so far, in push order. After [`Inbox::close`] pushes are refused (the item is given
+/// back) and the consumer sees the end once the backlog is drained.
+pub struct Inbox<T> {
+    state: Arc<Mutex<State<T>>>,
+}
+
+impl<T> Clone for Inbox<T> {
+    fn clone(&self) -> Self {
+        Inbox {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Inbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.state);
+        f.debug_struct("Inbox")
+            .field("queued", &s.items.len())
+            .field("closed", &s.closed)
+            .finish()
+    }
+}
+
+impl<T> Default for Inbox<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Inbox<T> {
+    /// An empty, open inbox.
+    pub fn new() -> Self {
+        Inbox {
+            state: Arc::new(Mutex::new(State {
+                items: Vec::new(),
+                waker: None,
+                closed: false,
+            })),
+        }
+    }
+
+    /// Queues `item` and wakes the consumer; gives it back if the inbox is closed.
+    pub fn push(&self, item: T) -> Result<(), T> {
+        let waker = {
+            let mut s = lock(&self.state);
+            if s.closed {
+                return Err(item);
+            }
+            s.items.push(item);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues every item of `items` (in order) with one lock and one wake-up, leaving `items`
+    /// empty; returns `false` (and leaves `items` untouched) if the inbox is closed.
+    pub fn push_all(&self, items: &mut Vec<T>) -> bool {
+        let waker = {
+            let mut s = lock(&self.state);
+            if s.closed {
+                return false;
+            }
+            if s.items.is_empty() {
+                std::mem::swap(&mut s.items, items);
+            } else {
+                s.items.append(items);
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Moves every queued item into `out` (appending). `Ready(true)` when at least one item was
+    /// moved, `Ready(false)` when the inbox is closed and empty, `Pending` (with the waker
+    /// stored) otherwise.
+    pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<T>) -> Poll<bool> {
+        let mut s = lock(&self.state);
+        if !s.items.is_empty() {
+            if out.is_empty() {
+                std::mem::swap(&mut s.items, out);
+            } else {
+                out.append(&mut s.items);
+            }
+            return Poll::Ready(true);
+        }
+        if s.closed {
+            return Poll::Ready(false);
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Moves every queued item into `out` without registering interest; returns whether any
+    /// was moved.
+    pub fn try_drain(&self, out: &mut Vec<T>) -> bool {
+        let mut s = lock(&self.state);
+        if s.items.is_empty() {
+            return false;
+        }
+        out.append(&mut s.items);
+        true
+    }
+
+    /// Refuses further pushes and wakes the consumer. Items already queued stay drainable.
+    pub fn close(&self) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.closed = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Closes the inbox and returns what was queued and never drained.
+    pub fn close_and_take(&self) -> Vec<T> {
+        let (items, waker) = {
+            let mut s = lock(&self.state);
+            s.closed = true;
+            (std::mem::take(&mut s.items), s.waker.take())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        items
+    }
+
+    /// Whether [`Inbox::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// A [`Stream`] over this inbox's items (the consumer side), ending once it is closed and
+    /// drained.
+    pub fn into_stream(self) -> InboxStream<T> {
+        InboxStream {
+            inbox: self,
+            buffer: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+/// The consumer side of an [`Inbox`] as a [`Stream`]; see [`Inbox::into_stream`].
+pub struct InboxStream<T> {
+    inbox: Inbox<T>,
+    buffer: VecDeque<T>,
+    scratch: Vec<T>,
+}
+
+impl<T> std::fmt::Debug for InboxStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxStream")
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl<T> Unpin for InboxStream<T> {}
+
+impl<T> Stream for InboxStream<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        if let Some(item) = this.buffer.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        match this.inbox.poll_drain(cx, &mut this.scratch) {
+            Poll::Ready(true) => {
+                this.buffer.extend(this.scratch.drain(..));
+                Poll::Ready(this.buffer.pop_front())
+            }
+            Poll::Ready(false) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for InboxStream<T> {
+    fn drop(&mut self) {
+        // The consumer is gone: producers must learn it instead of queueing forever.
+        self.inbox.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::{StreamExt, future};
+
+    #[test]
+    fn drains_in_order_and_closes() {
+        let inbox = Inbox::new();
+        let producer = inbox.clone();
+        producer.push(1).unwrap();
+        assert!(producer.push_all(&mut vec![2, 3]));
+        let mut out = Vec::new();
+        let got = future::block_on(future::poll_fn(|cx| inbox.poll_drain(cx, &mut out)));
+        assert!(got);
+        assert_eq!(out, vec![1, 2, 3]);
+        producer.close();
+        assert_eq!(producer.push(4), Err(4));
+        let got = future::block_on(future::poll_fn(|cx| inbox.poll_drain(cx, &mut out)));
+        assert!(!got, "closed and empty");
+    }
+
+    #[test]
+    fn pending_until_pushed_then_woken() {
+        let inbox = Inbox::<u32>::new();
+        let producer = inbox.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::yield_now();
+            producer.push(7).unwrap();
+        });
+        let mut out = Vec::new();
+        let got = future::block_on(future::poll_fn(|cx| inbox.poll_drain(cx, &mut out)));
+        t.join().unwrap();
+        assert!(got);
+        assert_eq!(out, vec![7]);
+    }
+
+    #[test]
+    fn stream_yields_items_then_ends_and_drop_closes() {
+        let inbox = Inbox::new();
+        let producer = inbox.clone();
+        let mut stream = inbox.into_stream();
+        producer.push("a").unwrap();
+        producer.push("b").unwrap();
+        assert_eq!(future::block_on(stream.next()), Some("a"));
+        assert_eq!(future::block_on(stream.next()), Some("b"));
+        producer.push("c").unwrap();
+        producer.close();
+        assert_eq!(future::block_on(stream.next()), Some("c"));
+        assert_eq!(future::block_on(stream.next()), None);
+
+        let inbox2 = Inbox::new();
+        let producer2 = inbox2.clone();
+        drop(inbox2.into_stream());
+        assert_eq!(producer2.push(1), Err(1), "consumer dropped: producer told");
+        assert!(producer2.close_and_take().is_empty());
+    }
+}
