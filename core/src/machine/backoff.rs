@@ -1,0 +1,548 @@
+//! Backoff kinds and the per-operation backoff budget.
+//!
+//! Each retry point names a [`BackoffKind`] (region miss, server busy, txn lock, ...). A
+//! [`Backoffer`] belongs to one operation: it keeps one attempt counter per kind, the total
+//! planned sleep, and a budget in milliseconds. It never sleeps: [`Backoffer::backoff`] returns
+//! the duration the driver must wait (or the error that ends the operation), so the same code
+//! runs under a real timer and in virtual time.
+//!
+//! Mirrors client-go `config/retry/backoff.go` (`Backoffer`, `BackoffWithCfgAndMaxSleep`,
+//! `Clone`, `Fork`, `UpdateUsingForked`) and `config/retry/config.go` (the `Bo*` table,
+//! `newBackoffFn`, `expo`, `isSleepExcluded`).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::rng::Rng;
+
+/// How the sleep of one attempt is spread. Mirrors client-go `NoJitter` / `EqualJitter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// `min(cap, base * 2^n)` exactly.
+    None,
+    /// `v/2 + rand(v/2)` with `v = min(cap, base * 2^n)`.
+    Equal,
+}
+
+/// A named backoff configuration; the table is client-go's `config/retry/config.go`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum BackoffKind {
+    /// RPC failure to a TiKV store (`BoTiKVRPC`, 100→2000 ms, equal jitter).
+    TikvRpc,
+    /// Waiting for a lock's owner (`BoTxnLock`, 100→3000 ms, equal jitter).
+    TxnLock,
+    /// Waiting for a lock met by a read (`BoTxnLockFast`, 10→3000 ms, equal jitter; the base is
+    /// client-go's `Vars.BackoffLockFast` default).
+    TxnLockFast,
+    /// PD RPC failure (`BoPDRPC`, 500→3000 ms, equal jitter).
+    PdRpc,
+    /// Region cache miss or stale region (`BoRegionMiss`, 2→500 ms).
+    RegionMiss,
+    /// Region being scheduled, no leader (`BoRegionScheduling`, 2→500 ms).
+    RegionScheduling,
+    /// TiKV reported `ServerIsBusy` (`BoTiKVServerBusy`, 2000→10000 ms, equal jitter; excluded
+    /// from the budget up to 10 minutes).
+    TikvServerBusy,
+    /// TiKV disk full (`BoTiKVDiskFull`, 500→5000 ms).
+    TikvDiskFull,
+    /// Region online-recovery in progress (`BoRegionRecoveryInProgress`, 100→10000 ms, equal).
+    RegionRecoveryInProgress,
+    /// Transaction status not found yet (`BoTxnNotFound`, 2→500 ms).
+    TxnNotFound,
+    /// `StaleCommand` without a replica selector (`BoStaleCmd`, 2→1000 ms).
+    StaleCmd,
+    /// `MaxTimestampNotSynced` (`BoMaxTsNotSynced`, 2→500 ms).
+    MaxTsNotSynced,
+    /// `RegionNotInitialized` (`BoMaxRegionNotInitialized`, 2→1000 ms).
+    RegionNotInitialized,
+    /// The peer is a witness (`BoIsWitness`, 1000→10000 ms, equal jitter).
+    IsWitness,
+    /// Commit timestamp lags the required one (`BoCommitTSLag`, 2→500 ms).
+    CommitTsLag,
+}
+
+impl BackoffKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [BackoffKind; 15] = [
+        BackoffKind::TikvRpc,
+        BackoffKind::TxnLock,
+        BackoffKind::TxnLockFast,
+        BackoffKind::PdRpc,
+        BackoffKind::RegionMiss,
+        BackoffKind::RegionScheduling,
+        BackoffKind::TikvServerBusy,
+        BackoffKind::TikvDiskFull,
+        BackoffKind::RegionRecoveryInProgress,
+        BackoffKind::TxnNotFound,
+        BackoffKind::StaleCmd,
+        BackoffKind::MaxTsNotSynced,
+        BackoffKind::RegionNotInitialized,
+        BackoffKind::IsWitness,
+        BackoffKind::CommitTsLag,
+    ];
+
+    /// `(base ms, cap ms, jitter)`. Mirrors client-go `config/retry/config.go` `Bo*` values.
+    pub const fn params(self) -> (u64, u64, Jitter) {
+        match self {
+            BackoffKind::TikvRpc => (100, 2000, Jitter::Equal),
+            BackoffKind::TxnLock => (100, 3000, Jitter::Equal),
+            BackoffKind::TxnLockFast => (10, 3000, Jitter::Equal),
+            BackoffKind::PdRpc => (500, 3000, Jitter::Equal),
+            BackoffKind::RegionMiss => (2, 500, Jitter::None),
+            BackoffKind::RegionScheduling => (2, 500, Jitter::None),
+            BackoffKind::TikvServerBusy => (2000, 10000, Jitter::Equal),
+            BackoffKind::TikvDiskFull => (500, 5000, Jitter::None),
+            BackoffKind::RegionRecoveryInProgress => (100, 10000, Jitter::Equal),
+            BackoffKind::TxnNotFound => (2, 500, Jitter::None),
+            BackoffKind::StaleCmd => (2, 1000, Jitter::None),
+            BackoffKind::MaxTsNotSynced => (2, 500, Jitter::None),
+            BackoffKind::RegionNotInitialized => (2, 1000, Jitter::None),
+            BackoffKind::IsWitness => (1000, 10000, Jitter::Equal),
+            BackoffKind::CommitTsLag => (2, 500, Jitter::None),
+        }
+    }
+
+    /// Sleep of this kind excluded from the budget, up to this many ms. Mirrors client-go
+    /// `isSleepExcluded` (only server-busy, 600 000 ms).
+    pub const fn excluded_limit_ms(self) -> Option<u64> {
+        match self {
+            BackoffKind::TikvServerBusy => Some(600_000),
+            _ => None,
+        }
+    }
+
+    /// client-go's name of the kind (`tikvRPC`, `regionMiss`, ...), used in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackoffKind::TikvRpc => "tikvRPC",
+            BackoffKind::TxnLock => "txnLock",
+            BackoffKind::TxnLockFast => "txnLockFast",
+            BackoffKind::PdRpc => "pdRPC",
+            BackoffKind::RegionMiss => "regionMiss",
+            BackoffKind::RegionScheduling => "regionScheduling",
+            BackoffKind::TikvServerBusy => "tikvServerBusy",
+            BackoffKind::TikvDiskFull => "tikvDiskFull",
+            BackoffKind::RegionRecoveryInProgress => "regionRecoveryInProgress",
+            BackoffKind::TxnNotFound => "txnNotFound",
+            BackoffKind::StaleCmd => "staleCommand",
+            BackoffKind::MaxTsNotSynced => "maxTsNotSynced",
+            BackoffKind::RegionNotInitialized => "regionNotInitialized",
+            BackoffKind::IsWitness => "isWitness",
+            BackoffKind::CommitTsLag => "commitTSLag",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for BackoffKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Budgets (ms, before weighting) used by client-go's callers; see parity §24.6.
+pub mod budget {
+    /// TSO fetch (`tsoMaxBackoff`).
+    pub const TSO: u64 = 15_000;
+    /// Point get, batch get, scan (`GetMaxBackoff`, `scanMaxBackoff`, `batchGetMaxBackoff`).
+    pub const READ: u64 = 20_000;
+    /// Raw KV requests (`rawkvMaxBackoff`).
+    pub const RAW: u64 = 20_000;
+    /// Prewrite (`PrewriteMaxBackoff`).
+    pub const PREWRITE: u64 = 40_000;
+    /// Commit of the primary (`CommitSecondaryMaxBackoff` is 41 000; primary uses 40 000).
+    pub const COMMIT: u64 = 40_000;
+    /// Async commit secondaries and background commits (`CommitSecondaryMaxBackoff`).
+    pub const COMMIT_SECONDARY: u64 = 41_000;
+    /// Cleanup after a failed commit (`cleanupMaxBackoff`).
+    pub const CLEANUP: u64 = 20_000;
+    /// Pessimistic lock (`pessimisticLockMaxBackoff`).
+    pub const PESSIMISTIC_LOCK: u64 = 20_000;
+    /// Pessimistic rollback (`pessimisticRollbackMaxBackoff`).
+    pub const PESSIMISTIC_ROLLBACK: u64 = 20_000;
+    /// Heartbeat (`keepAliveMaxBackoff`).
+    pub const HEARTBEAT: u64 = 20_000;
+    /// Check txn status (`checkTxnStatusMaxBackoff` via resolve).
+    pub const TXN_STATUS: u64 = 20_000;
+    /// Async-commit lock resolution (`asyncResolveLockMaxBackoff`).
+    pub const ASYNC_RESOLVE: u64 = 40_000;
+    /// GC lock resolution (`gcResolveLockMaxBackoff`).
+    pub const GC_RESOLVE: u64 = 100_000;
+    /// Delete range, per region (`deleteRangeOneRegionMaxBackoff`).
+    pub const DELETE_RANGE: u64 = 100_000;
+    /// Locating regions for range tasks (`locateRegionMaxBackoff`).
+    pub const LOCATE: u64 = 20_000;
+    /// Waiting for scatter (`waitScatterRegionFinishBackoff`).
+    pub const WAIT_SCATTER: u64 = 120_000;
+    /// Broadcasting txn status (`broadcastMaxBackoff`).
+    pub const BROADCAST: u64 = 10_000;
+    /// client-go's default `Vars.BackOffWeight`: `NewBackofferWithVars` multiplies budgets by it.
+    pub const WEIGHT: u64 = 2;
+}
+
+/// The backoff state of one operation.
+///
+/// Mirrors client-go `config/retry/backoff.go` `Backoffer`: a budget `max_sleep_ms` (0 =
+/// unlimited), per-kind attempt counters, total and excluded sleep, per-kind slept time so the
+/// error on exhaustion is the one of the kind that slept longest.
+#[derive(Debug, Clone)]
+pub struct Backoffer {
+    max_sleep_ms: u64,
+    total_sleep_ms: u64,
+    excluded_sleep_ms: u64,
+    attempts: [u32; BackoffKind::ALL.len()],
+    slept_ms: [u64; BackoffKind::ALL.len()],
+    times: [u32; BackoffKind::ALL.len()],
+    noop: bool,
+}
+
+impl Backoffer {
+    /// A backoffer with a budget of `max_sleep_ms` (0 means unlimited). Mirrors
+    /// client-go `NewBackoffer` (no weight applied).
+    pub fn new(max_sleep_ms: u64) -> Self {
+        Backoffer {
+            max_sleep_ms,
+            total_sleep_ms: 0,
+            excluded_sleep_ms: 0,
+            attempts: [0; BackoffKind::ALL.len()],
+            slept_ms: [0; BackoffKind::ALL.len()],
+            times: [0; BackoffKind::ALL.len()],
+            noop: false,
+        }
+    }
+
+    /// A backoffer with `max_sleep_ms * weight`. Mirrors client-go `NewBackofferWithVars`
+    /// (default weight [`budget::WEIGHT`]).
+    pub fn weighted(max_sleep_ms: u64, weight: u64) -> Self {
+        Self::new(max_sleep_ms.saturating_mul(weight.max(1)))
+    }
+
+    /// A backoffer that never sleeps: the first backoff fails with the error given. Mirrors
+    /// client-go `NewNoopBackoff`.
+    pub fn noop() -> Self {
+        Backoffer {
+            noop: true,
+            ..Self::new(0)
+        }
+    }
+
+    /// The budget in milliseconds (0 = unlimited).
+    pub fn max_sleep_ms(&self) -> u64 {
+        self.max_sleep_ms
+    }
+
+    /// Total planned sleep so far, in milliseconds.
+    pub fn total_sleep_ms(&self) -> u64 {
+        self.total_sleep_ms
+    }
+
+    /// Total sleep excluded from the budget (server busy), in milliseconds.
+    pub fn excluded_sleep_ms(&self) -> u64 {
+        self.excluded_sleep_ms
+    }
+
+    /// How many times `kind` backed off in this backoffer.
+    pub fn times(&self, kind: BackoffKind) -> u32 {
+        self.times[kind.index()]
+    }
+
+    /// Plans one backoff of `kind` after `err`. Returns how long to wait, or the error that ends
+    /// the operation once the budget is used. `max_sleep_ms` caps this one sleep (used to wait
+    /// no longer than a lock's remaining TTL).
+    ///
+    /// Mirrors client-go `Backoffer.BackoffWithCfgAndMaxSleep`: the budget check happens
+    /// *before* sleeping; on exhaustion the error names the kind that slept the longest,
+    /// server-busy sleep is excluded from the budget up to its limit.
+    pub fn backoff(
+        &mut self,
+        kind: BackoffKind,
+        err: Error,
+        max_sleep_ms: Option<u64>,
+        rng: &mut Rng,
+    ) -> Result<Duration, Error> {
+        if self.noop {
+            return Err(err);
+        }
+        let budget_exceeded = self.total_sleep_ms - self.excluded_sleep_ms >= self.max_sleep_ms;
+        let excluded_exceeded = kind.excluded_limit_ms().is_some_and(|limit| {
+            self.excluded_sleep_ms >= limit && self.excluded_sleep_ms >= self.max_sleep_ms
+        });
+        if self.max_sleep_ms > 0 && (budget_exceeded || excluded_exceeded) {
+            let longest = self.longest_sleep_kind().unwrap_or(kind);
+            return Err(Error::BackoffExhausted {
+                kind: longest,
+                budget_ms: self.max_sleep_ms,
+                last: Box::new(err),
+            });
+        }
+        let (base, cap, jitter) = kind.params();
+        let base = base.max(2);
+        let attempt = self.attempts[kind.index()];
+        let v = expo(base, cap, attempt);
+        let sleep = match jitter {
+            Jitter::None => v,
+            Jitter::Equal => v / 2 + rng.below(v / 2),
+        };
+        let real = match max_sleep_ms {
+            Some(m) => sleep.min(m),
+            None => sleep,
+        };
+        let i = kind.index();
+        self.attempts[i] = attempt.saturating_add(1);
+        self.times[i] = self.times[i].saturating_add(1);
+        self.slept_ms[i] += real;
+        self.total_sleep_ms += real;
+        if kind.excluded_limit_ms().is_some() {
+            self.excluded_sleep_ms += real;
+        }
+        tracing::debug!(
+            backoff = kind.name(),
+            sleep_ms = real,
+            attempt,
+            total_sleep_ms = self.total_sleep_ms,
+            max_sleep_ms = self.max_sleep_ms,
+            error = %err,
+            "backoff"
+        );
+        Ok(Duration::from_millis(real))
+    }
+
+    /// The kind that slept the longest so far (ties: the first in declaration order), excluding
+    /// server busy like client-go `longestSleepCfg`.
+    pub fn longest_sleep_kind(&self) -> Option<BackoffKind> {
+        let mut best: Option<(BackoffKind, u64)> = None;
+        for kind in BackoffKind::ALL {
+            if kind.excluded_limit_ms().is_some() {
+                continue;
+            }
+            let slept = self.slept_ms[kind.index()];
+            if slept > 0 && best.is_none_or(|(_, b)| slept > b) {
+                best = Some((kind, slept));
+            }
+        }
+        best.map(|(k, _)| k)
+    }
+
+    /// A backoffer for a parallel sub-request: it starts with this one's totals and budget and
+    /// fresh attempt counters. Mirrors client-go `Backoffer.Fork` / `Clone` (neither copies the
+    /// per-kind backoff functions, so attempts restart).
+    pub fn fork(&self) -> Backoffer {
+        Backoffer {
+            attempts: [0; BackoffKind::ALL.len()],
+            ..self.clone()
+        }
+    }
+
+    /// Takes the totals of a finished fork back into this backoffer. Mirrors client-go
+    /// `Backoffer.UpdateUsingForked` (the last finished fork wins).
+    pub fn update_using_forked(&mut self, forked: &Backoffer) {
+        self.total_sleep_ms = forked.total_sleep_ms;
+        self.excluded_sleep_ms = forked.excluded_sleep_ms;
+        self.slept_ms = forked.slept_ms;
+        self.times = forked.times;
+    }
+}
+
+fn expo(base: u64, cap: u64, n: u32) -> u64 {
+    let v = if n >= 63 {
+        u64::MAX
+    } else {
+        base.saturating_mul(1u64 << n)
+    };
+    v.min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e() -> Error {
+        Error::Internal("x".into())
+    }
+
+    #[test]
+    fn no_jitter_sequence_doubles_to_cap() {
+        let mut bo = Backoffer::new(0);
+        let mut rng = Rng::new(1);
+        let sleeps: Vec<u64> = (0..10)
+            .map(|_| {
+                bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                    .unwrap()
+                    .as_millis() as u64
+            })
+            .collect();
+        assert_eq!(sleeps, vec![2, 4, 8, 16, 32, 64, 128, 256, 500, 500]);
+    }
+
+    #[test]
+    fn equal_jitter_stays_in_half_open_band() {
+        let mut bo = Backoffer::new(0);
+        let mut rng = Rng::new(9);
+        for n in 0..8u32 {
+            let v = expo(100, 2000, n);
+            let s = bo
+                .backoff(BackoffKind::TikvRpc, e(), None, &mut rng)
+                .unwrap()
+                .as_millis() as u64;
+            assert!(
+                s >= v / 2 && s < v,
+                "attempt {n}: {s} not in [{}, {v})",
+                v / 2
+            );
+        }
+    }
+
+    #[test]
+    fn attempts_are_per_kind() {
+        let mut bo = Backoffer::new(0);
+        let mut rng = Rng::new(1);
+        let ms = |d: Duration| d.as_millis() as u64;
+        assert_eq!(
+            ms(bo
+                .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .unwrap()),
+            2
+        );
+        assert_eq!(
+            ms(bo
+                .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .unwrap()),
+            4
+        );
+        assert_eq!(
+            ms(bo
+                .backoff(BackoffKind::StaleCmd, e(), None, &mut rng)
+                .unwrap()),
+            2
+        );
+        assert_eq!(
+            ms(bo
+                .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .unwrap()),
+            8
+        );
+    }
+
+    #[test]
+    fn max_sleep_caps_one_sleep() {
+        let mut bo = Backoffer::new(0);
+        let mut rng = Rng::new(1);
+        for _ in 0..5 {
+            bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .unwrap();
+        }
+        let d = bo
+            .backoff(BackoffKind::RegionMiss, e(), Some(3), &mut rng)
+            .unwrap();
+        assert_eq!(d, Duration::from_millis(3));
+        assert_eq!(bo.total_sleep_ms(), 2 + 4 + 8 + 16 + 32 + 3);
+    }
+
+    #[test]
+    fn budget_exhaustion_reports_longest_sleeping_kind() {
+        // 20 ms budget: RegionMiss sleeps 2,4,8 (14 ms); StaleCmd sleeps 2,4 (6 ms) => total 20.
+        let mut bo = Backoffer::new(20);
+        let mut rng = Rng::new(1);
+        for _ in 0..3 {
+            bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .unwrap();
+        }
+        for _ in 0..2 {
+            bo.backoff(BackoffKind::StaleCmd, e(), None, &mut rng)
+                .unwrap();
+        }
+        assert_eq!(bo.total_sleep_ms(), 20);
+        let err = bo
+            .backoff(BackoffKind::StaleCmd, Error::Closed, None, &mut rng)
+            .unwrap_err();
+        match err {
+            Error::BackoffExhausted {
+                kind,
+                budget_ms,
+                last,
+            } => {
+                assert_eq!(kind, BackoffKind::RegionMiss);
+                assert_eq!(budget_ms, 20);
+                assert_eq!(*last, Error::Closed);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_busy_sleep_is_excluded_from_budget() {
+        let mut bo = Backoffer::new(1_000);
+        let mut rng = Rng::new(3);
+        // Server busy sleeps 1000..10000 ms each but does not consume the 1 s budget.
+        for _ in 0..5 {
+            bo.backoff(BackoffKind::TikvServerBusy, e(), None, &mut rng)
+                .unwrap();
+        }
+        assert!(bo.excluded_sleep_ms() >= 5_000);
+        // A regular kind still gets its full budget.
+        assert!(
+            bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn server_busy_fails_after_ten_minutes_excluded() {
+        let mut bo = Backoffer::new(1_000);
+        let mut rng = Rng::new(3);
+        let mut n = 0;
+        let err = loop {
+            match bo.backoff(BackoffKind::TikvServerBusy, e(), None, &mut rng) {
+                Ok(_) => n += 1,
+                Err(err) => break err,
+            }
+            assert!(n < 1_000, "never exhausted");
+        };
+        assert!(bo.excluded_sleep_ms() >= 600_000);
+        assert!(matches!(err, Error::BackoffExhausted { .. }));
+    }
+
+    #[test]
+    fn noop_fails_immediately_and_unlimited_never_does() {
+        let mut rng = Rng::new(1);
+        let mut noop = Backoffer::noop();
+        assert_eq!(
+            noop.backoff(BackoffKind::RegionMiss, Error::Closed, None, &mut rng),
+            Err(Error::Closed)
+        );
+        let mut unlimited = Backoffer::new(0);
+        for _ in 0..200 {
+            unlimited
+                .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn weighted_multiplies_budget_and_fork_restarts_attempts() {
+        assert_eq!(
+            Backoffer::weighted(20_000, budget::WEIGHT).max_sleep_ms(),
+            40_000
+        );
+        let mut rng = Rng::new(1);
+        let mut bo = Backoffer::new(0);
+        bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+            .unwrap();
+        bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+            .unwrap();
+        let mut child = bo.fork();
+        assert_eq!(child.total_sleep_ms(), 6);
+        let d = child
+            .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+            .unwrap();
+        assert_eq!(d, Duration::from_millis(2));
+        bo.update_using_forked(&child);
+        assert_eq!(bo.total_sleep_ms(), 8);
+        assert_eq!(bo.times(BackoffKind::RegionMiss), 3);
+    }
+}

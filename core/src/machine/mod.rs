@@ -1,0 +1,346 @@
+//! The sans-IO machines.
+//!
+//! Everything the client decides lives here: which region and store a key goes to, what a
+//! region error means, how long to back off, when a timestamp is needed, which 2PC step comes
+//! next. Machines never perform I/O, never read a clock, never sleep and never draw ambient
+//! randomness. They take inputs stamped with `now` and answer with actions.
+//!
+//! # The operation contract
+//!
+//! One user operation (a raw get, a batch put spanning regions, a prewrite, ...) is one value
+//! implementing [`Operation`]. Its driver (the async side in [`crate::client`], the
+//! deterministic simulator in `tests/`, or a unit test) follows one strict loop:
+//!
+//! 1. lock the [`Shared`] state and call [`Operation::start`] once;
+//! 2. drain [`Operation::poll_action`] until it returns `None`, carrying out each action
+//!    (an RPC to a store, a PD call, a timestamp request); then read
+//!    [`Operation::poll_result`]: `Some` ends the operation;
+//! 3. otherwise read [`Operation::poll_timeout`], release the lock, and wait for the first of:
+//!    an action's completion (fed back with [`Operation::handle_input`] carrying the action's
+//!    [`IoId`]) or the timeout instant (fed back with [`Operation::handle_timeout`]);
+//! 4. after every input go back to step 2.
+//!
+//! Inputs for ids the operation no longer waits for are ignored; spurious timeouts are no-ops.
+//! Time must be monotonic across calls. The shared state is only borrowed during a call, so the
+//! async side holds its mutex for microseconds and never across an `.await`.
+
+pub mod backoff;
+pub mod batch;
+pub mod region_cache;
+pub mod region_error;
+pub mod replica;
+pub mod store;
+pub mod txn;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tikv_proto::{kvrpcpb, pdpb, tikvpb};
+
+use crate::error::Error;
+
+/// The batchable TiKV request arms (every command TiKV accepts on the `BatchCommands` stream).
+pub type TikvCmd = tikvpb::batch_commands_request::request::Cmd;
+/// The response arms matching [`TikvCmd`].
+pub type TikvCmdResponse = tikvpb::batch_commands_response::response::Cmd;
+
+/// Identifies one I/O action of an operation; its completion carries the same id.
+///
+/// Ids are allocated from [`Shared::next_io_id`], so they are unique across every operation
+/// sharing the state, and a composite machine can route a completion to the sub-machine that
+/// issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IoId(pub u64);
+
+/// A request to one TiKV store.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TikvRequest {
+    /// A command that can travel on the `BatchCommands` stream (or be sent unary).
+    Cmd(TikvCmd),
+    /// `SplitRegion` (unary only).
+    SplitRegion(kvrpcpb::SplitRegionRequest),
+    /// `UnsafeDestroyRange` (unary only).
+    UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeRequest),
+    /// `GetStoreSafeTS` (unary only).
+    StoreSafeTs(kvrpcpb::StoreSafeTsRequest),
+    /// `RawGetKeyTTL` (unary only: no `BatchCommands` arm exists).
+    RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest),
+    /// `RawCompareAndSwap` (unary only).
+    RawCas(kvrpcpb::RawCasRequest),
+    /// `RawChecksum` (unary only).
+    RawChecksum(kvrpcpb::RawChecksumRequest),
+}
+
+// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
+// boxing them would put an allocation on every request, so the size lint is silenced.
+#[allow(clippy::large_enum_variant)]
+/// The reply to a [`TikvRequest`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TikvResponse {
+    /// Reply to [`TikvRequest::Cmd`].
+    Cmd(TikvCmdResponse),
+    /// Reply to [`TikvRequest::SplitRegion`].
+    SplitRegion(kvrpcpb::SplitRegionResponse),
+    /// Reply to [`TikvRequest::UnsafeDestroyRange`].
+    UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeResponse),
+    /// Reply to [`TikvRequest::StoreSafeTs`].
+    StoreSafeTs(kvrpcpb::StoreSafeTsResponse),
+    /// Reply to [`TikvRequest::RawGetKeyTtl`].
+    RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse),
+    /// Reply to [`TikvRequest::RawCas`].
+    RawCas(kvrpcpb::RawCasResponse),
+    /// Reply to [`TikvRequest::RawChecksum`].
+    RawChecksum(kvrpcpb::RawChecksumResponse),
+}
+
+/// A request to PD (the leader discovery, forwarding and retries of the PD connection itself
+/// are the PD client's business, not the operation's).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PdRequest {
+    /// `GetRegion` (the key is already PD-encoded).
+    GetRegion(pdpb::GetRegionRequest),
+    /// `GetPrevRegion`.
+    GetPrevRegion(pdpb::GetRegionRequest),
+    /// `GetRegionByID`.
+    GetRegionById(pdpb::GetRegionByIdRequest),
+    /// `ScanRegions`.
+    ScanRegions(pdpb::ScanRegionsRequest),
+    /// `BatchScanRegions`.
+    BatchScanRegions(pdpb::BatchScanRegionsRequest),
+    /// `GetStore`.
+    GetStore(pdpb::GetStoreRequest),
+    /// `GetAllStores`.
+    GetAllStores(pdpb::GetAllStoresRequest),
+}
+
+// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
+// boxing them would put an allocation on every request, so the size lint is silenced.
+#[allow(clippy::large_enum_variant)]
+/// The reply to a [`PdRequest`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PdResponse {
+    /// Reply to `GetRegion`, `GetPrevRegion`, `GetRegionByID`.
+    Region(pdpb::GetRegionResponse),
+    /// Reply to `ScanRegions`.
+    ScanRegions(pdpb::ScanRegionsResponse),
+    /// Reply to `BatchScanRegions`.
+    BatchScanRegions(pdpb::BatchScanRegionsResponse),
+    /// Reply to `GetStore`.
+    Store(pdpb::GetStoreResponse),
+    /// Reply to `GetAllStores`.
+    AllStores(pdpb::GetAllStoresResponse),
+}
+
+/// A TSO timestamp: physical milliseconds and an 18-bit logical counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// Bits of the logical part. Mirrors client-go `oracle.physicalShiftBits`.
+    pub const LOGICAL_BITS: u32 = 18;
+
+    /// Composes a timestamp. Mirrors client-go `oracle.ComposeTS`.
+    pub fn compose(physical_ms: u64, logical: u64) -> Self {
+        Timestamp((physical_ms << Self::LOGICAL_BITS) | (logical & ((1 << Self::LOGICAL_BITS) - 1)))
+    }
+
+    /// Physical milliseconds since the Unix epoch. Mirrors client-go `oracle.ExtractPhysical`.
+    pub fn physical_ms(self) -> u64 {
+        self.0 >> Self::LOGICAL_BITS
+    }
+
+    /// The logical counter. Mirrors client-go `oracle.ExtractLogical`.
+    pub fn logical(self) -> u64 {
+        self.0 & ((1 << Self::LOGICAL_BITS) - 1)
+    }
+
+    /// The raw 64-bit value TiKV uses.
+    pub fn version(self) -> u64 {
+        self.0
+    }
+}
+
+// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
+// boxing them would put an allocation on every request, so the size lint is silenced.
+#[allow(clippy::large_enum_variant)]
+/// Something an operation wants done.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send `request` to store `store_id` at `address`; reply with
+    /// [`Input::Tikv`] carrying `id`. The driver fails it with [`Error::Timeout`] once
+    /// `timeout` has passed without a reply.
+    Tikv {
+        /// Correlation id.
+        id: IoId,
+        /// Target store id.
+        store_id: u64,
+        /// Target store address (`host:port`).
+        address: std::sync::Arc<str>,
+        /// The request, with its `Context` already filled.
+        request: TikvRequest,
+        /// Per-request deadline (client-go `ReadTimeoutShort` / `ReadTimeoutMedium`).
+        timeout: Duration,
+    },
+    /// Call PD; reply with [`Input::Pd`].
+    Pd {
+        /// Correlation id.
+        id: IoId,
+        /// The request.
+        request: PdRequest,
+    },
+    /// Fetch one timestamp from the TSO; reply with [`Input::Tso`].
+    Tso {
+        /// Correlation id.
+        id: IoId,
+    },
+}
+
+impl Action {
+    /// The id the completion of this action will carry (`None` for fire-and-forget actions).
+    pub fn id(&self) -> Option<IoId> {
+        match self {
+            Action::Tikv { id, .. } | Action::Pd { id, .. } | Action::Tso { id } => Some(*id),
+        }
+    }
+}
+
+// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
+// boxing them would put an allocation on every request, so the size lint is silenced.
+#[allow(clippy::large_enum_variant)]
+/// The completion of an [`Action`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Input {
+    /// Completion of [`Action::Tikv`]: the reply, or the transport error
+    /// ([`Error::Rpc`], [`Error::Timeout`]).
+    Tikv {
+        /// The action's id.
+        id: IoId,
+        /// Reply or transport error.
+        result: Result<TikvResponse, Error>,
+    },
+    /// Completion of [`Action::Pd`].
+    Pd {
+        /// The action's id.
+        id: IoId,
+        /// Reply or error.
+        result: Result<PdResponse, Error>,
+    },
+    /// Completion of [`Action::Tso`].
+    Tso {
+        /// The action's id.
+        id: IoId,
+        /// The timestamp or error.
+        result: Result<Timestamp, Error>,
+    },
+}
+
+impl Input {
+    /// The id of the action this input completes.
+    pub fn id(&self) -> IoId {
+        match self {
+            Input::Tikv { id, .. } | Input::Pd { id, .. } | Input::Tso { id, .. } => *id,
+        }
+    }
+}
+
+/// A user key as bytes (cheap to clone).
+pub type Key = Bytes;
+
+/// One user operation as a state machine. See the module docs for the driving contract.
+pub trait Operation {
+    /// What the operation produces.
+    type Output;
+
+    /// Starts the operation. Called exactly once, before anything else.
+    fn start(&mut self, now: Instant, shared: &mut Shared);
+
+    /// Feeds the completion of an action.
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input);
+
+    /// Tells the operation that `now` has reached (or passed) its timeout; spurious calls are
+    /// no-ops.
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared);
+
+    /// The next action to carry out, if any.
+    fn poll_action(&mut self) -> Option<Action>;
+
+    /// When the operation wants [`Operation::handle_timeout`] called, and why.
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)>;
+
+    /// The operation's result, once it has one. After `Some` the operation is finished.
+    fn poll_result(&mut self) -> Option<Result<Self::Output, Error>>;
+}
+
+/// Routing defaults of one client: RPC timeouts. Mirrors client-go `client.ReadTimeoutShort`
+/// / `ReadTimeoutMedium` (the client `Config` fills it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Deadline of ordinary requests (client-go `ReadTimeoutShort`, 30 s).
+    pub read_timeout_short: Duration,
+    /// Deadline of requests that may scan a whole region (client-go `ReadTimeoutMedium`, 60 s).
+    pub read_timeout_medium: Duration,
+    /// Cluster id put in every request context (0: unknown).
+    pub cluster_id: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_timeout_short: Duration::from_secs(30),
+            read_timeout_medium: Duration::from_secs(60),
+            cluster_id: 0,
+        }
+    }
+}
+
+/// State shared by every operation of one client: the region and store caches, the API codec,
+/// the id allocator and the seeded random generator. The async side keeps it behind a short
+/// `std::sync::Mutex`; machines borrow it only during a call.
+#[derive(Debug)]
+pub struct Shared {
+    next_io_id: u64,
+    /// Seeded generator; operations fork their own from it at start.
+    pub rng: crate::rng::Rng,
+    /// Cached regions (user keys).
+    pub regions: region_cache::RegionCache,
+    /// Cached stores.
+    pub stores: store::StoreCache,
+    /// The API version / keyspace codec. The region-request loop encodes every request with it
+    /// just before sending and decodes every reply on arrival; region lookups encode PD keys
+    /// with it. Drivers must not encode again.
+    pub codec: crate::codec::ApiCodec,
+    /// Timeouts and context defaults.
+    pub routing: RoutingConfig,
+}
+
+impl Shared {
+    /// Fresh shared state seeded with `seed`, for API V1 raw keys.
+    pub fn new(seed: u64) -> Self {
+        Self::with_codec(seed, crate::codec::ApiCodec::v1(crate::codec::KeyMode::Raw))
+    }
+
+    /// Fresh shared state seeded with `seed` using `codec` (API version, key mode, keyspace).
+    pub fn with_codec(seed: u64, codec: crate::codec::ApiCodec) -> Self {
+        Shared {
+            next_io_id: 1,
+            rng: crate::rng::Rng::new(seed),
+            regions: region_cache::RegionCache::default(),
+            stores: store::StoreCache::default(),
+            codec,
+            routing: RoutingConfig::default(),
+        }
+    }
+
+    /// Allocates an [`IoId`] unique across all operations on this state.
+    pub fn next_io_id(&mut self) -> IoId {
+        let id = IoId(self.next_io_id);
+        self.next_io_id += 1;
+        id
+    }
+}
