@@ -146,9 +146,16 @@ impl From<MemBufferError> for Error {
     fn from(e: MemBufferError) -> Self {
         match e {
             MemBufferError::EmptyValue => Error::EmptyValue,
-            // Until `Error` has `KeyTooLarge` / `EntryTooLarge` / `TxnTooLarge` variants
-            // (requested in notes/requests.md), the limits surface as invalid arguments.
-            other => Error::InvalidArgument(other.to_string()),
+            MemBufferError::KeyTooLarge { size } => Error::KeyTooLarge { size },
+            MemBufferError::EntryTooLarge { size, limit } => Error::EntryTooLarge { size, limit },
+            MemBufferError::TxnTooLarge { size, limit } => Error::TxnTooLarge { size, limit },
+            MemBufferError::TooManyEntries { count, limit } => Error::TxnTooLarge {
+                size: count as u64,
+                limit: limit as u64,
+            },
+            // Staging misuse is a caller bug, reported as a bad argument.
+            other @ (MemBufferError::StagingNotInnermost { .. }
+            | MemBufferError::StagingNotOpen { .. }) => Error::InvalidArgument(other.to_string()),
         }
     }
 }
@@ -1471,7 +1478,7 @@ mod tests {
         );
         assert!(matches!(
             Error::from(MemBufferError::KeyTooLarge { size: 1 }),
-            Error::InvalidArgument(_)
+            Error::KeyTooLarge { size: 1 }
         ));
     }
 
