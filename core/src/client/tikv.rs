@@ -9,14 +9,10 @@
 //! id straight into the waiting operation's inbox. No task per request, no lock held across an
 //! `.await`, one encode per batch.
 //!
-//! Failure rules mirror client-go `internal/client/client_batch.go`
-//! (`batchCommandsClient.failRequestsByIDs`, `reCreateStreamingClient`) and
-//! `internal/client/conn_pool.go`: when the stream breaks every request in flight on it fails
-//! with a transport error (the region request loop then backs off and retries), the task
-//! reconnects with an exponential backoff (base 100 ms, ×1.6, 20 % jitter, cap 3 s), and while
-//! the store is unreachable queued requests fail at once instead of waiting; replies with
-//! unknown ids are dropped; each request's deadline (`timeout` of [`Action::Tikv`]) is enforced
-//! here and fails it with [`Error::Timeout`].
+//! The batching policy, request ids, deadlines, stream failure and reconnection rules are the
+//! sans-IO [`BatchConn`] machine's (mirroring client-go `internal/client/client_batch.go`);
+//! this module only carries out its actions: dial and open a stream, write a batch, wake at
+//! its timeout, hand completions to callers.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,6 +33,7 @@ use super::runtime::{Channel, Runtime, Status};
 use super::sync::{Inbox, lock};
 use crate::config::Config;
 use crate::error::Error;
+use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
 use crate::machine::{Input, IoId, TikvCmd, TikvRequest, TikvResponse};
 
 /// Settings of the TiKV transport, taken from [`Config`].
@@ -45,8 +42,7 @@ pub(crate) struct TransportConfig {
     pub connections: usize,
     pub max_batch_size: usize,
     pub dial_timeout: Duration,
-    pub reconnect_base: Duration,
-    pub reconnect_max: Duration,
+    pub batch: BatchConfig,
 }
 
 impl TransportConfig {
@@ -55,8 +51,7 @@ impl TransportConfig {
             connections: c.grpc_connection_count.max(1),
             max_batch_size: c.max_batch_size,
             dial_timeout: c.dial_timeout,
-            reconnect_base: c.reconnect_base_delay,
-            reconnect_max: c.reconnect_max_delay,
+            batch: BatchConfig::from_config(c),
         }
     }
 }
@@ -66,7 +61,6 @@ struct Queued {
     id: IoId,
     cmd: TikvCmd,
     deadline: Instant,
-    timeout: Duration,
     reply: Inbox<Input>,
 }
 
@@ -188,7 +182,6 @@ impl<R: Runtime> TikvTransport<R> {
                 id,
                 cmd,
                 deadline: self.rt.now() + timeout,
-                timeout,
                 reply: reply.clone(),
             };
             if let Err(q) = pool.conns[i].queue.push(queued) {
@@ -278,16 +271,26 @@ async fn unary<R: Runtime>(
     Input::Tikv { id, result }
 }
 
-/// An in-flight request on a stream.
-struct InFlight {
-    id: IoId,
-    deadline: Instant,
-    timeout: Duration,
-    reply: Inbox<Input>,
-}
+/// The caller of a batched request: where and under which id its completion goes.
+type Token = (IoId, Inbox<Input>);
 
-/// The task owning one connection slot: connects, opens the `BatchCommands` stream, pumps it,
-/// and reconnects when it breaks.
+type Opening<R> = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        Inbox<Bytes>,
+                        <<R as Runtime>::Channel as Channel>::Responses,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    >,
+>;
+
+/// The task owning one connection slot: it feeds queued requests to the slot's
+/// [`BatchConn`] multiplexer and carries out what the machine asks (open a stream, write a
+/// batch, wake at a deadline), then hands completions to the callers.
 struct StreamTask<R: Runtime> {
     rt: R,
     address: Arc<str>,
@@ -297,205 +300,168 @@ struct StreamTask<R: Runtime> {
     seed: u64,
 }
 
-enum Ended {
-    /// The client closed the queue.
-    Closed,
-    /// The stream broke.
-    Broken(Status),
+/// The stream currently carrying the slot's batches.
+struct Open<R: Runtime> {
+    epoch: u64,
+    outgoing: Inbox<Bytes>,
+    responses: <R::Channel as Channel>::Responses,
 }
 
 impl<R: Runtime> StreamTask<R> {
     async fn run(self) {
-        let mut rng = crate::rng::Rng::new(self.seed);
-        let mut delay = self.config.reconnect_base;
-        let mut scratch: Vec<Queued> = Vec::new();
-        loop {
-            // Wait until there is something to send before dialing: idle slots cost nothing.
-            if scratch.is_empty() {
-                let open = future::poll_fn(|cx| self.queue.poll_drain(cx, &mut scratch)).await;
-                if !open {
-                    return;
-                }
-            }
-            match self.open().await {
-                Ok((outgoing, responses)) => {
-                    delay = self.config.reconnect_base;
-                    self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-                    match self.pump(outgoing, responses, &mut scratch).await {
-                        Ended::Closed => return,
-                        Ended::Broken(status) => {
-                            tracing::debug!(address = %self.address, %status, "batch stream broken");
-                        }
-                    }
-                }
-                Err(err) => {
-                    tracing::debug!(address = %self.address, %err, "cannot open batch stream");
-                    // Fail what is queued now and whatever arrives while backing off: the
-                    // callers' retry loops own the waiting (client-go fails requests when no
-                    // connection is available).
-                    let until = self.rt.now() + jittered(delay, &mut rng);
-                    delay = next_delay(delay, self.config.reconnect_max);
-                    fail_all(scratch.drain(..), &err);
-                    let mut sleep = self.rt.sleep_until(until);
-                    let closed = future::poll_fn(|cx| {
-                        loop {
-                            match self.queue.poll_drain(cx, &mut scratch) {
-                                Poll::Ready(true) => fail_all(scratch.drain(..), &err),
-                                Poll::Ready(false) => return Poll::Ready(true),
-                                Poll::Pending => break,
-                            }
-                        }
-                        Pin::new(&mut sleep).poll(cx).map(|_| false)
-                    })
-                    .await;
-                    if closed {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn open(&self) -> Result<(Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
-        let dial = self.rt.now() + self.config.dial_timeout;
-        let channel = with_deadline(&self.rt, dial, self.rt.connect(&self.address))
-            .await
-            .unwrap_or_else(|| {
-                Err(Error::Rpc {
-                    address: self.address.to_string(),
-                    message: "dial timeout".into(),
-                    sent: false,
-                })
-            })?;
-        let outgoing: Inbox<Bytes> = Inbox::new();
-        let opening = channel.streaming(BATCH_COMMANDS, outgoing.clone().into_stream());
-        let responses = with_deadline(&self.rt, dial, opening)
-            .await
-            .unwrap_or_else(|| Err(Status::unavailable("stream open timeout")))
-            .map_err(|s| s.into_error(&self.address, false))?;
-        Ok((outgoing, responses))
-    }
-
-    async fn pump(
-        &self,
-        outgoing: Inbox<Bytes>,
-        mut responses: <R::Channel as Channel>::Responses,
-        backlog: &mut Vec<Queued>,
-    ) -> Ended {
-        let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
-        let mut next_request_id: u64 = 1;
+        let mut conn: BatchConn<Token> = BatchConn::new(
+            self.rt.now(),
+            self.address.clone(),
+            self.config.batch.clone(),
+            self.seed,
+        );
+        let mut queued: Vec<Queued> = Vec::new();
+        let mut opening: Option<(u64, Opening<R>)> = None;
+        let mut open: Option<Open<R>> = None;
         let mut timer: Option<(Instant, R::Sleep)> = None;
-        let max_batch = self.config.max_batch_size.max(1);
+        let mut closed = false;
 
-        let ended = future::poll_fn(|cx| {
-            // Bound the work done per wake-up so the task yields under a flood.
+        future::poll_fn(|cx| {
+            // Bound the work per wake-up so the task yields under a flood.
             for _round in 0..64 {
                 let mut progressed = false;
+                let now = self.rt.now();
 
-                // 1. Send everything queued, in batches of at most `max_batch`.
-                let open = match self.queue.poll_drain(cx, backlog) {
-                    Poll::Ready(open) => open,
-                    Poll::Pending => true,
-                };
-                if !backlog.is_empty() {
+                // Inputs: new requests, the stream being opened, replies, the timer.
+                match self.queue.poll_drain(cx, &mut queued) {
+                    Poll::Ready(true) => {
+                        progressed = true;
+                        for q in queued.drain(..) {
+                            conn.submit(now, q.cmd, q.deadline, (q.id, q.reply));
+                        }
+                    }
+                    Poll::Ready(false) if !closed => {
+                        closed = true;
+                        progressed = true;
+                        conn.close();
+                    }
+                    _ => {}
+                }
+                if let Some((epoch, fut)) = opening.as_mut()
+                    && let Poll::Ready(r) = fut.as_mut().poll(cx)
+                {
                     progressed = true;
-                    let now = self.rt.now();
-                    let mut drained = backlog.drain(..).peekable();
-                    while drained.peek().is_some() {
-                        let mut msg = tikvpb::BatchCommandsRequest {
-                            requests: Vec::with_capacity(max_batch),
-                            request_ids: Vec::with_capacity(max_batch),
-                            client_send_time_ns: 0,
-                        };
-                        for q in drained.by_ref().take(max_batch) {
-                            if q.deadline <= now {
-                                let _ = q.reply.push(Input::Tikv {
-                                    id: q.id,
-                                    result: Err(timeout_error(&self.address, q.timeout)),
-                                });
-                                continue;
-                            }
-                            let rid = next_request_id;
-                            next_request_id += 1;
-                            msg.requests
-                                .push(tikvpb::batch_commands_request::Request { cmd: Some(q.cmd) });
-                            msg.request_ids.push(rid);
-                            if timer.as_ref().is_none_or(|(at, _)| q.deadline < *at) {
-                                timer = Some((q.deadline, self.rt.sleep_until(q.deadline)));
-                            }
-                            in_flight.insert(
-                                rid,
-                                InFlight {
-                                    id: q.id,
-                                    deadline: q.deadline,
-                                    timeout: q.timeout,
-                                    reply: q.reply,
-                                },
-                            );
+                    let epoch = *epoch;
+                    opening = None;
+                    match r {
+                        Ok((outgoing, responses)) => {
+                            self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                            open = Some(Open {
+                                epoch,
+                                outgoing,
+                                responses,
+                            });
+                            conn.handle_connected(now, epoch);
                         }
-                        if msg.requests.is_empty() {
-                            continue;
-                        }
-                        self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .requests_batched
-                            .fetch_add(msg.requests.len() as u64, Ordering::Relaxed);
-                        if outgoing.push(rpc::encode(&msg)).is_err() {
-                            return Poll::Ready(Ended::Broken(Status::unavailable(
-                                "request stream closed",
-                            )));
+                        Err(e) => conn.handle_connect_failed(now, epoch, &e.to_string()),
+                    }
+                }
+                if let Some(o) = open.as_mut() {
+                    loop {
+                        match Pin::new(&mut o.responses).poll_next(cx) {
+                            Poll::Ready(Some(Ok(bytes))) => {
+                                progressed = true;
+                                match tikvpb::BatchCommandsResponse::decode(bytes) {
+                                    Ok(msg) => conn.handle_response(now, o.epoch, msg),
+                                    Err(e) => {
+                                        let msg = format!("bad BatchCommandsResponse: {e}");
+                                        conn.handle_stream_error(now, o.epoch, &msg);
+                                        break;
+                                    }
+                                }
+                            }
+                            Poll::Ready(Some(Err(status))) => {
+                                progressed = true;
+                                conn.handle_stream_error(now, o.epoch, &status.to_string());
+                                break;
+                            }
+                            Poll::Ready(None) => {
+                                progressed = true;
+                                conn.handle_stream_error(now, o.epoch, "server ended the stream");
+                                break;
+                            }
+                            Poll::Pending => break,
                         }
                     }
                 }
-                if !open {
-                    return Poll::Ready(Ended::Closed);
-                }
-
-                // 2. Route every reply that has arrived.
-                loop {
-                    match Pin::new(&mut responses).poll_next(cx) {
-                        Poll::Ready(Some(Ok(bytes))) => {
-                            progressed = true;
-                            if let Err(status) = route(bytes, &mut in_flight) {
-                                return Poll::Ready(Ended::Broken(status));
-                            }
-                        }
-                        Poll::Ready(Some(Err(status))) => {
-                            return Poll::Ready(Ended::Broken(status));
-                        }
-                        Poll::Ready(None) => {
-                            return Poll::Ready(Ended::Broken(Status::unavailable(
-                                "server ended the batch stream",
-                            )));
-                        }
-                        Poll::Pending => break,
-                    }
-                }
-
-                // 3. Fail requests whose deadline passed.
                 if let Some((_, sleep)) = timer.as_mut()
                     && Pin::new(sleep).poll(cx).is_ready()
                 {
-                    {
-                        progressed = true;
-                        let now = self.rt.now();
-                        let mut earliest: Option<Instant> = None;
-                        in_flight.retain(|_, f| {
-                            if f.deadline <= now {
-                                let _ = f.reply.push(Input::Tikv {
-                                    id: f.id,
-                                    result: Err(timeout_error(&self.address, f.timeout)),
-                                });
-                                false
-                            } else {
-                                earliest = Some(earliest.map_or(f.deadline, |e| e.min(f.deadline)));
-                                true
-                            }
-                        });
-                        timer = earliest.map(|at| (at, self.rt.sleep_until(at)));
-                    }
+                    progressed = true;
+                    timer = None;
+                    conn.handle_timeout(now);
                 }
 
+                // Outputs: stream actions, batches, completions, the next wake-up.
+                while let Some(action) = conn.poll_action() {
+                    progressed = true;
+                    match action {
+                        BatchAction::Connect { epoch } => {
+                            if let Some(o) = open.take() {
+                                o.outgoing.close();
+                            }
+                            opening = Some((
+                                epoch,
+                                Box::pin(open_stream(
+                                    self.rt.clone(),
+                                    self.address.clone(),
+                                    self.config.dial_timeout,
+                                )),
+                            ));
+                        }
+                        BatchAction::Close { epoch } => {
+                            if open.as_ref().is_some_and(|o| o.epoch == epoch)
+                                && let Some(o) = open.take()
+                            {
+                                o.outgoing.close();
+                            }
+                            if opening.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                                opening = None;
+                            }
+                        }
+                    }
+                }
+                while let Some(batch) = conn.poll_batch(now) {
+                    progressed = true;
+                    let Some(o) = open.as_ref() else { break };
+                    self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .requests_batched
+                        .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
+                    if o.outgoing.push(rpc::encode(&batch)).is_err() {
+                        let epoch = o.epoch;
+                        conn.handle_stream_error(now, epoch, "request stream closed");
+                    }
+                }
+                while let Some(done) = conn.poll_completion() {
+                    progressed = true;
+                    let (id, reply) = done.token;
+                    let _ = reply.push(Input::Tikv {
+                        id,
+                        result: done.result.map(TikvResponse::Cmd),
+                    });
+                }
+                match conn.poll_timeout() {
+                    Some((at, _why)) => {
+                        if timer.as_ref().is_none_or(|(t, _)| *t != at) {
+                            timer = Some((at, self.rt.sleep_until(at)));
+                            progressed = true;
+                        }
+                    }
+                    None => timer = None,
+                }
+
+                if closed && opening.is_none() && conn.poll_timeout().is_none() {
+                    if let Some(o) = open.take() {
+                        o.outgoing.close();
+                    }
+                    return Poll::Ready(());
+                }
                 if !progressed {
                     return Poll::Pending;
                 }
@@ -504,129 +470,35 @@ impl<R: Runtime> StreamTask<R> {
             Poll::Pending
         })
         .await;
-
-        outgoing.close();
-        let err = match &ended {
-            Ended::Closed => Error::Closed,
-            Ended::Broken(status) => status.clone().into_error(&self.address, true),
-        };
-        fail_all_in_flight(in_flight, &err);
-        ended
     }
 }
 
-/// Routes the replies of one `BatchCommandsResponse` to their callers; ids not in flight
-/// (timed out, or from a previous stream) are dropped, as client-go counts them outdated.
-fn route(bytes: Bytes, in_flight: &mut HashMap<u64, InFlight>) -> Result<(), Status> {
-    let msg = tikvpb::BatchCommandsResponse::decode(bytes).map_err(|e| {
-        Status::new(
-            super::Code::INTERNAL,
-            format!("bad BatchCommandsResponse: {e}"),
-        )
-    })?;
-    for (resp, rid) in msg.responses.into_iter().zip(msg.request_ids) {
-        let Some(f) = in_flight.remove(&rid) else {
-            continue;
-        };
-        let result = match resp.cmd {
-            Some(cmd) => Ok(TikvResponse::Cmd(cmd)),
-            None => Err(Error::Internal("batch response without a command".into())),
-        };
-        let _ = f.reply.push(Input::Tikv { id: f.id, result });
-    }
-    Ok(())
-}
-
-fn timeout_error(address: &str, timeout: Duration) -> Error {
-    Error::Timeout {
-        address: address.to_owned(),
-        timeout_ms: timeout.as_millis() as u64,
-    }
-}
-
-fn fail_all(queued: impl Iterator<Item = Queued>, err: &Error) {
-    for q in queued {
-        let _ = q.reply.push(Input::Tikv {
-            id: q.id,
-            result: Err(err.clone()),
-        });
-    }
-}
-
-fn fail_all_in_flight(in_flight: HashMap<u64, InFlight>, err: &Error) {
-    for (_, f) in in_flight {
-        let _ = f.reply.push(Input::Tikv {
-            id: f.id,
-            result: Err(err.clone()),
-        });
-    }
-}
-
-/// The next reconnect delay: ×1.6 up to `max`. Mirrors gRPC's default connection backoff that
-/// client-go `conn_pool.go` configures (`BaseDelay` 100 ms, `Multiplier` 1.6, `MaxDelay` 3 s).
-fn next_delay(delay: Duration, max: Duration) -> Duration {
-    delay.mul_f64(1.6).min(max)
-}
-
-/// `delay` with ±20 % jitter (gRPC backoff `Jitter` 0.2).
-fn jittered(delay: Duration, rng: &mut crate::rng::Rng) -> Duration {
-    let ms = delay.as_millis() as u64;
-    let spread = ms / 5;
-    Duration::from_millis(ms - spread + rng.below(2 * spread + 1))
+/// Dials `address` and opens a `BatchCommands` stream, both within `dial_timeout`.
+async fn open_stream<R: Runtime>(
+    rt: R,
+    address: Arc<str>,
+    dial_timeout: Duration,
+) -> Result<(Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
+    let deadline = rt.now() + dial_timeout;
+    let channel = with_deadline(&rt, deadline, rt.connect(&address))
+        .await
+        .unwrap_or_else(|| {
+            Err(Error::Rpc {
+                address: address.to_string(),
+                message: "dial timeout".into(),
+                sent: false,
+            })
+        })?;
+    let outgoing: Inbox<Bytes> = Inbox::new();
+    let opening = channel.streaming(BATCH_COMMANDS, outgoing.clone().into_stream());
+    let responses = with_deadline(&rt, deadline, opening)
+        .await
+        .unwrap_or_else(|| Err(Status::unavailable("stream open timeout")))
+        .map_err(|s| s.into_error(&address, false))?;
+    Ok((outgoing, responses))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reconnect_delay_grows_to_the_cap_with_bounded_jitter() {
-        let mut d = Duration::from_millis(100);
-        let mut seen = vec![d];
-        for _ in 0..10 {
-            d = next_delay(d, Duration::from_secs(3));
-            seen.push(d);
-        }
-        assert_eq!(seen[1], Duration::from_millis(160));
-        assert_eq!(*seen.last().unwrap(), Duration::from_secs(3));
-        let mut rng = crate::rng::Rng::new(1);
-        for _ in 0..100 {
-            let j = jittered(Duration::from_millis(100), &mut rng);
-            assert!(j >= Duration::from_millis(80) && j <= Duration::from_millis(120));
-        }
-    }
-
-    #[test]
-    fn replies_route_by_id_and_unknown_ids_are_dropped() {
-        let inbox: Inbox<Input> = Inbox::new();
-        let mut in_flight = HashMap::new();
-        in_flight.insert(
-            7,
-            InFlight {
-                id: IoId(70),
-                deadline: Instant::now(),
-                timeout: Duration::from_secs(1),
-                reply: inbox.clone(),
-            },
-        );
-        let msg = tikvpb::BatchCommandsResponse {
-            responses: vec![
-                tikvpb::batch_commands_response::Response {
-                    cmd: Some(crate::machine::TikvCmdResponse::RawPut(Default::default())),
-                },
-                tikvpb::batch_commands_response::Response {
-                    cmd: Some(crate::machine::TikvCmdResponse::RawPut(Default::default())),
-                },
-            ],
-            request_ids: vec![99, 7],
-            ..Default::default()
-        };
-        route(rpc::encode(&msg), &mut in_flight).unwrap();
-        assert!(in_flight.is_empty());
-        let mut got = Vec::new();
-        assert!(inbox.try_drain(&mut got));
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].id(), IoId(70));
-        assert!(route(Bytes::from_static(&[0xff, 0xff]), &mut in_flight).is_err());
-    }
 }
