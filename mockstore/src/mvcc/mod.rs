@@ -18,6 +18,7 @@ pub mod actions;
 pub mod commands;
 pub mod engine;
 pub mod error;
+pub mod kv;
 pub mod lock_wait;
 pub mod reader;
 pub mod types;
@@ -30,6 +31,7 @@ pub use commands::{
 };
 pub use engine::{Engine, KeyBounds};
 pub use error::{MvccError, PessimisticLockNotFoundReason, WriteConflictReason};
+pub use kv::{LockOutcome, key_error, lock_info_to_pb};
 pub use lock_wait::WaitId;
 pub use reader::{ReadOptions, ScanItem, ValueEntry};
 pub use types::*;
