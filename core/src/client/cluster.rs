@@ -16,7 +16,7 @@ use super::tikv::{TikvTransport, TransportConfig, TransportStats};
 use crate::codec::{ApiCodec, KeyMode};
 use crate::config::{ApiVersion, Config};
 use crate::error::Error;
-use crate::machine::{Action, Input, Operation, Shared, Timestamp};
+use crate::machine::{Action, Input, Operation, RoutingConfig, Shared, Timestamp};
 
 pub(crate) struct Inner<R: Runtime> {
     rt: R,
@@ -126,7 +126,13 @@ impl<R: Runtime> Cluster<R> {
             }
         };
         let tikv = TikvTransport::new(rt.clone(), TransportConfig::from_config(&config));
-        let shared = Mutex::new(Shared::new(config.rng_seed));
+        let mut shared = Shared::with_codec(config.rng_seed, codec.clone());
+        shared.routing = RoutingConfig {
+            read_timeout_short: config.read_timeout_short,
+            read_timeout_medium: config.read_timeout_medium,
+            cluster_id: pd.cluster_id(),
+        };
+        let shared = Mutex::new(shared);
         Ok(Cluster {
             inner: Arc::new(Inner {
                 rt,

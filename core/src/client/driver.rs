@@ -243,11 +243,9 @@ mod tests {
                                 },
                             ))),
                         };
-                        let reply = reply.clone();
-                        // Deliver from another thread, as a stream task would.
-                        std::thread::spawn(move || {
-                            let _ = reply.push(input);
-                        });
+                        // Delivered through the inbox, as a stream task would (the
+                        // cross-thread wake-up itself is covered by the `sync` tests).
+                        let _ = reply.push(input);
                     }
                     None
                 }

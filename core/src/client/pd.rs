@@ -20,8 +20,11 @@
 //!   (client-go's region cache does the same with `singleflight`).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +39,7 @@ use super::tikv::with_deadline;
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
+use crate::machine::tso::{TsoAction, TsoBatcher, TsoConfig};
 use crate::machine::{Input, IoId, PdRequest, PdResponse, Timestamp};
 
 /// Retry budget of PD calls and timestamp requests before weighting, in milliseconds. Mirrors
@@ -88,7 +92,9 @@ pub(crate) struct PdClient<R: Runtime> {
     call_timeout: Duration,
     dial_timeout: Duration,
     budget_ms: u64,
-    tso_max_batch: usize,
+    tso_config: TsoConfig,
+    seed: u64,
+    cluster_id: AtomicU64,
     leader: Mutex<Option<Leader<R>>>,
     rng: Mutex<crate::rng::Rng>,
     tso_queue: Inbox<TsoWaiter>,
@@ -105,7 +111,9 @@ impl<R: Runtime> PdClient<R> {
             call_timeout: config.pd_server_timeout,
             dial_timeout: config.dial_timeout,
             budget_ms: PD_BUDGET_MS.saturating_mul(config.backoff_weight.max(1)),
-            tso_max_batch: config.tso_max_batch_size.max(1),
+            tso_config: TsoConfig::from_config(config),
+            cluster_id: AtomicU64::new(0),
+            seed: config.rng_seed ^ 0x0074_736f,
             leader: Mutex::new(None),
             rng: Mutex::new(crate::rng::Rng::new(config.rng_seed ^ 0x5044)),
             tso_queue: Inbox::new(),
@@ -224,6 +232,7 @@ impl<R: Runtime> PdClient<R> {
                 }
             };
             tracing::debug!(leader = %url, cluster_id, "PD leader found");
+            self.cluster_id.store(cluster_id, Ordering::Relaxed);
             return Ok(Leader {
                 url: Arc::from(url),
                 channel,
@@ -355,112 +364,211 @@ impl<R: Runtime> PdClient<R> {
         }
     }
 
-    /// The task owning the `Tso` stream.
+    /// The task owning the `Tso` stream: feeds queued callers to the [`TsoBatcher`] machine
+    /// and carries out its actions (open a stream to the leader, write a request, wake at its
+    /// timeout). A caller whose request fails (stream reset, leader change) is submitted again
+    /// until its own budget deadline, the way client-go `oracle/oracles/pd.go`
+    /// `GetTimestamp` retries with `BoPDRPC`; only then does it see the error.
     async fn tso_task(self: Arc<Self>) {
-        let mut waiting: Vec<TsoWaiter> = Vec::new();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            if waiting.is_empty() {
-                let open = future::poll_fn(|cx| self.tso_queue.poll_drain(cx, &mut waiting)).await;
-                if !open {
-                    return;
+        let mut batcher: TsoBatcher<TsoWaiter> =
+            TsoBatcher::new(self.rt.now(), self.tso_config.clone(), 0, self.seed);
+        let mut queued: Vec<TsoWaiter> = Vec::new();
+        let mut opening: Option<(u64, Opening<R>)> = None;
+        let mut open: Option<(u64, Inbox<Bytes>, <R::Channel as Channel>::Responses)> = None;
+        let mut timer: Option<(Instant, R::Sleep)> = None;
+        let mut closed = false;
+
+        future::poll_fn(|cx| {
+            for _round in 0..64 {
+                let mut progressed = false;
+                let now = self.rt.now();
+                match self.tso_queue.poll_drain(cx, &mut queued) {
+                    Poll::Ready(true) => {
+                        progressed = true;
+                        for w in queued.drain(..) {
+                            batcher.get_timestamp(now, w);
+                        }
+                    }
+                    Poll::Ready(false) if !closed => {
+                        closed = true;
+                        progressed = true;
+                    }
+                    _ => {}
+                }
+                if let Some((epoch, fut)) = opening.as_mut()
+                    && let Poll::Ready(r) = fut.as_mut().poll(cx)
+                {
+                    progressed = true;
+                    let epoch = *epoch;
+                    opening = None;
+                    match r {
+                        Ok((outgoing, responses)) => {
+                            self.stats.tso_streams.fetch_add(1, Ordering::Relaxed);
+                            open = Some((epoch, outgoing, responses));
+                            batcher.set_cluster_id(self.cluster_id());
+                            batcher.handle_connected(now, epoch);
+                        }
+                        Err(e) => batcher.handle_connect_failed(now, epoch, &e.to_string()),
+                    }
+                }
+                if let Some((epoch, _, responses)) = open.as_mut() {
+                    loop {
+                        match Pin::new(&mut *responses).poll_next(cx) {
+                            Poll::Ready(Some(Ok(bytes))) => {
+                                progressed = true;
+                                match pdpb::TsoResponse::decode(bytes) {
+                                    Ok(resp) => batcher.handle_response(now, *epoch, resp),
+                                    Err(e) => {
+                                        batcher.handle_stream_error(now, *epoch, &e.to_string());
+                                        break;
+                                    }
+                                }
+                            }
+                            Poll::Ready(Some(Err(status))) => {
+                                progressed = true;
+                                batcher.handle_stream_error(now, *epoch, &status.to_string());
+                                break;
+                            }
+                            Poll::Ready(None) => {
+                                progressed = true;
+                                batcher.handle_stream_error(now, *epoch, "PD ended the Tso stream");
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                }
+                if let Some((_, sleep)) = timer.as_mut()
+                    && Pin::new(sleep).poll(cx).is_ready()
+                {
+                    progressed = true;
+                    timer = None;
+                    batcher.handle_timeout(now);
+                }
+
+                while let Some(action) = batcher.poll_action() {
+                    progressed = true;
+                    match action {
+                        TsoAction::Connect { epoch } => {
+                            if let Some((_, outgoing, _)) = open.take() {
+                                outgoing.close();
+                            }
+                            let this = self.clone();
+                            opening = Some((epoch, Box::pin(async move { this.open_tso().await })));
+                        }
+                        TsoAction::Close { epoch } => {
+                            if open.as_ref().is_some_and(|(e, _, _)| *e == epoch)
+                                && let Some((_, outgoing, _)) = open.take()
+                            {
+                                outgoing.close();
+                            }
+                        }
+                    }
+                }
+                while let Some(req) = batcher.poll_request(now) {
+                    progressed = true;
+                    self.stats.tso_requests.fetch_add(1, Ordering::Relaxed);
+                    if let Some((epoch, outgoing, _)) = open.as_ref()
+                        && outgoing.push(rpc::encode(&req)).is_err()
+                    {
+                        let epoch = *epoch;
+                        batcher.handle_stream_error(now, epoch, "Tso request stream closed");
+                    }
+                }
+                while let Some(done) = batcher.poll_completion() {
+                    progressed = true;
+                    let w = done.token;
+                    match done.result {
+                        Err(err) if !closed && now < w.deadline => {
+                            tracing::debug!(%err, "timestamp request failed; retrying");
+                            if matches!(err, Error::Pd(_)) {
+                                self.forget_leader();
+                            }
+                            batcher.get_timestamp(now, w);
+                        }
+                        result => {
+                            let result = if closed { Err(Error::Closed) } else { result };
+                            let _ = w.reply.push(Input::Tso { id: w.id, result });
+                        }
+                    }
+                }
+                match batcher.poll_timeout() {
+                    Some((at, _why)) => {
+                        if timer.as_ref().is_none_or(|(t, _)| *t != at) {
+                            timer = Some((at, self.rt.sleep_until(at)));
+                            progressed = true;
+                        }
+                    }
+                    None => timer = None,
+                }
+                if closed {
+                    for w in std::mem::take(&mut queued) {
+                        let _ = w.reply.push(Input::Tso {
+                            id: w.id,
+                            result: Err(Error::Closed),
+                        });
+                    }
+                    if let Some((_, outgoing, _)) = open.take() {
+                        outgoing.close();
+                    }
+                    return Poll::Ready(());
+                }
+                if !progressed {
+                    return Poll::Pending;
                 }
             }
-            let err = match self.tso_stream(&mut waiting).await {
-                Ok(()) => return,
-                Err(e) => e,
-            };
-            tracing::debug!(%err, "tso stream failed; reconnecting");
-            // Callers past their deadline get the error; the rest wait for the next stream.
-            let now = self.rt.now();
-            waiting.retain(|w| {
-                if w.deadline <= now {
-                    let _ = w.reply.push(Input::Tso {
-                        id: w.id,
-                        result: Err(err.clone()),
-                    });
-                    false
-                } else {
-                    true
-                }
-            });
-            let _ = self.tso_queue.try_drain(&mut waiting);
-            self.sleep_for(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
-        }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
     }
 
-    /// Runs one `Tso` stream until it fails (`Err`) or the client closes (`Ok`). Waiters not yet
-    /// answered stay in `waiting`.
-    async fn tso_stream(&self, waiting: &mut Vec<TsoWaiter>) -> Result<(), Error> {
+    /// The cluster id PD reported (0 before the first discovery).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the leader (whatever it is): the next use rediscovers it.
+    fn forget_leader(&self) {
+        *lock(&self.leader) = None;
+    }
+
+    /// Opens a `Tso` stream to the leader.
+    async fn open_tso(&self) -> Result<(Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
         let leader = self.leader().await?;
         let outgoing: Inbox<Bytes> = Inbox::new();
         let deadline = self.rt.now() + self.call_timeout;
         let open = leader
             .channel
             .streaming(PD_TSO, outgoing.clone().into_stream());
-        let mut responses = match with_deadline(&self.rt, deadline, open).await {
-            Some(Ok(r)) => r,
+        match with_deadline(&self.rt, deadline, open).await {
+            Some(Ok(r)) => Ok((outgoing, r)),
             Some(Err(status)) => {
                 self.drop_leader(&leader.url);
-                return Err(Error::Pd(format!("open Tso stream: {status}")));
+                Err(Error::Pd(format!("open Tso stream: {status}")))
             }
             None => {
                 self.drop_leader(&leader.url);
-                return Err(Error::Pd("open Tso stream: timeout".into()));
-            }
-        };
-        self.stats.tso_streams.fetch_add(1, Ordering::Relaxed);
-        let result = async {
-            loop {
-                if waiting.is_empty() {
-                    let open = future::poll_fn(|cx| self.tso_queue.poll_drain(cx, waiting)).await;
-                    if !open {
-                        return Ok(());
-                    }
-                }
-                let count = waiting.len().min(self.tso_max_batch);
-                let req = pdpb::TsoRequest {
-                    header: Some(pdpb::RequestHeader {
-                        cluster_id: leader.cluster_id,
-                        ..Default::default()
-                    }),
-                    count: count as u32,
-                    dc_location: String::new(),
-                };
-                self.stats.tso_requests.fetch_add(1, Ordering::Relaxed);
-                if outgoing.push(rpc::encode(&req)).is_err() {
-                    return Err(Error::Pd("Tso request stream closed".into()));
-                }
-                let deadline = self.rt.now() + self.call_timeout;
-                let next = future::poll_fn(|cx| std::pin::Pin::new(&mut responses).poll_next(cx));
-                let reply = match with_deadline(&self.rt, deadline, next).await {
-                    None => return Err(Error::Pd("Tso response timeout".into())),
-                    Some(None) => return Err(Error::Pd("PD ended the Tso stream".into())),
-                    Some(Some(Err(status))) => {
-                        return Err(Error::Pd(format!("Tso stream: {status}")));
-                    }
-                    Some(Some(Ok(bytes))) => pdpb::TsoResponse::decode(bytes)
-                        .map_err(|e| Error::Codec(format!("TsoResponse: {e}")))?,
-                };
-                let first = first_timestamp(&reply, count)?;
-                for (i, w) in waiting.drain(..count).enumerate() {
-                    let ts = add_logical(first, i as u64, &reply);
-                    let _ = w.reply.push(Input::Tso {
-                        id: w.id,
-                        result: Ok(ts),
-                    });
-                }
+                Err(Error::Pd("open Tso stream: timeout".into()))
             }
         }
-        .await;
-        outgoing.close();
-        if result.is_err() {
-            self.drop_leader(&leader.url);
-        }
-        result
     }
 }
+
+/// A `Tso` stream being opened.
+type Opening<R> = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        Inbox<Bytes>,
+                        <<R as Runtime>::Channel as Channel>::Responses,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    >,
+>;
 
 /// Whether two PD URLs name the same `host:port` (scheme and trailing slash ignored).
 fn same_host(a: &str, b: &str) -> bool {
@@ -471,37 +579,6 @@ fn same_host(a: &str, b: &str) -> bool {
             .trim_end_matches('/')
     }
     strip(a) == strip(b)
-}
-
-/// The first timestamp of a batch of `count`: the reply carries the last one. Mirrors the PD Go
-/// client `tsoStream.processRequests` (`firstLogical = AddLogical(logical, -count+1,
-/// suffixBits)`).
-fn first_timestamp(reply: &pdpb::TsoResponse, count: usize) -> Result<Timestamp, Error> {
-    if let Some(err) = reply.header.as_ref().and_then(|h| h.error.as_ref()) {
-        return Err(Error::Pd(format!("Tso: {}", err.message)));
-    }
-    if reply.count as usize != count {
-        return Err(Error::Pd(format!(
-            "Tso answered {} timestamps for {count} requested",
-            reply.count
-        )));
-    }
-    let ts = reply
-        .timestamp
-        .as_ref()
-        .ok_or_else(|| Error::Pd("Tso reply without a timestamp".into()))?;
-    let shift = ts.suffix_bits;
-    let back = (count as i64 - 1) << shift;
-    let logical = ts.logical - back;
-    if ts.physical < 0 || logical < 0 {
-        return Err(Error::Pd(format!("Tso reply out of range: {ts:?}")));
-    }
-    Ok(Timestamp::compose(ts.physical as u64, logical as u64))
-}
-
-fn add_logical(first: Timestamp, i: u64, reply: &pdpb::TsoResponse) -> Timestamp {
-    let shift = reply.timestamp.as_ref().map_or(0, |t| t.suffix_bits);
-    Timestamp::compose(first.physical_ms(), first.logical() + (i << shift))
 }
 
 /// Puts `cluster_id` into the request header, as every PD request must carry it.
@@ -523,41 +600,6 @@ fn set_cluster_id(request: &mut PdRequest, cluster_id: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reply(physical: i64, logical: i64, count: u32, suffix_bits: u32) -> pdpb::TsoResponse {
-        pdpb::TsoResponse {
-            header: None,
-            count,
-            timestamp: Some(pdpb::Timestamp {
-                physical,
-                logical,
-                suffix_bits,
-            }),
-        }
-    }
-
-    #[test]
-    fn batch_splits_into_consecutive_timestamps_ending_at_the_reply() {
-        let r = reply(1000, 10, 3, 0);
-        let first = first_timestamp(&r, 3).unwrap();
-        let all: Vec<_> = (0..3).map(|i| add_logical(first, i, &r)).collect();
-        assert_eq!(all[0], Timestamp::compose(1000, 8));
-        assert_eq!(all[2], Timestamp::compose(1000, 10));
-        assert!(all.windows(2).all(|w| w[0] < w[1]));
-        let s = reply(1000, 20, 3, 2);
-        let first = first_timestamp(&s, 3).unwrap();
-        assert_eq!(first, Timestamp::compose(1000, 12));
-        assert_eq!(add_logical(first, 2, &s), Timestamp::compose(1000, 20));
-    }
-
-    #[test]
-    fn malformed_tso_replies_are_errors() {
-        assert!(first_timestamp(&reply(1000, 10, 2, 0), 3).is_err());
-        assert!(first_timestamp(&reply(1000, 1, 3, 0), 3).is_err());
-        let mut no_ts = reply(1, 1, 1, 0);
-        no_ts.timestamp = None;
-        assert!(first_timestamp(&no_ts, 1).is_err());
-    }
 
     #[test]
     fn url_comparison_ignores_scheme() {
