@@ -276,6 +276,36 @@ pub struct MvccStore {
     max_ts: u64,
     waits: LockWaits<PessimisticLockCmd>,
     config: MvccConfig,
+    committed: TxnStatusCache,
+}
+
+/// Transactions known to be committed, `start_ts -> commit_ts`, bounded.
+///
+/// Mirrors TiKV `src/storage/txn/txn_status_cache.rs` `TxnStatusCache` (the
+/// committed part; TiKV bounds it by time, this one by size).
+#[derive(Debug, Default)]
+struct TxnStatusCache {
+    map: std::collections::BTreeMap<u64, u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl TxnStatusCache {
+    const CAPACITY: usize = 1 << 16;
+
+    fn insert(&mut self, start_ts: u64, commit_ts: u64) {
+        if self.map.insert(start_ts, commit_ts).is_none() {
+            self.order.push_back(start_ts);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn get_committed(&self, start_ts: u64) -> Option<u64> {
+        self.map.get(&start_ts).copied()
+    }
 }
 
 /// The region range a lock-scanning command is limited to.
@@ -305,6 +335,19 @@ impl MvccStore {
     /// The largest timestamp any reader used (drives async-commit min commit ts).
     pub fn max_ts(&self) -> u64 {
         self.max_ts
+    }
+
+    /// Records that a transaction committed (TiKV `BroadcastTxnStatus` /
+    /// `Storage::update_txn_status_cache`).
+    pub fn update_txn_status_cache(&mut self, start_ts: u64, commit_ts: u64) {
+        if commit_ts != 0 {
+            self.committed.insert(start_ts, commit_ts);
+        }
+    }
+
+    /// The commit ts of a transaction this store has seen committed, if any.
+    pub fn known_commit_ts(&self, start_ts: u64) -> Option<u64> {
+        self.committed.get_committed(start_ts)
     }
 
     /// Raises the max ts, like a read at `ts` would.
@@ -505,7 +548,11 @@ impl MvccStore {
             txn_size: cmd.txn_size,
             lock_ttl: cmd.lock_ttl,
             min_commit_ts: cmd.min_commit_ts,
-            is_retry_request: cmd.is_retry_request,
+            // A pessimistic prewrite of a transaction known to be committed is
+            // a stale retry: check constraints on every key (TiKV
+            // `Prewriter::process_write`, txn status cache hit).
+            is_retry_request: cmd.is_retry_request
+                || (pessimistic && self.committed.get_committed(cmd.start_ts).is_some()),
             assertion_level: cmd.assertion_level,
             txn_source: cmd.txn_source,
         };
@@ -631,6 +678,9 @@ impl MvccStore {
             0
         };
         self.finish(txn, now_ms);
+        if one_pc_commit_ts != 0 {
+            self.committed.insert(cmd.start_ts, one_pc_commit_ts);
+        }
         Ok(PrewriteResult {
             locks: Vec::new(),
             min_commit_ts: async_commit_ts,
@@ -659,6 +709,7 @@ impl MvccStore {
             actions::commit(&mut txn, &self.engine, k, commit_ts)?;
         }
         self.finish(txn, now_ms);
+        self.committed.insert(start_ts, commit_ts);
         Ok(commit_ts)
     }
 
@@ -730,6 +781,9 @@ impl MvccStore {
             )?,
         };
         self.finish(txn, now_ms);
+        if let TxnStatus::Committed { commit_ts } = status {
+            self.committed.insert(cmd.lock_ts, commit_ts);
+        }
         Ok(status)
     }
 
@@ -781,6 +835,9 @@ impl MvccStore {
             }
         }
         self.finish(txn, now_ms);
+        if let Some(SecondaryLocksStatus::Committed(commit_ts)) = result {
+            self.committed.insert(start_ts, commit_ts);
+        }
         Ok(result.unwrap_or(SecondaryLocksStatus::Locked(locked)))
     }
 
@@ -817,6 +874,9 @@ impl MvccStore {
                 }
             }
             self.finish(txn, now_ms);
+            if cmd.commit_ts != 0 {
+                self.committed.insert(cmd.start_ts, cmd.commit_ts);
+            }
             return Ok(());
         }
         let mut scan_from = region.start.clone();
@@ -845,7 +905,7 @@ impl MvccStore {
                     actions::cleanup(&mut txn, &self.engine, key, 0, false)?;
                 } else if commit_ts > lock.ts {
                     match actions::commit(&mut txn, &self.engine, key, commit_ts) {
-                        Ok(()) => {}
+                        Ok(()) => self.committed.insert(lock.ts, commit_ts),
                         Err(MvccError::TxnLockNotFound { .. }) if lock.is_pessimistic_lock() => {}
                         Err(e) => return Err(e),
                     }

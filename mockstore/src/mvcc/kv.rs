@@ -907,6 +907,21 @@ impl MvccStore {
         }
     }
 
+    /// `BroadcastTxnStatus`: remembers the committed transactions (used to
+    /// treat stale pessimistic prewrites as retries).
+    ///
+    /// Mirrors TiKV `future_broadcast_txn_status` / `Storage::update_txn_status_cache`.
+    pub fn kv_broadcast_txn_status(
+        &mut self,
+        _now_ms: u64,
+        req: &kvrpcpb::BroadcastTxnStatusRequest,
+    ) -> kvrpcpb::BroadcastTxnStatusResponse {
+        for st in &req.txn_status {
+            self.update_txn_status_cache(st.start_ts, st.commit_ts);
+        }
+        kvrpcpb::BroadcastTxnStatusResponse::default()
+    }
+
     /// GC of every key in `range` below `safe_point` (the work TiKV's GC worker
     /// does for a region; TiKV itself answers `KvGC` with `Unimplemented`).
     pub fn gc(&mut self, safe_point: u64, range: &kvrpcpb::KeyRange) {

@@ -580,3 +580,39 @@ fn pessimistic_rollback() {
     must_locked(&s, b"d", 10);
     assert!(s.engine().writes_of(b"a").is_empty());
 }
+
+/// TiKV `commands::prewrite` txn status cache hit
+/// (`test_pessimistic_prewrite_after_commit` / tikv#14311 family): a stale
+/// pessimistic prewrite of a committed transaction must not leave a lock on
+/// its non-pessimistic keys.
+#[test]
+fn stale_pessimistic_prewrite_after_commit() {
+    use PessimisticAction::*;
+    let mut s = store();
+    must_acquire_pessimistic_lock(&mut s, b"pk", b"pk", 10, 10);
+    let cmd = PrewriteCmd {
+        mutations: vec![Mutation::put(b"pk", b"v"), Mutation::put(b"k2", b"v")],
+        pessimistic_actions: vec![DoPessimisticCheck, SkipPessimisticCheck],
+        primary: b"pk".to_vec(),
+        start_ts: 10,
+        for_update_ts: 10,
+        ..PrewriteCmd::default()
+    };
+    assert!(s.prewrite(0, &cmd).unwrap().locks.is_empty());
+    s.commit(0, &[b"pk".to_vec(), b"k2".to_vec()], 10, 20)
+        .unwrap();
+    assert_eq!(s.known_commit_ts(10), Some(20));
+    // The duplicated prewrite of k2 arrives late.
+    let late = PrewriteCmd {
+        mutations: vec![Mutation::put(b"k2", b"v")],
+        pessimistic_actions: vec![SkipPessimisticCheck],
+        ..cmd
+    };
+    assert!(s.prewrite(0, &late).unwrap().locks.is_empty());
+    must_unlocked(&s, b"k2");
+    // Statuses can also be learnt from `BroadcastTxnStatus`.
+    let mut other = store();
+    assert_eq!(other.known_commit_ts(10), None);
+    other.update_txn_status_cache(10, 20);
+    assert_eq!(other.known_commit_ts(10), Some(20));
+}
