@@ -26,10 +26,18 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod locate;
+pub mod pd;
+pub mod plan;
+pub mod raw;
 pub mod region_cache;
 pub mod region_error;
 pub mod replica;
+pub mod request;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
+pub mod tso;
 pub mod txn;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,671 @@
+//! Composite plans: one logical request spread over regions.
+//!
+//! * [`SingleRegion`]: locate one key (or end key), send one [`RegionRequest`], and when the
+//!   region comes back for a re-split, back off with `MayBackoffForRegionError` and locate
+//!   again. Mirrors client-go `rawkv.Client.sendReq` / `sendDeleteRangeReq`.
+//! * [`BatchPlan`]: group items by region (prefetching missing regions), cut each region's
+//!   items into batches by a [`BatchKind`]'s limits, send all batches in parallel with forked
+//!   backoffers, and re-group only the batch whose region came back. Mirrors client-go
+//!   `rawkv.Client.sendBatchReq` / `doBatchReq` / `sendBatchPut` / `doBatchPut` and the
+//!   `batchKeys.relocate` pattern of the transaction code.
+//!
+//! Region-by-region walks (scans, delete range, checksum) are built from [`SingleRegion`]
+//! steps in [`crate::machine::raw`].
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::machine::backoff::Backoffer;
+use crate::machine::locate::{GroupKeys, KeyGroup, LocateKey};
+use crate::machine::region_cache::KeyLocation;
+use crate::machine::region_error::may_backoff_for_region_error;
+use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
+use crate::machine::{
+    Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
+};
+use crate::rng::Rng;
+
+/// How a request's range is fitted to the region it is sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Clamp {
+    /// Send the request as is.
+    #[default]
+    None,
+    /// Cut the range end to the region end (`RawDeleteRange`, `RawChecksum`): the range is
+    /// `[start, min(end, region end))`, an empty `end` meaning unbounded.
+    EndToRegion(Key),
+}
+
+/// The end of `[.., end)` cut to the region: `min(end, loc.end_key)` with empty meaning +∞.
+/// Mirrors the `actualEndKey` of client-go `sendDeleteRangeReq`.
+pub fn clamped_end(end: &Key, loc: &KeyLocation) -> Key {
+    if !loc.end_key.is_empty() && (end.is_empty() || loc.end_key < *end) {
+        loc.end_key.clone()
+    } else {
+        end.clone()
+    }
+}
+
+fn apply_clamp(req: &mut TikvRequest, clamp: &Clamp, loc: &KeyLocation) {
+    let Clamp::EndToRegion(end) = clamp else {
+        return;
+    };
+    let actual = clamped_end(end, loc);
+    match req {
+        TikvRequest::Cmd(TikvCmd::RawDeleteRange(r)) => r.end_key = actual,
+        TikvRequest::RawChecksum(r) => {
+            for range in &mut r.ranges {
+                range.end_key = actual.clone();
+            }
+        }
+        TikvRequest::Cmd(TikvCmd::DeleteRange(r)) => r.end_key = actual,
+        _ => {}
+    }
+}
+
+/// The reply of a [`SingleRegion`] and the region it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// The reply (no region error).
+    pub response: TikvResponse,
+    /// Where it was served.
+    pub location: KeyLocation,
+}
+
+/// One request routed by one key, re-located until it lands. See the module docs.
+#[derive(Debug)]
+pub struct SingleRegion {
+    key: Key,
+    by_end: bool,
+    template: TikvRequest,
+    clamp: Clamp,
+    opts: RequestOptions,
+    bo: Option<Backoffer>,
+    rng: Rng,
+    locate: Option<LocateKey>,
+    request: Option<(RegionRequest, KeyLocation)>,
+    wake: Option<Instant>,
+    actions: VecDeque<Action>,
+    result: Option<Result<Located, Error>>,
+    done: bool,
+}
+
+impl SingleRegion {
+    /// Sends `request` to the region holding `key` (`by_end`: the region holding the greatest
+    /// key below `key`, for reverse scans), sleeping from `backoffer`.
+    pub fn new(
+        key: Key,
+        by_end: bool,
+        request: TikvRequest,
+        clamp: Clamp,
+        opts: RequestOptions,
+        backoffer: Backoffer,
+    ) -> Self {
+        SingleRegion {
+            key,
+            by_end,
+            template: request,
+            clamp,
+            opts,
+            bo: Some(backoffer),
+            rng: Rng::new(0),
+            locate: None,
+            request: None,
+            wake: None,
+            actions: VecDeque::new(),
+            result: None,
+            done: false,
+        }
+    }
+
+    /// The backoffer once the plan is finished (`None` while a step holds it).
+    pub fn backoffer(&self) -> Option<&Backoffer> {
+        self.bo.as_ref()
+    }
+
+    fn finish(&mut self, r: Result<Located, Error>) {
+        self.done = true;
+        self.locate = None;
+        self.request = None;
+        self.wake = None;
+        self.result = Some(r);
+    }
+
+    fn begin_locate(&mut self, now: Instant, shared: &mut Shared) {
+        let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
+        let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
+        op.start(now, shared);
+        self.locate = Some(op);
+        self.drive(now, shared);
+    }
+
+    fn drive(&mut self, now: Instant, shared: &mut Shared) {
+        loop {
+            if let Some(op) = self.locate.as_mut() {
+                while let Some(a) = op.poll_action() {
+                    self.actions.push_back(a);
+                }
+                let Some(r) = op.poll_result() else {
+                    return;
+                };
+                let op = self.locate.take().expect("locate running");
+                let bo = op.into_backoffer();
+                let loc = match r {
+                    Ok(loc) => loc,
+                    Err(e) => return self.finish(Err(e)),
+                };
+                let mut req = self.template.clone();
+                apply_clamp(&mut req, &self.clamp, &loc);
+                let mut rr = RegionRequest::new(loc.region, req, self.opts.clone(), bo);
+                rr.start(now, shared);
+                self.request = Some((rr, loc));
+                continue;
+            }
+            if let Some((op, _)) = self.request.as_mut() {
+                while let Some(a) = op.poll_action() {
+                    self.actions.push_back(a);
+                }
+                let Some(r) = op.poll_result() else {
+                    return;
+                };
+                let (op, location) = self.request.take().expect("request running");
+                let mut bo = op.into_backoffer();
+                match r {
+                    Ok(RegionOutcome::Response(response)) => {
+                        self.bo = Some(bo);
+                        return self.finish(Ok(Located { response, location }));
+                    }
+                    Ok(RegionOutcome::Resplit(e)) => {
+                        match may_backoff_for_region_error(&e, &mut bo, &mut self.rng) {
+                            Ok(d) => {
+                                tracing::debug!(key = ?self.key, sleep_ms = d.as_millis() as u64, "re-locate after region error");
+                                self.bo = Some(bo);
+                                if d.is_zero() {
+                                    return self.begin_locate(now, shared);
+                                }
+                                self.wake = Some(now + d);
+                                return;
+                            }
+                            Err(err) => return self.finish(Err(err)),
+                        }
+                    }
+                    Err(e) => {
+                        self.bo = Some(bo);
+                        return self.finish(Err(e));
+                    }
+                }
+            }
+            return;
+        }
+    }
+}
+
+impl Operation for SingleRegion {
+    type Output = Located;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        self.begin_locate(now, shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done {
+            return;
+        }
+        if let Some(op) = self.locate.as_mut() {
+            op.handle_input(now, shared, input);
+        } else if let Some((op, _)) = self.request.as_mut() {
+            op.handle_input(now, shared, input);
+        }
+        self.drive(now, shared);
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if self.done {
+            return;
+        }
+        if self.wake.is_some_and(|at| now >= at) {
+            self.wake = None;
+            return self.begin_locate(now, shared);
+        }
+        if let Some(op) = self.locate.as_mut() {
+            op.handle_timeout(now, shared);
+        } else if let Some((op, _)) = self.request.as_mut() {
+            op.handle_timeout(now, shared);
+        }
+        self.drive(now, shared);
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        if let Some(at) = self.wake {
+            return Some((at, "re-locate backoff"));
+        }
+        if let Some(op) = &self.locate {
+            return op.poll_timeout();
+        }
+        self.request.as_ref().and_then(|(op, _)| op.poll_timeout())
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Located, Error>> {
+        self.result.take()
+    }
+}
+
+/// What a [`BatchPlan`] sends: the items, how one region's items are cut into batches, the
+/// request of a batch, and how replies are folded into the output.
+pub trait BatchKind {
+    /// One item (a key, a key-value pair, ...).
+    type Item: Clone + Debug;
+    /// The plan's output.
+    type Output;
+
+    /// The routing key of an item.
+    fn key(item: &Self::Item) -> &Key;
+
+    /// Cuts the items of one region into batches (count or size limits).
+    fn batches(&self, items: Vec<Self::Item>) -> Vec<Vec<Self::Item>>;
+
+    /// The request carrying one batch (keys in user form).
+    fn request(&self, items: &[Self::Item]) -> TikvRequest;
+
+    /// Folds the reply of one batch in; an error ends the whole plan.
+    fn absorb(&mut self, items: &[Self::Item], response: TikvResponse) -> Result<(), Error>;
+
+    /// The output once every batch is in.
+    fn finish(&mut self) -> Self::Output;
+}
+
+#[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
+enum Finished {
+    Grouped(Result<Vec<KeyGroup>, Error>),
+    Sent(Result<RegionOutcome, Error>),
+}
+
+fn drain_into<O: Operation>(
+    op: &mut O,
+    idx: usize,
+    routes: &mut HashMap<IoId, usize>,
+    out: &mut VecDeque<Action>,
+) {
+    while let Some(a) = op.poll_action() {
+        if let Some(id) = a.id() {
+            routes.insert(id, idx);
+        }
+        out.push_back(a);
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
+#[derive(Debug)]
+enum Task<I> {
+    Group {
+        items: Vec<I>,
+        op: GroupKeys,
+    },
+    Send {
+        items: Vec<I>,
+        op: RegionRequest,
+    },
+    Sleep {
+        items: Vec<I>,
+        until: Instant,
+        bo: Backoffer,
+    },
+}
+
+/// Items spread over regions, sent in parallel batches. See the module docs.
+#[derive(Debug)]
+pub struct BatchPlan<K: BatchKind> {
+    kind: K,
+    items: Option<Vec<K::Item>>,
+    opts: RequestOptions,
+    bo: Backoffer,
+    batch_scan: bool,
+    rng: Rng,
+    tasks: Vec<Option<Task<K::Item>>>,
+    routes: HashMap<IoId, usize>,
+    actions: VecDeque<Action>,
+    result: Option<Result<K::Output, Error>>,
+    done: bool,
+}
+
+impl<K: BatchKind> BatchPlan<K> {
+    /// A plan sending `items` as `kind` says, with `backoffer` as the operation budget (each
+    /// batch sleeps from a fork of it).
+    pub fn new(kind: K, items: Vec<K::Item>, opts: RequestOptions, backoffer: Backoffer) -> Self {
+        BatchPlan {
+            kind,
+            items: Some(items),
+            opts,
+            bo: backoffer,
+            batch_scan: true,
+            rng: Rng::new(0),
+            tasks: Vec::new(),
+            routes: HashMap::new(),
+            actions: VecDeque::new(),
+            result: None,
+            done: false,
+        }
+    }
+
+    /// Locates missing regions with one `GetRegion` each instead of a `BatchScanRegions`.
+    pub fn without_batch_scan(mut self) -> Self {
+        self.batch_scan = false;
+        self
+    }
+
+    /// The operation's backoffer (the last finished batch's totals merged in).
+    pub fn backoffer(&self) -> &Backoffer {
+        &self.bo
+    }
+
+    /// The batch kind (with whatever it accumulated).
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
+    fn fail(&mut self, e: Error) {
+        tracing::debug!(error = %e, "batch plan failed");
+        self.done = true;
+        self.tasks.clear();
+        self.routes.clear();
+        self.result = Some(Err(e));
+    }
+
+    fn spawn(&mut self, task: Task<K::Item>, now: Instant, shared: &mut Shared) {
+        let idx = self.tasks.len();
+        self.tasks.push(Some(task));
+        match self.tasks[idx].as_mut() {
+            Some(Task::Group { op, .. }) => op.start(now, shared),
+            Some(Task::Send { op, .. }) => op.start(now, shared),
+            _ => {}
+        }
+        self.poll_task(idx, now, shared);
+    }
+
+    fn group(&mut self, items: Vec<K::Item>, bo: Backoffer, now: Instant, shared: &mut Shared) {
+        let keys = items.iter().map(|i| K::key(i).clone()).collect();
+        let mut op = GroupKeys::new(keys, bo);
+        if !self.batch_scan {
+            op = op.without_batch_scan();
+        }
+        self.spawn(Task::Group { items, op }, now, shared);
+    }
+
+    /// Drains a task's actions and handles its completion.
+    fn poll_task(&mut self, idx: usize, now: Instant, shared: &mut Shared) {
+        if self.done {
+            return;
+        }
+        let finished = match self.tasks[idx].as_mut() {
+            Some(Task::Group { op, .. }) => {
+                drain_into(op, idx, &mut self.routes, &mut self.actions);
+                op.poll_result().map(Finished::Grouped)
+            }
+            Some(Task::Send { op, .. }) => {
+                drain_into(op, idx, &mut self.routes, &mut self.actions);
+                op.poll_result().map(Finished::Sent)
+            }
+            _ => None,
+        };
+        let Some(finished) = finished else {
+            return;
+        };
+        let task = self.tasks[idx].take().expect("task present");
+        self.routes.retain(|_, t| *t != idx);
+        match (task, finished) {
+            (Task::Group { items, op }, Finished::Grouped(groups)) => {
+                let bo = op.into_backoffer().unwrap_or_else(|| self.bo.fork());
+                match groups {
+                    Ok(groups) => self.on_grouped(items, groups, bo, now, shared),
+                    Err(e) => return self.fail(e),
+                }
+            }
+            (Task::Send { items, op }, Finished::Sent(outcome)) => {
+                let mut bo = op.into_backoffer();
+                match outcome {
+                    Ok(RegionOutcome::Response(resp)) => {
+                        self.bo.update_using_forked(&bo);
+                        if let Err(e) = self.kind.absorb(&items, resp) {
+                            return self.fail(e);
+                        }
+                    }
+                    Ok(RegionOutcome::Resplit(e)) => {
+                        match may_backoff_for_region_error(&e, &mut bo, &mut self.rng) {
+                            Ok(d) if d.is_zero() => {
+                                tracing::debug!(
+                                    keys = items.len(),
+                                    "re-split batch after region error"
+                                );
+                                self.group(items, bo, now, shared);
+                            }
+                            Ok(d) => {
+                                tracing::debug!(
+                                    keys = items.len(),
+                                    sleep_ms = d.as_millis() as u64,
+                                    "re-split batch after backoff"
+                                );
+                                self.tasks.push(Some(Task::Sleep {
+                                    items,
+                                    until: now + d,
+                                    bo,
+                                }));
+                            }
+                            Err(err) => return self.fail(err),
+                        }
+                    }
+                    Err(e) => return self.fail(e),
+                }
+            }
+            _ => {}
+        }
+        self.check_done();
+    }
+
+    fn on_grouped(
+        &mut self,
+        items: Vec<K::Item>,
+        groups: Vec<KeyGroup>,
+        bo: Backoffer,
+        now: Instant,
+        shared: &mut Shared,
+    ) {
+        let mut slots: Vec<Option<K::Item>> = items.into_iter().map(Some).collect();
+        for g in groups {
+            let region_items: Vec<K::Item> =
+                g.indices.iter().filter_map(|i| slots[*i].take()).collect();
+            for batch in self.kind.batches(region_items) {
+                if batch.is_empty() {
+                    continue;
+                }
+                let req = self.kind.request(&batch);
+                let op = RegionRequest::new(g.location.region, req, self.opts.clone(), bo.fork());
+                self.spawn(Task::Send { items: batch, op }, now, shared);
+                if self.done {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn check_done(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.tasks.iter().all(Option::is_none) {
+            self.done = true;
+            self.tasks.clear();
+            self.result = Some(Ok(self.kind.finish()));
+        }
+    }
+}
+
+impl<K: BatchKind> Operation for BatchPlan<K> {
+    type Output = K::Output;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        let items = self.items.take().unwrap_or_default();
+        if items.is_empty() {
+            self.check_done();
+            return;
+        }
+        let bo = self.bo.fork();
+        self.group(items, bo, now, shared);
+        self.check_done();
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done {
+            return;
+        }
+        let Some(&idx) = self.routes.get(&input.id()) else {
+            return;
+        };
+        self.routes.remove(&input.id());
+        match self.tasks[idx].as_mut() {
+            Some(Task::Group { op, .. }) => op.handle_input(now, shared, input),
+            Some(Task::Send { op, .. }) => op.handle_input(now, shared, input),
+            _ => return,
+        }
+        self.poll_task(idx, now, shared);
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if self.done {
+            return;
+        }
+        for idx in 0..self.tasks.len() {
+            if self.done {
+                return;
+            }
+            let due = match self.tasks[idx].as_ref() {
+                Some(Task::Sleep { until, .. }) => *until <= now,
+                Some(Task::Group { op, .. }) => op.poll_timeout().is_some_and(|(at, _)| at <= now),
+                Some(Task::Send { op, .. }) => op.poll_timeout().is_some_and(|(at, _)| at <= now),
+                None => false,
+            };
+            if !due {
+                continue;
+            }
+            match self.tasks[idx].take() {
+                Some(Task::Sleep { items, bo, .. }) => self.group(items, bo, now, shared),
+                Some(mut t) => {
+                    match &mut t {
+                        Task::Group { op, .. } => op.handle_timeout(now, shared),
+                        Task::Send { op, .. } => op.handle_timeout(now, shared),
+                        Task::Sleep { .. } => {}
+                    }
+                    self.tasks[idx] = Some(t);
+                    self.poll_task(idx, now, shared);
+                }
+                None => {}
+            }
+        }
+        self.check_done();
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.tasks
+            .iter()
+            .flatten()
+            .filter_map(|t| match t {
+                Task::Sleep { until, .. } => Some((*until, "re-split backoff")),
+                Task::Group { op, .. } => op.poll_timeout(),
+                Task::Send { op, .. } => op.poll_timeout(),
+            })
+            .min_by_key(|(at, _)| *at)
+    }
+
+    fn poll_result(&mut self) -> Option<Result<K::Output, Error>> {
+        self.result.take()
+    }
+}
+
+/// Cuts items into batches of at most `limit` items. (client-go `kvrpc.AppendKeyBatches` lets a
+/// batch reach `limit + 1` keys; here the limit is exact.)
+pub fn batches_by_count<I>(items: Vec<I>, limit: usize) -> Vec<Vec<I>> {
+    let limit = limit.max(1);
+    let mut out = Vec::with_capacity(items.len().div_ceil(limit));
+    let mut cur = Vec::with_capacity(limit.min(items.len()));
+    for item in items {
+        if cur.len() == limit {
+            out.push(std::mem::replace(&mut cur, Vec::with_capacity(limit)));
+        }
+        cur.push(item);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Cuts items into batches whose size reaches `limit` bytes: a batch is closed once its size
+/// is at least `limit`, so each batch holds at least one item. Mirrors client-go
+/// `kvrpc.AppendBatches`.
+pub fn batches_by_size<I>(items: Vec<I>, limit: usize, size: impl Fn(&I) -> usize) -> Vec<Vec<I>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut cur_size = 0;
+    for item in items {
+        if cur_size >= limit && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            cur_size = 0;
+        }
+        cur_size += size(&item);
+        cur.push(item);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_batches_are_exact() {
+        let b = batches_by_count((0..1025).collect::<Vec<_>>(), 512);
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![512, 512, 1]
+        );
+        assert!(batches_by_count(Vec::<u8>::new(), 512).is_empty());
+    }
+
+    #[test]
+    fn size_batches_close_once_limit_reached() {
+        let b = batches_by_size(vec![10usize, 10, 10, 10, 10], 16, |x| *x);
+        assert_eq!(b, vec![vec![10, 10], vec![10, 10], vec![10]]);
+        let big = batches_by_size(vec![100usize, 1], 16, |x| *x);
+        assert_eq!(big, vec![vec![100], vec![1]]);
+    }
+
+    #[test]
+    fn clamp_end_to_region() {
+        let loc = |s: &str, e: &str| KeyLocation {
+            region: Default::default(),
+            start_key: Key::copy_from_slice(s.as_bytes()),
+            end_key: Key::copy_from_slice(e.as_bytes()),
+            buckets_version: 0,
+        };
+        let k = |s: &str| Key::copy_from_slice(s.as_bytes());
+        assert_eq!(clamped_end(&k("z"), &loc("a", "m")), k("m"));
+        assert_eq!(clamped_end(&k("c"), &loc("a", "m")), k("c"));
+        assert_eq!(clamped_end(&k(""), &loc("a", "m")), k("m"));
+        assert_eq!(clamped_end(&k("z"), &loc("a", "")), k("z"));
+        assert_eq!(clamped_end(&k(""), &loc("a", "")), k(""));
+    }
+}

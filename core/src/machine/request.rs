@@ -1,0 +1,1597 @@
+//! The region-request retry loop: one request to one region, retried across replicas until it
+//! gets a reply without region error, or gives the region back to its caller.
+//!
+//! A [`RegionRequest`] is bound to one cached region version. Each attempt picks a replica with
+//! the [`ReplicaSelector`], resolves the store's address from PD if needed, fills the request
+//! `Context` (region id and epoch, peer, replica / stale read, retry flag, API version and
+//! keyspace through the client's codec) and emits an [`Action::Tikv`] with the configured
+//! deadline. Transport failures and region errors are handled exactly like client-go: some are
+//! retried (after a backoff of the right kind), some end the operation with an error, and the
+//! rest hand the region back as [`RegionOutcome::Resplit`], meaning "the routing was stale:
+//! back off with [`may_backoff_for_region_error`] and re-locate the keys". No replica left gives
+//! the pseudo `EpochNotMatch`, handled the same way. `UndeterminedResult` is never retried: it
+//! ends the request with [`Error::Undetermined`].
+//!
+//! Mirrors client-go `internal/locate/region_request.go` (`SendReqCtx`, `sendReqState.next`,
+//! `sendReqState.send`, `onSendFail`, `onRegionError`) and `tikvrpc.SetContextNoAttach`.
+//!
+//! [`may_backoff_for_region_error`]: crate::machine::region_error::may_backoff_for_region_error
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tikv_proto::{errorpb, kvrpcpb, pdpb};
+
+use crate::error::Error;
+use crate::machine::backoff::{BackoffKind, Backoffer};
+use crate::machine::region_cache::{InvalidReason, RegionVerId};
+use crate::machine::region_error::{self, pseudo_epoch_not_match};
+use crate::machine::replica::{ReadOptions, ReplicaSelector, Verdict};
+use crate::machine::store::{ResolveState, StoreUpdate};
+use crate::machine::{
+    Action, Input, IoId, Operation, PdRequest, PdResponse, Shared, TikvCmd, TikvCmdResponse,
+    TikvRequest, TikvResponse,
+};
+use crate::rng::Rng;
+
+/// Per-request routing options.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestOptions {
+    /// Replica selection.
+    pub read: ReadOptions,
+    /// RPC deadline; `None` uses [`crate::machine::RoutingConfig::read_timeout_short`].
+    pub timeout: Option<Duration>,
+}
+
+#[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
+/// What a region request ends with when it does not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegionOutcome {
+    /// A reply without region error (it may still carry key errors for the caller).
+    Response(TikvResponse),
+    /// The region error that was not retried here: the caller backs off with
+    /// `may_backoff_for_region_error`, re-locates its keys and sends again.
+    Resplit(Box<errorpb::Error>),
+}
+
+/// Mutable access to a request's `Context` (`None` for the legacy `Import` command, the empty
+/// command and `GetStoreSafeTS`).
+pub fn context_mut(req: &mut TikvRequest) -> Option<&mut kvrpcpb::Context> {
+    macro_rules! ctx {
+        ($r:expr) => {
+            Some($r.context.get_or_insert_with(Default::default))
+        };
+    }
+    match req {
+        TikvRequest::Cmd(cmd) => match cmd {
+            TikvCmd::Get(r) => ctx!(r),
+            TikvCmd::Scan(r) => ctx!(r),
+            TikvCmd::Prewrite(r) => ctx!(r),
+            TikvCmd::Commit(r) => ctx!(r),
+            TikvCmd::Import(_) => None,
+            TikvCmd::Cleanup(r) => ctx!(r),
+            TikvCmd::BatchGet(r) => ctx!(r),
+            TikvCmd::BatchRollback(r) => ctx!(r),
+            TikvCmd::ScanLock(r) => ctx!(r),
+            TikvCmd::ResolveLock(r) => ctx!(r),
+            TikvCmd::Gc(r) => ctx!(r),
+            TikvCmd::DeleteRange(r) => ctx!(r),
+            TikvCmd::RawGet(r) => ctx!(r),
+            TikvCmd::RawBatchGet(r) => ctx!(r),
+            TikvCmd::RawPut(r) => ctx!(r),
+            TikvCmd::RawBatchPut(r) => ctx!(r),
+            TikvCmd::RawDelete(r) => ctx!(r),
+            TikvCmd::RawBatchDelete(r) => ctx!(r),
+            TikvCmd::RawScan(r) => ctx!(r),
+            TikvCmd::RawDeleteRange(r) => ctx!(r),
+            TikvCmd::RawBatchScan(r) => ctx!(r),
+            TikvCmd::Coprocessor(r) => ctx!(r),
+            TikvCmd::PessimisticLock(r) => ctx!(r),
+            TikvCmd::PessimisticRollback(r) => ctx!(r),
+            TikvCmd::CheckTxnStatus(r) => ctx!(r),
+            TikvCmd::TxnHeartBeat(r) => ctx!(r),
+            TikvCmd::CheckSecondaryLocks(r) => ctx!(r),
+            TikvCmd::RawCoprocessor(r) => ctx!(r),
+            TikvCmd::FlashbackToVersion(r) => ctx!(r),
+            TikvCmd::PrepareFlashbackToVersion(r) => ctx!(r),
+            TikvCmd::Flush(r) => ctx!(r),
+            TikvCmd::BufferBatchGet(r) => ctx!(r),
+            TikvCmd::GetHealthFeedback(r) => ctx!(r),
+            TikvCmd::BroadcastTxnStatus(r) => ctx!(r),
+            TikvCmd::Empty(_) => None,
+        },
+        TikvRequest::SplitRegion(r) => ctx!(r),
+        TikvRequest::UnsafeDestroyRange(r) => ctx!(r),
+        TikvRequest::StoreSafeTs(_) => None,
+        TikvRequest::RawGetKeyTtl(r) => ctx!(r),
+        TikvRequest::RawCas(r) => ctx!(r),
+        TikvRequest::RawChecksum(r) => ctx!(r),
+    }
+}
+
+/// The region error of a reply, if any. Mirrors client-go `tikvrpc.Response.GetRegionError`.
+pub fn region_error(resp: &TikvResponse) -> Option<&errorpb::Error> {
+    use TikvCmdResponse as R;
+    match resp {
+        TikvResponse::Cmd(cmd) => match cmd {
+            R::Get(r) => r.region_error.as_ref(),
+            R::Scan(r) => r.region_error.as_ref(),
+            R::Prewrite(r) => r.region_error.as_ref(),
+            R::Commit(r) => r.region_error.as_ref(),
+            R::Import(r) => r.region_error.as_ref(),
+            R::Cleanup(r) => r.region_error.as_ref(),
+            R::BatchGet(r) => r.region_error.as_ref(),
+            R::BatchRollback(r) => r.region_error.as_ref(),
+            R::ScanLock(r) => r.region_error.as_ref(),
+            R::ResolveLock(r) => r.region_error.as_ref(),
+            R::Gc(r) => r.region_error.as_ref(),
+            R::DeleteRange(r) => r.region_error.as_ref(),
+            R::RawGet(r) => r.region_error.as_ref(),
+            R::RawBatchGet(r) => r.region_error.as_ref(),
+            R::RawPut(r) => r.region_error.as_ref(),
+            R::RawBatchPut(r) => r.region_error.as_ref(),
+            R::RawDelete(r) => r.region_error.as_ref(),
+            R::RawBatchDelete(r) => r.region_error.as_ref(),
+            R::RawScan(r) => r.region_error.as_ref(),
+            R::RawDeleteRange(r) => r.region_error.as_ref(),
+            R::RawBatchScan(r) => r.region_error.as_ref(),
+            R::Coprocessor(r) => r.region_error.as_ref(),
+            R::PessimisticLock(r) => r.region_error.as_ref(),
+            R::PessimisticRollback(r) => r.region_error.as_ref(),
+            R::CheckTxnStatus(r) => r.region_error.as_ref(),
+            R::TxnHeartBeat(r) => r.region_error.as_ref(),
+            R::CheckSecondaryLocks(r) => r.region_error.as_ref(),
+            R::RawCoprocessor(r) => r.region_error.as_ref(),
+            R::FlashbackToVersion(r) => r.region_error.as_ref(),
+            R::PrepareFlashbackToVersion(r) => r.region_error.as_ref(),
+            R::Flush(r) => r.region_error.as_ref(),
+            R::BufferBatchGet(r) => r.region_error.as_ref(),
+            R::GetHealthFeedback(r) => r.region_error.as_ref(),
+            R::BroadcastTxnStatus(_) | R::Empty(_) => None,
+        },
+        TikvResponse::SplitRegion(r) => r.region_error.as_ref(),
+        TikvResponse::UnsafeDestroyRange(r) => r.region_error.as_ref(),
+        TikvResponse::StoreSafeTs(_) => None,
+        TikvResponse::RawGetKeyTtl(r) => r.region_error.as_ref(),
+        TikvResponse::RawCas(r) => r.region_error.as_ref(),
+        TikvResponse::RawChecksum(r) => r.region_error.as_ref(),
+    }
+}
+
+/// Whether the request is a read in client-go's sense (replica read and configurable read
+/// timeouts apply). Mirrors client-go `isReadReq` (get, batch get, scan, coprocessor).
+pub fn is_read_request(req: &TikvRequest) -> bool {
+    matches!(
+        req,
+        TikvRequest::Cmd(
+            TikvCmd::Get(_) | TikvCmd::BatchGet(_) | TikvCmd::Scan(_) | TikvCmd::Coprocessor(_)
+        )
+    )
+}
+
+#[derive(Debug, Clone)]
+struct Prepared {
+    store_id: u64,
+    address: Arc<str>,
+    request: TikvRequest,
+    replica_read: bool,
+    stale_read: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    id: IoId,
+    store_id: u64,
+    address: Arc<str>,
+    sent_at: Instant,
+    replica_read: bool,
+    stale_read: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Wake {
+    Step,
+    Send(Box<Prepared>),
+    Pseudo,
+    GiveUp(Box<errorpb::Error>),
+}
+
+/// One request to one region with client-go's retry loop. See the module docs.
+///
+/// Output: [`RegionOutcome`]. After it finishes, [`RegionRequest::backoffer`] holds the
+/// backoff totals to merge into the caller's (`Backoffer::update_using_forked`).
+#[derive(Debug)]
+pub struct RegionRequest {
+    region: RegionVerId,
+    request: TikvRequest,
+    opts: RequestOptions,
+    read_only: bool,
+    max_exec_ms: u64,
+    timeout: Duration,
+    backoffer: Backoffer,
+    rng: Rng,
+    selector: Option<ReplicaSelector>,
+    actions: VecDeque<Action>,
+    result: Option<Result<RegionOutcome, Error>>,
+    send_times: u32,
+    resolving: Vec<(IoId, u64)>,
+    resolve_failed: Option<Error>,
+    resolve_skip: Vec<u64>,
+    inflight: Option<Inflight>,
+    wake: Option<(Instant, Wake)>,
+    done: bool,
+}
+
+impl RegionRequest {
+    /// A request for the cached region `region` (as located by the caller). `request` is the
+    /// template (keys in user form; its `Context` may preset `max_execution_duration_ms`,
+    /// priority, request source...); `backoffer` is the budget this request may sleep from
+    /// (usually a fork of the operation's).
+    pub fn new(
+        region: RegionVerId,
+        request: TikvRequest,
+        opts: RequestOptions,
+        backoffer: Backoffer,
+    ) -> Self {
+        let read_only = is_read_request(&request);
+        RegionRequest {
+            region,
+            request,
+            opts,
+            read_only,
+            max_exec_ms: 0,
+            timeout: Duration::ZERO,
+            backoffer,
+            rng: Rng::new(0),
+            selector: None,
+            actions: VecDeque::new(),
+            result: None,
+            send_times: 0,
+            resolving: Vec::new(),
+            resolve_failed: None,
+            resolve_skip: Vec::new(),
+            inflight: None,
+            wake: None,
+            done: false,
+        }
+    }
+
+    /// The region this request targets.
+    pub fn region(&self) -> RegionVerId {
+        self.region
+    }
+
+    /// The backoff state (totals to merge back into the caller's backoffer).
+    pub fn backoffer(&self) -> &Backoffer {
+        &self.backoffer
+    }
+
+    /// Takes the backoffer out (for a caller that continues with it).
+    pub fn into_backoffer(self) -> Backoffer {
+        self.backoffer
+    }
+
+    /// How many times the request was sent.
+    pub fn send_times(&self) -> u32 {
+        self.send_times
+    }
+
+    fn finish(&mut self, result: Result<RegionOutcome, Error>) {
+        self.inflight = None;
+        self.wake = None;
+        self.resolving.clear();
+        self.done = true;
+        self.result = Some(result);
+    }
+
+    fn fail(&mut self, err: Error) {
+        tracing::debug!(region = self.region.id, error = %err, "region request failed");
+        self.finish(Err(err));
+    }
+
+    fn give_up(&mut self, err: errorpb::Error) {
+        tracing::debug!(
+            region = self.region.id,
+            error = region_error::label(&err),
+            "region error not retried; caller re-splits"
+        );
+        self.finish(Ok(RegionOutcome::Resplit(Box::new(err))));
+    }
+
+    fn sleep(&mut self, now: Instant, shared: &mut Shared, d: Duration, wake: Wake) {
+        if d.is_zero() {
+            self.wake_up(now, shared, wake);
+        } else {
+            self.wake = Some((now + d, wake));
+        }
+    }
+
+    fn backoff_then(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        kind: BackoffKind,
+        err: Error,
+        wake: Wake,
+    ) {
+        match self.backoffer.backoff(kind, err, None, &mut self.rng) {
+            Ok(d) => {
+                tracing::debug!(
+                    region = self.region.id,
+                    backoff = kind.name(),
+                    sleep_ms = d.as_millis() as u64,
+                    "retry after backoff"
+                );
+                self.sleep(now, shared, d, wake);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn wake_up(&mut self, now: Instant, shared: &mut Shared, wake: Wake) {
+        match wake {
+            Wake::Step => self.step(now, shared),
+            Wake::Send(p) => self.send(now, shared, *p),
+            Wake::Pseudo => self.give_up(pseudo_epoch_not_match()),
+            Wake::GiveUp(e) => self.give_up(*e),
+        }
+    }
+
+    /// One turn of the loop: pick a target and send. Mirrors client-go `sendReqState.next`
+    /// after the previous error was handled.
+    fn step(&mut self, now: Instant, shared: &mut Shared) {
+        if self.done {
+            return;
+        }
+        if self.selector.is_none() {
+            match ReplicaSelector::new(
+                self.region,
+                &self.opts.read,
+                self.read_only,
+                &mut shared.regions,
+                &shared.stores,
+                now,
+                &mut self.rng,
+            ) {
+                Some(sel) => self.selector = Some(sel),
+                None => {
+                    tracing::debug!(
+                        region = self.region.id,
+                        "region not cached or invalid; pseudo EpochNotMatch"
+                    );
+                    return self.give_up(pseudo_epoch_not_match());
+                }
+            }
+        }
+        if self.resolve_stores(shared) {
+            return;
+        }
+        let Some(sel) = self.selector.as_mut() else {
+            return;
+        };
+        let Some(target) = sel.next(&mut shared.regions, &shared.stores, now, &mut self.rng) else {
+            tracing::debug!(
+                region = self.region.id,
+                "no replica available; pseudo EpochNotMatch"
+            );
+            if let Some((kind, err)) = sel.no_candidate_backoff() {
+                return self.backoff_then(now, shared, kind, err, Wake::Pseudo);
+            }
+            return self.give_up(pseudo_epoch_not_match());
+        };
+        let mut request = self.request.clone();
+        if let Some(ctx) = context_mut(&mut request) {
+            ctx.region_id = self.region.id;
+            ctx.region_epoch = Some(self.region.epoch());
+            ctx.peer = Some(target.peer);
+            ctx.replica_read = target.replica_read;
+            ctx.stale_read = target.stale_read;
+            ctx.is_retry_request = self.send_times > 0;
+            ctx.busy_threshold_ms = target.busy_threshold_ms;
+            if ctx.cluster_id == 0 {
+                ctx.cluster_id = shared.routing.cluster_id;
+            }
+        }
+        shared.codec.encode_request_in_place(&mut request);
+        let prepared = Prepared {
+            store_id: target.peer.store_id,
+            address: target.address,
+            request,
+            replica_read: target.replica_read,
+            stale_read: target.stale_read,
+        };
+        if let Some((kind, err)) = sel.take_pending_backoff(prepared.store_id) {
+            return self.backoff_then(now, shared, kind, err, Wake::Send(Box::new(prepared)));
+        }
+        self.send(now, shared, prepared);
+    }
+
+    /// Issues `GetStore` for every replica store that is unresolved or marked `NeedCheck`.
+    /// Returns whether the request must wait for them. Mirrors client-go `Store.initResolve`
+    /// (done by `newRegion` before a region is used) and the re-resolution of `needCheck`
+    /// stores.
+    fn resolve_stores(&mut self, shared: &mut Shared) -> bool {
+        if !self.resolving.is_empty() {
+            return true;
+        }
+        let Some(sel) = &self.selector else {
+            return false;
+        };
+        let mut ids: Vec<u64> = sel
+            .store_ids()
+            .filter(|id| shared.stores.needs_resolve(*id) && !self.resolve_skip.contains(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for store_id in ids {
+            let id = shared.next_io_id();
+            tracing::debug!(store = store_id, "resolve store address from PD");
+            self.actions.push_back(Action::Pd {
+                id,
+                request: PdRequest::GetStore(pdpb::GetStoreRequest {
+                    header: None,
+                    store_id,
+                }),
+            });
+            self.resolving.push((id, store_id));
+        }
+        !self.resolving.is_empty()
+    }
+
+    fn on_store_resolved(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        store_id: u64,
+        result: Result<PdResponse, Error>,
+    ) {
+        let outcome = match result {
+            Ok(PdResponse::Store(resp)) => {
+                let header_err = resp
+                    .header
+                    .as_ref()
+                    .and_then(|h| h.error.as_ref())
+                    .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32);
+                match header_err {
+                    Some(e)
+                        if e.r#type == pdpb::ErrorType::StoreTombstone as i32
+                            || e.message.contains("not found") =>
+                    {
+                        shared.stores.apply_store(store_id, None)
+                    }
+                    Some(e) => Err(Error::Pd(format!("get store {store_id}: {}", e.message))),
+                    None => shared.stores.apply_store(store_id, resp.store.as_ref()),
+                }
+            }
+            Ok(other) => Err(Error::Internal(format!(
+                "unexpected PD reply to GetStore: {other:?}"
+            ))),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(StoreUpdate::Tombstone) => {
+                tracing::info!(
+                    store = store_id,
+                    region = self.region.id,
+                    "store is a tombstone"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was_resolved = shared
+                    .stores
+                    .get(store_id)
+                    .is_some_and(|s| s.state() == ResolveState::NeedCheck);
+                if was_resolved {
+                    // A failed re-check keeps the old address, like client-go's background
+                    // re-resolve.
+                    tracing::warn!(store = store_id, error = %e, "store re-check failed; keep its address");
+                    self.resolve_skip.push(store_id);
+                } else {
+                    self.resolve_failed = Some(e);
+                }
+            }
+        }
+        if !self.resolving.is_empty() {
+            return;
+        }
+        match self.resolve_failed.take() {
+            Some(e) => self.backoff_then(now, shared, BackoffKind::PdRpc, e, Wake::Step),
+            None => self.step(now, shared),
+        }
+    }
+
+    fn send(&mut self, now: Instant, shared: &mut Shared, p: Prepared) {
+        let id = shared.next_io_id();
+        tracing::debug!(
+            region = self.region.id,
+            store = p.store_id,
+            address = %p.address,
+            attempt = self.send_times + 1,
+            replica_read = p.replica_read,
+            stale_read = p.stale_read,
+            "send region request"
+        );
+        self.actions.push_back(Action::Tikv {
+            id,
+            store_id: p.store_id,
+            address: p.address.clone(),
+            request: p.request,
+            timeout: self.timeout,
+        });
+        self.inflight = Some(Inflight {
+            id,
+            store_id: p.store_id,
+            address: p.address,
+            sent_at: now,
+            replica_read: p.replica_read,
+            stale_read: p.stale_read,
+        });
+        self.send_times += 1;
+    }
+
+    /// Mirrors client-go `RegionRequestSender.onSendFail` + `replicaSelector.onSendFailure`.
+    fn on_send_fail(&mut self, now: Instant, shared: &mut Shared, inf: Inflight, err: Error) {
+        let Some(sel) = self.selector.as_mut() else {
+            return self.fail(err);
+        };
+        match &err {
+            Error::Closed => return self.fail(err),
+            Error::Timeout { .. } if sel.on_read_req_configurable_timeout(self.max_exec_ms) => {
+                tracing::debug!(
+                    region = self.region.id,
+                    store = inf.store_id,
+                    "read timed out under its configurable deadline; try another replica"
+                );
+                return self.step(now, shared);
+            }
+            Error::Rpc { .. } => shared.stores.mark_unreachable(inf.store_id, now),
+            _ => {}
+        }
+        sel.on_send_failure(&mut shared.stores, now);
+        tracing::debug!(region = self.region.id, store = inf.store_id, error = %err, "send failed");
+        self.backoff_then(now, shared, BackoffKind::TikvRpc, err, Wake::Step);
+    }
+
+    /// The region-error table. Mirrors client-go `RegionRequestSender.onRegionError`.
+    fn on_region_error(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        inf: Inflight,
+        e: errorpb::Error,
+    ) {
+        let region = self.region;
+        tracing::debug!(
+            region = region.id,
+            store = inf.store_id,
+            error = region_error::label(&e),
+            "region error"
+        );
+        let Some(sel) = self.selector.as_mut() else {
+            return self.give_up(e);
+        };
+        let as_err = |e: &errorpb::Error| Error::Region(Box::new(e.clone()));
+
+        if let Some(u) = &e.undetermined_result {
+            return self.fail(Error::Undetermined(format!(
+                "region {} reported an undetermined result: {}",
+                region.id, u.message
+            )));
+        }
+        if let Some(nl) = &e.not_leader {
+            return match sel.on_not_leader(
+                nl.leader.as_ref(),
+                &mut shared.regions,
+                &shared.stores,
+                now,
+            ) {
+                Verdict::BackoffThenRetry(kind) => {
+                    self.backoff_then(now, shared, kind, as_err(&e), Wake::Step)
+                }
+                _ => self.step(now, shared),
+            };
+        }
+        if e.disk_full.is_some() {
+            return self.backoff_then(
+                now,
+                shared,
+                BackoffKind::TikvDiskFull,
+                as_err(&e),
+                Wake::Step,
+            );
+        }
+        if e.recovery_in_progress.is_some() {
+            shared.regions.invalidate(region, InvalidReason::Other);
+            let err = as_err(&e);
+            return self.backoff_then(
+                now,
+                shared,
+                BackoffKind::RegionRecoveryInProgress,
+                err,
+                Wake::GiveUp(Box::new(e)),
+            );
+        }
+        if e.is_witness.is_some() {
+            shared.regions.invalidate(region, InvalidReason::Other);
+            let err = as_err(&e);
+            return self.backoff_then(
+                now,
+                shared,
+                BackoffKind::IsWitness,
+                err,
+                Wake::GiveUp(Box::new(e)),
+            );
+        }
+        if e.flashback_in_progress.is_some() {
+            if sel.on_flashback_in_progress(&shared.regions) {
+                return self.step(now, shared);
+            }
+            return self.fail(as_err(&e));
+        }
+        if e.flashback_not_prepared.is_some() {
+            return self.fail(as_err(&e));
+        }
+        if e.region_not_found.is_some() {
+            return match sel.on_region_not_found(&mut shared.regions) {
+                Verdict::Retry => self.step(now, shared),
+                _ => self.give_up(e),
+            };
+        }
+        if e.key_not_in_region.is_some() {
+            tracing::error!(region = region.id, "TiKV reports KeyNotInRegion");
+            shared.regions.invalidate(region, InvalidReason::Other);
+            return self.give_up(e);
+        }
+        if let Some(enm) = &e.epoch_not_match {
+            let retry = shared.regions.on_epoch_not_match(
+                region,
+                inf.store_id,
+                &enm.current_regions,
+                &mut shared.stores,
+                now,
+                &mut self.rng,
+            );
+            return match retry {
+                Ok(true) => {
+                    self.backoff_then(now, shared, BackoffKind::RegionMiss, as_err(&e), Wake::Step)
+                }
+                Ok(false) => {
+                    if let Some(sel) = &self.selector {
+                        sel.invalidate_region(&mut shared.regions);
+                    }
+                    self.give_up(e)
+                }
+                Err(err) => self.fail(err),
+            };
+        }
+        if e.bucket_version_not_match.is_some() {
+            return self.give_up(e);
+        }
+        if let Some(busy) = &e.server_is_busy {
+            if busy.reason.contains("deadline is exceeded")
+                && sel.on_read_req_configurable_timeout(self.max_exec_ms)
+            {
+                return self.step(now, shared);
+            }
+            let verdict = sel.on_server_is_busy(
+                inf.store_id,
+                busy.estimated_wait_ms,
+                as_err(&e),
+                &shared.regions,
+                &mut shared.stores,
+                now,
+            );
+            return match verdict {
+                Verdict::BackoffThenRetry(kind) => {
+                    self.backoff_then(now, shared, kind, as_err(&e), Wake::Step)
+                }
+                _ => {
+                    tracing::debug!(
+                        region = region.id,
+                        store = inf.store_id,
+                        "server busy: fast retry on another replica"
+                    );
+                    self.step(now, shared)
+                }
+            };
+        }
+        if e.stale_command.is_some() {
+            // With a replica selector client-go retries the next target without backoff.
+            return self.step(now, shared);
+        }
+        if e.store_not_match.is_some() {
+            shared.stores.mark_need_check(inf.store_id);
+            shared.regions.invalidate(region, InvalidReason::Other);
+            tracing::info!(store = inf.store_id, address = %inf.address, "StoreNotMatch: store re-check scheduled");
+            return self.give_up(e);
+        }
+        if e.raft_entry_too_large.is_some() {
+            return self.fail(as_err(&e));
+        }
+        if e.max_timestamp_not_synced.is_some() {
+            return self.backoff_then(
+                now,
+                shared,
+                BackoffKind::MaxTsNotSynced,
+                as_err(&e),
+                Wake::Step,
+            );
+        }
+        if e.region_not_initialized.is_some() {
+            return self.backoff_then(
+                now,
+                shared,
+                BackoffKind::RegionNotInitialized,
+                as_err(&e),
+                Wake::Step,
+            );
+        }
+        if e.read_index_not_ready.is_some() || e.proposal_in_merging_mode.is_some() {
+            return self.backoff_then(
+                now,
+                shared,
+                BackoffKind::RegionScheduling,
+                as_err(&e),
+                Wake::Step,
+            );
+        }
+        if e.data_is_not_ready.is_some() {
+            sel.on_data_is_not_ready();
+            return self.step(now, shared);
+        }
+        if region_error::is_deadline_exceeded(&e)
+            && sel.on_read_req_configurable_timeout(self.max_exec_ms)
+        {
+            return self.step(now, shared);
+        }
+        if e.mismatch_peer_id.is_some() {
+            sel.invalidate_region(&mut shared.regions);
+            return self.give_up(e);
+        }
+        if region_error::is_invalid_max_ts_update(&e) {
+            return self.fail(as_err(&e));
+        }
+        // Anything else: try the next replica.
+        tracing::debug!(region = region.id, message = %e.message, "unknown region error; try next replica");
+        self.step(now, shared)
+    }
+}
+
+impl Operation for RegionRequest {
+    type Output = RegionOutcome;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        self.timeout = self
+            .opts
+            .timeout
+            .unwrap_or(shared.routing.read_timeout_short);
+        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        if let Some(ctx) = context_mut(&mut self.request) {
+            if ctx.max_execution_duration_ms == 0 {
+                ctx.max_execution_duration_ms = timeout_ms;
+            }
+            self.max_exec_ms = ctx.max_execution_duration_ms;
+        }
+        self.step(now, shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done {
+            return;
+        }
+        match input {
+            Input::Pd { id, result } => {
+                let Some(pos) = self.resolving.iter().position(|(i, _)| *i == id) else {
+                    return;
+                };
+                let (_, store_id) = self.resolving.remove(pos);
+                self.on_store_resolved(now, shared, store_id, result);
+            }
+            Input::Tikv { id, result } => {
+                let Some(inf) = self.inflight.take_if(|inf| inf.id == id) else {
+                    return;
+                };
+                if let Some(sel) = self.selector.as_mut() {
+                    sel.record_attempted_time(now.saturating_duration_since(inf.sent_at));
+                }
+                match result {
+                    Err(err) => self.on_send_fail(now, shared, inf, err),
+                    Ok(mut resp) => {
+                        if let Err(err) = shared.codec.decode_response(&mut resp) {
+                            return self.fail(err);
+                        }
+                        shared.stores.mark_reachable(inf.store_id);
+                        match region_error(&resp).cloned() {
+                            Some(e) => self.on_region_error(now, shared, inf, e),
+                            None => {
+                                if let Some(sel) = self.selector.as_mut() {
+                                    sel.on_send_success(
+                                        inf.replica_read,
+                                        inf.stale_read,
+                                        &mut shared.regions,
+                                        &shared.stores,
+                                    );
+                                }
+                                self.finish(Ok(RegionOutcome::Response(resp)));
+                            }
+                        }
+                    }
+                }
+            }
+            Input::Tso { .. } => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if let Some((at, _)) = &self.wake
+            && now >= *at
+            && let Some((_, wake)) = self.wake.take()
+        {
+            self.wake_up(now, shared, wake);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.wake
+            .as_ref()
+            .map(|(at, _)| (*at, "region request backoff"))
+    }
+
+    fn poll_result(&mut self) -> Option<Result<RegionOutcome, Error>> {
+        self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::backoff::budget;
+    use crate::machine::region_cache::{PdRegion, tests::raw_v1};
+    use crate::machine::testkit::{
+        FakePd, Harness, Reply, ctx_of, pd_reply, raw_get_ok, region_err_reply, tikv_reply,
+    };
+    use bytes::Bytes;
+    use tikv_proto::metapb;
+
+    /// A harness whose caches hold every region and store of `pd`.
+    fn warm(pd: &FakePd) -> Harness {
+        let mut h = Harness::new();
+        for (id, s) in &pd.stores {
+            h.shared.stores.apply_store(*id, Some(s)).unwrap();
+        }
+        for r in &pd.regions {
+            let leader = r
+                .meta
+                .peers
+                .iter()
+                .find(|p| p.store_id == r.leader_store)
+                .copied();
+            let now = h.now;
+            let Shared {
+                regions,
+                stores,
+                rng,
+                ..
+            } = &mut h.shared;
+            regions
+                .apply_pd_region(
+                    PdRegion {
+                        meta: r.meta.clone(),
+                        leader,
+                        ..Default::default()
+                    },
+                    true,
+                    &raw_v1(),
+                    stores,
+                    now,
+                    rng,
+                )
+                .unwrap();
+        }
+        h
+    }
+
+    fn raw_get(key: &str) -> TikvRequest {
+        TikvRequest::Cmd(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..Default::default()
+        }))
+    }
+
+    fn ver(h: &Harness, id: u64) -> RegionVerId {
+        h.shared.regions.latest(id).unwrap().ver_id()
+    }
+
+    fn request(h: &Harness, region: u64, req: TikvRequest) -> RegionRequest {
+        RegionRequest::new(
+            ver(h, region),
+            req,
+            RequestOptions::default(),
+            Backoffer::weighted(budget::RAW, budget::WEIGHT),
+        )
+    }
+
+    fn peer(id: u64, store: u64) -> metapb::Peer {
+        metapb::Peer {
+            id,
+            store_id: store,
+            ..Default::default()
+        }
+    }
+
+    /// Runs a raw get whose first reply carries `first` as region error and every later reply
+    /// succeeds. Returns the result, the harness and the request.
+    fn run_with_first_error(
+        first: errorpb::Error,
+    ) -> (Result<RegionOutcome, Error>, Harness, RegionRequest) {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            n += 1;
+            let Action::Tikv { request, .. } = a else {
+                unreachable!()
+            };
+            if n == 1 {
+                tikv_reply(a, Ok(region_err_reply(request, first.clone())))
+            } else {
+                tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+            }
+        });
+        (res, h, op)
+    }
+
+    #[derive(Debug)]
+    enum Expect {
+        /// Retried after a backoff of this kind (or none) and succeeded on the given store.
+        Retried(Option<BackoffKind>, u64),
+        /// Returned to the caller for a re-split; region invalidated or not.
+        Resplit {
+            invalidated: bool,
+            slept: Option<BackoffKind>,
+        },
+        /// Failed with an error matching the predicate.
+        Fails(fn(&Error) -> bool),
+    }
+
+    fn err_with(f: impl FnOnce(&mut errorpb::Error)) -> errorpb::Error {
+        let mut e = errorpb::Error {
+            message: "scripted".into(),
+            ..Default::default()
+        };
+        f(&mut e);
+        e
+    }
+
+    fn is_region_err(e: &Error) -> bool {
+        matches!(e, Error::Region(_))
+    }
+
+    #[test]
+    fn region_error_table() {
+        let rows: Vec<(&str, errorpb::Error, Expect)> = vec![
+            (
+                "undetermined",
+                err_with(|e| e.undetermined_result = Some(Default::default())),
+                Expect::Fails(|e| e.is_undetermined()),
+            ),
+            (
+                "not leader with hint",
+                err_with(|e| {
+                    e.not_leader = Some(errorpb::NotLeader {
+                        region_id: 1,
+                        leader: Some(peer(12, 2)),
+                    })
+                }),
+                Expect::Retried(None, 2),
+            ),
+            (
+                "not leader without hint",
+                err_with(|e| e.not_leader = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::RegionScheduling), 0),
+            ),
+            (
+                "disk full",
+                err_with(|e| e.disk_full = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::TikvDiskFull), 1),
+            ),
+            (
+                "recovery in progress",
+                err_with(|e| e.recovery_in_progress = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: Some(BackoffKind::RegionRecoveryInProgress),
+                },
+            ),
+            (
+                "is witness",
+                err_with(|e| e.is_witness = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: Some(BackoffKind::IsWitness),
+                },
+            ),
+            (
+                "flashback in progress",
+                err_with(|e| e.flashback_in_progress = Some(Default::default())),
+                Expect::Fails(is_region_err),
+            ),
+            (
+                "flashback not prepared",
+                err_with(|e| e.flashback_not_prepared = Some(Default::default())),
+                Expect::Fails(is_region_err),
+            ),
+            (
+                "region not found",
+                err_with(|e| e.region_not_found = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: None,
+                },
+            ),
+            (
+                "key not in region",
+                err_with(|e| e.key_not_in_region = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: None,
+                },
+            ),
+            (
+                "fake epoch not match",
+                err_with(|e| e.epoch_not_match = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: None,
+                },
+            ),
+            (
+                "bucket version",
+                err_with(|e| e.bucket_version_not_match = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: false,
+                    slept: None,
+                },
+            ),
+            (
+                "server is busy",
+                err_with(|e| e.server_is_busy = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::TikvServerBusy), 1),
+            ),
+            (
+                "stale command",
+                err_with(|e| e.stale_command = Some(Default::default())),
+                Expect::Retried(None, 1),
+            ),
+            (
+                "store not match",
+                err_with(|e| e.store_not_match = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: None,
+                },
+            ),
+            (
+                "raft entry too large",
+                err_with(|e| e.raft_entry_too_large = Some(Default::default())),
+                Expect::Fails(is_region_err),
+            ),
+            (
+                "max ts not synced",
+                err_with(|e| e.max_timestamp_not_synced = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::MaxTsNotSynced), 1),
+            ),
+            (
+                "region not initialized",
+                err_with(|e| e.region_not_initialized = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::RegionNotInitialized), 1),
+            ),
+            (
+                "read index not ready",
+                err_with(|e| e.read_index_not_ready = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::RegionScheduling), 1),
+            ),
+            (
+                "proposal in merging",
+                err_with(|e| e.proposal_in_merging_mode = Some(Default::default())),
+                Expect::Retried(Some(BackoffKind::RegionScheduling), 1),
+            ),
+            (
+                "data is not ready",
+                err_with(|e| e.data_is_not_ready = Some(Default::default())),
+                Expect::Retried(None, 1),
+            ),
+            (
+                "mismatch peer id",
+                err_with(|e| e.mismatch_peer_id = Some(Default::default())),
+                Expect::Resplit {
+                    invalidated: true,
+                    slept: None,
+                },
+            ),
+            (
+                "invalid max_ts update",
+                err_with(|e| e.message = "invalid max_ts update".into()),
+                Expect::Fails(is_region_err),
+            ),
+            ("unknown", err_with(|_| {}), Expect::Retried(None, 0)),
+        ];
+        for (name, err, expect) in rows {
+            let (res, h, op) = run_with_first_error(err);
+            let sent = h.tikv_sent();
+            let bo = op.backoffer();
+            match expect {
+                Expect::Retried(kind, store) => {
+                    match res {
+                        Ok(RegionOutcome::Response(_)) => {}
+                        other => panic!("{name}: {other:?}"),
+                    }
+                    assert_eq!(sent.len(), 2, "{name}: sent twice");
+                    if store != 0 {
+                        assert_eq!(sent[1].0, store, "{name}: retried on store {store}");
+                    }
+                    let ctx = ctx_of(&sent[1].1);
+                    assert!(ctx.is_retry_request, "{name}: retry flag");
+                    match kind {
+                        Some(k) => {
+                            assert_eq!(bo.times(k), 1, "{name}: one {k} backoff");
+                            assert!(h.elapsed() > Duration::ZERO, "{name}: slept");
+                        }
+                        None => {
+                            assert_eq!(bo.total_sleep_ms(), 0, "{name}: no backoff");
+                            assert_eq!(h.elapsed(), Duration::ZERO, "{name}: no sleep");
+                        }
+                    }
+                }
+                Expect::Resplit { invalidated, slept } => {
+                    match res {
+                        Ok(RegionOutcome::Resplit(_)) => {}
+                        other => panic!("{name}: {other:?}"),
+                    }
+                    assert_eq!(sent.len(), 1, "{name}: not retried");
+                    let valid = {
+                        let mut h = h;
+                        let v = RegionVerId {
+                            id: 1,
+                            conf_ver: 1,
+                            ver: 1,
+                        };
+                        let now = h.now;
+                        let Shared { regions, rng, .. } = &mut h.shared;
+                        regions.is_valid(v, now, rng)
+                    };
+                    assert_eq!(!valid, invalidated, "{name}: invalidated");
+                    match slept {
+                        Some(k) => assert_eq!(bo.times(k), 1, "{name}: {k}"),
+                        None => assert_eq!(bo.total_sleep_ms(), 0, "{name}: no backoff"),
+                    }
+                }
+                Expect::Fails(pred) => {
+                    match &res {
+                        Err(e) if pred(e) => {}
+                        other => panic!("{name}: {other:?}"),
+                    }
+                    assert_eq!(sent.len(), 1, "{name}: not retried");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn context_is_filled_and_not_leader_hint_moves_cached_leader() {
+        let err = err_with(|e| {
+            e.not_leader = Some(errorpb::NotLeader {
+                region_id: 1,
+                leader: Some(peer(12, 2)),
+            })
+        });
+        let (res, h, _) = run_with_first_error(err);
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        let c0 = ctx_of(&sent[0].1);
+        assert_eq!(c0.region_id, 1);
+        assert_eq!(
+            c0.region_epoch,
+            Some(metapb::RegionEpoch {
+                conf_ver: 1,
+                version: 1
+            })
+        );
+        assert_eq!(c0.peer.unwrap().id, 11);
+        assert!(!c0.is_retry_request);
+        assert_eq!(c0.max_execution_duration_ms, 30_000);
+        assert_eq!(c0.api_version, kvrpcpb::ApiVersion::V1 as i32);
+        let c1 = ctx_of(&sent[1].1);
+        assert_eq!(c1.peer.unwrap().id, 12);
+        assert_eq!(h.shared.regions.latest(1).unwrap().leader().store_id, 2);
+    }
+
+    #[test]
+    fn not_leader_hint_outside_region_invalidates() {
+        let err = err_with(|e| {
+            e.not_leader = Some(errorpb::NotLeader {
+                region_id: 1,
+                leader: Some(peer(99, 9)),
+            })
+        });
+        let (res, _, _) = run_with_first_error(err);
+        assert!(
+            matches!(res, Ok(RegionOutcome::Resplit(e)) if region_error::is_fake_region_error(&e))
+        );
+    }
+
+    #[test]
+    fn epoch_not_match_inserts_current_regions() {
+        let pd = FakePd::split(1, &[]);
+        let current = vec![
+            crate::machine::testkit::meta(1, "", "m", 2, &[(11, 1)]),
+            crate::machine::testkit::meta(2, "m", "", 2, &[(21, 1)]),
+        ];
+        let err = err_with(|e| {
+            e.epoch_not_match = Some(errorpb::EpochNotMatch {
+                current_regions: current.clone(),
+            })
+        });
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("x"));
+        let res = h.run(&mut op, |a, _| {
+            let Action::Tikv { request, .. } = a else {
+                unreachable!()
+            };
+            tikv_reply(a, Ok(region_err_reply(request, err.clone())))
+        });
+        assert!(
+            matches!(res, Ok(RegionOutcome::Resplit(e)) if !region_error::is_fake_region_error(&e))
+        );
+        assert_eq!(op.backoffer().total_sleep_ms(), 0);
+        assert_eq!(h.shared.regions.latest(1).unwrap().ver_id().ver, 2);
+        assert_eq!(
+            h.shared.regions.latest(2).unwrap().start_key(),
+            &Bytes::from_static(b"m")
+        );
+    }
+
+    #[test]
+    fn epoch_not_match_when_tikv_is_behind_backs_off_and_retries() {
+        let pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let behind = err_with(|e| {
+            e.epoch_not_match = Some(errorpb::EpochNotMatch {
+                current_regions: vec![crate::machine::testkit::meta(1, "", "", 0, &[(11, 1)])],
+            })
+        });
+        let mut op = request(&h, 1, raw_get("x"));
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            n += 1;
+            let Action::Tikv { request, .. } = a else {
+                unreachable!()
+            };
+            if n == 1 {
+                tikv_reply(a, Ok(region_err_reply(request, behind.clone())))
+            } else {
+                tikv_reply(a, Ok(raw_get_ok(None)))
+            }
+        });
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))));
+        assert_eq!(op.backoffer().times(BackoffKind::RegionMiss), 1);
+    }
+
+    #[test]
+    fn server_busy_sleeps_from_the_excluded_budget_and_retries_leader() {
+        let (res, h, op) =
+            run_with_first_error(err_with(|e| e.server_is_busy = Some(Default::default())));
+        assert!(res.is_ok());
+        let bo = op.backoffer();
+        assert!(
+            bo.excluded_sleep_ms() >= 1000 && bo.excluded_sleep_ms() < 2000,
+            "{}",
+            bo.excluded_sleep_ms()
+        );
+        assert!(h.elapsed() >= Duration::from_secs(1));
+        assert_eq!(h.tikv_sent()[1].0, 1, "leader retried");
+    }
+
+    #[test]
+    fn unresolved_stores_are_resolved_from_pd_first() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = Harness::new();
+        // Region cached but stores unknown.
+        {
+            let r = &pd.regions[0];
+            let now = h.now;
+            let Shared {
+                regions,
+                stores,
+                rng,
+                ..
+            } = &mut h.shared;
+            regions
+                .apply_pd_region(
+                    PdRegion {
+                        meta: r.meta.clone(),
+                        leader: Some(r.meta.peers[0]),
+                        ..Default::default()
+                    },
+                    true,
+                    &raw_v1(),
+                    stores,
+                    now,
+                    rng,
+                )
+                .unwrap();
+        }
+        pd.stores.remove(&3); // store 3 is gone: it becomes a tombstone
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            pd_reply(&mut pd, a).unwrap_or_else(|| tikv_reply(a, Ok(raw_get_ok(Some("v")))))
+        });
+        assert!(res.is_ok());
+        let pd_calls = h.pd_sent();
+        assert_eq!(pd_calls.len(), 3);
+        assert!(pd_calls.iter().all(|r| matches!(r, PdRequest::GetStore(_))));
+        assert_eq!(
+            h.tikv_sent().iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(
+            h.shared.stores.get(3).unwrap().state(),
+            ResolveState::Tombstone
+        );
+        assert_eq!(&**h.shared.stores.get(1).unwrap().address(), "store1:20160");
+    }
+
+    #[test]
+    fn store_resolution_failure_backs_off_pd_rpc() {
+        let mut pd = FakePd::split(1, &[]);
+        pd.fail_next = 2;
+        let mut h = Harness::new();
+        {
+            let r = &pd.regions[0];
+            let now = h.now;
+            let Shared {
+                regions,
+                stores,
+                rng,
+                ..
+            } = &mut h.shared;
+            regions
+                .apply_pd_region(
+                    PdRegion {
+                        meta: r.meta.clone(),
+                        ..Default::default()
+                    },
+                    true,
+                    &raw_v1(),
+                    stores,
+                    now,
+                    rng,
+                )
+                .unwrap();
+        }
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            pd_reply(&mut pd, a).unwrap_or_else(|| tikv_reply(a, Ok(raw_get_ok(Some("v")))))
+        });
+        assert!(res.is_ok());
+        assert_eq!(op.backoffer().times(BackoffKind::PdRpc), 2);
+    }
+
+    #[test]
+    fn timeout_backs_off_and_retries_same_leader() {
+        let pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            n += 1;
+            if n == 1 {
+                Reply::Drop
+            } else {
+                tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+            }
+        });
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_eq!(sent.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 1]);
+        assert_eq!(op.backoffer().times(BackoffKind::TikvRpc), 1);
+        assert!(
+            h.elapsed() >= Duration::from_secs(30),
+            "waited for the deadline"
+        );
+        assert_eq!(
+            h.shared.stores.epoch(1),
+            0,
+            "a timeout alone does not invalidate the store"
+        );
+    }
+
+    #[test]
+    fn configurable_read_timeout_moves_to_follower_without_backoff() {
+        let pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let get = TikvRequest::Cmd(TikvCmd::Get(kvrpcpb::GetRequest {
+            context: Some(kvrpcpb::Context {
+                max_execution_duration_ms: 1000,
+                ..Default::default()
+            }),
+            key: Bytes::from_static(b"k"),
+            version: 10,
+            ..Default::default()
+        }));
+        let mut op = request(&h, 1, get);
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            n += 1;
+            if n == 1 {
+                tikv_reply(
+                    a,
+                    Err(Error::Timeout {
+                        address: "store1:20160".into(),
+                        timeout_ms: 1000,
+                    }),
+                )
+            } else {
+                tikv_reply(
+                    a,
+                    Ok(TikvResponse::Cmd(TikvCmdResponse::Get(
+                        kvrpcpb::GetResponse::default(),
+                    ))),
+                )
+            }
+        });
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_ne!(sent[1].0, 1);
+        assert!(ctx_of(&sent[1].1).replica_read, "switched to replica read");
+        assert_eq!(op.backoffer().total_sleep_ms(), 0);
+    }
+
+    #[test]
+    fn store_down_then_back() {
+        // Three replicas: the leader's store refuses connections; followers answer NotLeader
+        // without a hint (election running), then one becomes leader.
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut calls: Vec<u64> = Vec::new();
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv {
+                store_id, request, ..
+            } = a
+            else {
+                unreachable!()
+            };
+            calls.push(*store_id);
+            match (*store_id, calls.len()) {
+                (1, _) => tikv_reply(
+                    a,
+                    Err(Error::Rpc {
+                        address: "store1:20160".into(),
+                        message: "connection refused".into(),
+                        sent: false,
+                    }),
+                ),
+                (_, 2) => tikv_reply(
+                    a,
+                    Ok(region_err_reply(
+                        request,
+                        err_with(|e| e.not_leader = Some(Default::default())),
+                    )),
+                ),
+                _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
+            }
+        });
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(calls[0], 1);
+        assert!(
+            calls[1..].iter().all(|s| *s != 1),
+            "the down store is skipped: {calls:?}"
+        );
+        assert_eq!(h.shared.stores.epoch(1), 1, "store epoch bumped");
+        assert_eq!(op.backoffer().times(BackoffKind::TikvRpc), 1);
+        // The follower that served the leader read is the cached leader now.
+        assert_eq!(
+            h.shared.regions.latest(1).unwrap().leader().store_id,
+            *calls.last().unwrap()
+        );
+        // After the recheck interval the store is tried again.
+        let later = h.now + Duration::from_secs(1);
+        assert_eq!(
+            h.shared.stores.get(1).unwrap().liveness(later),
+            crate::machine::store::Liveness::Reachable
+        );
+    }
+
+    #[test]
+    fn single_replica_store_down_gives_region_back() {
+        let mut pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            tikv_reply(
+                a,
+                Err(Error::Rpc {
+                    address: "store1:20160".into(),
+                    message: "connection refused".into(),
+                    sent: false,
+                }),
+            )
+        });
+        assert!(
+            matches!(&res, Ok(RegionOutcome::Resplit(e)) if region_error::is_fake_region_error(e)),
+            "{res:?}"
+        );
+        assert_eq!(h.tikv_sent().len(), 1);
+        assert!(
+            matches!(h.pd_sent()[..], [PdRequest::GetStore(_)]),
+            "store re-checked"
+        );
+    }
+
+    #[test]
+    fn budget_exhaustion_is_a_typed_error() {
+        let pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let mut op = RegionRequest::new(
+            ver(&h, 1),
+            raw_get("k"),
+            RequestOptions::default(),
+            Backoffer::new(100),
+        );
+        let res = h.run(&mut op, |a, _| {
+            let Action::Tikv { request, .. } = a else {
+                unreachable!()
+            };
+            tikv_reply(
+                a,
+                Ok(region_err_reply(
+                    request,
+                    err_with(|e| e.max_timestamp_not_synced = Some(Default::default())),
+                )),
+            )
+        });
+        match res {
+            Err(Error::BackoffExhausted { kind, .. }) => {
+                assert_eq!(kind, BackoffKind::MaxTsNotSynced)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn uncached_region_is_given_back_without_sending() {
+        let mut h = Harness::new();
+        let mut op = RegionRequest::new(
+            RegionVerId {
+                id: 7,
+                conf_ver: 1,
+                ver: 1,
+            },
+            raw_get("k"),
+            RequestOptions::default(),
+            Backoffer::new(0),
+        );
+        let res = h.run(&mut op, |_, _| panic!("nothing is sent"));
+        assert!(
+            matches!(res, Ok(RegionOutcome::Resplit(e)) if region_error::is_fake_region_error(&e))
+        );
+    }
+}
