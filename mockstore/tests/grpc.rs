@@ -1,0 +1,331 @@
+//! The served cluster over real gRPC on loopback: PD calls, TiKV unary calls
+//! and the same commands through `BatchCommands` with identical answers,
+//! store down / up, fault rules seen by a client, and TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tikv_mockstore::{FaultAction, FaultRule, MockCluster, RpcKind};
+use tikv_proto::kvrpcpb;
+use tikv_proto::pdpb;
+use tikv_proto::tikvpb::{self, batch_commands_request, batch_commands_response};
+
+use common::{pd, route, tikv, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pd_members_tso_and_regions() {
+    within(async {
+        let c = MockCluster::builder().stores(3).start().await.unwrap();
+        let mut pd = pd(c.pd_addr()).await;
+        let members = pd
+            .get_members(pdpb::GetMembersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            members.leader.unwrap().client_urls,
+            vec![format!("http://{}", c.pd_addr())]
+        );
+        let stores = pd
+            .get_all_stores(pdpb::GetAllStoresRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stores.stores.len(), 3);
+        assert_eq!(
+            stores.stores[0].address,
+            c.store_addr(1).unwrap().to_string()
+        );
+
+        // TSO over the bidi stream: strictly increasing, count honoured.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut resp = pd.tso(tokio_stream_from(rx)).await.unwrap().into_inner();
+        let mut last = 0u64;
+        for count in [1u32, 5, 10] {
+            tx.send(pdpb::TsoRequest {
+                count,
+                ..Default::default()
+            })
+            .unwrap();
+            let r = resp.message().await.unwrap().unwrap();
+            assert_eq!(r.count, count);
+            let ts = r.timestamp.unwrap();
+            let last_ts = ((ts.physical as u64) << 18) | ts.logical as u64;
+            let first_ts = last_ts - u64::from(count) + 1;
+            assert!(first_ts > last, "{first_ts} <= {last}");
+            last = last_ts;
+        }
+        let region = pd
+            .get_region(pdpb::GetRegionRequest {
+                region_key: Bytes::from_static(b"k"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(region.region.is_some());
+        assert_eq!(region.leader.unwrap().store_id, 1);
+        c.shutdown().await;
+    })
+    .await
+}
+
+/// A stream over an unbounded receiver, for client-streaming calls.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_batch_commands_agree() {
+    within(async {
+        let c = MockCluster::builder().stores(3).start().await.unwrap();
+        let mut pd = pd(c.pd_addr()).await;
+        let (ctx, store) = route(&mut pd, b"key", 0).await;
+        let mut kv = tikv(c.store_addr(store).unwrap()).await;
+
+        let put = kvrpcpb::RawPutRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"key"),
+            value: Bytes::from_static(b"value"),
+            ..Default::default()
+        };
+        let r = kv.raw_put(put).await.unwrap().into_inner();
+        assert!(r.region_error.is_none() && r.error.is_empty());
+
+        let get = kvrpcpb::RawGetRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"key"),
+            ..Default::default()
+        };
+        let mut wrong_store_ctx = ctx.clone();
+        wrong_store_ctx.peer.as_mut().unwrap().store_id = 99;
+        let bad_get = kvrpcpb::RawGetRequest {
+            context: Some(wrong_store_ctx),
+            key: Bytes::from_static(b"key"),
+            ..Default::default()
+        };
+        let scan = kvrpcpb::RawScanRequest {
+            context: Some(ctx.clone()),
+            start_key: Bytes::from_static(b"a"),
+            limit: 10,
+            ..Default::default()
+        };
+        let txn_get = kvrpcpb::GetRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"key"),
+            version: u64::MAX >> 2,
+            ..Default::default()
+        };
+
+        let unary_get = kv.raw_get(get.clone()).await.unwrap().into_inner();
+        assert_eq!(unary_get.value.as_ref(), b"value");
+        let unary_bad = kv.raw_get(bad_get.clone()).await.unwrap().into_inner();
+        assert!(
+            unary_bad
+                .region_error
+                .as_ref()
+                .unwrap()
+                .store_not_match
+                .is_some()
+        );
+        let unary_scan = kv.raw_scan(scan.clone()).await.unwrap().into_inner();
+        let unary_txn_get = kv.kv_get(txn_get.clone()).await.unwrap().into_inner();
+
+        // The same requests in one BatchCommands message.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut stream = kv
+            .batch_commands(tokio_stream_from(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        use batch_commands_request::request::Cmd as Q;
+        let requests = vec![
+            Q::RawGet(get),
+            Q::RawGet(bad_get),
+            Q::RawScan(scan),
+            Q::Get(txn_get),
+            Q::Empty(tikvpb::BatchCommandsEmptyRequest {
+                test_id: 7,
+                delay_time: 0,
+            }),
+        ];
+        let ids: Vec<u64> = vec![10, 11, 12, 13, 14];
+        tx.send(tikvpb::BatchCommandsRequest {
+            requests: requests
+                .into_iter()
+                .map(|cmd| batch_commands_request::Request { cmd: Some(cmd) })
+                .collect(),
+            request_ids: ids.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut got = std::collections::HashMap::new();
+        while got.len() < ids.len() {
+            let msg = stream.next().await.unwrap().unwrap();
+            for (id, r) in msg.request_ids.into_iter().zip(msg.responses) {
+                got.insert(id, r.cmd.unwrap());
+            }
+        }
+        use batch_commands_response::response::Cmd as A;
+        assert_eq!(got.remove(&10), Some(A::RawGet(unary_get)));
+        assert_eq!(got.remove(&11), Some(A::RawGet(unary_bad)));
+        assert_eq!(got.remove(&12), Some(A::RawScan(unary_scan)));
+        assert_eq!(got.remove(&13), Some(A::Get(unary_txn_get)));
+        assert_eq!(
+            got.remove(&14),
+            Some(A::Empty(tikvpb::BatchCommandsEmptyResponse { test_id: 7 }))
+        );
+        assert_eq!(c.batch_sizes(), vec![5]);
+        assert_eq!(c.requests(RpcKind::RawGet), 4);
+        drop(tx);
+        c.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_refuses_connections_and_comes_back() {
+    within(async {
+        let c = MockCluster::builder().stores(2).start().await.unwrap();
+        let addr = c.store_addr(1).unwrap();
+        let mut kv = tikv(addr).await;
+        let mut pd = pd(c.pd_addr()).await;
+        let (ctx, _) = route(&mut pd, b"k", 0).await;
+        let get = kvrpcpb::RawGetRequest {
+            context: Some(ctx),
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        assert!(kv.raw_get(get.clone()).await.is_ok());
+        c.set_store_up(1, false).unwrap();
+        // The open connection is cut and new ones are refused.
+        let mut cut = false;
+        for _ in 0..50 {
+            if kv.raw_get(get.clone()).await.is_err() {
+                cut = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(cut, "connection to a down store still answers");
+        let mut refused = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "a down store still accepts connections");
+        // PD moved the leader to store 2.
+        let (ctx2, store2) = route(&mut pd, b"k", 0).await;
+        assert_eq!(store2, 2);
+        c.set_store_up(1, true).unwrap();
+        let mut back = None;
+        for _ in 0..50 {
+            if let Ok(ch) = common::dial(addr).await {
+                back = Some(ch);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut kv = tikv_proto::tikvpb::tikv_client::TikvClient::new(back.expect("store 1 back"));
+        let mut stale = get.clone();
+        stale.context.as_mut().unwrap().region_epoch = ctx2.region_epoch;
+        let r = kv.raw_get(stale).await.unwrap().into_inner();
+        assert_eq!(
+            r.region_error
+                .unwrap()
+                .not_leader
+                .unwrap()
+                .leader
+                .unwrap()
+                .store_id,
+            2
+        );
+        c.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_reach_the_client() {
+    within(async {
+        let c = MockCluster::builder().start().await.unwrap();
+        let mut pd = pd(c.pd_addr()).await;
+        let (ctx, store) = route(&mut pd, b"k", 0).await;
+        let mut kv = tikv(c.store_addr(store).unwrap()).await;
+        c.add_fault(FaultRule::once(
+            RpcKind::RawPut,
+            FaultAction::server_is_busy("too busy", 20, 0),
+        ));
+        let put = kvrpcpb::RawPutRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        };
+        let r = kv.raw_put(put.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            r.region_error
+                .unwrap()
+                .server_is_busy
+                .unwrap()
+                .estimated_wait_ms,
+            20
+        );
+        // A dropped response: the put is applied, the reply never comes.
+        c.add_fault(FaultRule::once(RpcKind::RawPut, FaultAction::DropResponse));
+        let lost = tokio::time::timeout(Duration::from_millis(300), kv.raw_put(put.clone())).await;
+        assert!(lost.is_err(), "reply should be lost");
+        let get = kvrpcpb::RawGetRequest {
+            context: Some(ctx),
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        assert_eq!(
+            kv.raw_get(get).await.unwrap().into_inner().value.as_ref(),
+            b"v"
+        );
+        // Paused TSO holds answers until resumed.
+        c.pause_tso(true);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tso = pd.tso(tokio_stream_from(rx)).await.unwrap().into_inner();
+        tx.send(pdpb::TsoRequest {
+            count: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), tso.message())
+                .await
+                .is_err()
+        );
+        c.pause_tso(false);
+        let r = tso.message().await.unwrap().unwrap();
+        assert!(r.timestamp.is_some());
+        assert_eq!(c.pd_requests("Tso"), 1);
+        c.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_method_is_unimplemented() {
+    within(async {
+        let c = MockCluster::builder().start().await.unwrap();
+        let mut kv = tikv(c.store_addr(1).unwrap()).await;
+        let err = kv
+            .kv_import(kvrpcpb::ImportRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        c.shutdown().await;
+    })
+    .await
+}
