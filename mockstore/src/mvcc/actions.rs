@@ -633,15 +633,6 @@ pub(crate) fn committed_record(engine: &Engine, key: &[u8], start_ts: u64) -> Op
     }
 }
 
-/// Role of a commit request, numbered like `kvrpcpb.CommitRole`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitRole {
-    /// Committing the primary key.
-    Primary,
-    /// Committing secondary keys.
-    Secondary,
-}
-
 /// Commits one key.
 ///
 /// Mirrors TiKV `src/storage/txn/actions/commit.rs` `commit`.

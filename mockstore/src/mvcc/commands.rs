@@ -471,6 +471,14 @@ impl MvccStore {
         reader::buffer_batch_get(&self.engine, keys, start_ts)
     }
 
+    /// Every lock in the store, in key order (inspection for tests).
+    pub fn all_locks(&self) -> Vec<(Vec<u8>, Lock)> {
+        self.engine
+            .locks_in(&KeyBounds::all())
+            .map(|(k, l)| (k.to_vec(), l.clone()))
+            .collect()
+    }
+
     /// Every version of a key.
     ///
     /// Mirrors TiKV `src/storage/txn/commands/mvcc_by_key.rs` `MvccByKey`.

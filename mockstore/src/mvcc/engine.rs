@@ -128,6 +128,14 @@ impl Engine {
         self.default.get(key)?.get(&start_ts)
     }
 
+    /// Write records of `key`, oldest first (iterate with `.rev()` for newest first).
+    pub fn versions(&self, key: &[u8]) -> impl DoubleEndedIterator<Item = (u64, &Write)> + '_ {
+        self.write
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(c, w)| (*c, w)))
+    }
+
     /// All write records of `key`, newest first.
     pub fn writes_of(&self, key: &[u8]) -> Vec<(u64, Write)> {
         self.write.get(key).map_or_else(Vec::new, |m| {

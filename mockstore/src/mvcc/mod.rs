@@ -23,7 +23,7 @@ pub mod lock_wait;
 pub mod reader;
 pub mod types;
 
-pub use actions::{CommitRole, PessimisticLockKeyResult, TxnStatus};
+pub use actions::{PessimisticLockKeyResult, TxnStatus};
 pub use commands::{
     CheckTxnStatusCmd, FinishedWait, FlushCmd, LockRequestOutcome, MvccConfig, MvccInfo, MvccStore,
     PessimisticLockCmd, PessimisticLockOutput, PrewriteCmd, PrewriteResult, ResolveLockCmd,

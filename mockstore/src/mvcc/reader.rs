@@ -167,27 +167,26 @@ fn check_lock(engine: &Engine, key: &[u8], opts: &ReadOptions) -> Result<LockChe
 ///
 /// Mirrors TiKV `PointGetter::load_data`.
 fn load_committed(engine: &Engine, key: &[u8], opts: &ReadOptions) -> Result<Option<ValueEntry>> {
-    let writes = engine.writes_of(key);
     if opts.isolation_level == IsolationLevel::RcCheckTs
-        && let Some((newest, _)) = writes.first()
-        && *newest > opts.ts
+        && let Some((newest, _)) = engine.versions(key).next_back()
+        && newest > opts.ts
     {
         return Err(MvccError::WriteConflict {
             start_ts: opts.ts,
             conflict_start_ts: 0,
-            conflict_commit_ts: *newest,
+            conflict_commit_ts: newest,
             key: key.to_vec(),
             primary: Vec::new(),
             reason: WriteConflictReason::RcCheckTs,
         });
     }
-    for (commit_ts, write) in writes.iter().filter(|(c, _)| *c <= opts.ts) {
+    for (commit_ts, write) in engine.versions(key).rev().filter(|(c, _)| *c <= opts.ts) {
         if !write.check_gc_fence_as_latest_version(opts.ts) {
             return Ok(None);
         }
         match write.write_type {
             WriteType::Put => {
-                let commit_ts = opts.load_commit_ts.then_some(*commit_ts);
+                let commit_ts = opts.load_commit_ts.then_some(commit_ts);
                 if opts.omit_value {
                     return Ok(Some(ValueEntry {
                         value: Vec::new(),
@@ -257,15 +256,21 @@ pub fn scan(
     if bounds.is_empty() || limit == 0 {
         return Ok(results);
     }
-    // Union of keys having a lock or a write record, in scan order.
-    let mut keys: Vec<&[u8]> = engine.write_keys_in(bounds).collect();
-    let lock_keys: Vec<&[u8]> = engine.lock_keys_in(bounds).collect();
-    keys.extend(lock_keys);
-    keys.sort_unstable();
-    keys.dedup();
-    if reverse {
-        keys.reverse();
-    }
+    // Union of keys having a lock or a write record, in scan order, lazily
+    // (like TiKV's scanners stepping the write and lock cursors together).
+    let keys: Box<dyn Iterator<Item = &[u8]>> = if reverse {
+        Box::new(MergeKeys::new(
+            engine.write_keys_in(bounds).rev(),
+            engine.lock_keys_in(bounds).rev(),
+            true,
+        ))
+    } else {
+        Box::new(MergeKeys::new(
+            engine.write_keys_in(bounds),
+            engine.lock_keys_in(bounds),
+            false,
+        ))
+    };
     let mut row_count = 0usize;
     for key in keys {
         if results.len() >= limit {
@@ -297,6 +302,48 @@ pub fn scan(
         }
     }
     Ok(results)
+}
+
+/// Merges two ordered key streams, dropping duplicates.
+struct MergeKeys<'a, A: Iterator<Item = &'a [u8]>, B: Iterator<Item = &'a [u8]>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+    reverse: bool,
+}
+
+impl<'a, A: Iterator<Item = &'a [u8]>, B: Iterator<Item = &'a [u8]>> MergeKeys<'a, A, B> {
+    fn new(a: A, b: B, reverse: bool) -> Self {
+        MergeKeys {
+            a: a.peekable(),
+            b: b.peekable(),
+            reverse,
+        }
+    }
+}
+
+impl<'a, A: Iterator<Item = &'a [u8]>, B: Iterator<Item = &'a [u8]>> Iterator
+    for MergeKeys<'a, A, B>
+{
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match (self.a.peek(), self.b.peek()) {
+            (None, None) => None,
+            (Some(_), None) => self.a.next(),
+            (None, Some(_)) => self.b.next(),
+            (Some(x), Some(y)) => {
+                let ord = if self.reverse { y.cmp(x) } else { x.cmp(y) };
+                match ord {
+                    std::cmp::Ordering::Less => self.a.next(),
+                    std::cmp::Ordering::Greater => self.b.next(),
+                    std::cmp::Ordering::Equal => {
+                        self.b.next();
+                        self.a.next()
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Locks in `bounds` whose start ts is at most `max_ts`, in key order; `limit`
