@@ -213,7 +213,10 @@ fn read_options(
         access_locks: ctx.committed_locks.clone(),
         omit_value,
         load_commit_ts,
-        replica_read: ctx.replica_read && isolation_level == IsolationLevel::Si,
+        // TiKV applies the replica-read variant of the lock check only to the
+        // leader's in-memory (async-commit) locks, which the stricter check
+        // rejects anyway; stored locks get the normal check on every replica.
+        replica_read: false,
     }
 }
 
