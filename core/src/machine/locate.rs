@@ -550,6 +550,359 @@ impl Operation for GroupKeys {
     }
 }
 
+/// Locates a region by id. Output: its [`KeyLocation`]. A region PD does not know is an error
+/// (no retry); PD failures back off `PdRpc`; a failed reload of a flagged entry falls back to
+/// it. Mirrors client-go `RegionCache.LocateRegionByID` / `loadRegionByID`.
+#[derive(Debug)]
+pub struct LocateRegionById {
+    id: u64,
+    backoffer: Backoffer,
+    rng: Rng,
+    stale: Option<KeyLocation>,
+    pending: Option<IoId>,
+    wake: Option<Instant>,
+    actions: VecDeque<Action>,
+    result: Option<Result<KeyLocation, Error>>,
+    done: bool,
+}
+
+impl LocateRegionById {
+    /// Locates region `id` with `backoffer` as the budget for PD failures.
+    pub fn new(id: u64, backoffer: Backoffer) -> Self {
+        LocateRegionById {
+            id,
+            backoffer,
+            rng: Rng::new(0),
+            stale: None,
+            pending: None,
+            wake: None,
+            actions: VecDeque::new(),
+            result: None,
+            done: false,
+        }
+    }
+
+    /// The backoffer (with what PD failures cost).
+    pub fn into_backoffer(self) -> Backoffer {
+        self.backoffer
+    }
+
+    fn finish(&mut self, r: Result<KeyLocation, Error>) {
+        self.done = true;
+        self.pending = None;
+        self.wake = None;
+        self.result = Some(r);
+    }
+
+    fn load(&mut self, shared: &mut Shared) {
+        let id = shared.next_io_id();
+        tracing::debug!(region = self.id, "load region by id from PD");
+        self.actions.push_back(Action::Pd {
+            id,
+            request: PdRequest::GetRegionById(pdpb::GetRegionByIdRequest {
+                header: None,
+                region_id: self.id,
+                need_buckets: true,
+            }),
+        });
+        self.pending = Some(id);
+    }
+
+    fn on_failure(&mut self, now: Instant, shared: &mut Shared, err: Error) {
+        if let Some(stale) = self.stale.take() {
+            shared.regions.mark_reload_on_access(stale.region);
+            return self.finish(Ok(stale));
+        }
+        match self
+            .backoffer
+            .backoff(BackoffKind::PdRpc, err, None, &mut self.rng)
+        {
+            Ok(d) if d.is_zero() => self.load(shared),
+            Ok(d) => self.wake = Some(now + d),
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+}
+
+impl Operation for LocateRegionById {
+    type Output = KeyLocation;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        match shared.regions.lookup_id(self.id, now, &mut self.rng) {
+            Lookup::Hit(loc) => self.finish(Ok(loc)),
+            Lookup::Reload { stale } => {
+                self.stale = Some(stale);
+                self.load(shared);
+            }
+            Lookup::Miss => self.load(shared),
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done || self.pending != Some(input.id()) {
+            return;
+        }
+        self.pending = None;
+        let resp = match input {
+            Input::Pd {
+                result: Ok(PdResponse::Region(resp)),
+                ..
+            } => resp,
+            Input::Pd { result: Err(e), .. } => return self.on_failure(now, shared, e),
+            Input::Pd {
+                result: Ok(other), ..
+            } => {
+                let e = Error::Internal(format!("unexpected PD reply to GetRegionByID: {other:?}"));
+                return self.finish(Err(e));
+            }
+            _ => return,
+        };
+        if let Some(msg) = pd_error_of(resp.header.as_ref()) {
+            return self.on_failure(now, shared, Error::Pd(msg));
+        }
+        let Some(pd) = PdRegion::from_get_region(&resp) else {
+            let e = Error::Pd(format!("region not found for region id {}", self.id));
+            return self.finish(Err(e));
+        };
+        if pd.meta.peers.is_empty() {
+            return self.finish(Err(Error::Pd(
+                "receive Region with no available peer".into(),
+            )));
+        }
+        let Shared {
+            regions,
+            stores,
+            codec,
+            ..
+        } = shared;
+        match regions.apply_pd_region(pd, true, codec, stores, now, &mut self.rng) {
+            Ok((loc, _)) => self.finish(Ok(loc)),
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if self.wake.is_some_and(|at| now >= at) {
+            self.wake = None;
+            self.load(shared);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.wake.map(|at| (at, "PD backoff"))
+    }
+
+    fn poll_result(&mut self) -> Option<Result<KeyLocation, Error>> {
+        self.result.take()
+    }
+}
+
+/// Splits `[start, end)` (empty `end`: unbounded) by region. Output: the locations of every
+/// region intersecting the range, in key order.
+///
+/// Uncached parts are prefetched with one `BatchScanRegions` over the range (up to 128
+/// regions per call); what is still missing is located key by key. Mirrors client-go
+/// `RegionCache.LocateKeyRange` / `LoadRegionsInKeyRange`.
+#[derive(Debug)]
+pub struct LocateRange {
+    start: Key,
+    end: Key,
+    backoffer: Option<Backoffer>,
+    rng: Rng,
+    batch_scan: bool,
+    scan_supported: bool,
+    found: Vec<KeyLocation>,
+    cursor: Key,
+    scan: Option<IoId>,
+    sub: Option<LocateKey>,
+    actions: VecDeque<Action>,
+    result: Option<Result<Vec<KeyLocation>, Error>>,
+    done: bool,
+}
+
+impl LocateRange {
+    /// Splits `[start, end)` with `backoffer` as the budget for PD failures.
+    pub fn new(start: Key, end: Key, backoffer: Backoffer) -> Self {
+        LocateRange {
+            cursor: start.clone(),
+            start,
+            end,
+            backoffer: Some(backoffer),
+            rng: Rng::new(0),
+            batch_scan: true,
+            scan_supported: true,
+            found: Vec::new(),
+            scan: None,
+            sub: None,
+            actions: VecDeque::new(),
+            result: None,
+            done: false,
+        }
+    }
+
+    /// The backoffer; `None` only while a lookup is running.
+    pub fn into_backoffer(self) -> Option<Backoffer> {
+        self.backoffer
+    }
+
+    fn finish(&mut self, r: Result<Vec<KeyLocation>, Error>) {
+        self.done = true;
+        self.scan = None;
+        self.sub = None;
+        self.result = Some(r);
+    }
+
+    /// Takes `loc` and moves the cursor past it; returns whether the range is covered.
+    fn take(&mut self, loc: KeyLocation) -> bool {
+        let end = loc.end_key.clone();
+        self.found.push(loc);
+        self.cursor = end.clone();
+        end.is_empty() || (!self.end.is_empty() && end >= self.end)
+    }
+
+    fn progress(&mut self, now: Instant, shared: &mut Shared) {
+        if self.done || self.scan.is_some() || self.sub.is_some() {
+            return;
+        }
+        if !self.end.is_empty() && self.start >= self.end {
+            return self.finish(Ok(Vec::new()));
+        }
+        // Walk what the cache holds.
+        while let Some(loc) = shared.regions.try_locate(&self.cursor, now, &mut self.rng) {
+            if self.take(loc) {
+                let found = std::mem::take(&mut self.found);
+                return self.finish(Ok(found));
+            }
+        }
+        if self.batch_scan && self.scan_supported {
+            self.batch_scan = false;
+            let (start_key, end_key) = shared.codec.encode_region_range(&self.cursor, &self.end);
+            let id = shared.next_io_id();
+            self.actions.push_back(Action::Pd {
+                id,
+                request: PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+                    header: None,
+                    need_buckets: false,
+                    ranges: vec![pdpb::KeyRange { start_key, end_key }],
+                    limit: REGIONS_PER_BATCH as i32,
+                    contain_all_key_range: false,
+                }),
+            });
+            self.scan = Some(id);
+            return;
+        }
+        let bo = self.backoffer.take().unwrap_or_else(|| Backoffer::new(0));
+        let mut sub = LocateKey::new(self.cursor.clone(), false, bo);
+        sub.start(now, shared);
+        self.sub = Some(sub);
+        self.drive_sub(now, shared);
+    }
+
+    fn drive_sub(&mut self, now: Instant, shared: &mut Shared) {
+        let Some(sub) = self.sub.as_mut() else {
+            return;
+        };
+        while let Some(a) = sub.poll_action() {
+            self.actions.push_back(a);
+        }
+        let Some(r) = sub.poll_result() else {
+            return;
+        };
+        let sub = self.sub.take().expect("sub is running");
+        self.backoffer = Some(sub.into_backoffer());
+        match r {
+            Ok(loc) => {
+                if self.take(loc) {
+                    let found = std::mem::take(&mut self.found);
+                    return self.finish(Ok(found));
+                }
+                // More regions may be missing: allow another prefetch from here.
+                self.batch_scan = true;
+                self.progress(now, shared);
+            }
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn on_scan(&mut self, now: Instant, shared: &mut Shared, result: Result<PdResponse, Error>) {
+        if let Ok(PdResponse::BatchScanRegions(resp)) = result
+            && pd_error_of(resp.header.as_ref()).is_none()
+        {
+            for r in &resp.regions {
+                let Some(pd) = PdRegion::from_scanned(r) else {
+                    continue;
+                };
+                let Shared {
+                    regions,
+                    stores,
+                    codec,
+                    ..
+                } = shared;
+                match regions.region_from_pd(pd, codec, stores, now, &mut self.rng) {
+                    Ok(region) => {
+                        regions.insert(region, false);
+                    }
+                    Err(e) => return self.finish(Err(e)),
+                }
+            }
+        } else {
+            tracing::debug!("BatchScanRegions unavailable; locating the range region by region");
+            self.scan_supported = false;
+        }
+        self.progress(now, shared);
+    }
+}
+
+impl Operation for LocateRange {
+    type Output = Vec<KeyLocation>;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        self.progress(now, shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done {
+            return;
+        }
+        if self.scan == Some(input.id()) {
+            self.scan = None;
+            if let Input::Pd { result, .. } = input {
+                self.on_scan(now, shared, result);
+            }
+            return;
+        }
+        if let Some(sub) = self.sub.as_mut() {
+            sub.handle_input(now, shared, input);
+            self.drive_sub(now, shared);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if let Some(sub) = self.sub.as_mut() {
+            sub.handle_timeout(now, shared);
+            self.drive_sub(now, shared);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.sub.as_ref().and_then(|s| s.poll_timeout())
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Vec<KeyLocation>, Error>> {
+        self.result.take()
+    }
+}
+
 /// The smallest key greater than `key` (`key + "\0"`).
 pub fn next_key(key: &[u8]) -> Key {
     let mut v = Vec::with_capacity(key.len() + 1);
@@ -705,5 +1058,74 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn locate_region_by_id_loads_then_hits() {
+        let mut pd = FakePd::split(1, &["m"]);
+        pd.regions[1].meta.id = 42;
+        let mut h = Harness::new();
+        let mut op = LocateRegionById::new(42, Backoffer::new(0));
+        let loc = h.run(&mut op, |a, _| by_id(&mut pd, a)).unwrap();
+        assert_eq!(&loc.start_key[..], b"m");
+        let mut again = LocateRegionById::new(42, Backoffer::new(0));
+        assert_eq!(h.run(&mut again, |_, _| panic!("cached")).unwrap(), loc);
+        let mut missing = LocateRegionById::new(77, Backoffer::new(0));
+        assert!(matches!(
+            h.run(&mut missing, |a, _| by_id(&mut pd, a)),
+            Err(Error::Pd(_))
+        ));
+    }
+
+    fn by_id(pd: &mut FakePd, a: &Action) -> crate::machine::testkit::Reply {
+        use crate::machine::testkit::Reply;
+        match a {
+            Action::Pd {
+                id,
+                request: PdRequest::GetRegionById(r),
+            } => {
+                let found = pd.regions.iter().find(|x| x.meta.id == r.region_id);
+                let resp = pdpb::GetRegionResponse {
+                    region: found.map(|x| x.meta.clone()),
+                    leader: found.map(|x| x.meta.peers[0]),
+                    ..Default::default()
+                };
+                Reply::Now(Input::Pd {
+                    id: *id,
+                    result: Ok(PdResponse::Region(resp)),
+                })
+            }
+            other => pd_reply(pd, other).unwrap(),
+        }
+    }
+
+    #[test]
+    fn locate_range_splits_by_region() {
+        let mut pd = FakePd::split(1, &["c", "f", "p"]);
+        let mut h = Harness::new();
+        let mut op = LocateRange::new(k("b"), k("g"), Backoffer::new(0));
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(
+            locs.iter().map(|l| l.region.id).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(matches!(h.pd_sent()[..], [PdRequest::BatchScanRegions(_)]));
+        // Now cached: no PD call; unbounded end reaches the last region.
+        let mut op = LocateRange::new(k(""), k(""), Backoffer::new(0));
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(locs.len(), 4);
+        // Without BatchScanRegions support: region by region.
+        let mut pd2 = FakePd::split(1, &["c", "f"]);
+        pd2.batch_scan = false;
+        let mut h = Harness::new();
+        let mut op = LocateRange::new(k("a"), k(""), Backoffer::new(0));
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd2, a).unwrap())
+            .unwrap();
+        assert_eq!(locs.len(), 3);
     }
 }

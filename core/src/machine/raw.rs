@@ -1660,4 +1660,53 @@ mod tests {
         let ctx = crate::machine::testkit::ctx_of(&w.h.tikv_sent()[0].1);
         assert_eq!(ctx.api_version, kvrpcpb::ApiVersion::V2 as i32);
     }
+
+    #[test]
+    fn single_store_down_then_back() {
+        let mut w = World::new(&[]);
+        w.fill(&["a"]);
+        assert_eq!(w.run(get(k("a"), &opts())), Ok(Some(k("v-a"))));
+        // The only store refuses connections for 1.5 s.
+        let back_at = w.h.now + std::time::Duration::from_millis(1500);
+        let clock = w.h.clock();
+        let (pd, kv) = (&w.pd, &w.kv);
+        let mut refused = 0;
+        let mut op = get(k("a"), &opts());
+        let res = w.h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd.borrow_mut(), a) {
+                return r;
+            }
+            let Action::Tikv {
+                store_id, request, ..
+            } = a
+            else {
+                unreachable!()
+            };
+            if clock.get() < back_at {
+                refused += 1;
+                let e = Error::Rpc {
+                    address: "store1:20160".into(),
+                    message: "connection refused".into(),
+                    sent: false,
+                };
+                return tikv_reply(a, Err(e));
+            }
+            tikv_reply(
+                a,
+                Ok(kv.borrow_mut().serve(&pd.borrow(), *store_id, request)),
+            )
+        });
+        assert_eq!(res, Ok(Some(k("v-a"))));
+        assert!(refused >= 2, "tried while down: {refused}");
+        assert!(w.h.now >= back_at);
+        assert!(
+            w.h.shared.stores.epoch(1) >= 1,
+            "store epoch bumped by the failures"
+        );
+        let pd_calls = w.h.pd_sent().len();
+        assert!(
+            pd_calls < 40,
+            "no PD storm while the store is down: {pd_calls}"
+        );
+    }
 }

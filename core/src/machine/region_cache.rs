@@ -457,6 +457,26 @@ impl RegionCache {
         }
     }
 
+    /// Looks up the newest cached version of region `id`, like [`RegionCache::lookup`]. Mirrors
+    /// the cache half of client-go `LocateRegionByID`.
+    pub fn lookup_id(&mut self, id: u64, now: Instant, rng: &mut Rng) -> Lookup {
+        let Some(ver) = self.latest.get(&id).copied() else {
+            return Lookup::Miss;
+        };
+        if !self.check_ttl(ver, now, rng) {
+            return Lookup::Miss;
+        }
+        let r = self.regions.get_mut(&ver).expect("indexed region exists");
+        if r.has_flag(NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY) {
+            r.flags &= !(NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY);
+            Lookup::Reload {
+                stale: r.location(),
+            }
+        } else {
+            Lookup::Hit(r.location())
+        }
+    }
+
     /// The valid cached location for `key`, never asking for a load. Mirrors client-go
     /// `TryLocateKey`.
     pub fn try_locate(&mut self, key: &[u8], now: Instant, rng: &mut Rng) -> Option<KeyLocation> {

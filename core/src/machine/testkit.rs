@@ -34,6 +34,7 @@ pub(crate) struct Harness {
     pub now: Instant,
     /// Every action emitted, with the time it was emitted.
     pub log: Vec<(Instant, Action)>,
+    clock: std::rc::Rc<std::cell::Cell<Instant>>,
 }
 
 impl Harness {
@@ -44,7 +45,13 @@ impl Harness {
             base,
             now: base,
             log: Vec::new(),
+            clock: std::rc::Rc::new(std::cell::Cell::new(base)),
         }
+    }
+
+    /// A handle on the fake clock, readable from inside a responder.
+    pub fn clock(&self) -> std::rc::Rc<std::cell::Cell<Instant>> {
+        self.clock.clone()
     }
 
     /// Time elapsed on the fake clock.
@@ -62,6 +69,7 @@ impl Harness {
         let mut seq = 0u64;
         op.start(self.now, &mut self.shared);
         for _ in 0..100_000 {
+            self.clock.set(self.now);
             while let Some(action) = op.poll_action() {
                 self.log.push((self.now, action.clone()));
                 let reply = respond(&action, &mut self.shared);
