@@ -397,6 +397,21 @@ impl Cluster {
         }
     }
 
+    /// The store-wide safe ts for stale reads: the smallest region safe ts
+    /// among regions with a peer on `store_id` overlapping `[start, end)`
+    /// (region key space; empty end = unbounded). 0 when the store holds none.
+    ///
+    /// Follows TiKV `src/server/service/kv.rs` `get_store_safe_ts` (min of
+    /// the regions' safe ts in the range).
+    pub fn store_safe_ts(&self, store_id: u64, start: &[u8], end: &[u8]) -> u64 {
+        self.scan_regions(start, end, 0)
+            .into_iter()
+            .filter(|(r, _)| r.peers.iter().any(|p| p.store_id == store_id))
+            .map(|(r, _)| self.safe_ts(r.id))
+            .min()
+            .unwrap_or(0)
+    }
+
     // ----- control: topology ------------------------------------------------
 
     /// Sets the address PD advertises for a store.

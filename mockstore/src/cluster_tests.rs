@@ -494,3 +494,173 @@ fn pd_region_lookups() {
     );
     assert_eq!(ts.timestamp.unwrap().logical, 3);
 }
+
+fn txn_ctx(c: &Cluster, key: &[u8]) -> (kvrpcpb::Context, u64) {
+    ctx_for(c, key, CmdClass::Txn)
+}
+
+fn lock_req(c: &Cluster, key: &[u8], start_ts: u64, wait_ms: i64) -> (TikvRequest, u64) {
+    let (ctx, store) = txn_ctx(c, key);
+    (
+        TikvRequest::PessimisticLock(kvrpcpb::PessimisticLockRequest {
+            context: Some(ctx),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::PessimisticLock as i32,
+                key: Bytes::copy_from_slice(key),
+                ..Default::default()
+            }],
+            primary_lock: Bytes::copy_from_slice(key),
+            start_version: start_ts,
+            for_update_ts: start_ts,
+            lock_ttl: 3_000,
+            wait_timeout: wait_ms,
+            ..Default::default()
+        }),
+        store,
+    )
+}
+
+// TiKV `src/storage/lock_manager`: a pessimistic lock on a locked key waits
+// (in virtual time) and is answered when the holder rolls back, through
+// `poll_lock_waits` under the ticket the request got.
+#[test]
+fn pessimistic_lock_wait_is_woken_by_rollback() {
+    let mut c = cluster(1);
+    let ts = |physical: u64| physical << 18;
+    let (req, store) = lock_req(&c, b"k", ts(100), 1_000);
+    let r = c.handle_tikv(0, store, req).ready().unwrap();
+    let TikvResponse::PessimisticLock(r) = r else {
+        panic!()
+    };
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let (req, store) = lock_req(&c, b"k", ts(200), 1_000);
+    let TikvOutcome::Pending(ticket) = c.handle_tikv(10, store, req) else {
+        panic!("second lock should wait")
+    };
+    assert!(c.poll_lock_waits(20).is_empty());
+    assert!(c.next_lock_wait_deadline().is_some());
+    let (ctx, _) = txn_ctx(&c, b"k");
+    let rb = TikvRequest::PessimisticRollback(kvrpcpb::PessimisticRollbackRequest {
+        context: Some(ctx),
+        start_version: ts(100),
+        for_update_ts: ts(100),
+        keys: vec![Bytes::from_static(b"k")],
+    });
+    c.handle_tikv(30, store, rb).ready().unwrap();
+    // The waiter may be woken after TiKV's wake-up delay; poll until then.
+    let mut woken = Vec::new();
+    for now in (30..2_000).step_by(10) {
+        woken = c.poll_lock_waits(now);
+        if !woken.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(woken.len(), 1);
+    assert_eq!(woken[0].0, ticket);
+    // In the legacy wake-up mode the woken request fails with a
+    // PessimisticRetry write conflict, so the client retries with a fresh
+    // for_update_ts (TiKV `acquire_pessimistic_lock` with `WakeUpModeNormal`).
+    let TikvResponse::PessimisticLock(r) = &woken[0].1 else {
+        panic!()
+    };
+    let conflict = r.errors[0].conflict.as_ref().expect("write conflict");
+    assert_eq!(
+        conflict.reason,
+        kvrpcpb::write_conflict::Reason::PessimisticRetry as i32
+    );
+}
+
+// TiKV `src/storage/txn/actions/prewrite.rs`: a prewrite key outside the
+// region is refused before anything is written (KeyNotInRegion), and a
+// prewrite routed with an old epoch gets EpochNotMatch.
+#[test]
+fn txn_commands_respect_region_bounds() {
+    let mut c = cluster(1);
+    let (ctx, store) = txn_ctx(&c, b"a");
+    c.split_keys(&[crate::codec::encode_bytes(b"m")]);
+    let prewrite = |ctx: kvrpcpb::Context, key: &'static [u8]| {
+        TikvRequest::Prewrite(kvrpcpb::PrewriteRequest {
+            context: Some(ctx),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: Bytes::from_static(key),
+                value: Bytes::from_static(b"v"),
+                ..Default::default()
+            }],
+            primary_lock: Bytes::from_static(key),
+            start_version: 10,
+            lock_ttl: 3000,
+            ..Default::default()
+        })
+    };
+    let r = c
+        .handle_tikv(0, store, prewrite(ctx, b"a"))
+        .ready()
+        .unwrap();
+    assert!(region_error(&r).epoch_not_match.is_some());
+    let (ctx, store) = txn_ctx(&c, b"a");
+    let r = c
+        .handle_tikv(0, store, prewrite(ctx.clone(), b"z"))
+        .ready()
+        .unwrap();
+    assert!(region_error(&r).key_not_in_region.is_some());
+    assert!(c.mvcc().engine().load_lock(b"z").is_none());
+    let r = c
+        .handle_tikv(0, store, prewrite(ctx, b"b"))
+        .ready()
+        .unwrap();
+    let TikvResponse::Prewrite(p) = r else {
+        panic!()
+    };
+    assert!(p.region_error.is_none() && p.errors.is_empty(), "{p:?}");
+    assert!(c.mvcc().engine().load_lock(b"b").is_some());
+}
+
+// Stale reads: the safe ts stays below the oldest lock of the region
+// (TiKV `components/resolved_ts`).
+#[test]
+fn safe_ts_held_below_locks() {
+    let mut c = cluster(1);
+    let (ts_phys, _) = c.pd_mut().tso(1_000, 1).unwrap();
+    let latest = crate::pd::compose_ts(ts_phys, 1);
+    let region = c.regions()[0].id;
+    assert_eq!(c.safe_ts(region), latest);
+    let (req, store) = lock_req(&c, b"k", 500, 1_000);
+    c.handle_tikv(0, store, req).ready().unwrap();
+    assert_eq!(c.safe_ts(region), 499);
+}
+
+// API V2: transactional requests need the `x` prefix; V1 requests only for
+// TiDB keys (TiKV `check_api_version`).
+#[test]
+fn api_v2_txn_key_modes() {
+    let mut c = Cluster::new(ClusterConfig {
+        stores: 1,
+        api_version: ApiVersion::V2,
+        ..Default::default()
+    });
+    let get = |c: &mut Cluster, key: &'static [u8], api: i32| {
+        let (mut ctx, store) = txn_ctx(c, key);
+        ctx.api_version = api;
+        let r = c
+            .handle_tikv(
+                0,
+                store,
+                TikvRequest::Get(kvrpcpb::GetRequest {
+                    context: Some(ctx),
+                    key: Bytes::from_static(key),
+                    version: 10,
+                    ..Default::default()
+                }),
+            )
+            .ready()
+            .unwrap();
+        let TikvResponse::Get(g) = r else { panic!() };
+        g
+    };
+    assert!(get(&mut c, b"x\0\0\0k", 2).error.is_none());
+    let e = get(&mut c, b"r\0\0\0k", 2).error.unwrap();
+    assert!(e.abort.contains("Key mode mismatched"), "{}", e.abort);
+    assert!(get(&mut c, b"t\x80k", 0).error.is_none());
+    assert!(get(&mut c, b"x\0\0\0k", 0).error.is_some());
+}

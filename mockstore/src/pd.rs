@@ -358,6 +358,11 @@ impl PdState {
         self.keyspaces.values().find(|m| m.name == name)
     }
 
+    /// Keyspaces with id `>= start`, in id order.
+    pub fn keyspaces_from(&self, start: u32) -> impl Iterator<Item = &keyspacepb::KeyspaceMeta> {
+        self.keyspaces.range(start..).map(|(_, m)| m)
+    }
+
     /// A keyspace by id.
     pub fn keyspace_by_id(&self, id: u32) -> Option<&keyspacepb::KeyspaceMeta> {
         self.keyspaces.get(&id)
@@ -795,6 +800,50 @@ impl Cluster {
             region_id: req.region_id,
             status: pdpb::OperatorStatus::Success as i32,
             ..Default::default()
+        }
+    }
+
+    /// `keyspacepb.Keyspace/LoadKeyspaceByID`.
+    pub fn pd_load_keyspace_by_id(
+        &self,
+        req: &keyspacepb::LoadKeyspaceByIdRequest,
+    ) -> keyspacepb::LoadKeyspaceResponse {
+        let id = match req.keyspace {
+            Some(keyspacepb::load_keyspace_by_id_request::Keyspace::Id(id)) => Some(id),
+            _ => None,
+        };
+        match id.and_then(|id| self.pd.keyspace_by_id(id)) {
+            Some(meta) => keyspacepb::LoadKeyspaceResponse {
+                header: self.pd_header(),
+                keyspace: Some(meta.clone()),
+            },
+            None => keyspacepb::LoadKeyspaceResponse {
+                header: self.pd_error_header(&PdError::NotFound(format!(
+                    "keyspace {id:?} does not exist"
+                ))),
+                keyspace: None,
+            },
+        }
+    }
+
+    /// `keyspacepb.Keyspace/GetAllKeyspaces` from `start_id`, at most
+    /// `limit` (0 = all).
+    pub fn pd_get_all_keyspaces(
+        &self,
+        req: &keyspacepb::GetAllKeyspacesRequest,
+    ) -> keyspacepb::GetAllKeyspacesResponse {
+        let start = match req.start_keyspace {
+            Some(keyspacepb::get_all_keyspaces_request::StartKeyspace::StartId(id)) => id,
+            _ => 0,
+        };
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit as usize
+        };
+        keyspacepb::GetAllKeyspacesResponse {
+            header: self.pd_header(),
+            keyspaces: self.pd.keyspaces_from(start).take(limit).cloned().collect(),
         }
     }
 

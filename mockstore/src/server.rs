@@ -259,6 +259,9 @@ async fn route(
     let mut grpc = tonic::server::Grpc::new(BytesCodec);
     match endpoint {
         Endpoint::Store(store_id) => {
+            if path == "/tikvpb.Tikv/GetStoreSafeTS" {
+                return grpc.unary(StoreSafeTsSvc { shared, store_id }, req).await;
+            }
             if path == "/tikvpb.Tikv/BatchCommands" {
                 return grpc
                     .streaming(BatchCommandsSvc { shared, store_id }, req)
@@ -299,12 +302,14 @@ async fn route(
                     )
                     .await;
             }
-            if path == "/keyspacepb.Keyspace/LoadKeyspace" {
+            if let Some(m) = path.strip_prefix("/keyspacepb.Keyspace/")
+                && KEYSPACE_METHODS.contains(&m)
+            {
                 return grpc
                     .unary(
                         PdUnarySvc {
                             shared,
-                            method: "LoadKeyspace".into(),
+                            method: m.to_string(),
                         },
                         req,
                     )
@@ -345,6 +350,36 @@ impl tonic::server::UnaryService<Vec<u8>> for TikvUnarySvc {
             };
             let resp = shared.handle_tikv(store_id, req).await?;
             Ok(tonic::Response::new(resp.encode_body()))
+        })
+    }
+}
+
+/// `GetStoreSafeTS`: store-level, no request context.
+struct StoreSafeTsSvc {
+    shared: Arc<Shared>,
+    store_id: u64,
+}
+
+impl tonic::server::UnaryService<Vec<u8>> for StoreSafeTsSvc {
+    type Response = Vec<u8>;
+    type Future = BoxFuture<Result<tonic::Response<Vec<u8>>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Vec<u8>>) -> Self::Future {
+        let shared = self.shared.clone();
+        let store_id = self.store_id;
+        Box::pin(async move {
+            let req: kvrpcpb::StoreSafeTsRequest = decode(&request.into_inner(), "GetStoreSafeTS")?;
+            let range = req.key_range.unwrap_or_default();
+            let st = shared.lock();
+            if !st.cluster.store(store_id).is_some_and(|s| s.up) {
+                return Err(Status::unavailable(format!("store {store_id} is down")));
+            }
+            let safe_ts = st
+                .cluster
+                .store_safe_ts(store_id, &range.start_key, &range.end_key);
+            Ok(tonic::Response::new(
+                kvrpcpb::StoreSafeTsResponse { safe_ts }.encode_to_vec(),
+            ))
         })
     }
 }
@@ -509,6 +544,8 @@ const PD_METHODS: &[&str] = &[
     "SplitRegions",
 ];
 
+const KEYSPACE_METHODS: &[&str] = &["LoadKeyspace", "LoadKeyspaceByID", "GetAllKeyspaces"];
+
 struct PdUnarySvc {
     shared: Arc<Shared>,
     method: String,
@@ -579,6 +616,12 @@ fn pd_call(shared: &Shared, method: &str, body: &[u8]) -> Result<Vec<u8>, Status
         "SplitRegions" => c.pd_split_regions(&decode(body, method)?).encode_to_vec(),
         "LoadKeyspace" => c
             .pd_load_keyspace(&decode::<keyspacepb::LoadKeyspaceRequest>(body, method)?)
+            .encode_to_vec(),
+        "LoadKeyspaceByID" => c
+            .pd_load_keyspace_by_id(&decode(body, method)?)
+            .encode_to_vec(),
+        "GetAllKeyspaces" => c
+            .pd_get_all_keyspaces(&decode(body, method)?)
             .encode_to_vec(),
         other => return Err(Status::unimplemented(other.to_string())),
     };

@@ -68,6 +68,43 @@ async fn pd_members_tso_and_regions() {
             .into_inner();
         assert!(region.region.is_some());
         assert_eq!(region.leader.unwrap().store_id, 1);
+
+        // Keyspaces: DEFAULT (id 0) and a created one.
+        let mut ks = tikv_proto::keyspacepb::keyspace_client::KeyspaceClient::new(
+            common::dial(c.pd_addr()).await.unwrap(),
+        );
+        use tikv_proto::keyspacepb;
+        let by_id = ks
+            .load_keyspace_by_id(keyspacepb::LoadKeyspaceByIdRequest {
+                keyspace: Some(keyspacepb::load_keyspace_by_id_request::Keyspace::Id(0)),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_id.keyspace.unwrap().name, "DEFAULT");
+        let missing = ks
+            .load_keyspace(keyspacepb::LoadKeyspaceRequest {
+                name: "nope".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            missing.header.unwrap().error.unwrap().r#type,
+            pdpb::ErrorType::EntryNotFound as i32
+        );
+
+        // The store-wide safe ts follows the TSO handed out.
+        let safe = tikv(c.store_addr(2).unwrap())
+            .await
+            .get_store_safe_ts(tikv_proto::kvrpcpb::StoreSafeTsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .safe_ts;
+        assert_eq!(safe, last);
         c.shutdown().await;
     })
     .await
@@ -328,4 +365,118 @@ async fn unknown_method_is_unimplemented() {
         c.shutdown().await;
     })
     .await
+}
+
+fn lock_request(
+    ctx: &kvrpcpb::Context,
+    key: &'static [u8],
+    ts: u64,
+    wait_ms: i64,
+) -> kvrpcpb::PessimisticLockRequest {
+    kvrpcpb::PessimisticLockRequest {
+        context: Some(ctx.clone()),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::PessimisticLock as i32,
+            key: Bytes::from_static(key),
+            ..Default::default()
+        }],
+        primary_lock: Bytes::from_static(key),
+        start_version: ts,
+        for_update_ts: ts,
+        lock_ttl: 20_000,
+        wait_timeout: wait_ms,
+        ..Default::default()
+    }
+}
+
+// A lock wait parks one BatchCommands request while the others on the same
+// stream are answered; releasing the lock answers the parked one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_wait_answered_on_release_over_batch_commands() {
+    within(async {
+        let c = MockCluster::builder().start().await.unwrap();
+        let mut pd = pd(c.pd_addr()).await;
+        let ts = |n: u64| (c.now_ms() << 18) + n;
+        let (ctx, store) = route(&mut pd, &encode(b"k"), 0).await;
+        let mut kv = tikv(c.store_addr(store).unwrap()).await;
+        let holder = ts(1);
+        let r = kv
+            .kv_pessimistic_lock(lock_request(&ctx, b"k", holder, 0))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.errors.is_empty(), "{r:?}");
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut stream = kv
+            .batch_commands(tokio_stream_from(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        use batch_commands_request::request::Cmd as Q;
+        tx.send(tikvpb::BatchCommandsRequest {
+            requests: vec![
+                batch_commands_request::Request {
+                    cmd: Some(Q::PessimisticLock(lock_request(&ctx, b"k", ts(2), 10_000))),
+                },
+                batch_commands_request::Request {
+                    cmd: Some(Q::Empty(tikvpb::BatchCommandsEmptyRequest {
+                        test_id: 1,
+                        delay_time: 0,
+                    })),
+                },
+            ],
+            request_ids: vec![1, 2],
+            ..Default::default()
+        })
+        .unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            first.request_ids,
+            vec![2],
+            "only the empty request is answered at once"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), stream.next())
+                .await
+                .is_err()
+        );
+
+        let rb = kvrpcpb::PessimisticRollbackRequest {
+            context: Some(ctx.clone()),
+            start_version: holder,
+            for_update_ts: holder,
+            keys: vec![Bytes::from_static(b"k")],
+        };
+        assert!(
+            kv.kv_pessimistic_rollback(rb)
+                .await
+                .unwrap()
+                .into_inner()
+                .errors
+                .is_empty()
+        );
+        let woken = stream.next().await.unwrap().unwrap();
+        assert_eq!(woken.request_ids, vec![1]);
+        let Some(batch_commands_response::response::Cmd::PessimisticLock(r)) =
+            woken.responses[0].cmd.clone()
+        else {
+            panic!("{woken:?}")
+        };
+        // Legacy wake-up mode: the woken request reports a PessimisticRetry conflict.
+        assert!(r.errors[0].conflict.is_some(), "{r:?}");
+        drop(tx);
+        c.shutdown().await;
+    })
+    .await
+}
+
+/// Memcomparable encoding of a short key (< 8 bytes), for PD lookups of
+/// transactional keys.
+fn encode(key: &[u8]) -> Vec<u8> {
+    assert!(key.len() < 8);
+    let mut v = key.to_vec();
+    v.resize(8, 0);
+    v.push(0xff - (8 - key.len()) as u8);
+    v
 }
