@@ -124,11 +124,12 @@ impl Shared {
         wall + self.time_offset_ms.load(Ordering::Relaxed)
     }
 
+    /// Runs one request; `Ok(None)` when its response is to be lost.
     async fn handle_tikv(
         self: &Arc<Self>,
         store_id: u64,
         req: TikvRequest,
-    ) -> Result<TikvResponse, Status> {
+    ) -> Result<Option<TikvResponse>, Status> {
         let (outcome, rx) = {
             let mut st = self.lock();
             let now = self.now_ms();
@@ -148,18 +149,19 @@ impl Shared {
                 if delay_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 }
-                Ok(response)
+                Ok(Some(response))
             }
             TikvOutcome::Pending(_) => {
                 self.changed.notify_waiters();
                 match rx {
                     Some(rx) => rx
                         .await
+                        .map(Some)
                         .map_err(|_| Status::unavailable("lock wait abandoned")),
                     None => Err(Status::internal("lost lock wait")),
                 }
             }
-            TikvOutcome::Dropped => std::future::pending().await,
+            TikvOutcome::Dropped => Ok(None),
             TikvOutcome::StoreUnreachable => {
                 Err(Status::unavailable(format!("store {store_id} is down")))
             }
@@ -348,8 +350,11 @@ impl tonic::server::UnaryService<Vec<u8>> for TikvUnarySvc {
                 }
                 None => return Err(Status::unimplemented(kind.method())),
             };
-            let resp = shared.handle_tikv(store_id, req).await?;
-            Ok(tonic::Response::new(resp.encode_body()))
+            match shared.handle_tikv(store_id, req).await? {
+                Some(resp) => Ok(tonic::Response::new(resp.encode_body())),
+                // The reply is lost: the caller waits until its deadline.
+                None => std::future::pending().await,
+            }
         })
     }
 }
@@ -476,7 +481,7 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
                         let shared = shared.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            if let Ok(resp) = shared.handle_tikv(store_id, req).await
+                            if let Ok(Some(resp)) = shared.handle_tikv(store_id, req).await
                                 && let Some(b) = resp.into_batch()
                             {
                                 let _ = tx.send(Ok((id, b)));

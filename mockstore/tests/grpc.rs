@@ -480,3 +480,64 @@ fn encode(key: &[u8]) -> Vec<u8> {
     v.push(0xff - (8 - key.len()) as u8);
     v
 }
+
+// A dropped response inside a BatchCommands stream: the command runs, its
+// reply never comes, the other requests of the message are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_reply_in_batch_commands() {
+    within(async {
+        let c = MockCluster::builder().start().await.unwrap();
+        let mut pd = pd(c.pd_addr()).await;
+        let (ctx, store) = route(&mut pd, b"k", 0).await;
+        let mut kv = tikv(c.store_addr(store).unwrap()).await;
+        c.add_fault(FaultRule::once(RpcKind::RawPut, FaultAction::DropResponse));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut stream = kv
+            .batch_commands(tokio_stream_from(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        use batch_commands_request::request::Cmd as Q;
+        let put = kvrpcpb::RawPutRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        };
+        tx.send(tikvpb::BatchCommandsRequest {
+            requests: vec![
+                batch_commands_request::Request {
+                    cmd: Some(Q::RawPut(put)),
+                },
+                batch_commands_request::Request {
+                    cmd: Some(Q::Empty(tikvpb::BatchCommandsEmptyRequest {
+                        test_id: 9,
+                        delay_time: 0,
+                    })),
+                },
+            ],
+            request_ids: vec![1, 2],
+            ..Default::default()
+        })
+        .unwrap();
+        let msg = stream.next().await.unwrap().unwrap();
+        assert_eq!(msg.request_ids, vec![2]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), stream.next())
+                .await
+                .is_err()
+        );
+        let get = kvrpcpb::RawGetRequest {
+            context: Some(ctx),
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        assert_eq!(
+            kv.raw_get(get).await.unwrap().into_inner().value.as_ref(),
+            b"v"
+        );
+        drop(tx);
+        c.shutdown().await;
+    })
+    .await
+}
