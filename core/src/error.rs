@@ -88,7 +88,10 @@ pub enum Error {
 
     /// A pessimistic lock request would deadlock. Mirrors client-go `ErrDeadlock`.
     #[error("deadlock: lock_ts {}, key {:?}, retryable {}", .0.lock_ts, .0.lock_key, .1)]
-    Deadlock(Box<kvrpcpb::Deadlock>, #[doc = "Whether TiKV marked it retryable"] bool),
+    Deadlock(
+        Box<kvrpcpb::Deadlock>,
+        #[doc = "Whether TiKV marked it retryable"] bool,
+    ),
 
     /// A pessimistic lock request did not get the lock within its wait timeout. Mirrors client-go
     /// `ErrLockWaitTimeout`.
@@ -127,6 +130,21 @@ pub enum Error {
     /// failed too.
     #[error("commit ts expired: start_ts {}, attempted {}, min_commit_ts {}", .0.start_ts, .0.attempted_commit_ts, .0.min_commit_ts)]
     CommitTsExpired(Box<kvrpcpb::CommitTsExpired>),
+
+    /// Commit-wait-until-TSO could not get a timestamp above the target in time. Mirrors
+    /// client-go `ErrCommitTSLag`.
+    #[error("commit ts lags: first ts {first_ts}, target {target_ts}")]
+    CommitTsLag {
+        /// The first timestamp fetched.
+        first_ts: u64,
+        /// The timestamp the commit had to exceed.
+        target_ts: u64,
+    },
+
+    /// A pessimistic lock ran past its statement's maximum execution time. Mirrors client-go
+    /// `ErrQueryInterruptedWithSignal` (max execution time).
+    #[error("maximum execution time exceeded")]
+    MaxExecutionTimeExceeded,
 
     /// An assertion attached to a mutation failed. Mirrors client-go `ErrAssertionFailed`.
     #[error("assertion failed on key {:?}: {:?}", .0.key, .0.assertion)]
