@@ -10,7 +10,15 @@ mod runtime;
 mod tls;
 
 pub use grpc::{BytesChannel, Responses};
-pub use runtime::Tokio;
+pub use runtime::{Tokio, http2_config};
 pub use tls::TlsFiles;
 
+pub use tikv_core::config::{self, Config};
 pub use tikv_core::{Error, Result};
+
+/// The raw key-value client on tokio: `tikv_tokio::RawClient::connect(&pd_endpoints, config)`.
+pub type RawClient = tikv_core::client::RawClient<Tokio>;
+/// A connection to a cluster on tokio (shared by the clients built on it).
+pub type Cluster = tikv_core::client::Cluster<Tokio>;
+
+pub use tikv_core::client::{KvPair, RawChecksum, Value};

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
 use crate::grpc::BytesChannel;
+use crate::tls::TlsFiles;
+use tikv_core::config::Config;
 
 /// Runs hyper's connection and stream tasks on a tokio runtime handle, so connections opened
 /// from any thread land on the client's runtime.
@@ -82,6 +84,16 @@ impl Tokio {
     }
 }
 
+/// The HTTP/2 settings of a client configuration (client-go dial options).
+pub fn http2_config(config: &Config) -> ChannelConfig {
+    let mut c = ChannelConfig::default();
+    c.keepalive_interval = Some(config.grpc_keepalive_time);
+    c.keepalive_timeout = config.grpc_keepalive_timeout;
+    c.initial_stream_window_size = config.grpc_initial_window_size;
+    c.initial_connection_window_size = config.grpc_initial_conn_window_size;
+    c
+}
+
 /// Splits `address` (`host:port`, `http://host:port` or `https://host:port`) into the
 /// authority.
 fn authority(address: &str) -> &str {
@@ -103,6 +115,19 @@ fn host(authority: &str) -> &str {
 impl Runtime for Tokio {
     type Channel = BytesChannel;
     type Sleep = Pin<Box<tokio::time::Sleep>>;
+
+    fn from_config(config: &Config) -> Result<Self, Error> {
+        let mut rt = Tokio::current()?.with_http2(http2_config(config));
+        if let Some(ca) = &config.security.ca_path {
+            let files = TlsFiles {
+                ca_path: ca.clone(),
+                cert_path: config.security.cert_path.clone(),
+                key_path: config.security.key_path.clone(),
+            };
+            rt = rt.with_tls(files.load()?);
+        }
+        Ok(rt)
+    }
 
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()

@@ -1,1 +1,129 @@
-//! Placeholder; see the crate description.
+//! End-to-end suites, written once and run against every runtime.
+//!
+//! * [`Mock`]: a mockstore cluster served over gRPC on loopback from its own tokio runtime on
+//!   a background thread, so the client under test may run on any runtime.
+//! * [`scenarios`]: one generic `async fn` per scenario, taking the client runtime as a type
+//!   parameter `R: tikv_core::client::Runtime`.
+//! * [`e2e_suite!`]: instantiates every scenario as a `#[test]` for one runtime; adding a
+//!   runtime is one macro call (see `tests/e2e_tokio.rs`).
+
+pub mod scenarios;
+pub mod txn_support;
+
+use std::path::PathBuf;
+
+use tikv_mockstore::{MockCluster, MockClusterBuilder};
+
+/// A running mockstore cluster and the runtime serving it.
+pub struct Mock {
+    cluster: Option<std::sync::Arc<MockCluster>>,
+    rt: Option<tokio::runtime::Runtime>,
+    /// PEM file of the CA the servers' certificate chains to (TLS clusters only).
+    pub ca_path: Option<PathBuf>,
+}
+
+impl Mock {
+    /// Starts `builder` on a fresh background runtime. Callable from any thread, including
+    /// from inside another runtime (the start runs on a helper thread).
+    pub fn start(builder: MockClusterBuilder) -> Mock {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("mockstore runtime");
+        let cluster = std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(builder.start()))
+                .join()
+                .expect("mockstore start thread")
+        })
+        .expect("mockstore starts");
+        Mock {
+            cluster: Some(std::sync::Arc::new(cluster)),
+            rt: Some(rt),
+            ca_path: None,
+        }
+    }
+
+    /// Starts `builder` serving TLS with a freshly generated certificate for `127.0.0.1`;
+    /// the certificate is written to a temporary PEM file ([`Mock::ca_path`]) for the client.
+    pub fn start_tls(builder: MockClusterBuilder) -> Mock {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("generate certificate");
+        let cert_pem = ck.cert.pem();
+        let tls = tikv_mockstore::TlsConfig {
+            cert_chain_pem: cert_pem.clone().into_bytes(),
+            key_pem: ck.signing_key.serialize_pem().into_bytes(),
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "tikv-tests-tls-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cert_pem).expect("write ca");
+        let mut mock = Mock::start(builder.tls(tls));
+        mock.ca_path = Some(ca);
+        mock
+    }
+
+    /// The cluster's control API.
+    pub fn cluster(&self) -> &MockCluster {
+        self.cluster.as_ref().expect("running")
+    }
+
+    /// A shared handle on the control API, for a helper thread that injects a fault later.
+    pub fn shared(&self) -> std::sync::Arc<MockCluster> {
+        self.cluster.clone().expect("running")
+    }
+
+    /// The PD endpoint list for a client.
+    pub fn pd(&self) -> Vec<String> {
+        vec![self.cluster().pd_endpoint()]
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        drop(self.cluster.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        if let Some(dir) = self.ca_path.as_ref().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Instantiates every scenario of [`scenarios`] as a `#[test]` running on `$runtime`, with
+/// `$block_on` (a `fn(impl Future<Output = ()>)`) driving it.
+#[macro_export]
+macro_rules! e2e_suite {
+    ($runtime:ty, $block_on:path) => {
+        $crate::e2e_suite!(@each $runtime, $block_on;
+            raw_walkthrough,
+            batch_commands_carry_concurrent_requests,
+            not_leader_with_hint,
+            not_leader_without_hint,
+            epoch_not_match_after_split,
+            server_is_busy_then_success,
+            store_down_and_back,
+            leader_store_down_fails_over,
+            dropped_response_times_out_then_retries,
+            budget_exhaustion_is_a_typed_error,
+            tso_stream_reset,
+            api_v2_default_keyspace,
+            tls_on,
+        );
+    };
+    (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $block_on($crate::scenarios::$name::<$runtime>());
+            }
+        )*
+    };
+}

@@ -147,7 +147,9 @@ impl<R: Runtime> Cluster<R> {
 
     /// Runs `op` to completion on this cluster.
     pub async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
-        driver::drive(&*self.inner, &self.inner.shared, op).await
+        // Machines carry prost messages inline, so their futures are large: keep them on the
+        // heap (one allocation per operation) rather than on the caller's stack.
+        Box::pin(driver::drive(&*self.inner, &self.inner.shared, op)).await
     }
 
     /// The key codec (API version, keyspace) of this client.

@@ -125,6 +125,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// A timer future (see [`Runtime::sleep_until`]).
     type Sleep: Future<Output = ()> + Send + Unpin + 'static;
 
+    /// A runtime value for a client configured with `config` (TLS from `config.security`,
+    /// HTTP/2 keepalive and window settings), used by `RawClient::connect`. Errors are
+    /// [`Error::Tls`] (unreadable certificates) or [`Error::InvalidArgument`] (for example no
+    /// runtime context to attach to).
+    fn from_config(config: &crate::config::Config) -> Result<Self, Error>;
+
     /// The current monotonic time. The core never reads a clock itself; every `now` handed to a
     /// machine comes from here, which is also what lets a simulator run virtual time.
     fn now(&self) -> Instant;

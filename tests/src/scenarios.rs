@@ -1,0 +1,376 @@
+//! The end-to-end scenarios, generic over the client runtime. Each starts its own mockstore
+//! cluster, connects a [`RawClient`] over real gRPC, injects faults through the mockstore's
+//! control API, and checks results and counters. Timeouts and budgets are shortened through
+//! the client configuration so the whole suite stays fast.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tikv_core::Error;
+use tikv_core::client::{RawClient, Runtime};
+use tikv_core::config::{ApiVersion, Config, SecurityConfig};
+use tikv_mockstore::{ApiVersion as MockApi, FaultAction, FaultRule, MockCluster, RpcKind};
+use tikv_proto::errorpb;
+
+use crate::Mock;
+
+/// Client settings for tests: short deadlines so lost replies and dead stores are noticed
+/// within a fraction of a second.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.read_timeout_short = Duration::from_millis(1_000);
+    c.read_timeout_medium = Duration::from_millis(2_000);
+    c.dial_timeout = Duration::from_millis(500);
+    c.pd_server_timeout = Duration::from_millis(500);
+    c
+}
+
+async fn connect<R: Runtime>(mock: &Mock, config: Config) -> RawClient<R> {
+    RawClient::<R>::connect(&mock.pd(), config)
+        .await
+        .expect("client connects to the mockstore")
+}
+
+/// Runs every future to completion concurrently on the current task (no spawn, so it works
+/// on any runtime) and returns their outputs in order.
+pub async fn join_all<T>(futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
+    let mut futures: Vec<Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>> =
+        futures.into_iter().map(Some).collect();
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, result) in futures.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("completed")).collect()
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// The region holding raw key `key` (API V1: region keys are the raw keys).
+fn region_of(mock: &MockCluster, key: &[u8]) -> u64 {
+    mock.with_cluster(|c| c.region_by_key(key).expect("region").0.id)
+}
+
+/// Put, get, batches aligned with their input, forward / reverse / key-only / batch scans and
+/// the scan stream, compare-and-swap, TTL, delete, delete range, checksum, column family.
+pub async fn raw_walkthrough<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().api_version(MockApi::V1Ttl));
+    let client = connect::<R>(&mock, test_config()).await;
+
+    client.put("k1", "v1").await.unwrap();
+    assert_eq!(client.get("k1").await.unwrap(), Some(b("v1")));
+    assert_eq!(client.get("absent").await.unwrap(), None);
+
+    client
+        .batch_put((2..=5).map(|i| (format!("k{i}"), format!("v{i}"))))
+        .await
+        .unwrap();
+    let got = client.batch_get(["k5", "nope", "k2"]).await.unwrap();
+    assert_eq!(got, vec![Some(b("v5")), None, Some(b("v2"))]);
+
+    let pairs = client.scan("k2", "k5", 10).await.unwrap();
+    let keys: Vec<_> = pairs.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![b("k2"), b("k3"), b("k4")]);
+    let rev = client.scan_keys_reverse("k1", "k4", 2).await.unwrap();
+    assert_eq!(rev, vec![b("k3"), b("k2")]);
+    let limited = client.scan_keys("k", "", 2).await.unwrap();
+    assert_eq!(limited, vec![b("k1"), b("k2")]);
+    let multi = client
+        .batch_scan([("k1", "k2"), ("k4", "k6")], 10)
+        .await
+        .unwrap();
+    assert_eq!(multi.len(), 3);
+
+    let streamed: Vec<_> =
+        futures_lite::StreamExt::collect::<Vec<_>>(client.scan_stream("k", "", 2)).await;
+    assert_eq!(streamed.len(), 5, "every pair, two per page");
+    assert!(streamed.iter().all(|r| r.is_ok()));
+
+    let err = client.compare_and_swap("k1", None, "x").await.unwrap_err();
+    assert_eq!(err, Error::CasRequiresAtomicMode);
+    let atomic = client.with_atomic_for_cas(true);
+    let (prev, swapped) = atomic.compare_and_swap("cas", None, "first").await.unwrap();
+    assert_eq!((prev, swapped), (None, true));
+    let (prev, swapped) = atomic
+        .compare_and_swap("cas", Some(b("wrong")), "second")
+        .await
+        .unwrap();
+    assert_eq!((prev, swapped), (Some(b("first")), false));
+    assert_eq!(client.get("cas").await.unwrap(), Some(b("first")));
+
+    client.put_with_ttl("ttl", "v", 100).await.unwrap();
+    let ttl = client.get_key_ttl("ttl").await.unwrap().expect("present");
+    assert!(ttl > 0 && ttl <= 100, "ttl {ttl}");
+    mock.cluster().advance_time(101_000);
+    assert_eq!(client.get("ttl").await.unwrap(), None, "expired");
+
+    let sum = client.checksum("k1", "k6").await.unwrap();
+    assert_eq!(sum.total_kvs, 5);
+
+    client.delete("k1").await.unwrap();
+    assert_eq!(client.get("k1").await.unwrap(), None);
+    client.delete_range("k2", "k4").await.unwrap();
+    assert_eq!(
+        client.scan_keys("k", "l", 10).await.unwrap(),
+        vec![b("k4"), b("k5")]
+    );
+    client.batch_delete(["k4", "k5"]).await.unwrap();
+    assert!(client.scan("k", "l", 10).await.unwrap().is_empty());
+
+    let lock_cf = client.with_cf("write");
+    lock_cf.put("cf-key", "cf-value").await.unwrap();
+    assert_eq!(
+        client.get("cf-key").await.unwrap(),
+        None,
+        "other column family"
+    );
+    assert_eq!(lock_cf.get("cf-key").await.unwrap(), Some(b("cf-value")));
+
+    assert!(matches!(
+        client.get("").await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// Many concurrent gets travel in `BatchCommands` messages carrying more than one request.
+pub async fn batch_commands_carry_concurrent_requests<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("hot", "value").await.unwrap();
+    type GetFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<Bytes>, Error>> + Send + 'a>>;
+    let futures: Vec<GetFuture<'_>> = (0..256)
+        .map(|_| Box::pin(client.get("hot")) as GetFuture<'_>)
+        .collect();
+    for r in join_all(futures).await {
+        assert_eq!(r.unwrap(), Some(b("value")));
+    }
+    let sizes = mock.cluster().batch_sizes();
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    assert!(max > 1, "largest batch {max}, sizes {sizes:?}");
+    let stats = client.cluster().transport_stats();
+    let sent = stats
+        .batches_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let reqs = stats
+        .requests_batched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < reqs, "{sent} batches for {reqs} requests");
+}
+
+fn three_stores() -> tikv_mockstore::MockClusterBuilder {
+    MockCluster::builder().stores(3).replicas(3)
+}
+
+/// The leader moves; the client's cached leader answers `NotLeader` with the new leader as
+/// hint, and the read follows it.
+pub async fn not_leader_with_hint<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+    let target = (1..=3).find(|s| *s != leader).unwrap();
+    mock.cluster().transfer_leader(region, target).unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    client.put("key", "v2").await.unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v2")));
+}
+
+/// `NotLeader` without a hint: the client tries another replica and succeeds.
+pub async fn not_leader_without_hint<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let not_leader = errorpb::Error {
+        message: "not leader".into(),
+        not_leader: Some(errorpb::NotLeader {
+            region_id: region,
+            leader: None,
+        }),
+        ..Default::default()
+    };
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::RawGet,
+        FaultAction::RegionError(not_leader),
+    ));
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert!(mock.cluster().requests(RpcKind::RawGet) >= 2, "retried");
+}
+
+/// A split after the client cached the region: `EpochNotMatch`, keys re-split, every result
+/// correct (point reads, batch reads aligned with input, scans across the new boundary).
+pub async fn epoch_not_match_after_split<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    let keys: Vec<String> = (b'a'..=b'z').map(|c| format!("{}", c as char)).collect();
+    client
+        .batch_put(keys.iter().map(|k| (k.clone(), format!("v-{k}"))))
+        .await
+        .unwrap();
+    assert_eq!(client.get("a").await.unwrap(), Some(b("v-a")));
+    mock.cluster().split(&[b"h".to_vec(), b"q".to_vec()]);
+    let got = client.batch_get(keys.iter().rev().cloned()).await.unwrap();
+    for (k, v) in keys.iter().rev().zip(got) {
+        assert_eq!(v, Some(b(&format!("v-{k}"))), "key {k}");
+    }
+    let all = client.scan("", "", 100).await.unwrap();
+    assert_eq!(all.len(), 26);
+    mock.cluster().split(&[b"m".to_vec()]);
+    assert_eq!(client.get("n").await.unwrap(), Some(b("v-n")));
+    assert_eq!(client.scan_reverse("", "zz", 100).await.unwrap().len(), 26);
+}
+
+/// `ServerIsBusy`, then an answer (after client-go's server-busy backoff, 1-2 s).
+pub async fn server_is_busy_then_success<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::RawGet,
+        FaultAction::server_is_busy("test", 0, 10),
+    ));
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(mock.cluster().requests(RpcKind::RawGet), 2);
+}
+
+/// The only store goes down and comes back while a read backs off; the read succeeds.
+pub async fn store_down_and_back<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    mock.cluster().set_store_up(1, false).unwrap();
+    let control = mock.shared();
+    let revive = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        control.set_store_up(1, true).unwrap();
+        // The only replica becomes leader again (the mockstore does not elect by itself).
+        control.transfer_leader(region, 1).unwrap();
+    });
+    let got = client.get("key").await;
+    revive.join().unwrap();
+    assert_eq!(got.unwrap(), Some(b("v")));
+}
+
+/// The leader's store goes down in a three-store cluster: reads fail over to the new leader.
+pub async fn leader_store_down_fails_over<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+    mock.cluster().set_store_up(leader, false).unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    client.put("key", "v2").await.unwrap();
+    mock.cluster().set_store_up(leader, true).unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v2")));
+}
+
+/// A reply that never arrives: the request times out and is sent again.
+pub async fn dropped_response_times_out_then_retries<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    mock.cluster()
+        .add_fault(FaultRule::once(RpcKind::RawGet, FaultAction::DropResponse));
+    let fast = client.with_timeout(Duration::from_millis(200));
+    assert_eq!(fast.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(mock.cluster().requests(RpcKind::RawGet), 2);
+}
+
+/// A store that stays down exhausts the backoff budget: a typed error naming the backoff kind.
+pub async fn budget_exhaustion_is_a_typed_error<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    mock.cluster().set_store_up(1, false).unwrap();
+    let err = client
+        .with_backoff_budget(300)
+        .get("key")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BackoffExhausted { .. }),
+        "expected an exhausted budget, got {err:?}"
+    );
+    assert!(err.is_retryable());
+}
+
+/// TSO answers stop (the stream is considered broken after its deadline) and resume: callers
+/// still get strictly increasing timestamps, over a new stream.
+pub async fn tso_stream_reset<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    let before = client.cluster().timestamp().await.unwrap();
+    mock.cluster().pause_tso(true);
+    let control = mock.shared();
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        control.pause_tso(false);
+    });
+    let after = client.cluster().timestamp().await.unwrap();
+    resume.join().unwrap();
+    assert!(after > before);
+    let streams = client
+        .cluster()
+        .pd_stats()
+        .tso_streams
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        streams >= 2,
+        "the stalled stream was replaced ({streams} streams)"
+    );
+}
+
+/// API V2 with the `DEFAULT` keyspace: keys round-trip without their prefix.
+pub async fn api_v2_default_keyspace<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().api_version(MockApi::V2));
+    let mut config = test_config();
+    config.api_version = ApiVersion::V2;
+    let client = connect::<R>(&mock, config).await;
+    client.put("k1", "v1").await.unwrap();
+    client.put("k2", "v2").await.unwrap();
+    assert_eq!(client.get("k1").await.unwrap(), Some(b("v1")));
+    let all = client.scan("", "", 10).await.unwrap();
+    assert_eq!(all, vec![(b("k1"), b("v1")), (b("k2"), b("v2"))]);
+    let rev = client.scan_keys_reverse("", "", 10).await.unwrap();
+    assert_eq!(rev, vec![b("k2"), b("k1")]);
+    client.put_with_ttl("t", "v", 10).await.unwrap();
+    assert!(client.get_key_ttl("t").await.unwrap().is_some());
+}
+
+/// TLS to PD and the store, with the CA from a PEM file.
+pub async fn tls_on<R: Runtime>() {
+    let mock = Mock::start_tls(MockCluster::builder());
+    let mut config = test_config();
+    config.security = SecurityConfig::tls(mock.ca_path.clone().unwrap(), None, None);
+    let client = connect::<R>(&mock, config).await;
+    client.put("secure", "yes").await.unwrap();
+    assert_eq!(client.get("secure").await.unwrap(), Some(b("yes")));
+}
