@@ -25,11 +25,14 @@
 pub mod cluster;
 pub mod driver;
 pub(crate) mod pd;
+pub mod raw;
 pub mod rpc;
 pub mod runtime;
 pub mod sync;
 pub(crate) mod tikv;
 
+pub use crate::machine::raw::{KvPair, RawChecksum, Value};
 pub use cluster::Cluster;
+pub use raw::RawClient;
 pub use runtime::{Channel, Code, Runtime, Status};
 pub use sync::Inbox;
