@@ -73,6 +73,50 @@ impl FaultAction {
         })
     }
 
+    /// `NotLeader` for a region, with an optional leader hint.
+    pub fn not_leader(region_id: u64, leader: Option<tikv_proto::metapb::Peer>) -> FaultAction {
+        FaultAction::RegionError(errorpb::Error {
+            message: format!("peer is not leader for region {region_id}"),
+            not_leader: Some(errorpb::NotLeader { region_id, leader }),
+            ..Default::default()
+        })
+    }
+
+    /// `RegionNotFound`.
+    pub fn region_not_found(region_id: u64) -> FaultAction {
+        FaultAction::RegionError(errorpb::Error {
+            message: format!("region {region_id} not found"),
+            region_not_found: Some(errorpb::RegionNotFound { region_id }),
+            ..Default::default()
+        })
+    }
+
+    /// `EpochNotMatch` carrying these current regions.
+    pub fn epoch_not_match(current_regions: Vec<tikv_proto::metapb::Region>) -> FaultAction {
+        FaultAction::RegionError(errorpb::Error {
+            message: "epoch not match".into(),
+            epoch_not_match: Some(errorpb::EpochNotMatch { current_regions }),
+            ..Default::default()
+        })
+    }
+
+    /// `StaleCommand`.
+    pub fn stale_command() -> FaultAction {
+        FaultAction::RegionError(errorpb::Error {
+            message: "stale command".into(),
+            stale_command: Some(Default::default()),
+            ..Default::default()
+        })
+    }
+
+    /// A key error of kind `abort` with this message.
+    pub fn key_abort(msg: &str) -> FaultAction {
+        FaultAction::KeyError(kvrpcpb::KeyError {
+            abort: msg.to_string(),
+            ..Default::default()
+        })
+    }
+
     /// A plain region error carrying only a message.
     pub fn region_message(msg: &str) -> FaultAction {
         FaultAction::RegionError(errorpb::Error {
@@ -143,6 +187,51 @@ impl FaultRule {
     }
 }
 
+/// What a PD fault does to a PD request (unary call or `Tso` stream message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PdFaultAction {
+    /// Fail the call with gRPC status `Unavailable` and this message (for
+    /// `Tso`, the stream fails).
+    Unavailable(String),
+    /// Hold the reply this many milliseconds.
+    Delay {
+        /// Milliseconds to hold the reply.
+        ms: u64,
+    },
+    /// Never reply (the call runs).
+    DropResponse,
+}
+
+/// A PD fault rule: a method name (`"GetRegion"`, `"Tso"`, ...; `None` for
+/// every method), a firing count and an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdFaultRule {
+    /// PD method to match; `None` matches every method.
+    pub method: Option<String>,
+    /// How many more times the rule fires; `None` for every time.
+    pub times: Option<u32>,
+    /// What the rule does.
+    pub action: PdFaultAction,
+}
+
+impl PdFaultRule {
+    /// A rule firing once for `method`.
+    pub fn once(method: &str, action: PdFaultAction) -> PdFaultRule {
+        PdFaultRule {
+            method: Some(method.to_string()),
+            times: Some(1),
+            action,
+        }
+    }
+
+    /// Makes the rule fire `n` times (`None`: until removed).
+    pub fn times(mut self, n: Option<u32>) -> PdFaultRule {
+        self.times = n;
+        self
+    }
+}
+
 /// Identifies an installed rule, for removal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleId(pub u64);
@@ -151,6 +240,7 @@ pub struct RuleId(pub u64);
 #[derive(Debug, Default)]
 pub struct Faults {
     rules: BTreeMap<RuleId, FaultRule>,
+    pd_rules: BTreeMap<RuleId, PdFaultRule>,
     next_rule: u64,
     counts: BTreeMap<RpcKind, u64>,
     store_counts: BTreeMap<(u64, RpcKind), u64>,
@@ -168,14 +258,41 @@ impl Faults {
         id
     }
 
-    /// Removes a rule; returns whether it was installed.
+    /// Installs a PD fault rule.
+    pub fn add_pd(&mut self, rule: PdFaultRule) -> RuleId {
+        self.next_rule += 1;
+        let id = RuleId(self.next_rule);
+        self.pd_rules.insert(id, rule);
+        id
+    }
+
+    /// Removes a rule (TiKV or PD); returns whether it was installed.
     pub fn remove(&mut self, id: RuleId) -> bool {
-        self.rules.remove(&id).is_some()
+        self.rules.remove(&id).is_some() || self.pd_rules.remove(&id).is_some()
     }
 
     /// Removes every rule.
     pub fn clear(&mut self) {
         self.rules.clear();
+        self.pd_rules.clear();
+    }
+
+    /// Takes the action of the first PD rule matching `method`.
+    pub fn take_pd(&mut self, method: &str) -> Option<PdFaultAction> {
+        let (id, rule) = self
+            .pd_rules
+            .iter_mut()
+            .find(|(_, r)| r.method.as_deref().is_none_or(|m| m == method) && r.times != Some(0))?;
+        let id = *id;
+        if let Some(t) = rule.times.as_mut() {
+            *t -= 1;
+        }
+        let action = rule.action.clone();
+        if rule.times == Some(0) {
+            self.pd_rules.remove(&id);
+        }
+        self.fired += 1;
+        Some(action)
     }
 
     /// Takes the action of the first matching rule, consuming one firing.
@@ -283,6 +400,18 @@ mod tests {
         assert!(f.remove(busy));
         assert_eq!(f.take(RpcKind::RawPut, 1, 2), None);
         assert_eq!(f.fired(), 5);
+    }
+
+    #[test]
+    fn pd_rules() {
+        let mut f = Faults::default();
+        let id = f.add_pd(
+            PdFaultRule::once("GetRegion", PdFaultAction::Unavailable("x".into())).times(Some(2)),
+        );
+        assert_eq!(f.take_pd("Tso"), None);
+        assert!(f.take_pd("GetRegion").is_some());
+        assert!(f.remove(id));
+        assert_eq!(f.take_pd("GetRegion"), None);
     }
 
     #[test]

@@ -54,7 +54,7 @@ mod txn;
 
 pub use api::ApiVersion;
 pub use cluster::{Cluster, ClusterConfig, ControlError, StoreInfo, TikvOutcome, WaitTicket};
-pub use fault::{FaultAction, FaultRule, Faults, RuleId};
+pub use fault::{FaultAction, FaultRule, Faults, PdFaultAction, PdFaultRule, RuleId};
 pub use rpc::{RpcKind, TikvRequest, TikvResponse};
 pub use server::{MockCluster, MockClusterBuilder, StartError, TlsConfig};
 

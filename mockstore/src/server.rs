@@ -32,7 +32,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::api::ApiVersion;
 use crate::cluster::{Cluster, ClusterConfig, ControlError, TikvOutcome, WaitTicket};
-use crate::fault::{FaultRule, RuleId};
+use crate::fault::{FaultRule, PdFaultAction, PdFaultRule, RuleId};
 use crate::rpc::{RpcKind, TikvRequest, TikvResponse};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -642,8 +642,19 @@ impl tonic::server::UnaryService<Vec<u8>> for PdUnarySvc {
         let method = self.method.clone();
         Box::pin(async move {
             let body = request.into_inner();
+            let fault = shared.lock().cluster.faults_mut().take_pd(&method);
+            if let Some(PdFaultAction::Unavailable(msg)) = &fault {
+                shared.lock().cluster.faults_mut().count_pd(&method);
+                return Err(Status::unavailable(msg.clone()));
+            }
             let out = pd_call(&shared, &method, &body)?;
-            shared.changed.notify_waiters();
+            match fault {
+                Some(PdFaultAction::Delay { ms }) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await
+                }
+                Some(PdFaultAction::DropResponse) => std::future::pending::<()>().await,
+                _ => {}
+            }
             Ok(tonic::Response::new(out))
         })
     }
@@ -681,6 +692,17 @@ impl tonic::server::StreamingService<Vec<u8>> for TsoSvc {
                             ));
                         }
                     };
+                    let fault = shared.lock().cluster.faults_mut().take_pd("Tso");
+                    match fault {
+                        Some(PdFaultAction::Unavailable(msg)) => {
+                            return Some((Err(Status::unavailable(msg)), (inbound, shared)));
+                        }
+                        Some(PdFaultAction::Delay { ms }) => {
+                            tokio::time::sleep(Duration::from_millis(ms)).await
+                        }
+                        Some(PdFaultAction::DropResponse) => std::future::pending::<()>().await,
+                        _ => {}
+                    }
                     // A paused TSO holds the answer until resumed.
                     let resp = loop {
                         let notified = shared.changed.notified();
@@ -1077,6 +1099,11 @@ impl MockCluster {
     /// Installs a fault rule.
     pub fn add_fault(&self, rule: FaultRule) -> RuleId {
         self.with_cluster(|c| c.faults_mut().add(rule))
+    }
+
+    /// Installs a PD fault rule.
+    pub fn add_pd_fault(&self, rule: PdFaultRule) -> RuleId {
+        self.with_cluster(|c| c.faults_mut().add_pd(rule))
     }
 
     /// Removes a fault rule.

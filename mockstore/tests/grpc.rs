@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tikv_mockstore::{FaultAction, FaultRule, MockCluster, RpcKind};
+use tikv_mockstore::{FaultAction, FaultRule, MockCluster, PdFaultAction, PdFaultRule, RpcKind};
 use tikv_proto::kvrpcpb;
 use tikv_proto::pdpb;
 use tikv_proto::tikvpb::{self, batch_commands_request, batch_commands_response};
@@ -347,6 +347,25 @@ async fn faults_reach_the_client() {
         let r = tso.message().await.unwrap().unwrap();
         assert!(r.timestamp.is_some());
         assert_eq!(c.pd_requests("Tso"), 1);
+        // PD faults: one GetRegion fails with Unavailable, the retry works.
+        c.add_pd_fault(PdFaultRule::once(
+            "GetRegion",
+            PdFaultAction::Unavailable("pd is not leader".into()),
+        ));
+        let req = pdpb::GetRegionRequest {
+            region_key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        let err = pd.get_region(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            pd.get_region(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .region
+                .is_some()
+        );
         c.shutdown().await;
     })
     .await
