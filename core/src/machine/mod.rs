@@ -325,6 +325,8 @@ pub struct Shared {
     pub codec: crate::codec::ApiCodec,
     /// Timeouts and context defaults.
     pub routing: RoutingConfig,
+    /// Transaction state: final txn statuses learned by lock resolution, the txn safe point.
+    pub txn: txn::status_cache::TxnShared,
 }
 
 impl Shared {
@@ -342,6 +344,7 @@ impl Shared {
             stores: store::StoreCache::default(),
             codec,
             routing: RoutingConfig::default(),
+            txn: Default::default(),
         }
     }
 

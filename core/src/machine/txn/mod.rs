@@ -1,4 +1,5 @@
-//! Client-side transaction state that needs no I/O: the memory buffer and the local latches.
+//! Transactions: client-side state (memory buffer, local latches) and the transactional
+//! machines (snapshot reads, lock resolution).
 //!
 //! - [`membuffer`]: the transaction's buffered writes with key flags, nested stages,
 //!   size limits, ordered range reads and the mutation list for the committer
@@ -7,15 +8,27 @@
 //! - [`merge`]: the merged view of buffer and snapshot for scans (client-go
 //!   `internal/unionstore/union_iter.go`);
 //! - [`latch`]: local latches that serialise optimistic commits on the same keys inside one
-//!   client (client-go `internal/latch`).
+//!   client (client-go `internal/latch`);
+//! - [`snapshot`] and [`read_scan`]: snapshot reads (point get, batch get, scan batches) as
+//!   operations (client-go `txnkv/txnsnapshot`);
+//! - [`resolver`]: lock resolution for readers, writers and GC (client-go `txnkv/txnlock`),
+//!   with [`resolve_call`] as its request plumbing and [`status_cache`] for the final
+//!   statuses and the txn safe point kept in [`crate::machine::Shared`].
 //!
-//! Everything here is plain data driven by method calls; timestamps are TSO values passed in
-//! by the caller.
+//! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
+//! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
 
 pub mod flags;
 pub mod latch;
 pub mod membuffer;
 pub mod merge;
+pub mod read_scan;
+pub mod resolve_call;
+#[cfg(test)]
+mod resolve_testkit;
+pub mod resolver;
+pub mod snapshot;
+pub mod status_cache;
 
 pub use flags::{FlagsOp, KeyFlags};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
@@ -24,3 +37,9 @@ pub use membuffer::{
     MemBufferLimits, Mutations, StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
+pub use read_scan::{ScanBatch, ScanCursor, SnapshotScan};
+pub use resolver::{BatchResolveLocks, Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
+pub use snapshot::{
+    BatchGetOutput, GetOutput, KvEntry, LockSets, SnapshotBatchGet, SnapshotGet, SnapshotOptions,
+};
+pub use status_cache::{TxnSafePoint, TxnShared, TxnStatus, TxnStatusCache};
