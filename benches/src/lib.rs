@@ -1,1 +1,2 @@
-//! Placeholder.
+//! Benchmarks of the client against a `tikv-mockstore` process; see `src/bin/raw_bench.rs`
+//! and `docs/PERFORMANCE.md`.

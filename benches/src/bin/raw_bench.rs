@@ -1,0 +1,187 @@
+//! Raw get / put throughput, latency and client CPU per operation against a `tikv-mockstore`
+//! child process.
+//!
+//! ```text
+//! cargo build --release -p tikv-mockstore -p tikv-benches
+//! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N]
+//! ```
+//!
+//! For each operation (get, put) and concurrency (1, 16, 256) it runs `concurrency` tasks that
+//! loop on the operation for the window, and reports ops/s, p50 / p99 latency and the client
+//! process's CPU time (user + system, `getrusage(RUSAGE_SELF)`) divided by the operations.
+//! The mockstore runs in its own process, so its CPU is not counted.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tikv_tokio::{Config, RawClient};
+
+struct Args {
+    seconds: u64,
+    mockstore: String,
+    threads: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        seconds: 3,
+        mockstore: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("tikv-mockstore")))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "tikv-mockstore".into()),
+        threads: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| {
+            eprintln!("missing value for {flag}");
+            std::process::exit(2)
+        });
+        match flag.as_str() {
+            "--seconds" => args.seconds = value.parse().expect("--seconds N"),
+            "--mockstore" => args.mockstore = value,
+            "--threads" => args.threads = value.parse().expect("--threads N"),
+            _ => {
+                eprintln!("usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    args
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    // SAFETY-free: `getrusage` through libc's safe-to-call FFI wrapper needs `unsafe`, which the
+    // workspace forbids; read /proc/self/stat instead (Linux), falling back to zero.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields after the command: state is index 0, utime is 11, stime is 12 (in clock ticks).
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hz = 100u64; // USER_HZ on Linux
+    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Mockstore(Child);
+
+impl Drop for Mockstore {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn run(client: &RawClient, op: &'static str, concurrency: usize, window: Duration) {
+    let value = vec![b'v'; 64];
+    for i in 0..1024u32 {
+        client.put(format!("bench-{i:04}"), value.clone()).await.expect("seed");
+    }
+    let start = Instant::now();
+    let deadline = start + window;
+    let cpu_before = cpu_time();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let client = client.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let mut i = t as u32;
+            while Instant::now() < deadline {
+                let key = format!("bench-{:04}", i % 1024);
+                i = i.wrapping_add(7919);
+                let t0 = Instant::now();
+                match op {
+                    "get" => {
+                        client.get(key).await.expect("get");
+                    }
+                    _ => client.put(key, value.clone()).await.expect("put"),
+                }
+                lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    all.sort_unstable();
+    let ops = all.len() as f64;
+    println!(
+        "| raw {op:<3} | {concurrency:>4} | {:>9.0} | {:>6} | {:>6} | {:>7.2} |",
+        ops / elapsed.as_secs_f64(),
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        cpu.as_micros() as f64 / ops.max(1.0),
+    );
+}
+
+fn main() {
+    let args = parse_args();
+    let port = free_port();
+    let child = Command::new(&args.mockstore)
+        .args(["--pd-addr", &format!("127.0.0.1:{port}"), "--stores", "1", "--replicas", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.mockstore));
+    let _guard = Mockstore(child);
+
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    rt.block_on(async {
+        let endpoint = format!("127.0.0.1:{port}");
+        let mut client = None;
+        for _ in 0..100 {
+            match RawClient::connect(&[endpoint.clone()], Config::default()).await {
+                Ok(c) => {
+                    client = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let client = client.expect("mockstore reachable");
+        println!(
+            "client runtime: tokio {} ({} worker threads), window {} s",
+            if args.threads <= 1 { "current_thread" } else { "multi_thread" },
+            args.threads.max(1),
+            args.seconds
+        );
+        println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op |");
+        println!("|---------|------|-----------|--------|--------|-----------|");
+        for op in ["get", "put"] {
+            for c in [1, 16, 256] {
+                run(&client, op, c, Duration::from_secs(args.seconds)).await;
+            }
+        }
+    });
+}
