@@ -683,4 +683,57 @@ mod tests {
         assert_eq!(ctx.resolved_locks, vec![7]);
         assert_eq!(ctx.max_execution_duration_ms, 60_000);
     }
+
+    #[test]
+    fn response_level_lock_is_resolved_and_the_batch_retried() {
+        let mut w = TxnWorld::new(&[]);
+        fill(&w, &["a", "c"]);
+        let start = ts_at(0, 1);
+        {
+            let mut kv = w.kv.borrow_mut();
+            kv.commit("p", start, ts_at(5, 0), Some("vp"));
+            kv.lock("b", LockSpec::put("p", start, 3000));
+        }
+        let lock = w.kv.borrow().locks[&k("b")].info.clone();
+        let mut first = true;
+        let mut op = SnapshotScan::new(
+            ScanCursor::forward(Bytes::new(), Bytes::new()),
+            &SnapshotOptions::new(ts_at(10, 0)),
+            LockSets::default(),
+        );
+        let b = w
+            .run_with(&mut op, |a, _| {
+                if let Action::Tikv {
+                    request: TikvRequest::Cmd(TikvCmd::Scan(_)),
+                    ..
+                } = a
+                    && std::mem::take(&mut first)
+                {
+                    return Some(crate::machine::testkit::tikv_reply(
+                        a,
+                        Ok(TikvResponse::Cmd(TikvCmdResponse::Scan(
+                            kvrpcpb::ScanResponse {
+                                error: Some(kvrpcpb::KeyError {
+                                    locked: Some(lock.clone()),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            },
+                        ))),
+                    ));
+                }
+                None
+            })
+            .unwrap();
+        let keys: Vec<Bytes> = b.pairs.iter().map(|(key, _)| key.clone()).collect();
+        assert_eq!(keys, vec![k("a"), k("b"), k("c"), k("p")]);
+        let kv = w.kv.borrow();
+        assert_eq!(kv.count("check_txn_status"), 1);
+        assert_eq!(
+            kv.count("resolve_lock"),
+            1,
+            "resolved, then the same RPC retried"
+        );
+        assert_eq!(kv.count("get"), 0);
+    }
 }

@@ -1501,4 +1501,23 @@ mod tests {
             w.elapsed_ms()
         );
     }
+
+    #[test]
+    fn read_committed_ignores_locks() {
+        let mut w = TxnWorld::new(&[]);
+        {
+            let mut kv = w.kv.borrow_mut();
+            kv.commit("a", 1, 2, Some("old"));
+            kv.lock("a", LockSpec::put("a", ts_at(0, 1), 20_000));
+        }
+        let opts = SnapshotOptions::new(ts_at(10, 0)).with_isolation(kvrpcpb::IsolationLevel::Rc);
+        let out = w
+            .run(SnapshotGet::new(k("a"), &opts, LockSets::default()))
+            .unwrap();
+        assert_eq!(out.value, Some(k("old")));
+        let ctxs = gets(&w);
+        assert_eq!(ctxs.len(), 1);
+        assert_eq!(ctxs[0].isolation_level, kvrpcpb::IsolationLevel::Rc as i32);
+        assert_eq!(w.kv.borrow().count("check_txn_status"), 0);
+    }
 }
