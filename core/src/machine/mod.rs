@@ -285,6 +285,36 @@ pub trait Operation {
     fn poll_result(&mut self) -> Option<Result<Self::Output, Error>>;
 }
 
+/// A mutable borrow of an operation is an operation: a driver can run `&mut op` and read the
+/// operation afterwards (e.g. the committer's background work).
+impl<O: Operation + ?Sized> Operation for &mut O {
+    type Output = O::Output;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        (**self).start(now, shared)
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        (**self).handle_input(now, shared, input)
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        (**self).handle_timeout(now, shared)
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        (**self).poll_action()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        (**self).poll_timeout()
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Self::Output, Error>> {
+        (**self).poll_result()
+    }
+}
+
 /// Routing defaults of one client: RPC timeouts. Mirrors client-go `client.ReadTimeoutShort`
 /// / `ReadTimeoutMedium` (the client `Config` fills it).
 #[derive(Debug, Clone, PartialEq)]

@@ -13,15 +13,33 @@
 //!   operations (client-go `txnkv/txnsnapshot`);
 //! - [`resolver`]: lock resolution for readers, writers and GC (client-go `txnkv/txnlock`),
 //!   with [`resolve_call`] as its request plumbing and [`status_cache`] for the final
-//!   statuses and the txn safe point kept in [`crate::machine::Shared`].
+//!   statuses and the txn safe point kept in [`crate::machine::Shared`];
+//! - [`committer`]: 2PC, async commit and 1PC with fallbacks, commit-wait TSO, background
+//!   secondaries and cleanup (client-go `txnkv/transaction/2pc.go`, `prewrite.go`,
+//!   `commit.go`, `cleanup.go`), over the batch executor [`commit_exec`] and the rules of
+//!   [`mutations`];
+//! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
+//!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
+//! - [`heartbeat`]: the TTL manager (client-go `ttlManager`, `keepAlive`).
 //!
 //! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
 //! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
 
+pub mod commit_exec;
+pub mod commit_farmhash;
+pub mod commit_resolve;
+#[cfg(test)]
+mod commit_testkit;
+#[cfg(test)]
+mod commit_tests;
+pub mod committer;
 pub mod flags;
+pub mod heartbeat;
 pub mod latch;
 pub mod membuffer;
 pub mod merge;
+pub mod mutations;
+pub mod pessimistic;
 pub mod read_scan;
 pub mod resolve_call;
 #[cfg(test)]
@@ -30,13 +48,21 @@ pub mod resolver;
 pub mod snapshot;
 pub mod status_cache;
 
+pub use committer::{
+    Background, CommitInfo, CommitMode, CommitOptions, Committer, PrewriteLockPolicy,
+};
 pub use flags::{FlagsOp, KeyFlags};
+pub use heartbeat::{TtlManager, TtlStop};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
 pub use membuffer::{
     BufferEntry, BufferMutation, BufferRange, BufferedValue, MemBuffer, MemBufferError,
     MemBufferLimits, Mutations, StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
+pub use mutations::{LockTtls, Mutation};
+pub use pessimistic::{
+    LockCtx, LockKey, LockKeys, LockKeysResult, LockWait, PessimisticRollback, ReturnedValue,
+};
 pub use read_scan::{ScanBatch, ScanCursor, SnapshotScan};
 pub use resolver::{BatchResolveLocks, Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 pub use snapshot::{

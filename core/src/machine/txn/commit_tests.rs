@@ -1,0 +1,872 @@
+//! Tests of the write path (committer, heartbeat, pessimistic locking) against the fake TiKV of
+//! [`super::commit_testkit`] in virtual time. Each test names the client-go rule it checks.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tikv_proto::kvrpcpb;
+
+use crate::error::Error;
+use crate::machine::txn::commit_farmhash::fingerprint64;
+use crate::machine::txn::commit_testkit::{Answer, World, cmd, insert, k, keys_of, phys, put};
+use crate::machine::txn::committer::{CommitMode, CommitOptions, Committer};
+use crate::machine::txn::heartbeat::{TtlManager, TtlStop};
+use crate::machine::txn::mutations::MAX_COMMIT_TS_GAP;
+use crate::machine::txn::pessimistic::{LockCtx, LockKey, LockKeys, LockWait, PessimisticRollback};
+use crate::machine::txn::resolve_testkit::LockSpec;
+use crate::machine::{TikvCmd, TikvCmdResponse, TikvRequest, TikvResponse};
+
+fn opts(start_ts: u64) -> CommitOptions {
+    CommitOptions {
+        start_ts,
+        ..CommitOptions::default()
+    }
+}
+
+fn prewrite_of(r: &TikvRequest) -> &kvrpcpb::PrewriteRequest {
+    match r {
+        TikvRequest::Cmd(TikvCmd::Prewrite(p)) => p,
+        other => panic!("not a prewrite: {other:?}"),
+    }
+}
+
+fn commit_of(r: &TikvRequest) -> &kvrpcpb::CommitRequest {
+    match r {
+        TikvRequest::Cmd(TikvCmd::Commit(p)) => p,
+        other => panic!("not a commit: {other:?}"),
+    }
+}
+
+fn lock_of(r: &TikvRequest) -> &kvrpcpb::PessimisticLockRequest {
+    match r {
+        TikvRequest::Cmd(TikvCmd::PessimisticLock(p)) => p,
+        other => panic!("not a pessimistic lock: {other:?}"),
+    }
+}
+
+fn keys(v: &[&str]) -> Vec<Bytes> {
+    v.iter().map(|s| k(s)).collect()
+}
+
+// ---- 2PC -----------------------------------------------------------------------------------
+
+/// client-go `2pc.go` `execute` / `doActionOnGroupMutations`: prewrite every region, commit the
+/// primary's batch first and alone, the other batches in the background.
+#[test]
+fn two_pc_across_regions_commits_primary_first_then_secondaries_in_background() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    let muts = vec![put("a", "1"), put("b", "2"), put("n", "3"), put("z", "4")];
+    let mut c = Committer::new(muts, w.now, opts(start));
+    let info = w.run(&mut c).expect("commit");
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    let commit_ts = info.commit_ts.expect("commit ts");
+    assert!(commit_ts > start);
+    assert_eq!(c.primary(), "a");
+
+    let prewrites = w.sent_of("prewrite");
+    assert_eq!(prewrites.len(), 2, "one prewrite per region");
+    for p in &prewrites {
+        let p = prewrite_of(p);
+        assert_eq!(p.primary_lock, "a");
+        assert_eq!(p.start_version, start);
+        assert_eq!(p.lock_ttl, 3_000);
+        assert_eq!(p.min_commit_ts, start + 1);
+        assert_eq!(p.txn_size, 2, "keys of the txn in that region");
+        assert!(!p.use_async_commit && !p.try_one_pc);
+    }
+    // Only the primary's batch is committed before the call returns.
+    let commits = w.sent_of("commit");
+    assert_eq!(commits.len(), 1);
+    let primary_commit = commit_of(commits[0]);
+    assert_eq!(primary_commit.keys, keys(&["a", "b"]));
+    assert_eq!(
+        primary_commit.commit_role,
+        kvrpcpb::CommitRole::Primary as i32
+    );
+    assert_eq!(primary_commit.commit_version, commit_ts);
+    assert!(w.locked("n") && w.locked("z"));
+    assert_eq!(w.value("a"), Some(k("1")));
+
+    let mut bg = c.take_background().expect("secondaries");
+    assert_eq!(bg.label(), "commit");
+    w.run(&mut bg).expect("secondaries commit");
+    let commits = w.sent_of("commit");
+    assert_eq!(commits.len(), 2);
+    assert_eq!(
+        commit_of(commits[1]).commit_role,
+        kvrpcpb::CommitRole::Secondary as i32
+    );
+    for (key, v) in [("a", "1"), ("b", "2"), ("n", "3"), ("z", "4")] {
+        assert_eq!(w.value(key), Some(k(v)), "{key}");
+        assert_eq!(w.commit_ts(key), Some(commit_ts));
+    }
+    assert!(c.take_background().is_none());
+}
+
+/// client-go `2pc.go`: commit is skipped entirely without mutations.
+#[test]
+fn empty_transaction_sends_nothing() {
+    let mut w = World::new(&[]);
+    let mut c = Committer::new(Vec::new(), w.now, opts(5));
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.mode, CommitMode::Empty);
+    assert_eq!(info.commit_ts, None);
+    assert!(w.sent.is_empty());
+    assert_eq!(w.tso_count, 0);
+}
+
+/// client-go `prewrite.go` `extractKeyErrs` (`ErrWriteConflict`) and `2pc.go` `cleanup`: a
+/// conflict fails the commit and every key is rolled back in the background.
+#[test]
+fn write_conflict_fails_and_cleanup_rolls_back_prewritten_keys() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    let other_start = w.ts_now();
+    let other_commit = w.ts_now();
+    w.kv.commit("n", other_start, other_commit, Some("theirs"));
+    let mut c = Committer::new(vec![put("a", "1"), put("n", "2")], w.now, opts(start));
+    let err = w.run(&mut c).unwrap_err();
+    match &err {
+        Error::WriteConflict(wc) => {
+            assert_eq!(wc.key, "n");
+            assert_eq!(wc.start_ts, start);
+            assert_eq!(wc.conflict_commit_ts, other_commit);
+        }
+        other => panic!("expected a write conflict, got {other:?}"),
+    }
+    assert!(err.is_retryable());
+    assert!(w.locked("a"), "region 1 prewrite succeeded");
+    let mut bg = c.take_background().expect("cleanup");
+    assert_eq!(bg.label(), "cleanup");
+    w.run(&mut bg).unwrap();
+    assert!(!w.locked("a"));
+    let rollbacks = w.sent_of("batch_rollback");
+    assert_eq!(keys_of(rollbacks[0]), keys(&["a"]), "primary batch first");
+    assert_eq!(w.kv.records.get(&(k("a"), start)), Some(&None));
+    assert_eq!(w.value("n"), Some(k("theirs")));
+}
+
+/// client-go `prewrite.go` `extractKeyErrs` (`AlreadyExist` → `ErrKeyExist`).
+#[test]
+fn insert_of_existing_key_is_key_exists() {
+    let mut w = World::new(&[]);
+    let s0 = w.ts_now();
+    let c0 = w.ts_now();
+    w.kv.commit("a", s0, c0, Some("old"));
+    let start = w.ts_now();
+    let mut c = Committer::new(vec![insert("a", "new"), put("b", "x")], w.now, opts(start));
+    let err = w.run(&mut c).unwrap_err();
+    assert_eq!(err, Error::KeyExists { key: k("a") });
+    assert!(!err.is_retryable());
+    // Insert is sent as `Op::Insert`.
+    let p = prewrite_of(w.sent_of("prewrite")[0]);
+    assert_eq!(p.mutations[0].op, kvrpcpb::Op::Insert as i32);
+}
+
+/// client-go `prewrite.go` `extractKeyErrs`: a lock newer than an optimistic transaction is an
+/// immediate write conflict, no resolution.
+#[test]
+fn newer_lock_is_immediate_write_conflict_for_optimistic_txn() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let newer = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", newer, 60_000));
+    let mut c = Committer::new(vec![put("a", "1")], w.now, opts(start));
+    let err = w.run(&mut c).unwrap_err();
+    match err {
+        Error::WriteConflict(wc) => assert_eq!(wc.conflict_ts, newer),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.sent_of("check_txn_status").len(), 0);
+}
+
+/// client-go `prewrite.go` `resolveLocks`: an older lock is resolved, prewrite backs off
+/// `BoTxnLock` at most the lock's remaining TTL and retries.
+#[test]
+fn prewrite_meeting_a_lock_resolves_it_and_retries() {
+    let mut w = World::new(&[]);
+    // An abandoned transaction (TTL 100 ms) holding "a".
+    let dead = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", dead, 100));
+    // A live one (TTL 3 s) holding "b": waited for, then expired and rolled back.
+    let live = w.ts_now();
+    w.kv.lock("b", LockSpec::put("b", live, 3_000));
+    w.now += Duration::from_millis(500);
+    let start = w.ts_now();
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, opts(start));
+    let info = w.run(&mut c).expect("commit after resolving");
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    assert!(w.sent_of("check_txn_status").len() >= 2);
+    assert!(w.sent_of("prewrite").len() >= 2, "prewrite retried");
+    assert!(
+        w.ms() >= 3_000,
+        "waited for the live lock's TTL: {} ms",
+        w.ms()
+    );
+    assert_eq!(w.value("a"), Some(k("1")));
+    assert_eq!(w.value("b"), Some(k("2")));
+    assert_eq!(
+        w.kv.records.get(&(k("a"), dead)),
+        Some(&None),
+        "dead txn rolled back"
+    );
+}
+
+/// client-go `doActionOnMutations` + `batchMutations.relocate`: a region split during prewrite
+/// re-groups the batch, which is then sent with `txn_size = MaxUint64`.
+#[test]
+fn split_during_prewrite_regroups_the_batch() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut split = false;
+    w.hook = Some(Box::new(move |_, req, _, pd, _| {
+        if cmd(req) == "prewrite" && !split {
+            // The region splits while the first prewrite is in flight.
+            split = true;
+            pd.split_at("c", 2);
+        }
+        None
+    }));
+    let mut c = Committer::new(vec![put("a", "1"), put("d", "2")], w.now, opts(start));
+    w.run(&mut c).expect("commit");
+    let prewrites = w.sent_of("prewrite");
+    assert_eq!(prewrites.len(), 3, "one failed, then one per new region");
+    assert!(
+        prewrites[1..]
+            .iter()
+            .all(|p| prewrite_of(p).txn_size == u64::MAX)
+    );
+    assert_eq!(w.value("a"), Some(k("1")));
+}
+
+// ---- async commit and 1PC ------------------------------------------------------------------
+
+/// client-go `2pc.go` `execute` (fresh TSO for `min_commit_ts`, `calculateMaxCommitTS`),
+/// `prewrite.go` (secondaries on the primary batch), async commit done after prewrite.
+#[test]
+fn async_commit_uses_fresh_tso_and_commits_in_background() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    w.now += Duration::from_millis(40);
+    let mut o = opts(start);
+    o.try_async_commit = true;
+    let mut c = Committer::new(vec![put("a", "1"), put("n", "2")], w.now, o);
+    let tso_before = w.tso_count;
+    let info = w.run(&mut c).expect("async commit");
+    assert_eq!(info.mode, CommitMode::AsyncCommit);
+    assert_eq!(
+        w.tso_count,
+        tso_before + 1,
+        "one TSO for min_commit_ts, none for commit"
+    );
+    assert!(
+        w.sent_of("commit").is_empty(),
+        "nothing committed in the foreground"
+    );
+    let prewrites = w.sent_of("prewrite");
+    let mut max_min = 0;
+    for p in &prewrites {
+        let p = prewrite_of(p);
+        assert!(p.use_async_commit);
+        assert!(p.min_commit_ts > start + 1, "fresh TSO + 1");
+        assert!(p.max_commit_ts > p.min_commit_ts);
+        // max_commit_ts = start + 2 s safe window (physical ms).
+        assert_eq!(phys(p.max_commit_ts) - phys(start), 2_000);
+        if p.primary_lock == p.mutations[0].key {
+            assert_eq!(p.secondaries, keys(&["n"]));
+        } else {
+            assert!(p.secondaries.is_empty());
+        }
+        max_min = max_min.max(p.min_commit_ts);
+    }
+    assert_eq!(info.commit_ts, Some(max_min));
+    let mut bg = c.take_background().expect("background commit");
+    w.run(&mut bg).unwrap();
+    let commits = w.sent_of("commit");
+    assert_eq!(commits.len(), 2);
+    assert!(commits.iter().all(|r| commit_of(r).use_async_commit));
+    assert_eq!(w.commit_ts("n"), Some(max_min));
+}
+
+/// client-go `prewrite.go` `handleSingleBatchSucceed`: `MinCommitTs == 0` falls back to 2PC.
+#[test]
+fn async_commit_declined_falls_back_to_two_pc() {
+    let mut w = World::new(&[]);
+    w.decline_async = true;
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.try_async_commit = true;
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, o);
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    assert!(info.async_commit_fallback);
+    let commits = w.sent_of("commit");
+    assert_eq!(commits.len(), 1);
+    assert!(!commit_of(commits[0]).use_async_commit);
+    assert_eq!(w.value("b"), Some(k("2")));
+}
+
+/// client-go `checkAsyncCommit`: more keys than `KeysLimit` means no async commit.
+#[test]
+fn async_commit_not_used_beyond_key_limit() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.try_async_commit = true;
+    o.async_commit.keys_limit = 2;
+    let muts = vec![put("a", "1"), put("b", "2"), put("c", "3")];
+    let mut c = Committer::new(muts, w.now, o);
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    assert!(!info.async_commit_fallback);
+    assert!(!prewrite_of(w.sent_of("prewrite")[0]).use_async_commit);
+}
+
+/// client-go `checkOnePC` / `prewrite.go`: 1PC commits in the prewrite.
+#[test]
+fn one_pc_commits_in_prewrite() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.try_one_pc = true;
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, o);
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.mode, CommitMode::OnePc);
+    assert!(prewrite_of(w.sent_of("prewrite")[0]).try_one_pc);
+    assert!(w.sent_of("commit").is_empty());
+    assert_eq!(w.commit_ts("b"), info.commit_ts);
+    assert!(c.take_background().is_none());
+}
+
+/// client-go `handleSingleBatchSucceed`: `OnePcCommitTs == 0` falls back to 2PC (and turns
+/// async commit off); `checkOnePCFallBack`: several batches turn 1PC off.
+#[test]
+fn one_pc_declined_or_multi_region_falls_back_to_two_pc() {
+    let mut w = World::new(&[]);
+    w.decline_one_pc = true;
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.try_one_pc = true;
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    assert!(info.one_pc_fallback);
+    assert_eq!(w.value("a"), Some(k("1")));
+
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.try_one_pc = true;
+    let mut c = Committer::new(vec![put("a", "1"), put("n", "2")], w.now, o);
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    assert!(info.one_pc_fallback);
+    assert!(
+        w.sent_of("prewrite")
+            .iter()
+            .all(|p| !prewrite_of(p).try_one_pc)
+    );
+}
+
+// ---- commit failures -----------------------------------------------------------------------
+
+/// client-go `commit.go`: `CommitTsExpired` on the primary fetches a newer commit TS and
+/// retries.
+#[test]
+fn commit_ts_expired_retries_with_a_new_commit_ts() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut bumped = false;
+    w.hook = Some(Box::new(move |_, req, kv, _, _| {
+        if let TikvRequest::Cmd(TikvCmd::Commit(c)) = req
+            && !bumped
+        {
+            bumped = true;
+            let l = kv.locks.get_mut(&c.primary_key).expect("primary lock");
+            l.info.min_commit_ts = c.commit_version + 3;
+        }
+        None
+    }));
+    let mut c = Committer::new(vec![put("a", "1")], w.now, opts(start));
+    let info = w.run(&mut c).unwrap();
+    let commits = w.sent_of("commit");
+    assert!(commits.len() >= 2, "primary commit retried");
+    let first = commit_of(commits[0]).commit_version;
+    let last = commit_of(commits[commits.len() - 1]).commit_version;
+    assert!(last >= first + 3);
+    assert_eq!(info.commit_ts, Some(last));
+    assert_eq!(w.commit_ts("a"), Some(last));
+}
+
+/// client-go `commit.go`: a `min_commit_ts` an hour ahead is not chased.
+#[test]
+fn commit_ts_expired_too_far_ahead_fails() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(move |_, req, kv, _, _| {
+        if let TikvRequest::Cmd(TikvCmd::Commit(c)) = req {
+            let l = kv.locks.get_mut(&c.primary_key).expect("primary lock");
+            l.info.min_commit_ts = c.commit_version + MAX_COMMIT_TS_GAP + 1;
+        }
+        None
+    }));
+    let mut c = Committer::new(vec![put("a", "1")], w.now, opts(start));
+    let err = w.run(&mut c).unwrap_err();
+    assert!(matches!(err, Error::CommitTsExpired(_)), "{err:?}");
+    assert_eq!(w.sent_of("commit").len(), 1);
+}
+
+/// client-go `commit.go` / `commitTxn`: an RPC failure on the primary commit makes the result
+/// undetermined; no cleanup runs.
+#[test]
+fn rpc_failure_on_primary_commit_is_undetermined() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        (cmd(req) == "commit").then(|| {
+            Answer::Now(Err(Error::Rpc {
+                address: "store1".into(),
+                message: "connection reset".into(),
+                sent: true,
+            }))
+        })
+    }));
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, opts(start));
+    let err = w.run(&mut c).unwrap_err();
+    assert!(err.is_undetermined(), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(
+        c.take_background().is_none(),
+        "no cleanup of an undetermined txn"
+    );
+    assert!(w.locked("a"));
+    assert!(w.sent_of("commit").len() > 1, "retried within the budget");
+}
+
+/// client-go `commit.go`: a failure after the primary committed is only logged; the
+/// secondaries are committed in the background and their failure does not fail the txn.
+#[test]
+fn secondary_commit_failure_does_not_fail_the_transaction() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        if let TikvRequest::Cmd(TikvCmd::Commit(c)) = req
+            && c.commit_role == kvrpcpb::CommitRole::Secondary as i32
+        {
+            return Some(Answer::Now(Ok(TikvResponse::Cmd(TikvCmdResponse::Commit(
+                kvrpcpb::CommitResponse {
+                    error: Some(kvrpcpb::KeyError {
+                        abort: "injected".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )))));
+        }
+        None
+    }));
+    let mut c = Committer::new(vec![put("a", "1"), put("n", "2")], w.now, opts(start));
+    let info = w.run(&mut c).expect("committed once the primary is");
+    assert!(c.is_committed());
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    let mut bg = c.take_background().expect("secondaries");
+    assert!(w.run(&mut bg).is_err());
+    assert_eq!(w.value("a"), Some(k("1")));
+    assert!(w.locked("n"), "left for lock resolution");
+}
+
+/// client-go `GetTimestampForCommit`: the commit TS must pass the commit-wait TSO; with a zero
+/// timeout a lagging TSO fails at once.
+#[test]
+fn commit_wait_tso_waits_until_the_target_then_fails_without_timeout() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let target =
+        crate::machine::Timestamp::compose(crate::machine::txn::resolve_testkit::PHYS0 + 200, 0)
+            .version();
+    let mut o = opts(start);
+    o.commit_wait_until_tso = target;
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o.clone());
+    let info = w.run(&mut c).unwrap();
+    assert!(info.commit_ts.unwrap() > target);
+    assert!(w.ms() >= 200);
+
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    o.start_ts = start;
+    o.commit_wait_until_tso_timeout = Duration::ZERO;
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    let err = w.run(&mut c).unwrap_err();
+    assert!(matches!(err, Error::CommitTsLag { target_ts, .. } if target_ts == target));
+}
+
+/// client-go `prewrite.go` `handleSingleBatchSucceed` + `ttlManager`: an optimistic
+/// transaction above `TTLRefreshedTxnSize` keeps its primary alive during a slow commit.
+#[test]
+fn large_transaction_heartbeats_while_committing() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        if let TikvRequest::Cmd(TikvCmd::Prewrite(p)) = req
+            && p.mutations[0].key == "n"
+        {
+            // The secondary region is slow: answer after 25 s.
+            return Some(Answer::After(Duration::from_secs(25), Err(Error::Closed)));
+        }
+        None
+    }));
+    let mut o = opts(start);
+    o.ttl_refreshed_txn_size = 1;
+    let mut c = Committer::new(vec![put("a", "1"), put("n", "2")], w.now, o);
+    let err = w.run(&mut c).unwrap_err();
+    assert_eq!(err, Error::Closed);
+    let hb: Vec<_> = w
+        .sent
+        .iter()
+        .filter(|(_, _, r)| cmd(r) == "heartbeat")
+        .collect();
+    assert_eq!(hb.len(), 2, "heartbeats at 10 s and 20 s");
+    assert_eq!(hb[0].0, 10_000);
+    assert_eq!(hb[1].0, 20_000);
+}
+
+// ---- TTL manager ---------------------------------------------------------------------------
+
+/// client-go `keepAlive`: every 10 s, `TxnHeartBeat(uptime + 20 s)`; stop past `MaxTxnTTL`.
+#[test]
+fn ttl_manager_schedule_and_lifetime() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.kv.lock("p", LockSpec::put("p", start, 3_000));
+    let mut m = TtlManager::new(k("p"), start, Duration::from_secs(35));
+    let stop = w.run(&mut m).unwrap();
+    assert!(matches!(stop, TtlStop::LifetimeReached { uptime_ms } if uptime_ms == 40_000));
+    let hb: Vec<(u64, u64)> = w
+        .sent
+        .iter()
+        .filter_map(|(ms, _, r)| match r {
+            TikvRequest::Cmd(TikvCmd::TxnHeartBeat(h)) => Some((*ms, h.advise_lock_ttl)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        hb,
+        vec![(10_000, 30_000), (20_000, 40_000), (30_000, 50_000)]
+    );
+    assert_eq!(w.kv.locks.get(&k("p")).unwrap().info.lock_ttl, 50_000);
+}
+
+/// client-go `keepAlive`: a key error (the lock is gone) stops the heartbeat.
+#[test]
+fn ttl_manager_stops_on_key_error() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut m = TtlManager::new(k("p"), start, Duration::from_secs(3600));
+    let stop = w.run(&mut m).unwrap();
+    assert!(
+        matches!(stop, TtlStop::KeyError(Error::TxnNotFound { .. })),
+        "{stop:?}"
+    );
+    assert_eq!(m.heartbeats_sent(), 1);
+}
+
+/// client-go `keepAlive`: more than 10 consecutive failures stop the heartbeat.
+#[test]
+fn ttl_manager_stops_after_consecutive_failures() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(|_, req, _, _, _| {
+        (cmd(req) == "heartbeat").then(|| {
+            Answer::Now(Err(Error::Rpc {
+                address: "store1".into(),
+                message: "down".into(),
+                sent: false,
+            }))
+        })
+    }));
+    let mut m = TtlManager::new(k("p"), start, Duration::from_secs(24 * 3600));
+    let stop = w.run(&mut m).unwrap();
+    assert!(matches!(stop, TtlStop::TooManyFailures(_)), "{stop:?}");
+    assert_eq!(m.heartbeats_sent(), 11);
+}
+
+// ---- pessimistic locking -------------------------------------------------------------------
+
+fn lock_keys(w: &World, ks: &[&str], primary: Option<&str>, ctx: LockCtx) -> LockKeys {
+    LockKeys::new(
+        ks.iter().map(|s| LockKey::from(k(s))).collect(),
+        ctx.for_update_ts.saturating_sub(1),
+        primary.map(k),
+        ks.len() == 1,
+        w.now,
+        ctx,
+    )
+}
+
+/// client-go `lockKeys` / `actionPessimisticLock`: values and existence come back, the first
+/// key becomes the primary, the request carries TTL, `min_commit_ts` and the wait.
+#[test]
+fn pessimistic_lock_returns_values_and_assigns_primary() {
+    let mut w = World::new(&["m"]);
+    let s0 = w.ts_now();
+    let c0 = w.ts_now();
+    w.kv.commit("a", s0, c0, Some("va"));
+    let start = w.ts_now();
+    let for_update = start + 1;
+    let mut ctx = LockCtx::new(for_update, LockWait::Timeout(Duration::from_secs(3)));
+    ctx.return_values = true;
+    let mut op = LockKeys::new(
+        vec![k("n").into(), k("a").into(), k("a").into()],
+        start,
+        None,
+        false,
+        w.now,
+        ctx,
+    );
+    let r = w.run(&mut op).unwrap();
+    assert_eq!(r.assigned_primary, Some(k("a")));
+    assert!(r.primary_locked);
+    assert_eq!(r.values[&k("a")].value, Some(k("va")));
+    assert!(r.values[&k("a")].exists);
+    assert!(!r.values[&k("n")].exists);
+    let reqs = w.sent_of("pessimistic_lock");
+    assert_eq!(reqs.len(), 2);
+    let first = lock_of(reqs[0]);
+    assert_eq!(keys_of(reqs[0]), keys(&["a"]), "primary batch first");
+    assert_eq!(first.primary_lock, "a");
+    assert_eq!(first.for_update_ts, for_update);
+    assert_eq!(first.min_commit_ts, for_update + 1);
+    assert_eq!(first.lock_ttl, 20_000);
+    assert_eq!(first.wait_timeout, 3_000);
+    assert!(first.return_values);
+    let l = &w.kv.locks.get(&k("n")).unwrap().info;
+    assert_eq!(l.lock_type, kvrpcpb::Op::PessimisticLock as i32);
+    assert_eq!(l.lock_for_update_ts, for_update);
+}
+
+fn deadlock_reply(hash: u64) -> Answer {
+    Answer::Now(Ok(TikvResponse::Cmd(TikvCmdResponse::PessimisticLock(
+        kvrpcpb::PessimisticLockResponse {
+            errors: vec![kvrpcpb::KeyError {
+                deadlock: Some(kvrpcpb::Deadlock {
+                    lock_ts: 1,
+                    lock_key: k("b"),
+                    deadlock_key_hash: hash,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    ))))
+}
+
+/// client-go `lockKeys` (deadlock branch, `hashInKeys`): a deadlock on one of our keys is
+/// retryable; the keys are rolled back first, then a 5 ms pause.
+#[test]
+fn retryable_deadlock_rolls_back_inline_then_pauses() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(|_, req, _, _, _| {
+        if let TikvRequest::Cmd(TikvCmd::PessimisticLock(p)) = req
+            && p.mutations[0].key == "a"
+            && p.mutations.len() == 2
+        {
+            return Some(deadlock_reply(fingerprint64(b"b")));
+        }
+        None
+    }));
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a", "b"], Some("p"), ctx);
+    let err = w.run(&mut op).unwrap_err();
+    assert!(
+        matches!(&err, Error::Deadlock(d, true) if d.lock_key == "b"),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    let rb = w.sent_of("pessimistic_rollback");
+    assert_eq!(rb.len(), 1, "rolled back before returning");
+    assert_eq!(keys_of(rb[0]), keys(&["a", "b"]));
+    assert!(w.ms() >= 5);
+    assert!(op.take_background().is_none());
+}
+
+/// client-go `lockKeys`: a deadlock on someone else's key is not retryable; the rollback runs
+/// in the background.
+#[test]
+fn other_deadlock_is_not_retryable_and_rolls_back_in_background() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.hook = Some(Box::new(|_, req, _, _, _| {
+        (cmd(req) == "pessimistic_lock").then(|| deadlock_reply(fingerprint64(b"elsewhere")))
+    }));
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a", "b"], Some("p"), ctx);
+    let err = w.run(&mut op).unwrap_err();
+    assert!(matches!(err, Error::Deadlock(_, false)), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(w.sent_of("pessimistic_rollback").is_empty());
+    let mut bg = op.take_background().expect("background rollback");
+    assert_eq!(bg.label(), "pessimistic_rollback");
+    w.run(&mut bg).unwrap();
+    assert_eq!(w.sent_of("pessimistic_rollback").len(), 1);
+}
+
+/// client-go `handlePessimisticLockResponseNormalMode`: a live lock after the wait time is a
+/// lock-wait timeout; the remaining wait is sent each time.
+#[test]
+fn lock_wait_timeout() {
+    let mut w = World::new(&[]);
+    let other = w.ts_now();
+    w.kv.lock(
+        "a",
+        LockSpec {
+            op: kvrpcpb::Op::PessimisticLock,
+            for_update_ts: other,
+            ..LockSpec::put("a", other, 3_600_000)
+        },
+    );
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::Timeout(Duration::from_millis(1_500)));
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    let err = w.run(&mut op).unwrap_err();
+    assert_eq!(err, Error::LockWaitTimeout);
+    let waits: Vec<i64> = w
+        .sent_of("pessimistic_lock")
+        .iter()
+        .map(|r| lock_of(r).wait_timeout)
+        .collect();
+    assert_eq!(waits, vec![1_500, 500]);
+    assert!(w.locked("a"), "the other transaction keeps its lock");
+}
+
+/// client-go `handlePessimisticLockResponseNormalMode`: no-wait fails at once.
+#[test]
+fn lock_no_wait() {
+    let mut w = World::new(&[]);
+    let other = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", other, 3_600_000));
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::NoWait);
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    assert_eq!(w.run(&mut op).unwrap_err(), Error::LockNoWait);
+    assert_eq!(lock_of(w.sent_of("pessimistic_lock")[0]).wait_timeout, -1);
+    assert_eq!(w.ms(), 0);
+}
+
+/// client-go `handlePessimisticLockResponseNormalMode` (always-wait) with lock resolution: an
+/// expiring lock is resolved and the lock acquired.
+#[test]
+fn always_wait_acquires_after_the_holder_expires() {
+    let mut w = World::new(&[]);
+    let other = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", other, 2_500));
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    let r = w.run(&mut op).unwrap();
+    assert!(r.primary_locked);
+    assert!(w.ms() >= 2_500);
+    assert_eq!(w.kv.locks.get(&k("a")).unwrap().info.lock_version, start);
+}
+
+/// client-go `LockCtx.LockOnlyIfExists`: an absent single key is not locked and the primary
+/// stays unassigned; without return values the call is refused.
+#[test]
+fn lock_only_if_exists() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut ctx = LockCtx::new(start + 1, LockWait::NoWait);
+    ctx.lock_only_if_exists = true;
+    let mut bad = lock_keys(&w, &["a"], None, ctx.clone());
+    assert!(matches!(w.run(&mut bad), Err(Error::InvalidArgument(_))));
+    ctx.return_values = true;
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    let r = w.run(&mut op).unwrap();
+    assert_eq!(r.assigned_primary, None);
+    assert_eq!(r.skipped, keys(&["a"]));
+    assert!(!w.locked("a"));
+    assert!(lock_of(w.sent_of("pessimistic_lock")[0]).lock_only_if_exists);
+}
+
+/// client-go `handlePessimisticLockResponseForceLockMode`: one key, results in `Results`.
+#[test]
+fn force_lock_mode_single_key() {
+    let mut w = World::new(&[]);
+    let s0 = w.ts_now();
+    let c0 = w.ts_now();
+    w.kv.commit("a", s0, c0, Some("va"));
+    let start = w.ts_now();
+    let mut ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    ctx.force_lock = true;
+    ctx.return_values = true;
+    let mut two = lock_keys(&w, &["a", "b"], None, ctx.clone());
+    assert!(matches!(w.run(&mut two), Err(Error::InvalidArgument(_))));
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    let r = w.run(&mut op).unwrap();
+    assert_eq!(r.values[&k("a")].value, Some(k("va")));
+    assert!(r.primary_locked);
+    assert_eq!(
+        lock_of(w.sent_of("pessimistic_lock")[0]).wake_up_mode,
+        kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeForceLock as i32
+    );
+}
+
+/// client-go `lockKeys`: a write conflict on a single key needs no rollback.
+#[test]
+fn write_conflict_on_single_key_needs_no_rollback() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let s1 = w.ts_now();
+    let c1 = w.ts_now();
+    w.kv.commit("a", s1, c1, Some("x"));
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    assert!(matches!(w.run(&mut op), Err(Error::WriteConflict(_))));
+    assert!(op.take_background().is_none());
+}
+
+/// client-go `pessimisticRollbackMutations`.
+#[test]
+fn pessimistic_rollback_removes_locks() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a", "n"], None, ctx);
+    w.run(&mut op).unwrap();
+    assert!(w.locked("a") && w.locked("n"));
+    let mut rb = PessimisticRollback::new(keys(&["n", "a"]), start, start + 1, 2);
+    w.run(&mut rb).unwrap();
+    assert!(!w.locked("a") && !w.locked("n"));
+    assert_eq!(w.sent_of("pessimistic_rollback").len(), 2);
+}
+
+/// client-go pessimistic commit: prewrite with `DO_PESSIMISTIC_CHECK` and the latest
+/// `for_update_ts`; the pessimistic primary is kept.
+#[test]
+fn pessimistic_transaction_commits_locked_keys() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["b", "a"], None, ctx);
+    let r = w.run(&mut op).unwrap();
+    let primary = r.assigned_primary.unwrap();
+    let mut a = put("a", "1");
+    a.is_pessimistic_lock = true;
+    let mut b = put("b", "2");
+    b.is_pessimistic_lock = true;
+    let mut o = opts(start);
+    o.pessimistic = true;
+    o.for_update_ts = start + 1;
+    o.primary = Some(primary);
+    let mut c = Committer::new(vec![a, b], w.now, o);
+    w.run(&mut c).unwrap();
+    let p = prewrite_of(w.sent_of("prewrite")[0]);
+    assert_eq!(p.for_update_ts, start + 1);
+    assert_eq!(
+        p.pessimistic_actions,
+        vec![kvrpcpb::prewrite_request::PessimisticAction::DoPessimisticCheck as i32; 2]
+    );
+    assert_eq!(w.value("a"), Some(k("1")));
+}
