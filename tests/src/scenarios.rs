@@ -20,12 +20,13 @@ use crate::Mock;
 /// Client settings for tests: short deadlines so lost replies and dead stores are noticed
 /// within a fraction of a second.
 pub fn test_config() -> Config {
-    let mut c = Config::default();
-    c.read_timeout_short = Duration::from_millis(1_000);
-    c.read_timeout_medium = Duration::from_millis(2_000);
-    c.dial_timeout = Duration::from_millis(500);
-    c.pd_server_timeout = Duration::from_millis(500);
-    c
+    Config {
+        read_timeout_short: Duration::from_millis(1_000),
+        read_timeout_medium: Duration::from_millis(2_000),
+        dial_timeout: Duration::from_millis(500),
+        pd_server_timeout: Duration::from_millis(500),
+        ..Config::default()
+    }
 }
 
 async fn connect<R: Runtime>(mock: &Mock, config: Config) -> RawClient<R> {

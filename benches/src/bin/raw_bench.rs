@@ -62,7 +62,12 @@ fn cpu_time() -> Duration {
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
     // Fields after the command: state is index 0, utime is 11, stime is 12 (in clock ticks).
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let hz = 100u64; // USER_HZ on Linux
     Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz)
 }
@@ -94,7 +99,10 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 async fn run(client: &RawClient, op: &'static str, concurrency: usize, window: Duration) {
     let value = vec![b'v'; 64];
     for i in 0..1024u32 {
-        client.put(format!("bench-{i:04}"), value.clone()).await.expect("seed");
+        client
+            .put(format!("bench-{i:04}"), value.clone())
+            .await
+            .expect("seed");
     }
     let start = Instant::now();
     let deadline = start + window;
@@ -142,14 +150,23 @@ fn main() {
     let args = parse_args();
     let port = free_port();
     let child = Command::new(&args.mockstore)
-        .args(["--pd-addr", &format!("127.0.0.1:{port}"), "--stores", "1", "--replicas", "1"])
+        .args([
+            "--pd-addr",
+            &format!("127.0.0.1:{port}"),
+            "--stores",
+            "1",
+            "--replicas",
+            "1",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.mockstore));
     let _guard = Mockstore(child);
 
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
@@ -161,7 +178,7 @@ fn main() {
         let endpoint = format!("127.0.0.1:{port}");
         let mut client = None;
         for _ in 0..100 {
-            match RawClient::connect(&[endpoint.clone()], Config::default()).await {
+            match RawClient::connect(std::slice::from_ref(&endpoint), Config::default()).await {
                 Ok(c) => {
                     client = Some(c);
                     break;
@@ -172,7 +189,11 @@ fn main() {
         let client = client.expect("mockstore reachable");
         println!(
             "client runtime: tokio {} ({} worker threads), window {} s",
-            if args.threads <= 1 { "current_thread" } else { "multi_thread" },
+            if args.threads <= 1 {
+                "current_thread"
+            } else {
+                "multi_thread"
+            },
             args.threads.max(1),
             args.seconds
         );
