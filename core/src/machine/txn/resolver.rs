@@ -287,6 +287,7 @@ enum Phase {
         status: TxnStatus,
     },
     Lite,
+    GcNext,
     GcSend,
     Done,
 }
@@ -432,6 +433,10 @@ impl Engine {
             Phase::RegionResolve { status } => self.region_resolve(status, now, shared),
             Phase::Classify { status } => self.classify(status, now),
             Phase::Lite => self.lite_step(now, shared),
+            Phase::GcNext => {
+                self.idx += 1;
+                self.phase = Phase::NextLock;
+            }
             Phase::GcSend => self.gc_send(now, shared),
             Phase::Done => {
                 if self.result.is_none() {
@@ -892,7 +897,7 @@ impl Engine {
     fn after_rollback_phase(&self, status: TxnStatus) -> Phase {
         if self.is_gc() {
             // Pessimistic locks are not part of the GC `txn_infos`.
-            Phase::NextLock
+            Phase::GcNext
         } else {
             Phase::Classify { status }
         }
@@ -1152,7 +1157,7 @@ impl Engine {
                 match std::mem::replace(&mut self.phase, Phase::Done) {
                     Phase::AsyncResolve { status, .. } => {
                         self.phase = if self.is_gc() {
-                            Phase::NextLock
+                            Phase::GcNext
                         } else {
                             Phase::Classify { status }
                         };
@@ -1997,5 +2002,73 @@ mod tests {
         assert!(!done);
         assert_eq!(op.into_backoffer().times(BackoffKind::RegionMiss), 1);
         assert_eq!(w.kv.borrow().locks.len(), 1, "caller re-scans");
+    }
+
+    #[test]
+    fn gc_batch_resolve_rolls_pessimistic_locks_back_one_by_one() {
+        let mut w = TxnWorld::new(&[]);
+        let start = ts_at(0, 1);
+        {
+            let mut kv = w.kv.borrow_mut();
+            for key in ["p", "a", "b"] {
+                let mut l = LockSpec::put("p", start, 60_000);
+                l.op = kvrpcpb::Op::PessimisticLock;
+                l.value = None;
+                l.for_update_ts = start;
+                kv.lock(key, l);
+            }
+        }
+        let loc = w
+            .run(crate::machine::locate::LocateKey::new(
+                k("a"),
+                false,
+                Backoffer::new(0),
+            ))
+            .unwrap();
+        let locks = ["a", "b"].iter().map(|s| lock_of(&w, s)).collect();
+        let done = w
+            .run(BatchResolveLocks::new(
+                locks,
+                loc.region,
+                Backoffer::new(100_000),
+            ))
+            .unwrap();
+        assert!(done);
+        let kv = w.kv.borrow();
+        assert_eq!(
+            kv.details("pessimistic_rollback"),
+            vec!["keys=1".to_string(), "keys=1".to_string()]
+        );
+        assert_eq!(kv.count("resolve_lock"), 0, "no txn_infos to send");
+        assert!(!kv.locks.contains_key(&k("a")) && !kv.locks.contains_key(&k("b")));
+    }
+
+    #[test]
+    fn gc_batch_resolve_recovers_async_commit_txns_from_secondaries() {
+        let mut w = TxnWorld::new(&[]);
+        let start = ts_at(0, 1);
+        async_txn(&w, start, &[("a", start + 7), ("b", start + 9)]);
+        let loc = w
+            .run(crate::machine::locate::LocateKey::new(
+                k("a"),
+                false,
+                Backoffer::new(0),
+            ))
+            .unwrap();
+        let locks = ["a", "b", "p"].iter().map(|s| lock_of(&w, s)).collect();
+        let done = w
+            .run(BatchResolveLocks::new(
+                locks,
+                loc.region,
+                Backoffer::new(100_000),
+            ))
+            .unwrap();
+        assert!(done);
+        let kv = w.kv.borrow();
+        assert_eq!(kv.count("check_txn_status"), 1, "one status per txn");
+        assert_eq!(kv.count("check_secondary_locks"), 1);
+        assert_eq!(kv.details("resolve_lock"), vec!["txn_infos=1".to_string()]);
+        assert!(kv.locks.is_empty());
+        assert_eq!(kv.records.get(&(k("b"), start)), Some(&Some(start + 9)));
     }
 }
