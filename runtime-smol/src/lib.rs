@@ -19,7 +19,7 @@ pub use grpc::{BytesChannel, Responses};
 pub use runtime::{Sleep, Smol, http2_config};
 pub use tls::TlsFiles;
 
-pub use tikv_core::config::{Config, SecurityConfig};
+pub use tikv_core::config::{self, Config, SecurityConfig};
 pub use tikv_core::{Error, Result};
 /// HTTP/2 settings of each connection (keepalive, flow-control windows).
 pub use tikv_proto::channel::ChannelConfig;

@@ -323,3 +323,30 @@ fn unary_only_requests_use_unary_calls() {
         assert_eq!(unary, 1);
     });
 }
+
+#[test]
+fn keepalive_on_async_io_timers_fails_a_call_to_a_silent_peer() {
+    // A peer that accepts TCP and then never says anything (not even HTTP/2 settings).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut http2 = tikv_smol::ChannelConfig::default();
+    http2.keepalive_interval = Some(Duration::from_millis(100));
+    http2.keepalive_timeout = Duration::from_millis(100);
+    let rt = Smol::new().with_http2(http2);
+    block_on(async {
+        let channel = rt.connect(&addr.to_string()).await.unwrap();
+        let _peer = silent.accept().unwrap();
+        let started = Instant::now();
+        // No grpc-timeout: only hyper's keepalive (on smol-hyper's async-io timer) can end it.
+        let err = channel
+            .unary("/pdpb.PD/GetMembers", Bytes::new(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::UNAVAILABLE, "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
