@@ -269,6 +269,10 @@ impl World {
     /// Serves a TiKV request like TiKV would.
     pub fn serve(&mut self, store: u64, req: &TikvRequest) -> Answer {
         let name = cmd(req);
+        if let TikvRequest::UnsafeDestroyRange(u) = req {
+            self.destroy(&u.start_key, &u.end_key);
+            return Answer::Now(Ok(TikvResponse::UnsafeDestroyRange(Default::default())));
+        }
         let ours = matches!(
             name,
             "prewrite"
@@ -277,6 +281,8 @@ impl World {
                 | "pessimistic_lock"
                 | "heartbeat"
                 | "scan_lock"
+                | "delete_range"
+                | "split_region"
         );
         if !ours {
             return Answer::Now(Ok(self.kv.serve(&self.pd, store, req)));
@@ -292,6 +298,58 @@ impl World {
                 errorpb::Error {
                     message: "key not in region".into(),
                     key_not_in_region: Some(Default::default()),
+                    ..Default::default()
+                },
+            )));
+        }
+        if let TikvRequest::SplitRegion(sr) = req {
+            let mut regions = Vec::new();
+            let mut ks = sr.split_keys.clone();
+            ks.sort();
+            for key in ks {
+                let next_id = self.pd.regions.iter().map(|r| r.meta.id).max().unwrap_or(0) + 1;
+                self.pd
+                    .split_at(std::str::from_utf8(&key).expect("utf8 key"), next_id);
+            }
+            for r in &self.pd.regions {
+                if (region.start_key.is_empty() || r.meta.start_key >= region.start_key)
+                    && (region.end_key.is_empty()
+                        || (!r.meta.end_key.is_empty() && r.meta.end_key <= region.end_key))
+                {
+                    regions.push(r.meta.clone());
+                }
+            }
+            regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+            return Answer::Now(Ok(TikvResponse::SplitRegion(
+                kvrpcpb::SplitRegionResponse {
+                    regions,
+                    ..Default::default()
+                },
+            )));
+        }
+        if let TikvRequest::SplitRegion(sr) = req {
+            let mut ks = sr.split_keys.clone();
+            ks.sort();
+            for key in ks {
+                let next_id = self.pd.regions.iter().map(|r| r.meta.id).max().unwrap_or(0) + 1;
+                self.pd
+                    .split_at(std::str::from_utf8(&key).expect("utf8 key"), next_id);
+            }
+            let mut regions: Vec<metapb::Region> = self
+                .pd
+                .regions
+                .iter()
+                .map(|r| r.meta.clone())
+                .filter(|m| {
+                    m.start_key >= region.start_key
+                        && (region.end_key.is_empty()
+                            || (!m.end_key.is_empty() && m.end_key <= region.end_key))
+                })
+                .collect();
+            regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+            return Answer::Now(Ok(TikvResponse::SplitRegion(
+                kvrpcpb::SplitRegionResponse {
+                    regions,
                     ..Default::default()
                 },
             )));
@@ -374,8 +432,31 @@ impl World {
                     },
                 ))))
             }
+            TikvCmd::DeleteRange(d) => {
+                let inside = in_region(&region, &d.start_key)
+                    && (region.end_key.is_empty()
+                        || (!d.end_key.is_empty() && d.end_key[..] <= region.end_key[..]));
+                if !inside {
+                    return Answer::Now(Ok(write_region_err(
+                        req,
+                        errorpb::Error {
+                            message: "key not in region".into(),
+                            key_not_in_region: Some(Default::default()),
+                            ..Default::default()
+                        },
+                    )));
+                }
+                self.destroy(&d.start_key, &d.end_key);
+                Answer::Now(Ok(TikvResponse::Cmd(R::DeleteRange(Default::default()))))
+            }
             _ => unreachable!(),
         }
+    }
+
+    fn destroy(&mut self, start: &[u8], end: &[u8]) {
+        let inside = |key: &Bytes| key[..] >= *start && (end.is_empty() || key[..] < *end);
+        self.kv.writes.retain(|key, _| !inside(key));
+        self.kv.locks.retain(|key, _| !inside(key));
     }
 
     /// Follows TiKV `prewrite` closely enough for the committer's tests.

@@ -870,3 +870,230 @@ fn pessimistic_transaction_commits_locked_keys() {
     );
     assert_eq!(w.value("a"), Some(k("1")));
 }
+
+// ---- range tasks, GC helpers, split --------------------------------------------------------
+
+/// client-go `rangetask.Runner` + `DeleteRangeTask`: every region of the range gets one
+/// `DeleteRange` cut to the region.
+#[test]
+fn delete_range_runs_region_by_region_in_tasks() {
+    use crate::machine::txn::range_task::delete_range;
+    let mut w = World::new(&["c", "f"]);
+    for key in ["a", "b", "d", "e", "g", "h"] {
+        let s = w.ts_now();
+        let c = w.ts_now();
+        w.kv.commit(key, s, c, Some("v"));
+    }
+    let mut op = delete_range(k("b"), k("g"), 2, false).with_regions_per_task(1);
+    let stat = w.run(&mut op).unwrap();
+    assert_eq!(stat.completed_regions, 3);
+    let ranges: Vec<(Bytes, Bytes)> = w
+        .sent_of("delete_range")
+        .iter()
+        .map(|r| match r {
+            TikvRequest::Cmd(TikvCmd::DeleteRange(d)) => (d.start_key.clone(), d.end_key.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    let mut sorted = ranges.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec![(k("b"), k("c")), (k("c"), k("f")), (k("f"), k("g"))]
+    );
+    for (key, present) in [
+        ("a", true),
+        ("b", false),
+        ("e", false),
+        ("g", true),
+        ("h", true),
+    ] {
+        assert_eq!(w.value(key).is_some(), present, "{key}");
+    }
+}
+
+/// client-go `rangetask.Runner`: an empty range runs nothing.
+#[test]
+fn range_task_on_empty_range_does_nothing() {
+    use crate::machine::txn::range_task::delete_range;
+    let mut w = World::new(&[]);
+    let mut op = delete_range(k("z"), k("a"), 4, false);
+    assert_eq!(w.run(&mut op).unwrap().completed_regions, 0);
+    assert!(w.sent.is_empty() && w.pd_sent.is_empty());
+}
+
+/// client-go `rangetask.Runner`: the first failing task fails the run.
+#[test]
+fn range_task_first_error_fails_the_run() {
+    use crate::machine::txn::range_task::delete_range;
+    let mut w = World::new(&["c", "f"]);
+    w.hook = Some(Box::new(|_, req, _, _, _| {
+        if let TikvRequest::Cmd(TikvCmd::DeleteRange(d)) = req
+            && d.start_key == "c"
+        {
+            return Some(Answer::Now(Ok(TikvResponse::Cmd(
+                TikvCmdResponse::DeleteRange(kvrpcpb::DeleteRangeResponse {
+                    error: "disk on fire".into(),
+                    ..Default::default()
+                }),
+            ))));
+        }
+        None
+    }));
+    let mut op = delete_range(Bytes::new(), Bytes::new(), 1, false).with_regions_per_task(1);
+    let err = w.run(&mut op).unwrap_err();
+    assert!(format!("{err}").contains("disk on fire"), "{err}");
+    assert!(
+        w.sent_of("delete_range").len() <= 2,
+        "the region after the failure is never deleted"
+    );
+}
+
+/// client-go `ResolveLocksForRange` + `BatchResolveLocks`: locks at or below the safe point are
+/// resolved region by region (a full page is continued from its last lock); newer locks stay.
+#[test]
+fn gc_resolves_every_lock_below_the_safe_point() {
+    use crate::machine::txn::gc::ResolveLocksHandler;
+    use crate::machine::txn::range_task::RangeTaskRunner;
+    let mut w = World::new(&["m"]);
+    // A committed transaction whose secondaries are still locked.
+    let t1 = w.ts_now();
+    let c1 = w.ts_now();
+    w.kv.commit("a", t1, c1, Some("a1"));
+    for key in ["b", "c", "n"] {
+        w.kv.lock(key, LockSpec::put("a", t1, 3_000));
+    }
+    // An abandoned transaction (primary still locked).
+    let t2 = w.ts_now();
+    w.kv.lock("d", LockSpec::put("d", t2, 3_000));
+    w.kv.lock("o", LockSpec::put("d", t2, 3_000));
+    let safe_point = w.ts_now();
+    // A transaction above the safe point.
+    let t3 = w.ts_now();
+    w.kv.lock("p", LockSpec::put("p", t3, 3_000));
+    let handler = ResolveLocksHandler {
+        safe_point,
+        scan_limit: 2,
+    };
+    let mut op = RangeTaskRunner::new(handler, Bytes::new(), Bytes::new(), 8);
+    let stat = w.run(&mut op).unwrap();
+    assert_eq!(stat.completed_regions, 2);
+    for key in ["b", "c", "n"] {
+        assert!(!w.locked(key), "{key}");
+        assert_eq!(
+            w.commit_ts(key),
+            Some(c1),
+            "{key} committed with its primary"
+        );
+    }
+    assert!(!w.locked("d") && !w.locked("o"));
+    assert_eq!(w.value("o"), None, "abandoned txn rolled back");
+    assert!(w.locked("p"), "lock above the safe point kept");
+    let scans = w.sent_of("scan_lock");
+    assert!(
+        scans.len() >= 3,
+        "region 1 has more locks than the page: {}",
+        scans.len()
+    );
+    assert!(scans.iter().all(|s| match s {
+        TikvRequest::Cmd(TikvCmd::ScanLock(s)) => s.max_version == safe_point && s.limit == 2,
+        _ => false,
+    }));
+}
+
+/// client-go `UnsafeDestroyRange`: sent to every store but tombstones and TiFlash; any
+/// store's error fails the call.
+#[test]
+fn unsafe_destroy_range_goes_to_every_live_tikv_store() {
+    use crate::machine::txn::gc::UnsafeDestroyRange;
+    use crate::machine::{PdRequest, PdResponse};
+    use tikv_proto::{metapb, pdpb};
+    let store = |id: u64, state: metapb::StoreState, engine: Option<&str>| metapb::Store {
+        id,
+        address: format!("store{id}:20160"),
+        state: state as i32,
+        labels: engine
+            .map(|e| {
+                vec![metapb::StoreLabel {
+                    key: "engine".into(),
+                    value: e.into(),
+                }]
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let stores = vec![
+        store(1, metapb::StoreState::Up, None),
+        store(2, metapb::StoreState::Tombstone, None),
+        store(3, metapb::StoreState::Up, Some("tiflash")),
+        store(4, metapb::StoreState::Offline, None),
+    ];
+    let mut w = World::new(&[]);
+    let s = w.ts_now();
+    let c = w.ts_now();
+    w.kv.commit("b", s, c, Some("v"));
+    w.kv.commit("z", s, c, Some("v"));
+    w.pd_hook = Some(Box::new(move |req| match req {
+        PdRequest::GetAllStores(_) => Some(Ok(PdResponse::AllStores(pdpb::GetAllStoresResponse {
+            stores: stores.clone(),
+            ..Default::default()
+        }))),
+        _ => None,
+    }));
+    let mut op = UnsafeDestroyRange::new(k("a"), k("c"));
+    w.run(&mut op).unwrap();
+    let targets: Vec<u64> = w
+        .sent
+        .iter()
+        .filter(|(_, _, r)| cmd(r) == "unsafe_destroy_range")
+        .map(|(_, store, _)| *store)
+        .collect();
+    assert_eq!(targets, vec![1, 4]);
+    assert_eq!(w.value("b"), None);
+    assert_eq!(w.value("z"), Some(k("v")));
+
+    w.hook = Some(Box::new(|store, req, _, _, _| {
+        (cmd(req) == "unsafe_destroy_range" && store == 4).then(|| {
+            Answer::Now(Ok(TikvResponse::UnsafeDestroyRange(
+                kvrpcpb::UnsafeDestroyRangeResponse {
+                    error: "engine busy".into(),
+                    ..Default::default()
+                },
+            )))
+        })
+    }));
+    let mut op = UnsafeDestroyRange::new(k("a"), k("c"));
+    let err = w.run(&mut op).unwrap_err();
+    assert!(format!("{err}").contains("store 4"), "{err}");
+}
+
+/// client-go `SplitRegions`: keys grouped by region, already-split keys skipped, all new
+/// regions but the last of each split reported.
+#[test]
+fn split_regions_reports_new_regions_and_skips_existing_boundaries() {
+    use crate::machine::txn::split::SplitRegions;
+    let mut w = World::new(&["m"]);
+    let mut op = SplitRegions::new(vec![k("f"), k("c"), k("q"), k("m")]);
+    let ids = w.run(&mut op).unwrap();
+    let splits = w.sent_of("split_region");
+    assert_eq!(
+        splits.len(),
+        2,
+        "one request per region; 'm' is already a boundary"
+    );
+    let mut all_keys: Vec<Bytes> = splits
+        .iter()
+        .flat_map(|r| match r {
+            TikvRequest::SplitRegion(s) => s.split_keys.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    all_keys.sort();
+    assert_eq!(all_keys, keys(&["c", "f", "q"]));
+    assert_eq!(
+        ids.len(),
+        3,
+        "regions [,c) [c,f) of region 1 and [m,q) of region 2"
+    );
+    assert_eq!(w.pd.regions.len(), 5);
+}

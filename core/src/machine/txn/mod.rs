@@ -20,7 +20,10 @@
 //!   [`mutations`];
 //! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
 //!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
-//! - [`heartbeat`]: the TTL manager (client-go `ttlManager`, `keepAlive`).
+//! - [`heartbeat`]: the TTL manager (client-go `ttlManager`, `keepAlive`);
+//! - [`range_task`]: the range-task runner and transactional `delete_range` (client-go
+//!   `txnkv/rangetask`); [`gc`]: lock cleanup below a safe point and `unsafe_destroy_range`
+//!   (client-go `tikv/gc.go`); [`split`]: region splitting (client-go `tikv/split_region.go`).
 //!
 //! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
 //! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
@@ -34,18 +37,21 @@ mod commit_testkit;
 mod commit_tests;
 pub mod committer;
 pub mod flags;
+pub mod gc;
 pub mod heartbeat;
 pub mod latch;
 pub mod membuffer;
 pub mod merge;
 pub mod mutations;
 pub mod pessimistic;
+pub mod range_task;
 pub mod read_scan;
 pub mod resolve_call;
 #[cfg(test)]
 mod resolve_testkit;
 pub mod resolver;
 pub mod snapshot;
+pub mod split;
 pub mod status_cache;
 
 pub use committer::{
