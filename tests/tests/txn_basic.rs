@@ -63,16 +63,16 @@ async fn read_your_writes_and_snapshot_isolation<R: Runtime>() {
     reader.rollback().await.unwrap();
 
     // Snapshots at a timestamp see exactly what was committed before it.
-    let old = client.snapshot(first_commit, SnapshotOptions::new());
-    assert_eq!(
-        old.get("a").await.unwrap(),
-        None,
-        "commit ts itself is not visible"
-    );
-    let at_first = client.snapshot(
-        tikv_core::machine::Timestamp(first_commit.version() + 1),
+    let before = client.snapshot(
+        tikv_core::machine::Timestamp(first_commit.version() - 1),
         SnapshotOptions::new(),
     );
+    assert_eq!(
+        before.get("a").await.unwrap(),
+        None,
+        "committed after the read ts"
+    );
+    let at_first = client.snapshot(first_commit, SnapshotOptions::new());
     assert_eq!(
         at_first.batch_get(["a", "b"]).await.unwrap(),
         vec![Some(b("a0")), Some(b("b0"))]
@@ -132,9 +132,9 @@ async fn scans_merge_buffer_and_snapshot<R: Runtime>() {
         .unwrap();
     assert_eq!(keys.len(), 9);
     assert!(keys.iter().all(|k| k.starts_with(b"k0")));
-    let rev_keys = collect(txn.scan_keys_reverse(..)).await.unwrap();
+    let rev_keys = collect(txn.scan_keys_reverse(.."z")).await.unwrap();
     assert_eq!(rev_keys.first().unwrap(), &b("k99"));
-    assert_eq!(rev_keys.len(), 12);
+    assert_eq!(rev_keys.len(), 12, "{rev_keys:?}");
     // The lazy stream stops sending once the caller stops reading.
     let mut first_two = Vec::new();
     let mut s = txn.scan(..).batch_size(1);
@@ -150,7 +150,7 @@ async fn scans_merge_buffer_and_snapshot<R: Runtime>() {
     // A snapshot scan sees only committed data.
     let snap = client.snapshot(txn.start_ts(), SnapshotOptions::new());
     let all = collect(snap.scan(..).batch_size(5)).await.unwrap();
-    assert_eq!(all.len(), 12);
+    assert_eq!(all.len(), 12, "{:?}", keys_of(&all));
     let rev = collect(snap.scan_reverse("k03".."k06")).await.unwrap();
     assert_eq!(keys_of(&rev), ["k05", "k04", "k03"]);
     // An inverted range is a typed error on the first poll.
@@ -378,4 +378,23 @@ async fn wait_until<R: Runtime>(
         assert!(rt.now() < deadline, "condition not reached in 5 s");
         rt.sleep_until(rt.now() + Duration::from_millis(10)).await;
     }
+}
+
+/// The transactional futures and types can move between threads (spawned tasks).
+#[allow(dead_code)]
+fn futures_are_send<R: Runtime>(
+    client: &tikv_core::client::TransactionClient<R>,
+    txn: &mut tikv_core::client::Transaction<R>,
+) {
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<tikv_core::client::TransactionClient<R>>();
+    send_sync::<tikv_core::client::Transaction<R>>();
+    send_sync::<tikv_core::client::Snapshot<R>>();
+    send(&client.begin_optimistic());
+    send(&txn.get("k"));
+    send(&txn.put("k", "v"));
+    send(&txn.lock_keys(["k"], LockOptions::new()));
+    send(&txn.scan(..));
+    send(&txn.commit());
 }

@@ -7,6 +7,16 @@ use tikv_core::client::Runtime;
 use tikv_core::client::txn::SnapshotOptions;
 use tikv_mockstore::{FaultAction, FaultRule, MockCluster, RpcKind};
 use tikv_tests::Mock;
+
+fn locks(mock: &Mock) -> Vec<String> {
+    mock.cluster().with_cluster(|c| {
+        c.mvcc()
+            .all_locks()
+            .into_iter()
+            .map(|(k, l)| format!("{} {l:?}", String::from_utf8_lossy(&k)))
+            .collect()
+    })
+}
 use tikv_tests::txn_support::{
     MockPrewrite, b, collect, connect, has_lock, keys_of, lock_count, mock_commit, mock_prewrite,
     split_txn, txn_config,
@@ -106,23 +116,37 @@ async fn scan_and_batch_get_resolve_locks<R: Runtime>() {
             Some(b("new"))
         ]
     );
-    assert_eq!(lock_count(&mock), 0);
+    // Locks of transactions the snapshot already knows are rolled back may be skipped
+    // (`Context.resolved_locks`) rather than cleaned; a writer meets and resolves them.
+    let mut w = client.begin_optimistic().await.unwrap();
+    for k in ["k1", "k2", "k3", "k4"] {
+        w.put(k, "w").await.unwrap();
+    }
+    w.commit().await.unwrap();
+    assert_eq!(lock_count(&mock), 0, "{:?}", locks(&mock));
 }
 
-/// The reply to the primary's commit is lost: the commit reports `Undetermined` (never
-/// retried, no cleanup), and since TiKV did commit the primary, the next reader commits the
-/// secondaries. Mirrors client-go `integration_tests/2pc_test.go`
-/// `TestFailCommitPrimaryRpcErrors` / `TestFailCommitTimeout` and `commit.go` (undetermined
-/// result on an RPC error of the primary commit).
+/// The primary's commit is applied but its result is lost (`UndeterminedResult` after
+/// apply): the commit reports `Undetermined` (never retried, no cleanup), and since TiKV did
+/// commit the primary, the next reader commits the secondaries. A reply lost once on the wire
+/// is different: the commit is sent again (it is idempotent) and succeeds. Mirrors client-go
+/// `integration_tests/2pc_test.go` `TestFailCommitPrimaryRpcErrors`,
+/// `TestFailWithUndeterminedResult`, and `commit.go` (an undetermined error is cleared when
+/// a later attempt succeeds).
 async fn lost_primary_commit_reply_is_undetermined_then_resolved<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder().stores(3));
     split_txn(&mock, &["m"]);
-    let client = connect::<R>(&mock, txn_config()).await;
+    let mut config = txn_config();
+    config.read_timeout_short = std::time::Duration::from_millis(300);
+    let client = connect::<R>(&mock, config).await;
+
     let mut txn = client.begin_optimistic().await.unwrap();
     txn.put("a-primary", "v").await.unwrap();
     txn.put("z-secondary", "v").await.unwrap();
-    mock.cluster()
-        .add_fault(FaultRule::once(RpcKind::Commit, FaultAction::DropResponse));
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::Commit,
+        FaultAction::undetermined_result(),
+    ));
     let err = txn.commit().await.unwrap_err();
     assert!(err.is_undetermined(), "{err:?}");
     assert!(!err.is_retryable());
@@ -134,10 +158,30 @@ async fn lost_primary_commit_reply_is_undetermined_then_resolved<R: Runtime>() {
         !has_lock(&mock, "a-primary"),
         "the primary commit was applied"
     );
-
     let reader = client.begin_optimistic().await.unwrap();
     assert_eq!(reader.get("z-secondary").await.unwrap(), Some(b("v")));
     assert_eq!(lock_count(&mock), 0);
+
+    let mut txn = client.begin_optimistic().await.unwrap();
+    txn.put("a-primary", "w").await.unwrap();
+    txn.put("z-secondary", "w").await.unwrap();
+    let commits = mock.cluster().requests(RpcKind::Commit);
+    mock.cluster()
+        .add_fault(FaultRule::once(RpcKind::Commit, FaultAction::DropResponse));
+    let ts = txn.commit().await.unwrap();
+    assert!(ts.is_some());
+    assert!(
+        mock.cluster().requests(RpcKind::Commit) >= commits + 2,
+        "resent"
+    );
+    let reader = client.begin_optimistic().await.unwrap();
+    assert_eq!(
+        reader
+            .batch_get(["a-primary", "z-secondary"])
+            .await
+            .unwrap(),
+        vec![Some(b("w")), Some(b("w"))]
+    );
 }
 
 /// Async-commit recovery: the primary lists two secondaries but only one was prewritten. Once

@@ -30,9 +30,11 @@ pub mod rpc;
 pub mod runtime;
 pub mod sync;
 pub(crate) mod tikv;
+pub mod txn;
 
 pub use crate::machine::raw::{KvPair, RawChecksum, Value};
 pub use cluster::Cluster;
 pub use raw::RawClient;
 pub use runtime::{Channel, Code, Runtime, Status};
 pub use sync::Inbox;
+pub use txn::{Snapshot, Transaction, TransactionClient};

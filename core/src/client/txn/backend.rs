@@ -1,0 +1,417 @@
+//! The one place where the transactional API meets the machines of
+//! [`crate::machine::txn`]: every function builds one operation from plain request values and
+//! runs it on the cluster.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::options::{AssertionLevel, CommitMode, ContextOptions, LockWait};
+use super::range::KeyRange;
+use super::reader::Reader;
+use super::scan::ScanBatch;
+use crate::client::cluster::Cluster;
+use crate::client::runtime::Runtime;
+use crate::client::sync::lock;
+use crate::error::Error;
+use crate::machine::raw::{KvPair, Value};
+use crate::machine::txn::commit_exec::TxnRequestContext;
+use crate::machine::txn::committer::{
+    Background, CommitMode as MachineCommitMode, CommitOptions, Committer,
+};
+use crate::machine::txn::heartbeat::TtlManager;
+use crate::machine::txn::mutations::LockTtls;
+use crate::machine::txn::pessimistic::{
+    LockCtx, LockKey, LockKeys, LockWait as MachineLockWait, PessimisticRollback,
+};
+use crate::machine::txn::{
+    BufferMutation, ScanCursor, SnapshotBatchGet, SnapshotGet, SnapshotScan,
+};
+use crate::machine::{Key, Timestamp};
+
+fn not_wired(what: &str) -> Error {
+    Error::Internal(format!("{what}: machine not wired yet"))
+}
+
+/// Point get at the reader's timestamp. Runs [`SnapshotGet`].
+pub(crate) async fn snapshot_get<R: Runtime>(
+    reader: &Reader<R>,
+    key: Key,
+) -> Result<Option<Value>, Error> {
+    let op = SnapshotGet::new(key, &reader.opts, reader.lock_sets());
+    let out = reader.cluster.run(op).await?;
+    reader.learn(&out.locks);
+    Ok(out.value)
+}
+
+/// Batch get at the reader's timestamp (present keys only). Runs [`SnapshotBatchGet`].
+pub(crate) async fn snapshot_batch_get<R: Runtime>(
+    reader: &Reader<R>,
+    keys: Vec<Key>,
+) -> Result<Vec<KvPair>, Error> {
+    let op = SnapshotBatchGet::new(keys, &reader.opts, reader.lock_sets());
+    let out = reader.cluster.run(op).await?;
+    reader.learn(&out.locks);
+    Ok(out.entries.into_iter().map(|e| (e.key, e.value)).collect())
+}
+
+/// The next batch of a scan. Runs [`SnapshotScan`].
+pub(crate) async fn snapshot_scan<R: Runtime>(
+    reader: &Reader<R>,
+    cursor: ScanCursor,
+    limit: u32,
+    key_only: bool,
+) -> Result<ScanBatch, Error> {
+    let opts = reader
+        .opts
+        .clone()
+        .with_scan_batch_size(limit)
+        .with_key_only(key_only);
+    let out = reader
+        .cluster
+        .run(SnapshotScan::new(cursor, &opts, reader.lock_sets()))
+        .await?;
+    reader.learn(&out.locks);
+    Ok(ScanBatch {
+        pairs: out.pairs,
+        next: out.next,
+    })
+}
+
+/// One pessimistic lock call.
+#[derive(Debug, Clone)]
+pub(crate) struct LockRequest {
+    /// Keys to lock (sorted, de-duplicated, none already locked by the transaction).
+    pub keys: Vec<Key>,
+    /// The keys' absence is presumed (an insert): TiKV reports [`Error::KeyExists`].
+    pub should_not_exist: bool,
+    pub primary: Key,
+    pub start_ts: Timestamp,
+    pub for_update_ts: Timestamp,
+    pub wait: LockWait,
+    pub return_values: bool,
+    pub check_existence: bool,
+    pub lock_only_if_exists: bool,
+    pub wake_up_force_lock: bool,
+    pub is_first_lock: bool,
+    /// TTL of the pessimistic locks and of the heartbeat.
+    pub managed_lock_ttl: Duration,
+    /// When the transaction began (lock TTLs grow with its age).
+    pub txn_started: Instant,
+    pub ctx: ContextOptions,
+}
+
+/// What a pessimistic lock read for one key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct LockedKey {
+    pub value: Option<Value>,
+    pub exists: bool,
+}
+
+/// The outcome of a successful pessimistic lock call.
+#[derive(Debug, Default)]
+pub(crate) struct LockOutcome {
+    pub values: HashMap<Key, LockedKey>,
+    /// Keys left unlocked because they do not exist (lock-only-if-exists).
+    pub skipped: Vec<Key>,
+    /// The primary's lock was taken by this call.
+    pub primary_locked: bool,
+}
+
+/// The request metadata of writes. Mirrors the `Context` client-go's committer builds.
+fn write_context(ctx: &ContextOptions) -> TxnRequestContext {
+    TxnRequestContext {
+        priority: ctx.priority.to_pb(),
+        sync_log: false,
+        resource_group_tag: ctx.resource_group_tag.clone(),
+        resource_group_name: ctx.resource_group_name.clone(),
+        disk_full_opt: ctx.disk_full_opt.to_pb(),
+        txn_source: ctx.txn_source,
+        request_source: ctx.request_source.clone(),
+    }
+}
+
+/// Runs `bg` (left by a committer or a failed lock call) on its own task.
+fn spawn_background<R: Runtime>(cluster: &Cluster<R>, bg: Background, start_ts: Timestamp) {
+    let label = bg.label();
+    let c = cluster.clone();
+    cluster.runtime().spawn(async move {
+        if let Err(e) = c.run(bg).await {
+            tracing::warn!(
+                start_ts = start_ts.version(),
+                work = label,
+                error = %e,
+                "background transaction work failed; lock resolution will finish it"
+            );
+        }
+    });
+}
+
+/// Takes pessimistic locks. Runs [`LockKeys`]; its background rollback (after a failure)
+/// runs on its own task.
+pub(crate) async fn pessimistic_lock<R: Runtime>(
+    cluster: &Cluster<R>,
+    request: LockRequest,
+) -> Result<LockOutcome, Error> {
+    let wait = match request.wait {
+        LockWait::NoWait => MachineLockWait::NoWait,
+        LockWait::Forever => MachineLockWait::AlwaysWait,
+        LockWait::Timeout(d) => MachineLockWait::Timeout(d),
+    };
+    let mut ctx = LockCtx::new(request.for_update_ts.version(), wait);
+    ctx.return_values = request.return_values;
+    ctx.check_existence = request.check_existence;
+    ctx.lock_only_if_exists = request.lock_only_if_exists;
+    ctx.force_lock = request.wake_up_force_lock;
+    ctx.context = write_context(&request.ctx);
+    ctx.managed_lock_ttl = request.managed_lock_ttl;
+    let keys = request
+        .keys
+        .iter()
+        .map(|k| LockKey {
+            key: k.clone(),
+            presume_not_exists: request.should_not_exist,
+        })
+        .collect();
+    let config = cluster.config();
+    let mut op = LockKeys::new(
+        keys,
+        request.start_ts.version(),
+        Some(request.primary.clone()),
+        request.is_first_lock,
+        request.txn_started,
+        ctx,
+    )
+    .with_backoff_weight(config.backoff_weight)
+    .with_concurrency(config.committer_concurrency);
+    let result = cluster.run(&mut op).await;
+    if let Some(bg) = op.take_background() {
+        spawn_background(cluster, bg, request.start_ts);
+    }
+    let out = result?;
+    Ok(LockOutcome {
+        values: out
+            .values
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    LockedKey {
+                        value: v.value.filter(|v| !v.is_empty()),
+                        exists: v.exists,
+                    },
+                )
+            })
+            .collect(),
+        skipped: out.skipped,
+        primary_locked: out.primary_locked,
+    })
+}
+
+/// Rolls back pessimistic locks. Runs [`PessimisticRollback`].
+pub(crate) async fn pessimistic_rollback<R: Runtime>(
+    cluster: &Cluster<R>,
+    start_ts: Timestamp,
+    for_update_ts: Timestamp,
+    keys: Vec<Key>,
+) -> Result<(), Error> {
+    let op = PessimisticRollback::new(
+        keys,
+        start_ts.version(),
+        for_update_ts.version(),
+        cluster.config().backoff_weight,
+    );
+    cluster.run(op).await
+}
+
+/// A stop signal: set once, wakes the task waiting on it.
+#[derive(Debug, Default)]
+struct Stop {
+    state: Mutex<(bool, Option<Waker>)>,
+}
+
+impl Stop {
+    fn set(&self) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.0 = true;
+            s.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            let mut s = lock(&self.state);
+            if s.0 {
+                Poll::Ready(())
+            } else {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Keeps a primary lock alive (a [`TtlManager`] on its own task) until dropped.
+#[derive(Debug)]
+pub(crate) struct TtlHandle {
+    stop: Arc<Stop>,
+}
+
+impl Drop for TtlHandle {
+    fn drop(&mut self) {
+        self.stop.set();
+    }
+}
+
+/// Starts the heartbeat of the primary lock `primary` of transaction `start_ts`. Mirrors
+/// client-go `ttlManager.run` started by `lockKeys` once the primary is locked.
+pub(crate) fn start_ttl_manager<R: Runtime>(
+    cluster: &Cluster<R>,
+    primary: Key,
+    start_ts: Timestamp,
+    managed_lock_ttl: Duration,
+) -> TtlHandle {
+    let stop = Arc::new(Stop::default());
+    let config = cluster.config();
+    let op = TtlManager::new(primary, start_ts.version(), config.max_txn_ttl)
+        .with_backoff_weight(config.backoff_weight)
+        .with_managed_lock_ttl(managed_lock_ttl);
+    let c = cluster.clone();
+    let s = stop.clone();
+    cluster.runtime().spawn(async move {
+        let run = async {
+            match c.run(op).await {
+                Ok(why) => tracing::debug!(start_ts = start_ts.version(), reason = ?why, "ttl manager ended"),
+                Err(e) => tracing::debug!(start_ts = start_ts.version(), error = %e, "ttl manager failed"),
+            }
+        };
+        futures_lite::future::or(run, s.wait()).await;
+    });
+    TtlHandle { stop }
+}
+
+/// Everything the committer needs.
+#[derive(Debug)]
+pub(crate) struct CommitRequest {
+    pub start_ts: Timestamp,
+    pub for_update_ts: Timestamp,
+    pub mutations: Vec<BufferMutation>,
+    pub primary: Option<Key>,
+    pub pessimistic: bool,
+    pub async_commit: bool,
+    pub one_pc: bool,
+    pub causal_consistency: bool,
+    pub assertion_level: AssertionLevel,
+    pub lock_ttls: LockTtls,
+    pub txn_started: Instant,
+    pub ctx: ContextOptions,
+}
+
+/// How a commit went.
+#[derive(Debug)]
+pub(crate) struct CommitReport {
+    pub result: Result<Timestamp, Error>,
+    pub mode: CommitMode,
+    pub async_commit_fallback: bool,
+    pub one_pc_fallback: bool,
+}
+
+/// Commits. Runs the [`Committer`]; its background work (secondary commits after success,
+/// rollback after a failure) runs on its own task so the caller returns at once, as client-go
+/// does.
+pub(crate) async fn commit<R: Runtime>(
+    cluster: &Cluster<R>,
+    request: CommitRequest,
+) -> CommitReport {
+    let config = cluster.config();
+    let mut opts = CommitOptions::from_config(config, request.start_ts.version());
+    opts.primary = request.primary;
+    opts.pessimistic = request.pessimistic;
+    opts.for_update_ts = if request.pessimistic {
+        request.for_update_ts.version()
+    } else {
+        0
+    };
+    opts.try_async_commit = request.async_commit;
+    opts.try_one_pc = request.one_pc;
+    opts.causal_consistency = request.causal_consistency;
+    opts.assertion_level = request.assertion_level.to_pb();
+    opts.context = write_context(&request.ctx);
+    opts.lock_ttls = request.lock_ttls;
+    let mut committer = Committer::new(request.mutations, request.txn_started, opts);
+    let result = cluster.run(&mut committer).await;
+    if let Some(bg) = committer.take_background() {
+        spawn_background(cluster, bg, request.start_ts);
+    }
+    match result {
+        Ok(info) => CommitReport {
+            result: match info.commit_ts {
+                Some(ts) => Ok(Timestamp(ts)),
+                None => Err(Error::Internal(
+                    "the committer reported no commit ts".into(),
+                )),
+            },
+            mode: match info.mode {
+                MachineCommitMode::Empty => CommitMode::ReadOnly,
+                MachineCommitMode::TwoPc => CommitMode::TwoPc,
+                MachineCommitMode::AsyncCommit => CommitMode::AsyncCommit,
+                MachineCommitMode::OnePc => CommitMode::OnePc,
+            },
+            async_commit_fallback: info.async_commit_fallback,
+            one_pc_fallback: info.one_pc_fallback,
+        },
+        Err(e) => CommitReport {
+            result: Err(e),
+            mode: CommitMode::TwoPc,
+            async_commit_fallback: false,
+            one_pc_fallback: false,
+        },
+    }
+}
+
+/// Background tasks of one client (the txn safe point refresh).
+#[derive(Debug)]
+pub(crate) struct ClientTasks {}
+
+impl ClientTasks {
+    pub fn start<R: Runtime>(_cluster: &Cluster<R>) -> Self {
+        ClientTasks {}
+    }
+
+    pub fn stop(&self) {}
+}
+
+pub(crate) async fn gc<R: Runtime>(
+    _cluster: &Cluster<R>,
+    _safe_point: Timestamp,
+) -> Result<Timestamp, Error> {
+    Err(not_wired("gc"))
+}
+
+pub(crate) async fn unsafe_destroy_range<R: Runtime>(
+    _cluster: &Cluster<R>,
+    _range: KeyRange,
+) -> Result<(), Error> {
+    Err(not_wired("unsafe destroy range"))
+}
+
+pub(crate) async fn delete_range<R: Runtime>(
+    _cluster: &Cluster<R>,
+    _range: KeyRange,
+) -> Result<usize, Error> {
+    Err(not_wired("delete range"))
+}
+
+pub(crate) async fn split_regions<R: Runtime>(
+    _cluster: &Cluster<R>,
+    _keys: Vec<Key>,
+    _scatter: bool,
+) -> Result<Vec<u64>, Error> {
+    Err(not_wired("split regions"))
+}

@@ -1,0 +1,247 @@
+//! [`TransactionClient`]: begins transactions and snapshots, and runs the cluster-wide
+//! transactional operations (timestamps, GC, range deletion, region splits).
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use super::KeyField;
+use super::backend;
+use super::latches::LatchScheduler;
+use super::options::{SnapshotOptions, TransactionOptions};
+use super::range::KeyRange;
+use super::snapshot::Snapshot;
+use super::transaction::Transaction;
+use crate::client::cluster::Cluster;
+use crate::client::runtime::Runtime;
+use crate::codec::KeyMode;
+use crate::config::Config;
+use crate::error::Error;
+use crate::machine::{Key, Timestamp};
+
+/// State shared by every clone of one client and stopped with the last of them.
+struct ClientShared {
+    latches: Option<Arc<LatchScheduler>>,
+    background: backend::ClientTasks,
+}
+
+impl Drop for ClientShared {
+    fn drop(&mut self) {
+        self.background.stop();
+    }
+}
+
+/// The transactional client. Cheap to clone; clones share connections, caches and local
+/// latches.
+///
+/// With a runtime crate (`tikv_tokio::TransactionClient`, `tikv_smol::TransactionClient`):
+///
+/// ```no_run
+/// # use tikv_core::client::{Runtime, TransactionClient};
+/// # use tikv_core::config::Config;
+/// # async fn example<R: Runtime>() -> Result<(), tikv_core::Error> {
+/// let client = TransactionClient::<R>::connect(&["127.0.0.1:2379"], Config::default()).await?;
+/// let mut txn = client.begin_optimistic().await?;
+/// txn.put("k", "v").await?;
+/// txn.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Mirrors client-go `txnkv.Client` / `tikv.KVStore`.
+pub struct TransactionClient<R: Runtime> {
+    cluster: Cluster<R>,
+    shared: Arc<ClientShared>,
+}
+
+impl<R: Runtime> Clone for TransactionClient<R> {
+    fn clone(&self) -> Self {
+        TransactionClient {
+            cluster: self.cluster.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for TransactionClient<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionClient")
+            .field("cluster", &self.cluster)
+            .field("latches", &self.shared.latches)
+            .finish()
+    }
+}
+
+impl<R: Runtime> TransactionClient<R> {
+    /// Connects to the cluster whose PD answers at one of `pd_endpoints`, on a runtime built
+    /// from `config` (see [`Runtime::from_config`]). Mirrors client-go `txnkv.NewClient`.
+    pub async fn connect(pd_endpoints: &[impl AsRef<str>], config: Config) -> Result<Self, Error> {
+        let rt = R::from_config(&config)?;
+        Self::connect_with_runtime(rt, pd_endpoints, config).await
+    }
+
+    /// Like [`TransactionClient::connect`] on an explicit runtime value.
+    pub async fn connect_with_runtime(
+        rt: R,
+        pd_endpoints: &[impl AsRef<str>],
+        config: Config,
+    ) -> Result<Self, Error> {
+        let cluster = Cluster::connect(rt, pd_endpoints, config, KeyMode::Txn).await?;
+        Self::from_cluster(cluster)
+    }
+
+    /// A transactional client over an existing connection, which must have been made for
+    /// transactional keys ([`KeyMode::Txn`]). Enables local latches when
+    /// [`Config::local_latches_capacity`] is set (client-go `txnkv.NewClient` →
+    /// `EnableTxnLocalLatches`) and starts the background refresh of the txn safe point that
+    /// reads are checked against (client-go `KVStore.runTxnSafePointUpdater`).
+    pub fn from_cluster(cluster: Cluster<R>) -> Result<Self, Error> {
+        if cluster.codec().mode() != KeyMode::Txn {
+            return Err(Error::invalid(
+                "a transactional client needs a cluster connected with KeyMode::Txn",
+            ));
+        }
+        let latches = match cluster.config().local_latches_capacity {
+            Some(capacity) => Some(Arc::new(LatchScheduler::new(capacity)?)),
+            None => None,
+        };
+        let background = backend::ClientTasks::start(&cluster);
+        Ok(TransactionClient {
+            cluster,
+            shared: Arc::new(ClientShared {
+                latches,
+                background,
+            }),
+        })
+    }
+
+    /// The underlying cluster connection (counters, timestamps, close).
+    pub fn cluster(&self) -> &Cluster<R> {
+        &self.cluster
+    }
+
+    pub(crate) fn latches(&self) -> Option<&Arc<LatchScheduler>> {
+        self.shared.latches.as_ref()
+    }
+
+    /// Begins an optimistic transaction at a fresh timestamp. Mirrors client-go
+    /// `KVStore.Begin`.
+    pub async fn begin_optimistic(&self) -> Result<Transaction<R>, Error> {
+        self.begin_with_options(TransactionOptions::new_optimistic())
+            .await
+    }
+
+    /// Begins a pessimistic transaction at a fresh timestamp.
+    pub async fn begin_pessimistic(&self) -> Result<Transaction<R>, Error> {
+        self.begin_with_options(TransactionOptions::new_pessimistic())
+            .await
+    }
+
+    /// Begins a transaction with `options` (at `options`' start timestamp if set, else a
+    /// fresh one). Mirrors client-go `KVStore.Begin(opts...)`.
+    pub async fn begin_with_options(
+        &self,
+        options: TransactionOptions,
+    ) -> Result<Transaction<R>, Error> {
+        let span = tracing::debug_span!(
+            "tikv.txn.begin",
+            kind = ?options.kind,
+            start_ts = tracing::field::Empty
+        );
+        async {
+            let start_ts = match options.start_ts {
+                Some(ts) => ts,
+                None => self.current_timestamp().await?,
+            };
+            check_read_ts(start_ts)?;
+            tracing::Span::current().record("start_ts", start_ts.version());
+            Ok(Transaction::new(self.clone(), start_ts, options))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A read-only snapshot at `ts` (`Timestamp(u64::MAX)` reads the latest committed data).
+    /// Mirrors client-go `KVStore.GetSnapshot`.
+    pub fn snapshot(&self, ts: Timestamp, options: SnapshotOptions) -> Snapshot<R> {
+        Snapshot::new(self.cluster.clone(), ts, options)
+    }
+
+    /// A fresh timestamp from the TSO. Mirrors client-go `KVStore.CurrentTimestamp`.
+    pub async fn current_timestamp(&self) -> Result<Timestamp, Error> {
+        self.cluster
+            .timestamp()
+            .instrument(tracing::debug_span!("tikv.txn.current_timestamp"))
+            .await
+    }
+
+    /// Garbage-collects MVCC versions older than `safe_point`: advances the txn safe point
+    /// through PD, resolves every lock below it region by region, then advances the GC safe
+    /// point. Returns the txn safe point actually reached (lower than asked when a service
+    /// safe point blocks it). Mirrors client-go `KVStore.GC`.
+    pub async fn gc(&self, safe_point: Timestamp) -> Result<Timestamp, Error> {
+        let span = tracing::info_span!("tikv.txn.gc", safe_point = safe_point.version());
+        backend::gc(&self.cluster, safe_point)
+            .instrument(span)
+            .await
+    }
+
+    /// Deletes every version of every key in `range` on every store, bypassing Raft and MVCC.
+    /// Dangerous: only for data nobody reads any more. Mirrors client-go
+    /// `KVStore.UnsafeDestroyRange`.
+    pub async fn unsafe_destroy_range(&self, range: impl Into<KeyRange>) -> Result<(), Error> {
+        let range = range.into();
+        range.check()?;
+        let span = tracing::info_span!(
+            "tikv.txn.unsafe_destroy_range",
+            start = %KeyField(range.start()),
+            end = %KeyField(range.end())
+        );
+        backend::unsafe_destroy_range(&self.cluster, range)
+            .instrument(span)
+            .await
+    }
+
+    /// Deletes every key of `range` region by region with TiKV's non-transactional
+    /// `DeleteRange`; returns the number of regions done. Mirrors client-go
+    /// `KVStore.DeleteRange` (`rangetask.DeleteRangeTask`).
+    pub async fn delete_range(&self, range: impl Into<KeyRange>) -> Result<usize, Error> {
+        let range = range.into();
+        range.check()?;
+        let span = tracing::info_span!(
+            "tikv.txn.delete_range",
+            start = %KeyField(range.start()),
+            end = %KeyField(range.end())
+        );
+        backend::delete_range(&self.cluster, range)
+            .instrument(span)
+            .await
+    }
+
+    /// Splits regions at `keys`, optionally scattering the new regions and waiting for the
+    /// scatter to finish; returns the ids of the new regions. Mirrors client-go
+    /// `KVStore.SplitRegions` and `WaitScatterRegionFinish`.
+    pub async fn split_regions(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+        scatter: bool,
+    ) -> Result<Vec<u64>, Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let span = tracing::info_span!("tikv.txn.split_regions", keys = keys.len(), scatter);
+        backend::split_regions(&self.cluster, keys, scatter)
+            .instrument(span)
+            .await
+    }
+}
+
+/// Refuses the timestamps client-go refuses: at or above `i64::MAX` except `u64::MAX`
+/// (latest). Mirrors client-go `txnsnapshot.NewTiKVSnapshot` (which panics there).
+pub(crate) fn check_read_ts(ts: Timestamp) -> Result<(), Error> {
+    if ts.version() >= i64::MAX as u64 && ts.version() != u64::MAX {
+        return Err(Error::invalid(format!(
+            "invalid read timestamp {}",
+            ts.version()
+        )));
+    }
+    Ok(())
+}

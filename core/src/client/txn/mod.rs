@@ -1,0 +1,60 @@
+//! The transactional API: [`TransactionClient`], [`Transaction`], [`Snapshot`], generic over
+//! the [`Runtime`](crate::client::Runtime).
+//!
+//! Every call builds the matching machine of [`crate::machine::txn`] (snapshot reads, lock
+//! resolution, the committer, pessimistic locks, heartbeats, GC) and runs it on the client's
+//! [`Cluster`](crate::client::Cluster); the rules (client-go's) are the machines', this module
+//! only holds the per-transaction state, the local latches and the background tasks, and
+//! turns results into the public types. Each public operation runs in a `tracing` span named
+//! `tikv.txn.<method>` / `tikv.snapshot.<method>` with its start timestamp and key fields.
+//!
+//! * [`TransactionClient`]: begin, snapshot, timestamps, GC, range deletion, splits.
+//! * [`Transaction`]: `&self` reads and writes over a memory buffer, scans as streams,
+//!   pessimistic locks, `&mut self` commit / rollback, rollback on drop.
+//! * [`Snapshot`]: reads at a fixed timestamp.
+//! * Options as builders: [`TransactionOptions`], [`SnapshotOptions`], [`LockOptions`].
+//!
+//! Keys and values are [`bytes::Bytes`]; anything `Into<Bytes>` is accepted. Ranges are
+//! anything `Into<`[`KeyRange`]`>`, such as `"a".."z"`, `"a"..`, `..` or
+//! [`KeyRange::prefix`].
+
+mod backend;
+mod client;
+mod latches;
+mod options;
+mod range;
+mod reader;
+mod scan;
+mod snapshot;
+mod transaction;
+
+use std::fmt;
+
+pub use client::TransactionClient;
+pub use options::{
+    AssertionLevel, CommitCallback, CommitInfo, CommitMode, DiskFullOpt, IsolationLevel,
+    LockOptions, LockWait, Priority, SnapshotOptions, TransactionOptions, TxnKind,
+};
+pub use range::KeyRange;
+pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};
+pub use snapshot::Snapshot;
+pub use transaction::{PESSIMISTIC_LOCK_MAX_RETRIES, Transaction};
+
+/// Formats a key for tracing: printable ASCII as is, the rest as `\xNN`, cut after 64 bytes.
+pub(crate) struct KeyField<'a>(pub &'a [u8]);
+
+impl fmt::Display for KeyField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &b in self.0.iter().take(64) {
+            if b.is_ascii_graphic() {
+                write!(f, "{}", b as char)?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        if self.0.len() > 64 {
+            write!(f, "…")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,587 @@
+//! Options of transactions, snapshots and pessimistic locks, as builders.
+//!
+//! Every option maps onto a client-go setting and keeps client-go's default; each setter names
+//! the client-go call it mirrors. The same request-context options (priority, request source,
+//! resource group, ...) apply to the reads and the writes of a transaction, as in client-go
+//! where `KVTxn` forwards them to its snapshot.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tikv_proto::kvrpcpb;
+
+use crate::error::Error;
+use crate::machine::Timestamp;
+
+/// Priority of a request in TiKV's scheduler. Mirrors client-go `txnutil.Priority`
+/// (`PriorityNormal`, `PriorityLow`, `PriorityHigh`) and `kvrpcpb.CommandPri`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Priority {
+    /// Normal priority (default).
+    #[default]
+    Normal,
+    /// Low priority.
+    Low,
+    /// High priority.
+    High,
+}
+
+impl Priority {
+    /// The protobuf value.
+    pub fn to_pb(self) -> kvrpcpb::CommandPri {
+        match self {
+            Priority::Normal => kvrpcpb::CommandPri::Normal,
+            Priority::Low => kvrpcpb::CommandPri::Low,
+            Priority::High => kvrpcpb::CommandPri::High,
+        }
+    }
+}
+
+/// Isolation level of reads. Mirrors client-go `txnsnapshot.IsoLevel` (`SI`, `RC`,
+/// `RCCheckTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum IsolationLevel {
+    /// Snapshot isolation (default): locks older than the read timestamp are resolved.
+    #[default]
+    Si,
+    /// Read committed: TiKV ignores locks and returns the latest committed version at or
+    /// below the read timestamp.
+    Rc,
+    /// Read committed that fails when a newer committed version exists (the caller then
+    /// retries with a fresh timestamp).
+    RcCheckTs,
+}
+
+impl IsolationLevel {
+    /// The protobuf value.
+    pub fn to_pb(self) -> kvrpcpb::IsolationLevel {
+        match self {
+            IsolationLevel::Si => kvrpcpb::IsolationLevel::Si,
+            IsolationLevel::Rc => kvrpcpb::IsolationLevel::Rc,
+            IsolationLevel::RcCheckTs => kvrpcpb::IsolationLevel::RcCheckTs,
+        }
+    }
+}
+
+/// How strictly TiKV checks the existence assertions carried by prewrite. Mirrors client-go
+/// `KVTxn.SetAssertionLevel` and `kvrpcpb.AssertionLevel` (default `Off`, as a fresh
+/// `KVTxn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum AssertionLevel {
+    /// No assertion is checked (default).
+    #[default]
+    Off,
+    /// Assertions are checked when it costs no extra read.
+    Fast,
+    /// Every assertion is checked.
+    Strict,
+}
+
+impl AssertionLevel {
+    /// The protobuf value.
+    pub fn to_pb(self) -> kvrpcpb::AssertionLevel {
+        match self {
+            AssertionLevel::Off => kvrpcpb::AssertionLevel::Off,
+            AssertionLevel::Fast => kvrpcpb::AssertionLevel::Fast,
+            AssertionLevel::Strict => kvrpcpb::AssertionLevel::Strict,
+        }
+    }
+}
+
+/// Whether writes may proceed when a store is low on disk. Mirrors client-go
+/// `KVTxn.SetDiskFullOpt` and `kvrpcpb.DiskFullOpt` (default `NotAllowedOnFull`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum DiskFullOpt {
+    /// Refuse writes once a store is almost full (default).
+    #[default]
+    NotAllowedOnFull,
+    /// Allow writes while the store is almost full.
+    AllowedOnAlmostFull,
+    /// Allow writes even when the store is full.
+    AllowedOnAlreadyFull,
+}
+
+impl DiskFullOpt {
+    /// The protobuf value.
+    pub fn to_pb(self) -> kvrpcpb::DiskFullOpt {
+        match self {
+            DiskFullOpt::NotAllowedOnFull => kvrpcpb::DiskFullOpt::NotAllowedOnFull,
+            DiskFullOpt::AllowedOnAlmostFull => kvrpcpb::DiskFullOpt::AllowedOnAlmostFull,
+            DiskFullOpt::AllowedOnAlreadyFull => kvrpcpb::DiskFullOpt::AllowedOnAlreadyFull,
+        }
+    }
+}
+
+/// Optimistic or pessimistic concurrency control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TxnKind {
+    /// Conflicts are detected at commit (prewrite) time (client-go's default).
+    #[default]
+    Optimistic,
+    /// Keys are locked when written or locked explicitly; conflicts are detected then.
+    /// Mirrors client-go `KVTxn.SetPessimistic(true)`.
+    Pessimistic,
+}
+
+/// How the commit of a transaction was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CommitMode {
+    /// Nothing was written: no RPC was sent.
+    ReadOnly,
+    /// Two-phase commit (prewrite, then commit of the primary).
+    TwoPc,
+    /// Async commit: the transaction was committed once every prewrite succeeded.
+    AsyncCommit,
+    /// One-phase commit: prewrite committed the transaction at once.
+    OnePc,
+}
+
+impl fmt::Display for CommitMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommitMode::ReadOnly => "read_only",
+            CommitMode::TwoPc => "2pc",
+            CommitMode::AsyncCommit => "async_commit",
+            CommitMode::OnePc => "1pc",
+        })
+    }
+}
+
+/// What the commit callback is told about a finished commit. Mirrors client-go `TxnInfo`
+/// (`txn_commit_mode`, `async_commit_fallback`, `one_pc_fallback`, `start_ts`, `commit_ts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitInfo {
+    /// The transaction's start timestamp.
+    pub start_ts: Timestamp,
+    /// The commit timestamp, `None` when nothing was committed.
+    pub commit_ts: Option<Timestamp>,
+    /// How the commit ran (the mode that was tried last when it failed).
+    pub mode: CommitMode,
+    /// Async commit was attempted and TiKV declined it, so 2PC ran.
+    pub async_commit_fallback: bool,
+    /// 1PC was attempted and TiKV declined it, so 2PC ran.
+    pub one_pc_fallback: bool,
+    /// Number of keys committed.
+    pub keys: usize,
+}
+
+/// A hook called once a commit has finished, successfully or not. Mirrors client-go
+/// `KVTxn.SetCommitCallback`.
+pub type CommitCallback = Arc<dyn Fn(&CommitInfo, Result<(), &Error>) + Send + Sync>;
+
+/// client-go `defaultLockTTL`: base TTL of prewrite locks.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_millis(3_000);
+/// client-go `ManagedLockTTL`: TTL of pessimistic and heart-beaten locks.
+pub const MANAGED_LOCK_TTL: Duration = Duration::from_millis(20_000);
+
+/// Per-request context fields shared by reads and writes (priority, request source, resource
+/// group, ...).
+#[derive(Clone, Default, PartialEq)]
+pub(crate) struct ContextOptions {
+    pub priority: Priority,
+    pub request_source: String,
+    pub resource_group_tag: Bytes,
+    pub resource_group_name: String,
+    pub disk_full_opt: DiskFullOpt,
+    pub txn_source: u64,
+    pub isolation_level: IsolationLevel,
+    pub not_fill_cache: bool,
+}
+
+impl fmt::Debug for ContextOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextOptions")
+            .field("priority", &self.priority)
+            .field("isolation_level", &self.isolation_level)
+            .field("request_source", &self.request_source)
+            .field("resource_group_name", &self.resource_group_name)
+            .field("txn_source", &self.txn_source)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! context_setters {
+    () => {
+        /// Scheduling priority of every request. Mirrors client-go `SetPriority`.
+        pub fn priority(mut self, priority: Priority) -> Self {
+            self.ctx.priority = priority;
+            self
+        }
+
+        /// `Context.request_source` (for example `"external_ddl"`), used by TiKV for quotas
+        /// and metrics. Mirrors client-go `SetRequestSourceType`.
+        pub fn request_source(mut self, source: impl Into<String>) -> Self {
+            self.ctx.request_source = source.into();
+            self
+        }
+
+        /// `Context.resource_group_tag` (Top SQL). Mirrors client-go `SetResourceGroupTag`.
+        pub fn resource_group_tag(mut self, tag: impl Into<Bytes>) -> Self {
+            self.ctx.resource_group_tag = tag.into();
+            self
+        }
+
+        /// Resource group charged for the requests. Mirrors client-go
+        /// `SetResourceGroupName`.
+        pub fn resource_group_name(mut self, name: impl Into<String>) -> Self {
+            self.ctx.resource_group_name = name.into();
+            self
+        }
+
+        /// Isolation level of reads (default snapshot isolation). Mirrors client-go
+        /// `KVSnapshot.SetIsolationLevel`.
+        pub fn isolation_level(mut self, level: IsolationLevel) -> Self {
+            self.ctx.isolation_level = level;
+            self
+        }
+
+        /// Ask TiKV not to fill its block cache with what reads load. Mirrors client-go
+        /// `KVSnapshot.SetNotFillCache`.
+        pub fn not_fill_cache(mut self, yes: bool) -> Self {
+            self.ctx.not_fill_cache = yes;
+            self
+        }
+    };
+}
+
+/// How long a pessimistic lock request waits for a lock held by another transaction.
+/// Mirrors client-go `LockCtx.LockWaitTime` with its sentinels `kv.LockNoWait` and
+/// `kv.LockAlwaysWait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockWait {
+    /// Fail at once with [`Error::LockNoWait`] when the key is locked.
+    NoWait,
+    /// Wait up to this long, then fail with [`Error::LockWaitTimeout`].
+    Timeout(Duration),
+    /// Wait until the lock is released (or a deadlock is detected).
+    Forever,
+}
+
+impl Default for LockWait {
+    /// 50 s: TiDB's `innodb_lock_wait_timeout` default, what client-go users pass to
+    /// `kv.NewLockCtx`.
+    fn default() -> Self {
+        LockWait::Timeout(Duration::from_secs(50))
+    }
+}
+
+/// Options of one pessimistic lock call (`lock_keys`, `get_for_update`, and the implicit lock
+/// taken by writes in a pessimistic transaction). Mirrors client-go `kv.LockCtx`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LockOptions {
+    pub(crate) wait: Option<LockWait>,
+    pub(crate) return_values: bool,
+    pub(crate) check_existence: bool,
+    pub(crate) lock_only_if_exists: bool,
+    pub(crate) wake_up_force_lock: bool,
+}
+
+impl LockOptions {
+    /// Defaults: the transaction's lock wait, no values returned.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long to wait for other transactions' locks (default: the transaction's
+    /// [`TransactionOptions::lock_wait`]). Mirrors client-go `LockCtx.LockWaitTime`.
+    pub fn wait(mut self, wait: LockWait) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Fail at once when a key is locked. Shorthand for `wait(LockWait::NoWait)`.
+    pub fn no_wait(self) -> Self {
+        self.wait(LockWait::NoWait)
+    }
+
+    /// Return the values of the locked keys (read at the lock's `for_update_ts`). Mirrors
+    /// client-go `LockCtx.ReturnValues`.
+    pub fn return_values(mut self, yes: bool) -> Self {
+        self.return_values = yes;
+        self
+    }
+
+    /// Return whether each locked key exists, without values. Mirrors client-go
+    /// `LockCtx.CheckExistence`.
+    pub fn check_existence(mut self, yes: bool) -> Self {
+        self.check_existence = yes;
+        self
+    }
+
+    /// Lock only the keys that exist (needs [`LockOptions::return_values`]). Mirrors
+    /// client-go `LockCtx.LockOnlyIfExists`.
+    pub fn lock_only_if_exists(mut self, yes: bool) -> Self {
+        self.lock_only_if_exists = yes;
+        self
+    }
+
+    /// Fair locking of a single key: TiKV grants the lock on wake-up even when a newer
+    /// version was committed meanwhile ("locked with conflict") instead of failing with a
+    /// write conflict. Mirrors client-go `PessimisticLockWakeUpMode::WakeUpModeForceLock`
+    /// (aggressive locking).
+    pub fn fair_locking(mut self, yes: bool) -> Self {
+        self.wake_up_force_lock = yes;
+        self
+    }
+}
+
+/// Options of a transaction, as a builder. Defaults follow client-go (`tikv/kv.go`
+/// `Begin`, `txnkv/transaction/txn.go` `NewTiKVTxn`): optimistic, async commit and 1PC as
+/// configured in [`crate::config::Config`], linearizable, no assertions, normal priority.
+#[derive(Clone)]
+pub struct TransactionOptions {
+    pub(crate) kind: TxnKind,
+    pub(crate) start_ts: Option<Timestamp>,
+    pub(crate) async_commit: Option<bool>,
+    pub(crate) one_pc: Option<bool>,
+    pub(crate) causal_consistency: bool,
+    pub(crate) assertion_level: AssertionLevel,
+    pub(crate) ctx: ContextOptions,
+    pub(crate) commit_callback: Option<CommitCallback>,
+    pub(crate) local_latches: Option<bool>,
+    pub(crate) lock_wait: LockWait,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) managed_lock_ttl: Duration,
+}
+
+impl Default for TransactionOptions {
+    fn default() -> Self {
+        TransactionOptions {
+            kind: TxnKind::default(),
+            start_ts: None,
+            async_commit: None,
+            one_pc: None,
+            causal_consistency: false,
+            assertion_level: AssertionLevel::default(),
+            ctx: ContextOptions::default(),
+            commit_callback: None,
+            local_latches: None,
+            lock_wait: LockWait::default(),
+            lock_ttl: DEFAULT_LOCK_TTL,
+            managed_lock_ttl: MANAGED_LOCK_TTL,
+        }
+    }
+}
+
+impl fmt::Debug for TransactionOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransactionOptions")
+            .field("kind", &self.kind)
+            .field("start_ts", &self.start_ts)
+            .field("async_commit", &self.async_commit)
+            .field("one_pc", &self.one_pc)
+            .field("causal_consistency", &self.causal_consistency)
+            .field("assertion_level", &self.assertion_level)
+            .field("ctx", &self.ctx)
+            .field("commit_callback", &self.commit_callback.is_some())
+            .field("local_latches", &self.local_latches)
+            .field("lock_wait", &self.lock_wait)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("managed_lock_ttl", &self.managed_lock_ttl)
+            .finish()
+    }
+}
+
+impl TransactionOptions {
+    /// An optimistic transaction with client-go's defaults.
+    pub fn new_optimistic() -> Self {
+        Self::default()
+    }
+
+    /// A pessimistic transaction with client-go's defaults.
+    pub fn new_pessimistic() -> Self {
+        Self::default().kind(TxnKind::Pessimistic)
+    }
+
+    /// Optimistic or pessimistic. Mirrors client-go `KVTxn.SetPessimistic`.
+    pub fn kind(mut self, kind: TxnKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Begin at this start timestamp instead of a fresh one from the TSO. Mirrors client-go
+    /// `tikv.WithStartTS`.
+    pub fn start_ts(mut self, ts: Timestamp) -> Self {
+        self.start_ts = Some(ts);
+        self
+    }
+
+    /// Try async commit (default: [`crate::config::Config::enable_async_commit`]). Mirrors
+    /// client-go `KVTxn.SetEnableAsyncCommit`.
+    pub fn async_commit(mut self, yes: bool) -> Self {
+        self.async_commit = Some(yes);
+        self
+    }
+
+    /// Try one-phase commit (default: [`crate::config::Config::enable_1pc`]). Mirrors
+    /// client-go `KVTxn.SetEnable1PC`.
+    pub fn one_pc(mut self, yes: bool) -> Self {
+        self.one_pc = Some(yes);
+        self
+    }
+
+    /// Causal consistency only: async commit and 1PC skip the extra TSO fetch that makes
+    /// them linearizable. Mirrors client-go `KVTxn.SetCausalConsistency`.
+    pub fn causal_consistency(mut self, yes: bool) -> Self {
+        self.causal_consistency = yes;
+        self
+    }
+
+    /// Assertion level of prewrite. Mirrors client-go `KVTxn.SetAssertionLevel`.
+    pub fn assertion_level(mut self, level: AssertionLevel) -> Self {
+        self.assertion_level = level;
+        self
+    }
+
+    /// Behaviour of writes when a store is low on disk. Mirrors client-go
+    /// `KVTxn.SetDiskFullOpt`.
+    pub fn disk_full_opt(mut self, opt: DiskFullOpt) -> Self {
+        self.ctx.disk_full_opt = opt;
+        self
+    }
+
+    /// `Context.txn_source` (CDC / BR loop detection). Mirrors client-go
+    /// `KVTxn.SetTxnSource`.
+    pub fn txn_source(mut self, source: u64) -> Self {
+        self.ctx.txn_source = source;
+        self
+    }
+
+    /// A hook called once the commit has finished. Mirrors client-go
+    /// `KVTxn.SetCommitCallback`.
+    pub fn commit_callback(
+        mut self,
+        callback: impl Fn(&CommitInfo, Result<(), &Error>) + Send + Sync + 'static,
+    ) -> Self {
+        self.commit_callback = Some(Arc::new(callback));
+        self
+    }
+
+    /// Use the client's local latches for this optimistic transaction (default: whenever the
+    /// client has them, [`crate::config::Config::local_latches_capacity`]). Pessimistic
+    /// transactions never use them (client-go `txn.go` `Commit`).
+    pub fn local_latches(mut self, yes: bool) -> Self {
+        self.local_latches = Some(yes);
+        self
+    }
+
+    /// The lock wait of pessimistic locks taken without explicit [`LockOptions`] (default
+    /// 50 s, see [`LockWait::default`]).
+    pub fn lock_wait(mut self, wait: LockWait) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Base TTL of the locks prewrite leaves (default 3 s, client-go `defaultLockTTL`; larger
+    /// transactions get more, see client-go `txnLockTTL`). A committer that dies leaves locks
+    /// that block readers at most this long.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// TTL of pessimistic locks and of primaries kept alive by heartbeats (default 20 s,
+    /// client-go `ManagedLockTTL`); the heartbeat runs every half of it.
+    pub fn managed_lock_ttl(mut self, ttl: Duration) -> Self {
+        self.managed_lock_ttl = ttl;
+        self
+    }
+
+    /// Whether the transaction is pessimistic.
+    pub fn is_pessimistic(&self) -> bool {
+        self.kind == TxnKind::Pessimistic
+    }
+
+    context_setters!();
+}
+
+/// Options of a read-only [`super::Snapshot`], as a builder.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    pub(crate) ctx: ContextOptions,
+}
+
+impl SnapshotOptions {
+    /// Client-go's defaults: snapshot isolation, normal priority.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    context_setters!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_set_every_option() {
+        let o = TransactionOptions::new_pessimistic()
+            .priority(Priority::High)
+            .request_source("external_test")
+            .resource_group_tag("tag")
+            .resource_group_name("rg")
+            .disk_full_opt(DiskFullOpt::AllowedOnAlmostFull)
+            .txn_source(7)
+            .isolation_level(IsolationLevel::Rc)
+            .not_fill_cache(true)
+            .async_commit(true)
+            .one_pc(false)
+            .causal_consistency(true)
+            .assertion_level(AssertionLevel::Strict)
+            .local_latches(false)
+            .lock_wait(LockWait::NoWait);
+        assert!(o.is_pessimistic());
+        assert_eq!(o.ctx.priority.to_pb(), kvrpcpb::CommandPri::High);
+        assert_eq!(o.ctx.isolation_level.to_pb(), kvrpcpb::IsolationLevel::Rc);
+        assert!(o.ctx.not_fill_cache);
+        assert_eq!(o.ctx.request_source, "external_test");
+        assert_eq!(&o.ctx.resource_group_tag[..], b"tag");
+        assert_eq!(o.ctx.resource_group_name, "rg");
+        assert_eq!(
+            o.ctx.disk_full_opt.to_pb(),
+            kvrpcpb::DiskFullOpt::AllowedOnAlmostFull
+        );
+        assert_eq!(o.ctx.txn_source, 7);
+        assert_eq!((o.async_commit, o.one_pc), (Some(true), Some(false)));
+        assert!(o.causal_consistency);
+        assert_eq!(o.assertion_level.to_pb(), kvrpcpb::AssertionLevel::Strict);
+        assert_eq!(o.local_latches, Some(false));
+        assert_eq!(o.lock_wait, LockWait::NoWait);
+        let l = LockOptions::new()
+            .no_wait()
+            .return_values(true)
+            .check_existence(true)
+            .lock_only_if_exists(true)
+            .fair_locking(true);
+        assert_eq!(l.wait, Some(LockWait::NoWait));
+        assert!(l.return_values && l.check_existence && l.lock_only_if_exists);
+        assert!(l.wake_up_force_lock);
+    }
+
+    #[test]
+    fn defaults_follow_client_go() {
+        let o = TransactionOptions::default();
+        assert_eq!(o.kind, TxnKind::Optimistic);
+        assert_eq!(o.assertion_level, AssertionLevel::Off);
+        assert!(!o.causal_consistency);
+        assert_eq!(o.async_commit, None);
+        assert_eq!(o.ctx.priority, Priority::Normal);
+        assert_eq!(o.ctx.isolation_level, IsolationLevel::Si);
+        assert_eq!(o.ctx.disk_full_opt, DiskFullOpt::NotAllowedOnFull);
+        assert_eq!(o.lock_ttl, Duration::from_secs(3));
+        assert_eq!(o.managed_lock_ttl, Duration::from_secs(20));
+        assert_eq!(
+            LockWait::default(),
+            LockWait::Timeout(Duration::from_secs(50))
+        );
+    }
+}

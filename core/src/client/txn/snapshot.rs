@@ -1,0 +1,116 @@
+//! [`Snapshot`]: read-only access to the data committed before a timestamp.
+
+use tracing::Instrument;
+
+use super::KeyField;
+use super::options::SnapshotOptions;
+use super::range::KeyRange;
+use super::reader::Reader;
+use super::scan::{Scan, ScanKeys};
+use crate::client::cluster::Cluster;
+use crate::client::runtime::Runtime;
+use crate::error::Error;
+use crate::machine::raw::Value;
+use crate::machine::txn::ScanOrder;
+use crate::machine::{Key, Timestamp};
+
+/// A consistent read-only view of the cluster at a timestamp: every read returns the values
+/// committed before it. Locks of unfinished transactions met on the way are resolved (or
+/// waited for) as snapshot isolation requires. Mirrors client-go `txnsnapshot.KVSnapshot`.
+///
+/// Reads take `&self` and may run concurrently.
+pub struct Snapshot<R: Runtime> {
+    reader: Reader<R>,
+}
+
+impl<R: Runtime> std::fmt::Debug for Snapshot<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("ts", &self.reader.start_ts().version())
+            .field("ctx", &self.reader.ctx)
+            .finish()
+    }
+}
+
+impl<R: Runtime> Snapshot<R> {
+    pub(crate) fn new(cluster: Cluster<R>, ts: Timestamp, options: SnapshotOptions) -> Self {
+        Snapshot {
+            reader: Reader::new(cluster, ts, options.ctx),
+        }
+    }
+
+    /// The read timestamp.
+    pub fn ts(&self) -> Timestamp {
+        self.reader.start_ts()
+    }
+
+    /// The value of `key` committed before the read timestamp. Mirrors client-go
+    /// `KVSnapshot.Get`.
+    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        let key = key.into();
+        let span = tracing::debug_span!(
+            "tikv.snapshot.get",
+            ts = self.ts().version(),
+            key = %KeyField(&key)
+        );
+        self.reader.get(key).instrument(span).await
+    }
+
+    /// The values of `keys`, aligned with them (`None` where absent). Mirrors client-go
+    /// `KVSnapshot.BatchGet`.
+    pub async fn batch_get(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<Option<Value>>, Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let span = tracing::debug_span!(
+            "tikv.snapshot.batch_get",
+            ts = self.ts().version(),
+            keys = keys.len()
+        );
+        async {
+            let mut unique = keys.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let found: std::collections::HashMap<Key, Value> =
+                self.reader.batch_get(unique).await?.into_iter().collect();
+            Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A stream of the pairs of `range` in key order, 256 pairs per RPC (see
+    /// [`Scan::batch_size`]). Mirrors client-go `KVSnapshot.Iter`.
+    pub fn scan(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
+        Scan::new(&self.reader, None, range.into(), ScanOrder::Forward, false)
+    }
+
+    /// Like [`Snapshot::scan`] in descending key order. Mirrors client-go
+    /// `KVSnapshot.IterReverse`.
+    pub fn scan_reverse(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
+        Scan::new(&self.reader, None, range.into(), ScanOrder::Reverse, false)
+    }
+
+    /// Like [`Snapshot::scan`], keys only. Mirrors client-go `KVSnapshot.SetKeyOnly`.
+    pub fn scan_keys(&self, range: impl Into<KeyRange>) -> ScanKeys<'_, R> {
+        ScanKeys::new(Scan::new(
+            &self.reader,
+            None,
+            range.into(),
+            ScanOrder::Forward,
+            true,
+        ))
+    }
+
+    /// Like [`Snapshot::scan_reverse`], keys only.
+    pub fn scan_keys_reverse(&self, range: impl Into<KeyRange>) -> ScanKeys<'_, R> {
+        ScanKeys::new(Scan::new(
+            &self.reader,
+            None,
+            range.into(),
+            ScanOrder::Reverse,
+            true,
+        ))
+    }
+}

@@ -1,0 +1,875 @@
+//! [`Transaction`]: reads through the transaction's buffer, buffered writes, pessimistic
+//! locks, commit and rollback.
+//!
+//! # Concurrency
+//!
+//! Reads, writes and locks take `&self`, so several of them can run at once on one
+//! transaction (for example with `join!`); the transaction's state (its memory buffer, primary
+//! key, `for_update_ts`, status) sits behind a short `std::sync::Mutex` that is never held
+//! across an `.await`. `commit` and `rollback` take `&mut self`, so the borrow checker
+//! guarantees that no read, write or scan of the transaction is still in flight when it ends.
+//!
+//! # Lifecycle
+//!
+//! After `commit` or `rollback` (whatever their outcome) the transaction is closed and every
+//! call fails with [`Error::TransactionClosed`] (client-go `ErrInvalidTxn`). Dropping a
+//! transaction that is still open never panics: if it holds pessimistic locks they are rolled
+//! back in the background (a task spawned on the client's runtime) and a `tracing` warning
+//! says so; buffered writes of an optimistic transaction are simply discarded (nothing was sent
+//! to TiKV yet).
+//!
+//! # Pessimistic writes
+//!
+//! In a pessimistic transaction `put`, `insert` and `delete` lock their key first (unless this
+//! transaction already holds its lock), as TiDB's DML does on top of client-go: conflicts show
+//! up when writing rather than at commit. Locks are taken at the transaction's
+//! `for_update_ts`, which starts at the start timestamp and is refreshed from the TSO only
+//! when a lock meets a write committed after it (client-go `LockCtx.ForUpdateTS`, refreshed by
+//! TiDB on a write conflict).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+use super::backend::{self, LockRequest, LockedKey, TtlHandle};
+use super::client::TransactionClient;
+use super::options::{CommitInfo, CommitMode, LockOptions, TransactionOptions};
+use super::range::KeyRange;
+use super::reader::Reader;
+use super::scan::{Scan, ScanKeys};
+use super::{KeyField, backend::CommitRequest};
+use crate::client::runtime::Runtime;
+use crate::client::sync::lock;
+use crate::error::Error;
+use crate::machine::raw::Value;
+use crate::machine::txn::mutations::LockTtls;
+use crate::machine::txn::{BufferedValue, FlagsOp, MemBuffer, ScanOrder};
+use crate::machine::{Key, Timestamp};
+
+/// How many times a pessimistic lock is retried with a fresh `for_update_ts` after meeting a
+/// newer committed write. Mirrors TiDB's `pessimistic-txn.max-retry-count` (256), the retry
+/// loop client-go callers run around `LockKeys`.
+pub const PESSIMISTIC_LOCK_MAX_RETRIES: u32 = 256;
+
+/// Where a transaction is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Active,
+    Committing,
+    Committed,
+    RolledBack,
+    CommitFailed,
+}
+
+/// The mutable state of a transaction (behind the transaction's mutex).
+#[derive(Debug)]
+pub(crate) struct TxnState {
+    pub buffer: MemBuffer,
+    pub status: Status,
+    /// The primary key chosen by the first pessimistic lock.
+    pub primary: Option<Key>,
+    /// The timestamp pessimistic locks are taken at.
+    pub for_update_ts: Timestamp,
+    /// Keys holding a pessimistic lock of this transaction.
+    pub locked: usize,
+    /// The heartbeat of the primary lock, once started.
+    pub ttl: Option<TtlHandle>,
+}
+
+impl TxnState {
+    pub fn check_active(&self) -> Result<(), Error> {
+        match self.status {
+            Status::Active => Ok(()),
+            Status::Committing => Err(Error::TransactionClosed("a commit is in progress")),
+            Status::Committed => Err(Error::TransactionClosed("committed")),
+            Status::RolledBack => Err(Error::TransactionClosed("rolled back")),
+            Status::CommitFailed => Err(Error::TransactionClosed("its commit failed")),
+        }
+    }
+}
+
+/// A transaction: reads see a snapshot at its start timestamp plus its own writes; writes are
+/// buffered until [`Transaction::commit`]. See the module docs for concurrency, lifecycle and
+/// pessimistic behaviour.
+///
+/// ```no_run
+/// # use tikv_core::client::{Runtime, TransactionClient};
+/// # async fn example<R: Runtime>(client: TransactionClient<R>) -> Result<(), tikv_core::Error> {
+/// let mut txn = client.begin_optimistic().await?;
+/// let balance = txn.get("alice").await?;
+/// txn.put("alice", "90").await?;
+/// txn.put("bob", "110").await?;
+/// let commit_ts = txn.commit().await?;
+/// # let _ = (balance, commit_ts);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Transaction<R: Runtime> {
+    client: TransactionClient<R>,
+    reader: Reader<R>,
+    options: TransactionOptions,
+    state: Mutex<TxnState>,
+    began: Instant,
+}
+
+impl<R: Runtime> std::fmt::Debug for Transaction<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.state);
+        f.debug_struct("Transaction")
+            .field("start_ts", &self.reader.start_ts().version())
+            .field("kind", &self.options.kind)
+            .field("status", &s.status)
+            .field("buffered", &s.buffer.len())
+            .field("locked", &s.locked)
+            .finish()
+    }
+}
+
+impl<R: Runtime> Transaction<R> {
+    pub(crate) fn new(
+        client: TransactionClient<R>,
+        start_ts: Timestamp,
+        options: TransactionOptions,
+    ) -> Self {
+        let reader = Reader::new(client.cluster().clone(), start_ts, options.ctx.clone());
+        let began = client.cluster().runtime().now();
+        Transaction {
+            state: Mutex::new(TxnState {
+                buffer: MemBuffer::new(),
+                status: Status::Active,
+                primary: None,
+                for_update_ts: start_ts,
+                locked: 0,
+                ttl: None,
+            }),
+            client,
+            reader,
+            options,
+            began,
+        }
+    }
+
+    /// The start timestamp: reads see the data committed before it.
+    pub fn start_ts(&self) -> Timestamp {
+        self.reader.start_ts()
+    }
+
+    /// The options the transaction was begun with.
+    pub fn options(&self) -> &TransactionOptions {
+        &self.options
+    }
+
+    /// Whether the transaction is pessimistic.
+    pub fn is_pessimistic(&self) -> bool {
+        self.options.is_pessimistic()
+    }
+
+    /// Number of keys in the buffer (written or locked). Mirrors client-go `KVTxn.Len`.
+    pub fn len(&self) -> usize {
+        lock(&self.state).buffer.len()
+    }
+
+    /// Whether nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of keys and values buffered. Mirrors client-go `KVTxn.Size`.
+    pub fn size(&self) -> u64 {
+        lock(&self.state).buffer.size()
+    }
+
+    /// Whether the transaction has neither written nor locked anything. Mirrors client-go
+    /// `KVTxn.IsReadOnly`.
+    pub fn is_read_only(&self) -> bool {
+        !lock(&self.state).buffer.dirty()
+    }
+
+    /// Whether the transaction is still open (not committed, rolled back or failed). Mirrors
+    /// client-go `KVTxn.Valid`.
+    pub fn is_open(&self) -> bool {
+        lock(&self.state).status == Status::Active
+    }
+
+    /// The buffered value of `key` (`Some(None)`: deleted in this transaction), or `None`
+    /// when the snapshot decides.
+    fn buffered(&self, key: &[u8]) -> Result<Option<Option<Value>>, Error> {
+        let s = lock(&self.state);
+        s.check_active()?;
+        Ok(s.buffer.get(key).map(|b| match b {
+            BufferedValue::Put(v) => Some(v),
+            BufferedValue::Deleted => None,
+        }))
+    }
+
+    /// The value of `key`: this transaction's own write if it made one, else the value
+    /// committed before the start timestamp. Mirrors client-go `KVTxn.Get`.
+    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        let key = key.into();
+        let span = tracing::debug_span!(
+            "tikv.txn.get",
+            start_ts = self.start_ts().version(),
+            key = %KeyField(&key)
+        );
+        async {
+            if let Some(v) = self.buffered(&key)? {
+                return Ok(v);
+            }
+            self.reader.get(key).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The values of `keys`, aligned with them (`None` where absent), buffered writes first.
+    /// Mirrors client-go `KVTxn.BatchGet` (`BufferBatchGetter`).
+    pub async fn batch_get(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<Option<Value>>, Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let span = tracing::debug_span!(
+            "tikv.txn.batch_get",
+            start_ts = self.start_ts().version(),
+            keys = keys.len()
+        );
+        async {
+            let mut out: Vec<Option<Option<Value>>> = Vec::with_capacity(keys.len());
+            let mut missing: Vec<Key> = Vec::new();
+            {
+                let s = lock(&self.state);
+                s.check_active()?;
+                for k in &keys {
+                    let b = s.buffer.get(k).map(|b| b.value().cloned());
+                    if b.is_none() {
+                        missing.push(k.clone());
+                    }
+                    out.push(b);
+                }
+            }
+            missing.sort_unstable();
+            missing.dedup();
+            let found = self.reader.batch_get(missing).await?;
+            let found: std::collections::HashMap<Key, Value> = found.into_iter().collect();
+            Ok(keys
+                .iter()
+                .zip(out)
+                .map(|(k, b)| match b {
+                    Some(v) => v,
+                    None => found.get(k).cloned(),
+                })
+                .collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A stream of the pairs of `range` in key order: the snapshot's pairs merged with this
+    /// transaction's writes, fetched 256 pairs per RPC (see [`Scan::batch_size`]). Mirrors
+    /// client-go `KVTxn.Iter`.
+    pub fn scan(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
+        Scan::new(
+            &self.reader,
+            Some(&self.state),
+            range.into(),
+            ScanOrder::Forward,
+            false,
+        )
+    }
+
+    /// Like [`Transaction::scan`] in descending key order. Mirrors client-go
+    /// `KVTxn.IterReverse`.
+    pub fn scan_reverse(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
+        Scan::new(
+            &self.reader,
+            Some(&self.state),
+            range.into(),
+            ScanOrder::Reverse,
+            false,
+        )
+    }
+
+    /// Like [`Transaction::scan`], keys only (TiKV sends no values).
+    pub fn scan_keys(&self, range: impl Into<KeyRange>) -> ScanKeys<'_, R> {
+        ScanKeys::new(Scan::new(
+            &self.reader,
+            Some(&self.state),
+            range.into(),
+            ScanOrder::Forward,
+            true,
+        ))
+    }
+
+    /// Like [`Transaction::scan_reverse`], keys only.
+    pub fn scan_keys_reverse(&self, range: impl Into<KeyRange>) -> ScanKeys<'_, R> {
+        ScanKeys::new(Scan::new(
+            &self.reader,
+            Some(&self.state),
+            range.into(),
+            ScanOrder::Reverse,
+            true,
+        ))
+    }
+
+    /// Buffers a write of `value` at `key`; an empty value is refused with
+    /// [`Error::EmptyValue`] (it is TiKV's tombstone). In a pessimistic transaction the key
+    /// is locked first. Mirrors client-go `KVTxn.Set`.
+    pub async fn put(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
+        let (key, value) = (key.into(), value.into());
+        let span = tracing::debug_span!(
+            "tikv.txn.put",
+            start_ts = self.start_ts().version(),
+            key = %KeyField(&key),
+            value_len = value.len()
+        );
+        async {
+            if value.is_empty() {
+                return Err(Error::EmptyValue);
+            }
+            check_key(&key)?;
+            self.lock_for_write(&key, false).await?;
+            let mut s = lock(&self.state);
+            s.check_active()?;
+            s.buffer.set(key, value).map_err(Error::from)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Buffers a write of `value` at `key` that must not overwrite an existing key: the
+    /// commit (optimistic) or the lock (pessimistic) fails with [`Error::KeyExists`] if the
+    /// key exists. Mirrors client-go `MemBuffer.SetWithFlags(k, v, SetPresumeKeyNotExists)`
+    /// (an `Op::Insert` mutation).
+    pub async fn insert(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
+        let (key, value) = (key.into(), value.into());
+        let span = tracing::debug_span!(
+            "tikv.txn.insert",
+            start_ts = self.start_ts().version(),
+            key = %KeyField(&key),
+            value_len = value.len()
+        );
+        async {
+            if value.is_empty() {
+                return Err(Error::EmptyValue);
+            }
+            check_key(&key)?;
+            let presume = {
+                let s = lock(&self.state);
+                s.check_active()?;
+                match s.buffer.get(&key) {
+                    Some(BufferedValue::Put(_)) => return Err(Error::KeyExists { key }),
+                    // Deleted in this transaction: it exists underneath, a plain put.
+                    Some(BufferedValue::Deleted) => false,
+                    None => true,
+                }
+            };
+            if presume {
+                self.lock_for_write(&key, true).await?;
+            }
+            let mut s = lock(&self.state);
+            s.check_active()?;
+            let ops: &[FlagsOp] = if presume {
+                &[FlagsOp::SetPresumeKeyNotExists]
+            } else {
+                &[]
+            };
+            s.buffer
+                .set_with_flags(key, value, ops)
+                .map_err(Error::from)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Buffers the deletion of `key`. In a pessimistic transaction the key is locked first.
+    /// Mirrors client-go `KVTxn.Delete`.
+    pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
+        let key = key.into();
+        let span = tracing::debug_span!(
+            "tikv.txn.delete",
+            start_ts = self.start_ts().version(),
+            key = %KeyField(&key)
+        );
+        async {
+            check_key(&key)?;
+            self.lock_for_write(&key, false).await?;
+            let mut s = lock(&self.state);
+            s.check_active()?;
+            s.buffer.delete(key).map_err(Error::from)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Takes the pessimistic lock a write needs (nothing in an optimistic transaction or when
+    /// the key is already locked by this transaction).
+    async fn lock_for_write(&self, key: &Key, should_not_exist: bool) -> Result<(), Error> {
+        if !self.is_pessimistic() {
+            return Ok(());
+        }
+        let opts = LockOptions::new();
+        self.pessimistic_lock(vec![key.clone()], &opts, should_not_exist)
+            .await
+            .map(|_| ())
+    }
+
+    /// Locks `keys` for this transaction. Optimistic: the keys are checked for conflicts at
+    /// commit (prewritten as `Op::Lock`). Pessimistic: the keys are locked in TiKV now,
+    /// waiting for other transactions' locks as `options` says. Mirrors client-go
+    /// `KVTxn.LockKeys` with a `kv.LockCtx`.
+    pub async fn lock_keys(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+        options: LockOptions,
+    ) -> Result<(), Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let span = tracing::debug_span!(
+            "tikv.txn.lock_keys",
+            start_ts = self.start_ts().version(),
+            keys = keys.len(),
+            pessimistic = self.is_pessimistic()
+        );
+        async {
+            for k in &keys {
+                check_key(k)?;
+            }
+            if self.is_pessimistic() {
+                self.pessimistic_lock(keys, &options, false)
+                    .await
+                    .map(|_| ())
+            } else {
+                let mut s = lock(&self.state);
+                s.check_active()?;
+                for k in keys {
+                    s.buffer.update_flags(k, &[FlagsOp::SetNeedLocked])?;
+                }
+                Ok(())
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reads `key` and locks it: in a pessimistic transaction the value is read by the lock
+    /// itself, at the lock's `for_update_ts` (the latest committed value); in an optimistic
+    /// one it is read at the start timestamp and the key is checked for conflicts at commit.
+    /// Mirrors client-go `LockKeys` with `LockCtx.ReturnValues` (SELECT ... FOR UPDATE).
+    pub async fn get_for_update(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+        let key = key.into();
+        let mut values = self.batch_get_for_update([key]).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// Like [`Transaction::get_for_update`] for several keys, aligned with them.
+    pub async fn batch_get_for_update(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<Option<Value>>, Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let span = tracing::debug_span!(
+            "tikv.txn.batch_get_for_update",
+            start_ts = self.start_ts().version(),
+            keys = keys.len(),
+            pessimistic = self.is_pessimistic()
+        );
+        async {
+            for k in &keys {
+                check_key(k)?;
+            }
+            if !self.is_pessimistic() {
+                let values = self.batch_get(keys.iter().cloned()).await?;
+                let mut s = lock(&self.state);
+                s.check_active()?;
+                for k in keys {
+                    s.buffer.update_flags(k, &[FlagsOp::SetNeedLocked])?;
+                }
+                return Ok(values);
+            }
+            let opts = LockOptions::new().return_values(true);
+            let locked = self.pessimistic_lock(keys.clone(), &opts, false).await?;
+            // Buffered writes win over the locked (committed) values.
+            let s = lock(&self.state);
+            s.check_active()?;
+            Ok(keys
+                .iter()
+                .map(|k| match s.buffer.get(k) {
+                    Some(BufferedValue::Put(v)) => Some(v),
+                    Some(BufferedValue::Deleted) => None,
+                    None => locked.get(k).and_then(|l| l.value.clone()),
+                })
+                .collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Locks `keys` pessimistically (skipping keys this transaction already locked), retrying
+    /// with a fresh `for_update_ts` after a write conflict. Returns what the lock read for
+    /// each newly locked key. Mirrors client-go `KVTxn.lockKeys` (primary selection, first
+    /// lock flag, TTL manager start, flag updates).
+    async fn pessimistic_lock(
+        &self,
+        keys: Vec<Key>,
+        options: &LockOptions,
+        should_not_exist: bool,
+    ) -> Result<std::collections::HashMap<Key, LockedKey>, Error> {
+        let mut results = std::collections::HashMap::new();
+        let mut retries = 0;
+        loop {
+            let (request, assigned_primary) = {
+                let mut s = lock(&self.state);
+                s.check_active()?;
+                let mut todo: Vec<Key> = keys
+                    .iter()
+                    .filter(|k| {
+                        // Keys this transaction locked already are skipped, unless the
+                        // caller wants their values read again.
+                        !s.buffer.get_flags(k).is_some_and(|f| f.has_locked())
+                            || options.return_values
+                    })
+                    .cloned()
+                    .collect();
+                todo.sort_unstable();
+                todo.dedup();
+                if todo.is_empty() {
+                    return Ok(results);
+                }
+                let assigned_primary = s.primary.is_none();
+                if assigned_primary {
+                    // The primary is the first key (in key order) of the first lock.
+                    s.primary = Some(todo[0].clone());
+                }
+                let is_first_lock = s.locked == 0 && todo.len() == 1 && assigned_primary;
+                let request = LockRequest {
+                    should_not_exist: should_not_exist && todo.len() == 1,
+                    keys: todo,
+                    primary: s.primary.clone().unwrap_or_default(),
+                    start_ts: self.start_ts(),
+                    for_update_ts: s.for_update_ts,
+                    wait: options.wait.unwrap_or(self.options.lock_wait),
+                    return_values: options.return_values,
+                    check_existence: options.check_existence,
+                    lock_only_if_exists: options.lock_only_if_exists,
+                    wake_up_force_lock: options.wake_up_force_lock,
+                    is_first_lock,
+                    managed_lock_ttl: self.options.managed_lock_ttl,
+                    txn_started: self.began,
+                    ctx: self.options.ctx.clone(),
+                };
+                (request, assigned_primary)
+            };
+            let primary = request.primary.clone();
+            let locked_keys = request.keys.clone();
+            let outcome = backend::pessimistic_lock(self.client.cluster(), request).await;
+            match outcome {
+                Ok(outcome) => {
+                    let mut s = lock(&self.state);
+                    for k in &locked_keys {
+                        if outcome.skipped.contains(k) {
+                            continue;
+                        }
+                        let value = outcome.values.get(k);
+                        let mut ops = vec![FlagsOp::SetKeyLocked];
+                        match value.map(|v| v.exists) {
+                            Some(true) => ops.push(FlagsOp::SetKeyLockedValueExists),
+                            Some(false) => ops.push(FlagsOp::SetKeyLockedValueNotExists),
+                            None => {}
+                        }
+                        if !s.buffer.get_flags(k).is_some_and(|f| f.has_locked()) {
+                            s.locked += 1;
+                        }
+                        s.buffer.update_flags(k.clone(), &ops)?;
+                    }
+                    if assigned_primary && outcome.skipped.contains(&primary) {
+                        // Lock-only-if-exists found the primary absent: nothing holds it.
+                        s.primary = None;
+                    }
+                    if outcome.primary_locked && s.ttl.is_none() && s.status == Status::Active {
+                        s.ttl = Some(backend::start_ttl_manager(
+                            self.client.cluster(),
+                            primary.clone(),
+                            self.start_ts(),
+                            self.options.managed_lock_ttl,
+                        ));
+                    }
+                    drop(s);
+                    results.extend(outcome.values);
+                    return Ok(results);
+                }
+                Err(e) => {
+                    if assigned_primary {
+                        let mut s = lock(&self.state);
+                        if s.primary.as_ref() == Some(&primary)
+                            && !s.buffer.get_flags(&primary).is_some_and(|f| f.has_locked())
+                        {
+                            s.primary = None;
+                        }
+                    }
+                    if let Error::WriteConflict(_) = &e
+                        && retries < PESSIMISTIC_LOCK_MAX_RETRIES
+                    {
+                        retries += 1;
+                        let ts = self.client.current_timestamp().await?;
+                        let mut s = lock(&self.state);
+                        if ts > s.for_update_ts {
+                            s.for_update_ts = ts;
+                        }
+                        tracing::debug!(
+                            for_update_ts = ts.version(),
+                            "lock retried after a write conflict"
+                        );
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Commits the transaction and returns its commit timestamp (`None` when it wrote and
+    /// locked nothing, so nothing was sent). Whatever the outcome, the transaction is closed
+    /// afterwards. Mirrors client-go `KVTxn.Commit`.
+    ///
+    /// Optimistic transactions first take the client's local latches when enabled
+    /// (failing with [`Error::WriteConflictInLatch`] without any RPC when a key was
+    /// committed by this client after the start timestamp). The committer tries 1PC or async
+    /// commit when enabled and eligible and falls back to 2PC when TiKV declines.
+    /// [`Error::Undetermined`] means the transaction may or may not have committed.
+    pub async fn commit(&mut self) -> Result<Option<Timestamp>, Error> {
+        let span = tracing::info_span!(
+            "tikv.txn.commit",
+            start_ts = self.start_ts().version(),
+            pessimistic = self.is_pessimistic(),
+            keys = tracing::field::Empty,
+            commit_ts = tracing::field::Empty,
+            mode = tracing::field::Empty,
+        );
+        let run = async {
+            let (mutations, primary, for_update_ts, ttl) = {
+                let mut s = lock(&self.state);
+                s.check_active()?;
+                s.status = Status::Committing;
+                let pessimistic = self.is_pessimistic();
+                let mutations = s.buffer.build_mutations(pessimistic);
+                (mutations, s.primary.clone(), s.for_update_ts, s.ttl.take())
+            };
+            tracing::Span::current().record("keys", mutations.len());
+            if mutations.is_empty() {
+                drop(ttl);
+                lock(&self.state).status = Status::Committed;
+                let info = self.commit_info(None, CommitMode::ReadOnly, false, false, 0);
+                self.callback(&info, Ok(()));
+                return Ok(None);
+            }
+            let keys = mutations.len();
+            let use_latches = !self.is_pessimistic()
+                && self.options.local_latches.unwrap_or(true)
+                && self.client.latches().is_some();
+            let mut latch = match (use_latches, self.client.latches()) {
+                (true, Some(l)) => {
+                    match l
+                        .lock(
+                            self.start_ts().version(),
+                            mutations.iter().map(|m| m.key.clone()),
+                        )
+                        .await
+                    {
+                        Ok(g) => Some(g),
+                        Err(e) => {
+                            lock(&self.state).status = Status::CommitFailed;
+                            let info =
+                                self.commit_info(None, CommitMode::TwoPc, false, false, keys);
+                            self.callback(&info, Err(&e));
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let config = self.client.cluster().config();
+            let request = CommitRequest {
+                start_ts: self.start_ts(),
+                for_update_ts,
+                mutations,
+                primary,
+                pessimistic: self.is_pessimistic(),
+                async_commit: self
+                    .options
+                    .async_commit
+                    .unwrap_or(config.enable_async_commit),
+                one_pc: self.options.one_pc.unwrap_or(config.enable_1pc),
+                causal_consistency: self.options.causal_consistency,
+                assertion_level: self.options.assertion_level,
+                lock_ttls: LockTtls {
+                    default: self.options.lock_ttl,
+                    managed: self.options.managed_lock_ttl,
+                },
+                txn_started: self.began,
+                ctx: self.options.ctx.clone(),
+            };
+            let report = backend::commit(self.client.cluster(), request).await;
+            // The primary lock no longer needs keeping alive once the commit has an outcome.
+            drop(ttl);
+            let commit_ts = report.result.as_ref().ok().copied();
+            if let Some(l) = latch.as_mut() {
+                l.release(commit_ts.map(Timestamp::version));
+            }
+            let span = tracing::Span::current();
+            if let Some(ts) = commit_ts {
+                span.record("commit_ts", ts.version());
+            }
+            span.record("mode", tracing::field::display(report.mode));
+            lock(&self.state).status = if report.result.is_ok() {
+                Status::Committed
+            } else {
+                Status::CommitFailed
+            };
+            let info = self.commit_info(
+                commit_ts,
+                report.mode,
+                report.async_commit_fallback,
+                report.one_pc_fallback,
+                keys,
+            );
+            match report.result {
+                Ok(ts) => {
+                    self.callback(&info, Ok(()));
+                    Ok(Some(ts))
+                }
+                Err(e) => {
+                    self.callback(&info, Err(&e));
+                    Err(e)
+                }
+            }
+        };
+        run.instrument(span).await
+    }
+
+    fn commit_info(
+        &self,
+        commit_ts: Option<Timestamp>,
+        mode: CommitMode,
+        async_commit_fallback: bool,
+        one_pc_fallback: bool,
+        keys: usize,
+    ) -> CommitInfo {
+        CommitInfo {
+            start_ts: self.start_ts(),
+            commit_ts,
+            mode,
+            async_commit_fallback,
+            one_pc_fallback,
+            keys,
+        }
+    }
+
+    fn callback(&self, info: &CommitInfo, result: Result<(), &Error>) {
+        if let Some(cb) = &self.options.commit_callback {
+            cb(info, result);
+        }
+    }
+
+    /// Abandons the transaction: buffered writes are discarded and pessimistic locks are
+    /// rolled back. The transaction is closed afterwards. Mirrors client-go
+    /// `KVTxn.Rollback`.
+    pub async fn rollback(&mut self) -> Result<(), Error> {
+        let span = tracing::debug_span!("tikv.txn.rollback", start_ts = self.start_ts().version());
+        async {
+            let (keys, for_update_ts, ttl) = {
+                let mut s = lock(&self.state);
+                s.check_active()?;
+                s.status = Status::RolledBack;
+                (locked_keys(&s.buffer), s.for_update_ts, s.ttl.take())
+            };
+            drop(ttl);
+            if keys.is_empty() {
+                return Ok(());
+            }
+            backend::pessimistic_rollback(
+                self.client.cluster(),
+                self.start_ts(),
+                for_update_ts,
+                keys,
+            )
+            .await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The keys of `buffer` holding a pessimistic lock.
+fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
+    buffer
+        .range_with_flags(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+        .filter(|(_, e)| e.flags().has_locked())
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn check_key(key: &Bytes) -> Result<(), Error> {
+    if key.is_empty() {
+        Err(Error::invalid("key must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+impl<R: Runtime> Drop for Transaction<R> {
+    fn drop(&mut self) {
+        let s = match self.state.get_mut() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match s.status {
+            Status::Active => {}
+            Status::Committing => {
+                tracing::warn!(
+                    start_ts = self.reader.start_ts().version(),
+                    "transaction dropped while its commit was in progress; its locks are left \
+                     to lock resolution"
+                );
+                return;
+            }
+            _ => return,
+        }
+        s.status = Status::RolledBack;
+        drop(s.ttl.take());
+        let keys = locked_keys(&s.buffer);
+        let start_ts = self.reader.start_ts();
+        if keys.is_empty() {
+            if s.buffer.dirty() {
+                tracing::warn!(
+                    start_ts = start_ts.version(),
+                    buffered = s.buffer.len(),
+                    "transaction dropped without commit or rollback; its buffered writes are \
+                     discarded"
+                );
+            }
+            return;
+        }
+        tracing::warn!(
+            start_ts = start_ts.version(),
+            locked = keys.len(),
+            "transaction dropped without commit or rollback; rolling back its pessimistic locks \
+             in the background"
+        );
+        let cluster = self.client.cluster().clone();
+        let for_update_ts = s.for_update_ts;
+        let rt = cluster.runtime().clone();
+        rt.spawn(async move {
+            if let Err(e) =
+                backend::pessimistic_rollback(&cluster, start_ts, for_update_ts, keys).await
+            {
+                tracing::warn!(
+                    start_ts = start_ts.version(),
+                    error = %e,
+                    "background rollback of a dropped transaction failed; the locks expire with \
+                     their TTL"
+                );
+            }
+        });
+    }
+}

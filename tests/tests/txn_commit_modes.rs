@@ -1,0 +1,181 @@
+//! Async commit and one-phase commit over gRPC against the mockstore, including TiKV
+//! declining them (so the committer falls back to 2PC), read through the commit callback
+//! and the mock's request counters.
+
+use std::sync::{Arc, Mutex};
+
+use tikv_core::client::txn::{CommitInfo, CommitMode, SnapshotOptions, TransactionOptions};
+use tikv_core::client::{Runtime, TransactionClient};
+use tikv_core::machine::Timestamp;
+use tikv_mockstore::{MockCluster, RpcKind};
+use tikv_tests::Mock;
+use tikv_tests::txn_support::{b, connect, lock_count, split_txn, txn_config};
+
+tikv_tests::txn_tests!(
+    one_pc_commits_in_one_round_trip,
+    one_pc_falls_back_across_regions,
+    one_pc_declined_by_tikv_falls_back,
+    async_commit_returns_after_prewrite,
+    async_commit_declined_by_tikv_falls_back,
+);
+
+type Seen = Arc<Mutex<Vec<CommitInfo>>>;
+
+fn recording(opts: TransactionOptions) -> (TransactionOptions, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    (
+        opts.commit_callback(move |info, result| {
+            assert!(result.is_ok(), "{result:?}");
+            sink.lock().unwrap().push(info.clone());
+        }),
+        seen,
+    )
+}
+
+async fn write<R: Runtime>(
+    client: &TransactionClient<R>,
+    opts: TransactionOptions,
+    pairs: &[(&'static str, &'static str)],
+) -> Option<Timestamp> {
+    let mut t = client.begin_with_options(opts).await.unwrap();
+    for (k, v) in pairs {
+        t.put(*k, *v).await.unwrap();
+    }
+    t.commit().await.unwrap()
+}
+
+async fn read_all<R: Runtime>(
+    client: &TransactionClient<R>,
+    keys: &[&'static str],
+) -> Vec<Option<bytes::Bytes>> {
+    let snap = client.snapshot(
+        client.current_timestamp().await.unwrap(),
+        SnapshotOptions::new(),
+    );
+    snap.batch_get(keys.iter().copied()).await.unwrap()
+}
+
+/// Pushes the mock's max ts far ahead (a read at a timestamp one minute in the future), so
+/// the next async-commit / 1PC prewrite computes a `min_commit_ts` above its
+/// `max_commit_ts` and TiKV declines (TiKV `prewrite` `CommitTsTooLarge`).
+async fn push_max_ts<R: Runtime>(client: &TransactionClient<R>) {
+    let now = client.current_timestamp().await.unwrap();
+    let future = Timestamp::compose(now.physical_ms() + 60_000, 0);
+    let snap = client.snapshot(future, SnapshotOptions::new());
+    snap.get("any").await.unwrap();
+}
+
+/// 1PC: the prewrite commits, no `Commit` RPC is sent, no lock is left. Mirrors client-go
+/// `integration_tests/1pc_test.go` `Test1PC`.
+async fn one_pc_commits_in_one_round_trip<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let (opts, seen) = recording(TransactionOptions::new_optimistic().one_pc(true));
+    let commits = mock.cluster().requests(RpcKind::Commit);
+    let ts = write(&client, opts, &[("k1", "v1"), ("k2", "v2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        mock.cluster().requests(RpcKind::Commit),
+        commits,
+        "no commit RPC"
+    );
+    assert_eq!(lock_count(&mock), 0);
+    let info = seen.lock().unwrap()[0].clone();
+    assert_eq!(info.mode, CommitMode::OnePc);
+    assert_eq!(info.commit_ts, Some(ts));
+    assert!(!info.one_pc_fallback);
+    assert_eq!(
+        read_all(&client, &["k1", "k2"]).await,
+        vec![Some(b("v1")), Some(b("v2"))]
+    );
+}
+
+/// Mutations spanning two regions cannot use 1PC: plain 2PC runs. Mirrors client-go
+/// `1pc_test.go` `Test1PCDisallowMultiRegion`.
+async fn one_pc_falls_back_across_regions<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().stores(3));
+    split_txn(&mock, &["m"]);
+    let client = connect::<R>(&mock, txn_config()).await;
+    let (opts, seen) = recording(TransactionOptions::new_optimistic().one_pc(true));
+    write(&client, opts, &[("a", "1"), ("z", "2")])
+        .await
+        .unwrap();
+    let info = seen.lock().unwrap()[0].clone();
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    assert_eq!(
+        read_all(&client, &["a", "z"]).await,
+        vec![Some(b("1")), Some(b("2"))]
+    );
+}
+
+/// TiKV declines 1PC (`one_pc_commit_ts = 0`): the committer falls back to 2PC and the
+/// transaction commits. Mirrors client-go `2pc.go` `checkOnePCFallBack` and rule 24.13.
+async fn one_pc_declined_by_tikv_falls_back<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let (opts, seen) = recording(TransactionOptions::new_optimistic().one_pc(true));
+    push_max_ts(&client).await;
+    let commits = mock.cluster().requests(RpcKind::Commit);
+    write(&client, opts, &[("k", "v")]).await.unwrap();
+    let info = seen.lock().unwrap()[0].clone();
+    assert_eq!(info.mode, CommitMode::TwoPc, "{info:?}");
+    assert!(info.one_pc_fallback);
+    assert!(
+        mock.cluster().requests(RpcKind::Commit) > commits,
+        "2PC commit sent"
+    );
+    assert_eq!(read_all(&client, &["k"]).await, vec![Some(b("v"))]);
+}
+
+/// Async commit: the transaction is committed once every prewrite succeeded; the commit
+/// RPCs run in the background and the data is readable at once. Mirrors client-go
+/// `integration_tests/async_commit_test.go` (`TestCheckSecondaries`, `TestRepeatableRead`)
+/// and `2pc.go` `execute` (async-commit branch).
+async fn async_commit_returns_after_prewrite<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().stores(3));
+    split_txn(&mock, &["m"]);
+    let client = connect::<R>(&mock, txn_config()).await;
+    let (opts, seen) = recording(TransactionOptions::new_optimistic().async_commit(true));
+    let ts = write(&client, opts, &[("a", "1"), ("b", "2"), ("z", "3")])
+        .await
+        .unwrap();
+    let info = seen.lock().unwrap()[0].clone();
+    assert_eq!(info.mode, CommitMode::AsyncCommit);
+    assert_eq!(info.commit_ts, Some(ts));
+    assert_eq!(
+        read_all(&client, &["a", "b", "z"]).await,
+        vec![Some(b("1")), Some(b("2")), Some(b("3"))]
+    );
+    // Pessimistic transactions use async commit too.
+    let (opts, seen) = recording(TransactionOptions::new_pessimistic().async_commit(true));
+    write(&client, opts, &[("a", "4"), ("z", "5")])
+        .await
+        .unwrap();
+    assert_eq!(seen.lock().unwrap()[0].mode, CommitMode::AsyncCommit);
+    assert_eq!(
+        read_all(&client, &["a", "z"]).await,
+        vec![Some(b("4")), Some(b("5"))]
+    );
+}
+
+/// TiKV declines async commit (`min_commit_ts` above `max_commit_ts`): the committer falls
+/// back to 2PC. Mirrors client-go `prewrite.go` `handleSingleBatchSucceed` (`MinCommitTs ==
+/// 0` → fallback) and `async_commit_test.go` `TestResolveTxnFallbackFromAsyncCommit`.
+async fn async_commit_declined_by_tikv_falls_back<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let (opts, seen) = recording(TransactionOptions::new_optimistic().async_commit(true));
+    push_max_ts(&client).await;
+    write(&client, opts, &[("k1", "v"), ("k2", "v")])
+        .await
+        .unwrap();
+    let info = seen.lock().unwrap()[0].clone();
+    assert_eq!(info.mode, CommitMode::TwoPc, "{info:?}");
+    assert!(info.async_commit_fallback);
+    assert_eq!(
+        read_all(&client, &["k1", "k2"]).await,
+        vec![Some(b("v")), Some(b("v"))]
+    );
+}
