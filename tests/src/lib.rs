@@ -98,7 +98,9 @@ impl Drop for Mock {
 }
 
 /// Instantiates every scenario of [`scenarios`] as a `#[test]` running on `$runtime`, with
-/// `$block_on` (a `fn(impl Future<Output = ()>)`) driving it.
+/// `$block_on` (a `fn(impl Future<Output = ()> + Send + 'static)`) driving it. Debug builds keep
+/// the machines' kilobyte-sized futures in many stack temporaries: `$block_on` should run the
+/// scenario on a thread with a large stack (see `tests/e2e_tokio.rs`).
 #[macro_export]
 macro_rules! e2e_suite {
     ($runtime:ty, $block_on:path) => {

@@ -1,12 +1,24 @@
 //! The end-to-end suite on tokio (multi-thread runtime, two workers).
 
-fn block_on<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f);
+/// Runs a scenario on a fresh tokio runtime. Unoptimised builds keep the machines' large
+/// futures (kilobytes of inline prost messages) in many stack temporaries, so the scenario runs
+/// on a thread with a roomy stack, and so do the workers.
+fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    const STACK: usize = 32 << 20;
+    std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_stack_size(STACK)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(f);
+        })
+        .expect("scenario thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
 tikv_tests::e2e_suite!(tikv_tokio::Tokio, block_on);
