@@ -412,6 +412,20 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// The store's next health feedback (sequence number increases with
+    /// every call; the slow score stays at TiKV's minimum, 1).
+    ///
+    /// Follows TiKV `src/server/service/kv.rs` `get_health_feedback` and the
+    /// feedback attached to `BatchCommands` responses.
+    pub fn health_feedback(&mut self, store_id: u64) -> kvrpcpb::HealthFeedback {
+        self.feedback_seq += 1;
+        kvrpcpb::HealthFeedback {
+            store_id,
+            feedback_seq_no: self.feedback_seq,
+            slow_score: 1,
+        }
+    }
+
     // ----- control: topology ------------------------------------------------
 
     /// Sets the address PD advertises for a store.
@@ -819,14 +833,9 @@ impl Cluster {
         let kind = req.kind();
         match req {
             TikvRequest::GetHealthFeedback(_) => {
-                self.feedback_seq += 1;
                 return Exec::Done(TikvResponse::GetHealthFeedback(
                     kvrpcpb::GetHealthFeedbackResponse {
-                        health_feedback: Some(kvrpcpb::HealthFeedback {
-                            store_id,
-                            feedback_seq_no: self.feedback_seq,
-                            slow_score: 1,
-                        }),
+                        health_feedback: Some(self.health_feedback(store_id)),
                         ..Default::default()
                     },
                 ));

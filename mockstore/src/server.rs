@@ -389,6 +389,8 @@ impl tonic::server::UnaryService<Vec<u8>> for StoreSafeTsSvc {
     }
 }
 
+const HEALTH_FEEDBACK_INTERVAL_MS: u64 = 1_000;
+
 struct BatchCommandsSvc {
     shared: Arc<Shared>,
     store_id: u64,
@@ -447,6 +449,7 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
         let store_id = self.store_id;
         Box::pin(async move {
             let mut inbound = request.into_inner();
+            let shared_for_stream = shared.clone();
             let (tx, rx) = mpsc::unbounded_channel::<Result<(u64, BatchResp), Status>>();
             tokio::spawn(async move {
                 loop {
@@ -490,31 +493,47 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
                     }
                 }
             });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                let first = rx.recv().await?;
-                let (id, resp) = match first {
-                    Ok(x) => x,
-                    Err(status) => return Some((Err(status), rx)),
-                };
-                let mut out = tikvpb::BatchCommandsResponse {
-                    responses: vec![tikvpb::batch_commands_response::Response { cmd: Some(resp) }],
-                    request_ids: vec![id],
-                    ..Default::default()
-                };
-                while out.request_ids.len() < 128 {
-                    match rx.try_recv() {
-                        Ok(Ok((id, resp))) => {
-                            out.request_ids.push(id);
-                            out.responses
-                                .push(tikvpb::batch_commands_response::Response {
-                                    cmd: Some(resp),
-                                });
+            // TiKV attaches health feedback to a batch response at most once
+            // per interval (`src/server/service/kv.rs`, `HEALTH_FEEDBACK_INTERVAL`).
+            let feedback_shared = shared_for_stream;
+            let stream =
+                futures_util::stream::unfold((rx, 0u64), move |(mut rx, last_feedback)| {
+                    let shared = feedback_shared.clone();
+                    async move {
+                        let first = rx.recv().await?;
+                        let (id, resp) = match first {
+                            Ok(x) => x,
+                            Err(status) => return Some((Err(status), (rx, last_feedback))),
+                        };
+                        let mut out = tikvpb::BatchCommandsResponse {
+                            responses: vec![tikvpb::batch_commands_response::Response {
+                                cmd: Some(resp),
+                            }],
+                            request_ids: vec![id],
+                            ..Default::default()
+                        };
+                        while out.request_ids.len() < 128 {
+                            match rx.try_recv() {
+                                Ok(Ok((id, resp))) => {
+                                    out.request_ids.push(id);
+                                    out.responses
+                                        .push(tikvpb::batch_commands_response::Response {
+                                            cmd: Some(resp),
+                                        });
+                                }
+                                _ => break,
+                            }
                         }
-                        _ => break,
+                        let now = shared.now_ms();
+                        let mut last = last_feedback;
+                        if now >= last_feedback + HEALTH_FEEDBACK_INTERVAL_MS {
+                            out.health_feedback =
+                                Some(shared.lock().cluster.health_feedback(store_id));
+                            last = now;
+                        }
+                        Some((Ok(out.encode_to_vec()), (rx, last)))
                     }
-                }
-                Some((Ok(out.encode_to_vec()), rx))
-            });
+                });
             Ok(tonic::Response::new(
                 Box::pin(stream) as Self::ResponseStream
             ))

@@ -202,8 +202,12 @@ async fn unary_and_batch_commands_agree() {
         })
         .unwrap();
         let mut got = std::collections::HashMap::new();
+        let mut first_feedback = None;
         while got.len() < ids.len() {
             let msg = stream.next().await.unwrap().unwrap();
+            if got.is_empty() {
+                first_feedback = msg.health_feedback;
+            }
             for (id, r) in msg.request_ids.into_iter().zip(msg.responses) {
                 got.insert(id, r.cmd.unwrap());
             }
@@ -218,6 +222,8 @@ async fn unary_and_batch_commands_agree() {
             Some(A::Empty(tikvpb::BatchCommandsEmptyResponse { test_id: 7 }))
         );
         assert_eq!(c.batch_sizes(), vec![5]);
+        // The first batch response of a stream carries the store's health feedback.
+        assert_eq!(first_feedback.expect("health feedback").store_id, store);
         assert_eq!(c.requests(RpcKind::RawGet), 4);
         drop(tx);
         c.shutdown().await;
