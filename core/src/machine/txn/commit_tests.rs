@@ -692,6 +692,35 @@ fn retryable_deadlock_rolls_back_inline_then_pauses() {
     assert!(op.take_background().is_none());
 }
 
+/// `LockCtx::deadlock_retries`: a retryable deadlock is rolled back, paused for, and the lock
+/// retried with a fresh `for_update_ts`.
+#[test]
+fn retryable_deadlock_is_retried_with_a_fresh_for_update_ts_when_asked() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut first = true;
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        if cmd(req) == "pessimistic_lock" && first {
+            first = false;
+            return Some(deadlock_reply(fingerprint64(b"b")));
+        }
+        None
+    }));
+    let mut ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    ctx.deadlock_retries = 1;
+    let mut op = lock_keys(&w, &["a", "b"], None, ctx);
+    let r = w.run(&mut op).expect("second attempt locks");
+    assert!(r.for_update_ts > start + 1);
+    assert_eq!(r.assigned_primary, Some(k("a")));
+    assert_eq!(w.sent_of("pessimistic_rollback").len(), 1);
+    let reqs = w.sent_of("pessimistic_lock");
+    assert_eq!(lock_of(reqs[reqs.len() - 1]).for_update_ts, r.for_update_ts);
+    assert_eq!(
+        w.kv.locks.get(&k("b")).unwrap().info.lock_for_update_ts,
+        r.for_update_ts
+    );
+}
+
 /// client-go `lockKeys`: a deadlock on someone else's key is not retryable; the rollback runs
 /// in the background.
 #[test]

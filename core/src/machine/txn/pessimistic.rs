@@ -37,7 +37,8 @@ use crate::machine::txn::commit_farmhash::fingerprint64;
 use crate::machine::txn::committer::Background;
 use crate::machine::txn::mutations::{self, Batch, MANAGED_LOCK_TTL_MS, Mutation, key_mutation};
 use crate::machine::{
-    Action, Input, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest, TikvResponse,
+    Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
+    TikvResponse,
 };
 
 /// Locks TiKV updated less than this many ms ago are not resolved: they are being handed over
@@ -120,6 +121,10 @@ pub struct LockCtx {
     pub context: TxnRequestContext,
     /// TTL of the locks on top of the transaction's age (client-go `ManagedLockTTL`, 20 s).
     pub managed_lock_ttl: Duration,
+    /// How many times a retryable deadlock is retried inside the call (after the rollback and
+    /// the pause, with a fresh `for_update_ts` from the TSO). 0 (the default, client-go's
+    /// behaviour) returns the retryable [`Error::Deadlock`] to the caller.
+    pub deadlock_retries: u32,
 }
 
 impl LockCtx {
@@ -137,6 +142,7 @@ impl LockCtx {
             in_share_mode: false,
             context: TxnRequestContext::default(),
             managed_lock_ttl: Duration::from_millis(MANAGED_LOCK_TTL_MS),
+            deadlock_retries: 0,
         }
     }
 }
@@ -187,6 +193,9 @@ pub struct LockKeysResult {
     pub skipped: Vec<Key>,
     /// The largest `locked_with_conflict_ts` seen (force-lock mode).
     pub max_locked_with_conflict_ts: u64,
+    /// The `for_update_ts` the locks were taken with (newer than the requested one after a
+    /// deadlock retry): the transaction's `for_update_ts` for its commit.
+    pub for_update_ts: u64,
 }
 
 /// The pessimistic-lock action. Mirrors client-go `actionPessimisticLock`.
@@ -601,6 +610,7 @@ enum State {
     Locking(BatchExec<PessimisticLockAction>),
     RollingBack(BatchExec<PessimisticRollbackAction>, Error),
     Pausing(Instant, Error),
+    Tso(IoId),
 }
 
 /// Acquires pessimistic locks. See the module docs. Output: [`LockKeysResult`].
@@ -615,6 +625,7 @@ pub struct LockKeys {
     backoff_weight: u64,
     concurrency: usize,
     assigned: Option<Key>,
+    retry: Option<LockCtx>,
     state: State,
     background: Option<Background>,
     actions: VecDeque<Action>,
@@ -655,6 +666,7 @@ impl LockKeys {
             backoff_weight: budget::WEIGHT,
             concurrency: 128,
             assigned: None,
+            retry: None,
             state: State::Idle,
             background: None,
             actions: VecDeque::new(),
@@ -720,7 +732,10 @@ impl LockKeys {
             return self.finish(Err(Error::invalid("operation restarted")));
         };
         if self.keys.is_empty() {
-            return self.finish(Ok(LockKeysResult::default()));
+            return self.finish(Ok(LockKeysResult {
+                for_update_ts: ctx.for_update_ts,
+                ..Default::default()
+            }));
         }
         if let Err(e) = self.validate(&ctx) {
             return self.finish(Err(e));
@@ -790,6 +805,7 @@ impl LockKeys {
                     primary_locked: action.primary_locked,
                     skipped: Vec::new(),
                     max_locked_with_conflict_ts: action.max_locked_with_conflict_ts,
+                    for_update_ts: action.ctx.for_update_ts,
                 };
                 if action.ctx.lock_only_if_exists {
                     out.skipped = self
@@ -835,6 +851,12 @@ impl LockKeys {
                 )
                 .into_exec();
                 if matches!(e, Error::Deadlock(_, true)) {
+                    if action.ctx.deadlock_retries > 0 {
+                        let mut ctx = action.ctx.clone();
+                        ctx.deadlock_retries -= 1;
+                        ctx.wait_start = None;
+                        self.retry = Some(ctx);
+                    }
                     let mut rollback = rollback;
                     rollback.start(now, shared);
                     self.state = State::RollingBack(rollback, e);
@@ -894,6 +916,27 @@ impl Operation for LockKeys {
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
         match &mut self.state {
+            State::Tso(id) => {
+                let Input::Tso { id: got, result } = input else {
+                    return;
+                };
+                if *id != got {
+                    return;
+                }
+                self.state = State::Idle;
+                match result {
+                    Ok(ts) => {
+                        let mut ctx = self.retry.take().expect("retry context");
+                        ctx.for_update_ts = ts.version();
+                        self.ctx = Some(ctx);
+                        if self.primary.is_none() {
+                            self.assigned = None;
+                        }
+                        return self.begin(now, shared);
+                    }
+                    Err(e) => return self.finish(Err(e)),
+                }
+            }
             State::Locking(exec) => exec.handle_input(now, shared, input),
             State::RollingBack(exec, _) => exec.handle_input(now, shared, input),
             _ => return,
@@ -907,7 +950,14 @@ impl Operation for LockKeys {
             State::RollingBack(exec, _) => exec.handle_timeout(now, shared),
             State::Pausing(at, _) if *at <= now => {
                 if let State::Pausing(_, e) = std::mem::replace(&mut self.state, State::Idle) {
-                    self.finish(Err(e));
+                    if self.retry.is_some() {
+                        tracing::debug!(start_ts = self.start_ts, error = %e, "retrying after a retryable deadlock");
+                        let id = shared.next_io_id();
+                        self.actions.push_back(Action::Tso { id });
+                        self.state = State::Tso(id);
+                    } else {
+                        self.finish(Err(e));
+                    }
                 }
                 return;
             }
@@ -925,7 +975,7 @@ impl Operation for LockKeys {
             State::Locking(exec) => exec.poll_timeout(),
             State::RollingBack(exec, _) => exec.poll_timeout(),
             State::Pausing(at, _) => Some((*at, "pause after retryable deadlock")),
-            State::Idle => None,
+            State::Tso(_) | State::Idle => None,
         }
     }
 
