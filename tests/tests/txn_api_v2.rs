@@ -39,7 +39,10 @@ async fn transactions_in_the_default_keyspace<R: Runtime>() {
     a.put("e", "v-e").await.unwrap();
     a.commit().await.unwrap();
 
-    let snap = client.snapshot(client.current_timestamp().await.unwrap(), SnapshotOptions::new());
+    let snap = client.snapshot(
+        client.current_timestamp().await.unwrap(),
+        SnapshotOptions::new(),
+    );
     let all = collect(snap.scan(..)).await.unwrap();
     assert_eq!(keys_of(&all), ["a", "b", "d", "e"]);
     let rev = collect(snap.scan_keys_reverse(..)).await.unwrap();
@@ -65,9 +68,16 @@ async fn transactions_in_the_default_keyspace<R: Runtime>() {
             .collect()
     });
     assert!(!stored.is_empty());
-    assert!(stored.iter().all(|k| k.starts_with(b"x\0\0\0")), "{stored:?}");
+    assert!(
+        stored.iter().all(|k| k.starts_with(b"x\0\0\0")),
+        "{stored:?}"
+    );
     assert_eq!(lock_count(&mock), 0);
 
     let raw = RawClient::<R>::connect(&mock.pd(), config).await.unwrap();
-    assert_eq!(raw.get("a").await.unwrap(), None, "raw and txn key spaces differ");
+    assert_eq!(
+        raw.get("a").await.unwrap(),
+        None,
+        "raw and txn key spaces differ"
+    );
 }

@@ -100,7 +100,10 @@ async fn large_transaction_with_splits_mid_commit<R: Runtime>() {
     // The secondaries are committed in the background.
     wait_until(&client, || lock_count(&mock) == 0).await;
 
-    let snap = client.snapshot(client.current_timestamp().await.unwrap(), SnapshotOptions::new());
+    let snap = client.snapshot(
+        client.current_timestamp().await.unwrap(),
+        SnapshotOptions::new(),
+    );
     let pairs = collect(snap.scan(KeyRange::prefix("key")).batch_size(500))
         .await
         .unwrap();
