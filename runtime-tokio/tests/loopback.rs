@@ -346,3 +346,31 @@ async fn timestamps_are_batched_strictly_increasing_and_survive_a_stream_reset()
         "one reset, one reconnect"
     );
 }
+
+#[tokio::test]
+async fn a_closed_address_is_dialed_again() {
+    let (addr, _state) = start().await;
+    let cluster = connect(addr).await;
+    let address = addr.to_string();
+    for key in [&b"one"[..], b"two"] {
+        let reply = cluster
+            .run(OneRequest::new(
+                &address,
+                raw_get(key),
+                Duration::from_secs(5),
+            ))
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply, TikvResponse::Cmd(TikvCmdResponse::RawGet(r)) if &r.value[..] == key)
+        );
+        cluster.close_address(&address);
+    }
+    assert_eq!(
+        cluster
+            .transport_stats()
+            .streams_opened
+            .load(Ordering::Relaxed),
+        2
+    );
+}

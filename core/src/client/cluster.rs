@@ -188,6 +188,18 @@ impl<R: Runtime> Cluster<R> {
         &self.inner.pd.stats
     }
 
+    /// Runs `f` on the shared state (region / store caches, codec, transaction caches) under
+    /// its lock. Keep `f` short: every operation of the client takes the same lock.
+    pub fn with_shared<T>(&self, f: impl FnOnce(&mut Shared) -> T) -> T {
+        f(&mut super::sync::lock(&self.inner.shared))
+    }
+
+    /// Drops the connections to the store at `address`; the next request dials anew.
+    /// Mirrors client-go `RPCClient.CloseAddr`.
+    pub fn close_address(&self, address: &str) {
+        self.inner.tikv.close_address(address);
+    }
+
     /// Closes every connection now; pending and later requests fail with [`Error::Closed`].
     pub fn close(&self) {
         self.inner.pd.close();

@@ -32,8 +32,10 @@ pub const MAX_READY_STEPS: u32 = 64;
 
 /// Carries out the actions of operations.
 ///
-/// Contract: every action passed to [`Dispatch::start`] completes exactly once, either by an
-/// [`Input`] with the action's id pushed to `reply`, or by the returned [`LocalIo`] resolving.
+/// Contract: every action with an id ([`Action::id`]) passed to [`Dispatch::start`] completes
+/// exactly once, either by an [`Input`] with the action's id pushed to `reply`, or by the
+/// returned [`LocalIo`] resolving; fire-and-forget actions (no id) return `None` and complete
+/// nothing.
 /// Per-request deadlines (the `timeout` of [`Action::Tikv`]) are enforced by the dispatcher,
 /// which then completes the action with [`Error::Timeout`].
 pub trait Dispatch: Sync {
@@ -96,9 +98,12 @@ where
 
         for action in actions.drain(..) {
             tracing::trace!(?action, "dispatch");
+            // Fire-and-forget actions (no id) complete nothing.
+            let completes = action.id().is_some();
             match dispatch.start(action, &inbox) {
                 Some(io) => local.push(io),
-                None => via_inbox += 1,
+                None if completes => via_inbox += 1,
+                None => {}
             }
         }
         if let Some(result) = result {

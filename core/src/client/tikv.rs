@@ -67,6 +67,9 @@ struct Queued {
 /// One connection slot: its queue, consumed by its stream task.
 struct Conn {
     queue: Inbox<Queued>,
+    /// Set when the connection is dropped by [`TikvTransport::close_address`] rather than by
+    /// closing the client: its callers then see a retryable transport error.
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The connections to one store address.
@@ -131,6 +134,25 @@ impl<R: Runtime> TikvTransport<R> {
         }
     }
 
+    /// Drops the connections to `address` (client-go `CloseAddr`, used when a store's address
+    /// changed): its stream tasks end, requests in flight on them fail with a retryable
+    /// [`Error::Rpc`], and the next request to the address dials anew.
+    pub fn close_address(&self, address: &str) {
+        let Some(pool) = lock(&self.pools).remove(address) else {
+            return;
+        };
+        for conn in &pool.conns {
+            conn.retired.store(true, Ordering::Release);
+            for q in conn.queue.close_and_take() {
+                let _ = q.reply.push(Input::Tikv {
+                    id: q.id,
+                    result: Err(retired_error(address)),
+                });
+            }
+        }
+        *lock(&pool.unary) = None;
+    }
+
     fn pool(&self, address: &Arc<str>) -> Arc<StorePool<R>> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.get(address) {
@@ -141,6 +163,7 @@ impl<R: Runtime> TikvTransport<R> {
             conns: (0..self.config.connections)
                 .map(|_| Conn {
                     queue: Inbox::new(),
+                    retired: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -151,6 +174,7 @@ impl<R: Runtime> TikvTransport<R> {
                 rt: self.rt.clone(),
                 address: address.clone(),
                 queue: conn.queue.clone(),
+                retired: conn.retired.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
                 seed: (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -295,6 +319,7 @@ struct StreamTask<R: Runtime> {
     rt: R,
     address: Arc<str>,
     queue: Inbox<Queued>,
+    retired: Arc<std::sync::atomic::AtomicBool>,
     config: TransportConfig,
     stats: Arc<TransportStats>,
     seed: u64,
@@ -441,10 +466,13 @@ impl<R: Runtime> StreamTask<R> {
                 while let Some(done) = conn.poll_completion() {
                     progressed = true;
                     let (id, reply) = done.token;
-                    let _ = reply.push(Input::Tikv {
-                        id,
-                        result: done.result.map(TikvResponse::Cmd),
-                    });
+                    let result = match done.result {
+                        Err(Error::Closed) if self.retired.load(Ordering::Acquire) => {
+                            Err(retired_error(&self.address))
+                        }
+                        r => r.map(TikvResponse::Cmd),
+                    };
+                    let _ = reply.push(Input::Tikv { id, result });
                 }
                 match conn.poll_timeout() {
                     Some((at, _why)) => {
@@ -470,6 +498,15 @@ impl<R: Runtime> StreamTask<R> {
             Poll::Pending
         })
         .await;
+    }
+}
+
+/// The error of requests on a connection dropped by [`TikvTransport::close_address`].
+fn retired_error(address: &str) -> Error {
+    Error::Rpc {
+        address: address.to_owned(),
+        message: "connection closed by the client (store address changed)".into(),
+        sent: true,
     }
 }
 

@@ -1,0 +1,14 @@
+//! The end-to-end suite for async-std users: async-std's executor drives the smol-backed
+//! client (both sit on the same async-io reactor).
+
+/// Runs a scenario under `async_std::task::block_on` on a thread with a roomy stack.
+fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(move || async_std::task::block_on(Box::pin(f)))
+        .expect("scenario thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+tikv_tests::e2e_suite!(tikv_smol::Smol, block_on);

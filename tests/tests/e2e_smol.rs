@@ -1,0 +1,15 @@
+//! The end-to-end suite on smol: the client runs under `futures_lite::future::block_on` on a
+//! plain thread (no tokio runtime on the client side), spawning on smol's global executor.
+
+/// Runs a scenario on a thread with a roomy stack (debug builds copy the machines' large
+/// futures through many stack temporaries).
+fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(move || futures_lite::future::block_on(f))
+        .expect("scenario thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+tikv_tests::e2e_suite!(tikv_smol::Smol, block_on);
