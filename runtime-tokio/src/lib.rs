@@ -22,3 +22,17 @@ pub type RawClient = tikv_core::client::RawClient<Tokio>;
 pub type Cluster = tikv_core::client::Cluster<Tokio>;
 
 pub use tikv_core::client::{KvPair, RawChecksum, Value};
+
+/// The transactional client on tokio:
+/// `tikv_tokio::TransactionClient::connect(&pd_endpoints, config)`.
+pub type TransactionClient = tikv_core::client::TransactionClient<Tokio>;
+/// A transaction on tokio (see [`tikv_core::client::Transaction`]).
+pub type Transaction = tikv_core::client::Transaction<Tokio>;
+/// A read-only snapshot on tokio (see [`tikv_core::client::Snapshot`]).
+pub type Snapshot = tikv_core::client::Snapshot<Tokio>;
+
+pub use tikv_core::client::txn::{
+    AssertionLevel, CommitInfo, CommitMode, DiskFullOpt, IsolationLevel, KeyRange, LockOptions,
+    LockWait, Priority, SnapshotOptions, TransactionOptions, TxnKind,
+};
+pub use tikv_core::machine::Timestamp;

@@ -144,6 +144,23 @@ impl<'a, R: Runtime> Scan<'a, R> {
         self
     }
 
+    /// The next pair, `Ok(None)` once the range is exhausted (like `TryStreamExt::try_next`,
+    /// without importing a trait).
+    pub async fn try_next(&mut self) -> Result<Option<KvPair>, Error> {
+        futures_lite::future::poll_fn(|cx| self.poll_pair(cx))
+            .await
+            .transpose()
+    }
+
+    /// Every remaining pair, failing on the first error (like `TryStreamExt::try_collect`).
+    pub async fn try_collect(mut self) -> Result<Vec<KvPair>, Error> {
+        let mut out = Vec::new();
+        while let Some(pair) = self.try_next().await? {
+            out.push(pair);
+        }
+        Ok(out)
+    }
+
     /// Copies the next chunk of buffered entries (puts and deletions) into `buf`.
     fn refill_buffer(&mut self) -> Result<(), Error> {
         let Some(state) = self.buffer else {
@@ -311,6 +328,20 @@ impl<'a, R: Runtime> ScanKeys<'a, R> {
         ScanKeys {
             inner: self.inner.batch_size(n),
         }
+    }
+
+    /// The next key, `Ok(None)` once the range is exhausted.
+    pub async fn try_next(&mut self) -> Result<Option<Key>, Error> {
+        Ok(self.inner.try_next().await?.map(|(k, _)| k))
+    }
+
+    /// Every remaining key, failing on the first error.
+    pub async fn try_collect(mut self) -> Result<Vec<Key>, Error> {
+        let mut out = Vec::new();
+        while let Some(key) = self.try_next().await? {
+            out.push(key);
+        }
+        Ok(out)
     }
 }
 
