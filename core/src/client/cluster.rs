@@ -113,7 +113,7 @@ impl<R: Runtime> Cluster<R> {
             return Err(Error::invalid("at least one PD endpoint is required"));
         }
         let endpoints: Vec<String> = pd_endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
-        let pd = PdClient::new(rt.clone(), endpoints, &config);
+        let pd = PdClient::new(rt.clone(), endpoints, &config)?;
         // A bad endpoint list should fail here, not at the first request (client-go's
         // `NewClient` also connects to PD eagerly).
         pd.call(crate::machine::PdRequest::GetAllStores(Default::default()))

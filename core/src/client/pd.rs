@@ -1,10 +1,11 @@
 //! The async PD client: leader discovery, unary PD calls with retries, the `Tso` stream shared
 //! by every caller, and de-duplicated concurrent region loads.
 //!
-//! * Leader discovery asks each configured endpoint for `GetMembers` and connects to the first
-//!   `client_urls` entry of the reported leader, like the PD Go client's
-//!   `pkg/utils/tsoutil`-free member loop (`client/pkg/...` `updateMember`). The leader channel
-//!   is cached until a call on it fails at the transport level.
+//! * Leader discovery is the sans-IO [`PdDiscovery`] machine (cluster id, members, leader,
+//!   `BoPDRPC` between failed rounds): this client makes its `GetMembers` calls and sleeps
+//!   through its backoffs, one discovery at a time shared by concurrent callers, then caches a
+//!   channel to the leader until a call on it fails at the transport level, which is reported
+//!   back to the machine (`handle_rpc_failure` schedules a member check).
 //! * A unary call fills in the request header's `cluster_id`, and on a transport failure drops
 //!   the leader, backs off with client-go's `BoPDRPC` (500 ms → 3 s, equal jitter) and tries
 //!   again until the budget runs out ([`PD_BUDGET_MS`] × `backoff_weight`, the budget client-go
@@ -39,6 +40,7 @@ use super::tikv::with_deadline;
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
+use crate::machine::pd::{PdAction, PdConfig, PdDiscovery, PdEvent, strip_scheme};
 use crate::machine::tso::{TsoAction, TsoBatcher, TsoConfig};
 use crate::machine::{Input, IoId, PdRequest, PdResponse, Timestamp};
 
@@ -88,7 +90,6 @@ pub struct PdStats {
 /// The PD client of one [`super::Client`].
 pub(crate) struct PdClient<R: Runtime> {
     rt: R,
-    endpoints: Vec<String>,
     call_timeout: Duration,
     dial_timeout: Duration,
     budget_ms: u64,
@@ -96,6 +97,8 @@ pub(crate) struct PdClient<R: Runtime> {
     seed: u64,
     cluster_id: AtomicU64,
     leader: Mutex<Option<Leader<R>>>,
+    discovery: Mutex<PdDiscovery>,
+    discovering: Mutex<Option<Vec<LeaderWaiter<R>>>>,
     rng: Mutex<crate::rng::Rng>,
     tso_queue: Inbox<TsoWaiter>,
     tso_started: std::sync::Once,
@@ -104,10 +107,15 @@ pub(crate) struct PdClient<R: Runtime> {
 }
 
 impl<R: Runtime> PdClient<R> {
-    pub fn new(rt: R, endpoints: Vec<String>, config: &Config) -> Arc<Self> {
-        Arc::new(PdClient {
+    pub fn new(rt: R, endpoints: Vec<String>, config: &Config) -> Result<Arc<Self>, Error> {
+        let discovery = PdDiscovery::new(
+            rt.now(),
+            &endpoints,
+            PdConfig::from_config(config),
+            config.rng_seed ^ 0x0070_6464,
+        )?;
+        Ok(Arc::new(PdClient {
             rt,
-            endpoints,
             call_timeout: config.pd_server_timeout,
             dial_timeout: config.dial_timeout,
             budget_ms: PD_BUDGET_MS.saturating_mul(config.backoff_weight.max(1)),
@@ -115,12 +123,14 @@ impl<R: Runtime> PdClient<R> {
             cluster_id: AtomicU64::new(0),
             seed: config.rng_seed ^ 0x0074_736f,
             leader: Mutex::new(None),
+            discovery: Mutex::new(discovery),
+            discovering: Mutex::new(None),
             rng: Mutex::new(crate::rng::Rng::new(config.rng_seed ^ 0x5044)),
             tso_queue: Inbox::new(),
             tso_started: std::sync::Once::new(),
             flights: Mutex::new(HashMap::new()),
             stats: Arc::new(PdStats::default()),
-        })
+        }))
     }
 
     /// Fails queued timestamp requests and stops the TSO task.
@@ -145,14 +155,44 @@ impl<R: Runtime> PdClient<R> {
             .unwrap_or_else(|| Err(Error::Pd(format!("dial {url}: timeout"))))
     }
 
-    /// The current leader, discovering it when unknown.
+    /// The current leader, discovering it when unknown. Concurrent callers share one
+    /// discovery.
     async fn leader(&self) -> Result<Leader<R>, Error> {
         if let Some(l) = lock(&self.leader).clone() {
             return Ok(l);
         }
-        let l = self.discover().await?;
-        *lock(&self.leader) = Some(l.clone());
-        Ok(l)
+        let waiter = {
+            let mut running = lock(&self.discovering);
+            match running.as_mut() {
+                Some(waiters) => {
+                    let w = Inbox::new();
+                    waiters.push(w.clone());
+                    Some(w)
+                }
+                None => {
+                    *running = Some(Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(w) = waiter {
+            let mut got = Vec::with_capacity(1);
+            future::poll_fn(|cx| w.poll_drain(cx, &mut got)).await;
+            return got
+                .pop()
+                .unwrap_or_else(|| Err(Error::Pd("PD discovery abandoned".into())));
+        }
+        let mut finish = Finish {
+            slot: &self.discovering,
+            result: None,
+        };
+        let result = self.discover().await;
+        if let Ok(l) = &result {
+            *lock(&self.leader) = Some(l.clone());
+        }
+        finish.result = Some(result.clone());
+        drop(finish);
+        result
     }
 
     /// The leader's channel and the cluster id (for calls outside [`PdRequest`]).
@@ -161,85 +201,118 @@ impl<R: Runtime> PdClient<R> {
         Ok((l.channel, l.cluster_id))
     }
 
-    /// Forgets the leader if it is still `url` (a newer discovery is kept).
+    /// Forgets the leader if it is still `url` (a newer discovery is kept), and tells the
+    /// discovery machine, which schedules a member check.
     fn drop_leader(&self, url: &str) {
         let mut leader = lock(&self.leader);
         if leader.as_ref().is_some_and(|l| &*l.url == url) {
             *leader = None;
         }
+        drop(leader);
+        lock(&self.discovery).handle_rpc_failure(self.rt.now(), strip_scheme(url));
     }
 
-    /// Asks every endpoint in turn for the member list and connects to the leader. Mirrors the
-    /// PD Go client's `updateMember` (first endpoint that answers with a leader wins).
+    /// Drives the [`PdDiscovery`] machine until it knows the leader, making its `GetMembers`
+    /// calls and sleeping through its backoffs, then connects to the leader.
     async fn discover(&self) -> Result<Leader<R>, Error> {
-        let mut last = Error::Pd("no PD endpoint configured".into());
-        for endpoint in &self.endpoints {
-            let channel = match self.dial(endpoint).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            self.stats.member_calls.fetch_add(1, Ordering::Relaxed);
-            let req = pdpb::GetMembersRequest {
-                header: Some(pdpb::RequestHeader::default()),
-            };
-            let deadline = self.rt.now() + self.call_timeout;
-            let call = channel.unary(PD_GET_MEMBERS, rpc::encode(&req), Some(self.call_timeout));
-            let members = match with_deadline(&self.rt, deadline, call).await {
-                None => {
-                    last = Error::Pd(format!("GetMembers to {endpoint}: timeout"));
-                    continue;
-                }
-                Some(Err(status)) => {
-                    last = Error::Pd(format!("GetMembers to {endpoint}: {status}"));
-                    continue;
-                }
-                Some(Ok(bytes)) => {
-                    match rpc::decode::<pdpb::GetMembersResponse>(bytes, "GetMembersResponse") {
-                        Ok(m) => m,
-                        Err(e) => {
-                            last = e;
-                            continue;
-                        }
-                    }
-                }
-            };
-            if let Some(err) = members.header.as_ref().and_then(|h| h.error.as_ref()) {
-                last = Error::Pd(format!("GetMembers to {endpoint}: {}", err.message));
-                continue;
-            }
-            let cluster_id = members.header.as_ref().map_or(0, |h| h.cluster_id);
-            let Some(url) = members
-                .leader
-                .as_ref()
-                .and_then(|l| l.client_urls.first())
-                .cloned()
-            else {
-                last = Error::Pd(format!("{endpoint} reports no PD leader"));
-                continue;
-            };
-            let channel = if same_host(&url, endpoint) {
-                channel
-            } else {
-                match self.dial(&url).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                }
-            };
-            tracing::debug!(leader = %url, cluster_id, "PD leader found");
-            self.cluster_id.store(cluster_id, Ordering::Relaxed);
-            return Ok(Leader {
-                url: Arc::from(url),
-                channel,
-                cluster_id,
-            });
+        enum Step {
+            Call {
+                id: u64,
+                address: Arc<str>,
+                request: pdpb::GetMembersRequest,
+                timeout: Duration,
+            },
+            Connect(Arc<str>, u64),
+            Sleep(Instant),
         }
-        Err(last)
+        // Bounded: the machine gives up by itself after its init rounds; this guards a bug.
+        for _ in 0..100_000u32 {
+            let step = {
+                let mut d = lock(&self.discovery);
+                while let Some(event) = d.poll_event() {
+                    if let PdEvent::Failed(e) = event {
+                        return Err(e);
+                    }
+                }
+                match d.poll_action() {
+                    Some(PdAction::GetMembers {
+                        id,
+                        address,
+                        request,
+                        timeout,
+                    }) => Step::Call {
+                        id,
+                        address,
+                        request,
+                        timeout,
+                    },
+                    None => match (d.is_ready(), d.leader().cloned(), d.poll_timeout()) {
+                        (true, Some(leader), _) => {
+                            Step::Connect(leader, d.cluster_id().unwrap_or(0))
+                        }
+                        (_, _, Some((at, _why))) => Step::Sleep(at),
+                        _ => {
+                            return Err(d
+                                .last_error()
+                                .cloned()
+                                .unwrap_or_else(|| Error::Pd("PD discovery is stuck".into())));
+                        }
+                    },
+                }
+            };
+            match step {
+                Step::Call {
+                    id,
+                    address,
+                    request,
+                    timeout,
+                } => {
+                    self.stats.member_calls.fetch_add(1, Ordering::Relaxed);
+                    let result = self.get_members(&address, request, timeout).await;
+                    lock(&self.discovery).handle_members(self.rt.now(), id, result);
+                }
+                Step::Sleep(at) => {
+                    self.rt.sleep_until(at).await;
+                    lock(&self.discovery).handle_timeout(self.rt.now());
+                }
+                Step::Connect(url, cluster_id) => {
+                    let channel = match self.dial(&url).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            lock(&self.discovery).handle_rpc_failure(self.rt.now(), &url);
+                            return Err(e);
+                        }
+                    };
+                    tracing::debug!(leader = %url, cluster_id, "PD leader found");
+                    self.cluster_id.store(cluster_id, Ordering::Relaxed);
+                    return Ok(Leader {
+                        url,
+                        channel,
+                        cluster_id,
+                    });
+                }
+            }
+        }
+        Err(Error::Internal("PD discovery did not settle".into()))
+    }
+
+    /// One `GetMembers` call to `address` within `timeout`.
+    async fn get_members(
+        &self,
+        address: &str,
+        request: pdpb::GetMembersRequest,
+        timeout: Duration,
+    ) -> Result<pdpb::GetMembersResponse, Error> {
+        let deadline = self.rt.now() + timeout;
+        let channel = with_deadline(&self.rt, deadline, self.rt.connect(address))
+            .await
+            .unwrap_or_else(|| Err(Error::Pd(format!("dial {address}: timeout"))))?;
+        let call = channel.unary(PD_GET_MEMBERS, rpc::encode(&request), Some(timeout));
+        match with_deadline(&self.rt, deadline, call).await {
+            None => Err(Error::Pd(format!("GetMembers to {address}: timeout"))),
+            Some(Err(status)) => Err(Error::Pd(format!("GetMembers to {address}: {status}"))),
+            Some(Ok(bytes)) => rpc::decode(bytes, "GetMembersResponse"),
+        }
     }
 
     /// One PD call with leader discovery and `BoPDRPC` retries.
@@ -531,6 +604,7 @@ impl<R: Runtime> PdClient<R> {
     /// Forgets the leader (whatever it is): the next use rediscovers it.
     fn forget_leader(&self) {
         *lock(&self.leader) = None;
+        lock(&self.discovery).schedule_check(self.rt.now());
     }
 
     /// Opens a `Tso` stream to the leader.
@@ -555,6 +629,28 @@ impl<R: Runtime> PdClient<R> {
     }
 }
 
+/// A caller waiting for the discovery another caller runs.
+type LeaderWaiter<R> = Inbox<Result<Leader<R>, Error>>;
+
+/// Hands a discovery's outcome to the callers waiting on it, even if the discovering caller
+/// is dropped mid-way.
+struct Finish<'a, R: Runtime> {
+    slot: &'a Mutex<Option<Vec<LeaderWaiter<R>>>>,
+    result: Option<Result<Leader<R>, Error>>,
+}
+
+impl<R: Runtime> Drop for Finish<'_, R> {
+    fn drop(&mut self) {
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(Error::Pd("PD discovery abandoned".into())));
+        for w in lock(self.slot).take().unwrap_or_default() {
+            let _ = w.push(result.clone());
+        }
+    }
+}
+
 /// A `Tso` stream being opened.
 type Opening<R> = Pin<
     Box<
@@ -569,17 +665,6 @@ type Opening<R> = Pin<
             > + Send,
     >,
 >;
-
-/// Whether two PD URLs name the same `host:port` (scheme and trailing slash ignored).
-fn same_host(a: &str, b: &str) -> bool {
-    fn strip(s: &str) -> &str {
-        s.strip_prefix("http://")
-            .or_else(|| s.strip_prefix("https://"))
-            .unwrap_or(s)
-            .trim_end_matches('/')
-    }
-    strip(a) == strip(b)
-}
 
 /// Puts `cluster_id` into the request header, as every PD request must carry it.
 fn set_cluster_id(request: &mut PdRequest, cluster_id: u64) {
@@ -600,13 +685,6 @@ fn set_cluster_id(request: &mut PdRequest, cluster_id: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_comparison_ignores_scheme() {
-        assert!(same_host("http://127.0.0.1:2379", "127.0.0.1:2379"));
-        assert!(same_host("https://pd:1/", "http://pd:1"));
-        assert!(!same_host("pd:1", "pd:2"));
-    }
 
     #[test]
     fn cluster_id_lands_in_every_header() {
