@@ -100,8 +100,20 @@ pub fn block_on_tokio<F: std::future::Future<Output = ()>>(future: F) {
         .block_on(future);
 }
 
+/// Runs `future` under `futures_lite::future::block_on` on a plain thread (no tokio on the
+/// client side; the smol runtime spawns on smol's global executor), with a roomy stack for
+/// debug builds.
+pub fn block_on_thread<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(move || futures_lite::future::block_on(future))
+        .expect("scenario thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
 /// Instantiates generic scenarios `async fn name<R: Runtime>()` of the calling test file as
-/// `#[test]`s, one module per runtime (`tokio::name`, ...).
+/// `#[test]`s, one module per runtime (`tokio::name`, `smol::name`).
 #[macro_export]
 macro_rules! txn_tests {
     ($($name:ident),* $(,)?) => {
@@ -110,6 +122,14 @@ macro_rules! txn_tests {
                 #[test]
                 fn $name() {
                     $crate::txn_support::block_on_tokio(super::$name::<tikv_tokio::Tokio>());
+                }
+            )*
+        }
+        mod smol {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::txn_support::block_on_thread(super::$name::<tikv_smol::Smol>());
                 }
             )*
         }

@@ -117,6 +117,8 @@ pub(crate) struct LockOutcome {
     pub skipped: Vec<Key>,
     /// The primary's lock was taken by this call.
     pub primary_locked: bool,
+    /// The `for_update_ts` the locks were taken with (newer than asked after a retry).
+    pub for_update_ts: Timestamp,
 }
 
 /// The request metadata of writes. Mirrors the `Context` client-go's committer builds.
@@ -206,6 +208,7 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
             .collect(),
         skipped: out.skipped,
         primary_locked: out.primary_locked,
+        for_update_ts: Timestamp(out.for_update_ts),
     })
 }
 

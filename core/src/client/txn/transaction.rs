@@ -582,6 +582,9 @@ impl<R: Runtime> Transaction<R> {
                         }
                         s.buffer.update_flags(k.clone(), &ops)?;
                     }
+                    if outcome.for_update_ts > s.for_update_ts {
+                        s.for_update_ts = outcome.for_update_ts;
+                    }
                     if assigned_primary && outcome.skipped.contains(&primary) {
                         // Lock-only-if-exists found the primary absent: nothing holds it.
                         s.primary = None;
