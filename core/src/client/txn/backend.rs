@@ -20,11 +20,13 @@ use crate::machine::txn::commit_exec::TxnRequestContext;
 use crate::machine::txn::committer::{
     Background, CommitMode as MachineCommitMode, CommitOptions, Committer,
 };
+use crate::machine::txn::gc::UnsafeDestroyRange;
 use crate::machine::txn::heartbeat::TtlManager;
 use crate::machine::txn::mutations::LockTtls;
 use crate::machine::txn::pessimistic::{
     LockCtx, LockKey, LockKeys, LockWait as MachineLockWait, PessimisticRollback,
 };
+use crate::machine::txn::range_task;
 use crate::machine::txn::{
     BufferMutation, ScanCursor, SnapshotBatchGet, SnapshotGet, SnapshotScan,
 };
@@ -397,18 +399,36 @@ pub(crate) async fn gc<R: Runtime>(
     Err(not_wired("gc"))
 }
 
+/// Destroys `range` on every store. Runs [`UnsafeDestroyRange`].
 pub(crate) async fn unsafe_destroy_range<R: Runtime>(
-    _cluster: &Cluster<R>,
-    _range: KeyRange,
+    cluster: &Cluster<R>,
+    range: KeyRange,
 ) -> Result<(), Error> {
-    Err(not_wired("unsafe destroy range"))
+    let (start, end) = range.into_keys();
+    cluster.run(UnsafeDestroyRange::new(start, end)).await
 }
 
+/// Tasks of [`delete_range`] run at once. client-go leaves it to the caller
+/// (`KVStore.DeleteRange(ctx, start, end, concurrency)`); this client uses the range-task
+/// concurrency client-go's GC defaults to (`tikv/gc.go` `GC`, 8).
+pub const DELETE_RANGE_CONCURRENCY: usize = 8;
+
+/// Deletes `range` region by region. Runs the range-task runner with the delete-range
+/// handler; returns the regions done.
 pub(crate) async fn delete_range<R: Runtime>(
-    _cluster: &Cluster<R>,
-    _range: KeyRange,
+    cluster: &Cluster<R>,
+    range: KeyRange,
 ) -> Result<usize, Error> {
-    Err(not_wired("delete range"))
+    let (start, end) = range.into_keys();
+    let stat = cluster
+        .run(range_task::delete_range(
+            start,
+            end,
+            DELETE_RANGE_CONCURRENCY,
+            false,
+        ))
+        .await?;
+    Ok(stat.completed_regions)
 }
 
 pub(crate) async fn split_regions<R: Runtime>(
