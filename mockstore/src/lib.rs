@@ -42,12 +42,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod codec;
-pub mod mvcc;
-pub mod raw;
 pub mod cluster;
+pub mod codec;
 pub mod fault;
+pub mod mvcc;
 pub mod pd;
+pub mod raw;
 pub mod rpc;
 pub mod server;
 mod txn;

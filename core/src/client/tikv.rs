@@ -534,8 +534,3 @@ async fn open_stream<R: Runtime>(
         .map_err(|s| s.into_error(&address, false))?;
     Ok((outgoing, responses))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
