@@ -679,6 +679,14 @@ fn set_cluster_id(request: &mut PdRequest, cluster_id: u64) {
         PdRequest::BatchScanRegions(r) => r.header = header,
         PdRequest::GetStore(r) => r.header = header,
         PdRequest::GetAllStores(r) => r.header = header,
+        PdRequest::AdvanceTxnSafePoint(r) => r.header = header,
+        PdRequest::AdvanceGcSafePoint(r) => r.header = header,
+        PdRequest::UpdateGcSafePoint(r) => r.header = header,
+        PdRequest::GetGcState(r) => r.header = header,
+        PdRequest::SetGcBarrier(r) => r.header = header,
+        PdRequest::DeleteGcBarrier(r) => r.header = header,
+        PdRequest::ScatterRegion(r) => r.header = header,
+        PdRequest::GetOperator(r) => r.header = header,
     }
 }
 

@@ -171,6 +171,44 @@ pub fn pd_call(request: &PdRequest) -> (&'static str, Bytes, PdDecoder) {
                 b,
             )?))
         }),
+        PdRequest::AdvanceTxnSafePoint(r) => ("/pdpb.PD/AdvanceTxnSafePoint", encode(r), |b| {
+            Ok(PdResponse::AdvanceTxnSafePoint(
+                pdpb::AdvanceTxnSafePointResponse::decode(b)?,
+            ))
+        }),
+        PdRequest::AdvanceGcSafePoint(r) => ("/pdpb.PD/AdvanceGCSafePoint", encode(r), |b| {
+            Ok(PdResponse::AdvanceGcSafePoint(
+                pdpb::AdvanceGcSafePointResponse::decode(b)?,
+            ))
+        }),
+        PdRequest::UpdateGcSafePoint(r) => ("/pdpb.PD/UpdateGCSafePoint", encode(r), |b| {
+            Ok(PdResponse::UpdateGcSafePoint(
+                pdpb::UpdateGcSafePointResponse::decode(b)?,
+            ))
+        }),
+        PdRequest::GetGcState(r) => ("/pdpb.PD/GetGCState", encode(r), |b| {
+            Ok(PdResponse::GetGcState(pdpb::GetGcStateResponse::decode(b)?))
+        }),
+        PdRequest::SetGcBarrier(r) => ("/pdpb.PD/SetGCBarrier", encode(r), |b| {
+            Ok(PdResponse::SetGcBarrier(
+                pdpb::SetGcBarrierResponse::decode(b)?,
+            ))
+        }),
+        PdRequest::DeleteGcBarrier(r) => ("/pdpb.PD/DeleteGCBarrier", encode(r), |b| {
+            Ok(PdResponse::DeleteGcBarrier(
+                pdpb::DeleteGcBarrierResponse::decode(b)?,
+            ))
+        }),
+        PdRequest::ScatterRegion(r) => ("/pdpb.PD/ScatterRegion", encode(r), |b| {
+            Ok(PdResponse::ScatterRegion(
+                pdpb::ScatterRegionResponse::decode(b)?,
+            ))
+        }),
+        PdRequest::GetOperator(r) => ("/pdpb.PD/GetOperator", encode(r), |b| {
+            Ok(PdResponse::GetOperator(pdpb::GetOperatorResponse::decode(
+                b,
+            )?))
+        }),
     }
 }
 
@@ -182,6 +220,14 @@ pub fn pd_header(response: &PdResponse) -> Option<&tikv_proto::pdpb::ResponseHea
         PdResponse::BatchScanRegions(r) => r.header.as_ref(),
         PdResponse::Store(r) => r.header.as_ref(),
         PdResponse::AllStores(r) => r.header.as_ref(),
+        PdResponse::AdvanceTxnSafePoint(r) => r.header.as_ref(),
+        PdResponse::AdvanceGcSafePoint(r) => r.header.as_ref(),
+        PdResponse::UpdateGcSafePoint(r) => r.header.as_ref(),
+        PdResponse::GetGcState(r) => r.header.as_ref(),
+        PdResponse::SetGcBarrier(r) => r.header.as_ref(),
+        PdResponse::DeleteGcBarrier(r) => r.header.as_ref(),
+        PdResponse::ScatterRegion(r) => r.header.as_ref(),
+        PdResponse::GetOperator(r) => r.header.as_ref(),
     }
 }
 

@@ -122,6 +122,22 @@ pub enum PdRequest {
     GetStore(pdpb::GetStoreRequest),
     /// `GetAllStores`.
     GetAllStores(pdpb::GetAllStoresRequest),
+    /// `AdvanceTxnSafePoint` (GC-state API; the keyspace scope is filled by the machine).
+    AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointRequest),
+    /// `AdvanceGCSafePoint` (GC-state API).
+    AdvanceGcSafePoint(pdpb::AdvanceGcSafePointRequest),
+    /// `UpdateGCSafePoint` (legacy GC safe point API).
+    UpdateGcSafePoint(pdpb::UpdateGcSafePointRequest),
+    /// `GetGCState`.
+    GetGcState(pdpb::GetGcStateRequest),
+    /// `SetGCBarrier`.
+    SetGcBarrier(pdpb::SetGcBarrierRequest),
+    /// `DeleteGCBarrier`.
+    DeleteGcBarrier(pdpb::DeleteGcBarrierRequest),
+    /// `ScatterRegion`.
+    ScatterRegion(pdpb::ScatterRegionRequest),
+    /// `GetOperator`.
+    GetOperator(pdpb::GetOperatorRequest),
 }
 
 // The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
@@ -141,6 +157,22 @@ pub enum PdResponse {
     Store(pdpb::GetStoreResponse),
     /// Reply to `GetAllStores`.
     AllStores(pdpb::GetAllStoresResponse),
+    /// Reply to `AdvanceTxnSafePoint`.
+    AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointResponse),
+    /// Reply to `AdvanceGCSafePoint`.
+    AdvanceGcSafePoint(pdpb::AdvanceGcSafePointResponse),
+    /// Reply to `UpdateGCSafePoint`.
+    UpdateGcSafePoint(pdpb::UpdateGcSafePointResponse),
+    /// Reply to `GetGCState`.
+    GetGcState(pdpb::GetGcStateResponse),
+    /// Reply to `SetGCBarrier`.
+    SetGcBarrier(pdpb::SetGcBarrierResponse),
+    /// Reply to `DeleteGCBarrier`.
+    DeleteGcBarrier(pdpb::DeleteGcBarrierResponse),
+    /// Reply to `ScatterRegion`.
+    ScatterRegion(pdpb::ScatterRegionResponse),
+    /// Reply to `GetOperator`.
+    GetOperator(pdpb::GetOperatorResponse),
 }
 
 /// A TSO timestamp: physical milliseconds and an 18-bit logical counter.

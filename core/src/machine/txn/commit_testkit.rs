@@ -32,7 +32,8 @@ pub(crate) enum Answer {
 }
 
 type Hook = Box<dyn FnMut(u64, &TikvRequest, &mut FakeTxnKv, &mut FakePd, u64) -> Option<Answer>>;
-type PdHook = Box<dyn FnMut(&PdRequest) -> Option<Result<PdResponse, Error>>>;
+/// Answers PD requests before the scripted PD does.
+pub(crate) type PdHook = Box<dyn FnMut(&PdRequest) -> Option<Result<PdResponse, Error>>>;
 
 /// The virtual-time world. See the module docs.
 pub(crate) struct World {

@@ -1126,3 +1126,233 @@ fn split_regions_reports_new_regions_and_skips_existing_boundaries() {
     );
     assert_eq!(w.pd.regions.len(), 5);
 }
+
+// ---- GC driver, safe points, scatter -------------------------------------------------------
+
+/// A PD GC state like PD's `gc_state_manager`: txn safe point blocked by barriers.
+#[derive(Debug, Default)]
+struct FakeGc {
+    txn_safe_point: u64,
+    gc_safe_point: u64,
+    barrier: Option<u64>,
+    calls: Vec<&'static str>,
+}
+
+fn gc_pd(
+    state: std::rc::Rc<std::cell::RefCell<FakeGc>>,
+) -> crate::machine::txn::commit_testkit::PdHook {
+    use crate::machine::{PdRequest, PdResponse};
+    use tikv_proto::pdpb;
+    Box::new(move |req| {
+        let mut g = state.borrow_mut();
+        Some(Ok(match req {
+            PdRequest::AdvanceTxnSafePoint(r) => {
+                g.calls.push("advance_txn");
+                assert!(r.keyspace_scope.is_some());
+                let old = g.txn_safe_point;
+                let new = r.target.min(g.barrier.unwrap_or(u64::MAX)).max(old);
+                g.txn_safe_point = new;
+                PdResponse::AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointResponse {
+                    old_txn_safe_point: old,
+                    new_txn_safe_point: new,
+                    blocker_description: if new < r.target {
+                        "barrier".into()
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                })
+            }
+            PdRequest::UpdateGcSafePoint(r) => {
+                g.calls.push("update_gc");
+                g.gc_safe_point = g.gc_safe_point.max(r.safe_point);
+                PdResponse::UpdateGcSafePoint(pdpb::UpdateGcSafePointResponse {
+                    new_safe_point: g.gc_safe_point,
+                    ..Default::default()
+                })
+            }
+            PdRequest::GetGcState(_) => {
+                g.calls.push("get_state");
+                PdResponse::GetGcState(pdpb::GetGcStateResponse {
+                    gc_state: Some(pdpb::GcState {
+                        txn_safe_point: g.txn_safe_point,
+                        gc_safe_point: g.gc_safe_point,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+            PdRequest::SetGcBarrier(r) => {
+                g.calls.push("set_barrier");
+                g.barrier = Some(r.barrier_ts);
+                PdResponse::SetGcBarrier(pdpb::SetGcBarrierResponse {
+                    new_barrier_info: Some(pdpb::GcBarrierInfo {
+                        barrier_id: r.barrier_id.clone(),
+                        barrier_ts: r.barrier_ts,
+                        ttl_seconds: r.ttl_seconds,
+                    }),
+                    ..Default::default()
+                })
+            }
+            PdRequest::DeleteGcBarrier(r) => {
+                g.calls.push("delete_barrier");
+                let was = g.barrier.take();
+                PdResponse::DeleteGcBarrier(pdpb::DeleteGcBarrierResponse {
+                    deleted_barrier_info: was.map(|ts| pdpb::GcBarrierInfo {
+                        barrier_id: r.barrier_id.clone(),
+                        barrier_ts: ts,
+                        ttl_seconds: 0,
+                    }),
+                    ..Default::default()
+                })
+            }
+            _ => return None,
+        }))
+    })
+}
+
+/// client-go `KVStore.GC`: advance the txn safe point, resolve every lock at or below it, then
+/// the GC safe point — in that order.
+#[test]
+fn gc_advances_txn_safe_point_resolves_locks_then_gc_safe_point() {
+    use crate::machine::txn::gc::{Gc, GcOptions};
+    let state = std::rc::Rc::new(std::cell::RefCell::new(FakeGc::default()));
+    let mut w = World::new(&["m"]);
+    w.pd_hook = Some(gc_pd(state.clone()));
+    let t1 = w.ts_now();
+    w.kv.lock("b", LockSpec::put("b", t1, 3_000));
+    w.kv.lock("n", LockSpec::put("b", t1, 3_000));
+    let expected = w.ts_now();
+    let t2 = w.ts_now();
+    w.kv.lock("x", LockSpec::put("x", t2, 3_000));
+    let mut op = Gc::new(expected, GcOptions::default());
+    let out = w.run(&mut op).unwrap();
+    assert_eq!(out.txn_safe_point, expected);
+    assert_eq!(out.gc_safe_point, expected);
+    assert_eq!(out.resolved_regions, 2);
+    assert!(out.blocker.is_empty());
+    assert_eq!(state.borrow().calls, vec!["advance_txn", "update_gc"]);
+    assert!(!w.locked("b") && !w.locked("n"));
+    assert!(w.locked("x"), "a lock above the safe point stays");
+    // Every scan happened between the two PD calls and used the txn safe point.
+    assert!(w.sent_of("scan_lock").iter().all(|r| match r {
+        TikvRequest::Cmd(TikvCmd::ScanLock(s)) => s.max_version == expected,
+        _ => false,
+    }));
+}
+
+/// client-go `KVStore.GC`: a GC barrier holds the txn safe point back; GC continues with the
+/// value PD returned.
+#[test]
+fn gc_blocked_by_a_barrier_uses_the_returned_safe_point() {
+    use crate::machine::txn::gc::{Gc, GcOptions, delete_gc_barrier, set_gc_barrier};
+    let state = std::rc::Rc::new(std::cell::RefCell::new(FakeGc::default()));
+    let mut w = World::new(&[]);
+    w.pd_hook = Some(gc_pd(state.clone()));
+    let barrier_ts = w.ts_now();
+    let info = w
+        .run(&mut set_gc_barrier(
+            "br",
+            barrier_ts,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+    assert_eq!(info.barrier_ts, barrier_ts);
+    assert_eq!(info.ttl_seconds, 60);
+    let after = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", after, 3_000));
+    let expected = w.ts_now();
+    let out = w.run(&mut Gc::new(expected, GcOptions::default())).unwrap();
+    assert_eq!(out.txn_safe_point, barrier_ts);
+    assert_eq!(out.blocker, "barrier");
+    assert!(w.locked("a"), "the lock is above the blocked safe point");
+    let deleted = w.run(&mut delete_gc_barrier("br")).unwrap();
+    assert_eq!(deleted.map(|b| b.barrier_ts), Some(barrier_ts));
+}
+
+/// client-go `loadTxnSafePoint` + `UpdateTxnSafePointCache`: the loaded txn safe point feeds
+/// the read visibility check (`TxnAbortedByGc`).
+#[test]
+fn load_txn_safe_point_feeds_the_visibility_check() {
+    use crate::machine::txn::gc::LoadTxnSafePoint;
+    let state = std::rc::Rc::new(std::cell::RefCell::new(FakeGc {
+        txn_safe_point: 500,
+        ..Default::default()
+    }));
+    let mut w = World::new(&[]);
+    w.pd_hook = Some(gc_pd(state));
+    assert_eq!(w.run(&mut LoadTxnSafePoint::new()).unwrap(), 500);
+    let now = w.now;
+    assert!(matches!(
+        w.shared.txn.safe_point.check(400, now),
+        Err(Error::TxnAbortedByGc {
+            start_ts: 400,
+            safe_point: 500
+        })
+    ));
+    assert!(w.shared.txn.safe_point.check(600, now).is_ok());
+}
+
+/// client-go `SplitRegions(scatter = true)` + `scatterRegion`: every new region is scattered,
+/// PD failures retried with `BoPDRPC`.
+#[test]
+fn split_then_scatter_new_regions_with_retry() {
+    use crate::machine::txn::split::SplitRegions;
+    use crate::machine::{PdRequest, PdResponse};
+    use tikv_proto::pdpb;
+    let scattered = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let s2 = scattered.clone();
+    let mut w = World::new(&[]);
+    let mut failures = 1;
+    w.pd_hook = Some(Box::new(move |req| match req {
+        PdRequest::ScatterRegion(r) => {
+            if failures > 0 {
+                failures -= 1;
+                return Some(Err(Error::Pd("leader changing".into())));
+            }
+            s2.borrow_mut().push(r.region_id);
+            Some(Ok(PdResponse::ScatterRegion(pdpb::ScatterRegionResponse {
+                finished_percentage: 100,
+                ..Default::default()
+            })))
+        }
+        _ => None,
+    }));
+    let mut op = SplitRegions::new(vec![k("c"), k("f")]).with_scatter(true);
+    let ids = w.run(&mut op).unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(*scattered.borrow(), ids);
+    assert!(w.ms() >= 250, "backed off PdRpc after the failure");
+}
+
+/// client-go `WaitScatterRegionFinish`: poll `GetOperator` until the scatter operator stops.
+#[test]
+fn wait_scatter_polls_until_the_operator_finishes() {
+    use crate::machine::txn::split::WaitScatterRegion;
+    use crate::machine::{PdRequest, PdResponse};
+    use tikv_proto::pdpb;
+    let mut w = World::new(&[]);
+    let mut running = 3;
+    w.pd_hook = Some(Box::new(move |req| match req {
+        PdRequest::GetOperator(r) => {
+            assert_eq!(r.region_id, 9);
+            let status = if running > 0 {
+                running -= 1;
+                pdpb::OperatorStatus::Running
+            } else {
+                pdpb::OperatorStatus::Success
+            };
+            Some(Ok(PdResponse::GetOperator(pdpb::GetOperatorResponse {
+                region_id: 9,
+                desc: Bytes::from_static(b"scatter-region"),
+                status: status as i32,
+                ..Default::default()
+            })))
+        }
+        _ => None,
+    }));
+    let mut op = WaitScatterRegion::new(9, 0);
+    w.run(&mut op).unwrap();
+    assert_eq!(op.polls(), 4);
+    assert_eq!(w.ms(), 2 + 4 + 8, "RegionMiss backoff between polls");
+}

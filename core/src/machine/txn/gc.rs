@@ -7,13 +7,19 @@
 //!   was full, else with the next region. [`ResolveLocksHandler`] makes it a
 //!   [`RangeTaskHandler`] so the GC driver can run it over the whole key space with a
 //!   concurrency limit.
+//! * [`Gc`] is the GC driver: `AdvanceTxnSafePoint` through PD's GC-state API (a GC
+//!   barrier may hold it lower; that value is used), resolve every lock at or below it in the
+//!   whole key space with range tasks, then `UpdateGCSafePoint`. [`LoadTxnSafePoint`] loads the
+//!   txn safe point the read path checks (`TxnAbortedByGc`); [`set_gc_barrier`] /
+//!   [`delete_gc_barrier`] keep GC behind a service's timestamp.
 //! * [`UnsafeDestroyRange`] sends `UnsafeDestroyRange` to every store that is neither a
 //!   tombstone nor TiFlash (it bypasses Raft, so it goes to stores, not regions), each with a
 //!   5 minute deadline, and reports every store's failure.
 //!
-//! Mirrors client-go `tikv/gc.go` (`ResolveLocksForRange`, `scanLocksInOneRegionWithRange`,
+//! Mirrors client-go `tikv/gc.go` (`GC`, `resolveLocks`, `ResolveLocksForRange`, `scanLocksInOneRegionWithRange`,
 //! `batchResolveLocksInOneRegion`, `GCScanLockLimit`, `NewGcResolveLockMaxBackoffer`,
-//! `UnsafeDestroyRange`, `listStoresForUnsafeDestroy`).
+//! `UnsafeDestroyRange`, `listStoresForUnsafeDestroy`) and `tikv/kv.go` (`loadTxnSafePoint`,
+//! `UpdateTxnSafePointCache`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -565,6 +571,517 @@ impl Operation for UnsafeDestroyRange {
     }
 
     fn poll_result(&mut self) -> Option<Result<(), Error>> {
+        self.result.take()
+    }
+}
+
+// ---- PD GC-state calls and the GC driver ---------------------------------------------------
+
+/// client-go's `constants.NullKeyspaceID`: the scope of a cluster without keyspaces.
+pub const NULL_KEYSPACE_ID: u32 = 0xFFFF_FFFF;
+
+/// The GC-state scope of this client: its keyspace under API V2, the null keyspace otherwise.
+/// Mirrors client-go `GetGCStatesClient(codec.GetKeyspaceID())`.
+pub fn keyspace_scope(shared: &Shared) -> pdpb::KeyspaceScope {
+    pdpb::KeyspaceScope {
+        keyspace: Some(pdpb::keyspace_scope::Keyspace::KeyspaceId(
+            shared.codec.keyspace_id().unwrap_or(NULL_KEYSPACE_ID),
+        )),
+    }
+}
+
+fn pd_header_error(header: Option<&pdpb::ResponseHeader>) -> Option<Error> {
+    header
+        .and_then(|h| h.error.as_ref())
+        .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32)
+        .map(|e| Error::Pd(e.message.clone()))
+}
+
+/// One PD call whose reply is checked and decoded. Output: `T`.
+#[derive(Debug)]
+pub struct PdCall<T> {
+    request: Option<PdRequest>,
+    build: Option<fn(&Shared, PdRequest) -> PdRequest>,
+    decode: fn(PdResponse) -> Result<T, Error>,
+    pending: Option<IoId>,
+    actions: VecDeque<Action>,
+    result: Option<Result<T, Error>>,
+}
+
+impl<T> PdCall<T> {
+    fn new(
+        request: PdRequest,
+        build: Option<fn(&Shared, PdRequest) -> PdRequest>,
+        decode: fn(PdResponse) -> Result<T, Error>,
+    ) -> Self {
+        PdCall {
+            request: Some(request),
+            build,
+            decode,
+            pending: None,
+            actions: VecDeque::new(),
+            result: None,
+        }
+    }
+}
+
+impl<T> Operation for PdCall<T> {
+    type Output = T;
+
+    fn start(&mut self, _now: Instant, shared: &mut Shared) {
+        let Some(mut request) = self.request.take() else {
+            self.result = Some(Err(Error::invalid("operation restarted")));
+            return;
+        };
+        if let Some(build) = self.build {
+            request = build(shared, request);
+        }
+        let id = shared.next_io_id();
+        self.actions.push_back(Action::Pd { id, request });
+        self.pending = Some(id);
+    }
+
+    fn handle_input(&mut self, _now: Instant, _shared: &mut Shared, input: Input) {
+        match input {
+            Input::Pd { id, result } if self.pending == Some(id) => {
+                self.pending = None;
+                self.result = Some(result.and_then(self.decode));
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, _now: Instant, _shared: &mut Shared) {}
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        None
+    }
+
+    fn poll_result(&mut self) -> Option<Result<T, Error>> {
+        self.result.take()
+    }
+}
+
+fn unexpected(what: &str, other: PdResponse) -> Error {
+    Error::Internal(format!("unexpected PD reply to {what}: {other:?}"))
+}
+
+fn scoped(shared: &Shared, mut request: PdRequest) -> PdRequest {
+    let scope = Some(keyspace_scope(shared));
+    match &mut request {
+        PdRequest::AdvanceTxnSafePoint(r) => r.keyspace_scope = scope,
+        PdRequest::AdvanceGcSafePoint(r) => r.keyspace_scope = scope,
+        PdRequest::GetGcState(r) => r.keyspace_scope = scope,
+        PdRequest::SetGcBarrier(r) => r.keyspace_scope = scope,
+        PdRequest::DeleteGcBarrier(r) => r.keyspace_scope = scope,
+        _ => {}
+    }
+    request
+}
+
+/// The result of `AdvanceTxnSafePoint`. Mirrors PD's `AdvanceTxnSafePointResult`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnSafePointAdvance {
+    /// The txn safe point before the call.
+    pub old: u64,
+    /// The txn safe point now (lower than asked when a GC barrier blocks it).
+    pub new: u64,
+    /// What blocked it (empty: nothing).
+    pub blocker: String,
+}
+
+/// `AdvanceTxnSafePoint` of this client's keyspace. Mirrors client-go
+/// `GCInternalController.AdvanceTxnSafePoint`.
+pub fn advance_txn_safe_point(target: u64) -> PdCall<TxnSafePointAdvance> {
+    PdCall::new(
+        PdRequest::AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointRequest {
+            header: None,
+            keyspace_scope: None,
+            target,
+        }),
+        Some(scoped),
+        |resp| match resp {
+            PdResponse::AdvanceTxnSafePoint(r) => match pd_header_error(r.header.as_ref()) {
+                Some(e) => Err(e),
+                None => Ok(TxnSafePointAdvance {
+                    old: r.old_txn_safe_point,
+                    new: r.new_txn_safe_point,
+                    blocker: r.blocker_description,
+                }),
+            },
+            other => Err(unexpected("AdvanceTxnSafePoint", other)),
+        },
+    )
+}
+
+/// `UpdateGCSafePoint` (the call client-go's `GC` ends with). Output: the GC safe point PD now
+/// holds. Mirrors client-go `pdClient.UpdateGCSafePoint`.
+pub fn update_gc_safe_point(safe_point: u64) -> PdCall<u64> {
+    PdCall::new(
+        PdRequest::UpdateGcSafePoint(pdpb::UpdateGcSafePointRequest {
+            header: None,
+            safe_point,
+        }),
+        None,
+        |resp| match resp {
+            PdResponse::UpdateGcSafePoint(r) => match pd_header_error(r.header.as_ref()) {
+                Some(e) => Err(e),
+                None => Ok(r.new_safe_point),
+            },
+            other => Err(unexpected("UpdateGCSafePoint", other)),
+        },
+    )
+}
+
+/// `AdvanceGCSafePoint` of this client's keyspace (the GC-state API). Output: the new GC safe
+/// point. Mirrors client-go `GCInternalController.AdvanceGCSafePoint`.
+pub fn advance_gc_safe_point(target: u64) -> PdCall<u64> {
+    PdCall::new(
+        PdRequest::AdvanceGcSafePoint(pdpb::AdvanceGcSafePointRequest {
+            header: None,
+            keyspace_scope: None,
+            target,
+        }),
+        Some(scoped),
+        |resp| match resp {
+            PdResponse::AdvanceGcSafePoint(r) => match pd_header_error(r.header.as_ref()) {
+                Some(e) => Err(e),
+                None => Ok(r.new_gc_safe_point),
+            },
+            other => Err(unexpected("AdvanceGCSafePoint", other)),
+        },
+    )
+}
+
+/// `GetGCState` of this client's keyspace. Output: the GC state. Mirrors client-go
+/// `GCStatesClient.GetGCState`.
+pub fn get_gc_state() -> PdCall<pdpb::GcState> {
+    PdCall::new(
+        PdRequest::GetGcState(pdpb::GetGcStateRequest {
+            header: None,
+            keyspace_scope: None,
+            exclude_gc_barriers: false,
+            include_global_gc_barriers: false,
+        }),
+        Some(scoped),
+        |resp| match resp {
+            PdResponse::GetGcState(r) => match pd_header_error(r.header.as_ref()) {
+                Some(e) => Err(e),
+                None => Ok(r.gc_state.unwrap_or_default()),
+            },
+            other => Err(unexpected("GetGCState", other)),
+        },
+    )
+}
+
+/// `SetGCBarrier`: keep GC from passing `barrier_ts` for `ttl` (a service safe point). Output:
+/// the barrier PD holds. Mirrors client-go `GCStatesClient.SetGCBarrier`.
+pub fn set_gc_barrier(
+    barrier_id: impl Into<String>,
+    barrier_ts: u64,
+    ttl: Duration,
+) -> PdCall<pdpb::GcBarrierInfo> {
+    let ttl_seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    PdCall::new(
+        PdRequest::SetGcBarrier(pdpb::SetGcBarrierRequest {
+            header: None,
+            keyspace_scope: None,
+            barrier_id: barrier_id.into(),
+            barrier_ts,
+            ttl_seconds,
+        }),
+        Some(scoped),
+        |resp| match resp {
+            PdResponse::SetGcBarrier(r) => match pd_header_error(r.header.as_ref()) {
+                Some(e) => Err(e),
+                None => Ok(r.new_barrier_info.unwrap_or_default()),
+            },
+            other => Err(unexpected("SetGCBarrier", other)),
+        },
+    )
+}
+
+/// `DeleteGCBarrier`. Output: the deleted barrier, if it existed. Mirrors client-go
+/// `GCStatesClient.DeleteGCBarrier`.
+pub fn delete_gc_barrier(barrier_id: impl Into<String>) -> PdCall<Option<pdpb::GcBarrierInfo>> {
+    PdCall::new(
+        PdRequest::DeleteGcBarrier(pdpb::DeleteGcBarrierRequest {
+            header: None,
+            keyspace_scope: None,
+            barrier_id: barrier_id.into(),
+        }),
+        Some(scoped),
+        |resp| match resp {
+            PdResponse::DeleteGcBarrier(r) => match pd_header_error(r.header.as_ref()) {
+                Some(e) => Err(e),
+                None => Ok(r.deleted_barrier_info),
+            },
+            other => Err(unexpected("DeleteGCBarrier", other)),
+        },
+    )
+}
+
+/// Loads the txn safe point from PD and records it in [`Shared`] for the read visibility check
+/// (`shared.txn.safe_point`). Output: the txn safe point. Run it every 10 s (1 s after a
+/// failure). Mirrors client-go `KVStore.loadTxnSafePoint` + `UpdateTxnSafePointCache`
+/// (`runTxnSafePointUpdater`).
+#[derive(Debug)]
+pub struct LoadTxnSafePoint {
+    call: PdCall<pdpb::GcState>,
+    result: Option<Result<u64, Error>>,
+}
+
+/// How often the txn safe point is reloaded, and how soon after a failure. Mirrors client-go
+/// `pollTxnSafePointInterval` (10 s) and `pollTxnSafePointQuickRepeatInterval` (1 s).
+pub const POLL_TXN_SAFE_POINT_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`POLL_TXN_SAFE_POINT_INTERVAL`].
+pub const POLL_TXN_SAFE_POINT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+impl LoadTxnSafePoint {
+    /// A load of the txn safe point.
+    pub fn new() -> Self {
+        LoadTxnSafePoint {
+            call: get_gc_state(),
+            result: None,
+        }
+    }
+
+    fn settle(&mut self, now: Instant, shared: &mut Shared) {
+        if let Some(r) = self.call.poll_result() {
+            self.result = Some(r.map(|state| {
+                shared.txn.safe_point.update(now, state.txn_safe_point);
+                state.txn_safe_point
+            }));
+        }
+    }
+}
+
+impl Default for LoadTxnSafePoint {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Operation for LoadTxnSafePoint {
+    type Output = u64;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.call.start(now, shared);
+        self.settle(now, shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        self.call.handle_input(now, shared, input);
+        self.settle(now, shared);
+    }
+
+    fn handle_timeout(&mut self, _now: Instant, _shared: &mut Shared) {}
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.call.poll_action()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        None
+    }
+
+    fn poll_result(&mut self) -> Option<Result<u64, Error>> {
+        self.result.take()
+    }
+}
+
+/// What a [`Gc`] run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcOutcome {
+    /// The txn safe point used (lower than asked when a GC barrier blocked it).
+    pub txn_safe_point: u64,
+    /// What blocked the txn safe point (empty: nothing).
+    pub blocker: String,
+    /// Regions whose locks were resolved.
+    pub resolved_regions: usize,
+    /// The GC safe point PD holds afterwards.
+    pub gc_safe_point: u64,
+}
+
+/// Options of a [`Gc`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Concurrent lock-resolution tasks (client-go `WithConcurrency`, default 8).
+    pub concurrency: usize,
+    /// Locks per `ScanLock` (client-go `GCScanLockLimit`).
+    pub scan_limit: u32,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            concurrency: 8,
+            scan_limit: GC_SCAN_LOCK_LIMIT,
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one phase at a time
+#[derive(Debug)]
+enum GcPhase {
+    AdvanceTxn(PdCall<TxnSafePointAdvance>),
+    Resolve(crate::machine::txn::range_task::RangeTaskRunner<ResolveLocksHandler>),
+    UpdateGc(PdCall<u64>),
+    Idle,
+}
+
+/// GC to `expected_safe_point`: advance the txn safe point (PD may stop it at a GC barrier;
+/// the lower value is then used), resolve every lock at or below it in the whole key space
+/// (range tasks of 128 regions, `concurrency` at once), then move the GC safe point there.
+/// Output: [`GcOutcome`]. Mirrors client-go `KVStore.GC` and `KVStore.resolveLocks`.
+#[derive(Debug)]
+pub struct Gc {
+    expected: u64,
+    opts: GcOptions,
+    phase: GcPhase,
+    txn_safe_point: u64,
+    blocker: String,
+    resolved_regions: usize,
+    actions: VecDeque<Action>,
+    result: Option<Result<GcOutcome, Error>>,
+}
+
+impl Gc {
+    /// GC up to `expected_safe_point`.
+    pub fn new(expected_safe_point: u64, opts: GcOptions) -> Self {
+        Gc {
+            expected: expected_safe_point,
+            opts,
+            phase: GcPhase::Idle,
+            txn_safe_point: 0,
+            blocker: String::new(),
+            resolved_regions: 0,
+            actions: VecDeque::new(),
+            result: None,
+        }
+    }
+
+    fn drive(&mut self, now: Instant, shared: &mut Shared) {
+        loop {
+            match &mut self.phase {
+                GcPhase::AdvanceTxn(op) => {
+                    while let Some(a) = op.poll_action() {
+                        self.actions.push_back(a);
+                    }
+                    let Some(r) = op.poll_result() else { return };
+                    match r {
+                        Ok(adv) => {
+                            self.txn_safe_point = self.expected;
+                            if adv.new < self.expected {
+                                tracing::info!(
+                                    expected = self.expected,
+                                    new = adv.new,
+                                    blocker = %adv.blocker,
+                                    "GC: txn safe point is blocked"
+                                );
+                                self.txn_safe_point = adv.new;
+                            }
+                            self.blocker = adv.blocker;
+                            let handler = ResolveLocksHandler {
+                                safe_point: self.txn_safe_point,
+                                scan_limit: self.opts.scan_limit,
+                            };
+                            let mut op = crate::machine::txn::range_task::RangeTaskRunner::new(
+                                handler,
+                                Key::new(),
+                                Key::new(),
+                                self.opts.concurrency,
+                            );
+                            op.start(now, shared);
+                            self.phase = GcPhase::Resolve(op);
+                        }
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                GcPhase::Resolve(op) => {
+                    while let Some(a) = op.poll_action() {
+                        self.actions.push_back(a);
+                    }
+                    let Some(r) = op.poll_result() else { return };
+                    match r {
+                        Ok(stat) => {
+                            self.resolved_regions = stat.completed_regions;
+                            let mut op = update_gc_safe_point(self.txn_safe_point);
+                            op.start(now, shared);
+                            self.phase = GcPhase::UpdateGc(op);
+                        }
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                GcPhase::UpdateGc(op) => {
+                    while let Some(a) = op.poll_action() {
+                        self.actions.push_back(a);
+                    }
+                    let Some(r) = op.poll_result() else { return };
+                    self.phase = GcPhase::Idle;
+                    self.result = Some(r.map(|gc_safe_point| GcOutcome {
+                        txn_safe_point: self.txn_safe_point,
+                        blocker: std::mem::take(&mut self.blocker),
+                        resolved_regions: self.resolved_regions,
+                        gc_safe_point,
+                    }));
+                    return;
+                }
+                GcPhase::Idle => return,
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        tracing::info!(error = %e, "GC failed");
+        self.phase = GcPhase::Idle;
+        self.result = Some(Err(e));
+    }
+}
+
+impl Operation for Gc {
+    type Output = GcOutcome;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        let mut op = advance_txn_safe_point(self.expected);
+        op.start(now, shared);
+        self.phase = GcPhase::AdvanceTxn(op);
+        self.drive(now, shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        match &mut self.phase {
+            GcPhase::AdvanceTxn(op) => op.handle_input(now, shared, input),
+            GcPhase::Resolve(op) => op.handle_input(now, shared, input),
+            GcPhase::UpdateGc(op) => op.handle_input(now, shared, input),
+            GcPhase::Idle => return,
+        }
+        self.drive(now, shared);
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if let GcPhase::Resolve(op) = &mut self.phase {
+            op.handle_timeout(now, shared);
+        }
+        self.drive(now, shared);
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        match &self.phase {
+            GcPhase::Resolve(op) => op.poll_timeout(),
+            _ => None,
+        }
+    }
+
+    fn poll_result(&mut self) -> Option<Result<GcOutcome, Error>> {
         self.result.take()
     }
 }

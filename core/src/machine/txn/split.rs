@@ -1,14 +1,20 @@
-//! Region splitting: split regions at given keys through TiKV's `SplitRegion`.
+//! Region splitting: split regions at given keys through TiKV's `SplitRegion`, optionally
+//! scatter the new regions through PD, and wait for a scatter to finish.
 //!
 //! [`SplitRegions`] groups the split keys by region, drops keys that already are a region's
 //! start key (that split happened), cuts each region's keys into requests of at most 2048 keys,
 //! sends them concurrently and, when a region changed under a request, backs off `RegionMiss`
 //! and re-groups that request's keys. The output lists the ids of the new regions (of each
 //! split, every resulting region but the last, like client-go, which scatters those).
-//! The budget is `min(20 s × keys, 120 s)`.
+//! The budget is `min(20 s × keys, 120 s)`. With scatter, each new region is then scattered
+//! with PD `ScatterRegion` (retried with `PdRpc` backoff from the same budget; the first
+//! failure is reported, and a PD that stays unreachable stops the remaining scatters).
+//! [`WaitScatterRegion`] polls PD `GetOperator` until the region's `scatter-region` operator
+//! is no longer running (budget 120 s).
 //!
 //! Mirrors client-go `tikv/split_region.go` (`SplitRegions`, `splitBatchRegionsReq`,
-//! `batchSendSingleRegion`, `equalRegionStartKey`, `splitBatchRegionLimit`).
+//! `batchSendSingleRegion`, `equalRegionStartKey`, `splitBatchRegionLimit`, `scatterRegion`,
+//! `WaitScatterRegionFinish`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -16,12 +22,16 @@ use std::time::Instant;
 use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
+use crate::machine::backoff::budget;
 use crate::machine::backoff::{BackoffKind, Backoffer};
 use crate::machine::locate::{GroupKeys, KeyGroup};
 use crate::machine::region_cache::RegionVerId;
 use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
-use crate::machine::{Action, Input, IoId, Key, Operation, Shared, TikvRequest, TikvResponse};
+use crate::machine::{
+    Action, Input, IoId, Key, Operation, PdRequest, PdResponse, Shared, TikvRequest, TikvResponse,
+};
 use crate::rng::Rng;
+use tikv_proto::pdpb;
 
 /// Split keys per `SplitRegion` request. Mirrors client-go `splitBatchRegionLimit`.
 pub const SPLIT_BATCH_REGION_LIMIT: usize = 2048;
@@ -56,6 +66,10 @@ pub struct SplitRegions {
     routes: HashMap<IoId, usize>,
     region_ids: Vec<u64>,
     error: Option<Error>,
+    scatter: bool,
+    scatter_queue: VecDeque<u64>,
+    scatter_call: Option<(IoId, u64)>,
+    scatter_wake: Option<(Instant, u64)>,
     actions: VecDeque<Action>,
     result: Option<Result<Vec<u64>, Error>>,
 }
@@ -88,9 +102,82 @@ impl SplitRegions {
             routes: HashMap::new(),
             region_ids: Vec::new(),
             error: None,
+            scatter: false,
+            scatter_queue: VecDeque::new(),
+            scatter_call: None,
+            scatter_wake: None,
             actions: VecDeque::new(),
             result: None,
         }
+    }
+
+    /// Scatters the new regions through PD after splitting. Mirrors client-go
+    /// `SplitRegions(..., scatter = true, ...)`.
+    pub fn with_scatter(mut self, scatter: bool) -> Self {
+        self.scatter = scatter;
+        self
+    }
+
+    fn scatter_next(&mut self, shared: &mut Shared) {
+        let Some(region) = self.scatter_queue.pop_front() else {
+            return self.finish();
+        };
+        tracing::info!(region, "scatter region");
+        let id = shared.next_io_id();
+        self.actions.push_back(Action::Pd {
+            id,
+            request: PdRequest::ScatterRegion(pdpb::ScatterRegionRequest {
+                region_id: region,
+                regions_id: vec![region],
+                ..Default::default()
+            }),
+        });
+        self.scatter_call = Some((id, region));
+    }
+
+    /// One scatter answered. Mirrors client-go `scatterRegion` (retry with `BoPDRPC`) and
+    /// `batchSendSingleRegion` (stop scattering once PD timed out).
+    fn on_scatter(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        region: u64,
+        result: Result<PdResponse, Error>,
+    ) {
+        let err = match result {
+            Ok(PdResponse::ScatterRegion(r)) => match r
+                .header
+                .as_ref()
+                .and_then(|h| h.error.as_ref())
+                .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32)
+            {
+                Some(e) => Error::Pd(format!("scatter region {region}: {}", e.message)),
+                None => return self.scatter_next(shared),
+            },
+            Ok(other) => {
+                Error::Internal(format!("unexpected PD reply to ScatterRegion: {other:?}"))
+            }
+            Err(e) => e,
+        };
+        match self
+            .bo
+            .backoff(BackoffKind::PdRpc, err, None, &mut self.rng)
+        {
+            Ok(d) => self.scatter_wake = Some((now + d, region)),
+            Err(e) => {
+                tracing::info!(region, error = %e, "scatter region failed; not scattering the rest");
+                self.note_error(e);
+                self.finish();
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        tracing::info!(regions = ?self.region_ids, "split regions complete");
+        self.result = Some(match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.region_ids)),
+        });
     }
 
     fn spawn(&mut self, task: Task, now: Instant, shared: &mut Shared) {
@@ -205,7 +292,7 @@ impl SplitRegions {
             }
             _ => {}
         }
-        self.check_done();
+        self.check_done_with(shared);
     }
 
     fn note_error(&mut self, e: Error) {
@@ -215,15 +302,24 @@ impl SplitRegions {
         }
     }
 
-    fn check_done(&mut self) {
-        if self.result.is_some() || self.tasks.iter().any(Option::is_some) {
+    fn check_done_with(&mut self, shared: &mut Shared) {
+        if self.result.is_some()
+            || self.tasks.iter().any(Option::is_some)
+            || self.scatter_call.is_some()
+            || self.scatter_wake.is_some()
+        {
             return;
         }
-        tracing::info!(regions = ?self.region_ids, "split regions complete");
-        self.result = Some(match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(std::mem::take(&mut self.region_ids)),
-        });
+        if self.scatter && self.scatter_queue.is_empty() && !self.region_ids.is_empty() {
+            // Splits are over: scatter every new region (also after a partial failure, like
+            // client-go, which scatters what each successful batch split).
+            self.scatter = false;
+            self.scatter_queue = self.region_ids.iter().copied().collect();
+            return self.scatter_next(shared);
+        }
+        if self.scatter_queue.is_empty() {
+            self.finish();
+        }
     }
 }
 
@@ -241,10 +337,18 @@ impl Operation for SplitRegions {
             let bo = self.bo.fork();
             self.group(keys, bo, now, shared);
         }
-        self.check_done();
+        self.check_done_with(shared);
     }
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if let (Some((id, region)), Input::Pd { id: got, result }) = (self.scatter_call, &input)
+            && id == *got
+        {
+            self.scatter_call = None;
+            let result = result.clone();
+            self.on_scatter(now, shared, region, result);
+            return self.check_done_with(shared);
+        }
         let Some(idx) = self.routes.remove(&input.id()) else {
             return;
         };
@@ -257,6 +361,13 @@ impl Operation for SplitRegions {
     }
 
     fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if let Some((at, region)) = self.scatter_wake
+            && at <= now
+        {
+            self.scatter_wake = None;
+            self.scatter_queue.push_front(region);
+            self.scatter_next(shared);
+        }
         for idx in 0..self.tasks.len() {
             let due = match self.tasks[idx].as_ref() {
                 Some(Task::Sleep(_, at, _)) => *at <= now,
@@ -281,7 +392,7 @@ impl Operation for SplitRegions {
                 None => {}
             }
         }
-        self.check_done();
+        self.check_done_with(shared);
     }
 
     fn poll_action(&mut self) -> Option<Action> {
@@ -297,10 +408,138 @@ impl Operation for SplitRegions {
                 Task::Group(_, op) => op.poll_timeout(),
                 Task::Send(_, op) => op.poll_timeout(),
             })
+            .chain(self.scatter_wake.map(|(at, _)| (at, "scatter backoff")))
             .min_by_key(|(at, _)| *at)
     }
 
     fn poll_result(&mut self) -> Option<Result<Vec<u64>, Error>> {
+        self.result.take()
+    }
+}
+
+/// Waits until PD no longer runs a `scatter-region` operator on a region. Output: `()`.
+/// Mirrors client-go `KVStore.WaitScatterRegionFinish` (poll `GetOperator`, back off
+/// `RegionMiss` between polls, budget 120 s by default).
+#[derive(Debug)]
+pub struct WaitScatterRegion {
+    region_id: u64,
+    bo: Backoffer,
+    rng: Rng,
+    pending: Option<IoId>,
+    wake: Option<Instant>,
+    polls: u32,
+    actions: VecDeque<Action>,
+    result: Option<Result<(), Error>>,
+}
+
+impl WaitScatterRegion {
+    /// Waits for `region_id`'s scatter with a budget of `budget_ms` (0: client-go's 120 s).
+    pub fn new(region_id: u64, budget_ms: u64) -> Self {
+        let budget_ms = if budget_ms == 0 {
+            budget::WAIT_SCATTER
+        } else {
+            budget_ms
+        };
+        WaitScatterRegion {
+            region_id,
+            bo: Backoffer::new(budget_ms),
+            rng: Rng::new(0),
+            pending: None,
+            wake: None,
+            polls: 0,
+            actions: VecDeque::new(),
+            result: None,
+        }
+    }
+
+    /// `GetOperator` calls made so far.
+    pub fn polls(&self) -> u32 {
+        self.polls
+    }
+
+    fn poll(&mut self, shared: &mut Shared) {
+        let id = shared.next_io_id();
+        self.actions.push_back(Action::Pd {
+            id,
+            request: PdRequest::GetOperator(pdpb::GetOperatorRequest {
+                header: None,
+                region_id: self.region_id,
+            }),
+        });
+        self.pending = Some(id);
+        self.polls += 1;
+    }
+}
+
+impl Operation for WaitScatterRegion {
+    type Output = ();
+
+    fn start(&mut self, _now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        self.poll(shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, _shared: &mut Shared, input: Input) {
+        let Input::Pd { id, result } = input else {
+            return;
+        };
+        if self.pending != Some(id) {
+            return;
+        }
+        self.pending = None;
+        let err = match result {
+            Ok(PdResponse::GetOperator(r)) => {
+                if r.desc[..] != b"scatter-region"[..]
+                    || r.status != pdpb::OperatorStatus::Running as i32
+                {
+                    tracing::info!(region = self.region_id, "wait scatter region finished");
+                    self.result = Some(Ok(()));
+                    return;
+                }
+                if let Some(e) = r
+                    .header
+                    .as_ref()
+                    .and_then(|h| h.error.as_ref())
+                    .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32)
+                {
+                    self.result = Some(Err(Error::Pd(e.message.clone())));
+                    return;
+                }
+                Error::Pd(format!("wait scatter region {} timeout", self.region_id))
+            }
+            Ok(other) => {
+                self.result = Some(Err(Error::Internal(format!(
+                    "unexpected PD reply to GetOperator: {other:?}"
+                ))));
+                return;
+            }
+            Err(e) => e,
+        };
+        match self
+            .bo
+            .backoff(BackoffKind::RegionMiss, err, None, &mut self.rng)
+        {
+            Ok(d) => self.wake = Some(now + d),
+            Err(e) => self.result = Some(Err(e)),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if self.wake.is_some_and(|at| at <= now) {
+            self.wake = None;
+            self.poll(shared);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.wake.map(|at| (at, "wait scatter backoff"))
+    }
+
+    fn poll_result(&mut self) -> Option<Result<(), Error>> {
         self.result.take()
     }
 }
