@@ -1356,3 +1356,26 @@ fn wait_scatter_polls_until_the_operator_finishes() {
     assert_eq!(op.polls(), 4);
     assert_eq!(w.ms(), 2 + 4 + 8, "RegionMiss backoff between polls");
 }
+
+/// client-go `util.CommitDetails`: phase timings follow the driver's clock.
+#[test]
+fn commit_details_time_each_phase() {
+    let mut w = World::new(&[]);
+    let other = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", other, 2_000));
+    let start = w.ts_now();
+    let mut c = Committer::new(vec![put("a", "1")], w.now, opts(start));
+    let info = w.run(&mut c).unwrap();
+    assert_eq!(info.details, c.details());
+    assert_eq!(info.details.get_latest_ts, Duration::ZERO);
+    assert!(
+        info.details.prewrite >= Duration::from_millis(2_000),
+        "prewrite waited for the lock: {:?}",
+        info.details.prewrite
+    );
+    assert_eq!(
+        info.details.commit_primary,
+        Duration::ZERO,
+        "instant replies"
+    );
+}

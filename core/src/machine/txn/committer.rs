@@ -83,6 +83,22 @@ pub struct CommitInfo {
     pub async_commit_fallback: bool,
     /// 1PC was tried and TiKV declined it (or the mutations spanned several batches).
     pub one_pc_fallback: bool,
+    /// How long each phase took.
+    pub details: CommitDetails,
+}
+
+/// Phase timings of a commit, measured with the driver's clock. Mirrors client-go
+/// `util.CommitDetails` (`GetLatestTsTime`, `PrewriteTime`, `GetCommitTsTime`, `CommitTime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitDetails {
+    /// Fetching the fresh TSO of async commit / 1PC.
+    pub get_latest_ts: Duration,
+    /// Prewriting every batch.
+    pub prewrite: Duration,
+    /// Fetching the commit timestamp (all attempts).
+    pub get_commit_ts: Duration,
+    /// Committing the primary's batch (all attempts).
+    pub commit_primary: Duration,
 }
 
 /// What to do when prewrite meets a lock. Mirrors client-go `PrewriteEncounterLockPolicy`.
@@ -796,6 +812,8 @@ pub struct Committer {
     heartbeat_ids: HashSet<IoId>,
     committed: bool,
     undetermined: bool,
+    details: CommitDetails,
+    phase_started: Instant,
     background: Option<Background>,
     actions: VecDeque<Action>,
     result: Option<Result<CommitInfo, Error>>,
@@ -826,6 +844,8 @@ impl Committer {
             heartbeat_ids: HashSet::new(),
             committed: false,
             undetermined: false,
+            details: CommitDetails::default(),
+            phase_started: txn_started,
             background: None,
             actions: VecDeque::new(),
             result: None,
@@ -863,8 +883,14 @@ impl Committer {
             .unwrap_or(u64::MAX)
     }
 
-    fn succeed(&mut self, info: CommitInfo) {
+    fn succeed(&mut self, mut info: CommitInfo) {
+        info.details = self.details;
         self.finish(Ok(info));
+    }
+
+    /// The phase timings so far (also after a failure).
+    pub fn details(&self) -> CommitDetails {
+        self.details
     }
 
     fn finish(&mut self, r: Result<CommitInfo, Error>) {
@@ -928,6 +954,7 @@ impl Committer {
                 mode: CommitMode::Empty,
                 async_commit_fallback: false,
                 one_pc_fallback: false,
+                details: CommitDetails::default(),
             });
         }
         if self.opts.start_ts == u64::MAX {
@@ -1001,6 +1028,7 @@ impl Committer {
                 self.opts.commit_wait_until_tso_timeout,
             );
             w.request(shared, &mut self.actions);
+            self.phase_started = now;
             self.phase = Phase::MinCommitTs(w);
             return;
         }
@@ -1030,6 +1058,7 @@ impl Committer {
             self.weighted(budget::PREWRITE),
         )
         .with_concurrency(self.opts.concurrency);
+        self.phase_started = now;
         self.phase = Phase::Prewrite(exec);
         if let Phase::Prewrite(op) = &mut self.phase {
             op.start(now, shared);
@@ -1046,6 +1075,7 @@ impl Committer {
     ) {
         let bo = exec.backoffer().clone();
         let action = exec.action().clone();
+        self.details.prewrite = now.saturating_duration_since(self.phase_started);
         self.prewrite = Some(action.clone());
         if let Err(e) = r {
             return self.finish(Err(e));
@@ -1070,6 +1100,7 @@ impl Committer {
                 mode: CommitMode::OnePc,
                 async_commit_fallback: fallbacks.0,
                 one_pc_fallback: false,
+                details: CommitDetails::default(),
             });
         }
         if action.one_pc_commit_ts != 0 {
@@ -1103,6 +1134,7 @@ impl Committer {
                 mode: CommitMode::AsyncCommit,
                 async_commit_fallback: false,
                 one_pc_fallback: fallbacks.1,
+                details: CommitDetails::default(),
             });
         }
         let _ = bo;
@@ -1112,8 +1144,8 @@ impl Committer {
         );
         w.request(shared, &mut self.actions);
         self.commit_bo = Some(self.weighted(budget::COMMIT));
+        self.phase_started = now;
         self.phase = Phase::CommitTs(w);
-        let _ = now;
     }
 
     fn commit_action(&self, commit_ts: u64, async_commit: bool) -> CommitAction {
@@ -1129,6 +1161,8 @@ impl Committer {
     }
 
     fn on_commit_ts(&mut self, now: Instant, shared: &mut Shared, commit_ts: u64) {
+        self.details.get_commit_ts += now.saturating_duration_since(self.phase_started);
+        self.phase_started = now;
         let age = Timestamp(commit_ts)
             .physical_ms()
             .saturating_sub(Timestamp(self.opts.start_ts).physical_ms());
@@ -1159,10 +1193,12 @@ impl Committer {
 
     fn on_primary_committed(
         &mut self,
+        now: Instant,
         shared: &mut Shared,
         mut exec: BatchExec<CommitAction>,
         r: Result<(), Error>,
     ) {
+        self.details.commit_primary += now.saturating_duration_since(self.phase_started);
         let expired = exec.action().expired.clone();
         if exec.action().committed {
             self.committed = true;
@@ -1197,6 +1233,7 @@ impl Committer {
                     mode: CommitMode::TwoPc,
                     async_commit_fallback: fallbacks.0,
                     one_pc_fallback: fallbacks.1,
+                    details: CommitDetails::default(),
                 })
             }
             Err(Error::CommitTsExpired(_)) if expired.is_some() => {
@@ -1207,6 +1244,7 @@ impl Committer {
                     self.opts.commit_wait_until_tso_timeout,
                 );
                 w.request(shared, &mut self.actions);
+                self.phase_started = now;
                 self.phase = Phase::CommitTs(w);
             }
             Err(e) => self.finish(Err(e)),
@@ -1282,7 +1320,7 @@ impl Committer {
                     else {
                         return;
                     };
-                    self.on_primary_committed(shared, exec, r);
+                    self.on_primary_committed(now, shared, exec, r);
                 }
                 _ => return,
             }
@@ -1308,6 +1346,7 @@ impl Committer {
             TsoStep::Fail(e) => self.finish(Err(e)),
             TsoStep::Got(ts) => match std::mem::replace(&mut self.phase, Phase::Idle) {
                 Phase::MinCommitTs(_) => {
+                    self.details.get_latest_ts = now.saturating_duration_since(self.phase_started);
                     if let Some(p) = self.prewrite.as_mut() {
                         p.min_commit_ts = p.min_commit_ts.max(ts + 1);
                     }

@@ -55,7 +55,7 @@ pub mod split;
 pub mod status_cache;
 
 pub use committer::{
-    Background, CommitInfo, CommitMode, CommitOptions, Committer, PrewriteLockPolicy,
+    Background, CommitDetails, CommitInfo, CommitMode, CommitOptions, Committer, PrewriteLockPolicy,
 };
 pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
