@@ -31,3 +31,17 @@ pub type RawClient = tikv_core::client::RawClient<Smol>;
 pub type Cluster = tikv_core::client::Cluster<Smol>;
 
 pub use tikv_core::client::{KvPair, RawChecksum, Value};
+
+/// The transactional client on smol:
+/// `tikv_smol::TransactionClient::connect(&pd_endpoints, config)`.
+pub type TransactionClient = tikv_core::client::TransactionClient<Smol>;
+/// A transaction on smol (see [`tikv_core::client::Transaction`]).
+pub type Transaction = tikv_core::client::Transaction<Smol>;
+/// A read-only snapshot on smol (see [`tikv_core::client::Snapshot`]).
+pub type Snapshot = tikv_core::client::Snapshot<Smol>;
+
+pub use tikv_core::client::txn::{
+    AssertionLevel, CommitInfo, CommitMode, DiskFullOpt, IsolationLevel, KeyRange, LockOptions,
+    LockWait, Priority, SnapshotOptions, TransactionOptions, TxnKind,
+};
+pub use tikv_core::machine::Timestamp;

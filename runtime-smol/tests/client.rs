@@ -13,7 +13,9 @@ use common::Mock;
 use futures_lite::future::block_on;
 use tikv_core::client::{Channel, Runtime};
 use tikv_mockstore::{ApiVersion as MockApi, FaultAction, FaultRule, MockCluster, RpcKind};
-use tikv_smol::{Config, Error, RawClient, SecurityConfig, Smol};
+use tikv_smol::{
+    Config, Error, RawClient, SecurityConfig, Smol, SnapshotOptions, TransactionClient,
+};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -127,11 +129,13 @@ fn async_std_drives_the_smol_client_through_a_busy_store() {
         FaultAction::server_is_busy("test", 0, 10),
     ));
     let pd = mock.pd();
-    async_std::task::block_on(async move {
+    // Boxed: async-std's block_on keeps extra copies of an unboxed future on the stack,
+    // which the client's large debug-build futures overflow.
+    async_std::task::block_on(Box::pin(async move {
         let client = RawClient::connect(&pd, test_config()).await.unwrap();
         client.put("busy", "eventually").await.unwrap();
         assert_eq!(client.get("busy").await.unwrap(), Some(b("eventually")));
-    });
+    }));
     assert_eq!(mock.cluster().with_cluster(|c| c.faults().fired()), 1);
 }
 
@@ -176,4 +180,45 @@ fn an_unreadable_ca_fails_the_connect_with_a_tls_error() {
     config.security = SecurityConfig::tls("/nonexistent/ca.pem", None, None);
     let err = block_on(RawClient::connect(&mock.pd(), config)).unwrap_err();
     assert!(matches!(err, Error::Tls(_)), "{err:?}");
+}
+
+#[test]
+fn transactions_in_a_plain_thread_with_no_tokio_runtime() {
+    let mock = Mock::start(MockCluster::builder().stores(3));
+    let pd = mock.pd();
+    std::thread::spawn(move || {
+        assert!(!common::inside_tokio());
+        block_on(async move {
+            let client = TransactionClient::connect(&pd, test_config())
+                .await
+                .unwrap();
+
+            let mut setup = client.begin_optimistic().await.unwrap();
+            setup.put("a", "a0").await.unwrap();
+            setup.put("b", "b0").await.unwrap();
+            let first = setup.commit().await.unwrap().expect("wrote something");
+
+            // A reader that starts now must not see a later commit.
+            let reader = client.begin_optimistic().await.unwrap();
+            let mut writer = client.begin_pessimistic().await.unwrap();
+            assert_eq!(
+                writer.get_for_update("a").await.unwrap(),
+                Some(b("a0")),
+                "locked read"
+            );
+            writer.put("a", "a1").await.unwrap();
+            writer.delete("b").await.unwrap();
+            let second = writer.commit().await.unwrap().unwrap();
+            assert!(second > first);
+
+            assert_eq!(reader.get("a").await.unwrap(), Some(b("a0")));
+            assert_eq!(reader.get("b").await.unwrap(), Some(b("b0")));
+            let now = client.current_timestamp().await.unwrap();
+            let snapshot = client.snapshot(now, SnapshotOptions::default());
+            assert_eq!(snapshot.get("a").await.unwrap(), Some(b("a1")));
+            assert_eq!(snapshot.get("b").await.unwrap(), None);
+        });
+    })
+    .join()
+    .unwrap();
 }
