@@ -7,9 +7,10 @@
 //!
 //! For each shape (1 key, 10 keys per transaction), mode (optimistic 2PC, async commit, 1PC)
 //! and concurrency (1, 64) it runs `concurrency` tasks that loop on "begin, put the keys,
-//! commit" for the window, and reports transactions/s, p50 / p99 of the whole transaction and
-//! of `commit()` alone (prewrite + primary commit, or prewrite only for async commit and 1PC),
-//! and the client process's CPU time per transaction. Keys are spread over 2^20 so that
+//! commit" for the window, and reports transactions/s, p50 / p99 of the whole transaction, of
+//! `commit()` alone, of its prewrite phase and of its primary commit (2PC only; from
+//! [`tikv_tokio::CommitTimings`] in the commit callback), and the client process's CPU time per
+//! transaction. Keys are spread over 2^20 so that
 //! conflicts are rare; conflicting transactions are retried and counted apart. The mockstore
 //! runs in its own process, so its CPU is not counted.
 
@@ -109,16 +110,30 @@ impl Mode {
         }
     }
 
-    fn options(self) -> TransactionOptions {
-        match self {
+    fn options(self, phases: &Phases) -> TransactionOptions {
+        let opts = match self {
             Mode::TwoPc => TransactionOptions::new_optimistic(),
             Mode::AsyncCommit => TransactionOptions::new_optimistic().async_commit(true),
             Mode::OnePc => TransactionOptions::new_optimistic().one_pc(true),
-        }
+        };
+        let phases = phases.clone();
+        opts.commit_callback(move |info, result| {
+            if result.is_ok() {
+                let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+                let t = info.timings;
+                phases
+                    .lock()
+                    .expect("phases")
+                    .push((us(t.prewrite), us(t.commit_primary)));
+            }
+        })
     }
 }
 
 const KEY_SPACE: u32 = 1 << 20;
+
+/// (prewrite µs, primary commit µs) of every successful commit, from the commit callback.
+type Phases = std::sync::Arc<std::sync::Mutex<Vec<(u32, u32)>>>;
 
 async fn run(
     client: &TransactionClient,
@@ -130,9 +145,11 @@ async fn run(
     let start = Instant::now();
     let deadline = start + window;
     let cpu_before = cpu_time();
+    let phases: Phases = Default::default();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
         let client = client.clone();
+        let phases = phases.clone();
         tasks.push(tokio::spawn(async move {
             let mut whole = Vec::with_capacity(1 << 14);
             let mut commit = Vec::with_capacity(1 << 14);
@@ -141,7 +158,7 @@ async fn run(
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 let mut txn = client
-                    .begin_with_options(mode.options())
+                    .begin_with_options(mode.options(&phases))
                     .await
                     .expect("begin");
                 for _ in 0..keys_per_txn {
@@ -174,15 +191,23 @@ async fn run(
     let cpu = cpu_time().saturating_sub(cpu_before);
     whole.sort_unstable();
     commit.sort_unstable();
+    let (mut prewrite, mut primary): (Vec<u32>, Vec<u32>) =
+        phases.lock().expect("phases").iter().copied().unzip();
+    prewrite.sort_unstable();
+    primary.sort_unstable();
     let txns = whole.len() as f64;
     println!(
-        "| {keys_per_txn:>2} key | {:<5} | {concurrency:>4} | {:>7.0} | {:>7} | {:>7} | {:>7} | {:>7} | {:>10.1} | {conflicts:>7} |",
+        "| {keys_per_txn:>2} key | {:<5} | {concurrency:>4} | {:>7.0} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} | {:>7} | {:>10.1} | {conflicts:>7} |",
         mode.name(),
         txns / elapsed.as_secs_f64(),
         percentile(&whole, 0.50),
         percentile(&whole, 0.99),
         percentile(&commit, 0.50),
         percentile(&commit, 0.99),
+        percentile(&prewrite, 0.50),
+        percentile(&prewrite, 0.99),
+        percentile(&primary, 0.50),
+        percentile(&primary, 0.99),
         cpu.as_micros() as f64 / txns.max(1.0),
     );
 }
@@ -241,10 +266,10 @@ fn main() {
             args.seconds
         );
         println!(
-            "| shape  | mode  | conc |  txns/s | txn p50 | txn p99 | cmt p50 | cmt p99 | CPU µs/txn | retried |"
+            "| shape  | mode  | conc |  txns/s | txn p50 | txn p99 | cmt p50 | cmt p99 | pw p50  | pw p99  | pri p50 | pri p99 | CPU µs/txn | retried |"
         );
         println!(
-            "|--------|-------|------|---------|---------|---------|---------|---------|------------|---------|"
+            "|--------|-------|------|---------|---------|---------|---------|---------|---------|---------|---------|---------|------------|---------|"
         );
         // `TXN_BENCH_ONLY=10:async:64` restricts the run to one cell (for profiling).
         let only = std::env::var("TXN_BENCH_ONLY").ok();

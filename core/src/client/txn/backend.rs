@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::options::{AssertionLevel, CommitMode, ContextOptions, LockWait};
+use super::options::{AssertionLevel, CommitMode, CommitTimings, ContextOptions, LockWait};
 use super::range::KeyRange;
 use super::reader::Reader;
 use super::scan::ScanBatch;
@@ -20,21 +20,21 @@ use crate::machine::txn::commit_exec::TxnRequestContext;
 use crate::machine::txn::committer::{
     Background, CommitMode as MachineCommitMode, CommitOptions, Committer,
 };
-use crate::machine::txn::gc::UnsafeDestroyRange;
+use crate::machine::txn::gc::{
+    Gc, GcOptions, LoadTxnSafePoint, POLL_TXN_SAFE_POINT_INTERVAL,
+    POLL_TXN_SAFE_POINT_RETRY_INTERVAL, UnsafeDestroyRange,
+};
 use crate::machine::txn::heartbeat::TtlManager;
 use crate::machine::txn::mutations::LockTtls;
 use crate::machine::txn::pessimistic::{
     LockCtx, LockKey, LockKeys, LockWait as MachineLockWait, PessimisticRollback,
 };
 use crate::machine::txn::range_task;
+use crate::machine::txn::split::{SplitRegions, WaitScatterRegion};
 use crate::machine::txn::{
     BufferMutation, ScanCursor, SnapshotBatchGet, SnapshotGet, SnapshotScan,
 };
 use crate::machine::{Key, Timestamp};
-
-fn not_wired(what: &str) -> Error {
-    Error::Internal(format!("{what}: machine not wired yet"))
-}
 
 /// Point get at the reader's timestamp. Runs [`SnapshotGet`].
 pub(crate) async fn snapshot_get<R: Runtime>(
@@ -325,6 +325,7 @@ pub(crate) struct CommitReport {
     pub mode: CommitMode,
     pub async_commit_fallback: bool,
     pub one_pc_fallback: bool,
+    pub timings: CommitTimings,
 }
 
 /// Commits. Runs the [`Committer`]; its background work (secondary commits after success,
@@ -354,6 +355,13 @@ pub(crate) async fn commit<R: Runtime>(
     if let Some(bg) = committer.take_background() {
         spawn_background(cluster, bg, request.start_ts);
     }
+    let d = committer.details();
+    let timings = CommitTimings {
+        get_latest_ts: d.get_latest_ts,
+        prewrite: d.prewrite,
+        get_commit_ts: d.get_commit_ts,
+        commit_primary: d.commit_primary,
+    };
     match result {
         Ok(info) => CommitReport {
             result: match info.commit_ts {
@@ -370,33 +378,77 @@ pub(crate) async fn commit<R: Runtime>(
             },
             async_commit_fallback: info.async_commit_fallback,
             one_pc_fallback: info.one_pc_fallback,
+            timings,
         },
         Err(e) => CommitReport {
             result: Err(e),
             mode: CommitMode::TwoPc,
             async_commit_fallback: false,
             one_pc_fallback: false,
+            timings,
         },
     }
 }
 
-/// Background tasks of one client (the txn safe point refresh).
+/// Background tasks of one client: the txn safe point refresh. Stopped with the client.
 #[derive(Debug)]
-pub(crate) struct ClientTasks {}
-
-impl ClientTasks {
-    pub fn start<R: Runtime>(_cluster: &Cluster<R>) -> Self {
-        ClientTasks {}
-    }
-
-    pub fn stop(&self) {}
+pub(crate) struct ClientTasks {
+    stop: Arc<Stop>,
 }
 
+impl ClientTasks {
+    /// Starts the refresh of the txn safe point that snapshot reads are checked against:
+    /// every 10 s, 1 s after a failure. Mirrors client-go `KVStore.runTxnSafePointUpdater`
+    /// (`pollTxnSafePointInterval`, `pollTxnSafePointQuickRepeatInterval`).
+    pub fn start<R: Runtime>(cluster: &Cluster<R>) -> Self {
+        let stop = Arc::new(Stop::default());
+        let (c, s) = (cluster.clone(), stop.clone());
+        cluster.runtime().spawn(async move {
+            let refresh = async {
+                loop {
+                    let wait = match c.run(LoadTxnSafePoint::new()).await {
+                        Ok(_) => POLL_TXN_SAFE_POINT_INTERVAL,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "loading the txn safe point failed");
+                            POLL_TXN_SAFE_POINT_RETRY_INTERVAL
+                        }
+                    };
+                    let rt = c.runtime();
+                    rt.sleep_until(rt.now() + wait).await;
+                }
+            };
+            futures_lite::future::or(refresh, s.wait()).await;
+        });
+        ClientTasks { stop }
+    }
+
+    /// Stops the background tasks (they drop their handle on the cluster).
+    pub fn stop(&self) {
+        self.stop.set();
+    }
+}
+
+/// Garbage-collects up to `safe_point`. Runs the [`Gc`] driver, then reloads the txn safe
+/// point so this client's reads are checked against the new one at once.
 pub(crate) async fn gc<R: Runtime>(
-    _cluster: &Cluster<R>,
-    _safe_point: Timestamp,
+    cluster: &Cluster<R>,
+    safe_point: Timestamp,
 ) -> Result<Timestamp, Error> {
-    Err(not_wired("gc"))
+    let outcome = cluster
+        .run(Gc::new(safe_point.version(), GcOptions::default()))
+        .await?;
+    if !outcome.blocker.is_empty() {
+        tracing::info!(
+            requested = safe_point.version(),
+            txn_safe_point = outcome.txn_safe_point,
+            blocker = %outcome.blocker,
+            "the txn safe point was held back by a GC barrier"
+        );
+    }
+    if let Err(e) = cluster.run(LoadTxnSafePoint::new()).await {
+        tracing::debug!(error = %e, "reloading the txn safe point after GC failed");
+    }
+    Ok(Timestamp(outcome.txn_safe_point))
 }
 
 /// Destroys `range` on every store. Runs [`UnsafeDestroyRange`].
@@ -431,10 +483,20 @@ pub(crate) async fn delete_range<R: Runtime>(
     Ok(stat.completed_regions)
 }
 
+/// Splits regions at `keys`; with `scatter`, scatters the new regions and waits for each
+/// scatter to finish. Runs [`SplitRegions`] then [`WaitScatterRegion`] per new region.
 pub(crate) async fn split_regions<R: Runtime>(
-    _cluster: &Cluster<R>,
-    _keys: Vec<Key>,
-    _scatter: bool,
+    cluster: &Cluster<R>,
+    keys: Vec<Key>,
+    scatter: bool,
 ) -> Result<Vec<u64>, Error> {
-    Err(not_wired("split regions"))
+    let regions = cluster
+        .run(SplitRegions::new(keys).with_scatter(scatter))
+        .await?;
+    if scatter {
+        for region in &regions {
+            cluster.run(WaitScatterRegion::new(*region, 0)).await?;
+        }
+    }
+    Ok(regions)
 }

@@ -171,6 +171,23 @@ pub struct CommitInfo {
     pub one_pc_fallback: bool,
     /// Number of keys committed.
     pub keys: usize,
+    /// Time spent in each phase of the commit.
+    pub timings: CommitTimings,
+}
+
+/// Time spent in each phase of a commit. Mirrors client-go `util.CommitDetails`
+/// (`GetLatestTsTime`, `PrewriteTime`, `GetCommitTsTime`, `CommitTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CommitTimings {
+    /// Fetching the fresh timestamp of async commit / 1PC.
+    pub get_latest_ts: Duration,
+    /// Prewriting every batch.
+    pub prewrite: Duration,
+    /// Fetching the commit timestamp (2PC).
+    pub get_commit_ts: Duration,
+    /// Committing the primary's batch (2PC; the secondaries are committed in the background).
+    pub commit_primary: Duration,
 }
 
 /// A hook called once a commit has finished, successfully or not. Mirrors client-go

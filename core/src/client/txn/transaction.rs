@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use super::backend::{self, LockRequest, LockedKey, TtlHandle};
 use super::client::TransactionClient;
-use super::options::{CommitInfo, CommitMode, LockOptions, TransactionOptions};
+use super::options::{CommitInfo, CommitMode, CommitTimings, LockOptions, TransactionOptions};
 use super::range::KeyRange;
 use super::reader::Reader;
 use super::scan::{Scan, ScanKeys};
@@ -662,7 +662,7 @@ impl<R: Runtime> Transaction<R> {
             if mutations.is_empty() {
                 drop(ttl);
                 lock(&self.state).status = Status::Committed;
-                let info = self.commit_info(None, CommitMode::ReadOnly, false, false, 0);
+                let info = self.commit_info(None, CommitMode::ReadOnly, false, false, 0, None);
                 self.callback(&info, Ok(()));
                 return Ok(None);
             }
@@ -683,7 +683,7 @@ impl<R: Runtime> Transaction<R> {
                         Err(e) => {
                             lock(&self.state).status = Status::CommitFailed;
                             let info =
-                                self.commit_info(None, CommitMode::TwoPc, false, false, keys);
+                                self.commit_info(None, CommitMode::TwoPc, false, false, keys, None);
                             self.callback(&info, Err(&e));
                             return Err(e);
                         }
@@ -735,6 +735,7 @@ impl<R: Runtime> Transaction<R> {
                 report.async_commit_fallback,
                 report.one_pc_fallback,
                 keys,
+                Some(report.timings),
             );
             match report.result {
                 Ok(ts) => {
@@ -757,6 +758,7 @@ impl<R: Runtime> Transaction<R> {
         async_commit_fallback: bool,
         one_pc_fallback: bool,
         keys: usize,
+        timings: Option<CommitTimings>,
     ) -> CommitInfo {
         CommitInfo {
             start_ts: self.start_ts(),
@@ -765,6 +767,7 @@ impl<R: Runtime> Transaction<R> {
             async_commit_fallback,
             one_pc_fallback,
             keys,
+            timings: timings.unwrap_or_default(),
         }
     }
 
