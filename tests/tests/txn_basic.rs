@@ -153,6 +153,9 @@ async fn scans_merge_buffer_and_snapshot<R: Runtime>() {
     assert_eq!(all.len(), 12, "{:?}", keys_of(&all));
     let rev = collect(snap.scan_reverse("k03".."k06")).await.unwrap();
     assert_eq!(keys_of(&rev), ["k05", "k04", "k03"]);
+    // An unbounded reverse scan without a keyspace is refused rather than truncated.
+    let err = collect(snap.scan_reverse("k05"..)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     // An inverted range is a typed error on the first poll.
     let err = collect(snap.scan("b".."a")).await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");

@@ -87,7 +87,7 @@ impl<R: Runtime> Snapshot<R> {
     }
 
     /// Like [`Snapshot::scan`] in descending key order. Mirrors client-go
-    /// `KVSnapshot.IterReverse`.
+    /// `KVSnapshot.IterReverse`. With API V1 the range needs an end key (see [`Scan`]).
     pub fn scan_reverse(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
         Scan::new(&self.reader, None, range.into(), ScanOrder::Reverse, false)
     }

@@ -280,7 +280,7 @@ impl<R: Runtime> Transaction<R> {
     }
 
     /// Like [`Transaction::scan`] in descending key order. Mirrors client-go
-    /// `KVTxn.IterReverse`.
+    /// `KVTxn.IterReverse`. With API V1 the range needs an end key (see [`Scan`]).
     pub fn scan_reverse(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
         Scan::new(
             &self.reader,
