@@ -32,7 +32,7 @@ pub type Transaction = tikv_core::client::Transaction<Tokio>;
 pub type Snapshot = tikv_core::client::Snapshot<Tokio>;
 
 pub use tikv_core::client::txn::{
-    AssertionLevel, CommitInfo, CommitMode, CommitTimings, DiskFullOpt, IsolationLevel, KeyRange, LockOptions,
-    LockWait, Priority, SnapshotOptions, TransactionOptions, TxnKind,
+    AssertionLevel, CommitInfo, CommitMode, CommitTimings, DiskFullOpt, IsolationLevel, KeyRange,
+    LockOptions, LockWait, LockedValue, Priority, SnapshotOptions, TransactionOptions, TxnKind,
 };
 pub use tikv_core::machine::Timestamp;

@@ -84,6 +84,35 @@ async fn read_your_writes_and_snapshot_isolation<R: Runtime>() {
     assert_eq!(latest.get("a").await.unwrap(), Some(b("a1")));
     assert_eq!(latest.get("b").await.unwrap(), None);
     assert!(second_commit > first_commit);
+    assert_eq!(setup.commit_ts(), Some(first_commit));
+    assert_eq!(writer.commit_ts(), Some(second_commit));
+
+    // Commit timestamps of the versions read (client-go `WithReturnCommitTS`).
+    assert_eq!(
+        at_first.get_with_commit_ts("a").await.unwrap(),
+        Some((b("a0"), first_commit))
+    );
+    assert_eq!(
+        latest.batch_get_with_commit_ts(["b", "a"]).await.unwrap(),
+        vec![None, Some((b("a1"), second_commit))]
+    );
+
+    // A writable transaction begun at a given (older) timestamp reads at it, may write keys
+    // nobody changed since, and conflicts on keys changed after it (client-go `WithStartTS`).
+    let mut old = client
+        .begin_with_options(TransactionOptions::new_optimistic().start_ts(first_commit))
+        .await
+        .unwrap();
+    assert_eq!(old.start_ts(), first_commit);
+    assert_eq!(old.get("a").await.unwrap(), Some(b("a0")));
+    old.put("fresh", "x").await.unwrap();
+    old.commit().await.unwrap();
+    let mut stale = client
+        .begin_with_options(TransactionOptions::new_optimistic().start_ts(first_commit))
+        .await
+        .unwrap();
+    stale.put("a", "late").await.unwrap();
+    assert!(matches!(stale.commit().await, Err(Error::WriteConflict(_))));
 }
 
 /// Forward, reverse and key-only scans over several regions, in small batches, merging

@@ -141,8 +141,8 @@ async fn deadlock_between_two_transactions<R: Runtime>() {
     };
     let (r1, r2) = future::zip(first, second).await;
     let (loser, winner) = match (&r1, &r2) {
-        (Err(e), Ok(())) => (e.clone(), 2),
-        (Ok(()), Err(e)) => (e.clone(), 1),
+        (Err(e), Ok(_)) => (e.clone(), 2),
+        (Ok(_), Err(e)) => (e.clone(), 1),
         other => panic!("exactly one transaction must fail: {other:?}"),
     };
     assert!(matches!(loser, Error::Deadlock(..)), "{loser:?}");
@@ -169,6 +169,7 @@ async fn get_for_update_reads_the_latest_value<R: Runtime>() {
     let mut setup = client.begin_optimistic().await.unwrap();
     setup.put("k", "old").await.unwrap();
     setup.put("j", "old").await.unwrap();
+    setup.put("j2", "old").await.unwrap();
     setup.commit().await.unwrap();
 
     let mut t = client.begin_pessimistic().await.unwrap();
@@ -185,6 +186,21 @@ async fn get_for_update_reads_the_latest_value<R: Runtime>() {
     );
     t.put("k", "mine").await.unwrap();
     assert_eq!(t.get_for_update("k").await.unwrap(), Some(b("mine")));
+    // Existence without values (client-go `LockCtx.CheckExistence`).
+    let seen = t
+        .lock_keys(["j2", "absent2"], LockOptions::new().check_existence(true))
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[&b("j2")].exists);
+    assert!(!seen[&b("absent2")].exists);
+    assert!(seen[&b("absent2")].value.is_none());
+    let seen = t
+        .lock_keys(["j"], LockOptions::new().return_values(true))
+        .await
+        .unwrap();
+    assert_eq!(seen[&b("j")].value, Some(b("old")));
+    assert!(seen[&b("j")].exists);
     t.commit().await.unwrap();
     assert_eq!(lock_count(&mock), 0);
 }

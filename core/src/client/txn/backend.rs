@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::options::{AssertionLevel, CommitMode, CommitTimings, ContextOptions, LockWait};
+use super::options::{
+    AssertionLevel, CommitMode, CommitTimings, ContextOptions, LockWait, LockedValue,
+};
 use super::range::KeyRange;
 use super::reader::Reader;
 use super::scan::ScanBatch;
@@ -45,6 +47,34 @@ pub(crate) async fn snapshot_get<R: Runtime>(
     let out = reader.cluster.run(op).await?;
     reader.learn(&out.locks);
     Ok(out.value)
+}
+
+/// Point get returning the commit timestamp of the version read. Runs [`SnapshotGet`] with
+/// `need_commit_ts`.
+pub(crate) async fn snapshot_get_with_commit_ts<R: Runtime>(
+    reader: &Reader<R>,
+    key: Key,
+) -> Result<Option<(Value, Timestamp)>, Error> {
+    let op = SnapshotGet::new(key, &reader.opts, reader.lock_sets()).need_commit_ts(true);
+    let out = reader.cluster.run(op).await?;
+    reader.learn(&out.locks);
+    Ok(out.value.map(|v| (v, Timestamp(out.commit_ts))))
+}
+
+/// Batch get returning each value's commit timestamp (present keys only, key order). Runs
+/// [`SnapshotBatchGet`] with `need_commit_ts`.
+pub(crate) async fn snapshot_batch_get_with_commit_ts<R: Runtime>(
+    reader: &Reader<R>,
+    keys: Vec<Key>,
+) -> Result<Vec<(Key, Value, Timestamp)>, Error> {
+    let op = SnapshotBatchGet::new(keys, &reader.opts, reader.lock_sets()).need_commit_ts(true);
+    let out = reader.cluster.run(op).await?;
+    reader.learn(&out.locks);
+    Ok(out
+        .entries
+        .into_iter()
+        .map(|e| (e.key, e.value, Timestamp(e.commit_ts)))
+        .collect())
 }
 
 /// Batch get at the reader's timestamp (present keys only). Runs [`SnapshotBatchGet`].
@@ -104,17 +134,10 @@ pub(crate) struct LockRequest {
     pub ctx: ContextOptions,
 }
 
-/// What a pessimistic lock read for one key.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct LockedKey {
-    pub value: Option<Value>,
-    pub exists: bool,
-}
-
 /// The outcome of a successful pessimistic lock call.
 #[derive(Debug, Default)]
 pub(crate) struct LockOutcome {
-    pub values: HashMap<Key, LockedKey>,
+    pub values: HashMap<Key, LockedValue>,
     /// Keys left unlocked because they do not exist (lock-only-if-exists).
     pub skipped: Vec<Key>,
     /// The primary's lock was taken by this call.
@@ -201,7 +224,7 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
             .map(|(k, v)| {
                 (
                     k,
-                    LockedKey {
+                    LockedValue {
                         value: v.value.filter(|v| !v.is_empty()),
                         exists: v.exists,
                     },

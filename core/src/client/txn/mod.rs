@@ -33,7 +33,8 @@ use std::fmt;
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
-    IsolationLevel, LockOptions, LockWait, Priority, SnapshotOptions, TransactionOptions, TxnKind,
+    IsolationLevel, LockOptions, LockWait, LockedValue, Priority, SnapshotOptions,
+    TransactionOptions, TxnKind,
 };
 pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};

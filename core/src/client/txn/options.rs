@@ -290,6 +290,17 @@ impl Default for LockWait {
     }
 }
 
+/// What a pessimistic lock learned about one key (with [`LockOptions::return_values`] or
+/// [`LockOptions::check_existence`]). Mirrors client-go `kv.ReturnedValue`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockedValue {
+    /// The key's latest committed value (with `return_values`; `None` when absent).
+    pub value: Option<bytes::Bytes>,
+    /// Whether the key exists.
+    pub exists: bool,
+}
+
 /// Options of one pessimistic lock call (`lock_keys`, `get_for_update`, and the implicit lock
 /// taken by writes in a pessimistic transaction). Mirrors client-go `kv.LockCtx`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -3,6 +3,7 @@
 use tracing::Instrument;
 
 use super::KeyField;
+use super::backend;
 use super::options::SnapshotOptions;
 use super::range::KeyRange;
 use super::reader::Reader;
@@ -74,6 +75,59 @@ impl<R: Runtime> Snapshot<R> {
             unique.dedup();
             let found: std::collections::HashMap<Key, Value> =
                 self.reader.batch_get(unique).await?.into_iter().collect();
+            Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Like [`Snapshot::get`], with the commit timestamp of the version read. Mirrors
+    /// client-go `KVSnapshot.Get` with `kv.WithReturnCommitTS()` (`ValueEntry.CommitTS`).
+    pub async fn get_with_commit_ts(
+        &self,
+        key: impl Into<Key>,
+    ) -> Result<Option<(Value, Timestamp)>, Error> {
+        let key = key.into();
+        let span = tracing::debug_span!(
+            "tikv.snapshot.get_with_commit_ts",
+            ts = self.ts().version(),
+            key = %KeyField(&key)
+        );
+        async {
+            if key.is_empty() {
+                return Err(Error::invalid("key must not be empty"));
+            }
+            backend::snapshot_get_with_commit_ts(&self.reader, key).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Like [`Snapshot::batch_get`], with the commit timestamp of each version read. Mirrors
+    /// client-go `KVSnapshot.BatchGet` with `kv.WithReturnCommitTS()`.
+    pub async fn batch_get_with_commit_ts(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Key>>,
+    ) -> Result<Vec<Option<(Value, Timestamp)>>, Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
+        let span = tracing::debug_span!(
+            "tikv.snapshot.batch_get_with_commit_ts",
+            ts = self.ts().version(),
+            keys = keys.len()
+        );
+        async {
+            if keys.iter().any(Key::is_empty) {
+                return Err(Error::invalid("keys must not be empty"));
+            }
+            let mut unique = keys.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let found: std::collections::HashMap<Key, (Value, Timestamp)> =
+                backend::snapshot_batch_get_with_commit_ts(&self.reader, unique)
+                    .await?
+                    .into_iter()
+                    .map(|(k, v, ts)| (k, (v, ts)))
+                    .collect();
             Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
         }
         .instrument(span)

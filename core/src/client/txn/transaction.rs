@@ -27,15 +27,18 @@
 //! when a lock meets a write committed after it (client-go `LockCtx.ForUpdateTS`, refreshed by
 //! TiDB on a write conflict).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::Instrument;
 
-use super::backend::{self, LockRequest, LockedKey, TtlHandle};
+use super::backend::{self, LockRequest, TtlHandle};
 use super::client::TransactionClient;
-use super::options::{CommitInfo, CommitMode, CommitTimings, LockOptions, TransactionOptions};
+use super::options::{
+    CommitInfo, CommitMode, CommitTimings, LockOptions, LockedValue, TransactionOptions,
+};
 use super::range::KeyRange;
 use super::reader::Reader;
 use super::scan::{Scan, ScanKeys};
@@ -76,6 +79,8 @@ pub(crate) struct TxnState {
     pub locked: usize,
     /// The heartbeat of the primary lock, once started.
     pub ttl: Option<TtlHandle>,
+    /// The commit timestamp, once committed.
+    pub commit_ts: Option<Timestamp>,
 }
 
 impl TxnState {
@@ -143,6 +148,7 @@ impl<R: Runtime> Transaction<R> {
                 for_update_ts: start_ts,
                 locked: 0,
                 ttl: None,
+                commit_ts: None,
             }),
             client,
             reader,
@@ -154,6 +160,12 @@ impl<R: Runtime> Transaction<R> {
     /// The start timestamp: reads see the data committed before it.
     pub fn start_ts(&self) -> Timestamp {
         self.reader.start_ts()
+    }
+
+    /// The commit timestamp once the transaction committed (`None` before, after a failure,
+    /// or when it wrote nothing). Mirrors client-go `KVTxn.CommitTS`.
+    pub fn commit_ts(&self) -> Option<Timestamp> {
+        lock(&self.state).commit_ts
     }
 
     /// The options the transaction was begun with.
@@ -417,13 +429,16 @@ impl<R: Runtime> Transaction<R> {
 
     /// Locks `keys` for this transaction. Optimistic: the keys are checked for conflicts at
     /// commit (prewritten as `Op::Lock`). Pessimistic: the keys are locked in TiKV now,
-    /// waiting for other transactions' locks as `options` says. Mirrors client-go
-    /// `KVTxn.LockKeys` with a `kv.LockCtx`.
+    /// waiting for other transactions' locks as `options` says; with
+    /// [`LockOptions::return_values`] or [`LockOptions::check_existence`] the result holds what
+    /// the lock read for each key it locked (keys this transaction had locked before are not
+    /// locked again, and are left out unless values are asked for). Mirrors client-go
+    /// `KVTxn.LockKeys` with a `kv.LockCtx` (`LockCtx.Values`).
     pub async fn lock_keys(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
         options: LockOptions,
-    ) -> Result<(), Error> {
+    ) -> Result<BTreeMap<Key, LockedValue>, Error> {
         let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
         let span = tracing::debug_span!(
             "tikv.txn.lock_keys",
@@ -436,16 +451,19 @@ impl<R: Runtime> Transaction<R> {
                 check_key(k)?;
             }
             if self.is_pessimistic() {
-                self.pessimistic_lock(keys, &options, false)
-                    .await
-                    .map(|_| ())
+                let values = self.pessimistic_lock(keys, &options, false).await?;
+                if options.return_values || options.check_existence {
+                    Ok(values.into_iter().collect())
+                } else {
+                    Ok(BTreeMap::new())
+                }
             } else {
                 let mut s = lock(&self.state);
                 s.check_active()?;
                 for k in keys {
                     s.buffer.update_flags(k, &[FlagsOp::SetNeedLocked])?;
                 }
-                Ok(())
+                Ok(BTreeMap::new())
             }
         }
         .instrument(span)
@@ -514,7 +532,7 @@ impl<R: Runtime> Transaction<R> {
         keys: Vec<Key>,
         options: &LockOptions,
         should_not_exist: bool,
-    ) -> Result<std::collections::HashMap<Key, LockedKey>, Error> {
+    ) -> Result<std::collections::HashMap<Key, LockedValue>, Error> {
         let mut results = std::collections::HashMap::new();
         let mut retries = 0;
         loop {
@@ -724,11 +742,15 @@ impl<R: Runtime> Transaction<R> {
                 span.record("commit_ts", ts.version());
             }
             span.record("mode", tracing::field::display(report.mode));
-            lock(&self.state).status = if report.result.is_ok() {
-                Status::Committed
-            } else {
-                Status::CommitFailed
-            };
+            {
+                let mut s = lock(&self.state);
+                s.status = if report.result.is_ok() {
+                    Status::Committed
+                } else {
+                    Status::CommitFailed
+                };
+                s.commit_ts = commit_ts;
+            }
             let info = self.commit_info(
                 commit_ts,
                 report.mode,
