@@ -13,7 +13,9 @@ use tikv_core::client::txn::{
 };
 use tikv_mockstore::{MockCluster, RpcKind};
 use tikv_tests::Mock;
-use tikv_tests::txn_support::{b, collect, connect, has_lock, keys_of, split_txn, txn_config};
+use tikv_tests::txn_support::{
+    b, collect, connect, has_lock, keys_of, lock_count, split_txn, txn_config,
+};
 
 tikv_tests::txn_tests!(
     read_your_writes_and_snapshot_isolation,
@@ -205,6 +207,19 @@ async fn closed_transactions_and_empty_values<R: Runtime>() {
         txn.put("", "v").await,
         Err(Error::InvalidArgument(_))
     ));
+    let huge_key = vec![b'k'; 70_000];
+    assert_eq!(
+        txn.put(huge_key, "v").await.unwrap_err(),
+        Error::KeyTooLarge { size: 70_000 }
+    );
+    let pes = client.begin_pessimistic().await.unwrap();
+    let big = vec![b'v'; 7 << 20];
+    assert!(matches!(
+        pes.put("big", big).await.unwrap_err(),
+        Error::EntryTooLarge { .. }
+    ));
+    assert_eq!(lock_count(&mock), 0, "refused before any lock was taken");
+    drop(pes);
     assert!(txn.is_read_only());
     let prewrites = mock.cluster().requests(RpcKind::Prewrite);
     assert_eq!(txn.commit().await.unwrap(), None, "read-only");

@@ -47,6 +47,7 @@ use crate::client::runtime::Runtime;
 use crate::client::sync::lock;
 use crate::error::Error;
 use crate::machine::raw::Value;
+use crate::machine::txn::membuffer::MAX_KEY_LEN;
 use crate::machine::txn::mutations::LockTtls;
 use crate::machine::txn::{BufferedValue, FlagsOp, MemBuffer, ScanOrder};
 use crate::machine::{Key, Timestamp};
@@ -340,7 +341,7 @@ impl<R: Runtime> Transaction<R> {
             if value.is_empty() {
                 return Err(Error::EmptyValue);
             }
-            check_key(&key)?;
+            self.check_entry(&key, &value)?;
             self.lock_for_write(&key, false).await?;
             let mut s = lock(&self.state);
             s.check_active()?;
@@ -366,7 +367,7 @@ impl<R: Runtime> Transaction<R> {
             if value.is_empty() {
                 return Err(Error::EmptyValue);
             }
-            check_key(&key)?;
+            self.check_entry(&key, &value)?;
             let presume = {
                 let s = lock(&self.state);
                 s.check_active()?;
@@ -840,7 +841,23 @@ fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
 fn check_key(key: &Bytes) -> Result<(), Error> {
     if key.is_empty() {
         Err(Error::invalid("key must not be empty"))
+    } else if key.len() > MAX_KEY_LEN {
+        Err(Error::KeyTooLarge { size: key.len() })
     } else {
+        Ok(())
+    }
+}
+
+impl<R: Runtime> Transaction<R> {
+    /// Refuses a write the buffer would refuse, before a pessimistic lock is taken for it
+    /// (the buffer's own check runs again when the write is buffered).
+    fn check_entry(&self, key: &Bytes, value: &Value) -> Result<(), Error> {
+        check_key(key)?;
+        let limit = lock(&self.state).buffer.limits().entry_size;
+        let size = (key.len() + value.len()) as u64;
+        if size > limit {
+            return Err(Error::EntryTooLarge { size, limit });
+        }
         Ok(())
     }
 }
