@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use tikv_proto::{keyspacepb, metapb, pdpb};
+use tikv_proto::{keyspacepb, kvrpcpb, metapb, pdpb};
 
 use crate::cluster::{Cluster, ClusterConfig};
 
@@ -646,7 +646,9 @@ impl Cluster {
         &mut self,
         req: &pdpb::UpdateGcSafePointRequest,
     ) -> pdpb::UpdateGcSafePointResponse {
+        let old = self.pd.gc_safe_point();
         let new = self.pd.update_gc_safe_point(req.safe_point);
+        self.collect_garbage(old, new);
         pdpb::UpdateGcSafePointResponse {
             header: self.pd_header(),
             new_safe_point: new,
@@ -715,17 +717,30 @@ impl Cluster {
         }
     }
 
+    /// Removes the MVCC versions that an advanced GC safe point makes unreachable, the work
+    /// TiKV's GC worker and compaction filter do once PD's GC safe point moves (TiKV
+    /// `src/server/gc_worker/compaction_filter.rs` keeps, per key, the newest version at or
+    /// below the safe point and drops older ones, deletes and rollbacks). Done eagerly here.
+    fn collect_garbage(&mut self, old: u64, new: u64) {
+        if new > old {
+            self.mvcc.gc(new, &kvrpcpb::KeyRange::default());
+        }
+    }
+
     /// `AdvanceGCSafePoint`.
     pub fn pd_advance_gc_safe_point(
         &mut self,
         req: &pdpb::AdvanceGcSafePointRequest,
     ) -> pdpb::AdvanceGcSafePointResponse {
         match self.pd.advance_gc_safe_point(req.target) {
-            Ok((old, new)) => pdpb::AdvanceGcSafePointResponse {
-                header: self.pd_header(),
-                old_gc_safe_point: old,
-                new_gc_safe_point: new,
-            },
+            Ok((old, new)) => {
+                self.collect_garbage(old, new);
+                pdpb::AdvanceGcSafePointResponse {
+                    header: self.pd_header(),
+                    old_gc_safe_point: old,
+                    new_gc_safe_point: new,
+                }
+            }
             Err(e) => pdpb::AdvanceGcSafePointResponse {
                 header: self.pd_error_header(&e),
                 ..Default::default()

@@ -119,6 +119,7 @@ async fn gc_resolves_old_locks_and_aborts_readers_below_the_safe_point<R: Runtim
     );
     let old_reader = client.begin_optimistic().await.unwrap();
     let safe_point = client.current_timestamp().await.unwrap();
+    assert_eq!(versions(&mock, "k"), 2, "two committed versions before GC");
 
     let reached = client.gc(safe_point).await.unwrap();
     assert_eq!(reached, safe_point);
@@ -130,6 +131,11 @@ async fn gc_resolves_old_locks_and_aborts_readers_below_the_safe_point<R: Runtim
     assert_eq!(
         mock.cluster().with_cluster(|c| c.pd().gc_safe_point()),
         safe_point.version()
+    );
+    assert_eq!(
+        versions(&mock, "k"),
+        1,
+        "GC keeps only the newest version below the safe point"
     );
     let err = old_reader.get("k").await.unwrap_err();
     assert!(
