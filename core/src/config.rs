@@ -480,10 +480,13 @@ setters! {
 }
 
 impl Config {
-    /// Sets [`Config::keyspace`] (API V2 keyspace name).
+    /// Sets [`Config::keyspace`] (API V2 keyspace name) and selects API V2, since keyspaces
+    /// exist only there (client-go builds its codec with `apicodec.NewCodecV2` whenever a
+    /// keyspace is named).
     #[must_use]
     pub fn with_keyspace(mut self, name: impl Into<String>) -> Self {
         self.keyspace = Some(name.into());
+        self.api_version = ApiVersion::V2;
         self
     }
 
@@ -667,6 +670,11 @@ mod tests {
         assert!(c.security.is_tls());
         assert_eq!(c.security.key_path, Some(PathBuf::from("/key.pem")));
         assert!(c.validate().is_ok());
+        assert_eq!(
+            Config::default().with_keyspace("ks").api_version,
+            ApiVersion::V2,
+            "naming a keyspace selects API V2"
+        );
         assert_eq!(
             Config::default().with_keyspace("").keyspace_name(),
             "DEFAULT"
