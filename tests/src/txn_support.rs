@@ -113,7 +113,7 @@ pub fn block_on_thread<F: std::future::Future<Output = ()> + Send + 'static>(fut
 }
 
 /// Instantiates generic scenarios `async fn name<R: Runtime>()` of the calling test file as
-/// `#[test]`s, one module per runtime (`tokio::name`, `smol::name`).
+/// `#[test]`s, one module per runtime (`tokio::name`, `smol::name`, `async_std_rt::name`).
 #[macro_export]
 macro_rules! txn_tests {
     ($($name:ident),* $(,)?) => {
@@ -130,6 +130,24 @@ macro_rules! txn_tests {
                 #[test]
                 fn $name() {
                     $crate::txn_support::block_on_thread(super::$name::<tikv_smol::Smol>());
+                }
+            )*
+        }
+        /// async-std's executor driving the smol-backed client (the same async-io reactor).
+        mod async_std_rt {
+            $(
+                #[test]
+                fn $name() {
+                    std::thread::Builder::new()
+                        .stack_size(32 << 20)
+                        .spawn(|| {
+                            ::async_std::task::block_on(Box::pin(
+                                super::$name::<tikv_smol::Smol>(),
+                            ))
+                        })
+                        .expect("scenario thread")
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 }
             )*
         }
