@@ -3,25 +3,46 @@
 //!
 //! ```text
 //! cargo build --release -p tikv-mockstore -p tikv-benches
-//! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N]
+//! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]
 //! ```
+//!
+//! `--runtime tokio` (the default) drives the `tikv-tokio` client on a tokio runtime
+//! (current_thread for one thread, multi_thread otherwise); `--runtime smol` drives the
+//! `tikv-smol` client on a `smol::Executor` run by the main thread (`smol::block_on`, which also
+//! polls the async-io reactor) plus `threads - 1` helper threads. Both go through the same
+//! measuring code, generic over the client's runtime.
 //!
 //! For each operation (get, put) and concurrency (1, 16, 256) it runs `concurrency` tasks that
 //! loop on the operation for the window, and reports ops/s, p50 / p99 latency and the client
 //! process's CPU time (user + system, `getrusage(RUSAGE_SELF)`) divided by the operations.
 //! The mockstore runs in its own process, so its CPU is not counted.
 
+use std::future::Future;
 use std::net::TcpListener;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tikv_tokio::{Config, RawClient};
+use tikv_core::client::{RawClient, Runtime};
+use tikv_core::config::Config;
+
+/// Which async runtime drives the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RuntimeKind {
+    Tokio,
+    Smol,
+}
 
 struct Args {
     seconds: u64,
     mockstore: String,
     threads: usize,
+    runtime: RuntimeKind,
 }
+
+const USAGE: &str =
+    "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -32,6 +53,7 @@ fn parse_args() -> Args {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "tikv-mockstore".into()),
         threads: 1,
+        runtime: RuntimeKind::Tokio,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,8 +65,18 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = value.parse().expect("--seconds N"),
             "--mockstore" => args.mockstore = value,
             "--threads" => args.threads = value.parse().expect("--threads N"),
+            "--runtime" => {
+                args.runtime = match value.as_str() {
+                    "tokio" => RuntimeKind::Tokio,
+                    "smol" => RuntimeKind::Smol,
+                    _ => {
+                        eprintln!("{USAGE}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             _ => {
-                eprintln!("usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N]");
+                eprintln!("{USAGE}");
                 std::process::exit(2);
             }
         }
@@ -96,7 +128,41 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[i]
 }
 
-async fn run(client: &RawClient, op: &'static str, concurrency: usize, window: Duration) {
+/// A task's latencies (µs), awaited by the measuring loop.
+type Joined = Pin<Box<dyn Future<Output = Vec<u32>> + Send>>;
+
+/// Spawns the measuring tasks on the runtime that drives the client.
+#[derive(Clone)]
+enum Spawner {
+    /// `tokio::spawn` on the current tokio runtime.
+    Tokio,
+    /// `Executor::spawn` on the smol executor the main thread runs.
+    Smol(Arc<smol::Executor<'static>>),
+}
+
+impl Spawner {
+    /// Spawns `task` and returns a future for its output (one box per task, none per operation).
+    fn spawn<F>(&self, task: F) -> Joined
+    where
+        F: Future<Output = Vec<u32>> + Send + 'static,
+    {
+        match self {
+            Spawner::Tokio => {
+                let handle = tokio::spawn(task);
+                Box::pin(async move { handle.await.expect("task") })
+            }
+            Spawner::Smol(ex) => Box::pin(ex.spawn(task)),
+        }
+    }
+}
+
+async fn run<R: Runtime>(
+    client: &RawClient<R>,
+    spawner: &Spawner,
+    op: &'static str,
+    concurrency: usize,
+    window: Duration,
+) {
     let value = vec![b'v'; 64];
     for i in 0..1024u32 {
         client
@@ -111,7 +177,7 @@ async fn run(client: &RawClient, op: &'static str, concurrency: usize, window: D
     for t in 0..concurrency {
         let client = client.clone();
         let value = value.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawner.spawn(async move {
             let mut lat = Vec::with_capacity(1 << 16);
             let mut i = t as u32;
             while Instant::now() < deadline {
@@ -131,7 +197,7 @@ async fn run(client: &RawClient, op: &'static str, concurrency: usize, window: D
     }
     let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await.expect("task"));
+        all.extend(t.await);
     }
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
@@ -163,51 +229,91 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.mockstore));
     let _guard = Mockstore(child);
 
-    let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()
-    }
-    .expect("tokio runtime");
-    rt.block_on(async {
-        let endpoint = format!("127.0.0.1:{port}");
-        let mut client = None;
-        for _ in 0..100 {
-            match RawClient::connect(std::slice::from_ref(&endpoint), Config::default()).await {
-                Ok(c) => {
-                    client = Some(c);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let client = client.expect("mockstore reachable");
-        println!(
-            "client runtime: tokio {} ({} worker threads), window {} s",
-            if args.threads <= 1 {
-                "current_thread"
+    let endpoint = format!("127.0.0.1:{port}");
+    let window = Duration::from_secs(args.seconds);
+    let threads = args.threads.max(1);
+    match args.runtime {
+        RuntimeKind::Tokio => {
+            let rt = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
             } else {
-                "multi_thread"
-            },
-            args.threads.max(1),
-            args.seconds
-        );
-        println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op |");
-        println!("|---------|------|-----------|--------|--------|-----------|");
-        // `RAW_BENCH_ONLY=get:256` restricts the run to one cell (for profiling).
-        let only = std::env::var("RAW_BENCH_ONLY").ok();
-        for op in ["get", "put"] {
-            for c in [1, 16, 256] {
-                if only.as_deref().is_some_and(|o| o != format!("{op}:{c}")) {
-                    continue;
-                }
-                run(&client, op, c, Duration::from_secs(args.seconds)).await;
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()
+            }
+            .expect("tokio runtime");
+            rt.block_on(async {
+                let tokio_rt = tikv_tokio::Tokio::current().expect("inside the tokio runtime");
+                let label = format!(
+                    "tokio {} ({threads} worker threads)",
+                    if threads == 1 {
+                        "current_thread"
+                    } else {
+                        "multi_thread"
+                    }
+                );
+                bench(tokio_rt, Spawner::Tokio, &endpoint, &label, window).await;
+            });
+        }
+        RuntimeKind::Smol => {
+            let ex = Arc::new(smol::Executor::new());
+            // Helper threads run the same executor until the benchmark is over.
+            let (stop, stopped) = smol::channel::bounded::<()>(1);
+            let helpers: Vec<_> = (1..threads)
+                .map(|_| {
+                    let ex = ex.clone();
+                    let stopped = stopped.clone();
+                    std::thread::spawn(move || {
+                        smol::block_on(ex.run(async move {
+                            let _ = stopped.recv().await;
+                        }))
+                    })
+                })
+                .collect();
+            let smol_rt = tikv_smol::Smol::with_executor(ex.clone());
+            let label = format!("smol Executor ({threads} threads, smol::block_on)");
+            smol::block_on(ex.run(bench(
+                smol_rt,
+                Spawner::Smol(ex.clone()),
+                &endpoint,
+                &label,
+                window,
+            )));
+            drop(stop);
+            for h in helpers {
+                let _ = h.join();
             }
         }
-    });
+    }
+}
+
+/// Connects to the mockstore (retrying while it starts) and prints the table.
+async fn bench<R: Runtime>(rt: R, spawner: Spawner, endpoint: &str, label: &str, window: Duration) {
+    let mut client = None;
+    for _ in 0..100 {
+        match RawClient::connect_with_runtime(rt.clone(), &[endpoint], Config::default()).await {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => rt.sleep_until(rt.now() + Duration::from_millis(100)).await,
+        }
+    }
+    let client = client.expect("mockstore reachable");
+    println!("client runtime: {label}, window {} s", window.as_secs());
+    println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op |");
+    println!("|---------|------|-----------|--------|--------|-----------|");
+    // `RAW_BENCH_ONLY=get:256` restricts the run to one cell (for profiling).
+    let only = std::env::var("RAW_BENCH_ONLY").ok();
+    for op in ["get", "put"] {
+        for c in [1, 16, 256] {
+            if only.as_deref().is_some_and(|o| o != format!("{op}:{c}")) {
+                continue;
+            }
+            run(&client, &spawner, op, c, window).await;
+        }
+    }
 }
