@@ -18,6 +18,7 @@ pub mod actions;
 pub mod commands;
 pub mod engine;
 pub mod error;
+pub mod farmhash;
 pub mod kv;
 pub mod lock_wait;
 pub mod reader;

@@ -578,16 +578,14 @@ pub struct WaitForEntry {
 
 /// Hash of a key used for lock-wait bookkeeping and deadlock reports.
 ///
-/// TiKV uses farmhash `fingerprint64` of the memcomparable-encoded key
-/// (`Key::gen_hash`); this engine stores raw keys and uses FNV-1a 64 of the
-/// raw key instead. Clients only use the value for diagnostics.
+/// Follows TiKV `components/txn_types/src/types.rs` `Key::gen_hash`: farmhash
+/// `fingerprint64` of the raw user key (this engine stores raw keys, so no
+/// decoding is needed). The value reaches clients as
+/// `Deadlock.deadlock_key_hash` and `WaitForEntry.key_hash`; client-go
+/// `txnkv/transaction/txn.go` `hashInKeys` matches it against its own keys to
+/// decide whether a deadlock is retryable.
 pub fn key_hash(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    super::farmhash::fingerprint64(key)
 }
 
 /// A lock released by a write command; used to wake up waiters.
