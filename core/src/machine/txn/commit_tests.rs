@@ -1379,3 +1379,96 @@ fn commit_details_time_each_phase() {
         "instant replies"
     );
 }
+
+// ---- planted bugs (feature `planted-bugs`) -------------------------------------------------
+
+/// The planted bug `commit_secondaries_before_primary` inverts client-go `2pc.go`
+/// `commitTxn` (primary first): every secondary is committed before the primary, and a lost
+/// primary commit leaves committed secondaries under a still-locked primary.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_commit_secondaries_before_primary_inverts_the_commit_order() {
+    let mut w = World::new(&["m"]);
+    w.shared.txn.planted.commit_secondaries_before_primary = true;
+    let start = w.ts_now();
+    let muts = vec![put("a", "1"), put("b", "2"), put("n", "3")];
+    let mut c = Committer::new(muts.clone(), w.now, opts(start));
+    let info = w.run(&mut c).expect("commit");
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    let commits = w.sent_of("commit");
+    let roles: Vec<(i32, Vec<Bytes>)> = commits
+        .iter()
+        .map(|r| (commit_of(r).commit_role, commit_of(r).keys.clone()))
+        .collect();
+    let last = roles.last().expect("commits sent");
+    assert_eq!(
+        last,
+        &(kvrpcpb::CommitRole::Primary as i32, keys(&["a"])),
+        "the primary is committed last and alone: {roles:?}"
+    );
+    for (role, ks) in &roles[..roles.len() - 1] {
+        assert_eq!(*role, kvrpcpb::CommitRole::Secondary as i32);
+        assert!(!ks.contains(&k("a")), "{roles:?}");
+    }
+    assert!(
+        c.take_background().is_none(),
+        "nothing left for the background"
+    );
+
+    // A "crash" between the two steps: the primary commit is lost, the secondaries stay
+    // committed while the primary is still locked.
+    let mut w = World::new(&["m"]);
+    w.shared.txn.planted.commit_secondaries_before_primary = true;
+    w.hook = Some(Box::new(move |_, req, _, _, _| match req {
+        TikvRequest::Cmd(TikvCmd::Commit(c))
+            if c.commit_role == kvrpcpb::CommitRole::Primary as i32 =>
+        {
+            Some(Answer::Now(Err(Error::Rpc {
+                address: "store1".into(),
+                message: "crashed".into(),
+                sent: true,
+            })))
+        }
+        _ => None,
+    }));
+    let start = w.ts_now();
+    let mut c = Committer::new(muts, w.now, opts(start));
+    let err = w.run(&mut c).unwrap_err();
+    assert!(err.is_undetermined(), "{err:?}");
+    assert!(w.locked("a"), "primary still locked");
+    assert_eq!(w.value("b"), Some(k("2")), "secondary already committed");
+    assert_eq!(w.value("n"), Some(k("3")), "secondary already committed");
+}
+
+/// Without the switch (the default, even with the feature compiled in) the order is client-go's.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_bugs_default_off_keeps_primary_first() {
+    let mut w = World::new(&["m"]);
+    assert_eq!(
+        w.shared.txn.planted,
+        crate::machine::txn::PlantedBugs::default()
+    );
+    let start = w.ts_now();
+    let mut c = Committer::new(vec![put("a", "1"), put("n", "3")], w.now, opts(start));
+    w.run(&mut c).expect("commit");
+    let commits = w.sent_of("commit");
+    assert_eq!(commits.len(), 1, "secondaries left to the background");
+    assert_eq!(
+        commit_of(commits[0]).commit_role,
+        kvrpcpb::CommitRole::Primary as i32
+    );
+}
+
+/// Planted bug on a single-key transaction: nothing to commit before the primary.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_commit_order_with_only_a_primary() {
+    let mut w = World::new(&[]);
+    w.shared.txn.planted.commit_secondaries_before_primary = true;
+    let start = w.ts_now();
+    let mut c = Committer::new(vec![put("a", "1")], w.now, opts(start));
+    let info = w.run(&mut c).expect("commit");
+    assert_eq!(w.commit_ts("a"), info.commit_ts);
+    assert_eq!(w.sent_of("commit").len(), 1);
+}

@@ -818,6 +818,19 @@ pub struct Committer {
     actions: VecDeque<Action>,
     result: Option<Result<CommitInfo, Error>>,
     done: bool,
+    /// Planted bug in progress: the secondaries' commit runs before the primary's.
+    #[cfg(feature = "planted-bugs")]
+    planted_secondaries: PlantedStage,
+}
+
+/// Where the planted "secondaries before primary" commit stands.
+#[cfg(feature = "planted-bugs")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum PlantedStage {
+    #[default]
+    Off,
+    Running,
+    Done,
 }
 
 impl Committer {
@@ -850,6 +863,8 @@ impl Committer {
             actions: VecDeque::new(),
             result: None,
             done: false,
+            #[cfg(feature = "planted-bugs")]
+            planted_secondaries: PlantedStage::Off,
         }
     }
 
@@ -1177,12 +1192,83 @@ impl Committer {
             .commit_bo
             .take()
             .unwrap_or_else(|| self.weighted(budget::COMMIT));
+        #[cfg(feature = "planted-bugs")]
+        if shared.txn.planted.commit_secondaries_before_primary
+            && self.planted_secondaries == PlantedStage::Off
+        {
+            return self.planted_commit_secondaries(now, shared, bo);
+        }
         let mut exec = BatchExec::new(
             self.commit_action(commit_ts, false),
             self.mutations.clone(),
             Some(self.primary.clone()),
             true,
             bo,
+        )
+        .with_concurrency(self.opts.concurrency)
+        .stop_after_primary();
+        exec.start(now, shared);
+        self.phase = Phase::CommitPrimary(exec);
+        self.drive(now, shared);
+    }
+
+    /// Planted bug (see [`PlantedBugs::commit_secondaries_before_primary`]): commits every
+    /// key but the primary first, in the foreground; [`Committer::on_primary_committed`]
+    /// then commits the primary alone.
+    ///
+    /// [`PlantedBugs::commit_secondaries_before_primary`]: super::planted::PlantedBugs::commit_secondaries_before_primary
+    #[cfg(feature = "planted-bugs")]
+    fn planted_commit_secondaries(&mut self, now: Instant, shared: &mut Shared, bo: Backoffer) {
+        let secondaries: Vec<Mutation> = self
+            .mutations
+            .iter()
+            .filter(|m| m.key != self.primary)
+            .cloned()
+            .collect();
+        self.planted_secondaries = PlantedStage::Running;
+        tracing::warn!(
+            start_ts = self.opts.start_ts,
+            keys = secondaries.len(),
+            "planted bug: committing the secondaries before the primary"
+        );
+        let mut exec = BatchExec::new(
+            self.commit_action(self.commit_ts, false),
+            secondaries,
+            None,
+            false,
+            bo,
+        )
+        .with_concurrency(self.opts.concurrency);
+        exec.start(now, shared);
+        self.phase = Phase::CommitPrimary(exec);
+        self.drive(now, shared);
+    }
+
+    /// Planted bug: the secondaries are committed; now the primary alone.
+    #[cfg(feature = "planted-bugs")]
+    fn planted_commit_primary(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        exec: BatchExec<CommitAction>,
+        r: Result<(), Error>,
+    ) {
+        self.planted_secondaries = PlantedStage::Done;
+        if let Err(e) = r {
+            return self.finish(Err(e));
+        }
+        let primary: Vec<Mutation> = self
+            .mutations
+            .iter()
+            .filter(|m| m.key == self.primary)
+            .cloned()
+            .collect();
+        let mut exec = BatchExec::new(
+            self.commit_action(self.commit_ts, false),
+            primary,
+            Some(self.primary.clone()),
+            true,
+            exec.backoffer().clone(),
         )
         .with_concurrency(self.opts.concurrency)
         .stop_after_primary();
@@ -1198,6 +1284,10 @@ impl Committer {
         mut exec: BatchExec<CommitAction>,
         r: Result<(), Error>,
     ) {
+        #[cfg(feature = "planted-bugs")]
+        if self.planted_secondaries == PlantedStage::Running {
+            return self.planted_commit_primary(now, shared, exec, r);
+        }
         self.details.commit_primary += now.saturating_duration_since(self.phase_started);
         let expired = exec.action().expired.clone();
         if exec.action().committed {

@@ -23,7 +23,9 @@
 //! - [`heartbeat`]: the TTL manager (client-go `ttlManager`, `keepAlive`);
 //! - [`range_task`]: the range-task runner and transactional `delete_range` (client-go
 //!   `txnkv/rangetask`); [`gc`]: lock cleanup below a safe point and `unsafe_destroy_range`
-//!   (client-go `tikv/gc.go`); [`split`]: region splitting (client-go `tikv/split_region.go`).
+//!   (client-go `tikv/gc.go`); [`split`]: region splitting (client-go `tikv/split_region.go`);
+//! - `planted` (feature `planted-bugs`, tests only): deliberate protocol bugs the simulator
+//!   switches on to prove its invariants catch them.
 //!
 //! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
 //! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
@@ -44,6 +46,8 @@ pub mod membuffer;
 pub mod merge;
 pub mod mutations;
 pub mod pessimistic;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod range_task;
 pub mod read_scan;
 pub mod resolve_call;
@@ -69,6 +73,8 @@ pub use mutations::{LockTtls, Mutation};
 pub use pessimistic::{
     LockCtx, LockKey, LockKeys, LockKeysResult, LockWait, PessimisticRollback, ReturnedValue,
 };
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBugs;
 pub use read_scan::{ScanBatch, ScanCursor, SnapshotScan};
 pub use resolver::{BatchResolveLocks, Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
 pub use snapshot::{

@@ -751,6 +751,8 @@ impl Engine {
             context: self.context(),
             data: AsyncResolveData::new(primary.min_commit_ts),
             non_async_commit: false,
+            #[cfg(feature = "planted-bugs")]
+            ignore_missing_rolled_back: shared.txn.planted.ignore_missing_secondary_in_recovery,
         };
         let bo = self.bo.clone().unwrap_or_else(|| Backoffer::new(0));
         let mut plan = BatchPlan::new(kind, primary.secondaries, RequestOptions::default(), bo);
@@ -1706,6 +1708,42 @@ mod tests {
         );
         assert_eq!(kv.records.get(&(k("a"), start)), Some(&None));
         assert!(kv.committed_value(b"a", u64::MAX >> 2).is_none());
+    }
+
+    /// The planted bug `ignore_missing_secondary_in_recovery` breaks client-go
+    /// `asyncResolveData.addKeys` (a missing secondary with commit ts 0 means rolled back):
+    /// the same scenario as `expired_async_commit_with_a_missing_secondary_rolls_back` then
+    /// commits the transaction although "b" was never prewritten.
+    #[cfg(feature = "planted-bugs")]
+    #[test]
+    fn planted_ignore_missing_secondary_commits_instead_of_rolling_back() {
+        let mut w = TxnWorld::new(&[]);
+        w.h.shared.txn.planted.ignore_missing_secondary_in_recovery = true;
+        let start = Timestamp::compose(super::super::resolve_testkit::PHYS0 - 1000, 0).version();
+        async_txn(&w, start, &[("a", start + 7)]);
+        {
+            let mut kv = w.kv.borrow_mut();
+            let mut p = kv.locks[&k("p")].clone();
+            p.info.secondaries.push(k("b"));
+            kv.locks.insert(k("p"), p);
+        }
+        // TiKV answers "rolled back" with no lock at all, so the only min_commit_ts known is
+        // the primary's: the primary is committed at it.
+        resolve(&mut w, ResolveOptions::for_write(ts_at(10, 0)), &["a"]);
+        assert_eq!(
+            w.kv.borrow().records.get(&(k("p"), start)),
+            Some(&Some(start + 5)),
+            "primary committed"
+        );
+        // The next reader of "a" follows the committed primary.
+        resolve(&mut w, ResolveOptions::for_write(ts_at(10, 0)), &["a"]);
+        let kv = w.kv.borrow();
+        assert_eq!(kv.records.get(&(k("a"), start)), Some(&Some(start + 5)));
+        assert_eq!(
+            kv.records.get(&(k("b"), start)),
+            Some(&None),
+            "the missing secondary stays rolled back: half committed"
+        );
     }
 
     #[test]

@@ -219,6 +219,9 @@ pub struct TxnShared {
     pub statuses: TxnStatusCache,
     /// The txn safe point snapshot reads are checked against.
     pub safe_point: TxnSafePoint,
+    /// Deliberate protocol bugs switched on for the simulator (all off by default).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: super::planted::PlantedBugs,
 }
 
 #[cfg(test)]
