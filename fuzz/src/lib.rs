@@ -4,6 +4,17 @@
 //! `fuzz_targets/` and the stable replay test in `tests/replay.rs` run exactly the same code.
 //! A body panics when an invariant breaks; that is what the fuzzer looks for.
 
+mod batch_mux;
+mod decode_responses;
+mod region_cache;
+mod region_error;
+pub mod world;
+
+pub use batch_mux::batch_mux;
+pub use decode_responses::decode_responses;
+pub use region_cache::region_cache;
+pub use region_error::region_error;
+
 use bytes::Bytes;
 use tikv_core::Error;
 use tikv_core::codec::memcomparable::{

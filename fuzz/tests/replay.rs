@@ -31,10 +31,30 @@ fn seeded(seed: u64, n: usize, max_len: usize) -> Vec<Vec<u8>> {
 }
 
 fn replay(target: &str, body: fn(&[u8]), seed: u64) {
+    replay_with(target, body, seed, 3000, 64);
+}
+
+/// Replays the committed corpus of `target`, then `n` seeded inputs of up to `max_len` bytes.
+/// A failing seeded input is written to `target/fuzz-failures/` so that it can be replayed
+/// with the cargo-fuzz binary.
+fn replay_with(target: &str, body: fn(&[u8]), seed: u64, n: usize, max_len: usize) {
     let committed = corpus(target);
     assert!(!committed.is_empty(), "no committed corpus for {target}");
-    for input in committed.iter().chain(seeded(seed, 3000, 64).iter()) {
+    for input in &committed {
         body(input);
+    }
+    for (i, input) in seeded(seed, n, max_len).iter().enumerate() {
+        let run = std::panic::catch_unwind(|| body(input));
+        if run.is_err() {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
+            let _ = std::fs::create_dir_all(&dir);
+            let file = dir.join(format!("{target}-{seed}-{i}"));
+            let _ = std::fs::write(&file, input);
+            panic!(
+                "{target}: seeded input {i} failed; saved to {}",
+                file.display()
+            );
+        }
     }
 }
 
@@ -51,4 +71,30 @@ fn keyspace_codec_corpus() {
 #[test]
 fn backoff_corpus() {
     replay("backoff", tikv_fuzz::backoff, 3);
+}
+
+#[test]
+fn region_cache_corpus() {
+    replay_with("region_cache", tikv_fuzz::region_cache, 4, 1500, 600);
+}
+
+#[test]
+fn region_error_corpus() {
+    replay_with("region_error", tikv_fuzz::region_error, 5, 3000, 200);
+}
+
+#[test]
+fn batch_mux_corpus() {
+    replay_with("batch_mux", tikv_fuzz::batch_mux, 6, 2000, 400);
+}
+
+#[test]
+fn decode_responses_corpus() {
+    replay_with(
+        "decode_responses",
+        tikv_fuzz::decode_responses,
+        7,
+        3000,
+        128,
+    );
 }
