@@ -9,16 +9,18 @@ use futures_lite::future;
 use tikv_core::Error;
 use tikv_core::client::txn::{LockOptions, LockWait, TransactionOptions};
 use tikv_core::client::{Runtime, TransactionClient};
-use tikv_mockstore::MockCluster;
+use tikv_core::machine::txn::commit_farmhash::fingerprint64;
+use tikv_mockstore::{FaultAction, FaultRule, MockCluster, RpcKind};
 use tikv_tests::Mock;
 use tikv_tests::txn_support::{
-    MockPrewrite, b, connect, has_lock, lock_count, mock_prewrite, txn_config,
+    MockPrewrite, b, connect, has_lock, lock_count, mock_prewrite, region_of, split_txn, txn_config,
 };
 
 tikv_tests::txn_tests!(
     lock_wait_ends_when_the_holder_commits,
     no_wait_and_wait_timeout,
     deadlock_between_two_transactions,
+    retryable_deadlock_within_one_lock_call,
     get_for_update_reads_the_latest_value,
     rollback_releases_pessimistic_locks,
     heartbeat_keeps_a_long_transaction_alive,
@@ -157,6 +159,79 @@ async fn deadlock_between_two_transactions<R: Runtime>() {
             .unwrap(),
         Some(b(expected))
     );
+    assert_eq!(lock_count(&mock), 0);
+}
+
+/// A deadlock closed by keys of one `lock_keys` call is retryable. `t2` holds "z"; `t1` locks
+/// ["a", "z"] in one call: "a" (its primary, first and alone) is granted, while the request for
+/// "z" is held back (the mock answers `MaxTimestampNotSynced` until `t2` waits for "a"). When
+/// it reaches TiKV, the detector reports `Deadlock` to `t1` with the hash of "a", a key of the
+/// call, so the error is retryable: `t1` rolls back "a" and "z" before returning it, `t2` gets
+/// "a" and commits, and `t1` retries the statement (what TiDB does with `IsRetryable`),
+/// waits for `t2`, and commits on top of it.
+///
+/// Mirrors client-go `txnkv/transaction/txn.go` `lockKeys` (deadlock branch: `hashInKeys`
+/// sets `ErrDeadlock.IsRetryable`, the pessimistic rollback is awaited, then 5 ms of sleep)
+/// and TiKV's deadlock detector (`deadlock_key_hash` is the key the other transaction waits
+/// for).
+async fn retryable_deadlock_within_one_lock_call<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    split_txn(&mock, &["m"]);
+    let region_z = region_of(&mock, "z");
+    assert_ne!(region_of(&mock, "a"), region_z);
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut t1 = client.begin_pessimistic().await.unwrap();
+    let mut t2 = client.begin_pessimistic().await.unwrap();
+    t2.lock_keys(["z"], LockOptions::new()).await.unwrap();
+    let hold_back = mock.cluster().add_fault(
+        FaultRule::always(
+            RpcKind::PessimisticLock,
+            FaultAction::max_timestamp_not_synced(),
+        )
+        .on_region(region_z),
+    );
+    let wait = LockOptions::new().wait(LockWait::Timeout(Duration::from_secs(5)));
+
+    let first = t1.lock_keys(["a", "z"], wait.clone());
+    let second = async {
+        wait_until(&client, || has_lock(&mock, "a")).await;
+        let r = t2.lock_keys(["a"], wait.clone()).await;
+        r.map(|_| ())
+    };
+    let release = async {
+        wait_until(&client, || waiters(&mock) == 1).await;
+        assert!(mock.cluster().remove_fault(hold_back));
+    };
+    let (r1, (r2, ())) = future::zip(first, future::zip(second, release)).await;
+    let err = r1.unwrap_err();
+    match &err {
+        Error::Deadlock(d, retryable) => {
+            assert!(*retryable, "{err:?}");
+            assert_eq!(d.deadlock_key_hash, fingerprint64(b"a"));
+            assert_eq!(d.lock_key, b("z"));
+        }
+        other => panic!("expected a deadlock, got {other:?}"),
+    }
+    assert!(err.is_retryable());
+    r2.expect("t2 gets \"a\" once t1 rolled it back");
+
+    t2.put("a", "t2").await.unwrap();
+    t2.put("z", "t2").await.unwrap();
+    let retry = async {
+        // The statement retry: waits for t2, then locks on top of its commit.
+        t1.lock_keys(["a", "z"], wait.clone()).await.unwrap();
+        t1.put("a", "t1").await.unwrap();
+        t1.put("z", "t1").await.unwrap();
+        t1.commit().await.unwrap();
+    };
+    let commit_t2 = async {
+        wait_until(&client, || waiters(&mock) == 1).await;
+        t2.commit().await.unwrap();
+    };
+    future::zip(retry, commit_t2).await;
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("a").await.unwrap(), Some(b("t1")));
+    assert_eq!(check.get("z").await.unwrap(), Some(b("t1")));
     assert_eq!(lock_count(&mock), 0);
 }
 
