@@ -43,6 +43,13 @@ use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 
 use crate::world::peer;
 
+/// Whether a store may answer `NotLeader` naming itself as the leader forever. The request
+/// loop (like client-go `replicaSelector.onNotLeader` + `replica.onUpdateLeader`) clears the
+/// flag of the hinted peer and resets its attempts, so it retries that store without backoff
+/// and never ends; `false` until that is bounded (reported in /work/notes/requests.md,
+/// "fuzz → owner of core/src/machine/replica.rs", 01:05).
+const NOT_LEADER_SELF_HINT_BOUNDED: bool = false;
+
 /// Most inputs fed to one request before it must have finished.
 const MAX_STEPS: usize = 4_000;
 
@@ -441,6 +448,18 @@ pub fn region_error(data: &[u8]) {
                     "sent to unknown store {store_id}"
                 );
                 let choice = match &last_err {
+                    // Known unbounded loop (mirrors client-go): a store that keeps answering
+                    // NotLeader naming itself is retried forever without backoff. Not repeated
+                    // until that is bounded; see NOT_LEADER_SELF_HINT_BOUNDED.
+                    Some(e)
+                        if !NOT_LEADER_SELF_HINT_BOUNDED
+                            && e.not_leader
+                                .as_ref()
+                                .and_then(|n| n.leader.as_ref())
+                                .is_some_and(|l| l.store_id == store_id) =>
+                    {
+                        u.int_in_range(0u8..=9).unwrap_or(0)
+                    }
                     Some(e) if repeat_last && u.is_empty() => {
                         let e = e.clone();
                         let result = Ok(response(kind, Some(e)));
