@@ -28,7 +28,7 @@ use tikv_core::config::{Config, SecurityConfig};
 use tikv_proto::channel::{ChannelConfig, handshake};
 
 use crate::grpc::BytesChannel;
-use crate::tls::TlsFiles;
+use crate::tls;
 
 /// Where background tasks (and hyper's connection tasks) run.
 #[derive(Clone)]
@@ -119,7 +119,7 @@ impl Smol {
         }
     }
 
-    /// Uses TLS with `config` (for example from [`TlsFiles::load`]) for every connection.
+    /// Uses TLS with `config` (for example from [`crate::TlsFiles::load`]) for every connection.
     pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(futures_rustls::TlsConnector::from(config));
         self
@@ -128,9 +128,9 @@ impl Smol {
     /// Uses TLS when `security` names a CA (loading its files now), plain TCP otherwise.
     /// Errors are [`Error::Tls`].
     pub fn with_security(self, security: &SecurityConfig) -> Result<Self, Error> {
-        match TlsFiles::from_security(security) {
+        match tls::files_of(security) {
             None => Ok(self),
-            Some(files) => Ok(self.with_tls(files.load()?)),
+            Some(files) => Ok(self.with_tls(tls::load(&files)?)),
         }
     }
 
@@ -164,12 +164,12 @@ impl Smol {
 /// (`GrpcKeepAliveTime`, `GrpcKeepAliveTimeout`, `GrpcInitialWindowSize`,
 /// `GrpcInitialConnWindowSize`; client-go `internal/client/conn_pool.go` `connArray.Init`).
 pub fn http2_config(config: &Config) -> ChannelConfig {
-    let mut http2 = ChannelConfig::default();
-    http2.keepalive_interval = Some(config.grpc_keepalive_time);
-    http2.keepalive_timeout = config.grpc_keepalive_timeout;
-    http2.initial_stream_window_size = config.grpc_initial_window_size;
-    http2.initial_connection_window_size = config.grpc_initial_conn_window_size;
-    http2
+    ChannelConfig::with_client_settings(
+        config.grpc_keepalive_time,
+        config.grpc_keepalive_timeout,
+        config.grpc_initial_window_size,
+        config.grpc_initial_conn_window_size,
+    )
 }
 
 /// The authority (`host:port`) of `address`, which may carry an `http://` or `https://`

@@ -1,97 +1,46 @@
-//! Bytes-level gRPC calls over `tikv-proto`'s HTTP/2 [`GrpcChannel`]: the
-//! [`tikv_core::client::Channel`] implementation.
-//!
-//! Nothing here depends on tokio: tonic's client codec frames the already-encoded messages
-//! (the core does the prost encoding), and the channel runs on whatever executor and timer
-//! were given to its handshake.
+//! The [`tikv_core::client::Channel`] implementation: a thin wrapper over `tikv-proto`'s
+//! runtime-neutral [`tikv_proto::channel::BytesChannel`] (tonic's framing of already-encoded
+//! messages over the shared HTTP/2 channel), converting tonic's status into the core's.
+//! `tikv-smol` wraps the same type the same way, so both runtimes send identical traffic.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use futures_lite::Stream;
-use http::uri::PathAndQuery;
 use tikv_core::client::{Code, Status};
-use tikv_proto::channel::GrpcChannel;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tikv_proto::channel::{self, GrpcChannel};
 
-/// A tonic codec that passes already-encoded protobuf messages through unchanged.
-#[derive(Debug, Default, Clone, Copy)]
-struct PassThrough;
-
-impl Codec for PassThrough {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = PassThrough;
-    type Decoder = PassThrough;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        PassThrough
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        PassThrough
-    }
-}
-
-impl Encoder for PassThrough {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for PassThrough {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// Converts tonic's status into the core's.
-pub(crate) fn status(s: tonic::Status) -> Status {
-    Status::new(Code(s.code() as i32), s.message().to_owned())
+/// tonic's status as the core's transport-neutral [`Status`].
+fn to_status(status: tonic::Status) -> Status {
+    Status::new(Code(status.code() as i32), status.message())
 }
 
 /// One gRPC connection carrying encoded messages (see [`tikv_core::client::Channel`]).
+/// Clones share the connection.
 #[derive(Clone, Debug)]
-pub struct BytesChannel {
-    grpc: tonic::client::Grpc<GrpcChannel>,
-}
+pub struct BytesChannel(channel::BytesChannel);
 
 impl BytesChannel {
-    /// Wraps an established channel.
+    /// Wraps an established HTTP/2 channel.
     pub fn new(channel: GrpcChannel) -> Self {
-        BytesChannel {
-            grpc: tonic::client::Grpc::new(channel),
-        }
+        BytesChannel(channel::BytesChannel::new(channel))
     }
 }
 
-/// The replies of a bidirectional stream opened by [`BytesChannel`].
-pub struct Responses {
-    inner: tonic::Streaming<Bytes>,
-}
-
-impl std::fmt::Debug for Responses {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responses").finish_non_exhaustive()
-    }
-}
+/// The replies of a bidirectional stream opened on a [`BytesChannel`].
+#[derive(Debug)]
+pub struct Responses(channel::Responses);
 
 impl Stream for Responses {
     type Item = Result<Bytes, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner)
+        Pin::new(&mut self.0)
             .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(status)))
+            .map(|item| item.map(|r| r.map_err(to_status)))
     }
 }
 
@@ -103,44 +52,42 @@ impl tikv_core::client::Channel for BytesChannel {
         path: &'static str,
         request: Bytes,
         timeout: Option<Duration>,
-    ) -> impl std::future::Future<Output = Result<Bytes, Status>> + Send + 'static {
-        let mut grpc = self.grpc.clone();
-        async move {
-            grpc.ready().await.map_err(status)?;
-            let mut request = tonic::Request::new(request);
-            if let Some(t) = timeout {
-                request.set_timeout(t);
-            }
-            let reply = grpc
-                .unary(request, PathAndQuery::from_static(path), PassThrough)
-                .await
-                .map_err(status)?;
-            Ok(reply.into_inner())
-        }
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static {
+        self.unary_with_metadata(path, request, timeout, &[])
     }
 
     fn streaming<S>(
         &self,
         path: &'static str,
         requests: S,
-    ) -> impl std::future::Future<Output = Result<Responses, Status>> + Send + 'static
+    ) -> impl Future<Output = Result<Responses, Status>> + Send + 'static
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
-        let mut grpc = self.grpc.clone();
-        async move {
-            grpc.ready().await.map_err(status)?;
-            let reply = grpc
-                .streaming(
-                    tonic::Request::new(requests),
-                    PathAndQuery::from_static(path),
-                    PassThrough,
-                )
-                .await
-                .map_err(status)?;
-            Ok(Responses {
-                inner: reply.into_inner(),
-            })
-        }
+        self.streaming_with_metadata(path, requests, &[])
+    }
+
+    fn unary_with_metadata(
+        &self,
+        path: &'static str,
+        request: Bytes,
+        timeout: Option<Duration>,
+        metadata: &[(&'static str, String)],
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static {
+        let call = self.0.unary(path, request, timeout, metadata);
+        async move { call.await.map_err(to_status) }
+    }
+
+    fn streaming_with_metadata<S>(
+        &self,
+        path: &'static str,
+        requests: S,
+        metadata: &[(&'static str, String)],
+    ) -> impl Future<Output = Result<Responses, Status>> + Send + 'static
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let open = self.0.streaming(path, requests, metadata);
+        async move { open.await.map(Responses).map_err(to_status) }
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
 use crate::grpc::BytesChannel;
-use crate::tls::TlsFiles;
+use crate::tls;
 use tikv_core::config::Config;
 
 /// Runs hyper's connection and stream tasks on a tokio runtime handle, so connections opened
@@ -84,14 +84,16 @@ impl Tokio {
     }
 }
 
-/// The HTTP/2 settings of a client configuration (client-go dial options).
+/// The HTTP/2 settings of a client configuration: client-go's gRPC dial options
+/// (`GrpcKeepAliveTime`, `GrpcKeepAliveTimeout`, `GrpcInitialWindowSize`,
+/// `GrpcInitialConnWindowSize`; client-go `internal/client/conn_pool.go` `connArray.Init`).
 pub fn http2_config(config: &Config) -> ChannelConfig {
-    let mut c = ChannelConfig::default();
-    c.keepalive_interval = Some(config.grpc_keepalive_time);
-    c.keepalive_timeout = config.grpc_keepalive_timeout;
-    c.initial_stream_window_size = config.grpc_initial_window_size;
-    c.initial_connection_window_size = config.grpc_initial_conn_window_size;
-    c
+    ChannelConfig::with_client_settings(
+        config.grpc_keepalive_time,
+        config.grpc_keepalive_timeout,
+        config.grpc_initial_window_size,
+        config.grpc_initial_conn_window_size,
+    )
 }
 
 /// Splits `address` (`host:port`, `http://host:port` or `https://host:port`) into the
@@ -118,13 +120,8 @@ impl Runtime for Tokio {
 
     fn from_config(config: &Config) -> Result<Self, Error> {
         let mut rt = Tokio::current()?.with_http2(http2_config(config));
-        if let Some(ca) = &config.security.ca_path {
-            let files = TlsFiles {
-                ca_path: ca.clone(),
-                cert_path: config.security.cert_path.clone(),
-                key_path: config.security.key_path.clone(),
-            };
-            rt = rt.with_tls(files.load()?);
+        if let Some(files) = tls::files_of(&config.security) {
+            rt = rt.with_tls(tls::load(&files)?);
         }
         Ok(rt)
     }

@@ -114,6 +114,36 @@ pub trait Channel: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Responses, Status>> + Send + 'static
     where
         S: Stream<Item = Bytes> + Send + 'static;
+
+    /// [`Channel::unary`] with extra request metadata (gRPC custom headers, lower-case ASCII
+    /// names), for example PD's `pd-forwarded-host` when a follower must forward the call to
+    /// the leader. The default ignores `metadata`: a channel that cannot send headers (a test
+    /// double) behaves like a plain unary call.
+    fn unary_with_metadata(
+        &self,
+        path: &'static str,
+        request: Bytes,
+        timeout: Option<Duration>,
+        metadata: &[(&'static str, String)],
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static {
+        let _ = metadata;
+        self.unary(path, request, timeout)
+    }
+
+    /// [`Channel::streaming`] with extra request metadata; see
+    /// [`Channel::unary_with_metadata`]. The default ignores `metadata`.
+    fn streaming_with_metadata<S>(
+        &self,
+        path: &'static str,
+        requests: S,
+        metadata: &[(&'static str, String)],
+    ) -> impl Future<Output = Result<Self::Responses, Status>> + Send + 'static
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let _ = metadata;
+        self.streaming(path, requests)
+    }
 }
 
 /// What the generic client needs from an async runtime.

@@ -35,6 +35,10 @@
 //! caller as a [`tonic::Status`] whose code follows gRPC's HTTP/2 error mapping, with the
 //! underlying hyper error as its source. A connection never reconnects: once
 //! [`GrpcChannel::is_closed`] turns true the owner should dial a new one.
+//!
+//! On top of the channel, [`BytesChannel`] makes calls with already-encoded messages (method
+//! path + prost bytes, optional request metadata), and [`TlsFiles`] loads the rustls client
+//! configuration from PEM files: the runtime-neutral pieces every runtime adapter shares.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -44,7 +48,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use ::bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -53,6 +57,12 @@ use hyper::rt::bounds::Http2ClientConnExec;
 use hyper::rt::{Executor, Read, Timer, Write};
 use tonic::body::Body;
 use tonic::{Code, Status};
+
+mod bytes;
+mod tls;
+
+pub use self::bytes::{BytesChannel, Metadata, Responses};
+pub use self::tls::{TlsError, TlsFiles};
 
 /// The future [`handshake`] hands to the executor: it drives the HTTP/2 connection (frames,
 /// flow control, keepalive pings) until the connection closes.
@@ -102,6 +112,27 @@ impl Default for ChannelConfig {
             initial_connection_window_size: 1 << 27,
             max_frame_size: None,
             adaptive_window: false,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// The defaults with client-go's configurable dial settings applied: keepalive ping
+    /// interval and timeout (`GrpcKeepAliveTime`, `GrpcKeepAliveTimeout`) and the stream and
+    /// connection windows (`GrpcInitialWindowSize`, `GrpcInitialConnWindowSize`); see client-go
+    /// `internal/client/conn_pool.go` `connArray.Init`.
+    pub fn with_client_settings(
+        keepalive_interval: Duration,
+        keepalive_timeout: Duration,
+        stream_window: u32,
+        connection_window: u32,
+    ) -> Self {
+        ChannelConfig {
+            keepalive_interval: Some(keepalive_interval),
+            keepalive_timeout,
+            initial_stream_window_size: stream_window,
+            initial_connection_window_size: connection_window,
+            ..ChannelConfig::default()
         }
     }
 }
