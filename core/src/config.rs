@@ -273,6 +273,11 @@ pub struct Config {
     pub enable_forwarding: bool,
     /// Interval of the periodic PD member refresh (PD client `MemberUpdateInterval`, 1 min).
     pub pd_member_update_interval: Duration,
+    /// Retry budget of a PD call or timestamp request before [`Config::backoff_weight`] is
+    /// applied: the total `BoPDRPC` sleep after which it fails (client-go
+    /// `txnkv/transaction` `TsoMaxBackoff`, 15 s, as used by `oracle/oracles/pd.go`
+    /// `GetTimestamp`).
+    pub pd_retry_budget: Duration,
 
     // ---- Region and store caches (CF-06, CF-13) -------------------------------------------
     /// Regions not accessed for this long are reloaded (`TiKVClient.RegionCacheTTL`, 600 s).
@@ -353,6 +358,7 @@ impl Default for Config {
             low_resolution_ts_update_interval: Duration::from_secs(2),
             enable_forwarding: false,
             pd_member_update_interval: Duration::from_secs(60),
+            pd_retry_budget: Duration::from_millis(15_000),
             region_cache_ttl: Duration::from_secs(600),
             region_cache_ttl_jitter: Duration::from_secs(60),
             store_liveness_timeout: Duration::from_secs(1),
@@ -445,6 +451,8 @@ setters! {
     with_enable_forwarding: enable_forwarding: bool;
     /// Sets [`Config::pd_member_update_interval`].
     with_pd_member_update_interval: pd_member_update_interval: Duration;
+    /// Sets [`Config::pd_retry_budget`].
+    with_pd_retry_budget: pd_retry_budget: Duration;
     /// Sets [`Config::region_cache_ttl`].
     with_region_cache_ttl: region_cache_ttl: Duration;
     /// Sets [`Config::region_cache_ttl_jitter`].
@@ -534,6 +542,12 @@ impl Config {
         if self.pd_server_timeout.is_zero() {
             return Err(Error::invalid("pd_server_timeout must not be 0"));
         }
+        if self.pd_member_update_interval.is_zero() {
+            return Err(Error::invalid("pd_member_update_interval must not be 0"));
+        }
+        if self.pd_retry_budget.is_zero() {
+            return Err(Error::invalid("pd_retry_budget must not be 0"));
+        }
         if self.local_latches_capacity == Some(0) {
             return Err(Error::invalid("local latches capacity must not be 0"));
         }
@@ -612,6 +626,7 @@ mod tests {
         assert_eq!(c.low_resolution_ts_update_interval, Duration::from_secs(2));
         assert!(!c.enable_forwarding);
         assert_eq!(c.pd_member_update_interval, Duration::from_secs(60));
+        assert_eq!(c.pd_retry_budget, Duration::from_secs(15));
         assert_eq!(c.region_cache_ttl, Duration::from_secs(600));
         assert_eq!(c.region_cache_ttl_jitter, Duration::from_secs(60));
         assert_eq!(c.store_liveness_timeout, Duration::from_secs(1));
@@ -687,6 +702,8 @@ mod tests {
             Config::default().with_grpc_connection_count(0),
             Config::default().with_grpc_keepalive_timeout(Duration::from_millis(10)),
             Config::default().with_pd_server_timeout(Duration::ZERO),
+            Config::default().with_pd_member_update_interval(Duration::ZERO),
+            Config::default().with_pd_retry_budget(Duration::ZERO),
             Config::default().with_local_latches_capacity(Some(0)),
             Config::default().with_tso_max_batch_size(0),
             Config::default().with_security(SecurityConfig {

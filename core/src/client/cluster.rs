@@ -19,11 +19,11 @@ use crate::error::Error;
 use crate::machine::{Action, Input, Operation, RoutingConfig, Shared, Timestamp};
 
 pub(crate) struct Inner<R: Runtime> {
-    rt: R,
-    config: Config,
-    shared: Mutex<Shared>,
-    tikv: TikvTransport<R>,
-    pd: Arc<PdClient<R>>,
+    pub(super) rt: R,
+    pub(super) config: Config,
+    pub(super) shared: Mutex<Shared>,
+    pub(super) tikv: TikvTransport<R>,
+    pub(super) pd: Arc<PdClient<R>>,
 }
 
 impl<R: Runtime> Drop for Inner<R> {
@@ -67,6 +67,10 @@ impl<R: Runtime> Dispatch for Inner<R> {
                 None
             }
         }
+    }
+
+    fn close_address(&self, address: &str) {
+        self.tikv.close_address(address);
     }
 }
 
@@ -133,14 +137,16 @@ impl<R: Runtime> Cluster<R> {
             cluster_id: pd.cluster_id(),
         };
         let shared = Mutex::new(shared);
+        let inner = Arc::new(Inner {
+            rt,
+            config,
+            shared,
+            tikv,
+            pd,
+        });
+        super::health::start(&inner);
         Ok(Cluster {
-            inner: Arc::new(Inner {
-                rt,
-                config,
-                shared,
-                tikv,
-                pd,
-            }),
+            inner,
             codec: Arc::new(codec),
         })
     }

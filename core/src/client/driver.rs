@@ -50,6 +50,12 @@ pub trait Dispatch: Sync {
 
     /// Starts `action`; see the trait contract.
     fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo>;
+
+    /// Drops the connections to `address`, queued by a machine in the store cache (see
+    /// `StoreCache::on_store_not_match`). The default does nothing.
+    fn close_address(&self, address: &str) {
+        let _ = address;
+    }
 }
 
 enum Step {
@@ -76,6 +82,7 @@ where
     let mut timer: Option<(Instant, D::Sleep)> = None;
     let mut ready_steps: u32 = 0;
     let mut step = Step::Start;
+    let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
 
     loop {
         let now = dispatch.now();
@@ -93,8 +100,14 @@ where
             while let Some(action) = op.poll_action() {
                 actions.push(action);
             }
+            if shared.stores.has_connection_closes() {
+                closes = shared.stores.take_connection_closes();
+            }
             (op.poll_result(), op.poll_timeout())
         };
+        for address in closes.drain(..) {
+            dispatch.close_address(&address);
+        }
 
         for action in actions.drain(..) {
             tracing::trace!(?action, "dispatch");

@@ -24,6 +24,7 @@
 
 pub mod cluster;
 pub mod driver;
+pub(crate) mod health;
 pub(crate) mod pd;
 pub mod raw;
 pub mod rpc;

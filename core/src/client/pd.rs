@@ -1,16 +1,30 @@
-//! The async PD client: leader discovery, unary PD calls with retries, the `Tso` stream shared
-//! by every caller, and de-duplicated concurrent region loads.
+//! The async PD client: leader discovery and member refresh, unary PD calls with retries
+//! (forwarded through a follower when the leader is unreachable and forwarding is on), the
+//! `Tso` stream shared by every caller, and de-duplicated concurrent region loads.
 //!
-//! * Leader discovery is the sans-IO [`PdDiscovery`] machine (cluster id, members, leader,
-//!   `BoPDRPC` between failed rounds): this client makes its `GetMembers` calls and sleeps
-//!   through its backoffs, one discovery at a time shared by concurrent callers, then caches a
-//!   channel to the leader until a call on it fails at the transport level, which is reported
-//!   back to the machine (`handle_rpc_failure` schedules a member check).
-//! * A unary call fills in the request header's `cluster_id`, and on a transport failure drops
-//!   the leader, backs off with client-go's `BoPDRPC` (500 ms → 3 s, equal jitter) and tries
-//!   again until the budget runs out ([`PD_BUDGET_MS`] × `backoff_weight`, the budget client-go
-//!   `oracle/oracles/pd.go` `GetTimestamp` uses). PD header errors (`REGION_NOT_FOUND`, ...) are
-//!   answers, handed to the machine unchanged.
+//! * Service discovery is the sans-IO [`PdDiscovery`] machine (cluster id, members, leader,
+//!   `BoPDRPC` between failed rounds, the periodic member refresh). One background *member
+//!   task* per client is its only driver: it makes the machine's `GetMembers` calls, wakes at
+//!   its timeouts (the refresh every [`Config::pd_member_update_interval`]), and connects to the
+//!   leader the machine names. Callers never drive the machine; they read the connected
+//!   leader, or wait for the member task when there is none (a wait bounded by their retry
+//!   budget). This mirrors the PD Go client `client/servicediscovery/service_discovery.go`
+//!   (`updateMemberLoop`: a refresh every `MemberUpdateInterval` and on
+//!   `ScheduleCheckMemberChanged`, `switchLeader` reconnecting to a new leader).
+//! * A call that fails at the transport level drops the connected leader and reports the
+//!   failure to the machine, which schedules a member refresh (PD Go client
+//!   `ScheduleCheckMemberChanged` after errors); a leader change found by a refresh replaces
+//!   the connection and resets the `Tso` stream.
+//! * Forwarding ([`Config::enable_forwarding`], client-go `EnableForwarding`): when the leader
+//!   the members name cannot be dialled, calls go to a follower with the gRPC metadata
+//!   `pd-forwarded-host: <leader>`, and the follower proxies them to the leader (PD Go client
+//!   `serviceDiscovery.GetServiceClient` with `forwardedHost`, PD server `getForwardedHost`).
+//!   The next refresh tries the leader directly again.
+//! * A unary call fills in the request header's `cluster_id`, and on a transport failure backs
+//!   off with client-go's `BoPDRPC` (500 ms → 3 s, equal jitter) and tries again until the
+//!   budget runs out ([`Config::pd_retry_budget`] × `backoff_weight`, the budget client-go
+//!   `oracle/oracles/pd.go` `GetTimestamp` uses). PD header errors (`REGION_NOT_FOUND`, ...)
+//!   are answers, handed to the machine unchanged.
 //! * The `Tso` stream is owned by one background task; callers queue `(id, inbox)` and the task
 //!   sends one `TsoRequest` for everything queued (up to `tso_max_batch_size`), then splits
 //!   the answer into consecutive timestamps: the reply carries the *last* timestamp of the
@@ -24,7 +38,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -40,17 +54,20 @@ use super::tikv::with_deadline;
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
-use crate::machine::pd::{PdAction, PdConfig, PdDiscovery, PdEvent, strip_scheme};
+use crate::machine::pd::{PdAction, PdConfig, PdDiscovery, PdEvent};
 use crate::machine::tso::{TsoAction, TsoBatcher, TsoConfig};
 use crate::machine::{Input, IoId, PdRequest, PdResponse, Timestamp};
 
-/// Retry budget of PD calls and timestamp requests before weighting, in milliseconds. Mirrors
-/// client-go `oracle/oracles/pd.go` `GetTimestamp` (`tsoMaxBackoff` 15 000 ms).
-pub const PD_BUDGET_MS: u64 = 15_000;
+/// The gRPC metadata naming the leader a follower must forward a call to. Mirrors the PD Go
+/// client's `forwardMetadataKey` (PD server `getForwardedHost`).
+pub const PD_FORWARDED_HOST: &str = "pd-forwarded-host";
 
-/// The PD leader as currently known.
+/// The PD leader as currently connected.
 struct Leader<R: Runtime> {
+    /// The leader's `host:port`.
     url: Arc<str>,
+    /// The server calls go to: the leader itself, or a follower forwarding to it.
+    via: Arc<str>,
     channel: R::Channel,
     cluster_id: u64,
 }
@@ -59,10 +76,32 @@ impl<R: Runtime> Clone for Leader<R> {
     fn clone(&self) -> Self {
         Leader {
             url: self.url.clone(),
+            via: self.via.clone(),
             channel: self.channel.clone(),
             cluster_id: self.cluster_id,
         }
     }
+}
+
+impl<R: Runtime> Leader<R> {
+    fn forwarded(&self) -> bool {
+        self.url != self.via
+    }
+
+    /// The request metadata of a call through this connection: the forwarded-host header
+    /// when it goes through a follower.
+    fn metadata(&self) -> Option<(&'static str, String)> {
+        self.forwarded()
+            .then(|| (PD_FORWARDED_HOST, self.url.to_string()))
+    }
+}
+
+/// The connected leader and the callers waiting for one.
+struct LeaderSlot<R: Runtime> {
+    leader: Option<Leader<R>>,
+    waiters: Vec<LeaderWaiter<R>>,
+    /// `(url, via)` of the last connection made, to tell a leader change from a reconnect.
+    last: Option<(Arc<str>, Arc<str>)>,
 }
 
 /// A caller waiting for one timestamp.
@@ -81,10 +120,21 @@ pub struct PdStats {
     pub member_calls: AtomicU64,
     /// Unary PD calls made (excluding `GetMembers`).
     pub calls: AtomicU64,
+    /// Unary PD calls sent through a follower with the forwarded-host header.
+    pub forwarded_calls: AtomicU64,
+    /// Connections made to a leader other than the previous one (leader changes seen).
+    pub leader_changes: AtomicU64,
     /// `Tso` streams opened.
     pub tso_streams: AtomicU64,
     /// `TsoRequest` messages sent.
     pub tso_requests: AtomicU64,
+}
+
+/// How to restart discovery from the configured endpoints after it gave up.
+struct Seeds {
+    endpoints: Vec<String>,
+    config: PdConfig,
+    seed: u64,
 }
 
 /// The PD client of one [`super::Client`].
@@ -96,9 +146,13 @@ pub(crate) struct PdClient<R: Runtime> {
     tso_config: TsoConfig,
     seed: u64,
     cluster_id: AtomicU64,
-    leader: Mutex<Option<Leader<R>>>,
+    slot: Mutex<LeaderSlot<R>>,
     discovery: Mutex<PdDiscovery>,
-    discovering: Mutex<Option<Vec<LeaderWaiter<R>>>>,
+    seeds: Seeds,
+    /// Wakes the member task (a caller needs a leader, or a failure was reported).
+    kick: Inbox<()>,
+    /// Tells the TSO task that the leader changed, so it reopens its stream.
+    tso_reset: Inbox<()>,
     rng: Mutex<crate::rng::Rng>,
     tso_queue: Inbox<TsoWaiter>,
     tso_started: std::sync::Once,
@@ -106,45 +160,72 @@ pub(crate) struct PdClient<R: Runtime> {
     pub stats: Arc<PdStats>,
 }
 
+impl<R: Runtime> Drop for PdClient<R> {
+    fn drop(&mut self) {
+        self.kick.close();
+    }
+}
+
 impl<R: Runtime> PdClient<R> {
+    /// A client for the PD cluster at `endpoints`; starts its member task at once.
     pub fn new(rt: R, endpoints: Vec<String>, config: &Config) -> Result<Arc<Self>, Error> {
-        let discovery = PdDiscovery::new(
-            rt.now(),
-            &endpoints,
-            PdConfig::from_config(config),
-            config.rng_seed ^ 0x0070_6464,
-        )?;
-        Ok(Arc::new(PdClient {
+        let pd_config = PdConfig::from_config(config);
+        let discovery_seed = config.rng_seed ^ 0x0070_6464;
+        let discovery = PdDiscovery::new(rt.now(), &endpoints, pd_config.clone(), discovery_seed)?;
+        let budget = u64::try_from(config.pd_retry_budget.as_millis()).unwrap_or(u64::MAX);
+        let this = Arc::new(PdClient {
             rt,
             call_timeout: config.pd_server_timeout,
             dial_timeout: config.dial_timeout,
-            budget_ms: PD_BUDGET_MS.saturating_mul(config.backoff_weight.max(1)),
+            budget_ms: budget.saturating_mul(config.backoff_weight.max(1)),
             tso_config: TsoConfig::from_config(config),
             cluster_id: AtomicU64::new(0),
             seed: config.rng_seed ^ 0x0074_736f,
-            leader: Mutex::new(None),
+            slot: Mutex::new(LeaderSlot {
+                leader: None,
+                waiters: Vec::new(),
+                last: None,
+            }),
             discovery: Mutex::new(discovery),
-            discovering: Mutex::new(None),
+            seeds: Seeds {
+                endpoints,
+                config: pd_config,
+                seed: discovery_seed,
+            },
+            kick: Inbox::new(),
+            tso_reset: Inbox::new(),
             rng: Mutex::new(crate::rng::Rng::new(config.rng_seed ^ 0x5044)),
             tso_queue: Inbox::new(),
             tso_started: std::sync::Once::new(),
             flights: Mutex::new(HashMap::new()),
             stats: Arc::new(PdStats::default()),
-        }))
+        });
+        let task = member_task(Arc::downgrade(&this), this.kick.clone(), this.rt.clone());
+        this.rt.spawn(task);
+        Ok(this)
     }
 
-    /// Fails queued timestamp requests and stops the TSO task.
+    /// Fails queued timestamp requests and stops the TSO and member tasks.
     pub fn close(&self) {
+        self.kick.close();
         for w in self.tso_queue.close_and_take() {
             let _ = w.reply.push(Input::Tso {
                 id: w.id,
                 result: Err(Error::Closed),
             });
         }
+        for w in std::mem::take(&mut lock(&self.slot).waiters) {
+            let _ = w.push(Err(Error::Closed));
+        }
     }
 
     fn sleep_for(&self, d: Duration) -> R::Sleep {
         self.rt.sleep_until(self.rt.now() + d)
+    }
+
+    /// The instant a call or timestamp request started now gives up.
+    fn budget_deadline(&self) -> Instant {
+        self.rt.now() + Duration::from_millis(self.budget_ms)
     }
 
     /// Connects to `url` within the dial timeout.
@@ -155,66 +236,59 @@ impl<R: Runtime> PdClient<R> {
             .unwrap_or_else(|| Err(Error::Pd(format!("dial {url}: timeout"))))
     }
 
-    /// The current leader, discovering it when unknown. Concurrent callers share one
-    /// discovery.
-    async fn leader(&self) -> Result<Leader<R>, Error> {
-        if let Some(l) = lock(&self.leader).clone() {
-            return Ok(l);
-        }
+    /// The connected leader, waiting (until `deadline`) for the member task to find one when
+    /// there is none.
+    async fn leader(&self, deadline: Instant) -> Result<Leader<R>, Error> {
         let waiter = {
-            let mut running = lock(&self.discovering);
-            match running.as_mut() {
-                Some(waiters) => {
-                    let w = Inbox::new();
-                    waiters.push(w.clone());
-                    Some(w)
-                }
-                None => {
-                    *running = Some(Vec::new());
-                    None
-                }
+            let mut slot = lock(&self.slot);
+            if let Some(l) = &slot.leader {
+                return Ok(l.clone());
             }
+            let w = Inbox::new();
+            slot.waiters.push(w.clone());
+            w
         };
-        if let Some(w) = waiter {
+        if self.kick.push(()).is_err() {
+            return Err(Error::Closed);
+        }
+        let wait = async {
             let mut got = Vec::with_capacity(1);
-            future::poll_fn(|cx| w.poll_drain(cx, &mut got)).await;
-            return got
-                .pop()
-                .unwrap_or_else(|| Err(Error::Pd("PD discovery abandoned".into())));
-        }
-        let mut finish = Finish {
-            slot: &self.discovering,
-            result: None,
+            future::poll_fn(|cx| waiter.poll_drain(cx, &mut got)).await;
+            got.pop()
+                .unwrap_or_else(|| Err(Error::Pd("PD discovery abandoned".into())))
         };
-        let result = self.discover().await;
-        if let Ok(l) = &result {
-            *lock(&self.leader) = Some(l.clone());
-        }
-        finish.result = Some(result.clone());
-        drop(finish);
-        result
+        with_deadline(&self.rt, deadline, wait)
+            .await
+            .unwrap_or_else(|| Err(Error::Pd("no PD leader found in time".into())))
     }
 
     /// The leader's channel and the cluster id (for calls outside [`PdRequest`]).
     pub async fn leader_channel(&self) -> Result<(R::Channel, u64), Error> {
-        let l = self.leader().await?;
+        let l = self.leader(self.budget_deadline()).await?;
         Ok((l.channel, l.cluster_id))
     }
 
-    /// Forgets the leader if it is still `url` (a newer discovery is kept), and tells the
-    /// discovery machine, which schedules a member check.
-    fn drop_leader(&self, url: &str) {
-        let mut leader = lock(&self.leader);
-        if leader.as_ref().is_some_and(|l| &*l.url == url) {
-            *leader = None;
+    /// A call through `leader` failed at the transport level: forgets that connection (a newer
+    /// one is kept) and reports the failure to the discovery machine, which marks the leader
+    /// unreachable if it was called directly and schedules a member refresh.
+    fn drop_leader(&self, leader: &Leader<R>) {
+        let mut slot = lock(&self.slot);
+        if slot
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.url == leader.url && l.via == leader.via)
+        {
+            slot.leader = None;
         }
-        drop(leader);
-        lock(&self.discovery).handle_rpc_failure(self.rt.now(), strip_scheme(url));
+        drop(slot);
+        lock(&self.discovery).handle_rpc_failure(self.rt.now(), &leader.via);
+        let _ = self.kick.push(());
     }
 
-    /// Drives the [`PdDiscovery`] machine until it knows the leader, making its `GetMembers`
-    /// calls and sleeping through its backoffs, then connects to the leader.
-    async fn discover(&self) -> Result<Leader<R>, Error> {
+    /// Runs the discovery machine until it has to wait: makes its `GetMembers` calls, connects
+    /// to the leader it names when needed, answers waiting callers. Returns when to run it
+    /// again (`None`: when kicked).
+    async fn member_step(&self) -> Option<Instant> {
         enum Step {
             Call {
                 id: u64,
@@ -222,45 +296,96 @@ impl<R: Runtime> PdClient<R> {
                 request: pdpb::GetMembersRequest,
                 timeout: Duration,
             },
-            Connect(Arc<str>, u64),
-            Sleep(Instant),
+            Connect(Arc<str>),
+            Wait(Option<Instant>),
         }
-        // Bounded: the machine gives up by itself after its init rounds; this guards a bug.
-        for _ in 0..100_000u32 {
+        // Bounded so that a misbehaving machine cannot pin the task; it resumes when kicked.
+        for _ in 0..1_000u32 {
+            let now = self.rt.now();
+            let mut failed: Option<Error> = None;
             let step = {
                 let mut d = lock(&self.discovery);
+                let mut connect: Option<Arc<str>> = None;
                 while let Some(event) = d.poll_event() {
-                    if let PdEvent::Failed(e) = event {
-                        return Err(e);
+                    match event {
+                        PdEvent::Ready { cluster_id, leader } => {
+                            self.cluster_id.store(cluster_id, Ordering::Relaxed);
+                            connect = Some(leader);
+                        }
+                        PdEvent::LeaderChanged { leader } => connect = Some(leader),
+                        PdEvent::Failed(e) => failed = Some(e),
+                        _ => {}
                     }
                 }
-                match d.poll_action() {
-                    Some(PdAction::GetMembers {
-                        id,
-                        address,
-                        request,
-                        timeout,
-                    }) => Step::Call {
-                        id,
-                        address,
-                        request,
-                        timeout,
-                    },
-                    None => match (d.is_ready(), d.leader().cloned(), d.poll_timeout()) {
-                        (true, Some(leader), _) => {
-                            Step::Connect(leader, d.cluster_id().unwrap_or(0))
+                if failed.is_some() {
+                    // Initialisation gave up: start over from the configured endpoints on
+                    // the next kick (a caller retrying), not in a tight loop.
+                    if let Ok(fresh) = PdDiscovery::new(
+                        now,
+                        &self.seeds.endpoints,
+                        self.seeds.config.clone(),
+                        self.seeds.seed,
+                    ) {
+                        *d = fresh;
+                    }
+                    Step::Wait(None)
+                } else {
+                    if connect.is_none() && d.is_ready() && !d.is_backing_off() {
+                        let slot = lock(&self.slot);
+                        let needed = match &slot.leader {
+                            None => !slot.waiters.is_empty(),
+                            Some(l) => {
+                                d.leader().is_some_and(|m| *m != l.url)
+                                    || (l.forwarded() && d.leader_available())
+                            }
+                        };
+                        if needed {
+                            connect = d.leader().cloned();
                         }
-                        (_, _, Some((at, _why))) => Step::Sleep(at),
-                        _ => {
-                            return Err(d
-                                .last_error()
-                                .cloned()
-                                .unwrap_or_else(|| Error::Pd("PD discovery is stuck".into())));
+                    }
+                    match (connect, d.poll_action()) {
+                        (Some(leader), _) => Step::Connect(leader),
+                        (
+                            None,
+                            Some(PdAction::GetMembers {
+                                id,
+                                address,
+                                request,
+                                timeout,
+                            }),
+                        ) => Step::Call {
+                            id,
+                            address,
+                            request,
+                            timeout,
+                        },
+                        (None, None) => {
+                            if d.is_backing_off() {
+                                // A round found no PD: callers retry on their own budget.
+                                let err = d
+                                    .last_error()
+                                    .cloned()
+                                    .unwrap_or_else(|| Error::Pd("no PD endpoint answered".into()));
+                                failed = Some(err);
+                            }
+                            match d.poll_timeout() {
+                                Some((at, _)) if at <= now => {
+                                    d.handle_timeout(now);
+                                    continue;
+                                }
+                                other => Step::Wait(other.map(|(at, _)| at)),
+                            }
                         }
-                    },
+                    }
                 }
             };
+            if let Some(err) = failed {
+                for w in std::mem::take(&mut lock(&self.slot).waiters) {
+                    let _ = w.push(Err(err.clone()));
+                }
+            }
             match step {
+                Step::Wait(at) => return at,
                 Step::Call {
                     id,
                     address,
@@ -271,29 +396,80 @@ impl<R: Runtime> PdClient<R> {
                     let result = self.get_members(&address, request, timeout).await;
                     lock(&self.discovery).handle_members(self.rt.now(), id, result);
                 }
-                Step::Sleep(at) => {
-                    self.rt.sleep_until(at).await;
-                    lock(&self.discovery).handle_timeout(self.rt.now());
-                }
-                Step::Connect(url, cluster_id) => {
-                    let channel = match self.dial(&url).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            lock(&self.discovery).handle_rpc_failure(self.rt.now(), &url);
-                            return Err(e);
-                        }
-                    };
-                    tracing::debug!(leader = %url, cluster_id, "PD leader found");
-                    self.cluster_id.store(cluster_id, Ordering::Relaxed);
-                    return Ok(Leader {
-                        url,
-                        channel,
-                        cluster_id,
-                    });
-                }
+                Step::Connect(url) => self.connect_leader(url).await,
             }
         }
-        Err(Error::Internal("PD discovery did not settle".into()))
+        Some(self.rt.now() + Duration::from_millis(10))
+    }
+
+    /// Connects to the leader at `url`, or, when it cannot be dialled and forwarding is on,
+    /// to a follower that forwards to it; installs the connection and answers the waiting
+    /// callers.
+    async fn connect_leader(&self, url: Arc<str>) {
+        let cluster_id = self.cluster_id();
+        let result = match self.dial(&url).await {
+            Ok(channel) => {
+                lock(&self.discovery).handle_rpc_success(&url);
+                Ok(Leader {
+                    url: url.clone(),
+                    via: url.clone(),
+                    channel,
+                    cluster_id,
+                })
+            }
+            Err(e) => {
+                tracing::info!(leader = %url, error = %e, "cannot reach the PD leader");
+                let follower = {
+                    let mut d = lock(&self.discovery);
+                    d.mark_leader_unreachable(&url);
+                    d.endpoint().filter(|ep| ep.forward_to.is_some())
+                };
+                match follower {
+                    Some(ep) => match self.dial(&ep.address).await {
+                        Ok(channel) => Ok(Leader {
+                            url: url.clone(),
+                            via: ep.address.clone(),
+                            channel,
+                            cluster_id,
+                        }),
+                        Err(e2) => {
+                            lock(&self.discovery).handle_rpc_failure(self.rt.now(), &ep.address);
+                            Err(e2)
+                        }
+                    },
+                    None => {
+                        // Without forwarding, ask the members again (the leader may have
+                        // moved); the callers' backoff paces these rounds.
+                        lock(&self.discovery).handle_rpc_failure(self.rt.now(), &url);
+                        Err(e)
+                    }
+                }
+            }
+        };
+        let reset = {
+            let mut slot = lock(&self.slot);
+            let waiters = std::mem::take(&mut slot.waiters);
+            let mut reset = false;
+            if let Ok(l) = &result {
+                tracing::debug!(leader = %l.url, via = %l.via, cluster_id, "PD leader connected");
+                let key = (l.url.clone(), l.via.clone());
+                if slot.last.as_ref().is_some_and(|last| *last != key) {
+                    reset = true;
+                    if slot.last.as_ref().is_some_and(|last| last.0 != key.0) {
+                        self.stats.leader_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                slot.last = Some(key);
+                slot.leader = Some(l.clone());
+            }
+            for w in waiters {
+                let _ = w.push(result.clone());
+            }
+            reset
+        };
+        if reset {
+            let _ = self.tso_reset.push(());
+        }
     }
 
     /// One `GetMembers` call to `address` within `timeout`.
@@ -318,26 +494,37 @@ impl<R: Runtime> PdClient<R> {
     /// One PD call with leader discovery and `BoPDRPC` retries.
     pub async fn call(&self, mut request: PdRequest) -> Result<PdResponse, Error> {
         let mut bo = Backoffer::new(self.budget_ms);
+        let deadline = self.budget_deadline();
         loop {
-            let err = match self.leader().await {
+            let err = match self.leader(deadline).await {
+                Err(Error::Closed) => return Err(Error::Closed),
                 Err(e) => e,
                 Ok(leader) => {
                     set_cluster_id(&mut request, leader.cluster_id);
                     let (path, body, decoder) = rpc::pd_call(&request);
                     self.stats.calls.fetch_add(1, Ordering::Relaxed);
-                    let deadline = self.rt.now() + self.call_timeout;
-                    let call = leader.channel.unary(path, body, Some(self.call_timeout));
-                    match with_deadline(&self.rt, deadline, call).await {
+                    let metadata = leader.metadata();
+                    if metadata.is_some() {
+                        self.stats.forwarded_calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let call_deadline = self.rt.now() + self.call_timeout;
+                    let call = leader.channel.unary_with_metadata(
+                        path,
+                        body,
+                        Some(self.call_timeout),
+                        metadata.as_slice(),
+                    );
+                    match with_deadline(&self.rt, call_deadline, call).await {
                         Some(Ok(bytes)) => {
                             return decoder(bytes).map_err(|e| Error::Codec(e.to_string()));
                         }
                         Some(Err(status)) => {
-                            self.drop_leader(&leader.url);
-                            Error::Pd(format!("{path} to {}: {status}", leader.url))
+                            self.drop_leader(&leader);
+                            Error::Pd(format!("{path} to {}: {status}", leader.via))
                         }
                         None => {
-                            self.drop_leader(&leader.url);
-                            Error::Pd(format!("{path} to {}: timeout", leader.url))
+                            self.drop_leader(&leader);
+                            Error::Pd(format!("{path} to {}: timeout", leader.via))
                         }
                     }
                 }
@@ -415,7 +602,7 @@ impl<R: Runtime> PdClient<R> {
         let waiter = TsoWaiter {
             id,
             reply: reply.clone(),
-            deadline: self.rt.now() + Duration::from_millis(self.budget_ms),
+            deadline: self.budget_deadline(),
         };
         if let Err(w) = self.tso_queue.push(waiter) {
             let _ = w.reply.push(Input::Tso {
@@ -450,11 +637,21 @@ impl<R: Runtime> PdClient<R> {
         let mut open: Option<(u64, Inbox<Bytes>, <R::Channel as Channel>::Responses)> = None;
         let mut timer: Option<(Instant, R::Sleep)> = None;
         let mut closed = false;
+        let mut resets: Vec<()> = Vec::new();
 
         future::poll_fn(|cx| {
             for _round in 0..64 {
                 let mut progressed = false;
                 let now = self.rt.now();
+                if let Poll::Ready(true) = self.tso_reset.poll_drain(cx, &mut resets) {
+                    resets.clear();
+                    progressed = true;
+                    // The leader changed: a stream to the old one must not serve timestamps.
+                    if let Some((epoch, _, _)) = open.as_ref() {
+                        let epoch = *epoch;
+                        batcher.handle_stream_error(now, epoch, "PD leader changed");
+                    }
+                }
                 match self.tso_queue.poll_drain(cx, &mut queued) {
                     Poll::Ready(true) => {
                         progressed = true;
@@ -601,55 +798,73 @@ impl<R: Runtime> PdClient<R> {
         self.cluster_id.load(Ordering::Relaxed)
     }
 
-    /// Forgets the leader (whatever it is): the next use rediscovers it.
+    /// Forgets the connected leader (whatever it is) and asks for a member refresh: the next
+    /// use reconnects.
     fn forget_leader(&self) {
-        *lock(&self.leader) = None;
+        lock(&self.slot).leader = None;
         lock(&self.discovery).schedule_check(self.rt.now());
+        let _ = self.kick.push(());
     }
 
-    /// Opens a `Tso` stream to the leader.
+    /// Opens a `Tso` stream to the leader (through a forwarding follower when needed).
     async fn open_tso(&self) -> Result<(Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
-        let leader = self.leader().await?;
+        let leader = self.leader(self.budget_deadline()).await?;
         let outgoing: Inbox<Bytes> = Inbox::new();
         let deadline = self.rt.now() + self.call_timeout;
-        let open = leader
-            .channel
-            .streaming(PD_TSO, outgoing.clone().into_stream());
+        let metadata = leader.metadata();
+        let open = leader.channel.streaming_with_metadata(
+            PD_TSO,
+            outgoing.clone().into_stream(),
+            metadata.as_slice(),
+        );
         match with_deadline(&self.rt, deadline, open).await {
             Some(Ok(r)) => Ok((outgoing, r)),
             Some(Err(status)) => {
-                self.drop_leader(&leader.url);
+                self.drop_leader(&leader);
                 Err(Error::Pd(format!("open Tso stream: {status}")))
             }
             None => {
-                self.drop_leader(&leader.url);
+                self.drop_leader(&leader);
                 Err(Error::Pd("open Tso stream: timeout".into()))
             }
         }
     }
 }
 
-/// A caller waiting for the discovery another caller runs.
-type LeaderWaiter<R> = Inbox<Result<Leader<R>, Error>>;
-
-/// Hands a discovery's outcome to the callers waiting on it, even if the discovering caller
-/// is dropped mid-way.
-struct Finish<'a, R: Runtime> {
-    slot: &'a Mutex<Option<Vec<LeaderWaiter<R>>>>,
-    result: Option<Result<Leader<R>, Error>>,
-}
-
-impl<R: Runtime> Drop for Finish<'_, R> {
-    fn drop(&mut self) {
-        let result = self
-            .result
-            .take()
-            .unwrap_or_else(|| Err(Error::Pd("PD discovery abandoned".into())));
-        for w in lock(self.slot).take().unwrap_or_default() {
-            let _ = w.push(result.clone());
+/// The member task: runs [`PdClient::member_step`] whenever kicked or when the discovery
+/// machine's timeout (backoff end, periodic refresh) comes. Holds the client only while a
+/// step runs, so dropping the client ends it; closing `kick` ends it too.
+async fn member_task<R: Runtime>(client: Weak<PdClient<R>>, kick: Inbox<()>, rt: R) {
+    let mut kicks: Vec<()> = Vec::new();
+    loop {
+        let wake_at = match client.upgrade() {
+            Some(pd) => pd.member_step().await,
+            None => return,
+        };
+        let mut sleep = wake_at.map(|at| rt.sleep_until(at));
+        let closed = future::poll_fn(|cx| {
+            match kick.poll_drain(cx, &mut kicks) {
+                Poll::Ready(true) => {
+                    kicks.clear();
+                    return Poll::Ready(false);
+                }
+                Poll::Ready(false) => return Poll::Ready(true),
+                Poll::Pending => {}
+            }
+            match sleep.as_mut().map(|s| Pin::new(s).poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(false),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        if closed {
+            return;
         }
     }
 }
+
+/// A caller waiting for the member task to connect a leader.
+type LeaderWaiter<R> = Inbox<Result<Leader<R>, Error>>;
 
 /// A `Tso` stream being opened.
 type Opening<R> = Pin<

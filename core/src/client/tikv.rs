@@ -100,6 +100,9 @@ pub(crate) struct TikvTransport<R: Runtime> {
     config: TransportConfig,
     pools: Mutex<HashMap<Arc<str>, Arc<StorePool<R>>>>,
     pub stats: Arc<TransportStats>,
+    /// Health feedback taken from `BatchCommands` responses, consumed by the client's store
+    /// health task (client-go `ClientEventListener.OnHealthFeedback`).
+    pub health_feed: Inbox<(tikv_proto::kvrpcpb::HealthFeedback, Instant)>,
 }
 
 impl<R: Runtime> Drop for TikvTransport<R> {
@@ -115,12 +118,14 @@ impl<R: Runtime> TikvTransport<R> {
             config,
             pools: Mutex::new(HashMap::new()),
             stats: Arc::new(TransportStats::default()),
+            health_feed: Inbox::new(),
         }
     }
 
     /// Closes every connection: queued and in-flight requests fail with [`Error::Closed`] and
     /// the stream tasks end.
     pub fn close(&self) {
+        self.health_feed.close();
         let pools: Vec<_> = lock(&self.pools).drain().map(|(_, p)| p).collect();
         for pool in pools {
             for conn in &pool.conns {
@@ -177,6 +182,7 @@ impl<R: Runtime> TikvTransport<R> {
                 retired: conn.retired.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
+                health_feed: self.health_feed.clone(),
                 seed: (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             };
             self.rt.spawn(task.run());
@@ -322,6 +328,7 @@ struct StreamTask<R: Runtime> {
     retired: Arc<std::sync::atomic::AtomicBool>,
     config: TransportConfig,
     stats: Arc<TransportStats>,
+    health_feed: Inbox<(tikv_proto::kvrpcpb::HealthFeedback, Instant)>,
     seed: u64,
 }
 
@@ -392,7 +399,12 @@ impl<R: Runtime> StreamTask<R> {
                             Poll::Ready(Some(Ok(bytes))) => {
                                 progressed = true;
                                 match tikvpb::BatchCommandsResponse::decode(bytes) {
-                                    Ok(msg) => conn.handle_response(now, o.epoch, msg),
+                                    Ok(msg) => {
+                                        conn.handle_response(now, o.epoch, msg);
+                                        if let Some(feedback) = conn.take_health_feedback() {
+                                            let _ = self.health_feed.push((feedback, now));
+                                        }
+                                    }
                                     Err(e) => {
                                         let msg = format!("bad BatchCommandsResponse: {e}");
                                         conn.handle_stream_error(now, o.epoch, &msg);

@@ -354,6 +354,35 @@ impl PdDiscovery {
         self.schedule_check(now);
     }
 
+    /// The leader at `address` could not be dialled. It is marked unreachable, so that
+    /// [`PdDiscovery::endpoint`] routes through a follower when forwarding is enabled, but no
+    /// member refresh is scheduled: the members were just read and named this leader, and a
+    /// refresh would only repeat that answer. The next periodic refresh (or a failure reported
+    /// with [`PdDiscovery::handle_rpc_failure`]) checks again. Mirrors the PD Go client's
+    /// leader health check marking the leader's service client unavailable
+    /// (`serviceDiscovery.checkServiceModeChanged` / `updateServiceClient` with forwarding).
+    pub fn mark_leader_unreachable(&mut self, address: &str) {
+        if self.leader.as_deref() == Some(address) {
+            self.leader_available = false;
+        }
+    }
+
+    /// Whether the leader is believed reachable.
+    pub fn leader_available(&self) -> bool {
+        self.leader_available
+    }
+
+    /// Whether the last member round found no answering endpoint and the machine waits out a
+    /// `BoPDRPC` backoff before the next one.
+    pub fn is_backing_off(&self) -> bool {
+        matches!(self.phase, Phase::Backoff { .. })
+    }
+
+    /// Whether initialisation gave up ([`PdEvent::Failed`] was emitted).
+    pub fn has_failed(&self) -> bool {
+        matches!(self.phase, Phase::Failed)
+    }
+
     /// A PD call to `address` succeeded: the leader is reachable again.
     pub fn handle_rpc_success(&mut self, address: &str) {
         if self.leader.as_deref() == Some(address) {
@@ -678,7 +707,7 @@ mod tests {
 
     /// Discovery through two seeds, both answering for cluster 7 with leader pd2.
     fn ready() -> (Instant, PdDiscovery) {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut d =
             PdDiscovery::new(t0, &["http://pd1:2379", "pd2:2379"], PdConfig::default(), 5).unwrap();
         let (id, addr, timeout) = next_call(&mut d);
@@ -724,7 +753,7 @@ mod tests {
 
     #[test]
     fn unreachable_endpoints_are_skipped() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut d =
             PdDiscovery::new(t0, &["pd1:2379", "pd2:2379"], PdConfig::default(), 5).unwrap();
         let (id, _, _) = next_call(&mut d);
@@ -745,7 +774,7 @@ mod tests {
 
     #[test]
     fn seeds_of_different_clusters_are_fatal() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut d = PdDiscovery::new(t0, &["a:1", "b:1"], PdConfig::default(), 5).unwrap();
         let (id, _, _) = next_call(&mut d);
         d.handle_members(t0, id, Ok(members(7, 1)));
@@ -786,7 +815,7 @@ mod tests {
 
     #[test]
     fn failed_rounds_back_off_with_pd_rpc_and_init_gives_up() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let cfg = PdConfig {
             max_init_rounds: 2,
             ..PdConfig::default()
@@ -849,7 +878,7 @@ mod tests {
 
     #[test]
     fn forwarding_uses_followers_while_the_leader_is_unreachable() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let cfg = PdConfig {
             enable_forwarding: true,
             ..PdConfig::default()
@@ -868,6 +897,51 @@ mod tests {
         assert!(["pd1:2379", "pd3:2379"].contains(&&*e1.address));
         d.handle_rpc_success("pd2:2379");
         assert_eq!(d.endpoint().unwrap().forward_to, None);
+    }
+
+    #[test]
+    fn an_undialable_leader_switches_to_forwarding_without_a_refresh_storm() {
+        let t0 = crate::machine::testkit::origin();
+        let cfg = PdConfig {
+            enable_forwarding: true,
+            ..PdConfig::default()
+        };
+        let mut d = PdDiscovery::new(t0, &["pd1:2379"], cfg, 5).unwrap();
+        let (id, _, _) = next_call(&mut d);
+        d.handle_members(t0, id, Ok(members(7, 2)));
+        let (id, _, _) = next_call(&mut d);
+        d.handle_members(t0, id, Ok(members(7, 2)));
+        assert!(matches!(d.poll_event(), Some(PdEvent::Ready { .. })));
+        assert!(d.leader_available());
+        // A follower's address changes nothing.
+        d.mark_leader_unreachable("pd1:2379");
+        assert!(d.leader_available());
+        d.mark_leader_unreachable("pd2:2379");
+        assert!(!d.leader_available());
+        assert!(d.poll_action().is_none(), "no member refresh scheduled");
+        let e = d.endpoint().unwrap();
+        assert_eq!(e.forward_to.as_deref(), Some("pd2:2379"));
+        // The periodic refresh names the same leader and makes it available for a new try.
+        let (at, _) = d.poll_timeout().unwrap();
+        d.handle_timeout(at);
+        let (id, _, _) = next_call(&mut d);
+        d.handle_members(at, id, Ok(members(7, 2)));
+        assert!(d.leader_available());
+        assert!(!d.is_backing_off() && !d.has_failed());
+    }
+
+    #[test]
+    fn a_failed_refresh_round_backs_off() {
+        let (t0, mut d) = ready();
+        d.schedule_check(t0);
+        for _ in 0..3 {
+            let (id, _, _) = next_call(&mut d);
+            d.handle_members(t0, id, Err(refused()));
+        }
+        assert!(d.is_backing_off());
+        assert!(matches!(d.last_error(), Some(Error::Pd(m)) if m.contains("refused")));
+        // The leader stays known while PD is unreachable.
+        assert_eq!(d.leader().map(|l| &**l), Some("pd2:2379"));
     }
 
     #[test]
@@ -902,7 +976,12 @@ mod tests {
         assert_eq!(strip_scheme("h:1"), "h:1");
         let empty: [&str; 0] = [];
         assert!(matches!(
-            PdDiscovery::new(Instant::now(), &empty, PdConfig::default(), 1),
+            PdDiscovery::new(
+                crate::machine::testkit::origin(),
+                &empty,
+                PdConfig::default(),
+                1
+            ),
             Err(Error::InvalidArgument(_))
         ));
         assert_eq!(

@@ -648,6 +648,11 @@ impl RegionCache {
             }
             hits.push(*v);
         }
+        // The same version cached under another range (inconsistent server data): replace
+        // that entry too, so no index key is left pointing at a removed entry.
+        if self.regions.contains_key(&new) && !hits.contains(&new) {
+            hits.push(new);
+        }
         if hits.iter().any(|h| h.ver > new.ver) {
             tracing::debug!(
                 region = new.id,
@@ -913,8 +918,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn same_epoch_under_another_range_replaces_the_entry() {
+        // Found by the region_cache fuzz target: an inconsistent answer (same id and epoch,
+        // another range) must not leave an index key pointing at a removed entry.
+        let now = crate::machine::testkit::origin();
+        let mut rng = Rng::new(1);
+        let mut s = StoreCache::default();
+        let mut c = RegionCache::default();
+        assert!(put(
+            &mut c,
+            &mut s,
+            region(1, "a", "b", 1, &[(11, 1)]),
+            now,
+            &mut rng
+        ));
+        assert!(put(
+            &mut c,
+            &mut s,
+            region(1, "c", "d", 1, &[(11, 1)]),
+            now,
+            &mut rng
+        ));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.lookup(b"a", false, now, &mut rng), Lookup::Miss);
+        let later = now + Duration::from_secs(700);
+        c.gc(later, 50, &s);
+        assert_eq!(c.lookup(b"a", false, later, &mut rng), Lookup::Miss);
+        assert_eq!(c.lookup(b"c", false, later, &mut rng), Lookup::Miss);
+    }
+
+    #[test]
     fn lookup_by_key_and_end_key() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -959,7 +994,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ttl_expires_and_access_extends() {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         let mut rng = Rng::new(7);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -990,7 +1025,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ttl_jitter_is_within_bounds() {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         let mut rng = Rng::new(3);
         let c = RegionCache::default();
         for _ in 0..100 {
@@ -1001,7 +1036,7 @@ pub(crate) mod tests {
 
     #[test]
     fn down_peers_expire_after_ttl_even_when_accessed() {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         let mut rng = Rng::new(7);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1022,7 +1057,7 @@ pub(crate) mod tests {
 
     #[test]
     fn older_epoch_from_pd_is_rejected() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1071,7 +1106,7 @@ pub(crate) mod tests {
 
     #[test]
     fn insert_removes_overlapping_predecessor() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1095,7 +1130,7 @@ pub(crate) mod tests {
 
     #[test]
     fn no_leader_invalidation_moves_to_next_peer_on_reload() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1122,7 +1157,7 @@ pub(crate) mod tests {
 
     #[test]
     fn switch_leader_only_to_region_peers() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1142,7 +1177,7 @@ pub(crate) mod tests {
 
     #[test]
     fn epoch_not_match_inserts_current_regions_with_replier_as_leader() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1187,7 +1222,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reload_flags_and_gc_promotion() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1224,7 +1259,7 @@ pub(crate) mod tests {
 
     #[test]
     fn store_epoch_bump_marks_region_to_expire_in_gc() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         let mut c = RegionCache::default();
@@ -1250,7 +1285,7 @@ pub(crate) mod tests {
 
     #[test]
     fn tombstone_peers_and_witness_are_filtered() {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(1);
         let mut s = StoreCache::default();
         s.apply_store(3, None).unwrap();

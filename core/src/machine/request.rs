@@ -702,9 +702,9 @@ impl RegionRequest {
             return self.step(now, shared);
         }
         if e.store_not_match.is_some() {
-            shared.stores.mark_need_check(inf.store_id);
+            shared.stores.on_store_not_match(inf.store_id, &inf.address);
             shared.regions.invalidate(region, InvalidReason::Other);
-            tracing::info!(store = inf.store_id, address = %inf.address, "StoreNotMatch: store re-check scheduled");
+            tracing::info!(store = inf.store_id, address = %inf.address, "StoreNotMatch: store re-check scheduled, connection closed");
             return self.give_up(e);
         }
         if e.raft_entry_too_large.is_some() {

@@ -9,10 +9,14 @@
 //!
 //! Mirrors client-go `internal/locate/store_cache.go` (`Store`, `resolveState`,
 //! `initByStoreMeta`, `reResolve`, `livenessState`, `markStoreNeedCheck`, `EstimatedWaitTime`,
-//! `StoreHealthStatus`) with one deliberate change: client-go probes an unreachable store with a
-//! gRPC health check in a background loop; here an unreachable store is skipped until
-//! [`StoreCache::liveness_recheck`] has passed and the next real request serves as the probe (a
-//! runtime that does probe can report with [`StoreCache::set_liveness`]).
+//! `StoreHealthStatus`, `recordHealthFeedback`). Liveness: a store that failed at the
+//! transport level is unreachable; the async client probes such stores every second with the
+//! gRPC health service (`client::health`, client-go's health-check loop) and reports the
+//! answer with [`StoreCache::set_liveness`]. Without a probe (a bare machine, a simulator) an
+//! unreachable store is retried on trial once [`StoreCache::liveness_recheck`] has passed.
+//! TiKV's own health feedback (slow score) arrives with [`StoreCache::apply_health_feedback`];
+//! a `StoreNotMatch` queues the store's connections for closing
+//! ([`StoreCache::on_store_not_match`], drained by the driver).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +73,10 @@ const SLOW_SCORE_DECAY_PER_SEC: f64 = 20.0 / 60.0;
 /// to its maximum (100) and lets it decay on the 1 s health tick by at least 2 points, so it
 /// drops below the threshold of 80 after about ten ticks.
 const MARK_SLOW_DURATION: Duration = Duration::from_secs(10);
+
+/// A changed TiKV-side slow score arriving sooner than this after the previous change is
+/// ignored. Mirrors client-go `tikvSlowScoreUpdateInterval` (100 ms).
+const SLOW_SCORE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the client knows about one store.
 #[derive(Debug, Clone)]
@@ -206,6 +214,9 @@ pub struct StoreCache {
     /// How long a store that failed at the transport level is skipped before the next request
     /// tries it again. client-go's health-check loop probes every second.
     pub liveness_recheck: Duration,
+    /// Addresses whose connections must be closed (see [`StoreCache::on_store_not_match`]),
+    /// taken by the driver with [`StoreCache::take_connection_closes`].
+    pending_closes: Vec<Arc<str>>,
 }
 
 impl Default for StoreCache {
@@ -213,6 +224,7 @@ impl Default for StoreCache {
         StoreCache {
             stores: HashMap::new(),
             liveness_recheck: Duration::from_secs(1),
+            pending_closes: Vec::new(),
         }
     }
 }
@@ -386,6 +398,88 @@ impl StoreCache {
         self.get_or_insert(id).tikv_slow_score = Some((score as f64, now));
     }
 
+    /// Applies a `HealthFeedback` piggy-backed on a `BatchCommands` response (or returned by
+    /// `GetHealthFeedback`): TiKV's own slow score for the store it names. Feedback for a store
+    /// the cache does not know is dropped; an unchanged score only refreshes its time; a
+    /// changed score arriving within 100 ms of the previous change is ignored. Mirrors client-go
+    /// `RegionCache.onHealthFeedback` → `Store.recordHealthFeedback` →
+    /// `StoreHealthStatus.updateTiKVServerSideSlowScore`. Returns whether it was recorded.
+    pub fn apply_health_feedback(
+        &mut self,
+        feedback: &tikv_proto::kvrpcpb::HealthFeedback,
+        now: Instant,
+    ) -> bool {
+        let Some(store) = self.stores.get_mut(&feedback.store_id) else {
+            tracing::debug!(
+                store = feedback.store_id,
+                "health feedback for an unknown store"
+            );
+            return false;
+        };
+        let score = f64::from(feedback.slow_score);
+        match store.tikv_slow_score {
+            Some((last, _)) if last == score => {
+                store.tikv_slow_score = Some((score, now));
+                true
+            }
+            Some((_, at)) if now.saturating_duration_since(at) < SLOW_SCORE_UPDATE_INTERVAL => {
+                false
+            }
+            _ => {
+                store.tikv_slow_score = Some((score, now));
+                true
+            }
+        }
+    }
+
+    /// The TiKV-side slow score last recorded for the store, decayed to `now` (`None` before
+    /// any feedback). Mirrors client-go `StoreHealthStatus.GetHealthStatusDetail`
+    /// (`TiKVSideSlowScore`).
+    pub fn tikv_slow_score(&self, id: u64, now: Instant) -> Option<f64> {
+        let (score, at) = self.stores.get(&id)?.tikv_slow_score?;
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        Some((score - elapsed * SLOW_SCORE_DECAY_PER_SEC).max(1.0_f64.min(score)))
+    }
+
+    /// A store answered `StoreNotMatch`: the address now serves another store (a reused
+    /// address, as on Kubernetes). The store is re-read from PD before its next use and the
+    /// connections to its address are queued for closing, so the next request dials anew.
+    /// Mirrors client-go `internal/locate/region_request.go` `onRegionError` for
+    /// `StoreNotMatch` (`markStoreNeedCheck` + `client.CloseAddr`).
+    pub fn on_store_not_match(&mut self, id: u64, address: &Arc<str>) {
+        self.mark_need_check(id);
+        if !address.is_empty() && !self.pending_closes.contains(address) {
+            self.pending_closes.push(address.clone());
+        }
+    }
+
+    /// Takes the addresses whose connections must be closed (empty: no allocation).
+    pub fn take_connection_closes(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.pending_closes)
+    }
+
+    /// Whether a connection close is pending (cheap check for the driver's hot path).
+    pub fn has_connection_closes(&self) -> bool {
+        !self.pending_closes.is_empty()
+    }
+
+    /// The stores a liveness probe should check: resolved TiKV stores whose last known state
+    /// is unreachable or unknown (whether or not their recheck instant passed). Mirrors the set
+    /// client-go's health-check loops run for (`startHealthCheckLoop`, one per unreachable TiKV
+    /// store; TiFlash stores are skipped).
+    pub fn stores_to_probe(&self) -> Vec<(u64, Arc<str>)> {
+        let mut out: Vec<(u64, Arc<str>)> = self
+            .stores
+            .values()
+            .filter(|s| s.liveness != Liveness::Reachable)
+            .filter(|s| s.kind == StoreKind::Tikv && !s.address.is_empty())
+            .filter(|s| !matches!(s.state, ResolveState::Tombstone | ResolveState::Unresolved))
+            .map(|s| (s.id, s.address.clone()))
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
     /// Records TiKV's estimated wait from a `ServerIsBusy`. Mirrors client-go
     /// `Store.updateServerLoadStats`.
     pub fn update_server_load(&mut self, id: u64, estimated_wait_ms: u32, now: Instant) {
@@ -467,7 +561,7 @@ mod tests {
 
     #[test]
     fn invalidate_bumps_epoch_once_per_snapshot() {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         let mut c = StoreCache::default();
         c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
         assert!(c.invalidate_store(1, 0, base));
@@ -483,7 +577,7 @@ mod tests {
 
     #[test]
     fn unreachable_until_recheck() {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         let mut c = StoreCache::default();
         c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
         c.mark_unreachable(1, base);
@@ -503,8 +597,79 @@ mod tests {
     }
 
     #[test]
+    fn health_feedback_updates_the_tikv_slow_score() {
+        let base = crate::machine::testkit::origin();
+        let mut c = StoreCache::default();
+        let fb = |store_id, slow_score| tikv_proto::kvrpcpb::HealthFeedback {
+            store_id,
+            slow_score,
+            feedback_seq_no: 1,
+        };
+        // Unknown store: dropped.
+        assert!(!c.apply_health_feedback(&fb(9, 100), base));
+        assert_eq!(c.tikv_slow_score(9, base), None);
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        assert!(c.apply_health_feedback(&fb(1, 100), base));
+        assert!(c.get(1).unwrap().is_slow(base));
+        // A different score within 100 ms is ignored; after it, applied.
+        let soon = base + Duration::from_millis(50);
+        assert!(!c.apply_health_feedback(&fb(1, 1), soon));
+        assert!(c.get(1).unwrap().is_slow(soon));
+        let later = base + Duration::from_millis(150);
+        assert!(c.apply_health_feedback(&fb(1, 1), later));
+        assert!(!c.get(1).unwrap().is_slow(later));
+        assert_eq!(c.tikv_slow_score(1, later), Some(1.0));
+        // The same score refreshes its time, so decay restarts from there.
+        assert!(c.apply_health_feedback(&fb(1, 90), base + Duration::from_secs(1)));
+        assert!(c.apply_health_feedback(&fb(1, 90), base + Duration::from_secs(31)));
+        let score = c
+            .tikv_slow_score(1, base + Duration::from_secs(31))
+            .unwrap();
+        assert!((score - 90.0).abs() < 1e-9, "{score}");
+        assert!(c.get(1).unwrap().is_slow(base + Duration::from_secs(31)));
+        // 90 - 20/60 * 31 < 80
+        assert!(!c.get(1).unwrap().is_slow(base + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn store_not_match_rechecks_and_queues_one_close() {
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        assert!(!c.has_connection_closes());
+        let addr: Arc<str> = Arc::from("a:1");
+        c.on_store_not_match(1, &addr);
+        c.on_store_not_match(1, &addr);
+        assert!(c.needs_resolve(1));
+        assert!(c.has_connection_closes());
+        assert_eq!(c.take_connection_closes(), vec![addr]);
+        assert!(c.take_connection_closes().is_empty());
+    }
+
+    #[test]
+    fn probes_cover_unreachable_and_unknown_tikv_stores() {
+        let base = crate::machine::testkit::origin();
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        c.apply_store(2, Some(&meta(2, "b:1"))).unwrap();
+        let mut f = meta(3, "f:1");
+        f.labels.push(label("engine", "tiflash"));
+        c.apply_store(3, Some(&f)).unwrap();
+        assert!(c.stores_to_probe().is_empty());
+        c.mark_unreachable(1, base);
+        c.mark_unreachable(3, base);
+        c.set_liveness(2, Liveness::Unknown, base);
+        let ids: Vec<u64> = c.stores_to_probe().iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![1, 2], "TiFlash is not probed");
+        // Still probed after the recheck instant (the store is only on trial then).
+        assert_eq!(c.stores_to_probe().len(), 2);
+        c.set_liveness(1, Liveness::Reachable, base);
+        c.set_liveness(2, Liveness::Reachable, base);
+        assert!(c.stores_to_probe().is_empty());
+    }
+
+    #[test]
     fn load_and_slow_score_decay() {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         let mut c = StoreCache::default();
         c.update_server_load(1, 500, base);
         let s = c.get(1).unwrap();

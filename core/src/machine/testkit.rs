@@ -17,6 +17,14 @@ use crate::machine::{
     TikvResponse,
 };
 
+/// The origin of virtual time in tests. Machines never read a clock; a test needs one real
+/// `Instant` to count from (`Instant` has no constant value), and this is the one place in
+/// the core that reads it. Every test takes its base instant from here and moves forward
+/// with `+ Duration`.
+pub(crate) fn origin() -> Instant {
+    Instant::now()
+}
+
 #[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
 /// How the responder answers one action.
 #[derive(Debug)]
@@ -39,7 +47,7 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
-        let base = Instant::now();
+        let base = origin();
         Harness {
             shared: Shared::new(42),
             base,

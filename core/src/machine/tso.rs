@@ -394,7 +394,8 @@ impl<T> TsoBatcher<T> {
             self.stream_failure(now, "tso reply without a timestamp");
             return;
         };
-        let first_logical = ts.logical - count + 1;
+        // Checked: a hostile reply may carry a logical near `i64::MIN`.
+        let first_logical = ts.logical.checked_sub(count - 1).unwrap_or(-1);
         if ts.physical < 0 || first_logical < 0 || ts.logical >= MAX_LOGICAL {
             let msg = format!(
                 "invalid tso reply: physical {}, logical {}, count {count}",
@@ -677,7 +678,7 @@ mod tests {
     }
 
     fn connected(cfg: TsoConfig) -> (Instant, TsoBatcher<u32>) {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut tso = TsoBatcher::new(t0, cfg, CLUSTER, 3);
         assert_eq!(
             tso.poll_action(),
@@ -793,6 +794,20 @@ mod tests {
             drain(&mut tso)[0].result.clone().unwrap(),
             Timestamp::compose(2001, 0)
         );
+    }
+
+    #[test]
+    fn a_logical_near_i64_min_is_an_invalid_reply_not_an_overflow() {
+        // Found by the decode_responses fuzz target.
+        let (t0, mut tso) = connected(cfg());
+        tso.get_timestamp(t0, 1);
+        tso.get_timestamp(t0, 2);
+        tso.poll_request(t0).unwrap();
+        tso.handle_response(t0, 1, reply(1, i64::MIN, 2));
+        let done = drain(&mut tso);
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|c| matches!(c.result, Err(Error::Pd(_)))));
+        assert_eq!(tso.stats().stream_failures, 1);
     }
 
     #[test]
@@ -924,7 +939,7 @@ mod tests {
 
     #[test]
     fn low_resolution_ts_is_refreshed_and_lock_expiry_uses_it() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut tso: TsoBatcher<u32> = TsoBatcher::new(t0, TsoConfig::default(), CLUSTER, 1);
         assert!(tso.low_resolution_ts().is_none());
         assert!(tso.is_expired(Timestamp::compose(10, 0).version(), 1));
