@@ -118,6 +118,11 @@ macro_rules! e2e_suite {
             tso_stream_reset,
             api_v2_default_keyspace,
             tls_on,
+            pd_member_refresh_and_reconnect,
+            pd_retry_budget_bounds_pd_outages,
+            store_health_feedback_reaches_the_store_cache,
+            store_not_match_closes_the_connection,
+            unreachable_store_is_probed_until_it_answers,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

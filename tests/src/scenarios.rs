@@ -12,7 +12,9 @@ use bytes::Bytes;
 use tikv_core::Error;
 use tikv_core::client::{RawClient, Runtime};
 use tikv_core::config::{ApiVersion, Config, SecurityConfig};
-use tikv_mockstore::{ApiVersion as MockApi, FaultAction, FaultRule, MockCluster, RpcKind};
+use tikv_mockstore::{
+    ApiVersion as MockApi, FaultAction, FaultRule, MockCluster, PdFaultAction, PdFaultRule, RpcKind,
+};
 use tikv_proto::errorpb;
 
 use crate::Mock;
@@ -374,4 +376,180 @@ pub async fn tls_on<R: Runtime>() {
     let client = connect::<R>(&mock, config).await;
     client.put("secure", "yes").await.unwrap();
     assert_eq!(client.get("secure").await.unwrap(), Some(b("yes")));
+}
+
+/// Sleeps `d` on the client's runtime.
+async fn pause<R: Runtime>(client: &RawClient<R>, d: Duration) {
+    let rt = client.cluster().runtime();
+    rt.sleep_until(rt.now() + d).await;
+}
+
+fn relaxed(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// PD members are refreshed periodically (every 200 ms here; client-go's default is a
+/// minute) and right after a PD call fails; the failed call is retried on the reconnected
+/// leader and succeeds.
+pub async fn pd_member_refresh_and_reconnect<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = test_config();
+    config.pd_member_update_interval = Duration::from_millis(200);
+    let client = connect::<R>(&mock, config).await;
+    let before = mock.cluster().pd_requests("GetMembers");
+    pause(&client, Duration::from_millis(1_000)).await;
+    let after = mock.cluster().pd_requests("GetMembers");
+    assert!(
+        after >= before + 3,
+        "periodic member refresh: {before} GetMembers before, {after} after a second"
+    );
+
+    // The first region load fails twice at PD: each failure drops the leader connection and
+    // schedules a member check; the third try succeeds.
+    let stats = client.cluster().pd_stats();
+    let members_before = relaxed(&stats.member_calls);
+    mock.cluster().add_pd_fault(
+        PdFaultRule::once("GetRegion", PdFaultAction::Unavailable("injected".into()))
+            .times(Some(2)),
+    );
+    client.put("key", "v").await.unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert!(mock.cluster().pd_requests("GetRegion") >= 3);
+    assert!(
+        relaxed(&stats.member_calls) > members_before,
+        "a failed PD call triggers a member check"
+    );
+}
+
+/// A PD outage longer than the configured PD retry budget ([`Config::pd_retry_budget`], here
+/// 600 ms instead of client-go's 15 s) fails a timestamp request with a typed PD error once the
+/// budget is spent, instead of waiting for PD indefinitely; after the outage the next
+/// request succeeds.
+pub async fn pd_retry_budget_bounds_pd_outages<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = test_config();
+    config.pd_retry_budget = Duration::from_millis(600);
+    config.backoff_weight = 1;
+    let client = connect::<R>(&mock, config).await;
+    let before = client.cluster().timestamp().await.unwrap();
+    let rule = mock.cluster().add_pd_fault(
+        PdFaultRule::once("Tso", PdFaultAction::Unavailable("injected".into())).times(None),
+    );
+    // Break the open stream too: the next request must fail over to a new stream.
+    mock.cluster().pause_tso(true);
+    let rt = client.cluster().runtime().clone();
+    let start = rt.now();
+    let err = client.cluster().timestamp().await.unwrap_err();
+    let took = rt.now() - start;
+    assert!(
+        matches!(&err, Error::Pd(m) if m.contains("injected")),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "failed after {took:?}"
+    );
+    mock.cluster().remove_fault(rule);
+    mock.cluster().pause_tso(false);
+    let after = client.cluster().timestamp().await.unwrap();
+    assert!(after > before);
+}
+
+/// TiKV's health feedback (its slow score, piggy-backed on `BatchCommands` responses) lands in
+/// the client's store cache.
+pub async fn store_health_feedback_reaches_the_store_cache<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let rt = client.cluster().runtime().clone();
+    let mut score = None;
+    for _ in 0..30 {
+        assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+        score = client
+            .cluster()
+            .with_shared(|s| s.stores.tikv_slow_score(1, rt.now()));
+        if score.is_some() {
+            break;
+        }
+        pause(&client, Duration::from_millis(100)).await;
+    }
+    // The mockstore reports TiKV's minimum slow score.
+    assert_eq!(score, Some(1.0));
+    assert!(
+        !client
+            .cluster()
+            .with_shared(|s| { s.stores.get(1).expect("store 1 known").is_slow(rt.now()) })
+    );
+}
+
+/// `StoreNotMatch` closes the connections to that address: the retried request goes out on a
+/// freshly dialled stream, after the store was re-read from PD.
+pub async fn store_not_match_closes_the_connection<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let stats = client.cluster().transport_stats();
+    let streams_before = relaxed(&stats.streams_opened);
+    let get_store_before = mock.cluster().pd_requests("GetStore");
+    let gets_before = mock.cluster().requests(RpcKind::RawGet);
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::RawGet,
+        FaultAction::RegionError(errorpb::Error {
+            message: "store not match".into(),
+            store_not_match: Some(errorpb::StoreNotMatch {
+                request_store_id: 1,
+                actual_store_id: 7,
+            }),
+            ..Default::default()
+        }),
+    ));
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(mock.cluster().requests(RpcKind::RawGet), gets_before + 2);
+    assert!(
+        relaxed(&stats.streams_opened) > streams_before,
+        "the connection was closed and dialled again"
+    );
+    assert!(
+        mock.cluster().pd_requests("GetStore") > get_store_before,
+        "the store was re-read from PD"
+    );
+}
+
+/// A store that stopped answering is probed every second (gRPC health check on a fresh
+/// connection) and stays unreachable while down; once it is back, a probe marks it reachable
+/// without any request having to try it.
+pub async fn unreachable_store_is_probed_until_it_answers<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+    mock.cluster().set_store_up(leader, false).unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    let probed = |client: &RawClient<R>| {
+        client.cluster().with_shared(|s| {
+            s.stores
+                .stores_to_probe()
+                .iter()
+                .any(|(id, _)| *id == leader)
+        })
+    };
+    assert!(probed(&client), "the failed store is marked unreachable");
+    pause(&client, Duration::from_millis(1_500)).await;
+    assert!(
+        probed(&client),
+        "probes of a down store keep it unreachable"
+    );
+    mock.cluster().set_store_up(leader, true).unwrap();
+    let mut back = false;
+    for _ in 0..40 {
+        pause(&client, Duration::from_millis(100)).await;
+        if !probed(&client) {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "a probe found the store reachable again");
 }
