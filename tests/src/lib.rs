@@ -4,9 +4,12 @@
 //!   a background thread, so the client under test may run on any runtime.
 //! * [`scenarios`]: one generic `async fn` per scenario, taking the client runtime as a type
 //!   parameter `R: tikv_core::client::Runtime`.
+//! * [`pd_follower`]: a fake PD follower (an HTTP/2 proxy in front of the mockstore's PD) for
+//!   the PD forwarding scenario.
 //! * [`e2e_suite!`]: instantiates every scenario as a `#[test]` for one runtime; adding a
 //!   runtime is one macro call (see `tests/e2e_tokio.rs`).
 
+pub mod pd_follower;
 pub mod scenarios;
 pub mod txn_support;
 
@@ -81,6 +84,14 @@ impl Mock {
     pub fn pd(&self) -> Vec<String> {
         vec![self.cluster().pd_endpoint()]
     }
+
+    /// Starts a fake PD follower in front of this cluster's PD that names `leader` (an
+    /// address of the test's choosing, typically unreachable) as the leader; see
+    /// [`pd_follower`].
+    pub fn pd_follower(&self, leader: &str) -> pd_follower::PdFollower {
+        let rt = self.rt.as_ref().expect("running");
+        pd_follower::start(rt.handle(), self.cluster().pd_addr(), leader)
+    }
 }
 
 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -123,6 +134,7 @@ macro_rules! e2e_suite {
             store_health_feedback_reaches_the_store_cache,
             store_not_match_closes_the_connection,
             unreachable_store_is_probed_until_it_answers,
+            pd_forwarding_through_a_follower,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -553,3 +553,51 @@ pub async fn unreachable_store_is_probed_until_it_answers<R: Runtime>() {
     }
     assert!(back, "a probe found the store reachable again");
 }
+
+/// PD forwarding (client-go `EnableForwarding`): the members name a leader nobody listens on;
+/// with forwarding on, every PD call and the `Tso` stream go through the follower carrying
+/// `pd-forwarded-host: <leader>`, and the client works. With forwarding off the client cannot
+/// reach PD and connecting fails once the PD retry budget is spent.
+pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let follower = mock.pd_follower(&dead);
+
+    let mut config = test_config();
+    config.enable_forwarding = true;
+    let client = RawClient::<R>::connect(&[follower.endpoint()], config)
+        .await
+        .expect("connects through the follower");
+    client.put("key", "v").await.unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    let t1 = client.cluster().timestamp().await.unwrap();
+    let t2 = client.cluster().timestamp().await.unwrap();
+    assert!(t2 > t1);
+    let seen = relaxed(&follower.stats.forwarded);
+    assert!(
+        seen >= 3,
+        "GetAllStores, GetRegion/GetStore and Tso went through the follower ({seen})"
+    );
+    assert_eq!(relaxed(&follower.stats.refused), 0);
+    assert!(relaxed(&client.cluster().pd_stats().forwarded_calls) >= 2);
+
+    let mut config = test_config();
+    config.pd_retry_budget = Duration::from_millis(500);
+    config.backoff_weight = 1;
+    let err = RawClient::<R>::connect(&[follower.endpoint()], config)
+        .await
+        .expect_err("without forwarding the leader is unreachable");
+    assert!(
+        matches!(
+            &err,
+            Error::BackoffExhausted {
+                kind: tikv_core::machine::backoff::BackoffKind::PdRpc,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
