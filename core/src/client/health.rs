@@ -16,6 +16,12 @@
 //!   `UNIMPLEMENTED` (it does not serve the health service, as test servers often do) is
 //!   counted reachable, since it did answer over gRPC; TiKV always serves the health service.
 //!
+//! * **Re-resolution and active feedback.** While a store stays unreachable it is re-read
+//!   from PD every 30 s (client-go `storeReResolveInterval`; a tombstone ends its probes); a
+//!   reachable store whose TiKV-side slow score is above the minimum and 15 s old is asked for
+//!   fresh feedback with `GetHealthFeedback`, and its score decays if that fails (client-go
+//!   `updateTiKVServerSideSlowScoreOnTick`).
+//!
 //! The task holds the cluster only weakly: it ends when the cluster is dropped or closed.
 
 use std::pin::Pin;
@@ -24,16 +30,20 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use tikv_proto::kvrpcpb;
+use tikv_proto::{kvrpcpb, pdpb};
 
 use super::cluster::Inner;
 use super::runtime::{Channel, Code, Runtime};
 use super::sync::lock;
 use super::tikv::with_deadline;
 use crate::machine::store::Liveness;
+use crate::machine::{PdRequest, PdResponse};
 
 /// gRPC method of the standard health service.
 pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// TiKV's method returning its health feedback.
+pub const GET_HEALTH_FEEDBACK: &str = "/tikvpb.Tikv/GetHealthFeedback";
 
 /// Period of the liveness probes of unreachable stores. Mirrors the 1 s period of client-go's
 /// `startHealthCheckLoop`.
@@ -84,6 +94,58 @@ pub(crate) async fn probe<R: Runtime>(rt: &R, address: &str, timeout: Duration) 
         .unwrap_or(Liveness::Unreachable)
 }
 
+/// Deadline of an active `GetHealthFeedback` call. Mirrors client-go `tikv/kv.go`
+/// `getHealthFeedbackTimeout` (2 s).
+pub const HEALTH_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the store at `address` for its health feedback (on a fresh connection; client-go
+/// sends it through its pooled client, `requestHealthFeedbackFromKVClient`). `None` on any
+/// failure or a region error.
+async fn fetch_health_feedback<R: Runtime>(
+    rt: &R,
+    address: &str,
+) -> Option<kvrpcpb::HealthFeedback> {
+    let deadline = rt.now() + HEALTH_FEEDBACK_TIMEOUT;
+    let call = async {
+        let channel = rt.connect(address).await.ok()?;
+        let request = kvrpcpb::GetHealthFeedbackRequest::default();
+        let body = bytes::Bytes::from(prost::Message::encode_to_vec(&request));
+        let reply = channel
+            .unary(GET_HEALTH_FEEDBACK, body, Some(HEALTH_FEEDBACK_TIMEOUT))
+            .await
+            .ok()?;
+        let resp = <kvrpcpb::GetHealthFeedbackResponse as prost::Message>::decode(reply).ok()?;
+        if resp.region_error.is_some() {
+            return None;
+        }
+        resp.health_feedback
+    };
+    with_deadline(rt, deadline, call).await.flatten()
+}
+
+/// Re-reads an unreachable store from PD (its address may have changed, or it may be gone:
+/// a tombstone ends its probes). Mirrors the `reResolve` step of client-go
+/// `startHealthCheckLoop`.
+async fn reresolve_store<R: Runtime>(inner: &Inner<R>, store_id: u64) {
+    let request = PdRequest::GetStore(pdpb::GetStoreRequest {
+        store_id,
+        ..Default::default()
+    });
+    let answer = inner.pd.call(request).await;
+    let mut shared = lock(&inner.shared);
+    let now = inner.rt.now();
+    shared.stores.reresolved(store_id, now);
+    match answer {
+        Ok(PdResponse::Store(resp)) => {
+            if let Err(err) = shared.stores.apply_get_store(store_id, &resp) {
+                tracing::debug!(store = store_id, %err, "store re-resolve answer not applied");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::debug!(store = store_id, %err, "store re-resolve failed"),
+    }
+}
+
 /// Starts the store health task of `inner`.
 pub(crate) fn start<R: Runtime>(inner: &Arc<Inner<R>>) {
     let task = run(Arc::downgrade(inner), inner.rt.clone());
@@ -122,14 +184,35 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
         if rt.now() < next_probe {
             continue;
         }
-        let targets = lock(&inner.shared).stores.stores_to_probe();
+        let (probes, reresolve, feedback_due) = {
+            let shared = lock(&inner.shared);
+            let now = rt.now();
+            (
+                shared.stores.stores_to_probe(),
+                shared.stores.stores_to_reresolve(now),
+                shared.stores.stores_needing_health_feedback(now),
+            )
+        };
         let timeout = inner.config.store_liveness_timeout;
-        for (store_id, address) in targets {
+        for (store_id, address) in probes {
             let liveness = probe(&rt, &address, timeout).await;
             tracing::debug!(store = store_id, %address, ?liveness, "store liveness probe");
             lock(&inner.shared)
                 .stores
                 .set_liveness(store_id, liveness, rt.now());
+        }
+        for store_id in reresolve {
+            reresolve_store(&inner, store_id).await;
+        }
+        for (store_id, address) in feedback_due {
+            let got = fetch_health_feedback(&rt, &address).await;
+            let mut shared = lock(&inner.shared);
+            match got {
+                Some(fb) if fb.store_id == store_id => {
+                    shared.stores.apply_health_feedback(&fb, rt.now());
+                }
+                _ => shared.stores.decay_tikv_slow_score(store_id, rt.now()),
+            }
         }
         drop(inner);
         next_probe = rt.now() + PROBE_INTERVAL;

@@ -78,6 +78,15 @@ const MARK_SLOW_DURATION: Duration = Duration::from_secs(10);
 /// ignored. Mirrors client-go `tikvSlowScoreUpdateInterval` (100 ms).
 const SLOW_SCORE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// While a store stays unreachable, its metadata is re-read from PD this often (it may have
+/// moved or been removed). Mirrors client-go `storeReResolveInterval` (30 s).
+pub const STORE_RERESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A TiKV-side slow score above the minimum that has not been updated for this long is fetched
+/// actively with `GetHealthFeedback`. Mirrors client-go `tikvSlowScoreActiveUpdateInterval`
+/// (15 s).
+pub const SLOW_SCORE_ACTIVE_UPDATE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// What the client knows about one store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -89,6 +98,8 @@ pub struct Store {
     epoch: u32,
     liveness: Liveness,
     unreachable_until: Option<Instant>,
+    /// While unreachable: when the health loop re-reads the store from PD next.
+    reresolve_at: Option<Instant>,
     slow_until: Option<Instant>,
     tikv_slow_score: Option<(f64, Instant)>,
     estimated_wait: Option<(Duration, Instant)>,
@@ -105,6 +116,7 @@ impl Store {
             epoch: 0,
             liveness: Liveness::Reachable,
             unreachable_until: None,
+            reresolve_at: None,
             slow_until: None,
             tikv_slow_score: None,
             estimated_wait: None,
@@ -312,6 +324,33 @@ impl StoreCache {
         })
     }
 
+    /// Applies PD's `GetStore` answer for store `id`: a `STORE_TOMBSTONE` or "not found"
+    /// header error removes the store (see [`StoreCache::apply_store`]), another header error is
+    /// an [`Error::Pd`] that leaves the store as it was. Mirrors client-go `Store.reResolve`
+    /// reading `pd.GetStore` (a missing store or tombstone invalidates it).
+    pub fn apply_get_store(
+        &mut self,
+        id: u64,
+        resp: &tikv_proto::pdpb::GetStoreResponse,
+    ) -> Result<StoreUpdate, Error> {
+        use tikv_proto::pdpb::ErrorType;
+        let header_err = resp
+            .header
+            .as_ref()
+            .and_then(|h| h.error.as_ref())
+            .filter(|e| e.r#type != ErrorType::Ok as i32);
+        match header_err {
+            Some(e)
+                if e.r#type == ErrorType::StoreTombstone as i32
+                    || e.message.contains("not found") =>
+            {
+                self.apply_store(id, None)
+            }
+            Some(e) => Err(Error::Pd(format!("get store {id}: {}", e.message))),
+            None => self.apply_store(id, resp.store.as_ref()),
+        }
+    }
+
     /// Applies a `GetAllStores` answer: adds missing stores and refreshes known ones. Mirrors
     /// client-go `storeCacheUpdater.insertMissingStores` plus `reResolve`.
     pub fn apply_all_stores(&mut self, stores: &[metapb::Store]) {
@@ -361,6 +400,9 @@ impl StoreCache {
         }
         s.liveness = Liveness::Unreachable;
         s.unreachable_until = Some(now + recheck);
+        if s.reresolve_at.is_none() {
+            s.reresolve_at = Some(now + STORE_RERESOLVE_INTERVAL);
+        }
     }
 
     /// Records that the store answered.
@@ -371,6 +413,7 @@ impl StoreCache {
             }
             s.liveness = Liveness::Reachable;
             s.unreachable_until = None;
+            s.reresolve_at = None;
         }
     }
 
@@ -478,6 +521,65 @@ impl StoreCache {
             .collect();
         out.sort_by_key(|(id, _)| *id);
         out
+    }
+
+    /// The unreachable stores whose metadata is due to be re-read from PD (every 30 s while
+    /// they stay unreachable). The caller applies PD's answer with [`StoreCache::apply_store`]
+    /// (a tombstone then stops the probes) and calls [`StoreCache::reresolved`]. Mirrors the
+    /// `reResolve` step of client-go `startHealthCheckLoop`.
+    pub fn stores_to_reresolve(&self, now: Instant) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .stores
+            .values()
+            .filter(|s| s.liveness != Liveness::Reachable)
+            .filter(|s| s.reresolve_at.is_some_and(|at| now >= at))
+            .map(|s| s.id)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The store was just re-read from PD: the next re-read is due 30 s later.
+    pub fn reresolved(&mut self, id: u64, now: Instant) {
+        if let Some(s) = self.stores.get_mut(&id)
+            && s.reresolve_at.is_some()
+        {
+            s.reresolve_at = Some(now + STORE_RERESOLVE_INTERVAL);
+        }
+    }
+
+    /// Reachable TiKV stores whose TiKV-side slow score is above the minimum (1) and has not
+    /// been updated for 15 s: their health feedback should be fetched with
+    /// `GetHealthFeedback`. Mirrors client-go `StoreHealthStatus.updateTiKVServerSideSlowScoreOnTick`
+    /// (stores that never sent feedback, or report 1, are left alone).
+    pub fn stores_needing_health_feedback(&self, now: Instant) -> Vec<(u64, Arc<str>)> {
+        let mut out: Vec<(u64, Arc<str>)> = self
+            .stores
+            .values()
+            .filter(|s| s.kind == StoreKind::Tikv && !s.address.is_empty())
+            .filter(|s| s.liveness(now) == Liveness::Reachable)
+            .filter(|s| {
+                s.tikv_slow_score.is_some_and(|(score, at)| {
+                    score > 1.0
+                        && now.saturating_duration_since(at) >= SLOW_SCORE_ACTIVE_UPDATE_INTERVAL
+                })
+            })
+            .map(|s| (s.id, s.address.clone()))
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
+    /// Fetching the store's health feedback failed: its TiKV-side slow score decays to `now`
+    /// (never below 1) and counts as updated, so the next fetch is 15 s later. Mirrors the
+    /// decay step of client-go `updateTiKVServerSideSlowScoreOnTick`.
+    pub fn decay_tikv_slow_score(&mut self, id: u64, now: Instant) {
+        let Some(decayed) = self.tikv_slow_score(id, now) else {
+            return;
+        };
+        if let Some(s) = self.stores.get_mut(&id) {
+            s.tikv_slow_score = Some((decayed.round().max(1.0), now));
+        }
     }
 
     /// Records TiKV's estimated wait from a `ServerIsBusy`. Mirrors client-go
@@ -665,6 +767,107 @@ mod tests {
         c.set_liveness(1, Liveness::Reachable, base);
         c.set_liveness(2, Liveness::Reachable, base);
         assert!(c.stores_to_probe().is_empty());
+    }
+
+    #[test]
+    fn get_store_answers_update_remove_or_fail() {
+        use tikv_proto::pdpb;
+        let mut c = StoreCache::default();
+        let ok = pdpb::GetStoreResponse {
+            store: Some(meta(1, "a:1")),
+            ..Default::default()
+        };
+        assert_eq!(c.apply_get_store(1, &ok), Ok(StoreUpdate::Updated));
+        let err = |kind: pdpb::ErrorType, message: &str| pdpb::GetStoreResponse {
+            header: Some(pdpb::ResponseHeader {
+                cluster_id: 1,
+                error: Some(pdpb::Error {
+                    r#type: kind as i32,
+                    message: message.into(),
+                }),
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.apply_get_store(1, &err(pdpb::ErrorType::Unknown, "busy")),
+            Err(Error::Pd(_))
+        ));
+        assert_eq!(c.get(1).unwrap().state(), ResolveState::Resolved);
+        assert_eq!(
+            c.apply_get_store(1, &err(pdpb::ErrorType::StoreTombstone, "gone")),
+            Ok(StoreUpdate::Tombstone)
+        );
+        assert_eq!(
+            c.apply_get_store(2, &err(pdpb::ErrorType::Unknown, "store 2 not found")),
+            Ok(StoreUpdate::Tombstone)
+        );
+    }
+
+    #[test]
+    fn unreachable_stores_are_reresolved_every_30s() {
+        let base = crate::machine::testkit::origin();
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        c.mark_unreachable(1, base);
+        // Probes keep marking it unreachable; the re-read stays due 30 s after the first.
+        c.mark_unreachable(1, base + Duration::from_secs(10));
+        assert!(
+            c.stores_to_reresolve(base + Duration::from_secs(29))
+                .is_empty()
+        );
+        let due = base + Duration::from_secs(30);
+        assert_eq!(c.stores_to_reresolve(due), vec![1]);
+        c.reresolved(1, due);
+        assert!(
+            c.stores_to_reresolve(due + Duration::from_secs(29))
+                .is_empty()
+        );
+        assert_eq!(
+            c.stores_to_reresolve(due + Duration::from_secs(30)),
+            vec![1]
+        );
+        c.mark_reachable(1);
+        assert!(
+            c.stores_to_reresolve(due + Duration::from_secs(60))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn stale_slow_scores_are_fetched_and_decay_when_the_fetch_fails() {
+        let base = crate::machine::testkit::origin();
+        let fb = |store_id, slow_score| tikv_proto::kvrpcpb::HealthFeedback {
+            store_id,
+            slow_score,
+            feedback_seq_no: 1,
+        };
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        c.apply_store(2, Some(&meta(2, "b:1"))).unwrap();
+        c.apply_store(3, Some(&meta(3, "c:1"))).unwrap();
+        c.apply_health_feedback(&fb(1, 100), base);
+        c.apply_health_feedback(&fb(2, 1), base);
+        // Store 3 never sent feedback.
+        assert!(
+            c.stores_needing_health_feedback(base + Duration::from_secs(14))
+                .is_empty()
+        );
+        let t = base + Duration::from_secs(15);
+        let due: Vec<u64> = c
+            .stores_needing_health_feedback(t)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(due, vec![1], "only a stale score above the minimum");
+        c.decay_tikv_slow_score(1, t);
+        assert_eq!(c.tikv_slow_score(1, t), Some(95.0));
+        assert!(c.stores_needing_health_feedback(t).is_empty());
+        // An unreachable store is not asked.
+        c.mark_unreachable(1, t + Duration::from_secs(15));
+        assert!(
+            c.stores_needing_health_feedback(t + Duration::from_secs(15))
+                .is_empty()
+        );
     }
 
     #[test]
