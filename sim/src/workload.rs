@@ -18,8 +18,8 @@ use tikv_core::config::Config;
 use tikv_core::machine::txn::gc::{Gc, GcOptions, LoadTxnSafePoint, POLL_TXN_SAFE_POINT_INTERVAL};
 use tikv_core::machine::txn::{
     Background, CommitMode, CommitOptions, Committer, FlagsOp, LockCtx, LockKey, LockKeys,
-    LockSets, LockWait, MemBuffer, Mutation, PessimisticRollback, ScanCursor, SnapshotBatchGet,
-    SnapshotOptions, SnapshotScan, TtlManager,
+    LockKeysResult, LockSets, LockWait, MemBuffer, Mutation, PessimisticRollback, ScanCursor,
+    SnapshotBatchGet, SnapshotGet, SnapshotOptions, SnapshotScan, TtlManager,
 };
 use tikv_core::machine::{Action, Input, IoId, Key, Operation, Shared, Timestamp};
 use tikv_proto::kvrpcpb;
@@ -241,9 +241,11 @@ impl Ctx {
         }
     }
 
-    /// Takes pessimistic locks on `keys` (retrying write conflicts with a fresh
-    /// `for_update_ts`); returns the lock result and the `for_update_ts`, or `None` when the
-    /// transaction should be abandoned (its locks rolled back or, after a crash, left).
+    /// Takes pessimistic locks on `keys`, all in one call or one key at a time in a random
+    /// order (so two transfers over the same accounts can deadlock), retrying write conflicts
+    /// with a fresh `for_update_ts`. Returns the merged lock result and the `for_update_ts`;
+    /// `Err(crashed)` when the transaction is abandoned (its locks rolled back, or after a
+    /// crash left behind).
     async fn lock(
         &self,
         client: usize,
@@ -251,53 +253,87 @@ impl Ctx {
         keys: &[Key],
         started: Instant,
         return_values: bool,
-    ) -> Result<(tikv_core::machine::txn::LockKeysResult, u64), bool> {
-        let mut for_update_ts = start_ts;
-        for _ in 0..8 {
-            let wait_ms = self.sim.with(|w| w.draw(50, 1500));
-            let mut lctx = LockCtx::new(
-                for_update_ts,
-                LockWait::Timeout(Duration::from_millis(wait_ms)),
-            );
-            lctx.return_values = return_values;
-            let mut op = LockKeys::new(
-                keys.iter().cloned().map(LockKey::from).collect(),
-                start_ts,
-                None,
-                false,
-                started,
-                lctx,
-            );
-            let crash = self.crash_point();
-            let end = self
-                .sim
-                .run_with(
-                    client,
-                    "lock_keys",
-                    &mut op,
-                    RunOpts {
-                        crash_after_inputs: crash,
-                        stop: None,
-                    },
-                )
-                .await;
-            if let RunEnd::Crashed = end {
-                return Err(true);
-            }
-            if let Some(bg) = op.take_background() {
-                self.spawn_background(client, bg);
-            }
-            match end {
-                RunEnd::Done(Ok(r)) => {
-                    let fut = r.for_update_ts.max(for_update_ts);
-                    return Ok((r, fut));
+    ) -> Result<(LockKeysResult, u64), bool> {
+        let groups: Vec<Vec<Key>> = self.sim.with(|w| {
+            if keys.len() > 1 && w.rng.below(2) == 0 {
+                let mut order: Vec<Key> = keys.to_vec();
+                for i in (1..order.len()).rev() {
+                    let j = w.rng.below(i as u64 + 1) as usize;
+                    order.swap(i, j);
                 }
-                RunEnd::Done(Err(Error::WriteConflict(_))) => match self.ts(client).await {
-                    Ok(ts) => for_update_ts = ts,
-                    Err(_) => break,
-                },
-                _ => break,
+                order.into_iter().map(|k| vec![k]).collect()
+            } else {
+                vec![keys.to_vec()]
             }
+        });
+        let mut for_update_ts = start_ts;
+        let mut total = LockKeysResult::default();
+        let mut primary: Option<Key> = None;
+        let mut failed = false;
+        'groups: for group in groups {
+            for _ in 0..8 {
+                let wait_ms = self.sim.with(|w| w.draw(50, 1500));
+                let mut lctx = LockCtx::new(
+                    for_update_ts,
+                    LockWait::Timeout(Duration::from_millis(wait_ms)),
+                );
+                lctx.return_values = return_values;
+                let first = primary.is_none() && group.len() == 1;
+                let mut op = LockKeys::new(
+                    group.iter().cloned().map(LockKey::from).collect(),
+                    start_ts,
+                    primary.clone(),
+                    first,
+                    started,
+                    lctx,
+                );
+                let crash = self.crash_point();
+                let end = self
+                    .sim
+                    .run_with(
+                        client,
+                        "lock_keys",
+                        &mut op,
+                        RunOpts {
+                            crash_after_inputs: crash,
+                            stop: None,
+                        },
+                    )
+                    .await;
+                if let RunEnd::Crashed = end {
+                    return Err(true);
+                }
+                if let Some(bg) = op.take_background() {
+                    self.spawn_background(client, bg);
+                }
+                match end {
+                    RunEnd::Done(Ok(r)) => {
+                        if primary.is_none() {
+                            primary = r.assigned_primary.clone();
+                            total.assigned_primary = r.assigned_primary.clone();
+                            total.primary_locked = r.primary_locked;
+                        }
+                        for_update_ts = for_update_ts.max(r.for_update_ts);
+                        total.values.extend(r.values);
+                        continue 'groups;
+                    }
+                    RunEnd::Done(Err(Error::WriteConflict(_))) => match self.ts(client).await {
+                        Ok(ts) => for_update_ts = ts,
+                        Err(_) => break,
+                    },
+                    RunEnd::Done(Err(e)) => {
+                        tracing::debug!(client, start_ts, error = %e, "pessimistic lock failed");
+                        break;
+                    }
+                    RunEnd::Stopped | RunEnd::Crashed => break,
+                }
+            }
+            failed = true;
+            break;
+        }
+        if !failed {
+            total.for_update_ts = for_update_ts;
+            return Ok((total, for_update_ts));
         }
         // Give back whatever this transaction locked.
         let op = PessimisticRollback::new(keys.to_vec(), start_ts, for_update_ts, 2);
@@ -467,7 +503,13 @@ fn parse_balance(v: Option<&Bytes>) -> Option<i64> {
 async fn bank_worker(ctx: Ctx, client: usize, transfers: usize) {
     for _ in 0..transfers {
         let (a, b, amount) = ctx.sim.with(|w| {
-            let n = ctx.accounts.len() as u64;
+            // Half of the transfers stay among a few hot accounts: conflicts, lock waits and
+            // deadlocks between pessimistic transfers.
+            let n = if w.rng.below(2) == 0 {
+                4
+            } else {
+                ctx.accounts.len() as u64
+            };
             let a = w.rng.below(n) as usize;
             let b = (a + 1 + w.rng.below(n - 1) as usize) % n as usize;
             (a, b, w.draw(1, 20) as i64)
@@ -597,34 +639,50 @@ async fn register_worker(ctx: Ctx, client: usize, writes: usize) {
     }
 }
 
-/// Reads every register with commit timestamps in one snapshot; checked at the end.
+/// Reads every register with commit timestamps in one snapshot (one batch get, or one point
+/// get per register sharing the snapshot's lock sets); checked at the end.
 async fn register_read(ctx: &Ctx, client: usize) -> bool {
     let Ok((ts, _active)) = ctx.begin(client).await else {
         return false;
     };
-    let op = SnapshotBatchGet::new(
-        ctx.registers.to_vec(),
-        &SnapshotOptions::new(ts),
-        LockSets::default(),
-    )
-    .need_commit_ts(true);
-    match ctx.sim.run(client, "register_read", op).await {
-        Ok(out) => {
-            let seen = out
-                .entries
-                .into_iter()
-                .map(|e| (e.key, (e.value, e.commit_ts)))
-                .collect();
-            ctx.sim.with(|w| {
-                w.stats.reads += 1;
-                w.history
-                    .register_reads
-                    .push(RegisterRead { start_ts: ts, seen });
-            });
-            true
+    let opts = SnapshotOptions::new(ts);
+    let point_gets = ctx.sim.with(|w| w.rng.below(3) == 0);
+    let mut seen = BTreeMap::new();
+    if point_gets {
+        let mut locks = LockSets::default();
+        for key in ctx.registers.iter() {
+            let op = SnapshotGet::new(key.clone(), &opts, locks.clone()).need_commit_ts(true);
+            match ctx.sim.run(client, "register_get", op).await {
+                Ok(out) => {
+                    locks.merge(&out.locks);
+                    if let Some(v) = out.value {
+                        seen.insert(key.clone(), (v, out.commit_ts));
+                    }
+                }
+                Err(_) => return false,
+            }
         }
-        Err(_) => false,
+    } else {
+        let op = SnapshotBatchGet::new(ctx.registers.to_vec(), &opts, LockSets::default())
+            .need_commit_ts(true);
+        match ctx.sim.run(client, "register_read", op).await {
+            Ok(out) => {
+                seen = out
+                    .entries
+                    .into_iter()
+                    .map(|e| (e.key, (e.value, e.commit_ts)))
+                    .collect();
+            }
+            Err(_) => return false,
+        }
     }
+    ctx.sim.with(|w| {
+        w.stats.reads += 1;
+        w.history
+            .register_reads
+            .push(RegisterRead { start_ts: ts, seen });
+    });
+    true
 }
 
 async fn fault_task(ctx: Ctx) {
