@@ -135,6 +135,7 @@ macro_rules! e2e_suite {
             store_not_match_closes_the_connection,
             unreachable_store_is_probed_until_it_answers,
             pd_forwarding_through_a_follower,
+            stale_slow_score_is_fetched_with_get_health_feedback,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -601,3 +601,45 @@ pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
         "{err:?}"
     );
 }
+
+/// A TiKV-side slow score above the minimum that has not been refreshed for 15 s is fetched
+/// actively with `GetHealthFeedback` (client-go `updateTiKVServerSideSlowScoreOnTick`): a stale
+/// score of 100 planted in the store cache is replaced by the store's current one. Batching is
+/// off, so no feedback arrives piggy-backed on `BatchCommands` responses.
+pub async fn stale_slow_score_is_fetched_with_get_health_feedback<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = test_config();
+    config.max_batch_size = 0;
+    let client = connect::<R>(&mock, config).await;
+    client.put("key", "v").await.unwrap();
+    let rt = client.cluster().runtime().clone();
+    let stale = rt
+        .now()
+        .checked_sub(Duration::from_secs(16))
+        .expect("the monotonic clock is older than 16 s");
+    client.cluster().with_shared(|s| {
+        let fb = tikv_proto::kvrpcpb::HealthFeedback {
+            store_id: 1,
+            feedback_seq_no: 1,
+            slow_score: 100,
+        };
+        assert!(s.stores.apply_health_feedback(&fb, stale));
+    });
+    let before = mock.cluster().requests(RpcKind::GetHealthFeedback);
+    let mut score = None;
+    for _ in 0..40 {
+        pause(&client, Duration::from_millis(100)).await;
+        score = client
+            .cluster()
+            .with_shared(|s| s.stores.tikv_slow_score(1, rt.now()));
+        if score == Some(1.0) {
+            break;
+        }
+    }
+    assert_eq!(
+        score,
+        Some(1.0),
+        "the fetched feedback replaced the stale score"
+    );
+    assert!(mock.cluster().requests(RpcKind::GetHealthFeedback) > before);
+}
