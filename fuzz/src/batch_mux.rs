@@ -16,7 +16,8 @@
 //!   exactly when the request was still waiting;
 //! - a reply goes to the request with that id, only after the request was written on the stream
 //!   the reply came from;
-//! - a timeout completion never comes before the deadline;
+//! - a timeout completion never comes before the deadline; a stream error says "may have been
+//!   applied" only for requests that were written;
 //! - batches hold between 1 and `max_batch_size` requests with matching id lists, are only
 //!   written on an open stream, never carry a request twice (on any stream) nor a request whose
 //!   caller already got an answer, and in-flight requests never exceed the concurrency limit.
@@ -155,7 +156,13 @@ impl Harness {
                 Err(Error::Timeout { .. }) => {
                     assert!(self.now >= req.deadline, "timeout before the deadline")
                 }
-                Err(Error::Rpc { .. }) => {}
+                Err(Error::Rpc { sent, .. }) => {
+                    assert!(
+                        !sent || req.sent_on.is_some(),
+                        "request {} never written but may have been applied",
+                        c.id
+                    )
+                }
                 Err(Error::Closed) => assert!(self.closed),
                 Err(other) => panic!("unexpected error {other:?}"),
             }
