@@ -15,8 +15,8 @@
 //!   with [`Error::Undetermined`] and no further send;
 //! - the request ends with a result: a success only after a reply without region error, a
 //!   `Resplit` carrying a region error, or an error; it issues a bounded number of sends
-//!   before the backoff budget runs out, and its total sleep stays within the budget plus one
-//!   cap;
+//!   before the backoff budget runs out, and its sleep stays within the budget plus one cap
+//!   (server-busy sleep is excluded from the budget up to its own limit, as in client-go);
 //! - every sleep is attributed to exactly one backoff kind and is within that kind's cap;
 //! - with the same region error repeated forever, the request still ends;
 //! - `may_backoff_for_region_error` on a `Resplit` error does not panic and sleeps within the
@@ -405,11 +405,24 @@ pub fn region_error(data: &[u8]) {
             "{} sends with a {budget} ms budget",
             req.send_times()
         );
+        // The budget is checked before each sleep, so it is overshot by one sleep at most;
+        // server-busy sleep is excluded from it up to its own limit (client-go
+        // `isSleepExcluded`).
         let bo = req.backoffer();
+        let counted = bo.total_sleep_ms() - bo.excluded_sleep_ms();
         assert!(
-            bo.total_sleep_ms() <= budget + max_cap,
-            "slept {} ms with a {budget} ms budget",
-            bo.total_sleep_ms()
+            counted <= budget + max_cap,
+            "slept {counted} ms (plus {} ms excluded) with a {budget} ms budget",
+            bo.excluded_sleep_ms()
+        );
+        let excluded_limit = BackoffKind::TikvServerBusy
+            .excluded_limit_ms()
+            .unwrap_or(0)
+            .max(budget);
+        assert!(
+            bo.excluded_sleep_ms() <= excluded_limit + max_cap,
+            "{} ms of excluded sleep",
+            bo.excluded_sleep_ms()
         );
         if queue.is_empty() {
             let Some((at, _)) = req.poll_timeout() else {
