@@ -153,6 +153,9 @@ pub struct Cluster {
     next_id: u64,
     pub(crate) waits: HashMap<mvcc::WaitId, (WaitTicket, u64)>,
     next_ticket: u64,
+    /// Each store's max ts (TiKV keeps one `ConcurrencyManager` per store);
+    /// swapped into the MVCC engine while a command runs on that store.
+    store_max_ts: BTreeMap<u64, u64>,
     feedback_seq: u64,
 }
 
@@ -198,6 +201,7 @@ impl Cluster {
             next_id: 1000,
             waits: HashMap::new(),
             next_ticket: 0,
+            store_max_ts: BTreeMap::new(),
             feedback_seq: 0,
             cfg,
         };
@@ -454,6 +458,7 @@ impl Cluster {
                 .filter(|s| s.up)
                 .map(|s| s.id)
                 .collect();
+            let mut new_leader_stores = Vec::new();
             for r in self.regions.values_mut() {
                 if r.leader().map(|p| p.store_id) == Some(store_id) {
                     let next = r
@@ -464,7 +469,13 @@ impl Cluster {
                         .map(|p| p.id);
                     r.leader_peer = next;
                     r.term += 1;
+                    if let Some(store) = r.leader().map(|p| p.store_id) {
+                        new_leader_stores.push(store);
+                    }
                 }
+            }
+            for store in new_leader_stores {
+                self.sync_max_ts(store);
             }
         }
         Ok(())
@@ -486,8 +497,37 @@ impl Cluster {
         if r.leader_peer != Some(peer) {
             r.leader_peer = Some(peer);
             r.term += 1;
+            self.sync_max_ts(store_id);
         }
         Ok(())
+    }
+
+    /// A store's max ts: the largest timestamp a read, lock or check served
+    /// by that store used (async commit and 1PC commit above it).
+    pub fn store_max_ts(&self, store_id: u64) -> u64 {
+        self.store_max_ts.get(&store_id).copied().unwrap_or(0)
+    }
+
+    /// Raises a store's max ts to PD's latest timestamp, what a new leader
+    /// does before it serves async-commit prewrites.
+    ///
+    /// Follows TiKV `components/raftstore/src/store/worker/pd.rs`
+    /// `handle_update_max_timestamp` (on leader change or merge the store
+    /// fetches a TSO and calls `ConcurrencyManager::update_max_ts`). Done at
+    /// once here, so `MaxTimestampNotSynced` only comes from fault rules.
+    fn sync_max_ts(&mut self, store_id: u64) {
+        let latest = self.pd.last_ts();
+        let slot = self.store_max_ts.entry(store_id).or_insert(0);
+        *slot = (*slot).max(latest);
+    }
+
+    /// Runs `f` on the MVCC engine with `store_id`'s max ts in place and
+    /// keeps what it raised it to.
+    fn with_store_max_ts<T>(&mut self, store_id: u64, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.mvcc.set_max_ts(self.store_max_ts(store_id));
+        let out = f(self);
+        self.store_max_ts.insert(store_id, self.mvcc.max_ts());
+        out
     }
 
     /// Adds a voter on `store_id` (conf_ver + 1).
@@ -540,12 +580,17 @@ impl Cluster {
             });
         }
         let removed = r.meta.peers.remove(pos);
+        let mut new_leader = None;
         if r.leader_peer == Some(removed.id) {
             r.leader_peer = r.meta.peers.first().map(|p| p.id);
             r.term += 1;
+            new_leader = r.leader().map(|p| p.store_id);
         }
         if let Some(e) = r.meta.region_epoch.as_mut() {
             e.conf_ver += 1;
+        }
+        if let Some(store) = new_leader {
+            self.sync_max_ts(store);
         }
         Ok(())
     }
@@ -712,7 +757,13 @@ impl Cluster {
             e.version = version;
         }
         let meta = merged.meta.clone();
+        let target_leader = merged.leader().map(|p| p.store_id);
         self.insert_region(merged);
+        // The target's leader syncs its max ts after the merge (TiKV
+        // `on_ready_commit_merge` restarts the max-ts sync).
+        if let Some(store) = target_leader {
+            self.sync_max_ts(store);
+        }
         Ok(meta)
     }
 
@@ -814,10 +865,16 @@ impl Cluster {
     /// Lock waits that finished (woken by a release, or timed out) by
     /// `now_ms`, with their responses.
     pub fn poll_lock_waits(&mut self, now_ms: u64) -> Vec<(WaitTicket, TikvResponse)> {
+        // Woken waits re-run on their own stores; what they raise the max ts
+        // to is credited to each of those stores (never too low).
+        self.mvcc.set_max_ts(0);
         let done = self.mvcc.poll_lock_waits(now_ms);
+        let raised = self.mvcc.max_ts();
         let mut out = Vec::new();
         for (id, resp) in done {
-            if let Some((ticket, _)) = self.waits.remove(&id) {
+            if let Some((ticket, store)) = self.waits.remove(&id) {
+                let slot = self.store_max_ts.entry(store).or_insert(0);
+                *slot = (*slot).max(raised);
                 out.push((ticket, TikvResponse::PessimisticLock(resp)));
             }
         }
@@ -914,8 +971,33 @@ impl Cluster {
             TikvRequest::RawChecksum(r) => Exec::Done(TikvResponse::RawChecksum(
                 self.raw.raw_checksum(now_ms, &r, &range),
             )),
-            other => self.exec_txn(now_ms, other, &range),
+            other => {
+                // A replica read asks the leader for a read index first; the
+                // leader raises its max ts to the read's start ts (TiKV
+                // `src/server/raftkv/mod.rs` `ReplicaReadLockChecker::on_step`).
+                if let Some((leader_store, start_ts)) = self.replica_read_index(store_id, &other) {
+                    self.with_store_max_ts(leader_store, |c| c.mvcc.update_max_ts(start_ts));
+                }
+                self.with_store_max_ts(store_id, |c| c.exec_txn(now_ms, other, &range))
+            }
         }
+    }
+
+    /// For a replica (not stale) read served by a follower: the leader's
+    /// store and the read's start ts.
+    fn replica_read_index(&self, store_id: u64, req: &TikvRequest) -> Option<(u64, u64)> {
+        let ctx = req.context()?;
+        if !ctx.replica_read || ctx.stale_read {
+            return None;
+        }
+        let start_ts = match req {
+            TikvRequest::Get(r) => r.version,
+            TikvRequest::BatchGet(r) => r.version,
+            TikvRequest::Scan(r) => r.version,
+            _ => return None,
+        };
+        let leader_store = self.regions.get(&ctx.region_id)?.leader()?.store_id;
+        (leader_store != store_id).then_some((leader_store, start_ts))
     }
 
     /// Validates a request's context against this store's view.

@@ -664,3 +664,88 @@ fn api_v2_txn_key_modes() {
     assert!(get(&mut c, b"t\x80k", 0).error.is_none());
     assert!(get(&mut c, b"x\0\0\0k", 0).error.is_some());
 }
+
+// TiKV keeps one `ConcurrencyManager` (max ts) per store: a read raises the
+// max ts of the store that served it; an async-commit prewrite takes its
+// min_commit_ts from its own store's max ts; a new leader syncs its max ts
+// from PD (`components/raftstore/src/store/worker/pd.rs`
+// `handle_update_max_timestamp`); a follower's replica read raises the
+// leader's max ts through the read index (`src/server/raftkv/mod.rs`
+// `ReplicaReadLockChecker::on_step`).
+#[test]
+fn max_ts_is_per_store() {
+    let mut c = cluster(3);
+    let (ctx, store) = txn_ctx(&c, b"k");
+    assert_eq!(store, 1);
+    let get = |ctx: &kvrpcpb::Context, ts: u64| {
+        TikvRequest::Get(kvrpcpb::GetRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            version: ts,
+            ..Default::default()
+        })
+    };
+    let r = c.handle_tikv(0, store, get(&ctx, 500)).ready().unwrap();
+    assert!(r.region_error().is_none());
+    assert_eq!(c.store_max_ts(1), 500);
+    assert_eq!(c.store_max_ts(2), 0);
+
+    // A replica read on store 2 at ts 700 raises the leader's (store 1) max ts.
+    let follower = c
+        .region(ctx.region_id)
+        .unwrap()
+        .peers
+        .into_iter()
+        .find(|p| p.store_id == 2)
+        .unwrap();
+    let mut fctx = ctx.clone();
+    fctx.peer = Some(follower);
+    fctx.replica_read = true;
+    let r = c.handle_tikv(0, 2, get(&fctx, 700)).ready().unwrap();
+    assert!(r.region_error().is_none());
+    assert_eq!(c.store_max_ts(1), 700);
+    assert_eq!(c.store_max_ts(2), 700);
+    // A stale read does not go through the leader.
+    let mut sctx = ctx.clone();
+    sctx.peer = fctx.peer;
+    sctx.stale_read = true;
+    c.pd_mut().tso(10, 1).unwrap();
+    c.set_safe_ts(ctx.region_id, Some(900)).unwrap();
+    let r = c.handle_tikv(0, 2, get(&sctx, 800)).ready().unwrap();
+    assert!(r.region_error().is_none());
+    assert_eq!(c.store_max_ts(1), 700);
+    // (TiKV `src/storage/mod.rs` `prepare_snap_ctx`: stale reads leave max ts alone)
+    assert_eq!(c.store_max_ts(2), 700);
+
+    // An async-commit prewrite on the leader commits above its max ts.
+    let prewrite = |ctx: &kvrpcpb::Context, start_ts: u64| {
+        TikvRequest::Prewrite(kvrpcpb::PrewriteRequest {
+            context: Some(ctx.clone()),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                ..Default::default()
+            }],
+            primary_lock: Bytes::from_static(b"k"),
+            start_version: start_ts,
+            lock_ttl: 3_000,
+            use_async_commit: true,
+            ..Default::default()
+        })
+    };
+    let Some(TikvResponse::Prewrite(p)) = c.handle_tikv(0, 1, prewrite(&ctx, 600)).ready() else {
+        panic!("prewrite")
+    };
+    assert!(p.errors.is_empty(), "{p:?}");
+    assert_eq!(p.min_commit_ts, 701);
+
+    // After a leader transfer the new leader's max ts covers PD's latest ts.
+    let latest = c
+        .pd_mut()
+        .tso(2_000, 1)
+        .map(|(p, l)| (p << 18) | l)
+        .unwrap();
+    c.transfer_leader(ctx.region_id, 3).unwrap();
+    assert!(c.store_max_ts(3) >= latest);
+}

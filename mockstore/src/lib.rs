@@ -47,6 +47,7 @@ pub mod codec;
 pub mod fault;
 pub mod mvcc;
 pub mod pd;
+pub mod pd_http;
 pub mod raw;
 pub mod rpc;
 pub mod server;

@@ -194,7 +194,7 @@ fn tls_acceptor(cfg: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -216,16 +216,37 @@ async fn serve_conn<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let endpoint_kind = endpoint.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         let endpoint = endpoint.clone();
         async move { Ok::<_, Infallible>(route(shared, endpoint, req).await) }
     });
-    let mut builder =
-        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.max_concurrent_streams(1024);
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
     let start = *kill.borrow();
+    // PD serves its HTTP API (HTTP/1.1) next to gRPC on the same port, so the
+    // PD endpoint detects the protocol per connection; stores speak HTTP/2 only.
+    let conn: BoxFuture<()> = match endpoint_kind {
+        Endpoint::Pd => {
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http2().max_concurrent_streams(1024);
+            Box::pin(async move {
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .await;
+            })
+        }
+        Endpoint::Store(_) => {
+            let mut builder =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.max_concurrent_streams(1024);
+            Box::pin(async move {
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .await;
+            })
+        }
+    };
     tokio::select! {
         _ = conn => {}
         _ = async {
@@ -252,6 +273,18 @@ fn unimplemented_response(path: &str) -> HttpResponse {
     response
 }
 
+fn pd_http_response(shared: &Shared, method: &str, path: &str) -> HttpResponse {
+    let answer = crate::pd_http::answer(&shared.lock().cluster, method, path);
+    let mut response = http::Response::new(tonic::body::Body::new(answer.body));
+    *response.status_mut() =
+        http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 async fn route(
     shared: Arc<Shared>,
     endpoint: Endpoint,
@@ -261,6 +294,9 @@ async fn route(
     let mut grpc = tonic::server::Grpc::new(BytesCodec);
     match endpoint {
         Endpoint::Store(store_id) => {
+            if path == "/tikvpb.Tikv/Coprocessor" {
+                return grpc.unary(CoprocessorSvc { shared, store_id }, req).await;
+            }
             if path == "/tikvpb.Tikv/GetStoreSafeTS" {
                 return grpc.unary(StoreSafeTsSvc { shared, store_id }, req).await;
             }
@@ -288,6 +324,14 @@ async fn route(
             }
         }
         Endpoint::Pd => {
+            let is_grpc = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            if !is_grpc {
+                return pd_http_response(&shared, req.method().as_str(), &path);
+            }
             if path == "/pdpb.PD/Tso" {
                 return grpc.streaming(TsoSvc { shared }, req).await;
             }
@@ -389,6 +433,45 @@ impl tonic::server::UnaryService<Vec<u8>> for StoreSafeTsSvc {
     }
 }
 
+/// The coprocessor answer: the mockstore runs no coprocessor executors, so
+/// every request type is refused the way TiKV refuses a request type it does
+/// not know.
+///
+/// Follows TiKV `src/coprocessor/endpoint.rs`
+/// `parse_request_and_check_memory_locks` (`unsupported tp {tp}`) and
+/// `make_error_response` (the message goes to `other_error`, no region
+/// error, so clients do not retry it).
+pub fn coprocessor_refusal(req: &coprocessor::Request) -> coprocessor::Response {
+    coprocessor::Response {
+        other_error: format!("unsupported tp {}", req.tp),
+        ..Default::default()
+    }
+}
+
+struct CoprocessorSvc {
+    shared: Arc<Shared>,
+    store_id: u64,
+}
+
+impl tonic::server::UnaryService<Vec<u8>> for CoprocessorSvc {
+    type Response = Vec<u8>;
+    type Future = BoxFuture<Result<tonic::Response<Vec<u8>>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Vec<u8>>) -> Self::Future {
+        let shared = self.shared.clone();
+        let store_id = self.store_id;
+        Box::pin(async move {
+            let req: coprocessor::Request = decode(&request.into_inner(), "Coprocessor")?;
+            if !shared.lock().cluster.store(store_id).is_some_and(|s| s.up) {
+                return Err(Status::unavailable(format!("store {store_id} is down")));
+            }
+            Ok(tonic::Response::new(
+                coprocessor_refusal(&req).encode_to_vec(),
+            ))
+        })
+    }
+}
+
 const HEALTH_FEEDBACK_INTERVAL_MS: u64 = 1_000;
 
 struct BatchCommandsSvc {
@@ -408,11 +491,7 @@ fn unsupported_batch(cmd: &BatchReq) -> Option<BatchResp> {
         BatchReq::Empty(e) => Some(BatchResp::Empty(tikvpb::BatchCommandsEmptyResponse {
             test_id: e.test_id,
         })),
-        BatchReq::Coprocessor(_) => Some(BatchResp::Coprocessor(coprocessor::Response {
-            region_error: err(),
-            other_error: "coprocessor is not supported by the mockstore".into(),
-            ..Default::default()
-        })),
+        BatchReq::Coprocessor(req) => Some(BatchResp::Coprocessor(coprocessor_refusal(req))),
         BatchReq::Import(_) => Some(BatchResp::Import(kvrpcpb::ImportResponse {
             region_error: err(),
             ..Default::default()
@@ -544,6 +623,7 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
 // ----- PD services ------------------------------------------------------------
 
 const PD_METHODS: &[&str] = &[
+    "GetAllKeyspacesGCStates",
     "GetMembers",
     "GetClusterInfo",
     "IsBootstrapped",
@@ -613,7 +693,9 @@ fn pd_call(shared: &Shared, method: &str, body: &[u8]) -> Result<Vec<u8>, Status
         "BatchScanRegions" => c
             .pd_batch_scan_regions(&decode(body, method)?)
             .encode_to_vec(),
-        "ScatterRegion" => c.pd_scatter_region(&decode(body, method)?).encode_to_vec(),
+        "ScatterRegion" => c
+            .pd_scatter_region(now, &decode(body, method)?)
+            .encode_to_vec(),
         "GetGCSafePoint" => c.pd_get_gc_safe_point().encode_to_vec(),
         "UpdateGCSafePoint" => c
             .pd_update_gc_safe_point(&decode(body, method)?)
@@ -636,7 +718,12 @@ fn pd_call(shared: &Shared, method: &str, body: &[u8]) -> Result<Vec<u8>, Status
         "DeleteGCBarrier" => c
             .pd_delete_gc_barrier(&decode(body, method)?)
             .encode_to_vec(),
-        "GetOperator" => c.pd_get_operator(&decode(body, method)?).encode_to_vec(),
+        "GetOperator" => c
+            .pd_get_operator(now, &decode(body, method)?)
+            .encode_to_vec(),
+        "GetAllKeyspacesGCStates" => c
+            .pd_get_all_keyspaces_gc_states(now, &decode(body, method)?)
+            .encode_to_vec(),
         "SplitRegions" => c.pd_split_regions(&decode(body, method)?).encode_to_vec(),
         "LoadKeyspace" => c
             .pd_load_keyspace(&decode::<keyspacepb::LoadKeyspaceRequest>(body, method)?)

@@ -38,6 +38,8 @@ fn serves_and_exits_on_sigterm() {
             "2",
             "--keyspace",
             "DEFAULT",
+            "--keyspace-level-gc",
+            "tenant",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -78,6 +80,18 @@ fn serves_and_exits_on_sigterm() {
         .unwrap()
         .into_inner();
         assert_eq!(ks.keyspace.unwrap().name, "DEFAULT");
+        // `--keyspace-level-gc tenant`: keyspace 1 has its own GC state.
+        let st = pd
+            .get_gc_state(pdpb::GetGcStateRequest {
+                keyspace_scope: Some(pdpb::KeyspaceScope {
+                    keyspace: Some(pdpb::keyspace_scope::Keyspace::KeyspaceId(1)),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.gc_state.unwrap().is_keyspace_level_gc);
         let r = pd
             .get_members(pdpb::GetMembersRequest::default())
             .await

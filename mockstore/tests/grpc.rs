@@ -172,6 +172,16 @@ async fn unary_and_batch_commands_agree() {
         );
         let unary_scan = kv.raw_scan(scan.clone()).await.unwrap().into_inner();
         let unary_txn_get = kv.kv_get(txn_get.clone()).await.unwrap().into_inner();
+        // Coprocessor requests are refused like TiKV refuses an unknown
+        // request type: `other_error`, no region error.
+        let cop = tikv_proto::coprocessor::Request {
+            context: Some(ctx.clone()),
+            tp: 103,
+            ..Default::default()
+        };
+        let unary_cop = kv.coprocessor(cop.clone()).await.unwrap().into_inner();
+        assert_eq!(unary_cop.other_error, "unsupported tp 103");
+        assert!(unary_cop.region_error.is_none());
 
         // The same requests in one BatchCommands message.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -186,12 +196,13 @@ async fn unary_and_batch_commands_agree() {
             Q::RawGet(bad_get),
             Q::RawScan(scan),
             Q::Get(txn_get),
+            Q::Coprocessor(cop),
             Q::Empty(tikvpb::BatchCommandsEmptyRequest {
                 test_id: 7,
                 delay_time: 0,
             }),
         ];
-        let ids: Vec<u64> = vec![10, 11, 12, 13, 14];
+        let ids: Vec<u64> = vec![10, 11, 12, 13, 15, 14];
         tx.send(tikvpb::BatchCommandsRequest {
             requests: requests
                 .into_iter()
@@ -217,11 +228,12 @@ async fn unary_and_batch_commands_agree() {
         assert_eq!(got.remove(&11), Some(A::RawGet(unary_bad)));
         assert_eq!(got.remove(&12), Some(A::RawScan(unary_scan)));
         assert_eq!(got.remove(&13), Some(A::Get(unary_txn_get)));
+        assert_eq!(got.remove(&15), Some(A::Coprocessor(unary_cop)));
         assert_eq!(
             got.remove(&14),
             Some(A::Empty(tikvpb::BatchCommandsEmptyResponse { test_id: 7 }))
         );
-        assert_eq!(c.batch_sizes(), vec![5]);
+        assert_eq!(c.batch_sizes(), vec![6]);
         // The first batch response of a stream carries the store's health feedback.
         assert_eq!(first_feedback.expect("health feedback").store_id, store);
         assert_eq!(c.requests(RpcKind::RawGet), 4);
@@ -562,6 +574,51 @@ async fn dropped_reply_in_batch_commands() {
             b"v"
         );
         drop(tx);
+        c.shutdown().await;
+    })
+    .await
+}
+
+/// PD serves its HTTP API on the gRPC port (client-rust's test harness counts
+/// regions with `GET /pd/api/v1/regions`), and a scatter operator is RUNNING
+/// then SUCCESS in `GetOperator` (client-go `WaitScatterRegionFinish`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pd_http_api_and_scatter_operator() {
+    within(async {
+        let c = MockCluster::builder().stores(3).start().await.unwrap();
+        c.split(&[b"m".to_vec()]);
+        // A plain HTTP/1.1 GET on the PD port.
+        let mut tcp = tokio::net::TcpStream::connect(c.pd_addr()).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(b"GET /pd/api/v1/regions HTTP/1.1\r\nHost: pd\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("{\"count\":2,"), "{body}");
+
+        let mut pd = pd(c.pd_addr()).await;
+        let region_id = c.with_cluster(|cl| cl.regions()[0].id);
+        let r = pd
+            .scatter_region(pdpb::ScatterRegionRequest {
+                regions_id: vec![region_id],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.finished_percentage, 100);
+        let req = pdpb::GetOperatorRequest {
+            region_id,
+            ..Default::default()
+        };
+        let running = pd.get_operator(req.clone()).await.unwrap().into_inner();
+        assert_eq!(running.status, pdpb::OperatorStatus::Running as i32);
+        assert_eq!(&running.desc[..], b"scatter-region");
+        c.advance_time(tikv_mockstore::pd::SCATTER_OPERATOR_MS);
+        let done = pd.get_operator(req).await.unwrap().into_inner();
+        assert_eq!(done.status, pdpb::OperatorStatus::Success as i32);
         c.shutdown().await;
     })
     .await

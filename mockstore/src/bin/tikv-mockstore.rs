@@ -20,6 +20,8 @@ usage: tikv-mockstore [options]
                                default: an OS-chosen port on the PD host)
   --api-version 1|1ttl|2       storage API version (default 1)
   --keyspace NAME              create a keyspace (repeatable; DEFAULT always exists)
+  --keyspace-level-gc NAME     create a keyspace with its own GC state
+                               (config gc_management_type=keyspace_level_gc)
   --regions-split-keys N       split a region once it holds more than N keys
   --tls-cert FILE --tls-key FILE
                                serve every endpoint over TLS with this PEM pair
@@ -34,6 +36,7 @@ struct Options {
     store_addrs: Vec<SocketAddr>,
     api: ApiVersion,
     keyspaces: Vec<String>,
+    keyspace_level_gc: Vec<String>,
     split_keys: Option<usize>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -52,6 +55,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         store_addrs: Vec::new(),
         api: ApiVersion::V1,
         keyspaces: Vec::new(),
+        keyspace_level_gc: Vec::new(),
         split_keys: None,
         tls_cert: None,
         tls_key: None,
@@ -99,6 +103,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
                 };
             }
             "--keyspace" => o.keyspaces.push(value(flag)?),
+            "--keyspace-level-gc" => o.keyspace_level_gc.push(value(flag)?),
             "--tls-cert" => o.tls_cert = Some(value(flag)?),
             "--tls-key" => o.tls_key = Some(value(flag)?),
             other => return Err(format!("unknown flag '{other}'")),
@@ -146,6 +151,12 @@ async fn run(o: Options) -> Result<(), String> {
         });
     }
     let cluster = b.start().await.map_err(|e| e.to_string())?;
+    cluster.with_cluster(|c| {
+        for name in &o.keyspace_level_gc {
+            let id = c.pd_mut().create_keyspace(name);
+            c.pd_mut().enable_keyspace_level_gc(id);
+        }
+    });
     println!("pd listening on {}", cluster.pd_addr());
     for (id, addr) in cluster.store_addrs() {
         println!("store {id} listening on {addr}");

@@ -350,6 +350,12 @@ impl MvccStore {
         self.committed.get_committed(start_ts)
     }
 
+    /// Replaces the max ts: the cluster keeps one per store (TiKV's
+    /// `ConcurrencyManager` is per store) and swaps it in around a command.
+    pub fn set_max_ts(&mut self, ts: u64) {
+        self.max_ts = ts;
+    }
+
     /// Raises the max ts, like a read at `ts` would.
     pub fn update_max_ts(&mut self, ts: u64) {
         update_max_ts(&mut self.max_ts, ts);
