@@ -453,6 +453,11 @@ impl ReplicaSelector {
         stores: &StoreCache,
         now: Instant,
     ) -> Verdict {
+        let refused_before: Vec<bool> = self
+            .replicas
+            .iter()
+            .map(|r| r.flags & FLAG_NOT_LEADER != 0)
+            .collect();
         if let Some(t) = self.target {
             self.replicas[t].flags |= FLAG_NOT_LEADER;
         }
@@ -464,6 +469,19 @@ impl ReplicaSelector {
             .iter()
             .position(|r| same_peer(&r.peer, leader));
         match found {
+            Some(i) if Some(i) == self.target => {
+                // Deliberate deviation from client-go: `replicaSelector.onNotLeader` resets the
+                // hinted replica's attempts and retries at once, so a store that names itself
+                // as the leader is retried in a hot loop with no backoff until the caller's
+                // deadline. Treat it as a NotLeader without a hint: back off
+                // (`BoRegionScheduling`, bounded by the budget) and retry.
+                tracing::debug!(
+                    region = self.region.id,
+                    leader_store = leader.store_id,
+                    "NotLeader hint names the replica that refused; back off"
+                );
+                return Verdict::BackoffThenRetry(BackoffKind::RegionScheduling);
+            }
             Some(i) => {
                 let reachable = stores
                     .get(leader.store_id)
@@ -491,6 +509,12 @@ impl ReplicaSelector {
                 );
                 if Self::is_leader_candidate(&self.replicas[i], stores, now) {
                     self.read_type = ReplicaReadType::Leader;
+                }
+                if refused_before[i] {
+                    // Two replicas naming each other (a leader moving back and forth, or a
+                    // confused pair): same deviation as above, follow the hint but back off so
+                    // the ping-pong is bounded by the budget instead of the deadline.
+                    return Verdict::BackoffThenRetry(BackoffKind::RegionScheduling);
                 }
             }
             None => {
@@ -1065,6 +1089,53 @@ mod tests {
             Some(InvalidReason::StoreNotFound)
         );
         assert!(next(&mut f, &mut s).is_none());
+    }
+
+    #[test]
+    fn not_leader_naming_the_refusing_replica_backs_off_instead_of_hot_looping() {
+        // Found by the `region_error` fuzz target: a store answering NotLeader with a hint that
+        // names itself was retried forever with no backoff.
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        let itself = metapb::Peer {
+            id: 11,
+            store_id: 1,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                s.on_not_leader(Some(&itself), &mut f.cache, &f.stores, f.now),
+                Verdict::BackoffThenRetry(BackoffKind::RegionScheduling)
+            );
+            if next(&mut f, &mut s).is_none() {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn not_leader_ping_pong_follows_the_hint_but_backs_off() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        let peer = |id, store_id| metapb::Peer {
+            id,
+            store_id,
+            ..Default::default()
+        };
+        // Store 1 names store 2: a fresh hint, followed at once.
+        assert_eq!(
+            s.on_not_leader(Some(&peer(12, 2)), &mut f.cache, &f.stores, f.now),
+            Verdict::Retry
+        );
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 2);
+        // Store 2 names store 1, which already refused: follow it, but after a backoff.
+        assert_eq!(
+            s.on_not_leader(Some(&peer(11, 1)), &mut f.cache, &f.stores, f.now),
+            Verdict::BackoffThenRetry(BackoffKind::RegionScheduling)
+        );
+        assert_eq!(f.cache.get(f.ver).unwrap().leader().store_id, 1);
     }
 
     #[test]
