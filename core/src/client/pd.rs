@@ -330,7 +330,16 @@ impl<R: Runtime> PdClient<R> {
                     }
                     Step::Wait(None)
                 } else {
-                    if connect.is_none() && d.is_ready() && !d.is_backing_off() {
+                    // A leader named by an event first; then a pending member call (a
+                    // refresh asked for after a failure must run before reconnecting, or the
+                    // stale leader would be dialled again); then a connection callers need.
+                    let action = if connect.is_none() {
+                        d.poll_action()
+                    } else {
+                        None
+                    };
+                    if connect.is_none() && action.is_none() && d.is_ready() && !d.is_backing_off()
+                    {
                         let slot = lock(&self.slot);
                         let needed = match &slot.leader {
                             None => !slot.waiters.is_empty(),
@@ -343,7 +352,7 @@ impl<R: Runtime> PdClient<R> {
                             connect = d.leader().cloned();
                         }
                     }
-                    match (connect, d.poll_action()) {
+                    match (connect, action) {
                         (Some(leader), _) => Step::Connect(leader),
                         (
                             None,
@@ -647,10 +656,7 @@ impl<R: Runtime> PdClient<R> {
                     resets.clear();
                     progressed = true;
                     // The leader changed: a stream to the old one must not serve timestamps.
-                    if let Some((epoch, _, _)) = open.as_ref() {
-                        let epoch = *epoch;
-                        batcher.handle_stream_error(now, epoch, "PD leader changed");
-                    }
+                    batcher.handle_leader_changed(now);
                 }
                 match self.tso_queue.poll_drain(cx, &mut queued) {
                     Poll::Ready(true) => {
