@@ -4,12 +4,12 @@
 //!   a background thread, so the client under test may run on any runtime.
 //! * [`scenarios`]: one generic `async fn` per scenario, taking the client runtime as a type
 //!   parameter `R: tikv_core::client::Runtime`.
-//! * [`pd_follower`]: a fake PD follower (an HTTP/2 proxy in front of the mockstore's PD) for
-//!   the PD forwarding scenario.
+//! * [`pd_group`]: fake PD members (HTTP/2 proxies in front of the mockstore's PD) for the PD
+//!   leader-change and forwarding scenarios.
 //! * [`e2e_suite!`]: instantiates every scenario as a `#[test]` for one runtime; adding a
 //!   runtime is one macro call (see `tests/e2e_tokio.rs`).
 
-pub mod pd_follower;
+pub mod pd_group;
 pub mod scenarios;
 pub mod txn_support;
 
@@ -85,12 +85,11 @@ impl Mock {
         vec![self.cluster().pd_endpoint()]
     }
 
-    /// Starts a fake PD follower in front of this cluster's PD that names `leader` (an
-    /// address of the test's choosing, typically unreachable) as the leader; see
-    /// [`pd_follower`].
-    pub fn pd_follower(&self, leader: &str) -> pd_follower::PdFollower {
+    /// Starts `n` fake PD members in front of this cluster's PD (see [`pd_group`]); the
+    /// leader is `leader` (any address; `None`: the first member).
+    pub fn pd_group(&self, n: usize, leader: Option<&str>) -> pd_group::PdGroup {
         let rt = self.rt.as_ref().expect("running");
-        pd_follower::start(rt.handle(), self.cluster().pd_addr(), leader)
+        pd_group::start(rt.handle(), self.cluster().pd_addr(), n, leader)
     }
 }
 
@@ -136,6 +135,7 @@ macro_rules! e2e_suite {
             unreachable_store_is_probed_until_it_answers,
             pd_forwarding_through_a_follower,
             stale_slow_score_is_fetched_with_get_health_feedback,
+            pd_leader_change_reconnects,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

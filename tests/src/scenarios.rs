@@ -564,11 +564,11 @@ pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let follower = mock.pd_follower(&dead);
+    let follower = mock.pd_group(1, Some(&dead));
 
     let mut config = test_config();
     config.enable_forwarding = true;
-    let client = RawClient::<R>::connect(&[follower.endpoint()], config)
+    let client = RawClient::<R>::connect(&follower.endpoints(), config)
         .await
         .expect("connects through the follower");
     client.put("key", "v").await.unwrap();
@@ -582,12 +582,13 @@ pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
         "GetAllStores, GetRegion/GetStore and Tso went through the follower ({seen})"
     );
     assert_eq!(relaxed(&follower.stats.refused), 0);
+    assert_eq!(relaxed(&follower.stats.direct), 0);
     assert!(relaxed(&client.cluster().pd_stats().forwarded_calls) >= 2);
 
     let mut config = test_config();
     config.pd_retry_budget = Duration::from_millis(500);
     config.backoff_weight = 1;
-    let err = RawClient::<R>::connect(&[follower.endpoint()], config)
+    let err = RawClient::<R>::connect(&follower.endpoints(), config)
         .await
         .expect_err("without forwarding the leader is unreachable");
     assert!(
@@ -642,4 +643,65 @@ pub async fn stale_slow_score_is_fetched_with_get_health_feedback<R: Runtime>() 
         "the fetched feedback replaced the stale score"
     );
     assert!(mock.cluster().requests(RpcKind::GetHealthFeedback) > before);
+}
+
+/// The PD leader moves between two members. Failure-driven: the `Tso` stream on the old
+/// leader ends with "not leader", the client drops that leader, refreshes the members and
+/// reconnects to the new one (PD Go client `ScheduleCheckMemberChanged`); timestamps keep
+/// increasing. Refresh-driven: a client with a 200 ms member refresh notices the next move
+/// without making any call.
+pub async fn pd_leader_change_reconnects<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let group = mock.pd_group(2, None);
+    let endpoints = group.endpoints();
+    let client = RawClient::<R>::connect(&endpoints, test_config())
+        .await
+        .expect("connects to the first member");
+    client.put("key", "v").await.unwrap();
+    let t1 = client.cluster().timestamp().await.unwrap();
+    let stats = client.cluster().pd_stats();
+    let streams = relaxed(&stats.tso_streams);
+    assert_eq!(relaxed(&stats.leader_changes), 0);
+
+    group.set_leader(&endpoints[1]);
+    let t2 = match client.cluster().timestamp().await {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "{e:?} member_calls {} tso_streams {} leader_changes {} calls {} group members {} direct {} refused {}",
+            relaxed(&stats.member_calls),
+            relaxed(&stats.tso_streams),
+            relaxed(&stats.leader_changes),
+            relaxed(&stats.calls),
+            relaxed(&group.stats.members),
+            relaxed(&group.stats.direct),
+            relaxed(&group.stats.refused)
+        ),
+    };
+    assert!(t2 > t1);
+    assert_eq!(relaxed(&stats.leader_changes), 1, "one leader change seen");
+    assert!(
+        relaxed(&stats.tso_streams) > streams,
+        "the Tso stream moved to the new leader"
+    );
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(relaxed(&group.stats.forwarded), 0);
+
+    let mut config = test_config();
+    config.pd_member_update_interval = Duration::from_millis(200);
+    let watcher = RawClient::<R>::connect(&endpoints, config)
+        .await
+        .expect("second client");
+    assert_eq!(relaxed(&watcher.cluster().pd_stats().leader_changes), 0);
+    group.set_leader(&endpoints[0]);
+    let mut seen = 0;
+    for _ in 0..30 {
+        pause(&watcher, Duration::from_millis(100)).await;
+        seen = relaxed(&watcher.cluster().pd_stats().leader_changes);
+        if seen == 1 {
+            break;
+        }
+    }
+    assert_eq!(seen, 1, "the periodic refresh found the new leader");
+    let t3 = watcher.cluster().timestamp().await.unwrap();
+    assert!(t3 > t2);
 }
