@@ -150,6 +150,42 @@ pub enum Error {
     #[error("assertion failed on key {:?}: {:?}", .0.key, .0.assertion)]
     AssertionFailed(Box<kvrpcpb::AssertionFailed>),
 
+    /// TiKV returned a key error it marks retryable (`KeyError.retryable`, its message) and
+    /// that carries nothing more specific. Mirrors client-go `ErrRetryable`.
+    #[error("tikv retryable error: {0}")]
+    TikvRetryable(String),
+
+    /// The transaction is older than the longest a transaction may live (24 h) when it
+    /// gets its commit timestamp, so it is not committed. Mirrors client-go `2pc.go`
+    /// `execute` (`MaxTxnTimeUse`, "txn takes too much time").
+    #[error(
+        "transaction {start_ts} takes too much time to commit ({age_ms} ms, limit {limit_ms} ms)"
+    )]
+    TxnTooOld {
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+        /// Its age at commit time, in ms.
+        age_ms: u64,
+        /// The limit, in ms.
+        limit_ms: u64,
+    },
+
+    /// Async-commit recovery got answers from `CheckSecondaryLocks` that contradict each
+    /// other (two different commit timestamps, or one below the transaction's
+    /// `min_commit_ts`); the transaction's status stays unknown to this resolver. Mirrors
+    /// the errors of client-go `asyncResolveData.addKeys`.
+    #[error(
+        "async-commit recovery of txn {start_ts}: TiKV reported commit ts {reported_commit_ts}, but {known_commit_ts} was known"
+    )]
+    AsyncCommitRecoveryMismatch {
+        /// Start timestamp of the async-commit transaction.
+        start_ts: u64,
+        /// The commit ts (or `min_commit_ts` bound) known before this answer.
+        known_commit_ts: u64,
+        /// The commit ts TiKV reported.
+        reported_commit_ts: u64,
+    },
+
     /// TiKV returned a key error the client does not otherwise classify.
     #[error("key error: {0:?}")]
     KeyError(Box<kvrpcpb::KeyError>),
@@ -261,6 +297,7 @@ impl Error {
             | Error::TxnRolledBack { .. }
             | Error::BackoffExhausted { .. }
             | Error::Rpc { .. }
+            | Error::TikvRetryable(_)
             | Error::Timeout { .. } => true,
             Error::Deadlock(_, retryable) => *retryable,
             _ => false,

@@ -268,3 +268,21 @@ pub fn mock_commit(mock: &Mock, start_ts: u64, commit_ts: u64, keys: &[&str]) {
         }
     }
 }
+
+/// Waits (on the client's runtime timer, up to 5 s) until the background lock cleaning
+/// readers left has finished and the mock holds no lock. Readers resolve the locks they meet
+/// in the background (client-go `asyncResolveTaskPool`), so a lock can outlive the read that
+/// resolved it by a moment.
+pub async fn wait_for_background_cleaning<R: Runtime>(client: &TransactionClient<R>, mock: &Mock) {
+    let rt = client.cluster().runtime();
+    let deadline = rt.now() + Duration::from_secs(5);
+    while lock_count(mock) > 0 || client.background_resolutions() > 0 {
+        assert!(
+            rt.now() < deadline,
+            "background cleaning not done in 5 s: {} locks, {} resolutions running",
+            lock_count(mock),
+            client.background_resolutions()
+        );
+        rt.sleep_until(rt.now() + Duration::from_millis(5)).await;
+    }
+}

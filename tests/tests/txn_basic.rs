@@ -184,9 +184,34 @@ async fn scans_merge_buffer_and_snapshot<R: Runtime>() {
     assert_eq!(all.len(), 12, "{:?}", keys_of(&all));
     let rev = collect(snap.scan_reverse("k03".."k06")).await.unwrap();
     assert_eq!(keys_of(&rev), ["k05", "k04", "k03"]);
-    // An unbounded reverse scan without a keyspace is refused rather than truncated.
-    let err = collect(snap.scan_reverse("k05"..)).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    // Unbounded reverse scans under API V1 start above every key and cross every region
+    // (client-go `Scanner.getData` locates by end key); keys of 0xFF bytes are included.
+    let mut w = client.begin_optimistic().await.unwrap();
+    w.put(vec![0xFF_u8; 3], "ff").await.unwrap();
+    w.commit().await.unwrap();
+    let snap = client.snapshot(
+        client.current_timestamp().await.unwrap(),
+        SnapshotOptions::new(),
+    );
+    let rev = collect(snap.scan_reverse("k05"..).batch_size(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_of(&rev),
+        [
+            "\u{fffd}\u{fffd}\u{fffd}",
+            "k11",
+            "k10",
+            "k09",
+            "k08",
+            "k07",
+            "k06",
+            "k05"
+        ]
+    );
+    let all = collect(snap.scan_keys_reverse(..)).await.unwrap();
+    assert_eq!(all.len(), 13);
+    assert_eq!(all.last().unwrap(), &b("k00"));
     // An inverted range is a typed error on the first poll.
     let err = collect(snap.scan("b".."a")).await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");

@@ -19,7 +19,7 @@ fn locks(mock: &Mock) -> Vec<String> {
 }
 use tikv_tests::txn_support::{
     MockPrewrite, b, collect, connect, has_lock, keys_of, lock_count, mock_commit, mock_prewrite,
-    split_txn, txn_config,
+    split_txn, txn_config, wait_for_background_cleaning,
 };
 
 tikv_tests::txn_tests!(
@@ -28,6 +28,7 @@ tikv_tests::txn_tests!(
     lost_primary_commit_reply_is_undetermined_then_resolved,
     async_commit_recovery_rolls_back_a_missing_secondary,
     async_commit_recovery_commits_when_every_secondary_is_locked,
+    reader_proceeds_while_locks_are_cleaned_in_the_background,
 );
 
 /// A transaction whose committer stopped after prewrite is rolled back once its lock TTL
@@ -60,7 +61,7 @@ async fn readers_resolve_locks_of_stopped_committers<R: Runtime>() {
     assert_eq!(reader.get("z2").await.unwrap(), Some(b("y")), "committed");
     assert_eq!(reader.get("a1").await.unwrap(), None);
     assert_eq!(reader.get("a2").await.unwrap(), Some(b("y")));
-    assert_eq!(lock_count(&mock), 0, "every lock resolved");
+    wait_for_background_cleaning(&client, &mock).await;
     assert!(mock.cluster().requests(RpcKind::CheckTxnStatus) >= 2);
 }
 
@@ -160,7 +161,7 @@ async fn lost_primary_commit_reply_is_undetermined_then_resolved<R: Runtime>() {
     );
     let reader = client.begin_optimistic().await.unwrap();
     assert_eq!(reader.get("z-secondary").await.unwrap(), Some(b("v")));
-    assert_eq!(lock_count(&mock), 0);
+    wait_for_background_cleaning(&client, &mock).await;
 
     let mut txn = client.begin_optimistic().await.unwrap();
     txn.put("a-primary", "w").await.unwrap();
@@ -205,7 +206,7 @@ async fn async_commit_recovery_rolls_back_a_missing_secondary<R: Runtime>() {
     assert_eq!(reader.get("p").await.unwrap(), None);
     assert_eq!(reader.get("z2").await.unwrap(), None);
     assert!(mock.cluster().requests(RpcKind::CheckSecondaryLocks) >= 1);
-    assert_eq!(lock_count(&mock), 0);
+    wait_for_background_cleaning(&client, &mock).await;
     // A later writer of the missing key is not blocked by anything.
     let mut w = client.begin_optimistic().await.unwrap();
     w.put("z2", "w").await.unwrap();
@@ -237,5 +238,43 @@ async fn async_commit_recovery_commits_when_every_secondary_is_locked<R: Runtime
         reader.batch_get(["z2", "s1", "p"]).await.unwrap(),
         vec![Some(b("v")), Some(b("v")), Some(b("v"))]
     );
-    assert_eq!(lock_count(&mock), 0);
+    wait_for_background_cleaning(&client, &mock).await;
+}
+
+/// A reader that met the lock of a committed transaction reads through it at once and leaves
+/// the cleaning (`ResolveLock`) to the background: while the mock refuses every `ResolveLock`
+/// (`MaxTimestampNotSynced`, retried with backoff), the read still returns, the reader is no
+/// longer listed as resolving, a second reader does not start a second cleaning, and the lock
+/// disappears once the mock accepts `ResolveLock` again. Mirrors
+/// client-go `lock_resolver.go` `resolveLocks` (`forRead`: `asyncResolvePool.tryAsyncResolve`,
+/// reads not blocked by the cleaning) and `RecordResolvingLocks` / `ResolveLocksDone`.
+async fn reader_proceeds_while_locks_are_cleaned_in_the_background<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let start = client.current_timestamp().await.unwrap().version();
+    let how = MockPrewrite {
+        ttl_ms: 3_000,
+        ..Default::default()
+    };
+    mock_prewrite(&mock, start, "p", &[("p", "v"), ("s", "v")], &how);
+    let commit_ts = client.current_timestamp().await.unwrap().version();
+    mock_commit(&mock, start, commit_ts, &["p"]);
+    let refuse = mock.cluster().add_fault(FaultRule::always(
+        RpcKind::ResolveLock,
+        FaultAction::max_timestamp_not_synced(),
+    ));
+    let reader = client.begin_optimistic().await.unwrap();
+    assert_eq!(reader.get("s").await.unwrap(), Some(b("v")));
+    assert!(client.resolving_locks().is_empty(), "the reader is done");
+    assert!(has_lock(&mock, "s"), "cleaning still in flight");
+    assert_eq!(client.background_resolutions(), 1);
+    // Another reader of the same key neither blocks nor starts a second cleaning.
+    let other = client.begin_optimistic().await.unwrap();
+    assert_eq!(other.get("s").await.unwrap(), Some(b("v")));
+    assert_eq!(client.background_resolutions(), 1);
+    assert!(has_lock(&mock, "s"));
+    assert!(mock.cluster().remove_fault(refuse));
+    wait_for_background_cleaning(&client, &mock).await;
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("s").await.unwrap(), Some(b("v")));
 }

@@ -44,7 +44,9 @@ pub(crate) async fn snapshot_get<R: Runtime>(
     key: Key,
 ) -> Result<Option<Value>, Error> {
     let op = SnapshotGet::new(key, &reader.opts, reader.lock_sets());
-    let out = reader.cluster.run(op).await?;
+    let out = reader.cluster.run(op).await;
+    spawn_async_resolves(&reader.cluster);
+    let out = out?;
     reader.learn(&out.locks);
     Ok(out.value)
 }
@@ -56,7 +58,9 @@ pub(crate) async fn snapshot_get_with_commit_ts<R: Runtime>(
     key: Key,
 ) -> Result<Option<(Value, Timestamp)>, Error> {
     let op = SnapshotGet::new(key, &reader.opts, reader.lock_sets()).need_commit_ts(true);
-    let out = reader.cluster.run(op).await?;
+    let out = reader.cluster.run(op).await;
+    spawn_async_resolves(&reader.cluster);
+    let out = out?;
     reader.learn(&out.locks);
     Ok(out.value.map(|v| (v, Timestamp(out.commit_ts))))
 }
@@ -68,7 +72,9 @@ pub(crate) async fn snapshot_batch_get_with_commit_ts<R: Runtime>(
     keys: Vec<Key>,
 ) -> Result<Vec<(Key, Value, Timestamp)>, Error> {
     let op = SnapshotBatchGet::new(keys, &reader.opts, reader.lock_sets()).need_commit_ts(true);
-    let out = reader.cluster.run(op).await?;
+    let out = reader.cluster.run(op).await;
+    spawn_async_resolves(&reader.cluster);
+    let out = out?;
     reader.learn(&out.locks);
     Ok(out
         .entries
@@ -83,7 +89,9 @@ pub(crate) async fn snapshot_batch_get<R: Runtime>(
     keys: Vec<Key>,
 ) -> Result<Vec<KvPair>, Error> {
     let op = SnapshotBatchGet::new(keys, &reader.opts, reader.lock_sets());
-    let out = reader.cluster.run(op).await?;
+    let out = reader.cluster.run(op).await;
+    spawn_async_resolves(&reader.cluster);
+    let out = out?;
     reader.learn(&out.locks);
     Ok(out.entries.into_iter().map(|e| (e.key, e.value)).collect())
 }
@@ -103,7 +111,9 @@ pub(crate) async fn snapshot_scan<R: Runtime>(
     let out = reader
         .cluster
         .run(SnapshotScan::new(cursor, &opts, reader.lock_sets()))
-        .await?;
+        .await;
+    spawn_async_resolves(&reader.cluster);
+    let out = out?;
     reader.learn(&out.locks);
     Ok(ScanBatch {
         pairs: out.pairs,
@@ -150,12 +160,25 @@ pub(crate) struct LockOutcome {
 fn write_context(ctx: &ContextOptions) -> TxnRequestContext {
     TxnRequestContext {
         priority: ctx.priority.to_pb(),
-        sync_log: false,
+        sync_log: ctx.sync_log,
         resource_group_tag: ctx.resource_group_tag.clone(),
         resource_group_name: ctx.resource_group_name.clone(),
         disk_full_opt: ctx.disk_full_opt.to_pb(),
         txn_source: ctx.txn_source,
         request_source: ctx.request_source.clone(),
+    }
+}
+
+/// Runs the lock cleaning readers left to the background pool, each on its own task.
+/// Mirrors the goroutines of client-go `asyncResolveTaskPool.tryAsyncResolve`.
+fn spawn_async_resolves<R: Runtime>(cluster: &Cluster<R>) {
+    let ops = cluster.with_shared(|s| s.txn.async_resolve.take());
+    for op in ops {
+        let c = cluster.clone();
+        cluster.runtime().spawn(async move {
+            // Failures are logged by the operation; a later reader resolves again.
+            let _ = c.run(op).await;
+        });
     }
 }
 
@@ -522,4 +545,53 @@ pub(crate) async fn split_regions<R: Runtime>(
         }
     }
     Ok(regions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::txn::options::{DiskFullOpt, Priority, TransactionOptions};
+    use tikv_proto::kvrpcpb;
+
+    /// Every write option of a transaction lands in the `Context` of its write requests.
+    /// Mirrors client-go `txn.go` (`SetPriority`, `SetResourceGroupTag`,
+    /// `SetResourceGroupName`, `SetDiskFullOpt`, `SetTxnSource`, `EnableForceSyncLog`,
+    /// `SetRequestSourceType`) as copied into the committer's requests by `2pc.go`
+    /// (`newTwoPhaseCommitter`, `buildPrewriteRequest`, `commit.go`).
+    #[test]
+    fn transaction_options_reach_the_write_context() {
+        let o = TransactionOptions::new_optimistic()
+            .priority(Priority::High)
+            .request_source("external_test")
+            .resource_group_tag("tag")
+            .resource_group_name("rg")
+            .disk_full_opt(DiskFullOpt::AllowedOnAlreadyFull)
+            .txn_source(7)
+            .force_sync_log(true);
+        let ctx = write_context(&o.ctx).write_context();
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32);
+        assert_eq!(ctx.request_source, "external_test");
+        assert_eq!(&ctx.resource_group_tag[..], b"tag");
+        assert_eq!(
+            ctx.resource_control_context
+                .as_ref()
+                .map(|r| r.resource_group_name.as_str()),
+            Some("rg")
+        );
+        assert_eq!(
+            ctx.disk_full_opt,
+            kvrpcpb::DiskFullOpt::AllowedOnAlreadyFull as i32
+        );
+        assert_eq!(ctx.txn_source, 7);
+        assert!(ctx.sync_log);
+        // Defaults: nothing set beyond the write deadline.
+        let ctx = write_context(&TransactionOptions::new_optimistic().ctx).write_context();
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::Normal as i32);
+        assert!(!ctx.sync_log && ctx.resource_control_context.is_none());
+        assert_eq!(ctx.txn_source, 0);
+        assert_eq!(
+            ctx.disk_full_opt,
+            kvrpcpb::DiskFullOpt::NotAllowedOnFull as i32
+        );
+    }
 }

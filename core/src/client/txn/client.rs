@@ -167,6 +167,19 @@ impl<R: Runtime> TransactionClient<R> {
         Snapshot::new(self.cluster.clone(), ts, options)
     }
 
+    /// The locks this client's transactions and snapshots are resolving right now, with the
+    /// start ts of who resolves each (diagnostics, like TiDB's `DATA_LOCK_WAITS`). Mirrors
+    /// client-go `LockResolver.Resolving`.
+    pub fn resolving_locks(&self) -> Vec<crate::machine::txn::ResolvingLock> {
+        self.cluster.with_shared(|s| s.txn.resolving.resolving())
+    }
+
+    /// Background lock resolutions left by readers and not finished yet. Mirrors the running
+    /// tasks of client-go's `asyncResolveTaskPool`.
+    pub fn background_resolutions(&self) -> usize {
+        self.cluster.with_shared(|s| s.txn.async_resolve.running())
+    }
+
     /// A fresh timestamp from the TSO. Mirrors client-go `KVStore.CurrentTimestamp`.
     pub async fn current_timestamp(&self) -> Result<Timestamp, Error> {
         self.cluster

@@ -211,6 +211,8 @@ pub(crate) struct ContextOptions {
     pub txn_source: u64,
     pub isolation_level: IsolationLevel,
     pub not_fill_cache: bool,
+    /// `Context.sync_log` on writes (client-go `EnableForceSyncLog`).
+    pub sync_log: bool,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -483,6 +485,13 @@ impl TransactionOptions {
         self
     }
 
+    /// Ask TiKV to sync its Raft log before answering every write of this transaction
+    /// (`Context.sync_log`). Mirrors client-go `KVTxn.EnableForceSyncLog`.
+    pub fn force_sync_log(mut self, yes: bool) -> Self {
+        self.ctx.sync_log = yes;
+        self
+    }
+
     /// A hook called once the commit has finished. Mirrors client-go
     /// `KVTxn.SetCommitCallback`.
     pub fn commit_callback(
@@ -566,8 +575,10 @@ mod tests {
             .causal_consistency(true)
             .assertion_level(AssertionLevel::Strict)
             .local_latches(false)
-            .lock_wait(LockWait::NoWait);
+            .lock_wait(LockWait::NoWait)
+            .force_sync_log(true);
         assert!(o.is_pessimistic());
+        assert!(o.ctx.sync_log);
         assert_eq!(o.ctx.priority.to_pb(), kvrpcpb::CommandPri::High);
         assert_eq!(o.ctx.isolation_level.to_pb(), kvrpcpb::IsolationLevel::Rc);
         assert!(o.ctx.not_fill_cache);

@@ -83,7 +83,8 @@ impl<R: Runtime> Reader<R> {
             .with_not_fill_cache(ctx.not_fill_cache)
             .with_request_source(ctx.request_source.clone())
             .with_resource_group_tag(ctx.resource_group_tag.clone())
-            .with_resource_group(ctx.resource_group_name.clone());
+            .with_resource_group(ctx.resource_group_name.clone())
+            .with_background_resolve(true);
         Reader {
             cluster,
             start_ts,

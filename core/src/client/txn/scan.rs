@@ -11,10 +11,10 @@
 //! Writes made to the transaction while one of its scans is being read are seen by the scan
 //! only if they land beyond the part of the buffer already copied.
 //!
-//! Without an API V2 keyspace a reverse scan needs an end key: TiKV reads the empty start key
-//! of a reverse `Scan` request as the smallest key, so the last region could not be read
-//! (the scan fails with [`Error::InvalidArgument`] on its first poll instead of returning a
-//! truncated result).
+//! A reverse scan without an end key under API V1 starts from
+//! [`unbounded_reverse_upper`](crate::machine::txn::read_scan::unbounded_reverse_upper)
+//! (TiKV reads the empty start key of a reverse `Scan` request as the smallest key); under
+//! API V2 the codec maps the empty end to the keyspace's end.
 //!
 //! Mirrors client-go `txnkv/txnsnapshot/scan.go` (`Scanner`, `DefaultScanBatchSize`) and
 //! `internal/unionstore/union_iter.go` (`UnionIter`).
@@ -106,21 +106,13 @@ impl<'a, R: Runtime> Scan<'a, R> {
             start = %super::KeyField(range.start()),
             end = %super::KeyField(range.end()),
         );
-        let bad = range.check().err().or_else(|| {
-            // TiKV reads an empty start key of a reverse `Scan` as the smallest key (TiKV
-            // `Storage::scan` swaps the bounds), so without a keyspace (API V2 maps an empty
-            // end to the keyspace's end) the last region could not be read: refuse rather
-            // than return a truncated result. client-go has the same limit (TiDB always
-            // passes an upper bound to `IterReverse`).
-            (order == ScanOrder::Reverse
-                && range.end().is_empty()
-                && reader.cluster.codec().keyspace_id().is_none())
-            .then(|| {
-                Error::invalid(
-                    "a reverse scan needs an upper bound (end key) without an API V2 keyspace",
-                )
-            })
-        });
+        let bad = range.check().err();
+        // TiKV reads an empty start key of a reverse `Scan` as the smallest key (TiKV
+        // `Storage::scan` swaps the bounds), so without a keyspace (API V2 maps an empty end
+        // to the keyspace's end) an unbounded reverse scan starts from a key above every key.
+        let unbounded_v1 = order == ScanOrder::Reverse
+            && range.end().is_empty()
+            && reader.cluster.codec().keyspace_id().is_none();
         let mut scan = Scan {
             reader,
             buffer,
@@ -132,6 +124,7 @@ impl<'a, R: Runtime> Scan<'a, R> {
                 let (start, end) = (range.start().clone(), range.end().clone());
                 match order {
                     ScanOrder::Forward => ScanCursor::forward(start, end),
+                    ScanOrder::Reverse if unbounded_v1 => ScanCursor::reverse_unbounded(start),
                     ScanOrder::Reverse => ScanCursor::reverse(start, end),
                 }
             }),

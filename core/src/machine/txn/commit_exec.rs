@@ -914,6 +914,9 @@ pub fn key_error(ke: kvrpcpb::KeyError) -> Error {
     if let Some(l) = ke.locked {
         return Error::KeyLocked(Box::new(l));
     }
+    if !ke.retryable.is_empty() {
+        return Error::TikvRetryable(ke.retryable);
+    }
     Error::KeyError(Box::new(ke))
 }
 

@@ -1472,3 +1472,192 @@ fn planted_commit_order_with_only_a_primary() {
     assert_eq!(w.commit_ts("a"), info.commit_ts);
     assert_eq!(w.sent_of("commit").len(), 1);
 }
+
+// ---- request fields ------------------------------------------------------------------------
+
+/// Every option of a transaction reaches every write request it sends: `Context` fields
+/// (priority, sync log, resource group tag and name, disk-full option, txn source, request
+/// source, write deadline) on prewrite and commit, and the assertion level with per-key
+/// assertions on prewrite. Mirrors client-go `txn.go` (`SetPriority`, `EnableForceSyncLog`,
+/// `SetResourceGroupTag`, `SetResourceGroupName`, `SetDiskFullOpt`, `SetTxnSource`,
+/// `SetRequestSourceType`, `SetAssertionLevel`) and `prewrite.go` `buildPrewriteRequest` /
+/// `commit.go` (the committer copies them into each request's `Context`).
+#[test]
+fn transaction_options_reach_every_write_request() {
+    use crate::machine::txn::commit_exec::{MAX_WRITE_EXECUTION_MS, TxnRequestContext};
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.context = TxnRequestContext {
+        priority: kvrpcpb::CommandPri::Low,
+        sync_log: true,
+        resource_group_tag: k("tag"),
+        resource_group_name: "rg".into(),
+        disk_full_opt: kvrpcpb::DiskFullOpt::AllowedOnAlmostFull,
+        txn_source: 42,
+        request_source: "external_test".into(),
+    };
+    o.assertion_level = kvrpcpb::AssertionLevel::Strict;
+    let mut a = put("a", "1");
+    a.assertion = kvrpcpb::Assertion::NotExist;
+    let mut n = put("n", "2");
+    n.assertion = kvrpcpb::Assertion::None;
+    let mut c = Committer::new(vec![a, n], w.now, o);
+    w.run(&mut c).expect("commit");
+    let mut bg = c.take_background().expect("secondaries");
+    w.run(&mut bg).expect("secondaries commit");
+    let check = |ctx: &Option<kvrpcpb::Context>| {
+        let ctx = ctx.as_ref().expect("context");
+        assert_eq!(ctx.priority, kvrpcpb::CommandPri::Low as i32);
+        assert!(ctx.sync_log);
+        assert_eq!(ctx.resource_group_tag, k("tag"));
+        assert_eq!(
+            ctx.resource_control_context
+                .as_ref()
+                .map(|r| r.resource_group_name.as_str()),
+            Some("rg")
+        );
+        assert_eq!(
+            ctx.disk_full_opt,
+            kvrpcpb::DiskFullOpt::AllowedOnAlmostFull as i32
+        );
+        assert_eq!(ctx.txn_source, 42);
+        assert_eq!(ctx.request_source, "external_test");
+        assert_eq!(ctx.max_execution_duration_ms, MAX_WRITE_EXECUTION_MS);
+    };
+    let prewrites = w.sent_of("prewrite");
+    assert_eq!(prewrites.len(), 2);
+    for p in &prewrites {
+        let p = prewrite_of(p);
+        check(&p.context);
+        assert_eq!(p.assertion_level, kvrpcpb::AssertionLevel::Strict as i32);
+    }
+    let first = prewrite_of(
+        prewrites
+            .iter()
+            .find(|p| prewrite_of(p).mutations[0].key == "a")
+            .unwrap(),
+    );
+    assert_eq!(
+        first.mutations[0].assertion,
+        kvrpcpb::Assertion::NotExist as i32
+    );
+    let commits = w.sent_of("commit");
+    assert_eq!(commits.len(), 2);
+    for r in commits {
+        check(&commit_of(r).context);
+    }
+}
+
+/// With the assertion level `Off` (the default) per-key assertions are not sent. Mirrors
+/// client-go `prewrite.go` `buildPrewriteRequest` (`AssertionLevel_Off` drops them).
+#[test]
+fn assertions_are_dropped_when_the_level_is_off() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut a = put("a", "1");
+    a.assertion = kvrpcpb::Assertion::NotExist;
+    let mut c = Committer::new(vec![a], w.now, opts(start));
+    w.run(&mut c).expect("commit");
+    let p = prewrite_of(w.sent_of("prewrite")[0]);
+    assert_eq!(p.assertion_level, kvrpcpb::AssertionLevel::Off as i32);
+    assert_eq!(p.mutations[0].assertion, kvrpcpb::Assertion::None as i32);
+}
+
+/// client-go `2pc.go` `execute`: a transaction older than `MaxTxnTimeUse` (24 h) when it gets
+/// its commit ts is not committed (typed [`Error::TxnTooOld`]) and its prewrite is rolled back.
+#[test]
+fn transaction_older_than_a_day_is_not_committed() {
+    use crate::machine::txn::mutations::MAX_TXN_TIME_USE_MS;
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let began = w.now;
+    // The transaction stays open for a day and a minute (virtual time).
+    w.now += Duration::from_millis(MAX_TXN_TIME_USE_MS + 60_000);
+    let mut c = Committer::new(vec![put("a", "1")], began, opts(start));
+    match w.run(&mut c) {
+        Err(Error::TxnTooOld {
+            start_ts,
+            age_ms,
+            limit_ms,
+        }) => {
+            assert_eq!(start_ts, start);
+            assert!(age_ms > limit_ms);
+            assert_eq!(limit_ms, MAX_TXN_TIME_USE_MS);
+        }
+        other => panic!("expected TxnTooOld, got {other:?}"),
+    }
+    assert!(w.sent_of("commit").is_empty());
+    let mut bg = c.take_background().expect("cleanup");
+    w.run(&mut bg).unwrap();
+    assert!(!w.locked("a"));
+}
+
+/// client-go `rangetask.Runner.RunOnRange`: regions are loaded one task at a time
+/// (`BatchLoadRegionsFromKey(key, regionsPerTask)`), not the whole range up front, and the
+/// task ranges follow the loaded regions.
+#[test]
+fn range_task_locates_one_task_of_regions_at_a_time() {
+    use crate::machine::PdRequest;
+    use crate::machine::PdResponse;
+    use crate::machine::txn::range_task::delete_range;
+    use tikv_proto::pdpb;
+    let mut w = World::new(&["b", "c", "d", "e", "f", "g"]);
+    // PD honours the scan limit (the scripted PD returns every region).
+    let regions = w.pd.regions.clone();
+    w.pd_hook = Some(Box::new(move |req| {
+        let PdRequest::BatchScanRegions(r) = req else {
+            return None;
+        };
+        let from = &r.ranges[0].start_key;
+        let out: Vec<pdpb::Region> = regions
+            .iter()
+            .filter(|x| x.meta.end_key.is_empty() || x.meta.end_key[..] > from[..])
+            .take(r.limit as usize)
+            .map(|x| pdpb::Region {
+                region: Some(x.meta.clone()),
+                leader: x.meta.peers.first().copied(),
+                ..Default::default()
+            })
+            .collect();
+        Some(Ok(PdResponse::BatchScanRegions(
+            pdpb::BatchScanRegionsResponse {
+                regions: out,
+                ..Default::default()
+            },
+        )))
+    }));
+    let mut op = delete_range(Bytes::new(), Bytes::new(), 1, false).with_regions_per_task(3);
+    let stat = w.run(&mut op).unwrap();
+    assert_eq!(stat.completed_regions, 7);
+    let scans: Vec<(Bytes, i32)> = w
+        .pd_sent
+        .iter()
+        .filter_map(|r| match r {
+            PdRequest::BatchScanRegions(s) => Some((s.ranges[0].start_key.clone(), s.limit)),
+            _ => None,
+        })
+        .collect();
+    assert!(!scans.is_empty());
+    assert!(
+        scans.iter().all(|(_, limit)| *limit <= 3),
+        "at most one task of regions per PD call: {scans:?}"
+    );
+    assert_eq!(
+        scans,
+        vec![(Bytes::new(), 3), (k("d"), 3), (k("g"), 3)],
+        "7 regions, 3 per task"
+    );
+    let mut ranges: Vec<(Bytes, Bytes)> = w
+        .sent_of("delete_range")
+        .iter()
+        .map(|r| match r {
+            TikvRequest::Cmd(TikvCmd::DeleteRange(d)) => (d.start_key.clone(), d.end_key.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    ranges.sort();
+    assert_eq!(ranges.len(), 7);
+    assert_eq!(ranges[0], (Bytes::new(), k("b")));
+    assert_eq!(ranges[6], (k("g"), Bytes::new()));
+}

@@ -1182,10 +1182,11 @@ impl Committer {
             .physical_ms()
             .saturating_sub(Timestamp(self.opts.start_ts).physical_ms());
         if age > MAX_TXN_TIME_USE_MS {
-            return self.finish(Err(Error::invalid(format!(
-                "transaction {} takes too much time ({age} ms) to commit",
-                self.opts.start_ts
-            ))));
+            return self.finish(Err(Error::TxnTooOld {
+                start_ts: self.opts.start_ts,
+                age_ms: age,
+                limit_ms: MAX_TXN_TIME_USE_MS,
+            }));
         }
         self.commit_ts = commit_ts;
         let bo = self

@@ -12,8 +12,10 @@
 //! - [`snapshot`] and [`read_scan`]: snapshot reads (point get, batch get, scan batches) as
 //!   operations (client-go `txnkv/txnsnapshot`);
 //! - [`resolver`]: lock resolution for readers, writers and GC (client-go `txnkv/txnlock`),
-//!   with [`resolve_call`] as its request plumbing and [`status_cache`] for the final
-//!   statuses and the txn safe point kept in [`crate::machine::Shared`];
+//!   with [`resolve_call`] as its request plumbing, [`status_cache`] for the final
+//!   statuses and the txn safe point kept in [`crate::machine::Shared`], and
+//!   [`async_resolve`] for readers' background cleaning and the registry of locks being
+//!   resolved;
 //! - [`committer`]: 2PC, async commit and 1PC with fallbacks, commit-wait TSO, background
 //!   secondaries and cleanup (client-go `txnkv/transaction/2pc.go`, `prewrite.go`,
 //!   `commit.go`, `cleanup.go`), over the batch executor [`commit_exec`] and the rules of
@@ -30,6 +32,7 @@
 //! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
 //! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
 
+pub mod async_resolve;
 pub mod commit_exec;
 pub mod commit_farmhash;
 pub mod commit_resolve;
@@ -58,6 +61,7 @@ pub mod snapshot;
 pub mod split;
 pub mod status_cache;
 
+pub use async_resolve::{AsyncResolve, AsyncResolvePool, ReadResolveTask, ResolvingLock};
 pub use committer::{
     Background, CommitDetails, CommitInfo, CommitMode, CommitOptions, Committer, PrewriteLockPolicy,
 };

@@ -1,8 +1,8 @@
 //! Range tasks: run a piece of work on every region of a key range, a batch of regions at a
 //! time, several batches concurrently; and the transactional `delete_range` built on it.
 //!
-//! [`RangeTaskRunner`] splits `[start, end)` (empty `end`: unbounded) by region, groups the
-//! regions 128 per task, and runs the [`RangeTaskHandler`]'s operation on each task's key range
+//! [`RangeTaskRunner`] splits `[start, end)` (empty `end`: unbounded) by region, 128
+//! regions per task, and runs the [`RangeTaskHandler`]'s operation on each task's key range
 //! with at most `concurrency` tasks in flight. The first failing task cancels the others and
 //! its error is the runner's; otherwise the output sums the tasks' [`TaskStat`]s.
 //!
@@ -12,24 +12,26 @@
 //!
 //! Mirrors client-go `txnkv/rangetask/range_task.go` (`Runner`, `RunOnRange`,
 //! `SetRegionsPerTask`, `TaskStat`, `NewLocateRegionBackoffer`) and
-//! `txnkv/rangetask/delete_range.go` (`DeleteRangeTask`, `sendReqOnRange`). client-go loads the
-//! regions 128 at a time while it queues tasks; here the range is located once up front.
+//! `txnkv/rangetask/delete_range.go` (`DeleteRangeTask`, `sendReqOnRange`). As in client-go,
+//! the regions are located one task (128 regions) at a time ([`LocateBatch`], client-go
+//! `BatchLoadRegionsFromKey`), running ahead of the tasks by at most `concurrency` tasks.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use tikv_proto::kvrpcpb;
+use tikv_proto::{kvrpcpb, pdpb};
 
 use crate::error::Error;
 use crate::machine::backoff::{Backoffer, budget};
-use crate::machine::locate::LocateRange;
+use crate::machine::locate::LocateKey;
 use crate::machine::plan::{Clamp, SingleRegion};
-use crate::machine::region_cache::KeyLocation;
+use crate::machine::region_cache::{KeyLocation, PdRegion};
 use crate::machine::request::RequestOptions;
 use crate::machine::{
-    Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
-    TikvResponse,
+    Action, Input, IoId, Key, Operation, PdRequest, PdResponse, Shared, TikvCmd, TikvCmdResponse,
+    TikvRequest, TikvResponse,
 };
+use crate::rng::Rng;
 
 /// Regions per task. Mirrors client-go `defaultRegionsPerTask`.
 pub const DEFAULT_REGIONS_PER_TASK: usize = 128;
@@ -88,6 +90,211 @@ pub fn task_ranges(
     out
 }
 
+// ---- locating a batch of regions ---------------------------------------------------------
+
+fn pd_error_of(header: Option<&pdpb::ResponseHeader>) -> Option<String> {
+    header
+        .and_then(|h| h.error.as_ref())
+        .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32)
+        .map(|e| e.message.clone())
+}
+
+/// Locates at most `limit` regions from `start` on (stopping at `end`, empty: unbounded).
+/// Output: their locations in key order (at least one). The cache is walked first; what is
+/// missing is loaded with one `BatchScanRegions` of at most `limit` regions, then (if PD lacks
+/// it, or regions are still missing) key by key. Mirrors client-go
+/// `RegionCache.BatchLoadRegionsFromKey` as `Runner.RunOnRange` uses it.
+#[derive(Debug)]
+pub struct LocateBatch {
+    cursor: Key,
+    end: Key,
+    limit: usize,
+    bo: Option<Backoffer>,
+    rng: Rng,
+    may_scan: bool,
+    scan_supported: bool,
+    found: Vec<KeyLocation>,
+    scan: Option<IoId>,
+    sub: Option<LocateKey>,
+    actions: VecDeque<Action>,
+    result: Option<Result<Vec<KeyLocation>, Error>>,
+    done: bool,
+}
+
+impl LocateBatch {
+    /// Locates up to `limit` regions of `[start, end)` with `backoffer` for PD failures.
+    pub fn new(start: Key, end: Key, limit: usize, backoffer: Backoffer) -> Self {
+        LocateBatch {
+            cursor: start,
+            end,
+            limit: limit.max(1),
+            bo: Some(backoffer),
+            rng: Rng::new(0),
+            may_scan: true,
+            scan_supported: true,
+            found: Vec::new(),
+            scan: None,
+            sub: None,
+            actions: VecDeque::new(),
+            result: None,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, r: Result<Vec<KeyLocation>, Error>) {
+        self.done = true;
+        self.scan = None;
+        self.sub = None;
+        self.result = Some(r);
+    }
+
+    /// Takes `loc`; returns whether the batch is complete (range covered or limit reached).
+    fn take(&mut self, loc: KeyLocation) -> bool {
+        let end = loc.end_key.clone();
+        self.found.push(loc);
+        self.cursor = end.clone();
+        end.is_empty()
+            || (!self.end.is_empty() && end >= self.end)
+            || self.found.len() >= self.limit
+    }
+
+    fn complete(&mut self) {
+        let found = std::mem::take(&mut self.found);
+        self.finish(Ok(found));
+    }
+
+    fn progress(&mut self, now: Instant, shared: &mut Shared) {
+        if self.done || self.scan.is_some() || self.sub.is_some() {
+            return;
+        }
+        while let Some(loc) = shared.regions.try_locate(&self.cursor, now, &mut self.rng) {
+            if self.take(loc) {
+                return self.complete();
+            }
+        }
+        if self.may_scan && self.scan_supported {
+            self.may_scan = false;
+            let (start_key, end_key) = shared.codec.encode_region_range(&self.cursor, &self.end);
+            let id = shared.next_io_id();
+            self.actions.push_back(Action::Pd {
+                id,
+                request: PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+                    header: None,
+                    need_buckets: false,
+                    ranges: vec![pdpb::KeyRange { start_key, end_key }],
+                    limit: i32::try_from(self.limit - self.found.len()).unwrap_or(i32::MAX),
+                    contain_all_key_range: false,
+                }),
+            });
+            self.scan = Some(id);
+            return;
+        }
+        let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
+        let mut sub = LocateKey::new(self.cursor.clone(), false, bo);
+        sub.start(now, shared);
+        self.sub = Some(sub);
+        self.drive_sub(now, shared);
+    }
+
+    fn drive_sub(&mut self, now: Instant, shared: &mut Shared) {
+        let Some(sub) = self.sub.as_mut() else {
+            return;
+        };
+        self.actions
+            .extend(std::iter::from_fn(|| sub.poll_action()));
+        let Some(r) = sub.poll_result() else {
+            return;
+        };
+        let sub = self.sub.take().expect("sub is running");
+        self.bo = Some(sub.into_backoffer());
+        match r {
+            Ok(loc) => {
+                if self.take(loc) {
+                    return self.complete();
+                }
+                self.may_scan = true;
+                self.progress(now, shared);
+            }
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn on_scan(&mut self, now: Instant, shared: &mut Shared, result: Result<PdResponse, Error>) {
+        if let Ok(PdResponse::BatchScanRegions(resp)) = result
+            && pd_error_of(resp.header.as_ref()).is_none()
+        {
+            for r in &resp.regions {
+                let Some(pd) = PdRegion::from_scanned(r) else {
+                    continue;
+                };
+                let Shared {
+                    regions,
+                    stores,
+                    codec,
+                    ..
+                } = shared;
+                match regions.region_from_pd(pd, codec, stores, now, &mut self.rng) {
+                    Ok(region) => {
+                        regions.insert(region, false);
+                    }
+                    Err(e) => return self.finish(Err(e)),
+                }
+            }
+        } else {
+            tracing::debug!("BatchScanRegions unavailable; locating region by region");
+            self.scan_supported = false;
+        }
+        self.progress(now, shared);
+    }
+}
+
+impl Operation for LocateBatch {
+    type Output = Vec<KeyLocation>;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        self.progress(now, shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done {
+            return;
+        }
+        if self.scan == Some(input.id()) {
+            self.scan = None;
+            if let Input::Pd { result, .. } = input {
+                self.on_scan(now, shared, result);
+            }
+            return;
+        }
+        if let Some(sub) = self.sub.as_mut() {
+            sub.handle_input(now, shared, input);
+            self.drive_sub(now, shared);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if let Some(sub) = self.sub.as_mut() {
+            sub.handle_timeout(now, shared);
+            self.drive_sub(now, shared);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.sub.as_ref().and_then(|s| s.poll_timeout())
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Vec<KeyLocation>, Error>> {
+        self.result.take()
+    }
+}
+
+// ---- the runner ----------------------------------------------------------------------------
+
 #[derive(Debug)]
 struct Running<T> {
     op: T,
@@ -102,7 +309,10 @@ pub struct RangeTaskRunner<H: RangeTaskHandler> {
     end: Key,
     concurrency: usize,
     regions_per_task: usize,
-    locate: Option<LocateRange>,
+    /// Where the next task starts (`None` once the last task is queued).
+    next: Option<Key>,
+    locate: Option<LocateBatch>,
+    locate_ids: Vec<IoId>,
     queue: VecDeque<(Key, Key)>,
     running: Vec<Option<Running<H::Task>>>,
     stat: TaskStat,
@@ -117,11 +327,13 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
     pub fn new(handler: H, start: Key, end: Key, concurrency: usize) -> Self {
         RangeTaskRunner {
             handler,
+            next: Some(start.clone()),
             start,
             end,
             concurrency: concurrency.max(1),
             regions_per_task: DEFAULT_REGIONS_PER_TASK,
             locate: None,
+            locate_ids: Vec::new(),
             queue: VecDeque::new(),
             running: Vec::new(),
             stat: TaskStat::default(),
@@ -153,16 +365,38 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
         }
         self.done = true;
         self.locate = None;
+        self.locate_ids.clear();
         self.queue.clear();
         self.running.clear();
         self.result = Some(r);
+    }
+
+    /// Starts locating the next task's regions when the queue has room: like client-go's
+    /// task channel (capacity = concurrency), locating runs ahead of the workers by at most
+    /// `concurrency` tasks.
+    fn maybe_locate(&mut self, now: Instant, shared: &mut Shared) {
+        if self.done || self.locate.is_some() || self.queue.len() >= self.concurrency {
+            return;
+        }
+        let Some(start) = self.next.clone() else {
+            return;
+        };
+        let mut op = LocateBatch::new(
+            start,
+            self.end.clone(),
+            self.regions_per_task,
+            Backoffer::new(budget::LOCATE),
+        );
+        op.start(now, shared);
+        self.locate = Some(op);
+        self.drive_locate(now, shared);
     }
 
     fn pump(&mut self, now: Instant, shared: &mut Shared) {
         while !self.done {
             let in_flight = self.running.iter().filter(|r| r.is_some()).count();
             if in_flight >= self.concurrency {
-                return;
+                break;
             }
             let Some((s, e)) = self.queue.pop_front() else {
                 break;
@@ -182,7 +416,9 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
             });
             self.poll_slot(slot);
         }
+        self.maybe_locate(now, shared);
         if !self.done
+            && self.next.is_none()
             && self.locate.is_none()
             && self.queue.is_empty()
             && self.running.iter().all(Option::is_none)
@@ -217,21 +453,36 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
             return;
         };
         while let Some(a) = op.poll_action() {
+            if let Some(id) = a.id() {
+                self.locate_ids.push(id);
+            }
             self.actions.push_back(a);
         }
         let Some(r) = op.poll_result() else {
             return;
         };
         self.locate = None;
+        self.locate_ids.clear();
+        let Some(start) = self.next.take() else {
+            return;
+        };
         match r {
             Ok(locations) => {
-                self.queue =
-                    task_ranges(&self.start, &self.end, &locations, self.regions_per_task).into();
-                tracing::debug!(
-                    regions = locations.len(),
-                    tasks = self.queue.len(),
-                    "range task started"
-                );
+                let Some((task_start, task_end)) =
+                    task_ranges(&start, &self.end, &locations, usize::MAX)
+                        .into_iter()
+                        .next()
+                else {
+                    return self.finish(Err(Error::Internal("no region located".into())));
+                };
+                let last = &locations[locations.len() - 1];
+                let is_last =
+                    last.end_key.is_empty() || (!self.end.is_empty() && last.end_key >= self.end);
+                if !is_last {
+                    self.next = Some(task_end.clone());
+                }
+                tracing::debug!(regions = locations.len(), is_last, "range task queued");
+                self.queue.push_back((task_start, task_end));
                 self.pump(now, shared);
             }
             Err(e) => self.finish(Err(e)),
@@ -246,25 +497,21 @@ impl<H: RangeTaskHandler> Operation for RangeTaskRunner<H> {
         if !self.end.is_empty() && self.start >= self.end {
             return self.finish(Ok(TaskStat::default()));
         }
-        let mut op = LocateRange::new(
-            self.start.clone(),
-            self.end.clone(),
-            Backoffer::new(budget::LOCATE),
-        );
-        op.start(now, shared);
-        self.locate = Some(op);
-        self.drive_locate(now, shared);
+        self.maybe_locate(now, shared);
     }
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
         if self.done {
             return;
         }
-        if let Some(op) = self.locate.as_mut() {
-            op.handle_input(now, shared, input);
+        let id = input.id();
+        if let Some(pos) = self.locate_ids.iter().position(|i| *i == id) {
+            self.locate_ids.swap_remove(pos);
+            if let Some(op) = self.locate.as_mut() {
+                op.handle_input(now, shared, input);
+            }
             return self.drive_locate(now, shared);
         }
-        let id = input.id();
         let Some(slot) = self
             .running
             .iter()
@@ -284,9 +531,11 @@ impl<H: RangeTaskHandler> Operation for RangeTaskRunner<H> {
         if self.done {
             return;
         }
-        if let Some(op) = self.locate.as_mut() {
+        if let Some(op) = self.locate.as_mut()
+            && op.poll_timeout().is_some_and(|(at, _)| at <= now)
+        {
             op.handle_timeout(now, shared);
-            return self.drive_locate(now, shared);
+            self.drive_locate(now, shared);
         }
         for slot in 0..self.running.len() {
             if self.done {
@@ -311,14 +560,17 @@ impl<H: RangeTaskHandler> Operation for RangeTaskRunner<H> {
     }
 
     fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        if let Some(op) = &self.locate {
-            return op.poll_timeout();
-        }
-        self.running
+        let locate = self.locate.as_ref().and_then(|op| op.poll_timeout());
+        let tasks = self
+            .running
             .iter()
             .flatten()
             .filter_map(|r| r.op.poll_timeout())
-            .min_by_key(|(at, _)| *at)
+            .min_by_key(|(at, _)| *at);
+        match (locate, tasks) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
     }
 
     fn poll_result(&mut self) -> Option<Result<TaskStat, Error>> {

@@ -39,6 +39,15 @@ use crate::machine::{
 };
 use crate::rng::Rng;
 
+/// The upper bound of an unbounded reverse scan under API V1: `MAX_KEY_LEN + 1` bytes of
+/// `0xFF`, greater than every key of at most [`MAX_KEY_LEN`] bytes (the longest key a
+/// transaction may write, client-go `ErrKeyTooLarge`), so every key is below it.
+///
+/// [`MAX_KEY_LEN`]: crate::machine::txn::membuffer::MAX_KEY_LEN
+pub fn unbounded_reverse_upper() -> Key {
+    Key::from(vec![0xFF; crate::machine::txn::membuffer::MAX_KEY_LEN + 1])
+}
+
 /// Where a scan stands. Mirrors the state of client-go `Scanner` (`nextStartKey`,
 /// `endKey`, `nextEndKey`, `reverse`, `eof`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +76,8 @@ impl ScanCursor {
     }
 
     /// A reverse scan of `[lower, upper)` from `upper` downwards (empty `lower`: to the start
-    /// of the key space; empty `upper`: from its end).
+    /// of the key space; empty `upper`: from its end, which only works with an API V2
+    /// keyspace; see [`ScanCursor::reverse_unbounded`] for API V1).
     pub fn reverse(lower: Key, upper: Key) -> Self {
         let eof = !upper.is_empty() && lower >= upper;
         ScanCursor {
@@ -77,6 +87,15 @@ impl ScanCursor {
             reverse: true,
             eof,
         }
+    }
+
+    /// A reverse scan of `[lower, +∞)` under API V1. TiKV reads the empty start key of a
+    /// reverse `Scan` as the smallest key (`Storage::scan` swaps the bounds of
+    /// `Key::from_raw(start_key)`), so the scan starts from [`unbounded_reverse_upper`]
+    /// instead: a key above every key a transaction can write, located by end key in the
+    /// last region like client-go `Scanner.getData` (`LocateEndKey`).
+    pub fn reverse_unbounded(lower: Key) -> Self {
+        Self::reverse(lower, unbounded_reverse_upper())
     }
 
     /// Whether the scan goes downwards.

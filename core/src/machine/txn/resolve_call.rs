@@ -62,6 +62,9 @@ pub fn key_error(e: kvrpcpb::KeyError) -> Error {
             primary_key: t.primary_key,
         };
     }
+    if e.txn_lock_not_found.is_none() && !e.retryable.is_empty() {
+        return Error::TikvRetryable(e.retryable);
+    }
     Error::KeyError(Box::new(e))
 }
 
@@ -453,19 +456,21 @@ impl AsyncResolveData {
         if locks.len() < expected {
             if !self.missing_lock {
                 if commit_ts != 0 && commit_ts < self.commit_ts {
-                    return Err(Error::Internal(format!(
-                        "async commit recovery of {start_ts}: commit ts {commit_ts} is below min commit ts {}",
-                        self.commit_ts
-                    )));
+                    return Err(Error::AsyncCommitRecoveryMismatch {
+                        start_ts,
+                        known_commit_ts: self.commit_ts,
+                        reported_commit_ts: commit_ts,
+                    });
                 }
                 self.commit_ts = commit_ts;
             }
             self.missing_lock = true;
             if self.commit_ts != commit_ts {
-                return Err(Error::Internal(format!(
-                    "async commit recovery of {start_ts}: commit ts mismatch {} vs {commit_ts}",
-                    self.commit_ts
-                )));
+                return Err(Error::AsyncCommitRecoveryMismatch {
+                    start_ts,
+                    known_commit_ts: self.commit_ts,
+                    reported_commit_ts: commit_ts,
+                });
             }
             return Ok(true);
         }
@@ -607,11 +612,25 @@ mod tests {
         assert_eq!(d.add_keys(vec![lock("c", 5, 50, true)], 1, 5, 0), Ok(true));
         assert_eq!(d.commit_ts, 0);
         // A region saying committed disagrees.
-        assert!(d.add_keys(vec![], 1, 5, 20).is_err());
+        assert_eq!(
+            d.add_keys(vec![], 1, 5, 20),
+            Err(Error::AsyncCommitRecoveryMismatch {
+                start_ts: 5,
+                known_commit_ts: 0,
+                reported_commit_ts: 20
+            })
+        );
 
         // Committed below the running max is a protocol error.
         let mut d = AsyncResolveData::new(10);
-        assert!(d.add_keys(vec![], 2, 5, 9).is_err());
+        assert_eq!(
+            d.add_keys(vec![], 2, 5, 9),
+            Err(Error::AsyncCommitRecoveryMismatch {
+                start_ts: 5,
+                known_commit_ts: 10,
+                reported_commit_ts: 9
+            })
+        );
         let mut d = AsyncResolveData::new(10);
         assert_eq!(d.add_keys(vec![], 2, 5, 15), Ok(true));
         assert_eq!(d.commit_ts, 15);
@@ -637,6 +656,20 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(e, Error::KeyError(_)));
+        // client-go `ExtractKeyErr`: a bare `retryable` message is `ErrRetryable`; a lock that
+        // is gone (`txn_lock_not_found`, which TiKV also marks retryable) stays specific.
+        let e = key_error(kvrpcpb::KeyError {
+            retryable: "Txn(Mvcc(WriteConflict))".into(),
+            ..Default::default()
+        });
+        assert_eq!(e, Error::TikvRetryable("Txn(Mvcc(WriteConflict))".into()));
+        assert!(e.is_retryable());
+        let e = key_error(kvrpcpb::KeyError {
+            retryable: "TxnLockNotFound".into(),
+            txn_lock_not_found: Some(Default::default()),
+            ..Default::default()
+        });
+        assert!(matches!(e, Error::KeyError(_)), "{e:?}");
         assert!(
             extract_lock(kvrpcpb::KeyError {
                 locked: Some(lock("a", 1, 0, false)),

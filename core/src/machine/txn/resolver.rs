@@ -29,9 +29,13 @@
 //! status (`current_ts = u64::MAX`, `rollback_if_not_exist`), then one `ResolveLock` with
 //! `txn_infos` cleans the region.
 //!
-//! client-go resolves for reads in background goroutines; a sans-IO operation has no
-//! background, so the resolution RPCs run inside the operation, and (as in client-go's async
-//! path) their failures do not fail a read.
+//! client-go cleans locks met by reads in background goroutines. Here a reader with
+//! [`ResolveOptions::background`] leaves the cleaning (region-wide, lite and async-commit
+//! `ResolveLock`s) to an [`AsyncResolve`](super::async_resolve::AsyncResolve) operation
+//! queued in the shared pool for its driver to run, and returns once the statuses are known;
+//! without it (or when the pool is full) the cleaning runs inside the operation. Either way
+//! (as in client-go) the cleaning's failures do not fail a read. Each resolution is listed in
+//! the shared [`ResolvingRegistry`](super::async_resolve::ResolvingRegistry) while it runs.
 //!
 //! Mirrors client-go `txnkv/txnlock/lock_resolver.go` (`resolveLocks`, `getTxnStatusFromLock`,
 //! `getTxnStatus`, `resolveAsyncCommitLock`, `checkAllSecondaries`, `resolveAsyncResolveData`,
@@ -47,6 +51,7 @@ use crate::machine::backoff::{BackoffKind, Backoffer};
 use crate::machine::plan::{BatchPlan, Located};
 use crate::machine::region_cache::RegionVerId;
 use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
+use crate::machine::txn::async_resolve::{ReadResolveTask, ResolvingRecord};
 use crate::machine::txn::resolve_call::{
     AsyncResolveData, CheckSecondariesKind, KeyCall, RegionErrorBackoff, ResolveKeysKind,
     key_error, resolve_context,
@@ -146,6 +151,14 @@ pub struct ResolveOptions {
     pub request_source: String,
     /// Resource group of the resolver's requests (empty: none).
     pub resource_group: String,
+    /// Readers only: once a lock's status is known, leave its cleaning (`ResolveLock`) to a
+    /// background [`AsyncResolve`](super::async_resolve::AsyncResolve) queued in the shared
+    /// pool, and return at once; when the pool is full, clean inline. Mirrors client-go
+    /// `asyncResolveTaskPool.tryAsyncResolve` on the read path.
+    pub background: bool,
+    /// Background region-wide resolves set `ResolveLockRequest.is_async`. Mirrors client-go
+    /// `enableTiKVSideAsyncResolve` (next-gen clusters).
+    pub tikv_side_async: bool,
 }
 
 impl ResolveOptions {
@@ -161,6 +174,8 @@ impl ResolveOptions {
             lite_threshold: RESOLVE_LOCK_LITE_THRESHOLD,
             request_source: String::new(),
             resource_group: String::new(),
+            background: false,
+            tikv_side_async: false,
         }
     }
 
@@ -175,7 +190,21 @@ impl ResolveOptions {
             lite_threshold: RESOLVE_LOCK_LITE_THRESHOLD,
             request_source: String::new(),
             resource_group: String::new(),
+            background: false,
+            tikv_side_async: false,
         }
+    }
+
+    /// Sets background cleaning (readers only; see [`ResolveOptions::background`]).
+    pub fn with_background(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
+    /// Sets TiKV-side async resolve (see [`ResolveOptions::tikv_side_async`]).
+    pub fn with_tikv_side_async(mut self, on: bool) -> Self {
+        self.tikv_side_async = on;
+        self
     }
 
     /// Sets the request source.
@@ -330,6 +359,12 @@ struct Engine {
     wake: Option<(Instant, Phase)>,
     actions: VecDeque<Action>,
     result: Option<Result<EngineOut, Error>>,
+    /// Cleaning left to the background (readers with [`ResolveOptions::background`]).
+    deferred: Vec<ReadResolveTask>,
+    /// Whether the pool admitted background cleaning (decided at the first deferral).
+    defer_ok: Option<bool>,
+    /// This resolution's entry in the shared registry of locks being resolved.
+    record: Option<ResolvingRecord>,
 }
 
 impl Engine {
@@ -355,6 +390,9 @@ impl Engine {
             wake: None,
             actions: VecDeque::new(),
             result: None,
+            deferred: Vec::new(),
+            defer_ok: None,
+            record: None,
         }
     }
 
@@ -370,8 +408,26 @@ impl Engine {
         self.bo.take().unwrap_or_else(|| Backoffer::new(0))
     }
 
+    /// Leaves `task` to the background when this is a reader with background cleaning and the
+    /// pool admits it (asked once per resolution). Returns `false` to clean inline.
+    fn try_defer(&mut self, shared: &Shared, task: ReadResolveTask) -> bool {
+        if !(self.opts.for_read && self.opts.background) || self.is_gc() {
+            return false;
+        }
+        let ok = *self
+            .defer_ok
+            .get_or_insert_with(|| shared.txn.async_resolve.has_capacity());
+        if ok {
+            self.deferred.push(task);
+        } else {
+            tracing::debug!("async resolve pool full; resolving inline");
+        }
+        ok
+    }
+
     fn fail(&mut self, e: Error) {
         tracing::debug!(error = %e, "lock resolution failed");
+        self.record = None;
         self.sub = None;
         self.wake = None;
         self.phase = Phase::Done;
@@ -408,6 +464,14 @@ impl Engine {
 
     fn start(&mut self, now: Instant, shared: &mut Shared) {
         self.rng = shared.rng.fork();
+        if !self.is_gc() && !self.locks.is_empty() {
+            self.record = Some(
+                shared
+                    .txn
+                    .resolving
+                    .record(self.opts.caller_start_ts, &self.locks),
+            );
+        }
         self.advance(now, shared);
     }
 
@@ -791,7 +855,20 @@ impl Engine {
         self.async_recovered.insert(lock.txn_id);
         let mut keys = data.keys;
         keys.push(lock.primary.clone());
+        // TiKV stops reporting locks at the first missing secondary, so the lock this
+        // resolution started from may not be listed: resolve it too, since the status (cached
+        // now) lets readers skip it and no one would meet it again to clean it. client-go
+        // cleans it on the caller's retry instead.
+        if !keys.contains(&lock.key) {
+            keys.push(lock.key.clone());
+        }
+        // The secondaries decided the outcome for good: committed at `commit_ts` (TiKV never
+        // pushes an async-commit lock's min_commit_ts), or rolled back (a secondary is gone and
+        // TiKV wrote its rollback). The status is final, whatever TTL the primary still shows;
+        // a reader may skip or read through the locks while they are cleaned.
         status.commit_ts = data.commit_ts;
+        status.ttl = 0;
+        status.action = kvrpcpb::Action::NoAction;
         if status.is_determined() {
             shared.txn.statuses.insert(lock.txn_id, status.clone());
         }
@@ -813,6 +890,19 @@ impl Engine {
         shared: &mut Shared,
     ) {
         let lock = self.lock().clone();
+        let task = ReadResolveTask::Keys {
+            lock: lock.clone(),
+            commit_ts: if status.is_committed() {
+                status.commit_ts
+            } else {
+                0
+            },
+            keys: keys.clone(),
+        };
+        if self.try_defer(shared, task) {
+            self.phase = Phase::Classify { status };
+            return;
+        }
         self.phase = Phase::AsyncResolve {
             status: status.clone(),
             keys: Vec::new(),
@@ -911,6 +1001,18 @@ impl Engine {
     /// `lite == false`.
     fn region_resolve(&mut self, status: TxnStatus, now: Instant, shared: &mut Shared) {
         let lock = self.lock().clone();
+        let task = ReadResolveTask::Region {
+            lock: lock.clone(),
+            commit_ts: if status.is_committed() {
+                status.commit_ts
+            } else {
+                0
+            },
+        };
+        if self.try_defer(shared, task) {
+            self.phase = Phase::Classify { status };
+            return;
+        }
         let req = TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
             context: self.context(),
             start_version: lock.txn_id,
@@ -937,14 +1039,26 @@ impl Engine {
     /// per region.
     fn lite_step(&mut self, now: Instant, shared: &mut Shared) {
         let Some(txn) = self.lite.get(self.lite_idx).cloned() else {
-            return self.finish_normal();
+            return self.finish_normal(shared);
         };
         self.lite_idx += 1;
         self.phase = Phase::Lite;
+        if txn.keys.len() == 1 && txn.first.key == txn.first.primary {
+            return;
+        }
+        let task = ReadResolveTask::Keys {
+            lock: txn.first.clone(),
+            commit_ts: if txn.status.is_committed() {
+                txn.status.commit_ts
+            } else {
+                0
+            },
+            keys: txn.keys.clone(),
+        };
+        if self.try_defer(shared, task) {
+            return;
+        }
         if txn.keys.len() == 1 {
-            if txn.first.key == txn.first.primary {
-                return;
-            }
             let req = TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
                 context: self.context(),
                 start_version: txn.first.txn_id,
@@ -1011,7 +1125,15 @@ impl Engine {
         }
     }
 
-    fn finish_normal(&mut self) {
+    fn finish_normal(&mut self, shared: &mut Shared) {
+        self.record = None;
+        if !self.deferred.is_empty() {
+            let tasks = std::mem::take(&mut self.deferred);
+            shared
+                .txn
+                .async_resolve
+                .submit(tasks, self.context(), self.opts.tikv_side_async);
+        }
         let outcome = ResolveOutcome {
             ms_before_expired: self.expire.value(),
             resolved: std::mem::take(&mut self.resolved),
@@ -1029,7 +1151,7 @@ impl Engine {
     /// it is skipped here.)
     fn gc_send(&mut self, now: Instant, shared: &mut Shared) {
         let Mode::Gc { region, txn_infos } = &self.mode else {
-            return self.finish_normal();
+            return self.finish_normal(shared);
         };
         if txn_infos.is_empty() {
             self.phase = Phase::Done;
@@ -1454,6 +1576,8 @@ impl BatchResolveLocks {
             lite_threshold: RESOLVE_LOCK_LITE_THRESHOLD,
             request_source: String::new(),
             resource_group: String::new(),
+            background: false,
+            tikv_side_async: false,
         };
         BatchResolveLocks {
             engine: Engine::new(
@@ -1690,17 +1814,15 @@ mod tests {
         }
         let out = resolve(&mut w, ResolveOptions::for_write(ts_at(10, 0)), &["a"]);
         assert_eq!(out.ms_before_expired, 0, "nothing left to wait for");
-        {
-            // The primary is rolled back; TiKV stopped at the missing secondary, so "a" is
-            // still locked (client-go relies on the next resolution to clean it).
-            let kv = w.kv.borrow();
-            assert_eq!(kv.records.get(&(k("p"), start)), Some(&None));
-            assert_eq!(kv.records.get(&(k("b"), start)), Some(&None));
-            assert!(!kv.locks.contains_key(&k("p")));
-        }
-        let out = resolve(&mut w, ResolveOptions::for_write(ts_at(10, 0)), &["a"]);
-        assert_eq!(out.ms_before_expired, 0);
+        assert!(
+            w.h.shared.txn.statuses.get(start).unwrap().is_rolled_back(),
+            "final status cached"
+        );
+        // The primary is rolled back, and "a" too although TiKV stopped reporting locks at
+        // the missing secondary: it is the lock the resolution started from.
         let kv = w.kv.borrow();
+        assert_eq!(kv.records.get(&(k("p"), start)), Some(&None));
+        assert_eq!(kv.records.get(&(k("b"), start)), Some(&None));
         assert!(
             kv.locks.is_empty(),
             "all rolled back: {:?}",
@@ -1730,20 +1852,134 @@ mod tests {
         // TiKV answers "rolled back" with no lock at all, so the only min_commit_ts known is
         // the primary's: the primary is committed at it.
         resolve(&mut w, ResolveOptions::for_write(ts_at(10, 0)), &["a"]);
+        let kv = w.kv.borrow();
         assert_eq!(
-            w.kv.borrow().records.get(&(k("p"), start)),
+            kv.records.get(&(k("p"), start)),
             Some(&Some(start + 5)),
             "primary committed"
         );
-        // The next reader of "a" follows the committed primary.
-        resolve(&mut w, ResolveOptions::for_write(ts_at(10, 0)), &["a"]);
-        let kv = w.kv.borrow();
         assert_eq!(kv.records.get(&(k("a"), start)), Some(&Some(start + 5)));
         assert_eq!(
             kv.records.get(&(k("b"), start)),
             Some(&None),
             "the missing secondary stays rolled back: half committed"
         );
+    }
+
+    fn resolve_requests(w: &TxnWorld) -> Vec<kvrpcpb::ResolveLockRequest> {
+        w.kv.borrow()
+            .requests
+            .iter()
+            .filter_map(|r| match r {
+                TikvRequest::Cmd(TikvCmd::ResolveLock(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// client-go `resolveLocks` (`forRead`: `asyncResolvePool.tryAsyncResolve` around
+    /// `resolveLock` and `batchLiteResolveLocks`) and `enableTiKVSideAsyncResolve`: a reader
+    /// learns the statuses, returns at once, and the cleaning runs later as its own operation.
+    #[test]
+    fn reader_with_background_leaves_cleaning_to_the_pool() {
+        let mut w = TxnWorld::new(&[]);
+        let (big, small) = (ts_at(0, 1), ts_at(0, 2));
+        {
+            let mut kv = w.kv.borrow_mut();
+            kv.commit("p", big, ts_at(5, 0), Some("vp"));
+            let mut spec = LockSpec::put("p", big, 3000);
+            spec.txn_size = 1000;
+            kv.lock("a", spec);
+            kv.commit("q", small, ts_at(6, 0), Some("vq"));
+            kv.lock("b", LockSpec::put("q", small, 3000));
+        }
+        let opts = ResolveOptions::for_read(ts_at(10, 0), false)
+            .with_background(true)
+            .with_tikv_side_async(true);
+        let out = resolve(&mut w, opts, &["a", "b"]);
+        assert_eq!(out.committed, vec![big, small]);
+        assert_eq!(out.ms_before_expired, 0);
+        assert_eq!(
+            w.kv.borrow().count("resolve_lock"),
+            0,
+            "nothing cleaned inline"
+        );
+        assert_eq!(w.kv.borrow().locks.len(), 2);
+        let pool = &w.h.shared.txn.async_resolve;
+        assert_eq!((pool.queued(), pool.running()), (1, 1));
+        assert!(pool.is_in_flight(big, b"a") && pool.is_in_flight(small, b"b"));
+        assert!(
+            w.h.shared.txn.resolving.resolving().is_empty(),
+            "record dropped"
+        );
+
+        for op in w.h.shared.txn.async_resolve.take() {
+            w.run(op).expect("background resolution");
+        }
+        assert!(w.kv.borrow().locks.is_empty(), "cleaned in the background");
+        assert_eq!(w.h.shared.txn.async_resolve.running(), 0, "permit released");
+        let reqs = resolve_requests(&w);
+        assert_eq!(reqs.len(), 2);
+        let region_wide = reqs.iter().find(|r| r.start_version == big).unwrap();
+        assert!(region_wide.keys.is_empty() && region_wide.is_async);
+        assert_eq!(region_wide.commit_version, ts_at(5, 0));
+        let lite = reqs.iter().find(|r| r.start_version == small).unwrap();
+        assert_eq!(lite.keys, vec![k("b")]);
+        assert!(
+            !lite.is_async,
+            "only region-wide resolves are TiKV-side async"
+        );
+    }
+
+    /// client-go `tryAsyncResolve` falls back to resolving in place when the pool's permits
+    /// are used up; writers never defer.
+    #[test]
+    fn full_pool_or_writer_resolves_inline() {
+        use crate::machine::txn::async_resolve::AsyncResolvePool;
+        let mut w = TxnWorld::new(&[]);
+        w.h.shared.txn.async_resolve = AsyncResolvePool::with_limit(0);
+        let start = ts_at(0, 1);
+        {
+            let mut kv = w.kv.borrow_mut();
+            kv.commit("p", start, ts_at(5, 0), Some("vp"));
+            kv.lock("a", LockSpec::put("p", start, 3000));
+            kv.lock("b", LockSpec::put("p", start, 3000));
+        }
+        let opts = ResolveOptions::for_read(ts_at(10, 0), true).with_background(true);
+        resolve(&mut w, opts, &["a"]);
+        assert_eq!(w.h.shared.txn.async_resolve.queued(), 0);
+        assert!(
+            !w.kv.borrow().locks.contains_key(&k("a")),
+            "resolved inline"
+        );
+
+        w.h.shared.txn.async_resolve = AsyncResolvePool::default();
+        let opts = ResolveOptions::for_write(ts_at(10, 0)).with_background(true);
+        resolve(&mut w, opts, &["b"]);
+        assert_eq!(w.h.shared.txn.async_resolve.queued(), 0);
+        assert!(w.kv.borrow().locks.is_empty());
+    }
+
+    /// client-go `RecordResolvingLocks` / `ResolveLocksDone`: a resolution is listed while it
+    /// runs and removed when it ends or is abandoned.
+    #[test]
+    fn resolution_is_listed_in_the_registry_while_it_runs() {
+        let mut w = TxnWorld::new(&[]);
+        let start = ts_at(0, 1);
+        w.kv.borrow_mut().lock("a", LockSpec::put("p", start, 3000));
+        let caller = ts_at(10, 0);
+        let mut op = ResolveLocks::new(
+            ResolveOptions::for_read(caller, true),
+            vec![lock_of(&w, "a")],
+            Backoffer::new(1000),
+        );
+        op.start(w.h.base, &mut w.h.shared);
+        let seen = w.h.shared.txn.resolving.resolving();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].txn_id, seen[0].lock_txn_id), (caller, start));
+        assert_eq!(seen[0].key, k("a"));
+        drop(op);
+        assert!(w.h.shared.txn.resolving.resolving().is_empty());
     }
 
     #[test]

@@ -87,6 +87,12 @@ pub struct SnapshotOptions {
     pub lite_threshold: u64,
     /// Check the txn safe point after reads (on by default).
     pub check_visibility: bool,
+    /// Leave the cleaning of locks whose status is known to the background pool (see
+    /// [`super::async_resolve`]); off by default (everything inline).
+    pub background_resolve: bool,
+    /// Background region-wide resolves ask TiKV to resolve asynchronously
+    /// (`ResolveLockRequest.is_async`; client-go: next-gen clusters only). Off by default.
+    pub tikv_side_async_resolve: bool,
     /// Routing options (replica read, RPC timeout override).
     pub request: RequestOptions,
 }
@@ -109,6 +115,8 @@ impl SnapshotOptions {
             budget_ms: None,
             lite_threshold: RESOLVE_LOCK_LITE_THRESHOLD,
             check_visibility: true,
+            background_resolve: false,
+            tikv_side_async_resolve: false,
             request: RequestOptions::default(),
         }
     }
@@ -191,6 +199,20 @@ impl SnapshotOptions {
         self
     }
 
+    /// Turns background cleaning of locks on or off (see
+    /// [`SnapshotOptions::background_resolve`]).
+    pub fn with_background_resolve(mut self, on: bool) -> Self {
+        self.background_resolve = on;
+        self
+    }
+
+    /// Turns TiKV-side async resolve on or off (see
+    /// [`SnapshotOptions::tikv_side_async_resolve`]).
+    pub fn with_tikv_side_async_resolve(mut self, on: bool) -> Self {
+        self.tikv_side_async_resolve = on;
+        self
+    }
+
     /// Sets the routing options.
     pub fn with_request_options(mut self, request: RequestOptions) -> Self {
         self.request = request;
@@ -220,6 +242,8 @@ impl SnapshotOptions {
             .with_request_source(self.request_source.clone())
             .with_resource_group(self.resource_group.clone())
             .with_lite_threshold(self.lite_threshold)
+            .with_background(self.background_resolve)
+            .with_tikv_side_async(self.tikv_side_async_resolve)
     }
 
     /// The request `Context` of this snapshot's reads with the lock sets. Mirrors the

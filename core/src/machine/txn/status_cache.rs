@@ -213,12 +213,16 @@ impl TxnSafePoint {
 
 /// Transaction state shared by every operation of one client (the `txn` field of
 /// [`crate::machine::Shared`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct TxnShared {
     /// Determined statuses learned by lock resolution.
     pub statuses: TxnStatusCache,
     /// The txn safe point snapshot reads are checked against.
     pub safe_point: TxnSafePoint,
+    /// Background lock cleaning left by readers, waiting for a driver to run it.
+    pub async_resolve: super::async_resolve::AsyncResolvePool,
+    /// Which locks each caller is resolving now (diagnostics).
+    pub resolving: super::async_resolve::ResolvingRegistry,
     /// Deliberate protocol bugs switched on for the simulator (all off by default).
     #[cfg(feature = "planted-bugs")]
     pub planted: super::planted::PlantedBugs,
