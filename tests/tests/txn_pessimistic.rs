@@ -21,6 +21,7 @@ tikv_tests::txn_tests!(
     no_wait_and_wait_timeout,
     deadlock_between_two_transactions,
     retryable_deadlock_within_one_lock_call,
+    fair_locking_over_a_newer_commit_then_commit,
     get_for_update_reads_the_latest_value,
     rollback_releases_pessimistic_locks,
     heartbeat_keeps_a_long_transaction_alive,
@@ -357,4 +358,57 @@ async fn heartbeat_keeps_a_long_transaction_alive<R: Runtime>() {
     let check = client.begin_optimistic().await.unwrap();
     assert_eq!(check.get("live").await.unwrap(), Some(b("v")));
     assert_eq!(check.get("dead").await.unwrap(), None);
+}
+
+/// Fair (force-lock) locking takes the lock over a version committed after the transaction's
+/// `for_update_ts`; TiKV writes that commit ts as the lock's `for_update_ts`, and the prewrite
+/// checks it (`for_update_ts_constraints`, which the mock enforces exactly): the commit only
+/// succeeds when the client expects the lock's real `for_update_ts`, also after the key was
+/// locked again by a later read for update. Mirrors client-go `txn.go`
+/// (`forUpdateTSChecks` from `ActualLockForUpdateTS` in `DoneAggressiveLocking`) and
+/// `prewrite.go` `buildPrewriteRequest` (`ForUpdateTsConstraints`).
+async fn fair_locking_over_a_newer_commit_then_commit<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut t = client.begin_pessimistic().await.unwrap();
+    t.lock_keys(["p"], LockOptions::new()).await.unwrap();
+    let mut other = client.begin_optimistic().await.unwrap();
+    other.put("k", "other").await.unwrap();
+    other.put("j", "other").await.unwrap();
+    other.commit().await.unwrap();
+    // Locked over the newer version, no write conflict.
+    let seen = t
+        .lock_keys(
+            ["k"],
+            LockOptions::new().fair_locking(true).return_values(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen[&b("k")].value, Some(b("other")));
+    t.put("k", "mine").await.unwrap();
+    t.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("k").await.unwrap(), Some(b("mine")));
+
+    // The same, then the key is locked again by a read for update at a newer
+    // `for_update_ts`: the expected value follows the lock.
+    let mut t = client.begin_pessimistic().await.unwrap();
+    t.lock_keys(["p"], LockOptions::new()).await.unwrap();
+    let mut other = client.begin_optimistic().await.unwrap();
+    other.put("j", "newer").await.unwrap();
+    other.commit().await.unwrap();
+    t.lock_keys(["j"], LockOptions::new().fair_locking(true))
+        .await
+        .unwrap();
+    let mut w = client.begin_optimistic().await.unwrap();
+    w.put("q", "x").await.unwrap();
+    w.commit().await.unwrap();
+    // A write conflict on "q" refreshes the transaction's for_update_ts; "j" is relocked at it.
+    assert_eq!(t.get_for_update("q").await.unwrap(), Some(b("x")));
+    assert_eq!(t.get_for_update("j").await.unwrap(), Some(b("newer")));
+    t.put("j", "mine").await.unwrap();
+    t.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("j").await.unwrap(), Some(b("mine")));
+    assert_eq!(lock_count(&mock), 0);
 }

@@ -154,6 +154,9 @@ pub(crate) struct LockOutcome {
     pub primary_locked: bool,
     /// The `for_update_ts` the locks were taken with (newer than asked after a retry).
     pub for_update_ts: Timestamp,
+    /// Keys locked over a newer committed version (force-lock mode), with the commit ts TiKV
+    /// wrote as their lock's `for_update_ts`.
+    pub locked_with_conflict: HashMap<Key, u64>,
 }
 
 /// The request metadata of writes. Mirrors the `Context` client-go's committer builds.
@@ -240,7 +243,14 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
         spawn_background(cluster, bg, request.start_ts);
     }
     let out = result?;
+    let locked_with_conflict = out
+        .values
+        .iter()
+        .filter(|(_, v)| v.locked_with_conflict_ts != 0)
+        .map(|(k, v)| (k.clone(), v.locked_with_conflict_ts))
+        .collect();
     Ok(LockOutcome {
+        locked_with_conflict,
         values: out
             .values
             .into_iter()
@@ -362,6 +372,8 @@ pub(crate) struct CommitRequest {
     pub lock_ttls: LockTtls,
     pub txn_started: Instant,
     pub ctx: ContextOptions,
+    /// Expected `for_update_ts` of keys locked in force-lock mode.
+    pub for_update_ts_checks: HashMap<Key, u64>,
 }
 
 /// How a commit went.
@@ -396,6 +408,7 @@ pub(crate) async fn commit<R: Runtime>(
     opts.assertion_level = request.assertion_level.to_pb();
     opts.context = write_context(&request.ctx);
     opts.lock_ttls = request.lock_ttls;
+    opts.for_update_ts_constraints = request.for_update_ts_checks;
     let mut committer = Committer::new(request.mutations, request.txn_started, opts);
     let result = cluster.run(&mut committer).await;
     if let Some(bg) = committer.take_background() {

@@ -82,6 +82,10 @@ pub(crate) struct TxnState {
     pub ttl: Option<TtlHandle>,
     /// The commit timestamp, once committed.
     pub commit_ts: Option<Timestamp>,
+    /// The `for_update_ts` TiKV holds on the lock of each key locked in force-lock mode,
+    /// checked again by prewrite (`for_update_ts_constraints`). Mirrors client-go
+    /// `KVTxn.forUpdateTSChecks`.
+    pub for_update_ts_checks: std::collections::HashMap<Key, u64>,
 }
 
 impl TxnState {
@@ -150,6 +154,7 @@ impl<R: Runtime> Transaction<R> {
                 locked: 0,
                 ttl: None,
                 commit_ts: None,
+                for_update_ts_checks: Default::default(),
             }),
             client,
             reader,
@@ -600,6 +605,19 @@ impl<R: Runtime> Transaction<R> {
                             s.locked += 1;
                         }
                         s.buffer.update_flags(k.clone(), &ops)?;
+                        // The lock's `for_update_ts` in TiKV: the newer commit it was taken
+                        // over (force-lock mode), else the request's; a lock taken again keeps
+                        // the larger one. Keys locked in force-lock mode get it checked at
+                        // prewrite; a key relocked later follows its lock.
+                        let held = outcome
+                            .locked_with_conflict
+                            .get(k)
+                            .copied()
+                            .unwrap_or(outcome.for_update_ts.version());
+                        if options.wake_up_force_lock || s.for_update_ts_checks.contains_key(k) {
+                            let e = s.for_update_ts_checks.entry(k.clone()).or_insert(0);
+                            *e = (*e).max(held);
+                        }
                     }
                     if outcome.for_update_ts > s.for_update_ts {
                         s.for_update_ts = outcome.for_update_ts;
@@ -669,13 +687,20 @@ impl<R: Runtime> Transaction<R> {
             mode = tracing::field::Empty,
         );
         let run = async {
-            let (mutations, primary, for_update_ts, ttl) = {
+            let (mutations, primary, for_update_ts, ttl, for_update_ts_checks) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
                 s.status = Status::Committing;
                 let pessimistic = self.is_pessimistic();
                 let mutations = s.buffer.build_mutations(pessimistic);
-                (mutations, s.primary.clone(), s.for_update_ts, s.ttl.take())
+                let checks = std::mem::take(&mut s.for_update_ts_checks);
+                (
+                    mutations,
+                    s.primary.clone(),
+                    s.for_update_ts,
+                    s.ttl.take(),
+                    checks,
+                )
             };
             tracing::Span::current().record("keys", mutations.len());
             if mutations.is_empty() {
@@ -730,6 +755,7 @@ impl<R: Runtime> Transaction<R> {
                 },
                 txn_started: self.began,
                 ctx: self.options.ctx.clone(),
+                for_update_ts_checks,
             };
             let report = backend::commit(self.client.cluster(), request).await;
             // The primary lock no longer needs keeping alive once the commit has an outcome.

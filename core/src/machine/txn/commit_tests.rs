@@ -1661,3 +1661,36 @@ fn range_task_locates_one_task_of_regions_at_a_time() {
     assert_eq!(ranges[0], (Bytes::new(), k("b")));
     assert_eq!(ranges[6], (k("g"), Bytes::new()));
 }
+
+/// client-go `prewrite.go` `buildPrewriteRequest`: each key with a `for_update_ts`
+/// constraint is checked by index within its batch (`ForUpdateTSConstraint{Index,
+/// ExpectedForUpdateTs}`); keys without one carry none.
+#[test]
+fn prewrite_carries_for_update_ts_constraints_by_batch_index() {
+    let mut w = World::new(&["m"]);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.pessimistic = true;
+    o.for_update_ts = start + 5;
+    o.for_update_ts_constraints = [(k("b"), start + 9), (k("z"), start + 7)].into();
+    let muts = vec![put("a", "1"), put("b", "2"), put("n", "3"), put("z", "4")];
+    let mut c = Committer::new(muts, w.now, o);
+    w.run(&mut c).expect("commit");
+    let mut seen = Vec::new();
+    for p in w.sent_of("prewrite") {
+        let p = prewrite_of(p);
+        for c in &p.for_update_ts_constraints {
+            seen.push((
+                p.mutations[c.index as usize].key.clone(),
+                c.expected_for_update_ts,
+            ));
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![(k("b"), start + 9), (k("z"), start + 7)]);
+    let second = prewrite_of(w.sent_of("prewrite")[1]);
+    assert_eq!(
+        second.for_update_ts_constraints[0].index, 1,
+        "index within its batch"
+    );
+}

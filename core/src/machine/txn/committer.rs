@@ -151,6 +151,10 @@ pub struct CommitOptions {
     pub context: TxnRequestContext,
     /// Lock TTLs (client-go `defaultLockTTL` 3 s, `ManagedLockTTL` 20 s).
     pub lock_ttls: mutations::LockTtls,
+    /// The `for_update_ts` each key's pessimistic lock must still carry at prewrite (keys
+    /// locked in force-lock mode); TiKV fails the prewrite of a key whose lock differs.
+    /// Mirrors client-go `twoPhaseCommitter.forUpdateTSConstraints`.
+    pub for_update_ts_constraints: HashMap<Key, u64>,
 }
 
 impl CommitOptions {
@@ -175,6 +179,7 @@ impl CommitOptions {
             backoff_weight: config.backoff_weight,
             context: TxnRequestContext::default(),
             lock_ttls: mutations::LockTtls::default(),
+            for_update_ts_constraints: HashMap::new(),
         }
     }
 }
@@ -203,6 +208,7 @@ pub struct PrewriteAction {
     secondaries: Vec<Key>,
     region_txn_size: HashMap<u64, u64>,
     context: TxnRequestContext,
+    for_update_ts_constraints: HashMap<Key, u64>,
     /// Async commit still in use.
     pub async_commit: bool,
     /// 1PC still in use.
@@ -271,7 +277,14 @@ impl BatchAction for PrewriteAction {
         let level_off = self.assertion_level == kvrpcpb::AssertionLevel::Off;
         let mut muts = Vec::with_capacity(batch.mutations.len());
         let mut actions = Vec::with_capacity(batch.mutations.len());
-        for m in &batch.mutations {
+        let mut constraints = Vec::new();
+        for (index, m) in batch.mutations.iter().enumerate() {
+            if let Some(expected) = self.for_update_ts_constraints.get(&m.key) {
+                constraints.push(kvrpcpb::prewrite_request::ForUpdateTsConstraint {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    expected_for_update_ts: *expected,
+                });
+            }
             muts.push(kvrpcpb::Mutation {
                 op: m.op as i32,
                 key: m.key.clone(),
@@ -328,7 +341,7 @@ impl BatchAction for PrewriteAction {
                 try_one_pc: self.one_pc,
                 max_commit_ts: self.max_commit_ts,
                 assertion_level: self.assertion_level as i32,
-                for_update_ts_constraints: Vec::new(),
+                for_update_ts_constraints: constraints,
                 txn_file_chunks: Vec::new(),
             },
         )))
@@ -1029,6 +1042,7 @@ impl Committer {
             },
             region_txn_size: HashMap::new(),
             context: self.opts.context.clone(),
+            for_update_ts_constraints: self.opts.for_update_ts_constraints.clone(),
             async_commit: self.async_tried,
             one_pc: self.one_pc_tried,
             async_fallback: false,
