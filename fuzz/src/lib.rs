@@ -8,12 +8,14 @@ mod batch_mux;
 mod decode_responses;
 mod region_cache;
 mod region_error;
+mod simulator;
 pub mod world;
 
 pub use batch_mux::batch_mux;
 pub use decode_responses::decode_responses;
 pub use region_cache::region_cache;
 pub use region_error::region_error;
+pub use simulator::simulator;
 
 use bytes::Bytes;
 use tikv_core::Error;

@@ -18,7 +18,8 @@
 //!   before the backoff budget runs out, and its sleep stays within the budget plus one cap
 //!   (server-busy sleep is excluded from the budget up to its own limit, as in client-go);
 //! - every sleep is attributed to exactly one backoff kind and is within that kind's cap;
-//! - with the same region error repeated forever, the request still ends;
+//! - with the same region error repeated forever (for example a store answering `NotLeader`
+//!   naming itself, which once looped without backoff), the request still ends;
 //! - `may_backoff_for_region_error` on a `Resplit` error does not panic and sleeps within the
 //!   `RegionMiss` cap.
 
@@ -42,13 +43,6 @@ use tikv_core::rng::Rng;
 use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 
 use crate::world::peer;
-
-/// Whether a store may answer `NotLeader` naming itself as the leader forever. The request
-/// loop (like client-go `replicaSelector.onNotLeader` + `replica.onUpdateLeader`) clears the
-/// flag of the hinted peer and resets its attempts, so it retries that store without backoff
-/// and never ends; `false` until that is bounded (reported in /work/notes/requests.md,
-/// "fuzz → owner of core/src/machine/replica.rs", 01:05).
-const NOT_LEADER_SELF_HINT_BOUNDED: bool = false;
 
 /// Most inputs fed to one request before it must have finished.
 const MAX_STEPS: usize = 4_000;
@@ -461,18 +455,6 @@ pub fn region_error(data: &[u8]) {
                     "sent to unknown store {store_id}"
                 );
                 let choice = match &last_err {
-                    // Known unbounded loop (mirrors client-go): a store that keeps answering
-                    // NotLeader naming itself is retried forever without backoff. Not repeated
-                    // until that is bounded; see NOT_LEADER_SELF_HINT_BOUNDED.
-                    Some(e)
-                        if !NOT_LEADER_SELF_HINT_BOUNDED
-                            && e.not_leader
-                                .as_ref()
-                                .and_then(|n| n.leader.as_ref())
-                                .is_some_and(|l| l.store_id == store_id) =>
-                    {
-                        u.int_in_range(0u8..=9).unwrap_or(0)
-                    }
                     Some(e) if repeat_last && u.is_empty() => {
                         let e = e.clone();
                         let result = Ok(response(kind, Some(e)));

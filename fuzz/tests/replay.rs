@@ -98,3 +98,9 @@ fn decode_responses_corpus() {
         128,
     );
 }
+
+#[test]
+fn simulator_corpus() {
+    // Each input is a whole simulation, so fewer seeded inputs than the other targets.
+    replay_with("simulator", tikv_fuzz::simulator, 8, 100, 16);
+}
