@@ -142,8 +142,9 @@ pub struct History {
     pub txns: BTreeMap<u64, TxnRecord>,
     /// Every register read.
     pub register_reads: Vec<RegisterRead>,
-    /// Commit timestamps found in the engine at the end (by start ts), where they differ
-    /// from the acknowledged ones or the acknowledgement is missing.
+    /// Commit timestamps the engine recorded (by start ts), read from its MVCC right after
+    /// each request that can commit (1PC prewrite, commit, resolve lock), before GC can
+    /// remove the version: the real commit ts even when the acknowledged one differs.
     pub engine_commits: BTreeMap<u64, u64>,
 }
 

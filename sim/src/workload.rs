@@ -963,6 +963,9 @@ fn check_mvcc(w: &mut World) {
                 }
             }
         }
+        if let Some(ts) = w.history.engine_commits.get(start_ts) {
+            commits.insert(*ts);
+        }
         let problem = if commits.len() > 1 {
             Some((
                 Invariant::Atomicity,
@@ -1017,7 +1020,8 @@ fn check_mvcc(w: &mut World) {
             "commit acknowledged at a later ts than the engine recorded"
         );
         w.stats.late_commit_acks += 1;
-        w.history.engine_commits.insert(start_ts, real);
+        let e = w.history.engine_commits.entry(start_ts).or_insert(real);
+        *e = (*e).min(real);
     }
     if let Some((inv, detail)) = found {
         w.violate(inv, detail);

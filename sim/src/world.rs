@@ -604,7 +604,11 @@ impl World {
         let kind = request.kind();
         let now_ms = self.now_ms();
         tracing::trace!(client, io = io.0, store, ?kind, copy, "request arrives");
+        let committing = committing_txns(&request);
         let outcome = self.cluster.handle_tikv(now_ms, store, request);
+        for start_ts in committing {
+            self.note_engine_commit(start_ts);
+        }
         self.mix(&[client as u64, io.0, store, kind as u64]);
         match outcome {
             TikvOutcome::Ready { response, delay_ms } => {
@@ -636,6 +640,29 @@ impl World {
             }
         }
         self.drain_lock_waits();
+    }
+
+    /// Records the commit ts the engine holds for a transaction of the history, if it is
+    /// committed and not recorded yet.
+    fn note_engine_commit(&mut self, start_ts: u64) {
+        if self.history.engine_commits.contains_key(&start_ts) {
+            return;
+        }
+        let Some(rec) = self.history.txns.get(&start_ts) else {
+            return;
+        };
+        let mut found = None;
+        for key in &rec.keys {
+            let info = self.cluster.mvcc().versions_of(&self.codec.encode_key(key));
+            for wr in info.writes.iter().filter(|wr| wr.start_ts == start_ts) {
+                if wr.r#type != tikv_proto::kvrpcpb::Op::Rollback as i32 {
+                    found = Some(found.map_or(wr.commit_ts, |f: u64| f.min(wr.commit_ts)));
+                }
+            }
+        }
+        if let Some(ts) = found {
+            self.history.engine_commits.insert(start_ts, ts);
+        }
     }
 
     fn reply(
@@ -803,6 +830,24 @@ impl World {
     /// Live operations (for diagnostics when a run is stuck).
     pub fn live_ops(&self) -> Vec<&'static str> {
         self.ops.values().map(|o| o.label).collect()
+    }
+}
+
+/// Start timestamps of the transactions a request may commit (1PC prewrite, commit, resolve
+/// lock).
+fn committing_txns(request: &tikv_mockstore::TikvRequest) -> Vec<u64> {
+    use tikv_mockstore::TikvRequest as M;
+    match request {
+        M::Prewrite(r) if r.try_one_pc => vec![r.start_version],
+        M::Commit(r) => vec![r.start_version],
+        M::ResolveLock(r) => {
+            let mut v: Vec<u64> = r.txn_infos.iter().map(|t| t.txn).collect();
+            if r.start_version != 0 {
+                v.push(r.start_version);
+            }
+            v
+        }
+        _ => Vec::new(),
     }
 }
 
