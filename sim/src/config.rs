@@ -89,8 +89,8 @@ impl SimConfig {
                 reorder_pm: pick(&mut r, 0, 40),
             },
             planted: PlantedBugs::default(),
-            max_requests_per_op: 2_000,
-            max_virtual_time: Duration::from_secs(30 * 60),
+            max_requests_per_op: 1_000,
+            max_virtual_time: Duration::from_secs(10 * 60),
         }
     }
 

@@ -95,12 +95,27 @@ fn main() -> ExitCode {
     let mut failed = 0u64;
     let mut passed = 0u64;
     let mut faults: std::collections::BTreeMap<FaultKind, u64> = Default::default();
+    let mut slowest = (0.0f64, 0u64);
+    let mut busiest = (0u64, "", 0u64);
+    let mut late_acks = 0u64;
     let total = args.seeds.end.saturating_sub(args.seeds.start);
     for seed in args.seeds.clone() {
         let cfg = SimConfig::from_seed(seed).with_planted(args.planted);
         match tikv_sim::run(cfg) {
             Ok(report) => {
                 passed += 1;
+                let vt = report.virtual_time.as_secs_f64();
+                if vt > slowest.0 {
+                    slowest = (vt, seed);
+                }
+                if report.stats.max_requests_per_op.0 > busiest.0 {
+                    busiest = (
+                        report.stats.max_requests_per_op.0,
+                        report.stats.max_requests_per_op.1,
+                        seed,
+                    );
+                }
+                late_acks += report.stats.late_commit_acks;
                 for (k, n) in &report.stats.faults {
                     *faults.entry(*k).or_default() += n;
                 }
@@ -138,6 +153,11 @@ fn main() -> ExitCode {
         println!(
             "sim: {passed} passed, {failed} failed in {:.1} s; faults seen: {faults:?}",
             began.elapsed().as_secs_f64()
+        );
+        println!(
+            "sim: longest run {:.1} s virtual (seed {}); most requests by one operation {} ({}, seed {}); \
+             late commit acknowledgements {late_acks}",
+            slowest.0, slowest.1, busiest.0, busiest.1, busiest.2
         );
         let missing: Vec<_> = FaultKind::ALL
             .iter()
