@@ -22,6 +22,11 @@
 //!   fresh feedback with `GetHealthFeedback`, and its score decays if that fails (client-go
 //!   `updateTiKVServerSideSlowScoreOnTick`).
 //!
+//! * **Store metadata.** Every `Config::stores_refresh_interval / 4` (15 s) each resolved store
+//!   is re-read from PD, and a store marked `NeedCheck` within a second (client-go
+//!   `checkAndResolve`); every 10 s the full store list adds stores the cache does not know
+//!   (client-go `storeCacheUpdater`).
+//!
 //! The task holds the cluster only weakly: it ends when the cluster is dropped or closed.
 
 use std::pin::Pin;
@@ -123,10 +128,11 @@ async fn fetch_health_feedback<R: Runtime>(
     with_deadline(rt, deadline, call).await.flatten()
 }
 
-/// Re-reads an unreachable store from PD (its address may have changed, or it may be gone:
-/// a tombstone ends its probes). Mirrors the `reResolve` step of client-go
-/// `startHealthCheckLoop`.
-async fn reresolve_store<R: Runtime>(inner: &Inner<R>, store_id: u64) {
+/// Re-reads a store from PD (its address or labels may have changed, or it may be gone: a
+/// tombstone invalidates its regions and ends its probes); `false` when PD could not answer.
+/// Mirrors client-go `Store.reResolve` as called by `checkAndResolve` and by the health-check
+/// loop of an unreachable store.
+async fn reresolve_store<R: Runtime>(inner: &Inner<R>, store_id: u64) -> bool {
     let request = PdRequest::GetStore(pdpb::GetStoreRequest {
         store_id,
         ..Default::default()
@@ -142,7 +148,43 @@ async fn reresolve_store<R: Runtime>(inner: &Inner<R>, store_id: u64) {
             }
         }
         Ok(_) => {}
-        Err(err) => tracing::debug!(store = store_id, %err, "store re-resolve failed"),
+        Err(err) => {
+            tracing::debug!(store = store_id, %err, "store re-resolve failed");
+            return false;
+        }
+    }
+    true
+}
+
+/// Period of the full store list refresh that adds stores the cache does not know. Mirrors
+/// client-go `refreshStoreListInterval` (10 s, `storeCacheUpdater.tick`).
+pub const STORE_LIST_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Fetches every non-tombstone store from PD and applies the list (new stores are added,
+/// known ones refreshed). Mirrors client-go `storeCacheUpdater.tick` /
+/// `insertMissingStores`.
+async fn refresh_store_list<R: Runtime>(inner: &Inner<R>) -> bool {
+    let request = PdRequest::GetAllStores(pdpb::GetAllStoresRequest {
+        exclude_tombstone_stores: true,
+        ..Default::default()
+    });
+    match inner.pd.call(request).await {
+        Ok(PdResponse::AllStores(resp)) => {
+            if resp
+                .header
+                .as_ref()
+                .and_then(|h| h.error.as_ref())
+                .is_none()
+            {
+                lock(&inner.shared).stores.apply_all_stores(&resp.stores);
+            }
+            true
+        }
+        Ok(_) => true,
+        Err(err) => {
+            tracing::debug!(%err, "store list refresh failed");
+            false
+        }
     }
 }
 
@@ -158,6 +200,11 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
     };
     let mut feedback: Vec<(kvrpcpb::HealthFeedback, Instant)> = Vec::new();
     let mut next_probe = rt.now() + PROBE_INTERVAL;
+    let store_check_interval = cluster.upgrade().map_or(Duration::from_secs(15), |c| {
+        (c.config.stores_refresh_interval / 4).max(PROBE_INTERVAL)
+    });
+    let mut next_store_check = rt.now() + store_check_interval;
+    let mut next_store_list = rt.now() + STORE_LIST_INTERVAL;
     loop {
         let mut sleep = rt.sleep_until(next_probe);
         let closed = future::poll_fn(|cx| match feed.poll_drain(cx, &mut feedback) {
@@ -184,15 +231,32 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
         if rt.now() < next_probe {
             continue;
         }
-        let (probes, reresolve, feedback_due) = {
+        let now = rt.now();
+        let full_check = now >= next_store_check;
+        if full_check {
+            next_store_check = now + store_check_interval;
+        }
+        let (probes, mut reresolve, feedback_due) = {
             let shared = lock(&inner.shared);
-            let now = rt.now();
             (
                 shared.stores.stores_to_probe(),
                 shared.stores.stores_to_reresolve(now),
                 shared.stores.stores_needing_health_feedback(now),
             )
         };
+        let rechecks = lock(&inner.shared).stores.stores_to_recheck(full_check);
+        for id in rechecks {
+            if !reresolve.contains(&id) {
+                reresolve.push(id);
+            }
+        }
+        // PD calls retry within their budget; after one fails, the others wait for the next
+        // tick so that probes keep their one-second rhythm during a PD outage.
+        let mut pd_ok = true;
+        if now >= next_store_list {
+            next_store_list = now + STORE_LIST_INTERVAL;
+            pd_ok = refresh_store_list(&inner).await;
+        }
         let timeout = inner.config.store_liveness_timeout;
         for (store_id, address) in probes {
             let liveness = probe(&rt, &address, timeout).await;
@@ -202,7 +266,10 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
                 .set_liveness(store_id, liveness, rt.now());
         }
         for store_id in reresolve {
-            reresolve_store(&inner, store_id).await;
+            if !pd_ok {
+                break;
+            }
+            pd_ok = reresolve_store(&inner, store_id).await;
         }
         for (store_id, address) in feedback_due {
             let got = fetch_health_feedback(&rt, &address).await;

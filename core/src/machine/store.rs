@@ -523,6 +523,25 @@ impl StoreCache {
         out
     }
 
+    /// The stores to re-read from PD in the background: every resolved store (or one marked
+    /// `NeedCheck`) when `all`, else only those marked `NeedCheck`. Mirrors client-go
+    /// `RegionCache.checkAndResolve`, run every `StoresRefreshInterval / 4` for all resolved
+    /// stores and at once for stores marked `needCheck` (`CheckStoreEvent`).
+    pub fn stores_to_recheck(&self, all: bool) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .stores
+            .values()
+            .filter(|s| match s.state {
+                ResolveState::NeedCheck => true,
+                ResolveState::Resolved => all,
+                ResolveState::Unresolved | ResolveState::Tombstone => false,
+            })
+            .map(|s| s.id)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The unreachable stores whose metadata is due to be re-read from PD (every 30 s while
     /// they stay unreachable). The caller applies PD's answer with [`StoreCache::apply_store`]
     /// (a tombstone then stops the probes) and calls [`StoreCache::reresolved`]. Mirrors the
@@ -801,6 +820,20 @@ mod tests {
             c.apply_get_store(2, &err(pdpb::ErrorType::Unknown, "store 2 not found")),
             Ok(StoreUpdate::Tombstone)
         );
+    }
+
+    #[test]
+    fn background_rechecks_cover_need_check_or_every_resolved_store() {
+        let mut c = StoreCache::default();
+        c.apply_store(1, Some(&meta(1, "a:1"))).unwrap();
+        c.apply_store(2, Some(&meta(2, "b:1"))).unwrap();
+        c.apply_store(3, None).unwrap(); // tombstone
+        c.get_or_insert(4); // unresolved
+        assert!(c.stores_to_recheck(false).is_empty());
+        assert_eq!(c.stores_to_recheck(true), vec![1, 2]);
+        c.mark_need_check(2);
+        assert_eq!(c.stores_to_recheck(false), vec![2]);
+        assert_eq!(c.stores_to_recheck(true), vec![1, 2]);
     }
 
     #[test]
