@@ -705,3 +705,33 @@ pub async fn pd_leader_change_reconnects<R: Runtime>() {
     let t3 = watcher.cluster().timestamp().await.unwrap();
     assert!(t3 > t2);
 }
+
+/// Store metadata is re-read from PD in the background (every `stores_refresh_interval / 4`;
+/// here 1 s instead of client-go's 15 s): an address PD now advertises for a store reaches
+/// the client's store cache without any request failing first.
+pub async fn store_metadata_is_rechecked_in_the_background<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = test_config();
+    config.stores_refresh_interval = Duration::from_secs(4);
+    let client = connect::<R>(&mock, config).await;
+    client.put("key", "v").await.unwrap();
+    let moved = "127.0.0.1:1";
+    mock.cluster()
+        .with_cluster(|c| c.set_store_address(1, moved))
+        .unwrap();
+    let mut seen = String::new();
+    for _ in 0..40 {
+        pause(&client, Duration::from_millis(100)).await;
+        seen = client
+            .cluster()
+            .with_shared(|s| s.stores.get(1).map(|st| st.address().to_string()))
+            .unwrap_or_default();
+        if seen == moved {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, moved,
+        "the background re-check picked up the new address"
+    );
+}
