@@ -174,6 +174,35 @@ impl Ctx {
         self.background.borrow_mut().push_back(h);
     }
 
+    /// Read options at `ts`; half of the reads leave lock cleaning to the background pool,
+    /// as the client's readers do.
+    fn read_opts(&self, ts: u64) -> SnapshotOptions {
+        let background = self.sim.with(|w| w.rng.below(2) == 0);
+        SnapshotOptions::new(ts).with_background_resolve(background)
+    }
+
+    /// Runs a snapshot read, then starts the lock cleaning it left to the background pool
+    /// (each `AsyncResolve` on its own task), as the client's reader backend does.
+    async fn read<O: Operation + Unpin>(
+        &self,
+        client: usize,
+        label: &'static str,
+        op: O,
+    ) -> Result<O::Output, Error> {
+        let r = self.sim.run(client, label, op).await;
+        let queued = self
+            .sim
+            .with(|w| w.clients[client].shared.txn.async_resolve.take());
+        for op in queued {
+            let sim = self.sim.clone();
+            let h = self.sim.spawn("async-resolve", async move {
+                let _ = sim.run(client, "async_resolve", op).await;
+            });
+            self.background.borrow_mut().push_back(h);
+        }
+        r
+    }
+
     fn crash_point(&self) -> Option<u32> {
         self.sim.with(|w| {
             let pm = w.cfg.crash_pm;
@@ -447,12 +476,9 @@ impl Ctx {
                 Err(crashed) => return crashed,
             }
         } else if read_first {
-            let op = SnapshotBatchGet::new(
-                keys.clone(),
-                &SnapshotOptions::new(start_ts),
-                LockSets::default(),
-            );
-            match self.sim.run(client, "batch_get", op).await {
+            let op =
+                SnapshotBatchGet::new(keys.clone(), &self.read_opts(start_ts), LockSets::default());
+            match self.read(client, "batch_get", op).await {
                 Ok(out) => {
                     for e in out.entries {
                         read.insert(e.key, Some(e.value));
@@ -545,7 +571,7 @@ async fn bank_read(ctx: &Ctx, client: usize) {
     let Ok((ts, _active)) = ctx.begin(client).await else {
         return;
     };
-    let opts = SnapshotOptions::new(ts);
+    let opts = ctx.read_opts(ts);
     let scan = ctx.sim.with(|w| w.rng.below(2) == 0);
     let mut balances: BTreeMap<Key, Bytes> = BTreeMap::new();
     if scan {
@@ -557,7 +583,7 @@ async fn bank_read(ctx: &Ctx, client: usize) {
         let batch = ctx.sim.with(|w| w.draw(8, 64)) as u32;
         while let Some(c) = cursor.take() {
             let op = SnapshotScan::new(c, &opts.clone().with_scan_batch_size(batch), locks.clone());
-            match ctx.sim.run(client, "scan", op).await {
+            match ctx.read(client, "scan", op).await {
                 Ok(out) => {
                     locks.merge(&out.locks);
                     balances.extend(out.pairs);
@@ -568,7 +594,7 @@ async fn bank_read(ctx: &Ctx, client: usize) {
         }
     } else {
         let op = SnapshotBatchGet::new(ctx.accounts.to_vec(), &opts, LockSets::default());
-        match ctx.sim.run(client, "batch_get", op).await {
+        match ctx.read(client, "batch_get", op).await {
             Ok(out) => balances.extend(out.entries.into_iter().map(|e| (e.key, e.value))),
             Err(_) => return,
         }
@@ -645,14 +671,14 @@ async fn register_read(ctx: &Ctx, client: usize) -> bool {
     let Ok((ts, _active)) = ctx.begin(client).await else {
         return false;
     };
-    let opts = SnapshotOptions::new(ts);
+    let opts = ctx.read_opts(ts);
     let point_gets = ctx.sim.with(|w| w.rng.below(3) == 0);
     let mut seen = BTreeMap::new();
     if point_gets {
         let mut locks = LockSets::default();
         for key in ctx.registers.iter() {
             let op = SnapshotGet::new(key.clone(), &opts, locks.clone()).need_commit_ts(true);
-            match ctx.sim.run(client, "register_get", op).await {
+            match ctx.read(client, "register_get", op).await {
                 Ok(out) => {
                     locks.merge(&out.locks);
                     if let Some(v) = out.value {
@@ -665,7 +691,7 @@ async fn register_read(ctx: &Ctx, client: usize) -> bool {
     } else {
         let op = SnapshotBatchGet::new(ctx.registers.to_vec(), &opts, LockSets::default())
             .need_commit_ts(true);
-        match ctx.sim.run(client, "register_read", op).await {
+        match ctx.read(client, "register_read", op).await {
             Ok(out) => {
                 seen = out
                     .entries
@@ -912,10 +938,10 @@ async fn final_checks(ctx: &Ctx) {
     if let Ok((ts, _active)) = ctx.begin(0).await {
         let op = SnapshotBatchGet::new(
             ctx.accounts.to_vec(),
-            &SnapshotOptions::new(ts),
+            &ctx.read_opts(ts),
             LockSets::default(),
         );
-        match ctx.sim.run(0, "final_bank_read", op).await {
+        match ctx.read(0, "final_bank_read", op).await {
             Ok(out) => {
                 let balances = out.entries.into_iter().map(|e| (e.key, e.value)).collect();
                 check_bank(ctx, ts, &balances, "final batch get");
