@@ -10,7 +10,7 @@ use tikv_proto::keyspacepb;
 use super::driver::{self, Dispatch, LocalIo};
 use super::pd::{PdClient, PdStats};
 use super::rpc::{self, PD_LOAD_KEYSPACE};
-use super::runtime::{Channel, Runtime};
+use super::runtime::Runtime;
 use super::sync::Inbox;
 use super::tikv::{TikvTransport, TransportConfig, TransportStats};
 use crate::codec::{ApiCodec, KeyMode};
@@ -222,23 +222,17 @@ async fn load_keyspace<R: Runtime>(
     config: &Config,
 ) -> Result<keyspacepb::KeyspaceMeta, Error> {
     let _ = (rt, config);
-    let (channel, cluster_id) = pd.leader_channel().await?;
-    let req = keyspacepb::LoadKeyspaceRequest {
-        header: Some(tikv_proto::pdpb::RequestHeader {
-            cluster_id,
-            ..Default::default()
-        }),
-        name: name.to_owned(),
-        namespace: None,
+    let encode = |cluster_id| {
+        rpc::encode(&keyspacepb::LoadKeyspaceRequest {
+            header: Some(tikv_proto::pdpb::RequestHeader {
+                cluster_id,
+                ..Default::default()
+            }),
+            name: name.to_owned(),
+            namespace: None,
+        })
     };
-    let bytes = channel
-        .unary(
-            PD_LOAD_KEYSPACE,
-            rpc::encode(&req),
-            Some(config.pd_server_timeout),
-        )
-        .await
-        .map_err(|s| Error::Pd(format!("LoadKeyspace: {s}")))?;
+    let bytes = pd.call_raw(PD_LOAD_KEYSPACE, encode).await?;
     let resp: keyspacepb::LoadKeyspaceResponse = rpc::decode(bytes, "LoadKeyspaceResponse")?;
     if let Some(err) = resp.header.as_ref().and_then(|h| h.error.as_ref()) {
         return Err(

@@ -262,12 +262,6 @@ impl<R: Runtime> PdClient<R> {
             .unwrap_or_else(|| Err(Error::Pd("no PD leader found in time".into())))
     }
 
-    /// The leader's channel and the cluster id (for calls outside [`PdRequest`]).
-    pub async fn leader_channel(&self) -> Result<(R::Channel, u64), Error> {
-        let l = self.leader(self.budget_deadline()).await?;
-        Ok((l.channel, l.cluster_id))
-    }
-
     /// A call through `leader` failed at the transport level: forgets that connection (a newer
     /// one is kept) and reports the failure to the discovery machine, which marks the leader
     /// unreachable if it was called directly and schedules a member refresh.
@@ -502,6 +496,36 @@ impl<R: Runtime> PdClient<R> {
 
     /// One PD call with leader discovery and `BoPDRPC` retries.
     pub async fn call(&self, mut request: PdRequest) -> Result<PdResponse, Error> {
+        let (_, _, decoder) = rpc::pd_call(&request);
+        let bytes = self
+            .call_encoded(|cluster_id| {
+                set_cluster_id(&mut request, cluster_id);
+                let (path, body, _) = rpc::pd_call(&request);
+                (path, body)
+            })
+            .await?;
+        decoder(bytes).map_err(|e| Error::Codec(e.to_string()))
+    }
+
+    /// A unary PD call outside [`PdRequest`] (for example `LoadKeyspace`) with the same leader
+    /// discovery, forwarding and `BoPDRPC` retries as [`PdClient::call`]: `encode` gets the
+    /// cluster id for the request header and returns the encoded request; the reply comes
+    /// back encoded.
+    pub async fn call_raw(
+        &self,
+        path: &'static str,
+        mut encode: impl FnMut(u64) -> Bytes,
+    ) -> Result<Bytes, Error> {
+        self.call_encoded(|cluster_id| (path, encode(cluster_id)))
+            .await
+    }
+
+    /// The retry loop of [`PdClient::call`] and [`PdClient::call_raw`]: a transport failure
+    /// drops the leader connection and backs off `BoPDRPC` within the PD retry budget.
+    async fn call_encoded(
+        &self,
+        mut encode: impl FnMut(u64) -> (&'static str, Bytes),
+    ) -> Result<Bytes, Error> {
         let mut bo = Backoffer::new(self.budget_ms);
         let deadline = self.budget_deadline();
         loop {
@@ -509,8 +533,7 @@ impl<R: Runtime> PdClient<R> {
                 Err(Error::Closed) => return Err(Error::Closed),
                 Err(e) => e,
                 Ok(leader) => {
-                    set_cluster_id(&mut request, leader.cluster_id);
-                    let (path, body, decoder) = rpc::pd_call(&request);
+                    let (path, body) = encode(leader.cluster_id);
                     self.stats.calls.fetch_add(1, Ordering::Relaxed);
                     let metadata = leader.metadata();
                     if metadata.is_some() {
@@ -524,9 +547,7 @@ impl<R: Runtime> PdClient<R> {
                         metadata.as_slice(),
                     );
                     match with_deadline(&self.rt, call_deadline, call).await {
-                        Some(Ok(bytes)) => {
-                            return decoder(bytes).map_err(|e| Error::Codec(e.to_string()));
-                        }
+                        Some(Ok(bytes)) => return Ok(bytes),
                         Some(Err(status)) => {
                             self.drop_leader(&leader);
                             Error::Pd(format!("{path} to {}: {status}", leader.via))
