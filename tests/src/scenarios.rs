@@ -555,11 +555,13 @@ pub async fn unreachable_store_is_probed_until_it_answers<R: Runtime>() {
 }
 
 /// PD forwarding (client-go `EnableForwarding`): the members name a leader nobody listens on;
-/// with forwarding on, every PD call and the `Tso` stream go through the follower carrying
-/// `pd-forwarded-host: <leader>`, and the client works. With forwarding off the client cannot
-/// reach PD and connecting fails once the PD retry budget is spent.
+/// with forwarding on, every PD call (the API V2 keyspace load included) and the `Tso` stream
+/// go through the follower carrying `pd-forwarded-host: <leader>`, and the client works. With
+/// forwarding off the client cannot reach PD and connecting fails once the PD retry budget is
+/// spent.
 pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
-    let mock = Mock::start(MockCluster::builder());
+    // API V2: the keyspace is loaded from PD at connect, through the follower too.
+    let mock = Mock::start(MockCluster::builder().api_version(MockApi::V2));
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
@@ -567,6 +569,7 @@ pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
     let follower = mock.pd_group(1, Some(&dead));
 
     let mut config = test_config();
+    config.api_version = ApiVersion::V2;
     config.enable_forwarding = true;
     let client = RawClient::<R>::connect(&follower.endpoints(), config)
         .await
@@ -586,6 +589,7 @@ pub async fn pd_forwarding_through_a_follower<R: Runtime>() {
     assert!(relaxed(&client.cluster().pd_stats().forwarded_calls) >= 2);
 
     let mut config = test_config();
+    config.api_version = ApiVersion::V2;
     config.pd_retry_budget = Duration::from_millis(500);
     config.backoff_weight = 1;
     let err = RawClient::<R>::connect(&follower.endpoints(), config)
