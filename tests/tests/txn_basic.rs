@@ -26,6 +26,7 @@ tikv_tests::txn_tests!(
     local_latches_refuse_stale_commits,
     commit_callback_reports_the_outcome,
     drop_rolls_back_pessimistic_locks,
+    kv_filter_leaves_unnecessary_writes_out,
 );
 
 /// Reads see the transaction's own writes over a snapshot at its start timestamp; a commit
@@ -469,4 +470,38 @@ fn futures_are_send<R: Runtime>(
     send(&txn.lock_keys(["k"], LockOptions::new()));
     send(&txn.scan(..));
     send(&txn.commit());
+}
+
+/// A KV filter leaves the writes it calls unnecessary out of the commit; a pessimistically
+/// locked key it filters is still released. Mirrors client-go `KVTxn.SetKVFilter` and
+/// `2pc.go` `initKeysAndMutations` (`IsUnnecessaryKeyValue`; locked keys become `Op_Lock`).
+async fn kv_filter_leaves_unnecessary_writes_out<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    setup.put("tmp_old", "kept").await.unwrap();
+    setup.commit().await.unwrap();
+    let mut t = client
+        .begin_with_options(
+            TransactionOptions::new_pessimistic().kv_filter(|key, _| key.starts_with(b"tmp_")),
+        )
+        .await
+        .unwrap();
+    t.put("real", "1").await.unwrap();
+    t.put("tmp_new", "2").await.unwrap();
+    t.delete("tmp_old").await.unwrap();
+    assert!(
+        has_lock(&mock, "tmp_new"),
+        "pessimistic lock taken by the write"
+    );
+    t.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("real").await.unwrap(), Some(b("1")));
+    assert_eq!(check.get("tmp_new").await.unwrap(), None, "filtered put");
+    assert_eq!(
+        check.get("tmp_old").await.unwrap(),
+        Some(b("kept")),
+        "filtered delete"
+    );
+    wait_until(&client, || lock_count(&mock) == 0).await;
 }

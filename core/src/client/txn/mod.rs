@@ -33,7 +33,7 @@ use std::fmt;
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
-    IsolationLevel, LockOptions, LockWait, LockedValue, Priority, SnapshotOptions,
+    IsolationLevel, KvFilterFn, LockOptions, LockWait, LockedValue, Priority, SnapshotOptions,
     TransactionOptions, TxnKind,
 };
 pub use range::KeyRange;

@@ -194,6 +194,10 @@ pub struct CommitTimings {
 /// `KVTxn.SetCommitCallback`.
 pub type CommitCallback = Arc<dyn Fn(&CommitInfo, Result<(), &Error>) + Send + Sync>;
 
+/// Says whether a buffered put (a delete when the value is empty) of a key may be left out of
+/// the commit. See [`TransactionOptions::kv_filter`].
+pub type KvFilterFn = Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
+
 /// client-go `defaultLockTTL`: base TTL of prewrite locks.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_millis(3_000);
 /// client-go `ManagedLockTTL`: TTL of pessimistic and heart-beaten locks.
@@ -376,6 +380,7 @@ pub struct TransactionOptions {
     pub(crate) assertion_level: AssertionLevel,
     pub(crate) ctx: ContextOptions,
     pub(crate) commit_callback: Option<CommitCallback>,
+    pub(crate) kv_filter: Option<KvFilterFn>,
     pub(crate) local_latches: Option<bool>,
     pub(crate) lock_wait: LockWait,
     pub(crate) lock_ttl: Duration,
@@ -393,6 +398,7 @@ impl Default for TransactionOptions {
             assertion_level: AssertionLevel::default(),
             ctx: ContextOptions::default(),
             commit_callback: None,
+            kv_filter: None,
             local_latches: None,
             lock_wait: LockWait::default(),
             lock_ttl: DEFAULT_LOCK_TTL,
@@ -412,6 +418,7 @@ impl fmt::Debug for TransactionOptions {
             .field("assertion_level", &self.assertion_level)
             .field("ctx", &self.ctx)
             .field("commit_callback", &self.commit_callback.is_some())
+            .field("kv_filter", &self.kv_filter.is_some())
             .field("local_latches", &self.local_latches)
             .field("lock_wait", &self.lock_wait)
             .field("lock_ttl", &self.lock_ttl)
@@ -499,6 +506,18 @@ impl TransactionOptions {
         callback: impl Fn(&CommitInfo, Result<(), &Error>) + Send + Sync + 'static,
     ) -> Self {
         self.commit_callback = Some(Arc::new(callback));
+        self
+    }
+
+    /// Leaves out of the commit every buffered put or delete for which `filter(key, value)`
+    /// is true (the value is empty for a delete); a key that holds a pessimistic lock of the
+    /// transaction is still prewritten as a lock, so the lock is released (client-go does so
+    /// for puts only). Mirrors client-go `KVTxn.SetKVFilter` (`KVFilter.IsUnnecessaryKeyValue`).
+    pub fn kv_filter(
+        mut self,
+        filter: impl Fn(&[u8], &[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.kv_filter = Some(Arc::new(filter));
         self
     }
 

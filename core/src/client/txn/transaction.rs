@@ -692,7 +692,18 @@ impl<R: Runtime> Transaction<R> {
                 s.check_active()?;
                 s.status = Status::Committing;
                 let pessimistic = self.is_pessimistic();
-                let mutations = s.buffer.build_mutations(pessimistic);
+                let filter = self.options.kv_filter.clone();
+                let filter = filter.as_ref().map(|f| {
+                    move |key: &[u8], value: &[u8], _flags: crate::machine::txn::KeyFlags| {
+                        f(key, value)
+                    }
+                });
+                let mutations = s.buffer.build_mutations_filtered(
+                    pessimistic,
+                    filter
+                        .as_ref()
+                        .map(|f| f as &dyn crate::machine::txn::KvFilter),
+                );
                 let checks = std::mem::take(&mut s.for_update_ts_checks);
                 (
                     mutations,

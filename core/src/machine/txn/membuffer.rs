@@ -599,7 +599,33 @@ impl MemBuffer {
     /// Collects [`MemBuffer::mutations`] and marks every `CheckNotExists` key prewrite-only
     /// in the buffer, as client-go `initKeysAndMutations` does after its loop.
     pub fn build_mutations(&mut self, pessimistic: bool) -> Vec<BufferMutation> {
-        let mutations: Vec<BufferMutation> = self.mutations(pessimistic).collect();
+        self.build_mutations_filtered(pessimistic, None)
+    }
+
+    /// [`MemBuffer::build_mutations`] with a KV filter: a put or delete the filter calls
+    /// unnecessary is not written; a locked key still releases its lock (`Lock`).
+    /// Mirrors client-go `initKeysAndMutations` with `KVTxn.SetKVFilter`
+    /// (`KVFilter.IsUnnecessaryKeyValue`).
+    pub fn build_mutations_filtered(
+        &mut self,
+        pessimistic: bool,
+        filter: Option<&dyn KvFilter>,
+    ) -> Vec<BufferMutation> {
+        let mutations: Vec<BufferMutation> = match filter {
+            None => self.mutations(pessimistic).collect(),
+            Some(f) => self
+                .entries
+                .iter()
+                .filter_map(|(key, stored)| {
+                    let unnecessary = stored
+                        .entry
+                        .value
+                        .as_ref()
+                        .is_some_and(|v| f.is_unnecessary(key, v, stored.entry.flags));
+                    to_mutation_filtered(key, &stored.entry, pessimistic, unnecessary)
+                })
+                .collect(),
+        };
         for m in mutations.iter().filter(|m| m.is_prewrite_only()) {
             if let Some(s) = self.entries.get_mut(&m.key[..]) {
                 s.entry.flags = s.entry.flags.apply(FlagsOp::SetPrewriteOnly);
@@ -810,11 +836,44 @@ fn lock_op(flags: KeyFlags) -> kvrpcpb::Op {
     }
 }
 
+/// Decides which buffered writes need not be committed. Mirrors client-go
+/// `transaction.KVFilter`.
+pub trait KvFilter {
+    /// Whether the put of `value` (a delete when empty) to `key` may be left out of the
+    /// commit. Mirrors client-go `KVFilter.IsUnnecessaryKeyValue`.
+    fn is_unnecessary(&self, key: &[u8], value: &[u8], flags: KeyFlags) -> bool;
+}
+
+impl<F: Fn(&[u8], &[u8], KeyFlags) -> bool> KvFilter for F {
+    fn is_unnecessary(&self, key: &[u8], value: &[u8], flags: KeyFlags) -> bool {
+        self(key, value, flags)
+    }
+}
+
 /// One key to its mutation. Follows client-go `2pc.go` `initKeysAndMutations`.
 fn to_mutation(key: &Bytes, entry: &BufferEntry, pessimistic: bool) -> Option<BufferMutation> {
+    to_mutation_filtered(key, entry, pessimistic, false)
+}
+
+/// [`to_mutation`] for a write the KV filter may have called unnecessary.
+fn to_mutation_filtered(
+    key: &Bytes,
+    entry: &BufferEntry,
+    pessimistic: bool,
+    unnecessary: bool,
+) -> Option<BufferMutation> {
     let flags = entry.flags;
     let (op, value) = match &entry.value {
         None => {
+            if !flags.has_locked() {
+                return None;
+            }
+            (lock_op(flags), None)
+        }
+        Some(_) if unnecessary => {
+            // A locked key is still prewritten as a lock, or its pessimistic lock would be
+            // left behind. (client-go does this for puts only and drops a filtered delete of
+            // a locked key, leaving its lock to lock resolution.)
             if !flags.has_locked() {
                 return None;
             }
@@ -1634,5 +1693,42 @@ mod tests {
         assert!(built.iter().filter(|m| m.is_prewrite_only()).count() == 1);
         assert!(buf.get_flags(b"d_check").unwrap().has_prewrite_only());
         assert!(!buf.get_flags(b"a_put").unwrap().has_prewrite_only());
+    }
+
+    /// client-go `initKeysAndMutations` with a `KVFilter`: unnecessary puts and deletes are
+    /// dropped, except that a locked key keeps a `Lock` so its pessimistic lock is released.
+    #[test]
+    fn kv_filter_drops_unnecessary_writes_but_keeps_locks() {
+        let mut buf = MemBuffer::new();
+        buf.set("a_put", "v").unwrap();
+        buf.set("tmp_put", "v").unwrap();
+        buf.set_with_flags("tmp_locked", "v", &[FlagsOp::SetKeyLocked])
+            .unwrap();
+        buf.delete("tmp_del").unwrap();
+        buf.delete_with_flags("tmp_del_locked", &[FlagsOp::SetKeyLocked])
+            .unwrap();
+        buf.delete("z_del").unwrap();
+        buf.update_flags("tmp_lock_only", &[FlagsOp::SetKeyLocked])
+            .unwrap();
+        let filter = |key: &[u8], _value: &[u8], _flags: KeyFlags| key.starts_with(b"tmp_");
+        let built = buf.build_mutations_filtered(true, Some(&filter));
+        let ops: Vec<(String, kvrpcpb::Op)> = built
+            .iter()
+            .map(|m| (String::from_utf8(m.key.to_vec()).unwrap(), m.op))
+            .collect();
+        use kvrpcpb::Op;
+        assert_eq!(
+            ops,
+            vec![
+                ("a_put".to_string(), Op::Put),
+                ("tmp_del_locked".to_string(), Op::Lock),
+                ("tmp_lock_only".to_string(), Op::Lock),
+                ("tmp_locked".to_string(), Op::Lock),
+                ("z_del".to_string(), Op::Del),
+            ]
+        );
+        assert_eq!(built[3].value, None, "no value for the kept lock");
+        // Without a filter nothing is dropped.
+        assert_eq!(buf.build_mutations(true).len(), 7);
     }
 }

@@ -69,7 +69,7 @@ pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
 pub use membuffer::{
-    BufferEntry, BufferMutation, BufferRange, BufferedValue, MemBuffer, MemBufferError,
+    BufferEntry, BufferMutation, BufferRange, BufferedValue, KvFilter, MemBuffer, MemBufferError,
     MemBufferLimits, Mutations, StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
