@@ -194,6 +194,71 @@ pub struct CommitTimings {
 /// `KVTxn.SetCommitCallback`.
 pub type CommitCallback = Arc<dyn Fn(&CommitInfo, Result<(), &Error>) + Send + Sync>;
 
+/// Where requests come from, as TiKV labels them in `Context.request_source` for quotas and
+/// metrics: `internal` or `external`, a source type, and an optional explicit type (for
+/// example `external_select_br`). Mirrors client-go `util.RequestSource`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestSource {
+    /// Issued by the system itself rather than a user.
+    pub internal: bool,
+    /// The kind of work (`"gc"`, `"stats"`, `"select"`, ...).
+    pub source_type: String,
+    /// The tool or task that asked for it (`"br"`, `"lightning"`, `"ddl"`, ...).
+    pub explicit_type: String,
+}
+
+impl RequestSource {
+    /// An internal source of `source_type`. Mirrors client-go `WithInternalSourceType`.
+    pub fn internal(source_type: impl Into<String>) -> Self {
+        RequestSource {
+            internal: true,
+            source_type: source_type.into(),
+            explicit_type: String::new(),
+        }
+    }
+
+    /// An external (user) source of `source_type`.
+    pub fn external(source_type: impl Into<String>) -> Self {
+        RequestSource {
+            internal: false,
+            source_type: source_type.into(),
+            explicit_type: String::new(),
+        }
+    }
+
+    /// Adds the explicit type. Mirrors client-go `SetExplicitRequestSourceType`.
+    pub fn with_explicit_type(mut self, explicit_type: impl Into<String>) -> Self {
+        self.explicit_type = explicit_type.into();
+        self
+    }
+
+    /// The label sent to TiKV: `unknown` when neither type is set, else
+    /// `internal|external` + `_` + type (`unknown` if empty) + `_explicit` when the explicit
+    /// type is set and differs from the type. Mirrors client-go
+    /// `RequestSource.GetRequestSource`.
+    pub fn label(&self) -> String {
+        if self.source_type.is_empty() && self.explicit_type.is_empty() {
+            return "unknown".into();
+        }
+        let origin = if self.internal {
+            "internal"
+        } else {
+            "external"
+        };
+        let source = if self.source_type.is_empty() {
+            "unknown"
+        } else {
+            &self.source_type
+        };
+        let mut label = format!("{origin}_{source}");
+        if !self.explicit_type.is_empty() && self.explicit_type != self.source_type {
+            label.push('_');
+            label.push_str(&self.explicit_type);
+        }
+        label
+    }
+}
+
 /// Says whether a buffered put (a delete when the value is empty) of a key may be left out of
 /// the commit. See [`TransactionOptions::kv_filter`].
 pub type KvFilterFn = Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
@@ -243,6 +308,14 @@ macro_rules! context_setters {
         /// and metrics. Mirrors client-go `SetRequestSourceType`.
         pub fn request_source(mut self, source: impl Into<String>) -> Self {
             self.ctx.request_source = source.into();
+            self
+        }
+
+        /// `Context.request_source` built from its parts (see [`RequestSource::label`]).
+        /// Mirrors client-go `SetRequestSourceInternal` + `SetRequestSourceType` +
+        /// `SetExplicitRequestSourceType`.
+        pub fn request_source_of(mut self, source: RequestSource) -> Self {
+            self.ctx.request_source = source.label();
             self
         }
 
@@ -641,5 +714,34 @@ mod tests {
             LockWait::default(),
             LockWait::Timeout(Duration::from_secs(50))
         );
+    }
+
+    /// client-go `util/request_source.go` `GetRequestSource`.
+    #[test]
+    fn request_source_labels_follow_client_go() {
+        assert_eq!(RequestSource::default().label(), "unknown");
+        assert_eq!(RequestSource::internal("gc").label(), "internal_gc");
+        assert_eq!(
+            RequestSource::external("select")
+                .with_explicit_type("br")
+                .label(),
+            "external_select_br"
+        );
+        assert_eq!(
+            RequestSource::external("ddl")
+                .with_explicit_type("ddl")
+                .label(),
+            "external_ddl",
+            "an explicit type equal to the type is not repeated"
+        );
+        assert_eq!(
+            RequestSource::default()
+                .with_explicit_type("lightning")
+                .label(),
+            "external_unknown_lightning"
+        );
+        let o = TransactionOptions::new_optimistic()
+            .request_source_of(RequestSource::internal("stats").with_explicit_type("analyze"));
+        assert_eq!(o.ctx.request_source, "internal_stats_analyze");
     }
 }
