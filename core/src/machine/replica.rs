@@ -895,7 +895,7 @@ mod tests {
 
     /// Region 1 with peers 11@1 (leader), 12@2, 13@3 (learner), all stores resolved.
     fn fixture() -> Fixture {
-        let now = Instant::now();
+        let now = crate::machine::testkit::origin();
         let mut rng = Rng::new(5);
         let mut stores = StoreCache::default();
         for id in 1..=3 {
