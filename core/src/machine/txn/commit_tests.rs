@@ -1694,3 +1694,72 @@ fn prewrite_carries_for_update_ts_constraints_by_batch_index() {
         "index within its batch"
     );
 }
+
+/// client-go `2pc.go` `groupMutations` / `preSplitRegion`: a region receiving at least
+/// `preSplitDetectThreshold` mutations is split every `preSplitSizeThreshold` bytes, the new
+/// regions scattered and waited for, and prewrite then goes to the new regions.
+#[test]
+fn crowded_region_is_pre_split_before_prewrite() {
+    use crate::machine::{PdRequest, PdResponse};
+    use tikv_proto::pdpb;
+    let mut w = World::new(&[]);
+    w.pd_hook = Some(Box::new(move |req| match req {
+        PdRequest::ScatterRegion(_) => {
+            Some(Ok(PdResponse::ScatterRegion(pdpb::ScatterRegionResponse {
+                finished_percentage: 100,
+                ..Default::default()
+            })))
+        }
+        PdRequest::GetOperator(r) => Some(Ok(PdResponse::GetOperator(pdpb::GetOperatorResponse {
+            region_id: r.region_id,
+            desc: Bytes::from_static(b"scatter-region"),
+            status: pdpb::OperatorStatus::Success as i32,
+            ..Default::default()
+        }))),
+        _ => None,
+    }));
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.pre_split_detect_threshold = 6;
+    o.pre_split_size_threshold = 9;
+    let muts: Vec<_> = (0..10).map(|i| put(&format!("k{i}"), "v")).collect();
+    let mut c = Committer::new(muts, w.now, o);
+    w.run(&mut c).expect("commit");
+    let splits = w.sent_of("split_region");
+    assert_eq!(splits.len(), 1);
+    let TikvRequest::SplitRegion(sr) = splits[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        sr.split_keys,
+        keys(&["k2", "k5", "k8"]),
+        "a key every 9 bytes"
+    );
+    let mut batches: Vec<Vec<Bytes>> = w
+        .sent_of("prewrite")
+        .iter()
+        .map(|p| {
+            prewrite_of(p)
+                .mutations
+                .iter()
+                .map(|m| m.key.clone())
+                .collect()
+        })
+        .collect();
+    batches.sort();
+    assert_eq!(
+        batches,
+        vec![
+            keys(&["k0", "k1"]),
+            keys(&["k2", "k3", "k4"]),
+            keys(&["k5", "k6", "k7"]),
+            keys(&["k8", "k9"]),
+        ],
+        "prewrite follows the new regions"
+    );
+    let mut bg = c.take_background().expect("secondaries");
+    w.run(&mut bg).unwrap();
+    for i in 0..10 {
+        assert_eq!(w.value(&format!("k{i}")), Some(k("v")));
+    }
+}

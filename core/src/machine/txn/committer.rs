@@ -3,6 +3,8 @@
 //! [`Committer`] takes the transaction's mutations (from
 //! [`MemBuffer::build_mutations`](crate::machine::txn::MemBuffer::build_mutations)) and runs:
 //!
+//! 0. **Pre-split** a region that would receive at least 100 000 mutations
+//!    ([`PreSplit`], client-go `preSplitRegion`).
 //! 1. **Decide the protocol.** Async commit if enabled and eligible (≤ 256 keys, ≤ 4 KiB of
 //!    keys, no shared lock), 1PC if enabled (and, once grouped, everything fits one batch of
 //!    one region). If either is tried and linearizability is wanted (no causal consistency) or
@@ -52,6 +54,9 @@ use crate::machine::txn::mutations::{
     self, Batch, MAX_COMMIT_TS_GAP, MAX_TXN_TIME_USE_MS, Mutation,
 };
 use crate::machine::txn::pessimistic::PessimisticRollbackAction;
+use crate::machine::txn::pre_split::{
+    PRE_SPLIT_DETECT_THRESHOLD, PRE_SPLIT_SIZE_THRESHOLD, PreSplit,
+};
 use crate::machine::{
     Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse, Timestamp,
@@ -155,6 +160,11 @@ pub struct CommitOptions {
     /// locked in force-lock mode); TiKV fails the prewrite of a key whose lock differs.
     /// Mirrors client-go `twoPhaseCommitter.forUpdateTSConstraints`.
     pub for_update_ts_constraints: HashMap<Key, u64>,
+    /// Mutations in one region that make the committer split it before prewrite (client-go
+    /// `preSplitDetectThreshold`, 100 000).
+    pub pre_split_detect_threshold: usize,
+    /// Bytes per region after such a split (client-go `preSplitSizeThreshold`, 32 MiB).
+    pub pre_split_size_threshold: usize,
 }
 
 impl CommitOptions {
@@ -180,6 +190,8 @@ impl CommitOptions {
             context: TxnRequestContext::default(),
             lock_ttls: mutations::LockTtls::default(),
             for_update_ts_constraints: HashMap::new(),
+            pre_split_detect_threshold: PRE_SPLIT_DETECT_THRESHOLD,
+            pre_split_size_threshold: PRE_SPLIT_SIZE_THRESHOLD,
         }
     }
 }
@@ -800,6 +812,7 @@ impl TsoWait {
 #[derive(Debug)]
 enum Phase {
     Idle,
+    PreSplit(PreSplit),
     MinCommitTs(TsoWait),
     Prewrite(BatchExec<PrewriteAction>),
     CommitTs(TsoWait),
@@ -1050,6 +1063,27 @@ impl Committer {
             one_pc_commit_ts: 0,
             primary_prewritten: false,
         });
+        if self.mutations.len() >= self.opts.pre_split_detect_threshold {
+            let sizes = self
+                .mutations
+                .iter()
+                .map(|m| (m.key.clone(), m.size()))
+                .collect();
+            let mut op = PreSplit::new(
+                sizes,
+                self.opts.start_ts,
+                self.opts.pre_split_detect_threshold,
+                self.opts.pre_split_size_threshold,
+            );
+            op.start(now, shared);
+            self.phase = Phase::PreSplit(op);
+            return self.drive(now, shared);
+        }
+        self.after_pre_split(now, shared);
+    }
+
+    /// The fresh TSO of async commit / 1PC when needed, then prewrite.
+    fn after_pre_split(&mut self, now: Instant, shared: &mut Shared) {
         let may_calculate = self.async_tried || self.one_pc_tried;
         if may_calculate && (!self.opts.causal_consistency || self.opts.commit_wait_until_tso > 0) {
             let mut w = TsoWait::new(
@@ -1402,6 +1436,20 @@ impl Committer {
                 }
             }
             match &mut self.phase {
+                Phase::PreSplit(op) => {
+                    while let Some(a) = op.poll_action() {
+                        self.actions.push_back(a);
+                    }
+                    let Some(r) = op.poll_result() else { return };
+                    self.phase = Phase::Idle;
+                    if let Ok(true) = r {
+                        tracing::info!(
+                            start_ts = self.opts.start_ts,
+                            "regions pre-split; prewrite groups the mutations again"
+                        );
+                    }
+                    self.after_pre_split(now, shared);
+                }
                 Phase::Prewrite(op) => {
                     while let Some(a) = op.poll_action() {
                         self.actions.push_back(a);
@@ -1487,6 +1535,7 @@ impl Operation for Committer {
             (Phase::MinCommitTs(_) | Phase::CommitTs(_), Input::Tso { id, result }) => {
                 self.on_tso(now, shared, id, result)
             }
+            (Phase::PreSplit(op), input) => op.handle_input(now, shared, input),
             (Phase::Prewrite(op), input) => op.handle_input(now, shared, input),
             (Phase::CommitPrimary(op), input) => op.handle_input(now, shared, input),
             _ => {}
@@ -1510,6 +1559,7 @@ impl Operation for Committer {
                     w.request(shared, &mut self.actions);
                 }
             }
+            Phase::PreSplit(op) => op.handle_timeout(now, shared),
             Phase::Prewrite(op) => op.handle_timeout(now, shared),
             Phase::CommitPrimary(op) => op.handle_timeout(now, shared),
             Phase::Idle => {}
@@ -1526,6 +1576,7 @@ impl Operation for Committer {
             Phase::MinCommitTs(w) | Phase::CommitTs(w) => {
                 w.wake.map(|at| (at, "commit-wait TSO backoff"))
             }
+            Phase::PreSplit(op) => op.poll_timeout(),
             Phase::Prewrite(op) => op.poll_timeout(),
             Phase::CommitPrimary(op) => op.poll_timeout(),
             Phase::Idle => None,

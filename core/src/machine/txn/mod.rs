@@ -22,6 +22,8 @@
 //!   [`mutations`];
 //! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
 //!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
+//! - [`pre_split`]: splitting regions a large transaction would flood, before prewrite
+//!   (client-go `preSplitRegion`);
 //! - [`heartbeat`]: the TTL manager (client-go `ttlManager`, `keepAlive`);
 //! - [`range_task`]: the range-task runner and transactional `delete_range` (client-go
 //!   `txnkv/rangetask`); [`gc`]: lock cleanup below a safe point and `unsafe_destroy_range`
@@ -51,6 +53,7 @@ pub mod mutations;
 pub mod pessimistic;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
+pub mod pre_split;
 pub mod range_task;
 pub mod read_scan;
 pub mod resolve_call;
