@@ -294,6 +294,9 @@ async fn route(
     let mut grpc = tonic::server::Grpc::new(BytesCodec);
     match endpoint {
         Endpoint::Store(store_id) => {
+            if path == "/grpc.health.v1.Health/Check" {
+                return grpc.unary(HealthSvc { shared, store_id }, req).await;
+            }
             if path == "/tikvpb.Tikv/Coprocessor" {
                 return grpc.unary(CoprocessorSvc { shared, store_id }, req).await;
             }
@@ -468,6 +471,34 @@ impl tonic::server::UnaryService<Vec<u8>> for CoprocessorSvc {
             Ok(tonic::Response::new(
                 coprocessor_refusal(&req).encode_to_vec(),
             ))
+        })
+    }
+}
+
+/// `grpc.health.v1.Health/Check` on a store: `SERVING` while the store is up
+/// (a down store refuses connections before this is reached).
+///
+/// Follows TiKV `src/server/server.rs` (the store registers gRPC's health
+/// service; client-go `internal/locate/store_cache.go` `requestLivenessState`
+/// probes it). The messages are tiny and fixed, so they are hand-encoded:
+/// `HealthCheckResponse { status = 1 (SERVING) }` is the two bytes `08 01`.
+struct HealthSvc {
+    shared: Arc<Shared>,
+    store_id: u64,
+}
+
+impl tonic::server::UnaryService<Vec<u8>> for HealthSvc {
+    type Response = Vec<u8>;
+    type Future = BoxFuture<Result<tonic::Response<Vec<u8>>, Status>>;
+
+    fn call(&mut self, _request: tonic::Request<Vec<u8>>) -> Self::Future {
+        let shared = self.shared.clone();
+        let store_id = self.store_id;
+        Box::pin(async move {
+            if !shared.lock().cluster.store(store_id).is_some_and(|s| s.up) {
+                return Err(Status::unavailable(format!("store {store_id} is down")));
+            }
+            Ok(tonic::Response::new(vec![0x08, 0x01]))
         })
     }
 }

@@ -598,6 +598,21 @@ async fn pd_http_api_and_scatter_operator() {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("{\"count\":2,"), "{body}");
 
+        // gRPC health service on a store: HealthCheckResponse { status: SERVING }.
+        let mut health =
+            tonic::client::Grpc::new(common::dial(c.store_addr(1).unwrap()).await.unwrap());
+        health.ready().await.unwrap();
+        let resp: tonic::Response<tikv_proto::pdpb::Timestamp> = health
+            .unary(
+                tonic::Request::new(tikv_proto::pdpb::Timestamp::default()),
+                http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap();
+        // field 1 varint 1, read through a message with a varint field 1
+        assert_eq!(resp.into_inner().physical, 1);
+
         let mut pd = pd(c.pd_addr()).await;
         let region_id = c.with_cluster(|cl| cl.regions()[0].id);
         let r = pd
