@@ -4,12 +4,19 @@
 
 use std::sync::{Arc, Mutex};
 
-use tikv_core::client::txn::{CommitInfo, CommitMode, SnapshotOptions, TransactionOptions};
+use std::time::Duration;
+
+use tikv_core::Error;
+use tikv_core::client::txn::{
+    CommitInfo, CommitMode, PrewriteLockPolicy, SnapshotOptions, TransactionOptions,
+};
 use tikv_core::client::{Runtime, TransactionClient};
 use tikv_core::machine::Timestamp;
 use tikv_mockstore::{MockCluster, RpcKind};
 use tikv_tests::Mock;
-use tikv_tests::txn_support::{b, connect, lock_count, split_txn, txn_config};
+use tikv_tests::txn_support::{
+    MockPrewrite, b, connect, lock_count, mock_prewrite, split_txn, txn_config,
+};
 
 tikv_tests::txn_tests!(
     one_pc_commits_in_one_round_trip,
@@ -17,6 +24,8 @@ tikv_tests::txn_tests!(
     one_pc_declined_by_tikv_falls_back,
     async_commit_returns_after_prewrite,
     async_commit_declined_by_tikv_falls_back,
+    commit_waits_until_the_tso_passes_a_target,
+    no_resolve_policy_turns_a_lock_into_a_write_conflict,
 );
 
 type Seen = Arc<Mutex<Vec<CommitInfo>>>;
@@ -177,5 +186,71 @@ async fn async_commit_declined_by_tikv_falls_back<R: Runtime>() {
     assert_eq!(
         read_all(&client, &["k1", "k2"]).await,
         vec![Some(b("v")), Some(b("v"))]
+    );
+}
+
+/// Commit-wait-until-TSO: the commit timestamp exceeds a target 200 ms ahead of the TSO (the
+/// commit waits for it), and a target too far ahead for the timeout fails at once with
+/// `CommitTsLag`. Mirrors client-go `KVTxn.SetCommitWaitUntilTSO` /
+/// `SetCommitWaitUntilTSOTimeout` and `GetTimestampForCommit`.
+async fn commit_waits_until_the_tso_passes_a_target<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let now = client.current_timestamp().await.unwrap();
+    let target = Timestamp::compose(now.physical_ms() + 200, 0);
+    let mut t = client
+        .begin_with_options(TransactionOptions::new_optimistic().commit_wait_until_tso(target))
+        .await
+        .unwrap();
+    t.put("k", "v").await.unwrap();
+    let commit_ts = t.commit().await.unwrap().expect("commit ts");
+    assert!(commit_ts > target, "{commit_ts:?} <= {target:?}");
+
+    let far = Timestamp::compose(now.physical_ms() + 60_000, 0);
+    let mut t = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic()
+                .commit_wait_until_tso(far)
+                .commit_wait_until_tso_timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    t.put("k", "w").await.unwrap();
+    let err = t.commit().await.unwrap_err();
+    assert!(matches!(err, Error::CommitTsLag { .. }), "{err:?}");
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("k").await.unwrap(), Some(b("v")));
+}
+
+/// With `PrewriteLockPolicy::NoResolve` a lock met by prewrite is a write conflict at once,
+/// even an older transaction's lock the default policy would resolve. Mirrors client-go
+/// `KVTxn.SetPrewriteEncounterLockPolicy(NoResolvePolicy)` and `prewrite.go`
+/// (`NoResolvePolicy` branch).
+async fn no_resolve_policy_turns_a_lock_into_a_write_conflict<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let older = client.current_timestamp().await.unwrap().version();
+    let how = MockPrewrite {
+        ttl_ms: 60_000,
+        ..Default::default()
+    };
+    mock_prewrite(&mock, older, "k", &[("k", "old")], &how);
+    let mut t = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic()
+                .prewrite_lock_policy(PrewriteLockPolicy::NoResolve),
+        )
+        .await
+        .unwrap();
+    t.put("k", "v").await.unwrap();
+    let err = t.commit().await.unwrap_err();
+    match &err {
+        Error::WriteConflict(wc) => assert_eq!(wc.conflict_ts, older),
+        other => panic!("expected a write conflict, got {other:?}"),
+    }
+    assert_eq!(
+        mock.cluster().requests(RpcKind::CheckTxnStatus),
+        0,
+        "the lock was not resolved"
     );
 }

@@ -368,6 +368,9 @@ pub(crate) struct CommitRequest {
     pub async_commit: bool,
     pub one_pc: bool,
     pub causal_consistency: bool,
+    pub commit_wait_until_tso: Option<Timestamp>,
+    pub commit_wait_until_tso_timeout: Duration,
+    pub lock_policy: super::options::PrewriteLockPolicy,
     pub assertion_level: AssertionLevel,
     pub lock_ttls: LockTtls,
     pub txn_started: Instant,
@@ -405,6 +408,9 @@ pub(crate) async fn commit<R: Runtime>(
     opts.try_async_commit = request.async_commit;
     opts.try_one_pc = request.one_pc;
     opts.causal_consistency = request.causal_consistency;
+    opts.commit_wait_until_tso = request.commit_wait_until_tso.map_or(0, Timestamp::version);
+    opts.commit_wait_until_tso_timeout = request.commit_wait_until_tso_timeout;
+    opts.lock_policy = request.lock_policy;
     opts.assertion_level = request.assertion_level.to_pb();
     opts.context = write_context(&request.ctx);
     opts.lock_ttls = request.lock_ttls;

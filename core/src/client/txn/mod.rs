@@ -33,8 +33,8 @@ use std::fmt;
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
-    IsolationLevel, KvFilterFn, LockOptions, LockWait, LockedValue, Priority, RequestSource,
-    SnapshotOptions, TransactionOptions, TxnKind,
+    IsolationLevel, KvFilterFn, LockOptions, LockWait, LockedValue, PrewriteLockPolicy, Priority,
+    RequestSource, SnapshotOptions, TransactionOptions, TxnKind,
 };
 pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};

@@ -14,6 +14,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::machine::Timestamp;
+pub use crate::machine::txn::PrewriteLockPolicy;
 
 /// Priority of a request in TiKV's scheduler. Mirrors client-go `txnutil.Priority`
 /// (`PriorityNormal`, `PriorityLow`, `PriorityHigh`) and `kvrpcpb.CommandPri`.
@@ -458,6 +459,9 @@ pub struct TransactionOptions {
     pub(crate) lock_wait: LockWait,
     pub(crate) lock_ttl: Duration,
     pub(crate) managed_lock_ttl: Duration,
+    pub(crate) commit_wait_until_tso: Option<Timestamp>,
+    pub(crate) commit_wait_until_tso_timeout: Duration,
+    pub(crate) prewrite_lock_policy: PrewriteLockPolicy,
 }
 
 impl Default for TransactionOptions {
@@ -476,6 +480,9 @@ impl Default for TransactionOptions {
             lock_wait: LockWait::default(),
             lock_ttl: DEFAULT_LOCK_TTL,
             managed_lock_ttl: MANAGED_LOCK_TTL,
+            commit_wait_until_tso: None,
+            commit_wait_until_tso_timeout: Duration::from_secs(1),
+            prewrite_lock_policy: PrewriteLockPolicy::TryResolve,
         }
     }
 }
@@ -496,6 +503,8 @@ impl fmt::Debug for TransactionOptions {
             .field("lock_wait", &self.lock_wait)
             .field("lock_ttl", &self.lock_ttl)
             .field("managed_lock_ttl", &self.managed_lock_ttl)
+            .field("commit_wait_until_tso", &self.commit_wait_until_tso)
+            .field("prewrite_lock_policy", &self.prewrite_lock_policy)
             .finish()
     }
 }
@@ -621,6 +630,30 @@ impl TransactionOptions {
     /// client-go `ManagedLockTTL`); the heartbeat runs every half of it.
     pub fn managed_lock_ttl(mut self, ttl: Duration) -> Self {
         self.managed_lock_ttl = ttl;
+        self
+    }
+
+    /// The commit timestamp must be greater than `ts` (for last-writer-wins replication): the
+    /// commit waits, backing off, until the TSO passes it, and fails with
+    /// [`Error::CommitTsLag`] when it does not within
+    /// [`TransactionOptions::commit_wait_until_tso_timeout`]. Mirrors client-go
+    /// `KVTxn.SetCommitWaitUntilTSO`.
+    pub fn commit_wait_until_tso(mut self, ts: Timestamp) -> Self {
+        self.commit_wait_until_tso = Some(ts);
+        self
+    }
+
+    /// Longest wait of [`TransactionOptions::commit_wait_until_tso`] (default 1 s). Mirrors
+    /// client-go `KVTxn.SetCommitWaitUntilTSOTimeout`.
+    pub fn commit_wait_until_tso_timeout(mut self, timeout: Duration) -> Self {
+        self.commit_wait_until_tso_timeout = timeout;
+        self
+    }
+
+    /// What prewrite does with other transactions' locks: resolve them (default) or report a
+    /// write conflict at once. Mirrors client-go `KVTxn.SetPrewriteEncounterLockPolicy`.
+    pub fn prewrite_lock_policy(mut self, policy: PrewriteLockPolicy) -> Self {
+        self.prewrite_lock_policy = policy;
         self
     }
 

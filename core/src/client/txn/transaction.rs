@@ -759,6 +759,9 @@ impl<R: Runtime> Transaction<R> {
                     .unwrap_or(config.enable_async_commit),
                 one_pc: self.options.one_pc.unwrap_or(config.enable_1pc),
                 causal_consistency: self.options.causal_consistency,
+                commit_wait_until_tso: self.options.commit_wait_until_tso,
+                commit_wait_until_tso_timeout: self.options.commit_wait_until_tso_timeout,
+                lock_policy: self.options.prewrite_lock_policy,
                 assertion_level: self.options.assertion_level,
                 lock_ttls: LockTtls {
                     default: self.options.lock_ttl,

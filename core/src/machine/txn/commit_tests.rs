@@ -1763,3 +1763,44 @@ fn crowded_region_is_pre_split_before_prewrite() {
         assert_eq!(w.value(&format!("k{i}")), Some(k("v")));
     }
 }
+
+/// client-go `txn.go` `lockKeys` (`IsFirstLock`: the transaction's first lock, of one key)
+/// and `pessimistic.go` (`IsFirstLock` on the request).
+#[test]
+fn first_lock_flag_reaches_the_request() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut op = lock_keys(&w, &["a"], None, LockCtx::new(start + 1, LockWait::NoWait));
+    w.run(&mut op).unwrap();
+    let mut op = lock_keys(
+        &w,
+        &["b", "c"],
+        Some("a"),
+        LockCtx::new(start + 1, LockWait::NoWait),
+    );
+    w.run(&mut op).unwrap();
+    let locks = w.sent_of("pessimistic_lock");
+    assert!(lock_of(locks[0]).is_first_lock);
+    assert!(!lock_of(locks[1]).is_first_lock);
+}
+
+/// client-go `rangetask/delete_range.go` `NewNotifyDeleteRangeTask`: every `DeleteRange` is
+/// notify-only, and nothing is deleted.
+#[test]
+fn notify_only_delete_range_deletes_nothing() {
+    use crate::machine::txn::range_task::delete_range;
+    let mut w = World::new(&["c"]);
+    let s = w.ts_now();
+    let c = w.ts_now();
+    w.kv.commit("b", s, c, Some("v"));
+    let mut op = delete_range(k("a"), k("z"), 2, true);
+    assert_eq!(w.run(&mut op).unwrap().completed_regions, 2);
+    let reqs = w.sent_of("delete_range");
+    assert_eq!(reqs.len(), 2);
+    for r in reqs {
+        let TikvRequest::Cmd(TikvCmd::DeleteRange(d)) = r else {
+            unreachable!()
+        };
+        assert!(d.notify_only);
+    }
+}

@@ -1982,6 +1982,61 @@ mod tests {
         assert!(w.h.shared.txn.resolving.resolving().is_empty());
     }
 
+    /// client-go `getTxnStatusFromLock`: a lock with TTL 0 is checked with
+    /// `current_ts = u64::MAX` (no TSO fetched), so TiKV rolls it back at once.
+    #[test]
+    fn ttl_zero_lock_is_checked_with_max_current_ts() {
+        let mut w = TxnWorld::new(&[]);
+        let start = ts_at(0, 1);
+        w.kv.borrow_mut().lock("p", LockSpec::put("p", start, 0));
+        let out = resolve(&mut w, ResolveOptions::for_read(ts_at(10, 0), true), &["p"]);
+        assert_eq!(out.resolved, vec![start]);
+        assert_eq!(*w.tso_calls.borrow(), 0, "no TSO for a TTL-0 lock");
+        let current_ts: Vec<u64> =
+            w.kv.borrow()
+                .requests
+                .iter()
+                .filter_map(|r| match r {
+                    TikvRequest::Cmd(TikvCmd::CheckTxnStatus(c)) => Some(c.current_ts),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(current_ts, vec![u64::MAX]);
+        assert!(w.kv.borrow().locks.is_empty());
+    }
+
+    /// client-go `Lock.IsTxnFile`: a "txn file" lock is checked and resolved with
+    /// `is_txn_file` (`CheckTxnStatus`, `ResolveLock`).
+    #[test]
+    fn txn_file_locks_carry_the_flag() {
+        let mut w = TxnWorld::new(&[]);
+        let start = ts_at(0, 1);
+        {
+            let mut kv = w.kv.borrow_mut();
+            kv.commit("p", start, ts_at(5, 0), Some("vp"));
+            kv.lock("a", LockSpec::put("p", start, 3000));
+            kv.locks.get_mut(&k("a")).unwrap().info.is_txn_file = true;
+        }
+        resolve(&mut w, ResolveOptions::for_read(ts_at(10, 0), true), &["a"]);
+        let kv = w.kv.borrow();
+        let mut seen = 0;
+        for r in &kv.requests {
+            match r {
+                TikvRequest::Cmd(TikvCmd::CheckTxnStatus(c)) => {
+                    assert!(c.is_txn_file);
+                    seen += 1;
+                }
+                TikvRequest::Cmd(TikvCmd::ResolveLock(c)) => {
+                    assert!(c.is_txn_file);
+                    seen += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(seen, 2);
+        assert!(kv.locks.is_empty());
+    }
+
     #[test]
     fn non_async_secondary_falls_back_to_force_sync_commit() {
         let mut w = TxnWorld::new(&[]);
