@@ -27,6 +27,8 @@ tikv_tests::txn_tests!(
     commit_callback_reports_the_outcome,
     drop_rolls_back_pessimistic_locks,
     kv_filter_leaves_unnecessary_writes_out,
+    sampled_snapshot_scan,
+    transaction_introspection,
 );
 
 /// Reads see the transaction's own writes over a snapshot at its start timestamp; a commit
@@ -504,4 +506,53 @@ async fn kv_filter_leaves_unnecessary_writes_out<R: Runtime>() {
         "filtered delete"
     );
     wait_until(&client, || lock_count(&mock) == 0).await;
+}
+
+/// A snapshot with a sample step scans one key of every `step` (ANALYZE sampling), region
+/// by region. Mirrors client-go `KVSnapshot.SetSampleStep` (`ScanRequest.SampleStep`).
+async fn sampled_snapshot_scan<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    split_txn(&mock, &["k12"]);
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    for i in 0..24 {
+        setup.put(format!("k{i:02}"), "v").await.unwrap();
+    }
+    setup.commit().await.unwrap();
+    let ts = client.current_timestamp().await.unwrap();
+    let all = collect(client.snapshot(ts, SnapshotOptions::new()).scan(..))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 24);
+    let sampled = collect(
+        client
+            .snapshot(ts, SnapshotOptions::new().sample_step(4).task_id(7))
+            .scan(..),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sampled.len(), 6, "{:?}", keys_of(&sampled));
+    assert!(sampled.iter().all(|p| all.contains(p)));
+}
+
+/// What a transaction reports about itself. Mirrors client-go `KVTxn.StartTS`, `CommitTS`,
+/// `Valid`, `Len`, `Size`, `IsReadOnly`, `IsPessimistic`.
+async fn transaction_introspection<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut t = client.begin_pessimistic().await.unwrap();
+    assert!(t.is_pessimistic() && t.is_open() && t.is_read_only() && t.is_empty());
+    assert_eq!((t.len(), t.size()), (0, 0));
+    t.put("ab", "xyz").await.unwrap();
+    t.lock_keys(["c"], LockOptions::new()).await.unwrap();
+    assert!(!t.is_read_only());
+    assert_eq!(t.len(), 2, "written and locked keys");
+    assert_eq!(t.size(), 2 + 3 + 1, "keys and values");
+    assert_eq!(t.commit_ts(), None);
+    let ts = t.commit().await.unwrap();
+    assert!(!t.is_open());
+    assert_eq!(t.commit_ts(), ts);
+    assert!(ts.unwrap() > t.start_ts());
+    let o = client.begin_optimistic().await.unwrap();
+    assert!(!o.is_pessimistic());
 }

@@ -283,6 +283,10 @@ pub(crate) struct ContextOptions {
     pub not_fill_cache: bool,
     /// `Context.sync_log` on writes (client-go `EnableForceSyncLog`).
     pub sync_log: bool,
+    /// `Context.task_id` of reads (client-go `KVSnapshot.SetTaskID`).
+    pub task_id: u64,
+    /// `ScanRequest.sample_step` (client-go `KVSnapshot.SetSampleStep`; 0: every key).
+    pub sample_step: u32,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -675,6 +679,20 @@ impl SnapshotOptions {
     /// Client-go's defaults: snapshot isolation, normal priority.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `Context.task_id` of the snapshot's reads (for tracing on the TiKV side). Mirrors
+    /// client-go `KVSnapshot.SetTaskID`.
+    pub fn task_id(mut self, id: u64) -> Self {
+        self.ctx.task_id = id;
+        self
+    }
+
+    /// Scans return one key of every `step` (0 or 1: every key), for sampling (ANALYZE).
+    /// Mirrors client-go `KVSnapshot.SetSampleStep` (`ScanRequest.sample_step`).
+    pub fn sample_step(mut self, step: u32) -> Self {
+        self.ctx.sample_step = step;
+        self
     }
 
     context_setters!();

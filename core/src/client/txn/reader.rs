@@ -84,6 +84,8 @@ impl<R: Runtime> Reader<R> {
             .with_request_source(ctx.request_source.clone())
             .with_resource_group_tag(ctx.resource_group_tag.clone())
             .with_resource_group(ctx.resource_group_name.clone())
+            .with_task_id(ctx.task_id)
+            .with_sample_step(ctx.sample_step)
             .with_background_resolve(true);
         Reader {
             cluster,

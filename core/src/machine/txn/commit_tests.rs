@@ -1804,3 +1804,21 @@ fn notify_only_delete_range_deletes_nothing() {
         assert!(d.notify_only);
     }
 }
+
+/// client-go `2pc.go` `needLinearizability` / `SetCausalConsistency`: with causal consistency
+/// async commit fetches no fresh TSO; `min_commit_ts` comes from the start ts alone.
+#[test]
+fn causal_consistency_skips_the_fresh_tso() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    w.now += Duration::from_millis(40);
+    let mut o = opts(start);
+    o.try_async_commit = true;
+    o.causal_consistency = true;
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    let tso_before = w.tso_count;
+    let info = w.run(&mut c).expect("async commit");
+    assert_eq!(info.mode, CommitMode::AsyncCommit);
+    assert_eq!(w.tso_count, tso_before, "no TSO at all");
+    assert_eq!(prewrite_of(w.sent_of("prewrite")[0]).min_commit_ts, start + 1);
+}
