@@ -1820,5 +1820,8 @@ fn causal_consistency_skips_the_fresh_tso() {
     let info = w.run(&mut c).expect("async commit");
     assert_eq!(info.mode, CommitMode::AsyncCommit);
     assert_eq!(w.tso_count, tso_before, "no TSO at all");
-    assert_eq!(prewrite_of(w.sent_of("prewrite")[0]).min_commit_ts, start + 1);
+    assert_eq!(
+        prewrite_of(w.sent_of("prewrite")[0]).min_commit_ts,
+        start + 1
+    );
 }
