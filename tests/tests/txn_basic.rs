@@ -9,8 +9,10 @@ use std::time::Duration;
 use tikv_core::Error;
 use tikv_core::client::Runtime;
 use tikv_core::client::txn::{
-    CommitInfo, CommitMode, KeyRange, LockOptions, SnapshotOptions, TransactionOptions,
+    AssertionLevel, CommitInfo, CommitMode, KeyRange, LockOptions, SnapshotOptions,
+    TransactionOptions,
 };
+use tikv_core::machine::txn::FlagsOp;
 use tikv_mockstore::{MockCluster, RpcKind};
 use tikv_tests::Mock;
 use tikv_tests::txn_support::{
@@ -29,6 +31,7 @@ tikv_tests::txn_tests!(
     kv_filter_leaves_unnecessary_writes_out,
     sampled_snapshot_scan,
     transaction_introspection,
+    per_key_assertions_are_checked_at_prewrite,
 );
 
 /// Reads see the transaction's own writes over a snapshot at its start timestamp; a commit
@@ -555,4 +558,43 @@ async fn transaction_introspection<R: Runtime>() {
     assert!(ts.unwrap() > t.start_ts());
     let o = client.begin_optimistic().await.unwrap();
     assert!(!o.is_pessimistic());
+}
+
+/// Per-key assertions set with flags are checked by TiKV at prewrite under a strict assertion
+/// level: a wrong "does not exist" assertion fails the commit with `AssertionFailed`, right
+/// ones commit; with the level `Off` nothing is checked. Mirrors client-go
+/// `KVTxn.SetAssertionLevel`, `MemBuffer.UpdateFlags` (`SetAssertExist`,
+/// `SetAssertNotExist`) and `prewrite.go` (`Mutation.Assertion`, `AssertionLevel`).
+async fn per_key_assertions_are_checked_at_prewrite<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    setup.put("exists", "v").await.unwrap();
+    setup.commit().await.unwrap();
+    let strict = || TransactionOptions::new_optimistic().assertion_level(AssertionLevel::Strict);
+
+    let mut t = client.begin_with_options(strict()).await.unwrap();
+    t.put("exists", "w").await.unwrap();
+    t.update_key_flags("exists", &[FlagsOp::SetAssertNotExist])
+        .unwrap();
+    assert!(t.key_flags("exists").unwrap().has_assert_not_exist());
+    let err = t.commit().await.unwrap_err();
+    assert!(matches!(err, Error::AssertionFailed(_)), "{err:?}");
+
+    let mut t = client.begin_with_options(strict()).await.unwrap();
+    t.put("exists", "w").await.unwrap();
+    t.put("fresh", "w").await.unwrap();
+    t.update_key_flags("exists", &[FlagsOp::SetAssertExist])
+        .unwrap();
+    t.update_key_flags("fresh", &[FlagsOp::SetAssertNotExist])
+        .unwrap();
+    t.commit().await.unwrap();
+
+    let mut t = client.begin_optimistic().await.unwrap();
+    t.put("fresh", "x").await.unwrap();
+    t.update_key_flags("fresh", &[FlagsOp::SetAssertNotExist])
+        .unwrap();
+    t.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("fresh").await.unwrap(), Some(b("x")));
 }

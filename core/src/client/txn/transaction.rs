@@ -211,6 +211,26 @@ impl<R: Runtime> Transaction<R> {
         lock(&self.state).status == Status::Active
     }
 
+    /// Applies flag operations to `key` in the transaction's buffer (the key need not hold a
+    /// value): per-key assertions checked by TiKV at prewrite under a non-`Off`
+    /// [`TransactionOptions::assertion_level`](super::TransactionOptions::assertion_level)
+    /// (`SetAssertExist`, `SetAssertNotExist`, ...), presume-not-exists, constraint checks
+    /// postponed to prewrite, and so on. Flags that claim locks the transaction does not hold
+    /// make the commit fail. Mirrors client-go `MemBuffer.UpdateFlags`.
+    pub fn update_key_flags(&self, key: impl Into<Key>, ops: &[FlagsOp]) -> Result<(), Error> {
+        let key = key.into();
+        check_key(&key)?;
+        let mut s = lock(&self.state);
+        s.check_active()?;
+        s.buffer.update_flags(key, ops).map_err(Error::from)
+    }
+
+    /// The flags of `key` in the transaction's buffer (`None` when it is not buffered).
+    /// Mirrors client-go `MemBuffer.GetFlags`.
+    pub fn key_flags(&self, key: impl AsRef<[u8]>) -> Option<crate::machine::txn::KeyFlags> {
+        lock(&self.state).buffer.get_flags(key.as_ref())
+    }
+
     /// The buffered value of `key` (`Some(None)`: deleted in this transaction), or `None`
     /// when the snapshot decides.
     fn buffered(&self, key: &[u8]) -> Result<Option<Option<Value>>, Error> {
