@@ -1825,3 +1825,64 @@ fn causal_consistency_skips_the_fresh_tso() {
         start + 1
     );
 }
+
+/// client-go `prewrite.go` (`GetSharedLockInfos`) and `lock_resolver.go` (shared wrappers
+/// must be expanded): a shared-lock wrapper met by prewrite is resolved through its inner
+/// locks, one status check per holder, then prewrite is retried.
+#[test]
+fn prewrite_expands_a_shared_lock_wrapper_into_its_holders() {
+    use crate::machine::Timestamp;
+    use crate::machine::txn::resolve_testkit::PHYS0;
+    let mut w = World::new(&[]);
+    // Two holders that stopped long ago (TTL 100 ms, start 1 s before the clock).
+    let holder = |logical| Timestamp::compose(PHYS0 - 1_000, logical).version();
+    let inner = |ts: u64, primary: &str| kvrpcpb::LockInfo {
+        key: k("a"),
+        primary_lock: k(primary),
+        lock_version: ts,
+        lock_ttl: 100,
+        lock_type: kvrpcpb::Op::PessimisticLock as i32,
+        lock_for_update_ts: ts,
+        ..Default::default()
+    };
+    let wrapper = kvrpcpb::LockInfo {
+        key: k("a"),
+        lock_type: kvrpcpb::Op::SharedLock as i32,
+        shared_lock_infos: vec![inner(holder(1), "pa"), inner(holder(2), "pb")],
+        ..Default::default()
+    };
+    let mut first = true;
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        if cmd(req) == "prewrite" && first {
+            first = false;
+            return Some(Answer::Now(Ok(TikvResponse::Cmd(
+                TikvCmdResponse::Prewrite(kvrpcpb::PrewriteResponse {
+                    errors: vec![kvrpcpb::KeyError {
+                        locked: Some(wrapper.clone()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            ))));
+        }
+        None
+    }));
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.pessimistic = true;
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    w.run(&mut c).expect("commit after resolving the holders");
+    let mut checked: Vec<u64> = w
+        .sent_of("check_txn_status")
+        .iter()
+        .map(|r| match r {
+            TikvRequest::Cmd(TikvCmd::CheckTxnStatus(c)) => c.lock_ts,
+            _ => unreachable!(),
+        })
+        .collect();
+    checked.sort_unstable();
+    checked.dedup();
+    assert_eq!(checked, vec![holder(1), holder(2)], "one status per holder");
+    assert_eq!(w.sent_of("prewrite").len(), 2, "retried once");
+    assert_eq!(w.value("a"), Some(k("1")));
+}
