@@ -32,6 +32,7 @@ tikv_tests::txn_tests!(
     sampled_snapshot_scan,
     transaction_introspection,
     per_key_assertions_are_checked_at_prewrite,
+    snapshot_moved_to_a_newer_ts,
 );
 
 /// Reads see the transaction's own writes over a snapshot at its start timestamp; a commit
@@ -597,4 +598,31 @@ async fn per_key_assertions_are_checked_at_prewrite<R: Runtime>() {
     t.commit().await.unwrap();
     let check = client.begin_optimistic().await.unwrap();
     assert_eq!(check.get("fresh").await.unwrap(), Some(b("x")));
+}
+
+/// Moving a snapshot to a newer timestamp drops its cache: it then reads what was committed
+/// in between. Mirrors client-go `KVSnapshot.SetSnapshotTS`.
+async fn snapshot_moved_to_a_newer_ts<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut w = client.begin_optimistic().await.unwrap();
+    w.put("k", "old").await.unwrap();
+    w.commit().await.unwrap();
+    let mut snap = client.snapshot(
+        client.current_timestamp().await.unwrap(),
+        SnapshotOptions::new(),
+    );
+    assert_eq!(snap.get("k").await.unwrap(), Some(b("old")));
+    let mut w = client.begin_optimistic().await.unwrap();
+    w.put("k", "new").await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(
+        snap.get("k").await.unwrap(),
+        Some(b("old")),
+        "cached / same ts"
+    );
+    let newer = client.current_timestamp().await.unwrap();
+    snap.set_ts(newer);
+    assert_eq!(snap.ts(), newer);
+    assert_eq!(snap.get("k").await.unwrap(), Some(b("new")));
 }

@@ -45,6 +45,15 @@ impl<R: Runtime> Snapshot<R> {
         self.reader.start_ts()
     }
 
+    /// Moves the snapshot to read at `ts`, keeping its options; what earlier reads cached or
+    /// learned about other transactions' locks is dropped. Mirrors client-go
+    /// `KVSnapshot.SetSnapshotTS`.
+    pub fn set_ts(&mut self, ts: Timestamp) {
+        let cluster = self.reader.cluster.clone();
+        let ctx = self.reader.ctx.clone();
+        self.reader = Reader::new(cluster, ts, ctx);
+    }
+
     /// The value of `key` committed before the read timestamp. Mirrors client-go
     /// `KVSnapshot.Get`.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
