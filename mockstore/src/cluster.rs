@@ -38,6 +38,12 @@ pub struct ClusterConfig {
     pub cluster_id: u64,
     /// Keyspaces created at start (besides `DEFAULT`, which always exists).
     pub keyspaces: Vec<String>,
+    /// Extra delay (virtual ms) of a replica read served by a follower: the
+    /// read-index round trip to the leader and the wait until the follower
+    /// has applied up to that index (TiKV `components/raftstore`
+    /// `ReadIndexQueue`). The data read is always current; only the answer
+    /// comes later. 0 (default) answers at once.
+    pub replica_read_delay_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -49,6 +55,7 @@ impl Default for ClusterConfig {
             auto_split_keys: None,
             cluster_id: 0x6d6f_636b,
             keyspaces: Vec::new(),
+            replica_read_delay_ms: 0,
         }
     }
 }
@@ -502,6 +509,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sets the read-index delay of follower replica reads (see
+    /// [`ClusterConfig::replica_read_delay_ms`]).
+    pub fn set_replica_read_delay(&mut self, ms: u64) {
+        self.cfg.replica_read_delay_ms = ms;
+    }
+
     /// A store's max ts: the largest timestamp a read, lock or check served
     /// by that store used (async commit and 1PC commit above it).
     pub fn store_max_ts(&self, store_id: u64) -> u64 {
@@ -834,6 +847,9 @@ impl Cluster {
             Some(FaultAction::Delay { ms }) => delay_ms = ms,
             Some(FaultAction::DropResponse) => drop_reply = true,
             None => {}
+        }
+        if self.cfg.replica_read_delay_ms > 0 && self.replica_read_index(store_id, &req).is_some() {
+            delay_ms += self.cfg.replica_read_delay_ms;
         }
         let exec = self.execute(now_ms, store_id, req);
         let mut response = match exec {

@@ -749,3 +749,46 @@ fn max_ts_is_per_store() {
     c.transfer_leader(ctx.region_id, 3).unwrap();
     assert!(c.store_max_ts(3) >= latest);
 }
+
+// A follower's replica read waits for the read index (TiKV `ReadIndexQueue`):
+// with a configured delay the answer is the current data, delivered later;
+// leader reads and stale reads are not delayed.
+#[test]
+fn replica_read_waits_for_the_read_index() {
+    let mut c = cluster(3);
+    c.set_replica_read_delay(25);
+    assert!(raw_put(&mut c, 0, b"k", b"v").region_error().is_none());
+    let (ctx, store) = txn_ctx(&c, b"k");
+    let get = |ctx: &kvrpcpb::Context| {
+        TikvRequest::Get(kvrpcpb::GetRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            version: 10,
+            ..Default::default()
+        })
+    };
+    let delay_of = |o: TikvOutcome| match o {
+        TikvOutcome::Ready { delay_ms, response } => {
+            assert!(response.region_error().is_none(), "{response:?}");
+            delay_ms
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(delay_of(c.handle_tikv(0, store, get(&ctx))), 0);
+    let follower = c
+        .region(ctx.region_id)
+        .unwrap()
+        .peers
+        .into_iter()
+        .find(|p| p.store_id == 2)
+        .unwrap();
+    let mut fctx = ctx.clone();
+    fctx.peer = Some(follower);
+    fctx.replica_read = true;
+    assert_eq!(delay_of(c.handle_tikv(0, 2, get(&fctx))), 25);
+    let mut sctx = fctx.clone();
+    sctx.replica_read = false;
+    sctx.stale_read = true;
+    c.set_safe_ts(ctx.region_id, Some(100)).unwrap();
+    assert_eq!(delay_of(c.handle_tikv(0, 2, get(&sctx))), 0);
+}
