@@ -41,11 +41,6 @@ use tikv_core::machine::{TikvCmd, TikvResponse};
 use tikv_core::rng::Rng;
 use tikv_proto::{errorpb, kvrpcpb, pdpb, tikvpb};
 
-/// Whether replies with a logical part near `i64::MIN` may reach the batcher. `false` until
-/// `TsoBatcher::handle_response` stops overflowing on them in debug builds (reported in
-/// /work/notes/requests.md, "fuzz → owner of core/src/machine/tso.rs", 01:00).
-const TSO_LOGICAL_OVERFLOW_FIXED: bool = false;
-
 fn codecs() -> Vec<ApiCodec> {
     let mut v = vec![ApiCodec::v1(KeyMode::Raw), ApiCodec::v1(KeyMode::Txn)];
     for (mode, id) in [(KeyMode::Raw, 1), (KeyMode::Txn, 0x00ab_cdef)] {
@@ -140,14 +135,6 @@ fn tso(data: &[u8]) {
     let Ok(resp) = pdpb::TsoResponse::decode(data) else {
         return;
     };
-    if !TSO_LOGICAL_OVERFLOW_FIXED
-        && resp
-            .timestamp
-            .as_ref()
-            .is_some_and(|t| t.logical < -(1 << 40))
-    {
-        return;
-    }
     for fix_count in [false, true] {
         let now = Instant::now();
         let mut b: TsoBatcher<u64> = TsoBatcher::new(now, TsoConfig::default(), 7, 1);
