@@ -60,6 +60,10 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Most split keys one automatic split check proposes (TiKV
+/// `coprocessor.batch-split-limit`, default 10).
+pub const BATCH_SPLIT_LIMIT: usize = 10;
+
 /// A store of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreInfo {
@@ -1343,8 +1347,14 @@ impl Cluster {
         TikvResponse::SplitRegion(resp)
     }
 
-    /// Splits a region in two at its middle key once it holds more keys than
-    /// `auto_split_keys` (TiKV's size/keys split checker, by key count).
+    /// Splits a region once it holds more keys than `auto_split_keys`: a split
+    /// key every `auto_split_keys` keys, at most [`BATCH_SPLIT_LIMIT`] of them
+    /// in one batch split.
+    ///
+    /// Follows TiKV `components/raftstore/src/coprocessor/split_check/keys.rs`
+    /// `KeysCheckObserver` (split keys every `region-split-keys` keys, capped
+    /// by `batch-split-limit`); TiKV runs the check on a timer, this runs it
+    /// right after the write.
     fn maybe_auto_split(&mut self, now_ms: u64, region_id: u64, kind: RpcKind) {
         let Some(limit) = self.cfg.auto_split_keys else {
             return;
@@ -1365,11 +1375,18 @@ impl Cluster {
                 end: range.end.clone().unwrap_or_default(),
             }),
         };
-        if keys.len() <= limit.max(1) {
+        let limit = limit.max(1);
+        if keys.len() <= limit {
             return;
         }
-        let mid = self.region_key(&keys[keys.len() / 2], class);
-        let _ = self.split_region(region_id, &[mid]);
+        let split_at: Vec<Vec<u8>> = keys
+            .iter()
+            .skip(limit)
+            .step_by(limit)
+            .take(BATCH_SPLIT_LIMIT)
+            .map(|k| self.region_key(k, class))
+            .collect();
+        let _ = self.split_region(region_id, &split_at);
     }
 }
 

@@ -331,6 +331,29 @@ fn auto_split_after_threshold() {
     assert_eq!(c.regions().len(), 2);
     let r = c.regions();
     assert_eq!(r[0].end_key, r[1].start_key);
+    // One batch of 11 keys into the last region (1 key): 12 keys -> split
+    // keys every 4 keys, one batch split into 3 regions.
+    let (ctx, store) = ctx_for(&c, b"z0", CmdClass::Raw);
+    let pairs = (0..11u8)
+        .map(|i| kvrpcpb::KvPair {
+            key: Bytes::from(vec![b'z', i]),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        })
+        .collect();
+    let put = TikvRequest::RawBatchPut(kvrpcpb::RawBatchPutRequest {
+        context: Some(ctx),
+        pairs,
+        ..Default::default()
+    });
+    assert!(
+        c.handle_tikv(0, store, put)
+            .ready()
+            .unwrap()
+            .region_error()
+            .is_none()
+    );
+    assert_eq!(c.regions().len(), 4);
 }
 
 // API V2: keys carry the mode prefix; a V1 raw request is refused.
