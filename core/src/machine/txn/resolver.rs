@@ -408,10 +408,13 @@ impl Engine {
         self.bo.take().unwrap_or_else(|| Backoffer::new(0))
     }
 
-    /// Leaves `task` to the background when this is a reader with background cleaning and the
-    /// pool admits it (asked once per resolution). Returns `false` to clean inline.
-    fn try_defer(&mut self, shared: &Shared, task: ReadResolveTask) -> bool {
-        if !(self.opts.for_read && self.opts.background) || self.is_gc() {
+    /// Leaves `task` to the background when this is a reader with background cleaning, the
+    /// transaction's status is final (so the reader can skip or read through the lock while
+    /// it is being cleaned, and never spins on it) and the pool admits it (asked once per
+    /// resolution). Returns `false` to clean inline.
+    fn try_defer(&mut self, shared: &Shared, status: &TxnStatus, task: ReadResolveTask) -> bool {
+        if !(self.opts.for_read && self.opts.background) || self.is_gc() || !status.is_determined()
+        {
             return false;
         }
         let ok = *self
@@ -899,7 +902,7 @@ impl Engine {
             },
             keys: keys.clone(),
         };
-        if self.try_defer(shared, task) {
+        if self.try_defer(shared, &status, task) {
             self.phase = Phase::Classify { status };
             return;
         }
@@ -1009,7 +1012,7 @@ impl Engine {
                 0
             },
         };
-        if self.try_defer(shared, task) {
+        if self.try_defer(shared, &status, task) {
             self.phase = Phase::Classify { status };
             return;
         }
@@ -1055,7 +1058,7 @@ impl Engine {
             },
             keys: txn.keys.clone(),
         };
-        if self.try_defer(shared, task) {
+        if self.try_defer(shared, &txn.status, task) {
             return;
         }
         if txn.keys.len() == 1 {
