@@ -221,6 +221,7 @@ impl FakeTxnKv {
         key: &[u8],
         ts: u64,
         ctx: &kvrpcpb::Context,
+        load_commit_ts: bool,
     ) -> Result<Option<(Bytes, u64)>, Box<kvrpcpb::LockInfo>> {
         if ctx.isolation_level != kvrpcpb::IsolationLevel::Rc as i32
             && let Some(l) = self.locks.get(key)
@@ -232,7 +233,9 @@ impl FakeTxnKv {
                 || info.min_commit_ts > ts
                 || ctx.resolved_locks.contains(&info.lock_version);
             if !ignorable {
-                if ctx.committed_locks.contains(&info.lock_version) {
+                // TiKV `point_getter.rs`: committed locks are not read through when the
+                // commit ts is loaded.
+                if ctx.committed_locks.contains(&info.lock_version) && !load_commit_ts {
                     return Ok(l.value.clone().map(|v| (v, 0)));
                 }
                 return Err(Box::new(info.clone()));
@@ -465,7 +468,7 @@ impl FakeTxnKv {
                 self.served
                     .push((store, name, String::from_utf8_lossy(&g.key).into()));
                 let mut resp = kvrpcpb::GetResponse::default();
-                match self.read(&g.key, g.version, &ctx) {
+                match self.read(&g.key, g.version, &ctx, g.need_commit_ts) {
                     Ok(Some((v, c))) => {
                         resp.value = v;
                         resp.commit_ts = if g.need_commit_ts { c } else { 0 };
@@ -482,7 +485,7 @@ impl FakeTxnKv {
                 self.served.push((store, name, g.keys.len().to_string()));
                 let mut pairs = Vec::new();
                 for key in &g.keys {
-                    match self.read(key, g.version, &ctx) {
+                    match self.read(key, g.version, &ctx, g.need_commit_ts) {
                         Ok(Some((v, c))) => pairs.push(kvrpcpb::KvPair {
                             key: key.clone(),
                             value: v,
@@ -543,7 +546,7 @@ impl FakeTxnKv {
                     if pairs.len() as u32 >= s.limit {
                         break;
                     }
-                    match self.read(&key, s.version, &ctx) {
+                    match self.read(&key, s.version, &ctx, false) {
                         Ok(Some((v, _))) => pairs.push(kvrpcpb::KvPair {
                             key,
                             value: if s.key_only { Bytes::new() } else { v },

@@ -236,7 +236,11 @@ impl SnapshotOptions {
         Backoffer::weighted(self.budget_ms.unwrap_or(budget::READ), budget::WEIGHT)
     }
 
-    /// Resolver options for a read of this snapshot.
+    /// Resolver options for a read of this snapshot. A read that asks for commit timestamps
+    /// (`need_commit_ts`) must not leave the cleaning to the background: TiKV does not read
+    /// through `Context.committed_locks` when it loads commit timestamps (TiKV
+    /// `point_getter.rs`), so the lock has to be gone before the read is sent again; the
+    /// snapshot machines turn [`ResolveOptions::background`] off for such reads.
     pub fn resolve_options(&self, lite: bool) -> ResolveOptions {
         ResolveOptions::for_read(self.ts, lite)
             .with_request_source(self.request_source.clone())
@@ -531,7 +535,9 @@ impl SnapshotGet {
         }
         let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
         let mut op = ResolveLocks::new(
-            self.opts.resolve_options(true),
+            self.opts
+                .resolve_options(true)
+                .with_background(self.opts.background_resolve && !self.need_commit_ts),
             vec![Lock::from_info(&info)],
             bo,
         );
@@ -954,7 +960,9 @@ impl SnapshotBatchGet {
         );
         let first = Box::new(locks[0].clone());
         let mut op = ResolveLocks::new(
-            self.opts.resolve_options(false),
+            self.opts
+                .resolve_options(false)
+                .with_background(self.opts.background_resolve && !self.need_commit_ts),
             locks.iter().map(Lock::from_info).collect(),
             bo,
         );
@@ -1113,6 +1121,38 @@ mod tests {
             .filter(|r| matches!(r, TikvRequest::Cmd(TikvCmd::Get(_))))
             .map(ctx_of)
             .collect()
+    }
+
+    /// TiKV does not read through `committed_locks` when it loads commit timestamps
+    /// (`point_getter.rs`), so reads with `need_commit_ts` clean the locks they met inline
+    /// instead of leaving them to the background pool (which would make them meet the lock
+    /// again and again); other reads defer the cleaning and read through.
+    #[test]
+    fn commit_ts_reads_clean_locks_inline_even_with_background_resolution() {
+        use crate::machine::txn::resolve_testkit::LockSpec;
+        let mut w = TxnWorld::new(&[]);
+        let start = ts_at(0, 1);
+        {
+            let mut kv = w.kv.borrow_mut();
+            kv.commit("p", start, ts_at(1, 0), Some("vp"));
+            kv.lock("a", LockSpec::put("p", start, 3000));
+            kv.lock("b", LockSpec::put("p", start, 3000));
+        }
+        let opts = SnapshotOptions::new(ts_at(5, 0)).with_background_resolve(true);
+        let out = w
+            .run(SnapshotGet::new(k("a"), &opts, LockSets::default()).need_commit_ts(true))
+            .unwrap();
+        assert_eq!(out.value, Some(k("locked-value")));
+        assert_eq!(out.commit_ts, ts_at(1, 0));
+        assert_eq!(w.h.shared.txn.async_resolve.queued(), 0, "cleaned inline");
+        assert!(!w.kv.borrow().locks.contains_key(&k("a")));
+        // Without commit timestamps the read goes through the lock and the cleaning waits.
+        let out = w
+            .run(SnapshotGet::new(k("b"), &opts, LockSets::default()))
+            .unwrap();
+        assert_eq!(out.value, Some(k("locked-value")));
+        assert_eq!(w.h.shared.txn.async_resolve.queued(), 1);
+        assert!(w.kv.borrow().locks.contains_key(&k("b")));
     }
 
     #[test]
