@@ -309,6 +309,10 @@ pub struct Config {
     /// Lock resolution switches from lite (per key) to region-wide above this many locks of one
     /// transaction (`TiKVClient.ResolveLockLiteThreshold`, 512).
     pub resolve_lock_lite_threshold: u64,
+    /// Background region-wide lock resolution asks TiKV to resolve asynchronously
+    /// (`ResolveLockRequest.is_async`). client-go turns it on for next-gen clusters only
+    /// (`enableTiKVSideAsyncResolve = config.NextGen`, `txnlock.LockResolver`); off by default.
+    pub tikv_side_async_resolve: bool,
     /// Longest wait for a commit (`TiKVClient.CommitTimeout`, 41 s).
     pub commit_timeout: Duration,
     /// Capacity of the local latches, `None` = latches off (`TxnLocalLatches`, off).
@@ -371,6 +375,7 @@ impl Default for Config {
             async_commit: AsyncCommitConfig::default(),
             ttl_refreshed_txn_size: 32 * 1024 * 1024,
             resolve_lock_lite_threshold: 512,
+            tikv_side_async_resolve: false,
             commit_timeout: Duration::from_secs(41),
             local_latches_capacity: None,
             backoff_weight: 2,
@@ -477,6 +482,8 @@ setters! {
     with_ttl_refreshed_txn_size: ttl_refreshed_txn_size: u64;
     /// Sets [`Config::resolve_lock_lite_threshold`].
     with_resolve_lock_lite_threshold: resolve_lock_lite_threshold: u64;
+    /// Sets [`Config::tikv_side_async_resolve`].
+    with_tikv_side_async_resolve: tikv_side_async_resolve: bool;
     /// Sets [`Config::commit_timeout`].
     with_commit_timeout: commit_timeout: Duration;
     /// Sets [`Config::local_latches_capacity`].
@@ -644,6 +651,7 @@ mod tests {
         );
         assert_eq!(c.ttl_refreshed_txn_size, 32 * 1024 * 1024);
         assert_eq!(c.resolve_lock_lite_threshold, 512);
+        assert!(!c.tikv_side_async_resolve);
         assert_eq!(c.commit_timeout, Duration::from_secs(41));
         assert_eq!(c.local_latches_capacity, None);
         assert_eq!(c.backoff_weight, 2);

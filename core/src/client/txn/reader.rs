@@ -86,7 +86,8 @@ impl<R: Runtime> Reader<R> {
             .with_resource_group(ctx.resource_group_name.clone())
             .with_task_id(ctx.task_id)
             .with_sample_step(ctx.sample_step)
-            .with_background_resolve(true);
+            .with_background_resolve(true)
+            .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve);
         Reader {
             cluster,
             start_ts,
