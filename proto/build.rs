@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let descriptors = protox::compile(&files, [&proto_dir])?;
+    let boxed = boxed_fields(&descriptors);
 
     let client = env::var_os("CARGO_FEATURE_CLIENT").is_some();
     let server = env::var_os("CARGO_FEATURE_SERVER").is_some();
@@ -40,6 +41,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     // `bytes` fields become `bytes::Bytes`: keys and values move between requests,
     // responses and caches without copying.
     config.bytes(["."]);
+    for path in &boxed {
+        config.boxed(path);
+    }
+    // Every arm of the `BatchCommands` oneofs is boxed: the oneof enums (the core's `TikvCmd`
+    // / `TikvCmdResponse`) are then two words instead of their largest arm, and a request or
+    // reply crosses the client's queues and machines by pointer. One allocation per arm, made
+    // where the message is built or decoded anyway.
+    config.boxed(".tikvpb.BatchCommandsRequest.Request.cmd");
+    config.boxed(".tikvpb.BatchCommandsResponse.Response.cmd");
 
     tonic_prost_build::configure()
         .build_client(client)
@@ -53,4 +63,60 @@ fn main() -> Result<(), Box<dyn Error>> {
         .emit_rerun_if_changed(false)
         .compile_fds_with_config(descriptors, config)?;
     Ok(())
+}
+
+/// Message types that are large in Rust and absent from almost every message carrying them.
+///
+/// prost keeps a singular message field inline (`Option<M>`), so one rarely-set error or
+/// statistics field makes every message around it as large as the field's whole type tree:
+/// without boxing, a `RawGetResponse` is over 2 KB because of its `region_error` and
+/// `exec_details_v2`, and the `BatchCommands` oneofs (as large as their largest arm) are
+/// kilobytes each, copied at every hop of a request. Boxing these fields keeps the messages
+/// small; a box is only allocated when the field is actually present. The wire format is
+/// unaffected.
+const BOXED_TYPES: &[&str] = &[
+    ".errorpb.Error",
+    ".kvrpcpb.KeyError",
+    ".kvrpcpb.ExecDetails",
+    ".kvrpcpb.ExecDetailsV2",
+    ".kvrpcpb.ResourceControlContext",
+    ".kvrpcpb.SourceStmt",
+    ".tracepb.TraceContext",
+];
+
+/// The prost-build paths (`.package.Message.field`, `.package.Message.oneof.field`) of every
+/// singular field whose type is one of [`BOXED_TYPES`].
+fn boxed_fields(set: &prost_types::FileDescriptorSet) -> Vec<String> {
+    fn walk(scope: &str, messages: &[prost_types::DescriptorProto], out: &mut Vec<String>) {
+        for message in messages {
+            let name = format!("{scope}.{}", message.name());
+            for field in &message.field {
+                let repeated =
+                    field.label() == prost_types::field_descriptor_proto::Label::Repeated;
+                if repeated || !BOXED_TYPES.contains(&field.type_name()) {
+                    continue;
+                }
+                let path = match field.oneof_index {
+                    // Proto3 `optional` fields are synthetic oneofs but generated as plain
+                    // fields.
+                    Some(i) if !field.proto3_optional() => {
+                        let oneof = message.oneof_decl[i as usize].name();
+                        format!("{name}.{oneof}.{}", field.name())
+                    }
+                    _ => format!("{name}.{}", field.name()),
+                };
+                out.push(path);
+            }
+            walk(&name, &message.nested_type, out);
+        }
+    }
+    let mut out = Vec::new();
+    for file in &set.file {
+        let scope = match file.package() {
+            "" => String::new(),
+            package => format!(".{package}"),
+        };
+        walk(&scope, &file.message_type, &mut out);
+    }
+    out
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub(crate) mod hash;
 pub mod machine;
 pub mod rng;
 

@@ -1316,12 +1316,12 @@ impl Cluster {
         for (k, user) in keys.iter().zip(raw_keys.iter()) {
             if !Self::in_region(&region, k) || k.as_slice() == region.start_key.as_ref() {
                 resp.region_error = Some(if k.as_slice() == region.start_key.as_ref() {
-                    errorpb::Error {
+                    Box::new(errorpb::Error {
                         message: format!("invalid split key {}", api::hex_upper(user)),
                         ..Default::default()
-                    }
+                    })
                 } else {
-                    Self::key_not_in_region(&region, user)
+                    Box::new(Self::key_not_in_region(&region, user))
                 });
                 return TikvResponse::SplitRegion(resp);
             }
@@ -1338,10 +1338,10 @@ impl Cluster {
                 resp.regions = regions;
             }
             Err(e) => {
-                resp.region_error = Some(errorpb::Error {
+                resp.region_error = Some(Box::new(errorpb::Error {
                     message: e.to_string(),
                     ..Default::default()
-                })
+                }))
             }
         }
         TikvResponse::SplitRegion(resp)

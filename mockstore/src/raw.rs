@@ -267,7 +267,7 @@ impl RawEngine {
                 }
             }
             Err(e) => resp.pairs.push(kvrpcpb::KvPair {
-                error: Some(abort_error(e)),
+                error: Some(Box::new(abort_error(e))),
                 ..Default::default()
             }),
         }
@@ -481,7 +481,7 @@ impl RawEngine {
                 resp.kvs = self.scan(now_ms, cf, spec, region)
             }
             Err(e) => resp.kvs.push(kvrpcpb::KvPair {
-                error: Some(abort_error(e)),
+                error: Some(Box::new(abort_error(e))),
                 ..Default::default()
             }),
         }
@@ -522,7 +522,7 @@ impl RawEngine {
                 }
             }
             Err(e) => resp.kvs.push(kvrpcpb::KvPair {
-                error: Some(abort_error(e)),
+                error: Some(Box::new(abort_error(e))),
                 ..Default::default()
             }),
         }

@@ -20,7 +20,7 @@ macro_rules! tikv_rpcs {
             /// store does not serve.
             pub fn from_batch(cmd: BatchReq) -> Option<TikvRequest> {
                 match cmd {
-                    $(BatchReq::$bvariant(r) => Some(TikvRequest::$bvariant(r)),)*
+                    $(BatchReq::$bvariant(r) => Some(TikvRequest::$bvariant(*r)),)*
                     _ => None,
                 }
             }
@@ -31,7 +31,7 @@ macro_rules! tikv_rpcs {
             /// unary-only RPCs.
             pub fn into_batch(self) -> Option<BatchResp> {
                 match self {
-                    $(TikvResponse::$bvariant(r) => Some(BatchResp::$bvariant(r)),)*
+                    $(TikvResponse::$bvariant(r) => Some(BatchResp::$bvariant(Box::new(r))),)*
                     _ => None,
                 }
             }
@@ -268,31 +268,31 @@ fn key_error_text(err: &kvrpcpb::KeyError) -> String {
 macro_rules! errors_impl {
     (opt: $($t:ident),*) => {$(
         impl ResponseErrors for kvrpcpb::$t {
-            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(err); }
-            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_ref() }
-            fn put_key_error(&mut self, err: kvrpcpb::KeyError) { self.error = Some(err); }
+            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(Box::new(err)); }
+            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_deref() }
+            fn put_key_error(&mut self, err: kvrpcpb::KeyError) { self.error = Some(Box::new(err)); }
         }
     )*};
     (vec: $($t:ident),*) => {$(
         impl ResponseErrors for kvrpcpb::$t {
-            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(err); }
-            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_ref() }
+            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(Box::new(err)); }
+            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_deref() }
             fn put_key_error(&mut self, err: kvrpcpb::KeyError) { self.errors = vec![err]; }
         }
     )*};
     (string: $($t:ident),*) => {$(
         impl ResponseErrors for kvrpcpb::$t {
-            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(err); }
-            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_ref() }
+            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(Box::new(err)); }
+            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_deref() }
             fn put_key_error(&mut self, err: kvrpcpb::KeyError) { self.error = key_error_text(&err); }
         }
     )*};
     (pairs: $($t:ident . $f:ident),*) => {$(
         impl ResponseErrors for kvrpcpb::$t {
-            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(err); }
-            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_ref() }
+            fn put_region_error(&mut self, err: errorpb::Error) { self.region_error = Some(Box::new(err)); }
+            fn get_region_error(&self) -> Option<&errorpb::Error> { self.region_error.as_deref() }
             fn put_key_error(&mut self, err: kvrpcpb::KeyError) {
-                self.$f = vec![kvrpcpb::KvPair { error: Some(err), ..Default::default() }];
+                self.$f = vec![kvrpcpb::KvPair { error: Some(Box::new(err)), ..Default::default() }];
             }
         }
     )*};
@@ -311,10 +311,10 @@ errors_impl!(pairs: RawBatchGetResponse.pairs, RawScanResponse.kvs, RawBatchScan
 
 impl ResponseErrors for kvrpcpb::GetHealthFeedbackResponse {
     fn put_region_error(&mut self, err: errorpb::Error) {
-        self.region_error = Some(err);
+        self.region_error = Some(Box::new(err));
     }
     fn get_region_error(&self) -> Option<&errorpb::Error> {
-        self.region_error.as_ref()
+        self.region_error.as_deref()
     }
     fn put_key_error(&mut self, _err: kvrpcpb::KeyError) {}
 }
@@ -334,10 +334,10 @@ mod tests {
 
     #[test]
     fn batch_round_trip_and_names() {
-        let req = TikvRequest::from_batch(BatchReq::RawGet(kvrpcpb::RawGetRequest {
+        let req = TikvRequest::from_batch(BatchReq::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: Bytes::from_static(b"k"),
             ..Default::default()
-        }))
+        })))
         .unwrap();
         assert_eq!(req.kind(), RpcKind::RawGet);
         assert_eq!(

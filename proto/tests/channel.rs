@@ -46,10 +46,12 @@ fn answer_batch(batch: BatchCommandsRequest) -> Result<BatchCommandsResponse, St
         .iter()
         .map(|request| {
             let cmd = match &request.cmd {
-                Some(RequestCmd::Get(get)) => ResponseCmd::Get(answer_get(get)),
-                Some(RequestCmd::Empty(empty)) => ResponseCmd::Empty(BatchCommandsEmptyResponse {
-                    test_id: empty.test_id,
-                }),
+                Some(RequestCmd::Get(get)) => ResponseCmd::Get(Box::new(answer_get(get))),
+                Some(RequestCmd::Empty(empty)) => {
+                    ResponseCmd::Empty(Box::new(BatchCommandsEmptyResponse {
+                        test_id: empty.test_id,
+                    }))
+                }
                 other => return Err(Status::invalid_argument(format!("unexpected {other:?}"))),
             };
             Ok(batch_commands_response::Response { cmd: Some(cmd) })
@@ -123,20 +125,20 @@ async fn connect(addr: SocketAddr) -> GrpcChannel {
 
 fn get(key: &'static [u8], version: u64) -> batch_commands_request::Request {
     batch_commands_request::Request {
-        cmd: Some(RequestCmd::Get(kvrpcpb::GetRequest {
+        cmd: Some(RequestCmd::Get(Box::new(kvrpcpb::GetRequest {
             key: Bytes::from_static(key),
             version,
             ..Default::default()
-        })),
+        }))),
     }
 }
 
 fn empty(test_id: u64) -> batch_commands_request::Request {
     batch_commands_request::Request {
-        cmd: Some(RequestCmd::Empty(BatchCommandsEmptyRequest {
+        cmd: Some(RequestCmd::Empty(Box::new(BatchCommandsEmptyRequest {
             test_id,
             delay_time: 0,
-        })),
+        }))),
     }
 }
 

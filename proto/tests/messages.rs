@@ -25,13 +25,13 @@ fn arm(cmd: Cmd) -> BatchRequest {
 #[test]
 fn batch_commands_request_with_mixed_arms_round_trips() {
     let requests = vec![
-        arm(Cmd::Get(kvrpcpb::GetRequest {
+        arm(Cmd::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(context(1)),
             key: Bytes::from_static(b"k1"),
             version: 42,
             ..Default::default()
-        })),
-        arm(Cmd::Prewrite(kvrpcpb::PrewriteRequest {
+        }))),
+        arm(Cmd::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             context: Some(context(2)),
             mutations: vec![kvrpcpb::Mutation {
                 op: kvrpcpb::Op::Put as i32,
@@ -43,28 +43,30 @@ fn batch_commands_request_with_mixed_arms_round_trips() {
             start_version: 100,
             lock_ttl: 3000,
             ..Default::default()
-        })),
-        arm(Cmd::RawPut(kvrpcpb::RawPutRequest {
+        }))),
+        arm(Cmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
             context: Some(context(3)),
             key: Bytes::from_static(b"raw"),
             value: Bytes::from_static(b"value"),
             cf: "default".to_owned(),
             ttl: 60,
             ..Default::default()
-        })),
-        arm(Cmd::CheckTxnStatus(kvrpcpb::CheckTxnStatusRequest {
-            context: Some(context(4)),
-            primary_key: Bytes::from_static(b"pk"),
-            lock_ts: 100,
-            caller_start_ts: 120,
-            current_ts: 130,
-            rollback_if_not_exist: true,
-            ..Default::default()
-        })),
-        arm(Cmd::Empty(BatchCommandsEmptyRequest {
+        }))),
+        arm(Cmd::CheckTxnStatus(Box::new(
+            kvrpcpb::CheckTxnStatusRequest {
+                context: Some(context(4)),
+                primary_key: Bytes::from_static(b"pk"),
+                lock_ts: 100,
+                caller_start_ts: 120,
+                current_ts: 130,
+                rollback_if_not_exist: true,
+                ..Default::default()
+            },
+        ))),
+        arm(Cmd::Empty(Box::new(BatchCommandsEmptyRequest {
             test_id: 7,
             delay_time: 0,
-        })),
+        }))),
     ];
     let original = BatchCommandsRequest {
         requests,
@@ -164,10 +166,10 @@ fn field_numbers_match_the_wire() {
 
     // The Empty arm of a BatchCommands request is field 255 (key 255 << 3 | 2 = 0x7fa, a
     // two-byte varint); BatchCommandsEmptyRequest.test_id is field 1.
-    let empty = arm(Cmd::Empty(BatchCommandsEmptyRequest {
+    let empty = arm(Cmd::Empty(Box::new(BatchCommandsEmptyRequest {
         test_id: 7,
         delay_time: 0,
-    }));
+    })));
     assert_eq!(empty.encode_to_vec(), [0xfa, 0x0f, 0x02, 0x08, 0x07]);
 
     // BatchCommandsRequest: requests = 1, request_ids = 2 (packed).
@@ -185,10 +187,10 @@ fn field_numbers_match_the_wire() {
 #[test]
 fn truncated_input_is_an_error_not_a_panic() {
     let request = BatchCommandsRequest {
-        requests: vec![arm(Cmd::Get(kvrpcpb::GetRequest {
+        requests: vec![arm(Cmd::Get(Box::new(kvrpcpb::GetRequest {
             key: Bytes::from_static(b"key"),
             ..Default::default()
-        }))],
+        })))],
         request_ids: vec![1],
         client_send_time_ns: 0,
     };

@@ -78,10 +78,10 @@ fn batch_of(keys: &[&[u8]], first_id: u64) -> Bytes {
         batch
             .requests
             .push(tikvpb::batch_commands_request::Request {
-                cmd: Some(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+                cmd: Some(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
                     key: Bytes::copy_from_slice(key),
                     ..Default::default()
-                })),
+                }))),
             });
     }
     encode(&batch)
@@ -175,10 +175,10 @@ impl Operation for OneRequest {
 }
 
 fn raw_get(key: Vec<u8>) -> TikvRequest {
-    TikvRequest::Cmd(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+    TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
         key: Bytes::from(key),
         ..Default::default()
-    }))
+    })))
 }
 
 async fn connect(rt: Smol, server: &common::FakeServer) -> Cluster<Smol> {
@@ -306,7 +306,7 @@ fn unary_only_requests_use_unary_calls() {
     let server = common::start();
     block_on(async {
         let cluster = connect(Smol::new(), &server).await;
-        let req = TikvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest::default());
+        let req = TikvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest::default()));
         let reply = cluster
             .run(OneRequest::new(
                 &server.addr.to_string(),

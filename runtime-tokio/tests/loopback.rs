@@ -125,10 +125,10 @@ impl Tikv for Fake {
                 resp.request_ids.push(id);
                 resp.responses
                     .push(tikvpb::batch_commands_response::Response {
-                        cmd: Some(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
+                        cmd: Some(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
                             value: get.key,
                             ..Default::default()
-                        })),
+                        }))),
                     });
             }
             Ok(resp)
@@ -209,10 +209,10 @@ impl Operation for OneRequest {
 }
 
 fn raw_get(key: &'static [u8]) -> TikvRequest {
-    TikvRequest::Cmd(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+    TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
         key: Bytes::from_static(key),
         ..Default::default()
-    }))
+    })))
 }
 
 async fn connect(addr: SocketAddr) -> Cluster<Tokio> {
@@ -270,7 +270,7 @@ async fn concurrent_requests_share_batches_and_get_their_own_replies() {
 async fn unary_only_requests_use_unary_calls() {
     let (addr, _state) = start().await;
     let cluster = connect(addr).await;
-    let req = TikvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest::default());
+    let req = TikvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest::default()));
     let reply = cluster
         .run(OneRequest::new(
             &addr.to_string(),

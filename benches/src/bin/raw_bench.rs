@@ -4,7 +4,11 @@
 //! ```text
 //! cargo build --release -p tikv-mockstore -p tikv-benches
 //! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]
+//!                           [--connections N]
 //! ```
+//!
+//! `--connections N` sets `Config::grpc_connection_count` (default: the config's default, 4,
+//! like client-go).
 //!
 //! `--runtime tokio` (the default) drives the `tikv-tokio` client on a tokio runtime
 //! (current_thread for one thread, multi_thread otherwise); `--runtime smol` drives the
@@ -14,18 +18,22 @@
 //!
 //! For each operation (get, put) and concurrency (1, 16, 256) it runs `concurrency` tasks that
 //! loop on the operation for the window, and reports ops/s, p50 / p99 latency and the client
-//! process's CPU time (user + system, `getrusage(RUSAGE_SELF)`) divided by the operations.
-//! The mockstore runs in its own process, so its CPU is not counted.
+//! process's CPU time (user + system, `getrusage(RUSAGE_SELF)`) divided by the operations,
+//! and the average number of requests per `BatchCommands` message ("batch"). The keys are
+//! built once before the window, so the measured loop is the client call itself. The
+//! mockstore runs in its own process, so its CPU is not counted.
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tikv_core::client::{RawClient, Runtime};
 use tikv_core::config::Config;
+use tikv_core::machine::Key;
 
 /// Which async runtime drives the client.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -39,10 +47,11 @@ struct Args {
     mockstore: String,
     threads: usize,
     runtime: RuntimeKind,
+    connections: Option<usize>,
 }
 
-const USAGE: &str =
-    "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]";
+const USAGE: &str = "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] \
+     [--runtime tokio|smol] [--connections N]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -54,6 +63,7 @@ fn parse_args() -> Args {
             .unwrap_or_else(|| "tikv-mockstore".into()),
         threads: 1,
         runtime: RuntimeKind::Tokio,
+        connections: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +75,9 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = value.parse().expect("--seconds N"),
             "--mockstore" => args.mockstore = value,
             "--threads" => args.threads = value.parse().expect("--threads N"),
+            "--connections" => {
+                args.connections = Some(value.parse().expect("--connections N"));
+            }
             "--runtime" => {
                 args.runtime = match value.as_str() {
                     "tokio" => RuntimeKind::Tokio,
@@ -163,13 +176,18 @@ async fn run<R: Runtime>(
     concurrency: usize,
     window: Duration,
 ) {
-    let value = vec![b'v'; 64];
-    for i in 0..1024u32 {
-        client
-            .put(format!("bench-{i:04}"), value.clone())
-            .await
-            .expect("seed");
+    let value = Key::from(vec![b'v'; 64]);
+    let keys: Arc<Vec<Key>> = Arc::new(
+        (0..1024u32)
+            .map(|i| Key::from(format!("bench-{i:04}")))
+            .collect(),
+    );
+    for key in keys.iter() {
+        client.put(key.clone(), value.clone()).await.expect("seed");
     }
+    let stats = client.cluster().transport_stats();
+    let batches_before = stats.batches_sent.load(Ordering::Relaxed);
+    let batched_before = stats.requests_batched.load(Ordering::Relaxed);
     let start = Instant::now();
     let deadline = start + window;
     let cpu_before = cpu_time();
@@ -177,11 +195,12 @@ async fn run<R: Runtime>(
     for t in 0..concurrency {
         let client = client.clone();
         let value = value.clone();
+        let keys = keys.clone();
         tasks.push(spawner.spawn(async move {
             let mut lat = Vec::with_capacity(1 << 16);
             let mut i = t as u32;
             while Instant::now() < deadline {
-                let key = format!("bench-{:04}", i % 1024);
+                let key = keys[(i % 1024) as usize].clone();
                 i = i.wrapping_add(7919);
                 let t0 = Instant::now();
                 match op {
@@ -201,14 +220,17 @@ async fn run<R: Runtime>(
     }
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
+    let batches = stats.batches_sent.load(Ordering::Relaxed) - batches_before;
+    let batched = stats.requests_batched.load(Ordering::Relaxed) - batched_before;
     all.sort_unstable();
     let ops = all.len() as f64;
     println!(
-        "| raw {op:<3} | {concurrency:>4} | {:>9.0} | {:>6} | {:>6} | {:>7.2} |",
+        "| raw {op:<3} | {concurrency:>4} | {:>9.0} | {:>6} | {:>6} | {:>7.2} | {:>5.1} |",
         ops / elapsed.as_secs_f64(),
         percentile(&all, 0.50),
         percentile(&all, 0.99),
         cpu.as_micros() as f64 / ops.max(1.0),
+        batched as f64 / batches.max(1) as f64,
     );
 }
 
@@ -232,6 +254,10 @@ fn main() {
     let endpoint = format!("127.0.0.1:{port}");
     let window = Duration::from_secs(args.seconds);
     let threads = args.threads.max(1);
+    let mut config = Config::default();
+    if let Some(n) = args.connections {
+        config.grpc_connection_count = n;
+    }
     match args.runtime {
         RuntimeKind::Tokio => {
             let rt = if threads == 1 {
@@ -255,7 +281,7 @@ fn main() {
                         "multi_thread"
                     }
                 );
-                bench(tokio_rt, Spawner::Tokio, &endpoint, &label, window).await;
+                bench(tokio_rt, Spawner::Tokio, &endpoint, &label, window, config).await;
             });
         }
         RuntimeKind::Smol => {
@@ -281,6 +307,7 @@ fn main() {
                 &endpoint,
                 &label,
                 window,
+                config,
             )));
             drop(stop);
             for h in helpers {
@@ -291,10 +318,17 @@ fn main() {
 }
 
 /// Connects to the mockstore (retrying while it starts) and prints the table.
-async fn bench<R: Runtime>(rt: R, spawner: Spawner, endpoint: &str, label: &str, window: Duration) {
+async fn bench<R: Runtime>(
+    rt: R,
+    spawner: Spawner,
+    endpoint: &str,
+    label: &str,
+    window: Duration,
+    config: Config,
+) {
     let mut client = None;
     for _ in 0..100 {
-        match RawClient::connect_with_runtime(rt.clone(), &[endpoint], Config::default()).await {
+        match RawClient::connect_with_runtime(rt.clone(), &[endpoint], config.clone()).await {
             Ok(c) => {
                 client = Some(c);
                 break;
@@ -304,8 +338,8 @@ async fn bench<R: Runtime>(rt: R, spawner: Spawner, endpoint: &str, label: &str,
     }
     let client = client.expect("mockstore reachable");
     println!("client runtime: {label}, window {} s", window.as_secs());
-    println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op |");
-    println!("|---------|------|-----------|--------|--------|-----------|");
+    println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op | batch |");
+    println!("|---------|------|-----------|--------|--------|-----------|-------|");
     // `RAW_BENCH_ONLY=get:256` restricts the run to one cell (for profiling).
     let only = std::env::var("RAW_BENCH_ONLY").ok();
     for op in ["get", "put"] {

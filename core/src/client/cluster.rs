@@ -44,7 +44,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
         self.rt.sleep_until(deadline)
     }
 
-    fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+    fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
         match action {
             Action::Tikv {
                 id,
@@ -52,7 +52,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                 request,
                 timeout,
                 ..
-            } => self.tikv.start(id, &address, request, timeout, reply),
+            } => self.tikv.start(now, id, &address, request, timeout, reply),
             Action::Pd { id, request } => {
                 let pd = self.pd.clone();
                 Some(Box::pin(async move {

@@ -48,8 +48,9 @@ pub trait Dispatch: Sync {
     /// A timer firing at `deadline`.
     fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
 
-    /// Starts `action`; see the trait contract.
-    fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo>;
+    /// Starts `action` at `now` (the time the driver just handed to the machine, so a
+    /// dispatcher computing a deadline needs no clock read of its own); see the trait contract.
+    fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo>;
 
     /// Drops the connections to `address`, queued by a machine in the store cache (see
     /// `StoreCache::on_store_not_match`). The default does nothing.
@@ -113,7 +114,7 @@ where
             tracing::trace!(?action, "dispatch");
             // Fire-and-forget actions (no id) complete nothing.
             let completes = action.id().is_some();
-            match dispatch.start(action, &inbox) {
+            match dispatch.start(now, action, &inbox) {
                 Some(io) => local.push(io),
                 None if completes => via_inbox += 1,
                 None => {}
@@ -247,7 +248,7 @@ mod tests {
                 clock: self.clock.clone(),
             }
         }
-        fn start(&self, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+        fn start(&self, _now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
             self.started.fetch_add(1, Ordering::Relaxed);
             match action {
                 Action::Tikv { id, .. } => {
@@ -255,10 +256,10 @@ mod tests {
                         let input = Input::Tikv {
                             id,
                             result: Ok(TikvResponse::Cmd(crate::machine::TikvCmdResponse::RawGet(
-                                kvrpcpb::RawGetResponse {
+                                Box::new(kvrpcpb::RawGetResponse {
                                     value: bytes::Bytes::from_static(b"v"),
                                     ..Default::default()
-                                },
+                                }),
                             ))),
                         };
                         // Delivered through the inbox, as a stream task would (the
@@ -270,7 +271,9 @@ mod tests {
                 Action::Pd { id, .. } => Some(Box::pin(async move {
                     Input::Pd {
                         id,
-                        result: Ok(PdResponse::Store(pdpb::GetStoreResponse::default())),
+                        result: Ok(PdResponse::Store(Box::new(
+                            pdpb::GetStoreResponse::default(),
+                        ))),
                     }
                 })),
                 Action::Tso { id } => Some(Box::pin(async move {

@@ -51,7 +51,7 @@ macro_rules! cmd_table {
                 $(TikvCmd::$arm(r) => (
                     concat!("/tikvpb.Tikv/", $method),
                     encode(r),
-                    |b| Ok(TikvResponse::Cmd(TikvCmdResponse::$arm(<$resp>::decode(b)?))),
+                    |b| Ok(TikvResponse::Cmd(TikvCmdResponse::$arm(Box::new(<$resp>::decode(b)?)))),
                 ),)*
                 TikvCmd::Empty(_) => return Err(Error::invalid(
                     "the empty batch command exists only on the BatchCommands stream",
@@ -106,32 +106,34 @@ pub fn unary_tikv(request: &TikvRequest) -> Result<(&'static str, Bytes, TikvDec
     Ok(match request {
         TikvRequest::Cmd(cmd) => return unary_cmd(cmd),
         TikvRequest::SplitRegion(r) => ("/tikvpb.Tikv/SplitRegion", encode(r), |b| {
-            Ok(TikvResponse::SplitRegion(
+            Ok(TikvResponse::SplitRegion(Box::new(
                 kvrpcpb::SplitRegionResponse::decode(b)?,
-            ))
+            )))
         }),
         TikvRequest::UnsafeDestroyRange(r) => ("/tikvpb.Tikv/UnsafeDestroyRange", encode(r), |b| {
-            Ok(TikvResponse::UnsafeDestroyRange(
+            Ok(TikvResponse::UnsafeDestroyRange(Box::new(
                 kvrpcpb::UnsafeDestroyRangeResponse::decode(b)?,
-            ))
+            )))
         }),
         TikvRequest::RawGetKeyTtl(r) => ("/tikvpb.Tikv/RawGetKeyTTL", encode(r), |b| {
-            Ok(TikvResponse::RawGetKeyTtl(
+            Ok(TikvResponse::RawGetKeyTtl(Box::new(
                 kvrpcpb::RawGetKeyTtlResponse::decode(b)?,
-            ))
+            )))
         }),
         TikvRequest::RawCas(r) => ("/tikvpb.Tikv/RawCompareAndSwap", encode(r), |b| {
-            Ok(TikvResponse::RawCas(kvrpcpb::RawCasResponse::decode(b)?))
+            Ok(TikvResponse::RawCas(Box::new(
+                kvrpcpb::RawCasResponse::decode(b)?,
+            )))
         }),
         TikvRequest::RawChecksum(r) => ("/tikvpb.Tikv/RawChecksum", encode(r), |b| {
-            Ok(TikvResponse::RawChecksum(
+            Ok(TikvResponse::RawChecksum(Box::new(
                 kvrpcpb::RawChecksumResponse::decode(b)?,
-            ))
+            )))
         }),
         TikvRequest::StoreSafeTs(r) => ("/tikvpb.Tikv/GetStoreSafeTS", encode(r), |b| {
-            Ok(TikvResponse::StoreSafeTs(
+            Ok(TikvResponse::StoreSafeTs(Box::new(
                 kvrpcpb::StoreSafeTsResponse::decode(b)?,
-            ))
+            )))
         }),
     })
 }
@@ -145,69 +147,79 @@ pub fn pd_call(request: &PdRequest) -> (&'static str, Bytes, PdDecoder) {
     use tikv_proto::pdpb;
     match request {
         PdRequest::GetRegion(r) => ("/pdpb.PD/GetRegion", encode(r), |b| {
-            Ok(PdResponse::Region(pdpb::GetRegionResponse::decode(b)?))
+            Ok(PdResponse::Region(Box::new(
+                pdpb::GetRegionResponse::decode(b)?,
+            )))
         }),
         PdRequest::GetPrevRegion(r) => ("/pdpb.PD/GetPrevRegion", encode(r), |b| {
-            Ok(PdResponse::Region(pdpb::GetRegionResponse::decode(b)?))
+            Ok(PdResponse::Region(Box::new(
+                pdpb::GetRegionResponse::decode(b)?,
+            )))
         }),
         PdRequest::GetRegionById(r) => ("/pdpb.PD/GetRegionByID", encode(r), |b| {
-            Ok(PdResponse::Region(pdpb::GetRegionResponse::decode(b)?))
+            Ok(PdResponse::Region(Box::new(
+                pdpb::GetRegionResponse::decode(b)?,
+            )))
         }),
         PdRequest::ScanRegions(r) => ("/pdpb.PD/ScanRegions", encode(r), |b| {
-            Ok(PdResponse::ScanRegions(pdpb::ScanRegionsResponse::decode(
-                b,
-            )?))
+            Ok(PdResponse::ScanRegions(Box::new(
+                pdpb::ScanRegionsResponse::decode(b)?,
+            )))
         }),
         PdRequest::BatchScanRegions(r) => ("/pdpb.PD/BatchScanRegions", encode(r), |b| {
-            Ok(PdResponse::BatchScanRegions(
+            Ok(PdResponse::BatchScanRegions(Box::new(
                 pdpb::BatchScanRegionsResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::GetStore(r) => ("/pdpb.PD/GetStore", encode(r), |b| {
-            Ok(PdResponse::Store(pdpb::GetStoreResponse::decode(b)?))
+            Ok(PdResponse::Store(Box::new(pdpb::GetStoreResponse::decode(
+                b,
+            )?)))
         }),
         PdRequest::GetAllStores(r) => ("/pdpb.PD/GetAllStores", encode(r), |b| {
-            Ok(PdResponse::AllStores(pdpb::GetAllStoresResponse::decode(
-                b,
-            )?))
+            Ok(PdResponse::AllStores(Box::new(
+                pdpb::GetAllStoresResponse::decode(b)?,
+            )))
         }),
         PdRequest::AdvanceTxnSafePoint(r) => ("/pdpb.PD/AdvanceTxnSafePoint", encode(r), |b| {
-            Ok(PdResponse::AdvanceTxnSafePoint(
+            Ok(PdResponse::AdvanceTxnSafePoint(Box::new(
                 pdpb::AdvanceTxnSafePointResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::AdvanceGcSafePoint(r) => ("/pdpb.PD/AdvanceGCSafePoint", encode(r), |b| {
-            Ok(PdResponse::AdvanceGcSafePoint(
+            Ok(PdResponse::AdvanceGcSafePoint(Box::new(
                 pdpb::AdvanceGcSafePointResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::UpdateGcSafePoint(r) => ("/pdpb.PD/UpdateGCSafePoint", encode(r), |b| {
-            Ok(PdResponse::UpdateGcSafePoint(
+            Ok(PdResponse::UpdateGcSafePoint(Box::new(
                 pdpb::UpdateGcSafePointResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::GetGcState(r) => ("/pdpb.PD/GetGCState", encode(r), |b| {
-            Ok(PdResponse::GetGcState(pdpb::GetGcStateResponse::decode(b)?))
+            Ok(PdResponse::GetGcState(Box::new(
+                pdpb::GetGcStateResponse::decode(b)?,
+            )))
         }),
         PdRequest::SetGcBarrier(r) => ("/pdpb.PD/SetGCBarrier", encode(r), |b| {
-            Ok(PdResponse::SetGcBarrier(
+            Ok(PdResponse::SetGcBarrier(Box::new(
                 pdpb::SetGcBarrierResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::DeleteGcBarrier(r) => ("/pdpb.PD/DeleteGCBarrier", encode(r), |b| {
-            Ok(PdResponse::DeleteGcBarrier(
+            Ok(PdResponse::DeleteGcBarrier(Box::new(
                 pdpb::DeleteGcBarrierResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::ScatterRegion(r) => ("/pdpb.PD/ScatterRegion", encode(r), |b| {
-            Ok(PdResponse::ScatterRegion(
+            Ok(PdResponse::ScatterRegion(Box::new(
                 pdpb::ScatterRegionResponse::decode(b)?,
-            ))
+            )))
         }),
         PdRequest::GetOperator(r) => ("/pdpb.PD/GetOperator", encode(r), |b| {
-            Ok(PdResponse::GetOperator(pdpb::GetOperatorResponse::decode(
-                b,
-            )?))
+            Ok(PdResponse::GetOperator(Box::new(
+                pdpb::GetOperatorResponse::decode(b)?,
+            )))
         }),
     }
 }
@@ -243,10 +255,10 @@ mod tests {
 
     #[test]
     fn unary_roundtrip_of_raw_get() {
-        let req = TikvRequest::Cmd(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+        let req = TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: Bytes::from_static(b"k"),
             ..Default::default()
-        }));
+        })));
         let (path, body, decoder) = unary_tikv(&req).unwrap();
         assert_eq!(path, "/tikvpb.Tikv/RawGet");
         let back = kvrpcpb::RawGetRequest::decode(body).unwrap();

@@ -14,7 +14,6 @@
 //! this module only carries out its actions: dial and open a stream, write a batch, wake at
 //! its timeout, hand completions to callers.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +32,7 @@ use super::runtime::{Channel, Runtime, Status};
 use super::sync::{Inbox, lock};
 use crate::config::Config;
 use crate::error::Error;
+use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
 use crate::machine::{Input, IoId, TikvCmd, TikvRequest, TikvResponse};
 
@@ -98,7 +98,7 @@ pub struct TransportStats {
 pub(crate) struct TikvTransport<R: Runtime> {
     rt: R,
     config: TransportConfig,
-    pools: Mutex<HashMap<Arc<str>, Arc<StorePool<R>>>>,
+    pools: Mutex<FastMap<Arc<str>, Arc<StorePool<R>>>>,
     pub stats: Arc<TransportStats>,
     /// Health feedback taken from `BatchCommands` responses, consumed by the client's store
     /// health task (client-go `ClientEventListener.OnHealthFeedback`).
@@ -116,7 +116,7 @@ impl<R: Runtime> TikvTransport<R> {
         TikvTransport {
             rt,
             config,
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(FastMap::default()),
             stats: Arc::new(TransportStats::default()),
             health_feed: Inbox::new(),
         }
@@ -191,10 +191,11 @@ impl<R: Runtime> TikvTransport<R> {
         pool
     }
 
-    /// Starts `request` to `address`; completes through `reply` (batched) or the returned
-    /// future (unary), per the [`super::driver::Dispatch`] contract.
+    /// Starts `request` to `address` at `now`; completes through `reply` (batched) or the
+    /// returned future (unary), per the [`super::driver::Dispatch`] contract.
     pub fn start(
         &self,
+        now: Instant,
         id: IoId,
         address: &Arc<str>,
         request: TikvRequest,
@@ -211,7 +212,7 @@ impl<R: Runtime> TikvTransport<R> {
             let queued = Queued {
                 id,
                 cmd,
-                deadline: self.rt.now() + timeout,
+                deadline: now + timeout,
                 reply: reply.clone(),
             };
             if let Err(q) = pool.conns[i].queue.push(queued) {

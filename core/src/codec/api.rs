@@ -816,7 +816,7 @@ impl ApiCodec {
     /// Mirrors client-go `codecV1.decodeRegionError` / `codecV2.decodeRegionError`: region
     /// bounds in `KeyNotInRegion` and `EpochNotMatch` are decoded; in V2 current regions
     /// outside the keyspace are dropped.
-    fn dregion_error(&self, err: &mut Option<errorpb::Error>) -> Result<(), Error> {
+    fn dregion_error(&self, err: &mut Option<Box<errorpb::Error>>) -> Result<(), Error> {
         let Some(err) = err else {
             return Ok(());
         };
@@ -894,7 +894,7 @@ impl ApiCodec {
         Ok(())
     }
 
-    fn dkey_error(&self, err: &mut Option<kvrpcpb::KeyError>) -> Result<(), Error> {
+    fn dkey_error(&self, err: &mut Option<Box<kvrpcpb::KeyError>>) -> Result<(), Error> {
         if let Some(e) = err {
             self.dkey_error_inner(e)?;
         }

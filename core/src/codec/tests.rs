@@ -214,10 +214,10 @@ fn v1_sets_context_and_keeps_keys() {
     let c = ApiCodec::v1(KeyMode::Raw);
     let cmd = enc(
         &c,
-        TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+        TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: b("k"),
             ..Default::default()
-        }),
+        })),
     );
     let TikvCmd::RawGet(r) = &cmd else { panic!() };
     assert_eq!(r.key, b("k"));
@@ -233,7 +233,7 @@ fn v1_sets_context_and_keeps_keys() {
 #[test]
 fn v2_encodes_on_a_copy_and_sets_context() {
     let c = v2();
-    let original = TikvRequest::Cmd(TikvCmd::Get(kvrpcpb::GetRequest {
+    let original = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
         context: Some(kvrpcpb::Context {
             region_id: 9,
             ..Default::default()
@@ -241,7 +241,7 @@ fn v2_encodes_on_a_copy_and_sets_context() {
         key: b("k"),
         version: 3,
         ..Default::default()
-    }));
+    })));
     let encoded = c.encode_request(&original);
     // The original is untouched (retries encode it again).
     let TikvRequest::Cmd(TikvCmd::Get(orig)) = &original else {
@@ -288,11 +288,11 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::Scan(r) = enc(
         &c,
-        TikvCmd::Scan(kvrpcpb::ScanRequest {
+        TikvCmd::Scan(Box::new(kvrpcpb::ScanRequest {
             start_key: b("z"),
             reverse: true,
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -300,12 +300,12 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::Prewrite(r) = enc(
         &c,
-        TikvCmd::Prewrite(kvrpcpb::PrewriteRequest {
+        TikvCmd::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             mutations: vec![m("a"), m("b")],
             primary_lock: b("a"),
             secondaries: vec![b("b")],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -322,10 +322,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::Commit(r) = enc(
         &c,
-        TikvCmd::Commit(kvrpcpb::CommitRequest {
+        TikvCmd::Commit(Box::new(kvrpcpb::CommitRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -333,10 +333,10 @@ fn v2_encodes_every_transactional_request() {
     assert!(r.primary_key.is_empty(), "unset primary stays unset");
     let TikvCmd::Commit(r) = enc(
         &c,
-        TikvCmd::Commit(kvrpcpb::CommitRequest {
+        TikvCmd::Commit(Box::new(kvrpcpb::CommitRequest {
             primary_key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -344,10 +344,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::Cleanup(r) = enc(
         &c,
-        TikvCmd::Cleanup(kvrpcpb::CleanupRequest {
+        TikvCmd::Cleanup(Box::new(kvrpcpb::CleanupRequest {
             key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -355,10 +355,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::BatchGet(r) = enc(
         &c,
-        TikvCmd::BatchGet(kvrpcpb::BatchGetRequest {
+        TikvCmd::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -366,10 +366,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::BatchRollback(r) = enc(
         &c,
-        TikvCmd::BatchRollback(kvrpcpb::BatchRollbackRequest {
+        TikvCmd::BatchRollback(Box::new(kvrpcpb::BatchRollbackRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -377,10 +377,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::ScanLock(r) = enc(
         &c,
-        TikvCmd::ScanLock(kvrpcpb::ScanLockRequest {
+        TikvCmd::ScanLock(Box::new(kvrpcpb::ScanLockRequest {
             start_key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -388,10 +388,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::ResolveLock(r) = enc(
         &c,
-        TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
+        TikvCmd::ResolveLock(Box::new(kvrpcpb::ResolveLockRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -399,11 +399,11 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::DeleteRange(r) = enc(
         &c,
-        TikvCmd::DeleteRange(kvrpcpb::DeleteRangeRequest {
+        TikvCmd::DeleteRange(Box::new(kvrpcpb::DeleteRangeRequest {
             start_key: b("a"),
             end_key: b("c"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -411,11 +411,11 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::PessimisticLock(r) = enc(
         &c,
-        TikvCmd::PessimisticLock(kvrpcpb::PessimisticLockRequest {
+        TikvCmd::PessimisticLock(Box::new(kvrpcpb::PessimisticLockRequest {
             mutations: vec![m("a")],
             primary_lock: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -426,10 +426,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::PessimisticRollback(r) = enc(
         &c,
-        TikvCmd::PessimisticRollback(kvrpcpb::PessimisticRollbackRequest {
+        TikvCmd::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -437,10 +437,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::CheckTxnStatus(r) = enc(
         &c,
-        TikvCmd::CheckTxnStatus(kvrpcpb::CheckTxnStatusRequest {
+        TikvCmd::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusRequest {
             primary_key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -448,10 +448,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::TxnHeartBeat(r) = enc(
         &c,
-        TikvCmd::TxnHeartBeat(kvrpcpb::TxnHeartBeatRequest {
+        TikvCmd::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatRequest {
             primary_lock: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -459,10 +459,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::CheckSecondaryLocks(r) = enc(
         &c,
-        TikvCmd::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksRequest {
+        TikvCmd::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -470,11 +470,11 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::FlashbackToVersion(r) = enc(
         &c,
-        TikvCmd::FlashbackToVersion(kvrpcpb::FlashbackToVersionRequest {
+        TikvCmd::FlashbackToVersion(Box::new(kvrpcpb::FlashbackToVersionRequest {
             start_key: b("a"),
             end_key: b("b"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -482,10 +482,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::PrepareFlashbackToVersion(r) = enc(
         &c,
-        TikvCmd::PrepareFlashbackToVersion(kvrpcpb::PrepareFlashbackToVersionRequest {
+        TikvCmd::PrepareFlashbackToVersion(Box::new(kvrpcpb::PrepareFlashbackToVersionRequest {
             start_key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -493,11 +493,11 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::Flush(r) = enc(
         &c,
-        TikvCmd::Flush(kvrpcpb::FlushRequest {
+        TikvCmd::Flush(Box::new(kvrpcpb::FlushRequest {
             mutations: vec![m("a")],
             primary_key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -508,10 +508,10 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::BufferBatchGet(r) = enc(
         &c,
-        TikvCmd::BufferBatchGet(kvrpcpb::BufferBatchGetRequest {
+        TikvCmd::BufferBatchGet(Box::new(kvrpcpb::BufferBatchGetRequest {
             keys: keys(),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -519,7 +519,7 @@ fn v2_encodes_every_transactional_request() {
 
     let TikvCmd::Coprocessor(r) = enc(
         &c,
-        TikvCmd::Coprocessor(coprocessor::Request {
+        TikvCmd::Coprocessor(Box::new(coprocessor::Request {
             ranges: vec![coprocessor::KeyRange {
                 start: b("a"),
                 end: b("b"),
@@ -532,7 +532,7 @@ fn v2_encodes_every_transactional_request() {
                 ..Default::default()
             }],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -561,7 +561,7 @@ fn v2_encodes_every_transactional_request() {
     assert_eq!(
         enc(
             &c,
-            TikvCmd::Empty(tikvpb::BatchCommandsEmptyRequest::default())
+            TikvCmd::Empty(Box::new(tikvpb::BatchCommandsEmptyRequest::default()))
         ),
         TikvCmd::Empty(Default::default())
     );
@@ -579,10 +579,10 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawGet(r) = enc(
         &c,
-        TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+        TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -590,10 +590,10 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawBatchGet(r) = enc(
         &c,
-        TikvCmd::RawBatchGet(kvrpcpb::RawBatchGetRequest {
+        TikvCmd::RawBatchGet(Box::new(kvrpcpb::RawBatchGetRequest {
             keys: vec![b("a"), b("b")],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -601,11 +601,11 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawPut(r) = enc(
         &c,
-        TikvCmd::RawPut(kvrpcpb::RawPutRequest {
+        TikvCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
             key: b("a"),
             value: b("v"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -613,14 +613,14 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawBatchPut(r) = enc(
         &c,
-        TikvCmd::RawBatchPut(kvrpcpb::RawBatchPutRequest {
+        TikvCmd::RawBatchPut(Box::new(kvrpcpb::RawBatchPutRequest {
             pairs: vec![kvrpcpb::KvPair {
                 key: b("a"),
                 value: b("v"),
                 ..Default::default()
             }],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -631,10 +631,10 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawDelete(r) = enc(
         &c,
-        TikvCmd::RawDelete(kvrpcpb::RawDeleteRequest {
+        TikvCmd::RawDelete(Box::new(kvrpcpb::RawDeleteRequest {
             key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -642,10 +642,10 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawBatchDelete(r) = enc(
         &c,
-        TikvCmd::RawBatchDelete(kvrpcpb::RawBatchDeleteRequest {
+        TikvCmd::RawBatchDelete(Box::new(kvrpcpb::RawBatchDeleteRequest {
             keys: vec![b("a")],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -653,22 +653,22 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawScan(r) = enc(
         &c,
-        TikvCmd::RawScan(kvrpcpb::RawScanRequest {
+        TikvCmd::RawScan(Box::new(kvrpcpb::RawScanRequest {
             start_key: b("a"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
     assert_eq!((r.start_key, r.end_key), (rp("a"), rend.clone()));
     let TikvCmd::RawScan(r) = enc(
         &c,
-        TikvCmd::RawScan(kvrpcpb::RawScanRequest {
+        TikvCmd::RawScan(Box::new(kvrpcpb::RawScanRequest {
             start_key: b("z"),
             end_key: b("a"),
             reverse: true,
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -676,11 +676,11 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawDeleteRange(r) = enc(
         &c,
-        TikvCmd::RawDeleteRange(kvrpcpb::RawDeleteRangeRequest {
+        TikvCmd::RawDeleteRange(Box::new(kvrpcpb::RawDeleteRangeRequest {
             start_key: b("a"),
             end_key: b("b"),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -688,11 +688,11 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawBatchScan(r) = enc(
         &c,
-        TikvCmd::RawBatchScan(kvrpcpb::RawBatchScanRequest {
+        TikvCmd::RawBatchScan(Box::new(kvrpcpb::RawBatchScanRequest {
             ranges: vec![kr("", "c"), kr("x", "")],
             reverse: true,
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -707,33 +707,35 @@ fn v2_encodes_every_raw_request() {
 
     let TikvCmd::RawCoprocessor(r) = enc(
         &c,
-        TikvCmd::RawCoprocessor(kvrpcpb::RawCoprocessorRequest {
+        TikvCmd::RawCoprocessor(Box::new(kvrpcpb::RawCoprocessorRequest {
             ranges: vec![kr("a", "b")],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
     assert_eq!(r.ranges[0].start_key, rp("a"));
 
     // Unary-only requests.
-    let TikvRequest::RawGetKeyTtl(r) =
-        c.encode_request(&TikvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest {
+    let TikvRequest::RawGetKeyTtl(r) = c.encode_request(&TikvRequest::RawGetKeyTtl(Box::new(
+        kvrpcpb::RawGetKeyTtlRequest {
             key: b("a"),
             ..Default::default()
-        }))
-    else {
+        },
+    ))) else {
         panic!()
     };
     assert_eq!(r.key, rp("a"));
     assert_eq!(r.context.unwrap().keyspace_name, "raw");
 
-    let TikvRequest::RawCas(r) = c.encode_request(&TikvRequest::RawCas(kvrpcpb::RawCasRequest {
-        key: b("a"),
-        value: b("new"),
-        previous_value: b("old"),
-        ..Default::default()
-    })) else {
+    let TikvRequest::RawCas(r) =
+        c.encode_request(&TikvRequest::RawCas(Box::new(kvrpcpb::RawCasRequest {
+            key: b("a"),
+            value: b("new"),
+            previous_value: b("old"),
+            ..Default::default()
+        })))
+    else {
         panic!()
     };
     assert_eq!(
@@ -741,12 +743,12 @@ fn v2_encodes_every_raw_request() {
         (rp("a"), b("new"), b("old"))
     );
 
-    let TikvRequest::RawChecksum(r) =
-        c.encode_request(&TikvRequest::RawChecksum(kvrpcpb::RawChecksumRequest {
+    let TikvRequest::RawChecksum(r) = c.encode_request(&TikvRequest::RawChecksum(Box::new(
+        kvrpcpb::RawChecksumRequest {
             ranges: vec![kr("", "")],
             ..Default::default()
-        }))
-    else {
+        },
+    ))) else {
         panic!()
     };
     assert_eq!(
@@ -754,12 +756,12 @@ fn v2_encodes_every_raw_request() {
         (rp(""), rend.clone())
     );
 
-    let TikvRequest::SplitRegion(r) =
-        c.encode_request(&TikvRequest::SplitRegion(kvrpcpb::SplitRegionRequest {
+    let TikvRequest::SplitRegion(r) = c.encode_request(&TikvRequest::SplitRegion(Box::new(
+        kvrpcpb::SplitRegionRequest {
             split_keys: vec![b("m")],
             ..Default::default()
-        }))
-    else {
+        },
+    ))) else {
         panic!()
     };
     assert_eq!(r.split_keys, vec![rp("m")]);
@@ -768,18 +770,18 @@ fn v2_encodes_every_raw_request() {
     assert!(single);
 
     let TikvRequest::UnsafeDestroyRange(r) = c.encode_request(&TikvRequest::UnsafeDestroyRange(
-        kvrpcpb::UnsafeDestroyRangeRequest {
+        Box::new(kvrpcpb::UnsafeDestroyRangeRequest {
             start_key: b("a"),
             ..Default::default()
-        },
+        }),
     )) else {
         panic!()
     };
     assert_eq!((r.start_key, r.end_key), (rp("a"), rend.clone()));
 
-    let TikvRequest::StoreSafeTs(r) = c.encode_request(&TikvRequest::StoreSafeTs(
+    let TikvRequest::StoreSafeTs(r) = c.encode_request(&TikvRequest::StoreSafeTs(Box::new(
         kvrpcpb::StoreSafeTsRequest::default(),
-    )) else {
+    ))) else {
         panic!()
     };
     let range = r.key_range.unwrap();
@@ -931,7 +933,7 @@ fn pair(k: &Bytes) -> kvrpcpb::KvPair {
     kvrpcpb::KvPair {
         key: k.clone(),
         value: b("v"),
-        error: Some(full_key_error()),
+        error: Some(Box::new(full_key_error())),
         ..Default::default()
     }
 }
@@ -943,11 +945,11 @@ fn v2_decodes_every_response() {
 
     let R::Get(r) = dec(
         &c,
-        R::Get(kvrpcpb::GetResponse {
-            region_error: Some(region_error()),
-            error: Some(full_key_error()),
+        R::Get(Box::new(kvrpcpb::GetResponse {
+            region_error: Some(Box::new(region_error())),
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -956,11 +958,11 @@ fn v2_decodes_every_response() {
 
     let R::Scan(r) = dec(
         &c,
-        R::Scan(kvrpcpb::ScanResponse {
+        R::Scan(Box::new(kvrpcpb::ScanResponse {
             pairs: vec![pair(&p("a"))],
-            error: Some(full_key_error()),
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -973,10 +975,10 @@ fn v2_decodes_every_response() {
 
     let R::Prewrite(r) = dec(
         &c,
-        R::Prewrite(kvrpcpb::PrewriteResponse {
+        R::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             errors: vec![full_key_error()],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -984,11 +986,11 @@ fn v2_decodes_every_response() {
 
     let R::Commit(r) = dec(
         &c,
-        R::Commit(kvrpcpb::CommitResponse {
-            region_error: Some(region_error()),
-            error: Some(full_key_error()),
+        R::Commit(Box::new(kvrpcpb::CommitResponse {
+            region_error: Some(Box::new(region_error())),
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -997,10 +999,10 @@ fn v2_decodes_every_response() {
 
     let R::Cleanup(r) = dec(
         &c,
-        R::Cleanup(kvrpcpb::CleanupResponse {
-            error: Some(full_key_error()),
+        R::Cleanup(Box::new(kvrpcpb::CleanupResponse {
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1008,11 +1010,11 @@ fn v2_decodes_every_response() {
 
     let R::BatchGet(r) = dec(
         &c,
-        R::BatchGet(kvrpcpb::BatchGetResponse {
+        R::BatchGet(Box::new(kvrpcpb::BatchGetResponse {
             pairs: vec![pair(&p("a")), pair(&p("b"))],
-            error: Some(full_key_error()),
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1024,10 +1026,10 @@ fn v2_decodes_every_response() {
 
     let R::BatchRollback(r) = dec(
         &c,
-        R::BatchRollback(kvrpcpb::BatchRollbackResponse {
-            error: Some(full_key_error()),
+        R::BatchRollback(Box::new(kvrpcpb::BatchRollbackResponse {
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1035,11 +1037,11 @@ fn v2_decodes_every_response() {
 
     let R::ScanLock(r) = dec(
         &c,
-        R::ScanLock(kvrpcpb::ScanLockResponse {
+        R::ScanLock(Box::new(kvrpcpb::ScanLockResponse {
             locks: vec![locked(&p("l"))],
-            error: Some(full_key_error()),
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1051,10 +1053,10 @@ fn v2_decodes_every_response() {
 
     let R::ResolveLock(r) = dec(
         &c,
-        R::ResolveLock(kvrpcpb::ResolveLockResponse {
-            error: Some(full_key_error()),
+        R::ResolveLock(Box::new(kvrpcpb::ResolveLockResponse {
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1062,10 +1064,10 @@ fn v2_decodes_every_response() {
 
     let R::PessimisticLock(r) = dec(
         &c,
-        R::PessimisticLock(kvrpcpb::PessimisticLockResponse {
+        R::PessimisticLock(Box::new(kvrpcpb::PessimisticLockResponse {
             errors: vec![full_key_error()],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1073,10 +1075,10 @@ fn v2_decodes_every_response() {
 
     let R::PessimisticRollback(r) = dec(
         &c,
-        R::PessimisticRollback(kvrpcpb::PessimisticRollbackResponse {
+        R::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackResponse {
             errors: vec![full_key_error()],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1084,11 +1086,11 @@ fn v2_decodes_every_response() {
 
     let R::CheckTxnStatus(r) = dec(
         &c,
-        R::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
+        R::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
             lock_info: Some(locked(&p("l"))),
-            error: Some(full_key_error()),
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1097,10 +1099,10 @@ fn v2_decodes_every_response() {
 
     let R::TxnHeartBeat(r) = dec(
         &c,
-        R::TxnHeartBeat(kvrpcpb::TxnHeartBeatResponse {
-            error: Some(full_key_error()),
+        R::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatResponse {
+            error: Some(Box::new(full_key_error())),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1108,10 +1110,10 @@ fn v2_decodes_every_response() {
 
     let R::CheckSecondaryLocks(r) = dec(
         &c,
-        R::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
+        R::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksResponse {
             locks: vec![locked(&p("l"))],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1119,10 +1121,10 @@ fn v2_decodes_every_response() {
 
     let R::Flush(r) = dec(
         &c,
-        R::Flush(kvrpcpb::FlushResponse {
+        R::Flush(Box::new(kvrpcpb::FlushResponse {
             errors: vec![full_key_error()],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1130,10 +1132,10 @@ fn v2_decodes_every_response() {
 
     let R::BufferBatchGet(r) = dec(
         &c,
-        R::BufferBatchGet(kvrpcpb::BufferBatchGetResponse {
+        R::BufferBatchGet(Box::new(kvrpcpb::BufferBatchGetResponse {
             pairs: vec![pair(&p("a"))],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1141,10 +1143,10 @@ fn v2_decodes_every_response() {
 
     let R::RawBatchGet(r) = dec(
         &c,
-        R::RawBatchGet(kvrpcpb::RawBatchGetResponse {
+        R::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
             pairs: vec![pair(&p("a"))],
-            region_error: Some(region_error()),
-        }),
+            region_error: Some(Box::new(region_error())),
+        })),
     ) else {
         panic!()
     };
@@ -1153,10 +1155,10 @@ fn v2_decodes_every_response() {
 
     let R::RawScan(r) = dec(
         &c,
-        R::RawScan(kvrpcpb::RawScanResponse {
+        R::RawScan(Box::new(kvrpcpb::RawScanResponse {
             kvs: vec![pair(&p("a"))],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1164,10 +1166,10 @@ fn v2_decodes_every_response() {
 
     let R::RawBatchScan(r) = dec(
         &c,
-        R::RawBatchScan(kvrpcpb::RawBatchScanResponse {
+        R::RawBatchScan(Box::new(kvrpcpb::RawBatchScanResponse {
             kvs: vec![pair(&p("a"))],
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1175,14 +1177,14 @@ fn v2_decodes_every_response() {
 
     let R::Coprocessor(r) = dec(
         &c,
-        R::Coprocessor(coprocessor::Response {
+        R::Coprocessor(Box::new(coprocessor::Response {
             locked: Some(locked(&p("l"))),
             range: Some(coprocessor::KeyRange {
                 start: p("a"),
                 end: p("b"),
             }),
             ..Default::default()
-        }),
+        })),
     ) else {
         panic!()
     };
@@ -1191,26 +1193,26 @@ fn v2_decodes_every_response() {
 
     // Region errors of the remaining raw responses.
     for resp in [
-        R::RawGet(kvrpcpb::RawGetResponse {
-            region_error: Some(region_error()),
+        R::RawGet(Box::new(kvrpcpb::RawGetResponse {
+            region_error: Some(Box::new(region_error())),
             ..Default::default()
-        }),
-        R::RawPut(kvrpcpb::RawPutResponse {
-            region_error: Some(region_error()),
+        })),
+        R::RawPut(Box::new(kvrpcpb::RawPutResponse {
+            region_error: Some(Box::new(region_error())),
             ..Default::default()
-        }),
-        R::RawDelete(kvrpcpb::RawDeleteResponse {
-            region_error: Some(region_error()),
+        })),
+        R::RawDelete(Box::new(kvrpcpb::RawDeleteResponse {
+            region_error: Some(Box::new(region_error())),
             ..Default::default()
-        }),
-        R::RawDeleteRange(kvrpcpb::RawDeleteRangeResponse {
-            region_error: Some(region_error()),
+        })),
+        R::RawDeleteRange(Box::new(kvrpcpb::RawDeleteRangeResponse {
+            region_error: Some(Box::new(region_error())),
             ..Default::default()
-        }),
-        R::DeleteRange(kvrpcpb::DeleteRangeResponse {
-            region_error: Some(region_error()),
+        })),
+        R::DeleteRange(Box::new(kvrpcpb::DeleteRangeResponse {
+            region_error: Some(Box::new(region_error())),
             ..Default::default()
-        }),
+        })),
     ] {
         let out = dec(&c, resp);
         let e = match &out {
@@ -1225,14 +1227,14 @@ fn v2_decodes_every_response() {
     }
 
     // Unary responses.
-    let mut split = TikvResponse::SplitRegion(kvrpcpb::SplitRegionResponse {
+    let mut split = TikvResponse::SplitRegion(Box::new(kvrpcpb::SplitRegionResponse {
         regions: vec![metapb::Region {
             start_key: Bytes::from(encode_bytes(&p("a"))),
             end_key: Bytes::from(encode_bytes(&p("m"))),
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }));
     c.decode_response(&mut split).unwrap();
     let TikvResponse::SplitRegion(s) = split else {
         panic!()
@@ -1242,10 +1244,10 @@ fn v2_decodes_every_response() {
         (b("a"), b("m"))
     );
 
-    let mut cas = TikvResponse::RawCas(kvrpcpb::RawCasResponse {
-        region_error: Some(region_error()),
+    let mut cas = TikvResponse::RawCas(Box::new(kvrpcpb::RawCasResponse {
+        region_error: Some(Box::new(region_error())),
         ..Default::default()
-    });
+    }));
     c.decode_response(&mut cas).unwrap();
     let TikvResponse::RawCas(cas) = cas else {
         panic!()
@@ -1256,27 +1258,29 @@ fn v2_decodes_every_response() {
 #[test]
 fn v2_rejects_keys_outside_the_keyspace() {
     let c = v2();
-    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawScan(kvrpcpb::RawScanResponse {
-        kvs: vec![kvrpcpb::KvPair {
-            key: b("other-keyspace"),
+    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawScan(Box::new(
+        kvrpcpb::RawScanResponse {
+            kvs: vec![kvrpcpb::KvPair {
+                key: b("other-keyspace"),
+                ..Default::default()
+            }],
             ..Default::default()
-        }],
-        ..Default::default()
-    }));
+        },
+    )));
     assert!(matches!(c.decode_response(&mut resp), Err(Error::Codec(_))));
 
-    let mut resp = TikvResponse::Cmd(TikvCmdResponse::Get(kvrpcpb::GetResponse {
-        error: Some(kvrpcpb::KeyError {
+    let mut resp = TikvResponse::Cmd(TikvCmdResponse::Get(Box::new(kvrpcpb::GetResponse {
+        error: Some(Box::new(kvrpcpb::KeyError {
             locked: Some(locked(&b("zz"))),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
-    }));
+    })));
     assert!(c.decode_response(&mut resp).is_err());
 
     // A malformed region key is an error even in EpochNotMatch.
-    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
-        region_error: Some(errorpb::Error {
+    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+        region_error: Some(Box::new(errorpb::Error {
             epoch_not_match: Some(errorpb::EpochNotMatch {
                 current_regions: vec![metapb::Region {
                     start_key: b("not-memcomparable"),
@@ -1284,17 +1288,17 @@ fn v2_rejects_keys_outside_the_keyspace() {
                 }],
             }),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
-    }));
+    })));
     assert!(c.decode_response(&mut resp).is_err());
 }
 
 #[test]
 fn v1_decodes_region_errors_only() {
     let txn = ApiCodec::v1(KeyMode::Txn);
-    let mut resp = TikvResponse::Cmd(TikvCmdResponse::Get(kvrpcpb::GetResponse {
-        region_error: Some(errorpb::Error {
+    let mut resp = TikvResponse::Cmd(TikvCmdResponse::Get(Box::new(kvrpcpb::GetResponse {
+        region_error: Some(Box::new(errorpb::Error {
             epoch_not_match: Some(errorpb::EpochNotMatch {
                 current_regions: vec![metapb::Region {
                     start_key: Bytes::from(encode_bytes(b"a")),
@@ -1303,13 +1307,13 @@ fn v1_decodes_region_errors_only() {
                 }],
             }),
             ..Default::default()
-        }),
-        error: Some(kvrpcpb::KeyError {
+        })),
+        error: Some(Box::new(kvrpcpb::KeyError {
             locked: Some(locked(&b("k"))),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
-    }));
+    })));
     txn.decode_response(&mut resp).unwrap();
     let TikvResponse::Cmd(TikvCmdResponse::Get(r)) = resp else {
         panic!()
@@ -1324,21 +1328,23 @@ fn v1_decodes_region_errors_only() {
     assert_eq!(r.error.unwrap().locked.unwrap().key, b("k"));
 
     let raw = ApiCodec::v1(KeyMode::Raw);
-    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawScan(kvrpcpb::RawScanResponse {
-        kvs: vec![kvrpcpb::KvPair {
-            key: b("anything"),
-            ..Default::default()
-        }],
-        region_error: Some(errorpb::Error {
-            epoch_not_match: Some(errorpb::EpochNotMatch {
-                current_regions: vec![metapb::Region {
-                    start_key: b("raw-start"),
-                    ..Default::default()
-                }],
-            }),
-            ..Default::default()
-        }),
-    }));
+    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawScan(Box::new(
+        kvrpcpb::RawScanResponse {
+            kvs: vec![kvrpcpb::KvPair {
+                key: b("anything"),
+                ..Default::default()
+            }],
+            region_error: Some(Box::new(errorpb::Error {
+                epoch_not_match: Some(errorpb::EpochNotMatch {
+                    current_regions: vec![metapb::Region {
+                        start_key: b("raw-start"),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            })),
+        },
+    )));
     raw.decode_response(&mut resp).unwrap();
     let TikvResponse::Cmd(TikvCmdResponse::RawScan(r)) = resp else {
         panic!()

@@ -195,10 +195,26 @@ pub struct Backoffer {
     max_sleep_ms: u64,
     total_sleep_ms: u64,
     excluded_sleep_ms: u64,
+    /// Per-kind counters, allocated on the first backoff: almost every operation finishes
+    /// without one, and the backoffer moves between machines at every step, so it stays small.
+    counters: Option<Box<Counters>>,
+    noop: bool,
+}
+
+/// The per-kind counters of a [`Backoffer`].
+#[derive(Debug, Clone)]
+struct Counters {
     attempts: [u32; BackoffKind::ALL.len()],
     slept_ms: [u64; BackoffKind::ALL.len()],
     times: [u32; BackoffKind::ALL.len()],
-    noop: bool,
+}
+
+impl Counters {
+    const ZERO: Counters = Counters {
+        attempts: [0; BackoffKind::ALL.len()],
+        slept_ms: [0; BackoffKind::ALL.len()],
+        times: [0; BackoffKind::ALL.len()],
+    };
 }
 
 impl Backoffer {
@@ -209,9 +225,7 @@ impl Backoffer {
             max_sleep_ms,
             total_sleep_ms: 0,
             excluded_sleep_ms: 0,
-            attempts: [0; BackoffKind::ALL.len()],
-            slept_ms: [0; BackoffKind::ALL.len()],
-            times: [0; BackoffKind::ALL.len()],
+            counters: None,
             noop: false,
         }
     }
@@ -248,7 +262,7 @@ impl Backoffer {
 
     /// How many times `kind` backed off in this backoffer.
     pub fn times(&self, kind: BackoffKind) -> u32 {
-        self.times[kind.index()]
+        self.counters.as_ref().map_or(0, |c| c.times[kind.index()])
     }
 
     /// Plans one backoff of `kind` after `err`. Returns how long to wait, or the error that ends
@@ -282,7 +296,10 @@ impl Backoffer {
         }
         let (base, cap, jitter) = kind.params();
         let base = base.max(2);
-        let attempt = self.attempts[kind.index()];
+        let counters = self
+            .counters
+            .get_or_insert_with(|| Box::new(Counters::ZERO));
+        let attempt = counters.attempts[kind.index()];
         let v = expo(base, cap, attempt);
         let sleep = match jitter {
             Jitter::None => v,
@@ -293,9 +310,9 @@ impl Backoffer {
             None => sleep,
         };
         let i = kind.index();
-        self.attempts[i] = attempt.saturating_add(1);
-        self.times[i] = self.times[i].saturating_add(1);
-        self.slept_ms[i] += real;
+        counters.attempts[i] = attempt.saturating_add(1);
+        counters.times[i] = counters.times[i].saturating_add(1);
+        counters.slept_ms[i] += real;
         self.total_sleep_ms += real;
         if kind.excluded_limit_ms().is_some() {
             self.excluded_sleep_ms += real;
@@ -315,12 +332,13 @@ impl Backoffer {
     /// The kind that slept the longest so far (ties: the first in declaration order), excluding
     /// server busy like client-go `longestSleepCfg`.
     pub fn longest_sleep_kind(&self) -> Option<BackoffKind> {
+        let counters = self.counters.as_ref()?;
         let mut best: Option<(BackoffKind, u64)> = None;
         for kind in BackoffKind::ALL {
             if kind.excluded_limit_ms().is_some() {
                 continue;
             }
-            let slept = self.slept_ms[kind.index()];
+            let slept = counters.slept_ms[kind.index()];
             if slept > 0 && best.is_none_or(|(_, b)| slept > b) {
                 best = Some((kind, slept));
             }
@@ -332,10 +350,11 @@ impl Backoffer {
     /// fresh attempt counters. Mirrors client-go `Backoffer.Fork` / `Clone` (neither copies the
     /// per-kind backoff functions, so attempts restart).
     pub fn fork(&self) -> Backoffer {
-        Backoffer {
-            attempts: [0; BackoffKind::ALL.len()],
-            ..self.clone()
+        let mut forked = self.clone();
+        if let Some(c) = &mut forked.counters {
+            c.attempts = [0; BackoffKind::ALL.len()];
         }
+        forked
     }
 
     /// Takes the totals of a finished fork back into this backoffer. Mirrors client-go
@@ -343,8 +362,24 @@ impl Backoffer {
     pub fn update_using_forked(&mut self, forked: &Backoffer) {
         self.total_sleep_ms = forked.total_sleep_ms;
         self.excluded_sleep_ms = forked.excluded_sleep_ms;
-        self.slept_ms = forked.slept_ms;
-        self.times = forked.times;
+        match (&mut self.counters, &forked.counters) {
+            (Some(mine), Some(theirs)) => {
+                mine.slept_ms = theirs.slept_ms;
+                mine.times = theirs.times;
+            }
+            (Some(mine), None) => {
+                mine.slept_ms = Counters::ZERO.slept_ms;
+                mine.times = Counters::ZERO.times;
+            }
+            (None, Some(theirs)) => {
+                self.counters = Some(Box::new(Counters {
+                    attempts: Counters::ZERO.attempts,
+                    slept_ms: theirs.slept_ms,
+                    times: theirs.times,
+                }));
+            }
+            (None, None) => {}
+        }
     }
 }
 

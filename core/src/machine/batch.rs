@@ -40,8 +40,7 @@
 //! `internal/client/conn_batch.go` (`batchSendLoop`, `fetchAllPendingRequests`,
 //! `fetchMorePendingRequests`, `getClientAndSend`, `idleTimeout`).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,28 +165,7 @@ pub struct BatchStats {
     pub max_batch: u64,
 }
 
-/// A multiply-shift hasher for the sequential request ids.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        // Fibonacci hashing: a bijection that spreads sequential ids over all bits.
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+type IdMap<V> = crate::hash::FastMap<u64, V>;
 
 struct Entry<T> {
     /// `None` once the caller was answered (timeout, cancel) while the request is on the wire.
@@ -910,18 +888,18 @@ mod tests {
     type Cmd = TikvCmd;
 
     fn get(key: &str) -> Cmd {
-        TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+        TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: bytes::Bytes::copy_from_slice(key.as_bytes()),
             ..Default::default()
-        })
+        }))
     }
 
     fn reply(value: &str) -> Response {
         Response {
-            cmd: Some(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
+            cmd: Some(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
                 value: bytes::Bytes::copy_from_slice(value.as_bytes()),
                 ..Default::default()
-            })),
+            }))),
         }
     }
 

@@ -99,29 +99,29 @@ impl LocateKey {
     fn load(&mut self, shared: &mut Shared) {
         let codec = &shared.codec;
         let request = if let Some(from) = &self.walk_from {
-            PdRequest::GetRegion(pdpb::GetRegionRequest {
+            PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
                 header: None,
                 region_key: codec.encode_region_key(from),
                 need_buckets: true,
-            })
+            }))
         } else if self.search_prev {
-            PdRequest::GetPrevRegion(pdpb::GetRegionRequest {
+            PdRequest::GetPrevRegion(Box::new(pdpb::GetRegionRequest {
                 header: None,
                 region_key: codec.encode_region_key(&self.key),
                 need_buckets: true,
-            })
+            }))
         } else if self.by_end && self.key.is_empty() {
-            PdRequest::GetRegion(pdpb::GetRegionRequest {
+            PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
                 header: None,
                 region_key: codec.encode_region_key(&LAST_REGION_PROBE),
                 need_buckets: true,
-            })
+            }))
         } else {
-            PdRequest::GetRegion(pdpb::GetRegionRequest {
+            PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
                 header: None,
                 region_key: codec.encode_region_key(&self.key),
                 need_buckets: true,
-            })
+            }))
         };
         let id = shared.next_io_id();
         tracing::debug!(key = ?self.key, by_end = self.by_end, "load region from PD");
@@ -228,7 +228,7 @@ impl Operation for LocateKey {
             Input::Pd {
                 result: Ok(PdResponse::Region(resp)),
                 ..
-            } => self.on_region(now, shared, resp),
+            } => self.on_region(now, shared, *resp),
             Input::Pd {
                 result: Ok(other), ..
             } => {
@@ -412,13 +412,13 @@ impl GroupKeys {
             );
             self.actions.push_back(Action::Pd {
                 id,
-                request: PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+                request: PdRequest::BatchScanRegions(Box::new(pdpb::BatchScanRegionsRequest {
                     header: None,
                     need_buckets: false,
                     limit: ranges.len() as i32,
                     ranges,
                     contain_all_key_range: false,
-                }),
+                })),
             });
             self.scan = Some((id, covered));
             return;
@@ -599,11 +599,11 @@ impl LocateRegionById {
         tracing::debug!(region = self.id, "load region by id from PD");
         self.actions.push_back(Action::Pd {
             id,
-            request: PdRequest::GetRegionById(pdpb::GetRegionByIdRequest {
+            request: PdRequest::GetRegionById(Box::new(pdpb::GetRegionByIdRequest {
                 header: None,
                 region_id: self.id,
                 need_buckets: true,
-            }),
+            })),
         });
         self.pending = Some(id);
     }
@@ -785,13 +785,13 @@ impl LocateRange {
             let id = shared.next_io_id();
             self.actions.push_back(Action::Pd {
                 id,
-                request: PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+                request: PdRequest::BatchScanRegions(Box::new(pdpb::BatchScanRegionsRequest {
                     header: None,
                     need_buckets: false,
                     ranges: vec![pdpb::KeyRange { start_key, end_key }],
                     limit: REGIONS_PER_BATCH as i32,
                     contain_all_key_range: false,
-                }),
+                })),
             });
             self.scan = Some(id);
             return;
@@ -1092,7 +1092,7 @@ mod tests {
                 };
                 Reply::Now(Input::Pd {
                     id: *id,
-                    result: Ok(PdResponse::Region(resp)),
+                    result: Ok(PdResponse::Region(Box::new(resp))),
                 })
             }
             other => pd_reply(pd, other).unwrap(),

@@ -67,17 +67,17 @@ pub enum TikvRequest {
     /// A command that can travel on the `BatchCommands` stream (or be sent unary).
     Cmd(TikvCmd),
     /// `SplitRegion` (unary only).
-    SplitRegion(kvrpcpb::SplitRegionRequest),
+    SplitRegion(Box<kvrpcpb::SplitRegionRequest>),
     /// `UnsafeDestroyRange` (unary only).
-    UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeRequest),
+    UnsafeDestroyRange(Box<kvrpcpb::UnsafeDestroyRangeRequest>),
     /// `GetStoreSafeTS` (unary only).
-    StoreSafeTs(kvrpcpb::StoreSafeTsRequest),
+    StoreSafeTs(Box<kvrpcpb::StoreSafeTsRequest>),
     /// `RawGetKeyTTL` (unary only: no `BatchCommands` arm exists).
-    RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest),
+    RawGetKeyTtl(Box<kvrpcpb::RawGetKeyTtlRequest>),
     /// `RawCompareAndSwap` (unary only).
-    RawCas(kvrpcpb::RawCasRequest),
+    RawCas(Box<kvrpcpb::RawCasRequest>),
     /// `RawChecksum` (unary only).
-    RawChecksum(kvrpcpb::RawChecksumRequest),
+    RawChecksum(Box<kvrpcpb::RawChecksumRequest>),
 }
 
 // The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
@@ -90,17 +90,17 @@ pub enum TikvResponse {
     /// Reply to [`TikvRequest::Cmd`].
     Cmd(TikvCmdResponse),
     /// Reply to [`TikvRequest::SplitRegion`].
-    SplitRegion(kvrpcpb::SplitRegionResponse),
+    SplitRegion(Box<kvrpcpb::SplitRegionResponse>),
     /// Reply to [`TikvRequest::UnsafeDestroyRange`].
-    UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeResponse),
+    UnsafeDestroyRange(Box<kvrpcpb::UnsafeDestroyRangeResponse>),
     /// Reply to [`TikvRequest::StoreSafeTs`].
-    StoreSafeTs(kvrpcpb::StoreSafeTsResponse),
+    StoreSafeTs(Box<kvrpcpb::StoreSafeTsResponse>),
     /// Reply to [`TikvRequest::RawGetKeyTtl`].
-    RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse),
+    RawGetKeyTtl(Box<kvrpcpb::RawGetKeyTtlResponse>),
     /// Reply to [`TikvRequest::RawCas`].
-    RawCas(kvrpcpb::RawCasResponse),
+    RawCas(Box<kvrpcpb::RawCasResponse>),
     /// Reply to [`TikvRequest::RawChecksum`].
-    RawChecksum(kvrpcpb::RawChecksumResponse),
+    RawChecksum(Box<kvrpcpb::RawChecksumResponse>),
 }
 
 /// A request to PD (the leader discovery, forwarding and retries of the PD connection itself
@@ -109,35 +109,35 @@ pub enum TikvResponse {
 #[non_exhaustive]
 pub enum PdRequest {
     /// `GetRegion` (the key is already PD-encoded).
-    GetRegion(pdpb::GetRegionRequest),
+    GetRegion(Box<pdpb::GetRegionRequest>),
     /// `GetPrevRegion`.
-    GetPrevRegion(pdpb::GetRegionRequest),
+    GetPrevRegion(Box<pdpb::GetRegionRequest>),
     /// `GetRegionByID`.
-    GetRegionById(pdpb::GetRegionByIdRequest),
+    GetRegionById(Box<pdpb::GetRegionByIdRequest>),
     /// `ScanRegions`.
-    ScanRegions(pdpb::ScanRegionsRequest),
+    ScanRegions(Box<pdpb::ScanRegionsRequest>),
     /// `BatchScanRegions`.
-    BatchScanRegions(pdpb::BatchScanRegionsRequest),
+    BatchScanRegions(Box<pdpb::BatchScanRegionsRequest>),
     /// `GetStore`.
-    GetStore(pdpb::GetStoreRequest),
+    GetStore(Box<pdpb::GetStoreRequest>),
     /// `GetAllStores`.
-    GetAllStores(pdpb::GetAllStoresRequest),
+    GetAllStores(Box<pdpb::GetAllStoresRequest>),
     /// `AdvanceTxnSafePoint` (GC-state API; the keyspace scope is filled by the machine).
-    AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointRequest),
+    AdvanceTxnSafePoint(Box<pdpb::AdvanceTxnSafePointRequest>),
     /// `AdvanceGCSafePoint` (GC-state API).
-    AdvanceGcSafePoint(pdpb::AdvanceGcSafePointRequest),
+    AdvanceGcSafePoint(Box<pdpb::AdvanceGcSafePointRequest>),
     /// `UpdateGCSafePoint` (legacy GC safe point API).
-    UpdateGcSafePoint(pdpb::UpdateGcSafePointRequest),
+    UpdateGcSafePoint(Box<pdpb::UpdateGcSafePointRequest>),
     /// `GetGCState`.
-    GetGcState(pdpb::GetGcStateRequest),
+    GetGcState(Box<pdpb::GetGcStateRequest>),
     /// `SetGCBarrier`.
-    SetGcBarrier(pdpb::SetGcBarrierRequest),
+    SetGcBarrier(Box<pdpb::SetGcBarrierRequest>),
     /// `DeleteGCBarrier`.
-    DeleteGcBarrier(pdpb::DeleteGcBarrierRequest),
+    DeleteGcBarrier(Box<pdpb::DeleteGcBarrierRequest>),
     /// `ScatterRegion`.
-    ScatterRegion(pdpb::ScatterRegionRequest),
+    ScatterRegion(Box<pdpb::ScatterRegionRequest>),
     /// `GetOperator`.
-    GetOperator(pdpb::GetOperatorRequest),
+    GetOperator(Box<pdpb::GetOperatorRequest>),
 }
 
 // The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
@@ -148,31 +148,31 @@ pub enum PdRequest {
 #[non_exhaustive]
 pub enum PdResponse {
     /// Reply to `GetRegion`, `GetPrevRegion`, `GetRegionByID`.
-    Region(pdpb::GetRegionResponse),
+    Region(Box<pdpb::GetRegionResponse>),
     /// Reply to `ScanRegions`.
-    ScanRegions(pdpb::ScanRegionsResponse),
+    ScanRegions(Box<pdpb::ScanRegionsResponse>),
     /// Reply to `BatchScanRegions`.
-    BatchScanRegions(pdpb::BatchScanRegionsResponse),
+    BatchScanRegions(Box<pdpb::BatchScanRegionsResponse>),
     /// Reply to `GetStore`.
-    Store(pdpb::GetStoreResponse),
+    Store(Box<pdpb::GetStoreResponse>),
     /// Reply to `GetAllStores`.
-    AllStores(pdpb::GetAllStoresResponse),
+    AllStores(Box<pdpb::GetAllStoresResponse>),
     /// Reply to `AdvanceTxnSafePoint`.
-    AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointResponse),
+    AdvanceTxnSafePoint(Box<pdpb::AdvanceTxnSafePointResponse>),
     /// Reply to `AdvanceGCSafePoint`.
-    AdvanceGcSafePoint(pdpb::AdvanceGcSafePointResponse),
+    AdvanceGcSafePoint(Box<pdpb::AdvanceGcSafePointResponse>),
     /// Reply to `UpdateGCSafePoint`.
-    UpdateGcSafePoint(pdpb::UpdateGcSafePointResponse),
+    UpdateGcSafePoint(Box<pdpb::UpdateGcSafePointResponse>),
     /// Reply to `GetGCState`.
-    GetGcState(pdpb::GetGcStateResponse),
+    GetGcState(Box<pdpb::GetGcStateResponse>),
     /// Reply to `SetGCBarrier`.
-    SetGcBarrier(pdpb::SetGcBarrierResponse),
+    SetGcBarrier(Box<pdpb::SetGcBarrierResponse>),
     /// Reply to `DeleteGCBarrier`.
-    DeleteGcBarrier(pdpb::DeleteGcBarrierResponse),
+    DeleteGcBarrier(Box<pdpb::DeleteGcBarrierResponse>),
     /// Reply to `ScatterRegion`.
-    ScatterRegion(pdpb::ScatterRegionResponse),
+    ScatterRegion(Box<pdpb::ScatterRegionResponse>),
     /// Reply to `GetOperator`.
-    GetOperator(pdpb::GetOperatorResponse),
+    GetOperator(Box<pdpb::GetOperatorResponse>),
 }
 
 /// A TSO timestamp: physical milliseconds and an 18-bit logical counter.

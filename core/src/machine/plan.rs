@@ -79,7 +79,8 @@ pub struct Located {
 pub struct SingleRegion {
     key: Key,
     by_end: bool,
-    template: TikvRequest,
+    /// The request; lent to the running [`RegionRequest`] and given back when it ends.
+    template: Option<TikvRequest>,
     clamp: Clamp,
     opts: RequestOptions,
     bo: Option<Backoffer>,
@@ -106,7 +107,7 @@ impl SingleRegion {
         SingleRegion {
             key,
             by_end,
-            template: request,
+            template: Some(request),
             clamp,
             opts,
             bo: Some(backoffer),
@@ -156,7 +157,11 @@ impl SingleRegion {
                     Ok(loc) => loc,
                     Err(e) => return self.finish(Err(e)),
                 };
-                let mut req = self.template.clone();
+                let Some(mut req) = self.template.take() else {
+                    return self.finish(Err(Error::Internal(
+                        "single-region request lost its template".into(),
+                    )));
+                };
                 apply_clamp(&mut req, &self.clamp, &loc);
                 let mut rr = RegionRequest::new(loc.region, req, self.opts.clone(), bo);
                 rr.start(now, shared);
@@ -171,7 +176,8 @@ impl SingleRegion {
                     return;
                 };
                 let (op, location) = self.request.take().expect("request running");
-                let mut bo = op.into_backoffer();
+                let (mut bo, template) = op.into_parts();
+                self.template = Some(template);
                 match r {
                     Ok(RegionOutcome::Response(response)) => {
                         self.bo = Some(bo);

@@ -100,7 +100,7 @@ fn check_string(err: String) -> Result<(), Error> {
 
 fn check_pair_error(pair: &kvrpcpb::KvPair) -> Result<(), Error> {
     match &pair.error {
-        Some(e) => Err(Error::KeyError(Box::new(e.clone()))),
+        Some(e) => Err(Error::KeyError(e.clone())),
         None => Ok(()),
     }
 }
@@ -230,11 +230,11 @@ impl<T> Operation for RawSingle<T> {
 
 /// `RawGet`: the value, `None` when the key does not exist. Mirrors client-go `Client.Get`.
 pub fn get(key: Key, opts: &RawOptions) -> RawSingle<Option<Value>> {
-    let req = TikvRequest::Cmd(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+    let req = TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
         context: None,
         key: key.clone(),
         cf: opts.cf.clone(),
-    }));
+    })));
     RawSingle::new(non_empty(&key, "key"), key, req, opts, |resp| match resp {
         TikvResponse::Cmd(TikvCmdResponse::RawGet(r)) => {
             check_string(r.error)?;
@@ -247,11 +247,11 @@ pub fn get(key: Key, opts: &RawOptions) -> RawSingle<Option<Value>> {
 /// `RawGetKeyTTL`: the remaining TTL in seconds (0: no TTL), `None` when the key does not
 /// exist. Mirrors client-go `Client.GetKeyTTL`.
 pub fn get_key_ttl(key: Key, opts: &RawOptions) -> RawSingle<Option<u64>> {
-    let req = TikvRequest::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest {
+    let req = TikvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest {
         context: None,
         key: key.clone(),
         cf: opts.cf.clone(),
-    });
+    }));
     RawSingle::new(non_empty(&key, "key"), key, req, opts, |resp| match resp {
         TikvResponse::RawGetKeyTtl(r) => {
             check_string(r.error)?;
@@ -264,14 +264,14 @@ pub fn get_key_ttl(key: Key, opts: &RawOptions) -> RawSingle<Option<u64>> {
 /// `RawPut` with a TTL in seconds (0: none); sets `for_cas` in atomic mode. Mirrors client-go
 /// `Client.PutWithTTL` / `Client.Put`.
 pub fn put(key: Key, value: Value, ttl_secs: u64, opts: &RawOptions) -> RawSingle<()> {
-    let req = TikvRequest::Cmd(TikvCmd::RawPut(kvrpcpb::RawPutRequest {
+    let req = TikvRequest::Cmd(TikvCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
         context: None,
         key: key.clone(),
         value,
         cf: opts.cf.clone(),
         ttl: ttl_secs,
         for_cas: opts.atomic,
-    }));
+    })));
     RawSingle::new(non_empty(&key, "key"), key, req, opts, |resp| match resp {
         TikvResponse::Cmd(TikvCmdResponse::RawPut(r)) => check_string(r.error),
         other => Err(unexpected(other)),
@@ -280,12 +280,12 @@ pub fn put(key: Key, value: Value, ttl_secs: u64, opts: &RawOptions) -> RawSingl
 
 /// `RawDelete`; sets `for_cas` in atomic mode. Mirrors client-go `Client.Delete`.
 pub fn delete(key: Key, opts: &RawOptions) -> RawSingle<()> {
-    let req = TikvRequest::Cmd(TikvCmd::RawDelete(kvrpcpb::RawDeleteRequest {
+    let req = TikvRequest::Cmd(TikvCmd::RawDelete(Box::new(kvrpcpb::RawDeleteRequest {
         context: with_max_exec(Default::default(), MAX_WRITE_EXECUTION_MS),
         key: key.clone(),
         cf: opts.cf.clone(),
         for_cas: opts.atomic,
-    }));
+    })));
     RawSingle::new(non_empty(&key, "key"), key, req, opts, |resp| match resp {
         TikvResponse::Cmd(TikvCmdResponse::RawDelete(r)) => check_string(r.error),
         other => Err(unexpected(other)),
@@ -306,7 +306,7 @@ pub fn compare_and_swap(
     } else {
         Err(Error::CasRequiresAtomicMode)
     };
-    let req = TikvRequest::RawCas(kvrpcpb::RawCasRequest {
+    let req = TikvRequest::RawCas(Box::new(kvrpcpb::RawCasRequest {
         context: with_max_exec(Default::default(), MAX_WRITE_EXECUTION_MS),
         key: key.clone(),
         value: new,
@@ -315,7 +315,7 @@ pub fn compare_and_swap(
         cf: opts.cf.clone(),
         ttl: 0,
         delete: false,
-    });
+    }));
     RawSingle::new(checked, key, req, opts, |resp| match resp {
         TikvResponse::RawCas(r) => {
             check_string(r.error)?;
@@ -420,11 +420,13 @@ impl BatchKind for BatchGetKind {
     }
 
     fn request(&self, items: &[Key]) -> TikvRequest {
-        TikvRequest::Cmd(TikvCmd::RawBatchGet(kvrpcpb::RawBatchGetRequest {
-            context: with_max_exec(Default::default(), MAX_WRITE_EXECUTION_MS),
-            keys: items.to_vec(),
-            cf: self.cf.clone(),
-        }))
+        TikvRequest::Cmd(TikvCmd::RawBatchGet(Box::new(
+            kvrpcpb::RawBatchGetRequest {
+                context: with_max_exec(Default::default(), MAX_WRITE_EXECUTION_MS),
+                keys: items.to_vec(),
+                cf: self.cf.clone(),
+            },
+        )))
     }
 
     fn absorb(&mut self, _items: &[Key], response: TikvResponse) -> Result<(), Error> {
@@ -513,7 +515,7 @@ impl BatchKind for BatchPutKind {
             for_cas: self.atomic,
             ttls,
         };
-        TikvRequest::Cmd(TikvCmd::RawBatchPut(req))
+        TikvRequest::Cmd(TikvCmd::RawBatchPut(Box::new(req)))
     }
 
     fn absorb(&mut self, _items: &[PutItem], response: TikvResponse) -> Result<(), Error> {
@@ -580,12 +582,14 @@ impl BatchKind for BatchDeleteKind {
     }
 
     fn request(&self, items: &[Key]) -> TikvRequest {
-        TikvRequest::Cmd(TikvCmd::RawBatchDelete(kvrpcpb::RawBatchDeleteRequest {
-            context: with_max_exec(Default::default(), MAX_WRITE_EXECUTION_MS),
-            keys: items.to_vec(),
-            cf: self.cf.clone(),
-            for_cas: self.atomic,
-        }))
+        TikvRequest::Cmd(TikvCmd::RawBatchDelete(Box::new(
+            kvrpcpb::RawBatchDeleteRequest {
+                context: with_max_exec(Default::default(), MAX_WRITE_EXECUTION_MS),
+                keys: items.to_vec(),
+                cf: self.cf.clone(),
+                for_cas: self.atomic,
+            },
+        )))
     }
 
     fn absorb(&mut self, _items: &[Key], response: TikvResponse) -> Result<(), Error> {
@@ -809,7 +813,7 @@ impl WalkKind for ScanWalk {
             return Some(WalkStep {
                 key: cursor.clone(),
                 by_end: self.reverse,
-                request: TikvRequest::Cmd(TikvCmd::RawScan(req)),
+                request: TikvRequest::Cmd(TikvCmd::RawScan(Box::new(req))),
                 clamp: Clamp::None,
             });
         }
@@ -956,7 +960,7 @@ impl WalkKind for DeleteRangeWalk {
         Some(WalkStep {
             key: self.cursor.clone(),
             by_end: false,
-            request: TikvRequest::Cmd(TikvCmd::RawDeleteRange(req)),
+            request: TikvRequest::Cmd(TikvCmd::RawDeleteRange(Box::new(req))),
             clamp: Clamp::EndToRegion(self.end.clone()),
         })
     }
@@ -1017,7 +1021,7 @@ impl WalkKind for ChecksumWalk {
         Some(WalkStep {
             key: self.cursor.clone(),
             by_end: false,
-            request: TikvRequest::RawChecksum(req),
+            request: TikvRequest::RawChecksum(Box::new(req)),
             clamp: Clamp::EndToRegion(self.end.clone()),
         })
     }

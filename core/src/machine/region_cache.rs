@@ -17,7 +17,7 @@
 //! `checkRegionCacheTTL`, `gcRoundFunc`), `sorted_btree.go` (`SearchByKey`,
 //! `removeIntersecting`) and `pd_codec.go` (`CodecPDClient`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use tikv_proto::{metapb, pdpb};
 
 use crate::codec::ApiCodec;
 use crate::error::Error;
+use crate::hash::FastMap;
 use crate::machine::Key;
 use crate::machine::store::{ResolveState, StoreCache};
 use crate::rng::Rng;
@@ -313,8 +314,8 @@ pub enum Lookup {
 /// The region cache. See the module docs.
 #[derive(Debug, Clone)]
 pub struct RegionCache {
-    regions: HashMap<RegionVerId, CachedRegion>,
-    latest: HashMap<u64, RegionVerId>,
+    regions: FastMap<RegionVerId, CachedRegion>,
+    latest: FastMap<u64, RegionVerId>,
     sorted: BTreeMap<Key, RegionVerId>,
     gc_cursor: Key,
     /// Idle time-to-live of an entry (client-go `regionCacheTTLSec`, 600 s).
@@ -326,8 +327,8 @@ pub struct RegionCache {
 impl Default for RegionCache {
     fn default() -> Self {
         RegionCache {
-            regions: HashMap::new(),
-            latest: HashMap::new(),
+            regions: FastMap::default(),
+            latest: FastMap::default(),
             sorted: BTreeMap::new(),
             gc_cursor: Key::new(),
             ttl: Duration::from_secs(600),

@@ -115,47 +115,47 @@ pub fn region_error(resp: &TikvResponse) -> Option<&errorpb::Error> {
     use TikvCmdResponse as R;
     match resp {
         TikvResponse::Cmd(cmd) => match cmd {
-            R::Get(r) => r.region_error.as_ref(),
-            R::Scan(r) => r.region_error.as_ref(),
-            R::Prewrite(r) => r.region_error.as_ref(),
-            R::Commit(r) => r.region_error.as_ref(),
-            R::Import(r) => r.region_error.as_ref(),
-            R::Cleanup(r) => r.region_error.as_ref(),
-            R::BatchGet(r) => r.region_error.as_ref(),
-            R::BatchRollback(r) => r.region_error.as_ref(),
-            R::ScanLock(r) => r.region_error.as_ref(),
-            R::ResolveLock(r) => r.region_error.as_ref(),
-            R::Gc(r) => r.region_error.as_ref(),
-            R::DeleteRange(r) => r.region_error.as_ref(),
-            R::RawGet(r) => r.region_error.as_ref(),
-            R::RawBatchGet(r) => r.region_error.as_ref(),
-            R::RawPut(r) => r.region_error.as_ref(),
-            R::RawBatchPut(r) => r.region_error.as_ref(),
-            R::RawDelete(r) => r.region_error.as_ref(),
-            R::RawBatchDelete(r) => r.region_error.as_ref(),
-            R::RawScan(r) => r.region_error.as_ref(),
-            R::RawDeleteRange(r) => r.region_error.as_ref(),
-            R::RawBatchScan(r) => r.region_error.as_ref(),
-            R::Coprocessor(r) => r.region_error.as_ref(),
-            R::PessimisticLock(r) => r.region_error.as_ref(),
-            R::PessimisticRollback(r) => r.region_error.as_ref(),
-            R::CheckTxnStatus(r) => r.region_error.as_ref(),
-            R::TxnHeartBeat(r) => r.region_error.as_ref(),
-            R::CheckSecondaryLocks(r) => r.region_error.as_ref(),
-            R::RawCoprocessor(r) => r.region_error.as_ref(),
-            R::FlashbackToVersion(r) => r.region_error.as_ref(),
-            R::PrepareFlashbackToVersion(r) => r.region_error.as_ref(),
-            R::Flush(r) => r.region_error.as_ref(),
-            R::BufferBatchGet(r) => r.region_error.as_ref(),
-            R::GetHealthFeedback(r) => r.region_error.as_ref(),
+            R::Get(r) => r.region_error.as_deref(),
+            R::Scan(r) => r.region_error.as_deref(),
+            R::Prewrite(r) => r.region_error.as_deref(),
+            R::Commit(r) => r.region_error.as_deref(),
+            R::Import(r) => r.region_error.as_deref(),
+            R::Cleanup(r) => r.region_error.as_deref(),
+            R::BatchGet(r) => r.region_error.as_deref(),
+            R::BatchRollback(r) => r.region_error.as_deref(),
+            R::ScanLock(r) => r.region_error.as_deref(),
+            R::ResolveLock(r) => r.region_error.as_deref(),
+            R::Gc(r) => r.region_error.as_deref(),
+            R::DeleteRange(r) => r.region_error.as_deref(),
+            R::RawGet(r) => r.region_error.as_deref(),
+            R::RawBatchGet(r) => r.region_error.as_deref(),
+            R::RawPut(r) => r.region_error.as_deref(),
+            R::RawBatchPut(r) => r.region_error.as_deref(),
+            R::RawDelete(r) => r.region_error.as_deref(),
+            R::RawBatchDelete(r) => r.region_error.as_deref(),
+            R::RawScan(r) => r.region_error.as_deref(),
+            R::RawDeleteRange(r) => r.region_error.as_deref(),
+            R::RawBatchScan(r) => r.region_error.as_deref(),
+            R::Coprocessor(r) => r.region_error.as_deref(),
+            R::PessimisticLock(r) => r.region_error.as_deref(),
+            R::PessimisticRollback(r) => r.region_error.as_deref(),
+            R::CheckTxnStatus(r) => r.region_error.as_deref(),
+            R::TxnHeartBeat(r) => r.region_error.as_deref(),
+            R::CheckSecondaryLocks(r) => r.region_error.as_deref(),
+            R::RawCoprocessor(r) => r.region_error.as_deref(),
+            R::FlashbackToVersion(r) => r.region_error.as_deref(),
+            R::PrepareFlashbackToVersion(r) => r.region_error.as_deref(),
+            R::Flush(r) => r.region_error.as_deref(),
+            R::BufferBatchGet(r) => r.region_error.as_deref(),
+            R::GetHealthFeedback(r) => r.region_error.as_deref(),
             R::BroadcastTxnStatus(_) | R::Empty(_) => None,
         },
-        TikvResponse::SplitRegion(r) => r.region_error.as_ref(),
-        TikvResponse::UnsafeDestroyRange(r) => r.region_error.as_ref(),
+        TikvResponse::SplitRegion(r) => r.region_error.as_deref(),
+        TikvResponse::UnsafeDestroyRange(r) => r.region_error.as_deref(),
         TikvResponse::StoreSafeTs(_) => None,
-        TikvResponse::RawGetKeyTtl(r) => r.region_error.as_ref(),
-        TikvResponse::RawCas(r) => r.region_error.as_ref(),
-        TikvResponse::RawChecksum(r) => r.region_error.as_ref(),
+        TikvResponse::RawGetKeyTtl(r) => r.region_error.as_deref(),
+        TikvResponse::RawCas(r) => r.region_error.as_deref(),
+        TikvResponse::RawChecksum(r) => r.region_error.as_deref(),
     }
 }
 
@@ -270,6 +270,12 @@ impl RegionRequest {
     /// Takes the backoffer out (for a caller that continues with it).
     pub fn into_backoffer(self) -> Backoffer {
         self.backoffer
+    }
+
+    /// Takes the backoffer and the request template out (for a caller that continues with
+    /// them: a re-located retry reuses the template instead of cloning it again).
+    pub fn into_parts(self) -> (Backoffer, TikvRequest) {
+        (self.backoffer, self.request)
     }
 
     /// How many times the request was sent.
@@ -429,10 +435,10 @@ impl RegionRequest {
             tracing::debug!(store = store_id, "resolve store address from PD");
             self.actions.push_back(Action::Pd {
                 id,
-                request: PdRequest::GetStore(pdpb::GetStoreRequest {
+                request: PdRequest::GetStore(Box::new(pdpb::GetStoreRequest {
                     header: None,
                     store_id,
-                }),
+                })),
             });
             self.resolving.push((id, store_id));
         }
@@ -899,10 +905,10 @@ mod tests {
     }
 
     fn raw_get(key: &str) -> TikvRequest {
-        TikvRequest::Cmd(TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+        TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: Bytes::copy_from_slice(key.as_bytes()),
             ..Default::default()
-        }))
+        })))
     }
 
     fn ver(h: &Harness, id: u64) -> RegionVerId {
@@ -1421,7 +1427,7 @@ mod tests {
     fn configurable_read_timeout_moves_to_follower_without_backoff() {
         let pd = FakePd::split(3, &[]);
         let mut h = warm(&pd);
-        let get = TikvRequest::Cmd(TikvCmd::Get(kvrpcpb::GetRequest {
+        let get = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(kvrpcpb::Context {
                 max_execution_duration_ms: 1000,
                 ..Default::default()
@@ -1429,7 +1435,7 @@ mod tests {
             key: Bytes::from_static(b"k"),
             version: 10,
             ..Default::default()
-        }));
+        })));
         let mut op = request(&h, 1, get);
         let mut n = 0;
         let res = h.run(&mut op, |a, _| {
@@ -1445,9 +1451,9 @@ mod tests {
             } else {
                 tikv_reply(
                     a,
-                    Ok(TikvResponse::Cmd(TikvCmdResponse::Get(
+                    Ok(TikvResponse::Cmd(TikvCmdResponse::Get(Box::new(
                         kvrpcpb::GetResponse::default(),
-                    ))),
+                    )))),
                 )
             }
         });

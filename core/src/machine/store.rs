@@ -18,13 +18,13 @@
 //! a `StoreNotMatch` queues the store's connections for closing
 //! ([`StoreCache::on_store_not_match`], drained by the driver).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tikv_proto::metapb;
 
 use crate::error::Error;
+use crate::hash::FastMap;
 
 /// How far the store's address is known. Mirrors client-go `resolveState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,7 @@ pub enum StoreUpdate {
 /// Every store the client knows, by id.
 #[derive(Debug, Clone)]
 pub struct StoreCache {
-    stores: HashMap<u64, Store>,
+    stores: FastMap<u64, Store>,
     /// How long a store that failed at the transport level is skipped before the next request
     /// tries it again. client-go's health-check loop probes every second.
     pub liveness_recheck: Duration,
@@ -234,7 +234,7 @@ pub struct StoreCache {
 impl Default for StoreCache {
     fn default() -> Self {
         StoreCache {
-            stores: HashMap::new(),
+            stores: FastMap::default(),
             liveness_recheck: Duration::from_secs(1),
             pending_closes: Vec::new(),
         }

@@ -287,14 +287,16 @@ impl FakePd {
 
     fn answer_plain(&mut self, req: &PdRequest) -> Result<PdResponse, Error> {
         let req = match req {
-            PdRequest::GetRegion(r) => PdRequest::GetRegion(pdpb::GetRegionRequest {
+            PdRequest::GetRegion(r) => PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
                 region_key: self.dec(&r.region_key),
-                ..r.clone()
-            }),
-            PdRequest::GetPrevRegion(r) => PdRequest::GetPrevRegion(pdpb::GetRegionRequest {
-                region_key: self.dec(&r.region_key),
-                ..r.clone()
-            }),
+                ..*r.clone()
+            })),
+            PdRequest::GetPrevRegion(r) => {
+                PdRequest::GetPrevRegion(Box::new(pdpb::GetRegionRequest {
+                    region_key: self.dec(&r.region_key),
+                    ..*r.clone()
+                }))
+            }
             PdRequest::BatchScanRegions(r) => {
                 let mut r = r.clone();
                 for kr in r.ranges.iter_mut() {
@@ -312,25 +314,25 @@ impl FakePd {
                     .regions
                     .iter()
                     .find(|x| Self::contains(&x.meta, &r.region_key));
-                Ok(PdResponse::Region(
+                Ok(PdResponse::Region(Box::new(
                     found.map(Self::resp).unwrap_or_default(),
-                ))
+                )))
             }
             PdRequest::GetPrevRegion(r) => {
                 let found = self
                     .regions
                     .iter()
                     .find(|x| !x.meta.end_key.is_empty() && x.meta.end_key == r.region_key);
-                Ok(PdResponse::Region(
+                Ok(PdResponse::Region(Box::new(
                     found.map(Self::resp).unwrap_or_default(),
-                ))
+                )))
             }
             PdRequest::GetStore(r) => Ok(PdResponse::Store(match self.stores.get(&r.store_id) {
-                Some(s) => pdpb::GetStoreResponse {
+                Some(s) => Box::new(pdpb::GetStoreResponse {
                     store: Some(s.clone()),
                     ..Default::default()
-                },
-                None => pdpb::GetStoreResponse {
+                }),
+                None => Box::new(pdpb::GetStoreResponse {
                     header: Some(pdpb::ResponseHeader {
                         cluster_id: 1,
                         error: Some(pdpb::Error {
@@ -339,7 +341,7 @@ impl FakePd {
                         }),
                     }),
                     ..Default::default()
-                },
+                }),
             })),
             PdRequest::BatchScanRegions(r) if self.batch_scan => {
                 let mut out: Vec<pdpb::Region> = Vec::new();
@@ -368,12 +370,12 @@ impl FakePd {
                         .start_key
                         .cmp(&b.region.as_ref().unwrap().start_key)
                 });
-                Ok(PdResponse::BatchScanRegions(
+                Ok(PdResponse::BatchScanRegions(Box::new(
                     pdpb::BatchScanRegionsResponse {
                         regions: out,
                         ..Default::default()
                     },
-                ))
+                )))
             }
             other => Err(Error::Pd(format!("fake PD does not serve {other:?}"))),
         }
@@ -412,13 +414,13 @@ pub(crate) fn ctx_of(req: &TikvRequest) -> kvrpcpb::Context {
 
 /// A `RawGet` reply.
 pub(crate) fn raw_get_ok(value: Option<&str>) -> TikvResponse {
-    TikvResponse::Cmd(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
+    TikvResponse::Cmd(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
         value: value
             .map(|v| Bytes::copy_from_slice(v.as_bytes()))
             .unwrap_or_default(),
         not_found: value.is_none(),
         ..Default::default()
-    }))
+    })))
 }
 
 /// A reply of the same command as `req` carrying only `err` as its region error.
@@ -427,56 +429,64 @@ pub(crate) fn region_err_reply(req: &TikvRequest, err: tikv_proto::errorpb::Erro
     let e = Some(err);
     match req {
         TikvRequest::Cmd(cmd) => TikvResponse::Cmd(match cmd {
-            TikvCmd::RawGet(_) => R::RawGet(kvrpcpb::RawGetResponse {
-                region_error: e,
+            TikvCmd::RawGet(_) => R::RawGet(Box::new(kvrpcpb::RawGetResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawBatchGet(_) => R::RawBatchGet(kvrpcpb::RawBatchGetResponse {
-                region_error: e,
+            })),
+            TikvCmd::RawBatchGet(_) => R::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawPut(_) => R::RawPut(kvrpcpb::RawPutResponse {
-                region_error: e,
+            })),
+            TikvCmd::RawPut(_) => R::RawPut(Box::new(kvrpcpb::RawPutResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawBatchPut(_) => R::RawBatchPut(kvrpcpb::RawBatchPutResponse {
-                region_error: e,
+            })),
+            TikvCmd::RawBatchPut(_) => R::RawBatchPut(Box::new(kvrpcpb::RawBatchPutResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawDelete(_) => R::RawDelete(kvrpcpb::RawDeleteResponse {
-                region_error: e,
+            })),
+            TikvCmd::RawDelete(_) => R::RawDelete(Box::new(kvrpcpb::RawDeleteResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawBatchDelete(_) => R::RawBatchDelete(kvrpcpb::RawBatchDeleteResponse {
-                region_error: e,
+            })),
+            TikvCmd::RawBatchDelete(_) => {
+                R::RawBatchDelete(Box::new(kvrpcpb::RawBatchDeleteResponse {
+                    region_error: e.map(Box::new),
+                    ..Default::default()
+                }))
+            }
+            TikvCmd::RawScan(_) => R::RawScan(Box::new(kvrpcpb::RawScanResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawScan(_) => R::RawScan(kvrpcpb::RawScanResponse {
-                region_error: e,
+            })),
+            TikvCmd::RawDeleteRange(_) => {
+                R::RawDeleteRange(Box::new(kvrpcpb::RawDeleteRangeResponse {
+                    region_error: e.map(Box::new),
+                    ..Default::default()
+                }))
+            }
+            TikvCmd::Get(_) => R::Get(Box::new(kvrpcpb::GetResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            }),
-            TikvCmd::RawDeleteRange(_) => R::RawDeleteRange(kvrpcpb::RawDeleteRangeResponse {
-                region_error: e,
-                ..Default::default()
-            }),
-            TikvCmd::Get(_) => R::Get(kvrpcpb::GetResponse {
-                region_error: e,
-                ..Default::default()
-            }),
+            })),
             other => panic!("no region-error reply scripted for {other:?}"),
         }),
-        TikvRequest::RawGetKeyTtl(_) => TikvResponse::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse {
-            region_error: e,
+        TikvRequest::RawGetKeyTtl(_) => {
+            TikvResponse::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
+        }
+        TikvRequest::RawCas(_) => TikvResponse::RawCas(Box::new(kvrpcpb::RawCasResponse {
+            region_error: e.map(Box::new),
             ..Default::default()
-        }),
-        TikvRequest::RawCas(_) => TikvResponse::RawCas(kvrpcpb::RawCasResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::RawChecksum(_) => TikvResponse::RawChecksum(kvrpcpb::RawChecksumResponse {
-            region_error: e,
-            ..Default::default()
-        }),
+        })),
+        TikvRequest::RawChecksum(_) => {
+            TikvResponse::RawChecksum(Box::new(kvrpcpb::RawChecksumResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
+        }
         other => panic!("no region-error reply scripted for {other:?}"),
     }
 }
@@ -614,11 +624,11 @@ impl FakeKv {
                 }
                 self.served.push((store, "get", 1));
                 let v = self.data.get(&g.key);
-                TikvResponse::Cmd(R::RawGet(kvrpcpb::RawGetResponse {
+                TikvResponse::Cmd(R::RawGet(Box::new(kvrpcpb::RawGetResponse {
                     value: v.map(|x| x.0.clone()).unwrap_or_default(),
                     not_found: v.is_none(),
                     ..Default::default()
-                }))
+                })))
             }
             TikvRequest::Cmd(TikvCmd::RawBatchGet(g)) => {
                 if !g.keys.iter().all(|k| in_region(r, k)) {
@@ -636,10 +646,10 @@ impl FakeKv {
                         })
                     })
                     .collect();
-                TikvResponse::Cmd(R::RawBatchGet(kvrpcpb::RawBatchGetResponse {
+                TikvResponse::Cmd(R::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
                     pairs,
                     ..Default::default()
-                }))
+                })))
             }
             TikvRequest::Cmd(TikvCmd::RawPut(p)) => {
                 if !in_region(r, &p.key) {
@@ -742,10 +752,10 @@ impl FakeKv {
                         }
                     }
                 }
-                TikvResponse::Cmd(R::RawScan(kvrpcpb::RawScanResponse {
+                TikvResponse::Cmd(R::RawScan(Box::new(kvrpcpb::RawScanResponse {
                     kvs,
                     ..Default::default()
-                }))
+                })))
             }
             TikvRequest::RawGetKeyTtl(g) => {
                 if !in_region(r, &g.key) {
@@ -753,11 +763,11 @@ impl FakeKv {
                 }
                 self.served.push((store, "get_key_ttl", 1));
                 let v = self.data.get(&g.key);
-                TikvResponse::RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse {
+                TikvResponse::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlResponse {
                     ttl: v.map_or(0, |x| x.1),
                     not_found: v.is_none(),
                     ..Default::default()
-                })
+                }))
             }
             TikvRequest::RawCas(c) => {
                 if !in_region(r, &c.key) {
@@ -772,12 +782,12 @@ impl FakeKv {
                 if ok {
                     self.data.insert(c.key.clone(), (c.value.clone(), 0));
                 }
-                TikvResponse::RawCas(kvrpcpb::RawCasResponse {
+                TikvResponse::RawCas(Box::new(kvrpcpb::RawCasResponse {
                     succeed: ok,
                     previous_not_exist: cur.is_none(),
                     previous_value: cur.unwrap_or_default(),
                     ..Default::default()
-                })
+                }))
             }
             TikvRequest::RawChecksum(c) => {
                 self.served.push((store, "checksum", 0));
@@ -792,7 +802,7 @@ impl FakeKv {
                         }
                     }
                 }
-                TikvResponse::RawChecksum(out)
+                TikvResponse::RawChecksum(Box::new(out))
             }
             other => panic!("fake TiKV does not serve {other:?}"),
         }

@@ -231,7 +231,7 @@ fn kv_pair(key: &[u8], value: Vec<u8>, commit_ts: Option<u64>) -> kvrpcpb::KvPai
 
 fn error_pair(e: &MvccError) -> kvrpcpb::KvPair {
     kvrpcpb::KvPair {
-        error: Some(key_error(e)),
+        error: Some(Box::new(key_error(e))),
         ..kvrpcpb::KvPair::default()
     }
 }
@@ -380,7 +380,7 @@ impl MvccStore {
                 resp.commit_ts = e.commit_ts.unwrap_or(0);
             }
             Ok(None) => resp.not_found = true,
-            Err(e) => resp.error = Some(key_error(&e)),
+            Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
         resp
     }
@@ -444,9 +444,9 @@ impl MvccStore {
             }
             Err(e) => {
                 let ke = key_error(&e);
-                resp.error = Some(ke.clone());
+                resp.error = Some(Box::new(ke.clone()));
                 resp.pairs = vec![kvrpcpb::KvPair {
-                    error: Some(ke),
+                    error: Some(Box::new(ke)),
                     ..kvrpcpb::KvPair::default()
                 }];
             }
@@ -521,7 +521,7 @@ impl MvccStore {
         let mut resp = kvrpcpb::CommitResponse::default();
         match self.commit(now_ms, &keys, req.start_version, req.commit_version) {
             Ok(ts) => resp.commit_version = ts,
-            Err(e) => resp.error = Some(key_error(&e)),
+            Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
         resp
     }
@@ -538,7 +538,7 @@ impl MvccStore {
         match self.cleanup(now_ms, &req.key, req.start_version, req.current_ts) {
             Ok(()) => {}
             Err(MvccError::Committed { commit_ts, .. }) => resp.commit_version = commit_ts,
-            Err(e) => resp.error = Some(key_error(&e)),
+            Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
         resp
     }
@@ -554,7 +554,7 @@ impl MvccStore {
         let keys: Vec<Vec<u8>> = req.keys.iter().map(|k| k.to_vec()).collect();
         let mut resp = kvrpcpb::BatchRollbackResponse::default();
         if let Err(e) = self.batch_rollback(now_ms, &keys, req.start_version) {
-            resp.error = Some(key_error(&e));
+            resp.error = Some(Box::new(key_error(&e)));
         }
         resp
     }
@@ -604,7 +604,7 @@ impl MvccStore {
                     resp.action = kvrpcpb::Action::LockNotExistDoNothing as i32;
                 }
             },
-            Err(e) => resp.error = Some(key_error(&e)),
+            Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
         resp
     }
@@ -625,7 +625,7 @@ impl MvccStore {
             }
             Ok(SecondaryLocksStatus::Committed(ts)) => resp.commit_ts = ts,
             Ok(SecondaryLocksStatus::RolledBack) => {}
-            Err(e) => resp.error = Some(key_error(&e)),
+            Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
         resp
     }
@@ -647,7 +647,7 @@ impl MvccStore {
         };
         let mut resp = kvrpcpb::ResolveLockResponse::default();
         if let Err(e) = self.resolve_lock(now_ms, &cmd, &bounds_of(range)) {
-            resp.error = Some(key_error(&e));
+            resp.error = Some(Box::new(key_error(&e)));
         }
         resp
     }
@@ -669,7 +669,7 @@ impl MvccStore {
             req.min_commit_ts,
         ) {
             Ok(ttl) => resp.lock_ttl = ttl,
-            Err(e) => resp.error = Some(key_error(&e)),
+            Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
         resp
     }

@@ -956,12 +956,12 @@ impl TxnRequestContext {
             txn_source: self.txn_source,
             max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
             request_source: self.request_source.clone(),
-            resource_control_context: (!self.resource_group_name.is_empty()).then(|| {
-                kvrpcpb::ResourceControlContext {
+            resource_control_context: (!self.resource_group_name.is_empty())
+                .then(|| kvrpcpb::ResourceControlContext {
                     resource_group_name: self.resource_group_name.clone(),
                     ..Default::default()
-                }
-            }),
+                })
+                .map(Box::new),
             ..Default::default()
         }
     }

@@ -67,40 +67,46 @@ pub(crate) fn write_region_err(req: &TikvRequest, err: errorpb::Error) -> TikvRe
     use TikvCmdResponse as R;
     let e = Some(err.clone());
     TikvResponse::Cmd(match req {
-        TikvRequest::Cmd(TikvCmd::Prewrite(_)) => R::Prewrite(kvrpcpb::PrewriteResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::Commit(_)) => R::Commit(kvrpcpb::CommitResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::BatchRollback(_)) => {
-            R::BatchRollback(kvrpcpb::BatchRollbackResponse {
-                region_error: e,
+        TikvRequest::Cmd(TikvCmd::Prewrite(_)) => {
+            R::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            })
+            }))
+        }
+        TikvRequest::Cmd(TikvCmd::Commit(_)) => R::Commit(Box::new(kvrpcpb::CommitResponse {
+            region_error: e.map(Box::new),
+            ..Default::default()
+        })),
+        TikvRequest::Cmd(TikvCmd::BatchRollback(_)) => {
+            R::BatchRollback(Box::new(kvrpcpb::BatchRollbackResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
         }
         TikvRequest::Cmd(TikvCmd::PessimisticLock(_)) => {
-            R::PessimisticLock(kvrpcpb::PessimisticLockResponse {
-                region_error: e,
+            R::PessimisticLock(Box::new(kvrpcpb::PessimisticLockResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            })
+            }))
         }
         TikvRequest::Cmd(TikvCmd::TxnHeartBeat(_)) => {
-            R::TxnHeartBeat(kvrpcpb::TxnHeartBeatResponse {
-                region_error: e,
+            R::TxnHeartBeat(Box::new(kvrpcpb::TxnHeartBeatResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            })
+            }))
         }
-        TikvRequest::Cmd(TikvCmd::ScanLock(_)) => R::ScanLock(kvrpcpb::ScanLockResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::DeleteRange(_)) => R::DeleteRange(kvrpcpb::DeleteRangeResponse {
-            region_error: e,
-            ..Default::default()
-        }),
+        TikvRequest::Cmd(TikvCmd::ScanLock(_)) => {
+            R::ScanLock(Box::new(kvrpcpb::ScanLockResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
+        }
+        TikvRequest::Cmd(TikvCmd::DeleteRange(_)) => {
+            R::DeleteRange(Box::new(kvrpcpb::DeleteRangeResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
+        }
         other => {
             return crate::machine::txn::resolve_testkit::txn_region_err(other, err);
         }
@@ -321,12 +327,12 @@ impl World {
                 }
             }
             regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
-            return Answer::Now(Ok(TikvResponse::SplitRegion(
+            return Answer::Now(Ok(TikvResponse::SplitRegion(Box::new(
                 kvrpcpb::SplitRegionResponse {
                     regions,
                     ..Default::default()
                 },
-            )));
+            ))));
         }
         if let TikvRequest::SplitRegion(sr) = req {
             let mut ks = sr.split_keys.clone();
@@ -348,31 +354,35 @@ impl World {
                 })
                 .collect();
             regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
-            return Answer::Now(Ok(TikvResponse::SplitRegion(
+            return Answer::Now(Ok(TikvResponse::SplitRegion(Box::new(
                 kvrpcpb::SplitRegionResponse {
                     regions,
                     ..Default::default()
                 },
-            )));
+            ))));
         }
         let TikvRequest::Cmd(c) = req else {
             unreachable!()
         };
         use TikvCmdResponse as R;
         match c {
-            TikvCmd::Prewrite(p) => {
-                Answer::Now(Ok(TikvResponse::Cmd(R::Prewrite(self.prewrite(p)))))
+            TikvCmd::Prewrite(p) => Answer::Now(Ok(TikvResponse::Cmd(R::Prewrite(Box::new(
+                self.prewrite(p),
+            ))))),
+            TikvCmd::Commit(p) => {
+                Answer::Now(Ok(TikvResponse::Cmd(R::Commit(Box::new(self.commit(p))))))
             }
-            TikvCmd::Commit(p) => Answer::Now(Ok(TikvResponse::Cmd(R::Commit(self.commit(p))))),
             TikvCmd::BatchRollback(p) => {
                 let mut resp = kvrpcpb::BatchRollbackResponse::default();
                 for key in &p.keys {
                     if let Some(Some(c)) = self.kv.records.get(&(key.clone(), p.start_version)) {
-                        resp.error = Some(kvrpcpb::KeyError {
+                        resp.error = Some(Box::new(kvrpcpb::KeyError {
                             abort: format!("already committed at {c}"),
                             ..Default::default()
-                        });
-                        return Answer::Now(Ok(TikvResponse::Cmd(R::BatchRollback(resp))));
+                        }));
+                        return Answer::Now(Ok(TikvResponse::Cmd(R::BatchRollback(Box::new(
+                            resp,
+                        )))));
                     }
                 }
                 for key in &p.keys {
@@ -389,7 +399,7 @@ impl World {
                         .entry((key.clone(), p.start_version))
                         .or_insert(None);
                 }
-                Answer::Now(Ok(TikvResponse::Cmd(R::BatchRollback(resp))))
+                Answer::Now(Ok(TikvResponse::Cmd(R::BatchRollback(Box::new(resp)))))
             }
             TikvCmd::PessimisticLock(p) => self.pessimistic_lock(p),
             TikvCmd::TxnHeartBeat(h) => {
@@ -400,16 +410,16 @@ impl World {
                         resp.lock_ttl = l.info.lock_ttl;
                     }
                     _ => {
-                        resp.error = Some(kvrpcpb::KeyError {
+                        resp.error = Some(Box::new(kvrpcpb::KeyError {
                             txn_not_found: Some(kvrpcpb::TxnNotFound {
                                 start_ts: h.start_version,
                                 primary_key: h.primary_lock.clone(),
                             }),
                             ..Default::default()
-                        })
+                        }))
                     }
                 }
-                Answer::Now(Ok(TikvResponse::Cmd(R::TxnHeartBeat(resp))))
+                Answer::Now(Ok(TikvResponse::Cmd(R::TxnHeartBeat(Box::new(resp)))))
             }
             TikvCmd::ScanLock(s) => {
                 let mut locks = Vec::new();
@@ -426,12 +436,12 @@ impl World {
                     }
                     locks.push(l.info.clone());
                 }
-                Answer::Now(Ok(TikvResponse::Cmd(R::ScanLock(
+                Answer::Now(Ok(TikvResponse::Cmd(R::ScanLock(Box::new(
                     kvrpcpb::ScanLockResponse {
                         locks,
                         ..Default::default()
                     },
-                ))))
+                )))))
             }
             TikvCmd::DeleteRange(d) => {
                 let inside = in_region(&region, &d.start_key)
@@ -615,7 +625,7 @@ impl World {
             match self.kv.locks.get(key) {
                 Some(l) if l.info.lock_version == p.start_version => {
                     if p.commit_version < l.info.min_commit_ts {
-                        resp.error = Some(kvrpcpb::KeyError {
+                        resp.error = Some(Box::new(kvrpcpb::KeyError {
                             commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
                                 start_ts: p.start_version,
                                 attempted_commit_ts: p.commit_version,
@@ -623,17 +633,17 @@ impl World {
                                 min_commit_ts: l.info.min_commit_ts,
                             }),
                             ..Default::default()
-                        });
+                        }));
                         return resp;
                     }
                 }
                 _ => match self.kv.records.get(&(key.clone(), p.start_version)) {
                     Some(Some(_)) => continue,
                     _ => {
-                        resp.error = Some(kvrpcpb::KeyError {
+                        resp.error = Some(Box::new(kvrpcpb::KeyError {
                             txn_lock_not_found: Some(kvrpcpb::TxnLockNotFound { key: key.clone() }),
                             ..Default::default()
-                        });
+                        }));
                         return resp;
                     }
                 },
@@ -662,7 +672,10 @@ impl World {
                 if p.wait_timeout > 0 {
                     wait = Duration::from_millis(p.wait_timeout.min(1000) as u64);
                 }
-                return Answer::After(wait, Ok(TikvResponse::Cmd(R::PessimisticLock(resp))));
+                return Answer::After(
+                    wait,
+                    Ok(TikvResponse::Cmd(R::PessimisticLock(Box::new(resp)))),
+                );
             }
             if let Some((commit_ts, start_ts, _)) = latest_write(&self.kv, &m.key)
                 && commit_ts > p.for_update_ts
@@ -678,14 +691,14 @@ impl World {
                     }),
                     ..Default::default()
                 });
-                return Answer::Now(Ok(TikvResponse::Cmd(R::PessimisticLock(resp))));
+                return Answer::Now(Ok(TikvResponse::Cmd(R::PessimisticLock(Box::new(resp)))));
             }
             if m.assertion == kvrpcpb::Assertion::NotExist as i32 && exists(&self.kv, &m.key) {
                 resp.errors.push(kvrpcpb::KeyError {
                     already_exist: Some(kvrpcpb::AlreadyExist { key: m.key.clone() }),
                     ..Default::default()
                 });
-                return Answer::Now(Ok(TikvResponse::Cmd(R::PessimisticLock(resp))));
+                return Answer::Now(Ok(TikvResponse::Cmd(R::PessimisticLock(Box::new(resp)))));
             }
         }
         let force =
@@ -729,7 +742,7 @@ impl World {
                 }
             }
         }
-        Answer::Now(Ok(TikvResponse::Cmd(R::PessimisticLock(resp))))
+        Answer::Now(Ok(TikvResponse::Cmd(R::PessimisticLock(Box::new(resp)))))
     }
 
     fn value_bytes(&self, key: &[u8]) -> Option<Bytes> {

@@ -455,13 +455,13 @@ fn secondary_commit_failure_does_not_fail_the_transaction() {
             && c.commit_role == kvrpcpb::CommitRole::Secondary as i32
         {
             return Some(Answer::Now(Ok(TikvResponse::Cmd(TikvCmdResponse::Commit(
-                kvrpcpb::CommitResponse {
-                    error: Some(kvrpcpb::KeyError {
+                Box::new(kvrpcpb::CommitResponse {
+                    error: Some(Box::new(kvrpcpb::KeyError {
                         abort: "injected".into(),
                         ..Default::default()
-                    }),
+                    })),
                     ..Default::default()
-                },
+                }),
             )))));
         }
         None
@@ -647,7 +647,7 @@ fn pessimistic_lock_returns_values_and_assigns_primary() {
 
 fn deadlock_reply(hash: u64) -> Answer {
     Answer::Now(Ok(TikvResponse::Cmd(TikvCmdResponse::PessimisticLock(
-        kvrpcpb::PessimisticLockResponse {
+        Box::new(kvrpcpb::PessimisticLockResponse {
             errors: vec![kvrpcpb::KeyError {
                 deadlock: Some(kvrpcpb::Deadlock {
                     lock_ts: 1,
@@ -658,7 +658,7 @@ fn deadlock_reply(hash: u64) -> Answer {
                 ..Default::default()
             }],
             ..Default::default()
-        },
+        }),
     ))))
 }
 
@@ -961,10 +961,10 @@ fn range_task_first_error_fails_the_run() {
             && d.start_key == "c"
         {
             return Some(Answer::Now(Ok(TikvResponse::Cmd(
-                TikvCmdResponse::DeleteRange(kvrpcpb::DeleteRangeResponse {
+                TikvCmdResponse::DeleteRange(Box::new(kvrpcpb::DeleteRangeResponse {
                     error: "disk on fire".into(),
                     ..Default::default()
-                }),
+                })),
             ))));
         }
         None
@@ -1063,10 +1063,12 @@ fn unsafe_destroy_range_goes_to_every_live_tikv_store() {
     w.kv.commit("b", s, c, Some("v"));
     w.kv.commit("z", s, c, Some("v"));
     w.pd_hook = Some(Box::new(move |req| match req {
-        PdRequest::GetAllStores(_) => Some(Ok(PdResponse::AllStores(pdpb::GetAllStoresResponse {
-            stores: stores.clone(),
-            ..Default::default()
-        }))),
+        PdRequest::GetAllStores(_) => Some(Ok(PdResponse::AllStores(Box::new(
+            pdpb::GetAllStoresResponse {
+                stores: stores.clone(),
+                ..Default::default()
+            },
+        )))),
         _ => None,
     }));
     let mut op = UnsafeDestroyRange::new(k("a"), k("c"));
@@ -1083,12 +1085,12 @@ fn unsafe_destroy_range_goes_to_every_live_tikv_store() {
 
     w.hook = Some(Box::new(|store, req, _, _, _| {
         (cmd(req) == "unsafe_destroy_range" && store == 4).then(|| {
-            Answer::Now(Ok(TikvResponse::UnsafeDestroyRange(
+            Answer::Now(Ok(TikvResponse::UnsafeDestroyRange(Box::new(
                 kvrpcpb::UnsafeDestroyRangeResponse {
                     error: "engine busy".into(),
                     ..Default::default()
                 },
-            )))
+            ))))
         })
     }));
     let mut op = UnsafeDestroyRange::new(k("a"), k("c"));
@@ -1152,7 +1154,7 @@ fn gc_pd(
                 let old = g.txn_safe_point;
                 let new = r.target.min(g.barrier.unwrap_or(u64::MAX)).max(old);
                 g.txn_safe_point = new;
-                PdResponse::AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointResponse {
+                PdResponse::AdvanceTxnSafePoint(Box::new(pdpb::AdvanceTxnSafePointResponse {
                     old_txn_safe_point: old,
                     new_txn_safe_point: new,
                     blocker_description: if new < r.target {
@@ -1161,50 +1163,50 @@ fn gc_pd(
                         String::new()
                     },
                     ..Default::default()
-                })
+                }))
             }
             PdRequest::UpdateGcSafePoint(r) => {
                 g.calls.push("update_gc");
                 g.gc_safe_point = g.gc_safe_point.max(r.safe_point);
-                PdResponse::UpdateGcSafePoint(pdpb::UpdateGcSafePointResponse {
+                PdResponse::UpdateGcSafePoint(Box::new(pdpb::UpdateGcSafePointResponse {
                     new_safe_point: g.gc_safe_point,
                     ..Default::default()
-                })
+                }))
             }
             PdRequest::GetGcState(_) => {
                 g.calls.push("get_state");
-                PdResponse::GetGcState(pdpb::GetGcStateResponse {
+                PdResponse::GetGcState(Box::new(pdpb::GetGcStateResponse {
                     gc_state: Some(pdpb::GcState {
                         txn_safe_point: g.txn_safe_point,
                         gc_safe_point: g.gc_safe_point,
                         ..Default::default()
                     }),
                     ..Default::default()
-                })
+                }))
             }
             PdRequest::SetGcBarrier(r) => {
                 g.calls.push("set_barrier");
                 g.barrier = Some(r.barrier_ts);
-                PdResponse::SetGcBarrier(pdpb::SetGcBarrierResponse {
+                PdResponse::SetGcBarrier(Box::new(pdpb::SetGcBarrierResponse {
                     new_barrier_info: Some(pdpb::GcBarrierInfo {
                         barrier_id: r.barrier_id.clone(),
                         barrier_ts: r.barrier_ts,
                         ttl_seconds: r.ttl_seconds,
                     }),
                     ..Default::default()
-                })
+                }))
             }
             PdRequest::DeleteGcBarrier(r) => {
                 g.calls.push("delete_barrier");
                 let was = g.barrier.take();
-                PdResponse::DeleteGcBarrier(pdpb::DeleteGcBarrierResponse {
+                PdResponse::DeleteGcBarrier(Box::new(pdpb::DeleteGcBarrierResponse {
                     deleted_barrier_info: was.map(|ts| pdpb::GcBarrierInfo {
                         barrier_id: r.barrier_id.clone(),
                         barrier_ts: ts,
                         ttl_seconds: 0,
                     }),
                     ..Default::default()
-                })
+                }))
             }
             _ => return None,
         }))
@@ -1311,10 +1313,12 @@ fn split_then_scatter_new_regions_with_retry() {
                 return Some(Err(Error::Pd("leader changing".into())));
             }
             s2.borrow_mut().push(r.region_id);
-            Some(Ok(PdResponse::ScatterRegion(pdpb::ScatterRegionResponse {
-                finished_percentage: 100,
-                ..Default::default()
-            })))
+            Some(Ok(PdResponse::ScatterRegion(Box::new(
+                pdpb::ScatterRegionResponse {
+                    finished_percentage: 100,
+                    ..Default::default()
+                },
+            ))))
         }
         _ => None,
     }));
@@ -1342,12 +1346,14 @@ fn wait_scatter_polls_until_the_operator_finishes() {
             } else {
                 pdpb::OperatorStatus::Success
             };
-            Some(Ok(PdResponse::GetOperator(pdpb::GetOperatorResponse {
-                region_id: 9,
-                desc: Bytes::from_static(b"scatter-region"),
-                status: status as i32,
-                ..Default::default()
-            })))
+            Some(Ok(PdResponse::GetOperator(Box::new(
+                pdpb::GetOperatorResponse {
+                    region_id: 9,
+                    desc: Bytes::from_static(b"scatter-region"),
+                    status: status as i32,
+                    ..Default::default()
+                },
+            ))))
         }
         _ => None,
     }));

@@ -332,7 +332,7 @@ impl BatchAction for PrewriteAction {
                 .copied()
                 .unwrap_or(batch.mutations.len() as u64)
         };
-        Ok(TikvRequest::Cmd(TikvCmd::Prewrite(
+        Ok(TikvRequest::Cmd(TikvCmd::Prewrite(Box::new(
             kvrpcpb::PrewriteRequest {
                 context: Some(self.context.write_context()),
                 mutations: muts,
@@ -356,7 +356,7 @@ impl BatchAction for PrewriteAction {
                 for_update_ts_constraints: constraints,
                 txn_file_chunks: Vec::new(),
             },
-        )))
+        ))))
     }
 
     fn on_response(&mut self, batch: &Batch, response: TikvResponse, _now: Instant) -> Verdict {
@@ -526,20 +526,22 @@ impl BatchAction for CommitAction {
     }
 
     fn request(&mut self, batch: &Batch, _now: Instant) -> Result<TikvRequest, Error> {
-        Ok(TikvRequest::Cmd(TikvCmd::Commit(kvrpcpb::CommitRequest {
-            context: Some(self.context.write_context()),
-            start_version: self.start_ts,
-            keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),
-            commit_version: self.commit_ts,
-            commit_role: if batch.is_primary {
-                kvrpcpb::CommitRole::Primary as i32
-            } else {
-                kvrpcpb::CommitRole::Secondary as i32
+        Ok(TikvRequest::Cmd(TikvCmd::Commit(Box::new(
+            kvrpcpb::CommitRequest {
+                context: Some(self.context.write_context()),
+                start_version: self.start_ts,
+                keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),
+                commit_version: self.commit_ts,
+                commit_role: if batch.is_primary {
+                    kvrpcpb::CommitRole::Primary as i32
+                } else {
+                    kvrpcpb::CommitRole::Secondary as i32
+                },
+                primary_key: self.primary.clone(),
+                use_async_commit: self.async_commit,
+                is_txn_file: false,
             },
-            primary_key: self.primary.clone(),
-            use_async_commit: self.async_commit,
-            is_txn_file: false,
-        })))
+        ))))
     }
 
     fn on_response(&mut self, batch: &Batch, response: TikvResponse, _now: Instant) -> Verdict {
@@ -576,7 +578,7 @@ impl BatchAction for CommitAction {
             self.expired = Some(rejected.clone());
             return Verdict::Fail(Error::CommitTsExpired(Box::new(rejected.clone())));
         }
-        let err = match key_error(ke) {
+        let err = match key_error(*ke) {
             Error::TxnRolledBack { reason, .. } => Error::TxnRolledBack {
                 start_ts: self.start_ts,
                 reason,
@@ -629,20 +631,20 @@ impl BatchAction for CleanupAction {
     }
 
     fn request(&mut self, batch: &Batch, _now: Instant) -> Result<TikvRequest, Error> {
-        Ok(TikvRequest::Cmd(TikvCmd::BatchRollback(
+        Ok(TikvRequest::Cmd(TikvCmd::BatchRollback(Box::new(
             kvrpcpb::BatchRollbackRequest {
                 context: Some(self.context.write_context()),
                 start_version: self.start_ts,
                 keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),
                 is_txn_file: false,
             },
-        )))
+        ))))
     }
 
     fn on_response(&mut self, _batch: &Batch, response: TikvResponse, _now: Instant) -> Verdict {
         match response {
             TikvResponse::Cmd(TikvCmdResponse::BatchRollback(r)) => match r.error {
-                Some(ke) => Verdict::Fail(key_error(ke)),
+                Some(ke) => Verdict::Fail(key_error(*ke)),
                 None => Verdict::Done,
             },
             other => Verdict::Fail(Error::Internal(format!(

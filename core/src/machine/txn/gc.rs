@@ -124,13 +124,13 @@ impl ResolveLocksForRange {
         if !self.end.is_empty() && (end.is_empty() || self.end < end) {
             end = self.end.clone();
         }
-        let req = TikvRequest::Cmd(TikvCmd::ScanLock(kvrpcpb::ScanLockRequest {
+        let req = TikvRequest::Cmd(TikvCmd::ScanLock(Box::new(kvrpcpb::ScanLockRequest {
             context: None,
             max_version: self.max_version,
             start_key: self.key.clone(),
             limit: self.scan_limit,
             end_key: end,
-        }));
+        })));
         let opts = RequestOptions {
             timeout: Some(shared.routing.read_timeout_medium),
             ..Default::default()
@@ -264,7 +264,7 @@ impl ResolveLocksForRange {
                             TikvCmdResponse::ScanLock(resp),
                         ))) => {
                             if let Some(ke) = resp.error {
-                                return self.fail(Error::KeyError(Box::new(ke)));
+                                return self.fail(Error::KeyError(ke));
                             }
                             let mut locks = Vec::with_capacity(resp.locks.len());
                             for l in resp.locks {
@@ -451,14 +451,15 @@ impl UnsafeDestroyRange {
             return;
         }
         for s in resp.stores.iter().filter(|s| destroy_target(s)) {
-            let mut request = TikvRequest::UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeRequest {
-                context: Some(kvrpcpb::Context {
-                    cluster_id: shared.routing.cluster_id,
-                    ..Default::default()
-                }),
-                start_key: self.start.clone(),
-                end_key: self.end.clone(),
-            });
+            let mut request =
+                TikvRequest::UnsafeDestroyRange(Box::new(kvrpcpb::UnsafeDestroyRangeRequest {
+                    context: Some(kvrpcpb::Context {
+                        cluster_id: shared.routing.cluster_id,
+                        ..Default::default()
+                    }),
+                    start_key: self.start.clone(),
+                    end_key: self.end.clone(),
+                }));
             shared.codec.encode_request_in_place(&mut request);
             let id = shared.next_io_id();
             self.actions.push_back(Action::Tikv {
@@ -505,10 +506,10 @@ impl Operation for UnsafeDestroyRange {
         let id = shared.next_io_id();
         self.actions.push_back(Action::Pd {
             id,
-            request: PdRequest::GetAllStores(pdpb::GetAllStoresRequest {
+            request: PdRequest::GetAllStores(Box::new(pdpb::GetAllStoresRequest {
                 header: None,
                 exclude_tombstone_stores: true,
-            }),
+            })),
         });
         self.stores_call = Some(id);
     }
@@ -521,7 +522,7 @@ impl Operation for UnsafeDestroyRange {
             Input::Pd { id, result } if self.stores_call == Some(id) => {
                 self.stores_call = None;
                 match result {
-                    Ok(PdResponse::AllStores(resp)) => self.on_stores(shared, resp),
+                    Ok(PdResponse::AllStores(resp)) => self.on_stores(shared, *resp),
                     Ok(other) => {
                         self.result = Some(Err(Error::Internal(format!(
                             "unexpected PD reply to GetAllStores: {other:?}"
@@ -698,11 +699,11 @@ pub struct TxnSafePointAdvance {
 /// `GCInternalController.AdvanceTxnSafePoint`.
 pub fn advance_txn_safe_point(target: u64) -> PdCall<TxnSafePointAdvance> {
     PdCall::new(
-        PdRequest::AdvanceTxnSafePoint(pdpb::AdvanceTxnSafePointRequest {
+        PdRequest::AdvanceTxnSafePoint(Box::new(pdpb::AdvanceTxnSafePointRequest {
             header: None,
             keyspace_scope: None,
             target,
-        }),
+        })),
         Some(scoped),
         |resp| match resp {
             PdResponse::AdvanceTxnSafePoint(r) => match pd_header_error(r.header.as_ref()) {
@@ -722,10 +723,10 @@ pub fn advance_txn_safe_point(target: u64) -> PdCall<TxnSafePointAdvance> {
 /// holds. Mirrors client-go `pdClient.UpdateGCSafePoint`.
 pub fn update_gc_safe_point(safe_point: u64) -> PdCall<u64> {
     PdCall::new(
-        PdRequest::UpdateGcSafePoint(pdpb::UpdateGcSafePointRequest {
+        PdRequest::UpdateGcSafePoint(Box::new(pdpb::UpdateGcSafePointRequest {
             header: None,
             safe_point,
-        }),
+        })),
         None,
         |resp| match resp {
             PdResponse::UpdateGcSafePoint(r) => match pd_header_error(r.header.as_ref()) {
@@ -741,11 +742,11 @@ pub fn update_gc_safe_point(safe_point: u64) -> PdCall<u64> {
 /// point. Mirrors client-go `GCInternalController.AdvanceGCSafePoint`.
 pub fn advance_gc_safe_point(target: u64) -> PdCall<u64> {
     PdCall::new(
-        PdRequest::AdvanceGcSafePoint(pdpb::AdvanceGcSafePointRequest {
+        PdRequest::AdvanceGcSafePoint(Box::new(pdpb::AdvanceGcSafePointRequest {
             header: None,
             keyspace_scope: None,
             target,
-        }),
+        })),
         Some(scoped),
         |resp| match resp {
             PdResponse::AdvanceGcSafePoint(r) => match pd_header_error(r.header.as_ref()) {
@@ -761,12 +762,12 @@ pub fn advance_gc_safe_point(target: u64) -> PdCall<u64> {
 /// `GCStatesClient.GetGCState`.
 pub fn get_gc_state() -> PdCall<pdpb::GcState> {
     PdCall::new(
-        PdRequest::GetGcState(pdpb::GetGcStateRequest {
+        PdRequest::GetGcState(Box::new(pdpb::GetGcStateRequest {
             header: None,
             keyspace_scope: None,
             exclude_gc_barriers: false,
             include_global_gc_barriers: false,
-        }),
+        })),
         Some(scoped),
         |resp| match resp {
             PdResponse::GetGcState(r) => match pd_header_error(r.header.as_ref()) {
@@ -787,13 +788,13 @@ pub fn set_gc_barrier(
 ) -> PdCall<pdpb::GcBarrierInfo> {
     let ttl_seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     PdCall::new(
-        PdRequest::SetGcBarrier(pdpb::SetGcBarrierRequest {
+        PdRequest::SetGcBarrier(Box::new(pdpb::SetGcBarrierRequest {
             header: None,
             keyspace_scope: None,
             barrier_id: barrier_id.into(),
             barrier_ts,
             ttl_seconds,
-        }),
+        })),
         Some(scoped),
         |resp| match resp {
             PdResponse::SetGcBarrier(r) => match pd_header_error(r.header.as_ref()) {
@@ -809,11 +810,11 @@ pub fn set_gc_barrier(
 /// `GCStatesClient.DeleteGCBarrier`.
 pub fn delete_gc_barrier(barrier_id: impl Into<String>) -> PdCall<Option<pdpb::GcBarrierInfo>> {
     PdCall::new(
-        PdRequest::DeleteGcBarrier(pdpb::DeleteGcBarrierRequest {
+        PdRequest::DeleteGcBarrier(Box::new(pdpb::DeleteGcBarrierRequest {
             header: None,
             keyspace_scope: None,
             barrier_id: barrier_id.into(),
-        }),
+        })),
         Some(scoped),
         |resp| match resp {
             PdResponse::DeleteGcBarrier(r) => match pd_header_error(r.header.as_ref()) {

@@ -87,17 +87,19 @@ impl TxnHeartBeat {
         min_commit_ts: u64,
         backoffer: Backoffer,
     ) -> Self {
-        let req = TikvRequest::Cmd(TikvCmd::TxnHeartBeat(kvrpcpb::TxnHeartBeatRequest {
-            context: Some(kvrpcpb::Context {
-                max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
-                ..Default::default()
-            }),
-            primary_lock: primary.clone(),
-            start_version: start_ts,
-            advise_lock_ttl,
-            min_commit_ts,
-            is_txn_file: false,
-        }));
+        let req = TikvRequest::Cmd(TikvCmd::TxnHeartBeat(Box::new(
+            kvrpcpb::TxnHeartBeatRequest {
+                context: Some(kvrpcpb::Context {
+                    max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
+                    ..Default::default()
+                }),
+                primary_lock: primary.clone(),
+                start_version: start_ts,
+                advise_lock_ttl,
+                min_commit_ts,
+                is_txn_file: false,
+            },
+        )));
         TxnHeartBeat {
             inner: SingleRegion::new(
                 primary,
@@ -116,7 +118,7 @@ impl TxnHeartBeat {
             self.result = Some(match r {
                 Ok(located) => match located.response {
                     TikvResponse::Cmd(TikvCmdResponse::TxnHeartBeat(resp)) => match resp.error {
-                        Some(ke) => Err(TxnHeartBeatError::Key(key_error(ke))),
+                        Some(ke) => Err(TxnHeartBeatError::Key(key_error(*ke))),
                         None => Ok(resp.lock_ttl),
                     },
                     other => Err(TxnHeartBeatError::Other(Error::Internal(format!(

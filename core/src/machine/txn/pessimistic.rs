@@ -447,7 +447,7 @@ impl BatchAction for PessimisticLockAction {
                 kvrpcpb::PessimisticLockWakeUpMode::WakeUpModeNormal as i32
             },
         };
-        Ok(TikvRequest::Cmd(TikvCmd::PessimisticLock(req)))
+        Ok(TikvRequest::Cmd(TikvCmd::PessimisticLock(Box::new(req))))
     }
 
     fn on_response(&mut self, batch: &Batch, response: TikvResponse, now: Instant) -> Verdict {
@@ -457,9 +457,9 @@ impl BatchAction for PessimisticLockAction {
             )));
         };
         if self.ctx.force_lock {
-            self.on_force(batch, r, now)
+            self.on_force(batch, *r, now)
         } else {
-            self.on_normal(batch, r, now)
+            self.on_normal(batch, *r, now)
         }
     }
 
@@ -512,7 +512,7 @@ impl BatchAction for PessimisticRollbackAction {
     }
 
     fn request(&mut self, batch: &Batch, _now: Instant) -> Result<TikvRequest, Error> {
-        Ok(TikvRequest::Cmd(TikvCmd::PessimisticRollback(
+        Ok(TikvRequest::Cmd(TikvCmd::PessimisticRollback(Box::new(
             kvrpcpb::PessimisticRollbackRequest {
                 context: Some(kvrpcpb::Context {
                     max_execution_duration_ms: super::commit_exec::MAX_WRITE_EXECUTION_MS,
@@ -522,7 +522,7 @@ impl BatchAction for PessimisticRollbackAction {
                 for_update_ts: self.for_update_ts,
                 keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),
             },
-        )))
+        ))))
     }
 
     fn on_response(&mut self, _batch: &Batch, response: TikvResponse, _now: Instant) -> Verdict {

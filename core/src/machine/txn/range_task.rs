@@ -614,12 +614,14 @@ impl DeleteRangeTask {
             self.result = Some(Ok(self.stat));
             return;
         }
-        let req = TikvRequest::Cmd(TikvCmd::DeleteRange(kvrpcpb::DeleteRangeRequest {
-            context: None,
-            start_key: start.clone(),
-            end_key: self.end.clone(),
-            notify_only: self.notify_only,
-        }));
+        let req = TikvRequest::Cmd(TikvCmd::DeleteRange(Box::new(
+            kvrpcpb::DeleteRangeRequest {
+                context: None,
+                start_key: start.clone(),
+                end_key: self.end.clone(),
+                notify_only: self.notify_only,
+            },
+        )));
         let opts = RequestOptions {
             timeout: Some(shared.routing.read_timeout_medium),
             ..Default::default()

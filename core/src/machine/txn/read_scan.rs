@@ -250,7 +250,7 @@ impl SnapshotScan {
         let mut op = KeyCall::new(
             route,
             self.cursor.reverse,
-            TikvRequest::Cmd(TikvCmd::Scan(req)),
+            TikvRequest::Cmd(TikvCmd::Scan(Box::new(req))),
             RegionErrorBackoff::MayBackoff,
             opts,
             bo,
@@ -360,7 +360,7 @@ impl SnapshotScan {
             return self.finish(Err(e));
         }
         if let Some(e) = resp.error {
-            let info = match extract_lock(e) {
+            let info = match extract_lock(*e) {
                 Ok(info) => info,
                 Err(e) => return self.finish(Err(e)),
             };
@@ -730,15 +730,15 @@ mod tests {
                 {
                     return Some(crate::machine::testkit::tikv_reply(
                         a,
-                        Ok(TikvResponse::Cmd(TikvCmdResponse::Scan(
+                        Ok(TikvResponse::Cmd(TikvCmdResponse::Scan(Box::new(
                             kvrpcpb::ScanResponse {
-                                error: Some(kvrpcpb::KeyError {
+                                error: Some(Box::new(kvrpcpb::KeyError {
                                     locked: Some(lock.clone()),
                                     ..Default::default()
-                                }),
+                                })),
                                 ..Default::default()
                             },
-                        ))),
+                        )))),
                     ));
                 }
                 None

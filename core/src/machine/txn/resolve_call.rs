@@ -351,12 +351,12 @@ impl Operation for KeyCall {
 pub fn resolve_context(request_source: &str, resource_group: &str) -> Option<kvrpcpb::Context> {
     Some(kvrpcpb::Context {
         request_source: request_source.to_owned(),
-        resource_control_context: (!resource_group.is_empty()).then(|| {
-            kvrpcpb::ResourceControlContext {
+        resource_control_context: (!resource_group.is_empty())
+            .then(|| kvrpcpb::ResourceControlContext {
                 resource_group_name: resource_group.to_owned(),
                 ..Default::default()
-            }
-        }),
+            })
+            .map(Box::new),
         max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
         ..Default::default()
     })
@@ -393,20 +393,22 @@ impl BatchKind for ResolveKeysKind {
     }
 
     fn request(&self, items: &[Key]) -> TikvRequest {
-        TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
-            context: self.context.clone(),
-            start_version: self.start_version,
-            commit_version: self.commit_version,
-            keys: items.to_vec(),
-            is_txn_file: self.is_txn_file,
-            ..Default::default()
-        }))
+        TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+            kvrpcpb::ResolveLockRequest {
+                context: self.context.clone(),
+                start_version: self.start_version,
+                commit_version: self.commit_version,
+                keys: items.to_vec(),
+                is_txn_file: self.is_txn_file,
+                ..Default::default()
+            },
+        )))
     }
 
     fn absorb(&mut self, _items: &[Key], response: TikvResponse) -> Result<(), Error> {
         match response {
             TikvResponse::Cmd(TikvCmdResponse::ResolveLock(r)) => match r.error {
-                Some(e) => Err(key_error(e)),
+                Some(e) => Err(key_error(*e)),
                 None => Ok(()),
             },
             other => Err(unexpected("ResolveLock", other)),
@@ -526,13 +528,13 @@ impl BatchKind for CheckSecondariesKind {
     }
 
     fn request(&self, items: &[Key]) -> TikvRequest {
-        TikvRequest::Cmd(TikvCmd::CheckSecondaryLocks(
+        TikvRequest::Cmd(TikvCmd::CheckSecondaryLocks(Box::new(
             kvrpcpb::CheckSecondaryLocksRequest {
                 context: self.context.clone(),
                 keys: items.to_vec(),
                 start_version: self.start_ts,
             },
-        ))
+        )))
     }
 
     fn absorb(&mut self, items: &[Key], response: TikvResponse) -> Result<(), Error> {
@@ -541,7 +543,7 @@ impl BatchKind for CheckSecondariesKind {
             other => return Err(unexpected("CheckSecondaryLocks", other)),
         };
         if let Some(e) = r.error {
-            return Err(key_error(e));
+            return Err(key_error(*e));
         }
         #[allow(unused_mut)]
         let mut expected = items.len();

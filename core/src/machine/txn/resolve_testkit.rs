@@ -106,39 +106,43 @@ pub(crate) fn txn_region_err(req: &TikvRequest, err: errorpb::Error) -> TikvResp
     use TikvCmdResponse as R;
     let e = Some(err);
     TikvResponse::Cmd(match req {
-        TikvRequest::Cmd(TikvCmd::Get(_)) => R::Get(kvrpcpb::GetResponse {
-            region_error: e,
+        TikvRequest::Cmd(TikvCmd::Get(_)) => R::Get(Box::new(kvrpcpb::GetResponse {
+            region_error: e.map(Box::new),
             ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::BatchGet(_)) => R::BatchGet(kvrpcpb::BatchGetResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::Scan(_)) => R::Scan(kvrpcpb::ScanResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::CheckTxnStatus(_)) => {
-            R::CheckTxnStatus(kvrpcpb::CheckTxnStatusResponse {
-                region_error: e,
+        })),
+        TikvRequest::Cmd(TikvCmd::BatchGet(_)) => {
+            R::BatchGet(Box::new(kvrpcpb::BatchGetResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            })
+            }))
+        }
+        TikvRequest::Cmd(TikvCmd::Scan(_)) => R::Scan(Box::new(kvrpcpb::ScanResponse {
+            region_error: e.map(Box::new),
+            ..Default::default()
+        })),
+        TikvRequest::Cmd(TikvCmd::CheckTxnStatus(_)) => {
+            R::CheckTxnStatus(Box::new(kvrpcpb::CheckTxnStatusResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
         }
         TikvRequest::Cmd(TikvCmd::CheckSecondaryLocks(_)) => {
-            R::CheckSecondaryLocks(kvrpcpb::CheckSecondaryLocksResponse {
-                region_error: e,
+            R::CheckSecondaryLocks(Box::new(kvrpcpb::CheckSecondaryLocksResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            })
+            }))
         }
-        TikvRequest::Cmd(TikvCmd::ResolveLock(_)) => R::ResolveLock(kvrpcpb::ResolveLockResponse {
-            region_error: e,
-            ..Default::default()
-        }),
-        TikvRequest::Cmd(TikvCmd::PessimisticRollback(_)) => {
-            R::PessimisticRollback(kvrpcpb::PessimisticRollbackResponse {
-                region_error: e,
+        TikvRequest::Cmd(TikvCmd::ResolveLock(_)) => {
+            R::ResolveLock(Box::new(kvrpcpb::ResolveLockResponse {
+                region_error: e.map(Box::new),
                 ..Default::default()
-            })
+            }))
+        }
+        TikvRequest::Cmd(TikvCmd::PessimisticRollback(_)) => {
+            R::PessimisticRollback(Box::new(kvrpcpb::PessimisticRollbackResponse {
+                region_error: e.map(Box::new),
+                ..Default::default()
+            }))
         }
         other => panic!("no region-error reply for {other:?}"),
     })
@@ -302,12 +306,12 @@ impl FakeTxnKv {
             let op = kvrpcpb::Op::try_from(l.info.lock_type).unwrap_or(kvrpcpb::Op::Put);
             let pessimistic = op == kvrpcpb::Op::PessimisticLock;
             if r.verify_is_primary && l.info.primary_lock != pk {
-                resp.error = Some(kvrpcpb::KeyError {
+                resp.error = Some(Box::new(kvrpcpb::KeyError {
                     primary_mismatch: Some(kvrpcpb::PrimaryMismatch {
                         lock_info: Some(l.info.clone()),
                     }),
                     ..Default::default()
-                });
+                }));
                 return resp;
             }
             if l.info.use_async_commit && !r.force_sync_commit {
@@ -354,13 +358,13 @@ impl FakeTxnKv {
                 }
             }
             None => {
-                resp.error = Some(kvrpcpb::KeyError {
+                resp.error = Some(Box::new(kvrpcpb::KeyError {
                     txn_not_found: Some(kvrpcpb::TxnNotFound {
                         start_ts: r.lock_ts,
                         primary_key: pk,
                     }),
                     ..Default::default()
-                })
+                }))
             }
         }
         resp
@@ -474,9 +478,9 @@ impl FakeTxnKv {
                         resp.commit_ts = if g.need_commit_ts { c } else { 0 };
                     }
                     Ok(None) => resp.not_found = true,
-                    Err(l) => resp.error = Some(locked_err(&l)),
+                    Err(l) => resp.error = Some(Box::new(locked_err(&l))),
                 }
-                TikvResponse::Cmd(R::Get(resp))
+                TikvResponse::Cmd(R::Get(Box::new(resp)))
             }
             TikvCmd::BatchGet(g) => {
                 if !g.keys.iter().all(|key| in_region(&r, key)) {
@@ -494,16 +498,16 @@ impl FakeTxnKv {
                         }),
                         Ok(None) => {}
                         Err(l) => pairs.push(kvrpcpb::KvPair {
-                            error: Some(locked_err(&l)),
+                            error: Some(Box::new(locked_err(&l))),
                             key: key.clone(),
                             ..Default::default()
                         }),
                     }
                 }
-                TikvResponse::Cmd(R::BatchGet(kvrpcpb::BatchGetResponse {
+                TikvResponse::Cmd(R::BatchGet(Box::new(kvrpcpb::BatchGetResponse {
                     pairs,
                     ..Default::default()
-                }))
+                })))
             }
             TikvCmd::Scan(s) => {
                 self.served.push((
@@ -554,16 +558,16 @@ impl FakeTxnKv {
                         }),
                         Ok(None) => {}
                         Err(l) => pairs.push(kvrpcpb::KvPair {
-                            error: Some(locked_err(&l)),
+                            error: Some(Box::new(locked_err(&l))),
                             key,
                             ..Default::default()
                         }),
                     }
                 }
-                TikvResponse::Cmd(R::Scan(kvrpcpb::ScanResponse {
+                TikvResponse::Cmd(R::Scan(Box::new(kvrpcpb::ScanResponse {
                     pairs,
                     ..Default::default()
-                }))
+                })))
             }
             TikvCmd::CheckTxnStatus(c) => {
                 if !in_region(&r, &c.primary_key) {
@@ -581,14 +585,16 @@ impl FakeTxnKv {
                         c.force_sync_commit
                     ),
                 ));
-                TikvResponse::Cmd(R::CheckTxnStatus(self.check_txn_status(c)))
+                TikvResponse::Cmd(R::CheckTxnStatus(Box::new(self.check_txn_status(c))))
             }
             TikvCmd::CheckSecondaryLocks(c) => {
                 if !c.keys.iter().all(|key| in_region(&r, key)) {
                     return not_in_region();
                 }
                 self.served.push((store, name, c.keys.len().to_string()));
-                TikvResponse::Cmd(R::CheckSecondaryLocks(self.check_secondary_locks(c)))
+                TikvResponse::Cmd(R::CheckSecondaryLocks(Box::new(
+                    self.check_secondary_locks(c),
+                )))
             }
             TikvCmd::ResolveLock(rl) => {
                 if !rl.keys.iter().all(|key| in_region(&r, key)) {

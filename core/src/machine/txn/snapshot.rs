@@ -261,12 +261,12 @@ impl SnapshotOptions {
             task_id: self.task_id,
             resource_group_tag: self.resource_group_tag.clone(),
             request_source: self.request_source.clone(),
-            resource_control_context: (!self.resource_group.is_empty()).then(|| {
-                kvrpcpb::ResourceControlContext {
+            resource_control_context: (!self.resource_group.is_empty())
+                .then(|| kvrpcpb::ResourceControlContext {
                     resource_group_name: self.resource_group.clone(),
                     ..Default::default()
-                }
-            }),
+                })
+                .map(Box::new),
             resolved_locks: locks.resolved.iter().copied().collect(),
             committed_locks: locks.committed.iter().copied().collect(),
             ..Default::default()
@@ -429,12 +429,12 @@ impl SnapshotGet {
     }
 
     fn send(&mut self, now: Instant, shared: &mut Shared) {
-        let req = TikvRequest::Cmd(TikvCmd::Get(kvrpcpb::GetRequest {
+        let req = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(self.opts.context(&self.locks)),
             key: self.key.clone(),
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,
-        }));
+        })));
         let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
         let mut op = KeyCall::new(
             self.key.clone(),
@@ -498,7 +498,7 @@ impl SnapshotGet {
             }
         };
         if let Some(e) = resp.error {
-            let info = match extract_lock(e) {
+            let info = match extract_lock(*e) {
                 Ok(info) => info,
                 Err(e) => return self.finish(Err(e)),
             };
@@ -749,12 +749,12 @@ impl SnapshotBatchGet {
         now: Instant,
         shared: &mut Shared,
     ) {
-        let req = TikvRequest::Cmd(TikvCmd::BatchGet(kvrpcpb::BatchGetRequest {
+        let req = TikvRequest::Cmd(TikvCmd::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
             context: Some(self.opts.context(&self.locks)),
             keys: keys.clone(),
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,
-        }));
+        })));
         let mut opts = self.opts.request.clone();
         if opts.timeout.is_none() {
             opts.timeout = Some(self.timeout);
@@ -922,14 +922,14 @@ impl SnapshotBatchGet {
         let mut locks: Vec<kvrpcpb::LockInfo> = Vec::new();
         let response_level = r.error.is_some();
         if let Some(e) = r.error {
-            match extract_lock(e) {
+            match extract_lock(*e) {
                 Ok(info) => locks.push(info),
                 Err(e) => return self.fail(e),
             }
         } else {
             for pair in r.pairs {
                 if let Some(e) = pair.error {
-                    match extract_lock(e) {
+                    match extract_lock(*e) {
                         Ok(info) => locks.push(info),
                         Err(e) => return self.fail(e),
                     }

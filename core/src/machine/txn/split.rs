@@ -126,11 +126,11 @@ impl SplitRegions {
         let id = shared.next_io_id();
         self.actions.push_back(Action::Pd {
             id,
-            request: PdRequest::ScatterRegion(pdpb::ScatterRegionRequest {
+            request: PdRequest::ScatterRegion(Box::new(pdpb::ScatterRegionRequest {
                 region_id: region,
                 regions_id: vec![region],
                 ..Default::default()
-            }),
+            })),
         });
         self.scatter_call = Some((id, region));
     }
@@ -204,10 +204,10 @@ impl SplitRegions {
         now: Instant,
         shared: &mut Shared,
     ) {
-        let req = TikvRequest::SplitRegion(kvrpcpb::SplitRegionRequest {
+        let req = TikvRequest::SplitRegion(Box::new(kvrpcpb::SplitRegionRequest {
             split_keys: keys.clone(),
             ..Default::default()
-        });
+        }));
         let op = RegionRequest::new(region, req, RequestOptions::default(), bo);
         self.spawn(Task::Send(keys, op), now, shared);
     }
@@ -461,10 +461,10 @@ impl WaitScatterRegion {
         let id = shared.next_io_id();
         self.actions.push_back(Action::Pd {
             id,
-            request: PdRequest::GetOperator(pdpb::GetOperatorRequest {
+            request: PdRequest::GetOperator(Box::new(pdpb::GetOperatorRequest {
                 header: None,
                 region_id: self.region_id,
-            }),
+            })),
         });
         self.pending = Some(id);
         self.polls += 1;
