@@ -67,18 +67,18 @@ struct Harness {
 }
 
 fn cmd(id: u64) -> TikvCmd {
-    TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+    TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
         key: Bytes::copy_from_slice(&id.to_be_bytes()),
         ..Default::default()
-    })
+    }))
 }
 
 fn reply(id: u64) -> tikvpb::batch_commands_response::Response {
     tikvpb::batch_commands_response::Response {
-        cmd: Some(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
+        cmd: Some(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
             value: Bytes::copy_from_slice(&id.to_be_bytes()),
             ..Default::default()
-        })),
+        }))),
     }
 }
 

@@ -112,22 +112,22 @@ fn tikv_responses(data: &[u8], codecs: &[ApiCodec]) {
         check_tikv_response(TikvResponse::Cmd(cmd), codecs);
     }
     if let Ok(r) = kvrpcpb::SplitRegionResponse::decode(data) {
-        check_tikv_response(TikvResponse::SplitRegion(r), codecs);
+        check_tikv_response(TikvResponse::SplitRegion(Box::new(r)), codecs);
     }
     if let Ok(r) = kvrpcpb::UnsafeDestroyRangeResponse::decode(data) {
-        check_tikv_response(TikvResponse::UnsafeDestroyRange(r), codecs);
+        check_tikv_response(TikvResponse::UnsafeDestroyRange(Box::new(r)), codecs);
     }
     if let Ok(r) = kvrpcpb::StoreSafeTsResponse::decode(data) {
-        check_tikv_response(TikvResponse::StoreSafeTs(r), codecs);
+        check_tikv_response(TikvResponse::StoreSafeTs(Box::new(r)), codecs);
     }
     if let Ok(r) = kvrpcpb::RawGetKeyTtlResponse::decode(data) {
-        check_tikv_response(TikvResponse::RawGetKeyTtl(r), codecs);
+        check_tikv_response(TikvResponse::RawGetKeyTtl(Box::new(r)), codecs);
     }
     if let Ok(r) = kvrpcpb::RawCasResponse::decode(data) {
-        check_tikv_response(TikvResponse::RawCas(r), codecs);
+        check_tikv_response(TikvResponse::RawCas(Box::new(r)), codecs);
     }
     if let Ok(r) = kvrpcpb::RawChecksumResponse::decode(data) {
-        check_tikv_response(TikvResponse::RawChecksum(r), codecs);
+        check_tikv_response(TikvResponse::RawChecksum(Box::new(r)), codecs);
     }
 }
 

@@ -87,18 +87,18 @@ fn request(kind: Kind) -> TikvRequest {
     let ctx = Some(kvrpcpb::Context::default());
     let key = Bytes::from_static(b"k");
     TikvRequest::Cmd(match kind {
-        Kind::Get => TikvCmd::Get(kvrpcpb::GetRequest {
+        Kind::Get => TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
             context: ctx,
             key,
             version: 10,
             ..Default::default()
-        }),
-        Kind::RawGet => TikvCmd::RawGet(kvrpcpb::RawGetRequest {
+        })),
+        Kind::RawGet => TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             context: ctx,
             key,
             ..Default::default()
-        }),
-        Kind::Prewrite => TikvCmd::Prewrite(kvrpcpb::PrewriteRequest {
+        })),
+        Kind::Prewrite => TikvCmd::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
             context: ctx,
             primary_lock: key.clone(),
             start_version: 10,
@@ -109,24 +109,24 @@ fn request(kind: Kind) -> TikvRequest {
                 ..Default::default()
             }],
             ..Default::default()
-        }),
+        })),
     })
 }
 
 fn response(kind: Kind, err: Option<errorpb::Error>) -> TikvResponse {
     TikvResponse::Cmd(match kind {
-        Kind::Get => TikvCmdResponse::Get(kvrpcpb::GetResponse {
-            region_error: err,
+        Kind::Get => TikvCmdResponse::Get(Box::new(kvrpcpb::GetResponse {
+            region_error: err.map(Box::new),
             ..Default::default()
-        }),
-        Kind::RawGet => TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
-            region_error: err,
+        })),
+        Kind::RawGet => TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+            region_error: err.map(Box::new),
             ..Default::default()
-        }),
-        Kind::Prewrite => TikvCmdResponse::Prewrite(kvrpcpb::PrewriteResponse {
-            region_error: err,
+        })),
+        Kind::Prewrite => TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+            region_error: err.map(Box::new),
             ..Default::default()
-        }),
+        })),
     })
 }
 
@@ -436,10 +436,10 @@ pub fn region_error(data: &[u8]) {
                 let result = if u.ratio(1u8, 4).unwrap_or(false) {
                     Err(Error::Pd("pd unavailable".into()))
                 } else {
-                    Ok(PdResponse::Store(pdpb::GetStoreResponse {
+                    Ok(PdResponse::Store(Box::new(pdpb::GetStoreResponse {
                         store: Some(store_meta(r.store_id)),
                         ..Default::default()
-                    }))
+                    })))
                 };
                 req.handle_input(now, &mut shared, Input::Pd { id, result });
             }

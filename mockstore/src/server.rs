@@ -519,31 +519,33 @@ fn unsupported_batch(cmd: &BatchReq) -> Option<BatchResp> {
         })
     };
     match cmd {
-        BatchReq::Empty(e) => Some(BatchResp::Empty(tikvpb::BatchCommandsEmptyResponse {
-            test_id: e.test_id,
-        })),
-        BatchReq::Coprocessor(req) => Some(BatchResp::Coprocessor(coprocessor_refusal(req))),
-        BatchReq::Import(_) => Some(BatchResp::Import(kvrpcpb::ImportResponse {
-            region_error: err(),
-            ..Default::default()
-        })),
-        BatchReq::RawCoprocessor(_) => {
-            Some(BatchResp::RawCoprocessor(kvrpcpb::RawCoprocessorResponse {
-                region_error: err(),
-                ..Default::default()
-            }))
+        BatchReq::Empty(e) => Some(BatchResp::Empty(Box::new(
+            tikvpb::BatchCommandsEmptyResponse { test_id: e.test_id },
+        ))),
+        BatchReq::Coprocessor(req) => {
+            Some(BatchResp::Coprocessor(Box::new(coprocessor_refusal(req))))
         }
-        BatchReq::FlashbackToVersion(_) => Some(BatchResp::FlashbackToVersion(
+        BatchReq::Import(_) => Some(BatchResp::Import(Box::new(kvrpcpb::ImportResponse {
+            region_error: err().map(Box::new),
+            ..Default::default()
+        }))),
+        BatchReq::RawCoprocessor(_) => Some(BatchResp::RawCoprocessor(Box::new(
+            kvrpcpb::RawCoprocessorResponse {
+                region_error: err().map(Box::new),
+                ..Default::default()
+            },
+        ))),
+        BatchReq::FlashbackToVersion(_) => Some(BatchResp::FlashbackToVersion(Box::new(
             kvrpcpb::FlashbackToVersionResponse {
-                region_error: err(),
+                region_error: err().map(Box::new),
                 ..Default::default()
             },
-        )),
+        ))),
         BatchReq::PrepareFlashbackToVersion(_) => Some(BatchResp::PrepareFlashbackToVersion(
-            kvrpcpb::PrepareFlashbackToVersionResponse {
-                region_error: err(),
+            Box::new(kvrpcpb::PrepareFlashbackToVersionResponse {
+                region_error: err().map(Box::new),
                 ..Default::default()
-            },
+            }),
         )),
         _ => None,
     }

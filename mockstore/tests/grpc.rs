@@ -192,15 +192,15 @@ async fn unary_and_batch_commands_agree() {
             .into_inner();
         use batch_commands_request::request::Cmd as Q;
         let requests = vec![
-            Q::RawGet(get),
-            Q::RawGet(bad_get),
-            Q::RawScan(scan),
-            Q::Get(txn_get),
-            Q::Coprocessor(cop),
-            Q::Empty(tikvpb::BatchCommandsEmptyRequest {
+            Q::RawGet(Box::new(get)),
+            Q::RawGet(Box::new(bad_get)),
+            Q::RawScan(Box::new(scan)),
+            Q::Get(Box::new(txn_get)),
+            Q::Coprocessor(Box::new(cop)),
+            Q::Empty(Box::new(tikvpb::BatchCommandsEmptyRequest {
                 test_id: 7,
                 delay_time: 0,
-            }),
+            })),
         ];
         let ids: Vec<u64> = vec![10, 11, 12, 13, 15, 14];
         tx.send(tikvpb::BatchCommandsRequest {
@@ -224,14 +224,16 @@ async fn unary_and_batch_commands_agree() {
             }
         }
         use batch_commands_response::response::Cmd as A;
-        assert_eq!(got.remove(&10), Some(A::RawGet(unary_get)));
-        assert_eq!(got.remove(&11), Some(A::RawGet(unary_bad)));
-        assert_eq!(got.remove(&12), Some(A::RawScan(unary_scan)));
-        assert_eq!(got.remove(&13), Some(A::Get(unary_txn_get)));
-        assert_eq!(got.remove(&15), Some(A::Coprocessor(unary_cop)));
+        assert_eq!(got.remove(&10), Some(A::RawGet(Box::new(unary_get))));
+        assert_eq!(got.remove(&11), Some(A::RawGet(Box::new(unary_bad))));
+        assert_eq!(got.remove(&12), Some(A::RawScan(Box::new(unary_scan))));
+        assert_eq!(got.remove(&13), Some(A::Get(Box::new(unary_txn_get))));
+        assert_eq!(got.remove(&15), Some(A::Coprocessor(Box::new(unary_cop))));
         assert_eq!(
             got.remove(&14),
-            Some(A::Empty(tikvpb::BatchCommandsEmptyResponse { test_id: 7 }))
+            Some(A::Empty(Box::new(tikvpb::BatchCommandsEmptyResponse {
+                test_id: 7
+            })))
         );
         assert_eq!(c.batch_sizes(), vec![6]);
         // The first batch response of a stream carries the store's health feedback.
@@ -454,13 +456,18 @@ async fn lock_wait_answered_on_release_over_batch_commands() {
         tx.send(tikvpb::BatchCommandsRequest {
             requests: vec![
                 batch_commands_request::Request {
-                    cmd: Some(Q::PessimisticLock(lock_request(&ctx, b"k", ts(2), 10_000))),
+                    cmd: Some(Q::PessimisticLock(Box::new(lock_request(
+                        &ctx,
+                        b"k",
+                        ts(2),
+                        10_000,
+                    )))),
                 },
                 batch_commands_request::Request {
-                    cmd: Some(Q::Empty(tikvpb::BatchCommandsEmptyRequest {
+                    cmd: Some(Q::Empty(Box::new(tikvpb::BatchCommandsEmptyRequest {
                         test_id: 1,
                         delay_time: 0,
-                    })),
+                    }))),
                 },
             ],
             request_ids: vec![1, 2],
@@ -544,13 +551,13 @@ async fn dropped_reply_in_batch_commands() {
         tx.send(tikvpb::BatchCommandsRequest {
             requests: vec![
                 batch_commands_request::Request {
-                    cmd: Some(Q::RawPut(put)),
+                    cmd: Some(Q::RawPut(Box::new(put))),
                 },
                 batch_commands_request::Request {
-                    cmd: Some(Q::Empty(tikvpb::BatchCommandsEmptyRequest {
+                    cmd: Some(Q::Empty(Box::new(tikvpb::BatchCommandsEmptyRequest {
                         test_id: 9,
                         delay_time: 0,
-                    })),
+                    }))),
                 },
             ],
             request_ids: vec![1, 2],

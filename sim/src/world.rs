@@ -757,31 +757,41 @@ impl World {
         let now_ms = self.now_ms();
         let c = &mut self.cluster;
         let result = match request {
-            PdRequest::GetRegion(r) => Ok(PdResponse::Region(c.pd_get_region(&r))),
-            PdRequest::GetPrevRegion(r) => Ok(PdResponse::Region(c.pd_get_prev_region(&r))),
-            PdRequest::GetRegionById(r) => Ok(PdResponse::Region(c.pd_get_region_by_id(&r))),
-            PdRequest::ScanRegions(r) => Ok(PdResponse::ScanRegions(c.pd_scan_regions(&r))),
-            PdRequest::BatchScanRegions(r) => {
-                Ok(PdResponse::BatchScanRegions(c.pd_batch_scan_regions(&r)))
+            PdRequest::GetRegion(r) => Ok(PdResponse::Region(Box::new(c.pd_get_region(&r)))),
+            PdRequest::GetPrevRegion(r) => {
+                Ok(PdResponse::Region(Box::new(c.pd_get_prev_region(&r))))
             }
-            PdRequest::GetStore(r) => Ok(PdResponse::Store(c.pd_get_store(&r))),
-            PdRequest::GetAllStores(_) => Ok(PdResponse::AllStores(c.pd_get_all_stores())),
-            PdRequest::AdvanceTxnSafePoint(r) => Ok(PdResponse::AdvanceTxnSafePoint(
+            PdRequest::GetRegionById(r) => {
+                Ok(PdResponse::Region(Box::new(c.pd_get_region_by_id(&r))))
+            }
+            PdRequest::ScanRegions(r) => {
+                Ok(PdResponse::ScanRegions(Box::new(c.pd_scan_regions(&r))))
+            }
+            PdRequest::BatchScanRegions(r) => Ok(PdResponse::BatchScanRegions(Box::new(
+                c.pd_batch_scan_regions(&r),
+            ))),
+            PdRequest::GetStore(r) => Ok(PdResponse::Store(Box::new(c.pd_get_store(&r)))),
+            PdRequest::GetAllStores(_) => {
+                Ok(PdResponse::AllStores(Box::new(c.pd_get_all_stores())))
+            }
+            PdRequest::AdvanceTxnSafePoint(r) => Ok(PdResponse::AdvanceTxnSafePoint(Box::new(
                 c.pd_advance_txn_safe_point(now_ms, &r),
-            )),
-            PdRequest::AdvanceGcSafePoint(r) => Ok(PdResponse::AdvanceGcSafePoint(
+            ))),
+            PdRequest::AdvanceGcSafePoint(r) => Ok(PdResponse::AdvanceGcSafePoint(Box::new(
                 c.pd_advance_gc_safe_point(&r),
-            )),
-            PdRequest::UpdateGcSafePoint(r) => {
-                Ok(PdResponse::UpdateGcSafePoint(c.pd_update_gc_safe_point(&r)))
-            }
-            PdRequest::GetGcState(r) => Ok(PdResponse::GetGcState(c.pd_get_gc_state(now_ms, &r))),
-            PdRequest::SetGcBarrier(r) => {
-                Ok(PdResponse::SetGcBarrier(c.pd_set_gc_barrier(now_ms, &r)))
-            }
-            PdRequest::DeleteGcBarrier(r) => {
-                Ok(PdResponse::DeleteGcBarrier(c.pd_delete_gc_barrier(&r)))
-            }
+            ))),
+            PdRequest::UpdateGcSafePoint(r) => Ok(PdResponse::UpdateGcSafePoint(Box::new(
+                c.pd_update_gc_safe_point(&r),
+            ))),
+            PdRequest::GetGcState(r) => Ok(PdResponse::GetGcState(Box::new(
+                c.pd_get_gc_state(now_ms, &r),
+            ))),
+            PdRequest::SetGcBarrier(r) => Ok(PdResponse::SetGcBarrier(Box::new(
+                c.pd_set_gc_barrier(now_ms, &r),
+            ))),
+            PdRequest::DeleteGcBarrier(r) => Ok(PdResponse::DeleteGcBarrier(Box::new(
+                c.pd_delete_gc_barrier(&r),
+            ))),
             other => Err(Error::Pd(format!(
                 "the simulated PD does not serve {other:?}"
             ))),
@@ -869,11 +879,11 @@ fn to_mock_request(request: TikvRequest) -> Option<tikv_mockstore::TikvRequest> 
     use tikv_mockstore::TikvRequest as M;
     match request {
         TikvRequest::Cmd(cmd) => M::from_batch(cmd),
-        TikvRequest::SplitRegion(r) => Some(M::SplitRegion(r)),
-        TikvRequest::UnsafeDestroyRange(r) => Some(M::UnsafeDestroyRange(r)),
-        TikvRequest::RawGetKeyTtl(r) => Some(M::RawGetKeyTtl(r)),
-        TikvRequest::RawCas(r) => Some(M::RawCompareAndSwap(r)),
-        TikvRequest::RawChecksum(r) => Some(M::RawChecksum(r)),
+        TikvRequest::SplitRegion(r) => Some(M::SplitRegion(*r)),
+        TikvRequest::UnsafeDestroyRange(r) => Some(M::UnsafeDestroyRange(*r)),
+        TikvRequest::RawGetKeyTtl(r) => Some(M::RawGetKeyTtl(*r)),
+        TikvRequest::RawCas(r) => Some(M::RawCompareAndSwap(*r)),
+        TikvRequest::RawChecksum(r) => Some(M::RawChecksum(*r)),
         _ => None,
     }
 }
@@ -882,11 +892,11 @@ fn to_mock_request(request: TikvRequest) -> Option<tikv_mockstore::TikvRequest> 
 fn from_mock_response(response: tikv_mockstore::TikvResponse) -> Option<TikvResponse> {
     use tikv_mockstore::TikvResponse as M;
     Some(match response {
-        M::SplitRegion(r) => TikvResponse::SplitRegion(r),
-        M::UnsafeDestroyRange(r) => TikvResponse::UnsafeDestroyRange(r),
-        M::RawGetKeyTtl(r) => TikvResponse::RawGetKeyTtl(r),
-        M::RawCompareAndSwap(r) => TikvResponse::RawCas(r),
-        M::RawChecksum(r) => TikvResponse::RawChecksum(r),
+        M::SplitRegion(r) => TikvResponse::SplitRegion(Box::new(r)),
+        M::UnsafeDestroyRange(r) => TikvResponse::UnsafeDestroyRange(Box::new(r)),
+        M::RawGetKeyTtl(r) => TikvResponse::RawGetKeyTtl(Box::new(r)),
+        M::RawCompareAndSwap(r) => TikvResponse::RawCas(Box::new(r)),
+        M::RawChecksum(r) => TikvResponse::RawChecksum(Box::new(r)),
         other => TikvResponse::Cmd(other.into_batch()?),
     })
 }

@@ -133,10 +133,10 @@ async fn fetch_health_feedback<R: Runtime>(
 /// Mirrors client-go `Store.reResolve` as called by `checkAndResolve` and by the health-check
 /// loop of an unreachable store.
 async fn reresolve_store<R: Runtime>(inner: &Inner<R>, store_id: u64) -> bool {
-    let request = PdRequest::GetStore(pdpb::GetStoreRequest {
+    let request = PdRequest::GetStore(Box::new(pdpb::GetStoreRequest {
         store_id,
         ..Default::default()
-    });
+    }));
     let answer = inner.pd.call(request).await;
     let mut shared = lock(&inner.shared);
     let now = inner.rt.now();
@@ -164,10 +164,10 @@ pub const STORE_LIST_INTERVAL: Duration = Duration::from_secs(10);
 /// known ones refreshed). Mirrors client-go `storeCacheUpdater.tick` /
 /// `insertMissingStores`.
 async fn refresh_store_list<R: Runtime>(inner: &Inner<R>) -> bool {
-    let request = PdRequest::GetAllStores(pdpb::GetAllStoresRequest {
+    let request = PdRequest::GetAllStores(Box::new(pdpb::GetAllStoresRequest {
         exclude_tombstone_stores: true,
         ..Default::default()
-    });
+    }));
     match inner.pd.call(request).await {
         Ok(PdResponse::AllStores(resp)) => {
             if resp

@@ -285,14 +285,16 @@ impl AsyncResolve {
                 .unwrap_or_else(|| Backoffer::new(ASYNC_RESOLVE_LOCK_MAX_BACKOFF_MS));
             match task {
                 ReadResolveTask::Region { lock, commit_ts } => {
-                    let req = TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
-                        context: self.context.clone(),
-                        start_version: lock.txn_id,
-                        commit_version: commit_ts,
-                        is_async: self.tikv_side_async,
-                        is_txn_file: lock.is_txn_file,
-                        ..Default::default()
-                    }));
+                    let req = TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+                        kvrpcpb::ResolveLockRequest {
+                            context: self.context.clone(),
+                            start_version: lock.txn_id,
+                            commit_version: commit_ts,
+                            is_async: self.tikv_side_async,
+                            is_txn_file: lock.is_txn_file,
+                            ..Default::default()
+                        },
+                    )));
                     let mut op = KeyCall::new(
                         lock.key,
                         false,
@@ -335,7 +337,7 @@ impl AsyncResolve {
                         Some(l) => match l.response {
                             TikvResponse::Cmd(TikvCmdResponse::ResolveLock(resp)) => {
                                 match resp.error {
-                                    Some(e) => Err(super::resolve_call::key_error(e)),
+                                    Some(e) => Err(super::resolve_call::key_error(*e)),
                                     None => Ok(()),
                                 }
                             }

@@ -1626,12 +1626,12 @@ fn range_task_locates_one_task_of_regions_at_a_time() {
                 ..Default::default()
             })
             .collect();
-        Some(Ok(PdResponse::BatchScanRegions(
+        Some(Ok(PdResponse::BatchScanRegions(Box::new(
             pdpb::BatchScanRegionsResponse {
                 regions: out,
                 ..Default::default()
             },
-        )))
+        ))))
     }));
     let mut op = delete_range(Bytes::new(), Bytes::new(), 1, false).with_regions_per_task(3);
     let stat = w.run(&mut op).unwrap();

@@ -178,13 +178,13 @@ impl LocateBatch {
             let id = shared.next_io_id();
             self.actions.push_back(Action::Pd {
                 id,
-                request: PdRequest::BatchScanRegions(pdpb::BatchScanRegionsRequest {
+                request: PdRequest::BatchScanRegions(Box::new(pdpb::BatchScanRegionsRequest {
                     header: None,
                     need_buckets: false,
                     ranges: vec![pdpb::KeyRange { start_key, end_key }],
                     limit: i32::try_from(self.limit - self.found.len()).unwrap_or(i32::MAX),
                     contain_all_key_range: false,
-                }),
+                })),
             });
             self.scan = Some(id);
             return;

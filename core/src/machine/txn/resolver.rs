@@ -576,18 +576,20 @@ impl Engine {
         } else {
             self.opts.caller_start_ts
         };
-        let req = TikvRequest::Cmd(TikvCmd::CheckTxnStatus(kvrpcpb::CheckTxnStatusRequest {
-            context: self.context(),
-            primary_key: lock.primary.clone(),
-            lock_ts: lock.txn_id,
-            caller_start_ts,
-            current_ts,
-            rollback_if_not_exist,
-            force_sync_commit: force_sync,
-            resolving_pessimistic_lock: lock.is_pessimistic(),
-            verify_is_primary: true,
-            is_txn_file: lock.is_txn_file,
-        }));
+        let req = TikvRequest::Cmd(TikvCmd::CheckTxnStatus(Box::new(
+            kvrpcpb::CheckTxnStatusRequest {
+                context: self.context(),
+                primary_key: lock.primary.clone(),
+                lock_ts: lock.txn_id,
+                caller_start_ts,
+                current_ts,
+                rollback_if_not_exist,
+                force_sync_commit: force_sync,
+                resolving_pessimistic_lock: lock.is_pessimistic(),
+                verify_is_primary: true,
+                is_txn_file: lock.is_txn_file,
+            },
+        )));
         tracing::debug!(
             txn = lock.txn_id,
             caller_start_ts,
@@ -644,7 +646,7 @@ impl Engine {
                 return self.after_status(TxnStatus::default(), force_sync);
             }
             let _ = rollback_if_not_exist;
-            return self.fail(key_error(e));
+            return self.fail(key_error(*e));
         }
         let status = TxnStatus::from_response(&resp);
         if status.is_determined() {
@@ -958,7 +960,7 @@ impl Engine {
         } else {
             lock.lock_for_update_ts
         };
-        let req = TikvRequest::Cmd(TikvCmd::PessimisticRollback(
+        let req = TikvRequest::Cmd(TikvCmd::PessimisticRollback(Box::new(
             kvrpcpb::PessimisticRollbackRequest {
                 context: self.context(),
                 start_version: lock.txn_id,
@@ -969,7 +971,7 @@ impl Engine {
                     vec![lock.key.clone()]
                 },
             },
-        ));
+        )));
         let skip = if region_wide {
             self.pessimistic_clean
                 .get(&lock.txn_id)
@@ -1016,17 +1018,19 @@ impl Engine {
             self.phase = Phase::Classify { status };
             return;
         }
-        let req = TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
-            context: self.context(),
-            start_version: lock.txn_id,
-            commit_version: if status.is_committed() {
-                status.commit_ts
-            } else {
-                0
+        let req = TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+            kvrpcpb::ResolveLockRequest {
+                context: self.context(),
+                start_version: lock.txn_id,
+                commit_version: if status.is_committed() {
+                    status.commit_ts
+                } else {
+                    0
+                },
+                is_txn_file: lock.is_txn_file,
+                ..Default::default()
             },
-            is_txn_file: lock.is_txn_file,
-            ..Default::default()
-        }));
+        )));
         let skip = self
             .clean_txns
             .get(&lock.txn_id)
@@ -1062,18 +1066,20 @@ impl Engine {
             return;
         }
         if txn.keys.len() == 1 {
-            let req = TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
-                context: self.context(),
-                start_version: txn.first.txn_id,
-                commit_version: if txn.status.is_committed() {
-                    txn.status.commit_ts
-                } else {
-                    0
+            let req = TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+                kvrpcpb::ResolveLockRequest {
+                    context: self.context(),
+                    start_version: txn.first.txn_id,
+                    commit_version: if txn.status.is_committed() {
+                        txn.status.commit_ts
+                    } else {
+                        0
+                    },
+                    keys: txn.keys.clone(),
+                    is_txn_file: txn.first.is_txn_file,
+                    ..Default::default()
                 },
-                keys: txn.keys.clone(),
-                is_txn_file: txn.first.is_txn_file,
-                ..Default::default()
-            }));
+            )));
             return self.call(
                 CallKind::LiteOne,
                 txn.first.key.clone(),
@@ -1161,11 +1167,13 @@ impl Engine {
             self.result = Some(Ok(EngineOut::Gc(true)));
             return;
         }
-        let req = TikvRequest::Cmd(TikvCmd::ResolveLock(kvrpcpb::ResolveLockRequest {
-            context: self.context(),
-            txn_infos: txn_infos.clone(),
-            ..Default::default()
-        }));
+        let req = TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+            kvrpcpb::ResolveLockRequest {
+                context: self.context(),
+                txn_infos: txn_infos.clone(),
+                ..Default::default()
+            },
+        )));
         let mut rr = RegionRequest::new(*region, req, RequestOptions::default(), self.take_bo());
         rr.start(now, shared);
         self.phase = Phase::GcSend;
@@ -1177,7 +1185,7 @@ impl Engine {
         match r {
             Ok(RegionOutcome::Response(TikvResponse::Cmd(TikvCmdResponse::ResolveLock(resp)))) => {
                 if let Some(e) = resp.error {
-                    return self.fail(key_error(e));
+                    return self.fail(key_error(*e));
                 }
                 self.phase = Phase::Done;
                 self.result = Some(Ok(EngineOut::Gc(true)));
@@ -1367,7 +1375,7 @@ impl Engine {
                     None => Ok(None),
                     Some(l) => match l.response {
                         TikvResponse::Cmd(TikvCmdResponse::ResolveLock(resp)) => match resp.error {
-                            Some(e) => Err(key_error(e)),
+                            Some(e) => Err(key_error(*e)),
                             None => Ok(Some(l.location.region)),
                         },
                         other => Err(Error::Internal(format!(
@@ -1397,7 +1405,7 @@ impl Engine {
                     None => Ok(()),
                     Some(l) => match l.response {
                         TikvResponse::Cmd(TikvCmdResponse::ResolveLock(resp)) => match resp.error {
-                            Some(e) => Err(key_error(e)),
+                            Some(e) => Err(key_error(*e)),
                             None => Ok(()),
                         },
                         other => Err(Error::Internal(format!(
@@ -1874,7 +1882,7 @@ mod tests {
             .requests
             .iter()
             .filter_map(|r| match r {
-                TikvRequest::Cmd(TikvCmd::ResolveLock(r)) => Some(r.clone()),
+                TikvRequest::Cmd(TikvCmd::ResolveLock(r)) => Some((**r).clone()),
                 _ => None,
             })
             .collect()
