@@ -306,7 +306,7 @@ fn unary_only_requests_use_unary_calls() {
     let server = common::start();
     block_on(async {
         let cluster = connect(Smol::new(), &server).await;
-        let req = TikvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest::default()));
+        let req = TikvRequest::RawGetKeyTtl(Box::default());
         let reply = cluster
             .run(OneRequest::new(
                 &server.addr.to_string(),

@@ -270,7 +270,7 @@ async fn concurrent_requests_share_batches_and_get_their_own_replies() {
 async fn unary_only_requests_use_unary_calls() {
     let (addr, _state) = start().await;
     let cluster = connect(addr).await;
-    let req = TikvRequest::RawGetKeyTtl(Box::new(kvrpcpb::RawGetKeyTtlRequest::default()));
+    let req = TikvRequest::RawGetKeyTtl(Box::default());
     let reply = cluster
         .run(OneRequest::new(
             &addr.to_string(),

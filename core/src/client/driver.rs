@@ -205,7 +205,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
-    use tikv_proto::{kvrpcpb, pdpb};
+    use tikv_proto::kvrpcpb;
 
     /// A timer that fires when polled after its deadline on the fake clock.
     struct FakeSleep {
@@ -271,9 +271,7 @@ mod tests {
                 Action::Pd { id, .. } => Some(Box::pin(async move {
                     Input::Pd {
                         id,
-                        result: Ok(PdResponse::Store(Box::new(
-                            pdpb::GetStoreResponse::default(),
-                        ))),
+                        result: Ok(PdResponse::Store(Box::default())),
                     }
                 })),
                 Action::Tso { id } => Some(Box::pin(async move {

@@ -2,7 +2,7 @@
 //! request and response type.
 
 use bytes::Bytes;
-use tikv_proto::{coprocessor, deadlock, errorpb, keyspacepb, kvrpcpb, metapb, tikvpb};
+use tikv_proto::{coprocessor, deadlock, errorpb, keyspacepb, kvrpcpb, metapb};
 
 use super::memcomparable::encode_bytes;
 use super::*;
@@ -559,10 +559,7 @@ fn v2_encodes_every_transactional_request() {
         assert_eq!(ctx.unwrap().api_version, kvrpcpb::ApiVersion::V2 as i32);
     }
     assert_eq!(
-        enc(
-            &c,
-            TikvCmd::Empty(Box::new(tikvpb::BatchCommandsEmptyRequest::default()))
-        ),
+        enc(&c, TikvCmd::Empty(Box::default())),
         TikvCmd::Empty(Default::default())
     );
 }
@@ -779,9 +776,8 @@ fn v2_encodes_every_raw_request() {
     };
     assert_eq!((r.start_key, r.end_key), (rp("a"), rend.clone()));
 
-    let TikvRequest::StoreSafeTs(r) = c.encode_request(&TikvRequest::StoreSafeTs(Box::new(
-        kvrpcpb::StoreSafeTsRequest::default(),
-    ))) else {
+    let TikvRequest::StoreSafeTs(r) = c.encode_request(&TikvRequest::StoreSafeTs(Box::default()))
+    else {
         panic!()
     };
     let range = r.key_range.unwrap();

@@ -61,6 +61,10 @@ pub type TikvCmdResponse = tikvpb::batch_commands_response::response::Cmd;
 pub struct IoId(pub u64);
 
 /// A request to one TiKV store.
+///
+/// Every arm is a pointer (the `BatchCommands` arms are boxed by the generated code, the unary
+/// ones here), so requests and replies cross the machines and queues of the client in two
+/// words; see `proto/build.rs` for why.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum TikvRequest {
@@ -80,9 +84,6 @@ pub enum TikvRequest {
     RawChecksum(Box<kvrpcpb::RawChecksumRequest>),
 }
 
-// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
-// boxing them would put an allocation on every request, so the size lint is silenced.
-#[allow(clippy::large_enum_variant)]
 /// The reply to a [`TikvRequest`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -140,9 +141,6 @@ pub enum PdRequest {
     GetOperator(Box<pdpb::GetOperatorRequest>),
 }
 
-// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
-// boxing them would put an allocation on every request, so the size lint is silenced.
-#[allow(clippy::large_enum_variant)]
 /// The reply to a [`PdRequest`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -204,9 +202,6 @@ impl Timestamp {
     }
 }
 
-// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
-// boxing them would put an allocation on every request, so the size lint is silenced.
-#[allow(clippy::large_enum_variant)]
 /// Something an operation wants done.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -249,9 +244,6 @@ impl Action {
     }
 }
 
-// The protobuf oneof arms differ a lot in size; they are moved a handful of times per RPC and
-// boxing them would put an allocation on every request, so the size lint is silenced.
-#[allow(clippy::large_enum_variant)]
 /// The completion of an [`Action`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

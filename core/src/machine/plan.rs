@@ -85,8 +85,12 @@ pub struct SingleRegion {
     opts: RequestOptions,
     bo: Option<Backoffer>,
     rng: Rng,
-    locate: Option<LocateKey>,
-    request: Option<(RegionRequest, KeyLocation)>,
+    /// The location step, boxed only while it waits for PD (a cache hit finishes at once and
+    /// never leaves the stack).
+    locate: Option<Box<LocateKey>>,
+    /// The request step; boxed so that the operation, moved into the caller's future, stays
+    /// small.
+    request: Option<Box<(RegionRequest, KeyLocation)>>,
     wake: Option<Instant>,
     actions: VecDeque<Action>,
     result: Option<Result<Located, Error>>,
@@ -138,8 +142,40 @@ impl SingleRegion {
         let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
         op.start(now, shared);
-        self.locate = Some(op);
+        while let Some(a) = op.poll_action() {
+            self.actions.push_back(a);
+        }
+        match op.poll_result() {
+            Some(r) => {
+                let bo = op.into_backoffer();
+                self.send(now, shared, bo, r);
+            }
+            None => self.locate = Some(Box::new(op)),
+        }
         self.drive(now, shared);
+    }
+
+    /// Starts the region request once the key is located (or finishes with the location error).
+    fn send(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        bo: Backoffer,
+        located: Result<KeyLocation, Error>,
+    ) {
+        let loc = match located {
+            Ok(loc) => loc,
+            Err(e) => return self.finish(Err(e)),
+        };
+        let Some(mut req) = self.template.take() else {
+            return self.finish(Err(Error::Internal(
+                "single-region request lost its template".into(),
+            )));
+        };
+        apply_clamp(&mut req, &self.clamp, &loc);
+        let mut rr = RegionRequest::new(loc.region, req, self.opts.clone(), bo);
+        rr.start(now, shared);
+        self.request = Some(Box::new((rr, loc)));
     }
 
     fn drive(&mut self, now: Instant, shared: &mut Shared) {
@@ -153,29 +189,18 @@ impl SingleRegion {
                 };
                 let op = self.locate.take().expect("locate running");
                 let bo = op.into_backoffer();
-                let loc = match r {
-                    Ok(loc) => loc,
-                    Err(e) => return self.finish(Err(e)),
-                };
-                let Some(mut req) = self.template.take() else {
-                    return self.finish(Err(Error::Internal(
-                        "single-region request lost its template".into(),
-                    )));
-                };
-                apply_clamp(&mut req, &self.clamp, &loc);
-                let mut rr = RegionRequest::new(loc.region, req, self.opts.clone(), bo);
-                rr.start(now, shared);
-                self.request = Some((rr, loc));
+                self.send(now, shared, bo, r);
                 continue;
             }
-            if let Some((op, _)) = self.request.as_mut() {
+            if let Some(step) = self.request.as_mut() {
+                let op = &mut step.0;
                 while let Some(a) = op.poll_action() {
                     self.actions.push_back(a);
                 }
                 let Some(r) = op.poll_result() else {
                     return;
                 };
-                let (op, location) = self.request.take().expect("request running");
+                let (op, location) = *self.request.take().expect("request running");
                 let (mut bo, template) = op.into_parts();
                 self.template = Some(template);
                 match r {
@@ -222,8 +247,8 @@ impl Operation for SingleRegion {
         }
         if let Some(op) = self.locate.as_mut() {
             op.handle_input(now, shared, input);
-        } else if let Some((op, _)) = self.request.as_mut() {
-            op.handle_input(now, shared, input);
+        } else if let Some(step) = self.request.as_mut() {
+            step.0.handle_input(now, shared, input);
         }
         self.drive(now, shared);
     }
@@ -238,8 +263,8 @@ impl Operation for SingleRegion {
         }
         if let Some(op) = self.locate.as_mut() {
             op.handle_timeout(now, shared);
-        } else if let Some((op, _)) = self.request.as_mut() {
-            op.handle_timeout(now, shared);
+        } else if let Some(step) = self.request.as_mut() {
+            step.0.handle_timeout(now, shared);
         }
         self.drive(now, shared);
     }
@@ -255,7 +280,7 @@ impl Operation for SingleRegion {
         if let Some(op) = &self.locate {
             return op.poll_timeout();
         }
-        self.request.as_ref().and_then(|(op, _)| op.poll_timeout())
+        self.request.as_ref().and_then(|step| step.0.poll_timeout())
     }
 
     fn poll_result(&mut self) -> Option<Result<Located, Error>> {
@@ -287,7 +312,6 @@ pub trait BatchKind {
     fn finish(&mut self) -> Self::Output;
 }
 
-#[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
 enum Finished {
     Grouped(Result<Vec<KeyGroup>, Error>),
     Sent(Result<RegionOutcome, Error>),
@@ -307,7 +331,6 @@ fn drain_into<O: Operation>(
     }
 }
 
-#[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
 #[derive(Debug)]
 enum Task<I> {
     Group {

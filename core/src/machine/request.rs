@@ -44,7 +44,6 @@ pub struct RequestOptions {
     pub timeout: Option<Duration>,
 }
 
-#[allow(clippy::large_enum_variant)] // protobuf replies are large; see `machine::Input`
 /// What a region request ends with when it does not fail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegionOutcome {
@@ -1451,9 +1450,7 @@ mod tests {
             } else {
                 tikv_reply(
                     a,
-                    Ok(TikvResponse::Cmd(TikvCmdResponse::Get(Box::new(
-                        kvrpcpb::GetResponse::default(),
-                    )))),
+                    Ok(TikvResponse::Cmd(TikvCmdResponse::Get(Box::default()))),
                 )
             }
         });
