@@ -1710,18 +1710,20 @@ fn crowded_region_is_pre_split_before_prewrite() {
     use tikv_proto::pdpb;
     let mut w = World::new(&[]);
     w.pd_hook = Some(Box::new(move |req| match req {
-        PdRequest::ScatterRegion(_) => {
-            Some(Ok(PdResponse::ScatterRegion(pdpb::ScatterRegionResponse {
+        PdRequest::ScatterRegion(_) => Some(Ok(PdResponse::ScatterRegion(Box::new(
+            pdpb::ScatterRegionResponse {
                 finished_percentage: 100,
                 ..Default::default()
-            })))
-        }
-        PdRequest::GetOperator(r) => Some(Ok(PdResponse::GetOperator(pdpb::GetOperatorResponse {
-            region_id: r.region_id,
-            desc: Bytes::from_static(b"scatter-region"),
-            status: pdpb::OperatorStatus::Success as i32,
-            ..Default::default()
-        }))),
+            },
+        )))),
+        PdRequest::GetOperator(r) => Some(Ok(PdResponse::GetOperator(Box::new(
+            pdpb::GetOperatorResponse {
+                region_id: r.region_id,
+                desc: Bytes::from_static(b"scatter-region"),
+                status: pdpb::OperatorStatus::Success as i32,
+                ..Default::default()
+            },
+        )))),
         _ => None,
     }));
     let start = w.ts_now();
@@ -1862,13 +1864,13 @@ fn prewrite_expands_a_shared_lock_wrapper_into_its_holders() {
         if cmd(req) == "prewrite" && first {
             first = false;
             return Some(Answer::Now(Ok(TikvResponse::Cmd(
-                TikvCmdResponse::Prewrite(kvrpcpb::PrewriteResponse {
+                TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
                     errors: vec![kvrpcpb::KeyError {
                         locked: Some(wrapper.clone()),
                         ..Default::default()
                     }],
                     ..Default::default()
-                }),
+                })),
             ))));
         }
         None
