@@ -1296,7 +1296,10 @@ impl MockCluster {
     }
 
     fn stop(&self) {
-        let _ = self.shared.shutdown.send(true);
+        // `send_replace` stores the flag even when no endpoint task has subscribed yet (a
+        // cluster shut down right after start on a loaded machine); `send` would drop it and
+        // the tasks, which read the flag at the top of their loops, would never stop.
+        self.shared.shutdown.send_replace(true);
         self.shared.changed.notify_waiters();
     }
 }

@@ -286,7 +286,7 @@ mod tests {
 
     fn fake(answer_tikv: bool) -> FakeDispatch {
         FakeDispatch {
-            clock: Arc::new(Mutex::new(Instant::now())),
+            clock: Arc::new(Mutex::new(crate::machine::testkit::origin())),
             started: AtomicU32::new(0),
             answer_tikv,
         }

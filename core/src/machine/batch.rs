@@ -914,7 +914,7 @@ mod tests {
 
     /// A connection with a ready stream at epoch 1.
     fn ready(cfg: BatchConfig) -> (Instant, BatchConn<u32>) {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut c = BatchConn::new(t0, "store1:20160".into(), cfg, 7);
         let id = c.submit(t0, get("warmup"), t0 + S30, 0);
         assert_eq!(c.poll_action(), Some(BatchAction::Connect { epoch: 1 }));
@@ -943,7 +943,7 @@ mod tests {
 
     #[test]
     fn first_submit_connects_and_queued_requests_wait_for_the_stream() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut c: BatchConn<u32> = BatchConn::new(t0, "s".into(), basic(), 1);
         assert_eq!(c.state(), ConnState::Idle);
         assert_eq!(c.poll_timeout(), None);
@@ -1294,7 +1294,7 @@ mod tests {
 
     #[test]
     fn first_connect_failure_fails_queued_requests_without_backoff() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut c: BatchConn<u32> = BatchConn::new(t0, "s".into(), basic(), 1);
         let a = c.submit(t0, get("a"), t0 + S30, 1);
         assert_eq!(c.poll_action(), Some(BatchAction::Connect { epoch: 1 }));

@@ -170,7 +170,7 @@ fn exists(kv: &FakeTxnKv, key: &[u8]) -> bool {
 impl World {
     /// Regions split at `splits` over one store.
     pub fn new(splits: &[&str]) -> Self {
-        let base = Instant::now();
+        let base = crate::machine::testkit::origin();
         World {
             shared: Shared::with_codec(7, crate::codec::ApiCodec::v1(crate::codec::KeyMode::Raw)),
             base,

@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn safe_point_check() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut sp = TxnSafePoint::default();
         assert_eq!(sp.check(1, t0), Ok(()), "never loaded: not checked");
         sp.update(t0, 100);
