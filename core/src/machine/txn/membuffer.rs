@@ -14,6 +14,11 @@
 //! of the undo: a cleanup that removes a key's value keeps only the key's persistent flags
 //! (the lock state), and drops the key when none are left.
 //!
+//! Checkpoints ([`MemBuffer::checkpoint`], [`MemBuffer::revert_to_checkpoint`]) mark a
+//! position in the same undo log, so the buffer can be rolled back to any earlier write
+//! position (TiDB's `ROLLBACK TO SAVEPOINT`). Once a checkpoint has been taken, writes outside
+//! stages are logged too, until [`MemBuffer::reset`].
+//!
 //! Limits (key length, entry size, total size, entry count) are checked before a write is
 //! applied, so a refused write leaves the buffer unchanged.
 //!
@@ -140,6 +145,22 @@ pub enum MemBufferError {
         /// Depth of the handle passed in.
         handle_depth: usize,
     },
+    /// The checkpoint no longer names a position of this buffer's write history: the writes
+    /// after it were discarded (by a stage cleanup or a revert to an earlier checkpoint) and
+    /// the history has moved on, the buffer was reset, or it came from another buffer.
+    /// client-go has no check here and silently reverts to the wrong position.
+    #[error("memory buffer checkpoint is stale")]
+    CheckpointStale,
+    /// The checkpoint was taken before the innermost open stage opened; reverting to it
+    /// would cross the stage boundary. Close the stage first (client-go leaves this
+    /// undefined: the stage's own start position is left pointing past the log).
+    #[error(
+        "memory buffer checkpoint precedes the innermost open stage (depth {depth}); close the stage first"
+    )]
+    CheckpointOutsideStage {
+        /// Current number of open stages.
+        depth: usize,
+    },
 }
 
 impl From<MemBufferError> for Error {
@@ -155,7 +176,11 @@ impl From<MemBufferError> for Error {
             },
             // Staging misuse is a caller bug, reported as a bad argument.
             other @ (MemBufferError::StagingNotInnermost { .. }
-            | MemBufferError::StagingNotOpen { .. }) => Error::InvalidArgument(other.to_string()),
+            | MemBufferError::StagingNotOpen { .. }
+            | MemBufferError::CheckpointStale
+            | MemBufferError::CheckpointOutsideStage { .. }) => {
+                Error::InvalidArgument(other.to_string())
+            }
         }
     }
 }
@@ -270,6 +295,21 @@ impl StagingHandle {
     }
 }
 
+/// A position in a [`MemBuffer`]'s write history, from [`MemBuffer::checkpoint`]; pass it to
+/// [`MemBuffer::revert_to_checkpoint`]. Mirrors client-go `MemDBCheckpoint`
+/// (`internal/unionstore/arena/arena.go`), a position in the value log.
+///
+/// Validity rule: a checkpoint stays usable as long as no write it covers has been discarded
+/// since it was taken. Reverting to a checkpoint keeps it and every earlier checkpoint valid
+/// and invalidates the later ones; a stage cleanup invalidates the checkpoints taken inside
+/// the stage after its first logged write; [`MemBuffer::reset`] invalidates all of them.
+/// Releasing a stage keeps checkpoints taken inside it valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Checkpoint {
+    serial: u64,
+    undo_len: usize,
+}
+
 /// One mutation for the committer, built from a buffered key by [`MemBuffer::mutations`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferMutation {
@@ -314,6 +354,12 @@ pub struct MemBuffer {
     stages: Vec<Stage>,
     undo: Vec<Undo>,
     next_serial: u64,
+    /// Serial of the current logging epoch: a key is logged at most once per epoch. A new
+    /// epoch starts at every stage open or close, checkpoint and revert.
+    epoch: u64,
+    /// Live checkpoints as `(serial, undo_len)`, in the order taken (so `undo_len` never
+    /// decreases along the list).
+    marks: Vec<(u64, usize)>,
 }
 
 impl MemBuffer {
@@ -463,7 +509,7 @@ impl MemBuffer {
 
     /// Opens a stage nested in the current one. Mirrors client-go `ART.Staging`.
     pub fn staging(&mut self) -> StagingHandle {
-        self.next_serial += 1;
+        self.new_epoch();
         self.stages.push(Stage {
             serial: self.next_serial,
             undo_start: self.undo.len(),
@@ -491,11 +537,14 @@ impl MemBuffer {
                     serial: 0,
                     undo_start: 0,
                 });
+                self.new_epoch();
                 if self.stages.is_empty() {
                     if self.undo.len() > stage.undo_start {
                         self.dirty = true;
                     }
-                    self.undo.clear();
+                    if self.marks.is_empty() {
+                        self.undo.clear();
+                    }
                 }
                 Ok(())
             }
@@ -516,14 +565,52 @@ impl MemBuffer {
             }),
             Some(_) => {
                 let start = self.stages.pop().map_or(0, |s| s.undo_start);
-                while self.undo.len() > start {
-                    if let Some(u) = self.undo.pop() {
-                        self.revert(u);
-                    }
-                }
+                self.truncate_log(start);
                 Ok(())
             }
         }
+    }
+
+    /// A checkpoint of the current write position. From now on every value write is logged
+    /// (also outside stages), so the buffer can later be rolled back to this position with
+    /// [`MemBuffer::revert_to_checkpoint`]. Mirrors client-go `ART.Checkpoint`
+    /// (`MemBuffer.Checkpoint`).
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        self.new_epoch();
+        let cp = Checkpoint {
+            serial: self.epoch,
+            undo_len: self.undo.len(),
+        };
+        self.marks.push((cp.serial, cp.undo_len));
+        cp
+    }
+
+    /// Rolls the buffer back to `cp`: every value written since the checkpoint is discarded,
+    /// as a stage cleanup would (flag changes stay, except that a key left without a value
+    /// keeps only its persistent flags). `cp` and earlier checkpoints stay valid; later ones
+    /// become stale. Refused with [`MemBufferError::CheckpointStale`] when `cp` is no longer
+    /// valid (see [`Checkpoint`]) and with [`MemBufferError::CheckpointOutsideStage`] when it
+    /// was taken before the innermost open stage opened. Mirrors client-go
+    /// `ART.RevertToCheckpoint` (`MemBuffer.RevertToCheckpoint`).
+    pub fn revert_to_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), MemBufferError> {
+        let live = self
+            .marks
+            .iter()
+            .rev()
+            .any(|&(serial, len)| serial == cp.serial && len == cp.undo_len);
+        if !live || cp.undo_len > self.undo.len() {
+            return Err(MemBufferError::CheckpointStale);
+        }
+        if let Some(stage) = self.stages.last()
+            && cp.undo_len < stage.undo_start
+        {
+            return Err(MemBufferError::CheckpointOutsideStage {
+                depth: self.stages.len(),
+            });
+        }
+        self.truncate_log(cp.undo_len);
+        self.new_epoch();
+        Ok(())
     }
 
     /// The keys whose current value was written since `handle`'s stage opened, with their
@@ -558,6 +645,8 @@ impl MemBuffer {
         self.dirty = false;
         self.stages.clear();
         self.undo.clear();
+        self.marks.clear();
+        self.new_epoch();
     }
 
     /// Buffered puts and tombstones with keys within the bounds, in key order; reverse it
@@ -634,6 +723,25 @@ impl MemBuffer {
         mutations
     }
 
+    /// Starts a new logging epoch (see the `epoch` field).
+    fn new_epoch(&mut self) {
+        self.next_serial += 1;
+        self.epoch = self.next_serial;
+    }
+
+    /// Undoes every logged write past position `to`, newest first, and forgets the
+    /// checkpoints past it. Follows client-go `MemdbVlog.RevertToCheckpoint` + `Truncate`.
+    fn truncate_log(&mut self, to: usize) {
+        while self.undo.len() > to {
+            if let Some(u) = self.undo.pop() {
+                self.revert(u);
+            }
+        }
+        while self.marks.last().is_some_and(|&(_, len)| len > to) {
+            self.marks.pop();
+        }
+    }
+
     fn stage_position(&self, handle: StagingHandle) -> Option<usize> {
         let pos = handle.depth.checked_sub(1)?;
         match self.stages.get(pos) {
@@ -702,10 +810,10 @@ impl MemBuffer {
             });
         }
 
-        let top_stage = self.stages.last().map(|s| s.serial);
-        if top_stage.is_none() {
+        if self.stages.is_empty() {
             self.dirty = true;
         }
+        let log_epoch = (!self.stages.is_empty() || !self.marks.is_empty()).then_some(self.epoch);
         let stored = self.entries.entry(key.clone()).or_default();
         match value {
             Some(v) => {
@@ -714,7 +822,7 @@ impl MemBuffer {
                     .flags
                     .apply(FlagsOp::DelNeedConstraintCheckInPrewrite)
                     .apply_all(ops);
-                if let Some(serial) = top_stage
+                if let Some(serial) = log_epoch
                     && stored.logged_in_stage != serial
                 {
                     self.undo.push(Undo {
@@ -1730,5 +1838,166 @@ mod tests {
         assert_eq!(built[3].value, None, "no value for the kept lock");
         // Without a filter nothing is dropped.
         assert_eq!(buf.build_mutations(true).len(), 7);
+    }
+
+    fn val(buf: &MemBuffer, key: &str) -> Option<Bytes> {
+        buf.get(key.as_bytes())
+            .and_then(|b| b.value().cloned())
+            .filter(|v| !v.is_empty())
+    }
+
+    // client-go `testMemDBCheckpoint`: revert to a later and then an earlier checkpoint,
+    // across a released stage.
+    #[test]
+    fn checkpoint_reverts_to_earlier_positions() {
+        let mut buf = MemBuffer::new();
+        let cp1 = buf.checkpoint();
+        buf.set("x", "x").unwrap();
+        let cp2 = buf.checkpoint();
+        buf.set("y", "y").unwrap();
+        let h = buf.staging();
+        buf.set("z", "z").unwrap();
+        buf.release(h).unwrap();
+        for key in ["x", "y", "z"] {
+            assert_eq!(val(&buf, key).as_deref(), Some(key.as_bytes()));
+        }
+        buf.revert_to_checkpoint(&cp2).unwrap();
+        assert_eq!(val(&buf, "x").as_deref(), Some(&b"x"[..]));
+        assert_eq!(buf.get(b"y"), None);
+        assert_eq!(buf.get(b"z"), None);
+        assert_eq!(buf.len(), 1);
+        assert_eq!(buf.size(), 2);
+        // cp2 is still valid after reverting to it.
+        buf.set("y", "y2").unwrap();
+        buf.revert_to_checkpoint(&cp2).unwrap();
+        assert_eq!(buf.get(b"y"), None);
+        buf.revert_to_checkpoint(&cp1).unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(buf.size(), 0);
+    }
+
+    // Overwrites outside stages restore the value at the checkpoint, with sizes kept right.
+    #[test]
+    fn checkpoint_restores_overwritten_values_and_tombstones() {
+        let mut buf = MemBuffer::new();
+        buf.set("a", "1").unwrap();
+        buf.set("b", "22").unwrap();
+        let cp = buf.checkpoint();
+        buf.set("a", "333").unwrap();
+        buf.set("a", "4").unwrap();
+        buf.delete("b").unwrap();
+        buf.set("c", "5").unwrap();
+        assert_eq!(buf.get(b"b"), Some(BufferedValue::Deleted));
+        buf.revert_to_checkpoint(&cp).unwrap();
+        assert_eq!(val(&buf, "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(val(&buf, "b").as_deref(), Some(&b"22"[..]));
+        assert_eq!(buf.get(b"c"), None);
+        assert_eq!(buf.size(), 2 + 3);
+        assert_eq!(buf.len(), 2);
+    }
+
+    // A key that had no value at the checkpoint keeps only its persistent (lock) flags.
+    #[test]
+    fn checkpoint_revert_keeps_persistent_flags() {
+        let mut buf = MemBuffer::new();
+        let cp = buf.checkpoint();
+        buf.set_with_flags("k", "v", &[FlagsOp::SetKeyLocked])
+            .unwrap();
+        buf.revert_to_checkpoint(&cp).unwrap();
+        assert_eq!(buf.get(b"k"), None);
+        assert!(buf.get_flags(b"k").is_some_and(|f| f.has_persistent()));
+    }
+
+    // Later checkpoints go stale when an earlier one is reverted to; a reset makes every
+    // checkpoint stale; a checkpoint from another buffer is refused.
+    #[test]
+    fn stale_checkpoints_are_refused() {
+        let mut buf = MemBuffer::new();
+        let cp1 = buf.checkpoint();
+        buf.set("a", "1").unwrap();
+        let cp2 = buf.checkpoint();
+        buf.revert_to_checkpoint(&cp1).unwrap();
+        buf.set("b", "2").unwrap();
+        assert_eq!(
+            buf.revert_to_checkpoint(&cp2),
+            Err(MemBufferError::CheckpointStale)
+        );
+        assert_eq!(
+            val(&buf, "b").as_deref(),
+            Some(&b"2"[..]),
+            "refusal changes nothing"
+        );
+        buf.reset();
+        assert_eq!(
+            buf.revert_to_checkpoint(&cp1),
+            Err(MemBufferError::CheckpointStale)
+        );
+        let mut other = MemBuffer::new();
+        other.set("x", "1").unwrap();
+        assert_eq!(
+            other.revert_to_checkpoint(&cp1),
+            Err(MemBufferError::CheckpointStale)
+        );
+        let err: Error = MemBufferError::CheckpointStale.into();
+        assert!(matches!(err, Error::InvalidArgument(_)));
+    }
+
+    // A stage cleanup discards checkpoints taken after the stage's first write; one taken
+    // before any write in the stage names the same position as the stage start and stays.
+    #[test]
+    fn cleanup_invalidates_checkpoints_inside_the_stage() {
+        let mut buf = MemBuffer::new();
+        buf.set("a", "1").unwrap();
+        let h = buf.staging();
+        let at_start = buf.checkpoint();
+        buf.set("a", "2").unwrap();
+        let inside = buf.checkpoint();
+        buf.set("b", "3").unwrap();
+        buf.cleanup(h).unwrap();
+        assert_eq!(
+            buf.revert_to_checkpoint(&inside),
+            Err(MemBufferError::CheckpointStale)
+        );
+        buf.set("c", "4").unwrap();
+        buf.revert_to_checkpoint(&at_start).unwrap();
+        assert_eq!(val(&buf, "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(buf.get(b"c"), None);
+    }
+
+    // Reverting inside a stage works for checkpoints taken in it and is refused for ones
+    // taken before it opened; after the stage is released the older one works again.
+    #[test]
+    fn checkpoint_revert_respects_the_innermost_stage() {
+        let mut buf = MemBuffer::new();
+        let before = buf.checkpoint();
+        buf.set("a", "1").unwrap();
+        let h = buf.staging();
+        buf.set("b", "2").unwrap();
+        let inside = buf.checkpoint();
+        buf.set("c", "3").unwrap();
+        assert_eq!(
+            buf.revert_to_checkpoint(&before),
+            Err(MemBufferError::CheckpointOutsideStage { depth: 1 })
+        );
+        buf.revert_to_checkpoint(&inside).unwrap();
+        assert_eq!(buf.get(b"c"), None);
+        assert_eq!(val(&buf, "b").as_deref(), Some(&b"2"[..]));
+        // The stage's cleanup still undoes what it wrote before the checkpoint.
+        let h2 = buf.staging();
+        buf.set("d", "4").unwrap();
+        buf.release(h2).unwrap();
+        buf.cleanup(h).unwrap();
+        assert_eq!(buf.get(b"b"), None);
+        assert_eq!(buf.get(b"d"), None);
+        assert_eq!(val(&buf, "a").as_deref(), Some(&b"1"[..]));
+        let h3 = buf.staging();
+        buf.set("e", "5").unwrap();
+        buf.release(h3).unwrap();
+        buf.revert_to_checkpoint(&before).unwrap();
+        assert!(buf.is_empty());
+        assert!(
+            buf.dirty(),
+            "as in client-go, a revert does not clear the dirty flag"
+        );
     }
 }

@@ -72,8 +72,8 @@ pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
 pub use membuffer::{
-    BufferEntry, BufferMutation, BufferRange, BufferedValue, KvFilter, MemBuffer, MemBufferError,
-    MemBufferLimits, Mutations, StagingHandle,
+    BufferEntry, BufferMutation, BufferRange, BufferedValue, Checkpoint, KvFilter, MemBuffer,
+    MemBufferError, MemBufferLimits, Mutations, StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
 pub use mutations::{LockTtls, Mutation};
