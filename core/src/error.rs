@@ -170,6 +170,17 @@ pub enum Error {
         limit_ms: u64,
     },
 
+    /// The commit timestamp failed the transaction's commit-ts upper-bound check, so the
+    /// commit was abandoned and its prewrite rolled back. Mirrors client-go `2pc.go`
+    /// `execute` ("check commit ts upper bound fail") with `KVTxn.SetCommitTSUpperBoundCheck`.
+    #[error("transaction {start_ts}: commit ts {commit_ts} failed the commit ts upper bound check")]
+    CommitTsUpperBoundCheckFailed {
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+        /// The commit timestamp that was refused.
+        commit_ts: u64,
+    },
+
     /// Async-commit recovery got answers from `CheckSecondaryLocks` that contradict each
     /// other (two different commit timestamps, or one below the transaction's
     /// `min_commit_ts`); the transaction's status stays unknown to this resolver. Mirrors

@@ -25,6 +25,7 @@ tikv_tests::txn_tests!(
     async_commit_returns_after_prewrite,
     async_commit_declined_by_tikv_falls_back,
     commit_waits_until_the_tso_passes_a_target,
+    commit_ts_upper_bound_check_gates_the_commit,
     no_resolve_policy_turns_a_lock_into_a_write_conflict,
 );
 
@@ -252,5 +253,49 @@ async fn no_resolve_policy_turns_a_lock_into_a_write_conflict<R: Runtime>() {
         mock.cluster().requests(RpcKind::CheckTxnStatus),
         0,
         "the lock was not resolved"
+    );
+}
+
+/// Commit-ts upper-bound check: a passing check commits with plain 2PC although async commit
+/// and 1PC are asked for, and the check sees the commit ts; a failing check aborts the commit
+/// before any commit RPC with `CommitTsUpperBoundCheckFailed`. Mirrors client-go
+/// `KVTxn.SetCommitTSUpperBoundCheck` and `2pc.go` `execute` / `checkAsyncCommit` /
+/// `checkOnePC`.
+async fn commit_ts_upper_bound_check_gates_the_commit<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let checked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sink = checked.clone();
+    let (opts, seen) = recording(
+        TransactionOptions::new_optimistic()
+            .async_commit(true)
+            .one_pc(true)
+            .commit_ts_upper_bound_check(move |ts| {
+                sink.lock().unwrap().push(ts);
+                true
+            }),
+    );
+    let ts = write(&client, opts, &[("k", "v")]).await.unwrap();
+    assert_eq!(*checked.lock().unwrap(), vec![ts.version()]);
+    assert_eq!(seen.lock().unwrap()[0].mode, CommitMode::TwoPc);
+    assert_eq!(read_all(&client, &["k"]).await, vec![Some(b("v"))]);
+
+    let commits = mock.cluster().requests(RpcKind::Commit);
+    let mut t = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic().commit_ts_upper_bound_check(|_| false),
+        )
+        .await
+        .unwrap();
+    t.put("x", "1").await.unwrap();
+    let err = t.commit().await.unwrap_err();
+    assert!(
+        matches!(err, Error::CommitTsUpperBoundCheckFailed { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        mock.cluster().requests(RpcKind::Commit),
+        commits,
+        "no commit RPC"
     );
 }

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::machine::raw::{KvPair, Value};
 use crate::machine::txn::commit_exec::TxnRequestContext;
 use crate::machine::txn::committer::{
-    Background, CommitMode as MachineCommitMode, CommitOptions, Committer,
+    Background, CommitMode as MachineCommitMode, CommitOptions, CommitTsUpperBoundCheck, Committer,
 };
 use crate::machine::txn::gc::{
     Gc, GcOptions, LoadTxnSafePoint, POLL_TXN_SAFE_POINT_INTERVAL,
@@ -370,6 +370,7 @@ pub(crate) struct CommitRequest {
     pub causal_consistency: bool,
     pub commit_wait_until_tso: Option<Timestamp>,
     pub commit_wait_until_tso_timeout: Duration,
+    pub commit_ts_upper_bound_check: Option<CommitTsUpperBoundCheck>,
     pub lock_policy: super::options::PrewriteLockPolicy,
     pub assertion_level: AssertionLevel,
     pub lock_ttls: LockTtls,
@@ -410,6 +411,7 @@ pub(crate) async fn commit<R: Runtime>(
     opts.causal_consistency = request.causal_consistency;
     opts.commit_wait_until_tso = request.commit_wait_until_tso.map_or(0, Timestamp::version);
     opts.commit_wait_until_tso_timeout = request.commit_wait_until_tso_timeout;
+    opts.commit_ts_upper_bound_check = request.commit_ts_upper_bound_check;
     opts.lock_policy = request.lock_policy;
     opts.assertion_level = request.assertion_level.to_pb();
     opts.context = write_context(&request.ctx);

@@ -14,6 +14,7 @@ use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::machine::Timestamp;
+use crate::machine::txn::CommitTsUpperBoundCheck;
 pub use crate::machine::txn::PrewriteLockPolicy;
 
 /// Priority of a request in TiKV's scheduler. Mirrors client-go `txnutil.Priority`
@@ -465,6 +466,7 @@ pub struct TransactionOptions {
     pub(crate) managed_lock_ttl: Duration,
     pub(crate) commit_wait_until_tso: Option<Timestamp>,
     pub(crate) commit_wait_until_tso_timeout: Duration,
+    pub(crate) commit_ts_upper_bound_check: Option<CommitTsUpperBoundCheck>,
     pub(crate) prewrite_lock_policy: PrewriteLockPolicy,
 }
 
@@ -486,6 +488,7 @@ impl Default for TransactionOptions {
             managed_lock_ttl: MANAGED_LOCK_TTL,
             commit_wait_until_tso: None,
             commit_wait_until_tso_timeout: Duration::from_secs(1),
+            commit_ts_upper_bound_check: None,
             prewrite_lock_policy: PrewriteLockPolicy::TryResolve,
         }
     }
@@ -508,6 +511,10 @@ impl fmt::Debug for TransactionOptions {
             .field("lock_ttl", &self.lock_ttl)
             .field("managed_lock_ttl", &self.managed_lock_ttl)
             .field("commit_wait_until_tso", &self.commit_wait_until_tso)
+            .field(
+                "commit_ts_upper_bound_check",
+                &self.commit_ts_upper_bound_check.is_some(),
+            )
             .field("prewrite_lock_policy", &self.prewrite_lock_policy)
             .finish()
     }
@@ -644,6 +651,19 @@ impl TransactionOptions {
     /// `KVTxn.SetCommitWaitUntilTSO`.
     pub fn commit_wait_until_tso(mut self, ts: Timestamp) -> Self {
         self.commit_wait_until_tso = Some(ts);
+        self
+    }
+
+    /// Checks the commit timestamp before the commit: when `check(commit_ts)` returns `false`
+    /// the commit is abandoned (prewritten locks rolled back) with
+    /// [`Error::CommitTsUpperBoundCheckFailed`]. Setting it turns off async commit and 1PC,
+    /// which fix the commit timestamp during prewrite. Mirrors client-go
+    /// `KVTxn.SetCommitTSUpperBoundCheck`.
+    pub fn commit_ts_upper_bound_check(
+        mut self,
+        check: impl Fn(u64) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.commit_ts_upper_bound_check = Some(CommitTsUpperBoundCheck::new(check));
         self
     }
 

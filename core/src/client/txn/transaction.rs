@@ -781,6 +781,7 @@ impl<R: Runtime> Transaction<R> {
                 causal_consistency: self.options.causal_consistency,
                 commit_wait_until_tso: self.options.commit_wait_until_tso,
                 commit_wait_until_tso_timeout: self.options.commit_wait_until_tso_timeout,
+                commit_ts_upper_bound_check: self.options.commit_ts_upper_bound_check.clone(),
                 lock_policy: self.options.prewrite_lock_policy,
                 assertion_level: self.options.assertion_level,
                 lock_ttls: LockTtls {

@@ -9,7 +9,9 @@ use tikv_proto::kvrpcpb;
 use crate::error::Error;
 use crate::machine::txn::commit_farmhash::fingerprint64;
 use crate::machine::txn::commit_testkit::{Answer, World, cmd, insert, k, keys_of, phys, put};
-use crate::machine::txn::committer::{CommitMode, CommitOptions, Committer};
+use crate::machine::txn::committer::{
+    CommitMode, CommitOptions, CommitTsUpperBoundCheck, Committer,
+};
 use crate::machine::txn::heartbeat::{TtlManager, TtlStop};
 use crate::machine::txn::mutations::MAX_COMMIT_TS_GAP;
 use crate::machine::txn::pessimistic::{LockCtx, LockKey, LockKeys, LockWait, PessimisticRollback};
@@ -1893,4 +1895,61 @@ fn prewrite_expands_a_shared_lock_wrapper_into_its_holders() {
     assert_eq!(checked, vec![holder(1), holder(2)], "one status per holder");
     assert_eq!(w.sent_of("prewrite").len(), 2, "retried once");
     assert_eq!(w.value("a"), Some(k("1")));
+}
+
+/// client-go `2pc.go` `execute` with `KVTxn.SetCommitTSUpperBoundCheck`: the check sees the
+/// commit ts; a refusal abandons the commit before the primary is committed
+/// ([`Error::CommitTsUpperBoundCheckFailed`]) and the prewrite is rolled back.
+#[test]
+fn commit_ts_upper_bound_check_failure_aborts_the_commit() {
+    use std::sync::{Arc, Mutex};
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let mut o = opts(start);
+    o.commit_ts_upper_bound_check = Some(CommitTsUpperBoundCheck::new(move |ts| {
+        seen2.lock().unwrap().push(ts);
+        false
+    }));
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, o);
+    match w.run(&mut c) {
+        Err(Error::CommitTsUpperBoundCheckFailed {
+            start_ts,
+            commit_ts,
+        }) => {
+            assert_eq!(start_ts, start);
+            assert!(commit_ts > start);
+            assert_eq!(*seen.lock().unwrap(), vec![commit_ts]);
+        }
+        other => panic!("expected CommitTsUpperBoundCheckFailed, got {other:?}"),
+    }
+    assert!(w.sent_of("commit").is_empty());
+    let mut bg = c.take_background().expect("cleanup");
+    w.run(&mut bg).unwrap();
+    assert!(!w.locked("a"));
+    assert!(!w.locked("b"));
+}
+
+/// client-go `2pc.go` `checkAsyncCommit` / `checkOnePC`: with an upper-bound check set, the
+/// commit uses 2PC even when async commit and 1PC are enabled, and a passing check commits.
+#[test]
+fn commit_ts_upper_bound_check_disables_async_commit_and_one_pc() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.try_async_commit = true;
+    o.try_one_pc = true;
+    o.commit_ts_upper_bound_check = Some(CommitTsUpperBoundCheck::new(|_| true));
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    let info = w.run(&mut c).expect("commit");
+    assert_eq!(info.mode, CommitMode::TwoPc);
+    let p = prewrite_of(w.sent_of("prewrite")[0]);
+    assert!(!p.use_async_commit);
+    assert!(!p.try_one_pc);
+    assert_eq!(w.sent_of("commit").len(), 1);
+    assert_eq!(
+        commit_of(w.sent_of("commit")[0]).commit_version,
+        info.commit_ts.unwrap()
+    );
 }

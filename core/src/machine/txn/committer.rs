@@ -39,6 +39,8 @@
 //! `cleanup.go` and `txn.go` `GetTimestampForCommit`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tikv_proto::kvrpcpb;
@@ -116,6 +118,38 @@ pub enum PrewriteLockPolicy {
     NoResolve,
 }
 
+/// A predicate on the commit timestamp a 2PC commit got: when it returns `false` the commit
+/// is abandoned (its prewrite rolled back) with [`Error::CommitTsUpperBoundCheckFailed`].
+/// Mirrors client-go `KVTxn.SetCommitTSUpperBoundCheck` (TiDB uses it for cached tables,
+/// whose lease must outlive the commit).
+#[derive(Clone)]
+pub struct CommitTsUpperBoundCheck(Arc<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl CommitTsUpperBoundCheck {
+    /// Wraps `check`, which is given the commit timestamp.
+    pub fn new(check: impl Fn(u64) -> bool + Send + Sync + 'static) -> Self {
+        CommitTsUpperBoundCheck(Arc::new(check))
+    }
+
+    /// Whether `commit_ts` passes the check.
+    pub fn check(&self, commit_ts: u64) -> bool {
+        (self.0)(commit_ts)
+    }
+}
+
+impl fmt::Debug for CommitTsUpperBoundCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CommitTsUpperBoundCheck(..)")
+    }
+}
+
+/// Two checks are equal when they are the same closure.
+impl PartialEq for CommitTsUpperBoundCheck {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Options of one commit. [`CommitOptions::from_config`] gives client-go's defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommitOptions {
@@ -142,6 +176,9 @@ pub struct CommitOptions {
     pub commit_wait_until_tso: u64,
     /// Longest wait for the commit-wait TSO (client-go `SetCommitWaitUntilTSOTimeout`, 1 s).
     pub commit_wait_until_tso_timeout: Duration,
+    /// Check of the commit timestamp; when set, async commit and 1PC are not used. Mirrors
+    /// client-go `KVTxn.SetCommitTSUpperBoundCheck`.
+    pub commit_ts_upper_bound_check: Option<CommitTsUpperBoundCheck>,
     /// Async commit limits.
     pub async_commit: AsyncCommitConfig,
     /// Batches in flight at once (client-go `CommitterConcurrency`, 128).
@@ -182,6 +219,7 @@ impl CommitOptions {
             lock_policy: PrewriteLockPolicy::TryResolve,
             commit_wait_until_tso: 0,
             commit_wait_until_tso_timeout: Duration::from_secs(1),
+            commit_ts_upper_bound_check: None,
             async_commit: config.async_commit,
             concurrency: config.committer_concurrency,
             ttl_refreshed_txn_size: config.ttl_refreshed_txn_size,
@@ -1013,6 +1051,12 @@ impl Committer {
         };
         let mut try_async = self.opts.try_async_commit;
         let mut try_one_pc = self.opts.try_one_pc;
+        // An upper-bound check needs a commit ts fetched after prewrite, so neither async
+        // commit nor 1PC. Mirrors client-go `2pc.go` `checkAsyncCommit` / `checkOnePC`.
+        if self.opts.commit_ts_upper_bound_check.is_some() {
+            try_async = false;
+            try_one_pc = false;
+        }
         if self.opts.assertion_level != kvrpcpb::AssertionLevel::Off {
             for m in &self.mutations {
                 if let Err(e) = mutations::check_assertion_by_lock_result(m, self.opts.start_ts) {
@@ -1236,6 +1280,16 @@ impl Committer {
                 start_ts: self.opts.start_ts,
                 age_ms: age,
                 limit_ms: MAX_TXN_TIME_USE_MS,
+            }));
+        }
+        // Mirrors client-go `2pc.go` `execute`: the check runs on the commit ts before the
+        // primary is committed; a failure aborts the commit.
+        if let Some(check) = &self.opts.commit_ts_upper_bound_check
+            && !check.check(commit_ts)
+        {
+            return self.finish(Err(Error::CommitTsUpperBoundCheckFailed {
+                start_ts: self.opts.start_ts,
+                commit_ts,
             }));
         }
         self.commit_ts = commit_ts;

@@ -66,7 +66,8 @@ pub mod status_cache;
 
 pub use async_resolve::{AsyncResolve, AsyncResolvePool, ReadResolveTask, ResolvingLock};
 pub use committer::{
-    Background, CommitDetails, CommitInfo, CommitMode, CommitOptions, Committer, PrewriteLockPolicy,
+    Background, CommitDetails, CommitInfo, CommitMode, CommitOptions, CommitTsUpperBoundCheck,
+    Committer, PrewriteLockPolicy,
 };
 pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
