@@ -286,6 +286,12 @@ pub enum Error {
     #[error("client is closed")]
     Closed,
 
+    /// A send failed while the owner is shutting down (see
+    /// `machine::Shared::store_shutting_down`), so it was not retried. Mirrors client-go
+    /// `ErrTiDBShuttingDown`.
+    #[error("shutting down: request send failed and is not retried")]
+    ShuttingDown,
+
     /// TLS configuration could not be loaded.
     #[error("tls: {0}")]
     Tls(String),

@@ -381,6 +381,9 @@ pub struct Shared {
     pub routing: RoutingConfig,
     /// Transaction state: final txn statuses learned by lock resolution, the txn safe point.
     pub txn: txn::status_cache::TxnShared,
+    /// The owner is shutting down: a failed send is not retried (see
+    /// [`Shared::store_shutting_down`]).
+    shutting_down: bool,
 }
 
 impl Shared {
@@ -399,7 +402,23 @@ impl Shared {
             codec,
             routing: RoutingConfig::default(),
             txn: Default::default(),
+            shutting_down: false,
         }
+    }
+
+    /// Marks the owner as shutting down (or not): while set, a request whose send fails
+    /// stops at once with [`crate::Error::ShuttingDown`] instead of backing off and retrying.
+    /// Mirrors client-go `tikv.StoreShuttingDown` (`locate.StoreShuttingDown`); unlike
+    /// client-go's process-wide flag it is per cluster (reach it through
+    /// `Cluster::with_shared`).
+    pub fn store_shutting_down(&mut self, shutting_down: bool) {
+        self.shutting_down = shutting_down;
+    }
+
+    /// Whether [`Shared::store_shutting_down`] set the flag. Mirrors client-go
+    /// `tikv.LoadShuttingDown`.
+    pub fn load_shutting_down(&self) -> bool {
+        self.shutting_down
     }
 
     /// Allocates an [`IoId`] unique across all operations on this state.

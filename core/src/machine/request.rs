@@ -543,6 +543,11 @@ impl RegionRequest {
         };
         match &err {
             Error::Closed => return self.fail(err),
+            // Mirrors the `LoadShuttingDown() > 0` branch of client-go `onSendFail`.
+            _ if shared.load_shutting_down() => {
+                tracing::debug!(region = self.region.id, store = inf.store_id, error = %err, "send failed while shutting down");
+                return self.fail(Error::ShuttingDown);
+            }
             Error::Timeout { .. } if sel.on_read_req_configurable_timeout(self.max_exec_ms) => {
                 tracing::debug!(
                     region = self.region.id,
@@ -1518,6 +1523,58 @@ mod tests {
             h.shared.stores.get(1).unwrap().liveness(later),
             crate::machine::store::Liveness::Reachable
         );
+    }
+
+    // client-go `onSendFail` with `StoreShuttingDown(1)`: a send failure is not retried
+    // (no backoff, no other replica) and surfaces as the typed shutting-down error; with the
+    // flag cleared the same failure is retried on another replica.
+    #[test]
+    fn send_failure_while_shutting_down_is_not_retried() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.store_shutting_down(true);
+        assert!(h.shared.load_shutting_down());
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            tikv_reply(
+                a,
+                Err(Error::Rpc {
+                    address: "store1:20160".into(),
+                    message: "connection refused".into(),
+                    sent: false,
+                }),
+            )
+        });
+        assert!(matches!(res, Err(Error::ShuttingDown)), "{res:?}");
+        assert_eq!(h.tikv_sent().len(), 1, "no retry");
+        assert_eq!(op.backoffer().total_sleep_ms(), 0);
+
+        h.shared.store_shutting_down(false);
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut sends = 0;
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            sends += 1;
+            if sends == 1 {
+                tikv_reply(
+                    a,
+                    Err(Error::Rpc {
+                        address: "store1:20160".into(),
+                        message: "connection refused".into(),
+                        sent: false,
+                    }),
+                )
+            } else {
+                tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+            }
+        });
+        assert!(res.is_ok(), "{res:?}");
+        assert!(sends >= 2, "retried without the flag");
     }
 
     #[test]
