@@ -47,7 +47,10 @@ impl fmt::Display for KeyField<'_> {
 
 /// The raw key-value client. Cheap to clone; clones share connections and caches.
 ///
-/// ```ignore
+/// Built by a runtime crate; with `tikv-tokio` (the `quickstart` example runs this against an
+/// embedded mockstore):
+///
+/// ```text
 /// let client = tikv_tokio::RawClient::connect(&["127.0.0.1:2379"], Config::default()).await?;
 /// client.put("k", "v").await?;
 /// assert_eq!(client.get("k").await?.as_deref(), Some(&b"v"[..]));
