@@ -708,10 +708,14 @@ impl Operation for LocateRegionById {
 /// Uncached parts are prefetched with one `BatchScanRegions` over the range (up to 128
 /// regions per call); what is still missing is located key by key. Mirrors client-go
 /// `RegionCache.LocateKeyRange` / `LoadRegionsInKeyRange`.
+///
+/// [`LocateRange::with_limit`] stops after a number of regions instead (client-go
+/// `RegionCache.BatchLoadRegionsFromKey`, as the range-task runner uses it).
 #[derive(Debug)]
 pub struct LocateRange {
     start: Key,
     end: Key,
+    limit: Option<usize>,
     backoffer: Option<Backoffer>,
     rng: Rng,
     batch_scan: bool,
@@ -732,6 +736,7 @@ impl LocateRange {
             cursor: start.clone(),
             start,
             end,
+            limit: None,
             backoffer: Some(backoffer),
             rng: Rng::new(0),
             batch_scan: true,
@@ -742,6 +747,15 @@ impl LocateRange {
             actions: VecDeque::new(),
             result: None,
             done: false,
+        }
+    }
+
+    /// Locates at most `limit` regions (at least one) from `start` on, stopping at `end`
+    /// (empty: unbounded); the output is the regions found, in key order.
+    pub fn with_limit(start: Key, end: Key, limit: usize, backoffer: Backoffer) -> Self {
+        LocateRange {
+            limit: Some(limit.max(1)),
+            ..Self::new(start, end, backoffer)
         }
     }
 
@@ -757,12 +771,15 @@ impl LocateRange {
         self.result = Some(r);
     }
 
-    /// Takes `loc` and moves the cursor past it; returns whether the range is covered.
+    /// Takes `loc` and moves the cursor past it; returns whether the range is covered (or
+    /// the limit reached).
     fn take(&mut self, loc: KeyLocation) -> bool {
         let end = loc.end_key.clone();
         self.found.push(loc);
         self.cursor = end.clone();
-        end.is_empty() || (!self.end.is_empty() && end >= self.end)
+        end.is_empty()
+            || (!self.end.is_empty() && end >= self.end)
+            || self.limit.is_some_and(|l| self.found.len() >= l)
     }
 
     fn progress(&mut self, now: Instant, shared: &mut Shared) {
@@ -789,7 +806,12 @@ impl LocateRange {
                     header: None,
                     need_buckets: false,
                     ranges: vec![pdpb::KeyRange { start_key, end_key }],
-                    limit: REGIONS_PER_BATCH as i32,
+                    limit: i32::try_from(
+                        self.limit
+                            .map_or(REGIONS_PER_BATCH, |l| l - self.found.len())
+                            .min(REGIONS_PER_BATCH),
+                    )
+                    .unwrap_or(i32::MAX),
                     contain_all_key_range: false,
                 })),
             });

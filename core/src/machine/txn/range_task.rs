@@ -19,19 +19,18 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use tikv_proto::{kvrpcpb, pdpb};
+use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
 use crate::machine::backoff::{Backoffer, budget};
-use crate::machine::locate::LocateKey;
+use crate::machine::locate::LocateRange;
 use crate::machine::plan::{Clamp, SingleRegion};
-use crate::machine::region_cache::{KeyLocation, PdRegion};
+use crate::machine::region_cache::KeyLocation;
 use crate::machine::request::RequestOptions;
 use crate::machine::{
-    Action, Input, IoId, Key, Operation, PdRequest, PdResponse, Shared, TikvCmd, TikvCmdResponse,
-    TikvRequest, TikvResponse,
+    Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
+    TikvResponse,
 };
-use crate::rng::Rng;
 
 /// Regions per task. Mirrors client-go `defaultRegionsPerTask`.
 pub const DEFAULT_REGIONS_PER_TASK: usize = 128;
@@ -92,206 +91,10 @@ pub fn task_ranges(
 
 // ---- locating a batch of regions ---------------------------------------------------------
 
-fn pd_error_of(header: Option<&pdpb::ResponseHeader>) -> Option<String> {
-    header
-        .and_then(|h| h.error.as_ref())
-        .filter(|e| e.r#type != pdpb::ErrorType::Ok as i32)
-        .map(|e| e.message.clone())
-}
-
-/// Locates at most `limit` regions from `start` on (stopping at `end`, empty: unbounded).
-/// Output: their locations in key order (at least one). The cache is walked first; what is
-/// missing is loaded with one `BatchScanRegions` of at most `limit` regions, then (if PD lacks
-/// it, or regions are still missing) key by key. Mirrors client-go
-/// `RegionCache.BatchLoadRegionsFromKey` as `Runner.RunOnRange` uses it.
-#[derive(Debug)]
-pub struct LocateBatch {
-    cursor: Key,
-    end: Key,
-    limit: usize,
-    bo: Option<Backoffer>,
-    rng: Rng,
-    may_scan: bool,
-    scan_supported: bool,
-    found: Vec<KeyLocation>,
-    scan: Option<IoId>,
-    sub: Option<LocateKey>,
-    actions: VecDeque<Action>,
-    result: Option<Result<Vec<KeyLocation>, Error>>,
-    done: bool,
-}
-
-impl LocateBatch {
-    /// Locates up to `limit` regions of `[start, end)` with `backoffer` for PD failures.
-    pub fn new(start: Key, end: Key, limit: usize, backoffer: Backoffer) -> Self {
-        LocateBatch {
-            cursor: start,
-            end,
-            limit: limit.max(1),
-            bo: Some(backoffer),
-            rng: Rng::new(0),
-            may_scan: true,
-            scan_supported: true,
-            found: Vec::new(),
-            scan: None,
-            sub: None,
-            actions: VecDeque::new(),
-            result: None,
-            done: false,
-        }
-    }
-
-    fn finish(&mut self, r: Result<Vec<KeyLocation>, Error>) {
-        self.done = true;
-        self.scan = None;
-        self.sub = None;
-        self.result = Some(r);
-    }
-
-    /// Takes `loc`; returns whether the batch is complete (range covered or limit reached).
-    fn take(&mut self, loc: KeyLocation) -> bool {
-        let end = loc.end_key.clone();
-        self.found.push(loc);
-        self.cursor = end.clone();
-        end.is_empty()
-            || (!self.end.is_empty() && end >= self.end)
-            || self.found.len() >= self.limit
-    }
-
-    fn complete(&mut self) {
-        let found = std::mem::take(&mut self.found);
-        self.finish(Ok(found));
-    }
-
-    fn progress(&mut self, now: Instant, shared: &mut Shared) {
-        if self.done || self.scan.is_some() || self.sub.is_some() {
-            return;
-        }
-        while let Some(loc) = shared.regions.try_locate(&self.cursor, now, &mut self.rng) {
-            if self.take(loc) {
-                return self.complete();
-            }
-        }
-        if self.may_scan && self.scan_supported {
-            self.may_scan = false;
-            let (start_key, end_key) = shared.codec.encode_region_range(&self.cursor, &self.end);
-            let id = shared.next_io_id();
-            self.actions.push_back(Action::Pd {
-                id,
-                request: PdRequest::BatchScanRegions(Box::new(pdpb::BatchScanRegionsRequest {
-                    header: None,
-                    need_buckets: false,
-                    ranges: vec![pdpb::KeyRange { start_key, end_key }],
-                    limit: i32::try_from(self.limit - self.found.len()).unwrap_or(i32::MAX),
-                    contain_all_key_range: false,
-                })),
-            });
-            self.scan = Some(id);
-            return;
-        }
-        let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
-        let mut sub = LocateKey::new(self.cursor.clone(), false, bo);
-        sub.start(now, shared);
-        self.sub = Some(sub);
-        self.drive_sub(now, shared);
-    }
-
-    fn drive_sub(&mut self, now: Instant, shared: &mut Shared) {
-        let Some(sub) = self.sub.as_mut() else {
-            return;
-        };
-        self.actions
-            .extend(std::iter::from_fn(|| sub.poll_action()));
-        let Some(r) = sub.poll_result() else {
-            return;
-        };
-        let sub = self.sub.take().expect("sub is running");
-        self.bo = Some(sub.into_backoffer());
-        match r {
-            Ok(loc) => {
-                if self.take(loc) {
-                    return self.complete();
-                }
-                self.may_scan = true;
-                self.progress(now, shared);
-            }
-            Err(e) => self.finish(Err(e)),
-        }
-    }
-
-    fn on_scan(&mut self, now: Instant, shared: &mut Shared, result: Result<PdResponse, Error>) {
-        if let Ok(PdResponse::BatchScanRegions(resp)) = result
-            && pd_error_of(resp.header.as_ref()).is_none()
-        {
-            for r in &resp.regions {
-                let Some(pd) = PdRegion::from_scanned(r) else {
-                    continue;
-                };
-                let Shared {
-                    regions,
-                    stores,
-                    codec,
-                    ..
-                } = shared;
-                match regions.region_from_pd(pd, codec, stores, now, &mut self.rng) {
-                    Ok(region) => {
-                        regions.insert(region, false);
-                    }
-                    Err(e) => return self.finish(Err(e)),
-                }
-            }
-        } else {
-            tracing::debug!("BatchScanRegions unavailable; locating region by region");
-            self.scan_supported = false;
-        }
-        self.progress(now, shared);
-    }
-}
-
-impl Operation for LocateBatch {
-    type Output = Vec<KeyLocation>;
-
-    fn start(&mut self, now: Instant, shared: &mut Shared) {
-        self.rng = shared.rng.fork();
-        self.progress(now, shared);
-    }
-
-    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
-        if self.done {
-            return;
-        }
-        if self.scan == Some(input.id()) {
-            self.scan = None;
-            if let Input::Pd { result, .. } = input {
-                self.on_scan(now, shared, result);
-            }
-            return;
-        }
-        if let Some(sub) = self.sub.as_mut() {
-            sub.handle_input(now, shared, input);
-            self.drive_sub(now, shared);
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
-        if let Some(sub) = self.sub.as_mut() {
-            sub.handle_timeout(now, shared);
-            self.drive_sub(now, shared);
-        }
-    }
-
-    fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
-    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        self.sub.as_ref().and_then(|s| s.poll_timeout())
-    }
-
-    fn poll_result(&mut self) -> Option<Result<Vec<KeyLocation>, Error>> {
-        self.result.take()
-    }
-}
+/// Locates at most `limit` regions from `start` on (stopping at `end`, empty: unbounded):
+/// [`LocateRange::with_limit`], client-go `RegionCache.BatchLoadRegionsFromKey` as
+/// `Runner.RunOnRange` uses it.
+pub type LocateBatch = LocateRange;
 
 // ---- the runner ----------------------------------------------------------------------------
 
@@ -381,7 +184,7 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
         let Some(start) = self.next.clone() else {
             return;
         };
-        let mut op = LocateBatch::new(
+        let mut op = LocateBatch::with_limit(
             start,
             self.end.clone(),
             self.regions_per_task,
