@@ -13,6 +13,8 @@
 
 use tikv_tokio::{Config, RawClient, TransactionClient};
 
+// Under `cargo test` the harness provides the entry point and the test below runs `run`.
+#[cfg_attr(test, allow(dead_code))]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +26,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
+    run(pd).await
+}
 
+/// The walk-through itself; `pd: None` starts an embedded mockstore.
+async fn run(pd: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
     // Keep the embedded cluster alive for the whole walk-through.
     let (endpoint, config, _embedded) = match pd {
         Some(addr) => (addr, Config::default(), None),
@@ -51,6 +57,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "get hello -> {:?}",
         value.as_deref().map(String::from_utf8_lossy)
     );
+    if value.as_deref() != Some(&b"world"[..]) {
+        return Err("get hello did not return the value just put".into());
+    }
 
     client
         .batch_put([
@@ -83,10 +92,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     client.delete_range("fruit/", "fruit0").await?;
-    println!(
-        "after delete_range: {} fruit left",
-        client.scan("fruit/", "fruit0", 10).await?.len()
-    );
+    let left = client.scan("fruit/", "fruit0", 10).await?.len();
+    println!("after delete_range: {left} fruit left");
+    if left != 0 {
+        return Err("delete_range left keys behind".into());
+    }
 
     // Transactions: writes are buffered and committed atomically with two-phase commit.
     let txn_client = TransactionClient::connect(&[endpoint], config).await?;
@@ -119,6 +129,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("after the transfer {key} = {balance}");
     }
     println!("total = {total}");
+    if total != 150 {
+        return Err(format!("the transfer changed the total to {total}").into());
+    }
 
     println!("done");
     Ok(())
@@ -129,4 +142,16 @@ fn parse(value: Option<tikv_tokio::Value>) -> u64 {
     value
         .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the whole walk-through against an embedded mockstore, so the example
+    /// cannot silently rot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_on_an_embedded_mockstore() {
+        Box::pin(super::run(None))
+            .await
+            .expect("the quickstart walk-through");
+    }
 }
