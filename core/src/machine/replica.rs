@@ -453,21 +453,16 @@ impl ReplicaSelector {
         stores: &StoreCache,
         now: Instant,
     ) -> Verdict {
-        let refused_before: Vec<bool> = self
-            .replicas
-            .iter()
-            .map(|r| r.flags & FLAG_NOT_LEADER != 0)
-            .collect();
+        let found = leader.and_then(|l| self.replicas.iter().position(|r| same_peer(&r.peer, l)));
+        // Whether the hinted replica already refused in this request (read before the target
+        // is flagged below).
+        let hint_refused_before = found.is_some_and(|i| self.replicas[i].has(FLAG_NOT_LEADER));
         if let Some(t) = self.target {
             self.replicas[t].flags |= FLAG_NOT_LEADER;
         }
         let Some(leader) = leader else {
             return Verdict::BackoffThenRetry(BackoffKind::RegionScheduling);
         };
-        let found = self
-            .replicas
-            .iter()
-            .position(|r| same_peer(&r.peer, leader));
         match found {
             Some(i) if Some(i) == self.target => {
                 // Deliberate deviation from client-go: `replicaSelector.onNotLeader` resets the
@@ -510,7 +505,7 @@ impl ReplicaSelector {
                 if Self::is_leader_candidate(&self.replicas[i], stores, now) {
                     self.read_type = ReplicaReadType::Leader;
                 }
-                if refused_before[i] {
+                if hint_refused_before {
                     // Two replicas naming each other (a leader moving back and forth, or a
                     // confused pair): same deviation as above, follow the hint but back off so
                     // the ping-pong is bounded by the budget instead of the deadline.
