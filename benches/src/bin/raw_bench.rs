@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tikv_core::client::{RawClient, Runtime};
+
 use tikv_core::config::Config;
 use tikv_core::machine::Key;
 
@@ -199,17 +200,21 @@ async fn run<R: Runtime>(
         tasks.push(spawner.spawn(async move {
             let mut lat = Vec::with_capacity(1 << 16);
             let mut i = t as u32;
-            while Instant::now() < deadline {
+            // One clock read per operation: its end is the next one's start and the
+            // deadline check.
+            let mut t0 = Instant::now();
+            while t0 < deadline {
                 let key = keys[(i % 1024) as usize].clone();
                 i = i.wrapping_add(7919);
-                let t0 = Instant::now();
                 match op {
                     "get" => {
                         client.get(key).await.expect("get");
                     }
                     _ => client.put(key, value.clone()).await.expect("put"),
                 }
-                lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                let t1 = Instant::now();
+                lat.push(t1.duration_since(t0).as_micros().min(u32::MAX as u128) as u32);
+                t0 = t1;
             }
             lat
         }));

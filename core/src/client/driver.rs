@@ -22,7 +22,8 @@ use futures_lite::future;
 
 use super::sync::{Inbox, lock};
 use crate::error::Error;
-use crate::machine::{Action, Input, Operation, Shared};
+use crate::machine::queue::InlineQueue;
+use crate::machine::{Action, ActionQueue, Input, Operation, Shared};
 
 /// A completion the driver polls itself (a unary RPC or a PD call in flight).
 pub type LocalIo = Pin<Box<dyn Future<Output = Input> + Send + 'static>>;
@@ -76,8 +77,9 @@ where
     O: Operation,
 {
     let inbox: Inbox<Input> = Inbox::new();
-    let mut actions: Vec<Action> = Vec::new();
-    let mut inputs: Vec<Input> = Vec::new();
+    // Inline queues: an operation step usually emits one action and gets one reply.
+    let mut actions: ActionQueue = ActionQueue::new();
+    let mut inputs: InlineQueue<Input> = InlineQueue::new();
     let mut local: Vec<LocalIo> = Vec::new();
     let mut via_inbox: usize = 0;
     let mut timer: Option<(Instant, D::Sleep)> = None;
@@ -92,14 +94,14 @@ where
             match step {
                 Step::Start => op.start(now, &mut shared),
                 Step::Inputs => {
-                    for input in inputs.drain(..) {
+                    while let Some(input) = inputs.pop_front() {
                         op.handle_input(now, &mut shared, input);
                     }
                 }
                 Step::Timeout => op.handle_timeout(now, &mut shared),
             }
             while let Some(action) = op.poll_action() {
-                actions.push(action);
+                actions.push_back(action);
             }
             if shared.stores.has_connection_closes() {
                 closes = shared.stores.take_connection_closes();
@@ -110,7 +112,7 @@ where
             dispatch.close_address(&address);
         }
 
-        for action in actions.drain(..) {
+        while let Some(action) = actions.pop_front() {
             tracing::trace!(?action, "dispatch");
             // Fire-and-forget actions (no id) complete nothing.
             let completes = action.id().is_some();
@@ -168,14 +170,14 @@ fn poll_completions<S: Future<Output = ()> + Unpin>(
     cx: &mut Context<'_>,
     inbox: &Inbox<Input>,
     local: &mut Vec<LocalIo>,
-    inputs: &mut Vec<Input>,
+    inputs: &mut InlineQueue<Input>,
     via_inbox: &mut usize,
     timer: &mut Option<(Instant, S)>,
 ) -> Poll<Step> {
     let mut i = 0;
     while i < local.len() {
         if let Poll::Ready(input) = local[i].as_mut().poll(cx) {
-            inputs.push(input);
+            inputs.push_back(input);
             drop(local.swap_remove(i));
         } else {
             i += 1;
@@ -183,7 +185,7 @@ fn poll_completions<S: Future<Output = ()> + Unpin>(
     }
     if *via_inbox > 0 {
         let before = inputs.len();
-        if let Poll::Ready(true) = inbox.poll_drain(cx, inputs) {
+        if let Poll::Ready(true) = inbox.poll_drain_queue(cx, inputs) {
             *via_inbox = via_inbox.saturating_sub(inputs.len() - before);
         }
     }

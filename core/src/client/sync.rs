@@ -14,6 +14,8 @@ use std::task::{Context, Poll, Waker};
 
 use futures_lite::Stream;
 
+use crate::machine::queue::InlineQueue;
+
 /// Locks `m`, ignoring poisoning: the protected data are plain queues that a panicking holder
 /// cannot leave half-updated in a way that matters to the other side.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -21,6 +23,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct State<T> {
+    /// The first item queued while the backlog was empty: an operation's inbox usually gets
+    /// exactly one completion, which then needs no vector.
+    first: Option<T>,
     items: Vec<T>,
     waker: Option<Waker>,
     closed: bool,
@@ -47,7 +52,7 @@ impl<T> std::fmt::Debug for Inbox<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = lock(&self.state);
         f.debug_struct("Inbox")
-            .field("queued", &s.items.len())
+            .field("queued", &(usize::from(s.first.is_some()) + s.items.len()))
             .field("closed", &s.closed)
             .finish()
     }
@@ -64,6 +69,7 @@ impl<T> Inbox<T> {
     pub fn new() -> Self {
         Inbox {
             state: Arc::new(Mutex::new(State {
+                first: None,
                 items: Vec::new(),
                 waker: None,
                 closed: false,
@@ -78,7 +84,11 @@ impl<T> Inbox<T> {
             if s.closed {
                 return Err(item);
             }
-            s.items.push(item);
+            if s.first.is_none() && s.items.is_empty() {
+                s.first = Some(item);
+            } else {
+                s.items.push(item);
+            }
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -94,6 +104,9 @@ impl<T> Inbox<T> {
             let mut s = lock(&self.state);
             if s.closed {
                 return false;
+            }
+            if let Some(first) = s.first.take() {
+                s.items.insert(0, first);
             }
             if s.items.is_empty() {
                 std::mem::swap(&mut s.items, items);
@@ -113,12 +126,46 @@ impl<T> Inbox<T> {
     /// stored) otherwise.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<T>) -> Poll<bool> {
         let mut s = lock(&self.state);
+        let mut moved = false;
+        if let Some(first) = s.first.take() {
+            out.push(first);
+            moved = true;
+        }
         if !s.items.is_empty() {
             if out.is_empty() {
                 std::mem::swap(&mut s.items, out);
             } else {
                 out.append(&mut s.items);
             }
+            moved = true;
+        }
+        if moved {
+            return Poll::Ready(true);
+        }
+        if s.closed {
+            return Poll::Ready(false);
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// [`Inbox::poll_drain`] into an [`InlineQueue`]: a lone item moves without touching any
+    /// vector, which is the common case of an operation waiting for one completion.
+    pub fn poll_drain_queue(&self, cx: &mut Context<'_>, out: &mut InlineQueue<T>) -> Poll<bool> {
+        let mut s = lock(&self.state);
+        let mut moved = false;
+        if let Some(first) = s.first.take() {
+            out.push_back(first);
+            moved = true;
+        }
+        if !s.items.is_empty() {
+            out.extend(s.items.drain(..));
+            moved = true;
+        }
+        if moved {
             return Poll::Ready(true);
         }
         if s.closed {
@@ -135,9 +182,11 @@ impl<T> Inbox<T> {
     /// was moved.
     pub fn try_drain(&self, out: &mut Vec<T>) -> bool {
         let mut s = lock(&self.state);
-        if s.items.is_empty() {
+        let first = s.first.take();
+        if first.is_none() && s.items.is_empty() {
             return false;
         }
+        out.extend(first);
         out.append(&mut s.items);
         true
     }
@@ -159,7 +208,11 @@ impl<T> Inbox<T> {
         let (items, waker) = {
             let mut s = lock(&self.state);
             s.closed = true;
-            (std::mem::take(&mut s.items), s.waker.take())
+            let mut items = std::mem::take(&mut s.items);
+            if let Some(first) = s.first.take() {
+                items.insert(0, first);
+            }
+            (items, s.waker.take())
         };
         if let Some(w) = waker {
             w.wake();

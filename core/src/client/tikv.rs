@@ -1,5 +1,5 @@
 //! Connections to TiKV stores: per address [`Config::grpc_connection_count`] connections, each
-//! carrying one `BatchCommands` stream pumped by one background task, chosen round-robin; and
+//! carrying one `BatchCommands` stream pumped by one background task, taking batches in turn; and
 //! unary calls for the requests that cannot be batched.
 //!
 //! The hot path of a batchable request is: the operation's driver pushes it into the chosen
@@ -76,7 +76,14 @@ struct Conn {
 struct StorePool<R: Runtime> {
     address: Arc<str>,
     conns: Vec<Conn>,
-    next: AtomicUsize,
+    /// The connection whose queue is collecting the next batch. Requests go to it until its
+    /// task drains the queue, which moves this on to the next connection: every request that
+    /// arrives between two drains travels in one batch, and batches rotate over the
+    /// connections, like client-go's single `batchSendLoop` per address sending each batch on
+    /// the next of its `GrpcConnectionCount` clients (`internal/client/client_batch.go`
+    /// `batchConn.batchSendLoop`, `getClientAndSend`). Round-robin per request would split
+    /// the same arrivals into `connections` smaller batches.
+    current: Arc<AtomicUsize>,
     /// Connection for unary calls, opened on first use and dropped when it fails.
     unary: Mutex<Option<R::Channel>>,
 }
@@ -171,7 +178,7 @@ impl<R: Runtime> TikvTransport<R> {
                     retired: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
+            current: Arc::new(AtomicUsize::new(0)),
             unary: Mutex::new(None),
         });
         for (i, conn) in pool.conns.iter().enumerate() {
@@ -179,6 +186,8 @@ impl<R: Runtime> TikvTransport<R> {
                 rt: self.rt.clone(),
                 address: address.clone(),
                 queue: conn.queue.clone(),
+                index: i,
+                current: pool.current.clone(),
                 retired: conn.retired.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
@@ -207,8 +216,7 @@ impl<R: Runtime> TikvTransport<R> {
             let TikvRequest::Cmd(cmd) = request else {
                 unreachable!("batchable requests are commands")
             };
-            let n = pool.conns.len();
-            let i = pool.next.fetch_add(1, Ordering::Relaxed) % n;
+            let i = pool.current.load(Ordering::Relaxed) % pool.conns.len();
             let queued = Queued {
                 id,
                 cmd,
@@ -326,6 +334,10 @@ struct StreamTask<R: Runtime> {
     rt: R,
     address: Arc<str>,
     queue: Inbox<Queued>,
+    /// This slot's index in its pool, and the pool's batch-collecting slot (see
+    /// [`StorePool::current`]).
+    index: usize,
+    current: Arc<AtomicUsize>,
     retired: Arc<std::sync::atomic::AtomicBool>,
     config: TransportConfig,
     stats: Arc<TransportStats>,
@@ -364,6 +376,14 @@ impl<R: Runtime> StreamTask<R> {
                 match self.queue.poll_drain(cx, &mut queued) {
                     Poll::Ready(true) => {
                         progressed = true;
+                        // This batch is taken: the next arrivals collect on the next slot.
+                        let next = (self.index + 1) % self.config.connections;
+                        let _ = self.current.compare_exchange(
+                            self.index,
+                            next,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
                         for q in queued.drain(..) {
                             conn.submit(now, q.cmd, q.deadline, (q.id, q.reply));
                         }

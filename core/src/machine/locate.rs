@@ -10,7 +10,7 @@
 //! `findRegionByKey`, `loadRegion`, `GroupKeysByRegion`, `BatchLoadRegionsWithKeyRanges`,
 //! `batchScanRegions`, `regionsHaveGapInRanges`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,7 +19,9 @@ use tikv_proto::pdpb;
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
 use crate::machine::region_cache::{KeyLocation, Lookup, PdRegion};
-use crate::machine::{Action, Input, IoId, Key, Operation, PdRequest, PdResponse, Shared};
+use crate::machine::{
+    Action, ActionQueue, Input, IoId, Key, Operation, PdRequest, PdResponse, Shared,
+};
 use crate::rng::Rng;
 
 /// The key PD is asked for when the caller wants the last region (end key "+∞"): every key
@@ -59,7 +61,7 @@ pub struct LocateKey {
     retried: bool,
     pending: Option<IoId>,
     wake: Option<Instant>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<KeyLocation, Error>>,
     done: bool,
 }
@@ -78,7 +80,7 @@ impl LocateKey {
             retried: false,
             pending: None,
             wake: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }
@@ -286,7 +288,7 @@ pub struct GroupKeys {
     reload: Vec<KeyLocation>,
     scan: Option<(IoId, Vec<usize>)>,
     sub: Option<LocateKey>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<Vec<KeyGroup>, Error>>,
     done: bool,
 }
@@ -303,7 +305,7 @@ impl GroupKeys {
             reload: Vec::new(),
             scan: None,
             sub: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }
@@ -561,7 +563,7 @@ pub struct LocateRegionById {
     stale: Option<KeyLocation>,
     pending: Option<IoId>,
     wake: Option<Instant>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<KeyLocation, Error>>,
     done: bool,
 }
@@ -576,7 +578,7 @@ impl LocateRegionById {
             stale: None,
             pending: None,
             wake: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }
@@ -724,7 +726,7 @@ pub struct LocateRange {
     cursor: Key,
     scan: Option<IoId>,
     sub: Option<LocateKey>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<Vec<KeyLocation>, Error>>,
     done: bool,
 }
@@ -744,7 +746,7 @@ impl LocateRange {
             found: Vec::new(),
             scan: None,
             sub: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }

@@ -29,6 +29,7 @@ pub mod batch;
 pub mod locate;
 pub mod pd;
 pub mod plan;
+pub mod queue;
 pub mod raw;
 pub mod region_cache;
 pub mod region_error;
@@ -51,6 +52,9 @@ use crate::error::Error;
 pub type TikvCmd = tikvpb::batch_commands_request::request::Cmd;
 /// The response arms matching [`TikvCmd`].
 pub type TikvCmdResponse = tikvpb::batch_commands_response::response::Cmd;
+
+/// The action queue of a machine: most steps emit exactly one action, which stays inline.
+pub type ActionQueue = queue::InlineQueue<Action>;
 
 /// Identifies one I/O action of an operation; its completion carries the same id.
 ///

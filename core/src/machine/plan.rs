@@ -12,7 +12,7 @@
 //! Region-by-region walks (scans, delete range, checksum) are built from [`SingleRegion`]
 //! steps in [`crate::machine::raw`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::machine::region_cache::KeyLocation;
 use crate::machine::region_error::may_backoff_for_region_error;
 use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
 use crate::machine::{
-    Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
+    Action, ActionQueue, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
 };
 use crate::rng::Rng;
 
@@ -92,7 +92,7 @@ pub struct SingleRegion {
     /// small.
     request: Option<Box<(RegionRequest, KeyLocation)>>,
     wake: Option<Instant>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<Located, Error>>,
     done: bool,
 }
@@ -119,7 +119,7 @@ impl SingleRegion {
             locate: None,
             request: None,
             wake: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }
@@ -321,7 +321,7 @@ fn drain_into<O: Operation>(
     op: &mut O,
     idx: usize,
     routes: &mut HashMap<IoId, usize>,
-    out: &mut VecDeque<Action>,
+    out: &mut ActionQueue,
 ) {
     while let Some(a) = op.poll_action() {
         if let Some(id) = a.id() {
@@ -335,11 +335,12 @@ fn drain_into<O: Operation>(
 enum Task<I> {
     Group {
         items: Vec<I>,
-        op: GroupKeys,
+        op: Box<GroupKeys>,
     },
     Send {
         items: Vec<I>,
-        op: RegionRequest,
+        /// Boxed: a region request keeps its replicas and first action inline.
+        op: Box<RegionRequest>,
     },
     Sleep {
         items: Vec<I>,
@@ -359,7 +360,7 @@ pub struct BatchPlan<K: BatchKind> {
     rng: Rng,
     tasks: Vec<Option<Task<K::Item>>>,
     routes: HashMap<IoId, usize>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<K::Output, Error>>,
     done: bool,
 }
@@ -377,7 +378,7 @@ impl<K: BatchKind> BatchPlan<K> {
             rng: Rng::new(0),
             tasks: Vec::new(),
             routes: HashMap::new(),
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }
@@ -424,7 +425,14 @@ impl<K: BatchKind> BatchPlan<K> {
         if !self.batch_scan {
             op = op.without_batch_scan();
         }
-        self.spawn(Task::Group { items, op }, now, shared);
+        self.spawn(
+            Task::Group {
+                items,
+                op: Box::new(op),
+            },
+            now,
+            shared,
+        );
     }
 
     /// Drains a task's actions and handles its completion.
@@ -434,11 +442,11 @@ impl<K: BatchKind> BatchPlan<K> {
         }
         let finished = match self.tasks[idx].as_mut() {
             Some(Task::Group { op, .. }) => {
-                drain_into(op, idx, &mut self.routes, &mut self.actions);
+                drain_into(op.as_mut(), idx, &mut self.routes, &mut self.actions);
                 op.poll_result().map(Finished::Grouped)
             }
             Some(Task::Send { op, .. }) => {
-                drain_into(op, idx, &mut self.routes, &mut self.actions);
+                drain_into(op.as_mut(), idx, &mut self.routes, &mut self.actions);
                 op.poll_result().map(Finished::Sent)
             }
             _ => None,
@@ -515,7 +523,14 @@ impl<K: BatchKind> BatchPlan<K> {
                 }
                 let req = self.kind.request(&batch);
                 let op = RegionRequest::new(g.location.region, req, self.opts.clone(), bo.fork());
-                self.spawn(Task::Send { items: batch, op }, now, shared);
+                self.spawn(
+                    Task::Send {
+                        items: batch,
+                        op: Box::new(op),
+                    },
+                    now,
+                    shared,
+                );
                 if self.done {
                     return;
                 }

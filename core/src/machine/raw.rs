@@ -31,7 +31,8 @@ use crate::machine::plan::{
 };
 use crate::machine::request::RequestOptions;
 use crate::machine::{
-    Action, Input, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest, TikvResponse,
+    Action, ActionQueue, Input, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
+    TikvResponse,
 };
 
 /// Largest scan limit. Mirrors client-go `rawkv.MaxRawKVScanLimit`.
@@ -647,7 +648,7 @@ pub struct RawWalk<W: WalkKind> {
     opts: RawOptions,
     needs_upper_bound: bool,
     step: Option<SingleRegion>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<W::Output, Error>>,
     done: bool,
 }
@@ -659,7 +660,7 @@ impl<W: WalkKind> RawWalk<W> {
             opts: opts.clone(),
             needs_upper_bound: false,
             step: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             done: false,
         }

@@ -82,7 +82,7 @@ const SCORE_LABEL_MATCHES: i64 = 1 << 3;
 const SCORE_NOT_SLOW: i64 = 1 << 4;
 
 /// One replica as seen by one request. Mirrors client-go `replica`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Replica {
     peer: metapb::Peer,
     epoch: u32,
@@ -102,6 +102,61 @@ impl Replica {
 
     fn epoch_stale(&self, stores: &StoreCache) -> bool {
         self.epoch != stores.epoch(self.peer.store_id)
+    }
+}
+
+/// Replicas a region keeps inline in its selector (TiKV regions have 3 or 5 peers), so the
+/// selector of an ordinary region allocates nothing.
+const INLINE_REPLICAS: usize = 5;
+
+/// A request's replicas: inline up to [`INLINE_REPLICAS`], on the heap beyond.
+// The inline variant is meant to be the large one: it saves an allocation per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum Replicas {
+    Inline {
+        len: usize,
+        items: [Replica; INLINE_REPLICAS],
+    },
+    Heap(Vec<Replica>),
+}
+
+impl FromIterator<Replica> for Replicas {
+    fn from_iter<I: IntoIterator<Item = Replica>>(iter: I) -> Self {
+        let mut items = [Replica::default(); INLINE_REPLICAS];
+        let mut len = 0;
+        let mut iter = iter.into_iter();
+        for r in iter.by_ref() {
+            if len == INLINE_REPLICAS {
+                let mut heap = items.to_vec();
+                heap.push(r);
+                heap.extend(iter);
+                return Replicas::Heap(heap);
+            }
+            items[len] = r;
+            len += 1;
+        }
+        Replicas::Inline { len, items }
+    }
+}
+
+impl std::ops::Deref for Replicas {
+    type Target = [Replica];
+
+    fn deref(&self) -> &[Replica] {
+        match self {
+            Replicas::Inline { len, items } => &items[..*len],
+            Replicas::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Replicas {
+    fn deref_mut(&mut self) -> &mut [Replica] {
+        match self {
+            Replicas::Inline { len, items } => &mut items[..*len],
+            Replicas::Heap(v) => v,
+        }
     }
 }
 
@@ -137,7 +192,7 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct ReplicaSelector {
     region: RegionVerId,
-    replicas: Vec<Replica>,
+    replicas: Replicas,
     read_type: ReplicaReadType,
     stale_read: bool,
     read_only: bool,
@@ -175,7 +230,7 @@ impl ReplicaSelector {
             return None;
         }
         let cached = cache.get(region)?;
-        let replicas: Vec<Replica> = cached
+        let replicas: Replicas = cached
             .peers()
             .iter()
             .zip(cached.store_epochs())
@@ -1237,5 +1292,25 @@ mod tests {
         f.stores.apply_store(2, Some(&meta)).unwrap();
         let s = selector(&mut f, ReadOptions::default(), false);
         assert_eq!(s.store_ids().collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn replica_lists_beyond_the_inline_capacity_keep_every_peer_in_order() {
+        let peer = |id: u64| Replica {
+            peer: metapb::Peer {
+                id,
+                store_id: id,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let small: Replicas = (1..=3).map(peer).collect();
+        assert!(matches!(small, Replicas::Inline { len: 3, .. }));
+        let big: Replicas = (1..=7).map(peer).collect();
+        assert!(matches!(big, Replicas::Heap(_)));
+        assert_eq!(
+            big.iter().map(|r| r.peer.id).collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
     }
 }

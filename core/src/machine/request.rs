@@ -17,7 +17,6 @@
 //!
 //! [`may_backoff_for_region_error`]: crate::machine::region_error::may_backoff_for_region_error
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,8 +29,8 @@ use crate::machine::region_error::{self, pseudo_epoch_not_match};
 use crate::machine::replica::{ReadOptions, ReplicaSelector, Verdict};
 use crate::machine::store::{ResolveState, StoreUpdate};
 use crate::machine::{
-    Action, Input, IoId, Operation, PdRequest, PdResponse, Shared, TikvCmd, TikvCmdResponse,
-    TikvRequest, TikvResponse,
+    Action, ActionQueue, Input, IoId, Operation, PdRequest, PdResponse, Shared, TikvCmd,
+    TikvCmdResponse, TikvRequest, TikvResponse,
 };
 use crate::rng::Rng;
 
@@ -211,7 +210,7 @@ pub struct RegionRequest {
     backoffer: Backoffer,
     rng: Rng,
     selector: Option<ReplicaSelector>,
-    actions: VecDeque<Action>,
+    actions: ActionQueue,
     result: Option<Result<RegionOutcome, Error>>,
     send_times: u32,
     resolving: Vec<(IoId, u64)>,
@@ -244,7 +243,7 @@ impl RegionRequest {
             backoffer,
             rng: Rng::new(0),
             selector: None,
-            actions: VecDeque::new(),
+            actions: ActionQueue::new(),
             result: None,
             send_times: 0,
             resolving: Vec::new(),
