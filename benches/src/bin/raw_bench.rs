@@ -4,8 +4,12 @@
 //! ```text
 //! cargo build --release -p tikv-mockstore -p tikv-benches
 //! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]
-//!                           [--connections N]
+//!                           [--connections N] [--mockstore-cpus LIST]
 //! ```
+//!
+//! `--mockstore-cpus 1` runs the mockstore under `taskset -c 1`; with the client started as
+//! `taskset -c 0 target/release/raw_bench ...` the two processes then keep to their own cores,
+//! as in the measurements of `shared/reference/performance-floor.md`.
 //!
 //! `--connections N` sets `Config::grpc_connection_count` (default: the config's default, 4,
 //! like client-go).
@@ -49,10 +53,14 @@ struct Args {
     threads: usize,
     runtime: RuntimeKind,
     connections: Option<usize>,
+    /// CPUs the mockstore child is pinned to (`taskset -c LIST`), so that it does not share
+    /// cores with the client (the floor in `shared/reference/performance-floor.md` was
+    /// measured that way); pin the client itself with `taskset -c OTHER raw_bench ...`.
+    mockstore_cpus: Option<String>,
 }
 
 const USAGE: &str = "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] \
-     [--runtime tokio|smol] [--connections N]";
+     [--runtime tokio|smol] [--connections N] [--mockstore-cpus LIST]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -65,6 +73,7 @@ fn parse_args() -> Args {
         threads: 1,
         runtime: RuntimeKind::Tokio,
         connections: None,
+        mockstore_cpus: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +84,7 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--seconds" => args.seconds = value.parse().expect("--seconds N"),
             "--mockstore" => args.mockstore = value,
+            "--mockstore-cpus" => args.mockstore_cpus = Some(value),
             "--threads" => args.threads = value.parse().expect("--threads N"),
             "--connections" => {
                 args.connections = Some(value.parse().expect("--connections N"));
@@ -242,7 +252,15 @@ async fn run<R: Runtime>(
 fn main() {
     let args = parse_args();
     let port = free_port();
-    let child = Command::new(&args.mockstore)
+    let mut command = match &args.mockstore_cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus, &args.mockstore]);
+            c
+        }
+        None => Command::new(&args.mockstore),
+    };
+    let child = command
         .args([
             "--pd-addr",
             &format!("127.0.0.1:{port}"),
