@@ -919,24 +919,30 @@ impl MvccStore {
             let mut batch: Vec<(Vec<u8>, Lock)> = Vec::new();
             let mut has_remain = false;
             // Shared locks are flattened into one entry per holder being resolved (TiKV
-            // `ResolveLockReadPhase`); each holder is resolved on its own.
-            'scan: for (k, e) in self.engine.locks_in(&bounds) {
-                for l in e.holders() {
-                    if status_of(l.ts).is_some() {
-                        if batch.len() >= RESOLVE_LOCK_BATCH_SIZE {
-                            has_remain = true;
-                            break 'scan;
-                        }
-                        batch.push((k.to_vec(), l.clone()));
-                    }
+            // `ResolveLockReadPhase`); each holder is resolved on its own. A batch ends at a key
+            // boundary, so that the next scan (which starts after the batch's last key) misses
+            // no holder.
+            for (k, e) in self.engine.locks_in(&bounds) {
+                let holders: Vec<&Lock> = e
+                    .holders()
+                    .into_iter()
+                    .filter(|l| status_of(l.ts).is_some())
+                    .collect();
+                if holders.is_empty() {
+                    continue;
                 }
+                if batch.len() >= RESOLVE_LOCK_BATCH_SIZE {
+                    has_remain = true;
+                    break;
+                }
+                batch.extend(holders.into_iter().map(|l| (k.to_vec(), l.clone())));
             }
             if batch.is_empty() {
                 return Ok(());
             }
             let mut txn = MvccTxn::new(0);
             let mut next_scan = None;
-            for (key, lock) in &batch {
+            for (i, (key, lock)) in batch.iter().enumerate() {
                 txn.start_ts = lock.ts;
                 let commit_ts = status_of(lock.ts).unwrap_or(0);
                 if commit_ts == 0 {
@@ -953,7 +959,8 @@ impl MvccStore {
                         commit_ts,
                     });
                 }
-                if txn.write_size >= MAX_TXN_WRITE_SIZE {
+                let key_done = batch.get(i + 1).is_none_or(|(next, _)| next != key);
+                if txn.write_size >= MAX_TXN_WRITE_SIZE && key_done {
                     next_scan = Some(key.clone());
                     break;
                 }

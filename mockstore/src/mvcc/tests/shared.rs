@@ -447,6 +447,26 @@ fn resolve_multiple_shared_locks_same_key() {
     must_unlocked(&s, b"k");
 }
 
+/// TiKV `commands/resolve_lock_readphase.rs` (flattening `SharedLocks` into holders): a
+/// scan batch of resolve-lock that fills up on a shared key still takes all of that key's
+/// holders, so the next batch (which starts after the key) misses none.
+#[test]
+fn resolve_lock_batch_keeps_a_shared_key_whole() {
+    let mut s = store();
+    for i in 0..255 {
+        must_prewrite_put(&mut s, format!("a{i:03}").as_bytes(), b"v", b"a000", 5);
+    }
+    must_acquire_shared(&mut s, b"b", b"pk1", 10, 10);
+    must_acquire_shared(&mut s, b"b", b"pk2", 20, 20);
+    must_prewrite_put(&mut s, b"c", b"v", b"c", 30);
+    let cmd = ResolveLockCmd {
+        txn_infos: vec![(5, 0), (10, 0), (20, 0), (30, 0)],
+        ..ResolveLockCmd::default()
+    };
+    s.resolve_lock(0, &cmd, &KeyBounds::all()).unwrap();
+    assert!(s.all_locks().is_empty(), "{:?}", s.all_locks());
+}
+
 /// TiKV `storage/mod.rs` `test_scan_lock_with_shared_lock` and `mvcc/reader/reader.rs`
 /// `test_scan_locks_from_storage_shared_locks_limit`: a lock scan returns one wrapper per
 /// shared key, with the holders at or below max_ts; each holder counts against the limit.
