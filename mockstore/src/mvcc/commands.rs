@@ -1388,7 +1388,8 @@ impl MvccStore {
         self.waits.next_deadline()
     }
 
-    /// The requests currently waiting: `(id, start_ts, key, blocking lock ts)`.
+    /// The requests currently waiting: `(id, start_ts, key, blocking lock ts)` (0 when the
+    /// blocking lock is a set of shared locks).
     pub fn waiting(&self) -> Vec<(WaitId, u64, Vec<u8>, u64)> {
         self.waits
             .waiters()

@@ -458,8 +458,9 @@ impl<R: Runtime> Transaction<R> {
     /// waiting for other transactions' locks as `options` says; with
     /// [`LockOptions::return_values`] or [`LockOptions::check_existence`] the result holds what
     /// the lock read for each key it locked (keys this transaction had locked before are not
-    /// locked again, and are left out unless values are asked for). Mirrors client-go
-    /// `KVTxn.LockKeys` with a `kv.LockCtx` (`LockCtx.Values`).
+    /// locked again, and are left out unless values are asked for). With
+    /// [`LockOptions::share_mode`] the locks are shared (see there for the rules). Mirrors
+    /// client-go `KVTxn.LockKeys` with a `kv.LockCtx` (`LockCtx.Values`).
     pub async fn lock_keys(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
