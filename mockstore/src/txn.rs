@@ -128,9 +128,12 @@ impl Cluster {
 }
 
 impl mvcc::MvccStore {
-    /// The smallest start ts of the locks in `bounds`.
+    /// The smallest start ts of the locks in `bounds` (every holder of shared locks counts).
     pub(crate) fn min_lock_ts(&self, bounds: &KeyBounds) -> Option<u64> {
-        self.engine().locks_in(bounds).map(|(_, l)| l.ts).min()
+        self.engine()
+            .locks_in(bounds)
+            .flat_map(|(_, e)| e.holders().into_iter().map(|l| l.ts))
+            .min()
     }
 
     /// Keys with a lock or a write record in `bounds`, in order.

@@ -13,8 +13,8 @@ use super::engine::{
 };
 use super::error::{MvccError, PessimisticLockNotFoundReason, Result, WriteConflictReason};
 use super::types::{
-    Assertion, AssertionLevel, LastChange, Lock, LockInfo, LockType, Mutation, Op,
-    PessimisticAction, Write, WriteType, is_short_value, physical,
+    Assertion, AssertionLevel, LastChange, Lock, LockEntry, LockInfo, LockType, Mutation, Op,
+    PessimisticAction, SharedLocks, Write, WriteType, is_short_value, physical,
 };
 
 /// Raises the engine's max ts (the largest ts any reader has used).
@@ -104,6 +104,8 @@ struct PrewriteMutation<'a> {
     secondary_keys: &'a Option<Vec<Vec<u8>>>,
     min_commit_ts: u64,
     pessimistic_action: PessimisticAction,
+    /// The mutation is `Op::SharedLock` (the prewrite of a shared pessimistic lock).
+    is_shared_lock: bool,
     lock_type: Option<LockType>,
     lock_ttl: u64,
     last_change: LastChange,
@@ -129,7 +131,7 @@ impl<'a> PrewriteMutation<'a> {
         let (lock_type, value) = match m.op {
             Op::Put | Op::Insert => (Some(LockType::Put), Some(m.value.clone())),
             Op::Del => (Some(LockType::Delete), None),
-            Op::Lock => (Some(LockType::Lock), None),
+            Op::Lock | Op::SharedLock => (Some(LockType::Lock), None),
             Op::CheckNotExists => (None, None),
             other => {
                 return Err(MvccError::Other(format!(
@@ -144,6 +146,7 @@ impl<'a> PrewriteMutation<'a> {
             secondary_keys,
             min_commit_ts: props.min_commit_ts,
             pessimistic_action,
+            is_shared_lock: m.op == Op::SharedLock,
             lock_type,
             lock_ttl: props.lock_ttl,
             last_change: LastChange::Unknown,
@@ -392,6 +395,9 @@ impl<'a> PrewriteMutation<'a> {
     }
 
     /// Mirrors TiKV `PrewriteMutation::write_lock`.
+    ///
+    /// `shared_locks` is set for the prewrite of a shared lock: the prewritten lock replaces
+    /// this transaction's holder inside them (never with async commit, 1PC or a generation).
     fn write_lock(
         self,
         lock_status: LockStatus,
@@ -399,6 +405,7 @@ impl<'a> PrewriteMutation<'a> {
         max_ts: u64,
         is_new_lock: bool,
         generation: u64,
+        shared_locks: Option<SharedLocks>,
     ) -> Result<u64> {
         let mut try_one_pc = self.try_one_pc();
         let for_update_ts_to_write = match lock_status {
@@ -456,7 +463,25 @@ impl<'a> PrewriteMutation<'a> {
             Ok(0)
         };
         let _ = self.op;
-        if try_one_pc {
+        if let Some(mut shared) = shared_locks {
+            if generation > 0 {
+                return Err(MvccError::Other(format!(
+                    "shared lock prewrite does not support non-zero generation, generation: {generation}"
+                )));
+            }
+            if try_one_pc {
+                return Err(MvccError::Other(
+                    "shared lock prewrite is incompatible with one-phase commit".to_owned(),
+                ));
+            }
+            if lock.use_async_commit {
+                return Err(MvccError::Other(
+                    "shared lock prewrite cannot use async-commit, falling back to 2PC".to_owned(),
+                ));
+            }
+            shared.update_lock(lock)?;
+            txn.put_shared_locks(&self.key, &shared, false);
+        } else if try_one_pc {
             txn.put_locks_for_1pc(
                 &self.key,
                 lock,
@@ -522,7 +547,10 @@ fn amend_pessimistic_lock(m: &mut PrewriteMutation<'_>, engine: &Engine) -> Resu
 /// async commit / 1PC).
 ///
 /// Mirrors TiKV `src/storage/txn/actions/prewrite.rs` `prewrite_with_generation`
-/// (without CDC old values).
+/// (without CDC old values), including its shared-lock rules: a `SharedLock` mutation must find
+/// this transaction among the key's shared holders (no amending), any other mutation on a key
+/// this transaction holds shared is refused, and any mutation of another transaction on a
+/// shared-locked key reports the holders as `KeyIsLocked`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn prewrite(
     txn: &mut MvccTxn,
@@ -541,9 +569,47 @@ pub(crate) fn prewrite(
         update_max_ts(max_ts, props.start_ts);
     }
     let mut lock_amended = false;
-    let lock_status = match engine.load_lock(&m.key) {
-        Some(lock) => m.check_lock(lock, expected_for_update_ts, generation)?,
+    let mut shared_locks = None;
+    let lock_status = match engine.load_lock_entry(&m.key) {
+        Some(LockEntry::Lock(lock)) => {
+            if m.is_shared_lock {
+                return Err(MvccError::KeyIsLocked(Box::new(lock.to_lock_info(&m.key))));
+            }
+            m.check_lock(lock, expected_for_update_ts, generation)?
+        }
+        Some(LockEntry::Shared(shared)) => match shared.get_lock(props.start_ts) {
+            Some(_) if !m.is_shared_lock => {
+                return Err(MvccError::Other(
+                    "use Op::SharedLock to prewrite on a shared lock".to_owned(),
+                ));
+            }
+            Some(own) => {
+                let status = m.check_lock(own, expected_for_update_ts, generation)?;
+                shared_locks = Some(shared.clone());
+                status
+            }
+            None if m.is_shared_lock => {
+                return Err(MvccError::PessimisticLockNotFound {
+                    start_ts: props.start_ts,
+                    key: m.key.clone(),
+                    reason: PessimisticLockNotFoundReason::LockMissingAmendFail,
+                });
+            }
+            None => {
+                return Err(MvccError::KeyIsLocked(Box::new(
+                    shared.to_lock_info(&m.key),
+                )));
+            }
+        },
         None if pessimistic_action == PessimisticAction::DoPessimisticCheck => {
+            if m.is_shared_lock {
+                // A shared lock cannot be amended: its holders record must exist.
+                return Err(MvccError::PessimisticLockNotFound {
+                    start_ts: props.start_ts,
+                    key: m.key.clone(),
+                    reason: PessimisticLockNotFoundReason::LockMissingAmendFail,
+                });
+            }
             if generation != 0 {
                 return Err(MvccError::Other(
                     "pipelined flush cannot carry pessimistic actions".to_owned(),
@@ -579,7 +645,14 @@ pub(crate) fn prewrite(
         return Ok(min_commit_ts);
     }
     let is_new_lock = pessimistic_action != PessimisticAction::DoPessimisticCheck || lock_amended;
-    m.write_lock(lock_status, txn, *max_ts, is_new_lock, generation)
+    m.write_lock(
+        lock_status,
+        txn,
+        *max_ts,
+        is_new_lock,
+        generation,
+        shared_locks,
+    )
 }
 
 /// Checks that a key marked "should not exist" indeed has no data version.
@@ -633,18 +706,30 @@ pub(crate) fn committed_record(engine: &Engine, key: &[u8], start_ts: u64) -> Op
     }
 }
 
-/// Commits one key.
+/// The lock entry of `key` as this command sees it: its own pending change first (several
+/// holders of one shared lock may be resolved in one batch), else the engine's.
+///
+/// Mirrors the lock lookup of TiKV `commit` / `cleanup` (`MvccTxn::get_pending_lock_bytes`).
+fn current_lock_entry(txn: &MvccTxn, engine: &Engine, key: &[u8]) -> Option<LockEntry> {
+    match txn.pending_lock(key) {
+        Some(None) => None,
+        Some(Some(l)) => Some(l.clone()),
+        None => engine.load_lock_entry(key).cloned(),
+    }
+}
+
+/// Commits one key. A shared holder is taken out of the key's shared locks; the key is
+/// unlocked (waking waiters) only when the last holder leaves.
 ///
 /// Mirrors TiKV `src/storage/txn/actions/commit.rs` `commit`.
 pub(crate) fn commit(txn: &mut MvccTxn, engine: &Engine, key: &[u8], commit_ts: u64) -> Result<()> {
     let start_ts = txn.start_ts;
-    let lock_state = match txn.pending_lock(key) {
-        Some(None) => None,
-        Some(Some(l)) => Some(l.clone()),
-        None => engine.load_lock(key).cloned(),
-    };
-    let mut lock = match lock_state {
-        Some(lock) if lock.ts == start_ts => lock,
+    let (mut lock, shared) = match current_lock_entry(txn, engine, key) {
+        Some(LockEntry::Lock(lock)) if lock.ts == start_ts => (lock, None),
+        Some(LockEntry::Shared(mut shared)) => match shared.remove_lock(start_ts) {
+            Some(lock) => (lock, Some(shared)),
+            None => return handle_lock_not_found(engine, key, start_ts, commit_ts),
+        },
         _ => return handle_lock_not_found(engine, key, start_ts, commit_ts),
     };
     if commit_ts < lock.min_commit_ts {
@@ -656,8 +741,12 @@ pub(crate) fn commit(txn: &mut MvccTxn, engine: &Engine, key: &[u8], commit_ts: 
         });
     }
     let Some(write_type) = WriteType::from_lock_type(lock.lock_type) else {
-        // A stale pessimistic lock: remove it like a pessimistic rollback.
-        txn.unlock_key(key, lock.is_pessimistic_txn(), 0);
+        // A stale pessimistic lock: remove it like a pessimistic rollback (other shared
+        // holders stay).
+        match shared {
+            Some(shared) => txn.put_or_unlock_shared(key, &shared, 0),
+            None => txn.unlock_key(key, lock.is_pessimistic_txn(), 0),
+        }
         return Ok(());
     };
     let mut write = Write::new(write_type, start_ts, lock.short_value.take());
@@ -667,7 +756,10 @@ pub(crate) fn commit(txn: &mut MvccTxn, engine: &Engine, key: &[u8], commit_ts: 
         write = write.set_overlapped_rollback(true, None);
     }
     txn.put_write(key, commit_ts, write);
-    txn.unlock_key(key, lock.is_pessimistic_txn(), commit_ts);
+    match shared {
+        Some(shared) => txn.put_or_unlock_shared(key, &shared, commit_ts),
+        None => txn.unlock_key(key, lock.is_pessimistic_txn(), commit_ts),
+    }
     Ok(())
 }
 
@@ -756,13 +848,8 @@ pub(crate) fn cleanup(
     protect_rollback: bool,
 ) -> Result<()> {
     let start_ts = txn.start_ts;
-    let lock_state = match txn.pending_lock(key) {
-        Some(None) => None,
-        Some(Some(l)) => Some(l.clone()),
-        None => engine.load_lock(key).cloned(),
-    };
-    match lock_state {
-        Some(lock) if lock.ts == start_ts => {
+    match current_lock_entry(txn, engine, key) {
+        Some(LockEntry::Lock(lock)) if lock.ts == start_ts => {
             if current_ts != 0 {
                 let expire_time = physical(lock.ts) + lock.ttl;
                 if expire_time >= physical(current_ts) {
@@ -778,12 +865,22 @@ pub(crate) fn cleanup(
                 !protect_rollback,
             )
         }
+        Some(LockEntry::Shared(shared)) if shared.contains_start_ts(start_ts) => {
+            if current_ts != 0
+                && let Some(own) = shared.get_lock(start_ts)
+                && physical(own.ts) + own.ttl >= physical(current_ts)
+            {
+                return Err(MvccError::KeyIsLocked(Box::new(shared.to_lock_info(key))));
+            }
+            rollback_shared_lock(txn, engine, key, shared, !protect_rollback)
+        }
         other => {
+            let mismatch = other.and_then(|e| e.as_lock().cloned());
             match check_txn_status_missing_lock(
                 txn,
                 engine,
                 key,
-                other,
+                mismatch,
                 MissingLockAction::rollback_protect(protect_rollback),
                 false,
             )? {
@@ -836,6 +933,46 @@ pub(crate) fn rollback_lock(
         collapse_prev_rollback(txn, engine, key);
     }
     txn.unlock_key(key, is_pessimistic_txn, 0);
+    Ok(())
+}
+
+/// Rolls back the holder `txn.start_ts` of a key's shared locks: removes it, writes a
+/// (never protected: a shared lock is never a primary) rollback record, and unlocks the key
+/// when no holder is left.
+///
+/// Mirrors TiKV `src/storage/txn/actions/check_txn_status.rs` `rollback_shared_lock`.
+pub(crate) fn rollback_shared_lock(
+    txn: &mut MvccTxn,
+    engine: &Engine,
+    key: &[u8],
+    mut shared: SharedLocks,
+    collapse_rollback: bool,
+) -> Result<()> {
+    let Some(lock) = shared.remove_lock(txn.start_ts) else {
+        return Ok(());
+    };
+    let overlapped_write = match get_txn_commit_record(engine, key, txn.start_ts) {
+        TxnCommitRecord::None { overlapped_write } => overlapped_write,
+        TxnCommitRecord::SingleRecord { write, commit_ts }
+            if write.write_type != WriteType::Rollback =>
+        {
+            return Err(MvccError::Other(format!(
+                "txn record found but not expected: start_ts {} commit_ts {commit_ts} key {key:?}",
+                lock.ts
+            )));
+        }
+        _ => {
+            txn.put_or_unlock_shared(key, &shared, 0);
+            return Ok(());
+        }
+    };
+    if let Some(write) = make_rollback(txn.start_ts, false, overlapped_write) {
+        txn.put_write(key, txn.start_ts, write);
+    }
+    if collapse_rollback {
+        collapse_prev_rollback(txn, engine, key);
+    }
+    txn.put_or_unlock_shared(key, &shared, 0);
     Ok(())
 }
 
@@ -1142,16 +1279,24 @@ fn conflict_error(
     }
 }
 
-/// Acquires a pessimistic lock on one key, optionally reading its value.
+/// Acquires a pessimistic lock on one key, optionally reading its value; with `is_shared` a
+/// shared one.
+///
+/// Shared and exclusive locks exclude each other; shared locks of several transactions
+/// coexist in one [`SharedLocks`] record. An exclusive request that meets shared locks still
+/// open to new holders gets [`MvccError::NotInShrinkMode`] (the command then closes them); one
+/// that meets shrink-only shared locks, and a shared request that meets an exclusive lock or
+/// shrink-only shared locks, get `KeyIsLocked`.
 ///
 /// Mirrors TiKV `src/storage/txn/actions/acquire_pessimistic_lock.rs`
-/// `acquire_pessimistic_lock` (exclusive locks, no CDC old values).
+/// `acquire_pessimistic_lock` (no CDC old values).
 pub(crate) fn acquire_pessimistic_lock(
     txn: &mut MvccTxn,
     engine: &Engine,
     max_ts: &mut u64,
     key: &[u8],
     should_not_exist: bool,
+    is_shared: bool,
     p: &PessimisticLockParams,
 ) -> Result<PessimisticLockKeyResult> {
     let start_ts = p.start_ts;
@@ -1166,8 +1311,30 @@ pub(crate) fn acquire_pessimistic_lock(
         update_max_ts(max_ts, for_update_ts);
     }
     let mut need_load_value = p.need_value;
-    if let Some(lock) = engine.load_lock(key) {
-        return handle_existing_lock(txn, engine, key, should_not_exist, p, lock);
+    let mut current_shared = None;
+    match engine.load_lock_entry(key) {
+        Some(LockEntry::Lock(lock)) if !is_shared => {
+            return handle_existing_lock(txn, engine, key, should_not_exist, p, lock);
+        }
+        Some(LockEntry::Lock(lock)) => {
+            return Err(MvccError::KeyIsLocked(Box::new(lock.to_lock_info(key))));
+        }
+        Some(LockEntry::Shared(shared)) if !is_shared => {
+            if !shared.is_shrink_only() {
+                return Err(MvccError::NotInShrinkMode(Box::new(shared.clone())));
+            }
+            return Err(MvccError::KeyIsLocked(Box::new(shared.to_lock_info(key))));
+        }
+        Some(LockEntry::Shared(shared)) => {
+            if shared.contains_start_ts(start_ts) {
+                return handle_existing_shared_lock(txn, key, p, shared.clone());
+            }
+            if shared.is_shrink_only() {
+                return Err(MvccError::KeyIsLocked(Box::new(shared.to_lock_info(key))));
+            }
+            current_shared = Some(shared.clone());
+        }
+        None => {}
     }
     let mut conflict_info: Option<(u64, u64)> = None;
     let mut val = None;
@@ -1232,7 +1399,15 @@ pub(crate) fn acquire_pessimistic_lock(
     } else {
         last_change = LastChange::NotExist;
     }
-    if !p.lock_only_if_exists || val.is_some() {
+    if is_shared {
+        let lock = pessimistic_lock(p, for_update_ts, last_change, conflict_info.is_some());
+        let (mut shared, is_new) = match current_shared {
+            Some(s) => (s, false),
+            None => (SharedLocks::new(), true),
+        };
+        shared.insert_lock(lock)?;
+        txn.put_shared_locks(key, &shared, is_new);
+    } else if !p.lock_only_if_exists || val.is_some() {
         let lock = pessimistic_lock(p, for_update_ts, last_change, conflict_info.is_some());
         txn.put_lock(key, &lock, true);
     } else if let Some((cs, cc)) = conflict_info {
@@ -1310,6 +1485,41 @@ fn handle_existing_lock(
         p.need_check_existence,
         locked_with_conflict_ts,
         val,
+    ))
+}
+
+/// A shared lock request of a transaction that already holds the key shared: refreshes its
+/// holder when the request's `for_update_ts` is newer. No value is read (TiKV does not load
+/// values for shared locks yet), so `return_values` reports the key as absent.
+///
+/// Mirrors TiKV `acquire_pessimistic_lock.rs` `handle_existing_shared_lock`.
+fn handle_existing_shared_lock(
+    txn: &mut MvccTxn,
+    key: &[u8],
+    p: &PessimisticLockParams,
+    mut shared: SharedLocks,
+) -> Result<PessimisticLockKeyResult> {
+    let Some(own) = shared.get_lock(p.start_ts) else {
+        return Err(MvccError::Other(format!(
+            "shared lock entry of txn {} is missing",
+            p.start_ts
+        )));
+    };
+    if p.for_update_ts > own.for_update_ts {
+        let lock = pessimistic_lock(
+            p,
+            p.for_update_ts,
+            own.last_change,
+            own.is_locked_with_conflict,
+        );
+        shared.update_lock(lock)?;
+        txn.put_shared_locks(key, &shared, false);
+    }
+    Ok(PessimisticLockKeyResult::new_success(
+        p.need_value,
+        p.need_check_existence,
+        None,
+        None,
     ))
 }
 

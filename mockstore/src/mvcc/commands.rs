@@ -18,7 +18,9 @@ use super::engine::{
 use super::error::{MvccError, Result};
 use super::lock_wait::{LockWaits, WaitEvent, WaitId, Waiter};
 use super::reader::{self, ReadOptions, ScanItem, ValueEntry};
-use super::types::{AssertionLevel, Lock, LockInfo, Mutation, PessimisticAction, Write, WriteType};
+use super::types::{
+    AssertionLevel, Lock, LockEntry, LockInfo, Mutation, PessimisticAction, Write, WriteType,
+};
 
 /// Tunables of the engine, with TiKV's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,8 +186,10 @@ impl WaitTimeout {
 /// A pessimistic lock request; the fields of `kvrpcpb.PessimisticLockRequest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PessimisticLockCmd {
-    /// `(key, should_not_exist)` pairs (`should_not_exist` = assertion `NotExist`).
-    pub keys: Vec<(Vec<u8>, bool)>,
+    /// `(key, should_not_exist, is_shared)` triples (`should_not_exist` = assertion
+    /// `NotExist`; `is_shared` = `Op::SharedPessimisticLock`), like TiKV's
+    /// `AcquirePessimisticLock::keys`.
+    pub keys: Vec<(Vec<u8>, bool, bool)>,
     /// Primary key.
     pub primary: Vec<u8>,
     /// Start ts.
@@ -477,20 +481,24 @@ impl MvccStore {
         reader::buffer_batch_get(&self.engine, keys, start_ts)
     }
 
-    /// Every lock in the store, in key order (inspection for tests).
-    pub fn all_locks(&self) -> Vec<(Vec<u8>, Lock)> {
+    /// Every lock entry in the store, in key order (inspection for tests).
+    pub fn all_locks(&self) -> Vec<(Vec<u8>, LockEntry)> {
         self.engine
             .locks_in(&KeyBounds::all())
             .map(|(k, l)| (k.to_vec(), l.clone()))
             .collect()
     }
 
-    /// Every version of a key.
+    /// Every version of a key; of shared locks, the first holder is reported.
     ///
-    /// Mirrors TiKV `src/storage/txn/commands/mvcc_by_key.rs` `MvccByKey`.
+    /// Mirrors TiKV `src/storage/txn/commands/mvcc_by_key.rs` `MvccByKey` (via
+    /// `find_mvcc_infos_by_key`).
     pub fn mvcc_by_key(&self, key: &[u8]) -> MvccInfo {
         MvccInfo {
-            lock: self.engine.load_lock(key).cloned(),
+            lock: self
+                .engine
+                .load_lock_entry(key)
+                .and_then(|e| e.holders().first().map(|l| (*l).clone())),
             writes: self.engine.writes_of(key),
             values: self.engine.values_of(key),
         }
@@ -770,26 +778,34 @@ impl MvccStore {
         }
         update_max_ts(&mut self.max_ts, new_max_ts);
         let mut txn = MvccTxn::new(cmd.lock_ts);
-        let status = match self.engine.load_lock(&cmd.primary_key) {
-            Some(lock) if lock.ts == cmd.lock_ts => actions::check_txn_status_lock_exists(
-                &mut txn,
-                &self.engine,
-                &cmd.primary_key,
-                lock.clone(),
-                &CheckTxnStatusParams {
-                    current_ts: cmd.current_ts,
-                    caller_start_ts: cmd.caller_start_ts,
-                    force_sync_commit: cmd.force_sync_commit,
-                    resolving_pessimistic_lock: cmd.resolving_pessimistic_lock,
-                    verify_is_primary: cmd.verify_is_primary,
-                    rollback_if_not_exist: cmd.rollback_if_not_exist,
-                },
-            )?,
+        let status = match self.engine.load_lock_entry(&cmd.primary_key) {
+            Some(LockEntry::Lock(lock)) if lock.ts == cmd.lock_ts => {
+                actions::check_txn_status_lock_exists(
+                    &mut txn,
+                    &self.engine,
+                    &cmd.primary_key,
+                    lock.clone(),
+                    &CheckTxnStatusParams {
+                        current_ts: cmd.current_ts,
+                        caller_start_ts: cmd.caller_start_ts,
+                        force_sync_commit: cmd.force_sync_commit,
+                        resolving_pessimistic_lock: cmd.resolving_pessimistic_lock,
+                        verify_is_primary: cmd.verify_is_primary,
+                        rollback_if_not_exist: cmd.rollback_if_not_exist,
+                    },
+                )?
+            }
+            // A shared-locked key is never a primary key.
+            Some(LockEntry::Shared(shared)) => {
+                return Err(MvccError::PrimaryMismatch(Box::new(
+                    shared.to_lock_info(&cmd.primary_key),
+                )));
+            }
             other => actions::check_txn_status_missing_lock(
                 &mut txn,
                 &self.engine,
                 &cmd.primary_key,
-                other.cloned(),
+                other.and_then(LockEntry::as_lock).cloned(),
                 MissingLockAction::rollback(cmd.rollback_if_not_exist),
                 cmd.resolving_pessimistic_lock,
             )?,
@@ -818,12 +834,16 @@ impl MvccStore {
         let mut result = None;
         for key in keys {
             let mut mismatch_lock = None;
-            let (status, need_rollback, overlapped) = match self.engine.load_lock(key) {
-                Some(lock) if lock.ts == start_ts => {
+            let (status, need_rollback, overlapped) = match self.engine.load_lock_entry(key) {
+                Some(LockEntry::Lock(lock)) if lock.ts == start_ts => {
                     check_status_from_lock(&mut txn, &self.engine, lock.clone(), key)
                 }
+                // Async-commit transactions never take shared locks: decide from the write CF.
+                Some(LockEntry::Shared(_)) => {
+                    secondary_determined_status(&self.engine, key, start_ts)
+                }
                 other => {
-                    mismatch_lock = other.cloned();
+                    mismatch_lock = other.and_then(LockEntry::as_lock).cloned();
                     secondary_determined_status(&self.engine, key, start_ts)
                 }
             };
@@ -898,21 +918,31 @@ impl MvccStore {
             let bounds = scan_range(region, &scan_from);
             let mut batch: Vec<(Vec<u8>, Lock)> = Vec::new();
             let mut has_remain = false;
-            for (k, l) in self.engine.locks_in(&bounds) {
-                if status_of(l.ts).is_some() {
-                    if batch.len() >= RESOLVE_LOCK_BATCH_SIZE {
-                        has_remain = true;
-                        break;
-                    }
-                    batch.push((k.to_vec(), l.clone()));
+            // Shared locks are flattened into one entry per holder being resolved (TiKV
+            // `ResolveLockReadPhase`); each holder is resolved on its own. A batch ends at a key
+            // boundary, so that the next scan (which starts after the batch's last key) misses
+            // no holder.
+            for (k, e) in self.engine.locks_in(&bounds) {
+                let holders: Vec<&Lock> = e
+                    .holders()
+                    .into_iter()
+                    .filter(|l| status_of(l.ts).is_some())
+                    .collect();
+                if holders.is_empty() {
+                    continue;
                 }
+                if batch.len() >= RESOLVE_LOCK_BATCH_SIZE {
+                    has_remain = true;
+                    break;
+                }
+                batch.extend(holders.into_iter().map(|l| (k.to_vec(), l.clone())));
             }
             if batch.is_empty() {
                 return Ok(());
             }
             let mut txn = MvccTxn::new(0);
             let mut next_scan = None;
-            for (key, lock) in &batch {
+            for (i, (key, lock)) in batch.iter().enumerate() {
                 txn.start_ts = lock.ts;
                 let commit_ts = status_of(lock.ts).unwrap_or(0);
                 if commit_ts == 0 {
@@ -929,7 +959,8 @@ impl MvccStore {
                         commit_ts,
                     });
                 }
-                if txn.write_size >= MAX_TXN_WRITE_SIZE {
+                let key_done = batch.get(i + 1).is_none_or(|(next, _)| next != key);
+                if txn.write_size >= MAX_TXN_WRITE_SIZE && key_done {
                     next_scan = Some(key.clone());
                     break;
                 }
@@ -959,8 +990,14 @@ impl MvccStore {
         min_commit_ts: u64,
     ) -> Result<u64> {
         let mut txn = MvccTxn::new(start_ts);
-        let ttl = match self.engine.load_lock(primary) {
-            Some(lock) if lock.ts == start_ts => {
+        let ttl = match self.engine.load_lock_entry(primary) {
+            // Heartbeats go to primaries, and a shared-locked key is never one.
+            Some(LockEntry::Shared(shared)) if shared.contains_start_ts(start_ts) => {
+                return Err(MvccError::PrimaryMismatch(Box::new(
+                    shared.to_lock_info(primary),
+                )));
+            }
+            Some(LockEntry::Lock(lock)) if lock.ts == start_ts => {
                 let mut lock = lock.clone();
                 let mut updated = false;
                 if lock.ttl < advise_ttl {
@@ -1006,8 +1043,12 @@ impl MvccStore {
         let keys: Vec<Vec<u8>> = if keys.is_empty() {
             self.engine
                 .locks_in(region)
-                .filter(|(_, l)| {
-                    l.ts == start_ts && l.is_pessimistic_lock() && l.for_update_ts <= for_update_ts
+                .filter(|(_, e)| {
+                    e.holders().iter().any(|l| {
+                        l.ts == start_ts
+                            && l.is_pessimistic_lock()
+                            && l.for_update_ts <= for_update_ts
+                    })
                 })
                 .map(|(k, _)| k.to_vec())
                 .collect()
@@ -1017,12 +1058,24 @@ impl MvccStore {
         for chunk in keys.chunks(RESOLVE_LOCK_BATCH_SIZE) {
             let mut txn = MvccTxn::new(start_ts);
             for key in chunk {
-                if let Some(lock) = self.engine.load_lock(key)
-                    && lock.is_pessimistic_lock()
-                    && lock.ts == start_ts
-                    && lock.for_update_ts <= for_update_ts
-                {
-                    txn.unlock_key(key, true, 0);
+                match self.engine.load_lock_entry(key) {
+                    Some(LockEntry::Lock(lock))
+                        if lock.is_pessimistic_lock()
+                            && lock.ts == start_ts
+                            && lock.for_update_ts <= for_update_ts =>
+                    {
+                        txn.unlock_key(key, true, 0);
+                    }
+                    Some(LockEntry::Shared(shared))
+                        if shared.get_lock(start_ts).is_some_and(|l| {
+                            l.is_pessimistic_lock() && l.for_update_ts <= for_update_ts
+                        }) =>
+                    {
+                        let mut shared = shared.clone();
+                        shared.remove_lock(start_ts);
+                        txn.put_or_unlock_shared(key, &shared, 0);
+                    }
+                    _ => {}
                 }
             }
             self.finish(txn, now_ms);
@@ -1132,7 +1185,10 @@ impl MvccStore {
     /// Mirrors TiKV `src/storage/txn/commands/acquire_pessimistic_lock.rs`
     /// `AcquirePessimisticLock::process_write` plus the scheduler's
     /// `on_wait_for_lock` and the lock manager's `wait_for` (deadlock detection
-    /// unless `is_first_lock`).
+    /// unless `is_first_lock`). An exclusive request that meets shared locks still open to
+    /// new holders marks them shrink-only (written even though the request fails) and
+    /// answers `KeyIsLocked` with the holders at once, without waiting; its retry then waits
+    /// until the last holder leaves.
     pub fn acquire_pessimistic_lock(
         &mut self,
         now_ms: u64,
@@ -1147,61 +1203,90 @@ impl MvccStore {
         let mut txn = MvccTxn::new(cmd.start_ts);
         let mut results = Vec::with_capacity(cmd.keys.len());
         let mut encountered = None;
-        for (key, should_not_exist) in &cmd.keys {
+        let mut shrunk = None;
+        for (key, should_not_exist, is_shared) in &cmd.keys {
             match actions::acquire_pessimistic_lock(
                 &mut txn,
                 &self.engine,
                 &mut self.max_ts,
                 key,
                 *should_not_exist,
+                *is_shared,
                 &params,
             ) {
                 Ok(r) => results.push(r),
                 Err(MvccError::KeyIsLocked(info)) => {
-                    encountered = Some((key.clone(), *should_not_exist, info));
+                    encountered = Some((key.clone(), *should_not_exist, *is_shared, info));
                     txn.clear();
                     results.clear();
+                    break;
+                }
+                Err(MvccError::NotInShrinkMode(mut shared)) => {
+                    // Close the shared locks to new holders and report them.
+                    shared.set_shrink_only();
+                    txn.clear();
+                    results.clear();
+                    txn.put_shared_locks(key, &shared, false);
+                    shrunk = Some(shared.to_lock_info(key));
                     break;
                 }
                 Err(e) => return LockRequestOutcome::Done(Err(e)),
             }
         }
         self.finish(txn, now_ms);
-        let Some((key, should_not_exist, info)) = encountered else {
+        if let Some(info) = shrunk {
+            return LockRequestOutcome::Done(Err(MvccError::KeyIsLocked(Box::new(info))));
+        }
+        let Some((key, should_not_exist, is_shared, info)) = encountered else {
             return LockRequestOutcome::Done(Ok(results));
         };
         let Some(timeout) = cmd.wait_timeout else {
             let err = MvccError::KeyIsLocked(info);
             return LockRequestOutcome::Done(fail_output(cmd.allow_lock_with_conflict, err));
         };
-        self.start_waiting(now_ms, cmd, key, should_not_exist, *info, timeout)
+        self.start_waiting(
+            now_ms,
+            cmd,
+            key,
+            should_not_exist,
+            is_shared,
+            *info,
+            timeout,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_waiting(
         &mut self,
         now_ms: u64,
         cmd: PessimisticLockCmd,
         key: Vec<u8>,
         should_not_exist: bool,
+        is_shared: bool,
         info: LockInfo,
         timeout: WaitTimeout,
     ) -> LockRequestOutcome {
-        if !cmd.is_first_lock
-            && let Some((hash, chain)) = self.waits.detect(
-                cmd.start_ts,
-                info.lock_version,
-                &key,
-                &cmd.resource_group_tag,
-            )
-        {
-            let err = MvccError::Deadlock {
-                start_ts: cmd.start_ts,
-                lock_ts: info.lock_version,
-                lock_key: key,
-                deadlock_key_hash: hash,
-                wait_chain: chain,
-            };
-            return LockRequestOutcome::Done(fail_output(cmd.allow_lock_with_conflict, err));
+        // A wait on shared locks waits for every holder (TiKV `Detector::handle_detect_locally`
+        // checks each of `LockInfoExt::iter_locks`).
+        if !cmd.is_first_lock {
+            for holder in info.holder_ts() {
+                if let Some((hash, chain)) =
+                    self.waits
+                        .detect(cmd.start_ts, holder, &key, &cmd.resource_group_tag)
+                {
+                    let err = MvccError::Deadlock {
+                        start_ts: cmd.start_ts,
+                        lock_ts: holder,
+                        lock_key: key,
+                        deadlock_key_hash: hash,
+                        wait_chain: chain,
+                    };
+                    return LockRequestOutcome::Done(fail_output(
+                        cmd.allow_lock_with_conflict,
+                        err,
+                    ));
+                }
+            }
         }
         let deadline = now_ms + timeout.with_ceiling(self.config.wait_for_lock_timeout_ms);
         let id = self.waits.alloc_id();
@@ -1211,6 +1296,7 @@ impl MvccStore {
             cmd.primary.clone(),
             key,
             should_not_exist,
+            is_shared,
             cmd.is_first_lock,
             cmd.allow_lock_with_conflict,
             info,
@@ -1247,6 +1333,8 @@ impl MvccStore {
                         &mut self.max_ts,
                         &w.key,
                         w.should_not_exist,
+                        // Resumed requests are exclusive (TiKV `AcquirePessimisticLockResumed`).
+                        false,
                         &params,
                     );
                     match res {
@@ -1258,10 +1346,30 @@ impl MvccStore {
                                 output: Ok(vec![r]),
                             });
                         }
+                        // Meeting shared locks after resuming fails the key instead of waiting
+                        // again (TiKV scheduler `on_wait_for_lock_after_resuming`).
+                        Err(MvccError::KeyIsLocked(info)) if info.is_shared_lock() => {
+                            out.push(FinishedWait {
+                                id,
+                                allow_lock_with_conflict: true,
+                                output: Ok(vec![PessimisticLockKeyResult::Failed(
+                                    MvccError::KeyIsLocked(info),
+                                )]),
+                            })
+                        }
                         Err(MvccError::KeyIsLocked(info)) => {
                             w.lock_info = *info;
                             self.waits.push(id, w, false);
                         }
+                        // A resumed request does not close shared locks (TiKV leaves them
+                        // open there); it fails like any shared lock met after resuming.
+                        Err(MvccError::NotInShrinkMode(shared)) => out.push(FinishedWait {
+                            id,
+                            allow_lock_with_conflict: true,
+                            output: Ok(vec![PessimisticLockKeyResult::Failed(
+                                MvccError::KeyIsLocked(Box::new(shared.to_lock_info(&w.key))),
+                            )]),
+                        }),
                         Err(e) => out.push(FinishedWait {
                             id,
                             allow_lock_with_conflict: true,
@@ -1280,7 +1388,8 @@ impl MvccStore {
         self.waits.next_deadline()
     }
 
-    /// The requests currently waiting: `(id, start_ts, key, blocking lock ts)`.
+    /// The requests currently waiting: `(id, start_ts, key, blocking lock ts)` (0 when the
+    /// blocking lock is a set of shared locks).
     pub fn waiting(&self) -> Vec<(WaitId, u64, Vec<u8>, u64)> {
         self.waits
             .waiters()

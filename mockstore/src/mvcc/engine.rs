@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::error::{MvccError, Result};
-use super::types::{LastChange, Lock, LockInfo, ReleasedLock, Write, WriteType};
+use super::types::{
+    LastChange, Lock, LockEntry, LockInfo, ReleasedLock, SharedLocks, Write, WriteType,
+};
 
 /// A key range `[start, end)`; an empty `end` means unbounded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,7 +77,7 @@ impl KeyBounds {
 /// One change of a write batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Modify {
-    PutLock(Vec<u8>, Lock),
+    PutLock(Vec<u8>, LockEntry),
     DeleteLock(Vec<u8>),
     PutWrite(Vec<u8>, u64, Write),
     DeleteWrite(Vec<u8>, u64),
@@ -87,7 +89,13 @@ impl Modify {
     /// Rough size of the change, used for TiKV's write-size batching limits.
     fn size(&self) -> usize {
         match self {
-            Modify::PutLock(k, l) => k.len() + l.primary.len() + 32,
+            Modify::PutLock(k, l) => {
+                k.len()
+                    + l.holders()
+                        .iter()
+                        .map(|l| l.primary.len() + 32)
+                        .sum::<usize>()
+            }
             Modify::DeleteLock(k) => k.len(),
             Modify::PutWrite(k, _, w) => {
                 k.len() + 8 + 16 + w.short_value.as_ref().map_or(0, Vec::len)
@@ -101,15 +109,28 @@ impl Modify {
 /// The three column families.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
-    lock: BTreeMap<Vec<u8>, Lock>,
+    lock: BTreeMap<Vec<u8>, LockEntry>,
     write: BTreeMap<Vec<u8>, BTreeMap<u64, Write>>,
     default: BTreeMap<Vec<u8>, BTreeMap<u64, Vec<u8>>>,
 }
 
 impl Engine {
-    /// The lock on `key`, if any.
+    /// The exclusive lock on `key`, if any (`None` for a key held with shared locks; see
+    /// [`Engine::load_lock_entry`]).
     pub fn load_lock(&self, key: &[u8]) -> Option<&Lock> {
+        self.lock.get(key).and_then(LockEntry::as_lock)
+    }
+
+    /// What the lock column family holds for `key`: a lock or shared locks.
+    ///
+    /// Mirrors TiKV `src/storage/mvcc/reader/reader.rs` `MvccReader::load_lock`.
+    pub fn load_lock_entry(&self, key: &[u8]) -> Option<&LockEntry> {
         self.lock.get(key)
+    }
+
+    /// Whether any transaction holds a lock (exclusive or shared) on `key`.
+    pub fn is_locked(&self, key: &[u8]) -> bool {
+        self.lock.contains_key(key)
     }
 
     /// The newest write record of `key` with `commit_ts <= ts`.
@@ -150,11 +171,11 @@ impl Engine {
         })
     }
 
-    /// Locks in a range, in key order.
+    /// Lock entries in a range, in key order.
     pub fn locks_in<'a>(
         &'a self,
         bounds: &'a KeyBounds,
-    ) -> impl Iterator<Item = (&'a [u8], &'a Lock)> + 'a {
+    ) -> impl Iterator<Item = (&'a [u8], &'a LockEntry)> + 'a {
         self.lock
             .range::<[u8], _>(bounds.range())
             .map(|(k, l)| (k.as_slice(), l))
@@ -241,7 +262,7 @@ impl Engine {
         purge(&mut self.default, bounds);
     }
 
-    /// Number of locks (for tests and inspection).
+    /// Number of locked keys (for tests and inspection).
     pub fn lock_count(&self) -> usize {
         self.lock.len()
     }
@@ -286,7 +307,37 @@ impl MvccTxn {
         if is_new {
             self.new_locks.push(lock.to_lock_info(key));
         }
-        self.push(Modify::PutLock(key.to_vec(), lock.clone()));
+        self.push(Modify::PutLock(key.to_vec(), LockEntry::Lock(lock.clone())));
+    }
+
+    /// Writes a key's shared locks; `is_new` when the record did not exist (its wrapper lock
+    /// info then refreshes the key's lock waiters).
+    ///
+    /// Mirrors TiKV `MvccTxn::put_shared_locks`.
+    pub(crate) fn put_shared_locks(&mut self, key: &[u8], shared: &SharedLocks, is_new: bool) {
+        if is_new {
+            self.new_locks.push(shared.to_lock_info(key));
+        }
+        self.push(Modify::PutLock(
+            key.to_vec(),
+            LockEntry::Shared(shared.clone()),
+        ));
+    }
+
+    /// Writes back shared locks after removing the holder `txn.start_ts`: the key is unlocked
+    /// (waking its waiters) when no holder is left, otherwise the rest is kept and nothing is
+    /// released. Mirrors the tail of TiKV `commit` / `rollback_shared_lock`.
+    pub(crate) fn put_or_unlock_shared(
+        &mut self,
+        key: &[u8],
+        shared: &SharedLocks,
+        commit_ts: u64,
+    ) {
+        if shared.is_empty() {
+            self.unlock_key(key, true, commit_ts);
+        } else {
+            self.put_shared_locks(key, shared, false);
+        }
     }
 
     /// Mirrors TiKV `MvccTxn::put_locks_for_1pc`.
@@ -365,7 +416,7 @@ impl MvccTxn {
     /// `Some(None)` if deleted, `Some(Some(lock))` if written.
     ///
     /// Mirrors TiKV `MvccTxn::get_pending_lock_bytes`.
-    pub(crate) fn pending_lock(&self, key: &[u8]) -> Option<Option<&Lock>> {
+    pub(crate) fn pending_lock(&self, key: &[u8]) -> Option<Option<&LockEntry>> {
         for m in self.modifies.iter().rev() {
             match m {
                 Modify::PutLock(k, l) if k.as_slice() == key => return Some(Some(l)),

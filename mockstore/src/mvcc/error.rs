@@ -5,7 +5,7 @@
 //! same payload. The kvrpcpb adapter turns them into `KeyError`s the way TiKV
 //! `src/storage/errors.rs` `extract_key_error` does.
 
-use super::types::{Assertion, LockInfo, WaitForEntry};
+use super::types::{Assertion, LockInfo, SharedLocks, WaitForEntry};
 
 /// Why a write conflict was reported; numbered like `kvrpcpb.WriteConflict.Reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +216,12 @@ pub enum MvccError {
         /// Generation of the lock.
         lock_generation: u64,
     },
+    /// An exclusive lock request met shared locks that still accept new holders; the command
+    /// marks them shrink-only and reports the key as locked.
+    ///
+    /// Mirrors TiKV `src/storage/mvcc/mod.rs` `ErrorInner::NotInShrinkMode`.
+    #[error("key is locked by shared locks without shrink-only flag: {0:?}")]
+    NotInShrinkMode(Box<SharedLocks>),
     /// Commit ts not greater than start ts.
     ///
     /// Mirrors TiKV `src/storage/txn/mod.rs` `ErrorInner::InvalidTxnTso`.

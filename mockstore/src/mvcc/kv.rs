@@ -62,6 +62,7 @@ pub fn lock_info_to_pb(info: &LockInfo) -> kvrpcpb::LockInfo {
         min_commit_ts: info.min_commit_ts,
         secondaries: info.secondaries.iter().map(|s| b(s)).collect(),
         duration_to_last_update_ms: info.duration_to_last_update_ms,
+        shared_lock_infos: info.shared_lock_infos.iter().map(lock_info_to_pb).collect(),
         ..kvrpcpb::LockInfo::default()
     }
 }
@@ -180,15 +181,14 @@ pub fn key_error(err: &MvccError) -> kvrpcpb::KeyError {
 fn mutation_of(m: &kvrpcpb::Mutation) -> Result<Mutation, MvccError> {
     let op = Op::from_i32(m.op).ok_or_else(|| MvccError::Other(format!("unknown Op {}", m.op)))?;
     match op {
-        Op::Put | Op::Del | Op::Lock | Op::Insert | Op::CheckNotExists => Ok(Mutation {
-            op,
-            key: m.key.to_vec(),
-            value: m.value.to_vec(),
-            assertion: Assertion::from_i32(m.assertion),
-        }),
-        Op::SharedLock => Err(MvccError::Other(
-            "shared locks are not supported by the mock store".to_owned(),
-        )),
+        Op::Put | Op::Del | Op::Lock | Op::SharedLock | Op::Insert | Op::CheckNotExists => {
+            Ok(Mutation {
+                op,
+                key: m.key.to_vec(),
+                value: m.value.to_vec(),
+                assertion: Assertion::from_i32(m.assertion),
+            })
+        }
         _ => Err(MvccError::Other(format!(
             "mismatch Op in prewrite mutations: {op:?}"
         ))),
@@ -688,16 +688,11 @@ impl MvccStore {
         let mut keys = Vec::with_capacity(req.mutations.len());
         for m in &req.mutations {
             match Op::from_i32(m.op) {
-                Some(Op::PessimisticLock) => keys.push((
+                Some(op @ (Op::PessimisticLock | Op::SharedPessimisticLock)) => keys.push((
                     m.key.to_vec(),
                     Assertion::from_i32(m.assertion) == Assertion::NotExist,
+                    op == Op::SharedPessimisticLock,
                 )),
-                Some(Op::SharedPessimisticLock) => {
-                    let e = MvccError::Other(
-                        "shared locks are not supported by the mock store".to_owned(),
-                    );
-                    return LockOutcome::Done(pessimistic_lock_response(false, Err(e)));
-                }
                 _ => {
                     let e =
                         MvccError::Other("mismatch Op in pessimistic lock mutations".to_owned());

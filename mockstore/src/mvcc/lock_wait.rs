@@ -7,6 +7,10 @@
 //! (timeouts capped by `wait_for_lock_timeout`, `duration_to_last_update_ms`) and
 //! `src/server/lock_manager/deadlock.rs` (`DetectTable::detect`). Nothing here
 //! blocks: the store reports what became due when polled with the current time.
+//!
+//! Shared locks: a request blocked by shared locks waits for every holder (one wait-for
+//! edge per holder), and when a lock is released the shared lock requests at the head of
+//! the queue are woken together, since they can all be granted at once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -29,13 +33,16 @@ pub(crate) struct Waiter<R> {
     pub(crate) primary: Vec<u8>,
     pub(crate) key: Vec<u8>,
     pub(crate) should_not_exist: bool,
+    /// The request asks for a shared lock (TiKV `LockWaitEntry::is_shared_lock`).
+    pub(crate) is_shared: bool,
     pub(crate) is_first_lock: bool,
     /// Resumable (force-lock mode) rather than legacy.
     pub(crate) allow_lock_with_conflict: bool,
     /// The lock currently blocking the request.
     pub(crate) lock_info: LockInfo,
-    /// The lock ts of this waiter's edge in the wait-for graph, if registered.
-    pub(crate) edge_lock_ts: Option<u64>,
+    /// The lock ts of this waiter's edges in the wait-for graph (one per holder of the
+    /// blocking lock), empty if none is registered.
+    pub(crate) edge_lock_ts: Vec<u64>,
     pub(crate) resource_group_tag: Vec<u8>,
     pub(crate) deadline_ms: u64,
     pub(crate) last_updated_ms: Option<u64>,
@@ -51,6 +58,7 @@ impl<R> Waiter<R> {
         primary: Vec<u8>,
         key: Vec<u8>,
         should_not_exist: bool,
+        is_shared: bool,
         is_first_lock: bool,
         allow_lock_with_conflict: bool,
         lock_info: LockInfo,
@@ -63,10 +71,11 @@ impl<R> Waiter<R> {
             primary,
             key,
             should_not_exist,
+            is_shared,
             is_first_lock,
             allow_lock_with_conflict,
             lock_info,
-            edge_lock_ts: None,
+            edge_lock_ts: Vec::new(),
             resource_group_tag,
             deadline_ms,
             last_updated_ms: None,
@@ -165,7 +174,7 @@ impl<R> LockWaits<R> {
         // txn -> lock_ts -> (hash, key, tag)
         let mut graph: BTreeMap<u64, BTreeMap<u64, EdgeInfo>> = BTreeMap::new();
         for w in self.waiters.values() {
-            if let Some(edge) = w.edge_lock_ts {
+            for &edge in &w.edge_lock_ts {
                 graph
                     .entry(w.start_ts)
                     .or_default()
@@ -239,13 +248,14 @@ impl<R> LockWaits<R> {
         waiter.queued = true;
         state.queue.insert((waiter.start_ts, id.0));
         if register_edge && !waiter.is_first_lock {
-            waiter.edge_lock_ts = Some(waiter.lock_info.lock_version);
+            waiter.edge_lock_ts = waiter.lock_info.holder_ts();
         }
         self.waiters.insert(id.0, waiter);
     }
 
-    /// A lock on `key` was released: wake the head of the queue now, and
-    /// schedule waking the older entries after `wake_up_delay_ms`.
+    /// A lock on `key` was released: wake the head of the queue now (with the shared lock
+    /// requests right behind it when the head is one), and schedule waking the older
+    /// entries after `wake_up_delay_ms`.
     ///
     /// Mirrors TiKV `LockWaitQueues::pop_for_waking_up` and `handle_delayed_wake_up`.
     pub(crate) fn on_release(
@@ -264,27 +274,40 @@ impl<R> LockWaits<R> {
         let Some(head) = state.queue.pop_first() else {
             return;
         };
-        let id = head.1;
-        let Some(w) = self.waiters.get_mut(&id) else {
-            return;
-        };
-        w.queued = false;
-        if w.allow_lock_with_conflict {
-            self.ready.push_back((now_ms, Ready::Resume { id }));
-        } else {
-            state.legacy_wake_up_index += 1;
-            if !state.queue.is_empty() {
-                state.delayed_notify_at = Some(now_ms + wake_up_delay_ms);
+        let mut popped = vec![head.1];
+        if self.waiters.get(&head.1).is_some_and(|w| w.is_shared) {
+            while let Some(&(ts, id)) = state.queue.first() {
+                if !self.waiters.get(&id).is_some_and(|w| w.is_shared) {
+                    break;
+                }
+                state.queue.remove(&(ts, id));
+                popped.push(id);
             }
-            self.ready.push_back((
-                now_ms,
-                Ready::Legacy {
-                    id,
-                    conflict_start_ts: start_ts,
-                    conflict_commit_ts: commit_ts,
-                    key: key.to_vec(),
-                },
-            ));
+        }
+        let mut legacy_woken = false;
+        for id in popped {
+            let Some(w) = self.waiters.get_mut(&id) else {
+                continue;
+            };
+            w.queued = false;
+            if w.allow_lock_with_conflict {
+                self.ready.push_back((now_ms, Ready::Resume { id }));
+            } else {
+                state.legacy_wake_up_index += 1;
+                legacy_woken = true;
+                self.ready.push_back((
+                    now_ms,
+                    Ready::Legacy {
+                        id,
+                        conflict_start_ts: start_ts,
+                        conflict_commit_ts: commit_ts,
+                        key: key.to_vec(),
+                    },
+                ));
+            }
+        }
+        if legacy_woken && !state.queue.is_empty() {
+            state.delayed_notify_at = Some(now_ms + wake_up_delay_ms);
         }
         if state.queue.is_empty() {
             self.keys.remove(key);
@@ -307,7 +330,9 @@ impl<R> LockWaits<R> {
                     continue;
                 };
                 w.last_updated_ms = Some(now_ms);
-                if w.lock_info.lock_version == lock.lock_version {
+                // Shared locks are compared by their holders (TiKV
+                // `WaiterManager::update_waiter`, `maybe_shared_lock_shrink`).
+                if w.lock_info.holder_ts() == lock.holder_ts() {
                     continue;
                 }
                 w.lock_info = lock.clone();
@@ -316,9 +341,14 @@ impl<R> LockWaits<R> {
                 }
                 let (start_ts, key, tag) =
                     (w.start_ts, w.key.clone(), w.resource_group_tag.clone());
-                w.edge_lock_ts = None;
-                match self.detect(start_ts, lock.lock_version, &key, &tag) {
-                    Some((hash, chain)) => {
+                w.edge_lock_ts = Vec::new();
+                let holders = lock.holder_ts();
+                let found = holders.iter().find_map(|&h| {
+                    self.detect(start_ts, h, &key, &tag)
+                        .map(|(hash, chain)| (h, hash, chain))
+                });
+                match found {
+                    Some((lock_ts, hash, chain)) => {
                         self.remove_from_queue(id);
                         self.ready.push_back((
                             now_ms,
@@ -326,7 +356,7 @@ impl<R> LockWaits<R> {
                                 id,
                                 error: MvccError::Deadlock {
                                     start_ts,
-                                    lock_ts: lock.lock_version,
+                                    lock_ts,
                                     lock_key: key,
                                     deadlock_key_hash: hash,
                                     wait_chain: chain,
@@ -336,7 +366,7 @@ impl<R> LockWaits<R> {
                     }
                     None => {
                         if let Some(w) = self.waiters.get_mut(&id) {
-                            w.edge_lock_ts = Some(lock.lock_version);
+                            w.edge_lock_ts = holders;
                         }
                     }
                 }

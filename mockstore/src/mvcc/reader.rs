@@ -2,12 +2,13 @@
 //! scans and the pipelined-DML buffer read.
 //!
 //! Lock visibility follows TiKV `components/txn_types/src/lock.rs`
-//! `check_ts_conflict`; version selection follows
+//! `check_ts_conflict` (shared locks never block a read: their holders are
+//! pessimistic or lock-only locks, which readers ignore); version selection follows
 //! `src/storage/mvcc/reader/point_getter.rs` and `reader/scanner/{forward,backward}.rs`.
 
 use super::engine::{Engine, KeyBounds, load_data};
 use super::error::{MvccError, Result, WriteConflictReason};
-use super::types::{IsolationLevel, Lock, LockInfo, LockType, WriteType};
+use super::types::{IsolationLevel, Lock, LockEntry, LockInfo, LockType, WriteType};
 
 /// Options of a transactional read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,6 +144,7 @@ fn check_lock(engine: &Engine, key: &[u8], opts: &ReadOptions) -> Result<LockChe
     if !need_check_locks(opts.isolation_level) {
         return Ok(LockCheck::Clear);
     }
+    // Shared locks are ignored by readers (TiKV `check_ts_conflict_si`, `Either::Right`).
     let Some(lock) = engine.load_lock(key) else {
         return Ok(LockCheck::Clear);
     };
@@ -347,20 +349,40 @@ impl<'a, A: Iterator<Item = &'a [u8]>, B: Iterator<Item = &'a [u8]>> Iterator
 }
 
 /// Locks in `bounds` whose start ts is at most `max_ts`, in key order; `limit`
-/// 0 means unlimited.
+/// 0 means unlimited. Shared locks come back as one wrapper per key listing the
+/// holders that pass the filter; each holder counts against the limit (the
+/// holders with the smallest start ts are kept when the limit cuts a key).
 ///
-/// Mirrors TiKV `src/storage/mod.rs` `Storage::scan_lock` (via `MvccReader::scan_locks`).
+/// Mirrors TiKV `src/storage/mod.rs` `Storage::scan_lock` (via `MvccReader::scan_locks`,
+/// `SharedLocks::filter_shared_locks` and `truncate_to`).
 pub fn scan_locks(engine: &Engine, bounds: &KeyBounds, max_ts: u64, limit: usize) -> Vec<LockInfo> {
     if bounds.is_empty() {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for (key, lock) in engine.locks_in(bounds) {
-        if lock.ts <= max_ts {
-            out.push(lock.to_lock_info(key));
-            if limit > 0 && out.len() >= limit {
-                break;
+    let mut count = 0usize;
+    for (key, entry) in engine.locks_in(bounds) {
+        match entry {
+            LockEntry::Lock(lock) => {
+                if lock.ts <= max_ts {
+                    out.push(lock.to_lock_info(key));
+                    count += 1;
+                }
             }
+            LockEntry::Shared(shared) => {
+                let mut info = shared.to_lock_info(key);
+                info.shared_lock_infos.retain(|l| l.lock_version <= max_ts);
+                if limit > 0 {
+                    info.shared_lock_infos.truncate(limit - count);
+                }
+                if !info.shared_lock_infos.is_empty() {
+                    count += info.shared_lock_infos.len();
+                    out.push(info);
+                }
+            }
+        }
+        if limit > 0 && count >= limit {
+            break;
         }
     }
     out

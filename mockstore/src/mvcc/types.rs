@@ -60,9 +60,10 @@ pub enum Op {
     PessimisticLock = 5,
     /// Check that the key does not exist, write nothing.
     CheckNotExists = 6,
-    /// Shared lock (`kvrpcpb.Op.SharedLock`); not supported by this engine.
+    /// Shared lock: the prewrite of a key held with a shared pessimistic lock, and the
+    /// `lock_type` of the wrapper lock info that lists a key's shared holders.
     SharedLock = 7,
-    /// Shared pessimistic lock (`kvrpcpb.Op.SharedPessimisticLock`); not supported.
+    /// Shared pessimistic lock (only in pessimistic lock requests).
     SharedPessimisticLock = 8,
 }
 
@@ -215,7 +216,9 @@ impl LastChange {
 
 /// Kind of a lock in the lock column family.
 ///
-/// Mirrors TiKV `components/txn_types/src/lock.rs` `LockType` (without `Shared`).
+/// Mirrors TiKV `components/txn_types/src/lock.rs` `LockType`. TiKV's `Shared` tag only marks
+/// the encoding of a [`SharedLocks`] record; here that is the [`LockEntry::Shared`] variant,
+/// and the holders inside it are `Pessimistic` (locked) or `Lock` (prewritten).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockType {
     /// Prewritten put.
@@ -349,6 +352,7 @@ impl Lock {
             min_commit_ts: self.min_commit_ts,
             secondaries: self.secondaries.clone(),
             duration_to_last_update_ms: 0,
+            shared_lock_infos: Vec::new(),
         }
     }
 }
@@ -378,6 +382,188 @@ pub struct LockInfo {
     pub secondaries: Vec<Vec<u8>>,
     /// Milliseconds since the lock-wait information was last updated (lock-wait timeouts only).
     pub duration_to_last_update_ms: u64,
+    /// The holders of a shared lock (only when `lock_type` is [`Op::SharedLock`]; the wrapper's
+    /// other fields are then empty).
+    pub shared_lock_infos: Vec<LockInfo>,
+}
+
+impl LockInfo {
+    /// Whether this is the wrapper of a shared lock. Mirrors TiKV `LockInfoExt::is_shared_lock`.
+    pub fn is_shared_lock(&self) -> bool {
+        self.lock_type == Op::SharedLock
+    }
+
+    /// The start ts of every transaction holding the lock: the holders of a shared lock, or
+    /// the one owner. Mirrors TiKV `LockInfoExt::iter_locks`.
+    pub fn holder_ts(&self) -> Vec<u64> {
+        if self.is_shared_lock() {
+            self.shared_lock_infos
+                .iter()
+                .map(|l| l.lock_version)
+                .collect()
+        } else {
+            vec![self.lock_version]
+        }
+    }
+}
+
+/// The shared locks of one key: the pessimistic (or prewritten) locks of several
+/// transactions, by start ts.
+///
+/// Mirrors TiKV `components/txn_types/src/lock.rs` `SharedLocks`. TiKV keeps the holders in a
+/// hash map; here they are ordered by start ts, which is one of the orders TiKV may produce.
+/// Once an exclusive lock request has met the holders the record is *shrink-only*: no new
+/// holder may join (so the exclusive waiter cannot starve), holders only leave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedLocks {
+    shrink_only: bool,
+    locks: std::collections::BTreeMap<u64, Lock>,
+}
+
+impl SharedLocks {
+    /// An empty record.
+    pub fn new() -> SharedLocks {
+        SharedLocks::default()
+    }
+
+    /// Number of holders.
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Whether no transaction holds the lock.
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// Whether new holders are refused. Mirrors TiKV `SharedLocks::is_shrink_only`.
+    pub fn is_shrink_only(&self) -> bool {
+        self.shrink_only
+    }
+
+    /// Refuses new holders from now on (one way). Mirrors TiKV `SharedLocks::set_shrink_only`.
+    pub fn set_shrink_only(&mut self) {
+        self.shrink_only = true;
+    }
+
+    /// Whether the transaction `start_ts` holds the lock.
+    pub fn contains_start_ts(&self, start_ts: u64) -> bool {
+        self.locks.contains_key(&start_ts)
+    }
+
+    /// The holder `start_ts`'s lock. Mirrors TiKV `SharedLocks::get_lock`.
+    pub fn get_lock(&self, start_ts: u64) -> Option<&Lock> {
+        self.locks.get(&start_ts)
+    }
+
+    /// The holders' locks, by start ts.
+    pub fn locks(&self) -> impl Iterator<Item = &Lock> {
+        self.locks.values()
+    }
+
+    /// Removes the holder `start_ts`. Mirrors TiKV `SharedLocks::remove_lock`.
+    pub fn remove_lock(&mut self, start_ts: u64) -> Option<Lock> {
+        self.locks.remove(&start_ts)
+    }
+
+    /// Adds a holder; refused when shrink-only or already held. Mirrors TiKV
+    /// `SharedLocks::insert_lock` (`InvalidOperation`).
+    pub fn insert_lock(&mut self, lock: Lock) -> Result<(), super::error::MvccError> {
+        if self.shrink_only {
+            return Err(super::error::MvccError::Other(format!(
+                "cannot insert new lock #{} into shrink-only SharedLocks",
+                lock.ts
+            )));
+        }
+        if self.locks.contains_key(&lock.ts) {
+            return Err(super::error::MvccError::Other(format!(
+                "lock #{} already exists in SharedLocks",
+                lock.ts
+            )));
+        }
+        self.locks.insert(lock.ts, lock);
+        Ok(())
+    }
+
+    /// Replaces an existing holder's lock. Mirrors TiKV `SharedLocks::update_lock`.
+    pub fn update_lock(&mut self, lock: Lock) -> Result<(), super::error::MvccError> {
+        if !self.locks.contains_key(&lock.ts) {
+            return Err(super::error::MvccError::Other(format!(
+                "lock #{} does not exist in SharedLocks",
+                lock.ts
+            )));
+        }
+        self.locks.insert(lock.ts, lock);
+        Ok(())
+    }
+
+    /// The wrapper lock info: `lock_type = SharedLock`, the key, and one lock info per
+    /// holder; everything else empty. Mirrors TiKV `SharedLocks::into_lock_info`.
+    pub fn to_lock_info(&self, raw_key: &[u8]) -> LockInfo {
+        LockInfo {
+            primary_lock: Vec::new(),
+            lock_version: 0,
+            key: raw_key.to_vec(),
+            lock_ttl: 0,
+            txn_size: 0,
+            lock_type: Op::SharedLock,
+            lock_for_update_ts: 0,
+            use_async_commit: false,
+            min_commit_ts: 0,
+            secondaries: Vec::new(),
+            duration_to_last_update_ms: 0,
+            shared_lock_infos: self
+                .locks
+                .values()
+                .map(|l| l.to_lock_info(raw_key))
+                .collect(),
+        }
+    }
+}
+
+/// What the lock column family holds for a key: one transaction's lock, or shared locks.
+///
+/// Mirrors TiKV `components/txn_types/src/lock.rs` `LockOrSharedLocks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockEntry {
+    /// An exclusive lock (prewritten, or pessimistic).
+    Lock(Lock),
+    /// Shared pessimistic locks of one or more transactions.
+    Shared(SharedLocks),
+}
+
+impl LockEntry {
+    /// The lock as reported to clients (the wrapper for shared locks).
+    pub fn to_lock_info(&self, raw_key: &[u8]) -> LockInfo {
+        match self {
+            LockEntry::Lock(l) => l.to_lock_info(raw_key),
+            LockEntry::Shared(s) => s.to_lock_info(raw_key),
+        }
+    }
+
+    /// The exclusive lock, if that is what the entry holds.
+    pub fn as_lock(&self) -> Option<&Lock> {
+        match self {
+            LockEntry::Lock(l) => Some(l),
+            LockEntry::Shared(_) => None,
+        }
+    }
+
+    /// The shared locks, if that is what the entry holds.
+    pub fn as_shared(&self) -> Option<&SharedLocks> {
+        match self {
+            LockEntry::Lock(_) => None,
+            LockEntry::Shared(s) => Some(s),
+        }
+    }
+
+    /// The locks of the entry's transactions: the exclusive lock, or every holder.
+    pub fn holders(&self) -> Vec<&Lock> {
+        match self {
+            LockEntry::Lock(l) => vec![l],
+            LockEntry::Shared(s) => s.locks().collect(),
+        }
+    }
 }
 
 /// Kind of a write record.
@@ -494,7 +680,7 @@ impl Write {
 /// A mutation of a prewrite or flush request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mutation {
-    /// The operation (`Put`, `Del`, `Lock`, `Insert` or `CheckNotExists`).
+    /// The operation (`Put`, `Del`, `Lock`, `SharedLock`, `Insert` or `CheckNotExists`).
     pub op: Op,
     /// The key.
     pub key: Vec<u8>,
@@ -523,6 +709,11 @@ impl Mutation {
     /// An insert (the key must not exist).
     pub fn insert(key: &[u8], value: &[u8]) -> Mutation {
         Mutation::with_op(Op::Insert, key, value)
+    }
+
+    /// The prewrite of a shared pessimistic lock. Mirrors TiKV `Mutation::make_shared_lock`.
+    pub fn shared_lock(key: &[u8]) -> Mutation {
+        Mutation::with_op(Op::SharedLock, key, b"")
     }
 
     /// A check that the key does not exist.

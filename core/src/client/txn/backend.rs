@@ -136,6 +136,8 @@ pub(crate) struct LockRequest {
     pub check_existence: bool,
     pub lock_only_if_exists: bool,
     pub wake_up_force_lock: bool,
+    /// Shared locks (`Op::SharedPessimisticLock`).
+    pub in_share_mode: bool,
     pub is_first_lock: bool,
     /// TTL of the pessimistic locks and of the heartbeat.
     pub managed_lock_ttl: Duration,
@@ -217,6 +219,7 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
     ctx.check_existence = request.check_existence;
     ctx.lock_only_if_exists = request.lock_only_if_exists;
     ctx.force_lock = request.wake_up_force_lock;
+    ctx.in_share_mode = request.in_share_mode;
     ctx.context = write_context(&request.ctx);
     ctx.managed_lock_ttl = request.managed_lock_ttl;
     let keys = request

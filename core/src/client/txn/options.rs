@@ -395,6 +395,7 @@ pub struct LockOptions {
     pub(crate) check_existence: bool,
     pub(crate) lock_only_if_exists: bool,
     pub(crate) wake_up_force_lock: bool,
+    pub(crate) share_mode: bool,
 }
 
 impl LockOptions {
@@ -442,6 +443,24 @@ impl LockOptions {
     /// (aggressive locking).
     pub fn fair_locking(mut self, yes: bool) -> Self {
         self.wake_up_force_lock = yes;
+        self
+    }
+
+    /// Take shared locks (`Op::SharedPessimisticLock`, like `SELECT ... LOCK IN SHARE MODE`):
+    /// several transactions may hold a shared lock on the same key at once, while exclusive
+    /// locks (and writes) wait until every holder has committed or rolled back. Mirrors
+    /// client-go `LockCtx.InShareMode`.
+    ///
+    /// Only pessimistic transactions take shared locks; in an optimistic transaction the
+    /// option changes nothing. The rules are client-go's (`KVTxn.lockKeys`): the transaction
+    /// must already have its primary key (lock some key exclusively first), since a shared
+    /// lock can never be the primary; a key locked shared by this transaction cannot be
+    /// locked exclusively (nor written) later; fair locking cannot be combined with it.
+    /// Breaking one of these rules fails with [`Error::InvalidArgument`](crate::Error). A
+    /// transaction holding shared locks commits with two-phase commit (no async commit, no
+    /// 1PC).
+    pub fn share_mode(mut self, yes: bool) -> Self {
+        self.share_mode = yes;
         self
     }
 }

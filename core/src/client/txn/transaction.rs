@@ -458,8 +458,9 @@ impl<R: Runtime> Transaction<R> {
     /// waiting for other transactions' locks as `options` says; with
     /// [`LockOptions::return_values`] or [`LockOptions::check_existence`] the result holds what
     /// the lock read for each key it locked (keys this transaction had locked before are not
-    /// locked again, and are left out unless values are asked for). Mirrors client-go
-    /// `KVTxn.LockKeys` with a `kv.LockCtx` (`LockCtx.Values`).
+    /// locked again, and are left out unless values are asked for). With
+    /// [`LockOptions::share_mode`] the locks are shared (see there for the rules). Mirrors
+    /// client-go `KVTxn.LockKeys` with a `kv.LockCtx` (`LockCtx.Values`).
     pub async fn lock_keys(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
@@ -552,7 +553,8 @@ impl<R: Runtime> Transaction<R> {
     /// Locks `keys` pessimistically (skipping keys this transaction already locked), retrying
     /// with a fresh `for_update_ts` after a write conflict. Returns what the lock read for
     /// each newly locked key. Mirrors client-go `KVTxn.lockKeys` (primary selection, first
-    /// lock flag, TTL manager start, flag updates).
+    /// lock flag, TTL manager start, flag updates, and the share-mode rules of
+    /// [`check_share_mode`]).
     async fn pessimistic_lock(
         &self,
         keys: Vec<Key>,
@@ -565,13 +567,15 @@ impl<R: Runtime> Transaction<R> {
             let (request, assigned_primary) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                check_share_mode(&s, &keys, options)?;
                 let mut todo: Vec<Key> = keys
                     .iter()
                     .filter(|k| {
                         // Keys this transaction locked already are skipped, unless the
-                        // caller wants their values read again.
+                        // caller wants their values read again (an exclusive lock only: a
+                        // shared request would meet this transaction's own lock).
                         !s.buffer.get_flags(k).is_some_and(|f| f.has_locked())
-                            || options.return_values
+                            || (options.return_values && !options.share_mode)
                     })
                     .cloned()
                     .collect();
@@ -579,6 +583,13 @@ impl<R: Runtime> Transaction<R> {
                 todo.dedup();
                 if todo.is_empty() {
                     return Ok(results);
+                }
+                if options.share_mode && s.primary.is_none() {
+                    // Mirrors client-go `lockKeys`: a shared-locked key cannot be the primary,
+                    // so some key must have been locked exclusively first.
+                    return Err(Error::invalid(
+                        "pessimistic lock in share mode requires primary key to be selected",
+                    ));
                 }
                 let assigned_primary = s.primary.is_none();
                 if assigned_primary {
@@ -597,6 +608,7 @@ impl<R: Runtime> Transaction<R> {
                     check_existence: options.check_existence,
                     lock_only_if_exists: options.lock_only_if_exists,
                     wake_up_force_lock: options.wake_up_force_lock,
+                    in_share_mode: options.share_mode,
                     is_first_lock,
                     managed_lock_ttl: self.options.managed_lock_ttl,
                     txn_started: self.began,
@@ -615,7 +627,14 @@ impl<R: Runtime> Transaction<R> {
                             continue;
                         }
                         let value = outcome.values.get(k);
-                        let mut ops = vec![FlagsOp::SetKeyLocked];
+                        // Mirrors client-go `lockKeys`: `SetKeyLockedInShareMode` for a shared
+                        // lock, `SetKeyLockedInExclusiveMode` otherwise.
+                        let mode = if options.share_mode {
+                            FlagsOp::SetKeyLockedInShareMode
+                        } else {
+                            FlagsOp::SetKeyLockedInExclusiveMode
+                        };
+                        let mut ops = vec![FlagsOp::SetKeyLocked, mode];
                         match value.map(|v| v.exists) {
                             Some(true) => ops.push(FlagsOp::SetKeyLockedValueExists),
                             Some(false) => ops.push(FlagsOp::SetKeyLockedValueNotExists),
@@ -897,6 +916,30 @@ fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
         .filter(|(_, e)| e.flags().has_locked())
         .map(|(k, _)| k.clone())
         .collect()
+}
+
+/// The refusals client-go `KVTxn.lockKeys` makes around shared locks, checked before any
+/// request: share mode cannot be combined with fair (aggressive) locking (client-go
+/// `exitAggressiveLockingIfInapplicable`), and a key this transaction locked in share mode
+/// cannot be locked exclusively (which also refuses writing it in a pessimistic transaction).
+fn check_share_mode(s: &TxnState, keys: &[Key], options: &LockOptions) -> Result<(), Error> {
+    if options.share_mode && options.wake_up_force_lock {
+        return Err(Error::invalid(
+            "shared lock is not supported in aggressive/fair locking mode",
+        ));
+    }
+    if !options.share_mode
+        && keys.iter().any(|k| {
+            s.buffer
+                .get_flags(k)
+                .is_some_and(|f| f.has_locked_in_share_mode())
+        })
+    {
+        return Err(Error::invalid(
+            "upgrading a shared lock to an exclusive lock is not supported",
+        ));
+    }
+    Ok(())
 }
 
 fn check_key(key: &Bytes) -> Result<(), Error> {

@@ -719,9 +719,16 @@ impl LockKeys {
         if ctx.force_lock && self.keys.len() != 1 {
             return Err(Error::invalid("force-lock mode locks exactly one key"));
         }
+        // Mirrors client-go `KVTxn.lockKeys`: a shared-locked key is never the primary, and
+        // shared locks are not taken in aggressive (force-lock) mode.
         if ctx.in_share_mode && self.primary.is_none() {
             return Err(Error::invalid(
                 "a shared pessimistic lock requires the primary key to be selected",
+            ));
+        }
+        if ctx.in_share_mode && ctx.force_lock {
+            return Err(Error::invalid(
+                "shared lock is not supported in aggressive/fair locking mode",
             ));
         }
         Ok(())
@@ -981,5 +988,78 @@ impl Operation for LockKeys {
 
     fn poll_result(&mut self) -> Option<Result<LockKeysResult, Error>> {
         self.result.take()
+    }
+}
+
+#[cfg(test)]
+mod share_mode_tests {
+    use super::*;
+    use crate::machine::txn::commit_testkit::{World, k, keys_of};
+
+    fn shared_ctx(for_update_ts: u64) -> LockCtx {
+        let mut ctx = LockCtx::new(for_update_ts, LockWait::NoWait);
+        ctx.in_share_mode = true;
+        ctx
+    }
+
+    /// client-go `actionPessimisticLock.handleSingleBatch`: a share-mode call sends every key
+    /// as `Op::SharedPessimisticLock` under the transaction's existing primary.
+    #[test]
+    fn share_mode_sends_shared_pessimistic_lock_ops() {
+        let mut w = World::new(&[]);
+        let start = w.ts_now();
+        let mut op = LockKeys::new(
+            vec![k("s1").into(), k("s2").into()],
+            start,
+            Some(k("pk")),
+            false,
+            w.now,
+            shared_ctx(start + 1),
+        );
+        let r = w.run(&mut op).unwrap();
+        assert_eq!(r.assigned_primary, None);
+        assert!(!r.primary_locked, "a shared lock is never the primary");
+        let reqs = w.sent_of("pessimistic_lock");
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(keys_of(reqs[0]), vec![k("s1"), k("s2")]);
+        let TikvRequest::Cmd(TikvCmd::PessimisticLock(req)) = reqs[0] else {
+            panic!("not a pessimistic lock request");
+        };
+        assert_eq!(req.primary_lock, "pk");
+        assert!(
+            req.mutations
+                .iter()
+                .all(|m| m.op == kvrpcpb::Op::SharedPessimisticLock as i32)
+        );
+    }
+
+    /// client-go `KVTxn.lockKeys`: share mode needs a selected primary and is refused in
+    /// aggressive (force-lock) mode; nothing is sent.
+    #[test]
+    fn share_mode_refusals_send_nothing() {
+        let mut w = World::new(&[]);
+        let start = w.ts_now();
+        let mut op = LockKeys::new(
+            vec![k("s").into()],
+            start,
+            None,
+            true,
+            w.now,
+            shared_ctx(start + 1),
+        );
+        let e = w.run(&mut op).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("primary")),
+            "{e:?}"
+        );
+        let mut ctx = shared_ctx(start + 1);
+        ctx.force_lock = true;
+        let mut op = LockKeys::new(vec![k("s").into()], start, Some(k("pk")), false, w.now, ctx);
+        let e = w.run(&mut op).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("fair locking")),
+            "{e:?}"
+        );
+        assert!(w.sent_of("pessimistic_lock").is_empty());
     }
 }

@@ -158,6 +158,7 @@ fn key_error_mapping() {
         min_commit_ts: 7,
         secondaries: vec![b"s".to_vec()],
         duration_to_last_update_ms: 3,
+        shared_lock_infos: Vec::new(),
     };
     let pb = key_error(&MvccError::KeyIsLocked(Box::new(info.clone())))
         .locked
@@ -542,7 +543,7 @@ fn prewrite_async_and_one_pc() {
     let r = s.kv_prewrite(0, &bad);
     assert!(!r.errors[0].abort.is_empty());
     let mut bad = prewrite_req(vec![put(b"z", b"v")], b"z", 70);
-    bad.mutations[0].op = kvrpcpb::Op::SharedLock as i32;
+    bad.mutations[0].op = kvrpcpb::Op::SharedPessimisticLock as i32;
     assert!(!s.kv_prewrite(0, &bad).errors[0].abort.is_empty());
 }
 

@@ -127,7 +127,7 @@ fn no_wait() {
     assert!(s.waiting().is_empty());
     // With several keys nothing is locked when one of them is locked.
     let mut cmd = lock_cmd(b"a", 20, 20, -1, true);
-    cmd.keys.push((b"k".to_vec(), false));
+    cmd.keys.push((b"k".to_vec(), false, false));
     assert!(must_done(&mut s, 0, cmd).is_err());
     must_unlocked(&s, b"a");
 }

@@ -12,6 +12,7 @@ mod lock_wait;
 mod pessimistic;
 mod prewrite_commit;
 mod reads;
+mod shared;
 
 pub(super) fn store() -> MvccStore {
     MvccStore::new()
@@ -139,7 +140,7 @@ pub(super) fn pessimistic_lock_cmd(
     for_update_ts: u64,
 ) -> PessimisticLockCmd {
     PessimisticLockCmd {
-        keys: vec![(k.to_vec(), false)],
+        keys: vec![(k.to_vec(), false, false)],
         primary: pk.to_vec(),
         start_ts,
         for_update_ts,

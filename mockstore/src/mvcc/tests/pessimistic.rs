@@ -390,7 +390,7 @@ fn lock_with_conflict() {
     }
     // Several keys are refused in force-lock mode.
     let mut cmd = pessimistic_lock_cmd(b"a", b"a", 60, 60);
-    cmd.keys.push((b"b".to_vec(), false));
+    cmd.keys.push((b"b".to_vec(), false, false));
     cmd.allow_lock_with_conflict = true;
     assert!(matches!(acquire(&mut s, cmd), Err(MvccError::Other(_))));
 }
