@@ -2,6 +2,7 @@
 //! shared caches), and the [`Dispatch`] that carries out the machines' actions on it. The
 //! public clients ([`super::RawClient`], later the transactional one) are thin views over it.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -152,15 +153,25 @@ impl<R: Runtime> Cluster<R> {
     }
 
     /// Runs `op` to completion on this cluster.
-    pub async fn run<O: Operation>(&self, op: O) -> Result<O::Output, Error> {
-        // Machines carry prost messages inline, so their futures are large (kilobytes). An
-        // unoptimised build copies them between stack temporaries enough to overflow a test
-        // thread's stack, so debug builds keep the future on the heap; optimised builds drive
-        // it in place, sparing the copy into the box (measured: ~6 % of the client's CPU).
-        if cfg!(debug_assertions) {
-            Box::pin(driver::drive(&*self.inner, &self.inner.shared, op)).await
-        } else {
-            driver::drive(&*self.inner, &self.inner.shared, op).await
+    pub fn run<'a, O>(&'a self, op: O) -> impl Future<Output = Result<O::Output, Error>> + Send + 'a
+    where
+        O: Operation + Send + 'a,
+        O::Output: Send,
+    {
+        // The operation lives on the heap from here on: machines carry prost messages and
+        // inline queues (hundreds of bytes), and every future wrapping it (this one,
+        // `Instrumented`, the caller's) would copy it each time it is moved. (Boxing the
+        // driver's whole state instead measured dearer: one more copy of the operation, and
+        // past 1 KiB the allocation misses the allocator's thread cache.)
+        let mut op = Box::new(op);
+        async move {
+            // Unoptimised builds copy futures between stack temporaries enough to overflow a
+            // test thread's stack, so debug builds keep the driver's future on the heap too.
+            if cfg!(debug_assertions) {
+                Box::pin(driver::drive(&*self.inner, &self.inner.shared, &mut *op)).await
+            } else {
+                driver::drive(&*self.inner, &self.inner.shared, &mut *op).await
+            }
         }
     }
 

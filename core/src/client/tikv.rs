@@ -26,6 +26,7 @@ use futures_lite::{Stream, future};
 use prost::Message;
 use tikv_proto::tikvpb;
 
+use super::batch_encode;
 use super::driver::LocalIo;
 use super::rpc::{self, BATCH_COMMANDS};
 use super::runtime::{Channel, Runtime, Status};
@@ -491,7 +492,7 @@ impl<R: Runtime> StreamTask<R> {
                     self.stats
                         .requests_batched
                         .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
-                    if o.outgoing.push(rpc::encode(&batch)).is_err() {
+                    if o.outgoing.push(batch_encode::encode_batch(batch)).is_err() {
                         let epoch = o.epoch;
                         conn.handle_stream_error(now, epoch, "request stream closed");
                     }

@@ -90,7 +90,9 @@ pub struct SingleRegion {
     locate: Option<Box<LocateKey>>,
     /// The request step; boxed so that the operation, moved into the caller's future, stays
     /// small.
-    request: Option<Box<(RegionRequest, KeyLocation)>>,
+    request: Option<Box<RegionRequest>>,
+    /// Where the running request was sent.
+    location: Option<KeyLocation>,
     wake: Option<Instant>,
     actions: ActionQueue,
     result: Option<Result<Located, Error>>,
@@ -118,6 +120,7 @@ impl SingleRegion {
             rng: Rng::new(0),
             locate: None,
             request: None,
+            location: None,
             wake: None,
             actions: ActionQueue::new(),
             result: None,
@@ -134,6 +137,7 @@ impl SingleRegion {
         self.done = true;
         self.locate = None;
         self.request = None;
+        self.location = None;
         self.wake = None;
         self.result = Some(r);
     }
@@ -173,9 +177,14 @@ impl SingleRegion {
             )));
         };
         apply_clamp(&mut req, &self.clamp, &loc);
-        let mut rr = RegionRequest::new(loc.region, req, self.opts.clone(), bo);
+        let rr = self.request.insert(Box::new(RegionRequest::new(
+            loc.region,
+            req,
+            self.opts.clone(),
+            bo,
+        )));
         rr.start(now, shared);
-        self.request = Some(Box::new((rr, loc)));
+        self.location = Some(loc);
     }
 
     fn drive(&mut self, now: Instant, shared: &mut Shared) {
@@ -192,16 +201,16 @@ impl SingleRegion {
                 self.send(now, shared, bo, r);
                 continue;
             }
-            if let Some(step) = self.request.as_mut() {
-                let op = &mut step.0;
+            if let Some(op) = self.request.as_mut() {
                 while let Some(a) = op.poll_action() {
                     self.actions.push_back(a);
                 }
                 let Some(r) = op.poll_result() else {
                     return;
                 };
-                let (op, location) = *self.request.take().expect("request running");
-                let (mut bo, template) = op.into_parts();
+                let op = self.request.take().expect("request running");
+                let location = self.location.take().expect("request running");
+                let (mut bo, template) = op.into_parts_boxed();
                 self.template = Some(template);
                 match r {
                     Ok(RegionOutcome::Response(response)) => {
@@ -247,8 +256,8 @@ impl Operation for SingleRegion {
         }
         if let Some(op) = self.locate.as_mut() {
             op.handle_input(now, shared, input);
-        } else if let Some(step) = self.request.as_mut() {
-            step.0.handle_input(now, shared, input);
+        } else if let Some(op) = self.request.as_mut() {
+            op.handle_input(now, shared, input);
         }
         self.drive(now, shared);
     }
@@ -263,8 +272,8 @@ impl Operation for SingleRegion {
         }
         if let Some(op) = self.locate.as_mut() {
             op.handle_timeout(now, shared);
-        } else if let Some(step) = self.request.as_mut() {
-            step.0.handle_timeout(now, shared);
+        } else if let Some(op) = self.request.as_mut() {
+            op.handle_timeout(now, shared);
         }
         self.drive(now, shared);
     }
@@ -280,7 +289,7 @@ impl Operation for SingleRegion {
         if let Some(op) = &self.locate {
             return op.poll_timeout();
         }
-        self.request.as_ref().and_then(|step| step.0.poll_timeout())
+        self.request.as_ref().and_then(|op| op.poll_timeout())
     }
 
     fn poll_result(&mut self) -> Option<Result<Located, Error>> {

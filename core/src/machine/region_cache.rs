@@ -350,8 +350,7 @@ impl RegionCache {
 
     /// A new deadline `now + ttl + rand[0, jitter)`. Mirrors client-go `nextTTL`.
     fn next_ttl(&self, now: Instant, rng: &mut Rng) -> Instant {
-        let jitter_ms = u64::try_from(self.ttl_jitter.as_millis()).unwrap_or(u64::MAX);
-        now + self.ttl + Duration::from_millis(rng.below(jitter_ms))
+        ttl_from(now, self.ttl, self.ttl_jitter, rng)
     }
 
     /// The cached region with exactly this version (valid or not).
@@ -368,8 +367,7 @@ impl RegionCache {
     /// deadline moves to a fresh `next_ttl` unless the region must expire after its TTL or its
     /// deadline is still beyond `now + ttl`. Mirrors client-go `Region.checkRegionCacheTTL`.
     fn check_ttl(&mut self, ver: RegionVerId, now: Instant, rng: &mut Rng) -> bool {
-        let ttl = self.ttl;
-        let fresh = self.next_ttl(now, rng);
+        let (ttl, jitter) = (self.ttl, self.ttl_jitter);
         let Some(r) = self.regions.get_mut(&ver) else {
             return false;
         };
@@ -379,7 +377,8 @@ impl RegionCache {
         if r.has_flag(NEED_EXPIRE_AFTER_TTL) || r.ttl > now + ttl {
             return true;
         }
-        r.ttl = fresh;
+        // The extension (and its jitter draw) only when due: about once per jitter period.
+        r.ttl = ttl_from(now, ttl, jitter, rng);
         true
     }
 
@@ -854,6 +853,13 @@ impl RegionCache {
         }
         out
     }
+}
+
+/// A region's expiry: `now + ttl + jitter` with the jitter drawn below `jitter`. Mirrors
+/// client-go `nextTTL`.
+fn ttl_from(now: Instant, ttl: Duration, jitter: Duration, rng: &mut Rng) -> Instant {
+    let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+    now + ttl + Duration::from_millis(rng.below(jitter_ms))
 }
 
 #[cfg(test)]

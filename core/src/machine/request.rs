@@ -53,58 +53,63 @@ pub enum RegionOutcome {
     Resplit(Box<errorpb::Error>),
 }
 
-/// Mutable access to a request's `Context` (`None` for the legacy `Import` command, the empty
-/// command and `GetStoreSafeTS`).
+/// Mutable access to a request's `Context`, inserting a default one when absent (`None` for
+/// the legacy `Import` command, the empty command and `GetStoreSafeTS`).
 pub fn context_mut(req: &mut TikvRequest) -> Option<&mut kvrpcpb::Context> {
-    macro_rules! ctx {
-        ($r:expr) => {
-            Some($r.context.get_or_insert_with(Default::default))
-        };
-    }
+    context_slot(req).map(|c| c.get_or_insert_with(Default::default))
+}
+
+/// The `context` field of a request, present or not (`None` for requests without one).
+pub fn context_slot(req: &mut TikvRequest) -> Option<&mut Option<kvrpcpb::Context>> {
     match req {
-        TikvRequest::Cmd(cmd) => match cmd {
-            TikvCmd::Get(r) => ctx!(r),
-            TikvCmd::Scan(r) => ctx!(r),
-            TikvCmd::Prewrite(r) => ctx!(r),
-            TikvCmd::Commit(r) => ctx!(r),
-            TikvCmd::Import(_) => None,
-            TikvCmd::Cleanup(r) => ctx!(r),
-            TikvCmd::BatchGet(r) => ctx!(r),
-            TikvCmd::BatchRollback(r) => ctx!(r),
-            TikvCmd::ScanLock(r) => ctx!(r),
-            TikvCmd::ResolveLock(r) => ctx!(r),
-            TikvCmd::Gc(r) => ctx!(r),
-            TikvCmd::DeleteRange(r) => ctx!(r),
-            TikvCmd::RawGet(r) => ctx!(r),
-            TikvCmd::RawBatchGet(r) => ctx!(r),
-            TikvCmd::RawPut(r) => ctx!(r),
-            TikvCmd::RawBatchPut(r) => ctx!(r),
-            TikvCmd::RawDelete(r) => ctx!(r),
-            TikvCmd::RawBatchDelete(r) => ctx!(r),
-            TikvCmd::RawScan(r) => ctx!(r),
-            TikvCmd::RawDeleteRange(r) => ctx!(r),
-            TikvCmd::RawBatchScan(r) => ctx!(r),
-            TikvCmd::Coprocessor(r) => ctx!(r),
-            TikvCmd::PessimisticLock(r) => ctx!(r),
-            TikvCmd::PessimisticRollback(r) => ctx!(r),
-            TikvCmd::CheckTxnStatus(r) => ctx!(r),
-            TikvCmd::TxnHeartBeat(r) => ctx!(r),
-            TikvCmd::CheckSecondaryLocks(r) => ctx!(r),
-            TikvCmd::RawCoprocessor(r) => ctx!(r),
-            TikvCmd::FlashbackToVersion(r) => ctx!(r),
-            TikvCmd::PrepareFlashbackToVersion(r) => ctx!(r),
-            TikvCmd::Flush(r) => ctx!(r),
-            TikvCmd::BufferBatchGet(r) => ctx!(r),
-            TikvCmd::GetHealthFeedback(r) => ctx!(r),
-            TikvCmd::BroadcastTxnStatus(r) => ctx!(r),
-            TikvCmd::Empty(_) => None,
-        },
-        TikvRequest::SplitRegion(r) => ctx!(r),
-        TikvRequest::UnsafeDestroyRange(r) => ctx!(r),
+        TikvRequest::Cmd(cmd) => cmd_context_slot(cmd),
+        TikvRequest::SplitRegion(r) => Some(&mut r.context),
+        TikvRequest::UnsafeDestroyRange(r) => Some(&mut r.context),
         TikvRequest::StoreSafeTs(_) => None,
-        TikvRequest::RawGetKeyTtl(r) => ctx!(r),
-        TikvRequest::RawCas(r) => ctx!(r),
-        TikvRequest::RawChecksum(r) => ctx!(r),
+        TikvRequest::RawGetKeyTtl(r) => Some(&mut r.context),
+        TikvRequest::RawCas(r) => Some(&mut r.context),
+        TikvRequest::RawChecksum(r) => Some(&mut r.context),
+    }
+}
+
+/// The `context` field of a batchable command (`None` for `Import` and the empty command).
+pub fn cmd_context_slot(cmd: &mut TikvCmd) -> Option<&mut Option<kvrpcpb::Context>> {
+    match cmd {
+        TikvCmd::Get(r) => Some(&mut r.context),
+        TikvCmd::Scan(r) => Some(&mut r.context),
+        TikvCmd::Prewrite(r) => Some(&mut r.context),
+        TikvCmd::Commit(r) => Some(&mut r.context),
+        TikvCmd::Import(_) => None,
+        TikvCmd::Cleanup(r) => Some(&mut r.context),
+        TikvCmd::BatchGet(r) => Some(&mut r.context),
+        TikvCmd::BatchRollback(r) => Some(&mut r.context),
+        TikvCmd::ScanLock(r) => Some(&mut r.context),
+        TikvCmd::ResolveLock(r) => Some(&mut r.context),
+        TikvCmd::Gc(r) => Some(&mut r.context),
+        TikvCmd::DeleteRange(r) => Some(&mut r.context),
+        TikvCmd::RawGet(r) => Some(&mut r.context),
+        TikvCmd::RawBatchGet(r) => Some(&mut r.context),
+        TikvCmd::RawPut(r) => Some(&mut r.context),
+        TikvCmd::RawBatchPut(r) => Some(&mut r.context),
+        TikvCmd::RawDelete(r) => Some(&mut r.context),
+        TikvCmd::RawBatchDelete(r) => Some(&mut r.context),
+        TikvCmd::RawScan(r) => Some(&mut r.context),
+        TikvCmd::RawDeleteRange(r) => Some(&mut r.context),
+        TikvCmd::RawBatchScan(r) => Some(&mut r.context),
+        TikvCmd::Coprocessor(r) => Some(&mut r.context),
+        TikvCmd::PessimisticLock(r) => Some(&mut r.context),
+        TikvCmd::PessimisticRollback(r) => Some(&mut r.context),
+        TikvCmd::CheckTxnStatus(r) => Some(&mut r.context),
+        TikvCmd::TxnHeartBeat(r) => Some(&mut r.context),
+        TikvCmd::CheckSecondaryLocks(r) => Some(&mut r.context),
+        TikvCmd::RawCoprocessor(r) => Some(&mut r.context),
+        TikvCmd::FlashbackToVersion(r) => Some(&mut r.context),
+        TikvCmd::PrepareFlashbackToVersion(r) => Some(&mut r.context),
+        TikvCmd::Flush(r) => Some(&mut r.context),
+        TikvCmd::BufferBatchGet(r) => Some(&mut r.context),
+        TikvCmd::GetHealthFeedback(r) => Some(&mut r.context),
+        TikvCmd::BroadcastTxnStatus(r) => Some(&mut r.context),
+        TikvCmd::Empty(_) => None,
     }
 }
 
@@ -276,6 +281,13 @@ impl RegionRequest {
         (self.backoffer, self.request)
     }
 
+    /// [`RegionRequest::into_parts`] for a boxed request, moving only those two fields out
+    /// of the box (a region request is large; moving all of it out costs a copy).
+    pub fn into_parts_boxed(self: Box<Self>) -> (Backoffer, TikvRequest) {
+        let this = self;
+        (this.backoffer, this.request)
+    }
+
     /// How many times the request was sent.
     pub fn send_times(&self) -> u32 {
         self.send_times
@@ -386,6 +398,9 @@ impl RegionRequest {
         };
         let mut request = self.request.clone();
         if let Some(ctx) = context_mut(&mut request) {
+            if ctx.max_execution_duration_ms == 0 {
+                ctx.max_execution_duration_ms = self.max_exec_ms;
+            }
             ctx.region_id = self.region.id;
             ctx.region_epoch = Some(self.region.epoch());
             ctx.peer = Some(target.peer);
@@ -778,11 +793,15 @@ impl Operation for RegionRequest {
             .timeout
             .unwrap_or(shared.routing.read_timeout_short);
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        if let Some(ctx) = context_mut(&mut self.request) {
-            if ctx.max_execution_duration_ms == 0 {
-                ctx.max_execution_duration_ms = timeout_ms;
-            }
-            self.max_exec_ms = ctx.max_execution_duration_ms;
+        // The template keeps no `Context` unless its builder preset one (cloning a filled
+        // `Context` per attempt is a third of a request's cost): the default execution limit
+        // is applied to each attempt's context in `step`.
+        if let Some(slot) = context_slot(&mut self.request) {
+            self.max_exec_ms = slot
+                .as_ref()
+                .map(|c| c.max_execution_duration_ms)
+                .filter(|ms| *ms != 0)
+                .unwrap_or(timeout_ms);
         }
         self.step(now, shared);
     }
