@@ -12,6 +12,8 @@
 //! * [`Transaction`]: `&self` reads and writes over a memory buffer, scans as streams,
 //!   pessimistic locks, `&mut self` commit / rollback, rollback on drop.
 //! * [`Snapshot`]: reads at a fixed timestamp.
+//! * [`BufferHandle`], [`Staging`], [`TxnBufferSnapshot`], [`TxnSnapshot`]: borrowed access to
+//!   a transaction's buffer (stages, checkpoints, flags, stage-0 snapshots) and snapshot.
 //! * Options as builders: [`TransactionOptions`], [`SnapshotOptions`], [`LockOptions`].
 //!
 //! Keys and values are [`bytes::Bytes`]; anything `Into<Bytes>` is accepted. Ranges are
@@ -19,6 +21,7 @@
 //! [`KeyRange::prefix`].
 
 mod backend;
+mod buffer;
 mod client;
 mod latches;
 mod options;
@@ -30,6 +33,7 @@ mod transaction;
 
 use std::fmt;
 
+pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,

@@ -35,6 +35,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use super::backend::{self, LockRequest, TtlHandle};
+use super::buffer::{BufferHandle, TxnSnapshot};
 use super::client::TransactionClient;
 use super::options::{
     CommitInfo, CommitMode, CommitTimings, LockOptions, LockedValue, TransactionOptions,
@@ -887,6 +888,34 @@ impl<R: Runtime> Transaction<R> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Borrowed access to the buffer and the snapshot (see [`super::buffer`]).
+impl<R: Runtime> Transaction<R> {
+    /// The transaction's memory buffer: staging, checkpoints, key flags, flagged writes and
+    /// snapshots of stage 0. Mirrors client-go `KVTxn.GetMemBuffer` / `GetUnionStore`.
+    pub fn buffer(&self) -> BufferHandle<'_, R> {
+        BufferHandle::new(self)
+    }
+
+    /// The committed data the transaction reads, without its own writes, and the options of
+    /// those reads. Mirrors client-go `KVTxn.GetSnapshot`.
+    pub fn snapshot(&self) -> TxnSnapshot<'_, R> {
+        TxnSnapshot::new(self)
+    }
+
+    pub(crate) fn state(&self) -> &Mutex<TxnState> {
+        &self.state
+    }
+
+    pub(crate) fn reader(&self) -> &Reader<R> {
+        &self.reader
+    }
+
+    /// Fails with [`Error::TransactionClosed`] once the transaction ended.
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        lock(&self.state).check_active()
     }
 }
 

@@ -73,8 +73,8 @@ pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
 pub use membuffer::{
-    BufferEntry, BufferMutation, BufferRange, BufferedValue, Checkpoint, KvFilter, MemBuffer,
-    MemBufferError, MemBufferLimits, Mutations, StagingHandle,
+    BufferEntry, BufferMutation, BufferRange, BufferSnapshot, BufferedValue, Checkpoint, KvFilter,
+    MemBuffer, MemBufferError, MemBufferLimits, Mutations, SnapshotIter, StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
 pub use mutations::{LockTtls, Mutation};
