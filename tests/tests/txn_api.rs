@@ -15,6 +15,7 @@ tikv_tests::txn_tests!(
     staging_guard_cleans_up_and_releases_statements,
     buffer_snapshot_reads_stage_zero_while_a_statement_writes,
     snapshot_reads_committed_data_without_own_writes,
+    schema_lease_checker_aborts_and_rolls_back_the_commit,
 );
 
 /// A statement runs in a stage: a failed statement's writes are discarded (the guard cleans up
@@ -172,4 +173,59 @@ async fn snapshot_reads_committed_data_without_own_writes<R: Runtime>() {
     assert_eq!(snap.options().ts, txn.start_ts().version());
     // Through the transaction, its own writes win.
     assert_eq!(txn.get("a").await.unwrap(), Some(b("mine")));
+}
+
+/// A schema lease checker that refuses aborts the commit with `SchemaChanged` and rolls the
+/// prewrite back (2PC: checked at the commit ts; async commit: before prewrite, so nothing is
+/// written); one that accepts is given the transaction's schema version and commits. Mirrors
+/// client-go `txn.go` `SetSchemaLeaseChecker` / `SetSchemaVer` and `2pc.go`
+/// `checkSchemaValid` (`integration_tests/2pc_test.go` `TestFailCommitPrimaryRpcErrors`-style
+/// abort checks with the `failCheckSchemaValid` failpoint).
+async fn schema_lease_checker_aborts_and_rolls_back_the_commit<R: Runtime>() {
+    use std::sync::{Arc, Mutex};
+    use tikv_core::client::txn::TransactionOptions;
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    for async_commit in [false, true] {
+        let mut txn = client
+            .begin_with_options(
+                TransactionOptions::new_optimistic()
+                    .async_commit(async_commit)
+                    .one_pc(false)
+                    .schema_version(7)
+                    .schema_lease_checker(|_ts: u64, _ver: i64| Err("table t altered".to_string())),
+            )
+            .await
+            .unwrap();
+        txn.put("s1", "x").await.unwrap();
+        txn.put("s2", "y").await.unwrap();
+        let err = txn.commit().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::SchemaChanged { reason, .. } if reason == "table t altered"),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+        tikv_tests::txn_support::wait_for_background_cleaning(&client, &mock).await;
+        assert_eq!(tikv_tests::txn_support::lock_count(&mock), 0, "rolled back");
+        let check = client.begin_optimistic().await.unwrap();
+        assert_eq!(check.get("s1").await.unwrap(), None);
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let mut txn = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic()
+                .async_commit(false)
+                .one_pc(false)
+                .schema_version(7)
+                .schema_lease_checker(move |ts: u64, ver: i64| {
+                    seen2.lock().unwrap().push((ts, ver));
+                    Ok(())
+                }),
+        )
+        .await
+        .unwrap();
+    txn.put("s1", "x").await.unwrap();
+    let commit_ts = txn.commit().await.unwrap().unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(commit_ts.version(), 7)]);
 }

@@ -378,6 +378,8 @@ pub(crate) struct CommitRequest {
     pub ctx: ContextOptions,
     /// Expected `for_update_ts` of keys locked in force-lock mode.
     pub for_update_ts_checks: HashMap<Key, u64>,
+    /// The schema lease check, if any.
+    pub schema_check: Option<crate::machine::txn::SchemaCheck>,
 }
 
 /// How a commit went.
@@ -417,6 +419,7 @@ pub(crate) async fn commit<R: Runtime>(
     opts.context = write_context(&request.ctx);
     opts.lock_ttls = request.lock_ttls;
     opts.for_update_ts_constraints = request.for_update_ts_checks;
+    opts.schema_check = request.schema_check;
     let mut committer = Committer::new(request.mutations, request.txn_started, opts);
     let result = cluster.run(&mut committer).await;
     if let Some(bg) = committer.take_background() {

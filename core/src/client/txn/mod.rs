@@ -33,6 +33,7 @@ mod transaction;
 
 use std::fmt;
 
+pub use crate::machine::txn::schema::SchemaLeaseChecker;
 pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};
 pub use client::TransactionClient;
 pub use options::{

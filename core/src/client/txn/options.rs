@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::machine::Timestamp;
 use crate::machine::txn::CommitTsUpperBoundCheck;
 pub use crate::machine::txn::PrewriteLockPolicy;
+use crate::machine::txn::schema::{SchemaCheck, SchemaLeaseChecker};
 
 /// Priority of a request in TiKV's scheduler. Mirrors client-go `txnutil.Priority`
 /// (`PriorityNormal`, `PriorityLow`, `PriorityHigh`) and `kvrpcpb.CommandPri`.
@@ -468,6 +469,8 @@ pub struct TransactionOptions {
     pub(crate) commit_wait_until_tso_timeout: Duration,
     pub(crate) commit_ts_upper_bound_check: Option<CommitTsUpperBoundCheck>,
     pub(crate) prewrite_lock_policy: PrewriteLockPolicy,
+    pub(crate) schema_checker: Option<Arc<dyn SchemaLeaseChecker>>,
+    pub(crate) schema_ver: i64,
 }
 
 impl Default for TransactionOptions {
@@ -490,6 +493,8 @@ impl Default for TransactionOptions {
             commit_wait_until_tso_timeout: Duration::from_secs(1),
             commit_ts_upper_bound_check: None,
             prewrite_lock_policy: PrewriteLockPolicy::TryResolve,
+            schema_checker: None,
+            schema_ver: 0,
         }
     }
 }
@@ -516,6 +521,8 @@ impl fmt::Debug for TransactionOptions {
                 &self.commit_ts_upper_bound_check.is_some(),
             )
             .field("prewrite_lock_policy", &self.prewrite_lock_policy)
+            .field("schema_checker", &self.schema_checker.is_some())
+            .field("schema_ver", &self.schema_ver)
             .finish()
     }
 }
@@ -679,6 +686,31 @@ impl TransactionOptions {
     pub fn prewrite_lock_policy(mut self, policy: PrewriteLockPolicy) -> Self {
         self.prewrite_lock_policy = policy;
         self
+    }
+
+    /// A schema lease checker the commit consults: at the commit timestamp (2PC), at the
+    /// start timestamp plus the time elapsed before prewrite (async commit and 1PC), and at a
+    /// fresh timestamp when prewrite reports an assertion failure. A refusal abandons the
+    /// commit (its prewrite is rolled back) with [`Error::SchemaChanged`]. The checker gets
+    /// the version set with [`TransactionOptions::schema_version`]. Mirrors client-go
+    /// `KVTxn.SetSchemaLeaseChecker` (`2pc.go` `checkSchemaValid`).
+    pub fn schema_lease_checker(mut self, checker: impl SchemaLeaseChecker + 'static) -> Self {
+        self.schema_checker = Some(Arc::new(checker));
+        self
+    }
+
+    /// The schema version the transaction is built against, passed to the schema lease
+    /// checker (default 0). Mirrors client-go `KVTxn.SetSchemaVer`.
+    pub fn schema_version(mut self, version: i64) -> Self {
+        self.schema_ver = version;
+        self
+    }
+
+    /// The schema check the committer runs, if a checker is set.
+    pub(crate) fn schema_check(&self) -> Option<SchemaCheck> {
+        self.schema_checker
+            .as_ref()
+            .map(|c| SchemaCheck::new(c.clone(), self.schema_ver))
     }
 
     /// Whether the transaction is pessimistic.

@@ -792,6 +792,7 @@ impl<R: Runtime> Transaction<R> {
                 txn_started: self.began,
                 ctx: self.options.ctx.clone(),
                 for_update_ts_checks,
+                schema_check: self.options.schema_check(),
             };
             let report = backend::commit(self.client.cluster(), request).await;
             // The primary lock no longer needs keeping alive once the commit has an outcome.

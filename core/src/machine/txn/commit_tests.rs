@@ -1953,3 +1953,167 @@ fn commit_ts_upper_bound_check_disables_async_commit_and_one_pc() {
         info.commit_ts.unwrap()
     );
 }
+
+// ---- schema lease check ------------------------------------------------------------------------
+
+/// The `(ts, schema version)` pairs a test checker was asked about.
+type SeenChecks = std::sync::Arc<std::sync::Mutex<Vec<(u64, i64)>>>;
+
+/// A checker recording every ts it is asked about and refusing those `refuse` says.
+fn schema_check(
+    refuse: impl Fn(u64) -> bool + Send + Sync + 'static,
+) -> (crate::machine::txn::schema::SchemaCheck, SeenChecks) {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let checker = move |ts: u64, ver: i64| {
+        seen2.lock().unwrap().push((ts, ver));
+        if refuse(ts) {
+            Err("table t changed".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    (
+        crate::machine::txn::schema::SchemaCheck::new(Arc::new(checker), 42),
+        seen,
+    )
+}
+
+/// client-go `2pc.go` `execute`: a 2PC commit checks the schema at its commit ts, before the
+/// primary is committed; a refusal abandons the commit with a typed error and the prewrite is
+/// rolled back (`checkSchemaValid`, the cleanup in `execute`'s defer). A passing check commits.
+#[test]
+fn schema_check_at_commit_ts_aborts_a_two_pc_commit() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let (check, seen) = schema_check(|_| true);
+    let mut o = opts(start);
+    o.schema_check = Some(check);
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, o);
+    match w.run(&mut c) {
+        Err(Error::SchemaChanged {
+            start_ts,
+            check_ts,
+            reason,
+        }) => {
+            assert_eq!(start_ts, start);
+            assert!(check_ts > start, "checked at the commit ts");
+            assert_eq!(reason, "table t changed");
+            assert_eq!(*seen.lock().unwrap(), vec![(check_ts, 42)]);
+        }
+        other => panic!("expected SchemaChanged, got {other:?}"),
+    }
+    assert!(w.sent_of("commit").is_empty());
+    let mut bg = c.take_background().expect("cleanup");
+    w.run(&mut bg).unwrap();
+    assert!(!w.locked("a") && !w.locked("b"));
+
+    let (check, seen) = schema_check(|_| false);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.schema_check = Some(check);
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    let info = w.run(&mut c).expect("commit");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(info.commit_ts.unwrap(), 42)],
+        "once, at the commit ts"
+    );
+}
+
+/// client-go `2pc.go` `calculateMaxCommitTS`: async commit and 1PC fix the commit ts during
+/// prewrite, so the schema is checked before prewrite at `start_ts + elapsed`; a refusal sends
+/// no prewrite at all.
+#[test]
+fn schema_check_before_async_commit_and_one_pc_prewrite() {
+    for one_pc in [false, true] {
+        let mut w = World::new(&[]);
+        let start = w.ts_now();
+        let began = w.now;
+        w.now += Duration::from_millis(1_500);
+        let (check, seen) = schema_check(|_| true);
+        let mut o = opts(start);
+        o.try_async_commit = !one_pc;
+        o.try_one_pc = one_pc;
+        o.causal_consistency = true;
+        o.schema_check = Some(check);
+        let mut c = Committer::new(vec![put("a", "1")], began, o);
+        match w.run(&mut c) {
+            Err(Error::SchemaChanged { check_ts, .. }) => {
+                let expected = crate::machine::Timestamp::compose(1_500, 0).version() + start;
+                assert_eq!(check_ts, expected, "start ts + elapsed");
+                assert_eq!(seen.lock().unwrap().len(), 1);
+            }
+            other => panic!("expected SchemaChanged, got {other:?}"),
+        }
+        assert!(w.sent_of("prewrite").is_empty(), "one_pc {one_pc}");
+        // A passing check lets the commit go on in the chosen mode, checked once.
+        let mut w = World::new(&[]);
+        let start = w.ts_now();
+        let (check, seen) = schema_check(|_| false);
+        let mut o = opts(start);
+        o.try_async_commit = !one_pc;
+        o.try_one_pc = one_pc;
+        o.schema_check = Some(check);
+        let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+        let info = w.run(&mut c).expect("commit");
+        let mode = if one_pc {
+            CommitMode::OnePc
+        } else {
+            CommitMode::AsyncCommit
+        };
+        assert_eq!(info.mode, mode);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+}
+
+/// client-go `2pc.go` `checkSchemaOnAssertionFail`: an assertion failure from prewrite is
+/// checked against the schema at a fresh ts; a changed schema is reported instead of the
+/// assertion failure, an unchanged one keeps the assertion failure. Either way the prewrite is
+/// rolled back.
+#[test]
+fn schema_check_after_an_assertion_failure() {
+    for schema_changed in [true, false] {
+        let mut w = World::new(&[]);
+        w.hook = Some(Box::new(|_, req, _, _, _| {
+            if let TikvRequest::Cmd(TikvCmd::Prewrite(p)) = req {
+                return Some(Answer::Now(Ok(TikvResponse::Cmd(
+                    TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+                        errors: vec![kvrpcpb::KeyError {
+                            assertion_failed: Some(kvrpcpb::AssertionFailed {
+                                start_ts: p.start_version,
+                                key: p.mutations[0].key.clone(),
+                                assertion: kvrpcpb::Assertion::NotExist as i32,
+                                existing_start_ts: 1,
+                                existing_commit_ts: 2,
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                ))));
+            }
+            None
+        }));
+        let start = w.ts_now();
+        let (check, seen) = schema_check(move |_| schema_changed);
+        let mut o = opts(start);
+        o.assertion_level = kvrpcpb::AssertionLevel::Strict;
+        o.schema_check = Some(check);
+        let mut a = put("a", "1");
+        a.assertion = kvrpcpb::Assertion::NotExist;
+        let mut c = Committer::new(vec![a], w.now, o);
+        let err = w.run(&mut c).unwrap_err();
+        let checked = seen.lock().unwrap().clone();
+        assert_eq!(checked.len(), 1, "checked once, at a fresh ts");
+        assert!(checked[0].0 > start);
+        if schema_changed {
+            assert!(matches!(err, Error::SchemaChanged { .. }), "{err:?}");
+        } else {
+            assert!(matches!(err, Error::AssertionFailed(_)), "{err:?}");
+        }
+        assert!(w.sent_of("commit").is_empty());
+        assert!(c.take_background().is_some(), "the prewrite is rolled back");
+    }
+}

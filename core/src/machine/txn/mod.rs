@@ -20,6 +20,8 @@
 //!   secondaries and cleanup (client-go `txnkv/transaction/2pc.go`, `prewrite.go`,
 //!   `commit.go`, `cleanup.go`), over the batch executor [`commit_exec`] and the rules of
 //!   [`mutations`];
+//! - [`schema`]: the schema lease check the committer runs (client-go
+//!   `checkSchemaValid`);
 //! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
 //!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
 //! - [`pre_split`]: splitting regions a large transaction would flood, before prewrite
@@ -60,6 +62,7 @@ pub mod resolve_call;
 #[cfg(test)]
 mod resolve_testkit;
 pub mod resolver;
+pub mod schema;
 pub mod snapshot;
 pub mod split;
 pub mod status_cache;
@@ -85,6 +88,7 @@ pub use pessimistic::{
 pub use planted::PlantedBugs;
 pub use read_scan::{ScanBatch, ScanCursor, SnapshotScan};
 pub use resolver::{BatchResolveLocks, Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
+pub use schema::{SchemaCheck, SchemaLeaseChecker};
 pub use snapshot::{
     BatchGetOutput, GetOutput, KvEntry, LockSets, SnapshotBatchGet, SnapshotGet, SnapshotOptions,
 };
