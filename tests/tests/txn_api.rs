@@ -16,7 +16,24 @@ tikv_tests::txn_tests!(
     buffer_snapshot_reads_stage_zero_while_a_statement_writes,
     snapshot_reads_committed_data_without_own_writes,
     schema_lease_checker_aborts_and_rolls_back_the_commit,
+    aggressive_locking_keeps_and_releases_locks_across_retries,
+    aggressive_locking_exits_on_a_multi_key_lock,
+    aggressive_locking_over_a_newer_commit_then_commit,
 );
+
+/// Polls `cond` every 5 ms on the client's runtime timer, for up to 5 s.
+async fn wait_until<R: Runtime>(
+    client: &tikv_core::client::TransactionClient<R>,
+    mut cond: impl FnMut() -> bool,
+) {
+    let rt = client.cluster().runtime();
+    let deadline = rt.now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(rt.now() < deadline, "condition not reached in 5 s");
+        rt.sleep_until(rt.now() + std::time::Duration::from_millis(5))
+            .await;
+    }
+}
 
 /// A statement runs in a stage: a failed statement's writes are discarded (the guard cleans up
 /// on drop), a successful one's are kept; checkpoints roll back inside the transaction; only
@@ -228,4 +245,169 @@ async fn schema_lease_checker_aborts_and_rolls_back_the_commit<R: Runtime>() {
     txn.put("s1", "x").await.unwrap();
     let commit_ts = txn.commit().await.unwrap().unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![(commit_ts.version(), 7)]);
+}
+
+/// Port of client-go `integration_tests/2pc_test.go` `TestAggressiveLocking`: locks taken in
+/// aggressive locking mode survive a retry; the previous attempt's locks not taken again are
+/// released at the next retry; done keeps the last attempt's locks, cancel releases every
+/// lock taken in the mode; locks taken before the mode are never touched.
+async fn aggressive_locking_keeps_and_releases_locks_across_retries<R: Runtime>() {
+    use tikv_core::client::txn::LockOptions;
+    use tikv_tests::txn_support::has_lock;
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    for final_is_done in [false, true] {
+        let mut txn = client.begin_pessimistic().await.unwrap();
+        assert!(!txn.is_in_aggressive_locking_mode());
+        txn.lock_keys(["k1", "k2"], LockOptions::new())
+            .await
+            .unwrap();
+        txn.start_aggressive_locking().unwrap();
+        assert!(matches!(
+            txn.start_aggressive_locking(),
+            Err(Error::InvalidArgument(_))
+        ));
+        for key in ["k2", "k3", "k4"] {
+            txn.lock_keys([key], LockOptions::new()).await.unwrap();
+            assert!(has_lock(&mock, key), "{key}");
+        }
+        assert!(
+            !txn.is_in_aggressive_locking_stage("k2"),
+            "locked before the mode"
+        );
+        assert!(txn.is_in_aggressive_locking_stage("k3"));
+        assert!(txn.is_in_aggressive_locking_stage("k4"));
+
+        txn.retry_aggressive_locking().await.unwrap();
+        for key in ["k1", "k2", "k3", "k4"] {
+            assert!(has_lock(&mock, key), "{key} kept across the retry");
+        }
+        txn.lock_keys(["k4"], LockOptions::new()).await.unwrap();
+        txn.lock_keys(["k5"], LockOptions::new()).await.unwrap();
+        assert!(txn.is_in_aggressive_locking_stage("k4"), "taken over");
+
+        txn.retry_aggressive_locking().await.unwrap();
+        wait_until(&client, || !has_lock(&mock, "k3")).await;
+        for key in ["k1", "k2", "k4", "k5"] {
+            assert!(has_lock(&mock, key), "{key}");
+        }
+        for key in ["k2", "k5", "k6"] {
+            txn.lock_keys([key], LockOptions::new()).await.unwrap();
+        }
+        if final_is_done {
+            txn.done_aggressive_locking().unwrap();
+            wait_until(&client, || !has_lock(&mock, "k4")).await;
+            for key in ["k1", "k2", "k5", "k6"] {
+                assert!(has_lock(&mock, key), "{key} kept by done");
+            }
+            assert!(
+                txn.key_flags("k6").is_some_and(|f| f.has_locked()),
+                "moved to the buffer"
+            );
+        } else {
+            txn.cancel_aggressive_locking().unwrap();
+            wait_until(&client, || {
+                !has_lock(&mock, "k4") && !has_lock(&mock, "k5") && !has_lock(&mock, "k6")
+            })
+            .await;
+            assert!(has_lock(&mock, "k1") && has_lock(&mock, "k2"));
+        }
+        assert!(!txn.is_in_aggressive_locking_mode());
+        assert!(matches!(
+            txn.done_aggressive_locking(),
+            Err(Error::InvalidArgument(_))
+        ));
+        txn.rollback().await.unwrap();
+        wait_until(&client, || tikv_tests::txn_support::lock_count(&mock) == 0).await;
+    }
+}
+
+/// Port of client-go `integration_tests/2pc_test.go` `TestAggressiveLockingExitIfInapplicable`:
+/// a lock call of several keys ends the mode as if done (the previous attempt's unneeded lock
+/// is released, the current attempt's kept). Also client-go `KVTxn.Commit`: a commit while
+/// the current attempt holds locks is refused and ends the transaction.
+async fn aggressive_locking_exits_on_a_multi_key_lock<R: Runtime>() {
+    use tikv_core::client::txn::LockOptions;
+    use tikv_tests::txn_support::{has_lock, lock_count};
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    txn.start_aggressive_locking().unwrap();
+    txn.lock_keys(["k1"], LockOptions::new()).await.unwrap();
+    txn.retry_aggressive_locking().await.unwrap();
+    txn.lock_keys(["k2"], LockOptions::new()).await.unwrap();
+    assert!(txn.is_in_aggressive_locking_mode());
+    txn.lock_keys(["k3", "k4"], LockOptions::new())
+        .await
+        .unwrap();
+    assert!(!txn.is_in_aggressive_locking_mode());
+    wait_until(&client, || !has_lock(&mock, "k1")).await;
+    for key in ["k2", "k3", "k4"] {
+        assert!(has_lock(&mock, key), "{key}");
+    }
+    txn.rollback().await.unwrap();
+    wait_until(&client, || lock_count(&mock) == 0).await;
+
+    // Commit with the mode pending is refused; the locks are released.
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    txn.start_aggressive_locking().unwrap();
+    txn.put("p", "1").await.unwrap();
+    let err = txn.commit().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(!txn.is_open());
+    wait_until(&client, || lock_count(&mock) == 0).await;
+    // Aggressive locking needs a pessimistic transaction.
+    let txn = client.begin_optimistic().await.unwrap();
+    assert!(matches!(
+        txn.start_aggressive_locking(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// A single-key lock in aggressive locking mode waits for the holder and, when the holder
+/// commits a newer version, is granted over it (force-lock wake-up, "locked with conflict")
+/// instead of failing; after done, prewrite checks the lock's `for_update_ts` and the commit
+/// succeeds over the holder's write. Mirrors client-go `txn.go` `lockKeys`
+/// (`WakeUpModeForceLock` for one key in the mode, `forUpdateTSChecks` filled by
+/// `DoneAggressiveLocking`) and `integration_tests/2pc_test.go` `TestAggressiveLockingInsert`'s
+/// conflict half.
+async fn aggressive_locking_over_a_newer_commit_then_commit<R: Runtime>() {
+    use tikv_core::client::txn::{LockOptions, LockWait};
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    let mut other = client.begin_optimistic().await.unwrap();
+    other.put("k", "other").await.unwrap();
+    let other_commit = other.commit().await.unwrap().unwrap();
+    txn.start_aggressive_locking().unwrap();
+    let stmt = txn.buffer().staging().unwrap();
+    let got = txn
+        .lock_keys(
+            ["k"],
+            LockOptions::new()
+                .return_values(true)
+                .wait(LockWait::Timeout(std::time::Duration::from_secs(5))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.get(&b("k")).and_then(|v| v.value.clone()),
+        Some(b("other")),
+        "locked over the newer commit, reading it"
+    );
+    // Force-lock mode: TiKV wrote the newer commit's ts as the lock's for_update_ts (a
+    // refreshed for_update_ts would be above it).
+    let lock_for_update_ts = mock
+        .cluster()
+        .with_cluster(|c| c.mvcc().engine().load_lock(b"k").map(|l| l.for_update_ts));
+    assert_eq!(lock_for_update_ts, Some(other_commit.version()));
+    assert!(txn.is_in_aggressive_locking_stage("k"));
+    txn.put("k", "mine").await.unwrap();
+    let mut stmt = stmt;
+    stmt.release().unwrap();
+    drop(stmt);
+    txn.done_aggressive_locking().unwrap();
+    txn.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get("k").await.unwrap(), Some(b("mine")));
 }

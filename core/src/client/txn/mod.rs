@@ -20,6 +20,7 @@
 //! anything `Into<`[`KeyRange`]`>`, such as `"a".."z"`, `"a"..`, `..` or
 //! [`KeyRange::prefix`].
 
+mod aggressive;
 mod backend;
 mod buffer;
 mod client;

@@ -48,9 +48,10 @@ use crate::client::runtime::Runtime;
 use crate::client::sync::lock;
 use crate::error::Error;
 use crate::machine::raw::Value;
+use crate::machine::txn::aggressive::AggressiveLock;
 use crate::machine::txn::membuffer::MAX_KEY_LEN;
 use crate::machine::txn::mutations::LockTtls;
-use crate::machine::txn::{BufferedValue, FlagsOp, MemBuffer, ScanOrder};
+use crate::machine::txn::{AggressiveLocking, BufferedValue, FlagsOp, MemBuffer, ScanOrder};
 use crate::machine::{Key, Timestamp};
 
 /// How many times a pessimistic lock is retried with a fresh `for_update_ts` after meeting a
@@ -87,6 +88,13 @@ pub(crate) struct TxnState {
     /// checked again by prewrite (`for_update_ts_constraints`). Mirrors client-go
     /// `KVTxn.forUpdateTSChecks`.
     pub for_update_ts_checks: std::collections::HashMap<Key, u64>,
+    /// Aggressive (fair) locking mode, while on. Mirrors client-go
+    /// `KVTxn.aggressiveLockingContext`.
+    pub aggressive: Option<AggressiveLocking>,
+    /// The largest `locked_with_conflict_ts` of a lock kept by the transaction; pessimistic
+    /// rollbacks use it when larger than `for_update_ts`. Mirrors client-go
+    /// `twoPhaseCommitter.maxLockedWithConflictTS`.
+    pub max_locked_with_conflict_ts: u64,
 }
 
 impl TxnState {
@@ -156,6 +164,8 @@ impl<R: Runtime> Transaction<R> {
                 ttl: None,
                 commit_ts: None,
                 for_update_ts_checks: Default::default(),
+                aggressive: None,
+                max_locked_with_conflict_ts: 0,
             }),
             client,
             reader,
@@ -566,13 +576,22 @@ impl<R: Runtime> Transaction<R> {
             let (request, assigned_primary) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                // A lock call of several keys ends aggressive locking as if done. Mirrors
+                // client-go `exitAggressiveLockingIfInapplicable`.
+                if keys.len() > 1 && s.aggressive.is_some() {
+                    let release = self.finish_aggressive_locking(&mut s)?;
+                    self.release_in_background(release);
+                }
                 let mut todo: Vec<Key> = keys
                     .iter()
                     .filter(|k| {
                         // Keys this transaction locked already are skipped, unless the
-                        // caller wants their values read again.
-                        !s.buffer.get_flags(k).is_some_and(|f| f.has_locked())
-                            || options.return_values
+                        // caller wants their values read again; a lock of the previous
+                        // aggressive-locking attempt is left to `AggressiveLocking::filter`.
+                        let in_mode = s.aggressive.as_ref().and_then(|a| a.locked(k));
+                        let locked = in_mode.is_some()
+                            || s.buffer.get_flags(k).is_some_and(|f| f.has_locked());
+                        !locked || in_mode == Some(true) || options.return_values
                     })
                     .cloned()
                     .collect();
@@ -583,8 +602,46 @@ impl<R: Runtime> Transaction<R> {
                 }
                 let assigned_primary = s.primary.is_none();
                 if assigned_primary {
-                    // The primary is the first key (in key order) of the first lock.
-                    s.primary = Some(todo[0].clone());
+                    // The primary is the first key (in key order) of the first lock; in
+                    // aggressive locking, the previous attempt's primary when locked again.
+                    s.primary = match s.aggressive.as_mut() {
+                        Some(a) => a.select_primary(&todo),
+                        None => Some(todo[0].clone()),
+                    };
+                }
+                let mut force_lock = options.wake_up_force_lock;
+                let now = self.client.cluster().runtime().now();
+                let for_update_ts = s.for_update_ts.version();
+                let managed = self.options.managed_lock_ttl;
+                let st = &mut *s;
+                if let Some(a) = st.aggressive.as_mut() {
+                    let filtered = a.filter(
+                        &todo,
+                        for_update_ts,
+                        options.return_values,
+                        options.check_existence,
+                        now,
+                        managed,
+                    )?;
+                    if a.must_reset_heartbeat(!filtered.to_lock.is_empty(), assigned_primary) {
+                        st.ttl = None;
+                    }
+                    for (k, l) in filtered.reused {
+                        results.insert(
+                            k,
+                            LockedValue {
+                                value: l.value,
+                                exists: l.exists,
+                            },
+                        );
+                    }
+                    todo = filtered.to_lock;
+                    if todo.is_empty() {
+                        return Ok(results);
+                    }
+                    // Mirrors client-go `lockKeys`: a single key in aggressive locking uses
+                    // `WakeUpModeForceLock`.
+                    force_lock |= todo.len() == 1;
                 }
                 let is_first_lock = s.locked == 0 && todo.len() == 1 && assigned_primary;
                 let request = LockRequest {
@@ -597,7 +654,7 @@ impl<R: Runtime> Transaction<R> {
                     return_values: options.return_values,
                     check_existence: options.check_existence,
                     lock_only_if_exists: options.lock_only_if_exists,
-                    wake_up_force_lock: options.wake_up_force_lock,
+                    wake_up_force_lock: force_lock,
                     is_first_lock,
                     managed_lock_ttl: self.options.managed_lock_ttl,
                     txn_started: self.began,
@@ -611,11 +668,43 @@ impl<R: Runtime> Transaction<R> {
             match outcome {
                 Ok(outcome) => {
                     let mut s = lock(&self.state);
+                    let max_conflict = outcome
+                        .locked_with_conflict
+                        .values()
+                        .copied()
+                        .max()
+                        .unwrap_or(0);
+                    if let Some(a) = s.aggressive.as_mut() {
+                        a.note_locked_with_conflict(max_conflict);
+                    }
                     for k in &locked_keys {
                         if outcome.skipped.contains(k) {
                             continue;
                         }
                         let value = outcome.values.get(k);
+                        if s.aggressive.is_some() {
+                            // Recorded in the aggressive-locking context, not the buffer.
+                            // Mirrors client-go `lockKeys` (`currentLockedKeys`).
+                            let newly = !s.buffer.get_flags(k).is_some_and(|f| f.has_locked())
+                                && s.aggressive.as_ref().and_then(|a| a.locked(k)).is_none();
+                            if newly {
+                                s.locked += 1;
+                            }
+                            let conflict =
+                                outcome.locked_with_conflict.get(k).copied().unwrap_or(0);
+                            let lock = AggressiveLock {
+                                has_return_value: options.return_values,
+                                has_check_existence: options.check_existence,
+                                value: value.and_then(|v| v.value.clone()),
+                                exists: value.is_none_or(|v| v.exists),
+                                locked_with_conflict_ts: conflict,
+                                actual_for_update_ts: outcome.for_update_ts.version().max(conflict),
+                            };
+                            if let Some(a) = s.aggressive.as_mut() {
+                                a.record(k.clone(), lock);
+                            }
+                            continue;
+                        }
                         let mut ops = vec![FlagsOp::SetKeyLocked];
                         match value.map(|v| v.exists) {
                             Some(true) => ops.push(FlagsOp::SetKeyLockedValueExists),
@@ -660,6 +749,15 @@ impl<R: Runtime> Transaction<R> {
                     return Ok(results);
                 }
                 Err(e) => {
+                    if !matches!(e, Error::WriteConflict(_) | Error::KeyExists { .. })
+                        || locked_keys.len() > 1
+                    {
+                        // The lock call rolled its keys back. Mirrors client-go `lockKeys`
+                        // (`delete(currentLockedKeys, k)` after `asyncPessimisticRollback`).
+                        if let Some(a) = lock(&self.state).aggressive.as_mut() {
+                            a.forget(&locked_keys);
+                        }
+                    }
                     if assigned_primary {
                         let mut s = lock(&self.state);
                         if s.primary.as_ref() == Some(&primary)
@@ -711,6 +809,7 @@ impl<R: Runtime> Transaction<R> {
             let (mutations, primary, for_update_ts, ttl, for_update_ts_checks) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                self.end_aggressive_locking_for_commit(&mut s, true)?;
                 s.status = Status::Committing;
                 let pessimistic = self.is_pessimistic();
                 let filter = self.options.kv_filter.clone();
@@ -869,23 +968,34 @@ impl<R: Runtime> Transaction<R> {
     pub async fn rollback(&mut self) -> Result<(), Error> {
         let span = tracing::debug_span!("tikv.txn.rollback", start_ts = self.start_ts().version());
         async {
-            let (keys, for_update_ts, ttl) = {
+            let (keys, for_update_ts, ttl, pending) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                let pending = self.end_aggressive_locking_for_commit(&mut s, false).err();
                 s.status = Status::RolledBack;
-                (locked_keys(&s.buffer), s.for_update_ts, s.ttl.take())
+                let mut keys = locked_keys(&s.buffer);
+                if let Some(a) = s.aggressive.take() {
+                    keys.extend(a.held_keys());
+                }
+                let for_update_ts = s
+                    .for_update_ts
+                    .max(Timestamp(s.max_locked_with_conflict_ts));
+                (keys, for_update_ts, s.ttl.take(), pending)
             };
             drop(ttl);
-            if keys.is_empty() {
-                return Ok(());
+            if !keys.is_empty() {
+                backend::pessimistic_rollback(
+                    self.client.cluster(),
+                    self.start_ts(),
+                    for_update_ts,
+                    keys,
+                )
+                .await?;
             }
-            backend::pessimistic_rollback(
-                self.client.cluster(),
-                self.start_ts(),
-                for_update_ts,
-                keys,
-            )
-            .await
+            match pending {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         }
         .instrument(span)
         .await
@@ -914,6 +1024,10 @@ impl<R: Runtime> Transaction<R> {
         &self.reader
     }
 
+    pub(crate) fn txn_client(&self) -> &TransactionClient<R> {
+        &self.client
+    }
+
     /// Fails with [`Error::TransactionClosed`] once the transaction ended.
     pub(crate) fn check_open(&self) -> Result<(), Error> {
         lock(&self.state).check_active()
@@ -921,7 +1035,7 @@ impl<R: Runtime> Transaction<R> {
 }
 
 /// The keys of `buffer` holding a pessimistic lock.
-fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
+pub(crate) fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
     buffer
         .range_with_flags(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
         .filter(|(_, e)| e.flags().has_locked())
@@ -973,7 +1087,10 @@ impl<R: Runtime> Drop for Transaction<R> {
         }
         s.status = Status::RolledBack;
         drop(s.ttl.take());
-        let keys = locked_keys(&s.buffer);
+        let mut keys = locked_keys(&s.buffer);
+        if let Some(a) = s.aggressive.take() {
+            keys.extend(a.held_keys());
+        }
         let start_ts = self.reader.start_ts();
         if keys.is_empty() {
             if s.buffer.dirty() {
@@ -993,7 +1110,9 @@ impl<R: Runtime> Drop for Transaction<R> {
              in the background"
         );
         let cluster = self.client.cluster().clone();
-        let for_update_ts = s.for_update_ts;
+        let for_update_ts = s
+            .for_update_ts
+            .max(Timestamp(s.max_locked_with_conflict_ts));
         let rt = cluster.runtime().clone();
         rt.spawn(async move {
             if let Err(e) =

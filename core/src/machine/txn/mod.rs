@@ -22,6 +22,8 @@
 //!   [`mutations`];
 //! - [`schema`]: the schema lease check the committer runs (client-go
 //!   `checkSchemaValid`);
+//! - [`aggressive`]: aggressive (fair) locking across statement retries (client-go
+//!   `aggressiveLockingContext`);
 //! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
 //!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
 //! - [`pre_split`]: splitting regions a large transaction would flood, before prewrite
@@ -36,6 +38,7 @@
 //! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
 //! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
 
+pub mod aggressive;
 pub mod async_resolve;
 pub mod commit_exec;
 pub mod commit_farmhash;
@@ -67,6 +70,7 @@ pub mod snapshot;
 pub mod split;
 pub mod status_cache;
 
+pub use aggressive::AggressiveLocking;
 pub use async_resolve::{AsyncResolve, AsyncResolvePool, ReadResolveTask, ResolvingLock};
 pub use committer::{
     Background, CommitDetails, CommitInfo, CommitMode, CommitOptions, CommitTsUpperBoundCheck,
