@@ -19,6 +19,7 @@ tikv_tests::txn_tests!(
     aggressive_locking_keeps_and_releases_locks_across_retries,
     aggressive_locking_exits_on_a_multi_key_lock,
     aggressive_locking_over_a_newer_commit_then_commit,
+    lock_stats_are_returned_for_each_lock_call,
 );
 
 /// Polls `cond` every 5 ms on the client's runtime timer, for up to 5 s.
@@ -410,4 +411,56 @@ async fn aggressive_locking_over_a_newer_commit_then_commit<R: Runtime>() {
     txn.commit().await.unwrap();
     let check = client.begin_optimistic().await.unwrap();
     assert_eq!(check.get("k").await.unwrap(), Some(b("mine")));
+}
+
+/// Each lock call adds its statistics to the handle given in its options, also when it fails:
+/// keys, regions, lock RPCs and their time (a wait for another transaction's lock shows in
+/// it), retries. Mirrors client-go `LockCtx.Stats` (`util.LockKeysDetails`) as filled by
+/// `txn.go` `lockKeys` and `pessimistic.go` (`LockRPCTime`, `LockRPCCount`, `RegionNum`).
+async fn lock_stats_are_returned_for_each_lock_call<R: Runtime>() {
+    use std::time::Duration;
+    use tikv_core::client::txn::{LockOptions, LockStatsHandle, LockWait};
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    tikv_tests::txn_support::split_txn(&mock, &["m"]);
+    let txn = client.begin_pessimistic().await.unwrap();
+    let stats = LockStatsHandle::new();
+    txn.lock_keys(["a", "z"], LockOptions::new().collect_stats(&stats))
+        .await
+        .unwrap();
+    let s = stats.take();
+    assert_eq!(s.lock_keys, 2);
+    assert_eq!(s.regions, 2, "{s:?}");
+    assert_eq!(s.lock_rpc_count, 2, "{s:?}");
+    assert!(s.total_time >= s.lock_rpc_time / 2);
+
+    // A failed call (no-wait on a locked key) reports too.
+    let mut holder = client.begin_pessimistic().await.unwrap();
+    holder.lock_keys(["b"], LockOptions::new()).await.unwrap();
+    let err = txn
+        .lock_keys(["b"], LockOptions::new().no_wait().collect_stats(&stats))
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::LockNoWait);
+    let s = stats.take();
+    assert_eq!((s.lock_keys, s.regions), (1, 1));
+    assert!(s.lock_rpc_count >= 1, "{s:?}");
+
+    // A wait for the holder shows in the lock RPC time.
+    let wait = txn.lock_keys(
+        ["b"],
+        LockOptions::new()
+            .wait(LockWait::Timeout(Duration::from_secs(5)))
+            .collect_stats(&stats),
+    );
+    let release = async {
+        let rt = client.cluster().runtime();
+        rt.sleep_until(rt.now() + Duration::from_millis(200)).await;
+        holder.rollback().await.unwrap();
+    };
+    let (locked, ()) = futures_lite::future::zip(wait, release).await;
+    locked.unwrap();
+    let s = stats.get();
+    assert!(s.lock_rpc_time >= Duration::from_millis(100), "{s:?}");
+    assert!(s.total_time >= s.lock_rpc_time, "{s:?}");
 }

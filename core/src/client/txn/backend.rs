@@ -142,6 +142,8 @@ pub(crate) struct LockRequest {
     /// When the transaction began (lock TTLs grow with its age).
     pub txn_started: Instant,
     pub ctx: ContextOptions,
+    /// Where the call's statistics go, if anywhere.
+    pub stats: Option<super::options::LockStatsHandle>,
 }
 
 /// The outcome of a successful pessimistic lock call.
@@ -241,6 +243,9 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
     let result = cluster.run(&mut op).await;
     if let Some(bg) = op.take_background() {
         spawn_background(cluster, bg, request.start_ts);
+    }
+    if let Some(h) = &request.stats {
+        h.merge(op.stats());
     }
     let out = result?;
     let locked_with_conflict = out

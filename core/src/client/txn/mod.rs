@@ -34,13 +34,14 @@ mod transaction;
 
 use std::fmt;
 
+pub use crate::machine::txn::lock_stats::LockKeysStats;
 pub use crate::machine::txn::schema::SchemaLeaseChecker;
 pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
-    IsolationLevel, KvFilterFn, LockOptions, LockWait, LockedValue, PrewriteLockPolicy, Priority,
-    RequestSource, SnapshotOptions, TransactionOptions, TxnKind,
+    IsolationLevel, KvFilterFn, LockOptions, LockStatsHandle, LockWait, LockedValue,
+    PrewriteLockPolicy, Priority, RequestSource, SnapshotOptions, TransactionOptions, TxnKind,
 };
 pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};

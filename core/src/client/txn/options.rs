@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::machine::Timestamp;
 use crate::machine::txn::CommitTsUpperBoundCheck;
 pub use crate::machine::txn::PrewriteLockPolicy;
+use crate::machine::txn::lock_stats::LockKeysStats;
 use crate::machine::txn::schema::{SchemaCheck, SchemaLeaseChecker};
 
 /// Priority of a request in TiKV's scheduler. Mirrors client-go `txnutil.Priority`
@@ -396,6 +397,7 @@ pub struct LockOptions {
     pub(crate) check_existence: bool,
     pub(crate) lock_only_if_exists: bool,
     pub(crate) wake_up_force_lock: bool,
+    pub(crate) stats: Option<LockStatsHandle>,
 }
 
 impl LockOptions {
@@ -445,7 +447,58 @@ impl LockOptions {
         self.wake_up_force_lock = yes;
         self
     }
+
+    /// Adds the statistics of this lock call (RPCs, regions, backoff, lock resolution, lock
+    /// wait, retries) to `handle`, whether the call succeeds or fails. Mirrors client-go
+    /// `LockCtx.Stats` (`util.LockKeysDetails`, also published through
+    /// `util.LockKeysDetailCtxKey`).
+    pub fn collect_stats(mut self, handle: &LockStatsHandle) -> Self {
+        self.stats = Some(handle.clone());
+        self
+    }
 }
+
+/// Where [`LockOptions::collect_stats`] puts the statistics of lock calls: a cheap, cloneable
+/// handle to one [`LockKeysStats`], merged into by every call given it.
+#[derive(Clone, Default)]
+pub struct LockStatsHandle(Arc<std::sync::Mutex<LockKeysStats>>);
+
+impl LockStatsHandle {
+    /// An empty handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The statistics gathered so far.
+    pub fn get(&self) -> LockKeysStats {
+        crate::client::sync::lock(&self.0).clone()
+    }
+
+    /// The statistics gathered so far, leaving the handle empty.
+    pub fn take(&self) -> LockKeysStats {
+        std::mem::take(&mut *crate::client::sync::lock(&self.0))
+    }
+
+    /// Adds `stats` to the handle's.
+    pub(crate) fn merge(&self, stats: &LockKeysStats) {
+        crate::client::sync::lock(&self.0).merge(stats);
+    }
+}
+
+impl fmt::Debug for LockStatsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LockStatsHandle").field(&self.get()).finish()
+    }
+}
+
+/// Two handles are equal when they share their statistics.
+impl PartialEq for LockStatsHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LockStatsHandle {}
 
 /// Options of a transaction, as a builder. Defaults follow client-go (`tikv/kv.go`
 /// `Begin`, `txnkv/transaction/txn.go` `NewTiKVTxn`): optimistic, async commit and 1PC as

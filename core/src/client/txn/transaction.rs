@@ -626,6 +626,13 @@ impl<R: Runtime> Transaction<R> {
                     if a.must_reset_heartbeat(!filtered.to_lock.is_empty(), assigned_primary) {
                         st.ttl = None;
                     }
+                    if let Some(h) = &options.stats {
+                        let derived = crate::machine::txn::LockKeysStats {
+                            aggressive_lock_derived: filtered.reused.len(),
+                            ..Default::default()
+                        };
+                        h.merge(&derived);
+                    }
                     for (k, l) in filtered.reused {
                         results.insert(
                             k,
@@ -659,6 +666,7 @@ impl<R: Runtime> Transaction<R> {
                     managed_lock_ttl: self.options.managed_lock_ttl,
                     txn_started: self.began,
                     ctx: self.options.ctx.clone(),
+                    stats: options.stats.clone(),
                 };
                 (request, assigned_primary)
             };

@@ -2117,3 +2117,62 @@ fn schema_check_after_an_assertion_failure() {
         assert!(c.take_background().is_some(), "the prewrite is rolled back");
     }
 }
+
+// ---- lock statistics ---------------------------------------------------------------------------
+
+/// client-go `txn.go` `lockKeys` / `pessimistic.go` `actionPessimisticLock` filling
+/// `LockCtx.Stats` (`util.LockKeysDetails`): keys, regions, lock RPC count and time (the wait
+/// for the holder's lock shows in the RPC time), lock-resolution time and the whole call's
+/// time, in virtual time.
+#[test]
+fn lock_keys_reports_its_statistics() {
+    let mut w = World::new(&["m"]);
+    let other = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", other, 2_500));
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a", "n"], None, ctx);
+    let t0 = w.now;
+    w.run(&mut op).unwrap();
+    let s = op.stats();
+    let sent = w.sent_of("pessimistic_lock").len() as u64;
+    assert_eq!(s.lock_keys, 2);
+    assert_eq!(s.regions, 2);
+    assert_eq!(s.lock_rpc_count, sent);
+    assert!(sent >= 3, "the primary's lock is retried after the wait");
+    assert_eq!(s.total_time, w.now - t0);
+    assert!(s.lock_rpc_time + s.resolve_lock_time + s.backoff_time >= Duration::from_millis(2_000));
+    assert_eq!(s.retries, 0);
+}
+
+/// client-go `txn.go` `lockKeys`: the backoff of the lock call (`bo.GetTotalSleep`,
+/// `bo.GetTypes`) lands in the statistics; here a busy store answers the first request.
+#[test]
+fn lock_keys_statistics_include_backoff() {
+    use crate::machine::backoff::BackoffKind;
+    use crate::machine::txn::commit_testkit::write_region_err;
+    let mut w = World::new(&[]);
+    let mut busy = true;
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        if cmd(req) == "pessimistic_lock" && std::mem::take(&mut busy) {
+            return Some(Answer::Now(Ok(write_region_err(
+                req,
+                tikv_proto::errorpb::Error {
+                    message: "busy".into(),
+                    server_is_busy: Some(Default::default()),
+                    ..Default::default()
+                },
+            ))));
+        }
+        None
+    }));
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::NoWait);
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    w.run(&mut op).unwrap();
+    let s = op.stats();
+    assert_eq!(s.lock_rpc_count, 1, "only answered lock RPCs count");
+    assert!(s.backoff_time > Duration::ZERO);
+    assert_eq!(s.backoff_kinds, vec![(BackoffKind::TikvServerBusy, 1)]);
+    assert_eq!(s.total_time, s.backoff_time);
+}

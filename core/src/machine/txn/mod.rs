@@ -24,6 +24,7 @@
 //!   `checkSchemaValid`);
 //! - [`aggressive`]: aggressive (fair) locking across statement retries (client-go
 //!   `aggressiveLockingContext`);
+//! - [`lock_stats`]: per-call statistics of `lock_keys` (client-go `LockKeysDetails`);
 //! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
 //!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
 //! - [`pre_split`]: splitting regions a large transaction would flood, before prewrite
@@ -52,6 +53,7 @@ pub mod flags;
 pub mod gc;
 pub mod heartbeat;
 pub mod latch;
+pub mod lock_stats;
 pub mod membuffer;
 pub mod merge;
 pub mod mutations;
@@ -79,6 +81,7 @@ pub use committer::{
 pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
+pub use lock_stats::LockKeysStats;
 pub use membuffer::{
     BufferEntry, BufferMutation, BufferRange, BufferSnapshot, BufferedValue, Checkpoint, KvFilter,
     MemBuffer, MemBufferError, MemBufferLimits, Mutations, SnapshotIter, StagingHandle,
