@@ -20,6 +20,8 @@ tikv_tests::txn_tests!(
     aggressive_locking_exits_on_a_multi_key_lock,
     aggressive_locking_over_a_newer_commit_then_commit,
     lock_stats_are_returned_for_each_lock_call,
+    memory_footprint_hook_tracks_the_buffer,
+    background_tasks_run_inside_the_lifecycle_hooks,
 );
 
 /// Polls `cond` every 5 ms on the client's runtime timer, for up to 5 s.
@@ -463,4 +465,92 @@ async fn lock_stats_are_returned_for_each_lock_call<R: Runtime>() {
     let s = stats.get();
     assert!(s.lock_rpc_time >= Duration::from_millis(100), "{s:?}");
     assert!(s.total_time >= s.lock_rpc_time, "{s:?}");
+}
+
+/// The memory footprint hook of a transaction sees its buffer grow with writes and shrink when
+/// a statement's stage is cleaned up; `mem` reports the same footprint. Mirrors client-go
+/// `KVTxn.SetMemoryFootprintChangeHook`, `Mem`, `MemHookSet`.
+async fn memory_footprint_hook_tracks_the_buffer<R: Runtime>() {
+    use std::sync::{Arc, Mutex};
+    use tikv_core::client::txn::TransactionOptions;
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let mut txn = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic()
+                .memory_footprint_hook(move |m| seen2.lock().unwrap().push(m)),
+        )
+        .await
+        .unwrap();
+    assert!(txn.mem_hook_set());
+    txn.put("a", "1").await.unwrap();
+    let small = txn.mem();
+    assert_eq!(seen.lock().unwrap().last(), Some(&small));
+    {
+        let _stmt = txn.buffer().staging().unwrap();
+        txn.put("big", vec![1u8; 4096]).await.unwrap();
+        assert!(txn.mem() >= small + 4096);
+    }
+    assert_eq!(txn.mem(), small, "the failed statement's write is gone");
+    assert_eq!(seen.lock().unwrap().last(), Some(&small));
+    assert!(seen.lock().unwrap().iter().any(|&m| m >= small + 4096));
+    txn.commit().await.unwrap();
+    let plain = client.begin_optimistic().await.unwrap();
+    assert!(!plain.mem_hook_set());
+}
+
+/// Background work of a transaction runs between the lifecycle hooks: the secondaries' commit
+/// a 2PC commit leaves, and the rollback of a dropped pessimistic transaction's locks; `pre`
+/// runs before each task starts and `post` when it ends. Mirrors client-go
+/// `KVTxn.SetBackgroundGoroutineLifecycleHooks` (`KVTxn.spawn` / `spawnWithStorePool`).
+async fn background_tasks_run_inside_the_lifecycle_hooks<R: Runtime>() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tikv_core::client::txn::{LifecycleHooks, TransactionOptions};
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    tikv_tests::txn_support::split_txn(&mock, &["m"]);
+    let pre = Arc::new(AtomicUsize::new(0));
+    let post = Arc::new(AtomicUsize::new(0));
+    let hooks = {
+        let (pre, post) = (pre.clone(), post.clone());
+        LifecycleHooks::new()
+            .pre(move || {
+                pre.fetch_add(1, Ordering::SeqCst);
+            })
+            .post(move || {
+                post.fetch_add(1, Ordering::SeqCst);
+            })
+    };
+    let mut txn = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic()
+                .async_commit(false)
+                .one_pc(false)
+                .background_lifecycle_hooks(hooks.clone()),
+        )
+        .await
+        .unwrap();
+    txn.put("a", "1").await.unwrap();
+    txn.put("z", "2").await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(pre.load(Ordering::SeqCst), 1, "the secondaries' commit");
+    wait_until(&client, || post.load(Ordering::SeqCst) == 1).await;
+    wait_until(&client, || tikv_tests::txn_support::lock_count(&mock) == 0).await;
+
+    let txn = client
+        .begin_with_options(TransactionOptions::new_pessimistic().background_lifecycle_hooks(hooks))
+        .await
+        .unwrap();
+    txn.put("b", "1").await.unwrap();
+    drop(txn);
+    assert_eq!(
+        pre.load(Ordering::SeqCst),
+        2,
+        "the dropped transaction's rollback"
+    );
+    wait_until(&client, || post.load(Ordering::SeqCst) == 2).await;
+    wait_until(&client, || tikv_tests::txn_support::lock_count(&mock) == 0).await;
 }

@@ -215,7 +215,7 @@ impl<R: Runtime> Transaction<R> {
         let cluster = self.txn_client().cluster().clone();
         let start_ts = self.start_ts();
         let rt = cluster.runtime().clone();
-        rt.spawn(async move {
+        rt.spawn(self.options().lifecycle_hooks.wrap(async move {
             let keys = release.keys.len();
             if let Err(e) = backend::pessimistic_rollback(
                 &cluster,
@@ -232,6 +232,6 @@ impl<R: Runtime> Transaction<R> {
                     "background rollback of aggressive locks failed; they expire with their TTL"
                 );
             }
-        });
+        }));
     }
 }

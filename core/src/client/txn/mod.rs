@@ -40,8 +40,9 @@ pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
-    IsolationLevel, KvFilterFn, LockOptions, LockStatsHandle, LockWait, LockedValue,
-    PrewriteLockPolicy, Priority, RequestSource, SnapshotOptions, TransactionOptions, TxnKind,
+    IsolationLevel, KvFilterFn, LifecycleHook, LifecycleHooks, LockOptions, LockStatsHandle,
+    LockWait, LockedValue, PrewriteLockPolicy, Priority, RequestSource, SnapshotOptions,
+    TransactionOptions, TxnKind,
 };
 pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};

@@ -458,6 +458,75 @@ impl LockOptions {
     }
 }
 
+/// A function run by [`LifecycleHooks`].
+pub type LifecycleHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Hooks around a transaction's background tasks, see
+/// [`TransactionOptions::background_lifecycle_hooks`]. Mirrors client-go
+/// `transaction.LifecycleHooks`.
+#[derive(Clone, Default)]
+pub struct LifecycleHooks {
+    pre: Option<LifecycleHook>,
+    post: Option<LifecycleHook>,
+}
+
+impl LifecycleHooks {
+    /// No hooks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the caller's task right before a background task is spawned. Mirrors
+    /// client-go `LifecycleHooks.Pre`.
+    pub fn pre(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.pre = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `f` when a background task ends (also when it is dropped unfinished, for
+    /// example by a runtime shutting down). Mirrors client-go `LifecycleHooks.Post`.
+    pub fn post(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.post = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `pre` now and returns `task` wrapped so that `post` runs when it ends. Mirrors
+    /// client-go `KVTxn.spawn` / `spawnWithStorePool`.
+    pub(crate) fn wrap<F>(&self, task: F) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(pre) = &self.pre {
+            pre();
+        }
+        let guard = PostGuard(self.post.clone());
+        async move {
+            let _guard = guard;
+            task.await;
+        }
+    }
+}
+
+/// Runs the `post` hook when dropped.
+struct PostGuard(Option<LifecycleHook>);
+
+impl Drop for PostGuard {
+    fn drop(&mut self) {
+        if let Some(post) = &self.0 {
+            post();
+        }
+    }
+}
+
+impl fmt::Debug for LifecycleHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleHooks")
+            .field("pre", &self.pre.is_some())
+            .field("post", &self.post.is_some())
+            .finish()
+    }
+}
+
 /// Where [`LockOptions::collect_stats`] puts the statistics of lock calls: a cheap, cloneable
 /// handle to one [`LockKeysStats`], merged into by every call given it.
 #[derive(Clone, Default)]
@@ -524,6 +593,9 @@ pub struct TransactionOptions {
     pub(crate) prewrite_lock_policy: PrewriteLockPolicy,
     pub(crate) schema_checker: Option<Arc<dyn SchemaLeaseChecker>>,
     pub(crate) schema_ver: i64,
+    pub(crate) session_id: Option<u64>,
+    pub(crate) memory_footprint_hook: Option<crate::machine::txn::MemFootprintHook>,
+    pub(crate) lifecycle_hooks: LifecycleHooks,
 }
 
 impl Default for TransactionOptions {
@@ -548,6 +620,9 @@ impl Default for TransactionOptions {
             prewrite_lock_policy: PrewriteLockPolicy::TryResolve,
             schema_checker: None,
             schema_ver: 0,
+            session_id: None,
+            memory_footprint_hook: None,
+            lifecycle_hooks: LifecycleHooks::default(),
         }
     }
 }
@@ -576,6 +651,12 @@ impl fmt::Debug for TransactionOptions {
             .field("prewrite_lock_policy", &self.prewrite_lock_policy)
             .field("schema_checker", &self.schema_checker.is_some())
             .field("schema_ver", &self.schema_ver)
+            .field("session_id", &self.session_id)
+            .field(
+                "memory_footprint_hook",
+                &self.memory_footprint_hook.is_some(),
+            )
+            .field("lifecycle_hooks", &self.lifecycle_hooks)
             .finish()
     }
 }
@@ -756,6 +837,34 @@ impl TransactionOptions {
     /// checker (default 0). Mirrors client-go `KVTxn.SetSchemaVer`.
     pub fn schema_version(mut self, version: i64) -> Self {
         self.schema_ver = version;
+        self
+    }
+
+    /// The id of the session (connection) running the transaction, for diagnostics: every
+    /// `tikv.txn.*` span of the transaction (reads, writes, locks, commit, rollback) carries
+    /// it as its `session_id` field. Mirrors client-go `KVTxn.SetSessionID` (the
+    /// `util.SessionID` context value the committer logs with).
+    pub fn session_id(mut self, id: u64) -> Self {
+        self.session_id = Some(id);
+        self
+    }
+
+    /// A hook called with the memory footprint of the transaction's buffer (see
+    /// [`crate::machine::txn::MemBuffer::mem`]) each time it changes, for a memory tracker.
+    /// It runs while the transaction's state is locked: it must not call the transaction.
+    /// Mirrors client-go `KVTxn.SetMemoryFootprintChangeHook`.
+    pub fn memory_footprint_hook(mut self, hook: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.memory_footprint_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Hooks around every background task the transaction starts (the secondaries' commit
+    /// after an async-commit or 2PC commit returned, the rollback after a failed commit or
+    /// lock, the release of pessimistic locks by a dropped transaction or by aggressive
+    /// locking): `pre` runs before the task is spawned, `post` when it ends. Mirrors client-go
+    /// `KVTxn.SetBackgroundGoroutineLifecycleHooks` (`LifecycleHooks{Pre, Post}`).
+    pub fn background_lifecycle_hooks(mut self, hooks: LifecycleHooks) -> Self {
+        self.lifecycle_hooks = hooks;
         self
     }
 

@@ -154,9 +154,13 @@ impl<R: Runtime> Transaction<R> {
     ) -> Self {
         let reader = Reader::new(client.cluster().clone(), start_ts, options.ctx.clone());
         let began = client.cluster().runtime().now();
+        let mut buffer = MemBuffer::new();
+        if let Some(hook) = &options.memory_footprint_hook {
+            buffer.set_memory_footprint_change_hook(hook.clone());
+        }
         Transaction {
             state: Mutex::new(TxnState {
-                buffer: MemBuffer::new(),
+                buffer,
                 status: Status::Active,
                 primary: None,
                 for_update_ts: start_ts,
@@ -260,6 +264,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.get",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key)
         );
         async {
@@ -282,6 +287,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.batch_get",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             keys = keys.len()
         );
         async {
@@ -370,6 +376,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.put",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key),
             value_len = value.len()
         );
@@ -396,6 +403,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.insert",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key),
             value_len = value.len()
         );
@@ -439,6 +447,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.delete",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key)
         );
         async {
@@ -480,6 +489,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.lock_keys",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             keys = keys.len(),
             pessimistic = self.is_pessimistic()
         );
@@ -526,6 +536,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.batch_get_for_update",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             keys = keys.len(),
             pessimistic = self.is_pessimistic()
         );
@@ -667,6 +678,7 @@ impl<R: Runtime> Transaction<R> {
                     txn_started: self.began,
                     ctx: self.options.ctx.clone(),
                     stats: options.stats.clone(),
+                    hooks: self.options.lifecycle_hooks.clone(),
                 };
                 (request, assigned_primary)
             };
@@ -808,6 +820,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::info_span!(
             "tikv.txn.commit",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             pessimistic = self.is_pessimistic(),
             keys = tracing::field::Empty,
             commit_ts = tracing::field::Empty,
@@ -900,6 +913,7 @@ impl<R: Runtime> Transaction<R> {
                 ctx: self.options.ctx.clone(),
                 for_update_ts_checks,
                 schema_check: self.options.schema_check(),
+                hooks: self.options.lifecycle_hooks.clone(),
             };
             let report = backend::commit(self.client.cluster(), request).await;
             // The primary lock no longer needs keeping alive once the commit has an outcome.
@@ -974,7 +988,11 @@ impl<R: Runtime> Transaction<R> {
     /// rolled back. The transaction is closed afterwards. Mirrors client-go
     /// `KVTxn.Rollback`.
     pub async fn rollback(&mut self) -> Result<(), Error> {
-        let span = tracing::debug_span!("tikv.txn.rollback", start_ts = self.start_ts().version());
+        let span = tracing::debug_span!(
+            "tikv.txn.rollback",
+            start_ts = self.start_ts().version(),
+            session_id = self.options.session_id
+        );
         async {
             let (keys, for_update_ts, ttl, pending) = {
                 let mut s = lock(&self.state);
@@ -1022,6 +1040,19 @@ impl<R: Runtime> Transaction<R> {
     /// those reads. Mirrors client-go `KVTxn.GetSnapshot`.
     pub fn snapshot(&self) -> TxnSnapshot<'_, R> {
         TxnSnapshot::new(self)
+    }
+
+    /// The memory footprint of the transaction's buffer in bytes. Mirrors client-go
+    /// `KVTxn.Mem`.
+    pub fn mem(&self) -> u64 {
+        lock(&self.state).buffer.mem()
+    }
+
+    /// Whether a memory footprint hook is set
+    /// ([`TransactionOptions::memory_footprint_hook`](super::TransactionOptions::memory_footprint_hook)).
+    /// Mirrors client-go `KVTxn.MemHookSet`.
+    pub fn mem_hook_set(&self) -> bool {
+        lock(&self.state).buffer.mem_hook_set()
     }
 
     pub(crate) fn state(&self) -> &Mutex<TxnState> {
@@ -1122,7 +1153,7 @@ impl<R: Runtime> Drop for Transaction<R> {
             .for_update_ts
             .max(Timestamp(s.max_locked_with_conflict_ts));
         let rt = cluster.runtime().clone();
-        rt.spawn(async move {
+        rt.spawn(self.options.lifecycle_hooks.wrap(async move {
             if let Err(e) =
                 backend::pessimistic_rollback(&cluster, start_ts, for_update_ts, keys).await
             {
@@ -1133,6 +1164,6 @@ impl<R: Runtime> Drop for Transaction<R> {
                      their TTL"
                 );
             }
-        });
+        }));
     }
 }

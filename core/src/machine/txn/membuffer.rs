@@ -383,7 +383,34 @@ pub struct MemBuffer {
     /// The value each key had when the outermost open stage opened, for the keys written
     /// since (`None`: no value then). Emptied when the outermost stage closes.
     stage0_values: HashMap<Bytes, Option<Bytes>>,
+    /// The memory footprint hook and the footprint it was last called with.
+    mem_hook: MemHook,
 }
+
+/// Called with the buffer's new memory footprint ([`MemBuffer::mem`]) whenever it changes.
+/// See [`MemBuffer::set_memory_footprint_change_hook`].
+pub type MemFootprintHook = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct MemHook {
+    hook: Option<MemFootprintHook>,
+    last: u64,
+}
+
+impl std::fmt::Debug for MemHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemHook")
+            .field("set", &self.hook.is_some())
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+/// Bookkeeping bytes counted per buffered key by [`MemBuffer::mem`] (the map entry: key
+/// handle, value handle, flags).
+const MEM_PER_ENTRY: u64 = std::mem::size_of::<(Bytes, Stored)>() as u64;
+/// Bookkeeping bytes counted per undo-log record by [`MemBuffer::mem`].
+const MEM_PER_UNDO: u64 = std::mem::size_of::<Undo>() as u64;
 
 impl MemBuffer {
     /// An empty buffer with the default limits (6 MiB per entry, 100 MiB in total).
@@ -570,6 +597,7 @@ impl MemBuffer {
                         self.undo.clear();
                     }
                 }
+                self.on_mem_change();
                 Ok(())
             }
         }
@@ -592,6 +620,7 @@ impl MemBuffer {
                 self.truncate_log(start);
                 if self.stages.is_empty() {
                     self.close_stage0();
+                    self.on_mem_change();
                 }
                 Ok(())
             }
@@ -680,6 +709,7 @@ impl MemBuffer {
         self.marks.clear();
         self.new_epoch();
         self.close_stage0();
+        self.on_mem_change();
     }
 
     /// Buffered puts and tombstones with keys within the bounds, in key order; reverse it
@@ -773,6 +803,7 @@ impl MemBuffer {
         while self.marks.last().is_some_and(|&(_, len)| len > to) {
             self.marks.pop();
         }
+        self.on_mem_change();
     }
 
     fn stage_position(&self, handle: StagingHandle) -> Option<usize> {
@@ -880,6 +911,7 @@ impl MemBuffer {
             self.dirty = true;
         }
         self.size = new_size;
+        self.on_mem_change();
         Ok(())
     }
 
@@ -937,6 +969,59 @@ pub const SNAPSHOT_ITER_FIRST_BATCH: usize = 32;
 pub const SNAPSHOT_ITER_MAX_BATCH: usize = 4096;
 
 impl MemBuffer {
+    /// The buffer's approximate memory footprint in bytes: buffered keys and values, the
+    /// values kept for undo and snapshots, and a fixed bookkeeping cost per key and per undo
+    /// record. Mirrors client-go `MemBuffer.Mem` (the arenas' capacity there).
+    pub fn mem(&self) -> u64 {
+        let undo_values: u64 = self
+            .undo
+            .iter()
+            .map(|u| u.old.as_ref().map_or(0, |v| v.len() as u64))
+            .sum();
+        let stage0: u64 = self
+            .stage0_values
+            .iter()
+            .map(|(k, v)| k.len() as u64 + v.as_ref().map_or(0, |v| v.len() as u64))
+            .sum();
+        self.size
+            + self.entries.len() as u64 * MEM_PER_ENTRY
+            + self.undo.len() as u64 * MEM_PER_UNDO
+            + undo_values
+            + stage0
+    }
+
+    /// Calls `hook` with the new footprint ([`MemBuffer::mem`]) after every operation that
+    /// changed it (writes, stage closes, reverts, reset). The hook runs inside the buffer
+    /// operation: it must not use the buffer (or the transaction owning it). Mirrors client-go
+    /// `MemBuffer.SetMemoryFootprintChangeHook` (`ART.SetMemoryFootprintChangeHook`, called
+    /// from the arenas' `OnMemChange`).
+    pub fn set_memory_footprint_change_hook(&mut self, hook: MemFootprintHook) {
+        self.mem_hook = MemHook {
+            hook: Some(hook),
+            last: self.mem(),
+        };
+    }
+
+    /// Whether a footprint hook is set. Mirrors client-go `MemBuffer.MemHookSet`.
+    pub fn mem_hook_set(&self) -> bool {
+        self.mem_hook.hook.is_some()
+    }
+
+    /// Calls the footprint hook if the footprint changed. Mirrors client-go
+    /// `MemdbArena.OnMemChange`.
+    fn on_mem_change(&mut self) {
+        if self.mem_hook.hook.is_none() {
+            return;
+        }
+        let mem = self.mem();
+        if mem != self.mem_hook.last {
+            self.mem_hook.last = mem;
+            if let Some(h) = &self.mem_hook.hook {
+                h(mem);
+            }
+        }
+    }
+
     /// A snapshot of stage 0. Meant to be taken while a stage is open (writes outside stages
     /// invalidate it at once; client-go logs an error in that case). Mirrors client-go
     /// `MemBuffer.GetSnapshot`.
@@ -2481,6 +2566,42 @@ mod tests {
                 taken: snap.seq,
                 current: buf.snapshot_seq
             }
+        );
+    }
+
+    /// client-go `MemBuffer.SetMemoryFootprintChangeHook` / `Mem` / `MemHookSet`: the hook
+    /// sees the footprint grow with writes and shrink with a stage cleanup and a reset, and is
+    /// not called when nothing changed.
+    #[test]
+    fn memory_footprint_hook_follows_the_buffer() {
+        use std::sync::{Arc, Mutex};
+        let mut buf = MemBuffer::new();
+        assert!(!buf.mem_hook_set());
+        assert_eq!(buf.mem(), 0);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        buf.set_memory_footprint_change_hook(Arc::new(move |m| seen2.lock().unwrap().push(m)));
+        assert!(buf.mem_hook_set());
+        buf.set(k(1), v(1)).unwrap();
+        let one = buf.mem();
+        assert!(one > buf.size());
+        let h = buf.staging();
+        buf.set(k(2), Bytes::from(vec![7u8; 1000])).unwrap();
+        let grown = buf.mem();
+        assert!(grown >= one + 1000);
+        buf.cleanup(h).unwrap();
+        assert_eq!(buf.mem(), one, "back to the footprint before the stage");
+        assert_eq!(seen.lock().unwrap().last(), Some(&one), "the hook saw it");
+        buf.update_flags(k(1), &[FlagsOp::SetAssertExist]).unwrap();
+        buf.reset();
+        assert_eq!(buf.mem(), 0);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.first(), Some(&one));
+        assert!(seen.contains(&grown));
+        assert_eq!(seen.last(), Some(&0));
+        assert!(
+            seen.windows(2).all(|w| w[0] != w[1]),
+            "called on changes only: {seen:?}"
         );
     }
 }

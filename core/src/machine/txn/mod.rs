@@ -84,7 +84,8 @@ pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
 pub use lock_stats::LockKeysStats;
 pub use membuffer::{
     BufferEntry, BufferMutation, BufferRange, BufferSnapshot, BufferedValue, Checkpoint, KvFilter,
-    MemBuffer, MemBufferError, MemBufferLimits, Mutations, SnapshotIter, StagingHandle,
+    MemBuffer, MemBufferError, MemBufferLimits, MemFootprintHook, Mutations, SnapshotIter,
+    StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
 pub use mutations::{LockTtls, Mutation};
