@@ -19,6 +19,9 @@ tikv_tests::txn_tests!(
     aggressive_locking_keeps_and_releases_locks_across_retries,
     aggressive_locking_exits_on_a_multi_key_lock,
     aggressive_locking_over_a_newer_commit_then_commit,
+    aggressive_locking_switches_the_primary,
+    aggressive_locking_load_value_option_changes,
+    aggressive_locking_insert,
     lock_stats_are_returned_for_each_lock_call,
     memory_footprint_hook_tracks_the_buffer,
     background_tasks_run_inside_the_lifecycle_hooks,
@@ -553,4 +556,181 @@ async fn background_tasks_run_inside_the_lifecycle_hooks<R: Runtime>() {
     );
     wait_until(&client, || post.load(Ordering::SeqCst) == 2).await;
     wait_until(&client, || tikv_tests::txn_support::lock_count(&mock) == 0).await;
+}
+
+/// The primary recorded in the mock's lock of `key`.
+fn lock_primary(mock: &Mock, key: &str) -> Option<String> {
+    mock.cluster().with_cluster(|c| {
+        c.mvcc()
+            .engine()
+            .load_lock(key.as_bytes())
+            .map(|l| String::from_utf8_lossy(&l.primary).into_owned())
+    })
+}
+
+/// Locks one key with the default options.
+async fn lock1<R: Runtime>(txn: &tikv_core::client::Transaction<R>, key: &str) {
+    txn.lock_keys(
+        [key.to_string()],
+        tikv_core::client::txn::LockOptions::new(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Port of client-go `integration_tests/2pc_test.go` `TestAggressiveLockingSwitchPrimary`: a
+/// retried attempt keeps the previous primary when it locks it again, switches to a new one
+/// otherwise (releasing the previous attempt's unneeded locks at the next retry), and a
+/// primary chosen before the mode is never changed.
+async fn aggressive_locking_switches_the_primary<R: Runtime>() {
+    use tikv_core::client::txn::LockOptions;
+    use tikv_tests::txn_support::{has_lock, lock_count};
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let primary = |key: &str| lock_primary(&mock, key);
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    txn.start_aggressive_locking().unwrap();
+    lock1(&txn, "k1").await;
+    lock1(&txn, "k2").await;
+    assert_eq!(primary("k1").as_deref(), Some("k1"));
+    assert_eq!(primary("k2").as_deref(), Some("k1"));
+    // Primary not changed.
+    txn.retry_aggressive_locking().await.unwrap();
+    lock1(&txn, "k1").await;
+    lock1(&txn, "k3").await;
+    assert_eq!(primary("k1").as_deref(), Some("k1"));
+    assert_eq!(primary("k3").as_deref(), Some("k1"));
+    // Primary changed, not among the previous attempt's keys.
+    txn.retry_aggressive_locking().await.unwrap();
+    lock1(&txn, "k4").await;
+    lock1(&txn, "k5").await;
+    assert_eq!(primary("k4").as_deref(), Some("k4"));
+    assert_eq!(primary("k5").as_deref(), Some("k4"));
+    wait_until(&client, || !has_lock(&mock, "k2")).await;
+    // Primary changed to a key of the previous attempt.
+    txn.retry_aggressive_locking().await.unwrap();
+    lock1(&txn, "k5").await;
+    lock1(&txn, "k6").await;
+    assert_eq!(primary("k5").as_deref(), Some("k5"));
+    assert_eq!(primary("k6").as_deref(), Some("k5"));
+    wait_until(&client, || !has_lock(&mock, "k1") && !has_lock(&mock, "k3")).await;
+    // Primary changed to a key locked two attempts ago.
+    txn.retry_aggressive_locking().await.unwrap();
+    lock1(&txn, "k7").await;
+    txn.retry_aggressive_locking().await.unwrap();
+    lock1(&txn, "k6").await;
+    lock1(&txn, "k5").await;
+    assert_eq!(primary("k5").as_deref(), Some("k6"));
+    assert_eq!(primary("k6").as_deref(), Some("k6"));
+    txn.cancel_aggressive_locking().unwrap();
+    wait_until(&client, || lock_count(&mock) == 0).await;
+    txn.rollback().await.unwrap();
+
+    // A primary chosen before the mode stays.
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    txn.lock_keys(["k1", "k2"], LockOptions::new())
+        .await
+        .unwrap();
+    txn.start_aggressive_locking().unwrap();
+    lock1(&txn, "k2").await;
+    lock1(&txn, "k3").await;
+    assert_eq!(primary("k3").as_deref(), Some("k1"));
+    txn.retry_aggressive_locking().await.unwrap();
+    lock1(&txn, "k3").await;
+    lock1(&txn, "k4").await;
+    assert_eq!(primary("k3").as_deref(), Some("k1"));
+    assert_eq!(primary("k4").as_deref(), Some("k1"));
+    txn.cancel_aggressive_locking().unwrap();
+    wait_until(&client, || !has_lock(&mock, "k3") && !has_lock(&mock, "k4")).await;
+    assert!(has_lock(&mock, "k1") && has_lock(&mock, "k2"));
+    txn.rollback().await.unwrap();
+    wait_until(&client, || lock_count(&mock) == 0).await;
+}
+
+/// Port of client-go `integration_tests/2pc_test.go`
+/// `TestAggressiveLockingLoadValueOptionChanges`: a retried attempt that asks for more than
+/// the previous lock read (existence, then values) locks again and gets it; keys locked over
+/// a newer commit in the first attempt are taken over as if locked normally.
+async fn aggressive_locking_load_value_option_changes<R: Runtime>() {
+    use tikv_core::client::txn::LockOptions;
+    use tikv_tests::txn_support::lock_count;
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut txn0 = client.begin_optimistic().await.unwrap();
+    txn0.put("k2", "v2").await.unwrap();
+    txn0.commit().await.unwrap();
+    for first_attempt_locked_with_conflict in [false, true] {
+        let mut txn = client.begin_pessimistic().await.unwrap();
+        txn.lock_keys(["k0"], LockOptions::new()).await.unwrap();
+        txn.start_aggressive_locking().unwrap();
+        if first_attempt_locked_with_conflict {
+            let mut txn2 = client.begin_optimistic().await.unwrap();
+            txn2.delete("k1").await.unwrap();
+            txn2.put("k2", "v2").await.unwrap();
+            txn2.commit().await.unwrap();
+        }
+        txn.lock_keys(["k1"], LockOptions::new()).await.unwrap();
+        txn.lock_keys(["k2"], LockOptions::new()).await.unwrap();
+        txn.retry_aggressive_locking().await.unwrap();
+        let existence = LockOptions::new().check_existence(true);
+        let k1 = txn.lock_keys(["k1"], existence.clone()).await.unwrap();
+        let k2 = txn.lock_keys(["k2"], existence).await.unwrap();
+        assert_eq!(k1.get(&b("k1")).map(|v| v.exists), Some(false));
+        assert_eq!(k2.get(&b("k2")).map(|v| v.exists), Some(true));
+        txn.retry_aggressive_locking().await.unwrap();
+        let values = LockOptions::new().return_values(true);
+        let k1 = txn.lock_keys(["k1"], values.clone()).await.unwrap();
+        let k2 = txn.lock_keys(["k2"], values).await.unwrap();
+        assert_eq!(k1.get(&b("k1")).map(|v| v.exists), Some(false));
+        let v2 = k2.get(&b("k2")).unwrap();
+        assert!(v2.exists);
+        assert_eq!(v2.value, Some(b("v2")));
+        txn.cancel_aggressive_locking().unwrap();
+        txn.rollback().await.unwrap();
+        wait_until(&client, || lock_count(&mock) == 0).await;
+    }
+}
+
+/// Port of client-go `integration_tests/2pc_test.go` `TestAggressiveLockingInsert`: in
+/// aggressive locking, an insert of a key locked before the mode and seen existing fails with
+/// `KeyExists` at once, a new lock on an existing key fails with `KeyExists`, absent keys are
+/// inserted; a key whose newer commit wrote it is a duplicate (after the write conflict the
+/// lock is retried at a fresh `for_update_ts`), one whose newer commit deleted it is locked
+/// over that commit.
+async fn aggressive_locking_insert<R: Runtime>() {
+    use tikv_core::client::txn::LockOptions;
+    use tikv_tests::txn_support::lock_count;
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut txn0 = client.begin_optimistic().await.unwrap();
+    for k in ["k1", "k3", "k6", "k8"] {
+        txn0.put(k, format!("v{}", &k[1..])).await.unwrap();
+    }
+    txn0.commit().await.unwrap();
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    txn.lock_keys(["k1", "k2"], LockOptions::new().return_values(true))
+        .await
+        .unwrap();
+    txn.start_aggressive_locking().unwrap();
+    let exists = |r: Result<(), Error>, key: &str| match r {
+        Err(Error::KeyExists { key: k }) => assert_eq!(k, b(key)),
+        other => panic!("expected KeyExists for {key}, got {other:?}"),
+    };
+    // Locked before the mode.
+    exists(txn.insert("k1", "x").await, "k1");
+    txn.insert("k2", "x").await.unwrap();
+    // New locks.
+    exists(txn.insert("k3", "x").await, "k3");
+    txn.insert("k4", "x").await.unwrap();
+    // Newer commits after the start: k7 written, k8 deleted.
+    let mut txn2 = client.begin_optimistic().await.unwrap();
+    txn2.put("k7", "v7").await.unwrap();
+    txn2.delete("k8").await.unwrap();
+    txn2.commit().await.unwrap();
+    exists(txn.insert("k7", "x").await, "k7");
+    txn.insert("k8", "x").await.unwrap();
+    assert!(txn.is_in_aggressive_locking_stage("k8"));
+    txn.cancel_aggressive_locking().unwrap();
+    txn.rollback().await.unwrap();
+    wait_until(&client, || lock_count(&mock) == 0).await;
 }

@@ -587,6 +587,22 @@ impl<R: Runtime> Transaction<R> {
             let (request, assigned_primary) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                // An insert of a key this transaction locked already and saw existing is a
+                // duplicate at once (no lock request would tell). Mirrors client-go
+                // `lockKeys` (`checkKeyExists && valueExist` of a locked key).
+                for k in &keys {
+                    let flags = s.buffer.get_flags(k).unwrap_or_default();
+                    if !(should_not_exist || flags.has_need_check_exists()) {
+                        continue;
+                    }
+                    let exists = match s.aggressive.as_ref().and_then(|a| a.entry(k)) {
+                        Some(l) => l.exists,
+                        None => flags.has_locked() && flags.has_locked_value_exists(),
+                    };
+                    if exists {
+                        return Err(Error::KeyExists { key: k.clone() });
+                    }
+                }
                 // A lock call of several keys ends aggressive locking as if done. Mirrors
                 // client-go `exitAggressiveLockingIfInapplicable`.
                 if keys.len() > 1 && s.aggressive.is_some() {

@@ -185,6 +185,13 @@ impl AggressiveLocking {
         }
     }
 
+    /// What the mode's lock of `key` learned (current attempt first, then the previous one).
+    pub fn entry(&self, key: &[u8]) -> Option<&AggressiveLock> {
+        self.current
+            .get(key)
+            .or_else(|| self.last_retry_unnecessary.get(key))
+    }
+
     /// Keys locked by the current attempt.
     pub fn current_keys(&self) -> impl Iterator<Item = &Key> {
         self.current.keys()
