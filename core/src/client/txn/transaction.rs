@@ -832,6 +832,10 @@ impl<R: Runtime> Transaction<R> {
     /// committed by this client after the start timestamp). The committer tries 1PC or async
     /// commit when enabled and eligible and falls back to 2PC when TiKV declines.
     /// [`Error::Undetermined`] means the transaction may or may not have committed.
+    ///
+    /// In aggressive locking mode the mode is cancelled first; if its current attempt still
+    /// holds locks, the commit is refused with [`Error::InvalidArgument`] and the transaction
+    /// ends (its locks are rolled back in the background), as client-go refuses it.
     pub async fn commit(&mut self) -> Result<Option<Timestamp>, Error> {
         let span = tracing::info_span!(
             "tikv.txn.commit",
@@ -1003,6 +1007,10 @@ impl<R: Runtime> Transaction<R> {
     /// Abandons the transaction: buffered writes are discarded and pessimistic locks are
     /// rolled back. The transaction is closed afterwards. Mirrors client-go
     /// `KVTxn.Rollback`.
+    ///
+    /// In aggressive locking mode its locks are rolled back too; if its current attempt still
+    /// held locks the call reports [`Error::InvalidArgument`] after the rollback, as client-go
+    /// refuses the rollback then (it leaves the locks to expire).
     pub async fn rollback(&mut self) -> Result<(), Error> {
         let span = tracing::debug_span!(
             "tikv.txn.rollback",
@@ -1044,7 +1052,7 @@ impl<R: Runtime> Transaction<R> {
     }
 }
 
-/// Borrowed access to the buffer and the snapshot (see [`super::buffer`]).
+/// Borrowed access to the buffer and the snapshot ([`BufferHandle`], [`TxnSnapshot`]).
 impl<R: Runtime> Transaction<R> {
     /// The transaction's memory buffer: staging, checkpoints, key flags, flagged writes and
     /// snapshots of stage 0. Mirrors client-go `KVTxn.GetMemBuffer` / `GetUnionStore`.

@@ -19,6 +19,16 @@
 //! position (TiDB's `ROLLBACK TO SAVEPOINT`). Once a checkpoint has been taken, writes outside
 //! stages are logged too, until [`MemBuffer::reset`].
 //!
+//! Snapshots ([`MemBuffer::snapshot`]) show stage 0, the buffer as it was when the outermost
+//! open stage opened, while writes go on in the stages: the value each key had then is kept
+//! at its first write in a stage. A snapshot is a token checked against a sequence number
+//! that every change of stage 0 bumps (client-go `ART.SnapshotSeqNo`); reads through a stale
+//! one fail with [`MemBufferError::SnapshotInvalidated`]. [`SnapshotIter`] reads it in
+//! batches so writes can interleave with the iteration.
+//!
+//! [`MemBuffer::mem`] estimates the memory footprint; a hook set with
+//! [`MemBuffer::set_memory_footprint_change_hook`] is told each change.
+//!
 //! Limits (key length, entry size, total size, entry count) are checked before a write is
 //! applied, so a refused write leaves the buffer unchanged.
 //!
@@ -29,7 +39,8 @@
 //! mutation list.
 //!
 //! Follows client-go `internal/unionstore/memdb_art.go` (`artDBWithContext`),
-//! `internal/unionstore/art/art.go` (`ART`) and `internal/unionstore/union_store.go`.
+//! `internal/unionstore/art/art.go` (`ART`), `internal/unionstore/art/art_snapshot.go`,
+//! `internal/unionstore/membuffer_snapshot.go` and `internal/unionstore/union_store.go`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
