@@ -395,6 +395,8 @@ pub(crate) struct CommitRequest {
     pub schema_check: Option<crate::machine::txn::SchemaCheck>,
     /// Hooks around the background work the commit leaves.
     pub hooks: super::options::LifecycleHooks,
+    /// The largest `locked_with_conflict_ts` of the transaction's locks.
+    pub max_locked_with_conflict_ts: u64,
 }
 
 /// How a commit went.
@@ -435,6 +437,7 @@ pub(crate) async fn commit<R: Runtime>(
     opts.lock_ttls = request.lock_ttls;
     opts.for_update_ts_constraints = request.for_update_ts_checks;
     opts.schema_check = request.schema_check;
+    opts.max_locked_with_conflict_ts = request.max_locked_with_conflict_ts;
     let mut committer = Committer::new(request.mutations, request.txn_started, opts);
     let result = cluster.run(&mut committer).await;
     if let Some(bg) = committer.take_background() {

@@ -713,6 +713,7 @@ impl<R: Runtime> Transaction<R> {
                     if let Some(a) = s.aggressive.as_mut() {
                         a.note_locked_with_conflict(max_conflict);
                     }
+                    s.max_locked_with_conflict_ts = s.max_locked_with_conflict_ts.max(max_conflict);
                     for k in &locked_keys {
                         if outcome.skipped.contains(k) {
                             continue;
@@ -847,7 +848,7 @@ impl<R: Runtime> Transaction<R> {
             mode = tracing::field::Empty,
         );
         let run = async {
-            let (mutations, primary, for_update_ts, ttl, for_update_ts_checks) = {
+            let (mutations, primary, for_update_ts, ttl, for_update_ts_checks, max_conflict) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
                 self.end_aggressive_locking_for_commit(&mut s, true)?;
@@ -872,6 +873,7 @@ impl<R: Runtime> Transaction<R> {
                     s.for_update_ts,
                     s.ttl.take(),
                     checks,
+                    s.max_locked_with_conflict_ts,
                 )
             };
             tracing::Span::current().record("keys", mutations.len());
@@ -934,6 +936,7 @@ impl<R: Runtime> Transaction<R> {
                 for_update_ts_checks,
                 schema_check: self.options.schema_check(),
                 hooks: self.options.lifecycle_hooks.clone(),
+                max_locked_with_conflict_ts: max_conflict,
             };
             let report = backend::commit(self.client.cluster(), request).await;
             // The primary lock no longer needs keeping alive once the commit has an outcome.

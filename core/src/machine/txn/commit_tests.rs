@@ -2176,3 +2176,46 @@ fn lock_keys_statistics_include_backoff() {
     assert_eq!(s.backoff_kinds, vec![(BackoffKind::TikvServerBusy, 1)]);
     assert_eq!(s.total_time, s.backoff_time);
 }
+
+/// client-go `pessimistic.go` `actionPessimisticRollback`: the pessimistic rollback after a
+/// failed 1PC of a pessimistic transaction uses the largest `locked_with_conflict_ts` when it
+/// exceeds `for_update_ts` (TiKV only removes locks whose `for_update_ts` is not above the
+/// request's).
+#[test]
+fn failed_one_pc_rolls_back_at_the_largest_locked_with_conflict_ts() {
+    let mut w = World::new(&[]);
+    w.hook = Some(Box::new(|_, req, _, _, _| {
+        if cmd(req) == "prewrite" {
+            return Some(Answer::Now(Ok(TikvResponse::Cmd(
+                TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+                    errors: vec![kvrpcpb::KeyError {
+                        abort: "boom".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            ))));
+        }
+        None
+    }));
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.pessimistic = true;
+    o.for_update_ts = start + 1;
+    o.try_one_pc = true;
+    o.max_locked_with_conflict_ts = start + 100;
+    let mut m = put("a", "1");
+    m.is_pessimistic_lock = true;
+    let mut c = Committer::new(vec![m], w.now, o);
+    assert!(w.run(&mut c).is_err());
+    let mut bg = c.take_background().expect("pessimistic rollback");
+    let _ = w.run(&mut bg);
+    let sent = w.sent_of("pessimistic_rollback");
+    assert!(!sent.is_empty());
+    for r in sent {
+        let TikvRequest::Cmd(TikvCmd::PessimisticRollback(r)) = r else {
+            panic!("not a pessimistic rollback")
+        };
+        assert_eq!(r.for_update_ts, start + 100);
+    }
+}

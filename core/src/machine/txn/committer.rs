@@ -198,6 +198,11 @@ pub struct CommitOptions {
     /// locked in force-lock mode); TiKV fails the prewrite of a key whose lock differs.
     /// Mirrors client-go `twoPhaseCommitter.forUpdateTSConstraints`.
     pub for_update_ts_constraints: HashMap<Key, u64>,
+    /// The largest `locked_with_conflict_ts` of the transaction's pessimistic locks (force-lock
+    /// mode): a pessimistic rollback after a failed 1PC uses it when it is larger than
+    /// `for_update_ts`, or TiKV would keep those locks. Mirrors client-go
+    /// `twoPhaseCommitter.maxLockedWithConflictTS` (`actionPessimisticRollback`).
+    pub max_locked_with_conflict_ts: u64,
     /// The schema lease check (client-go `SetSchemaLeaseChecker` + `SetSchemaVer`): run at
     /// the commit ts (2PC), at `start_ts + elapsed` (async commit, 1PC) and after an
     /// assertion failure; see [`super::schema`].
@@ -233,6 +238,7 @@ impl CommitOptions {
             context: TxnRequestContext::default(),
             lock_ttls: mutations::LockTtls::default(),
             for_update_ts_constraints: HashMap::new(),
+            max_locked_with_conflict_ts: 0,
             schema_check: None,
             pre_split_detect_threshold: PRE_SPLIT_DETECT_THRESHOLD,
             pre_split_size_threshold: PRE_SPLIT_SIZE_THRESHOLD,
@@ -1025,7 +1031,12 @@ impl Committer {
         }
         if self.opts.pessimistic {
             let exec = BatchExec::new(
-                PessimisticRollbackAction::new(self.opts.start_ts, self.opts.for_update_ts),
+                PessimisticRollbackAction::new(
+                    self.opts.start_ts,
+                    self.opts
+                        .for_update_ts
+                        .max(self.opts.max_locked_with_conflict_ts),
+                ),
                 self.mutations.clone(),
                 Some(self.primary.clone()),
                 false,
