@@ -181,6 +181,31 @@ pub enum Error {
         commit_ts: u64,
     },
 
+    /// A snapshot of a transaction's memory buffer was read after the stage it shows
+    /// (stage 0) changed. Mirrors client-go `artDBWithContext.GetSnapshot`'s sequence check
+    /// ("invalid iter: snapshotSeqNo changed").
+    #[error("memory buffer snapshot invalidated (taken at sequence {taken}, buffer at {current})")]
+    BufferSnapshotInvalidated {
+        /// The sequence number the snapshot was taken at.
+        taken: u64,
+        /// The buffer's sequence number when it was read.
+        current: u64,
+    },
+
+    /// The transaction's schema lease checker refused the commit: the schema the transaction
+    /// was built against changed before `check_ts`. The commit was abandoned and its prewrite
+    /// rolled back. Retryable (with a new transaction), as TiDB retries
+    /// `ErrInfoSchemaChanged`. Mirrors client-go `2pc.go` `checkSchemaValid`.
+    #[error("transaction {start_ts}: schema changed before ts {check_ts}: {reason}")]
+    SchemaChanged {
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+        /// The timestamp the schema was checked at (commit ts, or start ts + elapsed time).
+        check_ts: u64,
+        /// What the checker reported.
+        reason: String,
+    },
+
     /// Async-commit recovery got answers from `CheckSecondaryLocks` that contradict each
     /// other (two different commit timestamps, or one below the transaction's
     /// `min_commit_ts`); the transaction's status stays unknown to this resolver. Mirrors
@@ -315,6 +340,7 @@ impl Error {
             | Error::BackoffExhausted { .. }
             | Error::Rpc { .. }
             | Error::TikvRetryable(_)
+            | Error::SchemaChanged { .. }
             | Error::Timeout { .. } => true,
             Error::Deadlock(_, retryable) => *retryable,
             _ => false,

@@ -144,6 +144,10 @@ pub(crate) struct LockRequest {
     /// When the transaction began (lock TTLs grow with its age).
     pub txn_started: Instant,
     pub ctx: ContextOptions,
+    /// Where the call's statistics go, if anywhere.
+    pub stats: Option<super::options::LockStatsHandle>,
+    /// Hooks around the background rollback of a failed call.
+    pub hooks: super::options::LifecycleHooks,
 }
 
 /// The outcome of a successful pessimistic lock call.
@@ -187,11 +191,17 @@ fn spawn_async_resolves<R: Runtime>(cluster: &Cluster<R>) {
     }
 }
 
-/// Runs `bg` (left by a committer or a failed lock call) on its own task.
-fn spawn_background<R: Runtime>(cluster: &Cluster<R>, bg: Background, start_ts: Timestamp) {
+/// Runs `bg` (left by a committer or a failed lock call) on its own task, inside the
+/// transaction's lifecycle hooks.
+fn spawn_background<R: Runtime>(
+    cluster: &Cluster<R>,
+    bg: Background,
+    start_ts: Timestamp,
+    hooks: &super::options::LifecycleHooks,
+) {
     let label = bg.label();
     let c = cluster.clone();
-    cluster.runtime().spawn(async move {
+    cluster.runtime().spawn(hooks.wrap(async move {
         if let Err(e) = c.run(bg).await {
             tracing::warn!(
                 start_ts = start_ts.version(),
@@ -200,7 +210,7 @@ fn spawn_background<R: Runtime>(cluster: &Cluster<R>, bg: Background, start_ts: 
                 "background transaction work failed; lock resolution will finish it"
             );
         }
-    });
+    }));
 }
 
 /// Takes pessimistic locks. Runs [`LockKeys`]; its background rollback (after a failure)
@@ -243,7 +253,10 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
     .with_concurrency(config.committer_concurrency);
     let result = cluster.run(&mut op).await;
     if let Some(bg) = op.take_background() {
-        spawn_background(cluster, bg, request.start_ts);
+        spawn_background(cluster, bg, request.start_ts, &request.hooks);
+    }
+    if let Some(h) = &request.stats {
+        h.merge(op.stats());
     }
     let out = result?;
     let locked_with_conflict = out
@@ -381,6 +394,12 @@ pub(crate) struct CommitRequest {
     pub ctx: ContextOptions,
     /// Expected `for_update_ts` of keys locked in force-lock mode.
     pub for_update_ts_checks: HashMap<Key, u64>,
+    /// The schema lease check, if any.
+    pub schema_check: Option<crate::machine::txn::SchemaCheck>,
+    /// Hooks around the background work the commit leaves.
+    pub hooks: super::options::LifecycleHooks,
+    /// The largest `locked_with_conflict_ts` of the transaction's locks.
+    pub max_locked_with_conflict_ts: u64,
 }
 
 /// How a commit went.
@@ -420,10 +439,12 @@ pub(crate) async fn commit<R: Runtime>(
     opts.context = write_context(&request.ctx);
     opts.lock_ttls = request.lock_ttls;
     opts.for_update_ts_constraints = request.for_update_ts_checks;
+    opts.schema_check = request.schema_check;
+    opts.max_locked_with_conflict_ts = request.max_locked_with_conflict_ts;
     let mut committer = Committer::new(request.mutations, request.txn_started, opts);
     let result = cluster.run(&mut committer).await;
     if let Some(bg) = committer.take_background() {
-        spawn_background(cluster, bg, request.start_ts);
+        spawn_background(cluster, bg, request.start_ts, &request.hooks);
     }
     let d = committer.details();
     let timings = CommitTimings {

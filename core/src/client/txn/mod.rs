@@ -12,13 +12,17 @@
 //! * [`Transaction`]: `&self` reads and writes over a memory buffer, scans as streams,
 //!   pessimistic locks, `&mut self` commit / rollback, rollback on drop.
 //! * [`Snapshot`]: reads at a fixed timestamp.
+//! * [`BufferHandle`], [`Staging`], [`TxnBufferSnapshot`], [`TxnSnapshot`]: borrowed access to
+//!   a transaction's buffer (stages, checkpoints, flags, stage-0 snapshots) and snapshot.
 //! * Options as builders: [`TransactionOptions`], [`SnapshotOptions`], [`LockOptions`].
 //!
 //! Keys and values are [`bytes::Bytes`]; anything `Into<Bytes>` is accepted. Ranges are
 //! anything `Into<`[`KeyRange`]`>`, such as `"a".."z"`, `"a"..`, `..` or
 //! [`KeyRange::prefix`].
 
+mod aggressive;
 mod backend;
+mod buffer;
 mod client;
 mod latches;
 mod options;
@@ -30,11 +34,15 @@ mod transaction;
 
 use std::fmt;
 
+pub use crate::machine::txn::lock_stats::LockKeysStats;
+pub use crate::machine::txn::schema::SchemaLeaseChecker;
+pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
-    IsolationLevel, KvFilterFn, LockOptions, LockWait, LockedValue, PrewriteLockPolicy, Priority,
-    RequestSource, SnapshotOptions, TransactionOptions, TxnKind,
+    IsolationLevel, KvFilterFn, LifecycleHook, LifecycleHooks, LockOptions, LockStatsHandle,
+    LockWait, LockedValue, PrewriteLockPolicy, Priority, RequestSource, SnapshotOptions,
+    TransactionOptions, TxnKind,
 };
 pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};

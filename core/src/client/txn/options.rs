@@ -16,6 +16,8 @@ use crate::error::Error;
 use crate::machine::Timestamp;
 use crate::machine::txn::CommitTsUpperBoundCheck;
 pub use crate::machine::txn::PrewriteLockPolicy;
+use crate::machine::txn::lock_stats::LockKeysStats;
+use crate::machine::txn::schema::{SchemaCheck, SchemaLeaseChecker};
 
 /// Priority of a request in TiKV's scheduler. Mirrors client-go `txnutil.Priority`
 /// (`PriorityNormal`, `PriorityLow`, `PriorityHigh`) and `kvrpcpb.CommandPri`.
@@ -396,6 +398,7 @@ pub struct LockOptions {
     pub(crate) lock_only_if_exists: bool,
     pub(crate) wake_up_force_lock: bool,
     pub(crate) share_mode: bool,
+    pub(crate) stats: Option<LockStatsHandle>,
 }
 
 impl LockOptions {
@@ -463,7 +466,127 @@ impl LockOptions {
         self.share_mode = yes;
         self
     }
+
+    /// Adds the statistics of this lock call (RPCs, regions, backoff, lock resolution, lock
+    /// wait, retries) to `handle`, whether the call succeeds or fails. Mirrors client-go
+    /// `LockCtx.Stats` (`util.LockKeysDetails`, also published through
+    /// `util.LockKeysDetailCtxKey`).
+    pub fn collect_stats(mut self, handle: &LockStatsHandle) -> Self {
+        self.stats = Some(handle.clone());
+        self
+    }
 }
+
+/// A function run by [`LifecycleHooks`].
+pub type LifecycleHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Hooks around a transaction's background tasks, see
+/// [`TransactionOptions::background_lifecycle_hooks`]. Mirrors client-go
+/// `transaction.LifecycleHooks`.
+#[derive(Clone, Default)]
+pub struct LifecycleHooks {
+    pre: Option<LifecycleHook>,
+    post: Option<LifecycleHook>,
+}
+
+impl LifecycleHooks {
+    /// No hooks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the caller's task right before a background task is spawned. Mirrors
+    /// client-go `LifecycleHooks.Pre`.
+    pub fn pre(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.pre = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `f` when a background task ends (also when it is dropped unfinished, for
+    /// example by a runtime shutting down). Mirrors client-go `LifecycleHooks.Post`.
+    pub fn post(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.post = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `pre` now and returns `task` wrapped so that `post` runs when it ends. Mirrors
+    /// client-go `KVTxn.spawn` / `spawnWithStorePool`.
+    pub(crate) fn wrap<F>(&self, task: F) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(pre) = &self.pre {
+            pre();
+        }
+        let guard = PostGuard(self.post.clone());
+        async move {
+            let _guard = guard;
+            task.await;
+        }
+    }
+}
+
+/// Runs the `post` hook when dropped.
+struct PostGuard(Option<LifecycleHook>);
+
+impl Drop for PostGuard {
+    fn drop(&mut self) {
+        if let Some(post) = &self.0 {
+            post();
+        }
+    }
+}
+
+impl fmt::Debug for LifecycleHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleHooks")
+            .field("pre", &self.pre.is_some())
+            .field("post", &self.post.is_some())
+            .finish()
+    }
+}
+
+/// Where [`LockOptions::collect_stats`] puts the statistics of lock calls: a cheap, cloneable
+/// handle to one [`LockKeysStats`], merged into by every call given it.
+#[derive(Clone, Default)]
+pub struct LockStatsHandle(Arc<std::sync::Mutex<LockKeysStats>>);
+
+impl LockStatsHandle {
+    /// An empty handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The statistics gathered so far.
+    pub fn get(&self) -> LockKeysStats {
+        crate::client::sync::lock(&self.0).clone()
+    }
+
+    /// The statistics gathered so far, leaving the handle empty.
+    pub fn take(&self) -> LockKeysStats {
+        std::mem::take(&mut *crate::client::sync::lock(&self.0))
+    }
+
+    /// Adds `stats` to the handle's.
+    pub(crate) fn merge(&self, stats: &LockKeysStats) {
+        crate::client::sync::lock(&self.0).merge(stats);
+    }
+}
+
+impl fmt::Debug for LockStatsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LockStatsHandle").field(&self.get()).finish()
+    }
+}
+
+/// Two handles are equal when they share their statistics.
+impl PartialEq for LockStatsHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LockStatsHandle {}
 
 /// Options of a transaction, as a builder. Defaults follow client-go (`tikv/kv.go`
 /// `Begin`, `txnkv/transaction/txn.go` `NewTiKVTxn`): optimistic, async commit and 1PC as
@@ -487,6 +610,11 @@ pub struct TransactionOptions {
     pub(crate) commit_wait_until_tso_timeout: Duration,
     pub(crate) commit_ts_upper_bound_check: Option<CommitTsUpperBoundCheck>,
     pub(crate) prewrite_lock_policy: PrewriteLockPolicy,
+    pub(crate) schema_checker: Option<Arc<dyn SchemaLeaseChecker>>,
+    pub(crate) schema_ver: i64,
+    pub(crate) session_id: Option<u64>,
+    pub(crate) memory_footprint_hook: Option<crate::machine::txn::MemFootprintHook>,
+    pub(crate) lifecycle_hooks: LifecycleHooks,
 }
 
 impl Default for TransactionOptions {
@@ -509,6 +637,11 @@ impl Default for TransactionOptions {
             commit_wait_until_tso_timeout: Duration::from_secs(1),
             commit_ts_upper_bound_check: None,
             prewrite_lock_policy: PrewriteLockPolicy::TryResolve,
+            schema_checker: None,
+            schema_ver: 0,
+            session_id: None,
+            memory_footprint_hook: None,
+            lifecycle_hooks: LifecycleHooks::default(),
         }
     }
 }
@@ -535,6 +668,14 @@ impl fmt::Debug for TransactionOptions {
                 &self.commit_ts_upper_bound_check.is_some(),
             )
             .field("prewrite_lock_policy", &self.prewrite_lock_policy)
+            .field("schema_checker", &self.schema_checker.is_some())
+            .field("schema_ver", &self.schema_ver)
+            .field("session_id", &self.session_id)
+            .field(
+                "memory_footprint_hook",
+                &self.memory_footprint_hook.is_some(),
+            )
+            .field("lifecycle_hooks", &self.lifecycle_hooks)
             .finish()
     }
 }
@@ -698,6 +839,59 @@ impl TransactionOptions {
     pub fn prewrite_lock_policy(mut self, policy: PrewriteLockPolicy) -> Self {
         self.prewrite_lock_policy = policy;
         self
+    }
+
+    /// A schema lease checker the commit consults: at the commit timestamp (2PC), at the
+    /// start timestamp plus the time elapsed before prewrite (async commit and 1PC), and at a
+    /// fresh timestamp when prewrite reports an assertion failure. A refusal abandons the
+    /// commit (its prewrite is rolled back) with [`Error::SchemaChanged`]. The checker gets
+    /// the version set with [`TransactionOptions::schema_version`]. Mirrors client-go
+    /// `KVTxn.SetSchemaLeaseChecker` (`2pc.go` `checkSchemaValid`).
+    pub fn schema_lease_checker(mut self, checker: impl SchemaLeaseChecker + 'static) -> Self {
+        self.schema_checker = Some(Arc::new(checker));
+        self
+    }
+
+    /// The schema version the transaction is built against, passed to the schema lease
+    /// checker (default 0). Mirrors client-go `KVTxn.SetSchemaVer`.
+    pub fn schema_version(mut self, version: i64) -> Self {
+        self.schema_ver = version;
+        self
+    }
+
+    /// The id of the session (connection) running the transaction, for diagnostics: every
+    /// `tikv.txn.*` span of the transaction (reads, writes, locks, commit, rollback) carries
+    /// it as its `session_id` field. Mirrors client-go `KVTxn.SetSessionID` (the
+    /// `util.SessionID` context value the committer logs with).
+    pub fn session_id(mut self, id: u64) -> Self {
+        self.session_id = Some(id);
+        self
+    }
+
+    /// A hook called with the memory footprint of the transaction's buffer (see
+    /// [`crate::machine::txn::MemBuffer::mem`]) each time it changes, for a memory tracker.
+    /// It runs while the transaction's state is locked: it must not call the transaction.
+    /// Mirrors client-go `KVTxn.SetMemoryFootprintChangeHook`.
+    pub fn memory_footprint_hook(mut self, hook: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.memory_footprint_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Hooks around every background task the transaction starts (the secondaries' commit
+    /// after an async-commit or 2PC commit returned, the rollback after a failed commit or
+    /// lock, the release of pessimistic locks by a dropped transaction or by aggressive
+    /// locking): `pre` runs before the task is spawned, `post` when it ends. Mirrors client-go
+    /// `KVTxn.SetBackgroundGoroutineLifecycleHooks` (`LifecycleHooks{Pre, Post}`).
+    pub fn background_lifecycle_hooks(mut self, hooks: LifecycleHooks) -> Self {
+        self.lifecycle_hooks = hooks;
+        self
+    }
+
+    /// The schema check the committer runs, if a checker is set.
+    pub(crate) fn schema_check(&self) -> Option<SchemaCheck> {
+        self.schema_checker
+            .as_ref()
+            .map(|c| SchemaCheck::new(c.clone(), self.schema_ver))
     }
 
     /// Whether the transaction is pessimistic.

@@ -35,6 +35,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use super::backend::{self, LockRequest, TtlHandle};
+use super::buffer::{BufferHandle, TxnSnapshot};
 use super::client::TransactionClient;
 use super::options::{
     CommitInfo, CommitMode, CommitTimings, LockOptions, LockedValue, TransactionOptions,
@@ -47,9 +48,10 @@ use crate::client::runtime::Runtime;
 use crate::client::sync::lock;
 use crate::error::Error;
 use crate::machine::raw::Value;
+use crate::machine::txn::aggressive::AggressiveLock;
 use crate::machine::txn::membuffer::MAX_KEY_LEN;
 use crate::machine::txn::mutations::LockTtls;
-use crate::machine::txn::{BufferedValue, FlagsOp, MemBuffer, ScanOrder};
+use crate::machine::txn::{AggressiveLocking, BufferedValue, FlagsOp, MemBuffer, ScanOrder};
 use crate::machine::{Key, Timestamp};
 
 /// How many times a pessimistic lock is retried with a fresh `for_update_ts` after meeting a
@@ -86,6 +88,13 @@ pub(crate) struct TxnState {
     /// checked again by prewrite (`for_update_ts_constraints`). Mirrors client-go
     /// `KVTxn.forUpdateTSChecks`.
     pub for_update_ts_checks: std::collections::HashMap<Key, u64>,
+    /// Aggressive (fair) locking mode, while on. Mirrors client-go
+    /// `KVTxn.aggressiveLockingContext`.
+    pub aggressive: Option<AggressiveLocking>,
+    /// The largest `locked_with_conflict_ts` of a lock kept by the transaction; pessimistic
+    /// rollbacks use it when larger than `for_update_ts`. Mirrors client-go
+    /// `twoPhaseCommitter.maxLockedWithConflictTS`.
+    pub max_locked_with_conflict_ts: u64,
 }
 
 impl TxnState {
@@ -145,9 +154,13 @@ impl<R: Runtime> Transaction<R> {
     ) -> Self {
         let reader = Reader::new(client.cluster().clone(), start_ts, options.ctx.clone());
         let began = client.cluster().runtime().now();
+        let mut buffer = MemBuffer::new();
+        if let Some(hook) = &options.memory_footprint_hook {
+            buffer.set_memory_footprint_change_hook(hook.clone());
+        }
         Transaction {
             state: Mutex::new(TxnState {
-                buffer: MemBuffer::new(),
+                buffer,
                 status: Status::Active,
                 primary: None,
                 for_update_ts: start_ts,
@@ -155,6 +168,8 @@ impl<R: Runtime> Transaction<R> {
                 ttl: None,
                 commit_ts: None,
                 for_update_ts_checks: Default::default(),
+                aggressive: None,
+                max_locked_with_conflict_ts: 0,
             }),
             client,
             reader,
@@ -249,6 +264,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.get",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key)
         );
         async {
@@ -271,6 +287,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.batch_get",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             keys = keys.len()
         );
         async {
@@ -359,6 +376,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.put",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key),
             value_len = value.len()
         );
@@ -385,6 +403,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.insert",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key),
             value_len = value.len()
         );
@@ -428,6 +447,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.delete",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             key = %KeyField(&key)
         );
         async {
@@ -470,6 +490,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.lock_keys",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             keys = keys.len(),
             pessimistic = self.is_pessimistic()
         );
@@ -516,6 +537,7 @@ impl<R: Runtime> Transaction<R> {
         let span = tracing::debug_span!(
             "tikv.txn.batch_get_for_update",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             keys = keys.len(),
             pessimistic = self.is_pessimistic()
         );
@@ -568,13 +590,41 @@ impl<R: Runtime> Transaction<R> {
                 let mut s = lock(&self.state);
                 s.check_active()?;
                 check_share_mode(&s, &keys, options)?;
+                // An insert of a key this transaction locked already and saw existing is a
+                // duplicate at once (no lock request would tell). Mirrors client-go
+                // `lockKeys` (`checkKeyExists && valueExist` of a locked key).
+                for k in &keys {
+                    let flags = s.buffer.get_flags(k).unwrap_or_default();
+                    if !(should_not_exist || flags.has_need_check_exists()) {
+                        continue;
+                    }
+                    let exists = match s.aggressive.as_ref().and_then(|a| a.entry(k)) {
+                        Some(l) => l.exists,
+                        None => flags.has_locked() && flags.has_locked_value_exists(),
+                    };
+                    if exists {
+                        return Err(Error::KeyExists { key: k.clone() });
+                    }
+                }
+                // A lock call of several keys ends aggressive locking as if done. Mirrors
+                // client-go `exitAggressiveLockingIfInapplicable`.
+                if keys.len() > 1 && s.aggressive.is_some() {
+                    let release = self.finish_aggressive_locking(&mut s)?;
+                    self.release_in_background(release);
+                }
                 let mut todo: Vec<Key> = keys
                     .iter()
                     .filter(|k| {
                         // Keys this transaction locked already are skipped, unless the
                         // caller wants their values read again (an exclusive lock only: a
-                        // shared request would meet this transaction's own lock).
-                        !s.buffer.get_flags(k).is_some_and(|f| f.has_locked())
+                        // shared request would meet this transaction's own lock); a lock of the
+                        // previous aggressive-locking attempt is left to
+                        // `AggressiveLocking::filter`.
+                        let in_mode = s.aggressive.as_ref().and_then(|a| a.locked(k));
+                        let locked = in_mode.is_some()
+                            || s.buffer.get_flags(k).is_some_and(|f| f.has_locked());
+                        !locked
+                            || in_mode == Some(true)
                             || (options.return_values && !options.share_mode)
                     })
                     .cloned()
@@ -593,8 +643,53 @@ impl<R: Runtime> Transaction<R> {
                 }
                 let assigned_primary = s.primary.is_none();
                 if assigned_primary {
-                    // The primary is the first key (in key order) of the first lock.
-                    s.primary = Some(todo[0].clone());
+                    // The primary is the first key (in key order) of the first lock; in
+                    // aggressive locking, the previous attempt's primary when locked again.
+                    s.primary = match s.aggressive.as_mut() {
+                        Some(a) => a.select_primary(&todo),
+                        None => Some(todo[0].clone()),
+                    };
+                }
+                let mut force_lock = options.wake_up_force_lock;
+                let now = self.client.cluster().runtime().now();
+                let for_update_ts = s.for_update_ts.version();
+                let managed = self.options.managed_lock_ttl;
+                let st = &mut *s;
+                if let Some(a) = st.aggressive.as_mut() {
+                    let filtered = a.filter(
+                        &todo,
+                        for_update_ts,
+                        options.return_values,
+                        options.check_existence,
+                        now,
+                        managed,
+                    )?;
+                    if a.must_reset_heartbeat(!filtered.to_lock.is_empty(), assigned_primary) {
+                        st.ttl = None;
+                    }
+                    if let Some(h) = &options.stats {
+                        let derived = crate::machine::txn::LockKeysStats {
+                            aggressive_lock_derived: filtered.reused.len(),
+                            ..Default::default()
+                        };
+                        h.merge(&derived);
+                    }
+                    for (k, l) in filtered.reused {
+                        results.insert(
+                            k,
+                            LockedValue {
+                                value: l.value,
+                                exists: l.exists,
+                            },
+                        );
+                    }
+                    todo = filtered.to_lock;
+                    if todo.is_empty() {
+                        return Ok(results);
+                    }
+                    // Mirrors client-go `lockKeys`: a single key in aggressive locking uses
+                    // `WakeUpModeForceLock`.
+                    force_lock |= todo.len() == 1;
                 }
                 let is_first_lock = s.locked == 0 && todo.len() == 1 && assigned_primary;
                 let request = LockRequest {
@@ -607,12 +702,14 @@ impl<R: Runtime> Transaction<R> {
                     return_values: options.return_values,
                     check_existence: options.check_existence,
                     lock_only_if_exists: options.lock_only_if_exists,
-                    wake_up_force_lock: options.wake_up_force_lock,
+                    wake_up_force_lock: force_lock,
                     in_share_mode: options.share_mode,
                     is_first_lock,
                     managed_lock_ttl: self.options.managed_lock_ttl,
                     txn_started: self.began,
                     ctx: self.options.ctx.clone(),
+                    stats: options.stats.clone(),
+                    hooks: self.options.lifecycle_hooks.clone(),
                 };
                 (request, assigned_primary)
             };
@@ -622,11 +719,44 @@ impl<R: Runtime> Transaction<R> {
             match outcome {
                 Ok(outcome) => {
                     let mut s = lock(&self.state);
+                    let max_conflict = outcome
+                        .locked_with_conflict
+                        .values()
+                        .copied()
+                        .max()
+                        .unwrap_or(0);
+                    if let Some(a) = s.aggressive.as_mut() {
+                        a.note_locked_with_conflict(max_conflict);
+                    }
+                    s.max_locked_with_conflict_ts = s.max_locked_with_conflict_ts.max(max_conflict);
                     for k in &locked_keys {
                         if outcome.skipped.contains(k) {
                             continue;
                         }
                         let value = outcome.values.get(k);
+                        if s.aggressive.is_some() {
+                            // Recorded in the aggressive-locking context, not the buffer.
+                            // Mirrors client-go `lockKeys` (`currentLockedKeys`).
+                            let newly = !s.buffer.get_flags(k).is_some_and(|f| f.has_locked())
+                                && s.aggressive.as_ref().and_then(|a| a.locked(k)).is_none();
+                            if newly {
+                                s.locked += 1;
+                            }
+                            let conflict =
+                                outcome.locked_with_conflict.get(k).copied().unwrap_or(0);
+                            let lock = AggressiveLock {
+                                has_return_value: options.return_values,
+                                has_check_existence: options.check_existence,
+                                value: value.and_then(|v| v.value.clone()),
+                                exists: value.is_none_or(|v| v.exists),
+                                locked_with_conflict_ts: conflict,
+                                actual_for_update_ts: outcome.for_update_ts.version().max(conflict),
+                            };
+                            if let Some(a) = s.aggressive.as_mut() {
+                                a.record(k.clone(), lock);
+                            }
+                            continue;
+                        }
                         // Mirrors client-go `lockKeys`: `SetKeyLockedInShareMode` for a shared
                         // lock, `SetKeyLockedInExclusiveMode` otherwise.
                         let mode = if options.share_mode {
@@ -678,6 +808,15 @@ impl<R: Runtime> Transaction<R> {
                     return Ok(results);
                 }
                 Err(e) => {
+                    if !matches!(e, Error::WriteConflict(_) | Error::KeyExists { .. })
+                        || locked_keys.len() > 1
+                    {
+                        // The lock call rolled its keys back. Mirrors client-go `lockKeys`
+                        // (`delete(currentLockedKeys, k)` after `asyncPessimisticRollback`).
+                        if let Some(a) = lock(&self.state).aggressive.as_mut() {
+                            a.forget(&locked_keys);
+                        }
+                    }
                     if assigned_primary {
                         let mut s = lock(&self.state);
                         if s.primary.as_ref() == Some(&primary)
@@ -716,19 +855,25 @@ impl<R: Runtime> Transaction<R> {
     /// committed by this client after the start timestamp). The committer tries 1PC or async
     /// commit when enabled and eligible and falls back to 2PC when TiKV declines.
     /// [`Error::Undetermined`] means the transaction may or may not have committed.
+    ///
+    /// In aggressive locking mode the mode is cancelled first; if its current attempt still
+    /// holds locks, the commit is refused with [`Error::InvalidArgument`] and the transaction
+    /// ends (its locks are rolled back in the background), as client-go refuses it.
     pub async fn commit(&mut self) -> Result<Option<Timestamp>, Error> {
         let span = tracing::info_span!(
             "tikv.txn.commit",
             start_ts = self.start_ts().version(),
+            session_id = self.options.session_id,
             pessimistic = self.is_pessimistic(),
             keys = tracing::field::Empty,
             commit_ts = tracing::field::Empty,
             mode = tracing::field::Empty,
         );
         let run = async {
-            let (mutations, primary, for_update_ts, ttl, for_update_ts_checks) = {
+            let (mutations, primary, for_update_ts, ttl, for_update_ts_checks, max_conflict) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                self.end_aggressive_locking_for_commit(&mut s, true)?;
                 s.status = Status::Committing;
                 let pessimistic = self.is_pessimistic();
                 let filter = self.options.kv_filter.clone();
@@ -750,6 +895,7 @@ impl<R: Runtime> Transaction<R> {
                     s.for_update_ts,
                     s.ttl.take(),
                     checks,
+                    s.max_locked_with_conflict_ts,
                 )
             };
             tracing::Span::current().record("keys", mutations.len());
@@ -810,6 +956,9 @@ impl<R: Runtime> Transaction<R> {
                 txn_started: self.began,
                 ctx: self.options.ctx.clone(),
                 for_update_ts_checks,
+                schema_check: self.options.schema_check(),
+                hooks: self.options.lifecycle_hooks.clone(),
+                max_locked_with_conflict_ts: max_conflict,
             };
             let report = backend::commit(self.client.cluster(), request).await;
             // The primary lock no longer needs keeping alive once the commit has an outcome.
@@ -883,34 +1032,98 @@ impl<R: Runtime> Transaction<R> {
     /// Abandons the transaction: buffered writes are discarded and pessimistic locks are
     /// rolled back. The transaction is closed afterwards. Mirrors client-go
     /// `KVTxn.Rollback`.
+    ///
+    /// In aggressive locking mode its locks are rolled back too; if its current attempt still
+    /// held locks the call reports [`Error::InvalidArgument`] after the rollback, as client-go
+    /// refuses the rollback then (it leaves the locks to expire).
     pub async fn rollback(&mut self) -> Result<(), Error> {
-        let span = tracing::debug_span!("tikv.txn.rollback", start_ts = self.start_ts().version());
+        let span = tracing::debug_span!(
+            "tikv.txn.rollback",
+            start_ts = self.start_ts().version(),
+            session_id = self.options.session_id
+        );
         async {
-            let (keys, for_update_ts, ttl) = {
+            let (keys, for_update_ts, ttl, pending) = {
                 let mut s = lock(&self.state);
                 s.check_active()?;
+                let pending = self.end_aggressive_locking_for_commit(&mut s, false).err();
                 s.status = Status::RolledBack;
-                (locked_keys(&s.buffer), s.for_update_ts, s.ttl.take())
+                let mut keys = locked_keys(&s.buffer);
+                if let Some(a) = s.aggressive.take() {
+                    keys.extend(a.held_keys());
+                }
+                let for_update_ts = s
+                    .for_update_ts
+                    .max(Timestamp(s.max_locked_with_conflict_ts));
+                (keys, for_update_ts, s.ttl.take(), pending)
             };
             drop(ttl);
-            if keys.is_empty() {
-                return Ok(());
+            if !keys.is_empty() {
+                backend::pessimistic_rollback(
+                    self.client.cluster(),
+                    self.start_ts(),
+                    for_update_ts,
+                    keys,
+                )
+                .await?;
             }
-            backend::pessimistic_rollback(
-                self.client.cluster(),
-                self.start_ts(),
-                for_update_ts,
-                keys,
-            )
-            .await
+            match pending {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         }
         .instrument(span)
         .await
     }
 }
 
+/// Borrowed access to the buffer and the snapshot ([`BufferHandle`], [`TxnSnapshot`]).
+impl<R: Runtime> Transaction<R> {
+    /// The transaction's memory buffer: staging, checkpoints, key flags, flagged writes and
+    /// snapshots of stage 0. Mirrors client-go `KVTxn.GetMemBuffer` / `GetUnionStore`.
+    pub fn buffer(&self) -> BufferHandle<'_, R> {
+        BufferHandle::new(self)
+    }
+
+    /// The committed data the transaction reads, without its own writes, and the options of
+    /// those reads. Mirrors client-go `KVTxn.GetSnapshot`.
+    pub fn snapshot(&self) -> TxnSnapshot<'_, R> {
+        TxnSnapshot::new(self)
+    }
+
+    /// The memory footprint of the transaction's buffer in bytes. Mirrors client-go
+    /// `KVTxn.Mem`.
+    pub fn mem(&self) -> u64 {
+        lock(&self.state).buffer.mem()
+    }
+
+    /// Whether a memory footprint hook is set
+    /// ([`TransactionOptions::memory_footprint_hook`](super::TransactionOptions::memory_footprint_hook)).
+    /// Mirrors client-go `KVTxn.MemHookSet`.
+    pub fn mem_hook_set(&self) -> bool {
+        lock(&self.state).buffer.mem_hook_set()
+    }
+
+    pub(crate) fn state(&self) -> &Mutex<TxnState> {
+        &self.state
+    }
+
+    pub(crate) fn reader(&self) -> &Reader<R> {
+        &self.reader
+    }
+
+    pub(crate) fn txn_client(&self) -> &TransactionClient<R> {
+        &self.client
+    }
+
+    /// Fails with [`Error::TransactionClosed`] once the transaction ended.
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        lock(&self.state).check_active()
+    }
+}
+
 /// The keys of `buffer` holding a pessimistic lock.
-fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
+pub(crate) fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
     buffer
         .range_with_flags(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
         .filter(|(_, e)| e.flags().has_locked())
@@ -923,7 +1136,9 @@ fn locked_keys(buffer: &MemBuffer) -> Vec<Key> {
 /// `exitAggressiveLockingIfInapplicable`), and a key this transaction locked in share mode
 /// cannot be locked exclusively (which also refuses writing it in a pessimistic transaction).
 fn check_share_mode(s: &TxnState, keys: &[Key], options: &LockOptions) -> Result<(), Error> {
-    if options.share_mode && options.wake_up_force_lock {
+    // Mirrors client-go `lockKeys` / `exitAggressiveLockingIfInapplicable`: no shared lock
+    // in fair locking nor in aggressive-locking mode.
+    if options.share_mode && (options.wake_up_force_lock || s.aggressive.is_some()) {
         return Err(Error::invalid(
             "shared lock is not supported in aggressive/fair locking mode",
         ));
@@ -986,7 +1201,10 @@ impl<R: Runtime> Drop for Transaction<R> {
         }
         s.status = Status::RolledBack;
         drop(s.ttl.take());
-        let keys = locked_keys(&s.buffer);
+        let mut keys = locked_keys(&s.buffer);
+        if let Some(a) = s.aggressive.take() {
+            keys.extend(a.held_keys());
+        }
         let start_ts = self.reader.start_ts();
         if keys.is_empty() {
             if s.buffer.dirty() {
@@ -1006,9 +1224,11 @@ impl<R: Runtime> Drop for Transaction<R> {
              in the background"
         );
         let cluster = self.client.cluster().clone();
-        let for_update_ts = s.for_update_ts;
+        let for_update_ts = s
+            .for_update_ts
+            .max(Timestamp(s.max_locked_with_conflict_ts));
         let rt = cluster.runtime().clone();
-        rt.spawn(async move {
+        rt.spawn(self.options.lifecycle_hooks.wrap(async move {
             if let Err(e) =
                 backend::pessimistic_rollback(&cluster, start_ts, for_update_ts, keys).await
             {
@@ -1019,6 +1239,6 @@ impl<R: Runtime> Drop for Transaction<R> {
                      their TTL"
                 );
             }
-        });
+        }));
     }
 }

@@ -1953,3 +1953,269 @@ fn commit_ts_upper_bound_check_disables_async_commit_and_one_pc() {
         info.commit_ts.unwrap()
     );
 }
+
+// ---- schema lease check ------------------------------------------------------------------------
+
+/// The `(ts, schema version)` pairs a test checker was asked about.
+type SeenChecks = std::sync::Arc<std::sync::Mutex<Vec<(u64, i64)>>>;
+
+/// A checker recording every ts it is asked about and refusing those `refuse` says.
+fn schema_check(
+    refuse: impl Fn(u64) -> bool + Send + Sync + 'static,
+) -> (crate::machine::txn::schema::SchemaCheck, SeenChecks) {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let checker = move |ts: u64, ver: i64| {
+        seen2.lock().unwrap().push((ts, ver));
+        if refuse(ts) {
+            Err("table t changed".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    (
+        crate::machine::txn::schema::SchemaCheck::new(Arc::new(checker), 42),
+        seen,
+    )
+}
+
+/// client-go `2pc.go` `execute`: a 2PC commit checks the schema at its commit ts, before the
+/// primary is committed; a refusal abandons the commit with a typed error and the prewrite is
+/// rolled back (`checkSchemaValid`, the cleanup in `execute`'s defer). A passing check commits.
+#[test]
+fn schema_check_at_commit_ts_aborts_a_two_pc_commit() {
+    let mut w = World::new(&[]);
+    let start = w.ts_now();
+    let (check, seen) = schema_check(|_| true);
+    let mut o = opts(start);
+    o.schema_check = Some(check);
+    let mut c = Committer::new(vec![put("a", "1"), put("b", "2")], w.now, o);
+    match w.run(&mut c) {
+        Err(Error::SchemaChanged {
+            start_ts,
+            check_ts,
+            reason,
+        }) => {
+            assert_eq!(start_ts, start);
+            assert!(check_ts > start, "checked at the commit ts");
+            assert_eq!(reason, "table t changed");
+            assert_eq!(*seen.lock().unwrap(), vec![(check_ts, 42)]);
+        }
+        other => panic!("expected SchemaChanged, got {other:?}"),
+    }
+    assert!(w.sent_of("commit").is_empty());
+    let mut bg = c.take_background().expect("cleanup");
+    w.run(&mut bg).unwrap();
+    assert!(!w.locked("a") && !w.locked("b"));
+
+    let (check, seen) = schema_check(|_| false);
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.schema_check = Some(check);
+    let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+    let info = w.run(&mut c).expect("commit");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(info.commit_ts.unwrap(), 42)],
+        "once, at the commit ts"
+    );
+}
+
+/// client-go `2pc.go` `calculateMaxCommitTS`: async commit and 1PC fix the commit ts during
+/// prewrite, so the schema is checked before prewrite at `start_ts + elapsed`; a refusal sends
+/// no prewrite at all.
+#[test]
+fn schema_check_before_async_commit_and_one_pc_prewrite() {
+    for one_pc in [false, true] {
+        let mut w = World::new(&[]);
+        let start = w.ts_now();
+        let began = w.now;
+        w.now += Duration::from_millis(1_500);
+        let (check, seen) = schema_check(|_| true);
+        let mut o = opts(start);
+        o.try_async_commit = !one_pc;
+        o.try_one_pc = one_pc;
+        o.causal_consistency = true;
+        o.schema_check = Some(check);
+        let mut c = Committer::new(vec![put("a", "1")], began, o);
+        match w.run(&mut c) {
+            Err(Error::SchemaChanged { check_ts, .. }) => {
+                let expected = crate::machine::Timestamp::compose(1_500, 0).version() + start;
+                assert_eq!(check_ts, expected, "start ts + elapsed");
+                assert_eq!(seen.lock().unwrap().len(), 1);
+            }
+            other => panic!("expected SchemaChanged, got {other:?}"),
+        }
+        assert!(w.sent_of("prewrite").is_empty(), "one_pc {one_pc}");
+        // A passing check lets the commit go on in the chosen mode, checked once.
+        let mut w = World::new(&[]);
+        let start = w.ts_now();
+        let (check, seen) = schema_check(|_| false);
+        let mut o = opts(start);
+        o.try_async_commit = !one_pc;
+        o.try_one_pc = one_pc;
+        o.schema_check = Some(check);
+        let mut c = Committer::new(vec![put("a", "1")], w.now, o);
+        let info = w.run(&mut c).expect("commit");
+        let mode = if one_pc {
+            CommitMode::OnePc
+        } else {
+            CommitMode::AsyncCommit
+        };
+        assert_eq!(info.mode, mode);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+}
+
+/// client-go `2pc.go` `checkSchemaOnAssertionFail`: an assertion failure from prewrite is
+/// checked against the schema at a fresh ts; a changed schema is reported instead of the
+/// assertion failure, an unchanged one keeps the assertion failure. Either way the prewrite is
+/// rolled back.
+#[test]
+fn schema_check_after_an_assertion_failure() {
+    for schema_changed in [true, false] {
+        let mut w = World::new(&[]);
+        w.hook = Some(Box::new(|_, req, _, _, _| {
+            if let TikvRequest::Cmd(TikvCmd::Prewrite(p)) = req {
+                return Some(Answer::Now(Ok(TikvResponse::Cmd(
+                    TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+                        errors: vec![kvrpcpb::KeyError {
+                            assertion_failed: Some(kvrpcpb::AssertionFailed {
+                                start_ts: p.start_version,
+                                key: p.mutations[0].key.clone(),
+                                assertion: kvrpcpb::Assertion::NotExist as i32,
+                                existing_start_ts: 1,
+                                existing_commit_ts: 2,
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                ))));
+            }
+            None
+        }));
+        let start = w.ts_now();
+        let (check, seen) = schema_check(move |_| schema_changed);
+        let mut o = opts(start);
+        o.assertion_level = kvrpcpb::AssertionLevel::Strict;
+        o.schema_check = Some(check);
+        let mut a = put("a", "1");
+        a.assertion = kvrpcpb::Assertion::NotExist;
+        let mut c = Committer::new(vec![a], w.now, o);
+        let err = w.run(&mut c).unwrap_err();
+        let checked = seen.lock().unwrap().clone();
+        assert_eq!(checked.len(), 1, "checked once, at a fresh ts");
+        assert!(checked[0].0 > start);
+        if schema_changed {
+            assert!(matches!(err, Error::SchemaChanged { .. }), "{err:?}");
+        } else {
+            assert!(matches!(err, Error::AssertionFailed(_)), "{err:?}");
+        }
+        assert!(w.sent_of("commit").is_empty());
+        assert!(c.take_background().is_some(), "the prewrite is rolled back");
+    }
+}
+
+// ---- lock statistics ---------------------------------------------------------------------------
+
+/// client-go `txn.go` `lockKeys` / `pessimistic.go` `actionPessimisticLock` filling
+/// `LockCtx.Stats` (`util.LockKeysDetails`): keys, regions, lock RPC count and time (the wait
+/// for the holder's lock shows in the RPC time), lock-resolution time and the whole call's
+/// time, in virtual time.
+#[test]
+fn lock_keys_reports_its_statistics() {
+    let mut w = World::new(&["m"]);
+    let other = w.ts_now();
+    w.kv.lock("a", LockSpec::put("a", other, 2_500));
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::AlwaysWait);
+    let mut op = lock_keys(&w, &["a", "n"], None, ctx);
+    let t0 = w.now;
+    w.run(&mut op).unwrap();
+    let s = op.stats();
+    let sent = w.sent_of("pessimistic_lock").len() as u64;
+    assert_eq!(s.lock_keys, 2);
+    assert_eq!(s.regions, 2);
+    assert_eq!(s.lock_rpc_count, sent);
+    assert!(sent >= 3, "the primary's lock is retried after the wait");
+    assert_eq!(s.total_time, w.now - t0);
+    assert!(s.lock_rpc_time + s.resolve_lock_time + s.backoff_time >= Duration::from_millis(2_000));
+    assert_eq!(s.retries, 0);
+}
+
+/// client-go `txn.go` `lockKeys`: the backoff of the lock call (`bo.GetTotalSleep`,
+/// `bo.GetTypes`) lands in the statistics; here a busy store answers the first request.
+#[test]
+fn lock_keys_statistics_include_backoff() {
+    use crate::machine::backoff::BackoffKind;
+    use crate::machine::txn::commit_testkit::write_region_err;
+    let mut w = World::new(&[]);
+    let mut busy = true;
+    w.hook = Some(Box::new(move |_, req, _, _, _| {
+        if cmd(req) == "pessimistic_lock" && std::mem::take(&mut busy) {
+            return Some(Answer::Now(Ok(write_region_err(
+                req,
+                tikv_proto::errorpb::Error {
+                    message: "busy".into(),
+                    server_is_busy: Some(Default::default()),
+                    ..Default::default()
+                },
+            ))));
+        }
+        None
+    }));
+    let start = w.ts_now();
+    let ctx = LockCtx::new(start + 1, LockWait::NoWait);
+    let mut op = lock_keys(&w, &["a"], None, ctx);
+    w.run(&mut op).unwrap();
+    let s = op.stats();
+    assert_eq!(s.lock_rpc_count, 1, "only answered lock RPCs count");
+    assert!(s.backoff_time > Duration::ZERO);
+    assert_eq!(s.backoff_kinds, vec![(BackoffKind::TikvServerBusy, 1)]);
+    assert_eq!(s.total_time, s.backoff_time);
+}
+
+/// client-go `pessimistic.go` `actionPessimisticRollback`: the pessimistic rollback after a
+/// failed 1PC of a pessimistic transaction uses the largest `locked_with_conflict_ts` when it
+/// exceeds `for_update_ts` (TiKV only removes locks whose `for_update_ts` is not above the
+/// request's).
+#[test]
+fn failed_one_pc_rolls_back_at_the_largest_locked_with_conflict_ts() {
+    let mut w = World::new(&[]);
+    w.hook = Some(Box::new(|_, req, _, _, _| {
+        if cmd(req) == "prewrite" {
+            return Some(Answer::Now(Ok(TikvResponse::Cmd(
+                TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
+                    errors: vec![kvrpcpb::KeyError {
+                        abort: "boom".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            ))));
+        }
+        None
+    }));
+    let start = w.ts_now();
+    let mut o = opts(start);
+    o.pessimistic = true;
+    o.for_update_ts = start + 1;
+    o.try_one_pc = true;
+    o.max_locked_with_conflict_ts = start + 100;
+    let mut m = put("a", "1");
+    m.is_pessimistic_lock = true;
+    let mut c = Committer::new(vec![m], w.now, o);
+    assert!(w.run(&mut c).is_err());
+    let mut bg = c.take_background().expect("pessimistic rollback");
+    let _ = w.run(&mut bg);
+    let sent = w.sent_of("pessimistic_rollback");
+    assert!(!sent.is_empty());
+    for r in sent {
+        let TikvRequest::Cmd(TikvCmd::PessimisticRollback(r)) = r else {
+            panic!("not a pessimistic rollback")
+        };
+        assert_eq!(r.for_update_ts, start + 100);
+    }
+}

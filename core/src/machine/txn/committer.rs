@@ -59,6 +59,7 @@ use crate::machine::txn::pessimistic::PessimisticRollbackAction;
 use crate::machine::txn::pre_split::{
     PRE_SPLIT_DETECT_THRESHOLD, PRE_SPLIT_SIZE_THRESHOLD, PreSplit,
 };
+use crate::machine::txn::schema::SchemaCheck;
 use crate::machine::{
     Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse, Timestamp,
@@ -197,6 +198,15 @@ pub struct CommitOptions {
     /// locked in force-lock mode); TiKV fails the prewrite of a key whose lock differs.
     /// Mirrors client-go `twoPhaseCommitter.forUpdateTSConstraints`.
     pub for_update_ts_constraints: HashMap<Key, u64>,
+    /// The largest `locked_with_conflict_ts` of the transaction's pessimistic locks (force-lock
+    /// mode): a pessimistic rollback after a failed 1PC uses it when it is larger than
+    /// `for_update_ts`, or TiKV would keep those locks. Mirrors client-go
+    /// `twoPhaseCommitter.maxLockedWithConflictTS` (`actionPessimisticRollback`).
+    pub max_locked_with_conflict_ts: u64,
+    /// The schema lease check (client-go `SetSchemaLeaseChecker` + `SetSchemaVer`): run at
+    /// the commit ts (2PC), at `start_ts + elapsed` (async commit, 1PC) and after an
+    /// assertion failure; see [`super::schema`].
+    pub schema_check: Option<SchemaCheck>,
     /// Mutations in one region that make the committer split it before prewrite (client-go
     /// `preSplitDetectThreshold`, 100 000).
     pub pre_split_detect_threshold: usize,
@@ -228,6 +238,8 @@ impl CommitOptions {
             context: TxnRequestContext::default(),
             lock_ttls: mutations::LockTtls::default(),
             for_update_ts_constraints: HashMap::new(),
+            max_locked_with_conflict_ts: 0,
+            schema_check: None,
             pre_split_detect_threshold: PRE_SPLIT_DETECT_THRESHOLD,
             pre_split_size_threshold: PRE_SPLIT_SIZE_THRESHOLD,
         }
@@ -857,6 +869,9 @@ enum Phase {
     Prewrite(BatchExec<PrewriteAction>),
     CommitTs(TsoWait),
     CommitPrimary(BatchExec<CommitAction>),
+    /// A fresh ts to check the schema at after an assertion failure (the error to report
+    /// when the schema is unchanged).
+    SchemaTs(TsoWait, Box<Error>),
 }
 
 /// Commits one transaction. See the module docs. Output: [`CommitInfo`].
@@ -1016,7 +1031,12 @@ impl Committer {
         }
         if self.opts.pessimistic {
             let exec = BatchExec::new(
-                PessimisticRollbackAction::new(self.opts.start_ts, self.opts.for_update_ts),
+                PessimisticRollbackAction::new(
+                    self.opts.start_ts,
+                    self.opts
+                        .for_update_ts
+                        .max(self.opts.max_locked_with_conflict_ts),
+                ),
                 self.mutations.clone(),
                 Some(self.primary.clone()),
                 false,
@@ -1153,6 +1173,14 @@ impl Committer {
             let current = Timestamp::compose(self.elapsed_ms(now), 0)
                 .version()
                 .saturating_add(self.opts.start_ts);
+            // The commit ts is fixed during prewrite: the schema is checked at the current
+            // time first. Mirrors `calculateMaxCommitTS` (`checkSchemaValid(currentTS)`).
+            if let Some(check) = &self.opts.schema_check
+                && let Err(e) = check.check(self.opts.start_ts, current)
+            {
+                self.prewrite = Some(action);
+                return self.finish(Err(e));
+            }
             let window =
                 u64::try_from(self.opts.async_commit.safe_window.as_millis()).unwrap_or(u64::MAX);
             action.max_commit_ts = Timestamp::compose(window, 0)
@@ -1187,10 +1215,10 @@ impl Committer {
         self.details.prewrite = now.saturating_duration_since(self.phase_started);
         self.prewrite = Some(action.clone());
         if let Err(e) = r {
-            return self.finish(Err(e));
+            return self.finish_or_check_schema(e, shared);
         }
         if let Some(e) = self.stashed_assertion.take() {
-            return self.finish(Err(e));
+            return self.finish_or_check_schema(e, shared);
         }
         let fallbacks = (
             self.async_tried && action.async_fallback,
@@ -1269,9 +1297,30 @@ impl Committer {
         }
     }
 
+    /// Ends the commit with `e`, unless `e` is an assertion failure and a schema check is
+    /// set: the schema is then checked at a fresh ts first, as a schema change makes the
+    /// assertion failure a false positive. Mirrors client-go `checkSchemaOnAssertionFail`
+    /// (which fetches the ts even without a checker; here the fetch is skipped then, as its
+    /// result would be unused).
+    fn finish_or_check_schema(&mut self, e: Error, shared: &mut Shared) {
+        if !matches!(e, Error::AssertionFailed(_)) || self.opts.schema_check.is_none() {
+            return self.finish(Err(e));
+        }
+        let mut w = TsoWait::new(0, Duration::ZERO);
+        w.request(shared, &mut self.actions);
+        self.phase = Phase::SchemaTs(w, Box::new(e));
+    }
+
     fn on_commit_ts(&mut self, now: Instant, shared: &mut Shared, commit_ts: u64) {
         self.details.get_commit_ts += now.saturating_duration_since(self.phase_started);
         self.phase_started = now;
+        // Mirrors client-go `2pc.go` `execute`: the schema is checked at the commit ts of a
+        // 2PC commit, before anything else.
+        if let Some(check) = &self.opts.schema_check
+            && let Err(e) = check.check(self.opts.start_ts, commit_ts)
+        {
+            return self.finish(Err(e));
+        }
         let age = Timestamp(commit_ts)
             .physical_ms()
             .saturating_sub(Timestamp(self.opts.start_ts).physical_ms());
@@ -1544,10 +1593,14 @@ impl Committer {
         result: Result<Timestamp, Error>,
     ) {
         let step = match &mut self.phase {
-            Phase::MinCommitTs(w) | Phase::CommitTs(w) if w.pending == Some(id) => match result {
-                Ok(ts) => w.on_ts(now, ts, &mut self.rng),
-                Err(e) => TsoStep::Fail(e),
-            },
+            Phase::MinCommitTs(w) | Phase::CommitTs(w) | Phase::SchemaTs(w, _)
+                if w.pending == Some(id) =>
+            {
+                match result {
+                    Ok(ts) => w.on_ts(now, ts, &mut self.rng),
+                    Err(e) => TsoStep::Fail(e),
+                }
+            }
             _ => return,
         };
         match step {
@@ -1562,6 +1615,14 @@ impl Committer {
                     self.start_prewrite(now, shared);
                 }
                 Phase::CommitTs(_) => self.on_commit_ts(now, shared, ts),
+                Phase::SchemaTs(_, assertion) => {
+                    let check = self.opts.schema_check.as_ref();
+                    let e = match check.map(|c| c.check(self.opts.start_ts, ts)) {
+                        Some(Err(changed)) => changed,
+                        _ => *assertion,
+                    };
+                    self.finish(Err(e));
+                }
                 other => self.phase = other,
             },
         }
@@ -1588,9 +1649,10 @@ impl Operation for Committer {
             return self.drive(now, shared);
         }
         match (&mut self.phase, input) {
-            (Phase::MinCommitTs(_) | Phase::CommitTs(_), Input::Tso { id, result }) => {
-                self.on_tso(now, shared, id, result)
-            }
+            (
+                Phase::MinCommitTs(_) | Phase::CommitTs(_) | Phase::SchemaTs(..),
+                Input::Tso { id, result },
+            ) => self.on_tso(now, shared, id, result),
             (Phase::PreSplit(op), input) => op.handle_input(now, shared, input),
             (Phase::Prewrite(op), input) => op.handle_input(now, shared, input),
             (Phase::CommitPrimary(op), input) => op.handle_input(now, shared, input),
@@ -1609,7 +1671,7 @@ impl Operation for Committer {
             hb.handle_timeout(now, shared);
         }
         match &mut self.phase {
-            Phase::MinCommitTs(w) | Phase::CommitTs(w) => {
+            Phase::MinCommitTs(w) | Phase::CommitTs(w) | Phase::SchemaTs(w, _) => {
                 if w.wake.is_some_and(|at| at <= now) {
                     w.wake = None;
                     w.request(shared, &mut self.actions);
@@ -1629,7 +1691,7 @@ impl Operation for Committer {
 
     fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
         let phase = match &self.phase {
-            Phase::MinCommitTs(w) | Phase::CommitTs(w) => {
+            Phase::MinCommitTs(w) | Phase::CommitTs(w) | Phase::SchemaTs(w, _) => {
                 w.wake.map(|at| (at, "commit-wait TSO backoff"))
             }
             Phase::PreSplit(op) => op.poll_timeout(),

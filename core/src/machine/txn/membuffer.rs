@@ -19,6 +19,16 @@
 //! position (TiDB's `ROLLBACK TO SAVEPOINT`). Once a checkpoint has been taken, writes outside
 //! stages are logged too, until [`MemBuffer::reset`].
 //!
+//! Snapshots ([`MemBuffer::snapshot`]) show stage 0, the buffer as it was when the outermost
+//! open stage opened, while writes go on in the stages: the value each key had then is kept
+//! at its first write in a stage. A snapshot is a token checked against a sequence number
+//! that every change of stage 0 bumps (client-go `ART.SnapshotSeqNo`); reads through a stale
+//! one fail with [`MemBufferError::SnapshotInvalidated`]. [`SnapshotIter`] reads it in
+//! batches so writes can interleave with the iteration.
+//!
+//! [`MemBuffer::mem`] estimates the memory footprint; a hook set with
+//! [`MemBuffer::set_memory_footprint_change_hook`] is told each change.
+//!
 //! Limits (key length, entry size, total size, entry count) are checked before a write is
 //! applied, so a refused write leaves the buffer unchanged.
 //!
@@ -29,9 +39,10 @@
 //! mutation list.
 //!
 //! Follows client-go `internal/unionstore/memdb_art.go` (`artDBWithContext`),
-//! `internal/unionstore/art/art.go` (`ART`) and `internal/unionstore/union_store.go`.
+//! `internal/unionstore/art/art.go` (`ART`), `internal/unionstore/art/art_snapshot.go`,
+//! `internal/unionstore/membuffer_snapshot.go` and `internal/unionstore/union_store.go`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -161,6 +172,19 @@ pub enum MemBufferError {
         /// Current number of open stages.
         depth: usize,
     },
+    /// A [`BufferSnapshot`] was used after stage 0 changed under it (a write outside stages,
+    /// the outermost stage released or cleaned up, a revert outside stages, a reset).
+    /// Mirrors the error of client-go `artDBWithContext.GetSnapshot`'s sequence check
+    /// ("invalid iter: snapshotSeqNo changed").
+    #[error(
+        "memory buffer snapshot invalidated: taken at sequence {taken}, buffer is at {current}"
+    )]
+    SnapshotInvalidated {
+        /// The sequence number the snapshot was taken at.
+        taken: u64,
+        /// The buffer's current sequence number.
+        current: u64,
+    },
 }
 
 impl From<MemBufferError> for Error {
@@ -174,6 +198,9 @@ impl From<MemBufferError> for Error {
                 size: count as u64,
                 limit: limit as u64,
             },
+            MemBufferError::SnapshotInvalidated { taken, current } => {
+                Error::BufferSnapshotInvalidated { taken, current }
+            }
             // Staging misuse is a caller bug, reported as a bad argument.
             other @ (MemBufferError::StagingNotInnermost { .. }
             | MemBufferError::StagingNotOpen { .. }
@@ -360,7 +387,41 @@ pub struct MemBuffer {
     /// Live checkpoints as `(serial, undo_len)`, in the order taken (so `undo_len` never
     /// decreases along the list).
     marks: Vec<(u64, usize)>,
+    /// Bumped by every change of what a [`BufferSnapshot`] shows (stage 0): a write while no
+    /// stage is open, the close of the outermost stage, a revert outside stages, a reset.
+    /// Mirrors client-go `ART.SnapshotSeqNo`.
+    snapshot_seq: u64,
+    /// The value each key had when the outermost open stage opened, for the keys written
+    /// since (`None`: no value then). Emptied when the outermost stage closes.
+    stage0_values: HashMap<Bytes, Option<Bytes>>,
+    /// The memory footprint hook and the footprint it was last called with.
+    mem_hook: MemHook,
 }
+
+/// Called with the buffer's new memory footprint ([`MemBuffer::mem`]) whenever it changes.
+/// See [`MemBuffer::set_memory_footprint_change_hook`].
+pub type MemFootprintHook = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct MemHook {
+    hook: Option<MemFootprintHook>,
+    last: u64,
+}
+
+impl std::fmt::Debug for MemHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemHook")
+            .field("set", &self.hook.is_some())
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+/// Bookkeeping bytes counted per buffered key by [`MemBuffer::mem`] (the map entry: key
+/// handle, value handle, flags).
+const MEM_PER_ENTRY: u64 = std::mem::size_of::<(Bytes, Stored)>() as u64;
+/// Bookkeeping bytes counted per undo-log record by [`MemBuffer::mem`].
+const MEM_PER_UNDO: u64 = std::mem::size_of::<Undo>() as u64;
 
 impl MemBuffer {
     /// An empty buffer with the default limits (6 MiB per entry, 100 MiB in total).
@@ -539,6 +600,7 @@ impl MemBuffer {
                 });
                 self.new_epoch();
                 if self.stages.is_empty() {
+                    self.close_stage0();
                     if self.undo.len() > stage.undo_start {
                         self.dirty = true;
                     }
@@ -546,6 +608,7 @@ impl MemBuffer {
                         self.undo.clear();
                     }
                 }
+                self.on_mem_change();
                 Ok(())
             }
         }
@@ -566,6 +629,10 @@ impl MemBuffer {
             Some(_) => {
                 let start = self.stages.pop().map_or(0, |s| s.undo_start);
                 self.truncate_log(start);
+                if self.stages.is_empty() {
+                    self.close_stage0();
+                    self.on_mem_change();
+                }
                 Ok(())
             }
         }
@@ -610,6 +677,11 @@ impl MemBuffer {
         }
         self.truncate_log(cp.undo_len);
         self.new_epoch();
+        if self.stages.is_empty() {
+            // Inside a stage the revert stays within it (checked above), so stage 0 keeps
+            // its content; outside stages it changes what a snapshot shows.
+            self.snapshot_seq += 1;
+        }
         Ok(())
     }
 
@@ -647,6 +719,8 @@ impl MemBuffer {
         self.undo.clear();
         self.marks.clear();
         self.new_epoch();
+        self.close_stage0();
+        self.on_mem_change();
     }
 
     /// Buffered puts and tombstones with keys within the bounds, in key order; reverse it
@@ -740,6 +814,7 @@ impl MemBuffer {
         while self.marks.last().is_some_and(|&(_, len)| len > to) {
             self.marks.pop();
         }
+        self.on_mem_change();
     }
 
     fn stage_position(&self, handle: StagingHandle) -> Option<usize> {
@@ -812,8 +887,16 @@ impl MemBuffer {
 
         if self.stages.is_empty() {
             self.dirty = true;
+            self.snapshot_seq += 1;
         }
         let log_epoch = (!self.stages.is_empty() || !self.marks.is_empty()).then_some(self.epoch);
+        if !self.stages.is_empty() && value.is_some() && !self.stage0_values.contains_key(&key) {
+            let old = self
+                .entries
+                .get(&key[..])
+                .and_then(|s| s.entry.value.clone());
+            self.stage0_values.insert(key.clone(), old);
+        }
         let stored = self.entries.entry(key.clone()).or_default();
         match value {
             Some(v) => {
@@ -839,6 +922,7 @@ impl MemBuffer {
             self.dirty = true;
         }
         self.size = new_size;
+        self.on_mem_change();
         Ok(())
     }
 
@@ -872,6 +956,257 @@ impl MemBuffer {
                 }
             }
         }
+    }
+}
+
+/// A consistent view of a [`MemBuffer`]'s stage 0 (what the buffer held when its outermost
+/// open stage opened), readable while writes go on in the stages. It is a token, not a
+/// borrow: pass it to [`MemBuffer::snapshot_get`], [`MemBuffer::for_each_in_snapshot_range`]
+/// or a [`SnapshotIter`]. Every read first checks that stage 0 has not changed since the
+/// snapshot was taken and fails with [`MemBufferError::SnapshotInvalidated`] if it has.
+///
+/// Mirrors client-go `internal/unionstore/membuffer_snapshot.go` (`SnapshotWithMutex`, from
+/// `MemBuffer.GetSnapshot`) and `art/art_snapshot.go` (`ART.GetSnapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferSnapshot {
+    seq: u64,
+}
+
+/// First batch of a [`SnapshotIter`]; each refill doubles it up to
+/// [`SNAPSHOT_ITER_MAX_BATCH`]. Mirrors client-go `BatchedSnapshotIter` (32).
+pub const SNAPSHOT_ITER_FIRST_BATCH: usize = 32;
+/// Largest batch of a [`SnapshotIter`]. Mirrors client-go `snapshotBatchedIter.fillBatch`
+/// (4096).
+pub const SNAPSHOT_ITER_MAX_BATCH: usize = 4096;
+
+impl MemBuffer {
+    /// The buffer's approximate memory footprint in bytes: buffered keys and values, the
+    /// values kept for undo and snapshots, and a fixed bookkeeping cost per key and per undo
+    /// record. Mirrors client-go `MemBuffer.Mem` (the arenas' capacity there).
+    pub fn mem(&self) -> u64 {
+        let undo_values: u64 = self
+            .undo
+            .iter()
+            .map(|u| u.old.as_ref().map_or(0, |v| v.len() as u64))
+            .sum();
+        let stage0: u64 = self
+            .stage0_values
+            .iter()
+            .map(|(k, v)| k.len() as u64 + v.as_ref().map_or(0, |v| v.len() as u64))
+            .sum();
+        self.size
+            + self.entries.len() as u64 * MEM_PER_ENTRY
+            + self.undo.len() as u64 * MEM_PER_UNDO
+            + undo_values
+            + stage0
+    }
+
+    /// Calls `hook` with the new footprint ([`MemBuffer::mem`]) after every operation that
+    /// changed it (writes, stage closes, reverts, reset). The hook runs inside the buffer
+    /// operation: it must not use the buffer (or the transaction owning it). Mirrors client-go
+    /// `MemBuffer.SetMemoryFootprintChangeHook` (`ART.SetMemoryFootprintChangeHook`, called
+    /// from the arenas' `OnMemChange`).
+    pub fn set_memory_footprint_change_hook(&mut self, hook: MemFootprintHook) {
+        self.mem_hook = MemHook {
+            hook: Some(hook),
+            last: self.mem(),
+        };
+    }
+
+    /// Whether a footprint hook is set. Mirrors client-go `MemBuffer.MemHookSet`.
+    pub fn mem_hook_set(&self) -> bool {
+        self.mem_hook.hook.is_some()
+    }
+
+    /// Calls the footprint hook if the footprint changed. Mirrors client-go
+    /// `MemdbArena.OnMemChange`.
+    fn on_mem_change(&mut self) {
+        if self.mem_hook.hook.is_none() {
+            return;
+        }
+        let mem = self.mem();
+        if mem != self.mem_hook.last {
+            self.mem_hook.last = mem;
+            if let Some(h) = &self.mem_hook.hook {
+                h(mem);
+            }
+        }
+    }
+
+    /// A snapshot of stage 0. Meant to be taken while a stage is open (writes outside stages
+    /// invalidate it at once; client-go logs an error in that case). Mirrors client-go
+    /// `MemBuffer.GetSnapshot`.
+    pub fn snapshot(&self) -> BufferSnapshot {
+        if self.stages.is_empty() {
+            tracing::debug!(
+                "memory buffer snapshot taken with no open stage; any write invalidates it"
+            );
+        }
+        BufferSnapshot {
+            seq: self.snapshot_seq,
+        }
+    }
+
+    /// Whether `snap` still shows this buffer's stage 0. Mirrors client-go's `seqCheck`.
+    pub fn check_snapshot(&self, snap: &BufferSnapshot) -> Result<(), MemBufferError> {
+        if snap.seq == self.snapshot_seq {
+            Ok(())
+        } else {
+            Err(MemBufferError::SnapshotInvalidated {
+                taken: snap.seq,
+                current: self.snapshot_seq,
+            })
+        }
+    }
+
+    /// The value `key` has in the snapshot: `None` when stage 0 has no value for it (absent or
+    /// flags only). Mirrors client-go `SnapshotWithMutex.Get` / `art.Snapshot.Get`.
+    pub fn snapshot_get(
+        &self,
+        snap: &BufferSnapshot,
+        key: &[u8],
+    ) -> Result<Option<BufferedValue>, MemBufferError> {
+        self.check_snapshot(snap)?;
+        Ok(self.stage0_value(key, self.entries.get(key)))
+    }
+
+    /// Calls `f` with every key of the snapshot within the bounds and its value, in key order
+    /// (descending with `reverse`), until `f` returns [`ControlFlow::Break`]. Mirrors client-go
+    /// `SnapshotWithMutex.ForEachInSnapshotRange`.
+    ///
+    /// [`ControlFlow::Break`]: std::ops::ControlFlow::Break
+    pub fn for_each_in_snapshot_range(
+        &self,
+        snap: &BufferSnapshot,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        mut f: impl FnMut(&Bytes, &BufferedValue) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), MemBufferError> {
+        self.check_snapshot(snap)?;
+        let mut range = self.range_inner(lower, upper, true);
+        let mut visit = |(k, _): (&Bytes, &BufferEntry)| {
+            let Some(v) = self.stage0_value(k, self.entries.get(&k[..])) else {
+                return std::ops::ControlFlow::Continue(());
+            };
+            f(k, &v)
+        };
+        if reverse {
+            let _ = range.rev().try_for_each(&mut visit);
+        } else {
+            let _ = range.try_for_each(&mut visit);
+        }
+        Ok(())
+    }
+
+    /// The stage-0 value of `key`, whose current state is `stored`.
+    fn stage0_value(&self, key: &[u8], stored: Option<&Stored>) -> Option<BufferedValue> {
+        let value = match self.stage0_values.get(key) {
+            Some(old) => old.clone(),
+            None => stored?.entry.value.clone(),
+        };
+        value.map(|v| {
+            if v.is_empty() {
+                BufferedValue::Deleted
+            } else {
+                BufferedValue::Put(v)
+            }
+        })
+    }
+
+    /// The outermost stage closed (or the buffer was reset): stage 0 changed.
+    fn close_stage0(&mut self) {
+        self.snapshot_seq += 1;
+        self.stage0_values.clear();
+    }
+}
+
+/// Walks a [`BufferSnapshot`] in batches, each read from the buffer in one call of
+/// [`SnapshotIter::next`], so the buffer may be written between calls (in a stage). The
+/// snapshot is checked on every call. Batches start at [`SNAPSHOT_ITER_FIRST_BATCH`] entries
+/// and double up to [`SNAPSHOT_ITER_MAX_BATCH`]. Mirrors client-go
+/// `SnapshotWithMutex.BatchedSnapshotIter` (`snapshotBatchedIter`).
+#[derive(Debug, Clone)]
+pub struct SnapshotIter {
+    snap: BufferSnapshot,
+    lower: Bound<Bytes>,
+    upper: Bound<Bytes>,
+    reverse: bool,
+    batch: VecDeque<(Bytes, BufferedValue)>,
+    batch_size: usize,
+    done: bool,
+}
+
+impl SnapshotIter {
+    /// An iterator over the keys of `snap` within the bounds, in key order (descending with
+    /// `reverse`).
+    pub fn new(
+        snap: BufferSnapshot,
+        lower: Bound<Bytes>,
+        upper: Bound<Bytes>,
+        reverse: bool,
+    ) -> Self {
+        SnapshotIter {
+            snap,
+            lower,
+            upper,
+            reverse,
+            batch: VecDeque::new(),
+            batch_size: SNAPSHOT_ITER_FIRST_BATCH,
+            done: false,
+        }
+    }
+
+    /// The next key and value of the snapshot, reading a new batch from `buffer` when the
+    /// current one is used up; `None` at the end. Fails with
+    /// [`MemBufferError::SnapshotInvalidated`] once the snapshot is no longer valid (also
+    /// for entries of a batch read before).
+    pub fn next(
+        &mut self,
+        buffer: &MemBuffer,
+    ) -> Result<Option<(Bytes, BufferedValue)>, MemBufferError> {
+        buffer.check_snapshot(&self.snap)?;
+        if self.batch.is_empty() && !self.done {
+            self.fill(buffer);
+        }
+        Ok(self.batch.pop_front())
+    }
+
+    fn fill(&mut self, buffer: &MemBuffer) {
+        let limit = self.batch_size;
+        let mut out = VecDeque::with_capacity(limit);
+        let lower = bound_ref(&self.lower);
+        let upper = bound_ref(&self.upper);
+        let _ =
+            buffer.for_each_in_snapshot_range(&self.snap, lower, upper, self.reverse, |k, v| {
+                out.push_back((k.clone(), v.clone()));
+                if out.len() >= limit {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            });
+        if out.len() < limit {
+            self.done = true;
+        }
+        if let Some((last, _)) = out.back() {
+            // Continue strictly after the last key returned.
+            if self.reverse {
+                self.upper = Bound::Excluded(last.clone());
+            } else {
+                self.lower = Bound::Excluded(last.clone());
+            }
+        }
+        self.batch = out;
+        self.batch_size = (self.batch_size * 2).min(SNAPSHOT_ITER_MAX_BATCH);
+    }
+}
+
+fn bound_ref(b: &Bound<Bytes>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(&k[..]),
+        Bound::Excluded(k) => Bound::Excluded(&k[..]),
+        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
@@ -1998,6 +2333,286 @@ mod tests {
         assert!(
             buf.dirty(),
             "as in client-go, a revert does not clear the dirty flag"
+        );
+    }
+
+    fn snap_keys(buf: &MemBuffer, it: &mut SnapshotIter) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some((k, _)) = it.next(buf).expect("valid snapshot") {
+            out.push(k);
+        }
+        out
+    }
+
+    /// Mirrors client-go `memdb_test.go` `TestSnapshotGetIter`: writes after a stage opened
+    /// are invisible to snapshot reads taken before or after them.
+    #[test]
+    fn snapshot_get_iter_ignores_staged_writes() {
+        let mut buf = MemBuffer::new();
+        let mut snaps = Vec::new();
+        let mut h = None;
+        for i in 0..100u8 {
+            buf.set(vec![0u8], vec![i]).unwrap();
+            buf.set(vec![1u8], vec![i]).unwrap();
+            let snap = buf.snapshot();
+            let expect = BufferedValue::Put(Bytes::from(vec![i.min(50)]));
+            assert_eq!(buf.snapshot_get(&snap, &[0]).unwrap(), Some(expect.clone()));
+            let mut it = SnapshotIter::new(snap, Bound::Unbounded, Bound::Unbounded, false);
+            assert_eq!(
+                it.next(&buf).unwrap(),
+                Some((Bytes::from_static(&[0]), expect.clone()))
+            );
+            let mut rev = SnapshotIter::new(snap, Bound::Unbounded, Bound::Unbounded, true);
+            assert_eq!(
+                rev.next(&buf).unwrap(),
+                Some((Bytes::from_static(&[1]), expect))
+            );
+            if i >= 50 {
+                snaps.push(snap);
+            }
+            if i == 50 {
+                h = Some(buf.staging());
+            }
+        }
+        // Snapshots taken from the last write outside stages on all still read stage 0 (a
+        // stage opening changes nothing in it).
+        for snap in &snaps {
+            assert_eq!(
+                buf.snapshot_get(snap, &[0]).unwrap(),
+                Some(BufferedValue::Put(Bytes::from_static(&[50])))
+            );
+        }
+        // Closing the outermost stage changes stage 0: every snapshot is invalid.
+        buf.release(h.unwrap()).unwrap();
+        for snap in &snaps {
+            assert!(matches!(
+                buf.snapshot_get(snap, &[0]),
+                Err(MemBufferError::SnapshotInvalidated { .. })
+            ));
+        }
+    }
+
+    /// Mirrors client-go `memdb_test.go` `TestBatchedSnapshotIter` and
+    /// `TestSnapshotReaderWithWrite`: a batched iterator started before writes in the stage
+    /// keeps returning stage 0 only, across batch refills (sizes below, at and above the
+    /// first batch of 32), in both directions.
+    #[test]
+    fn batched_snapshot_iter_interleaves_with_writes() {
+        for num in [3u8, 17, 64, 100] {
+            for reverse in [false, true] {
+                let mut buf = MemBuffer::new();
+                for i in 0..num {
+                    buf.set(vec![0, i], vec![0, i]).unwrap();
+                }
+                let h = buf.staging();
+                let snap = buf.snapshot();
+                let mut it = SnapshotIter::new(
+                    snap,
+                    Bound::Included(Bytes::from_static(&[0, 0])),
+                    Bound::Excluded(Bytes::from_static(&[0, 255])),
+                    reverse,
+                );
+                let first = it.next(&buf).unwrap().unwrap();
+                let first_key = if reverse { num - 1 } else { 0 };
+                assert_eq!(first.0, Bytes::from(vec![0, first_key]));
+                buf.set(vec![0, num], vec![0, num]).unwrap();
+                for i in 0..num {
+                    buf.set(vec![1, i], vec![1, i]).unwrap();
+                    // Overwrites and deletes in the stage do not show either.
+                    buf.set(vec![0, i], vec![9, 9]).unwrap();
+                }
+                buf.delete(vec![0, 1]).unwrap();
+                let mut seen = vec![first];
+                while let Some(kv) = it.next(&buf).unwrap() {
+                    seen.push(kv);
+                }
+                let mut expect: Vec<(Bytes, BufferedValue)> = (0..num)
+                    .map(|i| {
+                        (
+                            Bytes::from(vec![0, i]),
+                            BufferedValue::Put(Bytes::from(vec![0, i])),
+                        )
+                    })
+                    .collect();
+                if reverse {
+                    expect.reverse();
+                }
+                assert_eq!(seen, expect, "num {num} reverse {reverse}");
+                buf.release(h).unwrap();
+                assert!(matches!(
+                    it.next(&buf),
+                    Err(MemBufferError::SnapshotInvalidated { .. })
+                ));
+            }
+        }
+    }
+
+    /// Mirrors client-go `memdb_test.go` `TestBatchedSnapshotIterEdgeCase`: empty and inverted
+    /// ranges, a single element, inclusive lower and exclusive upper bounds.
+    #[test]
+    fn batched_snapshot_iter_edge_cases() {
+        let mut buf = MemBuffer::new();
+        let h = buf.staging();
+        let snap = buf.snapshot();
+        let b = |v: &'static [u8]| Bytes::from_static(v);
+        let mut it = SnapshotIter::new(
+            snap,
+            Bound::Included(b(&[1])),
+            Bound::Excluded(b(&[1])),
+            false,
+        );
+        assert_eq!(it.next(&buf).unwrap(), None);
+        let mut it = SnapshotIter::new(
+            snap,
+            Bound::Included(b(&[0])),
+            Bound::Excluded(b(&[1])),
+            false,
+        );
+        assert_eq!(it.next(&buf).unwrap(), None);
+        buf.set(b(&[1]), b(&[1])).unwrap();
+        buf.release(h).unwrap();
+        let h = buf.staging();
+        let snap = buf.snapshot();
+        let mut it = SnapshotIter::new(
+            snap,
+            Bound::Included(b(&[1])),
+            Bound::Excluded(b(&[2])),
+            false,
+        );
+        assert_eq!(snap_keys(&buf, &mut it), vec![b(&[1])]);
+        for k in [&[2u8][..], &[3], &[4]] {
+            buf.set(Bytes::copy_from_slice(k), Bytes::copy_from_slice(k))
+                .unwrap();
+        }
+        buf.release(h).unwrap();
+        let _h = buf.staging();
+        let snap = buf.snapshot();
+        let mut it = SnapshotIter::new(
+            snap,
+            Bound::Included(b(&[2])),
+            Bound::Excluded(b(&[4])),
+            false,
+        );
+        assert_eq!(snap_keys(&buf, &mut it), vec![b(&[2]), b(&[3])]);
+        let mut it = SnapshotIter::new(
+            snap,
+            Bound::Included(b(&[2])),
+            Bound::Excluded(b(&[4])),
+            true,
+        );
+        assert_eq!(snap_keys(&buf, &mut it), vec![b(&[3]), b(&[2])]);
+    }
+
+    /// The snapshot follows client-go `ART.SnapshotSeqNo`: writes inside stages, nested stage
+    /// cleanups and checkpoint reverts inside a stage keep it valid; a cleanup of the
+    /// outermost stage, a write outside stages, a revert outside stages and a reset do not.
+    /// Tombstones and flags-only keys read as client-go's snapshot reads them.
+    #[test]
+    fn snapshot_sequence_rules() {
+        let mut buf = MemBuffer::new();
+        buf.set(k(1), v(1)).unwrap();
+        buf.delete(k(2)).unwrap();
+        buf.update_flags(k(3), &[FlagsOp::SetKeyLocked]).unwrap();
+        let outer = buf.staging();
+        let snap = buf.snapshot();
+        let inner = buf.staging();
+        buf.set(k(1), v(10)).unwrap();
+        buf.set(k(4), v(4)).unwrap();
+        let cp = buf.checkpoint();
+        buf.set(k(5), v(5)).unwrap();
+        buf.revert_to_checkpoint(&cp).unwrap();
+        buf.cleanup(inner).unwrap();
+        buf.set(k(2), v(2)).unwrap();
+        buf.update_flags(k(1), &[FlagsOp::SetAssertExist]).unwrap();
+        assert_eq!(
+            buf.snapshot_get(&snap, &k(1)).unwrap(),
+            Some(BufferedValue::Put(v(1)))
+        );
+        assert_eq!(
+            buf.snapshot_get(&snap, &k(2)).unwrap(),
+            Some(BufferedValue::Deleted)
+        );
+        assert_eq!(buf.snapshot_get(&snap, &k(3)).unwrap(), None, "flags only");
+        assert_eq!(
+            buf.snapshot_get(&snap, &k(4)).unwrap(),
+            None,
+            "written in a stage"
+        );
+        let mut seen = Vec::new();
+        buf.for_each_in_snapshot_range(&snap, Bound::Unbounded, Bound::Unbounded, false, |k, v| {
+            seen.push((k.clone(), v.clone()));
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (k(1), BufferedValue::Put(v(1))),
+                (k(2), BufferedValue::Deleted)
+            ]
+        );
+        let mut first = Vec::new();
+        buf.for_each_in_snapshot_range(&snap, Bound::Unbounded, Bound::Unbounded, true, |k, _| {
+            first.push(k.clone());
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(first, vec![k(2)], "reverse order, stops at the first break");
+        buf.cleanup(outer).unwrap();
+        assert!(buf.check_snapshot(&snap).is_err(), "outermost cleanup");
+        // Outside stages.
+        let snap = buf.snapshot();
+        let cp = buf.checkpoint();
+        assert!(buf.check_snapshot(&snap).is_ok());
+        buf.set(k(6), v(6)).unwrap();
+        assert!(buf.check_snapshot(&snap).is_err(), "write outside stages");
+        let snap = buf.snapshot();
+        buf.revert_to_checkpoint(&cp).unwrap();
+        assert!(buf.check_snapshot(&snap).is_err(), "revert outside stages");
+        let snap = buf.snapshot();
+        buf.reset();
+        assert_eq!(
+            Error::from(buf.snapshot_get(&snap, &k(1)).unwrap_err()),
+            Error::BufferSnapshotInvalidated {
+                taken: snap.seq,
+                current: buf.snapshot_seq
+            }
+        );
+    }
+
+    /// client-go `MemBuffer.SetMemoryFootprintChangeHook` / `Mem` / `MemHookSet`: the hook
+    /// sees the footprint grow with writes and shrink with a stage cleanup and a reset, and is
+    /// not called when nothing changed.
+    #[test]
+    fn memory_footprint_hook_follows_the_buffer() {
+        use std::sync::{Arc, Mutex};
+        let mut buf = MemBuffer::new();
+        assert!(!buf.mem_hook_set());
+        assert_eq!(buf.mem(), 0);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        buf.set_memory_footprint_change_hook(Arc::new(move |m| seen2.lock().unwrap().push(m)));
+        assert!(buf.mem_hook_set());
+        buf.set(k(1), v(1)).unwrap();
+        let one = buf.mem();
+        assert!(one > buf.size());
+        let h = buf.staging();
+        buf.set(k(2), Bytes::from(vec![7u8; 1000])).unwrap();
+        let grown = buf.mem();
+        assert!(grown >= one + 1000);
+        buf.cleanup(h).unwrap();
+        assert_eq!(buf.mem(), one, "back to the footprint before the stage");
+        assert_eq!(seen.lock().unwrap().last(), Some(&one), "the hook saw it");
+        buf.update_flags(k(1), &[FlagsOp::SetAssertExist]).unwrap();
+        buf.reset();
+        assert_eq!(buf.mem(), 0);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.first(), Some(&one));
+        assert!(seen.contains(&grown));
+        assert_eq!(seen.last(), Some(&0));
+        assert!(
+            seen.windows(2).all(|w| w[0] != w[1]),
+            "called on changes only: {seen:?}"
         );
     }
 }

@@ -20,6 +20,11 @@
 //!   secondaries and cleanup (client-go `txnkv/transaction/2pc.go`, `prewrite.go`,
 //!   `commit.go`, `cleanup.go`), over the batch executor [`commit_exec`] and the rules of
 //!   [`mutations`];
+//! - [`schema`]: the schema lease check the committer runs (client-go
+//!   `checkSchemaValid`);
+//! - [`aggressive`]: aggressive (fair) locking across statement retries (client-go
+//!   `aggressiveLockingContext`);
+//! - [`lock_stats`]: per-call statistics of `lock_keys` (client-go `LockKeysDetails`);
 //! - [`pessimistic`]: `lock_keys` with a lock context, deadlocks and waits, pessimistic
 //!   rollback (client-go `txn.go` `lockKeys`, `pessimistic.go`);
 //! - [`pre_split`]: splitting regions a large transaction would flood, before prewrite
@@ -34,6 +39,7 @@
 //! The buffer, flags, merge and latches are plain data driven by method calls; timestamps are
 //! TSO values passed in by the caller. Reads and lock resolution are sans-IO operations.
 
+pub mod aggressive;
 pub mod async_resolve;
 pub mod commit_exec;
 pub mod commit_farmhash;
@@ -47,6 +53,7 @@ pub mod flags;
 pub mod gc;
 pub mod heartbeat;
 pub mod latch;
+pub mod lock_stats;
 pub mod membuffer;
 pub mod merge;
 pub mod mutations;
@@ -60,10 +67,12 @@ pub mod resolve_call;
 #[cfg(test)]
 mod resolve_testkit;
 pub mod resolver;
+pub mod schema;
 pub mod snapshot;
 pub mod split;
 pub mod status_cache;
 
+pub use aggressive::AggressiveLocking;
 pub use async_resolve::{AsyncResolve, AsyncResolvePool, ReadResolveTask, ResolvingLock};
 pub use committer::{
     Background, CommitDetails, CommitInfo, CommitMode, CommitOptions, CommitTsUpperBoundCheck,
@@ -72,9 +81,11 @@ pub use committer::{
 pub use flags::{FlagsOp, KeyFlags};
 pub use heartbeat::{TtlManager, TtlStop};
 pub use latch::{LatchAcquire, LatchLockId, LatchState, Latches};
+pub use lock_stats::LockKeysStats;
 pub use membuffer::{
-    BufferEntry, BufferMutation, BufferRange, BufferedValue, Checkpoint, KvFilter, MemBuffer,
-    MemBufferError, MemBufferLimits, Mutations, StagingHandle,
+    BufferEntry, BufferMutation, BufferRange, BufferSnapshot, BufferedValue, Checkpoint, KvFilter,
+    MemBuffer, MemBufferError, MemBufferLimits, MemFootprintHook, Mutations, SnapshotIter,
+    StagingHandle,
 };
 pub use merge::{MergeStep, MergedIter, ScanOrder, merge_step};
 pub use mutations::{LockTtls, Mutation};
@@ -85,6 +96,7 @@ pub use pessimistic::{
 pub use planted::PlantedBugs;
 pub use read_scan::{ScanBatch, ScanCursor, SnapshotScan};
 pub use resolver::{BatchResolveLocks, Lock, ResolveLocks, ResolveOptions, ResolveOutcome};
+pub use schema::{SchemaCheck, SchemaLeaseChecker};
 pub use snapshot::{
     BatchGetOutput, GetOutput, KvEntry, LockSets, SnapshotBatchGet, SnapshotGet, SnapshotOptions,
 };

@@ -35,6 +35,7 @@ use crate::machine::txn::commit_exec::{
 };
 use crate::machine::txn::commit_farmhash::fingerprint64;
 use crate::machine::txn::committer::Background;
+use crate::machine::txn::lock_stats::{LockKeysStats, LockStatsCollector};
 use crate::machine::txn::mutations::{self, Batch, MANAGED_LOCK_TTL_MS, Mutation, key_mutation};
 use crate::machine::{
     Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
@@ -211,6 +212,8 @@ pub struct PessimisticLockAction {
     values: BTreeMap<Key, ReturnedValue>,
     primary_locked: bool,
     max_locked_with_conflict_ts: u64,
+    /// What the action's requests did (client-go `LockCtx.Stats`).
+    stats: LockStatsCollector,
 }
 
 impl PessimisticLockAction {
@@ -399,6 +402,7 @@ impl BatchAction for PessimisticLockAction {
         if let Some(e) = self.deadline_exceeded(now) {
             return Err(e);
         }
+        self.stats.on_request(batch, now);
         let op = if self.ctx.in_share_mode {
             kvrpcpb::Op::SharedPessimisticLock
         } else {
@@ -456,14 +460,21 @@ impl BatchAction for PessimisticLockAction {
                 "unexpected reply to PessimisticLock: {response:?}"
             )));
         };
-        if self.ctx.force_lock {
+        self.stats
+            .on_response(batch, r.exec_details_v2.as_deref(), now);
+        let verdict = if self.ctx.force_lock {
             self.on_force(batch, *r, now)
         } else {
             self.on_normal(batch, *r, now)
+        };
+        if matches!(verdict, Verdict::Resolve(..)) {
+            self.stats.on_resolve_start(batch, now);
         }
+        verdict
     }
 
-    fn after_resolve(&mut self, _batch: &Batch, ms: u64, now: Instant) -> AfterResolve {
+    fn after_resolve(&mut self, batch: &Batch, ms: u64, now: Instant) -> AfterResolve {
+        self.stats.on_resolve_end(batch, now);
         if ms == 0 {
             return AfterResolve::Retry;
         }
@@ -631,6 +642,10 @@ pub struct LockKeys {
     actions: VecDeque<Action>,
     result: Option<Result<LockKeysResult, Error>>,
     done: bool,
+    /// Statistics of the call so far.
+    stats: LockKeysStats,
+    /// When the call started.
+    started: Option<Instant>,
 }
 
 impl LockKeys {
@@ -672,7 +687,15 @@ impl LockKeys {
             actions: VecDeque::new(),
             result: None,
             done: false,
+            stats: LockKeysStats::default(),
+            started: None,
         }
+    }
+
+    /// What the call did so far (all of it once finished, successfully or not). Mirrors
+    /// client-go `LockCtx.Stats` (`util.LockKeysDetails`).
+    pub fn stats(&self) -> &LockKeysStats {
+        &self.stats
     }
 
     /// Uses `weight` for the backoff budgets (client-go `Vars.BackOffWeight`).
@@ -738,6 +761,7 @@ impl LockKeys {
         let Some(mut ctx) = self.ctx.take() else {
             return self.finish(Err(Error::invalid("operation restarted")));
         };
+        self.started.get_or_insert(now);
         if self.keys.is_empty() {
             return self.finish(Ok(LockKeysResult {
                 for_update_ts: ctx.for_update_ts,
@@ -777,6 +801,7 @@ impl LockKeys {
             values: BTreeMap::new(),
             primary_locked: false,
             max_locked_with_conflict_ts: 0,
+            stats: LockStatsCollector::default(),
         };
         let muts: Vec<Mutation> = self
             .keys
@@ -804,6 +829,16 @@ impl LockKeys {
         r: Result<(), Error>,
     ) {
         let action = exec.action();
+        let mut attempt = action.stats.finish(self.keys.len(), exec.backoffer());
+        attempt.locked_with_conflict = action
+            .values
+            .values()
+            .filter(|v| v.locked_with_conflict_ts != 0)
+            .count();
+        self.stats.merge(&attempt);
+        if let Some(started) = self.started {
+            self.stats.total_time = now.saturating_duration_since(started);
+        }
         match r {
             Ok(()) => {
                 let mut out = LockKeysResult {
@@ -863,6 +898,7 @@ impl LockKeys {
                         ctx.deadlock_retries -= 1;
                         ctx.wait_start = None;
                         self.retry = Some(ctx);
+                        self.stats.retries += 1;
                     }
                     let mut rollback = rollback;
                     rollback.start(now, shared);
