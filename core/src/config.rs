@@ -268,8 +268,10 @@ pub struct Config {
     /// Refresh interval of the low-resolution timestamp (`tikv/kv.go`
     /// `defaultOracleUpdateInterval`, 2 s).
     pub low_resolution_ts_update_interval: Duration,
-    /// Forward PD requests through a follower when the leader is unreachable
-    /// (`Config.EnableForwarding`, off).
+    /// Forward requests through a follower when the leader is unreachable
+    /// (`Config.EnableForwarding`, off): PD calls and the TSO stream through a PD follower
+    /// (`pd-forwarded-host`), and TiKV leader requests through a reachable follower store of the
+    /// region (`tikv-forwarded-host`, see `machine::replica`).
     pub enable_forwarding: bool,
     /// Interval of the periodic PD member refresh (PD client `MemberUpdateInterval`, 1 min).
     pub pd_member_update_interval: Duration,

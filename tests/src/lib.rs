@@ -137,6 +137,7 @@ macro_rules! e2e_suite {
             stale_slow_score_is_fetched_with_get_health_feedback,
             pd_leader_change_reconnects,
             store_metadata_is_rechecked_in_the_background,
+            tikv_forwarding_through_a_follower,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -739,3 +739,60 @@ pub async fn store_metadata_is_rechecked_in_the_background<R: Runtime>() {
         "the background re-check picked up the new address"
     );
 }
+
+/// TiKV request forwarding (client-go `EnableForwarding`, `ReplicaSelectLeaderWithProxyStrategy`,
+/// `forwardedClients`): the leader's store is cut off from the client but not from its peers.
+/// With forwarding on, raw writes and reads reach the leader through a follower carrying
+/// `tikv-forwarded-host`, the leader stays where it is, and the follower is remembered as the
+/// region's proxy. With forwarding off the same reads cannot reach the leader (the followers
+/// only name it in `NotLeader`) and fail with the typed backoff-exhausted error.
+pub async fn tikv_forwarding_through_a_follower<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    let mut config = test_config();
+    config.enable_forwarding = true;
+    let client = connect::<R>(&mock, config).await;
+    client.put("key", "v1").await.unwrap();
+    let plain = connect::<R>(&mock, test_config()).await;
+    assert_eq!(plain.get("key").await.unwrap(), Some(b("v1")));
+    let region = region_of(mock.cluster(), b"key");
+    let leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+
+    mock.cluster().set_store_isolated(leader, true).unwrap();
+    client.put("key", "v2").await.unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v2")));
+    client.put("other", "o").await.unwrap();
+    assert_eq!(client.get("other").await.unwrap(), Some(b("o")));
+    assert!(
+        mock.cluster().forwarded_calls() >= 1,
+        "requests went through a proxy"
+    );
+    let now_leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+    assert_eq!(now_leader, leader, "the leader did not move");
+    let proxy = client.cluster().with_shared(|s| {
+        let r = s.regions.latest(region).expect("cached region");
+        assert_eq!(
+            r.leader().store_id,
+            leader,
+            "the cached leader did not move"
+        );
+        s.regions.proxy_peer(r.ver_id())
+    });
+    assert!(proxy.is_some(), "the region remembers its proxy");
+
+    let err = plain
+        .with_backoff_budget(300)
+        .get("key")
+        .await
+        .expect_err("without forwarding the isolated leader cannot be reached");
+    assert!(
+        matches!(err, Error::BackoffExhausted { .. }),
+        "expected an exhausted budget, got {err:?}"
+    );
+
+    mock.cluster().set_store_isolated(leader, false).unwrap();
+    assert_eq!(plain.get("key").await.unwrap(), Some(b("v2")));
+}

@@ -51,8 +51,19 @@ impl<R: Runtime> Dispatch for Inner<R> {
                 address,
                 request,
                 timeout,
+                forwarded_host: None,
                 ..
             } => self.tikv.start(now, id, &address, request, timeout, reply),
+            Action::Tikv {
+                id,
+                address,
+                request,
+                timeout,
+                forwarded_host: Some(host),
+                ..
+            } => self
+                .tikv
+                .start_forwarded(now, id, &address, &host, request, timeout, reply),
             Action::Pd { id, request } => {
                 let pd = self.pd.clone();
                 Some(Box::pin(async move {
@@ -136,6 +147,7 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
         };
+        shared.regions.enable_forwarding = config.enable_forwarding;
         let shared = Mutex::new(shared);
         let inner = Arc::new(Inner {
             rt,

@@ -220,6 +220,11 @@ pub enum Action {
         request: TikvRequest,
         /// Per-request deadline (client-go `ReadTimeoutShort` / `ReadTimeoutMedium`).
         timeout: Duration,
+        /// Request forwarding: when set, `address` is a proxy store's address (a follower of
+        /// the region) and the request is meant for the store at this address, named in the
+        /// gRPC metadata `tikv-forwarded-host` so that the proxy forwards it. `store_id` stays
+        /// the target store. Mirrors client-go `tikvrpc.Request.ForwardedHost`.
+        forwarded_host: Option<std::sync::Arc<str>>,
     },
     /// Call PD; reply with [`Input::Pd`].
     Pd {

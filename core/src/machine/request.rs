@@ -173,6 +173,8 @@ pub fn is_read_request(req: &TikvRequest) -> bool {
 struct Prepared {
     store_id: u64,
     address: Arc<str>,
+    /// Forwarded through this proxy (store id, address).
+    proxy: Option<(u64, Arc<str>)>,
     request: TikvRequest,
     replica_read: bool,
     stale_read: bool,
@@ -183,6 +185,8 @@ struct Inflight {
     id: IoId,
     store_id: u64,
     address: Arc<str>,
+    /// The proxy store it was sent through, if forwarded.
+    proxy_store: Option<u64>,
     sent_at: Instant,
     replica_read: bool,
     stale_read: bool,
@@ -380,6 +384,9 @@ impl RegionRequest {
                 region = self.region.id,
                 "no replica available; pseudo EpochNotMatch"
             );
+            if let Some((store_id, epoch)) = sel.take_store_invalidation() {
+                shared.stores.invalidate_store(store_id, epoch, now);
+            }
             if let Some((kind, err)) = sel.no_candidate_backoff() {
                 return self.backoff_then(now, shared, kind, err, Wake::Pseudo);
             }
@@ -402,6 +409,7 @@ impl RegionRequest {
         let prepared = Prepared {
             store_id: target.peer.store_id,
             address: target.address,
+            proxy: target.proxy.map(|p| (p.peer.store_id, p.address)),
             request,
             replica_read: target.replica_read,
             stale_read: target.stale_read,
@@ -516,19 +524,28 @@ impl RegionRequest {
             attempt = self.send_times + 1,
             replica_read = p.replica_read,
             stale_read = p.stale_read,
+            proxy = ?p.proxy,
             "send region request"
         );
+        // Forwarded: sent to the proxy, naming the target's address (client-go
+        // `sendReqState.send`: `req.ForwardedHost = rpcCtx.Addr`, sent to `rpcCtx.ProxyAddr`).
+        let (send_to, forwarded_host) = match &p.proxy {
+            Some((_, proxy_address)) => (proxy_address.clone(), Some(p.address.clone())),
+            None => (p.address.clone(), None),
+        };
         self.actions.push_back(Action::Tikv {
             id,
             store_id: p.store_id,
-            address: p.address.clone(),
+            address: send_to,
             request: p.request,
             timeout: self.timeout,
+            forwarded_host,
         });
         self.inflight = Some(Inflight {
             id,
             store_id: p.store_id,
             address: p.address,
+            proxy_store: p.proxy.map(|(s, _)| s),
             sent_at: now,
             replica_read: p.replica_read,
             stale_read: p.stale_read,
@@ -556,7 +573,10 @@ impl RegionRequest {
                 );
                 return self.step(now, shared);
             }
-            Error::Rpc { .. } => shared.stores.mark_unreachable(inf.store_id, now),
+            // A forwarded request failed on the connection to its proxy.
+            Error::Rpc { .. } => shared
+                .stores
+                .mark_unreachable(inf.proxy_store.unwrap_or(inf.store_id), now),
             _ => {}
         }
         sel.on_send_failure(&mut shared.stores, now);
@@ -813,7 +833,11 @@ impl Operation for RegionRequest {
                         if let Err(err) = shared.codec.decode_response(&mut resp) {
                             return self.fail(err);
                         }
-                        shared.stores.mark_reachable(inf.store_id);
+                        // A forwarded reply shows the proxy answers, not that the target can
+                        // be reached directly.
+                        shared
+                            .stores
+                            .mark_reachable(inf.proxy_store.unwrap_or(inf.store_id));
                         match region_error(&resp).cloned() {
                             Some(e) => self.on_region_error(now, shared, inf, e),
                             None => {
@@ -1604,6 +1628,109 @@ mod tests {
             matches!(h.pd_sent()[..], [PdRequest::GetStore(_)]),
             "store re-checked"
         );
+    }
+
+    /// Request forwarding (client-go `ReplicaSelectLeaderWithProxyStrategy` +
+    /// `sendReqState.send`): the leader's store refuses connections; with forwarding on, the
+    /// retry goes to a follower's address naming the leader in `forwarded_host`, the leader's
+    /// store keeps its epoch and the cached leader, and the proxy becomes the region's sticky
+    /// proxy.
+    #[test]
+    fn forwarding_reaches_unreachable_leader_through_a_follower() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.regions.enable_forwarding = true;
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut sent: Vec<(u64, String, Option<String>)> = Vec::new();
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv {
+                store_id,
+                address,
+                forwarded_host,
+                ..
+            } = a
+            else {
+                unreachable!()
+            };
+            sent.push((
+                *store_id,
+                address.to_string(),
+                forwarded_host.as_ref().map(|h| h.to_string()),
+            ));
+            if &**address == "store1:20160" {
+                return tikv_reply(
+                    a,
+                    Err(Error::Rpc {
+                        address: address.to_string(),
+                        message: "connection refused".into(),
+                        sent: false,
+                    }),
+                );
+            }
+            tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+        });
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
+        assert_eq!(
+            sent,
+            vec![
+                (1, "store1:20160".into(), None),
+                (1, "store2:20160".into(), Some("store1:20160".into())),
+            ]
+        );
+        assert_eq!(h.shared.stores.epoch(1), 0, "leader store not invalidated");
+        let region = h.shared.regions.latest(1).unwrap();
+        assert_eq!(region.leader().store_id, 1);
+        let proxy = h.shared.regions.proxy_peer(region.ver_id());
+        assert_eq!(
+            proxy,
+            region
+                .peers()
+                .iter()
+                .find(|p| p.store_id == 2)
+                .map(|p| p.id)
+        );
+        assert_eq!(op.backoffer().times(BackoffKind::TikvRpc), 1);
+    }
+
+    /// Every follower fails as a proxy: the leader's store is invalidated, the region handed
+    /// back (pseudo `EpochNotMatch`) for a reload. Mirrors the exhausted branch of client-go
+    /// `ReplicaSelectLeaderWithProxyStrategy.next`.
+    #[test]
+    fn forwarding_with_every_proxy_failing_gives_the_region_back() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.regions.enable_forwarding = true;
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv { address, .. } = a else {
+                unreachable!()
+            };
+            tikv_reply(
+                a,
+                Err(Error::Rpc {
+                    address: address.to_string(),
+                    message: "connection refused".into(),
+                    sent: false,
+                }),
+            )
+        });
+        assert!(
+            matches!(&res, Ok(RegionOutcome::Resplit(e)) if region_error::is_fake_region_error(e)),
+            "{res:?}"
+        );
+        let forwarded: Vec<_> = h.tikv_sent().into_iter().map(|(store, _)| store).collect();
+        assert_eq!(
+            forwarded,
+            vec![1, 1, 1],
+            "direct, then through each follower"
+        );
+        assert!(h.shared.stores.epoch(1) >= 1, "leader store invalidated");
     }
 
     #[test]
