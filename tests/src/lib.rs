@@ -138,6 +138,7 @@ macro_rules! e2e_suite {
             pd_leader_change_reconnects,
             store_metadata_is_rechecked_in_the_background,
             tikv_forwarding_through_a_follower,
+            stale_close_keeps_the_newer_connection,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -796,3 +796,34 @@ pub async fn tikv_forwarding_through_a_follower<R: Runtime>() {
     mock.cluster().set_store_isolated(leader, false).unwrap();
     assert_eq!(plain.get("key").await.unwrap(), Some(b("v2")));
 }
+
+/// Connections are versioned (client-go `CloseAddrVer`): a close naming the version it saw
+/// drops that connection, and the next request dials a newer one; a late close naming the old
+/// version leaves the newer connection alone.
+pub async fn stale_close_keeps_the_newer_connection<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let cluster = client.cluster();
+    let addr = mock.cluster().store_addr(1).unwrap().to_string();
+    let v1 = cluster
+        .connection_version(&addr)
+        .expect("a connection is open");
+    assert!(cluster.close_address_version(&addr, v1));
+    assert_eq!(cluster.connection_version(&addr), None);
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    let v2 = cluster.connection_version(&addr).expect("dialled again");
+    assert!(v2 > v1, "{v2} > {v1}");
+
+    assert!(
+        !cluster.close_address_version(&addr, v1),
+        "a close of version {v1} must not drop version {v2}"
+    );
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(
+        cluster.connection_version(&addr),
+        Some(v2),
+        "still the same pool"
+    );
+    assert!(cluster.close_address_version(&addr, v2));
+}

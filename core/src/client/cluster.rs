@@ -218,6 +218,20 @@ impl<R: Runtime> Cluster<R> {
         self.inner.tikv.close_address(address);
     }
 
+    /// [`Cluster::close_address`] only if the connections to `address` are of version
+    /// `version` or older (see [`Cluster::connection_version`]): a close decided on an old
+    /// connection does not drop a newer one. Returns whether connections were dropped. Mirrors
+    /// client-go `internal/client/client.go` `RPCClient.CloseAddrVer`.
+    pub fn close_address_version(&self, address: &str, version: u64) -> bool {
+        self.inner.tikv.close_address_version(address, version)
+    }
+
+    /// The version of the current connections to the store at `address` (`None`: none open).
+    /// Versions grow with every new set of connections.
+    pub fn connection_version(&self, address: &str) -> Option<u64> {
+        self.inner.tikv.connection_version(address)
+    }
+
     /// Closes every connection now; pending and later requests fail with [`Error::Closed`].
     pub fn close(&self) {
         self.inner.pd.close();

@@ -32,6 +32,7 @@ pub mod runtime;
 pub mod sync;
 pub(crate) mod tikv;
 pub mod txn;
+pub(crate) mod versioned;
 
 pub use crate::machine::raw::{KvPair, RawChecksum, Value};
 pub use cluster::Cluster;

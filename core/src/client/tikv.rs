@@ -36,6 +36,7 @@ use super::driver::LocalIo;
 use super::rpc::{self, BATCH_COMMANDS};
 use super::runtime::{Channel, Runtime, Status};
 use super::sync::{Inbox, lock};
+use super::versioned::{ANY_VERSION, VersionedSlot, Versions, closes};
 use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
@@ -101,8 +102,11 @@ struct StorePool<R: Runtime> {
     forwarded_host: Option<Arc<str>>,
     conns: Vec<Conn>,
     next: AtomicUsize,
-    /// Connection for unary calls, opened on first use and dropped when it fails.
-    unary: Mutex<Option<R::Channel>>,
+    /// Connection for unary calls, opened on first use and dropped when it fails (a failure
+    /// drops only the connection version it used, never a newer one).
+    unary: VersionedSlot<R::Channel>,
+    /// The pool's version (client-go `connPool.ver`), for [`TikvTransport::close_address_version`].
+    version: u64,
 }
 
 /// Counters of the transport (for tests and benchmarks).
@@ -125,6 +129,8 @@ pub(crate) struct TikvTransport<R: Runtime> {
     pools: Mutex<FastMap<Arc<str>, Arc<StorePool<R>>>>,
     /// Pools of forwarded requests, by (proxy address, forwarded host).
     forwarded: Mutex<FastMap<ForwardKey, Arc<StorePool<R>>>>,
+    /// Versions of the pools (client-go `RPCClient.vers`).
+    versions: Versions,
     pub stats: Arc<TransportStats>,
     /// Health feedback taken from `BatchCommands` responses, consumed by the client's store
     /// health task (client-go `ClientEventListener.OnHealthFeedback`).
@@ -144,6 +150,7 @@ impl<R: Runtime> TikvTransport<R> {
             config,
             pools: Mutex::new(FastMap::default()),
             forwarded: Mutex::new(FastMap::default()),
+            versions: Versions::default(),
             stats: Arc::new(TransportStats::default()),
             health_feed: Inbox::new(),
         }
@@ -171,23 +178,54 @@ impl<R: Runtime> TikvTransport<R> {
     /// changed): its stream tasks end, requests in flight on them fail with a retryable
     /// [`Error::Rpc`], and the next request to the address dials anew.
     pub fn close_address(&self, address: &str) {
-        // Forwarded pools through this proxy, or to this target, go with it.
+        self.close_address_version(address, ANY_VERSION);
+    }
+
+    /// [`TikvTransport::close_address`] for the connections of version `version` or older
+    /// only: a pool to `address` created after the closer saw version `version` is kept.
+    /// Returns whether a pool went. Forwarded pools through or to `address` go by the same rule.
+    /// Mirrors client-go `internal/client/client.go` `RPCClient.CloseAddrVer`.
+    pub fn close_address_version(&self, address: &str, version: u64) -> bool {
         let forwarded: Vec<_> = {
             let mut map = lock(&self.forwarded);
             let keys: Vec<_> = map
-                .keys()
-                .filter(|(proxy, host)| &**proxy == address || &**host == address)
-                .cloned()
+                .iter()
+                .filter(|((proxy, host), pool)| {
+                    (&**proxy == address || &**host == address) && closes(pool.version, version)
+                })
+                .map(|(k, _)| k.clone())
                 .collect();
             keys.iter().filter_map(|k| map.remove(k)).collect()
         };
         for pool in forwarded {
             Self::retire(&pool, address);
         }
-        let Some(pool) = lock(&self.pools).remove(address) else {
-            return;
+        let pool = {
+            let mut pools = lock(&self.pools);
+            match pools.get(address) {
+                Some(p) if closes(p.version, version) => pools.remove(address),
+                Some(p) => {
+                    tracing::debug!(
+                        address,
+                        version,
+                        current = p.version,
+                        "ignore the close of an older connection"
+                    );
+                    None
+                }
+                None => None,
+            }
+        };
+        let Some(pool) = pool else {
+            return false;
         };
         Self::retire(&pool, address);
+        true
+    }
+
+    /// The version of the current connections to `address`, if any (client-go `connPool.ver`).
+    pub fn connection_version(&self, address: &str) -> Option<u64> {
+        lock(&self.pools).get(address).map(|p| p.version)
     }
 
     /// Retires a pool dropped from the maps: its tasks end, queued requests fail retryably.
@@ -201,7 +239,7 @@ impl<R: Runtime> TikvTransport<R> {
                 });
             }
         }
-        *lock(&pool.unary) = None;
+        pool.unary.clear_if(ANY_VERSION);
     }
 
     fn pool(&self, address: &Arc<str>) -> Arc<StorePool<R>> {
@@ -231,6 +269,7 @@ impl<R: Runtime> TikvTransport<R> {
         let pool = Arc::new(StorePool {
             address: address.clone(),
             forwarded_host: forwarded_host.clone(),
+            version: self.versions.next(),
             conns: (0..self.config.connections)
                 .map(|_| Conn {
                     queue: Inbox::new(),
@@ -238,7 +277,7 @@ impl<R: Runtime> TikvTransport<R> {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            unary: Mutex::new(None),
+            unary: VersionedSlot::default(),
         });
         for (i, conn) in pool.conns.iter().enumerate() {
             let task = StreamTask {
@@ -362,8 +401,8 @@ async fn unary<R: Runtime>(
     let deadline = rt.now() + timeout;
     let result = async {
         let (path, body, decoder) = rpc::unary_tikv(&request)?;
-        let existing = lock(&pool.unary).clone();
-        let channel = match existing {
+        let existing = pool.unary.get();
+        let (version, channel) = match existing {
             Some(c) => c,
             None => {
                 let dial = rt.now() + dial_timeout.min(timeout);
@@ -376,8 +415,7 @@ async fn unary<R: Runtime>(
                             sent: false,
                         })
                     })?;
-                *lock(&pool.unary) = Some(c.clone());
-                c
+                (pool.unary.set(c.clone()), c)
             }
         };
         let call = channel.unary_with_metadata(
@@ -392,7 +430,7 @@ async fn unary<R: Runtime>(
                 timeout_ms: timeout.as_millis() as u64,
             }),
             Some(Err(status)) => {
-                *lock(&pool.unary) = None;
+                pool.unary.clear_if(version);
                 Err(status.into_error(&address, true))
             }
             Some(Ok(bytes)) => decoder(bytes).map_err(|e| Error::Codec(e.to_string())),
