@@ -1530,4 +1530,64 @@ mod tests {
         assert_ne!(t.peer.store_id, 1);
         assert_eq!(t.proxy, None);
     }
+
+    /// client-go `replicaSelector.onServerIsBusy` (tikv/client-go#2028): after two
+    /// `ServerIsBusy(0)` from the cached leader, one follower is probed with a leader read; its
+    /// `NotLeader` hint naming the same leader clears the suspicion and the leader is used
+    /// again; the probe happens at most once per selector.
+    #[test]
+    fn suspect_not_leader_probe_runs_once_and_a_hint_restores_the_leader() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        let e = Error::Internal("busy".into());
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        assert_eq!(
+            next(&mut f, &mut s).unwrap().peer.store_id,
+            1,
+            "one busy is not enough"
+        );
+        s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        let probe = next(&mut f, &mut s).unwrap();
+        assert_ne!(probe.peer.store_id, 1, "the suspect leader is skipped once");
+        assert!(!probe.replica_read && !probe.is_leader);
+        // The follower names the cached leader: the suspicion is lifted.
+        let leader = f.cache.get(f.ver).unwrap().leader().to_owned();
+        assert_eq!(
+            s.on_not_leader(Some(&leader), &mut f.cache, &f.stores, f.now),
+            Verdict::Retry
+        );
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        // More busy replies from the leader do not probe again in this selector.
+        s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        s.on_server_is_busy(1, 0, e, &f.cache, &mut f.stores, f.now);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+    }
+
+    /// The probe is for plain leader reads only: leader-only requests and stale reads keep
+    /// the leader. Mirrors the conditions of client-go `replicaSelector.onServerIsBusy`.
+    #[test]
+    fn suspect_not_leader_probe_skips_leader_only_and_stale_reads() {
+        let e = Error::Internal("busy".into());
+        let leader_only = ReadOptions {
+            leader_only: true,
+            ..Default::default()
+        };
+        let mut f = fixture();
+        let mut s = selector(&mut f, leader_only, true);
+        for _ in 0..3 {
+            assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+            s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        }
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+
+        // Estimated waits above zero are load reports, not suspicion.
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        for _ in 0..3 {
+            assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+            s.on_server_is_busy(1, 20, e.clone(), &f.cache, &mut f.stores, f.now);
+        }
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+    }
 }
