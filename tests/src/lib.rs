@@ -139,6 +139,7 @@ macro_rules! e2e_suite {
             store_metadata_is_rechecked_in_the_background,
             tikv_forwarding_through_a_follower,
             stale_close_keeps_the_newer_connection,
+            identical_region_resolves_collapse,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -827,3 +827,57 @@ pub async fn stale_close_keeps_the_newer_connection<R: Runtime>() {
     );
     assert!(cluster.close_address_version(&addr, v2));
 }
+
+/// Request collapsing (client-go `reqCollapse`): three concurrent region-wide `ResolveLock`
+/// requests for the same transaction and region reach TiKV once and all get the reply; a lite
+/// resolve (with keys) for the same transaction is sent on its own.
+pub async fn identical_region_resolves_collapse<R: Runtime>() {
+    use tikv_core::machine::backoff::{Backoffer, budget};
+    use tikv_core::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
+    use tikv_core::machine::{TikvCmd, TikvRequest};
+    use tikv_proto::kvrpcpb;
+
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let ver = client
+        .cluster()
+        .with_shared(|s| s.regions.latest(region).expect("cached").ver_id());
+    // Hold the first reply so that every request joins the flight while it is out.
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::ResolveLock,
+        FaultAction::Delay { ms: 200 },
+    ));
+    let resolve = |keys: Vec<Bytes>| {
+        let req = TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+            kvrpcpb::ResolveLockRequest {
+                start_version: 100,
+                keys,
+                ..Default::default()
+            },
+        )));
+        RegionRequest::new(
+            ver,
+            req,
+            RequestOptions::default(),
+            Backoffer::weighted(budget::RAW, budget::WEIGHT),
+        )
+    };
+    let cluster = client.cluster();
+    let results = join_all(vec![
+        Box::pin(cluster.run(resolve(vec![]))),
+        Box::pin(cluster.run(resolve(vec![]))),
+        Box::pin(cluster.run(resolve(vec![]))),
+        Box::pin(cluster.run(resolve(vec![b("key")]))),
+    ])
+    .await;
+    for r in &results {
+        assert!(matches!(r, Ok(RegionOutcome::Response(_))), "{r:?}");
+    }
+    assert_eq!(
+        mock.cluster().requests(RpcKind::ResolveLock),
+        2,
+        "one region-wide flight and one lite resolve"
+    );
+}

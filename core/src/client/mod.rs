@@ -23,6 +23,7 @@
 //! feature, which the runtime crates (not the core) enable.
 
 pub mod cluster;
+pub(crate) mod collapse;
 pub mod driver;
 pub(crate) mod health;
 pub(crate) mod pd;

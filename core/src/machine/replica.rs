@@ -1564,10 +1564,10 @@ mod tests {
         assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
     }
 
-    /// The probe is for plain leader reads only: leader-only requests and stale reads keep
+    /// The probe is for plain leader reads only: leader-only requests keep
     /// the leader. Mirrors the conditions of client-go `replicaSelector.onServerIsBusy`.
     #[test]
-    fn suspect_not_leader_probe_skips_leader_only_and_stale_reads() {
+    fn suspect_not_leader_probe_skips_leader_only_reads_and_load_reports() {
         let e = Error::Internal("busy".into());
         let leader_only = ReadOptions {
             leader_only: true,
