@@ -202,6 +202,7 @@ impl<R: Runtime> Cluster<R> {
             cluster_id: pd.cluster_id(),
         };
         shared.regions.enable_forwarding = config.enable_forwarding;
+        shared.read_ts.enabled = config.enable_ts_validation;
         let shared = Mutex::new(shared);
         let inner = Arc::new(Inner {
             rt,

@@ -30,6 +30,7 @@ pub mod locate;
 pub mod pd;
 pub mod plan;
 pub mod raw;
+pub mod read_ts;
 pub mod region_cache;
 pub mod region_error;
 pub mod replica;
@@ -389,6 +390,8 @@ pub struct Shared {
     /// The owner is shutting down: a failed send is not retried (see
     /// [`Shared::store_shutting_down`]).
     shutting_down: bool,
+    /// Read-timestamp validation before reads are sent (see [`read_ts`]).
+    pub read_ts: read_ts::ReadTsValidator,
 }
 
 impl Shared {
@@ -408,6 +411,7 @@ impl Shared {
             routing: RoutingConfig::default(),
             txn: Default::default(),
             shutting_down: false,
+            read_ts: read_ts::ReadTsValidator::default(),
         }
     }
 

@@ -25,6 +25,7 @@ use tikv_proto::{errorpb, kvrpcpb, pdpb};
 
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
+use crate::machine::read_ts::{ReadTsCheck, read_ts_of};
 use crate::machine::region_cache::{InvalidReason, RegionVerId};
 use crate::machine::region_error::{self, pseudo_epoch_not_match};
 use crate::machine::replica::{ReadOptions, ReplicaSelector, Verdict};
@@ -192,6 +193,21 @@ struct Inflight {
     stale_read: bool,
 }
 
+/// Progress of the read-timestamp validation before the first send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TsCheck {
+    /// Not checked yet.
+    Pending,
+    /// Waiting for a current timestamp (`retried`: the second fetch).
+    Fetching {
+        id: IoId,
+        read_ts: u64,
+        retried: bool,
+    },
+    /// Checked (or nothing to check).
+    Done,
+}
+
 #[derive(Debug, Clone)]
 enum Wake {
     Step,
@@ -224,6 +240,7 @@ pub struct RegionRequest {
     inflight: Option<Inflight>,
     wake: Option<(Instant, Wake)>,
     done: bool,
+    ts_check: TsCheck,
 }
 
 impl RegionRequest {
@@ -257,6 +274,7 @@ impl RegionRequest {
             inflight: None,
             wake: None,
             done: false,
+            ts_check: TsCheck::Pending,
         }
     }
 
@@ -353,6 +371,9 @@ impl RegionRequest {
         if self.done {
             return;
         }
+        if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
+            return;
+        }
         if self.selector.is_none() {
             match ReplicaSelector::new(
                 self.region,
@@ -418,6 +439,58 @@ impl RegionRequest {
             return self.backoff_then(now, shared, kind, err, Wake::Send(Box::new(prepared)));
         }
         self.send(now, shared, prepared);
+    }
+
+    /// Validates the read timestamp before the first send; returns whether the request must
+    /// wait (a timestamp is being fetched) or has failed. Mirrors client-go
+    /// `RegionRequestSender.validateReadTS`, called by `SendReqCtx` before its loop.
+    fn validate_read_ts(&mut self, shared: &mut Shared) -> bool {
+        if matches!(self.ts_check, TsCheck::Fetching { .. }) {
+            return true;
+        }
+        let read_ts = match read_ts_of(&self.request) {
+            Some(ts) if shared.read_ts.enabled => ts,
+            _ => {
+                self.ts_check = TsCheck::Done;
+                return false;
+            }
+        };
+        let check = shared.read_ts.check(read_ts, self.opts.read.stale_read);
+        self.on_ts_check(shared, check, read_ts, false)
+    }
+
+    fn on_ts_check(
+        &mut self,
+        shared: &mut Shared,
+        check: ReadTsCheck,
+        read_ts: u64,
+        retried: bool,
+    ) -> bool {
+        match check {
+            ReadTsCheck::Valid => {
+                self.ts_check = TsCheck::Done;
+                false
+            }
+            ReadTsCheck::FetchCurrent => {
+                let id = shared.next_io_id();
+                tracing::debug!(
+                    region = self.region.id,
+                    read_ts,
+                    "validate read ts against PD"
+                );
+                self.actions.push_back(Action::Tso { id });
+                self.ts_check = TsCheck::Fetching {
+                    id,
+                    read_ts,
+                    retried,
+                };
+                true
+            }
+            ReadTsCheck::Invalid(e) => {
+                self.fail(e);
+                true
+            }
+        }
     }
 
     /// Issues `GetStore` for every replica store that is unresolved or marked `NeedCheck`.
@@ -855,7 +928,27 @@ impl Operation for RegionRequest {
                     }
                 }
             }
-            Input::Tso { .. } => {}
+            Input::Tso { id, result } => {
+                let TsCheck::Fetching {
+                    id: want,
+                    read_ts,
+                    retried,
+                } = self.ts_check
+                else {
+                    return;
+                };
+                if id != want {
+                    return;
+                }
+                let current = match result {
+                    Ok(ts) => ts.version(),
+                    Err(e) => return self.fail(e),
+                };
+                let check = shared.read_ts.check_against(read_ts, current, retried);
+                if !self.on_ts_check(shared, check, read_ts, true) {
+                    self.step(now, shared);
+                }
+            }
         }
     }
 
@@ -1731,6 +1824,93 @@ mod tests {
             "direct, then through each follower"
         );
         assert!(h.shared.stores.epoch(1) >= 1, "leader store invalidated");
+    }
+
+    fn txn_get(version: u64) -> TikvRequest {
+        TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
+            key: Bytes::from_static(b"k"),
+            version,
+            ..Default::default()
+        })))
+    }
+
+    /// Runs a transactional get at `version` with read-ts validation on; PD's current
+    /// timestamps are served from `current` in order. Returns the result and the actions.
+    fn run_validated(
+        h: &mut Harness,
+        pd: &mut FakePd,
+        version: u64,
+        current: &[u64],
+    ) -> (Result<RegionOutcome, Error>, Vec<Action>) {
+        h.shared.read_ts.enabled = true;
+        let mut op = request(h, 1, txn_get(version));
+        let mut current = current.iter().copied();
+        let mut seen = Vec::new();
+        let res = h.run(&mut op, |a, _| {
+            seen.push(a.clone());
+            if let Some(r) = pd_reply(pd, a) {
+                return r;
+            }
+            match a {
+                Action::Tso { id } => Reply::Now(Input::Tso {
+                    id: *id,
+                    result: Ok(crate::machine::Timestamp(
+                        current.next().expect("one more ts"),
+                    )),
+                }),
+                _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
+            }
+        });
+        (res, seen)
+    }
+
+    /// client-go `validateReadTS` / `pdOracle.ValidateReadTS`: a read timestamp above the
+    /// largest known PD timestamp is compared with a fresh one before the first send; once
+    /// known, older reads go out at once.
+    #[test]
+    fn read_ts_is_validated_against_pd_before_sending() {
+        let mut pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let (res, seen) = run_validated(&mut h, &mut pd, 100, &[120]);
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
+        assert!(
+            matches!(seen[..], [Action::Tso { .. }, Action::Tikv { .. }]),
+            "{seen:?}"
+        );
+        assert_eq!(h.shared.read_ts.known(), 120);
+        let (res, seen) = run_validated(&mut h, &mut pd, 110, &[]);
+        assert!(res.is_ok());
+        assert!(
+            matches!(seen[..], [Action::Tikv { .. }]),
+            "no fetch: {seen:?}"
+        );
+    }
+
+    /// A read from the future fails after a second fetch, without being sent; with validation
+    /// off the same read is sent.
+    #[test]
+    fn future_read_ts_fails_without_sending() {
+        let mut pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let (res, seen) = run_validated(&mut h, &mut pd, 500, &[100, 200]);
+        assert!(
+            matches!(&res, Err(Error::InvalidArgument(m)) if m.contains("readTS=500")),
+            "{res:?}"
+        );
+        assert_eq!(seen.len(), 2, "two fetches, no send: {seen:?}");
+        assert!(seen.iter().all(|a| matches!(a, Action::Tso { .. })));
+        // A later fetch that catches up lets the read through.
+        let (res, _) = run_validated(&mut h, &mut pd, 500, &[300, 600]);
+        assert!(res.is_ok(), "{res:?}");
+        // Validation off: no fetch.
+        let mut op = request(&h, 1, txn_get(u64::MAX - 1));
+        h.shared.read_ts.enabled = false;
+        let res = h.run(&mut op, |a, _| tikv_reply(a, Ok(raw_get_ok(Some("v")))));
+        assert!(res.is_ok());
+        // On: the MaxInt64..MaxUint64 range is refused at once.
+        let (res, seen) = run_validated(&mut h, &mut pd, u64::MAX - 1, &[]);
+        assert!(matches!(res, Err(Error::InvalidArgument(_))));
+        assert!(seen.is_empty());
     }
 
     #[test]
