@@ -646,7 +646,11 @@ impl RegionRequest {
                 );
                 return self.step(now, shared);
             }
-            // A forwarded request failed on the connection to its proxy.
+            // A forwarded request that reached its proxy (`sent`) may have failed between the
+            // proxy and the target: the proxy is not blamed (client-go probes the proxy's
+            // liveness in `onSendFailure` and finds it reachable); one the proxy never got
+            // blames the proxy, a direct one the target.
+            Error::Rpc { sent: true, .. } if inf.proxy_store.is_some() => {}
             Error::Rpc { .. } => shared
                 .stores
                 .mark_unreachable(inf.proxy_store.unwrap_or(inf.store_id), now),
@@ -1786,6 +1790,58 @@ mod tests {
                 .map(|p| p.id)
         );
         assert_eq!(op.backoffer().times(BackoffKind::TikvRpc), 1);
+    }
+
+    /// A forwarded call that reached its proxy but failed behind it does not make the proxy
+    /// unreachable or bump its store epoch; the next attempt uses another proxy.
+    #[test]
+    fn failure_behind_a_proxy_does_not_blame_the_proxy() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.regions.enable_forwarding = true;
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv { address, .. } = a else {
+                unreachable!()
+            };
+            n += 1;
+            match n {
+                1 | 2 => tikv_reply(
+                    a,
+                    Err(Error::Rpc {
+                        address: address.to_string(),
+                        message: if n == 1 { "refused" } else { "forward failed" }.into(),
+                        sent: n == 2,
+                    }),
+                ),
+                _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
+            }
+        });
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
+        let proxies: Vec<_> = h
+            .log
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Tikv {
+                    address,
+                    forwarded_host: Some(_),
+                    ..
+                } => Some(address.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(proxies, vec!["store2:20160", "store3:20160"]);
+        let later = h.now;
+        let s2 = h.shared.stores.get(2).unwrap();
+        assert_eq!(
+            s2.liveness(later),
+            crate::machine::store::Liveness::Reachable
+        );
+        assert_eq!(h.shared.stores.epoch(2), 0);
     }
 
     /// Every follower fails as a proxy: the leader's store is invalidated, the region handed
