@@ -12,6 +12,11 @@
 //! the pseudo `EpochNotMatch`, handled the same way. `UndeterminedResult` is never retried: it
 //! ends the request with [`Error::Undetermined`].
 //!
+//! With request forwarding on, an attempt may go to a proxy store that forwards it to the
+//! target ([`Action::Tikv`]'s `forwarded_host`); transport failures then concern the proxy. With
+//! read-timestamp validation on, a read's timestamp is checked against PD before the first send
+//! (see [`crate::machine::read_ts`]).
+//!
 //! Mirrors client-go `internal/locate/region_request.go` (`SendReqCtx`, `sendReqState.next`,
 //! `sendReqState.send`, `onSendFail`, `onRegionError`) and `tikvrpc.SetContextNoAttach`.
 //!
