@@ -764,6 +764,12 @@ pub async fn tikv_forwarding_through_a_follower<R: Runtime>() {
     assert_eq!(client.get("key").await.unwrap(), Some(b("v2")));
     client.put("other", "o").await.unwrap();
     assert_eq!(client.get("other").await.unwrap(), Some(b("o")));
+    // A unary-only call (`RawGetKeyTTL`) is forwarded too.
+    let unary_before = relaxed(&client.cluster().transport_stats().unary_calls);
+    let forwarded_before = mock.cluster().forwarded_calls();
+    assert_eq!(client.get_key_ttl("key").await.unwrap(), Some(0));
+    assert!(relaxed(&client.cluster().transport_stats().unary_calls) > unary_before);
+    assert!(mock.cluster().forwarded_calls() > forwarded_before);
     assert!(
         mock.cluster().forwarded_calls() >= 1,
         "requests went through a proxy"
