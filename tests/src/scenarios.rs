@@ -760,6 +760,17 @@ pub async fn tikv_forwarding_through_a_follower<R: Runtime>() {
         .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
 
     mock.cluster().set_store_isolated(leader, true).unwrap();
+    // Wait until the isolation took effect (the listener closes asynchronously).
+    let leader_addr = mock.cluster().store_addr(leader).expect("leader address");
+    let mut refused = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(leader_addr).is_err() {
+            refused = true;
+            break;
+        }
+        pause(&client, Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the isolated store still accepts connections");
     client.put("key", "v2").await.unwrap();
     assert_eq!(client.get("key").await.unwrap(), Some(b("v2")));
     client.put("other", "o").await.unwrap();
