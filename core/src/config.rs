@@ -268,9 +268,15 @@ pub struct Config {
     /// Refresh interval of the low-resolution timestamp (`tikv/kv.go`
     /// `defaultOracleUpdateInterval`, 2 s).
     pub low_resolution_ts_update_interval: Duration,
-    /// Forward PD requests through a follower when the leader is unreachable
-    /// (`Config.EnableForwarding`, off).
+    /// Forward requests through a follower when the leader is unreachable
+    /// (`Config.EnableForwarding`, off): PD calls and the TSO stream through a PD follower
+    /// (`pd-forwarded-host`), and TiKV leader requests through a reachable follower store of the
+    /// region (`tikv-forwarded-host`, see `machine::replica`).
     pub enable_forwarding: bool,
+    /// Check the timestamp of every read (get, scan, batch get, coprocessor, scan lock) against
+    /// PD before sending it, failing reads from the future (client-go
+    /// `oracles.EnableTSValidation`, off; see `machine::read_ts`).
+    pub enable_ts_validation: bool,
     /// Interval of the periodic PD member refresh (PD client `MemberUpdateInterval`, 1 min).
     pub pd_member_update_interval: Duration,
     /// Retry budget of a PD call or timestamp request before [`Config::backoff_weight`] is
@@ -361,6 +367,7 @@ impl Default for Config {
             tso_rpc_concurrency: 1,
             low_resolution_ts_update_interval: Duration::from_secs(2),
             enable_forwarding: false,
+            enable_ts_validation: false,
             pd_member_update_interval: Duration::from_secs(60),
             pd_retry_budget: Duration::from_millis(15_000),
             region_cache_ttl: Duration::from_secs(600),
@@ -454,6 +461,8 @@ setters! {
     with_low_resolution_ts_update_interval: low_resolution_ts_update_interval: Duration;
     /// Sets [`Config::enable_forwarding`].
     with_enable_forwarding: enable_forwarding: bool;
+    /// Sets [`Config::enable_ts_validation`].
+    with_enable_ts_validation: enable_ts_validation: bool;
     /// Sets [`Config::pd_member_update_interval`].
     with_pd_member_update_interval: pd_member_update_interval: Duration;
     /// Sets [`Config::pd_retry_budget`].
@@ -632,6 +641,7 @@ mod tests {
         assert_eq!(c.tso_rpc_concurrency, 1);
         assert_eq!(c.low_resolution_ts_update_interval, Duration::from_secs(2));
         assert!(!c.enable_forwarding);
+        assert!(!c.enable_ts_validation);
         assert_eq!(c.pd_member_update_interval, Duration::from_secs(60));
         assert_eq!(c.pd_retry_budget, Duration::from_secs(15));
         assert_eq!(c.region_cache_ttl, Duration::from_secs(600));

@@ -8,6 +8,14 @@
 //! and answer by request id as results become ready (lock waits included).
 //! Taking a store down closes its listener and every connection to it; bringing
 //! it back listens on the same address again.
+//!
+//! Request forwarding follows TiKV `src/server/proxy.rs` (`get_target_address`,
+//! `forward_unary!`, `forward_duplex!`): a store receiving a TiKV call (unary or a
+//! whole `BatchCommands` stream) whose gRPC metadata `tikv-forwarded-host` names
+//! another store's address serves it as that store would; here the "forward" is
+//! in-process, so it works while the target is isolated from clients
+//! ([`MockCluster::set_store_isolated`]: its listener is closed but it still
+//! serves forwarded calls). An address no store has gets `Unavailable`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -87,6 +95,9 @@ impl Codec for BytesCodec {
 struct State {
     cluster: Cluster,
     waiters: HashMap<WaitTicket, oneshot::Sender<TikvResponse>>,
+    /// Stores whose listener is closed to clients while they keep serving
+    /// calls forwarded by other stores.
+    isolated: std::collections::HashSet<u64>,
 }
 
 impl State {
@@ -107,6 +118,9 @@ pub(crate) struct Shared {
     time_offset_ms: AtomicU64,
     pd_url: Mutex<String>,
     shutdown: watch::Sender<bool>,
+    /// Calls (unary, or `BatchCommands` streams) served on behalf of another
+    /// store named by `tikv-forwarded-host`.
+    forwarded_calls: AtomicU64,
 }
 
 impl Shared {
@@ -257,6 +271,51 @@ async fn serve_conn<IO>(
     }
 }
 
+/// The gRPC metadata key naming the store a call is forwarded to. Follows TiKV
+/// `src/server/proxy.rs` `FORWARD_METADATA_KEY`.
+pub const FORWARD_METADATA_KEY: &str = "tikv-forwarded-host";
+
+/// The store that serves a TiKV call received by store `store_id`: itself, or
+/// the store whose address the `tikv-forwarded-host` metadata names. Follows
+/// TiKV `src/server/proxy.rs` `get_target_address` (an empty value means no
+/// forwarding) and `forward_unary!` / `forward_duplex!` (a target that cannot
+/// be reached fails the call with `Unavailable`).
+fn forward_target(
+    shared: &Shared,
+    store_id: u64,
+    req: &http::Request<hyper::body::Incoming>,
+) -> Result<u64, Status> {
+    let Some(host) = req
+        .headers()
+        .get(FORWARD_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(store_id);
+    };
+    let host = host
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let target = shared
+        .lock()
+        .cluster
+        .stores()
+        .into_iter()
+        .find(|s| s.address == host)
+        .map(|s| s.id);
+    match target {
+        Some(id) if id == store_id => Ok(id),
+        Some(id) => {
+            shared.forwarded_calls.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(from = store_id, to = id, "forwarding call");
+            Ok(id)
+        }
+        None => Err(Status::unavailable(format!(
+            "forward to {host}: no store has that address"
+        ))),
+    }
+}
+
 fn unimplemented_response(path: &str) -> HttpResponse {
     let mut response = http::Response::new(tonic::body::Body::default());
     let headers = response.headers_mut();
@@ -297,6 +356,10 @@ async fn route(
             if path == "/grpc.health.v1.Health/Check" {
                 return grpc.unary(HealthSvc { shared, store_id }, req).await;
             }
+            let store_id = match forward_target(&shared, store_id, &req) {
+                Ok(id) => id,
+                Err(status) => return status.into_http(),
+            };
             if path == "/tikvpb.Tikv/Coprocessor" {
                 return grpc.unary(CoprocessorSvc { shared, store_id }, req).await;
             }
@@ -889,7 +952,10 @@ async fn run_listener(
         }
         let want_up = match endpoint {
             Endpoint::Pd => true,
-            Endpoint::Store(id) => shared.lock().cluster.store(id).is_some_and(|s| s.up),
+            Endpoint::Store(id) => {
+                let st = shared.lock();
+                st.cluster.store(id).is_some_and(|s| s.up) && !st.isolated.contains(&id)
+            }
         };
         if want_up && listener.is_none() {
             match TcpListener::bind(addr).await {
@@ -1125,11 +1191,13 @@ impl MockClusterBuilder {
             state: Mutex::new(State {
                 cluster,
                 waiters: HashMap::new(),
+                isolated: std::collections::HashSet::new(),
             }),
             changed: Notify::new(),
             time_offset_ms: AtomicU64::new(0),
             pd_url: Mutex::new(format!("{scheme}://{pd_addr}")),
             shutdown,
+            forwarded_calls: AtomicU64::new(0),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(run_listener(
@@ -1254,6 +1322,33 @@ impl MockCluster {
     /// brings it back on the same address.
     pub fn set_store_up(&self, store_id: u64, up: bool) -> Result<(), ControlError> {
         self.with_cluster(|c| c.set_store_up(store_id, up))
+    }
+
+    /// Isolates a store from clients (or ends the isolation): its listener
+    /// closes and its open connections are cut, like a store taken down, but
+    /// it keeps serving calls that other stores forward to it
+    /// (`tikv-forwarded-host`), as a TiKV cut off from the client but not from
+    /// its peers would. Ending the isolation listens on the same address again.
+    pub fn set_store_isolated(&self, store_id: u64, isolated: bool) -> Result<(), ControlError> {
+        {
+            let mut st = self.shared.lock();
+            if st.cluster.store(store_id).is_none() {
+                return Err(ControlError::StoreNotFound(store_id));
+            }
+            if isolated {
+                st.isolated.insert(store_id);
+            } else {
+                st.isolated.remove(&store_id);
+            }
+        }
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Calls served on behalf of another store named by `tikv-forwarded-host`
+    /// (unary calls and `BatchCommands` streams) so far.
+    pub fn forwarded_calls(&self) -> u64 {
+        self.shared.forwarded_calls.load(Ordering::Relaxed)
     }
 
     /// Pauses or resumes TSO: while paused, `Tso` stream requests get no

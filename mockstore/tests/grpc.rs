@@ -645,3 +645,111 @@ async fn pd_http_api_and_scatter_operator() {
     })
     .await
 }
+
+/// A request carrying `tikv-forwarded-host` (TiKV `src/server/proxy.rs`).
+fn forwarded<T>(msg: T, host: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("tikv-forwarded-host", host.parse().expect("ascii address"));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_store_serves_forwarded_calls() {
+    within(async {
+        let c = MockCluster::builder().stores(3).start().await.unwrap();
+        let mut pd = pd(c.pd_addr()).await;
+        let (ctx, leader) = route(&mut pd, b"k", 0).await;
+        let leader_addr = c.store_addr(leader).unwrap();
+        let proxy = (1..=3).find(|s| *s != leader).unwrap();
+        let mut kv = tikv(c.store_addr(proxy).unwrap()).await;
+
+        c.set_store_isolated(leader, true).unwrap();
+        assert!(c.set_store_isolated(99, true).is_err());
+        let mut refused = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(leader_addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "an isolated store still accepts connections");
+
+        // Unary, forwarded by the proxy to the isolated leader.
+        let host = leader_addr.to_string();
+        let put = kvrpcpb::RawPutRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        };
+        let r = kv
+            .raw_put(forwarded(put, &host))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.region_error.is_none() && r.error.is_empty(), "{r:?}");
+
+        // The same request without the header is the proxy's own: wrong store.
+        let get = kvrpcpb::RawGetRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        let own = kv.raw_get(get.clone()).await.unwrap().into_inner();
+        assert!(own.region_error.unwrap().store_not_match.is_some());
+
+        // A whole BatchCommands stream, forwarded.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut stream = kv
+            .batch_commands(forwarded(tokio_stream_from(rx), &host))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(tikvpb::BatchCommandsRequest {
+            requests: vec![tikvpb::batch_commands_request::Request {
+                cmd: Some(batch_commands_request::request::Cmd::RawGet(Box::new(get))),
+            }],
+            request_ids: vec![7],
+            ..Default::default()
+        })
+        .unwrap();
+        let resp = stream.next().await.unwrap().unwrap();
+        assert_eq!(resp.request_ids, vec![7]);
+        match &resp.responses[0].cmd {
+            Some(batch_commands_response::response::Cmd::RawGet(g)) => {
+                assert!(g.region_error.is_none(), "{g:?}");
+                assert_eq!(g.value.as_ref(), b"v");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(c.forwarded_calls(), 2);
+
+        // An address no store has.
+        let unknown = kvrpcpb::RawGetRequest {
+            context: Some(ctx.clone()),
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        let err = kv
+            .raw_get(forwarded(unknown, "127.0.0.1:1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+
+        // The isolation ends: direct connections are served again.
+        c.set_store_isolated(leader, false).unwrap();
+        let mut back = false;
+        for _ in 0..50 {
+            if common::dial(leader_addr).await.is_ok() {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(back, "store {leader} listens again");
+        c.shutdown().await;
+    })
+    .await
+}

@@ -186,6 +186,7 @@ impl Operation for OneRequest {
             address: self.address.clone(),
             request: self.request.take().unwrap(),
             timeout: self.timeout,
+            forwarded_host: None,
         });
     }
     fn handle_input(&mut self, _now: Instant, _shared: &mut Shared, input: Input) {

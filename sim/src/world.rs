@@ -396,6 +396,7 @@ impl World {
                 address,
                 request,
                 timeout,
+                ..
             } => {
                 self.inflight
                     .insert((client, id), Inflight { op, tso: false });

@@ -137,6 +137,9 @@ macro_rules! e2e_suite {
             stale_slow_score_is_fetched_with_get_health_feedback,
             pd_leader_change_reconnects,
             store_metadata_is_rechecked_in_the_background,
+            tikv_forwarding_through_a_follower,
+            stale_close_keeps_the_newer_connection,
+            identical_region_resolves_collapse,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -739,3 +739,162 @@ pub async fn store_metadata_is_rechecked_in_the_background<R: Runtime>() {
         "the background re-check picked up the new address"
     );
 }
+
+/// TiKV request forwarding (client-go `EnableForwarding`, `ReplicaSelectLeaderWithProxyStrategy`,
+/// `forwardedClients`): the leader's store is cut off from the client but not from its peers.
+/// With forwarding on, raw writes and reads reach the leader through a follower carrying
+/// `tikv-forwarded-host`, the leader stays where it is, and the follower is remembered as the
+/// region's proxy. With forwarding off the same reads cannot reach the leader (the followers
+/// only name it in `NotLeader`) and fail with the typed backoff-exhausted error.
+pub async fn tikv_forwarding_through_a_follower<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    let mut config = test_config();
+    config.enable_forwarding = true;
+    let client = connect::<R>(&mock, config).await;
+    client.put("key", "v1").await.unwrap();
+    let plain = connect::<R>(&mock, test_config()).await;
+    assert_eq!(plain.get("key").await.unwrap(), Some(b("v1")));
+    let region = region_of(mock.cluster(), b"key");
+    let leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+
+    mock.cluster().set_store_isolated(leader, true).unwrap();
+    // Wait until the isolation took effect (the listener closes asynchronously).
+    let leader_addr = mock.cluster().store_addr(leader).expect("leader address");
+    let mut refused = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(leader_addr).is_err() {
+            refused = true;
+            break;
+        }
+        pause(&client, Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the isolated store still accepts connections");
+    client.put("key", "v2").await.unwrap();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v2")));
+    client.put("other", "o").await.unwrap();
+    assert_eq!(client.get("other").await.unwrap(), Some(b("o")));
+    // A unary-only call (`RawGetKeyTTL`) is forwarded too.
+    let unary_before = relaxed(&client.cluster().transport_stats().unary_calls);
+    let forwarded_before = mock.cluster().forwarded_calls();
+    assert_eq!(client.get_key_ttl("key").await.unwrap(), Some(0));
+    assert!(relaxed(&client.cluster().transport_stats().unary_calls) > unary_before);
+    assert!(mock.cluster().forwarded_calls() > forwarded_before);
+    assert!(
+        mock.cluster().forwarded_calls() >= 1,
+        "requests went through a proxy"
+    );
+    let now_leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+    assert_eq!(now_leader, leader, "the leader did not move");
+    let proxy = client.cluster().with_shared(|s| {
+        let r = s.regions.latest(region).expect("cached region");
+        assert_eq!(
+            r.leader().store_id,
+            leader,
+            "the cached leader did not move"
+        );
+        s.regions.proxy_peer(r.ver_id())
+    });
+    assert!(proxy.is_some(), "the region remembers its proxy");
+
+    let err = plain
+        .with_backoff_budget(300)
+        .get("key")
+        .await
+        .expect_err("without forwarding the isolated leader cannot be reached");
+    assert!(
+        matches!(err, Error::BackoffExhausted { .. }),
+        "expected an exhausted budget, got {err:?}"
+    );
+
+    mock.cluster().set_store_isolated(leader, false).unwrap();
+    assert_eq!(plain.get("key").await.unwrap(), Some(b("v2")));
+}
+
+/// Connections are versioned (client-go `CloseAddrVer`): a close naming the version it saw
+/// drops that connection, and the next request dials a newer one; a late close naming the old
+/// version leaves the newer connection alone.
+pub async fn stale_close_keeps_the_newer_connection<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let cluster = client.cluster();
+    let addr = mock.cluster().store_addr(1).unwrap().to_string();
+    let v1 = cluster
+        .connection_version(&addr)
+        .expect("a connection is open");
+    assert!(cluster.close_address_version(&addr, v1));
+    assert_eq!(cluster.connection_version(&addr), None);
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    let v2 = cluster.connection_version(&addr).expect("dialled again");
+    assert!(v2 > v1, "{v2} > {v1}");
+
+    assert!(
+        !cluster.close_address_version(&addr, v1),
+        "a close of version {v1} must not drop version {v2}"
+    );
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(
+        cluster.connection_version(&addr),
+        Some(v2),
+        "still the same pool"
+    );
+    assert!(cluster.close_address_version(&addr, v2));
+}
+
+/// Request collapsing (client-go `reqCollapse`): three concurrent region-wide `ResolveLock`
+/// requests for the same transaction and region reach TiKV once and all get the reply; a lite
+/// resolve (with keys) for the same transaction is sent on its own.
+pub async fn identical_region_resolves_collapse<R: Runtime>() {
+    use tikv_core::machine::backoff::{Backoffer, budget};
+    use tikv_core::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
+    use tikv_core::machine::{TikvCmd, TikvRequest};
+    use tikv_proto::kvrpcpb;
+
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("key", "v").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let ver = client
+        .cluster()
+        .with_shared(|s| s.regions.latest(region).expect("cached").ver_id());
+    // Hold the first reply so that every request joins the flight while it is out.
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::ResolveLock,
+        FaultAction::Delay { ms: 200 },
+    ));
+    let resolve = |keys: Vec<Bytes>| {
+        let req = TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
+            kvrpcpb::ResolveLockRequest {
+                start_version: 100,
+                keys,
+                ..Default::default()
+            },
+        )));
+        RegionRequest::new(
+            ver,
+            req,
+            RequestOptions::default(),
+            Backoffer::weighted(budget::RAW, budget::WEIGHT),
+        )
+    };
+    let cluster = client.cluster();
+    let results = join_all(vec![
+        Box::pin(cluster.run(resolve(vec![]))),
+        Box::pin(cluster.run(resolve(vec![]))),
+        Box::pin(cluster.run(resolve(vec![]))),
+        Box::pin(cluster.run(resolve(vec![b("key")]))),
+    ])
+    .await;
+    for r in &results {
+        assert!(matches!(r, Ok(RegionOutcome::Response(_))), "{r:?}");
+    }
+    assert_eq!(
+        mock.cluster().requests(RpcKind::ResolveLock),
+        2,
+        "one region-wide flight and one lite resolve"
+    );
+}

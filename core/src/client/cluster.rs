@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tikv_proto::keyspacepb;
 
+use super::collapse::{ReqCollapse, collapse_key};
 use super::driver::{self, Dispatch, LocalIo};
 use super::pd::{PdClient, PdStats};
 use super::rpc::{self, PD_LOAD_KEYSPACE};
@@ -25,6 +26,8 @@ pub(crate) struct Inner<R: Runtime> {
     pub(super) shared: Mutex<Shared>,
     pub(super) tikv: TikvTransport<R>,
     pub(super) pd: Arc<PdClient<R>>,
+    /// Region-wide `ResolveLock` flights in progress (client-go `reqCollapse`).
+    pub(super) collapse: Arc<ReqCollapse>,
 }
 
 impl<R: Runtime> Drop for Inner<R> {
@@ -52,8 +55,48 @@ impl<R: Runtime> Dispatch for Inner<R> {
                 address,
                 request,
                 timeout,
+                forwarded_host,
                 ..
-            } => self.tikv.start(now, id, &address, request, timeout, reply),
+            } => {
+                if let Some(key) = collapse_key(&request) {
+                    if !self.collapse.join(key, id, reply) {
+                        return None;
+                    }
+                    // The flight's leader: its completion goes to every caller that joined.
+                    let flight: Inbox<Input> = Inbox::new();
+                    let io = self.start_tikv(
+                        now,
+                        id,
+                        &address,
+                        forwarded_host.as_ref(),
+                        request,
+                        timeout,
+                        &flight,
+                    );
+                    let collapse = self.collapse.clone();
+                    self.rt.spawn(async move {
+                        let input = match io {
+                            Some(io) => Some(io.await),
+                            None => futures_lite::StreamExt::next(&mut flight.into_stream()).await,
+                        };
+                        let result = match input {
+                            Some(Input::Tikv { result, .. }) => result,
+                            _ => Err(Error::Closed),
+                        };
+                        collapse.finish(key, result);
+                    });
+                    return None;
+                }
+                self.start_tikv(
+                    now,
+                    id,
+                    &address,
+                    forwarded_host.as_ref(),
+                    request,
+                    timeout,
+                    reply,
+                )
+            }
             Action::Pd { id, request } => {
                 let pd = self.pd.clone();
                 Some(Box::pin(async move {
@@ -72,6 +115,28 @@ impl<R: Runtime> Dispatch for Inner<R> {
 
     fn close_address(&self, address: &str) {
         self.tikv.close_address(address);
+    }
+}
+
+impl<R: Runtime> Inner<R> {
+    /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set.
+    #[allow(clippy::too_many_arguments)]
+    fn start_tikv(
+        &self,
+        now: Instant,
+        id: crate::machine::IoId,
+        address: &Arc<str>,
+        forwarded_host: Option<&Arc<str>>,
+        request: crate::machine::TikvRequest,
+        timeout: std::time::Duration,
+        reply: &Inbox<Input>,
+    ) -> Option<LocalIo> {
+        match forwarded_host {
+            None => self.tikv.start(now, id, address, request, timeout, reply),
+            Some(host) => self
+                .tikv
+                .start_forwarded(now, id, address, host, request, timeout, reply),
+        }
     }
 }
 
@@ -137,6 +202,8 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
         };
+        shared.regions.enable_forwarding = config.enable_forwarding;
+        shared.read_ts.enabled = config.enable_ts_validation;
         let shared = Mutex::new(shared);
         let inner = Arc::new(Inner {
             rt,
@@ -144,6 +211,7 @@ impl<R: Runtime> Cluster<R> {
             shared,
             tikv,
             pd,
+            collapse: Arc::new(ReqCollapse::default()),
         });
         super::health::start(&inner);
         Ok(Cluster {
@@ -215,6 +283,20 @@ impl<R: Runtime> Cluster<R> {
     /// Mirrors client-go `RPCClient.CloseAddr`.
     pub fn close_address(&self, address: &str) {
         self.inner.tikv.close_address(address);
+    }
+
+    /// [`Cluster::close_address`] only if the connections to `address` are of version
+    /// `version` or older (see [`Cluster::connection_version`]): a close decided on an old
+    /// connection does not drop a newer one. Returns whether connections were dropped. Mirrors
+    /// client-go `internal/client/client.go` `RPCClient.CloseAddrVer`.
+    pub fn close_address_version(&self, address: &str, version: u64) -> bool {
+        self.inner.tikv.close_address_version(address, version)
+    }
+
+    /// The version of the current connections to the store at `address` (`None`: none open).
+    /// Versions grow with every new set of connections.
+    pub fn connection_version(&self, address: &str) -> Option<u64> {
+        self.inner.tikv.connection_version(address)
     }
 
     /// Closes every connection now; pending and later requests fail with [`Error::Closed`].

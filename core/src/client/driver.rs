@@ -328,6 +328,7 @@ mod tests {
                 address: Arc::from("s1"),
                 request: TikvRequest::Cmd(TikvCmd::RawGet(Default::default())),
                 timeout: Duration::from_millis(50),
+                forwarded_host: None,
             });
         }
     }

@@ -24,6 +24,7 @@
 
 pub(crate) mod batch_encode;
 pub mod cluster;
+pub(crate) mod collapse;
 pub mod driver;
 pub(crate) mod health;
 pub(crate) mod pd;
@@ -33,6 +34,7 @@ pub mod runtime;
 pub mod sync;
 pub(crate) mod tikv;
 pub mod txn;
+pub(crate) mod versioned;
 
 pub use crate::machine::raw::{KvPair, RawChecksum, Value};
 pub use cluster::Cluster;

@@ -13,6 +13,12 @@
 //! sans-IO [`BatchConn`] machine's (mirroring client-go `internal/client/client_batch.go`);
 //! this module only carries out its actions: dial and open a stream, write a batch, wake at
 //! its timeout, hand completions to callers.
+//!
+//! Forwarded requests (request forwarding through a proxy store, see
+//! `machine::replica`) use pools of their own, one per (proxy address, forwarded host): every
+//! stream and unary call of such a pool carries the gRPC metadata `tikv-forwarded-host`, like
+//! client-go's `forwardedClients` (one `BatchCommands` stream per forwarded host,
+//! `internal/client/client_batch.go`) and its unary forwarding (`internal/client/client.go`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +37,7 @@ use super::driver::LocalIo;
 use super::rpc::{self, BATCH_COMMANDS};
 use super::runtime::{Channel, Runtime, Status};
 use super::sync::{Inbox, lock};
+use super::versioned::{ANY_VERSION, VersionedSlot, Versions, closes};
 use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
@@ -73,9 +80,27 @@ struct Conn {
     retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The gRPC metadata key naming the store a proxy must forward a request to. Follows TiKV
+/// `src/server/proxy.rs` `FORWARD_METADATA_KEY` (client-go `forwardMetadataKey`).
+pub const FORWARD_METADATA_KEY: &str = "tikv-forwarded-host";
+
+/// The request metadata of a pool: [`FORWARD_METADATA_KEY`] for a proxy pool, nothing
+/// otherwise (no allocation).
+fn forward_metadata(forwarded_host: &Option<Arc<str>>) -> Vec<(&'static str, String)> {
+    forwarded_host
+        .iter()
+        .map(|h| (FORWARD_METADATA_KEY, h.to_string()))
+        .collect()
+}
+
+/// A forwarded pool's key: (proxy address, forwarded host).
+type ForwardKey = (Arc<str>, Arc<str>);
+
 /// The connections to one store address.
 struct StorePool<R: Runtime> {
     address: Arc<str>,
+    /// Set for a proxy pool: every call carries it as [`FORWARD_METADATA_KEY`].
+    forwarded_host: Option<Arc<str>>,
     conns: Vec<Conn>,
     /// The connection whose queue is collecting the next batch. Requests go to it until its
     /// task drains the queue, which moves this on to the next connection: every request that
@@ -85,8 +110,11 @@ struct StorePool<R: Runtime> {
     /// `batchConn.batchSendLoop`, `getClientAndSend`). Round-robin per request would split
     /// the same arrivals into `connections` smaller batches.
     current: Arc<AtomicUsize>,
-    /// Connection for unary calls, opened on first use and dropped when it fails.
-    unary: Mutex<Option<R::Channel>>,
+    /// Connection for unary calls, opened on first use and dropped when it fails (a failure
+    /// drops only the connection version it used, never a newer one).
+    unary: VersionedSlot<R::Channel>,
+    /// The pool's version (client-go `connPool.ver`), for [`TikvTransport::close_address_version`].
+    version: u64,
 }
 
 /// Counters of the transport (for tests and benchmarks).
@@ -107,6 +135,10 @@ pub(crate) struct TikvTransport<R: Runtime> {
     rt: R,
     config: TransportConfig,
     pools: Mutex<FastMap<Arc<str>, Arc<StorePool<R>>>>,
+    /// Pools of forwarded requests, by (proxy address, forwarded host).
+    forwarded: Mutex<FastMap<ForwardKey, Arc<StorePool<R>>>>,
+    /// Versions of the pools (client-go `RPCClient.vers`).
+    versions: Versions,
     pub stats: Arc<TransportStats>,
     /// Health feedback taken from `BatchCommands` responses, consumed by the client's store
     /// health task (client-go `ClientEventListener.OnHealthFeedback`).
@@ -125,6 +157,8 @@ impl<R: Runtime> TikvTransport<R> {
             rt,
             config,
             pools: Mutex::new(FastMap::default()),
+            forwarded: Mutex::new(FastMap::default()),
+            versions: Versions::default(),
             stats: Arc::new(TransportStats::default()),
             health_feed: Inbox::new(),
         }
@@ -134,7 +168,8 @@ impl<R: Runtime> TikvTransport<R> {
     /// the stream tasks end.
     pub fn close(&self) {
         self.health_feed.close();
-        let pools: Vec<_> = lock(&self.pools).drain().map(|(_, p)| p).collect();
+        let mut pools: Vec<_> = lock(&self.pools).drain().map(|(_, p)| p).collect();
+        pools.extend(lock(&self.forwarded).drain().map(|(_, p)| p));
         for pool in pools {
             for conn in &pool.conns {
                 for q in conn.queue.close_and_take() {
@@ -151,9 +186,58 @@ impl<R: Runtime> TikvTransport<R> {
     /// changed): its stream tasks end, requests in flight on them fail with a retryable
     /// [`Error::Rpc`], and the next request to the address dials anew.
     pub fn close_address(&self, address: &str) {
-        let Some(pool) = lock(&self.pools).remove(address) else {
-            return;
+        self.close_address_version(address, ANY_VERSION);
+    }
+
+    /// [`TikvTransport::close_address`] for the connections of version `version` or older
+    /// only: a pool to `address` created after the closer saw version `version` is kept.
+    /// Returns whether a pool went. Forwarded pools through or to `address` go by the same rule.
+    /// Mirrors client-go `internal/client/client.go` `RPCClient.CloseAddrVer`.
+    pub fn close_address_version(&self, address: &str, version: u64) -> bool {
+        let forwarded: Vec<_> = {
+            let mut map = lock(&self.forwarded);
+            let keys: Vec<_> = map
+                .iter()
+                .filter(|((proxy, host), pool)| {
+                    (&**proxy == address || &**host == address) && closes(pool.version, version)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
         };
+        for pool in forwarded {
+            Self::retire(&pool, address);
+        }
+        let pool = {
+            let mut pools = lock(&self.pools);
+            match pools.get(address) {
+                Some(p) if closes(p.version, version) => pools.remove(address),
+                Some(p) => {
+                    tracing::debug!(
+                        address,
+                        version,
+                        current = p.version,
+                        "ignore the close of an older connection"
+                    );
+                    None
+                }
+                None => None,
+            }
+        };
+        let Some(pool) = pool else {
+            return false;
+        };
+        Self::retire(&pool, address);
+        true
+    }
+
+    /// The version of the current connections to `address`, if any (client-go `connPool.ver`).
+    pub fn connection_version(&self, address: &str) -> Option<u64> {
+        lock(&self.pools).get(address).map(|p| p.version)
+    }
+
+    /// Retires a pool dropped from the maps: its tasks end, queued requests fail retryably.
+    fn retire(pool: &StorePool<R>, address: &str) {
         for conn in &pool.conns {
             conn.retired.store(true, Ordering::Release);
             for q in conn.queue.close_and_take() {
@@ -163,7 +247,7 @@ impl<R: Runtime> TikvTransport<R> {
                 });
             }
         }
-        *lock(&pool.unary) = None;
+        pool.unary.clear_if(ANY_VERSION);
     }
 
     fn pool(&self, address: &Arc<str>) -> Arc<StorePool<R>> {
@@ -171,8 +255,29 @@ impl<R: Runtime> TikvTransport<R> {
         if let Some(p) = pools.get(address) {
             return p.clone();
         }
+        let pool = self.new_pool(address, None);
+        pools.insert(address.clone(), pool.clone());
+        pool
+    }
+
+    /// The pool of requests sent to the proxy at `address` and forwarded to `host`.
+    fn forwarded_pool(&self, address: &Arc<str>, host: &Arc<str>) -> Arc<StorePool<R>> {
+        let mut pools = lock(&self.forwarded);
+        let key = (address.clone(), host.clone());
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        let pool = self.new_pool(address, Some(host.clone()));
+        pools.insert(key, pool.clone());
+        pool
+    }
+
+    /// A new pool to `address` with its stream tasks started.
+    fn new_pool(&self, address: &Arc<str>, forwarded_host: Option<Arc<str>>) -> Arc<StorePool<R>> {
         let pool = Arc::new(StorePool {
             address: address.clone(),
+            forwarded_host: forwarded_host.clone(),
+            version: self.versions.next(),
             conns: (0..self.config.connections)
                 .map(|_| Conn {
                     queue: Inbox::new(),
@@ -180,7 +285,7 @@ impl<R: Runtime> TikvTransport<R> {
                 })
                 .collect(),
             current: Arc::new(AtomicUsize::new(0)),
-            unary: Mutex::new(None),
+            unary: VersionedSlot::default(),
         });
         for (i, conn) in pool.conns.iter().enumerate() {
             let task = StreamTask {
@@ -194,10 +299,10 @@ impl<R: Runtime> TikvTransport<R> {
                 stats: self.stats.clone(),
                 health_feed: self.health_feed.clone(),
                 seed: (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                forwarded_host: forwarded_host.clone(),
             };
             self.rt.spawn(task.run());
         }
-        pools.insert(address.clone(), pool.clone());
         pool
     }
 
@@ -213,6 +318,35 @@ impl<R: Runtime> TikvTransport<R> {
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
         let pool = self.pool(address);
+        self.start_on(pool, now, id, request, timeout, reply)
+    }
+
+    /// [`TikvTransport::start`] for a request sent to the proxy at `address` that forwards it
+    /// to the store at `forwarded_host` (client-go `Request.ForwardedHost`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_forwarded(
+        &self,
+        now: Instant,
+        id: IoId,
+        address: &Arc<str>,
+        forwarded_host: &Arc<str>,
+        request: TikvRequest,
+        timeout: Duration,
+        reply: &Inbox<Input>,
+    ) -> Option<LocalIo> {
+        let pool = self.forwarded_pool(address, forwarded_host);
+        self.start_on(pool, now, id, request, timeout, reply)
+    }
+
+    fn start_on(
+        &self,
+        pool: Arc<StorePool<R>>,
+        now: Instant,
+        id: IoId,
+        request: TikvRequest,
+        timeout: Duration,
+        reply: &Inbox<Input>,
+    ) -> Option<LocalIo> {
         if self.config.max_batch_size > 0 && rpc::batchable(&request) {
             let TikvRequest::Cmd(cmd) = request else {
                 unreachable!("batchable requests are commands")
@@ -276,8 +410,8 @@ async fn unary<R: Runtime>(
     let deadline = rt.now() + timeout;
     let result = async {
         let (path, body, decoder) = rpc::unary_tikv(&request)?;
-        let existing = lock(&pool.unary).clone();
-        let channel = match existing {
+        let existing = pool.unary.get();
+        let (version, channel) = match existing {
             Some(c) => c,
             None => {
                 let dial = rt.now() + dial_timeout.min(timeout);
@@ -290,18 +424,22 @@ async fn unary<R: Runtime>(
                             sent: false,
                         })
                     })?;
-                *lock(&pool.unary) = Some(c.clone());
-                c
+                (pool.unary.set(c.clone()), c)
             }
         };
-        let call = channel.unary(path, body, Some(timeout));
+        let call = channel.unary_with_metadata(
+            path,
+            body,
+            Some(timeout),
+            &forward_metadata(&pool.forwarded_host),
+        );
         match with_deadline(&rt, deadline, call).await {
             None => Err(Error::Timeout {
                 address: address.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
             }),
             Some(Err(status)) => {
-                *lock(&pool.unary) = None;
+                pool.unary.clear_if(version);
                 Err(status.into_error(&address, true))
             }
             Some(Ok(bytes)) => decoder(bytes).map_err(|e| Error::Codec(e.to_string())),
@@ -344,6 +482,8 @@ struct StreamTask<R: Runtime> {
     stats: Arc<TransportStats>,
     health_feed: Inbox<(tikv_proto::kvrpcpb::HealthFeedback, Instant)>,
     seed: u64,
+    /// Set for a proxy pool's stream (see [`StorePool::forwarded_host`]).
+    forwarded_host: Option<Arc<str>>,
 }
 
 /// The stream currently carrying the slot's batches.
@@ -470,6 +610,7 @@ impl<R: Runtime> StreamTask<R> {
                                     self.rt.clone(),
                                     self.address.clone(),
                                     self.config.dial_timeout,
+                                    self.forwarded_host.clone(),
                                 )),
                             ));
                         }
@@ -544,11 +685,14 @@ fn retired_error(address: &str) -> Error {
     }
 }
 
-/// Dials `address` and opens a `BatchCommands` stream, both within `dial_timeout`.
+/// Dials `address` and opens a `BatchCommands` stream, both within `dial_timeout`; with
+/// `forwarded_host` the stream carries [`FORWARD_METADATA_KEY`] so that the proxy at `address`
+/// forwards the whole stream to that store.
 async fn open_stream<R: Runtime>(
     rt: R,
     address: Arc<str>,
     dial_timeout: Duration,
+    forwarded_host: Option<Arc<str>>,
 ) -> Result<(Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
     let deadline = rt.now() + dial_timeout;
     let channel = with_deadline(&rt, deadline, rt.connect(&address))
@@ -561,7 +705,11 @@ async fn open_stream<R: Runtime>(
             })
         })?;
     let outgoing: Inbox<Bytes> = Inbox::new();
-    let opening = channel.streaming(BATCH_COMMANDS, outgoing.clone().into_stream());
+    let opening = channel.streaming_with_metadata(
+        BATCH_COMMANDS,
+        outgoing.clone().into_stream(),
+        &forward_metadata(&forwarded_host),
+    );
     let responses = with_deadline(&rt, deadline, opening)
         .await
         .unwrap_or_else(|| Err(Status::unavailable("stream open timeout")))

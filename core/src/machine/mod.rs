@@ -31,6 +31,7 @@ pub mod pd;
 pub mod plan;
 pub mod queue;
 pub mod raw;
+pub mod read_ts;
 pub mod region_cache;
 pub mod region_error;
 pub mod replica;
@@ -224,6 +225,11 @@ pub enum Action {
         request: TikvRequest,
         /// Per-request deadline (client-go `ReadTimeoutShort` / `ReadTimeoutMedium`).
         timeout: Duration,
+        /// Request forwarding: when set, `address` is a proxy store's address (a follower of
+        /// the region) and the request is meant for the store at this address, named in the
+        /// gRPC metadata `tikv-forwarded-host` so that the proxy forwards it. `store_id` stays
+        /// the target store. Mirrors client-go `tikvrpc.Request.ForwardedHost`.
+        forwarded_host: Option<std::sync::Arc<str>>,
     },
     /// Call PD; reply with [`Input::Pd`].
     Pd {
@@ -388,6 +394,8 @@ pub struct Shared {
     /// The owner is shutting down: a failed send is not retried (see
     /// [`Shared::store_shutting_down`]).
     shutting_down: bool,
+    /// Read-timestamp validation before reads are sent (see [`read_ts`]).
+    pub read_ts: read_ts::ReadTsValidator,
 }
 
 impl Shared {
@@ -407,6 +415,7 @@ impl Shared {
             routing: RoutingConfig::default(),
             txn: Default::default(),
             shutting_down: false,
+            read_ts: read_ts::ReadTsValidator::default(),
         }
     }
 

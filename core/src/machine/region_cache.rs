@@ -135,6 +135,9 @@ pub struct CachedRegion {
     ttl: Instant,
     flags: u8,
     invalid: Option<InvalidReason>,
+    /// The peer last used successfully as a proxy to reach the leader (client-go
+    /// `regionStore.proxyTiKVIdx`, kept as a peer id).
+    proxy_peer: Option<u64>,
 }
 
 impl CachedRegion {
@@ -195,6 +198,7 @@ impl CachedRegion {
                 NEED_EXPIRE_AFTER_TTL
             },
             invalid: None,
+            proxy_peer: None,
         })
     }
 
@@ -322,6 +326,9 @@ pub struct RegionCache {
     pub ttl: Duration,
     /// Random extra TTL drawn in `[0, ttl_jitter)` (client-go `regionCacheTTLJitterSec`, 60 s).
     pub ttl_jitter: Duration,
+    /// Leader reads whose leader store is unreachable go through a reachable follower that
+    /// forwards them (client-go `RegionCache.enableForwarding`, from `Config.EnableForwarding`).
+    pub enable_forwarding: bool,
 }
 
 impl Default for RegionCache {
@@ -333,6 +340,7 @@ impl Default for RegionCache {
             gc_cursor: Key::new(),
             ttl: Duration::from_secs(600),
             ttl_jitter: Duration::from_secs(60),
+            enable_forwarding: false,
         }
     }
 }
@@ -493,6 +501,23 @@ impl RegionCache {
     pub fn mark_reload_on_access(&mut self, ver: RegionVerId) {
         if let Some(r) = self.regions.get_mut(&ver) {
             r.flags |= NEED_RELOAD_ON_ACCESS;
+        }
+    }
+
+    /// The peer id of the region's sticky proxy (the follower that last forwarded a request to
+    /// the unreachable leader successfully). Mirrors client-go `regionStore.proxyTiKVIdx`.
+    pub fn proxy_peer(&self, ver: RegionVerId) -> Option<u64> {
+        self.regions.get(&ver).and_then(|r| r.proxy_peer)
+    }
+
+    /// Sets (`Some`) or clears (`None`) the region's sticky proxy. Mirrors client-go
+    /// `regionStore.setProxyStoreIdx` / `unsetProxyStoreIfNeeded`.
+    pub fn set_proxy_peer(&mut self, ver: RegionVerId, peer_id: Option<u64>) {
+        if let Some(r) = self.regions.get_mut(&ver)
+            && r.proxy_peer != peer_id
+        {
+            tracing::debug!(region = ver.id, proxy_peer = ?peer_id, "set region proxy");
+            r.proxy_peer = peer_id;
         }
     }
 

@@ -11,8 +11,14 @@
 //! `ReplicaSelectLeaderStrategy`, `ReplicaSelectMixedStrategy`, `onNotLeader`,
 //! `onServerIsBusy`, `onRegionNotFound`, `onSendFailure`, `onSendSuccess`) and the replica
 //! helpers of `region_request.go` (`replica`, `buildRPCContext`, `updateLeader`,
-//! `addPendingBackoff`, `backoffOnRetry`, `backoffOnNoCandidate`). Request forwarding through a
-//! proxy store (client-go `enableForwarding`) is not implemented.
+//! `addPendingBackoff`, `backoffOnRetry`, `backoffOnNoCandidate`).
+//!
+//! Request forwarding (client-go `enableForwarding`, [`RegionCache::enable_forwarding`]): a
+//! leader read whose leader store is unreachable goes to the leader through a reachable
+//! follower, which forwards it ([`Target::proxy`]; the transport sends it to the proxy with the
+//! gRPC metadata `tikv-forwarded-host`). The proxy that worked is remembered per region
+//! (sticky); when every follower has failed as a proxy the leader's store is invalidated and the
+//! region reloaded. Mirrors `ReplicaSelectLeaderWithProxyStrategy`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,6 +166,27 @@ impl std::ops::DerefMut for Replicas {
     }
 }
 
+/// The follower a request to an unreachable leader travels through (client-go
+/// `RPCContext.ProxyStore` / `ProxyAddr`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyTarget {
+    /// The proxy peer.
+    pub peer: metapb::Peer,
+    /// Its store's address: the request is sent there, carrying the target's address as
+    /// `tikv-forwarded-host`.
+    pub address: Arc<str>,
+}
+
+/// What the proxy strategy decided for one leader-read attempt.
+enum ProxyPick {
+    /// The leader is reachable (or refused as not leader): use the plain leader strategy.
+    Direct,
+    /// Send to the leader (first) through the proxy (second), both replica indices.
+    Proxied(usize, usize),
+    /// Every follower failed as a proxy: the leader store is invalidated, no target.
+    Exhausted,
+}
+
 /// The target chosen for one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -175,6 +202,9 @@ pub struct Target {
     pub busy_threshold_ms: u32,
     /// Whether the target is the cached leader.
     pub is_leader: bool,
+    /// When set, the request goes to this proxy, which forwards it to the target (request
+    /// forwarding, [`RegionCache::enable_forwarding`]).
+    pub proxy: Option<ProxyTarget>,
 }
 
 /// What the selector says after a region error it handles.
@@ -211,6 +241,13 @@ pub struct ReplicaSelector {
     leader_busy_peer: u64,
     leader_busy_probed: bool,
     pending_backoffs: Vec<(u64, BackoffKind, Error)>,
+    /// Forwarding enabled (copied from [`RegionCache::enable_forwarding`]).
+    forwarding: bool,
+    /// The proxy of the current attempt, if it is forwarded.
+    proxy: Option<usize>,
+    /// A store whose epoch the caller must bump (store id, epoch seen): set when every
+    /// follower failed as a proxy. See [`ReplicaSelector::take_store_invalidation`].
+    store_invalidation: Option<(u64, u32)>,
 }
 
 impl ReplicaSelector {
@@ -271,6 +308,9 @@ impl ReplicaSelector {
             leader_busy_peer: 0,
             leader_busy_probed: false,
             pending_backoffs: Vec::new(),
+            forwarding: cache.enable_forwarding,
+            proxy: None,
+            store_invalidation: None,
         })
     }
 
@@ -341,14 +381,19 @@ impl ReplicaSelector {
         }
         self.attempts += 1;
         self.target = None;
+        self.proxy = None;
         if self.read_type == ReplicaReadType::Leader {
             self.next_for_leader(cache, stores, now, rng);
         } else {
             self.next_for_mixed(cache, stores, now, rng);
         }
         let t = self.target?;
-        // buildRPCContext: a stale target invalidates the region.
-        if self.replicas[t].epoch_stale(stores) {
+        // buildRPCContext: a stale target (or proxy) invalidates the region.
+        if self.replicas[t].epoch_stale(stores)
+            || self
+                .proxy
+                .is_some_and(|p| self.replicas[p].epoch_stale(stores))
+        {
             tracing::debug!(
                 region = self.region.id,
                 store = self.replicas[t].peer.store_id,
@@ -365,6 +410,22 @@ impl ReplicaSelector {
             _ => return None,
         };
         self.replicas[t].attempts += 1;
+        let proxy = match self.proxy {
+            Some(p) => {
+                let peer = self.replicas[p].peer;
+                let address = match stores.get(peer.store_id).map(|s| (s.state(), s.address())) {
+                    Some((ResolveState::Resolved | ResolveState::NeedCheck, addr))
+                        if !addr.is_empty() =>
+                    {
+                        addr.clone()
+                    }
+                    _ => return None,
+                };
+                self.replicas[p].attempts += 1;
+                Some(ProxyTarget { peer, address })
+            }
+            None => None,
+        };
         let leader_id = self.leader_peer_id(cache);
         Some(Target {
             peer: self.replicas[t].peer,
@@ -373,7 +434,83 @@ impl ReplicaSelector {
             stale_read: self.req_stale_read,
             busy_threshold_ms: u32::try_from(self.busy_threshold.as_millis()).unwrap_or(u32::MAX),
             is_leader: self.replicas[t].peer.id == leader_id,
+            proxy,
         })
+    }
+
+    /// The proxy choice for a leader read. Mirrors client-go
+    /// `ReplicaSelectLeaderWithProxyStrategy.next`: a reachable leader (or one that answered
+    /// `NotLeader`) needs no proxy and clears the region's sticky proxy; otherwise the sticky
+    /// proxy if it is still a candidate, else the first candidate follower; when none is left,
+    /// the leader's store is invalidated and the region flagged for reload on its next access.
+    fn next_with_proxy(
+        &mut self,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+    ) -> ProxyPick {
+        let leader_idx = self.leader_idx(cache);
+        let leader = &self.replicas[leader_idx];
+        let reachable = stores
+            .get(leader.peer.store_id)
+            .is_none_or(|s| s.liveness(now) == Liveness::Reachable);
+        if reachable || leader.has(FLAG_NOT_LEADER) {
+            cache.set_proxy_peer(self.region, None);
+            return ProxyPick::Direct;
+        }
+        let sticky = cache
+            .proxy_peer(self.region)
+            .and_then(|id| self.replicas.iter().position(|r| r.peer.id == id));
+        if let Some(p) = sticky
+            && self.is_proxy_candidate(p, leader_idx, stores, now)
+        {
+            return ProxyPick::Proxied(leader_idx, p);
+        }
+        if let Some(p) =
+            (0..self.replicas.len()).find(|&i| self.is_proxy_candidate(i, leader_idx, stores, now))
+        {
+            return ProxyPick::Proxied(leader_idx, p);
+        }
+        let leader = &self.replicas[leader_idx];
+        tracing::info!(
+            region = self.region.id,
+            store = leader.peer.store_id,
+            "all followers failed as proxy; invalidate the leader store and reload the region"
+        );
+        self.store_invalidation = Some((leader.peer.store_id, leader.epoch));
+        cache.mark_reload_on_access(self.region);
+        ProxyPick::Exhausted
+    }
+
+    /// Mirrors client-go `ReplicaSelectLeaderWithProxyStrategy.isCandidate`: a follower not
+    /// yet tried in this request, on a reachable store, with a current epoch.
+    fn is_proxy_candidate(
+        &self,
+        i: usize,
+        leader_idx: usize,
+        stores: &StoreCache,
+        now: Instant,
+    ) -> bool {
+        let r = &self.replicas[i];
+        i != leader_idx
+            && !r.exhausted(1, Duration::ZERO)
+            && stores
+                .get(r.peer.store_id)
+                .is_none_or(|s| s.liveness(now) == Liveness::Reachable)
+            && !r.epoch_stale(stores)
+    }
+
+    /// The store whose epoch must be bumped because every follower failed as a proxy for its
+    /// leader (taken once, after [`ReplicaSelector::next`] returned `None`). The caller applies
+    /// it with [`StoreCache::invalidate_store`]. Mirrors the `invalidateReplicaStore` call of
+    /// client-go `ReplicaSelectLeaderWithProxyStrategy.next`.
+    pub fn take_store_invalidation(&mut self) -> Option<(u64, u32)> {
+        self.store_invalidation.take()
+    }
+
+    /// The proxy of the current attempt (store id), if it is forwarded.
+    pub fn proxy_store(&self) -> Option<u64> {
+        self.proxy.map(|p| self.replicas[p].peer.store_id)
     }
 
     /// Mirrors client-go `replicaSelector.nextForReplicaReadLeader`.
@@ -384,6 +521,17 @@ impl ReplicaSelector {
         now: Instant,
         rng: &mut Rng,
     ) {
+        if self.forwarding {
+            match self.next_with_proxy(cache, stores, now) {
+                ProxyPick::Proxied(t, p) => {
+                    self.target = Some(t);
+                    self.proxy = Some(p);
+                    return;
+                }
+                ProxyPick::Exhausted => return,
+                ProxyPick::Direct => {}
+            }
+        }
         let leader_idx = self.leader_idx(cache);
         let leader = &self.replicas[leader_idx];
         let mut target = (Self::is_leader_candidate(leader, stores, now)
@@ -705,17 +853,33 @@ impl ReplicaSelector {
         false
     }
 
-    /// Handles a transport failure to the target: when the store is not known reachable, bump
-    /// its epoch (every cached region on it becomes stale) and mark it for re-resolution.
+    /// Handles a transport failure to the target (to its proxy when the request was
+    /// forwarded): when that store is not known reachable, bump its epoch (every cached region
+    /// on it becomes stale) and mark it for re-resolution. With forwarding on, an unreachable
+    /// leader reached directly is left alone so that the next attempt goes through a proxy.
     /// Mirrors client-go `replicaSelector.onSendFailure` + `invalidateReplicaStore`.
     pub fn on_send_failure(&mut self, stores: &mut StoreCache, now: Instant) {
         let Some(t) = self.target else {
             return;
         };
-        let r = &self.replicas[t];
+        let r = &self.replicas[self.proxy.unwrap_or(t)];
         let liveness = stores
             .get(r.peer.store_id)
             .map_or(Liveness::Unknown, |s| s.liveness(now));
+        if self.forwarding
+            && self.read_type == ReplicaReadType::Leader
+            && self.proxy.is_none()
+            && self.replicas[t].peer.id == self.last_leader_peer
+            && liveness == Liveness::Unreachable
+            && self.replicas.len() > 1
+        {
+            tracing::debug!(
+                region = self.region.id,
+                store = r.peer.store_id,
+                "leader unreachable; next attempt goes through a proxy"
+            );
+            return;
+        }
         if liveness != Liveness::Reachable {
             stores.invalidate_store(r.peer.store_id, r.epoch, now);
         }
@@ -728,7 +892,8 @@ impl ReplicaSelector {
         }
     }
 
-    /// A follower that served a plain leader read is the leader now. Mirrors client-go
+    /// A follower that served a plain leader read is the leader now; a proxy that forwarded
+    /// the request becomes the region's sticky proxy. Mirrors client-go
     /// `replicaSelector.onSendSuccess`.
     pub fn on_send_success(
         &mut self,
@@ -740,6 +905,9 @@ impl ReplicaSelector {
         let Some(t) = self.target else {
             return;
         };
+        if let Some(p) = self.proxy {
+            cache.set_proxy_peer(self.region, Some(self.replicas[p].peer.id));
+        }
         let peer = self.replicas[t].peer;
         if peer.id != self.leader_peer_id(cache) && !sent_replica_read && !sent_stale_read {
             cache.switch_leader(self.region, &peer, stores);
@@ -933,6 +1101,7 @@ impl Mixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::region_cache::Lookup;
     use crate::machine::region_cache::tests::{pd, raw_v1, region};
 
     struct Fixture {
@@ -1312,5 +1481,188 @@ mod tests {
             big.iter().map(|r| r.peer.id).collect::<Vec<_>>(),
             (1..=7).collect::<Vec<_>>()
         );
+    }
+
+    /// Mirrors client-go `ReplicaSelectLeaderWithProxyStrategy`: with forwarding on and the
+    /// leader's store unreachable, the leader is reached through the first reachable follower;
+    /// the proxy that worked is remembered for the region and used first next time.
+    #[test]
+    fn forwarding_reaches_unreachable_leader_through_sticky_proxy() {
+        let mut f = fixture();
+        f.cache.enable_forwarding = true;
+        f.stores.mark_unreachable(1, f.now);
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 1, "the leader stays the target");
+        assert!(t.is_leader && !t.replica_read);
+        let p = t.proxy.expect("forwarded");
+        assert_eq!((p.peer.store_id, &*p.address), (2, "s2:20160"));
+        assert_eq!(s.proxy_store(), Some(2));
+        // The proxy fails at the transport level: the next attempt uses another follower.
+        f.stores.mark_unreachable(2, f.now);
+        s.on_send_failure(&mut f.stores, f.now);
+        assert_eq!(
+            f.stores.epoch(1),
+            0,
+            "the leader store is not blamed for its proxy"
+        );
+        assert_eq!(
+            f.stores.epoch(2),
+            1,
+            "the failed proxy's store is invalidated"
+        );
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 1);
+        assert_eq!(t.proxy.as_ref().map(|p| p.peer.store_id), Some(3));
+        s.on_send_success(false, false, &mut f.cache, &f.stores);
+        assert_eq!(f.cache.proxy_peer(f.ver), Some(13), "sticky proxy recorded");
+        assert_eq!(f.cache.get(f.ver).unwrap().leader().store_id, 1);
+
+        // A new request (store 2 is reachable again) goes through the sticky proxy first.
+        f.stores.mark_reachable(2);
+        let ver = f.cache.latest(1).unwrap().ver_id();
+        f.ver = ver;
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.proxy.map(|p| p.peer.store_id), Some(3));
+
+        // Once the leader is reachable again, it is addressed directly and the proxy forgotten.
+        f.stores.mark_reachable(1);
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!((t.peer.store_id, t.proxy), (1, None));
+        assert_eq!(f.cache.proxy_peer(f.ver), None);
+    }
+
+    /// Mirrors the exhausted branch of client-go `ReplicaSelectLeaderWithProxyStrategy.next`:
+    /// when every follower failed as a proxy, the leader's store is invalidated (handed to the
+    /// caller) and the region is reloaded on its next access.
+    #[test]
+    fn all_proxies_failing_invalidates_leader_store_and_reloads_region() {
+        let mut f = fixture();
+        f.cache.enable_forwarding = true;
+        f.stores.mark_unreachable(1, f.now);
+        let mut s = selector(&mut f, ReadOptions::default(), false);
+        let mut proxies = Vec::new();
+        while let Some(t) = next(&mut f, &mut s) {
+            assert_eq!(t.peer.store_id, 1);
+            proxies.push(t.proxy.expect("forwarded").peer.store_id);
+            // The proxy answers but the forwarded call fails (no transport-level blame).
+            s.on_send_failure(&mut f.stores, f.now);
+            assert!(
+                proxies.len() <= 2,
+                "each follower is tried once: {proxies:?}"
+            );
+        }
+        assert_eq!(proxies, vec![2, 3]);
+        assert_eq!(s.take_store_invalidation(), Some((1, 0)));
+        assert_eq!(s.take_store_invalidation(), None, "taken once");
+        assert!(matches!(
+            f.cache.lookup(b"k", false, f.now, &mut f.rng),
+            Lookup::Reload { .. }
+        ));
+    }
+
+    /// client-go `replicaSelector.onSendFailure`: a leader read that failed to reach the
+    /// leader directly keeps the leader's store (and the region) when forwarding is on, so the
+    /// next attempt goes through a proxy; with forwarding off the store is invalidated and
+    /// followers are tried instead, never as proxies.
+    #[test]
+    fn direct_leader_failure_switches_to_proxy_only_with_forwarding() {
+        for forwarding in [true, false] {
+            let mut f = fixture();
+            f.cache.enable_forwarding = forwarding;
+            let mut s = selector(&mut f, ReadOptions::default(), false);
+            let t = next(&mut f, &mut s).unwrap();
+            assert_eq!((t.peer.store_id, t.proxy), (1, None));
+            f.stores.mark_unreachable(1, f.now);
+            s.on_send_failure(&mut f.stores, f.now);
+            let t = next(&mut f, &mut s).unwrap();
+            if forwarding {
+                assert_eq!(f.stores.epoch(1), 0);
+                assert_eq!(t.peer.store_id, 1);
+                assert_eq!(t.proxy.map(|p| p.peer.store_id), Some(2));
+            } else {
+                assert_eq!(f.stores.epoch(1), 1);
+                assert_ne!(t.peer.store_id, 1);
+                assert_eq!(t.proxy, None);
+            }
+        }
+    }
+
+    /// Follower reads never use a proxy: forwarding is a leader-read strategy only.
+    #[test]
+    fn follower_reads_ignore_forwarding() {
+        let mut f = fixture();
+        f.cache.enable_forwarding = true;
+        f.stores.mark_unreachable(1, f.now);
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Follower,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_ne!(t.peer.store_id, 1);
+        assert_eq!(t.proxy, None);
+    }
+
+    /// client-go `replicaSelector.onServerIsBusy` (tikv/client-go#2028): after two
+    /// `ServerIsBusy(0)` from the cached leader, one follower is probed with a leader read; its
+    /// `NotLeader` hint naming the same leader clears the suspicion and the leader is used
+    /// again; the probe happens at most once per selector.
+    #[test]
+    fn suspect_not_leader_probe_runs_once_and_a_hint_restores_the_leader() {
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        let e = Error::Internal("busy".into());
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        assert_eq!(
+            next(&mut f, &mut s).unwrap().peer.store_id,
+            1,
+            "one busy is not enough"
+        );
+        s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        let probe = next(&mut f, &mut s).unwrap();
+        assert_ne!(probe.peer.store_id, 1, "the suspect leader is skipped once");
+        assert!(!probe.replica_read && !probe.is_leader);
+        // The follower names the cached leader: the suspicion is lifted.
+        let leader = f.cache.get(f.ver).unwrap().leader().to_owned();
+        assert_eq!(
+            s.on_not_leader(Some(&leader), &mut f.cache, &f.stores, f.now),
+            Verdict::Retry
+        );
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        // More busy replies from the leader do not probe again in this selector.
+        s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        s.on_server_is_busy(1, 0, e, &f.cache, &mut f.stores, f.now);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+    }
+
+    /// The probe is for plain leader reads only: leader-only requests keep
+    /// the leader. Mirrors the conditions of client-go `replicaSelector.onServerIsBusy`.
+    #[test]
+    fn suspect_not_leader_probe_skips_leader_only_reads_and_load_reports() {
+        let e = Error::Internal("busy".into());
+        let leader_only = ReadOptions {
+            leader_only: true,
+            ..Default::default()
+        };
+        let mut f = fixture();
+        let mut s = selector(&mut f, leader_only, true);
+        for _ in 0..3 {
+            assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+            s.on_server_is_busy(1, 0, e.clone(), &f.cache, &mut f.stores, f.now);
+        }
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+
+        // Estimated waits above zero are load reports, not suspicion.
+        let mut f = fixture();
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        for _ in 0..3 {
+            assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+            s.on_server_is_busy(1, 20, e.clone(), &f.cache, &mut f.stores, f.now);
+        }
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
     }
 }

@@ -12,6 +12,11 @@
 //! the pseudo `EpochNotMatch`, handled the same way. `UndeterminedResult` is never retried: it
 //! ends the request with [`Error::Undetermined`].
 //!
+//! With request forwarding on, an attempt may go to a proxy store that forwards it to the
+//! target ([`Action::Tikv`]'s `forwarded_host`); transport failures then concern the proxy. With
+//! read-timestamp validation on, a read's timestamp is checked against PD before the first send
+//! (see [`crate::machine::read_ts`]).
+//!
 //! Mirrors client-go `internal/locate/region_request.go` (`SendReqCtx`, `sendReqState.next`,
 //! `sendReqState.send`, `onSendFail`, `onRegionError`) and `tikvrpc.SetContextNoAttach`.
 //!
@@ -24,6 +29,7 @@ use tikv_proto::{errorpb, kvrpcpb, pdpb};
 
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
+use crate::machine::read_ts::{ReadTsCheck, read_ts_of};
 use crate::machine::region_cache::{InvalidReason, RegionVerId};
 use crate::machine::region_error::{self, pseudo_epoch_not_match};
 use crate::machine::replica::{ReadOptions, ReplicaSelector, Verdict};
@@ -177,6 +183,8 @@ pub fn is_read_request(req: &TikvRequest) -> bool {
 struct Prepared {
     store_id: u64,
     address: Arc<str>,
+    /// Forwarded through this proxy (store id, address).
+    proxy: Option<(u64, Arc<str>)>,
     request: TikvRequest,
     replica_read: bool,
     stale_read: bool,
@@ -187,9 +195,26 @@ struct Inflight {
     id: IoId,
     store_id: u64,
     address: Arc<str>,
+    /// The proxy store it was sent through, if forwarded.
+    proxy_store: Option<u64>,
     sent_at: Instant,
     replica_read: bool,
     stale_read: bool,
+}
+
+/// Progress of the read-timestamp validation before the first send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TsCheck {
+    /// Not checked yet.
+    Pending,
+    /// Waiting for a current timestamp (`retried`: the second fetch).
+    Fetching {
+        id: IoId,
+        read_ts: u64,
+        retried: bool,
+    },
+    /// Checked (or nothing to check).
+    Done,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +249,7 @@ pub struct RegionRequest {
     inflight: Option<Inflight>,
     wake: Option<(Instant, Wake)>,
     done: bool,
+    ts_check: TsCheck,
 }
 
 impl RegionRequest {
@@ -257,6 +283,7 @@ impl RegionRequest {
             inflight: None,
             wake: None,
             done: false,
+            ts_check: TsCheck::Pending,
         }
     }
 
@@ -360,6 +387,9 @@ impl RegionRequest {
         if self.done {
             return;
         }
+        if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
+            return;
+        }
         if self.selector.is_none() {
             match ReplicaSelector::new(
                 self.region,
@@ -391,6 +421,9 @@ impl RegionRequest {
                 region = self.region.id,
                 "no replica available; pseudo EpochNotMatch"
             );
+            if let Some((store_id, epoch)) = sel.take_store_invalidation() {
+                shared.stores.invalidate_store(store_id, epoch, now);
+            }
             if let Some((kind, err)) = sel.no_candidate_backoff() {
                 return self.backoff_then(now, shared, kind, err, Wake::Pseudo);
             }
@@ -416,6 +449,7 @@ impl RegionRequest {
         let prepared = Prepared {
             store_id: target.peer.store_id,
             address: target.address,
+            proxy: target.proxy.map(|p| (p.peer.store_id, p.address)),
             request,
             replica_read: target.replica_read,
             stale_read: target.stale_read,
@@ -424,6 +458,58 @@ impl RegionRequest {
             return self.backoff_then(now, shared, kind, err, Wake::Send(Box::new(prepared)));
         }
         self.send(now, shared, prepared);
+    }
+
+    /// Validates the read timestamp before the first send; returns whether the request must
+    /// wait (a timestamp is being fetched) or has failed. Mirrors client-go
+    /// `RegionRequestSender.validateReadTS`, called by `SendReqCtx` before its loop.
+    fn validate_read_ts(&mut self, shared: &mut Shared) -> bool {
+        if matches!(self.ts_check, TsCheck::Fetching { .. }) {
+            return true;
+        }
+        let read_ts = match read_ts_of(&self.request) {
+            Some(ts) if shared.read_ts.enabled => ts,
+            _ => {
+                self.ts_check = TsCheck::Done;
+                return false;
+            }
+        };
+        let check = shared.read_ts.check(read_ts, self.opts.read.stale_read);
+        self.on_ts_check(shared, check, read_ts, false)
+    }
+
+    fn on_ts_check(
+        &mut self,
+        shared: &mut Shared,
+        check: ReadTsCheck,
+        read_ts: u64,
+        retried: bool,
+    ) -> bool {
+        match check {
+            ReadTsCheck::Valid => {
+                self.ts_check = TsCheck::Done;
+                false
+            }
+            ReadTsCheck::FetchCurrent => {
+                let id = shared.next_io_id();
+                tracing::debug!(
+                    region = self.region.id,
+                    read_ts,
+                    "validate read ts against PD"
+                );
+                self.actions.push_back(Action::Tso { id });
+                self.ts_check = TsCheck::Fetching {
+                    id,
+                    read_ts,
+                    retried,
+                };
+                true
+            }
+            ReadTsCheck::Invalid(e) => {
+                self.fail(e);
+                true
+            }
+        }
     }
 
     /// Issues `GetStore` for every replica store that is unresolved or marked `NeedCheck`.
@@ -530,19 +616,28 @@ impl RegionRequest {
             attempt = self.send_times + 1,
             replica_read = p.replica_read,
             stale_read = p.stale_read,
+            proxy = ?p.proxy,
             "send region request"
         );
+        // Forwarded: sent to the proxy, naming the target's address (client-go
+        // `sendReqState.send`: `req.ForwardedHost = rpcCtx.Addr`, sent to `rpcCtx.ProxyAddr`).
+        let (send_to, forwarded_host) = match &p.proxy {
+            Some((_, proxy_address)) => (proxy_address.clone(), Some(p.address.clone())),
+            None => (p.address.clone(), None),
+        };
         self.actions.push_back(Action::Tikv {
             id,
             store_id: p.store_id,
-            address: p.address.clone(),
+            address: send_to,
             request: p.request,
             timeout: self.timeout,
+            forwarded_host,
         });
         self.inflight = Some(Inflight {
             id,
             store_id: p.store_id,
             address: p.address,
+            proxy_store: p.proxy.map(|(s, _)| s),
             sent_at: now,
             replica_read: p.replica_read,
             stale_read: p.stale_read,
@@ -570,7 +665,14 @@ impl RegionRequest {
                 );
                 return self.step(now, shared);
             }
-            Error::Rpc { .. } => shared.stores.mark_unreachable(inf.store_id, now),
+            // A forwarded request that reached its proxy (`sent`) may have failed between the
+            // proxy and the target: the proxy is not blamed (client-go probes the proxy's
+            // liveness in `onSendFailure` and finds it reachable); one the proxy never got
+            // blames the proxy, a direct one the target.
+            Error::Rpc { sent: true, .. } if inf.proxy_store.is_some() => {}
+            Error::Rpc { .. } => shared
+                .stores
+                .mark_unreachable(inf.proxy_store.unwrap_or(inf.store_id), now),
             _ => {}
         }
         sel.on_send_failure(&mut shared.stores, now);
@@ -831,7 +933,11 @@ impl Operation for RegionRequest {
                         if let Err(err) = shared.codec.decode_response(&mut resp) {
                             return self.fail(err);
                         }
-                        shared.stores.mark_reachable(inf.store_id);
+                        // A forwarded reply shows the proxy answers, not that the target can
+                        // be reached directly.
+                        shared
+                            .stores
+                            .mark_reachable(inf.proxy_store.unwrap_or(inf.store_id));
                         match region_error(&resp).cloned() {
                             Some(e) => self.on_region_error(now, shared, inf, e),
                             None => {
@@ -849,7 +955,27 @@ impl Operation for RegionRequest {
                     }
                 }
             }
-            Input::Tso { .. } => {}
+            Input::Tso { id, result } => {
+                let TsCheck::Fetching {
+                    id: want,
+                    read_ts,
+                    retried,
+                } = self.ts_check
+                else {
+                    return;
+                };
+                if id != want {
+                    return;
+                }
+                let current = match result {
+                    Ok(ts) => ts.version(),
+                    Err(e) => return self.fail(e),
+                };
+                let check = shared.read_ts.check_against(read_ts, current, retried);
+                if !self.on_ts_check(shared, check, read_ts, true) {
+                    self.step(now, shared);
+                }
+            }
         }
     }
 
@@ -1622,6 +1748,248 @@ mod tests {
             matches!(h.pd_sent()[..], [PdRequest::GetStore(_)]),
             "store re-checked"
         );
+    }
+
+    /// Request forwarding (client-go `ReplicaSelectLeaderWithProxyStrategy` +
+    /// `sendReqState.send`): the leader's store refuses connections; with forwarding on, the
+    /// retry goes to a follower's address naming the leader in `forwarded_host`, the leader's
+    /// store keeps its epoch and the cached leader, and the proxy becomes the region's sticky
+    /// proxy.
+    #[test]
+    fn forwarding_reaches_unreachable_leader_through_a_follower() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.regions.enable_forwarding = true;
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut sent: Vec<(u64, String, Option<String>)> = Vec::new();
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv {
+                store_id,
+                address,
+                forwarded_host,
+                ..
+            } = a
+            else {
+                unreachable!()
+            };
+            sent.push((
+                *store_id,
+                address.to_string(),
+                forwarded_host.as_ref().map(|h| h.to_string()),
+            ));
+            if &**address == "store1:20160" {
+                return tikv_reply(
+                    a,
+                    Err(Error::Rpc {
+                        address: address.to_string(),
+                        message: "connection refused".into(),
+                        sent: false,
+                    }),
+                );
+            }
+            tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+        });
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
+        assert_eq!(
+            sent,
+            vec![
+                (1, "store1:20160".into(), None),
+                (1, "store2:20160".into(), Some("store1:20160".into())),
+            ]
+        );
+        assert_eq!(h.shared.stores.epoch(1), 0, "leader store not invalidated");
+        let region = h.shared.regions.latest(1).unwrap();
+        assert_eq!(region.leader().store_id, 1);
+        let proxy = h.shared.regions.proxy_peer(region.ver_id());
+        assert_eq!(
+            proxy,
+            region
+                .peers()
+                .iter()
+                .find(|p| p.store_id == 2)
+                .map(|p| p.id)
+        );
+        assert_eq!(op.backoffer().times(BackoffKind::TikvRpc), 1);
+    }
+
+    /// A forwarded call that reached its proxy but failed behind it does not make the proxy
+    /// unreachable or bump its store epoch; the next attempt uses another proxy.
+    #[test]
+    fn failure_behind_a_proxy_does_not_blame_the_proxy() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.regions.enable_forwarding = true;
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv { address, .. } = a else {
+                unreachable!()
+            };
+            n += 1;
+            match n {
+                1 | 2 => tikv_reply(
+                    a,
+                    Err(Error::Rpc {
+                        address: address.to_string(),
+                        message: if n == 1 { "refused" } else { "forward failed" }.into(),
+                        sent: n == 2,
+                    }),
+                ),
+                _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
+            }
+        });
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
+        let proxies: Vec<_> = h
+            .log
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Tikv {
+                    address,
+                    forwarded_host: Some(_),
+                    ..
+                } => Some(address.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(proxies, vec!["store2:20160", "store3:20160"]);
+        let later = h.now;
+        let s2 = h.shared.stores.get(2).unwrap();
+        assert_eq!(
+            s2.liveness(later),
+            crate::machine::store::Liveness::Reachable
+        );
+        assert_eq!(h.shared.stores.epoch(2), 0);
+    }
+
+    /// Every follower fails as a proxy: the leader's store is invalidated, the region handed
+    /// back (pseudo `EpochNotMatch`) for a reload. Mirrors the exhausted branch of client-go
+    /// `ReplicaSelectLeaderWithProxyStrategy.next`.
+    #[test]
+    fn forwarding_with_every_proxy_failing_gives_the_region_back() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.regions.enable_forwarding = true;
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv { address, .. } = a else {
+                unreachable!()
+            };
+            tikv_reply(
+                a,
+                Err(Error::Rpc {
+                    address: address.to_string(),
+                    message: "connection refused".into(),
+                    sent: false,
+                }),
+            )
+        });
+        assert!(
+            matches!(&res, Ok(RegionOutcome::Resplit(e)) if region_error::is_fake_region_error(e)),
+            "{res:?}"
+        );
+        let forwarded: Vec<_> = h.tikv_sent().into_iter().map(|(store, _)| store).collect();
+        assert_eq!(
+            forwarded,
+            vec![1, 1, 1],
+            "direct, then through each follower"
+        );
+        assert!(h.shared.stores.epoch(1) >= 1, "leader store invalidated");
+    }
+
+    fn txn_get(version: u64) -> TikvRequest {
+        TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
+            key: Bytes::from_static(b"k"),
+            version,
+            ..Default::default()
+        })))
+    }
+
+    /// Runs a transactional get at `version` with read-ts validation on; PD's current
+    /// timestamps are served from `current` in order. Returns the result and the actions.
+    fn run_validated(
+        h: &mut Harness,
+        pd: &mut FakePd,
+        version: u64,
+        current: &[u64],
+    ) -> (Result<RegionOutcome, Error>, Vec<Action>) {
+        h.shared.read_ts.enabled = true;
+        let mut op = request(h, 1, txn_get(version));
+        let mut current = current.iter().copied();
+        let mut seen = Vec::new();
+        let res = h.run(&mut op, |a, _| {
+            seen.push(a.clone());
+            if let Some(r) = pd_reply(pd, a) {
+                return r;
+            }
+            match a {
+                Action::Tso { id } => Reply::Now(Input::Tso {
+                    id: *id,
+                    result: Ok(crate::machine::Timestamp(
+                        current.next().expect("one more ts"),
+                    )),
+                }),
+                _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
+            }
+        });
+        (res, seen)
+    }
+
+    /// client-go `validateReadTS` / `pdOracle.ValidateReadTS`: a read timestamp above the
+    /// largest known PD timestamp is compared with a fresh one before the first send; once
+    /// known, older reads go out at once.
+    #[test]
+    fn read_ts_is_validated_against_pd_before_sending() {
+        let mut pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let (res, seen) = run_validated(&mut h, &mut pd, 100, &[120]);
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
+        assert!(
+            matches!(seen[..], [Action::Tso { .. }, Action::Tikv { .. }]),
+            "{seen:?}"
+        );
+        assert_eq!(h.shared.read_ts.known(), 120);
+        let (res, seen) = run_validated(&mut h, &mut pd, 110, &[]);
+        assert!(res.is_ok());
+        assert!(
+            matches!(seen[..], [Action::Tikv { .. }]),
+            "no fetch: {seen:?}"
+        );
+    }
+
+    /// A read from the future fails after a second fetch, without being sent; with validation
+    /// off the same read is sent.
+    #[test]
+    fn future_read_ts_fails_without_sending() {
+        let mut pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let (res, seen) = run_validated(&mut h, &mut pd, 500, &[100, 200]);
+        assert!(
+            matches!(&res, Err(Error::InvalidArgument(m)) if m.contains("readTS=500")),
+            "{res:?}"
+        );
+        assert_eq!(seen.len(), 2, "two fetches, no send: {seen:?}");
+        assert!(seen.iter().all(|a| matches!(a, Action::Tso { .. })));
+        // A later fetch that catches up lets the read through.
+        let (res, _) = run_validated(&mut h, &mut pd, 500, &[300, 600]);
+        assert!(res.is_ok(), "{res:?}");
+        // Validation off: no fetch.
+        let mut op = request(&h, 1, txn_get(u64::MAX - 1));
+        h.shared.read_ts.enabled = false;
+        let res = h.run(&mut op, |a, _| tikv_reply(a, Ok(raw_get_ok(Some("v")))));
+        assert!(res.is_ok());
+        // On: the MaxInt64..MaxUint64 range is refused at once.
+        let (res, seen) = run_validated(&mut h, &mut pd, u64::MAX - 1, &[]);
+        assert!(matches!(res, Err(Error::InvalidArgument(_))));
+        assert!(seen.is_empty());
     }
 
     #[test]

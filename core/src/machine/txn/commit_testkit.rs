@@ -782,6 +782,7 @@ impl World {
                         request,
                         timeout,
                         address,
+                        ..
                     } => {
                         let ms = self.ms();
                         self.sent.push((ms, *store_id, request.clone()));

@@ -468,6 +468,7 @@ impl UnsafeDestroyRange {
                 address: s.address.as_str().into(),
                 request,
                 timeout: UNSAFE_DESTROY_RANGE_TIMEOUT,
+                forwarded_host: None,
             });
             self.pending.push((id, s.id));
         }
