@@ -16,6 +16,7 @@ use super::tikv::{TikvTransport, TransportConfig, TransportStats};
 use crate::codec::{ApiCodec, KeyMode};
 use crate::config::{ApiVersion, Config};
 use crate::error::Error;
+use crate::machine::region_cache::RegionCache;
 use crate::machine::{Action, Input, Operation, RoutingConfig, Shared, Timestamp};
 
 pub(crate) struct Inner<R: Runtime> {
@@ -136,6 +137,10 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
         };
+        shared.regions =
+            RegionCache::with_ttl(config.region_cache_ttl, config.region_cache_ttl_jitter);
+        shared.store_limits.set_limit(config.store_limit);
+        shared.txn.resolve_lock_lite_threshold = Some(config.resolve_lock_lite_threshold);
         let shared = Mutex::new(shared);
         let inner = Arc::new(Inner {
             rt,
@@ -145,6 +150,7 @@ impl<R: Runtime> Cluster<R> {
             pd,
         });
         super::health::start(&inner);
+        super::cache_gc::start(&inner);
         Ok(Cluster {
             inner,
             codec: Arc::new(codec),

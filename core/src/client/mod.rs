@@ -22,6 +22,7 @@
 //! opening a connection; tonic's framing and hyper's HTTP/2 live in `tikv-proto`'s `client`
 //! feature, which the runtime crates (not the core) enable.
 
+pub(crate) mod cache_gc;
 pub mod cluster;
 pub mod driver;
 pub(crate) mod health;

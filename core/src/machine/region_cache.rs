@@ -338,6 +338,16 @@ impl Default for RegionCache {
 }
 
 impl RegionCache {
+    /// A cache whose entries live `ttl + rand[0, jitter)` after their last access. Mirrors
+    /// client-go `SetRegionCacheTTLWithJitter` (fed from `TiKVClient.RegionCacheTTL`).
+    pub fn with_ttl(ttl: Duration, jitter: Duration) -> Self {
+        RegionCache {
+            ttl,
+            ttl_jitter: jitter,
+            ..Self::default()
+        }
+    }
+
     /// Number of cached regions (valid or not).
     pub fn len(&self) -> usize {
         self.sorted.len()

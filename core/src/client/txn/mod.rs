@@ -30,6 +30,7 @@ mod transaction;
 
 use std::fmt;
 
+pub use crate::machine::backoff::KillSignal;
 pub use client::TransactionClient;
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,

@@ -63,6 +63,8 @@ pub mod resolver;
 pub mod snapshot;
 pub mod split;
 pub mod status_cache;
+#[cfg(test)]
+mod wire_tests;
 
 pub use async_resolve::{AsyncResolve, AsyncResolvePool, ReadResolveTask, ResolvingLock};
 pub use committer::{

@@ -95,6 +95,9 @@ pub struct SnapshotOptions {
     pub tikv_side_async_resolve: bool,
     /// Routing options (replica read, RPC timeout override).
     pub request: RequestOptions,
+    /// Kill flag checked before every backoff sleep and resend (client-go `SetVars` with
+    /// `Variables.Killed`); `None`: never killed.
+    pub kill: Option<crate::machine::backoff::KillSignal>,
 }
 
 impl SnapshotOptions {
@@ -118,7 +121,16 @@ impl SnapshotOptions {
             background_resolve: false,
             tikv_side_async_resolve: false,
             request: RequestOptions::default(),
+            kill: None,
         }
+    }
+
+    /// Attaches a kill flag: a non-zero signal stops the reads with
+    /// [`crate::Error::QueryInterrupted`] at their next retry. Mirrors client-go
+    /// `KVSnapshot.SetVars` (`Variables.Killed`).
+    pub fn with_kill_signal(mut self, kill: Option<crate::machine::backoff::KillSignal>) -> Self {
+        self.kill = kill;
+        self
     }
 
     /// Sets the isolation level.
@@ -234,6 +246,7 @@ impl SnapshotOptions {
     /// The operation's backoffer. Mirrors client-go `NewBackofferWithVars(getMaxBackoff)`.
     pub fn backoffer(&self) -> Backoffer {
         Backoffer::weighted(self.budget_ms.unwrap_or(budget::READ), budget::WEIGHT)
+            .with_kill_signal(self.kill.clone())
     }
 
     /// Resolver options for a read of this snapshot. A read that asks for commit timestamps
