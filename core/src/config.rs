@@ -289,8 +289,17 @@ pub struct Config {
     pub store_liveness_timeout: Duration,
     /// Store metadata refresh interval (`Config.StoresRefreshInterval`, 60 s).
     pub stores_refresh_interval: Duration,
-    /// Per-store token limit, 0 = unlimited (`TiKVClient.StoreLimit`).
+    /// Per-store token limit, 0 = unlimited (`TiKVClient.StoreLimit`): a request to a store
+    /// that already has this many requests of this client in flight fails with
+    /// [`Error::StoreTokenLimit`] (client-go `getStoreToken`).
     pub store_limit: u64,
+    /// Period of the full region reload (`Config.RegionsRefreshInterval`, 0 = off, the
+    /// default). When set, the whole region cache is re-scanned from PD and replaced every
+    /// period, and the idle-region GC does not run (client-go: "cache GC is incompatible with
+    /// cache refresh").
+    pub regions_refresh_interval: Duration,
+    /// Load every region from PD when connecting (`Config.EnablePreload`, off).
+    pub enable_preload: bool,
 
     // ---- Transactions (CF-02..CF-05, CF-14, CF-20) ----------------------------------------
     /// Parallel batches per 2PC action (`Config.CommitterConcurrency`, 128).
@@ -368,6 +377,8 @@ impl Default for Config {
             store_liveness_timeout: Duration::from_secs(1),
             stores_refresh_interval: Duration::from_secs(60),
             store_limit: 0,
+            regions_refresh_interval: Duration::ZERO,
+            enable_preload: false,
             committer_concurrency: 128,
             max_txn_ttl: Duration::from_secs(3600),
             enable_async_commit: false,
@@ -468,6 +479,10 @@ setters! {
     with_stores_refresh_interval: stores_refresh_interval: Duration;
     /// Sets [`Config::store_limit`].
     with_store_limit: store_limit: u64;
+    /// Sets [`Config::regions_refresh_interval`].
+    with_regions_refresh_interval: regions_refresh_interval: Duration;
+    /// Sets [`Config::enable_preload`].
+    with_enable_preload: enable_preload: bool;
     /// Sets [`Config::committer_concurrency`].
     with_committer_concurrency: committer_concurrency: usize;
     /// Sets [`Config::max_txn_ttl`].
@@ -639,6 +654,8 @@ mod tests {
         assert_eq!(c.store_liveness_timeout, Duration::from_secs(1));
         assert_eq!(c.stores_refresh_interval, Duration::from_secs(60));
         assert_eq!(c.store_limit, 0);
+        assert_eq!(c.regions_refresh_interval, Duration::ZERO);
+        assert!(!c.enable_preload);
         assert_eq!(c.committer_concurrency, 128);
         assert_eq!(c.max_txn_ttl, Duration::from_secs(3600));
         assert!(!c.enable_async_commit && !c.enable_1pc);

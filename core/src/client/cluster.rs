@@ -149,6 +149,12 @@ impl<R: Runtime> Cluster<R> {
             tikv,
             pd,
         });
+        if inner.config.enable_preload
+            && let Err(err) = super::cache_gc::refresh_region_index(&inner).await
+        {
+            // client-go `NewRegionCache` logs the failure and goes on with an empty cache.
+            tracing::warn!(%err, "preload of the region cache failed");
+        }
         super::health::start(&inner);
         super::cache_gc::start(&inner);
         Ok(Cluster {
