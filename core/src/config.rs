@@ -322,7 +322,10 @@ pub struct Config {
     /// (`ResolveLockRequest.is_async`). client-go turns it on for next-gen clusters only
     /// (`enableTiKVSideAsyncResolve = config.NextGen`, `txnlock.LockResolver`); off by default.
     pub tikv_side_async_resolve: bool,
-    /// Longest wait for a commit (`TiKVClient.CommitTimeout`, 41 s).
+    /// Longest wait for a commit (`TiKVClient.CommitTimeout`, 41 s). Carried for parity only:
+    /// client-go declares and defaults it but no code path reads it (the commit's own limits
+    /// are the `CommitMaxBackoff` budgets, 40 s / 41 s, of [`crate::machine::backoff::budget`]),
+    /// so it changes nothing here either.
     pub commit_timeout: Duration,
     /// Capacity of the local latches, `None` = latches off (`TxnLocalLatches`, off).
     pub local_latches_capacity: Option<usize>,
@@ -330,6 +333,9 @@ pub struct Config {
     // ---- Retries and determinism ----------------------------------------------------------
     /// Multiplier applied to every backoff budget (`retry.Vars.BackOffWeight`, 2).
     pub backoff_weight: u64,
+    /// Base of the `TxnLockFast` backoff of reads that meet a lock (`kv.Variables.BackoffLockFast`,
+    /// 10 ms; the cap stays 3 s).
+    pub backoff_lock_fast: Duration,
     /// Seed of the machines' random generator (jitter, TTL spread). Runtime crates may seed it
     /// from OS entropy; the core never draws ambient randomness.
     pub rng_seed: u64,
@@ -390,6 +396,7 @@ impl Default for Config {
             commit_timeout: Duration::from_secs(41),
             local_latches_capacity: None,
             backoff_weight: 2,
+            backoff_lock_fast: Duration::from_millis(10),
             rng_seed: 0x7469_6b76_2d72_7321,
         }
     }
@@ -479,6 +486,8 @@ setters! {
     with_stores_refresh_interval: stores_refresh_interval: Duration;
     /// Sets [`Config::store_limit`].
     with_store_limit: store_limit: u64;
+    /// Sets [`Config::backoff_lock_fast`].
+    with_backoff_lock_fast: backoff_lock_fast: Duration;
     /// Sets [`Config::regions_refresh_interval`].
     with_regions_refresh_interval: regions_refresh_interval: Duration;
     /// Sets [`Config::enable_preload`].
@@ -656,6 +665,7 @@ mod tests {
         assert_eq!(c.store_limit, 0);
         assert_eq!(c.regions_refresh_interval, Duration::ZERO);
         assert!(!c.enable_preload);
+        assert_eq!(c.backoff_lock_fast, Duration::from_millis(10));
         assert_eq!(c.committer_concurrency, 128);
         assert_eq!(c.max_txn_ttl, Duration::from_secs(3600));
         assert!(!c.enable_async_commit && !c.enable_1pc);

@@ -147,6 +147,9 @@ impl fmt::Display for BackoffKind {
     }
 }
 
+/// client-go `kv.DefBackoffLockFast`: the default base of [`BackoffKind::TxnLockFast`], ms.
+pub const DEFAULT_LOCK_FAST_BASE_MS: u64 = 10;
+
 /// Budgets (ms, before weighting) used by client-go's callers; see parity §24.6.
 pub mod budget {
     /// TSO fetch (`tsoMaxBackoff`).
@@ -254,6 +257,9 @@ pub struct Backoffer {
     noop: bool,
     /// The operation's kill flag (client-go `Backoffer.vars.Killed`); forks share it.
     kill: Option<KillSignal>,
+    /// Base of `TxnLockFast` in ms, `None`: the table's 10 (client-go
+    /// `Variables.BackoffLockFast`).
+    lock_fast_base_ms: Option<u64>,
 }
 
 /// The per-kind counters of a [`Backoffer`].
@@ -283,7 +289,17 @@ impl Backoffer {
             counters: None,
             noop: false,
             kill: None,
+            lock_fast_base_ms: None,
         }
+    }
+
+    /// Uses `ms` as the base of [`BackoffKind::TxnLockFast`] (the cap stays 3000 ms).
+    /// Mirrors client-go `Variables.BackoffLockFast` (default [`DEFAULT_LOCK_FAST_BASE_MS`],
+    /// read by `Config.createBackoffFn` for `txnLockFast`).
+    #[must_use]
+    pub fn with_lock_fast_base(mut self, ms: u64) -> Self {
+        self.lock_fast_base_ms = Some(ms);
+        self
     }
 
     /// Attaches the kill flag checked at every backoff (see [`Backoffer::check_killed`]).
@@ -377,6 +393,10 @@ impl Backoffer {
         }
         self.check_killed()?;
         let (base, cap, jitter) = kind.params();
+        let base = match (kind, self.lock_fast_base_ms) {
+            (BackoffKind::TxnLockFast, Some(ms)) => ms,
+            _ => base,
+        };
         let base = base.max(2);
         let counters = self
             .counters
@@ -702,5 +722,40 @@ mod tests {
                 .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn lock_fast_base_is_settable() {
+        let mut rng = Rng::new(1);
+        let sleeps = |bo: &mut Backoffer, rng: &mut Rng| -> Vec<u64> {
+            (0..3)
+                .map(|_| {
+                    let d = bo
+                        .backoff(BackoffKind::TxnLockFast, e(), None, rng)
+                        .unwrap();
+                    d.as_millis() as u64
+                })
+                .collect()
+        };
+        // Equal jitter: each sleep is in [v/2, v) for v = base * 2^n.
+        let default = sleeps(&mut Backoffer::new(0), &mut rng);
+        for (s, v) in default.iter().zip([10, 20, 40]) {
+            assert!(*s >= v / 2 && *s < v, "{default:?}");
+        }
+        let slow = sleeps(&mut Backoffer::new(0).with_lock_fast_base(200), &mut rng);
+        for (s, v) in slow.iter().zip([200, 400, 800]) {
+            assert!(*s >= v / 2 && *s < v, "{slow:?}");
+        }
+        // Other kinds keep their own base; forks keep the setting.
+        let mut bo = Backoffer::new(0).with_lock_fast_base(200);
+        let d = bo
+            .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+            .unwrap();
+        assert_eq!(d, Duration::from_millis(2));
+        let d = bo
+            .fork()
+            .backoff(BackoffKind::TxnLockFast, e(), None, &mut rng)
+            .unwrap();
+        assert!(d >= Duration::from_millis(100), "{d:?}");
     }
 }
