@@ -257,9 +257,9 @@ pub struct Backoffer {
     noop: bool,
     /// The operation's kill flag (client-go `Backoffer.vars.Killed`); forks share it.
     kill: Option<KillSignal>,
-    /// Base of `TxnLockFast` in ms, `None`: the table's 10 (client-go
-    /// `Variables.BackoffLockFast`).
-    lock_fast_base_ms: Option<u64>,
+    /// Base of `TxnLockFast` in ms, 0: the table's 10 (client-go
+    /// `Variables.BackoffLockFast`). A `u32` keeps the backoffer small.
+    lock_fast_base_ms: u32,
 }
 
 /// The per-kind counters of a [`Backoffer`].
@@ -289,7 +289,7 @@ impl Backoffer {
             counters: None,
             noop: false,
             kill: None,
-            lock_fast_base_ms: None,
+            lock_fast_base_ms: 0,
         }
     }
 
@@ -298,7 +298,7 @@ impl Backoffer {
     /// read by `Config.createBackoffFn` for `txnLockFast`).
     #[must_use]
     pub fn with_lock_fast_base(mut self, ms: u64) -> Self {
-        self.lock_fast_base_ms = Some(ms);
+        self.lock_fast_base_ms = u32::try_from(ms).unwrap_or(u32::MAX);
         self
     }
 
@@ -394,7 +394,7 @@ impl Backoffer {
         self.check_killed()?;
         let (base, cap, jitter) = kind.params();
         let base = match (kind, self.lock_fast_base_ms) {
-            (BackoffKind::TxnLockFast, Some(ms)) => ms,
+            (BackoffKind::TxnLockFast, ms) if ms > 0 => u64::from(ms),
             _ => base,
         };
         let base = base.max(2);
