@@ -295,8 +295,17 @@ pub struct Config {
     pub store_liveness_timeout: Duration,
     /// Store metadata refresh interval (`Config.StoresRefreshInterval`, 60 s).
     pub stores_refresh_interval: Duration,
-    /// Per-store token limit, 0 = unlimited (`TiKVClient.StoreLimit`).
+    /// Per-store token limit, 0 = unlimited (`TiKVClient.StoreLimit`): a request to a store
+    /// that already has this many requests of this client in flight fails with
+    /// [`Error::StoreTokenLimit`] (client-go `getStoreToken`).
     pub store_limit: u64,
+    /// Period of the full region reload (`Config.RegionsRefreshInterval`, 0 = off, the
+    /// default). When set, the whole region cache is re-scanned from PD and replaced every
+    /// period, and the idle-region GC does not run (client-go: "cache GC is incompatible with
+    /// cache refresh").
+    pub regions_refresh_interval: Duration,
+    /// Load every region from PD when connecting (`Config.EnablePreload`, off).
+    pub enable_preload: bool,
 
     // ---- Transactions (CF-02..CF-05, CF-14, CF-20) ----------------------------------------
     /// Parallel batches per 2PC action (`Config.CommitterConcurrency`, 128).
@@ -319,7 +328,10 @@ pub struct Config {
     /// (`ResolveLockRequest.is_async`). client-go turns it on for next-gen clusters only
     /// (`enableTiKVSideAsyncResolve = config.NextGen`, `txnlock.LockResolver`); off by default.
     pub tikv_side_async_resolve: bool,
-    /// Longest wait for a commit (`TiKVClient.CommitTimeout`, 41 s).
+    /// Longest wait for a commit (`TiKVClient.CommitTimeout`, 41 s). Carried for parity only:
+    /// client-go declares and defaults it but no code path reads it (the commit's own limits
+    /// are the `CommitMaxBackoff` budgets, 40 s / 41 s, of [`crate::machine::backoff::budget`]),
+    /// so it changes nothing here either.
     pub commit_timeout: Duration,
     /// Capacity of the local latches, `None` = latches off (`TxnLocalLatches`, off).
     pub local_latches_capacity: Option<usize>,
@@ -327,6 +339,9 @@ pub struct Config {
     // ---- Retries and determinism ----------------------------------------------------------
     /// Multiplier applied to every backoff budget (`retry.Vars.BackOffWeight`, 2).
     pub backoff_weight: u64,
+    /// Base of the `TxnLockFast` backoff of reads that meet a lock (`kv.Variables.BackoffLockFast`,
+    /// 10 ms; the cap stays 3 s).
+    pub backoff_lock_fast: Duration,
     /// Seed of the machines' random generator (jitter, TTL spread). Runtime crates may seed it
     /// from OS entropy; the core never draws ambient randomness.
     pub rng_seed: u64,
@@ -375,6 +390,8 @@ impl Default for Config {
             store_liveness_timeout: Duration::from_secs(1),
             stores_refresh_interval: Duration::from_secs(60),
             store_limit: 0,
+            regions_refresh_interval: Duration::ZERO,
+            enable_preload: false,
             committer_concurrency: 128,
             max_txn_ttl: Duration::from_secs(3600),
             enable_async_commit: false,
@@ -386,6 +403,7 @@ impl Default for Config {
             commit_timeout: Duration::from_secs(41),
             local_latches_capacity: None,
             backoff_weight: 2,
+            backoff_lock_fast: Duration::from_millis(10),
             rng_seed: 0x7469_6b76_2d72_7321,
         }
     }
@@ -477,6 +495,12 @@ setters! {
     with_stores_refresh_interval: stores_refresh_interval: Duration;
     /// Sets [`Config::store_limit`].
     with_store_limit: store_limit: u64;
+    /// Sets [`Config::backoff_lock_fast`].
+    with_backoff_lock_fast: backoff_lock_fast: Duration;
+    /// Sets [`Config::regions_refresh_interval`].
+    with_regions_refresh_interval: regions_refresh_interval: Duration;
+    /// Sets [`Config::enable_preload`].
+    with_enable_preload: enable_preload: bool;
     /// Sets [`Config::committer_concurrency`].
     with_committer_concurrency: committer_concurrency: usize;
     /// Sets [`Config::max_txn_ttl`].
@@ -649,6 +673,9 @@ mod tests {
         assert_eq!(c.store_liveness_timeout, Duration::from_secs(1));
         assert_eq!(c.stores_refresh_interval, Duration::from_secs(60));
         assert_eq!(c.store_limit, 0);
+        assert_eq!(c.regions_refresh_interval, Duration::ZERO);
+        assert!(!c.enable_preload);
+        assert_eq!(c.backoff_lock_fast, Duration::from_millis(10));
         assert_eq!(c.committer_concurrency, 128);
         assert_eq!(c.max_txn_ttl, Duration::from_secs(3600));
         assert!(!c.enable_async_commit && !c.enable_1pc);

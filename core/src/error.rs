@@ -146,6 +146,24 @@ pub enum Error {
     #[error("maximum execution time exceeded")]
     MaxExecutionTimeExceeded,
 
+    /// The operation saw its [`KillSignal`](crate::machine::backoff::KillSignal) set (a
+    /// non-zero value) and stopped instead of retrying. Mirrors client-go
+    /// `ErrQueryInterruptedWithSignal` as returned by `Backoffer.CheckKilled`.
+    #[error("query interrupted by signal {signal}")]
+    QueryInterrupted {
+        /// The signal value the caller stored.
+        signal: u32,
+    },
+
+    /// A store already has `Config::store_limit` requests in flight from this client, so the
+    /// request was not sent. Mirrors client-go `ErrTokenLimit` (`region_request.go`
+    /// `getStoreToken`).
+    #[error("store token is up to the limit, store id = {store_id}")]
+    StoreTokenLimit {
+        /// The store whose limit was reached.
+        store_id: u64,
+    },
+
     /// An assertion attached to a mutation failed. Mirrors client-go `ErrAssertionFailed`.
     #[error("assertion failed on key {:?}: {:?}", .0.key, .0.assertion)]
     AssertionFailed(Box<kvrpcpb::AssertionFailed>),

@@ -18,6 +18,7 @@ use super::tikv::{TikvTransport, TransportConfig, TransportStats};
 use crate::codec::{ApiCodec, KeyMode};
 use crate::config::{ApiVersion, Config};
 use crate::error::Error;
+use crate::machine::region_cache::RegionCache;
 use crate::machine::{Action, Input, Operation, RoutingConfig, Shared, Timestamp};
 
 pub(crate) struct Inner<R: Runtime> {
@@ -202,6 +203,10 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
         };
+        shared.regions =
+            RegionCache::with_ttl(config.region_cache_ttl, config.region_cache_ttl_jitter);
+        shared.store_limits.set_limit(config.store_limit);
+        shared.txn.resolve_lock_lite_threshold = Some(config.resolve_lock_lite_threshold);
         shared.regions.enable_forwarding = config.enable_forwarding;
         shared.read_ts.enabled = config.enable_ts_validation;
         let shared = Mutex::new(shared);
@@ -213,7 +218,14 @@ impl<R: Runtime> Cluster<R> {
             pd,
             collapse: Arc::new(ReqCollapse::default()),
         });
+        if inner.config.enable_preload
+            && let Err(err) = super::cache_gc::refresh_region_index(&inner).await
+        {
+            // client-go `NewRegionCache` logs the failure and goes on with an empty cache.
+            tracing::warn!(%err, "preload of the region cache failed");
+        }
         super::health::start(&inner);
+        super::cache_gc::start(&inner);
         Ok(Cluster {
             inner,
             codec: Arc::new(codec),

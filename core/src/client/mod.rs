@@ -23,6 +23,7 @@
 //! feature, which the runtime crates (not the core) enable.
 
 pub(crate) mod batch_encode;
+pub(crate) mod cache_gc;
 pub mod cluster;
 pub(crate) mod collapse;
 pub mod driver;

@@ -11,6 +11,8 @@
 //! `newBackoffFn`, `expo`, `isSleepExcluded`).
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -145,6 +147,9 @@ impl fmt::Display for BackoffKind {
     }
 }
 
+/// client-go `kv.DefBackoffLockFast`: the default base of [`BackoffKind::TxnLockFast`], ms.
+pub const DEFAULT_LOCK_FAST_BASE_MS: u64 = 10;
+
 /// Budgets (ms, before weighting) used by client-go's callers; see parity §24.6.
 pub mod budget {
     /// TSO fetch (`tsoMaxBackoff`).
@@ -185,6 +190,57 @@ pub mod budget {
     pub const WEIGHT: u64 = 2;
 }
 
+/// A kill flag held by the user and checked by the operations it is attached to: storing a
+/// non-zero signal makes every retry point that sees it stop with
+/// [`Error::QueryInterrupted`] instead of sleeping. Cheap to clone (all clones share one
+/// atomic); reading it is a load of shared state, not I/O, so machines stay sans-IO.
+///
+/// Mirrors client-go `kv/variables.go` `Variables.Killed` (a `*uint32` shared with TiDB's
+/// session) as read by `config/retry/backoff.go` `Backoffer.CheckKilled`; like client-go, the
+/// client never resets it: the owner stores 0 again before reusing it.
+#[derive(Debug, Clone, Default)]
+pub struct KillSignal(Arc<AtomicU32>);
+
+impl KillSignal {
+    /// A fresh, unset signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `signal` (0 clears the kill; any other value kills).
+    pub fn store(&self, signal: u32) {
+        self.0.store(signal, Ordering::Relaxed);
+    }
+
+    /// Stores 1: kill.
+    pub fn kill(&self) {
+        self.store(1);
+    }
+
+    /// The current signal (0: not killed).
+    pub fn load(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Error::QueryInterrupted)` when a non-zero signal is stored. Mirrors client-go
+    /// `Backoffer.CheckKilled`.
+    pub fn check(&self) -> Result<(), Error> {
+        match self.load() {
+            0 => Ok(()),
+            signal => Err(Error::QueryInterrupted { signal }),
+        }
+    }
+}
+
+impl PartialEq for KillSignal {
+    /// Two handles are equal when they share the same flag.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KillSignal {}
+
 /// The backoff state of one operation.
 ///
 /// Mirrors client-go `config/retry/backoff.go` `Backoffer`: a budget `max_sleep_ms` (0 =
@@ -199,6 +255,11 @@ pub struct Backoffer {
     /// without one, and the backoffer moves between machines at every step, so it stays small.
     counters: Option<Box<Counters>>,
     noop: bool,
+    /// The operation's kill flag (client-go `Backoffer.vars.Killed`); forks share it.
+    kill: Option<KillSignal>,
+    /// Base of `TxnLockFast` in ms, 0: the table's 10 (client-go
+    /// `Variables.BackoffLockFast`). A `u32` keeps the backoffer small.
+    lock_fast_base_ms: u32,
 }
 
 /// The per-kind counters of a [`Backoffer`].
@@ -227,6 +288,39 @@ impl Backoffer {
             excluded_sleep_ms: 0,
             counters: None,
             noop: false,
+            kill: None,
+            lock_fast_base_ms: 0,
+        }
+    }
+
+    /// Uses `ms` as the base of [`BackoffKind::TxnLockFast`] (the cap stays 3000 ms).
+    /// Mirrors client-go `Variables.BackoffLockFast` (default [`DEFAULT_LOCK_FAST_BASE_MS`],
+    /// read by `Config.createBackoffFn` for `txnLockFast`).
+    #[must_use]
+    pub fn with_lock_fast_base(mut self, ms: u64) -> Self {
+        self.lock_fast_base_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Attaches the kill flag checked at every backoff (see [`Backoffer::check_killed`]).
+    /// Mirrors client-go `NewBackofferWithVars` taking `Variables.Killed`.
+    #[must_use]
+    pub fn with_kill_signal(mut self, kill: Option<KillSignal>) -> Self {
+        self.kill = kill;
+        self
+    }
+
+    /// The attached kill flag, if any.
+    pub fn kill_signal(&self) -> Option<&KillSignal> {
+        self.kill.as_ref()
+    }
+
+    /// `Err(Error::QueryInterrupted)` when the attached kill flag holds a non-zero signal.
+    /// Mirrors client-go `Backoffer.CheckKilled`.
+    pub fn check_killed(&self) -> Result<(), Error> {
+        match &self.kill {
+            Some(k) => k.check(),
+            None => Ok(()),
         }
     }
 
@@ -271,7 +365,10 @@ impl Backoffer {
     ///
     /// Mirrors client-go `Backoffer.BackoffWithCfgAndMaxSleep`: the budget check happens
     /// *before* sleeping; on exhaustion the error names the kind that slept the longest,
-    /// server-busy sleep is excluded from the budget up to its limit.
+    /// server-busy sleep is excluded from the budget up to its limit. A set kill flag ends
+    /// the operation with [`Error::QueryInterrupted`] instead of a sleep (client-go checks
+    /// `CheckKilled` right after its sleep, before the retry; the driver sleeps after this
+    /// returns, so the check comes first here and a killed operation does not wait).
     pub fn backoff(
         &mut self,
         kind: BackoffKind,
@@ -294,7 +391,12 @@ impl Backoffer {
                 last: Box::new(err),
             });
         }
+        self.check_killed()?;
         let (base, cap, jitter) = kind.params();
+        let base = match (kind, self.lock_fast_base_ms) {
+            (BackoffKind::TxnLockFast, ms) if ms > 0 => u64::from(ms),
+            _ => base,
+        };
         let base = base.max(2);
         let counters = self
             .counters
@@ -579,5 +681,81 @@ mod tests {
         bo.update_using_forked(&child);
         assert_eq!(bo.total_sleep_ms(), 8);
         assert_eq!(bo.times(BackoffKind::RegionMiss), 3);
+    }
+
+    #[test]
+    fn kill_signal_stops_backoff_before_sleeping_and_is_shared_by_forks() {
+        let mut rng = Rng::new(3);
+        let kill = KillSignal::new();
+        let mut bo =
+            Backoffer::weighted(20_000, budget::WEIGHT).with_kill_signal(Some(kill.clone()));
+        assert!(
+            bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .is_ok()
+        );
+        let mut child = bo.fork();
+        kill.store(7);
+        let slept = bo.total_sleep_ms();
+        assert_eq!(
+            bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng),
+            Err(Error::QueryInterrupted { signal: 7 })
+        );
+        assert_eq!(bo.total_sleep_ms(), slept, "no sleep planned once killed");
+        assert_eq!(
+            child.backoff(BackoffKind::TikvRpc, e(), None, &mut rng),
+            Err(Error::QueryInterrupted { signal: 7 })
+        );
+        assert_eq!(
+            child.check_killed(),
+            Err(Error::QueryInterrupted { signal: 7 })
+        );
+        // The owner resets it; retries go on.
+        kill.store(0);
+        assert!(
+            bo.backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .is_ok()
+        );
+        // Without a signal attached nothing is checked.
+        let mut plain = Backoffer::new(0);
+        assert!(
+            plain
+                .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn lock_fast_base_is_settable() {
+        let mut rng = Rng::new(1);
+        let sleeps = |bo: &mut Backoffer, rng: &mut Rng| -> Vec<u64> {
+            (0..3)
+                .map(|_| {
+                    let d = bo
+                        .backoff(BackoffKind::TxnLockFast, e(), None, rng)
+                        .unwrap();
+                    d.as_millis() as u64
+                })
+                .collect()
+        };
+        // Equal jitter: each sleep is in [v/2, v) for v = base * 2^n.
+        let default = sleeps(&mut Backoffer::new(0), &mut rng);
+        for (s, v) in default.iter().zip([10, 20, 40]) {
+            assert!(*s >= v / 2 && *s < v, "{default:?}");
+        }
+        let slow = sleeps(&mut Backoffer::new(0).with_lock_fast_base(200), &mut rng);
+        for (s, v) in slow.iter().zip([200, 400, 800]) {
+            assert!(*s >= v / 2 && *s < v, "{slow:?}");
+        }
+        // Other kinds keep their own base; forks keep the setting.
+        let mut bo = Backoffer::new(0).with_lock_fast_base(200);
+        let d = bo
+            .backoff(BackoffKind::RegionMiss, e(), None, &mut rng)
+            .unwrap();
+        assert_eq!(d, Duration::from_millis(2));
+        let d = bo
+            .fork()
+            .backoff(BackoffKind::TxnLockFast, e(), None, &mut rng)
+            .unwrap();
+        assert!(d >= Duration::from_millis(100), "{d:?}");
     }
 }

@@ -37,6 +37,7 @@ pub mod region_error;
 pub mod replica;
 pub mod request;
 pub mod store;
+pub mod store_limit;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod tso;
@@ -383,6 +384,9 @@ pub struct Shared {
     pub regions: region_cache::RegionCache,
     /// Cached stores.
     pub stores: store::StoreCache,
+    /// Per-store in-flight token counts and `Config::store_limit` (client-go
+    /// `Store.tokenCount` / `kv.StoreLimit`).
+    pub store_limits: store_limit::StoreLimits,
     /// The API version / keyspace codec. The region-request loop encodes every request with it
     /// just before sending and decodes every reply on arrival; region lookups encode PD keys
     /// with it. Drivers must not encode again.
@@ -411,6 +415,7 @@ impl Shared {
             rng: crate::rng::Rng::new(seed),
             regions: region_cache::RegionCache::default(),
             stores: store::StoreCache::default(),
+            store_limits: store_limit::StoreLimits::default(),
             codec,
             routing: RoutingConfig::default(),
             txn: Default::default(),

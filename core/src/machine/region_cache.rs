@@ -346,6 +346,27 @@ impl Default for RegionCache {
 }
 
 impl RegionCache {
+    /// A cache whose entries live `ttl + rand[0, jitter)` after their last access. Mirrors
+    /// client-go `SetRegionCacheTTLWithJitter` (fed from `TiKVClient.RegionCacheTTL`).
+    pub fn with_ttl(ttl: Duration, jitter: Duration) -> Self {
+        RegionCache {
+            ttl,
+            ttl_jitter: jitter,
+            ..Self::default()
+        }
+    }
+
+    /// Replaces the whole index with `regions` (a full scan of PD): every entry not among them
+    /// is dropped, the TTL settings and the GC cursor's start are kept. Mirrors client-go
+    /// `regionIndexMu.refresh` (as called by `refreshRegionIndex`).
+    pub fn refresh(&mut self, regions: Vec<CachedRegion>) {
+        let mut fresh = RegionCache::with_ttl(self.ttl, self.ttl_jitter);
+        for r in regions {
+            fresh.insert(r, true);
+        }
+        *self = fresh;
+    }
+
     /// Number of cached regions (valid or not).
     pub fn len(&self) -> usize {
         self.sorted.len()

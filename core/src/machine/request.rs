@@ -179,6 +179,17 @@ pub fn is_read_request(req: &TikvRequest) -> bool {
     )
 }
 
+/// Whether a set kill flag stops the request before a (re)send: everything but the requests
+/// that finish or undo a transaction. Mirrors client-go `tikvrpc.Request.IsInterruptible`.
+pub fn is_interruptible(req: &TikvRequest) -> bool {
+    !matches!(
+        req,
+        TikvRequest::Cmd(
+            TikvCmd::PessimisticRollback(_) | TikvCmd::BatchRollback(_) | TikvCmd::Commit(_)
+        )
+    )
+}
+
 #[derive(Debug, Clone)]
 struct Prepared {
     store_id: u64,
@@ -200,6 +211,8 @@ struct Inflight {
     sent_at: Instant,
     replica_read: bool,
     stale_read: bool,
+    /// The store token held while in flight (`Config::store_limit`); dropped with the record.
+    _token: Option<crate::machine::store_limit::StoreToken>,
 }
 
 /// Progress of the read-timestamp validation before the first send.
@@ -386,6 +399,12 @@ impl RegionRequest {
     fn step(&mut self, now: Instant, shared: &mut Shared) {
         if self.done {
             return;
+        }
+        // Mirrors the kill check at the top of client-go `sendReqState.next`.
+        if is_interruptible(&self.request)
+            && let Err(e) = self.backoffer.check_killed()
+        {
+            return self.fail(e);
         }
         if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
             return;
@@ -608,6 +627,11 @@ impl RegionRequest {
     }
 
     fn send(&mut self, now: Instant, shared: &mut Shared, p: Prepared) {
+        // Mirrors the store-limit switch of client-go `sendReqState.next` (`getStoreToken`).
+        let token = match shared.store_limits.acquire(p.store_id) {
+            Ok(t) => t,
+            Err(e) => return self.fail(e),
+        };
         let id = shared.next_io_id();
         tracing::debug!(
             region = self.region.id,
@@ -641,6 +665,7 @@ impl RegionRequest {
             sent_at: now,
             replica_read: p.replica_read,
             stale_read: p.stale_read,
+            _token: token,
         });
         self.send_times += 1;
     }
@@ -2039,5 +2064,67 @@ mod tests {
         assert!(
             matches!(res, Ok(RegionOutcome::Resplit(e)) if region_error::is_fake_region_error(&e))
         );
+    }
+
+    #[test]
+    fn store_limit_holds_a_token_while_in_flight_and_fails_fast_at_the_limit() {
+        let pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        h.shared.store_limits.set_limit(1);
+        // A request in flight holds the store's only token until its reply arrives.
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut seen = Vec::new();
+        let res = h.run(&mut op, |a, shared| {
+            seen.push(shared.store_limits.in_flight(1));
+            tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+        });
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(seen, vec![1]);
+        assert_eq!(h.shared.store_limits.in_flight(1), 0, "given back");
+
+        // With the slot taken by someone else, the request fails without sending.
+        let held = h.shared.store_limits.acquire(1).unwrap();
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |_, _| panic!("nothing is sent at the limit"));
+        assert_eq!(res.unwrap_err(), Error::StoreTokenLimit { store_id: 1 });
+        drop(held);
+
+        // A dropped (abandoned) in-flight request gives its token back too.
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut shared = std::mem::replace(&mut h.shared, Shared::new(1));
+        op.start(h.now, &mut shared);
+        assert!(matches!(op.poll_action(), Some(Action::Tikv { .. })));
+        assert_eq!(shared.store_limits.in_flight(1), 1);
+        drop(op);
+        assert_eq!(shared.store_limits.in_flight(1), 0);
+    }
+
+    #[test]
+    fn kill_signal_stops_interruptible_requests_before_resending() {
+        use crate::machine::backoff::KillSignal;
+        let pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        let kill = KillSignal::new();
+        let mut op = RegionRequest::new(
+            ver(&h, 1),
+            raw_get("k"),
+            RequestOptions::default(),
+            Backoffer::weighted(budget::RAW, budget::WEIGHT).with_kill_signal(Some(kill.clone())),
+        );
+        let mut sends = 0;
+        let res = h.run(&mut op, |a, _| {
+            sends += 1;
+            // The first attempt times out; the query is killed meanwhile.
+            kill.store(3);
+            let _ = a;
+            Reply::Drop
+        });
+        assert_eq!(res.unwrap_err(), Error::QueryInterrupted { signal: 3 });
+        assert_eq!(sends, 1, "no resend once killed");
+
+        // A commit is not interruptible at the send (client-go `IsInterruptible`).
+        let commit = TikvRequest::Cmd(TikvCmd::Commit(Box::default()));
+        assert!(!is_interruptible(&commit));
+        assert!(is_interruptible(&raw_get("k")));
     }
 }

@@ -17,6 +17,7 @@ use crate::client::cluster::Cluster;
 use crate::client::runtime::Runtime;
 use crate::client::sync::lock;
 use crate::error::Error;
+use crate::machine::backoff::KillSignal;
 use crate::machine::raw::{KvPair, Value};
 use crate::machine::txn::commit_exec::TxnRequestContext;
 use crate::machine::txn::committer::{
@@ -26,7 +27,7 @@ use crate::machine::txn::gc::{
     Gc, GcOptions, LoadTxnSafePoint, POLL_TXN_SAFE_POINT_INTERVAL,
     POLL_TXN_SAFE_POINT_RETRY_INTERVAL, UnsafeDestroyRange,
 };
-use crate::machine::txn::heartbeat::TtlManager;
+use crate::machine::txn::heartbeat::{LockExpired, TtlManager};
 use crate::machine::txn::mutations::LockTtls;
 use crate::machine::txn::pessimistic::{
     LockCtx, LockKey, LockKeys, LockWait as MachineLockWait, PessimisticRollback,
@@ -250,7 +251,8 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
         ctx,
     )
     .with_backoff_weight(config.backoff_weight)
-    .with_concurrency(config.committer_concurrency);
+    .with_concurrency(config.committer_concurrency)
+    .with_kill_signal(request.ctx.kill.clone());
     let result = cluster.run(&mut op).await;
     if let Some(bg) = op.take_background() {
         spawn_background(cluster, bg, request.start_ts, &request.hooks);
@@ -338,6 +340,8 @@ impl Stop {
 #[derive(Debug)]
 pub(crate) struct TtlHandle {
     stop: Arc<Stop>,
+    /// Set when the manager stopped at `Config::max_txn_ttl` (client-go `LockCtx.LockExpired`).
+    pub lock_expired: LockExpired,
 }
 
 impl Drop for TtlHandle {
@@ -353,12 +357,16 @@ pub(crate) fn start_ttl_manager<R: Runtime>(
     primary: Key,
     start_ts: Timestamp,
     managed_lock_ttl: Duration,
+    kill: Option<KillSignal>,
 ) -> TtlHandle {
     let stop = Arc::new(Stop::default());
     let config = cluster.config();
+    let lock_expired = LockExpired::new();
     let op = TtlManager::new(primary, start_ts.version(), config.max_txn_ttl)
         .with_backoff_weight(config.backoff_weight)
-        .with_managed_lock_ttl(managed_lock_ttl);
+        .with_managed_lock_ttl(managed_lock_ttl)
+        .with_kill_signal(kill)
+        .with_lock_expired(Some(lock_expired.clone()));
     let c = cluster.clone();
     let s = stop.clone();
     cluster.runtime().spawn(async move {
@@ -370,7 +378,7 @@ pub(crate) fn start_ttl_manager<R: Runtime>(
         };
         futures_lite::future::or(run, s.wait()).await;
     });
-    TtlHandle { stop }
+    TtlHandle { stop, lock_expired }
 }
 
 /// Everything the committer needs.
@@ -441,6 +449,7 @@ pub(crate) async fn commit<R: Runtime>(
     opts.for_update_ts_constraints = request.for_update_ts_checks;
     opts.schema_check = request.schema_check;
     opts.max_locked_with_conflict_ts = request.max_locked_with_conflict_ts;
+    opts.kill = request.ctx.kill.clone();
     let mut committer = Committer::new(request.mutations, request.txn_started, opts);
     let result = cluster.run(&mut committer).await;
     if let Some(bg) = committer.take_background() {

@@ -34,6 +34,7 @@ mod transaction;
 
 use std::fmt;
 
+pub use crate::machine::backoff::KillSignal;
 pub use crate::machine::txn::lock_stats::LockKeysStats;
 pub use crate::machine::txn::schema::SchemaLeaseChecker;
 pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};

@@ -290,6 +290,8 @@ pub(crate) struct ContextOptions {
     pub task_id: u64,
     /// `ScanRequest.sample_step` (client-go `KVSnapshot.SetSampleStep`; 0: every key).
     pub sample_step: u32,
+    /// Kill flag of every operation (client-go `Variables.Killed` / `LockCtx.Killed`).
+    pub kill: Option<crate::machine::backoff::KillSignal>,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -351,6 +353,16 @@ macro_rules! context_setters {
         /// `KVSnapshot.SetNotFillCache`.
         pub fn not_fill_cache(mut self, yes: bool) -> Self {
             self.ctx.not_fill_cache = yes;
+            self
+        }
+
+        /// A kill flag the caller keeps: once it holds a non-zero signal, every operation
+        /// (reads, pessimistic locks, prewrite and commit retries, the lock heartbeat) stops
+        /// at its next retry with [`Error::QueryInterrupted`](crate::Error) instead of
+        /// backing off. Mirrors client-go `KVTxn.SetVars` / `KVSnapshot.SetVars` with
+        /// `Variables.Killed` (checked by `Backoffer.CheckKilled`) and `LockCtx.Killed`.
+        pub fn kill_signal(mut self, signal: crate::machine::backoff::KillSignal) -> Self {
+            self.ctx.kill = Some(signal);
             self
         }
     };

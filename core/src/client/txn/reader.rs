@@ -87,7 +87,12 @@ impl<R: Runtime> Reader<R> {
             .with_task_id(ctx.task_id)
             .with_sample_step(ctx.sample_step)
             .with_background_resolve(true)
-            .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve);
+            .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve)
+            .with_lite_threshold(cluster.config().resolve_lock_lite_threshold)
+            .with_kill_signal(ctx.kill.clone())
+            .with_lock_fast_base(
+                u64::try_from(cluster.config().backoff_lock_fast.as_millis()).unwrap_or(u64::MAX),
+            );
         Reader {
             cluster,
             start_ts,

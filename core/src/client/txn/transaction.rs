@@ -199,6 +199,16 @@ impl<R: Runtime> Transaction<R> {
         self.options.is_pessimistic()
     }
 
+    /// Whether the heartbeat of the primary lock stopped at `Config::max_txn_ttl`, so the
+    /// transaction's pessimistic locks may have expired: it should only commit or roll back.
+    /// Mirrors client-go `LockCtx.LockExpired` as set by `keepAlive`.
+    pub fn lock_expired(&self) -> bool {
+        lock(&self.state)
+            .ttl
+            .as_ref()
+            .is_some_and(|t| t.lock_expired.is_set())
+    }
+
     /// Number of keys in the buffer (written or locked). Mirrors client-go `KVTxn.Len`.
     pub fn len(&self) -> usize {
         lock(&self.state).buffer.len()
@@ -801,6 +811,7 @@ impl<R: Runtime> Transaction<R> {
                             primary.clone(),
                             self.start_ts(),
                             self.options.managed_lock_ttl,
+                            self.options.ctx.kill.clone(),
                         ));
                     }
                     drop(s);

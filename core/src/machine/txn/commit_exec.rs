@@ -677,6 +677,7 @@ impl<A: BatchAction> BatchExec<A> {
                                     &locks,
                                     caller_start_ts,
                                     &self.request_source,
+                                    shared.txn.lite_threshold(),
                                     run.bo,
                                 );
                                 self.spawn(

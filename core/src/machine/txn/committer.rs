@@ -212,6 +212,8 @@ pub struct CommitOptions {
     pub pre_split_detect_threshold: usize,
     /// Bytes per region after such a split (client-go `preSplitSizeThreshold`, 32 MiB).
     pub pre_split_size_threshold: usize,
+    /// Kill flag attached to the committer's backoffers (client-go `KVTxn.vars.Killed`).
+    pub kill: Option<crate::machine::backoff::KillSignal>,
 }
 
 impl CommitOptions {
@@ -242,6 +244,7 @@ impl CommitOptions {
             schema_check: None,
             pre_split_detect_threshold: PRE_SPLIT_DETECT_THRESHOLD,
             pre_split_size_threshold: PRE_SPLIT_SIZE_THRESHOLD,
+            kill: None,
         }
     }
 }
@@ -971,7 +974,7 @@ impl Committer {
     }
 
     fn weighted(&self, ms: u64) -> Backoffer {
-        Backoffer::weighted(ms, self.opts.backoff_weight)
+        Backoffer::weighted(ms, self.opts.backoff_weight).with_kill_signal(self.opts.kill.clone())
     }
 
     fn elapsed_ms(&self, now: Instant) -> u64 {

@@ -14,19 +14,27 @@
 //! * TiKV answers with a key error (the lock is gone: committed, rolled back or resolved);
 //! * more than 10 heartbeats in a row failed;
 //! * the timestamp could not be fetched;
-//! * its owner calls [`TtlManager::close`] (the committer finished).
+//! * its owner calls [`TtlManager::close`] (the committer finished);
+//! * the kill flag attached with [`TtlManager::with_kill_signal`] holds a signal at a tick
+//!   (client-go `keepAlive` checks `LockCtx.Killed`).
+//!
+//! When the lifetime is reached, the [`LockExpired`] flag attached with
+//! [`TtlManager::with_lock_expired`] is set (client-go sets `LockCtx.LockExpired` for
+//! pessimistic transactions), so its owner knows the locks may be gone.
 //!
 //! Mirrors client-go `txnkv/transaction/2pc.go` `ttlManager`, `keepAlive` and
 //! `sendTxnHeartBeat` (pipelined-DML `min_commit_ts` pushes and status broadcasts are not
 //! included).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tikv_proto::kvrpcpb;
 
 use crate::error::Error;
-use crate::machine::backoff::{Backoffer, budget};
+use crate::machine::backoff::{Backoffer, KillSignal, budget};
 use crate::machine::plan::{Clamp, SingleRegion};
 use crate::machine::request::RequestOptions;
 use crate::machine::txn::commit_exec::{MAX_WRITE_EXECUTION_MS, key_error};
@@ -57,6 +65,34 @@ pub enum TtlStop {
     TooManyFailures(Error),
     /// The timestamp needed to compute the TTL could not be fetched.
     TsoFailed(Error),
+    /// The attached kill flag held this signal at a tick (client-go `LockCtx.Killed`).
+    Killed {
+        /// The signal value.
+        signal: u32,
+    },
+}
+
+/// A flag the TTL manager sets when it stops at the transaction's maximum lifetime: from then
+/// on the transaction's pessimistic locks may expire, so it should only commit or roll back.
+/// Cheap to clone; clones share the flag. Mirrors client-go `kv.LockCtx.LockExpired`.
+#[derive(Debug, Clone, Default)]
+pub struct LockExpired(Arc<AtomicBool>);
+
+impl LockExpired {
+    /// A fresh, unset flag.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the TTL manager gave up keeping the locks alive.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets the flag.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// `TxnHeartBeat` of the primary lock: sets its TTL to `advise_lock_ttl` (and its
@@ -188,6 +224,8 @@ pub struct TtlManager {
     interval: Duration,
     managed_ttl_ms: u64,
     backoff_weight: u64,
+    kill: Option<KillSignal>,
+    lock_expired: Option<LockExpired>,
     min_commit_ts: u64,
     next_tick: Option<Instant>,
     failures: u32,
@@ -209,6 +247,8 @@ impl TtlManager {
             interval: Duration::from_millis(MANAGED_LOCK_TTL_MS / 2),
             managed_ttl_ms: MANAGED_LOCK_TTL_MS,
             backoff_weight: budget::WEIGHT,
+            kill: None,
+            lock_expired: None,
             min_commit_ts: 0,
             next_tick: None,
             failures: 0,
@@ -223,6 +263,21 @@ impl TtlManager {
     /// Uses `weight` for the heartbeat's backoff budget (client-go `Vars.BackOffWeight`).
     pub fn with_backoff_weight(mut self, weight: u64) -> Self {
         self.backoff_weight = weight;
+        self
+    }
+
+    /// Stops at the first tick that finds a signal in `kill` ([`TtlStop::Killed`]); the
+    /// heartbeats' backoffers check it too. Mirrors client-go `keepAlive` reading
+    /// `LockCtx.Killed`.
+    pub fn with_kill_signal(mut self, kill: Option<KillSignal>) -> Self {
+        self.kill = kill;
+        self
+    }
+
+    /// Sets `flag` when the manager stops at the maximum lifetime. Mirrors client-go
+    /// `keepAlive` storing 1 in `LockCtx.LockExpired` (pessimistic transactions).
+    pub fn with_lock_expired(mut self, flag: Option<LockExpired>) -> Self {
+        self.lock_expired = flag;
         self
     }
 
@@ -273,6 +328,11 @@ impl TtlManager {
 
     fn tick(&mut self, shared: &mut Shared) {
         self.next_tick = None;
+        if let Some(signal) = self.kill.as_ref().map(KillSignal::load)
+            && signal != 0
+        {
+            return self.stop(TtlStop::Killed { signal });
+        }
         let id = shared.next_io_id();
         self.actions.push_back(Action::Tso { id });
         self.state = State::Tso(id);
@@ -283,11 +343,15 @@ impl TtlManager {
             .physical_ms()
             .saturating_sub(Timestamp(self.start_ts).physical_ms());
         if uptime > self.max_txn_ttl_ms {
+            if let Some(flag) = &self.lock_expired {
+                flag.set();
+            }
             return self.stop(TtlStop::LifetimeReached { uptime_ms: uptime });
         }
         let ttl = uptime + self.managed_ttl_ms;
         tracing::debug!(start_ts = self.start_ts, new_ttl = ttl, "send TxnHeartBeat");
-        let bo = Backoffer::weighted(budget::HEARTBEAT, self.backoff_weight);
+        let bo = Backoffer::weighted(budget::HEARTBEAT, self.backoff_weight)
+            .with_kill_signal(self.kill.clone());
         let mut op = TxnHeartBeat::new(
             self.primary.clone(),
             self.start_ts,

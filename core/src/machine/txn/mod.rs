@@ -71,6 +71,8 @@ pub mod schema;
 pub mod snapshot;
 pub mod split;
 pub mod status_cache;
+#[cfg(test)]
+mod wire_tests;
 
 pub use aggressive::AggressiveLocking;
 pub use async_resolve::{AsyncResolve, AsyncResolvePool, ReadResolveTask, ResolvingLock};

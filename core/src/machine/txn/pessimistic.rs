@@ -217,9 +217,13 @@ pub struct PessimisticLockAction {
 }
 
 impl PessimisticLockAction {
+    /// Mirrors client-go `checkMaxExecutionTimeExceeded`, except that the deadline instant
+    /// itself counts as passed: `LockWait::effective_ms` already sends no-wait there, and
+    /// with client-go's strict `After` a clock that does not move between round trips (virtual
+    /// time, a zero-latency network) would retry forever at that instant.
     fn deadline_exceeded(&self, now: Instant) -> Option<Error> {
         match self.ctx.max_execution_deadline {
-            Some(d) if now > d => Some(max_execution_time_exceeded()),
+            Some(d) if now >= d => Some(max_execution_time_exceeded()),
             _ => None,
         }
     }
@@ -634,6 +638,7 @@ pub struct LockKeys {
     txn_started: Instant,
     ctx: Option<LockCtx>,
     backoff_weight: u64,
+    kill: Option<crate::machine::backoff::KillSignal>,
     concurrency: usize,
     assigned: Option<Key>,
     retry: Option<LockCtx>,
@@ -679,6 +684,7 @@ impl LockKeys {
             txn_started,
             ctx: Some(ctx),
             backoff_weight: budget::WEIGHT,
+            kill: None,
             concurrency: 128,
             assigned: None,
             retry: None,
@@ -701,6 +707,13 @@ impl LockKeys {
     /// Uses `weight` for the backoff budgets (client-go `Vars.BackOffWeight`).
     pub fn with_backoff_weight(mut self, weight: u64) -> Self {
         self.backoff_weight = weight;
+        self
+    }
+
+    /// Attaches the kill flag checked at every backoff (client-go `LockCtx.Killed`, carried
+    /// into the lock's backoffer through `KVTxn.vars`).
+    pub fn with_kill_signal(mut self, kill: Option<crate::machine::backoff::KillSignal>) -> Self {
+        self.kill = kill;
         self
     }
 
@@ -813,7 +826,8 @@ impl LockKeys {
             muts,
             Some(primary),
             true,
-            Backoffer::weighted(budget::PESSIMISTIC_LOCK, self.backoff_weight),
+            Backoffer::weighted(budget::PESSIMISTIC_LOCK, self.backoff_weight)
+                .with_kill_signal(self.kill.clone()),
         )
         .with_concurrency(self.concurrency);
         exec.start(now, shared);

@@ -95,6 +95,12 @@ pub struct SnapshotOptions {
     pub tikv_side_async_resolve: bool,
     /// Routing options (replica read, RPC timeout override).
     pub request: RequestOptions,
+    /// Kill flag checked before every backoff sleep and resend (client-go `SetVars` with
+    /// `Variables.Killed`); `None`: never killed.
+    pub kill: Option<crate::machine::backoff::KillSignal>,
+    /// Base of the `TxnLockFast` backoff of reads meeting locks, in ms (client-go
+    /// `Variables.BackoffLockFast`, 10).
+    pub lock_fast_base_ms: u64,
 }
 
 impl SnapshotOptions {
@@ -118,7 +124,24 @@ impl SnapshotOptions {
             background_resolve: false,
             tikv_side_async_resolve: false,
             request: RequestOptions::default(),
+            kill: None,
+            lock_fast_base_ms: crate::machine::backoff::DEFAULT_LOCK_FAST_BASE_MS,
         }
+    }
+
+    /// Sets the base of the `TxnLockFast` backoff (ms). Mirrors client-go `KVSnapshot.SetVars`
+    /// with `Variables.BackoffLockFast`.
+    pub fn with_lock_fast_base(mut self, ms: u64) -> Self {
+        self.lock_fast_base_ms = ms;
+        self
+    }
+
+    /// Attaches a kill flag: a non-zero signal stops the reads with
+    /// [`crate::Error::QueryInterrupted`] at their next retry. Mirrors client-go
+    /// `KVSnapshot.SetVars` (`Variables.Killed`).
+    pub fn with_kill_signal(mut self, kill: Option<crate::machine::backoff::KillSignal>) -> Self {
+        self.kill = kill;
+        self
     }
 
     /// Sets the isolation level.
@@ -234,6 +257,8 @@ impl SnapshotOptions {
     /// The operation's backoffer. Mirrors client-go `NewBackofferWithVars(getMaxBackoff)`.
     pub fn backoffer(&self) -> Backoffer {
         Backoffer::weighted(self.budget_ms.unwrap_or(budget::READ), budget::WEIGHT)
+            .with_kill_signal(self.kill.clone())
+            .with_lock_fast_base(self.lock_fast_base_ms)
     }
 
     /// Resolver options for a read of this snapshot. A read that asks for commit timestamps

@@ -223,9 +223,22 @@ pub struct TxnShared {
     pub async_resolve: super::async_resolve::AsyncResolvePool,
     /// Which locks each caller is resolving now (diagnostics).
     pub resolving: super::async_resolve::ResolvingRegistry,
+    /// The client's lite lock-resolution threshold (`Config::resolve_lock_lite_threshold`);
+    /// `None` means client-go's default 512. Mirrors the `resolveLockLiteThreshold` a
+    /// client-go `txnlock.LockResolver` takes from `TiKVClient.ResolveLockLiteThreshold`.
+    pub resolve_lock_lite_threshold: Option<u64>,
     /// Deliberate protocol bugs switched on for the simulator (all off by default).
     #[cfg(feature = "planted-bugs")]
     pub planted: super::planted::PlantedBugs,
+}
+
+impl TxnShared {
+    /// The lite lock-resolution threshold in force: transactions with fewer keys have their
+    /// locks resolved by key, larger ones region-wide (client-go `LockResolver.resolveLock`).
+    pub fn lite_threshold(&self) -> u64 {
+        self.resolve_lock_lite_threshold
+            .unwrap_or(super::resolver::RESOLVE_LOCK_LITE_THRESHOLD)
+    }
 }
 
 #[cfg(test)]
