@@ -93,7 +93,9 @@ struct Replica {
     peer: metapb::Peer,
     epoch: u32,
     attempts: u32,
-    attempted_time: Duration,
+    /// Time spent on attempts to this replica, in nanoseconds (a `u64` rather than a
+    /// `Duration`: replicas are kept inline in every request).
+    attempted_nanos: u64,
     flags: u8,
 }
 
@@ -103,7 +105,8 @@ impl Replica {
     }
 
     fn exhausted(&self, max_attempts: u32, max_time: Duration) -> bool {
-        self.attempts >= max_attempts || (!max_time.is_zero() && self.attempted_time >= max_time)
+        self.attempts >= max_attempts
+            || (!max_time.is_zero() && Duration::from_nanos(self.attempted_nanos) >= max_time)
     }
 
     fn epoch_stale(&self, stores: &StoreCache) -> bool {
@@ -111,9 +114,10 @@ impl Replica {
     }
 }
 
-/// Replicas a region keeps inline in its selector (TiKV regions have 3 or 5 peers), so the
-/// selector of an ordinary region allocates nothing.
-const INLINE_REPLICAS: usize = 5;
+/// Replicas a region keeps inline in its selector (TiKV's default is 3 replicas), so the
+/// selector of an ordinary region allocates nothing; more replicas go to the heap. Kept small
+/// so that a boxed region request stays within the allocator's thread cache (1 KiB).
+const INLINE_REPLICAS: usize = 3;
 
 /// A request's replicas: inline up to [`INLINE_REPLICAS`], on the heap beyond.
 // The inline variant is meant to be the large one: it saves an allocation per request.
@@ -280,7 +284,7 @@ impl ReplicaSelector {
                 peer: *p,
                 epoch: *e,
                 attempts: 0,
-                attempted_time: Duration::ZERO,
+                attempted_nanos: 0,
                 flags: 0,
             })
             .collect();
@@ -695,7 +699,7 @@ impl ReplicaSelector {
                 let r = &mut self.replicas[i];
                 if r.exhausted(MAX_REPLICA_ATTEMPTS, MAX_REPLICA_ATTEMPT_TIME) {
                     r.attempts = MAX_REPLICA_ATTEMPTS - 1;
-                    r.attempted_time = Duration::ZERO;
+                    r.attempted_nanos = 0;
                 }
                 r.flags &= !(FLAG_NOT_LEADER | FLAG_SUSPECT_NOT_LEADER);
                 cache.switch_leader(self.region, leader, stores);
@@ -888,7 +892,10 @@ impl ReplicaSelector {
     /// Adds RPC time to the target's budget. Mirrors client-go `recordAttemptedTime`.
     pub fn record_attempted_time(&mut self, elapsed: Duration) {
         if let Some(t) = self.target {
-            self.replicas[t].attempted_time += elapsed;
+            let r = &mut self.replicas[t];
+            r.attempted_nanos = r
+                .attempted_nanos
+                .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
         }
     }
 
