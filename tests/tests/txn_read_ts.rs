@@ -11,7 +11,10 @@ use tikv_mockstore::{MockCluster, RpcKind};
 use tikv_tests::Mock;
 use tikv_tests::txn_support::{b, connect, txn_config};
 
-tikv_tests::txn_tests!(future_read_ts_is_refused_only_with_validation);
+tikv_tests::txn_tests!(
+    future_read_ts_is_refused_only_with_validation,
+    reads_at_timestamps_the_client_fetched_need_no_extra_tso
+);
 
 async fn future_read_ts_is_refused_only_with_validation<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());
@@ -37,4 +40,30 @@ async fn future_read_ts_is_refused_only_with_validation<R: Runtime>() {
     let plain = connect::<R>(&mock, txn_config()).await;
     let snap = plain.snapshot(future, SnapshotOptions::new());
     assert_eq!(snap.get("k").await.unwrap(), Some(b("v")));
+}
+
+/// Every timestamp the client hands out counts as known to come from PD (client-go
+/// `pdOracle.setLastTS`): a transaction's first read at its own start ts passes validation
+/// without a TSO request of its own.
+async fn reads_at_timestamps_the_client_fetched_need_no_extra_tso<R: Runtime>() {
+    use std::sync::atomic::Ordering;
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = txn_config();
+    config.enable_ts_validation = true;
+    let client = connect::<R>(&mock, config).await;
+    let mut w = client.begin_optimistic().await.unwrap();
+    w.put("k", "v").await.unwrap();
+    w.commit().await.unwrap();
+
+    let tso = &client.cluster().pd_stats().tso_requests;
+    let before = tso.load(Ordering::Relaxed);
+    let r = client.begin_optimistic().await.unwrap();
+    let after_begin = tso.load(Ordering::Relaxed);
+    assert!(after_begin > before, "begin fetched its start ts");
+    assert_eq!(r.get("k").await.unwrap(), Some(b("v")));
+    assert_eq!(
+        tso.load(Ordering::Relaxed),
+        after_begin,
+        "the read at the start ts the client fetched needed no validation fetch"
+    );
 }

@@ -13,7 +13,7 @@ use super::driver::{self, Dispatch, LocalIo};
 use super::pd::{PdClient, PdStats};
 use super::rpc::{self, PD_LOAD_KEYSPACE};
 use super::runtime::Runtime;
-use super::sync::Inbox;
+use super::sync::{Inbox, lock};
 use super::tikv::{TikvTransport, TransportConfig, TransportStats};
 use crate::codec::{ApiCodec, KeyMode};
 use crate::config::{ApiVersion, Config};
@@ -272,7 +272,13 @@ impl<R: Runtime> Cluster<R> {
 
     /// Fetches one timestamp from the TSO.
     pub async fn timestamp(&self) -> Result<Timestamp, Error> {
-        self.inner.pd.timestamp().await
+        let ts = self.inner.pd.timestamp().await?;
+        if self.inner.config.enable_ts_validation {
+            // A timestamp handed out is known to come from PD: reads at it pass read-ts
+            // validation without a fetch of their own. Mirrors client-go `pdOracle.setLastTS`.
+            lock(&self.inner.shared).read_ts.observe(ts.version());
+        }
+        Ok(ts)
     }
 
     /// Transport counters: TiKV batches and unary calls.

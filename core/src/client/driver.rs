@@ -95,6 +95,14 @@ where
                 Step::Start => op.start(now, &mut shared),
                 Step::Inputs => {
                     while let Some(input) = inputs.pop_front() {
+                        // Every timestamp handed out is known to come from PD: reads at it
+                        // pass read-ts validation without a fetch of their own. Mirrors
+                        // client-go `pdOracle.setLastTS` on each TSO result.
+                        if shared.read_ts.enabled
+                            && let Input::Tso { result: Ok(ts), .. } = &input
+                        {
+                            shared.read_ts.observe(ts.version());
+                        }
                         op.handle_input(now, &mut shared, input);
                     }
                 }
