@@ -411,6 +411,7 @@ impl<'t, R: Runtime> TxnSnapshot<'t, R> {
             range.into(),
             ScanOrder::Forward,
             false,
+            self.txn.options().session_id,
         )
     }
 
@@ -423,6 +424,7 @@ impl<'t, R: Runtime> TxnSnapshot<'t, R> {
             range.into(),
             ScanOrder::Reverse,
             false,
+            self.txn.options().session_id,
         )
     }
 }

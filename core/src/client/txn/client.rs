@@ -146,15 +146,19 @@ impl<R: Runtime> TransactionClient<R> {
         let span = tracing::debug_span!(
             "tikv.txn.begin",
             kind = ?options.kind,
+            session_id = options.session_id,
             start_ts = tracing::field::Empty
         );
+        // Recorded through a handle rather than `Span::current()`, which only works with
+        // subscribers that track the entered spans.
+        let begun = span.clone();
         async {
             let start_ts = match options.start_ts {
                 Some(ts) => ts,
                 None => self.current_timestamp().await?,
             };
             check_read_ts(start_ts)?;
-            tracing::Span::current().record("start_ts", start_ts.version());
+            begun.record("start_ts", start_ts.version());
             Ok(Transaction::new(self.clone(), start_ts, options))
         }
         .instrument(span)

@@ -872,8 +872,9 @@ impl TransactionOptions {
     }
 
     /// The id of the session (connection) running the transaction, for diagnostics: every
-    /// `tikv.txn.*` span of the transaction (reads, writes, locks, commit, rollback) carries
-    /// it as its `session_id` field. Mirrors client-go `KVTxn.SetSessionID` (the
+    /// `tikv.txn.*` span of the transaction (begin, reads, scans, including those of
+    /// [`super::Transaction::snapshot`], writes, locks, commit, rollback) carries it as its
+    /// `session_id` field. Mirrors client-go `KVTxn.SetSessionID` (the
     /// `util.SessionID` context value the committer logs with).
     pub fn session_id(mut self, id: u64) -> Self {
         self.session_id = Some(id);

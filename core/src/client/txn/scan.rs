@@ -97,10 +97,12 @@ impl<'a, R: Runtime> Scan<'a, R> {
         range: KeyRange,
         order: ScanOrder,
         key_only: bool,
+        session_id: Option<u64>,
     ) -> Self {
         let span = tracing::debug_span!(
             "tikv.txn.scan",
             start_ts = reader.start_ts().version(),
+            session_id,
             reverse = order == ScanOrder::Reverse,
             key_only,
             start = %super::KeyField(range.start()),

@@ -146,13 +146,27 @@ impl<R: Runtime> Snapshot<R> {
     /// A stream of the pairs of `range` in key order, 256 pairs per RPC (see
     /// [`Scan::batch_size`]). Mirrors client-go `KVSnapshot.Iter`.
     pub fn scan(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
-        Scan::new(&self.reader, None, range.into(), ScanOrder::Forward, false)
+        Scan::new(
+            &self.reader,
+            None,
+            range.into(),
+            ScanOrder::Forward,
+            false,
+            None,
+        )
     }
 
     /// Like [`Snapshot::scan`] in descending key order. Mirrors client-go
     /// `KVSnapshot.IterReverse`. With API V1 the range needs an end key (see [`Scan`]).
     pub fn scan_reverse(&self, range: impl Into<KeyRange>) -> Scan<'_, R> {
-        Scan::new(&self.reader, None, range.into(), ScanOrder::Reverse, false)
+        Scan::new(
+            &self.reader,
+            None,
+            range.into(),
+            ScanOrder::Reverse,
+            false,
+            None,
+        )
     }
 
     /// Like [`Snapshot::scan`], keys only. Mirrors client-go `KVSnapshot.SetKeyOnly`.
@@ -163,6 +177,7 @@ impl<R: Runtime> Snapshot<R> {
             range.into(),
             ScanOrder::Forward,
             true,
+            None,
         ))
     }
 
@@ -174,6 +189,7 @@ impl<R: Runtime> Snapshot<R> {
             range.into(),
             ScanOrder::Reverse,
             true,
+            None,
         ))
     }
 }

@@ -341,6 +341,7 @@ impl<R: Runtime> Transaction<R> {
             range.into(),
             ScanOrder::Forward,
             false,
+            self.options.session_id,
         )
     }
 
@@ -353,6 +354,7 @@ impl<R: Runtime> Transaction<R> {
             range.into(),
             ScanOrder::Reverse,
             false,
+            self.options.session_id,
         )
     }
 
@@ -364,6 +366,7 @@ impl<R: Runtime> Transaction<R> {
             range.into(),
             ScanOrder::Forward,
             true,
+            self.options.session_id,
         ))
     }
 
@@ -375,6 +378,7 @@ impl<R: Runtime> Transaction<R> {
             range.into(),
             ScanOrder::Reverse,
             true,
+            self.options.session_id,
         ))
     }
 
