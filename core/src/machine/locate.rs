@@ -67,6 +67,21 @@ pub struct LocateKey {
 }
 
 impl LocateKey {
+    /// [`Operation::start`] continued from a cache lookup the caller already made with
+    /// `rng` (forked from the shared one, as `start` does): a caller that handles the cache hit
+    /// itself (see `SingleRegion`) builds a locator only for a miss or a reload.
+    pub fn start_with_lookup(&mut self, shared: &mut Shared, rng: Rng, lookup: Lookup) {
+        self.rng = rng;
+        match lookup {
+            Lookup::Hit(loc) => self.finish(Ok(loc)),
+            Lookup::Reload { stale } => {
+                self.stale = Some(stale);
+                self.load(shared);
+            }
+            Lookup::Miss => self.load(shared),
+        }
+    }
+
     /// Locates `key` (`by_end`: as an end key) with `backoffer` as the budget for PD failures.
     pub fn new(key: Key, by_end: bool, backoffer: Backoffer) -> Self {
         LocateKey {
@@ -207,18 +222,9 @@ impl Operation for LocateKey {
     type Output = KeyLocation;
 
     fn start(&mut self, now: Instant, shared: &mut Shared) {
-        self.rng = shared.rng.fork();
-        match shared
-            .regions
-            .lookup(&self.key, self.by_end, now, &mut self.rng)
-        {
-            Lookup::Hit(loc) => self.finish(Ok(loc)),
-            Lookup::Reload { stale } => {
-                self.stale = Some(stale);
-                self.load(shared);
-            }
-            Lookup::Miss => self.load(shared),
-        }
+        let mut rng = shared.rng.fork();
+        let lookup = shared.regions.lookup(&self.key, self.by_end, now, &mut rng);
+        self.start_with_lookup(shared, rng, lookup);
     }
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::machine::backoff::Backoffer;
 use crate::machine::locate::{GroupKeys, KeyGroup, LocateKey};
-use crate::machine::region_cache::KeyLocation;
+use crate::machine::region_cache::{KeyLocation, Lookup};
 use crate::machine::region_error::may_backoff_for_region_error;
 use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
 use crate::machine::{
@@ -144,8 +144,16 @@ impl SingleRegion {
 
     fn begin_locate(&mut self, now: Instant, shared: &mut Shared) {
         let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
+        // The cache lookup `LocateKey::start` would make; a hit (the common case) needs no
+        // locator.
+        let mut rng = shared.rng.fork();
+        let lookup = shared.regions.lookup(&self.key, self.by_end, now, &mut rng);
+        if let Lookup::Hit(loc) = lookup {
+            self.send(now, shared, bo, Ok(loc));
+            return self.drive(now, shared);
+        }
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
-        op.start(now, shared);
+        op.start_with_lookup(shared, rng, lookup);
         while let Some(a) = op.poll_action() {
             self.actions.push_back(a);
         }
