@@ -62,10 +62,10 @@ pub fn lock_count(mock: &Mock) -> usize {
     mock.cluster().with_cluster(|c| c.mvcc().all_locks().len())
 }
 
-/// Whether the mock holds a lock on `key` (API V1 key).
+/// Whether the mock holds a lock on `key` (API V1 key), exclusive or shared.
 pub fn has_lock(mock: &Mock, key: &str) -> bool {
     mock.cluster()
-        .with_cluster(|c| c.mvcc().engine().load_lock(key.as_bytes()).is_some())
+        .with_cluster(|c| c.mvcc().engine().is_locked(key.as_bytes()))
 }
 
 /// The region id holding the transactional `key` (API V1 key).
