@@ -46,20 +46,27 @@ pub fn encode_batch(mut batch: tikvpb::BatchCommandsRequest) -> Bytes {
             out.put_slice(&scratch);
             continue;
         };
+        // Split the command's own framing off: the oneof arm's key and the inner length.
+        let mut rest: &[u8] = &scratch;
+        let framing = (decode_varint(&mut rest), decode_varint(&mut rest));
+        let (Ok(arm_key), Ok(inner_len)) = framing else {
+            // prost always frames an arm as key + length; should that ever change, encode this
+            // request the plain way rather than send it without its context.
+            if let Some(slot) = request.cmd.as_mut().and_then(cmd_context_slot) {
+                *slot = Some(context);
+            }
+            encode_key(REQUESTS_FIELD, WireType::LengthDelimited, &mut out);
+            encode_varint(request.encoded_len() as u64, &mut out);
+            request.encode_raw(&mut out);
+            continue;
+        };
+        let inner_len = inner_len as usize;
+        debug_assert_eq!(rest.len(), inner_len);
         if last.as_ref() != Some(&context) {
             ctx_bytes.clear();
             context.encode_raw(&mut ctx_bytes);
             last = Some(context);
         }
-        // Split the command's own framing off: the oneof arm's key and the inner length.
-        let mut rest: &[u8] = &scratch;
-        let (arm_key, inner_len) = match (decode_varint(&mut rest), decode_varint(&mut rest)) {
-            (Ok(k), Ok(l)) => (k, l as usize),
-            // A command always encodes as key + length + fields; anything else cannot come
-            // out of prost.
-            _ => unreachable!("a oneof arm is encoded as key, length, fields"),
-        };
-        debug_assert_eq!(rest.len(), inner_len);
         let ctx_field_len = encoded_len_varint(u64::from(CONTEXT_FIELD << 3 | 2))
             + encoded_len_varint(ctx_bytes.len() as u64)
             + ctx_bytes.len();
