@@ -540,11 +540,14 @@ async fn sampled_snapshot_scan<R: Runtime>() {
 }
 
 /// What a transaction reports about itself. Mirrors client-go `KVTxn.StartTS`, `CommitTS`,
-/// `Valid`, `Len`, `Size`, `IsReadOnly`, `IsPessimistic`.
+/// `Valid`, `Len`, `Size`, `IsReadOnly`, `IsPessimistic`, `GetClusterID`.
 async fn transaction_introspection<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());
     let client = connect::<R>(&mock, txn_config()).await;
     let mut t = client.begin_pessimistic().await.unwrap();
+    let pd_cluster_id = mock.cluster().with_cluster(|c| c.pd().cluster_id());
+    assert_ne!(pd_cluster_id, 0);
+    assert_eq!(t.cluster_id(), pd_cluster_id, "the id PD reports");
     assert!(t.is_pessimistic() && t.is_open() && t.is_read_only() && t.is_empty());
     assert_eq!((t.len(), t.size()), (0, 0));
     t.put("ab", "xyz").await.unwrap();

@@ -189,6 +189,12 @@ impl<R: Runtime> Transaction<R> {
         lock(&self.state).commit_ts
     }
 
+    /// The id of the cluster the transaction runs on, as PD reported it. Mirrors client-go
+    /// `KVTxn.GetClusterID` (`KVStore.GetClusterID`).
+    pub fn cluster_id(&self) -> u64 {
+        self.client.cluster().cluster_id()
+    }
+
     /// The options the transaction was begun with.
     pub fn options(&self) -> &TransactionOptions {
         &self.options
