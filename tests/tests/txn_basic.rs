@@ -514,7 +514,9 @@ async fn kv_filter_leaves_unnecessary_writes_out<R: Runtime>() {
 }
 
 /// A snapshot with a sample step scans one key of every `step` (ANALYZE sampling), region
-/// by region. Mirrors client-go `KVSnapshot.SetSampleStep` (`ScanRequest.SampleStep`).
+/// by region; the snapshot's task id reaches TiKV in every read's context. Mirrors
+/// client-go `KVSnapshot.SetSampleStep` (`ScanRequest.SampleStep`) and `SetTaskID`
+/// (`Context.TaskId`).
 async fn sampled_snapshot_scan<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());
     split_txn(&mock, &["k12"]);
@@ -529,6 +531,11 @@ async fn sampled_snapshot_scan<R: Runtime>() {
         .await
         .unwrap();
     assert_eq!(all.len(), 24);
+    assert_eq!(
+        mock.cluster().last_task_id(RpcKind::Scan),
+        Some(0),
+        "no task id"
+    );
     let sampled = collect(
         client
             .snapshot(ts, SnapshotOptions::new().sample_step(4).task_id(7))
@@ -538,6 +545,12 @@ async fn sampled_snapshot_scan<R: Runtime>() {
     .unwrap();
     assert_eq!(sampled.len(), 6, "{:?}", keys_of(&sampled));
     assert!(sampled.iter().all(|p| all.contains(p)));
+    assert_eq!(mock.cluster().last_task_id(RpcKind::Scan), Some(7));
+    let tagged = client.snapshot(ts, SnapshotOptions::new().task_id(9));
+    assert_eq!(tagged.get("k03").await.unwrap(), Some(b("v")));
+    assert_eq!(mock.cluster().last_task_id(RpcKind::Get), Some(9));
+    tagged.batch_get(["k01", "k20"]).await.unwrap();
+    assert_eq!(mock.cluster().last_task_id(RpcKind::BatchGet), Some(9));
 }
 
 /// What a transaction reports about itself. Mirrors client-go `KVTxn.StartTS`, `CommitTS`,
