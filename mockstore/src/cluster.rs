@@ -828,6 +828,9 @@ impl Cluster {
     pub fn handle_tikv(&mut self, now_ms: u64, store_id: u64, req: TikvRequest) -> TikvOutcome {
         let kind = req.kind();
         self.faults.count(kind, store_id);
+        if let Some(ctx) = req.context() {
+            self.faults.note_task_id(kind, ctx.task_id);
+        }
         match self.stores.get(&store_id) {
             Some(s) if s.up => {}
             _ => return TikvOutcome::StoreUnreachable,

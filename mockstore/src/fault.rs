@@ -245,6 +245,8 @@ pub struct Faults {
     counts: BTreeMap<RpcKind, u64>,
     store_counts: BTreeMap<(u64, RpcKind), u64>,
     pd_counts: BTreeMap<String, u64>,
+    /// `Context.task_id` of the last request of each kind that carried a context.
+    last_task_ids: BTreeMap<RpcKind, u64>,
     batch_sizes: Vec<usize>,
     fired: u64,
 }
@@ -319,6 +321,17 @@ impl Faults {
         *self.store_counts.entry((store_id, kind)).or_default() += 1;
     }
 
+    /// Records the `Context.task_id` of a request of `kind` (the last one wins).
+    pub fn note_task_id(&mut self, kind: RpcKind, task_id: u64) {
+        self.last_task_ids.insert(kind, task_id);
+    }
+
+    /// `Context.task_id` of the last request of `kind` that carried a context (`None`
+    /// when none arrived since the counters were reset).
+    pub fn last_task_id(&self, kind: RpcKind) -> Option<u64> {
+        self.last_task_ids.get(&kind).copied()
+    }
+
     /// Counts a PD request by method name.
     pub fn count_pd(&mut self, method: &str) {
         *self.pd_counts.entry(method.to_string()).or_default() += 1;
@@ -367,6 +380,7 @@ impl Faults {
         self.counts.clear();
         self.store_counts.clear();
         self.pd_counts.clear();
+        self.last_task_ids.clear();
         self.batch_sizes.clear();
     }
 }

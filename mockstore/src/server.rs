@@ -1362,6 +1362,11 @@ impl MockCluster {
         self.with_cluster(|c| c.faults().requests(kind))
     }
 
+    /// `Context.task_id` of the last request of a kind that carried a context.
+    pub fn last_task_id(&self, kind: RpcKind) -> Option<u64> {
+        self.with_cluster(|c| c.faults().last_task_id(kind))
+    }
+
     /// PD requests of a method received so far.
     pub fn pd_requests(&self, method: &str) -> u64 {
         self.with_cluster(|c| c.faults().pd_requests(method))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tikv_core::Error;
 use tikv_core::client::Runtime;
 use tikv_core::client::txn::{
-    AssertionLevel, CommitInfo, CommitMode, KeyRange, LockOptions, SnapshotOptions,
+    AssertionLevel, CommitInfo, CommitMode, KeyRange, LockOptions, Mutation, SnapshotOptions,
     TransactionOptions,
 };
 use tikv_core::machine::txn::FlagsOp;
@@ -31,6 +31,7 @@ tikv_tests::txn_tests!(
     kv_filter_leaves_unnecessary_writes_out,
     sampled_snapshot_scan,
     transaction_introspection,
+    batch_mutate_applies_puts_and_deletes_in_order,
     per_key_assertions_are_checked_at_prewrite,
     snapshot_moved_to_a_newer_ts,
 );
@@ -513,7 +514,9 @@ async fn kv_filter_leaves_unnecessary_writes_out<R: Runtime>() {
 }
 
 /// A snapshot with a sample step scans one key of every `step` (ANALYZE sampling), region
-/// by region. Mirrors client-go `KVSnapshot.SetSampleStep` (`ScanRequest.SampleStep`).
+/// by region; the snapshot's task id reaches TiKV in every read's context. Mirrors
+/// client-go `KVSnapshot.SetSampleStep` (`ScanRequest.SampleStep`) and `SetTaskID`
+/// (`Context.TaskId`).
 async fn sampled_snapshot_scan<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());
     split_txn(&mock, &["k12"]);
@@ -528,6 +531,11 @@ async fn sampled_snapshot_scan<R: Runtime>() {
         .await
         .unwrap();
     assert_eq!(all.len(), 24);
+    assert_eq!(
+        mock.cluster().last_task_id(RpcKind::Scan),
+        Some(0),
+        "no task id"
+    );
     let sampled = collect(
         client
             .snapshot(ts, SnapshotOptions::new().sample_step(4).task_id(7))
@@ -537,14 +545,23 @@ async fn sampled_snapshot_scan<R: Runtime>() {
     .unwrap();
     assert_eq!(sampled.len(), 6, "{:?}", keys_of(&sampled));
     assert!(sampled.iter().all(|p| all.contains(p)));
+    assert_eq!(mock.cluster().last_task_id(RpcKind::Scan), Some(7));
+    let tagged = client.snapshot(ts, SnapshotOptions::new().task_id(9));
+    assert_eq!(tagged.get("k03").await.unwrap(), Some(b("v")));
+    assert_eq!(mock.cluster().last_task_id(RpcKind::Get), Some(9));
+    tagged.batch_get(["k01", "k20"]).await.unwrap();
+    assert_eq!(mock.cluster().last_task_id(RpcKind::BatchGet), Some(9));
 }
 
 /// What a transaction reports about itself. Mirrors client-go `KVTxn.StartTS`, `CommitTS`,
-/// `Valid`, `Len`, `Size`, `IsReadOnly`, `IsPessimistic`.
+/// `Valid`, `Len`, `Size`, `IsReadOnly`, `IsPessimistic`, `GetClusterID`.
 async fn transaction_introspection<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());
     let client = connect::<R>(&mock, txn_config()).await;
     let mut t = client.begin_pessimistic().await.unwrap();
+    let pd_cluster_id = mock.cluster().with_cluster(|c| c.pd().cluster_id());
+    assert_ne!(pd_cluster_id, 0);
+    assert_eq!(t.cluster_id(), pd_cluster_id, "the id PD reports");
     assert!(t.is_pessimistic() && t.is_open() && t.is_read_only() && t.is_empty());
     assert_eq!((t.len(), t.size()), (0, 0));
     t.put("ab", "xyz").await.unwrap();
@@ -559,6 +576,67 @@ async fn transaction_introspection<R: Runtime>() {
     assert!(ts.unwrap() > t.start_ts());
     let o = client.begin_optimistic().await.unwrap();
     assert!(!o.is_pessimistic());
+}
+
+/// `batch_mutate` applies its mutations in order exactly as single `put` / `delete` calls:
+/// later mutations of a key win, an empty value is refused with the mutations before it
+/// kept buffered, and a pessimistic transaction locks every key in TiKV before commit.
+/// A Rust convenience (client-rust `Transaction::batch_mutate`); TiDB composes client-go
+/// `KVTxn.Set` / `KVTxn.Delete`.
+async fn batch_mutate_applies_puts_and_deletes_in_order<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    setup.put("gone", "old").await.unwrap();
+    setup.commit().await.unwrap();
+
+    let mut t = client.begin_optimistic().await.unwrap();
+    t.batch_mutate([
+        Mutation::Put(b("a"), b("1")),
+        Mutation::Put(b("b"), b("2")),
+        Mutation::Delete(b("gone")),
+        Mutation::Put(b("a"), b("3")),
+        Mutation::Delete(b("b")),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(t.len(), 3, "a, b, gone");
+    t.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(
+        check.batch_get(["a", "b", "gone"]).await.unwrap(),
+        vec![Some(b("3")), None, None]
+    );
+
+    let t = client.begin_optimistic().await.unwrap();
+    let err = t
+        .batch_mutate([
+            Mutation::Put(b("c"), b("1")),
+            Mutation::Put(b("d"), b("")),
+            Mutation::Put(b("e"), b("1")),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::EmptyValue), "{err:?}");
+    assert_eq!(t.get("c").await.unwrap(), Some(b("1")), "applied before");
+    assert_eq!(t.len(), 1, "nothing after the failing mutation");
+    assert_eq!(Mutation::Delete(b("k")).key(), &b("k"));
+
+    let mut p = client.begin_pessimistic().await.unwrap();
+    p.batch_mutate([Mutation::Put(b("x"), b("1")), Mutation::Delete(b("a"))])
+        .await
+        .unwrap();
+    assert!(
+        has_lock(&mock, "x") && has_lock(&mock, "a"),
+        "locked in TiKV"
+    );
+    assert_eq!(lock_count(&mock), 2);
+    p.commit().await.unwrap();
+    let check = client.begin_optimistic().await.unwrap();
+    assert_eq!(
+        check.batch_get(["x", "a"]).await.unwrap(),
+        vec![Some(b("1")), None]
+    );
 }
 
 /// Per-key assertions set with flags are checked by TiKV at prewrite under a strict assertion

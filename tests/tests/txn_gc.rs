@@ -2,7 +2,7 @@
 
 use tikv_core::client::Runtime;
 use tikv_core::client::txn::KeyRange;
-use tikv_mockstore::MockCluster;
+use tikv_mockstore::{MockCluster, RpcKind};
 use tikv_tests::Mock;
 use tikv_tests::txn_support::{
     MockPrewrite, b, connect, lock_count, mock_prewrite, split_txn, txn_config,
@@ -10,6 +10,7 @@ use tikv_tests::txn_support::{
 
 tikv_tests::txn_tests!(
     delete_range_and_unsafe_destroy_range,
+    notify_only_delete_range_keeps_data_and_reports_regions,
     split_regions_with_and_without_scatter,
     gc_resolves_old_locks_and_aborts_readers_below_the_safe_point,
 );
@@ -56,6 +57,39 @@ async fn delete_range_and_unsafe_destroy_range<R: Runtime>() {
 
     assert!(matches!(
         client.delete_range("z".."a").await,
+        Err(tikv_core::Error::InvalidArgument(_))
+    ));
+}
+
+/// The notify-only delete range sends `DeleteRange` (with `notify_only`) to every region of
+/// the range and returns how many it notified, while every key stays readable. Mirrors
+/// client-go `txnkv/rangetask/delete_range.go` `NewNotifyDeleteRangeTask`, `Execute` and
+/// `CompletedRegions`.
+async fn notify_only_delete_range_keeps_data_and_reports_regions<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().stores(3));
+    split_txn(&mock, &["a5", "b5"]);
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut t = client.begin_optimistic().await.unwrap();
+    for p in ["a", "b"] {
+        for i in 0..10 {
+            t.put(format!("{p}{i}"), "v").await.unwrap();
+        }
+    }
+    t.commit().await.unwrap();
+
+    let before = mock.cluster().requests(RpcKind::DeleteRange);
+    let regions = client.delete_range_notify_only("a".."b5").await.unwrap();
+    assert_eq!(regions, 2, "regions [a, a5) and [a5, b5) are notified");
+    let sent = mock.cluster().requests(RpcKind::DeleteRange) - before;
+    assert!(sent >= 2, "one DeleteRange per region at least: {sent}");
+    let snap = client.begin_optimistic().await.unwrap();
+    for k in ["a0", "a3", "a7", "b0", "b4", "b9"] {
+        assert_eq!(snap.get(k).await.unwrap(), Some(b("v")), "{k} kept");
+    }
+    assert_eq!(versions(&mock, "a3"), 1, "notify-only deletes no version");
+
+    assert!(matches!(
+        client.delete_range_notify_only("z".."a").await,
         Err(tikv_core::Error::InvalidArgument(_))
     ));
 }

@@ -265,6 +265,12 @@ impl<R: Runtime> Cluster<R> {
         &self.inner.config
     }
 
+    /// The id of the cluster, as PD reported it (0 before PD answered, which `connect`
+    /// waits for). Mirrors client-go `KVStore.GetClusterID`.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.pd.cluster_id()
+    }
+
     /// The runtime.
     pub fn runtime(&self) -> &R {
         &self.inner.rt

@@ -565,11 +565,13 @@ pub(crate) async fn unsafe_destroy_range<R: Runtime>(
 /// concurrency client-go's GC defaults to (`tikv/gc.go` `GC`, 8).
 pub const DELETE_RANGE_CONCURRENCY: usize = 8;
 
-/// Deletes `range` region by region. Runs the range-task runner with the delete-range
-/// handler; returns the regions done.
+/// Deletes `range` region by region (with `notify_only`, only tells each region about the
+/// range and deletes nothing). Runs the range-task runner with the delete-range handler;
+/// returns the regions done.
 pub(crate) async fn delete_range<R: Runtime>(
     cluster: &Cluster<R>,
     range: KeyRange,
+    notify_only: bool,
 ) -> Result<usize, Error> {
     let (start, end) = range.into_keys();
     let stat = cluster
@@ -577,7 +579,7 @@ pub(crate) async fn delete_range<R: Runtime>(
             start,
             end,
             DELETE_RANGE_CONCURRENCY,
-            false,
+            notify_only,
         ))
         .await?;
     Ok(stat.completed_regions)

@@ -230,7 +230,27 @@ impl<R: Runtime> TransactionClient<R> {
             start = %KeyField(range.start()),
             end = %KeyField(range.end())
         );
-        backend::delete_range(&self.cluster, range)
+        backend::delete_range(&self.cluster, range, false)
+            .instrument(span)
+            .await
+    }
+
+    /// Sends TiKV's `DeleteRange` with `notify_only` set to every region of `range`, region
+    /// by region: TiKV is told about the range (e.g. to drop it from caches or replicas that
+    /// follow deletes) but deletes nothing. Returns the number of regions notified. Mirrors
+    /// client-go `rangetask.NewNotifyDeleteRangeTask(...).Execute` / `CompletedRegions`.
+    pub async fn delete_range_notify_only(
+        &self,
+        range: impl Into<KeyRange>,
+    ) -> Result<usize, Error> {
+        let range = range.into();
+        range.check()?;
+        let span = tracing::info_span!(
+            "tikv.txn.delete_range_notify_only",
+            start = %KeyField(range.start()),
+            end = %KeyField(range.end())
+        );
+        backend::delete_range(&self.cluster, range, true)
             .instrument(span)
             .await
     }

@@ -48,7 +48,7 @@ pub use options::{
 pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};
 pub use snapshot::Snapshot;
-pub use transaction::{PESSIMISTIC_LOCK_MAX_RETRIES, Transaction};
+pub use transaction::{Mutation, PESSIMISTIC_LOCK_MAX_RETRIES, Transaction};
 
 /// Formats a key for tracing: printable ASCII as is, the rest as `\xNN`, cut after 64 bytes.
 pub(crate) struct KeyField<'a>(pub &'a [u8]);

@@ -59,6 +59,24 @@ use crate::machine::{Key, Timestamp};
 /// loop client-go callers run around `LockKeys`.
 pub const PESSIMISTIC_LOCK_MAX_RETRIES: u32 = 256;
 
+/// One write of [`Transaction::batch_mutate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// Write `value` at the key, as [`Transaction::put`] does.
+    Put(Key, Value),
+    /// Delete the key, as [`Transaction::delete`] does.
+    Delete(Key),
+}
+
+impl Mutation {
+    /// The key the mutation writes.
+    pub fn key(&self) -> &Key {
+        match self {
+            Mutation::Put(key, _) | Mutation::Delete(key) => key,
+        }
+    }
+}
+
 /// Where a transaction is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -187,6 +205,12 @@ impl<R: Runtime> Transaction<R> {
     /// or when it wrote nothing). Mirrors client-go `KVTxn.CommitTS`.
     pub fn commit_ts(&self) -> Option<Timestamp> {
         lock(&self.state).commit_ts
+    }
+
+    /// The id of the cluster the transaction runs on, as PD reported it. Mirrors client-go
+    /// `KVTxn.GetClusterID` (`KVStore.GetClusterID`).
+    pub fn cluster_id(&self) -> u64 {
+        self.client.cluster().cluster_id()
     }
 
     /// The options the transaction was begun with.
@@ -473,6 +497,25 @@ impl<R: Runtime> Transaction<R> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Applies `mutations` in order, each exactly as [`Transaction::put`] or
+    /// [`Transaction::delete`] would (same key and value checks; in a pessimistic transaction
+    /// each key is locked before it is buffered). Stops at the first failing mutation and
+    /// returns its error; the mutations before it stay buffered, as after the same sequence
+    /// of single calls. A Rust convenience without a client-go counterpart (TiDB composes
+    /// `KVTxn.Set` / `KVTxn.Delete`); client-rust offered it as `batch_mutate`.
+    pub async fn batch_mutate(
+        &self,
+        mutations: impl IntoIterator<Item = Mutation>,
+    ) -> Result<(), Error> {
+        for mutation in mutations {
+            match mutation {
+                Mutation::Put(key, value) => self.put(key, value).await?,
+                Mutation::Delete(key) => self.delete(key).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Takes the pessimistic lock a write needs (nothing in an optimistic transaction or when
