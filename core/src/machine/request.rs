@@ -215,6 +215,63 @@ struct Inflight {
     _token: Option<crate::machine::store_limit::StoreToken>,
 }
 
+/// The read type of one attempt as it appears in the request source label: the target's
+/// role (`leader` or `follower`), prefixed with `stale_` for a stale read. Mirrors client-go
+/// `replicaSelector.replicaType` and the `ReadType` that `patchRequestSource` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadTypeLabel {
+    Leader,
+    Follower,
+    StaleLeader,
+    StaleFollower,
+}
+
+impl ReadTypeLabel {
+    fn of(is_leader: bool, stale: bool) -> Self {
+        match (is_leader, stale) {
+            (true, false) => ReadTypeLabel::Leader,
+            (false, false) => ReadTypeLabel::Follower,
+            (true, true) => ReadTypeLabel::StaleLeader,
+            (false, true) => ReadTypeLabel::StaleFollower,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ReadTypeLabel::Leader => "leader",
+            ReadTypeLabel::Follower => "follower",
+            ReadTypeLabel::StaleLeader => "stale_leader",
+            ReadTypeLabel::StaleFollower => "stale_follower",
+        }
+    }
+}
+
+/// The request source of one attempt for the caller's source `input`:
+/// `<read type>_<input>` on the first attempt, `retry_<first read type>_<replica>_<input>` on
+/// a retry (`replica` is the current target's role, without the stale prefix). TiKV's
+/// quota control keys on the last part, so the input always ends the label. Mirrors
+/// client-go `internal/locate/region_request.go` `patchRequestSource`, which runs only when
+/// the input source is set.
+fn patch_request_source(
+    input: &str,
+    retry: bool,
+    first: ReadTypeLabel,
+    replica: ReadTypeLabel,
+) -> String {
+    let mut out = String::with_capacity(input.len() + 40);
+    if retry {
+        out.push_str("retry_");
+        out.push_str(first.as_str());
+        out.push('_');
+        out.push_str(replica.as_str());
+    } else {
+        out.push_str(first.as_str());
+    }
+    out.push('_');
+    out.push_str(input);
+    out
+}
+
 /// Progress of the read-timestamp validation before the first send.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum TsCheck {
@@ -263,6 +320,8 @@ pub struct RegionRequest {
     wake: Option<(Instant, Wake)>,
     done: bool,
     ts_check: TsCheck,
+    /// The read type of the first attempt, kept for the retry labels of the request source.
+    first_read_type: ReadTypeLabel,
 }
 
 // Every single-region operation boxes one region request; past 1 KiB the allocation leaves
@@ -302,6 +361,7 @@ impl RegionRequest {
             wake: None,
             done: false,
             ts_check: TsCheck::Pending,
+            first_read_type: ReadTypeLabel::Leader,
         }
     }
 
@@ -467,6 +527,19 @@ impl RegionRequest {
             ctx.busy_threshold_ms = target.busy_threshold_ms;
             if ctx.cluster_id == 0 {
                 ctx.cluster_id = shared.routing.cluster_id;
+            }
+            // Only a request that carries a source is labelled: nothing is formatted otherwise.
+            if !ctx.request_source.is_empty() {
+                let replica = ReadTypeLabel::of(target.is_leader, false);
+                if self.send_times == 0 {
+                    self.first_read_type = ReadTypeLabel::of(target.is_leader, target.stale_read);
+                }
+                ctx.request_source = patch_request_source(
+                    &ctx.request_source,
+                    self.send_times > 0,
+                    self.first_read_type,
+                    replica,
+                );
             }
         }
         shared.codec.encode_request_in_place(&mut request);
@@ -1599,6 +1672,73 @@ mod tests {
             0,
             "a timeout alone does not invalidate the store"
         );
+    }
+
+    /// TR-30 / SN-29: with a request source, the first attempt is labelled with its read type
+    /// and the retry with `retry_<first>_<replica>`; without one, nothing is labelled.
+    #[test]
+    fn request_source_is_patched_per_attempt() {
+        for (input, first, retry) in [
+            (
+                "external_Select",
+                "leader_external_Select",
+                "retry_leader_follower_external_Select",
+            ),
+            ("", "", ""),
+        ] {
+            let pd = FakePd::split(3, &[]);
+            let mut h = warm(&pd);
+            let get = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
+                context: Some(kvrpcpb::Context {
+                    max_execution_duration_ms: 1000,
+                    request_source: input.into(),
+                    ..Default::default()
+                }),
+                key: Bytes::from_static(b"k"),
+                version: 10,
+                ..Default::default()
+            })));
+            let mut op = request(&h, 1, get);
+            let mut n = 0;
+            let res = h.run(&mut op, |a, _| {
+                n += 1;
+                if n == 1 {
+                    tikv_reply(
+                        a,
+                        Err(Error::Timeout {
+                            address: "store1:20160".into(),
+                            timeout_ms: 1000,
+                        }),
+                    )
+                } else {
+                    tikv_reply(
+                        a,
+                        Ok(TikvResponse::Cmd(TikvCmdResponse::Get(Box::default()))),
+                    )
+                }
+            });
+            assert!(res.is_ok());
+            let sent = h.tikv_sent();
+            assert_eq!(sent.len(), 2);
+            assert_eq!(ctx_of(&sent[0].1).request_source, first);
+            assert_ne!(sent[1].0, 1, "retried on a follower");
+            assert_eq!(ctx_of(&sent[1].1).request_source, retry);
+        }
+    }
+
+    #[test]
+    fn request_source_labels_stale_reads_and_retries() {
+        use super::ReadTypeLabel as L;
+        assert_eq!(
+            patch_request_source("internal_gc", false, L::StaleFollower, L::Follower),
+            "stale_follower_internal_gc"
+        );
+        assert_eq!(
+            patch_request_source("internal_gc", true, L::StaleFollower, L::Leader),
+            "retry_stale_follower_leader_internal_gc"
+        );
+        assert_eq!(L::of(true, true), L::StaleLeader);
+        assert_eq!(L::of(false, false), L::Follower);
     }
 
     #[test]

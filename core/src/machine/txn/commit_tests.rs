@@ -1530,7 +1530,8 @@ fn transaction_options_reach_every_write_request() {
             kvrpcpb::DiskFullOpt::AllowedOnAlmostFull as i32
         );
         assert_eq!(ctx.txn_source, 42);
-        assert_eq!(ctx.request_source, "external_test");
+        // Labelled with the attempt's read type by the region request (`patchRequestSource`).
+        assert_eq!(ctx.request_source, "leader_external_test");
         assert_eq!(ctx.max_execution_duration_ms, MAX_WRITE_EXECUTION_MS);
     };
     let prewrites = w.sent_of("prewrite");

@@ -1216,7 +1216,7 @@ mod tests {
         assert_eq!(out.value, None);
         let ctx = &gets(&w)[0];
         assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32);
-        assert_eq!(ctx.request_source, "external_test");
+        assert_eq!(ctx.request_source, "leader_external_test", "patched per attempt");
         assert!(ctx.not_fill_cache);
         assert_eq!(&ctx.resource_group_tag[..], b"tag");
         assert_eq!(
