@@ -172,6 +172,7 @@ fn write_context(ctx: &ContextOptions) -> TxnRequestContext {
         priority: ctx.priority.to_pb(),
         sync_log: ctx.sync_log,
         resource_group_tag: ctx.resource_group_tag.clone(),
+        resource_group_tagger: ctx.resource_group_tagger.clone(),
         resource_group_name: ctx.resource_group_name.clone(),
         disk_full_opt: ctx.disk_full_opt.to_pb(),
         txn_source: ctx.txn_source,
@@ -607,6 +608,7 @@ pub(crate) async fn split_regions<R: Runtime>(
 mod tests {
     use super::*;
     use crate::client::txn::options::{DiskFullOpt, Priority, TransactionOptions};
+    use crate::machine::txn::tagger::{RequestInfo, TaggedCommand, TaggerFn};
     use tikv_proto::kvrpcpb;
 
     /// Every write option of a transaction lands in the `Context` of its write requests.
@@ -624,7 +626,7 @@ mod tests {
             .disk_full_opt(DiskFullOpt::AllowedOnAlreadyFull)
             .txn_source(7)
             .force_sync_log(true);
-        let ctx = write_context(&o.ctx).write_context();
+        let ctx = write_context(&o.ctx).write_context(TaggedCommand::Commit);
         assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32);
         assert_eq!(ctx.request_source, "external_test");
         assert_eq!(&ctx.resource_group_tag[..], b"tag");
@@ -641,13 +643,52 @@ mod tests {
         assert_eq!(ctx.txn_source, 7);
         assert!(ctx.sync_log);
         // Defaults: nothing set beyond the write deadline.
-        let ctx = write_context(&TransactionOptions::new_optimistic().ctx).write_context();
+        let ctx = write_context(&TransactionOptions::new_optimistic().ctx)
+            .write_context(TaggedCommand::Commit);
         assert_eq!(ctx.priority, kvrpcpb::CommandPri::Normal as i32);
         assert!(!ctx.sync_log && ctx.resource_control_context.is_none());
         assert_eq!(ctx.txn_source, 0);
         assert_eq!(
             ctx.disk_full_opt,
             kvrpcpb::DiskFullOpt::NotAllowedOnFull as i32
+        );
+    }
+
+    /// TR-28: without a static tag, the tagger computes each request's tag from its command
+    /// (client-go `SetResourceGroupTagger`, applied when `resourceGroupTag == nil`); a static
+    /// tag wins.
+    #[test]
+    fn resource_group_tagger_tags_requests_without_a_static_tag() {
+        let tagger: TaggerFn =
+            Arc::new(|r: &RequestInfo| format!("t-{}", r.command.as_str()).into_bytes());
+        let o = TransactionOptions::new_optimistic().resource_group_tagger(tagger.clone());
+        let w = write_context(&o.ctx);
+        assert_eq!(
+            &w.write_context(TaggedCommand::Prewrite).resource_group_tag[..],
+            b"t-Prewrite"
+        );
+        assert_eq!(
+            &w.write_context(TaggedCommand::PessimisticLock)
+                .resource_group_tag[..],
+            b"t-PessimisticLock"
+        );
+        let snap = crate::machine::txn::snapshot::SnapshotOptions::new(5)
+            .with_resource_group_tagger(o.ctx.resource_group_tagger.clone());
+        let locks = Default::default();
+        assert_eq!(
+            &snap
+                .context(&locks, TaggedCommand::BatchGet)
+                .resource_group_tag[..],
+            b"t-BatchGet"
+        );
+        let o = TransactionOptions::new_optimistic()
+            .resource_group_tagger(tagger)
+            .resource_group_tag("static");
+        assert_eq!(
+            &write_context(&o.ctx)
+                .write_context(TaggedCommand::Commit)
+                .resource_group_tag[..],
+            b"static"
         );
     }
 }

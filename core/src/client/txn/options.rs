@@ -279,6 +279,7 @@ pub(crate) struct ContextOptions {
     pub priority: Priority,
     pub request_source: String,
     pub resource_group_tag: Bytes,
+    pub resource_group_tagger: Option<crate::machine::txn::tagger::ResourceGroupTagger>,
     pub resource_group_name: String,
     pub disk_full_opt: DiskFullOpt,
     pub txn_source: u64,
@@ -332,6 +333,20 @@ macro_rules! context_setters {
         /// `Context.resource_group_tag` (Top SQL). Mirrors client-go `SetResourceGroupTag`.
         pub fn resource_group_tag(mut self, tag: impl Into<Bytes>) -> Self {
             self.ctx.resource_group_tag = tag.into();
+            self
+        }
+
+        /// Computes `Context.resource_group_tag` per read and write request from the
+        /// request's command (see [`RequestInfo`](crate::machine::txn::tagger::RequestInfo));
+        /// used only when no static [`resource_group_tag`](Self::resource_group_tag) is set.
+        /// Mirrors client-go `KVTxn.SetResourceGroupTagger` / `KVSnapshot.SetResourceGroupTagger`.
+        pub fn resource_group_tagger(
+            mut self,
+            tagger: crate::machine::txn::tagger::TaggerFn,
+        ) -> Self {
+            self.ctx.resource_group_tagger = Some(
+                crate::machine::txn::tagger::ResourceGroupTagger::new(tagger),
+            );
             self
         }
 

@@ -83,6 +83,7 @@ impl<R: Runtime> Reader<R> {
             .with_not_fill_cache(ctx.not_fill_cache)
             .with_request_source(ctx.request_source.clone())
             .with_resource_group_tag(ctx.resource_group_tag.clone())
+            .with_resource_group_tagger(ctx.resource_group_tagger.clone())
             .with_resource_group(ctx.resource_group_name.clone())
             .with_task_id(ctx.task_id)
             .with_sample_step(ctx.sample_step)

@@ -940,6 +940,8 @@ pub struct TxnRequestContext {
     pub txn_source: u64,
     /// `Context.request_source`.
     pub request_source: String,
+    /// Computes the tag per request when `resource_group_tag` is empty.
+    pub resource_group_tagger: Option<crate::machine::txn::tagger::ResourceGroupTagger>,
 }
 
 /// `Context.max_execution_duration_ms` of write RPCs. Mirrors client-go
@@ -947,12 +949,20 @@ pub struct TxnRequestContext {
 pub const MAX_WRITE_EXECUTION_MS: u64 = 20_000;
 
 impl TxnRequestContext {
-    /// The `Context` of a write request.
-    pub fn write_context(&self) -> kvrpcpb::Context {
+    /// The `Context` of a write request carrying `command` (which names the request to the
+    /// resource group tagger, if any).
+    pub fn write_context(
+        &self,
+        command: crate::machine::txn::tagger::TaggedCommand,
+    ) -> kvrpcpb::Context {
         kvrpcpb::Context {
             priority: self.priority as i32,
             sync_log: self.sync_log,
-            resource_group_tag: self.resource_group_tag.clone(),
+            resource_group_tag: crate::machine::txn::tagger::resolve_tag(
+                &self.resource_group_tag,
+                self.resource_group_tagger.as_ref(),
+                command,
+            ),
             disk_full_opt: self.disk_full_opt as i32,
             txn_source: self.txn_source,
             max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,

@@ -1504,6 +1504,7 @@ fn transaction_options_reach_every_write_request() {
         disk_full_opt: kvrpcpb::DiskFullOpt::AllowedOnAlmostFull,
         txn_source: 42,
         request_source: "external_test".into(),
+        resource_group_tagger: None,
     };
     o.assertion_level = kvrpcpb::AssertionLevel::Strict;
     let mut a = put("a", "1");

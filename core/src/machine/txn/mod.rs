@@ -71,6 +71,7 @@ pub mod schema;
 pub mod snapshot;
 pub mod split;
 pub mod status_cache;
+pub mod tagger;
 #[cfg(test)]
 mod wire_tests;
 

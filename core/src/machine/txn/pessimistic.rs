@@ -430,7 +430,11 @@ impl BatchAction for PessimisticLockAction {
             .unwrap_or(u64::MAX);
         #[allow(deprecated)]
         let req = kvrpcpb::PessimisticLockRequest {
-            context: Some(self.ctx.context.write_context()),
+            context: Some(
+                self.ctx
+                    .context
+                    .write_context(crate::machine::txn::tagger::TaggedCommand::PessimisticLock),
+            ),
             mutations,
             primary_lock: self.primary.clone(),
             start_version: self.start_ts,

@@ -37,6 +37,7 @@ use crate::machine::txn::resolve_call::{KeyCall, RegionErrorBackoff, extract_loc
 use crate::machine::txn::resolver::{
     Lock, RESOLVE_LOCK_LITE_THRESHOLD, ResolveLocks, ResolveOptions, ResolveOutcome,
 };
+use crate::machine::txn::tagger::{ResourceGroupTagger, TaggedCommand, resolve_tag};
 use crate::machine::{
     Action, Input, IoId, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse,
@@ -76,6 +77,9 @@ pub struct SnapshotOptions {
     pub request_source: String,
     /// `Context.resource_group_tag`. Mirrors `SetResourceGroupTag`.
     pub resource_group_tag: Bytes,
+    /// Computes the tag per request when `resource_group_tag` is empty. Mirrors
+    /// `SetResourceGroupTagger`.
+    pub resource_group_tagger: Option<ResourceGroupTagger>,
     /// Resource group name (empty: none). Mirrors `SetResourceGroupName`.
     pub resource_group: String,
     /// `Context.task_id`. Mirrors `SetTaskID`.
@@ -116,6 +120,7 @@ impl SnapshotOptions {
             sample_step: 0,
             request_source: String::new(),
             resource_group_tag: Bytes::new(),
+            resource_group_tagger: None,
             resource_group: String::new(),
             task_id: 0,
             budget_ms: None,
@@ -189,6 +194,13 @@ impl SnapshotOptions {
     /// Sets the resource group tag.
     pub fn with_resource_group_tag(mut self, tag: Bytes) -> Self {
         self.resource_group_tag = tag;
+        self
+    }
+
+    /// Sets the tagger computing `Context.resource_group_tag` per request when no static tag
+    /// is set. Mirrors client-go `KVSnapshot.SetResourceGroupTagger`.
+    pub fn with_resource_group_tagger(mut self, tagger: Option<ResourceGroupTagger>) -> Self {
+        self.resource_group_tagger = tagger;
         self
     }
 
@@ -278,13 +290,18 @@ impl SnapshotOptions {
     /// The request `Context` of this snapshot's reads with the lock sets. Mirrors the
     /// `kvrpcpb.Context` built by client-go `KVSnapshot.get` / `buildBatchGetRequest` plus
     /// `ClientHelper.SendReqCtx`.
-    pub fn context(&self, locks: &LockSets) -> kvrpcpb::Context {
+    /// `command` names the request to the resource group tagger, if any.
+    pub fn context(&self, locks: &LockSets, command: TaggedCommand) -> kvrpcpb::Context {
         kvrpcpb::Context {
             priority: self.priority as i32,
             isolation_level: self.isolation as i32,
             not_fill_cache: self.not_fill_cache,
             task_id: self.task_id,
-            resource_group_tag: self.resource_group_tag.clone(),
+            resource_group_tag: resolve_tag(
+                &self.resource_group_tag,
+                self.resource_group_tagger.as_ref(),
+                command,
+            ),
             request_source: self.request_source.clone(),
             resource_control_context: (!self.resource_group.is_empty())
                 .then(|| kvrpcpb::ResourceControlContext {
@@ -455,7 +472,7 @@ impl SnapshotGet {
 
     fn send(&mut self, now: Instant, shared: &mut Shared) {
         let req = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
-            context: Some(self.opts.context(&self.locks)),
+            context: Some(self.opts.context(&self.locks, TaggedCommand::Get)),
             key: self.key.clone(),
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,
@@ -775,7 +792,7 @@ impl SnapshotBatchGet {
         shared: &mut Shared,
     ) {
         let req = TikvRequest::Cmd(TikvCmd::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
-            context: Some(self.opts.context(&self.locks)),
+            context: Some(self.opts.context(&self.locks, TaggedCommand::BatchGet)),
             keys: keys.clone(),
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,
@@ -1216,7 +1233,10 @@ mod tests {
         assert_eq!(out.value, None);
         let ctx = &gets(&w)[0];
         assert_eq!(ctx.priority, kvrpcpb::CommandPri::High as i32);
-        assert_eq!(ctx.request_source, "leader_external_test", "patched per attempt");
+        assert_eq!(
+            ctx.request_source, "leader_external_test",
+            "patched per attempt"
+        );
         assert!(ctx.not_fill_cache);
         assert_eq!(&ctx.resource_group_tag[..], b"tag");
         assert_eq!(
