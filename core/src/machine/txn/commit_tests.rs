@@ -2221,3 +2221,40 @@ fn failed_one_pc_rolls_back_at_the_largest_locked_with_conflict_ts() {
         assert_eq!(r.for_update_ts, start + 100);
     }
 }
+
+/// RT-02: a running range task logs its progress every stat-log interval of virtual time
+/// (client-go `Runner.SetStatLogInterval`, the `statLogTicker` of `RunOnRange`); interval
+/// zero turns it off and the default (10 min) does not fire in a short run.
+#[test]
+fn range_task_logs_progress_at_the_stat_interval() {
+    use crate::machine::txn::range_task::{DEFAULT_STAT_LOG_INTERVAL, delete_range};
+    for (interval, logs) in [
+        (Some(Duration::from_secs(10)), 2),
+        (Some(Duration::ZERO), 0),
+        (None, 0),
+    ] {
+        let mut w = World::new(&["b", "c", "d", "e", "f", "g"]);
+        // Each region's DeleteRange takes 4 s: 7 regions one at a time run for 28 s.
+        w.hook = Some(Box::new(|_, req, _, _, _| {
+            matches!(req, TikvRequest::Cmd(TikvCmd::DeleteRange(_))).then(|| {
+                Answer::After(
+                    Duration::from_secs(4),
+                    Ok(TikvResponse::Cmd(TikvCmdResponse::DeleteRange(
+                        Default::default(),
+                    ))),
+                )
+            })
+        }));
+        let op = delete_range(Bytes::new(), Bytes::new(), 1, false);
+        let mut op = match interval {
+            Some(i) => op.with_stat_log_interval(i),
+            None => op,
+        };
+        let start = w.now;
+        let stat = w.run(&mut op).unwrap();
+        assert_eq!(stat.completed_regions, 7);
+        assert!(w.now - start >= Duration::from_secs(28));
+        assert!(w.now - start < DEFAULT_STAT_LOG_INTERVAL);
+        assert_eq!(op.stat_logs(), logs, "interval {interval:?}");
+    }
+}

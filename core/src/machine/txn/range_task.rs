@@ -17,7 +17,7 @@
 //! `BatchLoadRegionsFromKey`), running ahead of the tasks by at most `concurrency` tasks.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tikv_proto::kvrpcpb;
 
@@ -34,6 +34,10 @@ use crate::machine::{
 
 /// Regions per task. Mirrors client-go `defaultRegionsPerTask`.
 pub const DEFAULT_REGIONS_PER_TASK: usize = 128;
+
+/// How often a running [`RangeTaskRunner`] logs its progress. Mirrors client-go
+/// `rangeTaskDefaultStatLogInterval` (10 minutes).
+pub const DEFAULT_STAT_LOG_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What a task (or a whole run) did. Mirrors client-go `rangetask.TaskStat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,6 +126,11 @@ pub struct RangeTaskRunner<H: RangeTaskHandler> {
     actions: VecDeque<Action>,
     result: Option<Result<TaskStat, Error>>,
     done: bool,
+    stat_log_interval: Duration,
+    /// When the run started and when the next progress line is due.
+    started_at: Option<Instant>,
+    next_stat_log: Option<Instant>,
+    stat_logs: u64,
 }
 
 impl<H: RangeTaskHandler> RangeTaskRunner<H> {
@@ -143,7 +152,47 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
             actions: VecDeque::new(),
             result: None,
             done: false,
+            stat_log_interval: DEFAULT_STAT_LOG_INTERVAL,
+            started_at: None,
+            next_stat_log: None,
+            stat_logs: 0,
         }
+    }
+
+    /// How often the progress of a running range task is logged (default
+    /// [`DEFAULT_STAT_LOG_INTERVAL`]; zero turns the progress log off). Mirrors client-go
+    /// `Runner.SetStatLogInterval`.
+    pub fn with_stat_log_interval(mut self, interval: Duration) -> Self {
+        self.stat_log_interval = interval;
+        self
+    }
+
+    /// How many progress lines were logged so far.
+    pub fn stat_logs(&self) -> u64 {
+        self.stat_logs
+    }
+
+    /// Logs the progress when it is due and schedules the next line. Mirrors the
+    /// `statLogTicker` case of client-go `Runner.RunOnRange` ("range task in progress").
+    fn maybe_log_stat(&mut self, now: Instant) {
+        let (Some(due), Some(started)) = (self.next_stat_log, self.started_at) else {
+            return;
+        };
+        if due > now {
+            return;
+        }
+        self.stat_logs += 1;
+        tracing::info!(
+            start_key = ?self.start,
+            end_key = ?self.end,
+            concurrency = self.concurrency,
+            cost_ms = u64::try_from(now.saturating_duration_since(started).as_millis())
+                .unwrap_or(u64::MAX),
+            completed_regions = self.stat.completed_regions,
+            failed_regions = self.stat.failed_regions,
+            "range task in progress"
+        );
+        self.next_stat_log = Some(now + self.stat_log_interval);
     }
 
     /// Regions per task (at least 1). Mirrors client-go `SetRegionsPerTask`.
@@ -167,6 +216,7 @@ impl<H: RangeTaskHandler> RangeTaskRunner<H> {
             tracing::info!(error = %e, "range task failed; cancelling the other tasks");
         }
         self.done = true;
+        self.next_stat_log = None;
         self.locate = None;
         self.locate_ids.clear();
         self.queue.clear();
@@ -300,6 +350,10 @@ impl<H: RangeTaskHandler> Operation for RangeTaskRunner<H> {
         if !self.end.is_empty() && self.start >= self.end {
             return self.finish(Ok(TaskStat::default()));
         }
+        self.started_at = Some(now);
+        if !self.stat_log_interval.is_zero() {
+            self.next_stat_log = Some(now + self.stat_log_interval);
+        }
         self.maybe_locate(now, shared);
     }
 
@@ -334,6 +388,7 @@ impl<H: RangeTaskHandler> Operation for RangeTaskRunner<H> {
         if self.done {
             return;
         }
+        self.maybe_log_stat(now);
         if let Some(op) = self.locate.as_mut()
             && op.poll_timeout().is_some_and(|(at, _)| at <= now)
         {
@@ -370,10 +425,11 @@ impl<H: RangeTaskHandler> Operation for RangeTaskRunner<H> {
             .flatten()
             .filter_map(|r| r.op.poll_timeout())
             .min_by_key(|(at, _)| *at);
-        match (locate, tasks) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        let stat = self.next_stat_log.map(|at| (at, "range task stat log"));
+        [locate, tasks, stat]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
     }
 
     fn poll_result(&mut self) -> Option<Result<TaskStat, Error>> {
