@@ -709,6 +709,38 @@ impl MemBuffer {
             .collect())
     }
 
+    /// The values `key` has held, newest first: its current value, then the value it had
+    /// before each logged write, as far back as the undo log reaches (while a stage is open,
+    /// or a checkpoint is live, one version per stage or checkpoint interval, like
+    /// client-go's value log keeps one version per stage). A tombstone shows as an empty
+    /// value. `None` when the key is not buffered or carries flags only (client-go
+    /// `ErrNotExist`). The chain ends at the first write that found no value.
+    pub fn value_history(&self, key: &[u8]) -> Option<Vec<Bytes>> {
+        let stored = self.entries.get(key)?;
+        let current = stored.entry.value.clone()?;
+        let mut out = vec![current];
+        for u in self.undo.iter().rev().filter(|u| u.key[..] == *key) {
+            match &u.old {
+                Some(v) => out.push(v.clone()),
+                None => break,
+            }
+        }
+        Some(out)
+    }
+
+    /// The newest value of `key`'s history ([`MemBuffer::value_history`]) for which
+    /// `predicate` holds: `Some(Some(value))`, or `Some(None)` when no version matches.
+    /// A key that is not buffered or has flags only gives `None` (client-go `ErrNotExist`).
+    /// Mirrors client-go `ART.SelectValueHistory`.
+    pub fn select_value_history(
+        &self,
+        key: &[u8],
+        mut predicate: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Option<Bytes>> {
+        let history = self.value_history(key)?;
+        Some(history.into_iter().find(|v| predicate(v)))
+    }
+
     /// Empties the buffer and closes every stage; limits are kept. Mirrors client-go
     /// `ART.Reset`.
     pub fn reset(&mut self) {
@@ -2342,6 +2374,44 @@ mod tests {
             out.push(k);
         }
         out
+    }
+
+    /// Mirrors client-go `ART.SelectValueHistory`: one version per stage, newest first,
+    /// ending at the write that found no value; flags-only and unknown keys are absent.
+    #[test]
+    fn value_history_walks_the_stages() {
+        let b = |v: &[u8]| Bytes::copy_from_slice(v);
+        let mut buf = MemBuffer::new();
+        assert_eq!(buf.value_history(b"k"), None);
+        buf.set(b"k".to_vec(), b"v1".to_vec()).unwrap();
+        assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v1")]));
+        let h1 = buf.staging();
+        buf.set(b"k".to_vec(), b"v2".to_vec()).unwrap();
+        buf.set(b"k".to_vec(), b"v2b".to_vec()).unwrap();
+        let h2 = buf.staging();
+        buf.delete(b"k".to_vec()).unwrap();
+        buf.set(b"n".to_vec(), b"x".to_vec()).unwrap();
+        assert_eq!(
+            buf.value_history(b"k"),
+            Some(vec![b(b""), b(b"v2b"), b(b"v1")])
+        );
+        assert_eq!(buf.value_history(b"n"), Some(vec![b(b"x")]));
+        assert_eq!(
+            buf.select_value_history(b"k", |v| v.starts_with(b"v2")),
+            Some(Some(b(b"v2b")))
+        );
+        assert_eq!(
+            buf.select_value_history(b"k", |v| v == b"v1"),
+            Some(Some(b(b"v1")))
+        );
+        assert_eq!(buf.select_value_history(b"k", |v| v == b"zz"), Some(None));
+        buf.update_flags(b"f".to_vec(), &[FlagsOp::SetPresumeKeyNotExists])
+            .unwrap();
+        assert_eq!(buf.select_value_history(b"f", |_| true), None);
+        buf.cleanup(h2).unwrap();
+        assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v2b"), b(b"v1")]));
+        buf.release(h1).unwrap();
+        assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v2b")]));
     }
 
     /// Mirrors client-go `memdb_test.go` `TestSnapshotGetIter`: writes after a stage opened
