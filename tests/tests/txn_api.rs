@@ -153,6 +153,9 @@ async fn buffer_snapshot_reads_stage_zero_while_a_statement_writes<R: Runtime>()
     ));
     drop((stmt, iter, snap));
     txn.commit().await.unwrap();
+    // The commit released the buffered values and kept the keys (client-go `DiscardValues`).
+    assert!(txn.buffer().read(|b| b.values_discarded() && b.len() == 80));
+    assert_eq!(txn.buffer().get("k00"), None);
     let check = client.begin_optimistic().await.unwrap();
     assert_eq!(check.get("k39").await.unwrap(), Some(b("v39!")));
     assert_eq!(check.get("k0x").await.unwrap(), Some(b("new")));

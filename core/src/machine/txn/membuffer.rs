@@ -185,6 +185,10 @@ pub enum MemBufferError {
         /// The buffer's current sequence number.
         current: u64,
     },
+    /// A value write after [`MemBuffer::discard_values`] (client-go panics: the value log
+    /// is marked invalid by `ART.DiscardValues`).
+    #[error("memory buffer values were discarded after the commit started; no value writes")]
+    ValuesDiscarded,
 }
 
 impl From<MemBufferError> for Error {
@@ -205,9 +209,8 @@ impl From<MemBufferError> for Error {
             other @ (MemBufferError::StagingNotInnermost { .. }
             | MemBufferError::StagingNotOpen { .. }
             | MemBufferError::CheckpointStale
-            | MemBufferError::CheckpointOutsideStage { .. }) => {
-                Error::InvalidArgument(other.to_string())
-            }
+            | MemBufferError::CheckpointOutsideStage { .. }
+            | MemBufferError::ValuesDiscarded) => Error::InvalidArgument(other.to_string()),
         }
     }
 }
@@ -396,6 +399,8 @@ pub struct MemBuffer {
     stage0_values: HashMap<Bytes, Option<Bytes>>,
     /// The memory footprint hook and the footprint it was last called with.
     mem_hook: MemHook,
+    /// Set by [`MemBuffer::discard_values`]; cleared by [`MemBuffer::reset`].
+    values_discarded: bool,
 }
 
 /// Called with the buffer's new memory footprint ([`MemBuffer::mem`]) whenever it changes.
@@ -741,9 +746,40 @@ impl MemBuffer {
         Some(history.into_iter().find(|v| predicate(v)))
     }
 
+    /// Drops every buffered value, the undo log, the checkpoints and the values kept for
+    /// snapshots, to release memory once the committer owns the mutations; every key stays
+    /// with its flags (a secondary's commit needs keys only). Open stages are closed and
+    /// outstanding snapshots become invalid. Afterwards the buffer answers as if no key had
+    /// a value ([`MemBuffer::get`] gives `None`, [`MemBuffer::value_history`] `None`), so it
+    /// must not be used to build mutations again; a value write is refused with
+    /// [`MemBufferError::ValuesDiscarded`] (client-go panics instead) while flag updates
+    /// still work. [`MemBuffer::reset`] makes the buffer usable again. Mirrors client-go
+    /// `ART.DiscardValues`, called by `twoPhaseCommitter.commitTxn` (`2pc.go`).
+    pub fn discard_values(&mut self) {
+        self.values_discarded = true;
+        let mut key_bytes = 0u64;
+        for (key, stored) in self.entries.iter_mut() {
+            stored.entry.value = None;
+            key_bytes += key.len() as u64;
+        }
+        self.size = key_bytes;
+        self.stages.clear();
+        self.undo.clear();
+        self.marks.clear();
+        self.new_epoch();
+        self.close_stage0();
+        self.on_mem_change();
+    }
+
+    /// Whether [`MemBuffer::discard_values`] ran since the last reset.
+    pub fn values_discarded(&self) -> bool {
+        self.values_discarded
+    }
+
     /// Empties the buffer and closes every stage; limits are kept. Mirrors client-go
     /// `ART.Reset`.
     pub fn reset(&mut self) {
+        self.values_discarded = false;
         self.entries.clear();
         self.size = 0;
         self.dirty = false;
@@ -880,6 +916,9 @@ impl MemBuffer {
         value: Option<Bytes>,
         ops: &[FlagsOp],
     ) -> Result<(), MemBufferError> {
+        if self.values_discarded && value.is_some() {
+            return Err(MemBufferError::ValuesDiscarded);
+        }
         if key.len() > MAX_KEY_LEN {
             return Err(MemBufferError::KeyTooLarge { size: key.len() });
         }
@@ -2412,6 +2451,48 @@ mod tests {
         assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v2b"), b(b"v1")]));
         buf.release(h1).unwrap();
         assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v2b")]));
+    }
+
+    /// Mirrors client-go `ART.DiscardValues`: keys and flags stay, values and history go,
+    /// the footprint shrinks, value writes are refused, flag updates and a reset still work.
+    #[test]
+    fn discard_values_keeps_keys_and_flags() {
+        let mut buf = MemBuffer::new();
+        buf.set_with_flags(
+            b"a".to_vec(),
+            vec![7u8; 1000],
+            &[FlagsOp::SetPresumeKeyNotExists],
+        )
+        .unwrap();
+        buf.delete(b"b".to_vec()).unwrap();
+        let _h = buf.staging();
+        buf.set(b"a".to_vec(), vec![8u8; 1000]).unwrap();
+        let snap = buf.snapshot();
+        let before = buf.mem();
+        buf.discard_values();
+        assert!(buf.values_discarded());
+        assert!(buf.mem() + 2000 <= before, "{} vs {before}", buf.mem());
+        assert_eq!(buf.len(), 2);
+        assert_eq!(buf.get(b"a"), None);
+        assert_eq!(buf.value_history(b"a"), None);
+        assert!(buf.get_flags(b"a").unwrap().has_presume_key_not_exists());
+        assert!(buf.get_flags(b"b").is_some());
+        assert_eq!(buf.staging_depth(), 0);
+        assert!(buf.check_snapshot(&snap).is_err());
+        assert_eq!(
+            buf.set(b"c".to_vec(), b"v".to_vec()),
+            Err(MemBufferError::ValuesDiscarded)
+        );
+        assert_eq!(
+            buf.delete(b"a".to_vec()),
+            Err(MemBufferError::ValuesDiscarded)
+        );
+        buf.update_flags(b"a".to_vec(), &[FlagsOp::DelPresumeKeyNotExists])
+            .unwrap();
+        assert!(!buf.get_flags(b"a").unwrap().has_presume_key_not_exists());
+        buf.reset();
+        assert!(!buf.values_discarded());
+        buf.set(b"c".to_vec(), b"v".to_vec()).unwrap();
     }
 
     /// Mirrors client-go `memdb_test.go` `TestSnapshotGetIter`: writes after a stage opened
