@@ -4,8 +4,10 @@
 
 use std::ops::ControlFlow;
 
+use bytes::Bytes;
 use tikv_core::Error;
 use tikv_core::client::Runtime;
+use tikv_core::client::txn::{BatchGetter, Getter};
 use tikv_core::machine::txn::{BufferedValue, FlagsOp};
 use tikv_mockstore::MockCluster;
 use tikv_tests::Mock;
@@ -26,6 +28,7 @@ tikv_tests::txn_tests!(
     memory_footprint_hook_tracks_the_buffer,
     background_tasks_run_inside_the_lifecycle_hooks,
     buffer_readers_see_one_consistent_state,
+    getter_reads_through_transactions_and_snapshots,
 );
 
 /// Polls `cond` every 5 ms on the client's runtime timer, for up to 5 s.
@@ -779,5 +782,49 @@ async fn buffer_readers_see_one_consistent_state<R: Runtime>() {
     });
     assert_eq!(reads.into_inner(), 600);
     assert_eq!(txn.buffer().read(|b| b.len()), 400);
+    txn.rollback().await.unwrap();
+}
+
+/// Reads through the trait, so the caller's own writes are seen only by a transaction.
+async fn read_pair<G: Getter + BatchGetter>(g: &G) -> (Option<Bytes>, Vec<Option<Bytes>>) {
+    let one = Getter::get(g, b("g1")).await.unwrap();
+    let many = BatchGetter::batch_get(g, vec![b("g1"), b("g2"), b("g3")])
+        .await
+        .unwrap();
+    (one, many)
+}
+
+/// One generic reader over `Getter` / `BatchGetter` works on a transaction (own writes over
+/// its snapshot), on the transaction's snapshot and on a standalone snapshot (committed data
+/// only). Mirrors client-go `kv.Getter` / `kv.BatchGetter`, implemented by `KVTxn`,
+/// `KVSnapshot` and the union store.
+async fn getter_reads_through_transactions_and_snapshots<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    setup.put("g1", "old1").await.unwrap();
+    setup.put("g2", "old2").await.unwrap();
+    setup.commit().await.unwrap();
+    let mut txn = client.begin_optimistic().await.unwrap();
+    txn.put("g1", "new1").await.unwrap();
+    txn.delete("g2").await.unwrap();
+    txn.put("g3", "new3").await.unwrap();
+    assert_eq!(
+        read_pair(&txn).await,
+        (
+            Some(b("new1")),
+            vec![Some(b("new1")), None, Some(b("new3"))]
+        )
+    );
+    let committed = (
+        Some(b("old1")),
+        vec![Some(b("old1")), Some(b("old2")), None],
+    );
+    assert_eq!(read_pair(&txn.snapshot()).await, committed);
+    let ts = client.current_timestamp().await.unwrap();
+    assert_eq!(
+        read_pair(&client.snapshot(ts, Default::default())).await,
+        committed
+    );
     txn.rollback().await.unwrap();
 }
