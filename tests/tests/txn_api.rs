@@ -4,8 +4,10 @@
 
 use std::ops::ControlFlow;
 
+use bytes::Bytes;
 use tikv_core::Error;
 use tikv_core::client::Runtime;
+use tikv_core::client::txn::{BatchGetter, Getter};
 use tikv_core::machine::txn::{BufferedValue, FlagsOp};
 use tikv_mockstore::MockCluster;
 use tikv_tests::Mock;
@@ -25,6 +27,8 @@ tikv_tests::txn_tests!(
     lock_stats_are_returned_for_each_lock_call,
     memory_footprint_hook_tracks_the_buffer,
     background_tasks_run_inside_the_lifecycle_hooks,
+    buffer_readers_see_one_consistent_state,
+    getter_reads_through_transactions_and_snapshots,
 );
 
 /// Polls `cond` every 5 ms on the client's runtime timer, for up to 5 s.
@@ -153,6 +157,9 @@ async fn buffer_snapshot_reads_stage_zero_while_a_statement_writes<R: Runtime>()
     ));
     drop((stmt, iter, snap));
     txn.commit().await.unwrap();
+    // The commit released the buffered values and kept the keys (client-go `DiscardValues`).
+    assert!(txn.buffer().read(|b| b.values_discarded() && b.len() == 80));
+    assert_eq!(txn.buffer().get("k00"), None);
     let check = client.begin_optimistic().await.unwrap();
     assert_eq!(check.get("k39").await.unwrap(), Some(b("v39!")));
     assert_eq!(check.get("k0x").await.unwrap(), Some(b("new")));
@@ -733,4 +740,91 @@ async fn aggressive_locking_insert<R: Runtime>() {
     txn.cancel_aggressive_locking().unwrap();
     txn.rollback().await.unwrap();
     wait_until(&client, || lock_count(&mock) == 0).await;
+}
+
+/// Readers inside `BufferHandle::read` see one state of the buffer while another thread
+/// writes: the key count and the size counter always match the content walked in the same
+/// call, so no reader observes a half-applied write. Mirrors client-go `MemBuffer.RLock` /
+/// `RUnlock` (the read lock TiDB takes around reads of a buffer other goroutines write);
+/// here the transaction's lock is held for the length of the closure.
+async fn buffer_readers_see_one_consistent_state<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    let t = &txn;
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for i in 0..3000usize {
+                let value = "v".repeat(i % 7 + 1);
+                t.buffer()
+                    .set_with_flags(format!("k{:04}", i % 400), value, &[])
+                    .unwrap();
+            }
+        });
+        for _ in 0..2 {
+            sc.spawn(|| {
+                for _ in 0..300 {
+                    let (count, walked, size, size_walked) = t.buffer().read(|b| {
+                        let walked: Vec<_> = b.iter().collect();
+                        let size_walked: u64 = walked
+                            .iter()
+                            .map(|(k, e)| (k.len() + e.value().map_or(0, |v| v.len())) as u64)
+                            .sum();
+                        (b.len(), walked.len(), b.size(), size_walked)
+                    });
+                    assert_eq!(count, walked);
+                    assert_eq!(size, size_walked);
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(reads.into_inner(), 600);
+    assert_eq!(txn.buffer().read(|b| b.len()), 400);
+    txn.rollback().await.unwrap();
+}
+
+/// Reads through the trait, so the caller's own writes are seen only by a transaction.
+async fn read_pair<G: Getter + BatchGetter>(g: &G) -> (Option<Bytes>, Vec<Option<Bytes>>) {
+    let one = Getter::get(g, b("g1")).await.unwrap();
+    let many = BatchGetter::batch_get(g, vec![b("g1"), b("g2"), b("g3")])
+        .await
+        .unwrap();
+    (one, many)
+}
+
+/// One generic reader over `Getter` / `BatchGetter` works on a transaction (own writes over
+/// its snapshot), on the transaction's snapshot and on a standalone snapshot (committed data
+/// only). Mirrors client-go `kv.Getter` / `kv.BatchGetter`, implemented by `KVTxn`,
+/// `KVSnapshot` and the union store.
+async fn getter_reads_through_transactions_and_snapshots<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    setup.put("g1", "old1").await.unwrap();
+    setup.put("g2", "old2").await.unwrap();
+    setup.commit().await.unwrap();
+    let mut txn = client.begin_optimistic().await.unwrap();
+    txn.put("g1", "new1").await.unwrap();
+    txn.delete("g2").await.unwrap();
+    txn.put("g3", "new3").await.unwrap();
+    assert_eq!(
+        read_pair(&txn).await,
+        (
+            Some(b("new1")),
+            vec![Some(b("new1")), None, Some(b("new3"))]
+        )
+    );
+    let committed = (
+        Some(b("old1")),
+        vec![Some(b("old1")), Some(b("old2")), None],
+    );
+    assert_eq!(read_pair(&txn.snapshot()).await, committed);
+    let ts = client.current_timestamp().await.unwrap();
+    assert_eq!(
+        read_pair(&client.snapshot(ts, Default::default())).await,
+        committed
+    );
+    txn.rollback().await.unwrap();
 }

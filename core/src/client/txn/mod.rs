@@ -14,6 +14,7 @@
 //! * [`Snapshot`]: reads at a fixed timestamp.
 //! * [`BufferHandle`], [`Staging`], [`TxnBufferSnapshot`], [`TxnSnapshot`]: borrowed access to
 //!   a transaction's buffer (stages, checkpoints, flags, stage-0 snapshots) and snapshot.
+//! * [`Getter`], [`BatchGetter`]: point reads, generic over a transaction and its snapshots.
 //! * Options as builders: [`TransactionOptions`], [`SnapshotOptions`], [`LockOptions`].
 //!
 //! Keys and values are [`bytes::Bytes`]; anything `Into<Bytes>` is accepted. Ranges are
@@ -24,6 +25,7 @@ mod aggressive;
 mod backend;
 mod buffer;
 mod client;
+mod getter;
 mod latches;
 mod options;
 mod range;
@@ -39,6 +41,7 @@ pub use crate::machine::txn::lock_stats::LockKeysStats;
 pub use crate::machine::txn::schema::SchemaLeaseChecker;
 pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};
 pub use client::TransactionClient;
+pub use getter::{BatchGetter, Getter};
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,
     IsolationLevel, KvFilterFn, LifecycleHook, LifecycleHooks, LockOptions, LockStatsHandle,

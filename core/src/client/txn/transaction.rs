@@ -946,6 +946,13 @@ impl<R: Runtime> Transaction<R> {
                         .as_ref()
                         .map(|f| f as &dyn crate::machine::txn::KvFilter),
                 );
+                // The committer now owns the values (in `mutations`); drop the buffer's copies
+                // so they are freed as soon as the committer lets go of them, and keep the
+                // keys and flags. Mirrors client-go `twoPhaseCommitter.commitTxn` calling
+                // `ART.DiscardValues` before the primary's commit; here the buffer is no
+                // longer reachable once the commit runs, so it happens once the mutations
+                // are built (the transaction refuses every further read and write).
+                s.buffer.discard_values();
                 let checks = std::mem::take(&mut s.for_update_ts_checks);
                 (
                     mutations,

@@ -185,6 +185,10 @@ pub enum MemBufferError {
         /// The buffer's current sequence number.
         current: u64,
     },
+    /// A value write after [`MemBuffer::discard_values`] (client-go panics: the value log
+    /// is marked invalid by `ART.DiscardValues`).
+    #[error("memory buffer values were discarded after the commit started; no value writes")]
+    ValuesDiscarded,
 }
 
 impl From<MemBufferError> for Error {
@@ -205,9 +209,8 @@ impl From<MemBufferError> for Error {
             other @ (MemBufferError::StagingNotInnermost { .. }
             | MemBufferError::StagingNotOpen { .. }
             | MemBufferError::CheckpointStale
-            | MemBufferError::CheckpointOutsideStage { .. }) => {
-                Error::InvalidArgument(other.to_string())
-            }
+            | MemBufferError::CheckpointOutsideStage { .. }
+            | MemBufferError::ValuesDiscarded) => Error::InvalidArgument(other.to_string()),
         }
     }
 }
@@ -396,6 +399,8 @@ pub struct MemBuffer {
     stage0_values: HashMap<Bytes, Option<Bytes>>,
     /// The memory footprint hook and the footprint it was last called with.
     mem_hook: MemHook,
+    /// Set by [`MemBuffer::discard_values`]; cleared by [`MemBuffer::reset`].
+    values_discarded: bool,
 }
 
 /// Called with the buffer's new memory footprint ([`MemBuffer::mem`]) whenever it changes.
@@ -709,9 +714,72 @@ impl MemBuffer {
             .collect())
     }
 
+    /// The values `key` has held, newest first: its current value, then the value it had
+    /// before each logged write, as far back as the undo log reaches (while a stage is open,
+    /// or a checkpoint is live, one version per stage or checkpoint interval, like
+    /// client-go's value log keeps one version per stage). A tombstone shows as an empty
+    /// value. `None` when the key is not buffered or carries flags only (client-go
+    /// `ErrNotExist`). The chain ends at the first write that found no value.
+    pub fn value_history(&self, key: &[u8]) -> Option<Vec<Bytes>> {
+        let stored = self.entries.get(key)?;
+        let current = stored.entry.value.clone()?;
+        let mut out = vec![current];
+        for u in self.undo.iter().rev().filter(|u| u.key[..] == *key) {
+            match &u.old {
+                Some(v) => out.push(v.clone()),
+                None => break,
+            }
+        }
+        Some(out)
+    }
+
+    /// The newest value of `key`'s history ([`MemBuffer::value_history`]) for which
+    /// `predicate` holds: `Some(Some(value))`, or `Some(None)` when no version matches.
+    /// A key that is not buffered or has flags only gives `None` (client-go `ErrNotExist`).
+    /// Mirrors client-go `ART.SelectValueHistory`.
+    pub fn select_value_history(
+        &self,
+        key: &[u8],
+        mut predicate: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Option<Bytes>> {
+        let history = self.value_history(key)?;
+        Some(history.into_iter().find(|v| predicate(v)))
+    }
+
+    /// Drops every buffered value, the undo log, the checkpoints and the values kept for
+    /// snapshots, to release memory once the committer owns the mutations; every key stays
+    /// with its flags (a secondary's commit needs keys only). Open stages are closed and
+    /// outstanding snapshots become invalid. Afterwards the buffer answers as if no key had
+    /// a value ([`MemBuffer::get`] gives `None`, [`MemBuffer::value_history`] `None`), so it
+    /// must not be used to build mutations again; a value write is refused with
+    /// [`MemBufferError::ValuesDiscarded`] (client-go panics instead) while flag updates
+    /// still work. [`MemBuffer::reset`] makes the buffer usable again. Mirrors client-go
+    /// `ART.DiscardValues`, called by `twoPhaseCommitter.commitTxn` (`2pc.go`).
+    pub fn discard_values(&mut self) {
+        self.values_discarded = true;
+        let mut key_bytes = 0u64;
+        for (key, stored) in self.entries.iter_mut() {
+            stored.entry.value = None;
+            key_bytes += key.len() as u64;
+        }
+        self.size = key_bytes;
+        self.stages.clear();
+        self.undo.clear();
+        self.marks.clear();
+        self.new_epoch();
+        self.close_stage0();
+        self.on_mem_change();
+    }
+
+    /// Whether [`MemBuffer::discard_values`] ran since the last reset.
+    pub fn values_discarded(&self) -> bool {
+        self.values_discarded
+    }
+
     /// Empties the buffer and closes every stage; limits are kept. Mirrors client-go
     /// `ART.Reset`.
     pub fn reset(&mut self) {
+        self.values_discarded = false;
         self.entries.clear();
         self.size = 0;
         self.dirty = false;
@@ -848,6 +916,9 @@ impl MemBuffer {
         value: Option<Bytes>,
         ops: &[FlagsOp],
     ) -> Result<(), MemBufferError> {
+        if self.values_discarded && value.is_some() {
+            return Err(MemBufferError::ValuesDiscarded);
+        }
         if key.len() > MAX_KEY_LEN {
             return Err(MemBufferError::KeyTooLarge { size: key.len() });
         }
@@ -2342,6 +2413,129 @@ mod tests {
             out.push(k);
         }
         out
+    }
+
+    /// Mirrors client-go `ART.SelectValueHistory`: one version per stage, newest first,
+    /// ending at the write that found no value; flags-only and unknown keys are absent.
+    #[test]
+    fn value_history_walks_the_stages() {
+        let b = |v: &[u8]| Bytes::copy_from_slice(v);
+        let mut buf = MemBuffer::new();
+        assert_eq!(buf.value_history(b"k"), None);
+        buf.set(b"k".to_vec(), b"v1".to_vec()).unwrap();
+        assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v1")]));
+        let h1 = buf.staging();
+        buf.set(b"k".to_vec(), b"v2".to_vec()).unwrap();
+        buf.set(b"k".to_vec(), b"v2b".to_vec()).unwrap();
+        let h2 = buf.staging();
+        buf.delete(b"k".to_vec()).unwrap();
+        buf.set(b"n".to_vec(), b"x".to_vec()).unwrap();
+        assert_eq!(
+            buf.value_history(b"k"),
+            Some(vec![b(b""), b(b"v2b"), b(b"v1")])
+        );
+        assert_eq!(buf.value_history(b"n"), Some(vec![b(b"x")]));
+        assert_eq!(
+            buf.select_value_history(b"k", |v| v.starts_with(b"v2")),
+            Some(Some(b(b"v2b")))
+        );
+        assert_eq!(
+            buf.select_value_history(b"k", |v| v == b"v1"),
+            Some(Some(b(b"v1")))
+        );
+        assert_eq!(buf.select_value_history(b"k", |v| v == b"zz"), Some(None));
+        buf.update_flags(b"f".to_vec(), &[FlagsOp::SetPresumeKeyNotExists])
+            .unwrap();
+        assert_eq!(buf.select_value_history(b"f", |_| true), None);
+        buf.cleanup(h2).unwrap();
+        assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v2b"), b(b"v1")]));
+        buf.release(h1).unwrap();
+        assert_eq!(buf.value_history(b"k"), Some(vec![b(b"v2b")]));
+    }
+
+    /// Mirrors client-go `ART.DiscardValues`: keys and flags stay, values and history go,
+    /// the footprint shrinks, value writes are refused, flag updates and a reset still work.
+    #[test]
+    fn discard_values_keeps_keys_and_flags() {
+        let mut buf = MemBuffer::new();
+        buf.set_with_flags(
+            b"a".to_vec(),
+            vec![7u8; 1000],
+            &[FlagsOp::SetPresumeKeyNotExists],
+        )
+        .unwrap();
+        buf.delete(b"b".to_vec()).unwrap();
+        let _h = buf.staging();
+        buf.set(b"a".to_vec(), vec![8u8; 1000]).unwrap();
+        let snap = buf.snapshot();
+        let before = buf.mem();
+        buf.discard_values();
+        assert!(buf.values_discarded());
+        assert!(buf.mem() + 2000 <= before, "{} vs {before}", buf.mem());
+        assert_eq!(buf.len(), 2);
+        assert_eq!(buf.get(b"a"), None);
+        assert_eq!(buf.value_history(b"a"), None);
+        assert!(buf.get_flags(b"a").unwrap().has_presume_key_not_exists());
+        assert!(buf.get_flags(b"b").is_some());
+        assert_eq!(buf.staging_depth(), 0);
+        assert!(buf.check_snapshot(&snap).is_err());
+        assert_eq!(
+            buf.set(b"c".to_vec(), b"v".to_vec()),
+            Err(MemBufferError::ValuesDiscarded)
+        );
+        assert_eq!(
+            buf.delete(b"a".to_vec()),
+            Err(MemBufferError::ValuesDiscarded)
+        );
+        buf.update_flags(b"a".to_vec(), &[FlagsOp::DelPresumeKeyNotExists])
+            .unwrap();
+        assert!(!buf.get_flags(b"a").unwrap().has_presume_key_not_exists());
+        buf.reset();
+        assert!(!buf.values_discarded());
+        buf.set(b"c".to_vec(), b"v".to_vec()).unwrap();
+    }
+
+    /// Mirrors client-go's iterator check (`art_iterator.go` `Valid` against
+    /// `ART.WriteSeqNo` / `SnapshotSeqNo`, a panic there): an owned iterator used after a write
+    /// that changes what it shows fails with the typed error, even for entries it had already
+    /// read ahead; writes inside a stage leave it valid.
+    #[test]
+    fn snapshot_iter_is_invalidated_by_a_write_outside_stages() {
+        let mut buf = MemBuffer::new();
+        for i in 0..10 {
+            buf.set(k(i), v(i)).unwrap();
+        }
+        let mut it = SnapshotIter::new(buf.snapshot(), Bound::Unbounded, Bound::Unbounded, false);
+        assert_eq!(
+            it.next(&buf).unwrap(),
+            Some((k(0), BufferedValue::Put(v(0))))
+        );
+        let h = buf.staging();
+        buf.set(k(1), v(100)).unwrap();
+        assert_eq!(
+            it.next(&buf).unwrap(),
+            Some((k(1), BufferedValue::Put(v(1))))
+        );
+        buf.release(h).unwrap();
+        let err = it.next(&buf).unwrap_err();
+        assert!(
+            matches!(err, MemBufferError::SnapshotInvalidated { .. }),
+            "{err:?}"
+        );
+        let mut it = SnapshotIter::new(buf.snapshot(), Bound::Unbounded, Bound::Unbounded, true);
+        assert_eq!(
+            it.next(&buf).unwrap(),
+            Some((k(9), BufferedValue::Put(v(9))))
+        );
+        buf.delete(k(20)).unwrap();
+        assert!(matches!(
+            it.next(&buf),
+            Err(MemBufferError::SnapshotInvalidated { .. })
+        ));
+        assert!(matches!(
+            Error::from(it.next(&buf).unwrap_err()),
+            Error::BufferSnapshotInvalidated { .. }
+        ));
     }
 
     /// Mirrors client-go `memdb_test.go` `TestSnapshotGetIter`: writes after a stage opened
