@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn schedule_ticks_every_interval_and_skips_missed_rounds() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut s = GcSchedule::new(t0, GC_INTERVAL);
         assert_eq!(s.next_due(), t0 + GC_INTERVAL);
         assert!(!s.poll(t0 + Duration::from_millis(999)));
@@ -245,7 +245,7 @@ mod tests {
     /// any lookup touching them.
     #[test]
     fn rounds_drop_idle_regions_past_the_configured_ttl() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut shared = Shared::new(5);
         shared.regions = RegionCache::with_ttl(Duration::from_secs(30), Duration::ZERO);
         for i in 0..120u64 {
@@ -307,7 +307,7 @@ mod tests {
     /// configured value, not a constant, drives expiry.
     #[test]
     fn default_ttl_keeps_regions_a_short_ttl_drops() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         for (cache, left) in [
             (RegionCache::default(), 1),
             (
@@ -336,7 +336,7 @@ mod tests {
     /// (client-go `refreshRegionIndex` / `regionIndexMu.refresh`).
     #[test]
     fn reload_pages_replace_the_index() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut shared = Shared::new(5);
         shared.regions = RegionCache::with_ttl(Duration::from_secs(30), Duration::ZERO);
         {

@@ -31,6 +31,24 @@ struct State<T> {
     closed: bool,
 }
 
+impl<T> State<T> {
+    /// The end of a drain: `Ready(true)` if items were `moved`, `Ready(false)` if closed and
+    /// empty, otherwise `Pending` with the consumer's waker stored.
+    fn settle(&mut self, moved: bool, cx: &Context<'_>) -> Poll<bool> {
+        if moved {
+            return Poll::Ready(true);
+        }
+        if self.closed {
+            return Poll::Ready(false);
+        }
+        match &self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
 /// An unbounded queue with many producers (clones) and one consumer.
 ///
 /// [`Inbox::push`] never blocks; the consumer calls [`Inbox::poll_drain`] and gets every item
@@ -139,17 +157,7 @@ impl<T> Inbox<T> {
             }
             moved = true;
         }
-        if moved {
-            return Poll::Ready(true);
-        }
-        if s.closed {
-            return Poll::Ready(false);
-        }
-        match &s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        s.settle(moved, cx)
     }
 
     /// [`Inbox::poll_drain`] into an [`InlineQueue`]: a lone item moves without touching any
@@ -165,17 +173,7 @@ impl<T> Inbox<T> {
             out.extend(s.items.drain(..));
             moved = true;
         }
-        if moved {
-            return Poll::Ready(true);
-        }
-        if s.closed {
-            return Poll::Ready(false);
-        }
-        match &s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        s.settle(moved, cx)
     }
 
     /// Moves every queued item into `out` without registering interest; returns whether any

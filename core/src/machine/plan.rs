@@ -218,7 +218,7 @@ impl SingleRegion {
                 };
                 let op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");
-                let (mut bo, template) = op.into_parts_boxed();
+                let (mut bo, template) = op.into_parts();
                 self.template = Some(template);
                 match r {
                     Ok(RegionOutcome::Response(response)) => {

@@ -380,15 +380,10 @@ impl RegionRequest {
         self.backoffer
     }
 
-    /// Takes the backoffer and the request template out (for a caller that continues with
-    /// them: a re-located retry reuses the template instead of cloning it again).
-    pub fn into_parts(self) -> (Backoffer, TikvRequest) {
-        (self.backoffer, self.request)
-    }
-
-    /// [`RegionRequest::into_parts`] for a boxed request, moving only those two fields out
-    /// of the box (a region request is large; moving all of it out costs a copy).
-    pub fn into_parts_boxed(self: Box<Self>) -> (Backoffer, TikvRequest) {
+    /// Takes the backoffer and the request template out of a boxed request (for a caller that
+    /// continues with them: a re-located retry reuses the template instead of cloning it
+    /// again). Only those two fields move out of the box; a region request is large.
+    pub fn into_parts(self: Box<Self>) -> (Backoffer, TikvRequest) {
         let this = self;
         (this.backoffer, this.request)
     }

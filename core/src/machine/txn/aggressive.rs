@@ -404,7 +404,7 @@ mod tests {
     /// released at the next retry or at done, and done hands over the current keys.
     #[test]
     fn retry_takes_over_locks_and_releases_the_rest() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut a = AggressiveLocking::start(t0);
         let keys = [key("a"), key("b")];
         assert_eq!(a.select_primary(&keys), Some(key("a")));
@@ -451,7 +451,7 @@ mod tests {
     /// resolved), and a for_update_ts below a previous conflict is an internal error.
     #[test]
     fn filter_refuses_take_over_after_primary_change_or_ttl() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut a = AggressiveLocking::start(t0);
         a.select_primary(&[key("a")]);
         a.record(key("a"), locked(10, 0));
@@ -483,7 +483,7 @@ mod tests {
     /// the previous one chose the primary.
     #[test]
     fn cancel_releases_everything_and_done_may_stop_the_heartbeat() {
-        let t0 = Instant::now();
+        let t0 = crate::machine::testkit::origin();
         let mut a = AggressiveLocking::start(t0);
         a.select_primary(&[key("a")]);
         a.record(key("a"), locked(10, 0));
