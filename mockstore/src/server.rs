@@ -647,6 +647,7 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
                         .cluster
                         .faults_mut()
                         .record_batch(batch.requests.len());
+                    let mut batcher = ReqBatcher::for_batch(batch.requests.len());
                     for (id, r) in batch.request_ids.iter().copied().zip(batch.requests) {
                         let Some(cmd) = r.cmd else { continue };
                         if let Some(resp) = unsupported_batch(&cmd) {
@@ -656,15 +657,24 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
                         let Some(req) = TikvRequest::from_batch(cmd) else {
                             continue;
                         };
-                        let shared = shared.clone();
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            if let Ok(Some(resp)) = shared.handle_tikv(store_id, req).await
-                                && let Some(b) = resp.into_batch()
-                            {
-                                let _ = tx.send(Ok((id, b)));
-                            }
-                        });
+                        let req = match batcher.as_mut() {
+                            Some(b) => match b.add(id, req) {
+                                Ok(full) => {
+                                    if let Some(group) = full {
+                                        spawn_group(&shared, store_id, &tx, group);
+                                    }
+                                    continue;
+                                }
+                                Err(req) => req,
+                            },
+                            None => req,
+                        };
+                        spawn_group(&shared, store_id, &tx, vec![(id, req)]);
+                    }
+                    if let Some(b) = batcher {
+                        for group in b.finish() {
+                            spawn_group(&shared, store_id, &tx, group);
+                        }
                     }
                 }
             });
@@ -713,6 +723,82 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
                 Box::pin(stream) as Self::ResponseStream
             ))
         })
+    }
+}
+
+/// Requests served by one task, one after the other.
+type Group = Vec<(u64, TikvRequest)>;
+
+/// Serves `group` in one task and answers each request by id as it completes.
+fn spawn_group(
+    shared: &Arc<Shared>,
+    store_id: u64,
+    tx: &mpsc::UnboundedSender<Result<(u64, BatchResp), Status>>,
+    group: Group,
+) {
+    let shared = shared.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        for (id, req) in group {
+            if let Ok(Some(resp)) = shared.handle_tikv(store_id, req).await
+                && let Some(b) = resp.into_batch()
+            {
+                let _ = tx.send(Ok((id, b)));
+            }
+        }
+    });
+}
+
+/// Point reads of one `BatchCommands` message served together in groups, like TiKV's request
+/// batcher (`src/server/service/batch.rs` `ReqBatcher` / `BatcherBuilder::build`): a message
+/// with more than [`READ_POOL_SIZE`] × 4 requests has its normal-priority `Get` and `RawGet`
+/// requests grouped by kind, up to `len / READ_POOL_SIZE` (at most 10) per group, each group
+/// served by one task. TiKV also requires a busy read pool; the mockstore has none, so the
+/// message size alone decides.
+struct ReqBatcher {
+    size: usize,
+    gets: Group,
+    raw_gets: Group,
+}
+
+/// The mockstore's worker threads, standing for TiKV's read-pool size.
+const READ_POOL_SIZE: usize = 2;
+/// TiKV `MIN_BATCH_GET_REQUEST_COUNT`.
+const MIN_BATCH_GET_REQUEST_COUNT: usize = 4;
+/// TiKV `MAX_BATCH_GET_REQUEST_COUNT`.
+const MAX_BATCH_GET_REQUEST_COUNT: usize = 10;
+
+impl ReqBatcher {
+    fn for_batch(len: usize) -> Option<Self> {
+        (len > READ_POOL_SIZE * MIN_BATCH_GET_REQUEST_COUNT).then(|| ReqBatcher {
+            size: (len / READ_POOL_SIZE).min(MAX_BATCH_GET_REQUEST_COUNT),
+            gets: Vec::new(),
+            raw_gets: Vec::new(),
+        })
+    }
+
+    /// Takes a point read (returning a full group to serve), or hands the request back.
+    fn add(&mut self, id: u64, req: TikvRequest) -> Result<Option<Group>, TikvRequest> {
+        let normal = |ctx: Option<&kvrpcpb::Context>| {
+            ctx.is_none_or(|c| c.priority == kvrpcpb::CommandPri::Normal as i32)
+        };
+        let group = match &req {
+            TikvRequest::Get(r) if normal(r.context.as_ref()) => &mut self.gets,
+            TikvRequest::RawGet(r) if normal(r.context.as_ref()) => &mut self.raw_gets,
+            _ => return Err(req),
+        };
+        group.push((id, req));
+        if group.len() >= self.size {
+            return Ok(Some(std::mem::take(group)));
+        }
+        Ok(None)
+    }
+
+    /// The groups not yet full.
+    fn finish(self) -> impl Iterator<Item = Group> {
+        [self.gets, self.raw_gets]
+            .into_iter()
+            .filter(|g| !g.is_empty())
     }
 }
 

@@ -77,75 +77,81 @@ where
     O: Operation,
 {
     let inbox: Inbox<Input> = Inbox::new();
-    // Inline queues: an operation step usually emits one action and gets one reply.
-    let mut actions: ActionQueue = ActionQueue::new();
+    // Inline queue: an operation step usually gets one reply.
     let mut inputs: InlineQueue<Input> = InlineQueue::new();
     let mut local: Vec<LocalIo> = Vec::new();
     let mut via_inbox: usize = 0;
     let mut timer: Option<(Instant, D::Sleep)> = None;
     let mut ready_steps: u32 = 0;
     let mut step = Step::Start;
-    let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
 
     loop {
-        let now = dispatch.now();
-        let (result, timeout) = {
-            let mut shared = lock(shared);
-            match step {
-                Step::Start => op.start(now, &mut shared),
-                Step::Inputs => {
-                    while let Some(input) = inputs.pop_front() {
-                        // Every timestamp handed out is known to come from PD: reads at it
-                        // pass read-ts validation without a fetch of their own. Mirrors
-                        // client-go `pdOracle.setLastTS` on each TSO result.
-                        if shared.read_ts.enabled
-                            && let Input::Tso { result: Ok(ts), .. } = &input
-                        {
-                            shared.read_ts.observe(ts.version());
+        // What a step needs only until its actions are dispatched lives in this block, so it
+        // is not part of the future's state across the wait below (the future is moved by
+        // value before it is first polled: its size is copied each time).
+        {
+            // Inline queue: an operation step usually emits one action.
+            let mut actions: ActionQueue = ActionQueue::new();
+            let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
+            let now = dispatch.now();
+            let (result, timeout) = {
+                let mut shared = lock(shared);
+                match step {
+                    Step::Start => op.start(now, &mut shared),
+                    Step::Inputs => {
+                        while let Some(input) = inputs.pop_front() {
+                            // Every timestamp handed out is known to come from PD: reads at it
+                            // pass read-ts validation without a fetch of their own. Mirrors
+                            // client-go `pdOracle.setLastTS` on each TSO result.
+                            if shared.read_ts.enabled
+                                && let Input::Tso { result: Ok(ts), .. } = &input
+                            {
+                                shared.read_ts.observe(ts.version());
+                            }
+                            op.handle_input(now, &mut shared, input);
                         }
-                        op.handle_input(now, &mut shared, input);
                     }
+                    Step::Timeout => op.handle_timeout(now, &mut shared),
                 }
-                Step::Timeout => op.handle_timeout(now, &mut shared),
+                while let Some(action) = op.poll_action() {
+                    actions.push_back(action);
+                }
+                if shared.stores.has_connection_closes() {
+                    closes = shared.stores.take_connection_closes();
+                }
+                (op.poll_result(), op.poll_timeout())
+            };
+            for address in closes.drain(..) {
+                dispatch.close_address(&address);
             }
-            while let Some(action) = op.poll_action() {
-                actions.push_back(action);
-            }
-            if shared.stores.has_connection_closes() {
-                closes = shared.stores.take_connection_closes();
-            }
-            (op.poll_result(), op.poll_timeout())
-        };
-        for address in closes.drain(..) {
-            dispatch.close_address(&address);
-        }
 
-        while let Some(action) = actions.pop_front() {
-            tracing::trace!(?action, "dispatch");
-            // Fire-and-forget actions (no id) complete nothing.
-            let completes = action.id().is_some();
-            match dispatch.start(now, action, &inbox) {
-                Some(io) => local.push(io),
-                None if completes => via_inbox += 1,
-                None => {}
+            while let Some(action) = actions.pop_front() {
+                tracing::trace!(?action, "dispatch");
+                // Fire-and-forget actions (no id) complete nothing.
+                let completes = action.id().is_some();
+                match dispatch.start(now, action, &inbox) {
+                    Some(io) => local.push(io),
+                    None if completes => via_inbox += 1,
+                    None => {}
+                }
             }
-        }
-        if let Some(result) = result {
-            // Late completions are refused by the closed inbox and dropped by their producer.
-            inbox.close();
-            return result;
-        }
-        let deadline = timeout.map(|(at, _why)| at);
-        if deadline.is_none() && via_inbox == 0 && local.is_empty() {
-            inbox.close();
-            return Err(Error::Internal(
-                "operation waits for nothing: no I/O in flight and no timeout".into(),
-            ));
-        }
-        match (&timer, deadline) {
-            (Some((at, _)), Some(d)) if *at == d => {}
-            (_, Some(d)) => timer = Some((d, dispatch.sleep_until(d))),
-            (_, None) => timer = None,
+            if let Some(result) = result {
+                // Late completions are refused by the closed inbox and dropped by their producer.
+                inbox.close();
+                return result;
+            }
+            let deadline = timeout.map(|(at, _why)| at);
+            if deadline.is_none() && via_inbox == 0 && local.is_empty() {
+                inbox.close();
+                return Err(Error::Internal(
+                    "operation waits for nothing: no I/O in flight and no timeout".into(),
+                ));
+            }
+            match (&timer, deadline) {
+                (Some((at, _)), Some(d)) if *at == d => {}
+                (_, Some(d)) => timer = Some((d, dispatch.sleep_until(d))),
+                (_, None) => timer = None,
+            }
         }
 
         ready_steps += 1;

@@ -317,6 +317,15 @@ impl<R: Runtime> TikvTransport<R> {
         timeout: Duration,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
+        if self.config.max_batch_size > 0 && rpc::batchable(&request) {
+            // The common path: queue on the pool's collecting connection while the pool map is
+            // locked (a queue push, no await), without cloning the pool's `Arc`.
+            let pools = lock(&self.pools);
+            if let Some(pool) = pools.get(address) {
+                Self::queue(pool, now, id, request, timeout, reply);
+                return None;
+            }
+        }
         let pool = self.pool(address);
         self.start_on(pool, now, id, request, timeout, reply)
     }
@@ -338,6 +347,38 @@ impl<R: Runtime> TikvTransport<R> {
         self.start_on(pool, now, id, request, timeout, reply)
     }
 
+    /// Queues a batchable `request` on the pool's collecting connection (see
+    /// [`StorePool::current`]); a closed queue completes it with [`Error::Closed`].
+    fn queue(
+        pool: &StorePool<R>,
+        now: Instant,
+        id: IoId,
+        request: TikvRequest,
+        timeout: Duration,
+        reply: &Inbox<Input>,
+    ) {
+        let TikvRequest::Cmd(cmd) = request else {
+            let _ = reply.push(Input::Tikv {
+                id,
+                result: Err(Error::Internal("only commands travel batched".into())),
+            });
+            return;
+        };
+        let i = pool.current.load(Ordering::Relaxed) % pool.conns.len();
+        let queued = Queued {
+            id,
+            cmd,
+            deadline: now + timeout,
+            reply: reply.clone(),
+        };
+        if let Err(q) = pool.conns[i].queue.push(queued) {
+            let _ = q.reply.push(Input::Tikv {
+                id,
+                result: Err(Error::Closed),
+            });
+        }
+    }
+
     fn start_on(
         &self,
         pool: Arc<StorePool<R>>,
@@ -348,22 +389,7 @@ impl<R: Runtime> TikvTransport<R> {
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
         if self.config.max_batch_size > 0 && rpc::batchable(&request) {
-            let TikvRequest::Cmd(cmd) = request else {
-                unreachable!("batchable requests are commands")
-            };
-            let i = pool.current.load(Ordering::Relaxed) % pool.conns.len();
-            let queued = Queued {
-                id,
-                cmd,
-                deadline: now + timeout,
-                reply: reply.clone(),
-            };
-            if let Err(q) = pool.conns[i].queue.push(queued) {
-                let _ = q.reply.push(Input::Tikv {
-                    id,
-                    result: Err(Error::Closed),
-                });
-            }
+            Self::queue(&pool, now, id, request, timeout, reply);
             return None;
         }
         self.stats.unary_calls.fetch_add(1, Ordering::Relaxed);

@@ -149,7 +149,7 @@ impl SingleRegion {
         let mut rng = shared.rng.fork();
         let lookup = shared.regions.lookup(&self.key, self.by_end, now, &mut rng);
         if let Lookup::Hit(loc) = lookup {
-            self.send(now, shared, bo, Ok(loc));
+            self.send(now, shared, bo, Ok(loc), true);
             return self.drive(now, shared);
         }
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
@@ -160,7 +160,7 @@ impl SingleRegion {
         match op.poll_result() {
             Some(r) => {
                 let bo = op.into_backoffer();
-                self.send(now, shared, bo, r);
+                self.send(now, shared, bo, r, false);
             }
             None => self.locate = Some(Box::new(op)),
         }
@@ -174,6 +174,7 @@ impl SingleRegion {
         shared: &mut Shared,
         bo: Backoffer,
         located: Result<KeyLocation, Error>,
+        cache_hit: bool,
     ) {
         let loc = match located {
             Ok(loc) => loc,
@@ -191,6 +192,10 @@ impl SingleRegion {
             self.opts.clone(),
             bo,
         )));
+        if cache_hit {
+            // The lookup at this `now` just found the region valid.
+            rr.assume_region_valid();
+        }
         rr.start(now, shared);
         self.location = Some(loc);
     }
@@ -206,7 +211,7 @@ impl SingleRegion {
                 };
                 let op = self.locate.take().expect("locate running");
                 let bo = op.into_backoffer();
-                self.send(now, shared, bo, r);
+                self.send(now, shared, bo, r, false);
                 continue;
             }
             if let Some(op) = self.request.as_mut() {

@@ -262,6 +262,28 @@ impl CachedRegion {
     }
 }
 
+/// The TTL check of one entry with extension on access: `false` once expired (or
+/// invalidated); otherwise the deadline moves to a fresh `ttl_from` unless the region must
+/// expire after its TTL or its deadline is still beyond `now + ttl`. Mirrors client-go
+/// `Region.checkRegionCacheTTL`.
+fn entry_ttl_ok(
+    r: &mut CachedRegion,
+    ttl: Duration,
+    jitter: Duration,
+    now: Instant,
+    rng: &mut Rng,
+) -> bool {
+    if r.invalid.is_some() || now > r.ttl {
+        return false;
+    }
+    if r.has_flag(NEED_EXPIRE_AFTER_TTL) || r.ttl > now + ttl {
+        return true;
+    }
+    // The extension (and its jitter draw) only when due: about once per jitter period.
+    r.ttl = ttl_from(now, ttl, jitter, rng);
+    true
+}
+
 /// A PD region answer, whatever the call (`GetRegion`, `ScanRegions`, `BatchScanRegions`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PdRegion {
@@ -392,30 +414,21 @@ impl RegionCache {
         self.latest.get(&id).and_then(|v| self.regions.get(v))
     }
 
-    /// TTL check with extension on access: `false` once expired (or invalidated); otherwise the
-    /// deadline moves to a fresh `next_ttl` unless the region must expire after its TTL or its
-    /// deadline is still beyond `now + ttl`. Mirrors client-go `Region.checkRegionCacheTTL`.
+    /// [`entry_ttl_ok`] on the entry of `ver` (`false` when not cached).
     fn check_ttl(&mut self, ver: RegionVerId, now: Instant, rng: &mut Rng) -> bool {
         let (ttl, jitter) = (self.ttl, self.ttl_jitter);
-        let Some(r) = self.regions.get_mut(&ver) else {
-            return false;
-        };
-        if r.invalid.is_some() || now > r.ttl {
-            return false;
+        match self.regions.get_mut(&ver) {
+            Some(r) => entry_ttl_ok(r, ttl, jitter, now, rng),
+            None => false,
         }
-        if r.has_flag(NEED_EXPIRE_AFTER_TTL) || r.ttl > now + ttl {
-            return true;
-        }
-        // The extension (and its jitter draw) only when due: about once per jitter period.
-        r.ttl = ttl_from(now, ttl, jitter, rng);
-        true
     }
 
     /// Whether the region at this version is still usable (cached, not flagged for reload,
     /// not expired); extends its TTL. Mirrors client-go `Region.isValid`.
     pub fn is_valid(&mut self, ver: RegionVerId, now: Instant, rng: &mut Rng) -> bool {
-        match self.regions.get(&ver) {
-            Some(r) if !r.has_flag(NEED_RELOAD_ON_ACCESS) => self.check_ttl(ver, now, rng),
+        let (ttl, jitter) = (self.ttl, self.ttl_jitter);
+        match self.regions.get_mut(&ver) {
+            Some(r) if !r.has_flag(NEED_RELOAD_ON_ACCESS) => entry_ttl_ok(r, ttl, jitter, now, rng),
             _ => false,
         }
     }
@@ -430,7 +443,14 @@ impl RegionCache {
         now: Instant,
         rng: &mut Rng,
     ) -> Option<(RegionVerId, bool)> {
-        let found = if is_end_key && key.is_empty() {
+        let ver = self.search_ver(key, is_end_key)?;
+        let expired = !self.check_ttl(ver, now, rng);
+        Some((ver, expired))
+    }
+
+    /// The cached region holding `key` (by end key with `is_end_key`), valid or not.
+    fn search_ver(&self, key: &[u8], is_end_key: bool) -> Option<RegionVerId> {
+        if is_end_key && key.is_empty() {
             self.sorted
                 .iter()
                 .next_back()
@@ -458,10 +478,7 @@ impl RegionCache {
                 break;
             }
             found
-        };
-        let ver = found?;
-        let expired = !self.check_ttl(ver, now, rng);
-        Some((ver, expired))
+        }
     }
 
     /// Looks up the region for `key` (or by end key). Mirrors the cache half of client-go
@@ -469,10 +486,17 @@ impl RegionCache {
     /// `needReloadOnAccess` / `needDelayedReloadReady` has those flags cleared and is returned
     /// as [`Lookup::Reload`].
     pub fn lookup(&mut self, key: &[u8], is_end_key: bool, now: Instant, rng: &mut Rng) -> Lookup {
-        match self.search(key, is_end_key, now, rng) {
-            None | Some((_, true)) => Lookup::Miss,
-            Some((ver, false)) => {
-                let r = self.regions.get_mut(&ver).expect("indexed region exists");
+        // One probe of the region map: the TTL check and the flags on the same entry.
+        let (ttl, jitter) = (self.ttl, self.ttl_jitter);
+        let entry = self
+            .search_ver(key, is_end_key)
+            .and_then(|ver| self.regions.get_mut(&ver).map(|r| (ver, r)));
+        match entry {
+            None => Lookup::Miss,
+            Some((ver, r)) => {
+                if !entry_ttl_ok(r, ttl, jitter, now, rng) {
+                    return Lookup::Miss;
+                }
                 if r.has_flag(NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY) {
                     r.flags &= !(NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY);
                     tracing::debug!(region = ver.id, "cached region flagged for reload");

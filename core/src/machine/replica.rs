@@ -114,6 +114,11 @@ impl Replica {
     }
 }
 
+/// `v.clone()`, without the call when `v` is empty (the usual case for read options).
+fn clone_or_empty<T: Clone>(v: &[T]) -> Vec<T> {
+    if v.is_empty() { Vec::new() } else { v.to_vec() }
+}
+
 /// Replicas a region keeps inline in its selector (TiKV's default is 3 replicas), so the
 /// selector of an ordinary region allocates nothing; more replicas go to the heap. Kept small
 /// so that a boxed region request stays within the allocator's thread cache (1 KiB).
@@ -270,6 +275,19 @@ impl ReplicaSelector {
         if !cache.is_valid(region, now, rng) {
             return None;
         }
+        Self::for_valid(region, opts, read_only, cache, stores)
+    }
+
+    /// [`ReplicaSelector::new`] for a region the caller has just found valid at the same
+    /// instant (a region-cache hit in the same step): the check is not repeated, since its
+    /// answer (and the TTL extension it makes) would be the same.
+    pub fn for_valid(
+        region: RegionVerId,
+        opts: &ReadOptions,
+        read_only: bool,
+        cache: &RegionCache,
+        stores: &StoreCache,
+    ) -> Option<Self> {
         let cached = cache.get(region)?;
         let replicas: Replicas = cached
             .peers()
@@ -297,8 +315,9 @@ impl ReplicaSelector {
             read_type: opts.replica_read,
             stale_read: opts.stale_read,
             read_only,
-            labels: opts.labels.clone(),
-            match_stores: opts.stores.clone(),
+            // (An empty `Vec` clone is still a call per field; most reads set neither.)
+            labels: clone_or_empty(&opts.labels),
+            match_stores: clone_or_empty(&opts.stores),
             leader_only: opts.leader_only,
             prefer_leader: opts.replica_read == ReplicaReadType::PreferLeader,
             busy_threshold: opts.busy_threshold,
@@ -377,9 +396,32 @@ impl ReplicaSelector {
         now: Instant,
         rng: &mut Rng,
     ) -> Option<Target> {
+        self.next_checked(false, cache, stores, now, rng)
+    }
+
+    /// [`ReplicaSelector::next`] right after the selector was built in the same step at the
+    /// same `now` (its region then is known valid: the check is skipped). Same selection.
+    pub fn next_fresh(
+        &mut self,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Target> {
+        self.next_checked(true, cache, stores, now, rng)
+    }
+
+    fn next_checked(
+        &mut self,
+        region_checked: bool,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Option<Target> {
         if self.invalidated_for_retry {
             self.invalidated_for_retry = false;
-        } else if !cache.is_valid(self.region, now, rng) {
+        } else if !region_checked && !cache.is_valid(self.region, now, rng) {
             tracing::debug!(region = self.region.id, "replica selector: region invalid");
             return None;
         }

@@ -322,6 +322,9 @@ pub struct RegionRequest {
     ts_check: TsCheck,
     /// The read type of the first attempt, kept for the retry labels of the request source.
     first_read_type: ReadTypeLabel,
+    /// The caller found the region valid at the instant it starts this request with (see
+    /// [`RegionRequest::assume_region_valid`]); consumed by the first step.
+    region_checked: bool,
 }
 
 // Every single-region operation boxes one region request; past 1 KiB the allocation leaves
@@ -362,7 +365,16 @@ impl RegionRequest {
             done: false,
             ts_check: TsCheck::Pending,
             first_read_type: ReadTypeLabel::Leader,
+            region_checked: false,
         }
+    }
+
+    /// Tells the request that its caller has just found the region valid in the cache (a hit,
+    /// whose lookup checked and extended the TTL) at the same instant it will call
+    /// [`Operation::start`] with: the first step then does not check it again. The answer
+    /// would be the same; skipping it saves two cache lookups per request.
+    pub fn assume_region_valid(&mut self) {
+        self.region_checked = true;
     }
 
     /// The region this request targets.
@@ -457,6 +469,8 @@ impl RegionRequest {
     /// One turn of the loop: pick a target and send. Mirrors client-go `sendReqState.next`
     /// after the previous error was handled.
     fn step(&mut self, now: Instant, shared: &mut Shared) {
+        // Only the first step, at the caller's instant, may rely on the caller's check.
+        let region_checked = std::mem::take(&mut self.region_checked);
         if self.done {
             return;
         }
@@ -469,17 +483,33 @@ impl RegionRequest {
         if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
             return;
         }
+        // A selector built here at `now` has a region known valid at `now`.
+        let mut fresh = false;
         if self.selector.is_none() {
-            match ReplicaSelector::new(
-                self.region,
-                &self.opts.read,
-                self.read_only,
-                &mut shared.regions,
-                &shared.stores,
-                now,
-                &mut self.rng,
-            ) {
-                Some(sel) => self.selector = Some(sel),
+            let built = if region_checked {
+                ReplicaSelector::for_valid(
+                    self.region,
+                    &self.opts.read,
+                    self.read_only,
+                    &shared.regions,
+                    &shared.stores,
+                )
+            } else {
+                ReplicaSelector::new(
+                    self.region,
+                    &self.opts.read,
+                    self.read_only,
+                    &mut shared.regions,
+                    &shared.stores,
+                    now,
+                    &mut self.rng,
+                )
+            };
+            match built {
+                Some(sel) => {
+                    self.selector = Some(sel);
+                    fresh = true;
+                }
                 None => {
                     tracing::debug!(
                         region = self.region.id,
@@ -495,7 +525,12 @@ impl RegionRequest {
         let Some(sel) = self.selector.as_mut() else {
             return;
         };
-        let Some(target) = sel.next(&mut shared.regions, &shared.stores, now, &mut self.rng) else {
+        let target = if fresh {
+            sel.next_fresh(&mut shared.regions, &shared.stores, now, &mut self.rng)
+        } else {
+            sel.next(&mut shared.regions, &shared.stores, now, &mut self.rng)
+        };
+        let Some(target) = target else {
             tracing::debug!(
                 region = self.region.id,
                 "no replica available; pseudo EpochNotMatch"
