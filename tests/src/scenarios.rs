@@ -455,8 +455,9 @@ pub async fn pd_retry_budget_bounds_pd_outages<R: Runtime>() {
     assert!(after > before);
 }
 
-/// The PD region-metadata circuit breaker (off by default, as in client-go; enabled here with
-/// a 1 s window, 1 QPS minimum, 50 % threshold and a 3 s cool-down): while PD fails every
+/// The PD region-metadata circuit breaker (off by default, as in client-go; switched on here
+/// at run time with a 50 % threshold, over a 1 s window, 1 QPS minimum and a 3 s cool-down
+/// from the configuration): while PD fails every
 /// `GetRegion` with `UNAVAILABLE`, the breaker opens after one window and region loads then
 /// fail without reaching PD, the error ending the request being the typed
 /// `Error::PdCircuitBreakerOpen` (as the last error of the exhausted `BoPDRPC` budget); once
@@ -468,8 +469,10 @@ pub async fn pd_circuit_breaker_fails_region_loads_fast<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());
     let mut config = test_config();
     config.pd_retry_budget = Duration::from_millis(200);
+    // Configured with threshold 0 (off, client-go's default), then switched on at run time
+    // (client-go `ChangePDRegionMetaCircuitBreakerSettings`).
     config.pd_region_meta_circuit_breaker = CircuitBreakerSettings {
-        error_rate_threshold_pct: 50,
+        error_rate_threshold_pct: 0,
         min_qps_for_open: 1,
         error_rate_window: Duration::from_secs(1),
         cool_down_interval: Duration::from_secs(3),
@@ -478,6 +481,7 @@ pub async fn pd_circuit_breaker_fails_region_loads_fast<R: Runtime>() {
     let client = connect::<R>(&mock, config).await;
     client.put("key", "v").await.unwrap();
     let cluster = client.cluster();
+    cluster.change_pd_region_meta_circuit_breaker_settings(|s| s.error_rate_threshold_pct = 50);
     let forget_regions = || cluster.with_shared(|s| s.regions.refresh(Vec::new()));
     let short = client.with_backoff_budget(300);
     let rule = mock.cluster().add_pd_fault(
