@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::machine::circuit_breaker::CircuitBreakerSettings;
 
 /// Which TiKV API version (key format) the client speaks.
 ///
@@ -284,6 +285,14 @@ pub struct Config {
     /// `txnkv/transaction` `TsoMaxBackoff`, 15 s, as used by `oracle/oracles/pd.go`
     /// `GetTimestamp`).
     pub pd_retry_budget: Duration,
+    /// Circuit breaker of the PD region-metadata calls (`GetRegion`, `GetPrevRegion`,
+    /// `GetRegionByID`, `ScanRegions`, `BatchScanRegions`). client-go's settings for
+    /// `pdRegionMetaCircuitBreaker` (`internal/locate/region_cache.go`): 30 s window, 10 QPS
+    /// minimum, 10 s cool-down, one half-open probe, and an error-rate threshold of 0, i.e.
+    /// off until a threshold is set (client-go `tikv.ChangePDRegionMetaCircuitBreakerSettings`;
+    /// here this field, or `Cluster::change_pd_region_meta_circuit_breaker_settings` at run
+    /// time).
+    pub pd_region_meta_circuit_breaker: CircuitBreakerSettings,
 
     // ---- Region and store caches (CF-06, CF-13) -------------------------------------------
     /// Regions not accessed for this long are reloaded (`TiKVClient.RegionCacheTTL`, 600 s).
@@ -385,6 +394,7 @@ impl Default for Config {
             enable_ts_validation: false,
             pd_member_update_interval: Duration::from_secs(60),
             pd_retry_budget: Duration::from_millis(15_000),
+            pd_region_meta_circuit_breaker: CircuitBreakerSettings::default(),
             region_cache_ttl: Duration::from_secs(600),
             region_cache_ttl_jitter: Duration::from_secs(60),
             store_liveness_timeout: Duration::from_secs(1),
@@ -485,6 +495,8 @@ setters! {
     with_pd_member_update_interval: pd_member_update_interval: Duration;
     /// Sets [`Config::pd_retry_budget`].
     with_pd_retry_budget: pd_retry_budget: Duration;
+    /// Sets [`Config::pd_region_meta_circuit_breaker`].
+    with_pd_region_meta_circuit_breaker: pd_region_meta_circuit_breaker: CircuitBreakerSettings;
     /// Sets [`Config::region_cache_ttl`].
     with_region_cache_ttl: region_cache_ttl: Duration;
     /// Sets [`Config::region_cache_ttl_jitter`].
@@ -588,6 +600,7 @@ impl Config {
         if self.pd_retry_budget.is_zero() {
             return Err(Error::invalid("pd_retry_budget must not be 0"));
         }
+        self.pd_region_meta_circuit_breaker.validate()?;
         if self.local_latches_capacity == Some(0) {
             return Err(Error::invalid("local latches capacity must not be 0"));
         }
@@ -668,6 +681,11 @@ mod tests {
         assert!(!c.enable_ts_validation);
         assert_eq!(c.pd_member_update_interval, Duration::from_secs(60));
         assert_eq!(c.pd_retry_budget, Duration::from_secs(15));
+        assert_eq!(
+            c.pd_region_meta_circuit_breaker,
+            CircuitBreakerSettings::default()
+        );
+        assert!(!c.pd_region_meta_circuit_breaker.enabled());
         assert_eq!(c.region_cache_ttl, Duration::from_secs(600));
         assert_eq!(c.region_cache_ttl_jitter, Duration::from_secs(60));
         assert_eq!(c.store_liveness_timeout, Duration::from_secs(1));
@@ -749,6 +767,10 @@ mod tests {
             Config::default().with_pd_server_timeout(Duration::ZERO),
             Config::default().with_pd_member_update_interval(Duration::ZERO),
             Config::default().with_pd_retry_budget(Duration::ZERO),
+            Config::default().with_pd_region_meta_circuit_breaker(CircuitBreakerSettings {
+                error_rate_threshold_pct: 101,
+                ..CircuitBreakerSettings::default()
+            }),
             Config::default().with_local_latches_capacity(Some(0)),
             Config::default().with_tso_max_batch_size(0),
             Config::default().with_security(SecurityConfig {

@@ -313,6 +313,15 @@ pub enum Error {
     #[error("pd error: {0}")]
     Pd(String),
 
+    /// A PD region-metadata call (`GetRegion`, `GetPrevRegion`, `GetRegionByID`,
+    /// `ScanRegions`, `BatchScanRegions`) was refused without being sent because the PD
+    /// circuit breaker is open (see [`crate::machine::circuit_breaker`]). The region loaders
+    /// treat it like any PD failure: they back off `BoPDRPC` and try again within their
+    /// budget. Mirrors the PD Go client `errs.ErrCircuitBreakerOpen` as client-go
+    /// `internal/locate/region_cache.go` `loadRegion` meets it.
+    #[error("pd error: circuit breaker is open")]
+    PdCircuitBreakerOpen,
+
     /// The keyspace does not exist or is not enabled.
     #[error("keyspace {0:?} not found or not enabled")]
     KeyspaceNotFound(String),

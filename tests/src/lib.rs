@@ -140,6 +140,7 @@ macro_rules! e2e_suite {
             tikv_forwarding_through_a_follower,
             stale_close_keeps_the_newer_connection,
             identical_region_resolves_collapse,
+            pd_circuit_breaker_fails_region_loads_fast,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

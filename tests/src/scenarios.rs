@@ -455,6 +455,100 @@ pub async fn pd_retry_budget_bounds_pd_outages<R: Runtime>() {
     assert!(after > before);
 }
 
+/// The PD region-metadata circuit breaker (off by default, as in client-go; switched on here
+/// at run time with a 50 % threshold, over a 1 s window, 1 QPS minimum and a 3 s cool-down
+/// from the configuration): while PD fails every
+/// `GetRegion` with `UNAVAILABLE`, the breaker opens after one window and region loads then
+/// fail without reaching PD, the error ending the request being the typed
+/// `Error::PdCircuitBreakerOpen` (as the last error of the exhausted `BoPDRPC` budget); once
+/// PD recovers and the cool-down has passed, a probe goes through, the breaker closes and
+/// requests succeed again.
+pub async fn pd_circuit_breaker_fails_region_loads_fast<R: Runtime>() {
+    use tikv_core::machine::circuit_breaker::{BreakerState, CircuitBreakerSettings};
+
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = test_config();
+    config.pd_retry_budget = Duration::from_millis(200);
+    // Configured with threshold 0 (off, client-go's default), then switched on at run time
+    // (client-go `ChangePDRegionMetaCircuitBreakerSettings`).
+    config.pd_region_meta_circuit_breaker = CircuitBreakerSettings {
+        error_rate_threshold_pct: 0,
+        min_qps_for_open: 1,
+        error_rate_window: Duration::from_secs(1),
+        cool_down_interval: Duration::from_secs(3),
+        half_open_success_count: 1,
+    };
+    let client = connect::<R>(&mock, config).await;
+    client.put("key", "v").await.unwrap();
+    let cluster = client.cluster();
+    cluster.change_pd_region_meta_circuit_breaker_settings(|s| s.error_rate_threshold_pct = 50);
+    let forget_regions = || cluster.with_shared(|s| s.regions.refresh(Vec::new()));
+    let short = client.with_backoff_budget(300);
+    let rule = mock.cluster().add_pd_fault(
+        PdFaultRule::once("GetRegion", PdFaultAction::Unavailable("injected".into())).times(None),
+    );
+
+    // PD fails: loads fail, first at PD, then (after a window) at the breaker.
+    let rt = cluster.runtime().clone();
+    let give_up = rt.now() + Duration::from_secs(20);
+    let last = loop {
+        forget_regions();
+        let err = short.get("key").await.unwrap_err();
+        let last = match &err {
+            Error::BackoffExhausted { last, .. } => (**last).clone(),
+            other => other.clone(),
+        };
+        if last == Error::PdCircuitBreakerOpen || rt.now() > give_up {
+            break last;
+        }
+    };
+    assert_eq!(
+        last,
+        Error::PdCircuitBreakerOpen,
+        "the breaker never opened"
+    );
+    assert_eq!(
+        cluster.pd_region_meta_circuit_breaker_state(),
+        BreakerState::Open
+    );
+
+    // While open, region loads do not reach PD at all.
+    let seen = mock.cluster().pd_requests("GetRegion");
+    let fast_fails = relaxed(&cluster.pd_stats().circuit_breaker_fast_fails);
+    forget_regions();
+    let err = short.get("key").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::BackoffExhausted { last, .. } if **last == Error::PdCircuitBreakerOpen),
+        "{err:?}"
+    );
+    assert_eq!(
+        mock.cluster().pd_requests("GetRegion"),
+        seen,
+        "no call reached PD"
+    );
+    assert!(relaxed(&cluster.pd_stats().circuit_breaker_fast_fails) > fast_fails);
+
+    // PD recovers: after the cool-down a probe passes and requests succeed again.
+    mock.cluster().remove_fault(rule);
+    let give_up = rt.now() + Duration::from_secs(20);
+    loop {
+        forget_regions();
+        match short.get("key").await {
+            Ok(v) => {
+                assert_eq!(v, Some(b("v")));
+                break;
+            }
+            Err(e) => assert!(rt.now() < give_up, "no recovery: {e:?}"),
+        }
+    }
+    forget_regions();
+    assert_eq!(client.get("key").await.unwrap(), Some(b("v")));
+    assert_eq!(
+        cluster.pd_region_meta_circuit_breaker_state(),
+        BreakerState::Closed
+    );
+}
+
 /// TiKV's health feedback (its slow score, piggy-backed on `BatchCommands` responses) lands in
 /// the client's store cache.
 pub async fn store_health_feedback_reaches_the_store_cache<R: Runtime>() {

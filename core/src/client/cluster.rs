@@ -328,6 +328,24 @@ impl<R: Runtime> Cluster<R> {
         self.inner.pd.close();
         self.inner.tikv.close();
     }
+
+    /// Changes the settings of the PD region-metadata circuit breaker (initially
+    /// [`Config::pd_region_meta_circuit_breaker`]); they take effect at its next evaluation.
+    /// Mirrors client-go `tikv.ChangePDRegionMetaCircuitBreakerSettings` (per client here,
+    /// process-wide in client-go).
+    pub fn change_pd_region_meta_circuit_breaker_settings(
+        &self,
+        apply: impl FnOnce(&mut crate::machine::circuit_breaker::CircuitBreakerSettings),
+    ) {
+        self.inner.pd.change_region_meta_breaker_settings(apply);
+    }
+
+    /// The state of the PD region-metadata circuit breaker.
+    pub fn pd_region_meta_circuit_breaker_state(
+        &self,
+    ) -> crate::machine::circuit_breaker::BreakerState {
+        self.inner.pd.region_meta_breaker_state()
+    }
 }
 
 /// Loads keyspace `name` from PD. Mirrors client-go `tikv/kv.go` `NewKVStore` →

@@ -33,6 +33,14 @@
 //!   own deadline) and reconnects, so a stream reset is invisible to callers.
 //! * Concurrent `GetRegion` / `GetPrevRegion` calls for the same key share one PD call
 //!   (client-go's region cache does the same with `singleflight`).
+//! * Region-metadata calls (`GetRegion`, `GetPrevRegion`, `GetRegionByID`, `ScanRegions`,
+//!   `BatchScanRegions`) pass the PD circuit breaker
+//!   ([`crate::machine::circuit_breaker::CircuitBreaker`], settings
+//!   [`Config::pd_region_meta_circuit_breaker`]) before every attempt: while it is open they
+//!   fail at once with [`Error::PdCircuitBreakerOpen`] without reaching PD (the region
+//!   loaders back off `BoPDRPC` on it), and each attempt's outcome is reported to it. Mirrors
+//!   client-go `internal/locate/region_cache.go` `withPDCircuitBreaker` around those calls and
+//!   the PD Go client's `CircuitBreaker.Execute` around one gRPC call.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,6 +62,9 @@ use super::tikv::with_deadline;
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
+use crate::machine::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerSettings, Permit, is_overload_code,
+};
 use crate::machine::pd::{PdAction, PdConfig, PdDiscovery, PdEvent};
 use crate::machine::tso::{TsoAction, TsoBatcher, TsoConfig};
 use crate::machine::{Input, IoId, PdRequest, PdResponse, Timestamp};
@@ -128,6 +139,8 @@ pub struct PdStats {
     pub tso_streams: AtomicU64,
     /// `TsoRequest` messages sent.
     pub tso_requests: AtomicU64,
+    /// Region-metadata calls refused by the open PD circuit breaker (never sent).
+    pub circuit_breaker_fast_fails: AtomicU64,
 }
 
 /// How to restart discovery from the configured endpoints after it gave up.
@@ -157,6 +170,8 @@ pub(crate) struct PdClient<R: Runtime> {
     tso_queue: Inbox<TsoWaiter>,
     tso_started: std::sync::Once,
     flights: Mutex<HashMap<(u8, Bytes), Vec<Flight>>>,
+    /// The circuit breaker of the region-metadata calls.
+    region_meta_breaker: Mutex<CircuitBreaker>,
     pub stats: Arc<PdStats>,
 }
 
@@ -173,6 +188,7 @@ impl<R: Runtime> PdClient<R> {
         let discovery_seed = config.rng_seed ^ 0x0070_6464;
         let discovery = PdDiscovery::new(rt.now(), &endpoints, pd_config.clone(), discovery_seed)?;
         let budget = u64::try_from(config.pd_retry_budget.as_millis()).unwrap_or(u64::MAX);
+        let rt_now = rt.now();
         let this = Arc::new(PdClient {
             rt,
             call_timeout: config.pd_server_timeout,
@@ -198,6 +214,10 @@ impl<R: Runtime> PdClient<R> {
             tso_queue: Inbox::new(),
             tso_started: std::sync::Once::new(),
             flights: Mutex::new(HashMap::new()),
+            region_meta_breaker: Mutex::new(CircuitBreaker::new(
+                rt_now,
+                config.pd_region_meta_circuit_breaker,
+            )),
             stats: Arc::new(PdStats::default()),
         });
         let task = member_task(Arc::downgrade(&this), this.kick.clone(), this.rt.clone());
@@ -494,17 +514,33 @@ impl<R: Runtime> PdClient<R> {
         }
     }
 
-    /// One PD call with leader discovery and `BoPDRPC` retries.
+    /// One PD call with leader discovery and `BoPDRPC` retries; region-metadata calls go
+    /// through the circuit breaker.
     pub async fn call(&self, mut request: PdRequest) -> Result<PdResponse, Error> {
         let (_, _, decoder) = rpc::pd_call(&request);
+        let breaker = is_region_meta(&request).then_some(&self.region_meta_breaker);
         let bytes = self
-            .call_encoded(|cluster_id| {
+            .call_encoded(breaker, |cluster_id| {
                 set_cluster_id(&mut request, cluster_id);
                 let (path, body, _) = rpc::pd_call(&request);
                 (path, body)
             })
             .await?;
         decoder(bytes).map_err(|e| Error::Codec(e.to_string()))
+    }
+
+    /// Changes the settings of the region-metadata circuit breaker; they take effect at its
+    /// next evaluation. Mirrors client-go `ChangePDRegionMetaCircuitBreakerSettings`.
+    pub fn change_region_meta_breaker_settings(
+        &self,
+        apply: impl FnOnce(&mut CircuitBreakerSettings),
+    ) {
+        lock(&self.region_meta_breaker).change_settings(apply);
+    }
+
+    /// The current state of the region-metadata circuit breaker.
+    pub fn region_meta_breaker_state(&self) -> crate::machine::circuit_breaker::BreakerState {
+        lock(&self.region_meta_breaker).state()
     }
 
     /// A unary PD call outside [`PdRequest`] (for example `LoadKeyspace`) with the same leader
@@ -516,22 +552,46 @@ impl<R: Runtime> PdClient<R> {
         path: &'static str,
         mut encode: impl FnMut(u64) -> Bytes,
     ) -> Result<Bytes, Error> {
-        self.call_encoded(|cluster_id| (path, encode(cluster_id)))
+        self.call_encoded(None, |cluster_id| (path, encode(cluster_id)))
             .await
     }
 
     /// The retry loop of [`PdClient::call`] and [`PdClient::call_raw`]: a transport failure
     /// drops the leader connection and backs off `BoPDRPC` within the PD retry budget.
+    ///
+    /// With `breaker`, every attempt first asks it for leave: a refusal ends the call at once
+    /// with [`Error::PdCircuitBreakerOpen`] (the caller's own backoff paces the next try), and
+    /// the attempt's outcome is reported: overloaded for a timeout, an `UNAVAILABLE` /
+    /// `DEADLINE_EXCEEDED` / `RESOURCE_EXHAUSTED` status, or no reachable leader (what gRPC
+    /// reports as `UNAVAILABLE`); anything else, PD header errors included, counts as a
+    /// success (PD Go client `isOverloaded`).
     async fn call_encoded(
         &self,
+        breaker: Option<&Mutex<CircuitBreaker>>,
         mut encode: impl FnMut(u64) -> (&'static str, Bytes),
     ) -> Result<Bytes, Error> {
         let mut bo = Backoffer::new(self.budget_ms);
         let deadline = self.budget_deadline();
         loop {
+            let mut attempt = match breaker {
+                None => Attempt::unguarded(),
+                Some(cb) => match lock(cb).on_request(self.rt.now()) {
+                    Ok(permit) => Attempt::guarded(cb, permit),
+                    Err(e) => {
+                        self.stats
+                            .circuit_breaker_fast_fails
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("PD region-meta call refused: circuit breaker open");
+                        return Err(e);
+                    }
+                },
+            };
             let err = match self.leader(deadline).await {
                 Err(Error::Closed) => return Err(Error::Closed),
-                Err(e) => e,
+                Err(e) => {
+                    attempt.finish(true);
+                    e
+                }
                 Ok(leader) => {
                     let (path, body) = encode(leader.cluster_id);
                     self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -547,12 +607,17 @@ impl<R: Runtime> PdClient<R> {
                         metadata.as_slice(),
                     );
                     match with_deadline(&self.rt, call_deadline, call).await {
-                        Some(Ok(bytes)) => return Ok(bytes),
+                        Some(Ok(bytes)) => {
+                            attempt.finish(false);
+                            return Ok(bytes);
+                        }
                         Some(Err(status)) => {
+                            attempt.finish(is_overload_code(status.code.0));
                             self.drop_leader(&leader);
                             Error::Pd(format!("{path} to {}: {status}", leader.via))
                         }
                         None => {
+                            attempt.finish(true);
                             self.drop_leader(&leader);
                             Error::Pd(format!("{path} to {}: timeout", leader.via))
                         }
@@ -907,6 +972,54 @@ type Opening<R> = Pin<
             > + Send,
     >,
 >;
+
+/// Whether `request` is a region-metadata call, the calls client-go wraps with
+/// `withPDCircuitBreaker` (`internal/locate/region_cache.go` `loadRegion`,
+/// `loadRegionByID`, `scanRegions`, `batchScanRegions`).
+fn is_region_meta(request: &PdRequest) -> bool {
+    matches!(
+        request,
+        PdRequest::GetRegion(_)
+            | PdRequest::GetPrevRegion(_)
+            | PdRequest::GetRegionById(_)
+            | PdRequest::ScanRegions(_)
+            | PdRequest::BatchScanRegions(_)
+    )
+}
+
+/// One attempt of a PD call, holding the circuit breaker's [`Permit`] when the call goes
+/// through one. The outcome is reported once; an attempt dropped before it finished (the
+/// caller gave up) is reported as not overloaded, as a cancelled gRPC call is in the PD Go
+/// client (`CANCELLED` is not an overload code), so that a half-open breaker never waits
+/// forever for a probe's outcome.
+struct Attempt<'a> {
+    guard: Option<(&'a Mutex<CircuitBreaker>, Permit)>,
+}
+
+impl<'a> Attempt<'a> {
+    fn unguarded() -> Self {
+        Attempt { guard: None }
+    }
+
+    fn guarded(cb: &'a Mutex<CircuitBreaker>, permit: Permit) -> Self {
+        Attempt {
+            guard: Some((cb, permit)),
+        }
+    }
+
+    /// Reports the outcome (`overloaded` or not) to the breaker, if any.
+    fn finish(&mut self, overloaded: bool) {
+        if let Some((cb, permit)) = self.guard.take() {
+            lock(cb).on_result(permit, overloaded);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
 
 /// Puts `cluster_id` into the request header, as every PD request must carry it.
 fn set_cluster_id(request: &mut PdRequest, cluster_id: u64) {

@@ -6,9 +6,12 @@
 //! when the cache cannot answer, back off `PdRpc` on PD failures, and insert what PD returns
 //! into the shared region cache.
 //!
+//! [`BatchLocateKeyRanges`] locates the regions of many key ranges at once, with
+//! [`BatchLocateOptions`] (buckets, leader-peer filter).
+//!
 //! Mirrors client-go `internal/locate/region_cache.go` (`LocateKey`, `LocateEndKey`,
-//! `findRegionByKey`, `loadRegion`, `GroupKeysByRegion`, `BatchLoadRegionsWithKeyRanges`,
-//! `batchScanRegions`, `regionsHaveGapInRanges`).
+//! `findRegionByKey`, `loadRegion`, `GroupKeysByRegion`, `BatchLocateKeyRanges`,
+//! `BatchLoadRegionsWithKeyRanges`, `batchScanRegions`, `regionsHaveGapInRanges`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -767,6 +770,14 @@ impl LocateRange {
         }
     }
 
+    /// Disables the `BatchScanRegions` prefetch: the range is located region by region
+    /// with `GetRegion`.
+    #[must_use]
+    pub fn without_batch_scan(mut self) -> Self {
+        self.scan_supported = false;
+        self
+    }
+
     /// The backoffer; `None` only while a lookup is running.
     pub fn into_backoffer(self) -> Option<Backoffer> {
         self.backoffer
@@ -933,6 +944,489 @@ impl Operation for LocateRange {
     }
 }
 
+/// Options of [`BatchLocateKeyRanges`]. Mirrors client-go `tikv/region.go`
+/// `BatchLocateKeyRangesOpt` (`WithNeedBuckets`, `WithNeedRegionHasLeaderPeer`); both are off
+/// by default, as in client-go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchLocateOptions {
+    /// Ask PD for the regions' buckets too (`BatchScanRegionsRequest.need_buckets`): more
+    /// traffic, but the cache learns the buckets of every region loaded. client-go
+    /// `WithNeedBuckets`.
+    pub need_buckets: bool,
+    /// Leave out regions PD reports without a leader (no leader peer, or peer id 0). A region
+    /// whose leader is merely stale still counts as having one. client-go
+    /// `WithNeedRegionHasLeaderPeer`.
+    pub need_region_has_leader_peer: bool,
+}
+
+impl BatchLocateOptions {
+    /// No option set (client-go's default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`BatchLocateOptions::need_buckets`]. Mirrors client-go `WithNeedBuckets`.
+    #[must_use]
+    pub fn with_need_buckets(mut self) -> Self {
+        self.need_buckets = true;
+        self
+    }
+
+    /// Sets [`BatchLocateOptions::need_region_has_leader_peer`]. Mirrors client-go
+    /// `WithNeedRegionHasLeaderPeer`.
+    #[must_use]
+    pub fn with_need_region_has_leader_peer(mut self) -> Self {
+        self.need_region_has_leader_peer = true;
+        self
+    }
+}
+
+/// Most key ranges sent in one `BatchScanRegions` call (client-go `BatchLocateKeyRanges`:
+/// `16 * defaultRegionsPerBatch`), so a request stays within gRPC's size limit.
+const MAX_RANGES_PER_BATCH: usize = 16 * REGIONS_PER_BATCH;
+
+/// Locates every region intersecting a list of key ranges. Output: the regions' locations in
+/// key order, each region once.
+///
+/// The ranges (`(start, end)`, empty `end`: unbounded) must be in key order and not
+/// overlap (else `Error::InvalidArgument`); empty ranges are skipped. What the region cache holds is used as is; the uncached rest of the ranges
+/// is loaded with `BatchScanRegions` (at most 2048 ranges and 128 regions per call, all key
+/// ranges required), continuing after the last region each answer returns. An answer with no
+/// region, with a gap in the ranges, or (with
+/// [`BatchLocateOptions::need_region_has_leader_peer`]) with only leaderless regions backs off
+/// `PdRpc` and asks again. When PD fails the call or does not serve it, the remaining ranges
+/// are located region by region ([`LocateRange`] without prefetch; the leader filter does not
+/// apply there).
+///
+/// Mirrors client-go `internal/locate/region_cache.go` `BatchLocateKeyRanges`,
+/// `BatchLoadRegionsWithKeyRanges`, `batchScanRegions`, `regionsHaveGapInRanges`,
+/// `rangesAfterKey`, `handleRegionInfos` and `batchLocateRangesMerger` (the fallback there is
+/// `batchScanRegionsFallback`, taken only on `Unimplemented`).
+#[derive(Debug)]
+pub struct BatchLocateKeyRanges {
+    ranges: Vec<(Key, Key)>,
+    options: BatchLocateOptions,
+    backoffer: Option<Backoffer>,
+    rng: Rng,
+    cached: Vec<KeyLocation>,
+    loaded: Vec<KeyLocation>,
+    uncached: Vec<(Key, Key)>,
+    /// The pending `BatchScanRegions` call and the (encoded) ranges it asked for.
+    scan: Option<(IoId, Vec<pdpb::KeyRange>)>,
+    wake: Option<Instant>,
+    /// Fallback: ranges still to locate one by one, and the one being located.
+    fallback: Vec<(Key, Key)>,
+    sub: Option<LocateRange>,
+    actions: ActionQueue,
+    result: Option<Result<Vec<KeyLocation>, Error>>,
+    done: bool,
+}
+
+impl BatchLocateKeyRanges {
+    /// Locates the regions of `ranges` with `backoffer` as the budget for PD failures.
+    pub fn new(ranges: Vec<(Key, Key)>, backoffer: Backoffer) -> Self {
+        BatchLocateKeyRanges {
+            ranges,
+            options: BatchLocateOptions::default(),
+            backoffer: Some(backoffer),
+            rng: Rng::new(0),
+            cached: Vec::new(),
+            loaded: Vec::new(),
+            uncached: Vec::new(),
+            scan: None,
+            wake: None,
+            fallback: Vec::new(),
+            sub: None,
+            actions: ActionQueue::new(),
+            result: None,
+            done: false,
+        }
+    }
+
+    /// Sets the options (client-go's `opts ...BatchLocateKeyRangesOpt`).
+    #[must_use]
+    pub fn with_options(mut self, options: BatchLocateOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The backoffer; `None` only while a fallback lookup is running.
+    pub fn into_backoffer(self) -> Option<Backoffer> {
+        self.backoffer
+    }
+
+    fn finish(&mut self, r: Result<Vec<KeyLocation>, Error>) {
+        self.done = true;
+        self.scan = None;
+        self.sub = None;
+        self.wake = None;
+        self.result = Some(r);
+    }
+
+    /// Walks the cache over every range: cached regions are kept, the uncached remainder of
+    /// each range is queued for PD. Mirrors the first step of client-go
+    /// `BatchLocateKeyRanges`.
+    fn walk_cache(&mut self, now: Instant, shared: &mut Shared) {
+        let mut last: Option<KeyLocation> = None;
+        for (start, end) in std::mem::take(&mut self.ranges) {
+            if !end.is_empty() && start == end {
+                continue;
+            }
+            let mut start = start;
+            if let Some(l) = &last {
+                if l.contains_by_end(&end) {
+                    continue;
+                }
+                if l.contains(&start) {
+                    start = l.end_key.clone();
+                }
+            }
+            loop {
+                match shared.regions.try_locate(&start, now, &mut self.rng) {
+                    None => {
+                        self.uncached.push((start, end));
+                        break;
+                    }
+                    Some(loc) => {
+                        let covered = loc.contains_by_end(&end);
+                        start = loc.end_key.clone();
+                        self.cached.push(loc.clone());
+                        last = Some(loc);
+                        if covered {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn progress(&mut self, shared: &mut Shared) {
+        if self.done || self.scan.is_some() || self.sub.is_some() || self.wake.is_some() {
+            return;
+        }
+        if self.uncached.is_empty() {
+            let merged = self.merged();
+            return self.finish(Ok(merged));
+        }
+        let n = self.uncached.len().min(MAX_RANGES_PER_BATCH);
+        let ranges: Vec<pdpb::KeyRange> = self.uncached[..n]
+            .iter()
+            .map(|(s, e)| {
+                let (start_key, end_key) = shared.codec.encode_region_range(s, e);
+                pdpb::KeyRange { start_key, end_key }
+            })
+            .collect();
+        let id = shared.next_io_id();
+        tracing::debug!(ranges = n, "batch locate: BatchScanRegions");
+        self.actions.push_back(Action::Pd {
+            id,
+            request: PdRequest::BatchScanRegions(Box::new(pdpb::BatchScanRegionsRequest {
+                header: None,
+                need_buckets: self.options.need_buckets,
+                ranges: ranges.clone(),
+                limit: REGIONS_PER_BATCH as i32,
+                contain_all_key_range: true,
+            })),
+        });
+        self.scan = Some((id, ranges));
+    }
+
+    /// Backs off `PdRpc` after an unusable answer, then asks again.
+    fn retry(&mut self, now: Instant, shared: &mut Shared, err: Error) {
+        let bo = self.backoffer.get_or_insert_with(|| Backoffer::new(0));
+        match bo.backoff(BackoffKind::PdRpc, err, None, &mut self.rng) {
+            Ok(d) if d.is_zero() => self.progress(shared),
+            Ok(d) => self.wake = Some(now + d),
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn on_scan(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        sent: Vec<pdpb::KeyRange>,
+        result: Result<PdResponse, Error>,
+    ) {
+        let resp = match result {
+            Ok(PdResponse::BatchScanRegions(resp))
+                if pd_error_of(resp.header.as_ref()).is_none() =>
+            {
+                resp
+            }
+            other => {
+                tracing::debug!(
+                    answer = ?other.err(),
+                    "BatchScanRegions failed or unavailable; locating range by range"
+                );
+                self.fallback = std::mem::take(&mut self.uncached);
+                self.fallback.reverse();
+                return self.next_fallback(now, shared);
+            }
+        };
+        if resp.regions.is_empty() {
+            let e = Error::Pd(format!("PD returned no region, range num: {}", sent.len()));
+            return self.retry(now, shared, e);
+        }
+        if regions_have_gap(&sent, &resp.regions, REGIONS_PER_BATCH) {
+            let e = Error::Pd(format!(
+                "PD returned regions have gaps, range num: {}",
+                sent.len()
+            ));
+            return self.retry(now, shared, e);
+        }
+        let mut valid: Vec<KeyLocation> = Vec::with_capacity(resp.regions.len());
+        for r in &resp.regions {
+            if self.options.need_region_has_leader_peer && r.leader.is_none_or(|l| l.id == 0) {
+                tracing::warn!(
+                    region = r.region.as_ref().map_or(0, |m| m.id),
+                    "batch locate: leaving out a region without leader"
+                );
+                continue;
+            }
+            let Some(pd) = PdRegion::from_scanned(r) else {
+                continue;
+            };
+            let Shared {
+                regions,
+                stores,
+                codec,
+                ..
+            } = shared;
+            match regions.region_from_pd(pd, codec, stores, now, &mut self.rng) {
+                Ok(region) => {
+                    valid.push(region.location());
+                    regions.insert(region, false);
+                }
+                Err(e) => return self.finish(Err(e)),
+            }
+        }
+        let Some(last_end) = valid.last().map(|l| l.end_key.clone()) else {
+            let e = Error::Pd("all returned regions have no leaders".into());
+            return self.retry(now, shared, e);
+        };
+        self.loaded.extend(valid);
+        self.uncached = ranges_after_key(std::mem::take(&mut self.uncached), &last_end);
+        self.progress(shared);
+    }
+
+    /// Starts locating the next fallback range, or finishes when none is left.
+    fn next_fallback(&mut self, now: Instant, shared: &mut Shared) {
+        let Some((start, end)) = self.fallback.pop() else {
+            let merged = self.merged();
+            return self.finish(Ok(merged));
+        };
+        let bo = self.backoffer.take().unwrap_or_else(|| Backoffer::new(0));
+        let mut sub = LocateRange::new(start, end, bo).without_batch_scan();
+        sub.start(now, shared);
+        self.sub = Some(sub);
+        self.drive_sub(now, shared);
+    }
+
+    fn drive_sub(&mut self, now: Instant, shared: &mut Shared) {
+        let Some(sub) = self.sub.as_mut() else {
+            return;
+        };
+        while let Some(a) = sub.poll_action() {
+            self.actions.push_back(a);
+        }
+        let Some(r) = sub.poll_result() else {
+            return;
+        };
+        let sub = self.sub.take().expect("sub is running");
+        self.backoffer = sub.into_backoffer();
+        match r {
+            Ok(locs) => {
+                self.loaded.extend(locs);
+                self.next_fallback(now, shared);
+            }
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    /// Cached and loaded regions in key order, each once; a cached region overlapping a
+    /// loaded one is dropped (the loaded one is newer). Mirrors client-go
+    /// `batchLocateRangesMerger`.
+    fn merged(&mut self) -> Vec<KeyLocation> {
+        let mut loaded = std::mem::take(&mut self.loaded);
+        loaded.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        loaded.dedup_by(|a, b| a.region.id == b.region.id);
+        let by_start: BTreeMap<Key, Key> = loaded
+            .iter()
+            .map(|l| (l.start_key.clone(), l.end_key.clone()))
+            .collect();
+        let overlaps_loaded = |c: &KeyLocation| {
+            let below_end = if c.end_key.is_empty() {
+                by_start.range::<[u8], _>(..).next_back()
+            } else {
+                by_start
+                    .range::<[u8], _>((
+                        std::ops::Bound::Unbounded,
+                        std::ops::Bound::Excluded(&c.end_key[..]),
+                    ))
+                    .next_back()
+            };
+            below_end.is_some_and(|(start, end)| {
+                *start >= c.start_key || end.is_empty() || *end > c.start_key
+            })
+        };
+        let mut out: Vec<KeyLocation> = std::mem::take(&mut self.cached)
+            .into_iter()
+            .filter(|c| !overlaps_loaded(c))
+            .collect();
+        out.extend(loaded);
+        out.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        out.dedup_by(|a, b| a.region.id == b.region.id);
+        out
+    }
+}
+
+impl Operation for BatchLocateKeyRanges {
+    type Output = Vec<KeyLocation>;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        self.rng = shared.rng.fork();
+        if let Err(e) = check_sorted_ranges(&self.ranges) {
+            return self.finish(Err(e));
+        }
+        self.walk_cache(now, shared);
+        self.progress(shared);
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if self.done {
+            return;
+        }
+        if self.scan.as_ref().is_some_and(|(id, _)| *id == input.id()) {
+            let (_, sent) = self.scan.take().expect("scan pending");
+            if let Input::Pd { result, .. } = input {
+                self.on_scan(now, shared, sent, result);
+            }
+            return;
+        }
+        if let Some(sub) = self.sub.as_mut() {
+            sub.handle_input(now, shared, input);
+            self.drive_sub(now, shared);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+        if self.wake.is_some_and(|at| now >= at) {
+            self.wake = None;
+            self.progress(shared);
+        }
+        if let Some(sub) = self.sub.as_mut() {
+            sub.handle_timeout(now, shared);
+            self.drive_sub(now, shared);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        match self.wake {
+            Some(at) => Some((at, "PD backoff")),
+            None => self.sub.as_ref().and_then(|s| s.poll_timeout()),
+        }
+    }
+
+    fn poll_result(&mut self) -> Option<Result<Vec<KeyLocation>, Error>> {
+        self.result.take()
+    }
+}
+
+/// Checks that `ranges` are each ordered (`start <= end`, empty `end`: unbounded) and come in
+/// key order without overlapping, as client-go `BatchLocateKeyRanges` assumes.
+fn check_sorted_ranges(ranges: &[(Key, Key)]) -> Result<(), Error> {
+    let mut prev_end: Option<&Key> = None;
+    for (start, end) in ranges {
+        if !end.is_empty() && start > end {
+            return Err(Error::invalid(format!(
+                "batch locate: range start {start:?} is after its end {end:?}"
+            )));
+        }
+        if let Some(prev) = prev_end
+            && (prev.is_empty() || start < prev)
+        {
+            return Err(Error::invalid(
+                "batch locate: ranges must be in key order and not overlap",
+            ));
+        }
+        prev_end = Some(end);
+    }
+    Ok(())
+}
+
+/// Whether the regions PD returned leave part of `ranges` uncovered (PD keys on both sides).
+/// A full page (`limit` regions) only has to be continuous. Mirrors client-go
+/// `regionsHaveGapInRanges`.
+fn regions_have_gap(ranges: &[pdpb::KeyRange], regions: &[pdpb::Region], limit: usize) -> bool {
+    if ranges.is_empty() {
+        return false;
+    }
+    if regions.is_empty() {
+        return true;
+    }
+    let mut idx = 0usize;
+    let mut check: Bytes = ranges[0].start_key.clone();
+    for r in regions {
+        let Some(meta) = r.region.as_ref() else {
+            return true;
+        };
+        if meta.start_key > check {
+            return true;
+        }
+        if meta.end_key.is_empty() {
+            return false;
+        }
+        check = meta.end_key.clone();
+        while !ranges[idx].end_key.is_empty() && check >= ranges[idx].end_key {
+            idx += 1;
+            if idx == ranges.len() {
+                return false;
+            }
+        }
+        if check < ranges[idx].start_key {
+            check = ranges[idx].start_key.clone();
+        }
+    }
+    if limit > 0 && regions.len() == limit {
+        return false;
+    }
+    if idx < ranges.len() - 1 {
+        return true;
+    }
+    if check.is_empty() {
+        false
+    } else if ranges[idx].end_key.is_empty() {
+        true
+    } else {
+        check < ranges[idx].end_key
+    }
+}
+
+/// The part of `ranges` (in key order) after `split` (empty: nothing is left). Mirrors
+/// client-go `rangesAfterKey`.
+fn ranges_after_key(mut ranges: Vec<(Key, Key)>, split: &Key) -> Vec<(Key, Key)> {
+    let Some((_, last_end)) = ranges.last() else {
+        return ranges;
+    };
+    if split.is_empty() || (!last_end.is_empty() && split >= last_end) {
+        return Vec::new();
+    }
+    let n = ranges.partition_point(|(_, end)| !end.is_empty() && end <= split);
+    ranges.drain(..n);
+    if let Some(first) = ranges.first_mut()
+        && *split > first.0
+    {
+        first.0 = split.clone();
+    }
+    ranges
+}
+
 /// The smallest key greater than `key` (`key + "\0"`).
 pub fn next_key(key: &[u8]) -> Key {
     let mut v = Vec::with_capacity(key.len() + 1);
@@ -1022,6 +1516,47 @@ mod tests {
             Err(Error::BackoffExhausted { kind, .. }) => assert_eq!(kind, BackoffKind::PdRpc),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn circuit_breaker_refusals_back_off_pd_rpc_like_pd_failures() {
+        use crate::machine::testkit::Reply;
+        let mut pd = FakePd::split(1, &[]);
+        let refuse = |left: &mut usize, a: &Action, pd: &mut FakePd| match a {
+            Action::Pd { id, .. } if *left > 0 => {
+                *left -= 1;
+                Reply::Now(Input::Pd {
+                    id: *id,
+                    result: Err(Error::PdCircuitBreakerOpen),
+                })
+            }
+            other => pd_reply(pd, other).unwrap(),
+        };
+        // Two refusals: two `PdRpc` sleeps (250..500 ms, then 500..1000 ms), then the load.
+        let mut h = Harness::new();
+        let mut left = 2;
+        let mut op = LocateKey::new(k("a"), false, Backoffer::new(0));
+        assert!(h.run(&mut op, |a, _| refuse(&mut left, a, &mut pd)).is_ok());
+        assert!(h.elapsed() >= std::time::Duration::from_millis(250 + 500));
+        // The breaker stays open: the budget runs out with the typed error as the last one.
+        let mut h = Harness::new();
+        let mut left = usize::MAX;
+        let mut op = LocateKey::new(k("a"), false, Backoffer::new(2000));
+        match h.run(&mut op, |a, _| refuse(&mut left, a, &mut pd)) {
+            Err(Error::BackoffExhausted { kind, last, .. }) => {
+                assert_eq!(kind, BackoffKind::PdRpc);
+                assert_eq!(*last, Error::PdCircuitBreakerOpen);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Same for loads by id.
+        let mut h = Harness::new();
+        let mut left = usize::MAX;
+        let mut op = LocateRegionById::new(1, Backoffer::new(2000));
+        assert!(matches!(
+            h.run(&mut op, |a, _| refuse(&mut left, a, &mut pd)),
+            Err(Error::BackoffExhausted { last, .. }) if *last == Error::PdCircuitBreakerOpen
+        ));
     }
 
     #[test]
@@ -1157,5 +1692,201 @@ mod tests {
             .run(&mut op, |a, _| pd_reply(&mut pd2, a).unwrap())
             .unwrap();
         assert_eq!(locs.len(), 3);
+    }
+
+    fn ranges(list: &[(&str, &str)]) -> Vec<(Key, Key)> {
+        list.iter().map(|(s, e)| (k(s), k(e))).collect()
+    }
+
+    fn ids(locs: &[KeyLocation]) -> Vec<u64> {
+        locs.iter().map(|l| l.region.id).collect()
+    }
+
+    fn batch_scans(h: &Harness) -> Vec<pdpb::BatchScanRegionsRequest> {
+        h.pd_sent()
+            .into_iter()
+            .filter_map(|r| match r {
+                PdRequest::BatchScanRegions(b) => Some(*b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_locate_key_ranges_uses_the_cache_then_one_batch_scan() {
+        // Regions: 1 [-, c), 2 [c, f), 3 [f, p), 4 [p, +inf).
+        let mut pd = FakePd::split(1, &["c", "f", "p"]);
+        let mut h = Harness::new();
+        let mut warm = LocateKey::new(k("a"), false, Backoffer::new(0));
+        h.run(&mut warm, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        let mut op = BatchLocateKeyRanges::new(
+            ranges(&[("a", "b"), ("b", "d"), ("g", "h"), ("q", "")]),
+            Backoffer::new(0),
+        );
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(ids(&locs), vec![1, 2, 3, 4]);
+        let scans = batch_scans(&h);
+        assert_eq!(scans.len(), 1, "one call for every uncached range");
+        let sent: Vec<(Key, Key)> = scans[0]
+            .ranges
+            .iter()
+            .map(|r| (r.start_key.clone(), r.end_key.clone()))
+            .collect();
+        // Region 1 came from the cache: the second range starts where it ends.
+        assert_eq!(sent, ranges(&[("c", "d"), ("g", "h"), ("q", "")]));
+        assert!(scans[0].contain_all_key_range);
+        assert!(
+            !scans[0].need_buckets,
+            "buckets are not asked for by default"
+        );
+        assert_eq!(scans[0].limit, REGIONS_PER_BATCH as i32);
+        // Everything is cached now.
+        let mut again = BatchLocateKeyRanges::new(ranges(&[("a", "")]), Backoffer::new(0));
+        let locs = h.run(&mut again, |_, _| panic!("cached")).unwrap();
+        assert_eq!(ids(&locs), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn batch_locate_need_buckets_asks_pd_for_buckets() {
+        let mut pd = FakePd::split(1, &["m"]);
+        let mut h = Harness::new();
+        let mut op = BatchLocateKeyRanges::new(ranges(&[("a", "z")]), Backoffer::new(0))
+            .with_options(BatchLocateOptions::new().with_need_buckets());
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(ids(&locs), vec![1, 2]);
+        let scans = batch_scans(&h);
+        assert_eq!(scans.len(), 1);
+        assert!(scans[0].need_buckets);
+    }
+
+    #[test]
+    fn batch_locate_need_leader_leaves_out_regions_without_leader() {
+        // Region 2 [c, f) has no leader at PD.
+        let mut pd = FakePd::split(1, &["c", "f", "p"]);
+        pd.regions[1].leader_store = 0;
+        let all = ranges(&[("a", "")]);
+
+        let mut h = Harness::new();
+        let mut op = BatchLocateKeyRanges::new(all.clone(), Backoffer::new(0));
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(ids(&locs), vec![1, 2, 3, 4], "kept without the option");
+
+        let mut h = Harness::new();
+        let mut op = BatchLocateKeyRanges::new(all, Backoffer::new(0))
+            .with_options(BatchLocateOptions::new().with_need_region_has_leader_peer());
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(ids(&locs), vec![1, 3, 4], "left out with the option");
+        assert_eq!(batch_scans(&h).len(), 1);
+        assert!(
+            h.shared.regions.latest(2).is_none(),
+            "the leaderless region is not cached"
+        );
+
+        // Only leaderless regions in the answer: back off `PdRpc` and ask again, until the
+        // budget runs out.
+        let mut h = Harness::new();
+        let mut op = BatchLocateKeyRanges::new(ranges(&[("c", "e")]), Backoffer::new(2000))
+            .with_options(BatchLocateOptions::new().with_need_region_has_leader_peer());
+        match h.run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap()) {
+            Err(Error::BackoffExhausted { kind, .. }) => assert_eq!(kind, BackoffKind::PdRpc),
+            other => panic!("{other:?}"),
+        }
+        assert!(batch_scans(&h).len() >= 2, "asked again after backing off");
+    }
+
+    #[test]
+    fn batch_locate_falls_back_range_by_range_without_batch_scan() {
+        let mut pd = FakePd::split(1, &["c", "f"]);
+        pd.batch_scan = false;
+        let mut h = Harness::new();
+        let mut op = BatchLocateKeyRanges::new(ranges(&[("a", "b"), ("d", "")]), Backoffer::new(0));
+        let locs = h
+            .run(&mut op, |a, _| pd_reply(&mut pd, a).unwrap())
+            .unwrap();
+        assert_eq!(ids(&locs), vec![1, 2, 3]);
+        let sent = h.pd_sent();
+        assert_eq!(
+            sent.iter()
+                .filter(|r| matches!(r, PdRequest::BatchScanRegions(_)))
+                .count(),
+            1,
+            "no second BatchScanRegions once PD refused it"
+        );
+    }
+
+    #[test]
+    fn batch_locate_refuses_unordered_or_inverted_ranges() {
+        let mut h = Harness::new();
+        for bad in [
+            ranges(&[("d", "b")]),
+            ranges(&[("a", "c"), ("b", "d")]),
+            ranges(&[("a", ""), ("b", "d")]),
+        ] {
+            let mut op = BatchLocateKeyRanges::new(bad.clone(), Backoffer::new(0));
+            assert!(
+                matches!(
+                    h.run(&mut op, |_, _| panic!("no PD call")),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut op = BatchLocateKeyRanges::new(ranges(&[("b", "b")]), Backoffer::new(0));
+        assert_eq!(h.run(&mut op, |_, _| panic!("no PD call")).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn gap_check_and_ranges_after_key_follow_client_go() {
+        let kr = |s: &str, e: &str| pdpb::KeyRange {
+            start_key: k(s),
+            end_key: k(e),
+        };
+        let reg = |s: &str, e: &str| pdpb::Region {
+            region: Some(crate::machine::testkit::meta(1, s, e, 1, &[(1, 1)])),
+            ..Default::default()
+        };
+        let ranges_ = [kr("a", "c"), kr("e", "g")];
+        assert!(!regions_have_gap(
+            &ranges_,
+            &[reg("", "d"), reg("d", "")],
+            128
+        ));
+        assert!(regions_have_gap(&ranges_, &[reg("", "d")], 128));
+        assert!(
+            !regions_have_gap(&ranges_, &[reg("", "d")], 1),
+            "a full page"
+        );
+        assert!(
+            regions_have_gap(&ranges_, &[reg("b", "")], 128),
+            "starts late"
+        );
+        assert!(regions_have_gap(&ranges_, &[], 128));
+
+        let rs = ranges(&[("a", "c"), ("e", "g"), ("h", "")]);
+        assert_eq!(
+            ranges_after_key(rs.clone(), &k("f")),
+            ranges(&[("f", "g"), ("h", "")])
+        );
+        assert_eq!(
+            ranges_after_key(rs.clone(), &k("c")),
+            ranges(&[("e", "g"), ("h", "")])
+        );
+        assert_eq!(
+            ranges_after_key(rs.clone(), &k("")),
+            Vec::<(Key, Key)>::new()
+        );
+        assert_eq!(
+            ranges_after_key(ranges(&[("a", "c")]), &k("c")),
+            Vec::<(Key, Key)>::new()
+        );
     }
 }

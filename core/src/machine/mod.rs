@@ -26,6 +26,7 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod circuit_breaker;
 pub mod locate;
 pub mod pd;
 pub mod plan;
