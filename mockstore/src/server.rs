@@ -657,18 +657,14 @@ impl tonic::server::StreamingService<Vec<u8>> for BatchCommandsSvc {
                         let Some(req) = TikvRequest::from_batch(cmd) else {
                             continue;
                         };
-                        let req = match batcher.as_mut() {
-                            Some(b) => match b.add(id, req) {
-                                Ok(full) => {
-                                    if let Some(group) = full {
-                                        spawn_group(&shared, store_id, &tx, group);
-                                    }
-                                    continue;
-                                }
-                                Err(req) => req,
-                            },
-                            None => req,
-                        };
+                        if let Some(b) = batcher.as_mut()
+                            && b.accepts(&req)
+                        {
+                            if let Some(group) = b.push(id, req) {
+                                spawn_group(&shared, store_id, &tx, group);
+                            }
+                            continue;
+                        }
                         spawn_group(&shared, store_id, &tx, vec![(id, req)]);
                     }
                     if let Some(b) = batcher {
@@ -777,21 +773,30 @@ impl ReqBatcher {
         })
     }
 
-    /// Takes a point read (returning a full group to serve), or hands the request back.
-    fn add(&mut self, id: u64, req: TikvRequest) -> Result<Option<Group>, TikvRequest> {
+    /// The group a request joins: normal-priority `Get` and `RawGet` only (TiKV
+    /// `ReqBatcher::can_batch_get` / `can_batch_raw_get`).
+    fn group_of(&mut self, req: &TikvRequest) -> Option<&mut Group> {
         let normal = |ctx: Option<&kvrpcpb::Context>| {
             ctx.is_none_or(|c| c.priority == kvrpcpb::CommandPri::Normal as i32)
         };
-        let group = match &req {
-            TikvRequest::Get(r) if normal(r.context.as_ref()) => &mut self.gets,
-            TikvRequest::RawGet(r) if normal(r.context.as_ref()) => &mut self.raw_gets,
-            _ => return Err(req),
-        };
-        group.push((id, req));
-        if group.len() >= self.size {
-            return Ok(Some(std::mem::take(group)));
+        match req {
+            TikvRequest::Get(r) if normal(r.context.as_ref()) => Some(&mut self.gets),
+            TikvRequest::RawGet(r) if normal(r.context.as_ref()) => Some(&mut self.raw_gets),
+            _ => None,
         }
-        Ok(None)
+    }
+
+    /// Whether `req` joins a group.
+    fn accepts(&mut self, req: &TikvRequest) -> bool {
+        self.group_of(req).is_some()
+    }
+
+    /// Adds an accepted request to its group; returns the group once full, to be served.
+    fn push(&mut self, id: u64, req: TikvRequest) -> Option<Group> {
+        let size = self.size;
+        let group = self.group_of(&req)?;
+        group.push((id, req));
+        (group.len() >= size).then(|| std::mem::take(group))
     }
 
     /// The groups not yet full.
@@ -1493,5 +1498,51 @@ impl MockCluster {
 impl Drop for MockCluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod req_batcher_tests {
+    use super::*;
+
+    fn raw_get(priority: kvrpcpb::CommandPri) -> TikvRequest {
+        TikvRequest::RawGet(kvrpcpb::RawGetRequest {
+            context: Some(kvrpcpb::Context {
+                priority: priority as i32,
+                ..Default::default()
+            }),
+            key: b"k".to_vec().into(),
+            ..Default::default()
+        })
+    }
+
+    /// Follows TiKV `BatcherBuilder::build`: small messages are not grouped; a big one has its
+    /// normal-priority point reads served in groups of `len / pool` (at most 10), other
+    /// requests alone.
+    #[test]
+    fn groups_normal_priority_point_reads_of_big_messages() {
+        assert!(ReqBatcher::for_batch(READ_POOL_SIZE * MIN_BATCH_GET_REQUEST_COUNT).is_none());
+        let mut b = ReqBatcher::for_batch(12).expect("a big message is grouped");
+        assert_eq!(b.size, 6);
+        assert!(!b.accepts(&raw_get(kvrpcpb::CommandPri::High)));
+        assert!(!b.accepts(&TikvRequest::RawPut(Default::default())));
+        let mut full = Vec::new();
+        for id in 0..8 {
+            let req = raw_get(kvrpcpb::CommandPri::Normal);
+            assert!(b.accepts(&req));
+            if let Some(g) = b.push(id, req) {
+                full.push(g.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(full, vec![vec![0, 1, 2, 3, 4, 5]]);
+        let rest: Vec<Vec<u64>> = b
+            .finish()
+            .map(|g| g.iter().map(|(id, _)| *id).collect())
+            .collect();
+        assert_eq!(rest, vec![vec![6, 7]]);
+        assert_eq!(
+            ReqBatcher::for_batch(200).unwrap().size,
+            MAX_BATCH_GET_REQUEST_COUNT
+        );
     }
 }

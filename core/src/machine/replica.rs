@@ -337,6 +337,106 @@ impl ReplicaSelector {
         })
     }
 
+    /// The target a fresh selector's first [`ReplicaSelector::next`] picks for a plain leader
+    /// read, found without building the selector: the cached leader, on a resolved, reachable
+    /// TiKV store of the epoch the region was built with. `None` whenever the read is not that
+    /// simple (another read type, stale read, a busy threshold, forwarding, an unresolved
+    /// replica store, a leader that is no candidate): the caller then builds the selector,
+    /// which decides the same way client-go `replicaSelector.next` does. `region` must have
+    /// been found valid at `now`.
+    ///
+    /// After sending to this target, [`ReplicaSelector::after_first_attempt`] builds the
+    /// selector as it would stand, should the reply need it.
+    pub fn leader_fast_path(
+        region: RegionVerId,
+        opts: &ReadOptions,
+        cache: &RegionCache,
+        stores: &StoreCache,
+        now: Instant,
+    ) -> Option<Target> {
+        if opts.replica_read != ReplicaReadType::Leader
+            || opts.stale_read
+            || !opts.busy_threshold.is_zero()
+            || cache.enable_forwarding
+        {
+            return None;
+        }
+        let cached = cache.get(region)?;
+        let leader = *cached.leader();
+        let mut leader_epoch = None;
+        for (p, e) in cached.peers().iter().zip(cached.store_epochs()) {
+            let store = stores.get(p.store_id);
+            if store.is_some_and(|s| s.kind() != StoreKind::Tikv) {
+                // Not a replica of the selector (TiFlash and the like).
+                continue;
+            }
+            // `resolve_stores` would first look these up in PD.
+            if stores.needs_resolve(p.store_id) {
+                return None;
+            }
+            if p.id == leader.id {
+                leader_epoch = Some(*e);
+            }
+        }
+        let store = stores.get(leader.store_id)?;
+        if leader_epoch? != store.epoch()
+            || store.liveness(now) != Liveness::Reachable
+            || !matches!(
+                store.state(),
+                ResolveState::Resolved | ResolveState::NeedCheck
+            )
+            || store.address().is_empty()
+        {
+            return None;
+        }
+        Some(Target {
+            peer: leader,
+            address: store.address().clone(),
+            replica_read: false,
+            stale_read: false,
+            busy_threshold_ms: 0,
+            is_leader: true,
+            proxy: None,
+        })
+    }
+
+    /// The selector of a request whose first attempt went to `peer` through
+    /// [`ReplicaSelector::leader_fast_path`], as a selector built before that attempt would
+    /// stand after it (one selection, `peer` targeted and tried once for `attempted`). `None`
+    /// when the region or that peer is no longer cached.
+    pub fn after_first_attempt(
+        region: RegionVerId,
+        opts: &ReadOptions,
+        read_only: bool,
+        cache: &RegionCache,
+        stores: &StoreCache,
+        peer: &metapb::Peer,
+        attempted: Duration,
+    ) -> Option<Self> {
+        let mut sel = Self::for_valid(region, opts, read_only, cache, stores)?;
+        let t = sel.replicas.iter().position(|r| r.peer.id == peer.id)?;
+        sel.attempts = 1;
+        sel.target = Some(t);
+        sel.last_leader_peer = peer.id;
+        sel.replicas[t].attempts = 1;
+        sel.record_attempted_time(attempted);
+        Some(sel)
+    }
+
+    /// [`ReplicaSelector::on_send_success`] for a first attempt sent through
+    /// [`ReplicaSelector::leader_fast_path`] (no selector built): a leader that changed in the
+    /// cache meanwhile is switched back to the peer that served the read.
+    pub fn on_fast_send_success(
+        region: RegionVerId,
+        peer: &metapb::Peer,
+        cache: &mut RegionCache,
+        stores: &StoreCache,
+    ) {
+        if cache.get(region).is_some_and(|r| r.leader().id != peer.id) {
+            cache.switch_leader(region, peer, stores);
+        }
+    }
+
     /// The region this selector routes.
     pub fn region(&self) -> RegionVerId {
         self.region
@@ -1209,6 +1309,114 @@ mod tests {
 
     fn next(f: &mut Fixture, s: &mut ReplicaSelector) -> Option<Target> {
         s.next(&mut f.cache, &f.stores, f.now, &mut f.rng)
+    }
+
+    /// The fast path of a leader read's first attempt picks exactly what a freshly built
+    /// selector's first `next` picks, whenever it picks anything, over many store states (a
+    /// fixed-seed sweep of liveness, epochs, resolve states, engines and read options).
+    #[test]
+    fn leader_fast_path_agrees_with_a_fresh_selector() {
+        let mut draw = Rng::new(2026);
+        let mut fast_taken = 0;
+        let mut cases = 0;
+        for case in 0..600 {
+            let mut f = fixture();
+            for store in 1..=3u64 {
+                match draw.below(12) {
+                    0 => f.stores.set_liveness(store, Liveness::Unreachable, f.now),
+                    1 => f.stores.set_liveness(store, Liveness::Unknown, f.now),
+                    2 => f.stores.mark_need_check(store),
+                    3 => {
+                        let epoch = f.stores.epoch(store);
+                        f.stores.invalidate_store(store, epoch, f.now);
+                    }
+                    5 => {
+                        // Invalidated, then resolved again: regions built before are stale.
+                        let epoch = f.stores.epoch(store);
+                        f.stores.invalidate_store(store, epoch, f.now);
+                        let meta = metapb::Store {
+                            id: store,
+                            address: format!("s{store}:20160"),
+                            ..Default::default()
+                        };
+                        f.stores.apply_store(store, Some(&meta)).unwrap();
+                    }
+                    4 => {
+                        let meta = metapb::Store {
+                            id: store,
+                            address: format!("s{store}:20160"),
+                            labels: vec![metapb::StoreLabel {
+                                key: "engine".into(),
+                                value: "tiflash".into(),
+                            }],
+                            ..Default::default()
+                        };
+                        f.stores.apply_store(store, Some(&meta)).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            let mut opts = ReadOptions::default();
+            match draw.below(10) {
+                0 => opts.replica_read = ReplicaReadType::Follower,
+                1 => opts.stale_read = true,
+                2 => opts.busy_threshold = Duration::from_millis(50),
+                3 => f.cache.enable_forwarding = true,
+                _ => {}
+            }
+            let fast = ReplicaSelector::leader_fast_path(f.ver, &opts, &f.cache, &f.stores, f.now);
+            let needs_resolve = f.cache.get(f.ver).unwrap().peers().iter().any(|p| {
+                f.stores
+                    .get(p.store_id)
+                    .is_none_or(|s| s.kind() == StoreKind::Tikv)
+                    && f.stores.needs_resolve(p.store_id)
+            });
+            let Some(fast) = fast else { continue };
+            cases += 1;
+            assert!(
+                !needs_resolve,
+                "case {case}: fast path skipped a store resolve"
+            );
+            let mut sel = selector(&mut f, opts, true);
+            let slow = next(&mut f, &mut sel);
+            assert_eq!(Some(fast), slow, "case {case}");
+            fast_taken += 1;
+        }
+        // The sweep is not vacuous: plenty of healthy draws take the fast path.
+        assert!(
+            fast_taken > 50,
+            "fast path taken {fast_taken} times of {cases}"
+        );
+    }
+
+    /// A selector built after a fast first attempt stands as one built before it: the leader
+    /// tried once, so the next selections match those of a selector that made that attempt.
+    #[test]
+    fn selector_after_a_fast_attempt_continues_like_an_eager_one() {
+        let mut f = fixture();
+        let opts = ReadOptions::default();
+        let first = ReplicaSelector::leader_fast_path(f.ver, &opts, &f.cache, &f.stores, f.now)
+            .expect("healthy leader read takes the fast path");
+        let mut eager = selector(&mut f, opts.clone(), true);
+        assert_eq!(next(&mut f, &mut eager), Some(first.clone()));
+        let mut lazy = ReplicaSelector::after_first_attempt(
+            f.ver,
+            &opts,
+            true,
+            &f.cache,
+            &f.stores,
+            &first.peer,
+            Duration::ZERO,
+        )
+        .unwrap();
+        // The leader's store fails: both move on the same way.
+        eager.on_send_failure(&mut f.stores, f.now);
+        lazy.on_send_failure(&mut f.stores, f.now);
+        for _ in 0..4 {
+            let a = next(&mut f, &mut eager);
+            let b = next(&mut f, &mut lazy);
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

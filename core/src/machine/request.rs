@@ -25,14 +25,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tikv_proto::{errorpb, kvrpcpb, pdpb};
+use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb};
 
 use crate::error::Error;
 use crate::machine::backoff::{BackoffKind, Backoffer};
 use crate::machine::read_ts::{ReadTsCheck, read_ts_of};
 use crate::machine::region_cache::{InvalidReason, RegionVerId};
 use crate::machine::region_error::{self, pseudo_epoch_not_match};
-use crate::machine::replica::{ReadOptions, ReplicaSelector, Verdict};
+use crate::machine::replica::{ReadOptions, ReplicaSelector, Target, Verdict};
 use crate::machine::store::{ResolveState, StoreUpdate};
 use crate::machine::{
     Action, ActionQueue, Input, IoId, Operation, PdRequest, PdResponse, Shared, TikvCmd,
@@ -325,6 +325,10 @@ pub struct RegionRequest {
     /// The caller found the region valid at the instant it starts this request with (see
     /// [`RegionRequest::assume_region_valid`]); consumed by the first step.
     region_checked: bool,
+    /// The peer of a first attempt sent without building the replica selector
+    /// ([`ReplicaSelector::leader_fast_path`]); the selector is built only if the reply needs
+    /// it.
+    fast_peer: Option<metapb::Peer>,
 }
 
 // Every single-region operation boxes one region request; past 1 KiB the allocation leaves
@@ -366,6 +370,7 @@ impl RegionRequest {
             ts_check: TsCheck::Pending,
             first_read_type: ReadTypeLabel::Leader,
             region_checked: false,
+            fast_peer: None,
         }
     }
 
@@ -486,36 +491,57 @@ impl RegionRequest {
         // A selector built here at `now` has a region known valid at `now`.
         let mut fresh = false;
         if self.selector.is_none() {
-            let built = if region_checked {
-                ReplicaSelector::for_valid(
-                    self.region,
-                    &self.opts.read,
-                    self.read_only,
-                    &shared.regions,
-                    &shared.stores,
-                )
-            } else {
-                ReplicaSelector::new(
-                    self.region,
-                    &self.opts.read,
-                    self.read_only,
-                    &mut shared.regions,
-                    &shared.stores,
-                    now,
-                    &mut self.rng,
-                )
-            };
-            match built {
-                Some(sel) => {
-                    self.selector = Some(sel);
-                    fresh = true;
+            if self.fast_peer.is_some() {
+                // A retry after a fast first attempt whose reply did not build the selector.
+                let attempted = Duration::ZERO;
+                if !self.materialize_selector(shared, attempted) {
+                    tracing::debug!(
+                        region = self.region.id,
+                        "region left the cache after the first attempt; pseudo EpochNotMatch"
+                    );
+                    return self.give_up(pseudo_epoch_not_match());
                 }
-                None => {
+            } else {
+                if !region_checked && !shared.regions.is_valid(self.region, now, &mut self.rng) {
                     tracing::debug!(
                         region = self.region.id,
                         "region not cached or invalid; pseudo EpochNotMatch"
                     );
                     return self.give_up(pseudo_epoch_not_match());
+                }
+                // The common first attempt of a leader read: the cached leader, with no
+                // selector built (see `ReplicaSelector::leader_fast_path`).
+                if self.send_times == 0
+                    && let Some(target) = ReplicaSelector::leader_fast_path(
+                        self.region,
+                        &self.opts.read,
+                        &shared.regions,
+                        &shared.stores,
+                        now,
+                    )
+                {
+                    self.fast_peer = Some(target.peer);
+                    let prepared = self.prepare(shared, target);
+                    return self.send(now, shared, prepared);
+                }
+                match ReplicaSelector::for_valid(
+                    self.region,
+                    &self.opts.read,
+                    self.read_only,
+                    &shared.regions,
+                    &shared.stores,
+                ) {
+                    Some(sel) => {
+                        self.selector = Some(sel);
+                        fresh = true;
+                    }
+                    None => {
+                        tracing::debug!(
+                            region = self.region.id,
+                            "region not cached or invalid; pseudo EpochNotMatch"
+                        );
+                        return self.give_up(pseudo_epoch_not_match());
+                    }
                 }
             }
         }
@@ -543,6 +569,42 @@ impl RegionRequest {
             }
             return self.give_up(pseudo_epoch_not_match());
         };
+        let prepared = self.prepare(shared, target);
+        let pending = self
+            .selector
+            .as_mut()
+            .and_then(|sel| sel.take_pending_backoff(prepared.store_id));
+        if let Some((kind, err)) = pending {
+            return self.backoff_then(now, shared, kind, err, Wake::Send(Box::new(prepared)));
+        }
+        self.send(now, shared, prepared);
+    }
+
+    /// Builds the selector a fast first attempt skipped ([`ReplicaSelector::after_first_attempt`]);
+    /// `false` when the region or the peer left the cache meanwhile.
+    fn materialize_selector(&mut self, shared: &Shared, attempted: Duration) -> bool {
+        if self.selector.is_some() {
+            return true;
+        }
+        let Some(peer) = self.fast_peer.take() else {
+            return false;
+        };
+        self.selector = ReplicaSelector::after_first_attempt(
+            self.region,
+            &self.opts.read,
+            self.read_only,
+            &shared.regions,
+            &shared.stores,
+            &peer,
+            attempted,
+        );
+        self.selector.is_some()
+    }
+
+    /// The request of one attempt at `target`: the template with this attempt's `Context`,
+    /// keys encoded for the keyspace. Mirrors client-go `sendReqState.next` (`req.Context`
+    /// filled from the RPC context) and `tikvrpc.AttachContext`.
+    fn prepare(&mut self, shared: &Shared, target: Target) -> Prepared {
         let mut request = self.request.clone();
         if let Some(ctx) = context_mut(&mut request) {
             if ctx.max_execution_duration_ms == 0 {
@@ -573,18 +635,14 @@ impl RegionRequest {
             }
         }
         shared.codec.encode_request_in_place(&mut request);
-        let prepared = Prepared {
+        Prepared {
             store_id: target.peer.store_id,
             address: target.address,
             proxy: target.proxy.map(|p| (p.peer.store_id, p.address)),
             request,
             replica_read: target.replica_read,
             stale_read: target.stale_read,
-        };
-        if let Some((kind, err)) = sel.take_pending_backoff(prepared.store_id) {
-            return self.backoff_then(now, shared, kind, err, Wake::Send(Box::new(prepared)));
         }
-        self.send(now, shared, prepared);
     }
 
     /// Validates the read timestamp before the first send; returns whether the request must
@@ -1057,8 +1115,29 @@ impl Operation for RegionRequest {
                 let Some(inf) = self.inflight.take_if(|inf| inf.id == id) else {
                     return;
                 };
+                let attempted = now.saturating_duration_since(inf.sent_at);
                 if let Some(sel) = self.selector.as_mut() {
-                    sel.record_attempted_time(now.saturating_duration_since(inf.sent_at));
+                    sel.record_attempted_time(attempted);
+                }
+                // A failed fast first attempt needs the selector it skipped.
+                let failed = match &result {
+                    Err(_) => true,
+                    Ok(resp) => region_error(resp).is_some(),
+                };
+                // Without it (the region left the cache meanwhile), a send failure ends like a
+                // selector finding its region invalid; a region error goes to the caller.
+                if failed
+                    && self.fast_peer.is_some()
+                    && !self.materialize_selector(shared, attempted)
+                    && let Err(e) = &result
+                    && !matches!(e, Error::Closed)
+                    && !shared.load_shutting_down()
+                {
+                    tracing::debug!(
+                        region = self.region.id,
+                        "region left the cache after the first attempt; pseudo EpochNotMatch"
+                    );
+                    return self.give_up(pseudo_epoch_not_match());
                 }
                 match result {
                     Err(err) => self.on_send_fail(now, shared, inf, err),
@@ -1078,6 +1157,13 @@ impl Operation for RegionRequest {
                                     sel.on_send_success(
                                         inf.replica_read,
                                         inf.stale_read,
+                                        &mut shared.regions,
+                                        &shared.stores,
+                                    );
+                                } else if let Some(peer) = self.fast_peer.take() {
+                                    ReplicaSelector::on_fast_send_success(
+                                        self.region,
+                                        &peer,
                                         &mut shared.regions,
                                         &shared.stores,
                                     );
@@ -1867,6 +1953,88 @@ mod tests {
             h.shared.stores.get(1).unwrap().liveness(later),
             crate::machine::store::Liveness::Reachable
         );
+    }
+
+    /// The first attempt of a leader read goes out without a replica selector; if another
+    /// request moves the cached leader while it is in flight and the old leader still serves
+    /// it, that peer is made the leader again, as client-go `replicaSelector.onSendSuccess`
+    /// does for a selector built before the attempt.
+    #[test]
+    fn leader_moved_during_the_first_attempt_is_switched_back_on_success() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let v = ver(&h, 1);
+        let mut stores_hit = Vec::new();
+        let res = h.run(&mut op, |a, shared| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            let Action::Tikv { store_id, .. } = a else {
+                unreachable!()
+            };
+            stores_hit.push(*store_id);
+            let Shared {
+                regions, stores, ..
+            } = shared;
+            regions.switch_leader(v, &peer(12, 2), stores);
+            tikv_reply(a, Ok(raw_get_ok(Some("v"))))
+        });
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(stores_hit, vec![1]);
+        assert_eq!(h.shared.regions.get(v).unwrap().leader().store_id, 1);
+    }
+
+    /// A send failure of the first attempt after the region was replaced in the cache (a newer
+    /// epoch loaded meanwhile) ends in a pseudo `EpochNotMatch` for the caller to re-locate,
+    /// as a selector built before the attempt would find its region invalid.
+    #[test]
+    fn region_replaced_during_the_first_attempt_is_relocated_after_a_send_failure() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let mut newer = pd.regions[0].meta.clone();
+        newer.region_epoch.as_mut().unwrap().version += 1;
+        let mut sends = 0;
+        let res = h.run(&mut op, |a, shared| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            sends += 1;
+            let Shared {
+                regions,
+                stores,
+                rng,
+                ..
+            } = shared;
+            regions
+                .apply_pd_region(
+                    PdRegion {
+                        meta: newer.clone(),
+                        leader: Some(peer(11, 1)),
+                        ..Default::default()
+                    },
+                    true,
+                    &raw_v1(),
+                    stores,
+                    crate::machine::testkit::origin(),
+                    rng,
+                )
+                .unwrap();
+            tikv_reply(
+                a,
+                Err(Error::Rpc {
+                    address: "store1:20160".into(),
+                    message: "connection reset".into(),
+                    sent: true,
+                }),
+            )
+        });
+        assert_eq!(sends, 1);
+        match res {
+            Ok(RegionOutcome::Resplit(e)) => assert!(e.epoch_not_match.is_some(), "{e:?}"),
+            other => panic!("expected a pseudo EpochNotMatch, got {other:?}"),
+        }
     }
 
     // client-go `onSendFail` with `StoreShuttingDown(1)`: a send failure is not retried
