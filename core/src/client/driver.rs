@@ -84,6 +84,10 @@ where
     let mut timer: Option<(Instant, D::Sleep)> = None;
     let mut ready_steps: u32 = 0;
     let mut step = Step::Start;
+    // When the inputs of the coming step arrived, if their producers said so (a stream task
+    // reads the clock once per round anyway): that step needs no clock reading of its own.
+    let mut arrived: Option<Instant> = None;
+    let mut last_now: Option<Instant> = None;
 
     loop {
         // What a step needs only until its actions are dispatched lives in this block, so it
@@ -93,7 +97,12 @@ where
             // Inline queue: an operation step usually emits one action.
             let mut actions: ActionQueue = ActionQueue::new();
             let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
-            let now = dispatch.now();
+            let now = match (&step, arrived.take(), last_now) {
+                // Never behind the previous step's instant.
+                (Step::Inputs, Some(at), Some(last)) => at.max(last),
+                _ => dispatch.now(),
+            };
+            last_now = Some(now);
             let (result, timeout) = {
                 let mut shared = lock(shared);
                 match step {
@@ -168,6 +177,7 @@ where
                 &mut inputs,
                 &mut via_inbox,
                 &mut timer,
+                &mut arrived,
             )
         })
         .await;
@@ -187,20 +197,29 @@ fn poll_completions<S: Future<Output = ()> + Unpin>(
     inputs: &mut InlineQueue<Input>,
     via_inbox: &mut usize,
     timer: &mut Option<(Instant, S)>,
+    arrived: &mut Option<Instant>,
 ) -> Poll<Step> {
     let mut i = 0;
+    let mut local_done = false;
     while i < local.len() {
         if let Poll::Ready(input) = local[i].as_mut().poll(cx) {
             inputs.push_back(input);
             drop(local.swap_remove(i));
+            local_done = true;
         } else {
             i += 1;
         }
     }
+    *arrived = None;
     if *via_inbox > 0 {
         let before = inputs.len();
-        if let Poll::Ready(true) = inbox.poll_drain_queue(cx, inputs) {
+        let mut at = None;
+        if let Poll::Ready(true) = inbox.poll_drain_queue_timed(cx, inputs, &mut at) {
             *via_inbox = via_inbox.saturating_sub(inputs.len() - before);
+            // Local completions carry no instant: then the step reads the clock.
+            if !local_done {
+                *arrived = at;
+            }
         }
     }
     if !inputs.is_empty() {
@@ -251,6 +270,9 @@ mod tests {
         started: AtomicU32,
         /// When false TiKV actions are swallowed (a lost reply) to exercise timeouts.
         answer_tikv: bool,
+        /// When set, TiKV replies are pushed as arrived this long after the fake clock's
+        /// current instant (like a stream task stamping its round's clock reading).
+        stamp_after: Option<Duration>,
     }
 
     impl Dispatch for FakeDispatch {
@@ -280,7 +302,10 @@ mod tests {
                         };
                         // Delivered through the inbox, as a stream task would (the
                         // cross-thread wake-up itself is covered by the `sync` tests).
-                        let _ = reply.push(input);
+                        let _ = match self.stamp_after {
+                            Some(d) => reply.push_at(input, *lock(&self.clock) + d),
+                            None => reply.push(input),
+                        };
                     }
                     None
                 }
@@ -305,6 +330,7 @@ mod tests {
             clock: Arc::new(Mutex::new(crate::machine::testkit::origin())),
             started: AtomicU32::new(0),
             answer_tikv,
+            stamp_after: None,
         }
     }
 
@@ -437,6 +463,59 @@ mod tests {
         assert_eq!(d.started.load(Ordering::Relaxed), 4);
         // Virtual time advanced by 3 deadlines and 2 backoffs.
         assert_eq!(d.now() - start, Duration::from_millis(3 * 50 + 2 * 100));
+    }
+
+    /// Sends one TiKV call and records the instant its reply is handled at.
+    #[derive(Default)]
+    struct OneCall {
+        sent: bool,
+        handled_at: Option<Instant>,
+        done: bool,
+    }
+
+    impl Operation for OneCall {
+        type Output = Instant;
+        fn start(&mut self, _: Instant, _: &mut Shared) {}
+        fn handle_input(&mut self, now: Instant, _: &mut Shared, _: Input) {
+            self.handled_at = Some(now);
+            self.done = true;
+        }
+        fn handle_timeout(&mut self, _: Instant, _: &mut Shared) {}
+        fn poll_action(&mut self) -> Option<Action> {
+            if self.sent {
+                return None;
+            }
+            self.sent = true;
+            Some(Action::Tikv {
+                id: IoId(1),
+                store_id: 1,
+                address: Arc::from("s1"),
+                request: TikvRequest::Cmd(TikvCmd::RawGet(Default::default())),
+                timeout: Duration::from_millis(50),
+                forwarded_host: None,
+            })
+        }
+        fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+            None
+        }
+        fn poll_result(&mut self) -> Option<Result<Instant, Error>> {
+            self.done.then(|| Ok(self.handled_at.expect("handled")))
+        }
+    }
+
+    /// A step whose every input came stamped with its arrival runs at that instant (no clock
+    /// reading); unstamped inputs run at the clock's instant.
+    #[test]
+    fn inputs_stamped_with_their_arrival_run_at_that_instant() {
+        let mut d = fake(true);
+        let origin = d.now();
+        d.stamp_after = Some(Duration::from_millis(7));
+        let shared = Mutex::new(Shared::new(1));
+        let at = future::block_on(drive(&d, &shared, OneCall::default())).unwrap();
+        assert_eq!(at, origin + Duration::from_millis(7));
+        d.stamp_after = None;
+        let at = future::block_on(drive(&d, &shared, OneCall::default())).unwrap();
+        assert_eq!(at, origin);
     }
 
     struct Idle;

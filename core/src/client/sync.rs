@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use futures_lite::Stream;
 
@@ -29,6 +30,11 @@ struct State<T> {
     items: Vec<T>,
     waker: Option<Waker>,
     closed: bool,
+    /// When the queued items arrived, if every one of them was pushed with its instant
+    /// ([`Inbox::push_at`]): the latest of those instants. `None` after a plain push.
+    arrived: Option<Instant>,
+    /// Whether an item without an instant is queued.
+    untimed: bool,
 }
 
 impl<T> State<T> {
@@ -91,16 +97,33 @@ impl<T> Inbox<T> {
                 items: Vec::new(),
                 waker: None,
                 closed: false,
+                arrived: None,
+                untimed: false,
             })),
         }
     }
 
     /// Queues `item` and wakes the consumer; gives it back if the inbox is closed.
     pub fn push(&self, item: T) -> Result<(), T> {
+        self.push_inner(item, None)
+    }
+
+    /// [`Inbox::push`] of an item that arrived at `at` (a clock reading its producer made
+    /// anyway): a consumer draining only such items learns when they arrived
+    /// ([`Inbox::poll_drain_queue_timed`]) without reading the clock itself.
+    pub fn push_at(&self, item: T, at: Instant) -> Result<(), T> {
+        self.push_inner(item, Some(at))
+    }
+
+    fn push_inner(&self, item: T, at: Option<Instant>) -> Result<(), T> {
         let waker = {
             let mut s = lock(&self.state);
             if s.closed {
                 return Err(item);
+            }
+            match at {
+                Some(at) => s.arrived = Some(s.arrived.map_or(at, |a| a.max(at))),
+                None => s.untimed = true,
             }
             if s.first.is_none() && s.items.is_empty() {
                 s.first = Some(item);
@@ -123,6 +146,7 @@ impl<T> Inbox<T> {
             if s.closed {
                 return false;
             }
+            s.untimed = true;
             if let Some(first) = s.first.take() {
                 s.items.insert(0, first);
             }
@@ -144,6 +168,8 @@ impl<T> Inbox<T> {
     /// stored) otherwise.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<T>) -> Poll<bool> {
         let mut s = lock(&self.state);
+        s.arrived = None;
+        s.untimed = false;
         let mut moved = false;
         if let Some(first) = s.first.take() {
             out.push(first);
@@ -163,7 +189,22 @@ impl<T> Inbox<T> {
     /// [`Inbox::poll_drain`] into an [`InlineQueue`]: a lone item moves without touching any
     /// vector, which is the common case of an operation waiting for one completion.
     pub fn poll_drain_queue(&self, cx: &mut Context<'_>, out: &mut InlineQueue<T>) -> Poll<bool> {
+        let mut arrived = None;
+        self.poll_drain_queue_timed(cx, out, &mut arrived)
+    }
+
+    /// [`Inbox::poll_drain_queue`] that also sets `arrived` to when the drained items arrived:
+    /// the latest instant they were pushed with, or `None` if any was pushed without one.
+    pub fn poll_drain_queue_timed(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut InlineQueue<T>,
+        arrived: &mut Option<Instant>,
+    ) -> Poll<bool> {
         let mut s = lock(&self.state);
+        *arrived = if s.untimed { None } else { s.arrived };
+        s.arrived = None;
+        s.untimed = false;
         let mut moved = false;
         if let Some(first) = s.first.take() {
             out.push_back(first);
@@ -281,6 +322,7 @@ impl<T> Drop for InboxStream<T> {
 mod tests {
     use super::*;
     use futures_lite::{StreamExt, future};
+    use std::time::Duration;
 
     #[test]
     fn drains_in_order_and_closes() {
@@ -296,6 +338,36 @@ mod tests {
         assert_eq!(producer.push(4), Err(4));
         let got = future::block_on(future::poll_fn(|cx| inbox.poll_drain(cx, &mut out)));
         assert!(!got, "closed and empty");
+    }
+
+    /// A drain learns when its items arrived only if every one was pushed with its instant:
+    /// the latest of them; one plain push makes it unknown. Each drain starts afresh.
+    #[test]
+    fn timed_drain_reports_the_latest_arrival_unless_an_item_is_untimed() {
+        let t0 = crate::machine::testkit::origin();
+        let inbox = Inbox::new();
+        let mut out = InlineQueue::new();
+        let drain = |inbox: &Inbox<u32>, out: &mut InlineQueue<u32>| {
+            let mut at = Some(t0);
+            let moved = future::block_on(future::poll_fn(|cx| {
+                inbox.poll_drain_queue_timed(cx, out, &mut at)
+            }));
+            assert!(moved);
+            at
+        };
+        inbox.push_at(1, t0 + Duration::from_millis(5)).unwrap();
+        inbox.push_at(2, t0 + Duration::from_millis(3)).unwrap();
+        assert_eq!(drain(&inbox, &mut out), Some(t0 + Duration::from_millis(5)));
+        inbox.push_at(3, t0 + Duration::from_millis(9)).unwrap();
+        inbox.push(4).unwrap();
+        assert_eq!(drain(&inbox, &mut out), None);
+        inbox.push_at(5, t0 + Duration::from_millis(1)).unwrap();
+        assert_eq!(drain(&inbox, &mut out), Some(t0 + Duration::from_millis(1)));
+        let mut all = Vec::new();
+        while let Some(x) = out.pop_front() {
+            all.push(x);
+        }
+        assert_eq!(all, vec![1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -673,7 +673,9 @@ impl<R: Runtime> StreamTask<R> {
                         }
                         r => r.map(TikvResponse::Cmd),
                     };
-                    let _ = reply.push(Input::Tikv { id, result });
+                    // `now`, read at the top of this round, in which the reply was taken off
+                    // the stream, stands for its arrival.
+                    let _ = reply.push_at(Input::Tikv { id, result }, now);
                 }
                 match conn.poll_timeout() {
                     Some((at, _why)) => {
