@@ -1,5 +1,5 @@
 //! Encoding of `BatchCommandsRequest` messages with each distinct request `Context` encoded
-//! once.
+//! once, and decoding of `BatchCommandsResponse` messages with their lists sized up front.
 //!
 //! prost encodes nested messages by asking each one for its length before writing it, so in a
 //! `BatchCommandsRequest` (batch → request → command → `Context`) the `Context` of every
@@ -17,7 +17,9 @@ use tikv_proto::{kvrpcpb, tikvpb};
 
 use crate::machine::request::cmd_context_slot;
 
-/// Field numbers of `BatchCommandsRequest` and of `Context` inside every kvrpcpb request.
+/// Field numbers of `BatchCommandsRequest` (`responses` and `request_ids` of
+/// `BatchCommandsResponse` have the same numbers) and of `Context` inside every kvrpcpb
+/// request.
 const REQUESTS_FIELD: u32 = 1;
 const REQUEST_IDS_FIELD: u32 = 2;
 const CLIENT_SEND_TIME_FIELD: u32 = 3;
@@ -98,6 +100,74 @@ pub fn encode_batch(mut batch: tikvpb::BatchCommandsRequest) -> Bytes {
         encode_varint(batch.client_send_time_ns, &mut out);
     }
     out.freeze()
+}
+
+/// Decodes a `BatchCommandsResponse` like `prost::Message::decode`, with its two lists sized
+/// up front: a first pass over the top-level fields counts the responses and request ids, so
+/// decoding does not grow the vectors one reallocation at a time (a message carries tens of
+/// responses).
+pub fn decode_batch_response(
+    bytes: Bytes,
+) -> Result<tikvpb::BatchCommandsResponse, prost::DecodeError> {
+    let (responses, ids) = count_batch_response(&bytes);
+    let mut msg = tikvpb::BatchCommandsResponse {
+        responses: Vec::with_capacity(responses),
+        request_ids: Vec::with_capacity(ids),
+        ..Default::default()
+    };
+    msg.merge(bytes)?;
+    Ok(msg)
+}
+
+/// The number of `responses` (field 1) and `request_ids` (field 2, packed or not) in an encoded
+/// `BatchCommandsResponse`; a malformed message stops the count (the decode then reports it).
+fn count_batch_response(mut buf: &[u8]) -> (usize, usize) {
+    let (mut responses, mut ids) = (0usize, 0usize);
+    while !buf.is_empty() {
+        let Ok(key) = decode_varint(&mut buf) else {
+            break;
+        };
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            // Varint.
+            0 => {
+                if decode_varint(&mut buf).is_err() {
+                    break;
+                }
+                if field == u64::from(REQUEST_IDS_FIELD) {
+                    ids += 1;
+                }
+            }
+            // 64-bit.
+            1 => {
+                let Some(rest) = buf.get(8..) else { break };
+                buf = rest;
+            }
+            // Length-delimited.
+            2 => {
+                let Ok(len) = decode_varint(&mut buf) else {
+                    break;
+                };
+                let Some(body) = usize::try_from(len).ok().and_then(|l| buf.get(..l)) else {
+                    break;
+                };
+                if field == u64::from(REQUESTS_FIELD) {
+                    responses += 1;
+                } else if field == u64::from(REQUEST_IDS_FIELD) {
+                    // Packed ids: one varint each, a final byte below 0x80.
+                    ids += body.iter().filter(|b| **b < 0x80).count();
+                }
+                buf = &buf[body.len()..];
+            }
+            // 32-bit.
+            5 => {
+                let Some(rest) = buf.get(4..) else { break };
+                buf = rest;
+            }
+            _ => break,
+        }
+    }
+    (responses, ids)
 }
 
 #[cfg(test)]
@@ -184,5 +254,47 @@ mod tests {
             encode_batch(batch.clone()).as_ref(),
             batch.encode_to_vec().as_slice()
         );
+    }
+
+    /// The sized decode gives what prost gives, for packed and unpacked ids, every field set,
+    /// and fails where prost fails.
+    #[test]
+    fn sized_decode_equals_prost_decode() {
+        use tikv_proto::tikvpb::batch_commands_response::{Response, response::Cmd};
+        let msg = tikvpb::BatchCommandsResponse {
+            responses: (0..37)
+                .map(|i| Response {
+                    cmd: Some(Cmd::RawGet(Box::new(kvrpcpb::RawGetResponse {
+                        value: vec![b'v'; i].into(),
+                        not_found: i % 5 == 0,
+                        ..Default::default()
+                    }))),
+                })
+                .collect(),
+            request_ids: (0..37).map(|i| 1u64 << (i % 40)).collect(),
+            transport_layer_load: 7,
+            health_feedback: Some(kvrpcpb::HealthFeedback {
+                store_id: 3,
+                feedback_seq_no: 9,
+                slow_score: 1,
+            }),
+            tikv_send_time_ns: 123,
+        };
+        let bytes = Bytes::from(msg.encode_to_vec());
+        assert_eq!(count_batch_response(&bytes), (37, 37));
+        assert_eq!(decode_batch_response(bytes.clone()).unwrap(), msg);
+        // Unpacked ids (an encoder may send them one per field).
+        let mut unpacked = Vec::new();
+        for id in [5u64, 300, 70_000] {
+            encode_key(REQUEST_IDS_FIELD, WireType::Varint, &mut unpacked);
+            encode_varint(id, &mut unpacked);
+        }
+        assert_eq!(count_batch_response(&unpacked), (0, 3));
+        let decoded = decode_batch_response(Bytes::from(unpacked)).unwrap();
+        assert_eq!(decoded.request_ids, vec![5, 300, 70_000]);
+        // Truncated: both fail.
+        let cut = bytes.slice(..bytes.len() - 3);
+        assert!(tikvpb::BatchCommandsResponse::decode(cut.clone()).is_err());
+        assert!(decode_batch_response(cut).is_err());
     }
 }

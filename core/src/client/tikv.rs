@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{Stream, future};
-use prost::Message;
-use tikv_proto::tikvpb;
 
 use super::batch_encode;
 use super::driver::LocalIo;
@@ -586,7 +584,7 @@ impl<R: Runtime> StreamTask<R> {
                         match Pin::new(&mut o.responses).poll_next(cx) {
                             Poll::Ready(Some(Ok(bytes))) => {
                                 progressed = true;
-                                match tikvpb::BatchCommandsResponse::decode(bytes) {
+                                match batch_encode::decode_batch_response(bytes) {
                                     Ok(msg) => {
                                         conn.handle_response(now, o.epoch, msg);
                                         if let Some(feedback) = conn.take_health_feedback() {

@@ -189,7 +189,8 @@ impl SingleRegion {
         let rr = self.request.insert(Box::new(RegionRequest::new(
             loc.region,
             req,
-            self.opts.clone(),
+            // Lent to the request, given back by `into_parts`.
+            std::mem::take(&mut self.opts),
             bo,
         )));
         if cache_hit {
@@ -223,8 +224,9 @@ impl SingleRegion {
                 };
                 let op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");
-                let (mut bo, template) = op.into_parts();
+                let (mut bo, template, opts) = op.into_parts();
                 self.template = Some(template);
+                self.opts = opts;
                 match r {
                     Ok(RegionOutcome::Response(response)) => {
                         self.bo = Some(bo);

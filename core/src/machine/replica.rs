@@ -50,7 +50,7 @@ pub enum ReplicaReadType {
 /// Routing options of one request. Mirrors the request fields and `StoreSelectorOption`s
 /// client-go's selector reads (`ReplicaReadType`, `StaleRead`, `BusyThresholdMs`,
 /// `WithMatchLabels`, `WithMatchStores`, `WithLeaderOnly`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct ReadOptions {
     /// Replica read type.
     pub replica_read: ReplicaReadType,
@@ -111,6 +111,20 @@ impl Replica {
 
     fn epoch_stale(&self, stores: &StoreCache) -> bool {
         self.epoch != stores.epoch(self.peer.store_id)
+    }
+}
+
+// Cloned with every operation: the (usually empty) lists skip the `Vec::clone` calls.
+impl Clone for ReadOptions {
+    fn clone(&self) -> Self {
+        ReadOptions {
+            replica_read: self.replica_read,
+            stale_read: self.stale_read,
+            labels: clone_or_empty(&self.labels),
+            stores: clone_or_empty(&self.stores),
+            leader_only: self.leader_only,
+            busy_threshold: self.busy_threshold,
+        }
     }
 }
 
@@ -315,7 +329,6 @@ impl ReplicaSelector {
             read_type: opts.replica_read,
             stale_read: opts.stale_read,
             read_only,
-            // (An empty `Vec` clone is still a call per field; most reads set neither.)
             labels: clone_or_empty(&opts.labels),
             match_stores: clone_or_empty(&opts.stores),
             leader_only: opts.leader_only,

@@ -397,12 +397,12 @@ impl RegionRequest {
         self.backoffer
     }
 
-    /// Takes the backoffer and the request template out of a boxed request (for a caller that
-    /// continues with them: a re-located retry reuses the template instead of cloning it
-    /// again). Only those two fields move out of the box; a region request is large.
-    pub fn into_parts(self: Box<Self>) -> (Backoffer, TikvRequest) {
+    /// Takes the backoffer, the request template and the options out of a boxed request (for
+    /// a caller that continues with them: a re-located retry reuses them instead of cloning
+    /// them again). Only those fields move out of the box; a region request is large.
+    pub fn into_parts(self: Box<Self>) -> (Backoffer, TikvRequest, RequestOptions) {
         let this = self;
-        (this.backoffer, this.request)
+        (this.backoffer, this.request, this.opts)
     }
 
     /// How many times the request was sent.
