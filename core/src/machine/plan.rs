@@ -216,12 +216,14 @@ impl SingleRegion {
                 continue;
             }
             if let Some(op) = self.request.as_mut() {
-                while let Some(a) = op.poll_action() {
-                    self.actions.push_back(a);
-                }
+                // A running request's actions stay in it (`poll_action` reads them from there,
+                // after this plan's own); a finished one hands over what it still holds.
                 let Some(r) = op.poll_result() else {
                     return;
                 };
+                while let Some(a) = op.poll_action() {
+                    self.actions.push_back(a);
+                }
                 let op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");
                 let (mut bo, template, opts) = op.into_parts();
@@ -294,7 +296,9 @@ impl Operation for SingleRegion {
     }
 
     fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.actions
+            .pop_front()
+            .or_else(|| self.request.as_mut().and_then(|op| op.poll_action()))
     }
 
     fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
