@@ -238,19 +238,27 @@ impl<R: Runtime> Cluster<R> {
         O: Operation + Send + 'a,
         O::Output: Send,
     {
-        // The operation lives on the heap from here on: machines carry prost messages and
-        // inline queues (hundreds of bytes), and every future wrapping it (this one,
-        // `Instrumented`, the caller's) would copy it each time it is moved. (Boxing the
-        // driver's whole state instead measured dearer: one more copy of the operation, and
-        // past 1 KiB the allocation misses the allocator's thread cache.)
-        let mut op = Box::new(op);
+        // The operation lives on the heap from here on, with the driver's between-steps state
+        // in the same allocation: machines carry prost messages and inline queues (hundreds
+        // of bytes), and every future wrapping them (this one, `Instrumented`, the caller's)
+        // would copy them each time it is moved. The future itself is a few pointers. (Boxing
+        // the driver's whole future instead measured dearer: one more copy of the operation,
+        // and past 1 KiB an allocation misses the allocator's thread cache.)
+        let mut boxed = Box::new((op, driver::DriveState::default()));
         async move {
+            let (op, state) = &mut *boxed;
             // Unoptimised builds copy futures between stack temporaries enough to overflow a
             // test thread's stack, so debug builds keep the driver's future on the heap too.
             if cfg!(debug_assertions) {
-                Box::pin(driver::drive(&*self.inner, &self.inner.shared, &mut *op)).await
+                Box::pin(driver::drive_with(
+                    &*self.inner,
+                    &self.inner.shared,
+                    op,
+                    state,
+                ))
+                .await
             } else {
-                driver::drive(&*self.inner, &self.inner.shared, &mut *op).await
+                driver::drive_with(&*self.inner, &self.inner.shared, op, state).await
             }
         }
     }

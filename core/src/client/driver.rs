@@ -66,28 +66,65 @@ enum Step {
     Timeout,
 }
 
+/// What [`drive_with`] keeps from one step of an operation to the next. It lives wherever the
+/// caller puts it: `Cluster::run` boxes it with the operation, so the driver's future holds
+/// a pointer to it instead of its bytes (a future is moved, and so copied, before it is first
+/// polled).
+pub struct DriveState<S> {
+    /// Completions received and not yet fed (usually one).
+    inputs: InlineQueue<Input>,
+    /// Completions the driver polls itself.
+    local: Vec<LocalIo>,
+    /// Completions still expected through the inbox.
+    via_inbox: usize,
+    /// The pending timer and its deadline.
+    timer: Option<(Instant, S)>,
+    /// Steps run without waiting (see [`MAX_READY_STEPS`]).
+    ready_steps: u32,
+    /// When the inputs of the coming step arrived, if their producers said so (a stream task
+    /// reads the clock once per round anyway): that step needs no clock reading of its own.
+    arrived: Option<Instant>,
+    /// The instant of the previous step (steps never go back in time).
+    last_now: Option<Instant>,
+}
+
+impl<S> Default for DriveState<S> {
+    fn default() -> Self {
+        DriveState {
+            inputs: InlineQueue::new(),
+            local: Vec::new(),
+            via_inbox: 0,
+            timer: None,
+            ready_steps: 0,
+            arrived: None,
+            last_now: None,
+        }
+    }
+}
+
 /// Runs `op` to completion. `shared` is locked only inside machine calls.
-pub async fn drive<D, O>(
+pub async fn drive<D, O>(dispatch: &D, shared: &Mutex<Shared>, op: O) -> Result<O::Output, Error>
+where
+    D: Dispatch,
+    O: Operation,
+{
+    let mut state = DriveState::default();
+    drive_with(dispatch, shared, op, &mut state).await
+}
+
+/// [`drive`] with its between-steps state in `st` (fresh from `DriveState::default`).
+pub async fn drive_with<D, O>(
     dispatch: &D,
     shared: &Mutex<Shared>,
     mut op: O,
+    st: &mut DriveState<D::Sleep>,
 ) -> Result<O::Output, Error>
 where
     D: Dispatch,
     O: Operation,
 {
     let inbox: Inbox<Input> = Inbox::new();
-    // Inline queue: an operation step usually gets one reply.
-    let mut inputs: InlineQueue<Input> = InlineQueue::new();
-    let mut local: Vec<LocalIo> = Vec::new();
-    let mut via_inbox: usize = 0;
-    let mut timer: Option<(Instant, D::Sleep)> = None;
-    let mut ready_steps: u32 = 0;
     let mut step = Step::Start;
-    // When the inputs of the coming step arrived, if their producers said so (a stream task
-    // reads the clock once per round anyway): that step needs no clock reading of its own.
-    let mut arrived: Option<Instant> = None;
-    let mut last_now: Option<Instant> = None;
 
     loop {
         // What a step needs only until its actions are dispatched lives in this block, so it
@@ -97,18 +134,18 @@ where
             // Inline queue: an operation step usually emits one action.
             let mut actions: ActionQueue = ActionQueue::new();
             let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
-            let now = match (&step, arrived.take(), last_now) {
+            let now = match (&step, st.arrived.take(), st.last_now) {
                 // Never behind the previous step's instant.
                 (Step::Inputs, Some(at), Some(last)) => at.max(last),
                 _ => dispatch.now(),
             };
-            last_now = Some(now);
+            st.last_now = Some(now);
             let (result, timeout) = {
                 let mut shared = lock(shared);
                 match step {
                     Step::Start => op.start(now, &mut shared),
                     Step::Inputs => {
-                        while let Some(input) = inputs.pop_front() {
+                        while let Some(input) = st.inputs.pop_front() {
                             // Every timestamp handed out is known to come from PD: reads at it
                             // pass read-ts validation without a fetch of their own. Mirrors
                             // client-go `pdOracle.setLastTS` on each TSO result.
@@ -139,8 +176,8 @@ where
                 // Fire-and-forget actions (no id) complete nothing.
                 let completes = action.id().is_some();
                 match dispatch.start(now, action, &inbox) {
-                    Some(io) => local.push(io),
-                    None if completes => via_inbox += 1,
+                    Some(io) => st.local.push(io),
+                    None if completes => st.via_inbox += 1,
                     None => {}
                 }
             }
@@ -150,22 +187,22 @@ where
                 return result;
             }
             let deadline = timeout.map(|(at, _why)| at);
-            if deadline.is_none() && via_inbox == 0 && local.is_empty() {
+            if deadline.is_none() && st.via_inbox == 0 && st.local.is_empty() {
                 inbox.close();
                 return Err(Error::Internal(
                     "operation waits for nothing: no I/O in flight and no timeout".into(),
                 ));
             }
-            match (&timer, deadline) {
+            match (&st.timer, deadline) {
                 (Some((at, _)), Some(d)) if *at == d => {}
-                (_, Some(d)) => timer = Some((d, dispatch.sleep_until(d))),
-                (_, None) => timer = None,
+                (_, Some(d)) => st.timer = Some((d, dispatch.sleep_until(d))),
+                (_, None) => st.timer = None,
             }
         }
 
-        ready_steps += 1;
-        if ready_steps >= MAX_READY_STEPS {
-            ready_steps = 0;
+        st.ready_steps += 1;
+        if st.ready_steps >= MAX_READY_STEPS {
+            st.ready_steps = 0;
             future::yield_now().await;
         }
 
@@ -173,19 +210,19 @@ where
             poll_completions(
                 cx,
                 &inbox,
-                &mut local,
-                &mut inputs,
-                &mut via_inbox,
-                &mut timer,
-                &mut arrived,
+                &mut st.local,
+                &mut st.inputs,
+                &mut st.via_inbox,
+                &mut st.timer,
+                &mut st.arrived,
             )
         })
         .await;
         if !matches!(step, Step::Timeout) {
             // Only the timer path can spin without I/O; a completed I/O resets the count.
-            ready_steps = 0;
+            st.ready_steps = 0;
         } else {
-            timer = None;
+            st.timer = None;
         }
     }
 }
