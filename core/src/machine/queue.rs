@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 #[derive(Debug, Clone)]
 pub struct InlineQueue<T> {
     first: Option<T>,
-    rest: VecDeque<T>,
+    /// The overflow, created on the first spill: an empty `VecDeque` still costs a call to
+    /// drop, and every machine layer and step owns a queue.
+    rest: Option<VecDeque<T>>,
 }
 
 impl<T> Default for InlineQueue<T> {
@@ -26,16 +28,20 @@ impl<T> InlineQueue<T> {
     pub const fn new() -> Self {
         InlineQueue {
             first: None,
-            rest: VecDeque::new(),
+            rest: None,
         }
+    }
+
+    fn rest_is_empty(&self) -> bool {
+        self.rest.as_ref().is_none_or(VecDeque::is_empty)
     }
 
     /// Appends `item` at the back.
     pub fn push_back(&mut self, item: T) {
-        if self.first.is_none() && self.rest.is_empty() {
+        if self.first.is_none() && self.rest_is_empty() {
             self.first = Some(item);
         } else {
-            self.rest.push_back(item);
+            self.rest.get_or_insert_with(VecDeque::new).push_back(item);
         }
     }
 
@@ -43,34 +49,39 @@ impl<T> InlineQueue<T> {
     pub fn pop_front(&mut self) -> Option<T> {
         match self.first.take() {
             Some(item) => Some(item),
-            None => self.rest.pop_front(),
+            None => self.rest.as_mut().and_then(VecDeque::pop_front),
         }
     }
 
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
-        self.first.is_none() && self.rest.is_empty()
+        self.first.is_none() && self.rest_is_empty()
     }
 
     /// Number of queued items.
     pub fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.len()
+        usize::from(self.first.is_some()) + self.rest.as_ref().map_or(0, VecDeque::len)
     }
 
     /// Removes every item.
     pub fn clear(&mut self) {
         self.first = None;
-        self.rest.clear();
+        if let Some(rest) = &mut self.rest {
+            rest.clear();
+        }
     }
 
     /// The items, front to back.
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
-        self.first.iter().chain(self.rest.iter())
+        self.first.iter().chain(self.rest.iter().flatten())
     }
 
     /// Removes and yields every item, front to back.
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.first.take().into_iter().chain(self.rest.drain(..))
+        self.first
+            .take()
+            .into_iter()
+            .chain(self.rest.iter_mut().flat_map(|r| r.drain(..)))
     }
 
     /// Moves every item of `other` to the back of `self`, leaving `other` empty.
@@ -126,7 +137,7 @@ mod tests {
     fn a_single_item_does_not_allocate() {
         let mut q = InlineQueue::new();
         q.push_back(String::from("one"));
-        assert_eq!(q.rest.capacity(), 0, "the first item stays inline");
+        assert!(q.rest.is_none(), "the first item stays inline");
         assert_eq!(q.pop_front().as_deref(), Some("one"));
         assert_eq!(q.pop_front(), None);
     }
