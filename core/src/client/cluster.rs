@@ -29,7 +29,12 @@ pub(crate) struct Inner<R: Runtime> {
     pub(super) pd: Arc<PdClient<R>>,
     /// Region-wide `ResolveLock` flights in progress (client-go `reqCollapse`).
     pub(super) collapse: Arc<ReqCollapse>,
+    /// Inboxes of finished operations, reused by the next ones (see [`Inbox::into_reusable`]).
+    pub(super) inboxes: Mutex<Vec<Inbox<Input>>>,
 }
+
+/// Finished operations' inboxes kept for reuse: about one per concurrent operation.
+const INBOX_POOL: usize = 1024;
 
 impl<R: Runtime> Drop for Inner<R> {
     fn drop(&mut self) {
@@ -43,6 +48,19 @@ impl<R: Runtime> Dispatch for Inner<R> {
 
     fn now(&self) -> Instant {
         self.rt.now()
+    }
+
+    fn inbox(&self) -> Inbox<Input> {
+        lock(&self.inboxes).pop().unwrap_or_default()
+    }
+
+    fn recycle_inbox(&self, inbox: Inbox<Input>) {
+        if let Some(inbox) = inbox.into_reusable() {
+            let mut pool = lock(&self.inboxes);
+            if pool.len() < INBOX_POOL {
+                pool.push(inbox);
+            }
+        }
     }
 
     fn sleep_until(&self, deadline: Instant) -> R::Sleep {
@@ -217,6 +235,7 @@ impl<R: Runtime> Cluster<R> {
             tikv,
             pd,
             collapse: Arc::new(ReqCollapse::default()),
+            inboxes: Mutex::new(Vec::new()),
         });
         if inner.config.enable_preload
             && let Err(err) = super::cache_gc::refresh_region_index(&inner).await

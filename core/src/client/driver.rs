@@ -53,6 +53,17 @@ pub trait Dispatch: Sync {
     /// dispatcher computing a deadline needs no clock read of its own); see the trait contract.
     fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo>;
 
+    /// An empty inbox for a new operation's completions. The default allocates one; a
+    /// dispatcher may hand out one an earlier operation gave back ([`Dispatch::recycle_inbox`]).
+    fn inbox(&self) -> Inbox<Input> {
+        Inbox::new()
+    }
+
+    /// Takes back the (closed) inbox of a finished operation; the default drops it.
+    fn recycle_inbox(&self, inbox: Inbox<Input>) {
+        drop(inbox);
+    }
+
     /// Drops the connections to `address`, queued by a machine in the store cache (see
     /// `StoreCache::on_store_not_match`). The default does nothing.
     fn close_address(&self, address: &str) {
@@ -123,7 +134,7 @@ where
     D: Dispatch,
     O: Operation,
 {
-    let inbox: Inbox<Input> = Inbox::new();
+    let inbox: Inbox<Input> = dispatch.inbox();
     let mut step = Step::Start;
 
     loop {
@@ -184,6 +195,7 @@ where
             if let Some(result) = result {
                 // Late completions are refused by the closed inbox and dropped by their producer.
                 inbox.close();
+                dispatch.recycle_inbox(inbox);
                 return result;
             }
             let deadline = timeout.map(|(at, _why)| at);
