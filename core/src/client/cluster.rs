@@ -263,7 +263,8 @@ impl<R: Runtime> Cluster<R> {
         // would copy them each time it is moved. The future itself is a few pointers. (Boxing
         // the driver's whole future instead measured dearer: one more copy of the operation,
         // and past 1 KiB an allocation misses the allocator's thread cache.)
-        let mut boxed = Box::new((op, driver::DriveState::default()));
+        // Written straight into the allocation (`Box::new` of a tuple copies it once more).
+        let mut boxed = Box::write(Box::new_uninit(), (op, driver::DriveState::default()));
         async move {
             let (op, state) = &mut *boxed;
             // Unoptimised builds copy futures between stack temporaries enough to overflow a

@@ -393,7 +393,11 @@ mod tests {
         producer.push(1).unwrap();
         inbox.close();
         assert!(inbox.into_reusable().is_none(), "a producer still holds it");
-        assert_eq!(producer.push(2), Err(2), "and it stays closed for that producer");
+        assert_eq!(
+            producer.push(2),
+            Err(2),
+            "and it stays closed for that producer"
+        );
         let inbox = producer;
         let inbox = inbox.into_reusable().expect("the last handle");
         assert!(!inbox.is_closed());

@@ -186,13 +186,17 @@ impl SingleRegion {
             )));
         };
         apply_clamp(&mut req, &self.clamp, &loc);
-        let rr = self.request.insert(Box::new(RegionRequest::new(
-            loc.region,
-            req,
-            // Lent to the request, given back by `into_parts`.
-            std::mem::take(&mut self.opts),
-            bo,
-        )));
+        // Built straight into its allocation (a region request is most of a kilobyte).
+        let rr = self.request.insert(Box::write(
+            Box::new_uninit(),
+            RegionRequest::new(
+                loc.region,
+                req,
+                // Lent to the request, given back by `into_parts`.
+                std::mem::take(&mut self.opts),
+                bo,
+            ),
+        ));
         if cache_hit {
             // The lookup at this `now` just found the region valid.
             rr.assume_region_valid();
