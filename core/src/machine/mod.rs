@@ -401,7 +401,19 @@ pub struct Shared {
     shutting_down: bool,
     /// Read-timestamp validation before reads are sent (see [`read_ts`]).
     pub read_ts: read_ts::ReadTsValidator,
+    /// Allocations of finished single-region requests, reused by the next ones (see
+    /// [`plan::SingleRegion`]); bounded by [`REGION_REQUEST_POOL`].
+    #[expect(
+        clippy::vec_box,
+        reason = "the pool keeps the allocations themselves, to hand them out again"
+    )]
+    pub(crate) region_requests: Vec<Box<request::RegionRequest>>,
 }
+
+/// Region-request allocations kept for reuse: about one per concurrent operation. With
+/// hundreds of operations in flight, the allocator's per-thread cache (7 blocks per size)
+/// cannot hold them, and its slower paths cost a few hundred instructions per request.
+pub(crate) const REGION_REQUEST_POOL: usize = 1024;
 
 impl Shared {
     /// Fresh shared state seeded with `seed`, for API V1 raw keys.
@@ -422,6 +434,7 @@ impl Shared {
             txn: Default::default(),
             shutting_down: false,
             read_ts: read_ts::ReadTsValidator::default(),
+            region_requests: Vec::new(),
         }
     }
 

@@ -23,7 +23,8 @@ use crate::machine::region_cache::{KeyLocation, Lookup};
 use crate::machine::region_error::may_backoff_for_region_error;
 use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
 use crate::machine::{
-    Action, ActionQueue, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
+    Action, ActionQueue, Input, IoId, Key, Operation, REGION_REQUEST_POOL, Shared, TikvCmd,
+    TikvRequest, TikvResponse,
 };
 use crate::rng::Rng;
 
@@ -186,17 +187,21 @@ impl SingleRegion {
             )));
         };
         apply_clamp(&mut req, &self.clamp, &loc);
-        // Built straight into its allocation (a region request is most of a kilobyte).
-        let rr = self.request.insert(Box::write(
-            Box::new_uninit(),
-            RegionRequest::new(
-                loc.region,
-                req,
-                // Lent to the request, given back by `into_parts`.
-                std::mem::take(&mut self.opts),
-                bo,
+        // Lent to the request, given back by `take_parts`.
+        let opts = std::mem::take(&mut self.opts);
+        // A finished request's allocation if one is pooled, else a new one written in place
+        // (a region request is most of a kilobyte).
+        let boxed = match shared.region_requests.pop() {
+            Some(mut b) => {
+                b.reset(loc.region, req, opts, bo);
+                b
+            }
+            None => Box::write(
+                Box::new_uninit(),
+                RegionRequest::new(loc.region, req, opts, bo),
             ),
-        ));
+        };
+        let rr = self.request.insert(boxed);
         if cache_hit {
             // The lookup at this `now` just found the region valid.
             rr.assume_region_valid();
@@ -228,9 +233,12 @@ impl SingleRegion {
                 while let Some(a) = op.poll_action() {
                     self.actions.push_back(a);
                 }
-                let op = self.request.take().expect("request running");
+                let mut op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");
-                let (mut bo, template, opts) = op.into_parts();
+                let (mut bo, template, opts) = op.take_parts();
+                if shared.region_requests.len() < REGION_REQUEST_POOL {
+                    shared.region_requests.push(op);
+                }
                 self.template = Some(template);
                 self.opts = opts;
                 match r {

@@ -1483,6 +1483,37 @@ mod tests {
         );
     }
 
+    /// Single-region requests reuse the allocations of finished ones; a request that retried
+    /// leaves nothing behind: the next operation's first attempt is a fresh, non-retry send
+    /// with its own backoff budget.
+    #[test]
+    fn a_request_after_a_retried_one_starts_fresh() {
+        let mut w = World::new(&[]);
+        w.pd.borrow_mut()
+            .stores
+            .insert(2, crate::machine::testkit::store_meta(2));
+        w.pd.borrow_mut().regions[0]
+            .meta
+            .peers
+            .push(tikv_proto::metapb::Peer {
+                id: 12,
+                store_id: 2,
+                ..Default::default()
+            });
+        w.fill(&["a"]);
+        assert_eq!(w.run(get(k("a"), &opts())), Ok(Some(k("v-a"))));
+        // The cached leader 1 now answers NotLeader(2): two sends.
+        w.pd.borrow_mut().regions[0].leader_store = 2;
+        assert_eq!(w.run(get(k("a"), &opts())), Ok(Some(k("v-a"))));
+        assert_eq!(w.run(get(k("a"), &opts())), Ok(Some(k("v-a"))));
+        let sent: Vec<(u64, bool)> =
+            w.h.tikv_sent()
+                .iter()
+                .map(|(s, r)| (*s, crate::machine::testkit::ctx_of(r).is_retry_request))
+                .collect();
+        assert_eq!(sent, vec![(1, false), (1, false), (2, true), (2, false)]);
+    }
+
     #[test]
     fn server_busy_then_success_and_undetermined_put() {
         let mut w = World::new(&[]);

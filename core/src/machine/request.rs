@@ -302,7 +302,8 @@ enum Wake {
 #[derive(Debug)]
 pub struct RegionRequest {
     region: RegionVerId,
-    request: TikvRequest,
+    /// The template (`None` only once [`RegionRequest::take_parts`] took it out).
+    request: Option<TikvRequest>,
     opts: RequestOptions,
     read_only: bool,
     max_exec_ms: u64,
@@ -353,7 +354,7 @@ impl RegionRequest {
         let read_only = is_read_request(&request);
         RegionRequest {
             region,
-            request,
+            request: Some(request),
             opts,
             read_only,
             max_exec_ms: 0,
@@ -375,6 +376,65 @@ impl RegionRequest {
             region_checked: false,
             fast_peer: None,
         }
+    }
+
+    /// Turns this (finished) request into `RegionRequest::new(region, request, opts,
+    /// backoffer)` in place: every field is assigned (the pattern below names them all, so a
+    /// new field cannot be forgotten), and the vectors keep their capacity. Used to reuse a
+    /// pooled allocation without building the request on the stack and copying it in.
+    pub fn reset(
+        &mut self,
+        region: RegionVerId,
+        request: TikvRequest,
+        opts: RequestOptions,
+        backoffer: Backoffer,
+    ) {
+        let RegionRequest {
+            region: r_region,
+            request: r_request,
+            opts: r_opts,
+            read_only,
+            max_exec_ms,
+            timeout,
+            backoffer: r_backoffer,
+            rng,
+            selector,
+            actions,
+            result,
+            send_times,
+            resolving,
+            resolve_failed,
+            resolve_skip,
+            inflight,
+            wake,
+            done,
+            ts_check,
+            first_read_type,
+            region_checked,
+            fast_peer,
+        } = self;
+        *read_only = is_read_request(&request);
+        *r_region = region;
+        *r_request = Some(request);
+        *r_opts = opts;
+        *max_exec_ms = 0;
+        *timeout = Duration::ZERO;
+        *r_backoffer = backoffer;
+        *rng = Rng::new(0);
+        *selector = None;
+        actions.clear();
+        *result = None;
+        *send_times = 0;
+        resolving.clear();
+        *resolve_failed = None;
+        resolve_skip.clear();
+        *inflight = None;
+        *wake = None;
+        *done = false;
+        *ts_check = TsCheck::Pending;
+        *first_read_type = ReadTypeLabel::Leader;
+        *region_checked = false;
+        *fast_peer = None;
     }
 
     /// Tells the request that its caller has just found the region valid in the cache (a hit,
@@ -403,9 +463,24 @@ impl RegionRequest {
     /// Takes the backoffer, the request template and the options out of a boxed request (for
     /// a caller that continues with them: a re-located retry reuses them instead of cloning
     /// them again). Only those fields move out of the box; a region request is large.
-    pub fn into_parts(self: Box<Self>) -> (Backoffer, TikvRequest, RequestOptions) {
-        let this = self;
-        (this.backoffer, this.request, this.opts)
+    pub fn into_parts(mut self: Box<Self>) -> (Backoffer, TikvRequest, RequestOptions) {
+        self.take_parts()
+    }
+
+    /// [`RegionRequest::into_parts`] leaving the request's allocation to the caller, to be
+    /// reused for another request (see [`crate::machine::Shared`]'s pool); the request is
+    /// finished and inert afterwards.
+    pub fn take_parts(&mut self) -> (Backoffer, TikvRequest, RequestOptions) {
+        let template = self.request.take().unwrap_or_else(|| {
+            // Only a second take finds none; give an empty command rather than panic.
+            TikvRequest::Cmd(TikvCmd::Empty(Box::default()))
+        });
+        self.done = true;
+        (
+            std::mem::replace(&mut self.backoffer, Backoffer::new(0)),
+            template,
+            std::mem::take(&mut self.opts),
+        )
     }
 
     /// How many times the request was sent.
@@ -483,7 +558,7 @@ impl RegionRequest {
             return;
         }
         // Mirrors the kill check at the top of client-go `sendReqState.next`.
-        if is_interruptible(&self.request)
+        if self.request.as_ref().is_some_and(is_interruptible)
             && let Err(e) = self.backoffer.check_killed()
         {
             return self.fail(e);
@@ -609,7 +684,10 @@ impl RegionRequest {
     /// keys encoded for the keyspace. Mirrors client-go `sendReqState.next` (`req.Context`
     /// filled from the RPC context) and `tikvrpc.AttachContext`.
     fn prepare(&mut self, shared: &Shared, target: Target) -> Prepared {
-        let mut request = self.request.clone();
+        let mut request = match &self.request {
+            Some(r) => r.clone(),
+            None => TikvRequest::Cmd(TikvCmd::Empty(Box::default())),
+        };
         if let Some(ctx) = context_mut(&mut request) {
             if ctx.max_execution_duration_ms == 0 {
                 ctx.max_execution_duration_ms = self.max_exec_ms;
@@ -656,7 +734,7 @@ impl RegionRequest {
         if matches!(self.ts_check, TsCheck::Fetching { .. }) {
             return true;
         }
-        let read_ts = match read_ts_of(&self.request) {
+        let read_ts = match self.request.as_ref().and_then(read_ts_of) {
             Some(ts) if shared.read_ts.enabled => ts,
             _ => {
                 self.ts_check = TsCheck::Done;
@@ -1093,7 +1171,7 @@ impl Operation for RegionRequest {
         // The template keeps no `Context` unless its builder preset one (cloning a filled
         // `Context` per attempt is a third of a request's cost): the default execution limit
         // is applied to each attempt's context in `step`.
-        if let Some(slot) = context_slot(&mut self.request) {
+        if let Some(slot) = self.request.as_mut().and_then(context_slot) {
             self.max_exec_ms = slot
                 .as_ref()
                 .map(|c| c.max_execution_duration_ms)
