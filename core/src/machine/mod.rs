@@ -402,18 +402,45 @@ pub struct Shared {
     /// Read-timestamp validation before reads are sent (see [`read_ts`]).
     pub read_ts: read_ts::ReadTsValidator,
     /// Allocations of finished single-region requests, reused by the next ones (see
-    /// [`plan::SingleRegion`]); bounded by [`REGION_REQUEST_POOL`].
+    /// [`plan::SingleRegion`]).
+    pub(crate) region_requests: RequestPool,
+}
+
+/// Allocations of finished region requests kept for reuse, about one per concurrent
+/// operation (at most [`RequestPool::CAPACITY`]). With hundreds of operations in flight, the
+/// allocator's per-thread cache (7 blocks per size) cannot hold them, and its slower paths
+/// cost a few hundred instructions per request.
+#[derive(Default)]
+pub(crate) struct RequestPool(
     #[expect(
         clippy::vec_box,
         reason = "the pool keeps the allocations themselves, to hand them out again"
     )]
-    pub(crate) region_requests: Vec<Box<request::RegionRequest>>,
+    Vec<Box<request::RegionRequest>>,
+);
+
+impl RequestPool {
+    /// The most allocations kept.
+    pub(crate) const CAPACITY: usize = 1024;
+
+    /// A pooled allocation, if any (its contents are a finished request, to be reset).
+    pub(crate) fn pop(&mut self) -> Option<Box<request::RegionRequest>> {
+        self.0.pop()
+    }
+
+    /// Keeps `finished` for reuse unless the pool is full.
+    pub(crate) fn push(&mut self, finished: Box<request::RegionRequest>) {
+        if self.0.len() < Self::CAPACITY {
+            self.0.push(finished);
+        }
+    }
 }
 
-/// Region-request allocations kept for reuse: about one per concurrent operation. With
-/// hundreds of operations in flight, the allocator's per-thread cache (7 blocks per size)
-/// cannot hold them, and its slower paths cost a few hundred instructions per request.
-pub(crate) const REGION_REQUEST_POOL: usize = 1024;
+impl std::fmt::Debug for RequestPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestPool({})", self.0.len())
+    }
+}
 
 impl Shared {
     /// Fresh shared state seeded with `seed`, for API V1 raw keys.
@@ -434,7 +461,7 @@ impl Shared {
             txn: Default::default(),
             shutting_down: false,
             read_ts: read_ts::ReadTsValidator::default(),
-            region_requests: Vec::new(),
+            region_requests: RequestPool::default(),
         }
     }
 

@@ -23,8 +23,7 @@ use crate::machine::region_cache::{KeyLocation, Lookup};
 use crate::machine::region_error::may_backoff_for_region_error;
 use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
 use crate::machine::{
-    Action, ActionQueue, Input, IoId, Key, Operation, REGION_REQUEST_POOL, Shared, TikvCmd,
-    TikvRequest, TikvResponse,
+    Action, ActionQueue, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
 };
 use crate::rng::Rng;
 
@@ -236,9 +235,7 @@ impl SingleRegion {
                 let mut op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");
                 let (mut bo, template, opts) = op.take_parts();
-                if shared.region_requests.len() < REGION_REQUEST_POOL {
-                    shared.region_requests.push(op);
-                }
+                shared.region_requests.push(op);
                 self.template = Some(template);
                 self.opts = opts;
                 match r {
