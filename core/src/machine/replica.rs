@@ -376,23 +376,29 @@ impl ReplicaSelector {
         }
         let cached = cache.get(region)?;
         let leader = *cached.leader();
-        let mut leader_epoch = None;
+        // The leader's store and the epoch the region was built with for it; one store
+        // lookup per peer.
+        let mut leader_store = None;
         for (p, e) in cached.peers().iter().zip(cached.store_epochs()) {
-            let store = stores.get(p.store_id);
-            if store.is_some_and(|s| s.kind() != StoreKind::Tikv) {
+            // An unknown store would first be looked up in PD (`resolve_stores`).
+            let store = stores.get(p.store_id)?;
+            if store.kind() != StoreKind::Tikv {
                 // Not a replica of the selector (TiFlash and the like).
                 continue;
             }
-            // `resolve_stores` would first look these up in PD.
-            if stores.needs_resolve(p.store_id) {
+            // So would an unresolved one, or one marked for a re-check.
+            if matches!(
+                store.state(),
+                ResolveState::Unresolved | ResolveState::NeedCheck
+            ) {
                 return None;
             }
             if p.id == leader.id {
-                leader_epoch = Some(*e);
+                leader_store = Some((store, *e));
             }
         }
-        let store = stores.get(leader.store_id)?;
-        if leader_epoch? != store.epoch()
+        let (store, leader_epoch) = leader_store?;
+        if leader_epoch != store.epoch()
             || store.liveness(now) != Liveness::Reachable
             || !matches!(
                 store.state(),
