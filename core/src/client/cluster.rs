@@ -19,7 +19,7 @@ use crate::codec::{ApiCodec, KeyMode};
 use crate::config::{ApiVersion, Config};
 use crate::error::Error;
 use crate::machine::region_cache::RegionCache;
-use crate::machine::{Action, Input, Operation, RoutingConfig, Shared, Timestamp};
+use crate::machine::{Action, Input, Operation, Pool, RoutingConfig, Shared, Timestamp};
 
 pub(crate) struct Inner<R: Runtime> {
     pub(super) rt: R,
@@ -30,11 +30,8 @@ pub(crate) struct Inner<R: Runtime> {
     /// Region-wide `ResolveLock` flights in progress (client-go `reqCollapse`).
     pub(super) collapse: Arc<ReqCollapse>,
     /// Inboxes of finished operations, reused by the next ones (see [`Inbox::into_reusable`]).
-    pub(super) inboxes: Mutex<Vec<Inbox<Input>>>,
+    pub(super) inboxes: Mutex<Pool<Inbox<Input>>>,
 }
-
-/// Finished operations' inboxes kept for reuse: about one per concurrent operation.
-const INBOX_POOL: usize = 1024;
 
 impl<R: Runtime> Drop for Inner<R> {
     fn drop(&mut self) {
@@ -56,10 +53,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
 
     fn recycle_inbox(&self, inbox: Inbox<Input>) {
         if let Some(inbox) = inbox.into_reusable() {
-            let mut pool = lock(&self.inboxes);
-            if pool.len() < INBOX_POOL {
-                pool.push(inbox);
-            }
+            lock(&self.inboxes).push(inbox);
         }
     }
 
@@ -235,7 +229,7 @@ impl<R: Runtime> Cluster<R> {
             tikv,
             pd,
             collapse: Arc::new(ReqCollapse::default()),
-            inboxes: Mutex::new(Vec::new()),
+            inboxes: Mutex::new(Pool::default()),
         });
         if inner.config.enable_preload
             && let Err(err) = super::cache_gc::refresh_region_index(&inner).await

@@ -403,42 +403,41 @@ pub struct Shared {
     pub read_ts: read_ts::ReadTsValidator,
     /// Allocations of finished single-region requests, reused by the next ones (see
     /// [`plan::SingleRegion`]).
-    pub(crate) region_requests: RequestPool,
+    pub(crate) region_requests: Pool<Box<request::RegionRequest>>,
 }
 
-/// Allocations of finished region requests kept for reuse, about one per concurrent
-/// operation (at most [`RequestPool::CAPACITY`]). With hundreds of operations in flight, the
-/// allocator's per-thread cache (7 blocks per size) cannot hold them, and its slower paths
-/// cost a few hundred instructions per request.
-#[derive(Default)]
-pub(crate) struct RequestPool(
-    #[expect(
-        clippy::vec_box,
-        reason = "the pool keeps the allocations themselves, to hand them out again"
-    )]
-    Vec<Box<request::RegionRequest>>,
-);
+/// Things a finished operation leaves behind (an allocation, an inbox) kept for the next
+/// ones, about one per concurrent operation (at most [`Pool::CAPACITY`]). With hundreds of
+/// operations in flight the allocator's per-thread cache (7 blocks per size) cannot hold
+/// them, and its slower paths cost a few hundred instructions per operation.
+pub(crate) struct Pool<T>(Vec<T>);
 
-impl RequestPool {
-    /// The most allocations kept.
-    pub(crate) const CAPACITY: usize = 1024;
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(Vec::new())
+    }
+}
 
-    /// A pooled allocation, if any (its contents are a finished request, to be reset).
-    pub(crate) fn pop(&mut self) -> Option<Box<request::RegionRequest>> {
+impl<T> Pool<T> {
+    /// The most items kept.
+    pub const CAPACITY: usize = 1024;
+
+    /// A pooled item, if any.
+    pub fn pop(&mut self) -> Option<T> {
         self.0.pop()
     }
 
-    /// Keeps `finished` for reuse unless the pool is full.
-    pub(crate) fn push(&mut self, finished: Box<request::RegionRequest>) {
+    /// Keeps `item` for reuse unless the pool is full.
+    pub fn push(&mut self, item: T) {
         if self.0.len() < Self::CAPACITY {
-            self.0.push(finished);
+            self.0.push(item);
         }
     }
 }
 
-impl std::fmt::Debug for RequestPool {
+impl<T> std::fmt::Debug for Pool<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RequestPool({})", self.0.len())
+        write!(f, "Pool({})", self.0.len())
     }
 }
 
@@ -461,7 +460,7 @@ impl Shared {
             txn: Default::default(),
             shutting_down: false,
             read_ts: read_ts::ReadTsValidator::default(),
-            region_requests: RequestPool::default(),
+            region_requests: Pool::default(),
         }
     }
 

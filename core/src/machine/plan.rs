@@ -189,7 +189,7 @@ impl SingleRegion {
         // Lent to the request, given back by `take_parts`.
         let opts = std::mem::take(&mut self.opts);
         // A finished request's allocation if one is pooled, else a new one written in place
-        // (a region request is most of a kilobyte).
+        // (a region request is several hundred bytes).
         let boxed = match shared.region_requests.pop() {
             Some(mut b) => {
                 b.reset(loc.region, req, opts, bo);

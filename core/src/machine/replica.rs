@@ -354,9 +354,10 @@ impl ReplicaSelector {
     /// read, found without building the selector: the cached leader, on a resolved, reachable
     /// TiKV store of the epoch the region was built with. `None` whenever the read is not that
     /// simple (another read type, stale read, a busy threshold, forwarding, an unresolved
-    /// replica store, a leader that is no candidate): the caller then builds the selector,
-    /// which decides the same way client-go `replicaSelector.next` does. `region` must have
-    /// been found valid at `now`.
+    /// replica store, a leader that is no candidate): the caller then builds the selector.
+    /// Mirrors the first call of client-go `replicaSelector.next` on a new selector
+    /// (`nextForReplicaReadLeader` choosing a leader candidate, then `buildRPCContext`).
+    /// `region` must have been found valid at `now`.
     ///
     /// After sending to this target, [`ReplicaSelector::after_first_attempt`] builds the
     /// selector as it would stand, should the reply need it.
@@ -397,13 +398,10 @@ impl ReplicaSelector {
                 leader_store = Some((store, *e));
             }
         }
+        // (Its store is resolved: the loop returned for any other state.)
         let (store, leader_epoch) = leader_store?;
         if leader_epoch != store.epoch()
             || store.liveness(now) != Liveness::Reachable
-            || !matches!(
-                store.state(),
-                ResolveState::Resolved | ResolveState::NeedCheck
-            )
             || store.address().is_empty()
         {
             return None;

@@ -59,6 +59,11 @@ pub enum RegionOutcome {
     Resplit(Box<errorpb::Error>),
 }
 
+/// The empty command, standing for a template a finished request no longer holds.
+fn empty_request() -> TikvRequest {
+    TikvRequest::Cmd(TikvCmd::Empty(Box::default()))
+}
+
 /// Mutable access to a request's `Context`, inserting a default one when absent (`None` for
 /// the legacy `Import` command, the empty command and `GetStoreSafeTS`).
 pub fn context_mut(req: &mut TikvRequest) -> Option<&mut kvrpcpb::Context> {
@@ -471,10 +476,8 @@ impl RegionRequest {
     /// reused for another request (see [`crate::machine::Shared`]'s pool); the request is
     /// finished and inert afterwards.
     pub fn take_parts(&mut self) -> (Backoffer, TikvRequest, RequestOptions) {
-        let template = self.request.take().unwrap_or_else(|| {
-            // Only a second take finds none; give an empty command rather than panic.
-            TikvRequest::Cmd(TikvCmd::Empty(Box::default()))
-        });
+        // Only a second take finds none; give an empty command rather than panic.
+        let template = self.request.take().unwrap_or_else(empty_request);
         self.done = true;
         (
             std::mem::replace(&mut self.backoffer, Backoffer::new(0)),
@@ -568,60 +571,49 @@ impl RegionRequest {
         }
         // A selector built here at `now` has a region known valid at `now`.
         let mut fresh = false;
+        // A fast first attempt whose reply did not build the selector (the reply handling
+        // builds it on any failure, so this is only a safeguard).
+        if self.fast_peer.is_some() {
+            self.materialize_selector(shared, Duration::ZERO);
+        }
         if self.selector.is_none() {
-            if self.fast_peer.is_some() {
-                // A retry after a fast first attempt whose reply did not build the selector.
-                let attempted = Duration::ZERO;
-                if !self.materialize_selector(shared, attempted) {
-                    tracing::debug!(
-                        region = self.region.id,
-                        "region left the cache after the first attempt; pseudo EpochNotMatch"
-                    );
-                    return self.give_up(pseudo_epoch_not_match());
-                }
-            } else {
-                if !region_checked && !shared.regions.is_valid(self.region, now, &mut self.rng) {
-                    tracing::debug!(
-                        region = self.region.id,
-                        "region not cached or invalid; pseudo EpochNotMatch"
-                    );
-                    return self.give_up(pseudo_epoch_not_match());
-                }
-                // The common first attempt of a leader read: the cached leader, with no
-                // selector built (see `ReplicaSelector::leader_fast_path`).
-                if self.send_times == 0
-                    && let Some(target) = ReplicaSelector::leader_fast_path(
-                        self.region,
-                        &self.opts.read,
-                        &shared.regions,
-                        &shared.stores,
-                        now,
-                    )
-                {
-                    self.fast_peer = Some(target.peer);
-                    let prepared = self.prepare(shared, target);
-                    return self.send(now, shared, prepared);
-                }
-                match ReplicaSelector::for_valid(
+            if !region_checked && !shared.regions.is_valid(self.region, now, &mut self.rng) {
+                tracing::debug!(
+                    region = self.region.id,
+                    "region not cached or invalid; pseudo EpochNotMatch"
+                );
+                return self.give_up(pseudo_epoch_not_match());
+            }
+            // The common first attempt of a leader read: the cached leader, with no selector
+            // built (see `ReplicaSelector::leader_fast_path`).
+            if self.send_times == 0
+                && let Some(target) = ReplicaSelector::leader_fast_path(
                     self.region,
                     &self.opts.read,
-                    self.read_only,
                     &shared.regions,
                     &shared.stores,
-                ) {
-                    Some(sel) => {
-                        self.selector = Some(Box::new(sel));
-                        fresh = true;
-                    }
-                    None => {
-                        tracing::debug!(
-                            region = self.region.id,
-                            "region not cached or invalid; pseudo EpochNotMatch"
-                        );
-                        return self.give_up(pseudo_epoch_not_match());
-                    }
-                }
+                    now,
+                )
+            {
+                self.fast_peer = Some(target.peer);
+                let prepared = self.prepare(shared, target);
+                return self.send(now, shared, prepared);
             }
+            let Some(sel) = ReplicaSelector::for_valid(
+                self.region,
+                &self.opts.read,
+                self.read_only,
+                &shared.regions,
+                &shared.stores,
+            ) else {
+                tracing::debug!(
+                    region = self.region.id,
+                    "region not cached or invalid; pseudo EpochNotMatch"
+                );
+                return self.give_up(pseudo_epoch_not_match());
+            };
+            self.selector = Some(Box::new(sel));
+            fresh = true;
         }
         if self.resolve_stores(shared) {
             return;
@@ -684,10 +676,8 @@ impl RegionRequest {
     /// keys encoded for the keyspace. Mirrors client-go `sendReqState.next` (`req.Context`
     /// filled from the RPC context) and `tikvrpc.AttachContext`.
     fn prepare(&mut self, shared: &Shared, target: Target) -> Prepared {
-        let mut request = match &self.request {
-            Some(r) => r.clone(),
-            None => TikvRequest::Cmd(TikvCmd::Empty(Box::default())),
-        };
+        // (A taken template means a finished request, which takes no more steps.)
+        let mut request = self.request.clone().unwrap_or_else(empty_request);
         if let Some(ctx) = context_mut(&mut request) {
             if ctx.max_execution_duration_ms == 0 {
                 ctx.max_execution_duration_ms = self.max_exec_ms;
