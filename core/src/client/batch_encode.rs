@@ -5,7 +5,7 @@
 //! `BatchCommandsRequest` (batch → request → command → `Context`) the `Context` of every
 //! command, about forty fields, is walked five times: four length computations and the write.
 //! Requests of one batch usually carry the very same `Context` (same region, peer and
-//! options). [`encode_batch`] therefore takes each command's `Context` out, encodes the command
+//! options). [`BatchEncoder`] therefore takes each command's `Context` out, encodes the command
 //! without it (a few fields), encodes the `Context` only when it differs from the previous
 //! request's, and splices it back in as field 1, where prost would have put it: the bytes are
 //! identical to `prost::Message::encode` of the same message (checked by the tests below).
@@ -15,6 +15,8 @@ use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
 use tikv_proto::{kvrpcpb, tikvpb};
 
+use crate::machine::TikvCmd;
+use crate::machine::batch::Batch;
 use crate::machine::request::cmd_context_slot;
 
 /// Field numbers of `BatchCommandsRequest` (`responses` and `request_ids` of
@@ -22,90 +24,131 @@ use crate::machine::request::cmd_context_slot;
 /// request.
 const REQUESTS_FIELD: u32 = 1;
 const REQUEST_IDS_FIELD: u32 = 2;
-const CLIENT_SEND_TIME_FIELD: u32 = 3;
 const CONTEXT_FIELD: u32 = 1;
 
-/// Encodes `batch` (consuming it); the bytes equal `batch.encode_to_vec()`.
-pub fn encode_batch(mut batch: tikvpb::BatchCommandsRequest) -> Bytes {
-    let mut out = BytesMut::with_capacity(64 * batch.requests.len() + 16);
-    // One command at a time, without its context: [arm key][inner length][inner fields].
-    let mut scratch = BytesMut::new();
-    // The previous distinct context and its encoding.
-    let mut last: Option<kvrpcpb::Context> = None;
-    let mut ctx_bytes = BytesMut::new();
+/// Encodes the batches of one stream. It keeps its buffers and the last `Context` it encoded
+/// from one batch to the next: the output buffer's allocation is reused once the previous
+/// message has been written and dropped, and consecutive batches to a region usually carry the
+/// same `Context`.
+#[derive(Debug, Default)]
+pub struct BatchEncoder {
+    out: BytesMut,
+    /// One command at a time, without its context: [arm key][inner length][inner fields].
+    scratch: Vec<u8>,
+    /// The previous distinct context and its encoding.
+    last: Option<kvrpcpb::Context>,
+    ctx_bytes: Vec<u8>,
+}
 
-    for request in &mut batch.requests {
-        let context = request
-            .cmd
-            .as_mut()
-            .and_then(cmd_context_slot)
-            .and_then(Option::take);
-        scratch.clear();
-        request.encode_raw(&mut scratch);
-        let Some(context) = context else {
-            encode_key(REQUESTS_FIELD, WireType::LengthDelimited, &mut out);
-            encode_varint(scratch.len() as u64, &mut out);
-            out.put_slice(&scratch);
-            continue;
-        };
-        // Split the command's own framing off: the oneof arm's key and the inner length.
-        let mut rest: &[u8] = &scratch;
-        let framing = (decode_varint(&mut rest), decode_varint(&mut rest));
-        let (Ok(arm_key), Ok(inner_len)) = framing else {
-            // prost always frames an arm as key + length; should that ever change, encode this
-            // request the plain way rather than send it without its context.
-            if let Some(slot) = request.cmd.as_mut().and_then(cmd_context_slot) {
-                *slot = Some(context);
+impl BatchEncoder {
+    /// Encodes `batch`, taking its commands out (its emptied vectors can be handed back to
+    /// [`crate::machine::batch::BatchConn::recycle`]); the bytes equal prost's encoding of the
+    /// `BatchCommandsRequest` with these commands and ids.
+    pub fn encode(&mut self, batch: &mut Batch<TikvCmd>) -> Bytes {
+        let out = &mut self.out;
+        out.reserve(64 * batch.requests.len() + 16);
+        for mut cmd in batch.requests.drain(..) {
+            let context = cmd_context_slot(&mut cmd).and_then(Option::take);
+            self.scratch.clear();
+            encode_cmd(&cmd, &mut self.scratch);
+            let Some(context) = context else {
+                encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
+                put_varint(out, self.scratch.len() as u64);
+                out.put_slice(&self.scratch);
+                continue;
+            };
+            // Split the command's own framing off: the oneof arm's key and the inner length.
+            let mut rest: &[u8] = &self.scratch;
+            let framing = (decode_varint(&mut rest), decode_varint(&mut rest));
+            let (Ok(arm_key), Ok(inner_len)) = framing else {
+                // prost always frames an arm as key + length; should that ever change, encode
+                // this request the plain way rather than send it without its context.
+                if let Some(slot) = cmd_context_slot(&mut cmd) {
+                    *slot = Some(context);
+                }
+                encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
+                put_varint(out, cmd.encoded_len() as u64);
+                cmd.encode(out);
+                continue;
+            };
+            debug_assert_eq!(rest.len() as u64, inner_len);
+            if self.last.as_ref() != Some(&context) {
+                self.ctx_bytes.clear();
+                context.encode_raw(&mut self.ctx_bytes);
+                self.last = Some(context);
             }
-            encode_key(REQUESTS_FIELD, WireType::LengthDelimited, &mut out);
-            encode_varint(request.encoded_len() as u64, &mut out);
-            request.encode_raw(&mut out);
-            continue;
-        };
-        let inner_len = inner_len as usize;
-        debug_assert_eq!(rest.len(), inner_len);
-        if last.as_ref() != Some(&context) {
-            ctx_bytes.clear();
-            context.encode_raw(&mut ctx_bytes);
-            last = Some(context);
+            let ctx_len = self.ctx_bytes.len();
+            let ctx_field_len = 1 + encoded_len_varint(ctx_len as u64) + ctx_len;
+            let inner = ctx_field_len + rest.len();
+            let request_len =
+                encoded_len_varint(arm_key) + encoded_len_varint(inner as u64) + inner;
+            put_varint(out, u64::from(REQUESTS_FIELD << 3 | 2));
+            put_varint(out, request_len as u64);
+            put_varint(out, arm_key);
+            put_varint(out, inner as u64);
+            put_varint(out, u64::from(CONTEXT_FIELD << 3 | 2));
+            put_varint(out, ctx_len as u64);
+            out.put_slice(&self.ctx_bytes);
+            out.put_slice(rest);
         }
-        let ctx_field_len = encoded_len_varint(u64::from(CONTEXT_FIELD << 3 | 2))
-            + encoded_len_varint(ctx_bytes.len() as u64)
-            + ctx_bytes.len();
-        let inner = ctx_field_len + inner_len;
-        let request_len = encoded_len_varint(arm_key) + encoded_len_varint(inner as u64) + inner;
-        put_varint(&mut out, u64::from(REQUESTS_FIELD << 3 | 2));
-        put_varint(&mut out, request_len as u64);
-        put_varint(&mut out, arm_key);
-        put_varint(&mut out, inner as u64);
-        put_varint(&mut out, u64::from(CONTEXT_FIELD << 3 | 2));
-        put_varint(&mut out, ctx_bytes.len() as u64);
-        out.put_slice(&ctx_bytes);
-        out.put_slice(rest);
+        if !batch.request_ids.is_empty() {
+            let len: usize = batch
+                .request_ids
+                .iter()
+                .map(|id| encoded_len_varint(*id))
+                .sum();
+            encode_key(REQUEST_IDS_FIELD, WireType::LengthDelimited, out);
+            put_varint(out, len as u64);
+            for id in &batch.request_ids {
+                put_varint(out, *id);
+            }
+        }
+        out.split().freeze()
     }
-    if !batch.request_ids.is_empty() {
-        let len: usize = batch
-            .request_ids
-            .iter()
-            .map(|id| encoded_len_varint(*id))
-            .sum();
-        encode_key(REQUEST_IDS_FIELD, WireType::LengthDelimited, &mut out);
-        encode_varint(len as u64, &mut out);
-        for id in &batch.request_ids {
-            put_varint(&mut out, *id);
+}
+
+/// `Request.cmd` arm number of `RawGet` (the same in `Response.cmd`).
+const RAW_GET_ARM: u64 = 13;
+
+/// Writes `cmd` as its oneof arm (key, length, fields) like prost's `Cmd::encode`, the hottest
+/// command, a `RawGet` (a key and a column family), directly.
+fn encode_cmd(cmd: &TikvCmd, out: &mut Vec<u8>) {
+    let TikvCmd::RawGet(get) = cmd else {
+        cmd.encode(out);
+        return;
+    };
+    let field_len = |len: usize| {
+        if len == 0 {
+            0
+        } else {
+            1 + encoded_len_varint(len as u64) + len
+        }
+    };
+    let context_len = get.context.as_ref().map_or(0, |c| {
+        let len = c.encoded_len();
+        1 + encoded_len_varint(len as u64) + len
+    });
+    let inner = context_len + field_len(get.key.len()) + field_len(get.cf.len());
+    put_varint(out, RAW_GET_ARM << 3 | 2);
+    put_varint(out, inner as u64);
+    if let Some(c) = &get.context {
+        put_varint(out, u64::from(CONTEXT_FIELD << 3 | 2));
+        put_varint(out, c.encoded_len() as u64);
+        c.encode_raw(out);
+    }
+    for (tag, field) in [(2u64, &get.key[..]), (3, get.cf.as_bytes())] {
+        if !field.is_empty() {
+            put_varint(out, tag << 3 | 2);
+            put_varint(out, field.len() as u64);
+            out.extend_from_slice(field);
         }
     }
-    if batch.client_send_time_ns != 0 {
-        encode_key(CLIENT_SEND_TIME_FIELD, WireType::Varint, &mut out);
-        encode_varint(batch.client_send_time_ns, &mut out);
-    }
-    out.freeze()
 }
 
 /// `encode_varint` with the one-byte case inline: every request of a batch writes six
 /// varints, almost all below 128 (prost's version is an out-of-line call each).
 #[inline]
-fn put_varint(out: &mut BytesMut, v: u64) {
+fn put_varint(out: &mut impl BufMut, v: u64) {
     if v < 0x80 {
         out.put_u8(v as u8);
     } else {
@@ -113,10 +156,11 @@ fn put_varint(out: &mut BytesMut, v: u64) {
     }
 }
 
-/// Decodes a `BatchCommandsResponse` like `prost::Message::decode`, faster for the common
-/// case:
-/// - its two lists are sized up front (a first pass counts the responses and request ids),
-///   so decoding does not grow them one reallocation at a time;
+/// Decodes a `BatchCommandsResponse` into `msg` like `prost::Message::decode` would return it,
+/// faster for the common case:
+/// - `msg` keeps its lists' capacity from an earlier message (the stream task decodes every
+///   message into the same one), and they are sized up front (a first pass counts the
+///   responses and request ids), so decoding does not grow them one reallocation at a time;
 /// - the plain replies of the hottest commands (a `RawGet` with only a value and
 ///   `not_found`, an empty `RawPut`) are read directly, with the value sliced out of
 ///   `bytes` without a copy, as prost does. Any other reply, or one with any other field set
@@ -124,23 +168,24 @@ fn put_varint(out: &mut BytesMut, v: u64) {
 ///
 /// The result equals prost's for every input (tested): anything unexpected (a malformed
 /// message included) is decoded again by prost, which then reports the error.
-pub fn decode_batch_response(
+pub fn decode_batch_response_into(
     bytes: Bytes,
-) -> Result<tikvpb::BatchCommandsResponse, prost::DecodeError> {
-    match decode_batch_fast(bytes.clone()) {
-        Some(msg) => Ok(msg),
-        None => tikvpb::BatchCommandsResponse::decode(bytes),
+    msg: &mut tikvpb::BatchCommandsResponse,
+) -> Result<(), prost::DecodeError> {
+    msg.clear();
+    if decode_batch_fast(bytes.clone(), msg).is_some() {
+        return Ok(());
     }
+    msg.clear();
+    msg.merge(bytes)
 }
 
-/// [`decode_batch_response`]'s own pass; `None` at the first thing it does not expect.
-fn decode_batch_fast(bytes: Bytes) -> Option<tikvpb::BatchCommandsResponse> {
+/// [`decode_batch_response_into`]'s own pass into a cleared `msg`; `None` at the first thing it
+/// does not expect.
+fn decode_batch_fast(bytes: Bytes, msg: &mut tikvpb::BatchCommandsResponse) -> Option<()> {
     let (responses, ids) = count_batch_response(&bytes);
-    let mut msg = tikvpb::BatchCommandsResponse {
-        responses: Vec::with_capacity(responses),
-        request_ids: Vec::with_capacity(ids),
-        ..Default::default()
-    };
+    msg.responses.reserve(responses);
+    msg.request_ids.reserve(ids);
     let mut buf = bytes;
     while buf.has_remaining() {
         let start = buf.clone();
@@ -175,14 +220,14 @@ fn decode_batch_fast(bytes: Bytes) -> Option<tikvpb::BatchCommandsResponse> {
         msg.merge(field.split_to(field_len)).ok()?;
         buf = rest;
     }
-    Some(msg)
+    Some(())
 }
 
-/// `Response.cmd` arm numbers read directly (see [`decode_batch_response`]).
-const RAW_GET_ARM: u64 = 13;
+/// `Response.cmd` arm numbers read directly (see [`decode_batch_response_into`]), besides
+/// [`RAW_GET_ARM`].
 const RAW_PUT_ARM: u64 = 15;
 
-/// The reply in `body` if it is one of the plain hot replies (see [`decode_batch_response`]);
+/// The reply in `body` if it is one of the plain hot replies (see [`decode_batch_response_into`]);
 /// `None` sends it to prost.
 fn decode_plain_cmd(body: &Bytes) -> Option<crate::machine::TikvCmdResponse> {
     use crate::machine::TikvCmdResponse as Cmd;
@@ -275,6 +320,14 @@ fn count_batch_response(mut buf: &[u8]) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_batch_response(
+        bytes: Bytes,
+    ) -> Result<tikvpb::BatchCommandsResponse, prost::DecodeError> {
+        let mut msg = tikvpb::BatchCommandsResponse::default();
+        decode_batch_response_into(bytes, &mut msg)?;
+        Ok(msg)
+    }
     use crate::machine::TikvCmd;
     use tikv_proto::{kvrpcpb, metapb};
 
@@ -335,25 +388,70 @@ mod tests {
                 ))),
                 // A context that is present but empty still encodes as an empty field 1.
                 get(b"e", Some(kvrpcpb::Context::default())),
-                tikvpb::batch_commands_request::Request { cmd: None },
+                // A column family, an empty key, a long key.
+                request(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
+                    context: Some(ctx(4, 11, false)),
+                    key: b"f".to_vec().into(),
+                    cf: "write".into(),
+                }))),
+                get(b"", Some(ctx(4, 11, false))),
+                get(&[9u8; 300], None),
             ],
-            request_ids: vec![1, 2, 300, 4, 5, 70_000, 7, 8],
-            client_send_time_ns: 123_456_789,
+            request_ids: vec![1, 2, 300, 4, 5, 70_000, 7, 8, 9, 16_384],
+            client_send_time_ns: 0,
         };
         let expected = batch.encode_to_vec();
-        let got = encode_batch(batch.clone());
+        let batch_of = |b: &tikvpb::BatchCommandsRequest| Batch {
+            requests: b
+                .requests
+                .iter()
+                .map(|r| r.cmd.clone().expect("a command"))
+                .collect(),
+            request_ids: b.request_ids.clone(),
+        };
+        let mut encoder = BatchEncoder::default();
+        let mut encoded = batch_of(&batch);
+        let got = encoder.encode(&mut encoded);
+        assert!(encoded.requests.is_empty(), "the commands are taken");
         assert_eq!(got.as_ref(), expected.as_slice());
         assert_eq!(
             tikvpb::BatchCommandsRequest::decode(got).expect("decodes"),
             batch
         );
+        // The next batch (the encoder keeps its buffers and last context) encodes the same.
+        let again = encoder.encode(&mut batch_of(&batch));
+        assert_eq!(again.as_ref(), expected.as_slice());
+    }
+
+    #[test]
+    fn raw_get_arm_encodes_like_prost() {
+        for (context, key, cf) in [
+            (Some(ctx(3, 10, true)), &b"k"[..], ""),
+            (None, b"", "default"),
+            (Some(kvrpcpb::Context::default()), &[1u8; 200][..], "lock"),
+        ] {
+            let cmd = TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
+                context,
+                key: key.to_vec().into(),
+                cf: cf.into(),
+            }));
+            let mut ours = Vec::new();
+            encode_cmd(&cmd, &mut ours);
+            let mut prost = Vec::new();
+            cmd.encode(&mut prost);
+            assert_eq!(ours, prost);
+        }
     }
 
     #[test]
     fn empty_batch_encodes_like_prost() {
         let batch = tikvpb::BatchCommandsRequest::default();
+        let mut empty = Batch {
+            requests: Vec::new(),
+            request_ids: Vec::new(),
+        };
         assert_eq!(
-            encode_batch(batch.clone()).as_ref(),
+            BatchEncoder::default().encode(&mut empty).as_ref(),
             batch.encode_to_vec().as_slice()
         );
     }
@@ -443,12 +541,20 @@ mod tests {
         let want = tikvpb::BatchCommandsResponse::decode(odd.clone()).unwrap();
         assert_eq!(want.request_ids, vec![5, 300, 70_000]);
         assert_eq!(decode_batch_response(odd.clone()).unwrap(), want);
-        // Every truncation: the same result or both errors.
+        // Every truncation: the same result or both errors, also when decoded into a message
+        // that held another one.
+        let mut reused = msg.clone();
         for all in [&bytes, &odd] {
             for cut in 0..all.len() {
                 let part = all.slice(..cut);
                 let want = tikvpb::BatchCommandsResponse::decode(part.clone());
-                let got = decode_batch_response(part);
+                let got = decode_batch_response(part.clone());
+                let into = decode_batch_response_into(part, &mut reused);
+                match (&want, &into) {
+                    (Ok(w), Ok(())) => assert_eq!(w, &reused, "cut {cut}, reused"),
+                    (Err(_), Err(_)) => {}
+                    (w, g) => panic!("cut {cut}: prost {w:?}, ours into {g:?}"),
+                }
                 match (want, got) {
                     (Ok(w), Ok(g)) => assert_eq!(w, g, "cut {cut}"),
                     (Err(_), Err(_)) => {}

@@ -526,6 +526,9 @@ impl<R: Runtime> StreamTask<R> {
             self.seed,
         );
         let mut queued: Vec<Queued> = Vec::new();
+        let mut encoder = batch_encode::BatchEncoder::default();
+        // Every reply message is decoded into this one, whose lists keep their capacity.
+        let mut message = tikv_proto::tikvpb::BatchCommandsResponse::default();
         let mut opening: Option<(u64, Opening<R>)> = None;
         let mut open: Option<Open<R>> = None;
         let mut timer: Option<(Instant, R::Sleep)> = None;
@@ -584,9 +587,10 @@ impl<R: Runtime> StreamTask<R> {
                         match Pin::new(&mut o.responses).poll_next(cx) {
                             Poll::Ready(Some(Ok(bytes))) => {
                                 progressed = true;
-                                match batch_encode::decode_batch_response(bytes) {
-                                    Ok(msg) => {
-                                        conn.handle_response(now, o.epoch, msg);
+                                match batch_encode::decode_batch_response_into(bytes, &mut message)
+                                {
+                                    Ok(()) => {
+                                        conn.handle_response_in(now, o.epoch, &mut message);
                                         if let Some(feedback) = conn.take_health_feedback() {
                                             let _ = self.health_feed.push((feedback, now));
                                         }
@@ -650,14 +654,16 @@ impl<R: Runtime> StreamTask<R> {
                         }
                     }
                 }
-                while let Some(batch) = conn.poll_batch(now) {
+                while let Some(mut batch) = conn.poll_batch(now) {
                     progressed = true;
                     let Some(o) = open.as_ref() else { break };
                     self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .requests_batched
                         .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
-                    if o.outgoing.push(batch_encode::encode_batch(batch)).is_err() {
+                    let message = encoder.encode(&mut batch);
+                    conn.recycle(batch);
+                    if o.outgoing.push(message).is_err() {
                         let epoch = o.epoch;
                         conn.handle_stream_error(now, epoch, "request stream closed");
                     }

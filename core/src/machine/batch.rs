@@ -15,7 +15,7 @@
 //! After every input the driver drains, in this order:
 //!
 //! 1. [`BatchConn::poll_action`]: open (`Connect`) or close (`Close`) a stream;
-//! 2. [`BatchConn::poll_batch`]: a `BatchCommandsRequest` to write. Call it whenever the stream
+//! 2. [`BatchConn::poll_batch`]: a [`Batch`] to write. Call it whenever the stream
 //!    can take a write; requests that arrive while a write is in progress naturally form the
 //!    next, bigger batch (the same effect as client-go's single send loop);
 //! 3. [`BatchConn::poll_completion`]: finished requests, each with the caller's token;
@@ -29,8 +29,8 @@
 //! # Cost
 //!
 //! Designed for about a microsecond of CPU per request: no allocation per request beyond the
-//! request itself (the id table and queues reuse their capacity; the batch's two vectors are
-//! allocated once per batch), id routing through a hash map with a multiply-shift hasher,
+//! request itself (the id table and queues reuse their capacity; a written batch's two vectors
+//! come back through [`BatchConn::recycle`] for the next one), id routing through a hash map with a multiply-shift hasher,
 //! deadlines tracked as a lower bound updated in O(1) and rescanned only when it fires, and no
 //! string formatting except on error paths.
 //!
@@ -175,10 +175,36 @@ struct Entry<T> {
     sent: bool,
 }
 
-struct Pending {
+struct Pending<P> {
     id: u64,
     arrived: Instant,
-    cmd: TikvCmd,
+    cmd: P,
+}
+
+/// A batch to write: the commands and, at the same positions, their request ids (the two
+/// lists of a `BatchCommandsRequest`). `P` is the command as the driver submitted it: a
+/// [`TikvCmd`], or the command already encoded (the client's transport encodes each command
+/// where it is queued, see `client::batch_encode`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch<P = TikvCmd> {
+    /// The commands, in submission order.
+    pub requests: Vec<P>,
+    /// Their request ids.
+    pub request_ids: Vec<u64>,
+}
+
+impl From<Batch<TikvCmd>> for tikvpb::BatchCommandsRequest {
+    fn from(batch: Batch<TikvCmd>) -> Self {
+        tikvpb::BatchCommandsRequest {
+            requests: batch
+                .requests
+                .into_iter()
+                .map(|cmd| tikvpb::batch_commands_request::Request { cmd: Some(cmd) })
+                .collect(),
+            request_ids: batch.request_ids,
+            client_send_time_ns: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,16 +293,19 @@ impl Trigger {
 }
 
 /// The `BatchCommands` multiplexer of one connection; `T` is the caller's token returned with
-/// each [`Completion`] (a plain id, or whatever the driver needs to wake the caller).
+/// each [`Completion`] (a plain id, or whatever the driver needs to wake the caller), `P` the
+/// command as submitted and written in a [`Batch`] (the multiplexer never looks inside it).
 ///
 /// See the module docs for the driving contract.
-pub struct BatchConn<T> {
+pub struct BatchConn<T, P = TikvCmd> {
     address: Arc<str>,
     cfg: BatchConfig,
     rng: Rng,
     next_id: u64,
     entries: IdMap<Entry<T>>,
-    pending: VecDeque<Pending>,
+    pending: VecDeque<Pending<P>>,
+    /// The vectors of a written batch handed back by [`BatchConn::recycle`], for the next one.
+    spare: Option<Batch<P>>,
     /// Entries with `sent == true` (tombstones included): what client-go's `sent` counts.
     inflight: u64,
     completions: VecDeque<Completion<T>>,
@@ -299,7 +328,7 @@ pub struct BatchConn<T> {
     stats: BatchStats,
 }
 
-impl<T> std::fmt::Debug for BatchConn<T> {
+impl<T, P> std::fmt::Debug for BatchConn<T, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchConn")
             .field("address", &self.address)
@@ -312,7 +341,7 @@ impl<T> std::fmt::Debug for BatchConn<T> {
     }
 }
 
-impl<T> BatchConn<T> {
+impl<T, P> BatchConn<T, P> {
     /// A multiplexer for the store at `address` (used in error messages). No stream is opened
     /// until the first submission. `seed` feeds the reconnect backoff jitter.
     pub fn new(now: Instant, address: Arc<str>, cfg: BatchConfig, seed: u64) -> Self {
@@ -332,6 +361,7 @@ impl<T> BatchConn<T> {
             next_id: 1,
             entries: IdMap::default(),
             pending: VecDeque::new(),
+            spare: None,
             inflight: 0,
             completions: VecDeque::new(),
             actions: VecDeque::new(),
@@ -434,7 +464,7 @@ impl<T> BatchConn<T> {
     /// possibly immediately (closed connection, connection recovering from a failure, deadline
     /// already past). Opens a stream if there is none. Mirrors client-go `sendBatchRequest`
     /// (entry pushed to the send loop, failure if the connection is unusable).
-    pub fn submit(&mut self, now: Instant, cmd: TikvCmd, deadline: Instant, token: T) -> u64 {
+    pub fn submit(&mut self, now: Instant, cmd: P, deadline: Instant, token: T) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.stats.submitted += 1;
@@ -534,22 +564,33 @@ impl<T> BatchConn<T> {
         &mut self,
         now: Instant,
         epoch: u64,
-        resp: tikvpb::BatchCommandsResponse,
+        mut resp: tikvpb::BatchCommandsResponse,
+    ) {
+        self.handle_response_in(now, epoch, &mut resp);
+    }
+
+    /// [`BatchConn::handle_response`] taking the replies out of `resp`, whose emptied lists
+    /// the driver can decode the next message into.
+    pub fn handle_response_in(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        resp: &mut tikvpb::BatchCommandsResponse,
     ) {
         if self.state != (State::Ready { epoch }) {
             self.stats.stale_messages += 1;
             return;
         }
         self.last_activity = now;
-        if let Some(feedback) = resp.health_feedback {
+        if let Some(feedback) = resp.health_feedback.take() {
             self.stats.health_feedbacks += 1;
             self.health = Some(feedback);
         }
         if resp.transport_layer_load > 0 && !self.cfg.max_batch_wait_time.is_zero() {
             self.transport_load = resp.transport_layer_load;
         }
-        let mut responses = resp.responses.into_iter();
-        for id in resp.request_ids {
+        let mut responses = resp.responses.drain(..);
+        for id in resp.request_ids.drain(..) {
             let reply = responses.next().and_then(|r| r.cmd);
             match self.entries.get(&id) {
                 Some(e) if e.sent => {}
@@ -664,7 +705,7 @@ impl<T> BatchConn<T> {
     /// such a wait this returns `None` and [`BatchConn::poll_timeout`] reports its end.
     /// Mirrors client-go `batchConn.batchSendLoop`, `fetchMorePendingRequests` and
     /// `batchCommandsBuilder.buildWithLimit`.
-    pub fn poll_batch(&mut self, now: Instant) -> Option<tikvpb::BatchCommandsRequest> {
+    pub fn poll_batch(&mut self, now: Instant) -> Option<Batch<P>> {
         if !matches!(self.state, State::Ready { .. }) || self.pending.is_empty() {
             return None;
         }
@@ -763,11 +804,32 @@ impl<T> BatchConn<T> {
         None
     }
 
-    fn build(&mut self, available: u64) -> Option<tikvpb::BatchCommandsRequest> {
+    /// Hands back a written batch's vectors (emptied here) so that the next batch reuses
+    /// their capacity instead of allocating two new ones.
+    pub fn recycle(&mut self, mut batch: Batch<P>) {
+        batch.requests.clear();
+        batch.request_ids.clear();
+        if self
+            .spare
+            .as_ref()
+            .is_none_or(|s| s.requests.capacity() < batch.requests.capacity())
+        {
+            self.spare = Some(batch);
+        }
+    }
+
+    fn build(&mut self, available: u64) -> Option<Batch<P>> {
         let limit = (self.cfg.max_batch_size as u64).min(available) as usize;
         let want = limit.min(self.pending.len());
-        let mut requests = Vec::with_capacity(want);
-        let mut ids = Vec::with_capacity(want);
+        let Batch {
+            mut requests,
+            request_ids: mut ids,
+        } = self.spare.take().unwrap_or_else(|| Batch {
+            requests: Vec::new(),
+            request_ids: Vec::new(),
+        });
+        requests.reserve(want);
+        ids.reserve(want);
         let mut fetched = 0usize;
         while requests.len() < limit {
             let Some(p) = self.pending.pop_front() else {
@@ -782,11 +844,15 @@ impl<T> BatchConn<T> {
                 continue;
             };
             entry.sent = true;
-            requests.push(tikvpb::batch_commands_request::Request { cmd: Some(p.cmd) });
+            requests.push(p.cmd);
             ids.push(p.id);
         }
         self.avg_batch_wait_size = 0.2 * fetched as f64 + 0.8 * self.avg_batch_wait_size;
         if requests.is_empty() {
+            self.spare = Some(Batch {
+                requests,
+                request_ids: ids,
+            });
             return None;
         }
         let n = requests.len() as u64;
@@ -794,10 +860,9 @@ impl<T> BatchConn<T> {
         self.stats.batches += 1;
         self.stats.batched_requests += n;
         self.stats.max_batch = self.stats.max_batch.max(n);
-        Some(tikvpb::BatchCommandsRequest {
+        Some(Batch {
             requests,
             request_ids: ids,
-            client_send_time_ns: 0,
         })
     }
 
@@ -1149,6 +1214,28 @@ mod tests {
                 .requests
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_recycled_batch_carries_only_the_next_requests() {
+        let (t0, mut c) = ready(basic());
+        let ids: Vec<u64> = ["a", "b", "c"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| c.submit(t0, get(k), t0 + S30, i as u32))
+            .collect();
+        let first = c.poll_batch(t0).unwrap();
+        assert_eq!(first.request_ids, ids);
+        let capacity = first.requests.capacity();
+        c.recycle(first);
+        let d = c.submit(t0, get("d"), t0 + S30, 9);
+        let second = c.poll_batch(t0).unwrap();
+        assert_eq!(second.requests, vec![get("d")]);
+        assert_eq!(second.request_ids, vec![d]);
+        assert!(
+            second.requests.capacity() >= capacity,
+            "the vectors are reused"
         );
     }
 
