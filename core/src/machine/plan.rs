@@ -236,14 +236,18 @@ impl SingleRegion {
                 let location = self.location.take().expect("request running");
                 let (mut bo, template, opts) = op.take_parts();
                 shared.region_requests.push(op);
-                self.template = Some(template);
                 self.opts = opts;
                 match r {
                     Ok(RegionOutcome::Response(response)) => {
                         self.bo = Some(bo);
+                        // Done with the template: its allocation serves the next copies.
+                        if let TikvRequest::Cmd(cmd) = template {
+                            shared.spare_cmds.push(cmd);
+                        }
                         return self.finish(Ok(Located { response, location }));
                     }
                     Ok(RegionOutcome::Resplit(e)) => {
+                        self.template = Some(template);
                         match may_backoff_for_region_error(&e, &mut bo, &mut self.rng) {
                             Ok(d) => {
                                 tracing::debug!(key = ?self.key, sleep_ms = d.as_millis() as u64, "re-locate after region error");
@@ -258,6 +262,7 @@ impl SingleRegion {
                         }
                     }
                     Err(e) => {
+                        self.template = Some(template);
                         self.bo = Some(bo);
                         return self.finish(Err(e));
                     }

@@ -675,9 +675,12 @@ impl RegionRequest {
     /// The request of one attempt at `target`: the template with this attempt's `Context`,
     /// keys encoded for the keyspace. Mirrors client-go `sendReqState.next` (`req.Context`
     /// filled from the RPC context) and `tikvrpc.AttachContext`.
-    fn prepare(&mut self, shared: &Shared, target: Target) -> Prepared {
+    fn prepare(&mut self, shared: &mut Shared, target: Target) -> Prepared {
         // (A taken template means a finished request, which takes no more steps.)
-        let mut request = self.request.clone().unwrap_or_else(empty_request);
+        let mut request = match &self.request {
+            Some(template) => template.clone_reusing(&mut shared.spare_cmds),
+            None => empty_request(),
+        };
         if let Some(ctx) = context_mut(&mut request) {
             if ctx.max_execution_duration_ms == 0 {
                 ctx.max_execution_duration_ms = self.max_exec_ms;
