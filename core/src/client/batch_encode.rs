@@ -26,13 +26,25 @@ const REQUESTS_FIELD: u32 = 1;
 const REQUEST_IDS_FIELD: u32 = 2;
 const CONTEXT_FIELD: u32 = 1;
 
+/// How many output buffers a [`BatchEncoder`] rotates through.
+const OUTPUT_BUFFERS: usize = 4;
+
+/// The least capacity an output buffer is given: a full batch of point requests (128 of about
+/// 80 bytes) with room to spare.
+const MIN_OUTPUT_CAPACITY: usize = 16 * 1024;
+
 /// Encodes the batches of one stream. It keeps its buffers and the last `Context` it encoded
-/// from one batch to the next: the output buffer's allocation is reused once the previous
-/// message has been written and dropped, and consecutive batches to a region usually carry the
-/// same `Context`.
+/// from one batch to the next: consecutive batches to a region usually carry the same
+/// `Context`, and the output buffers' allocations are reused.
+///
+/// The output buffers take turns: a message is handed to the stream and dropped once written,
+/// a little later, so the buffer that wrote it is reused only a few batches on, when it is
+/// free again (a message is several kilobytes; allocating one per batch also makes the
+/// allocator consolidate its small free blocks each time).
 #[derive(Debug, Default)]
 pub struct BatchEncoder {
-    out: BytesMut,
+    outs: [BytesMut; OUTPUT_BUFFERS],
+    turn: usize,
     /// One command at a time, without its context: [arm key][inner length][inner fields].
     scratch: Vec<u8>,
     /// The previous distinct context and its encoding.
@@ -45,8 +57,11 @@ impl BatchEncoder {
     /// [`crate::machine::batch::BatchConn::recycle`]); the bytes equal prost's encoding of the
     /// `BatchCommandsRequest` with these commands and ids.
     pub fn encode(&mut self, batch: &mut Batch<TikvCmd>) -> Bytes {
-        let out = &mut self.out;
-        out.reserve(64 * batch.requests.len() + 16);
+        let out = &mut self.outs[self.turn];
+        self.turn = (self.turn + 1) % OUTPUT_BUFFERS;
+        // At least a typical full batch's worth, so that a buffer, once free, takes every
+        // later batch without growing (a grown buffer would be a new allocation each time).
+        out.reserve((64 * batch.requests.len() + 16).max(MIN_OUTPUT_CAPACITY));
         for mut cmd in batch.requests.drain(..) {
             let context = cmd_context_slot(&mut cmd).and_then(Option::take);
             self.scratch.clear();
