@@ -1000,6 +1000,13 @@ impl ReplicaSelector {
         Verdict::BackoffThenRetry(BackoffKind::TikvServerBusy)
     }
 
+    /// Whether the request still asks replicas to reject it when busy: a busy threshold that
+    /// has not been dropped, on a read. The condition under which client-go
+    /// `replicaSelector.onServerIsBusy` flags a replica busy for an estimated wait.
+    pub fn busy_threshold_active(&self) -> bool {
+        !self.busy_threshold.is_zero() && self.read_only
+    }
+
     fn can_fast_retry(&mut self, cache: &RegionCache, stores: &StoreCache, now: Instant) -> bool {
         if self.read_type == ReplicaReadType::Leader {
             let leader_idx = self.leader_idx(cache);

@@ -209,6 +209,12 @@ pub fn is_read_request(req: &TikvRequest) -> bool {
     )
 }
 
+/// Whether `req` is a coprocessor request carrying batched store tasks (client-go
+/// `req.Type == tikvrpc.CmdCop && len(req.Cop().Tasks) > 0`).
+fn has_batched_store_tasks(req: &TikvRequest) -> bool {
+    matches!(req, TikvRequest::Cmd(TikvCmd::Coprocessor(r)) if !r.tasks.is_empty())
+}
+
 /// Whether a set kill flag stops the request before a (re)send: everything but the requests
 /// that finish or undo a transaction. Mirrors client-go `tikvrpc.Request.IsInterruptible`.
 pub fn is_interruptible(req: &TikvRequest) -> bool {
@@ -1125,6 +1131,19 @@ impl RegionRequest {
                 && sel.on_read_req_configurable_timeout(self.max_exec_ms)
             {
                 return self.step(now, shared);
+            }
+            // client-go `replicaSelector.onServerIsBusy`: a coprocessor request that carries
+            // batched store tasks is not moved to another replica on a load report (the tasks
+            // of other regions would miss there): the load is recorded and the error handed
+            // back.
+            if busy.estimated_wait_ms != 0
+                && sel.busy_threshold_active()
+                && self.request.as_ref().is_some_and(has_batched_store_tasks)
+            {
+                shared
+                    .stores
+                    .update_server_load(inf.store_id, busy.estimated_wait_ms, now);
+                return self.give_up(e);
             }
             let verdict = sel.on_server_is_busy(
                 inf.store_id,
@@ -2630,6 +2649,19 @@ mod tests {
                 unreachable!()
             };
             match (&first, n) {
+                // (The test kit scripts no coprocessor replies.)
+                (Some(e), 1) if matches!(request, TikvRequest::Cmd(TikvCmd::Coprocessor(_))) => {
+                    let resp = tikv_proto::coprocessor::Response {
+                        region_error: Some(Box::new(e.clone())),
+                        ..Default::default()
+                    };
+                    tikv_reply(
+                        a,
+                        Ok(TikvResponse::Cmd(TikvCmdResponse::Coprocessor(Box::new(
+                            resp,
+                        )))),
+                    )
+                }
                 (Some(e), 1) => tikv_reply(a, Ok(region_err_reply(request, e.clone()))),
                 _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
             }
@@ -2841,5 +2873,52 @@ mod tests {
             Backoffer::noop(),
         );
         assert_eq!(empty.replica_number(&h.shared), 1, "uncached region");
+    }
+
+    /// client-go `replicaSelector.onServerIsBusy`: with a busy threshold, a coprocessor request
+    /// carrying batched store tasks that meets `ServerIsBusy` with an estimated wait is not
+    /// retried on another replica; the load is recorded and the error handed back. Without
+    /// tasks it moves to an idle follower like any read.
+    #[test]
+    fn busy_batched_coprocessor_is_handed_back_not_moved() {
+        use tikv_proto::coprocessor;
+        let cop = |tasks: usize| {
+            TikvRequest::Cmd(TikvCmd::Coprocessor(Box::new(coprocessor::Request {
+                tasks: vec![Default::default(); tasks],
+                ..Default::default()
+            })))
+        };
+        let opts = RequestOptions {
+            read: ReadOptions {
+                busy_threshold: Duration::from_millis(50),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let busy = err_with(|e| {
+            e.server_is_busy = Some(errorpb::ServerIsBusy {
+                estimated_wait_ms: 300,
+                ..Default::default()
+            })
+        });
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts.clone(), cop(2), Some(busy.clone()));
+        assert!(
+            matches!(&res, Ok(RegionOutcome::Resplit(e)) if e.server_is_busy.is_some()),
+            "{res:?}"
+        );
+        assert_eq!(h.tikv_sent().len(), 1);
+        assert_eq!(
+            h.shared.stores.get(1).unwrap().estimated_wait(h.now),
+            Duration::from_millis(300)
+        );
+
+        let mut h = warm(&pd);
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts, cop(0), Some(busy));
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))));
+        let sent = h.tikv_sent();
+        assert_eq!(sent.len(), 2);
+        assert_ne!(sent[1].0, 1);
     }
 }
