@@ -315,6 +315,10 @@ pub struct Config {
     pub regions_refresh_interval: Duration,
     /// Load every region from PD when connecting (`Config.EnablePreload`, off).
     pub enable_preload: bool,
+    /// The zone the client runs in (client-go `Config.ZoneLabel`, empty = unknown), compared
+    /// with each store's `zone` label to tell same-zone from cross-zone requests
+    /// (`machine::store::AccessLocation`, client-go `AccessLocation`).
+    pub zone_label: String,
 
     // ---- Transactions (CF-02..CF-05, CF-14, CF-20) ----------------------------------------
     /// Parallel batches per 2PC action (`Config.CommitterConcurrency`, 128).
@@ -402,6 +406,7 @@ impl Default for Config {
             store_limit: 0,
             regions_refresh_interval: Duration::ZERO,
             enable_preload: false,
+            zone_label: String::new(),
             committer_concurrency: 128,
             max_txn_ttl: Duration::from_secs(3600),
             enable_async_commit: false,
@@ -562,6 +567,13 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::zone_label`] (client-go `Config.ZoneLabel`).
+    #[must_use]
+    pub fn with_zone_label(mut self, zone: impl Into<String>) -> Self {
+        self.zone_label = zone.into();
+        self
+    }
+
     /// The keyspace name used with API V2: the configured one, or `"DEFAULT"` when unset or
     /// empty. Mirrors client-go `apicodec.BuildKeyspaceName`.
     pub fn keyspace_name(&self) -> &str {
@@ -645,6 +657,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// client-go `config.DefaultConfig`: `ZoneLabel` is empty (no zone, every access
+    /// location unknown).
+    #[test]
+    fn zone_label_defaults_to_unknown_and_is_settable() {
+        assert_eq!(Config::default().zone_label, "");
+        let c = Config::default().with_zone_label("us-east-1a");
+        assert_eq!(c.zone_label, "us-east-1a");
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn defaults_match_client_go() {

@@ -4,11 +4,14 @@
 //!   a background thread, so the client under test may run on any runtime.
 //! * [`scenarios`]: one generic `async fn` per scenario, taking the client runtime as a type
 //!   parameter `R: tikv_core::client::Runtime`.
+//! * [`counting`]: a runtime wrapper recording every connection the client opens (pool
+//!   scenarios).
 //! * [`pd_group`]: fake PD members (HTTP/2 proxies in front of the mockstore's PD) for the PD
 //!   leader-change and forwarding scenarios.
 //! * [`e2e_suite!`]: instantiates every scenario as a `#[test]` for one runtime; adding a
 //!   runtime is one macro call (see `tests/e2e_tokio.rs`).
 
+pub mod counting;
 pub mod pd_group;
 pub mod scenarios;
 pub mod txn_support;
@@ -141,6 +144,8 @@ macro_rules! e2e_suite {
             stale_close_keeps_the_newer_connection,
             identical_region_resolves_collapse,
             pd_circuit_breaker_fails_region_loads_fast,
+            raw_client_reports_the_cluster_id,
+            connection_pool_rotates_batches_over_its_connections,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -992,3 +992,110 @@ pub async fn identical_region_resolves_collapse<R: Runtime>() {
         "one region-wide flight and one lite resolve"
     );
 }
+
+/// RW-03: the raw client reports the id of the cluster its PD answered with (client-go
+/// `rawkv.Client.ClusterID`), the same id every request context carries.
+pub async fn raw_client_reports_the_cluster_id<R: Runtime>() {
+    let cfg = tikv_mockstore::ClusterConfig {
+        cluster_id: 0x00c1_0000_5eed,
+        ..Default::default()
+    };
+    let mock = Mock::start(MockCluster::builder().config(cfg));
+    let client = connect::<R>(&mock, test_config()).await;
+    assert_eq!(client.cluster_id(), 0x00c1_0000_5eed);
+    assert_eq!(
+        client.cluster_id(),
+        mock.cluster().with_cluster(|c| c.pd().cluster_id())
+    );
+    client.put("k", "v").await.unwrap();
+    assert_eq!(client.get("k").await.unwrap(), Some(b("v")));
+    assert_eq!(
+        client.cluster().with_shared(|s| s.routing.cluster_id),
+        client.cluster_id()
+    );
+}
+
+/// CL-01: one store address gets `Config::grpc_connection_count` connections, each with one
+/// `BatchCommands` stream, and successive batches rotate over them (client-go
+/// `batchConn.batchSendLoop` / `getClientAndSend` sending each batch on the next client);
+/// a burst of concurrent requests opens no further connection; requests that cannot be
+/// batched go out as unary calls (on one connection of their own: see docs/PARITY.md CL-01).
+pub async fn connection_pool_rotates_batches_over_its_connections<R: Runtime>() {
+    use tikv_core::client::rpc::BATCH_COMMANDS;
+
+    const CONNS: usize = 3;
+    let mock = Mock::start(MockCluster::builder().stores(1));
+    let config = Config {
+        grpc_connection_count: CONNS,
+        ..test_config()
+    };
+    let rt = crate::counting::Counting::new(R::from_config(&config).expect("runtime"));
+    let log = rt.log();
+    let client = RawClient::connect_with_runtime(rt, &mock.pd(), config)
+        .await
+        .expect("client connects");
+    let store = mock.cluster().store_addr(1).expect("store 1").to_string();
+
+    // One request at a time: each is a batch of its own, and each batch leaves on the next
+    // connection.
+    for i in 0..(3 * CONNS) {
+        assert_eq!(client.get(format!("k{i}")).await.unwrap(), None);
+    }
+    let streams = log.with_stream(BATCH_COMMANDS);
+    assert_eq!(streams.len(), CONNS, "one stream per connection");
+    assert!(
+        streams.iter().all(|c| c.address.ends_with(&store)),
+        "{streams:?}"
+    );
+    let order = log.stream_order(BATCH_COMMANDS);
+    assert_eq!(order.len(), 3 * CONNS, "one batch per request: {order:?}");
+    let first: std::collections::BTreeSet<_> = order[..CONNS].iter().collect();
+    assert_eq!(first.len(), CONNS, "every connection in turn: {order:?}");
+    for (i, conn) in order.iter().enumerate() {
+        assert_eq!(*conn, order[i % CONNS], "round robin: {order:?}");
+    }
+    for c in &streams {
+        assert_eq!(
+            c.stream_messages.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+    let stats = client.cluster().transport_stats();
+    let relaxed = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(relaxed(&stats.streams_opened), CONNS as u64);
+    assert_eq!(relaxed(&stats.batches_sent), 3 * CONNS as u64);
+    assert_eq!(relaxed(&stats.requests_batched), 3 * CONNS as u64);
+
+    // A concurrent burst shares the same connections.
+    log.clear_order();
+    type Put<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+    let burst: Vec<Put<'_>> = (0..64)
+        .map(|i| Box::pin(client.put(format!("b{i}"), "v")) as Put<'_>)
+        .collect();
+    assert!(join_all(burst).await.iter().all(|r| r.is_ok()));
+    assert_eq!(log.with_stream(BATCH_COMMANDS).len(), CONNS);
+    assert_eq!(relaxed(&stats.streams_opened), CONNS as u64);
+    assert_eq!(relaxed(&stats.requests_batched), 3 * CONNS as u64 + 64);
+    let used: std::collections::BTreeSet<_> =
+        log.stream_order(BATCH_COMMANDS).into_iter().collect();
+    assert!(!used.is_empty() && used.len() <= CONNS);
+
+    // Unbatchable requests (checksum) are unary calls to the same address.
+    let unary_before = relaxed(&stats.unary_calls);
+    for _ in 0..3 {
+        client.checksum("", "").await.unwrap();
+    }
+    assert_eq!(relaxed(&stats.unary_calls), unary_before + 3);
+    let unary = log.with_unary("/tikvpb.Tikv/RawChecksum");
+    assert_eq!(unary.len(), 1, "{unary:?}");
+    assert!(unary[0].address.ends_with(&store));
+    let checksums = unary[0]
+        .unary
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| **p == "/tikvpb.Tikv/RawChecksum")
+        .count();
+    assert_eq!(checksums, 3);
+    assert_eq!(mock.cluster().requests(RpcKind::RawChecksum), 3);
+}

@@ -111,6 +111,12 @@ impl<R: Runtime> RawClient<R> {
         &self.cluster
     }
 
+    /// The id of the cluster the client is connected to, as PD reported it (`connect` waits
+    /// for PD's answer, so it is known). Mirrors client-go `rawkv.Client.ClusterID`.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster.cluster_id()
+    }
+
     /// The same client using column family `cf` (`"default"`, `"lock"`, `"write"`; TiKV's
     /// default when empty).
     pub fn with_cf(&self, cf: impl Into<String>) -> Self {

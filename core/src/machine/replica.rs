@@ -28,7 +28,7 @@ use tikv_proto::metapb;
 use crate::error::Error;
 use crate::machine::backoff::BackoffKind;
 use crate::machine::region_cache::{InvalidReason, RegionCache, RegionVerId, same_peer};
-use crate::machine::store::{Liveness, ResolveState, StoreCache, StoreKind};
+use crate::machine::store::{AccessLocation, Liveness, ResolveState, StoreCache, StoreKind};
 use crate::rng::Rng;
 
 /// Which replicas a read may use. Mirrors client-go `kv.ReplicaReadType`.
@@ -228,6 +228,9 @@ pub struct Target {
     /// When set, the request goes to this proxy, which forwards it to the target (request
     /// forwarding, [`RegionCache::enable_forwarding`]).
     pub proxy: Option<ProxyTarget>,
+    /// The target store's zone against the client's ([`StoreCache::set_zone_label`]).
+    /// Mirrors client-go `sendReqState.setReqAccessLocation`, run after each target choice.
+    pub access_location: AccessLocation,
 }
 
 /// What the selector says after a region error it handles.
@@ -414,6 +417,7 @@ impl ReplicaSelector {
             busy_threshold_ms: 0,
             is_leader: true,
             proxy: None,
+            access_location: store.access_location(),
         })
     }
 
@@ -566,9 +570,12 @@ impl ReplicaSelector {
             return None;
         }
         let store = stores.get(self.replicas[t].peer.store_id);
-        let address = match store.map(|s| (s.state(), s.address().clone())) {
-            Some((ResolveState::Resolved | ResolveState::NeedCheck, addr)) if !addr.is_empty() => {
-                addr
+        let (address, access_location) = match store {
+            Some(s)
+                if matches!(s.state(), ResolveState::Resolved | ResolveState::NeedCheck)
+                    && !s.address().is_empty() =>
+            {
+                (s.address().clone(), s.access_location())
             }
             _ => return None,
         };
@@ -598,6 +605,7 @@ impl ReplicaSelector {
             busy_threshold_ms: u32::try_from(self.busy_threshold.as_millis()).unwrap_or(u32::MAX),
             is_leader: self.replicas[t].peer.id == leader_id,
             proxy,
+            access_location,
         })
     }
 
@@ -990,6 +998,13 @@ impl ReplicaSelector {
             return Verdict::Retry;
         }
         Verdict::BackoffThenRetry(BackoffKind::TikvServerBusy)
+    }
+
+    /// Whether the request still asks replicas to reject it when busy: a busy threshold that
+    /// has not been dropped, on a read. The condition under which client-go
+    /// `replicaSelector.onServerIsBusy` flags a replica busy for an estimated wait.
+    pub fn busy_threshold_active(&self) -> bool {
+        !self.busy_threshold.is_zero() && self.read_only
     }
 
     fn can_fast_retry(&mut self, cache: &RegionCache, stores: &StoreCache, now: Instant) -> bool {
@@ -1938,5 +1953,227 @@ mod tests {
             s.on_server_is_busy(1, 20, e.clone(), &f.cache, &mut f.stores, f.now);
         }
         assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+    }
+
+    fn busy_opts(ms: u64) -> ReadOptions {
+        ReadOptions {
+            busy_threshold: Duration::from_millis(ms),
+            ..Default::default()
+        }
+    }
+
+    /// client-go `replicaSelector.nextForReplicaReadLeader`: a leader whose estimated wait is
+    /// within the threshold serves the read, carrying the threshold; above it, an idle
+    /// follower or learner gets the read as a replica read, still carrying the threshold.
+    #[test]
+    fn busy_threshold_moves_reads_off_a_busy_leader_to_idle_replicas() {
+        let mut f = fixture();
+        // Idle leader: leader read with the threshold in the context.
+        let mut s = selector(&mut f, busy_opts(50), true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 1);
+        assert!(t.is_leader && !t.replica_read);
+        assert_eq!(t.busy_threshold_ms, 50);
+
+        // A wait at the threshold is not above it.
+        f.stores.update_server_load(1, 50, f.now);
+        let mut s = selector(&mut f, busy_opts(50), true);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+
+        // Above it: an idle replica, as a replica read, threshold kept.
+        f.stores.update_server_load(1, 200, f.now);
+        let mut picked = std::collections::BTreeSet::new();
+        for _ in 0..16 {
+            let mut s = selector(&mut f, busy_opts(50), true);
+            let t = next(&mut f, &mut s).unwrap();
+            assert_ne!(t.peer.store_id, 1, "busy leader skipped");
+            assert!(t.replica_read && !t.is_leader);
+            assert_eq!(t.busy_threshold_ms, 50);
+            picked.insert(t.peer.store_id);
+        }
+        assert_eq!(
+            picked.into_iter().collect::<Vec<_>>(),
+            vec![2, 3],
+            "both idle replicas are candidates of equal score"
+        );
+
+        // A replica whose own estimated wait is above the threshold is no candidate.
+        f.stores.update_server_load(2, 80, f.now);
+        for _ in 0..8 {
+            let mut s = selector(&mut f, busy_opts(50), true);
+            assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 3);
+        }
+
+        // The estimate decays with time (client-go `Store.EstimatedWaitTime`): 200 ms later
+        // the leader is idle again.
+        f.now += Duration::from_millis(200);
+        let mut s = selector(&mut f, busy_opts(50), true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!((t.peer.store_id, t.replica_read), (1, false));
+    }
+
+    /// The threshold applies to reads only (client-go `isReadOnlyReq`) and is off at zero: a
+    /// busy leader still gets writes and plain leader reads.
+    #[test]
+    fn busy_threshold_ignores_writes_and_zero_threshold() {
+        let mut f = fixture();
+        f.stores.update_server_load(1, 500, f.now);
+        let mut s = selector(&mut f, busy_opts(50), false);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!((t.peer.store_id, t.replica_read), (1, false));
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!((t.peer.store_id, t.busy_threshold_ms), (1, 0));
+    }
+
+    /// client-go `nextForReplicaReadLeader`, "all peers are too busy": the threshold is dropped
+    /// (the request no longer carries it) and the leader serves the read as a leader read, for
+    /// the rest of the request.
+    #[test]
+    fn every_replica_busy_drops_the_threshold_and_reads_the_leader() {
+        let mut f = fixture();
+        for store in 1..=3 {
+            f.stores.update_server_load(store, 300, f.now);
+        }
+        let mut s = selector(&mut f, busy_opts(50), true);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!(t.peer.store_id, 1);
+        assert!(t.is_leader && !t.replica_read);
+        assert_eq!(t.busy_threshold_ms, 0, "threshold dropped");
+        // No idle replica is no reason to give the region up.
+        assert!(f.cache.is_valid(f.ver, f.now, &mut f.rng));
+        // Later attempts keep it dropped even once the followers are idle again.
+        f.now += Duration::from_millis(400);
+        let t = next(&mut f, &mut s).unwrap();
+        assert_eq!((t.peer.store_id, t.busy_threshold_ms), (1, 0));
+    }
+
+    /// client-go `replicaSelector.onServerIsBusy` with an estimated wait: the store's load is
+    /// recorded (`updateServerLoadStats`), the replica is flagged busy when the request has a
+    /// threshold, and the read moves to an idle replica without sleeping (the busy store's
+    /// backoff is kept pending). When every replica answered busy, the threshold is dropped
+    /// and the leader is read again, its pending backoff due first.
+    #[test]
+    fn server_busy_with_estimated_wait_walks_idle_replicas_then_drops_the_threshold() {
+        let mut f = fixture();
+        let e = Error::Internal("busy".into());
+        let mut s = selector(&mut f, busy_opts(50), true);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        assert_eq!(
+            s.on_server_is_busy(1, 120, e.clone(), &f.cache, &mut f.stores, f.now),
+            Verdict::Retry,
+            "a busy leader with a threshold is retried elsewhere at once"
+        );
+        assert_eq!(
+            f.stores.get(1).unwrap().estimated_wait(f.now),
+            Duration::from_millis(120)
+        );
+        assert!(
+            !f.stores.get(1).unwrap().is_slow(f.now),
+            "a load report, not slowness"
+        );
+        let first = next(&mut f, &mut s).unwrap();
+        assert_ne!(first.peer.store_id, 1);
+        assert!(first.replica_read);
+        assert_eq!(first.busy_threshold_ms, 50);
+        assert_eq!(s.take_pending_backoff(first.peer.store_id), None);
+
+        // The first idle replica is busy too (a wait under the threshold, but it answered
+        // busy): the other one is tried.
+        assert_eq!(
+            s.on_server_is_busy(
+                first.peer.store_id,
+                30,
+                e.clone(),
+                &f.cache,
+                &mut f.stores,
+                f.now
+            ),
+            Verdict::Retry
+        );
+        let second = next(&mut f, &mut s).unwrap();
+        assert!(![1, first.peer.store_id].contains(&second.peer.store_id));
+        assert!(second.replica_read);
+        assert_eq!(
+            s.on_server_is_busy(
+                second.peer.store_id,
+                30,
+                e.clone(),
+                &f.cache,
+                &mut f.stores,
+                f.now
+            ),
+            Verdict::Retry
+        );
+
+        // Nobody idle is left: the leader again, as a leader read without threshold.
+        let last = next(&mut f, &mut s).unwrap();
+        assert_eq!(last.peer.store_id, 1);
+        assert!(!last.replica_read);
+        assert_eq!(last.busy_threshold_ms, 0);
+        assert_eq!(
+            s.take_pending_backoff(1).map(|(k, _)| k),
+            Some(BackoffKind::TikvServerBusy),
+            "the leader's busy reply is slept on before it is retried"
+        );
+    }
+
+    /// Without a threshold, `ServerIsBusy` with an estimated wait from the leader only records
+    /// the load: the leader is still a candidate, so the request backs off and retries it
+    /// (client-go `canFastRetry`).
+    #[test]
+    fn server_busy_with_estimated_wait_and_no_threshold_backs_off_on_the_leader() {
+        let mut f = fixture();
+        let e = Error::Internal("busy".into());
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+        assert_eq!(
+            s.on_server_is_busy(1, 120, e, &f.cache, &mut f.stores, f.now),
+            Verdict::BackoffThenRetry(BackoffKind::TikvServerBusy)
+        );
+        assert_eq!(
+            f.stores.get(1).unwrap().estimated_wait(f.now),
+            Duration::from_millis(120)
+        );
+        assert_eq!(next(&mut f, &mut s).unwrap().peer.store_id, 1);
+    }
+
+    /// Every target carries its store's access location, worked out from the client's zone
+    /// and the store's `zone` label (client-go `setReqAccessLocation`), on the fast path too.
+    #[test]
+    fn targets_carry_the_access_location_of_their_store() {
+        let mut f = fixture();
+        let fast = |f: &Fixture| {
+            ReplicaSelector::leader_fast_path(
+                f.ver,
+                &ReadOptions::default(),
+                &f.cache,
+                &f.stores,
+                f.now,
+            )
+            .unwrap()
+        };
+        assert_eq!(fast(&f).access_location, AccessLocation::Unknown);
+        f.stores.set_zone_label("z1");
+        assert_eq!(fast(&f).access_location, AccessLocation::LocalZone);
+        let mut s = selector(&mut f, ReadOptions::default(), true);
+        assert_eq!(
+            next(&mut f, &mut s).unwrap().access_location,
+            AccessLocation::LocalZone
+        );
+        f.stores.set_zone_label("z2");
+        assert_eq!(fast(&f).access_location, AccessLocation::CrossZone);
+        let opts = ReadOptions {
+            replica_read: ReplicaReadType::Follower,
+            ..Default::default()
+        };
+        let mut s = selector(&mut f, opts, true);
+        let t = next(&mut f, &mut s).unwrap();
+        let want = if t.peer.store_id == 2 {
+            AccessLocation::LocalZone
+        } else {
+            AccessLocation::CrossZone
+        };
+        assert_eq!(t.access_location, want);
     }
 }

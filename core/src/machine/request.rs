@@ -33,7 +33,7 @@ use crate::machine::read_ts::{ReadTsCheck, read_ts_of};
 use crate::machine::region_cache::{InvalidReason, RegionVerId};
 use crate::machine::region_error::{self, pseudo_epoch_not_match};
 use crate::machine::replica::{ReadOptions, ReplicaSelector, Target, Verdict};
-use crate::machine::store::{ResolveState, StoreUpdate};
+use crate::machine::store::{AccessLocation, ResolveState, StoreUpdate};
 use crate::machine::{
     Action, ActionQueue, Input, IoId, Operation, PdRequest, PdResponse, Shared, TikvCmd,
     TikvCmdResponse, TikvRequest, TikvResponse,
@@ -47,6 +47,15 @@ pub struct RequestOptions {
     pub read: ReadOptions,
     /// RPC deadline; `None` uses [`crate::machine::RoutingConfig::read_timeout_short`].
     pub timeout: Option<Duration>,
+    /// Trace id sent with every attempt (`Context.trace_id`), so TiKV can tie its own trace
+    /// records to the caller's; empty: none (a `trace_id` preset in the template's `Context`
+    /// is kept). client-go takes it from the request's Go context
+    /// (`trace.TraceIDFromContext`).
+    pub trace_id: bytes::Bytes,
+    /// Trace control flags sent with every attempt (`Context.trace_control_flags`, bit 0:
+    /// log immediately); zero: none (a preset value in the template is kept). client-go takes
+    /// them from the request's Go context (`trace.GetTraceControlFlags`).
+    pub trace_control_flags: u64,
 }
 
 /// What a region request ends with when it does not fail.
@@ -124,6 +133,22 @@ pub fn cmd_context_slot(cmd: &mut TikvCmd) -> Option<&mut Option<kvrpcpb::Contex
     }
 }
 
+/// The replica count of a region for request-unit accounting: its voters and learners (not
+/// incoming or demoting voters), or 1 when the region has no peers listed. Mirrors the
+/// `ReplicaNumber` computation of client-go `internal/locate/region_request.go`
+/// `sendReqState.send` (the "RU cost factor" resource control reads).
+pub fn replica_number(peers: &[metapb::Peer]) -> i64 {
+    if peers.is_empty() {
+        return 1;
+    }
+    peers
+        .iter()
+        .filter(|p| {
+            p.role == metapb::PeerRole::Voter as i32 || p.role == metapb::PeerRole::Learner as i32
+        })
+        .count() as i64
+}
+
 /// The region error of a reply, if any. Mirrors client-go `tikvrpc.Response.GetRegionError`.
 pub fn region_error(resp: &TikvResponse) -> Option<&errorpb::Error> {
     use TikvCmdResponse as R;
@@ -184,6 +209,12 @@ pub fn is_read_request(req: &TikvRequest) -> bool {
     )
 }
 
+/// Whether `req` is a coprocessor request carrying batched store tasks (client-go
+/// `req.Type == tikvrpc.CmdCop && len(req.Cop().Tasks) > 0`).
+fn has_batched_store_tasks(req: &TikvRequest) -> bool {
+    matches!(req, TikvRequest::Cmd(TikvCmd::Coprocessor(r)) if !r.tasks.is_empty())
+}
+
 /// Whether a set kill flag stops the request before a (re)send: everything but the requests
 /// that finish or undo a transaction. Mirrors client-go `tikvrpc.Request.IsInterruptible`.
 pub fn is_interruptible(req: &TikvRequest) -> bool {
@@ -204,6 +235,7 @@ struct Prepared {
     request: TikvRequest,
     replica_read: bool,
     stale_read: bool,
+    access_location: AccessLocation,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +369,8 @@ pub struct RegionRequest {
     /// ([`ReplicaSelector::leader_fast_path`]); the selector is built only if the reply needs
     /// it.
     fast_peer: Option<metapb::Peer>,
+    /// The access location of the last attempt sent (see [`RegionRequest::access_location`]).
+    access_location: AccessLocation,
 }
 
 // Every single-region operation boxes one region request; past 1 KiB the allocation leaves
@@ -380,6 +414,7 @@ impl RegionRequest {
             first_read_type: ReadTypeLabel::Leader,
             region_checked: false,
             fast_peer: None,
+            access_location: AccessLocation::Unknown,
         }
     }
 
@@ -417,6 +452,7 @@ impl RegionRequest {
             first_read_type,
             region_checked,
             fast_peer,
+            access_location,
         } = self;
         *read_only = is_read_request(&request);
         *r_region = region;
@@ -440,6 +476,7 @@ impl RegionRequest {
         *first_read_type = ReadTypeLabel::Leader;
         *region_checked = false;
         *fast_peer = None;
+        *access_location = AccessLocation::Unknown;
     }
 
     /// Tells the request that its caller has just found the region valid in the cache (a hit,
@@ -484,6 +521,26 @@ impl RegionRequest {
             template,
             std::mem::take(&mut self.opts),
         )
+    }
+
+    /// Whether the last attempt sent stayed in the client's zone: the target store's `zone`
+    /// label against [`crate::config::Config::zone_label`] ([`AccessLocation::Unknown`]
+    /// before the first send or when either zone is unknown). client-go keeps it on the
+    /// request (`tikvrpc.Request.AccessLocation`) for its cross-zone traffic metrics and
+    /// request-unit accounting; mirrors `sendReqState.setReqAccessLocation`.
+    pub fn access_location(&self) -> AccessLocation {
+        self.access_location
+    }
+
+    /// The replica count of this request's region for request-unit accounting (voters and
+    /// learners, see [`replica_number`]), computed on demand from the cached region rather
+    /// than for every attempt; 1 when the region version is no longer cached. Mirrors the
+    /// `ReplicaNumber` client-go `sendReqState.send` sets on each attempt.
+    pub fn replica_number(&self, shared: &Shared) -> i64 {
+        shared
+            .regions
+            .get(self.region)
+            .map_or(1, |r| replica_number(r.peers()))
     }
 
     /// How many times the request was sent.
@@ -695,6 +752,14 @@ impl RegionRequest {
             if ctx.cluster_id == 0 {
                 ctx.cluster_id = shared.routing.cluster_id;
             }
+            // Tracing (client-go `sendReqState.next`): only set options are copied, a
+            // reference-count bump at most.
+            if !self.opts.trace_id.is_empty() {
+                ctx.trace_id = self.opts.trace_id.clone();
+            }
+            if self.opts.trace_control_flags != 0 {
+                ctx.trace_control_flags = self.opts.trace_control_flags;
+            }
             // Only a request that carries a source is labelled: nothing is formatted otherwise.
             if !ctx.request_source.is_empty() {
                 let replica = ReadTypeLabel::of(target.is_leader, false);
@@ -717,6 +782,7 @@ impl RegionRequest {
             request,
             replica_read: target.replica_read,
             stale_read: target.stale_read,
+            access_location: target.access_location,
         }
     }
 
@@ -882,8 +948,10 @@ impl RegionRequest {
             replica_read = p.replica_read,
             stale_read = p.stale_read,
             proxy = ?p.proxy,
+            access = ?p.access_location,
             "send region request"
         );
+        self.access_location = p.access_location;
         // Forwarded: sent to the proxy, naming the target's address (client-go
         // `sendReqState.send`: `req.ForwardedHost = rpcCtx.Addr`, sent to `rpcCtx.ProxyAddr`).
         let (send_to, forwarded_host) = match &p.proxy {
@@ -1066,6 +1134,19 @@ impl RegionRequest {
                 && sel.on_read_req_configurable_timeout(self.max_exec_ms)
             {
                 return self.step(now, shared);
+            }
+            // client-go `replicaSelector.onServerIsBusy`: a coprocessor request that carries
+            // batched store tasks is not moved to another replica on a load report (the tasks
+            // of other regions would miss there): the load is recorded and the error handed
+            // back.
+            if busy.estimated_wait_ms != 0
+                && sel.busy_threshold_active()
+                && self.request.as_ref().is_some_and(has_batched_store_tasks)
+            {
+                shared
+                    .stores
+                    .update_server_load(inf.store_id, busy.estimated_wait_ms, now);
+                return self.give_up(e);
             }
             let verdict = sel.on_server_is_busy(
                 inf.store_id,
@@ -2544,5 +2625,303 @@ mod tests {
         let commit = TikvRequest::Cmd(TikvCmd::Commit(Box::default()));
         assert!(!is_interruptible(&commit));
         assert!(is_interruptible(&raw_get("k")));
+    }
+
+    /// A raw get on region 1 of `pd` with `opts`, whose first reply is `first` and every later
+    /// one a success.
+    fn run_with_opts(
+        pd: &mut FakePd,
+        h: &mut Harness,
+        opts: RequestOptions,
+        template: TikvRequest,
+        first: Option<errorpb::Error>,
+    ) -> (Result<RegionOutcome, Error>, RegionRequest) {
+        let mut op = RegionRequest::new(
+            ver(h, 1),
+            template,
+            opts,
+            Backoffer::weighted(budget::RAW, budget::WEIGHT),
+        );
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(pd, a) {
+                return r;
+            }
+            n += 1;
+            let Action::Tikv { request, .. } = a else {
+                unreachable!()
+            };
+            match (&first, n) {
+                // (The test kit scripts no coprocessor replies.)
+                (Some(e), 1) if matches!(request, TikvRequest::Cmd(TikvCmd::Coprocessor(_))) => {
+                    let resp = tikv_proto::coprocessor::Response {
+                        region_error: Some(Box::new(e.clone())),
+                        ..Default::default()
+                    };
+                    tikv_reply(
+                        a,
+                        Ok(TikvResponse::Cmd(TikvCmdResponse::Coprocessor(Box::new(
+                            resp,
+                        )))),
+                    )
+                }
+                (Some(e), 1) => tikv_reply(a, Ok(region_err_reply(request, e.clone()))),
+                _ => tikv_reply(a, Ok(raw_get_ok(Some("v")))),
+            }
+        });
+        (res, op)
+    }
+
+    /// client-go `sendReqState.next` fills `TraceId` (when the caller's context has one),
+    /// `TraceControlFlags` and `ClusterId` on every attempt, first and retries alike; a trace
+    /// id preset in the template is kept when the options carry none.
+    #[test]
+    fn trace_and_cluster_id_reach_every_attempt() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        h.shared.routing.cluster_id = 4242;
+        let opts = RequestOptions {
+            trace_id: Bytes::from_static(b"trace-0001"),
+            trace_control_flags: 1,
+            ..Default::default()
+        };
+        let busy = err_with(|e| e.server_is_busy = Some(Default::default()));
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts, raw_get("k"), Some(busy));
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_eq!(sent.len(), 2);
+        for (i, (_, req)) in sent.iter().enumerate() {
+            let c = ctx_of(req);
+            assert_eq!(c.trace_id, Bytes::from_static(b"trace-0001"), "attempt {i}");
+            assert_eq!(c.trace_control_flags, 1, "attempt {i}");
+            assert_eq!(c.cluster_id, 4242, "attempt {i}");
+            assert_eq!(c.is_retry_request, i > 0);
+        }
+
+        // No trace options: nothing is set, a template's own trace id stays.
+        let mut h = warm(&pd);
+        let mut template = raw_get("k");
+        context_mut(&mut template).unwrap().trace_id = Bytes::from_static(b"preset");
+        let (res, _) = run_with_opts(&mut pd, &mut h, RequestOptions::default(), template, None);
+        assert!(res.is_ok());
+        let c = ctx_of(&h.tikv_sent()[0].1);
+        assert_eq!(c.trace_id, Bytes::from_static(b"preset"));
+        assert_eq!(c.trace_control_flags, 0);
+        let (res, _) = run_with_opts(
+            &mut pd,
+            &mut h,
+            RequestOptions::default(),
+            raw_get("k"),
+            None,
+        );
+        assert!(res.is_ok());
+        assert!(ctx_of(&h.tikv_sent()[1].1).trace_id.is_empty());
+    }
+
+    /// client-go `replicaSelector.onServerIsBusy` + `nextForReplicaReadLeader` through the
+    /// retry loop: a read with a busy threshold carries it to the leader; the leader's
+    /// `ServerIsBusy` with an estimated wait records the store's load and the read goes to an
+    /// idle follower at once (a replica read, threshold kept, no sleep); the next read skips
+    /// the leader from the start while its estimate lasts. Reads only (client-go `isReadReq`):
+    /// a raw get stays on the leader.
+    #[test]
+    fn busy_threshold_read_moves_to_an_idle_follower_without_sleeping() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let opts = RequestOptions {
+            read: ReadOptions {
+                busy_threshold: Duration::from_millis(50),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let busy = err_with(|e| {
+            e.server_is_busy = Some(errorpb::ServerIsBusy {
+                reason: "read pool is busy".into(),
+                estimated_wait_ms: 300,
+                ..Default::default()
+            })
+        });
+        let (res, op) = run_with_opts(
+            &mut pd,
+            &mut h,
+            opts.clone(),
+            txn_get(10),
+            Some(busy.clone()),
+        );
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))));
+        let sent = h.tikv_sent();
+        assert_eq!(sent.len(), 2);
+        let (c0, c1) = (ctx_of(&sent[0].1), ctx_of(&sent[1].1));
+        assert_eq!(sent[0].0, 1, "the leader first");
+        assert_eq!((c0.busy_threshold_ms, c0.replica_read), (50, false));
+        assert_ne!(sent[1].0, 1, "then an idle follower");
+        assert_eq!((c1.busy_threshold_ms, c1.replica_read), (50, true));
+        assert_eq!(op.backoffer().total_sleep_ms(), 0);
+        assert_eq!(op.backoffer().excluded_sleep_ms(), 0);
+        assert_eq!(h.elapsed(), Duration::ZERO, "no sleep");
+        assert_eq!(
+            h.shared.stores.get(1).unwrap().estimated_wait(h.now),
+            Duration::from_millis(300),
+            "the leader's load is recorded"
+        );
+        // A successful replica read does not make the follower the leader.
+        assert_eq!(h.shared.regions.latest(1).unwrap().leader().store_id, 1);
+
+        // The next read avoids the leader from its first attempt.
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts.clone(), txn_get(10), None);
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_ne!(sent[2].0, 1);
+        assert!(ctx_of(&sent[2].1).replica_read);
+
+        // A raw get is no read to client-go's `isReadReq` (get, batch get, scan,
+        // coprocessor): it keeps the leader and backs off on the busy reply.
+        let mut h = warm(&pd);
+        let (res, op) = run_with_opts(&mut pd, &mut h, opts, raw_get("k"), Some(busy));
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_eq!((sent[0].0, sent[1].0), (1, 1));
+        assert!(!ctx_of(&sent[1].1).replica_read);
+        assert_eq!(op.backoffer().times(BackoffKind::TikvServerBusy), 1);
+    }
+
+    /// client-go `sendReqState.setReqAccessLocation` (after each target choice) and the
+    /// `ReplicaNumber` of `sendReqState.send` (voters + learners of the region).
+    #[test]
+    fn access_location_follows_the_target_store_and_replica_number_counts_voters_and_learners() {
+        let mut pd = FakePd::split(3, &[]);
+        for (id, zone) in [(1, "east"), (2, "west"), (3, "east")] {
+            pd.stores
+                .get_mut(&id)
+                .unwrap()
+                .labels
+                .push(metapb::StoreLabel {
+                    key: crate::machine::store::DC_LABEL_KEY.into(),
+                    value: zone.into(),
+                });
+        }
+        let mut h = warm(&pd);
+        // Unknown before a send, and without a client zone.
+        let (res, op) = run_with_opts(
+            &mut pd,
+            &mut h,
+            RequestOptions::default(),
+            raw_get("k"),
+            None,
+        );
+        assert!(res.is_ok());
+        assert_eq!(op.access_location(), AccessLocation::Unknown);
+        assert_eq!(op.replica_number(&h.shared), 3);
+
+        h.shared.stores.set_zone_label("west");
+        let (res, op) = run_with_opts(
+            &mut pd,
+            &mut h,
+            RequestOptions::default(),
+            raw_get("k"),
+            None,
+        );
+        assert!(res.is_ok());
+        assert_eq!(
+            op.access_location(),
+            AccessLocation::CrossZone,
+            "leader on east"
+        );
+        // A NotLeader hint moves the request to store 2, in the client's zone.
+        let hint = err_with(|e| {
+            e.not_leader = Some(errorpb::NotLeader {
+                region_id: 1,
+                leader: Some(peer(12, 2)),
+            })
+        });
+        let (res, op) = run_with_opts(
+            &mut pd,
+            &mut h,
+            RequestOptions::default(),
+            raw_get("k"),
+            Some(hint),
+        );
+        assert!(res.is_ok());
+        assert_eq!(op.access_location(), AccessLocation::LocalZone);
+
+        let voter = |id| metapb::Peer {
+            id,
+            role: metapb::PeerRole::Voter as i32,
+            ..Default::default()
+        };
+        let with_role = |id, role: metapb::PeerRole| metapb::Peer {
+            role: role as i32,
+            ..voter(id)
+        };
+        assert_eq!(replica_number(&[]), 1);
+        assert_eq!(
+            replica_number(&[
+                voter(1),
+                voter(2),
+                with_role(3, metapb::PeerRole::Learner),
+                with_role(4, metapb::PeerRole::IncomingVoter),
+                with_role(5, metapb::PeerRole::DemotingVoter),
+            ]),
+            3
+        );
+        let empty = RegionRequest::new(
+            RegionVerId {
+                id: 99,
+                conf_ver: 1,
+                ver: 1,
+            },
+            raw_get("k"),
+            RequestOptions::default(),
+            Backoffer::noop(),
+        );
+        assert_eq!(empty.replica_number(&h.shared), 1, "uncached region");
+    }
+
+    /// client-go `replicaSelector.onServerIsBusy`: with a busy threshold, a coprocessor request
+    /// carrying batched store tasks that meets `ServerIsBusy` with an estimated wait is not
+    /// retried on another replica; the load is recorded and the error handed back. Without
+    /// tasks it moves to an idle follower like any read.
+    #[test]
+    fn busy_batched_coprocessor_is_handed_back_not_moved() {
+        use tikv_proto::coprocessor;
+        let cop = |tasks: usize| {
+            TikvRequest::Cmd(TikvCmd::Coprocessor(Box::new(coprocessor::Request {
+                tasks: vec![Default::default(); tasks],
+                ..Default::default()
+            })))
+        };
+        let opts = RequestOptions {
+            read: ReadOptions {
+                busy_threshold: Duration::from_millis(50),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let busy = err_with(|e| {
+            e.server_is_busy = Some(errorpb::ServerIsBusy {
+                estimated_wait_ms: 300,
+                ..Default::default()
+            })
+        });
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts.clone(), cop(2), Some(busy.clone()));
+        assert!(
+            matches!(&res, Ok(RegionOutcome::Resplit(e)) if e.server_is_busy.is_some()),
+            "{res:?}"
+        );
+        assert_eq!(h.tikv_sent().len(), 1);
+        assert_eq!(
+            h.shared.stores.get(1).unwrap().estimated_wait(h.now),
+            Duration::from_millis(300)
+        );
+
+        let mut h = warm(&pd);
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts, cop(0), Some(busy));
+        assert!(matches!(res, Ok(RegionOutcome::Response(_))));
+        let sent = h.tikv_sent();
+        assert_eq!(sent.len(), 2);
+        assert_ne!(sent[1].0, 1);
     }
 }

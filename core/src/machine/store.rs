@@ -103,6 +103,9 @@ pub struct Store {
     slow_until: Option<Instant>,
     tikv_slow_score: Option<(f64, Instant)>,
     estimated_wait: Option<(Duration, Instant)>,
+    /// Where the store lies from the client's zone, worked out when its labels or the
+    /// client's zone change (never per request).
+    access: AccessLocation,
 }
 
 impl Store {
@@ -120,6 +123,7 @@ impl Store {
             slow_until: None,
             tikv_slow_score: None,
             estimated_wait: None,
+            access: AccessLocation::Unknown,
         }
     }
 
@@ -136,6 +140,20 @@ impl Store {
     /// The store's labels.
     pub fn labels(&self) -> &[metapb::StoreLabel] {
         &self.labels
+    }
+
+    /// Whether a request to this store stays in the client's zone
+    /// ([`StoreCache::set_zone_label`]). See [`AccessLocation`].
+    pub fn access_location(&self) -> AccessLocation {
+        self.access
+    }
+
+    /// The value of the store's `zone` label ([`DC_LABEL_KEY`]), if it has one.
+    pub fn zone(&self) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|l| l.key == DC_LABEL_KEY)
+            .map(|l| l.value.as_str())
     }
 
     /// The engine of the store.
@@ -208,6 +226,38 @@ impl Store {
     }
 }
 
+/// The store label naming a store's zone (availability zone / data center). Mirrors client-go
+/// `internal/locate/store_cache.go` `DCLabelKey`.
+pub const DC_LABEL_KEY: &str = "zone";
+
+/// Whether a request crosses zones: the client's zone ([`crate::config::Config::zone_label`])
+/// against the target store's `zone` label. Mirrors client-go `kv.AccessLocationType`
+/// (`AccessUnknown`, `AccessLocalZone`, `AccessCrossZone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AccessLocation {
+    /// The client's zone or the store's is not known.
+    #[default]
+    Unknown,
+    /// Same zone.
+    LocalZone,
+    /// Different zones.
+    CrossZone,
+}
+
+impl AccessLocation {
+    /// The location of a store in `store_zone` seen from a client in `client_zone`; an empty or
+    /// missing zone on either side is [`AccessLocation::Unknown`]. Mirrors client-go
+    /// `internal/locate/region_request.go` `sendReqState.setReqAccessLocation`.
+    pub fn of(client_zone: &str, store_zone: Option<&str>) -> AccessLocation {
+        match store_zone {
+            _ if client_zone.is_empty() => AccessLocation::Unknown,
+            None | Some("") => AccessLocation::Unknown,
+            Some(z) if z == client_zone => AccessLocation::LocalZone,
+            Some(_) => AccessLocation::CrossZone,
+        }
+    }
+}
+
 /// The outcome of applying a PD store answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreUpdate {
@@ -229,6 +279,8 @@ pub struct StoreCache {
     /// Addresses whose connections must be closed (see [`StoreCache::on_store_not_match`]),
     /// taken by the driver with [`StoreCache::take_connection_closes`].
     pending_closes: Vec<Arc<str>>,
+    /// The client's own zone (see [`StoreCache::set_zone_label`]); empty: unknown.
+    zone_label: String,
 }
 
 impl Default for StoreCache {
@@ -237,11 +289,30 @@ impl Default for StoreCache {
             stores: FastMap::default(),
             liveness_recheck: Duration::from_secs(1),
             pending_closes: Vec::new(),
+            zone_label: String::new(),
         }
     }
 }
 
 impl StoreCache {
+    /// Sets the client's zone ([`crate::config::Config::zone_label`], client-go
+    /// `Config.ZoneLabel`; empty: unknown) and works out every known store's
+    /// [`Store::access_location`] again. Stores resolved later get theirs when resolved.
+    pub fn set_zone_label(&mut self, zone: &str) {
+        if self.zone_label == zone {
+            return;
+        }
+        self.zone_label = zone.to_owned();
+        for s in self.stores.values_mut() {
+            s.access = AccessLocation::of(&self.zone_label, s.zone());
+        }
+    }
+
+    /// The client's zone (empty: unknown).
+    pub fn zone_label(&self) -> &str {
+        &self.zone_label
+    }
+
     /// The store with `id`, if known.
     pub fn get(&self, id: u64) -> Option<&Store> {
         self.stores.get(&id)
@@ -285,7 +356,11 @@ impl StoreCache {
         id: u64,
         meta: Option<&metapb::Store>,
     ) -> Result<StoreUpdate, Error> {
-        let store = self.get_or_insert(id);
+        let zone_label = &self.zone_label;
+        let store = self
+            .stores
+            .entry(id)
+            .or_insert_with(|| Store::unresolved(id));
         let meta = match meta {
             Some(m) if m.state != metapb::StoreState::Tombstone as i32 => m,
             _ => {
@@ -315,6 +390,7 @@ impl StoreCache {
             store.address = Arc::from(meta.address.as_str());
             store.labels = meta.labels.clone();
             store.kind = kind_of(&meta.labels);
+            store.access = AccessLocation::of(zone_label, store.zone());
         }
         store.state = ResolveState::Resolved;
         Ok(if changed {
@@ -922,5 +998,58 @@ mod tests {
         assert!(s.is_slow(base + Duration::from_secs(59)));
         // 100 - 20/60 * 61 < 80
         assert!(!s.is_slow(base + Duration::from_secs(61)));
+    }
+
+    /// client-go `sendReqState.setReqAccessLocation`: the client's zone against the store's
+    /// `zone` label; either one missing or empty is unknown. Worked out when a store is
+    /// resolved, when its labels change, and when the client's zone is set.
+    #[test]
+    fn access_location_follows_zone_labels() {
+        assert_eq!(AccessLocation::of("", Some("z1")), AccessLocation::Unknown);
+        assert_eq!(AccessLocation::of("z1", None), AccessLocation::Unknown);
+        assert_eq!(AccessLocation::of("z1", Some("")), AccessLocation::Unknown);
+        assert_eq!(
+            AccessLocation::of("z1", Some("z1")),
+            AccessLocation::LocalZone
+        );
+        assert_eq!(
+            AccessLocation::of("z1", Some("z2")),
+            AccessLocation::CrossZone
+        );
+
+        let mut c = StoreCache::default();
+        let mut m1 = meta(1, "a:1");
+        m1.labels.push(label("host", "h1"));
+        m1.labels.push(label(DC_LABEL_KEY, "z1"));
+        let mut m2 = meta(2, "b:1");
+        m2.labels.push(label(DC_LABEL_KEY, "z2"));
+        c.apply_store(1, Some(&m1)).unwrap();
+        c.apply_store(2, Some(&m2)).unwrap();
+        c.apply_store(3, Some(&meta(3, "c:1"))).unwrap();
+        assert_eq!(c.get(1).unwrap().zone(), Some("z1"));
+        // No client zone yet: everything is unknown.
+        for id in 1..=3 {
+            assert_eq!(
+                c.get(id).unwrap().access_location(),
+                AccessLocation::Unknown
+            );
+        }
+        c.set_zone_label("z1");
+        assert_eq!(c.zone_label(), "z1");
+        let loc = |c: &StoreCache, id| c.get(id).unwrap().access_location();
+        assert_eq!(loc(&c, 1), AccessLocation::LocalZone);
+        assert_eq!(loc(&c, 2), AccessLocation::CrossZone);
+        assert_eq!(loc(&c, 3), AccessLocation::Unknown, "store without zone");
+        // A store resolved after the zone was set, and a store whose labels change.
+        let mut m4 = meta(4, "d:1");
+        m4.labels.push(label(DC_LABEL_KEY, "z1"));
+        c.apply_store(4, Some(&m4)).unwrap();
+        assert_eq!(loc(&c, 4), AccessLocation::LocalZone);
+        m2.labels[0].value = "z1".into();
+        assert_eq!(c.apply_store(2, Some(&m2)), Ok(StoreUpdate::Updated));
+        assert_eq!(loc(&c, 2), AccessLocation::LocalZone);
+        // Unsetting the client zone makes every store unknown again.
+        c.set_zone_label("");
+        assert!((1..=4).all(|id| loc(&c, id) == AccessLocation::Unknown));
     }
 }
