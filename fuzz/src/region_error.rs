@@ -333,6 +333,7 @@ pub fn region_error(data: &[u8]) {
         timeout: Some(Duration::from_millis(
             u.int_in_range(100u64..=30_000).unwrap_or(1000),
         )),
+        ..Default::default()
     };
     let budget = u.int_in_range(1u64..=10_000).unwrap_or(1_000);
     // Once the bytes run out, either every reply succeeds or the last region error repeats

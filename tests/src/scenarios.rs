@@ -993,6 +993,30 @@ pub async fn identical_region_resolves_collapse<R: Runtime>() {
     );
 }
 
+/// CF-09: `Config::zone_label` reaches the connected client's store cache, which works out
+/// each store's access location from it (the mockstore's stores carry no `zone` label, so they
+/// are not in the local zone); the transaction client reports the cluster id too (RW-03).
+pub async fn zone_label_reaches_the_store_cache<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config().with_zone_label("zone-a")).await;
+    client.put("k", "v").await.unwrap();
+    assert_eq!(
+        client
+            .cluster()
+            .with_shared(|s| s.stores.zone_label().to_owned()),
+        "zone-a"
+    );
+    let plain = connect::<R>(&mock, test_config()).await;
+    assert_eq!(
+        plain
+            .cluster()
+            .with_shared(|s| s.stores.zone_label().to_owned()),
+        ""
+    );
+    let txn = crate::txn_support::connect::<R>(&mock, test_config()).await;
+    assert_eq!(txn.cluster_id(), client.cluster_id());
+}
+
 /// RW-03: the raw client reports the id of the cluster its PD answered with (client-go
 /// `rawkv.Client.ClusterID`), the same id every request context carries.
 pub async fn raw_client_reports_the_cluster_id<R: Runtime>() {

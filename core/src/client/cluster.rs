@@ -221,6 +221,7 @@ impl<R: Runtime> Cluster<R> {
         shared.txn.resolve_lock_lite_threshold = Some(config.resolve_lock_lite_threshold);
         shared.regions.enable_forwarding = config.enable_forwarding;
         shared.read_ts.enabled = config.enable_ts_validation;
+        shared.stores.set_zone_label(&config.zone_label);
         let shared = Mutex::new(shared);
         let inner = Arc::new(Inner {
             rt,

@@ -120,6 +120,12 @@ impl<R: Runtime> TransactionClient<R> {
         &self.cluster
     }
 
+    /// The id of the cluster the client is connected to, as PD reported it. Mirrors client-go
+    /// `tikv.KVStore.ClusterID` (the store a `TxnClient` wraps).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster.cluster_id()
+    }
+
     pub(crate) fn latches(&self) -> Option<&Arc<LatchScheduler>> {
         self.shared.latches.as_ref()
     }
