@@ -1123,3 +1123,107 @@ pub async fn connection_pool_rotates_batches_over_its_connections<R: Runtime>() 
     assert_eq!(checksums, 3);
     assert_eq!(mock.cluster().requests(RpcKind::RawChecksum), 3);
 }
+
+/// Polls `check` every 10 ms on the client's runtime until it holds, for at most 5 s.
+async fn eventually<R: Runtime>(
+    cluster: &tikv_core::client::Cluster<R>,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) {
+    let rt = cluster.runtime();
+    let give_up = rt.now() + Duration::from_secs(5);
+    while !check() {
+        assert!(rt.now() < give_up, "timed out waiting until {what}");
+        rt.sleep_until(rt.now() + Duration::from_millis(10)).await;
+    }
+}
+
+/// The low-resolution timestamp, stale timestamps and the adaptive refresh period against the
+/// mockstore's TSO (parity rows OR-05, OR-06, OR-08): nothing is known before the first
+/// timestamp; a failed stale timestamp fetches one; the low-resolution timestamp keeps up
+/// with fetched timestamps and with the background refresh; a stale read asking for 1 s
+/// staleness shrinks the 2 s period to 900 ms; bad arguments are typed errors.
+pub async fn low_resolution_and_stale_timestamps<R: Runtime>() {
+    use tikv_core::machine::Timestamp;
+    let mock = Mock::start(MockCluster::builder());
+    let client = crate::txn_support::connect::<R>(&mock, crate::txn_support::txn_config()).await;
+    let cluster = client.cluster();
+    assert!(matches!(
+        client.low_resolution_timestamp(),
+        Err(Error::Pd(_))
+    ));
+    assert_eq!(
+        cluster.low_resolution_timestamp_update_interval(),
+        Duration::from_secs(2)
+    );
+
+    // Client-go's rule: the failed call fetches a timestamp, then still fails.
+    assert!(matches!(client.stale_timestamp(1).await, Err(Error::Pd(_))));
+    let first = client
+        .low_resolution_timestamp()
+        .expect("the failed stale_timestamp fetched one");
+
+    let ts = client.current_timestamp().await.unwrap();
+    assert!(ts > first);
+    let low = client.low_resolution_timestamp().unwrap();
+    assert!(low >= ts, "{low:?} < {ts:?}");
+
+    // "One second ago", estimated locally: no later than the last timestamp's physical time
+    // minus 1 s plus the time since (bounded here by the test's duration), logical zero.
+    let stale = client.stale_timestamp(1).await.unwrap();
+    assert_eq!(stale.logical(), 0);
+    assert!(stale.physical_ms() >= low.physical_ms() - 1000, "{stale:?}");
+    assert!(stale.physical_ms() < low.physical_ms() + 4000, "{stale:?}");
+    assert!(stale < low);
+    let now_ish = client.stale_timestamp(0).await.unwrap();
+    assert!(now_ish.physical_ms() >= low.physical_ms());
+    assert!(matches!(
+        // An hour past the Unix time of the last timestamp reaches before the epoch.
+        client
+            .stale_timestamp(low.physical_ms() / 1000 + 3600)
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        client.stale_timestamp(u64::MAX).await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // A stale read 1 s behind a fresh timestamp: the period shrinks to 900 ms.
+    let current = client.current_timestamp().await.unwrap();
+    let read_ts = Timestamp::compose(current.physical_ms() - 1000, 0);
+    cluster.report_stale_read(read_ts, Some(current));
+    eventually(cluster, "the refresh period shrinks to 900 ms", || {
+        cluster.low_resolution_timestamp_update_interval() == Duration::from_millis(900)
+    })
+    .await;
+
+    // Setting the period: bad values are refused; a short one makes the background refresh
+    // visible: the low-resolution timestamp moves past the last fetched one by itself.
+    assert!(matches!(
+        client.set_low_resolution_timestamp_update_interval(Duration::ZERO),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        client.set_low_resolution_timestamp_update_interval(Duration::MAX),
+        Err(Error::InvalidArgument(_))
+    ));
+    client
+        .set_low_resolution_timestamp_update_interval(Duration::from_millis(100))
+        .unwrap();
+    let fetched = client.current_timestamp().await.unwrap();
+    eventually(cluster, "the period is 100 ms", || {
+        cluster.low_resolution_timestamp_update_interval() == Duration::from_millis(100)
+    })
+    .await;
+    eventually(cluster, "the refresh moves the low-resolution ts", || {
+        client.low_resolution_timestamp().unwrap() > fetched
+    })
+    .await;
+
+    cluster.close();
+    assert!(matches!(
+        cluster.set_low_resolution_timestamp_update_interval(Duration::from_secs(1)),
+        Err(Error::Closed)
+    ));
+}

@@ -13,3 +13,6 @@ fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
 }
 
 tikv_tests::e2e_suite!(tikv_smol::Smol, block_on);
+
+// Low-resolution and stale timestamps (parity rows OR-05, OR-06, OR-08).
+tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; low_resolution_and_stale_timestamps);

@@ -22,3 +22,6 @@ fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
 }
 
 tikv_tests::e2e_suite!(tikv_tokio::Tokio, block_on);
+
+// Low-resolution and stale timestamps (parity rows OR-05, OR-06, OR-08).
+tikv_tests::e2e_suite!(@each tikv_tokio::Tokio, block_on; low_resolution_and_stale_timestamps);

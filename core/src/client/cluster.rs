@@ -371,6 +371,76 @@ impl<R: Runtime> Cluster<R> {
     }
 }
 
+/// The low-resolution timestamp and stale timestamps (client-go `oracle.Oracle` through
+/// `KVStore.GetOracle()`; see [`crate::machine::tso`] for the rules).
+impl<R: Runtime> Cluster<R> {
+    /// The low-resolution timestamp: the largest timestamp this client fetched, refreshed in
+    /// the background every [`Cluster::low_resolution_timestamp_update_interval`]. It may lag
+    /// the TSO by up to that period; use it where a slightly old timestamp is fine (lock
+    /// expiry checks, stale reads). Fails with [`Error::Pd`] before the client fetched its
+    /// first timestamp (client-go fetches one when the store is created; here the first
+    /// [`Cluster::timestamp`] or transaction does). Mirrors client-go
+    /// `pdOracle.GetLowResolutionTimestamp` (and `GetLowResolutionTimestampAsync`, which
+    /// answers from the same cache without waiting).
+    pub fn low_resolution_timestamp(&self) -> Result<Timestamp, Error> {
+        self.inner.pd.low_resolution_ts()
+    }
+
+    /// A timestamp standing for about `prev_seconds` ago, estimated without asking PD: the
+    /// last fetched timestamp's physical time plus the time since it arrived, minus
+    /// `prev_seconds`, with a zero logical part. Errors: [`Error::InvalidArgument`] when
+    /// `prev_seconds` reaches back to the Unix epoch of the last timestamp; [`Error::Pd`]
+    /// when no timestamp was fetched yet, in which case one is fetched first (so that the
+    /// next call succeeds) and the error is still returned. The result is not guaranteed to
+    /// be readable (GC, safe ts); check it before reading at it. Mirrors client-go
+    /// `pdOracle.GetStaleTimestamp`.
+    pub async fn stale_timestamp(&self, prev_seconds: u64) -> Result<Timestamp, Error> {
+        match self.inner.pd.stale_timestamp(prev_seconds) {
+            Ok(ts) => Ok(ts),
+            Err(err @ Error::InvalidArgument(_)) => Err(err),
+            Err(err) => {
+                self.timestamp().await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// The period the low-resolution timestamp is refreshed at now: the configured one
+    /// ([`Config::low_resolution_ts_update_interval`] or the last
+    /// [`Cluster::set_low_resolution_timestamp_update_interval`]), or shorter while stale
+    /// reads need fresher timestamps (see [`crate::machine::tso::AdaptiveUpdateInterval`]);
+    /// zero when the refresh is off. Updated by the background task shortly after a change.
+    pub fn low_resolution_timestamp_update_interval(&self) -> std::time::Duration {
+        self.inner.pd.low_resolution_ts_update_interval()
+    }
+
+    /// Sets the refresh period of the low-resolution timestamp. It takes effect at the next
+    /// refresh at the latest; the period may still shrink for stale reads. Turns the refresh
+    /// on if [`Config::low_resolution_ts_update_interval`] was zero. Fails with
+    /// [`Error::InvalidArgument`] for zero or a period over `i64::MAX` nanoseconds, and with
+    /// [`Error::Closed`] after [`Cluster::close`]. Mirrors client-go
+    /// `pdOracle.SetLowResolutionTimestampUpdateInterval` (`tikv.WithUpdateInterval`).
+    pub fn set_low_resolution_timestamp_update_interval(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<(), Error> {
+        self.inner
+            .pd
+            .set_low_resolution_ts_update_interval(interval)
+    }
+
+    /// Reports a stale read at `read_ts` about to be sent, with `current` a timestamp just
+    /// fetched from PD if the caller has one (otherwise the current timestamp is estimated
+    /// from the last one). When the read asks for data fresher than the refresh period
+    /// guarantees, the period shrinks (to 100 ms under the staleness, never below 500 ms) and
+    /// recovers gradually after five minutes without such reads. Stale-read paths call it
+    /// where client-go `pdOracle.ValidateReadTS` calls
+    /// `adjustUpdateLowResolutionTSIntervalWithRequestedStaleness`.
+    pub fn report_stale_read(&self, read_ts: Timestamp, current: Option<Timestamp>) {
+        self.inner.pd.report_stale_read(read_ts, current);
+    }
+}
+
 /// Loads keyspace `name` from PD. Mirrors client-go `tikv/kv.go` `NewKVStore` →
 /// `pdClient.LoadKeyspace`, failing unless the keyspace is enabled.
 async fn load_keyspace<R: Runtime>(

@@ -31,6 +31,12 @@
 //!   batch, so the first is `logical - count + 1` (shifted by `suffix_bits`), as in the PD Go
 //!   client's `tsoStream.processRequests`. A broken stream requeues its callers (each has its
 //!   own deadline) and reconnects, so a stream reset is invisible to callers.
+//! * The TSO task also refreshes the low-resolution timestamp (client-go `pdOracle.updateTS`)
+//!   and publishes the last timestamp and the refresh period after every step, so that
+//!   [`PdClient::low_resolution_ts`] and [`PdClient::stale_timestamp`] read them without
+//!   waiting; [`PdClient::set_low_resolution_ts_update_interval`] and
+//!   [`PdClient::report_stale_read`] reach the task through its control inbox (client-go's
+//!   `shrinkIntervalCh`), where the [`TsoBatcher`] machine applies them.
 //! * Concurrent `GetRegion` / `GetPrevRegion` calls for the same key share one PD call
 //!   (client-go's region cache does the same with `singleflight`).
 //! * Region-metadata calls (`GetRegion`, `GetPrevRegion`, `GetRegionByID`, `ScanRegions`,
@@ -124,6 +130,27 @@ struct TsoWaiter {
 
 type Flight = Inbox<Result<PdResponse, Error>>;
 
+/// What the TSO task publishes about the low-resolution timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LowResolution {
+    /// The largest timestamp fetched and when it arrived (client-go `lastTSO`).
+    last: Option<(Timestamp, Instant)>,
+    /// The refresh period in effect (zero: no refresh).
+    interval: Duration,
+}
+
+/// A request to the TSO task about the low-resolution refresh.
+#[derive(Debug)]
+enum TsoControl {
+    /// Set the configured refresh period (already validated).
+    SetInterval(Duration),
+    /// A stale read at `read_ts`; `current` is a fresh timestamp if the caller has one.
+    StaleRead {
+        read_ts: Timestamp,
+        current: Option<Timestamp>,
+    },
+}
+
 /// Counters of the PD client (for tests).
 #[derive(Debug, Default)]
 pub struct PdStats {
@@ -169,6 +196,10 @@ pub(crate) struct PdClient<R: Runtime> {
     rng: Mutex<crate::rng::Rng>,
     tso_queue: Inbox<TsoWaiter>,
     tso_started: std::sync::Once,
+    /// Published by the TSO task (see [`LowResolution`]).
+    low_res: Mutex<LowResolution>,
+    /// Low-resolution refresh requests for the TSO task.
+    tso_control: Inbox<TsoControl>,
     flights: Mutex<HashMap<(u8, Bytes), Vec<Flight>>>,
     /// The circuit breaker of the region-metadata calls.
     region_meta_breaker: Mutex<CircuitBreaker>,
@@ -213,6 +244,11 @@ impl<R: Runtime> PdClient<R> {
             rng: Mutex::new(crate::rng::Rng::new(config.rng_seed ^ 0x5044)),
             tso_queue: Inbox::new(),
             tso_started: std::sync::Once::new(),
+            low_res: Mutex::new(LowResolution {
+                last: None,
+                interval: config.low_resolution_ts_update_interval,
+            }),
+            tso_control: Inbox::new(),
             flights: Mutex::new(HashMap::new()),
             region_meta_breaker: Mutex::new(CircuitBreaker::new(
                 rt_now,
@@ -228,6 +264,7 @@ impl<R: Runtime> PdClient<R> {
     /// Fails queued timestamp requests and stops the TSO and member tasks.
     pub fn close(&self) {
         self.kick.close();
+        self.tso_control.close();
         for w in self.tso_queue.close_and_take() {
             let _ = w.reply.push(Input::Tso {
                 id: w.id,
@@ -690,10 +727,7 @@ impl<R: Runtime> PdClient<R> {
 
     /// Queues a request for one timestamp, answered with [`Input::Tso`] in `reply`.
     pub fn request_tso(self: &Arc<Self>, id: IoId, reply: &Inbox<Input>) {
-        self.tso_started.call_once(|| {
-            let this = self.clone();
-            self.rt.spawn(async move { this.tso_task().await });
-        });
+        self.start_tso_task();
         let waiter = TsoWaiter {
             id,
             reply: reply.clone(),
@@ -705,6 +739,14 @@ impl<R: Runtime> PdClient<R> {
                 result: Err(Error::Closed),
             });
         }
+    }
+
+    /// Starts the task owning the `Tso` stream, once.
+    fn start_tso_task(self: &Arc<Self>) {
+        self.tso_started.call_once(|| {
+            let this = self.clone();
+            self.rt.spawn(async move { this.tso_task().await });
+        });
     }
 
     /// Fetches one timestamp (for callers outside an operation).
@@ -733,6 +775,8 @@ impl<R: Runtime> PdClient<R> {
         let mut timer: Option<(Instant, R::Sleep)> = None;
         let mut closed = false;
         let mut resets: Vec<()> = Vec::new();
+        let mut controls: Vec<TsoControl> = Vec::new();
+        let mut published = *lock(&self.low_res);
 
         future::poll_fn(|cx| {
             for _round in 0..64 {
@@ -756,6 +800,12 @@ impl<R: Runtime> PdClient<R> {
                         progressed = true;
                     }
                     _ => {}
+                }
+                if let Poll::Ready(true) = self.tso_control.poll_drain(cx, &mut controls) {
+                    progressed = true;
+                    for control in controls.drain(..) {
+                        self.apply_tso_control(&mut batcher, now, control);
+                    }
                 }
                 if let Some((epoch, fut)) = opening.as_mut()
                     && let Poll::Ready(r) = fut.as_mut().poll(cx)
@@ -837,6 +887,16 @@ impl<R: Runtime> PdClient<R> {
                         batcher.handle_stream_error(now, epoch, "Tso request stream closed");
                     }
                 }
+                // Published before the completions: a caller that got a timestamp finds
+                // the low-resolution one at least as large.
+                let current = LowResolution {
+                    last: batcher.last_ts(),
+                    interval: batcher.update_interval(),
+                };
+                if current != published {
+                    published = current;
+                    *lock(&self.low_res) = current;
+                }
                 while let Some(done) = batcher.poll_completion() {
                     progressed = true;
                     let w = done.token;
@@ -885,6 +945,26 @@ impl<R: Runtime> PdClient<R> {
         .await;
     }
 
+    /// Carries out one low-resolution refresh request in the TSO task.
+    fn apply_tso_control(
+        &self,
+        batcher: &mut TsoBatcher<TsoWaiter>,
+        now: Instant,
+        control: TsoControl,
+    ) {
+        match control {
+            TsoControl::SetInterval(interval) => {
+                if let Err(err) = batcher.set_update_interval(now, interval) {
+                    // Validated by the caller already.
+                    tracing::warn!(%err, "low-resolution ts update interval refused");
+                }
+            }
+            TsoControl::StaleRead { read_ts, current } => {
+                batcher.handle_stale_read(now, read_ts, current)
+            }
+        }
+    }
+
     /// The cluster id PD reported (0 before the first discovery).
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id.load(Ordering::Relaxed)
@@ -926,6 +1006,65 @@ impl<R: Runtime> PdClient<R> {
 /// The member task: runs [`PdClient::member_step`] whenever kicked or when the discovery
 /// machine's timeout (backoff end, periodic refresh) comes. Holds the client only while a
 /// step runs, so dropping the client ends it; closing `kick` ends it too.
+/// The low-resolution timestamp (client-go `pdOracle`'s last-timestamp side).
+impl<R: Runtime> PdClient<R> {
+    /// The largest timestamp fetched so far and when it arrived, as the TSO task last
+    /// published it (`None` before the first timestamp).
+    pub fn last_ts(&self) -> Option<(Timestamp, Instant)> {
+        lock(&self.low_res).last
+    }
+
+    /// The low-resolution timestamp: the largest timestamp fetched so far, refreshed in the
+    /// background. Fails with [`Error::Pd`] before the first timestamp was fetched. Mirrors
+    /// client-go `pdOracle.GetLowResolutionTimestamp`.
+    pub fn low_resolution_ts(&self) -> Result<Timestamp, Error> {
+        self.last_ts().map(|(ts, _)| ts).ok_or_else(|| {
+            Error::Pd("get low resolution timestamp: no timestamp fetched yet".to_owned())
+        })
+    }
+
+    /// The estimate of the timestamp `prev_seconds` ago from the last one (see
+    /// [`crate::machine::tso::stale_timestamp`] for the rules and errors). Mirrors client-go
+    /// `pdOracle.getStaleTimestamp`.
+    pub fn stale_timestamp(&self, prev_seconds: u64) -> Result<Timestamp, Error> {
+        crate::machine::tso::stale_timestamp(self.last_ts(), self.rt.now(), prev_seconds)
+    }
+
+    /// The refresh period of the low-resolution timestamp in effect (shorter than the
+    /// configured one while stale reads keep it shrunk; zero when the refresh is off), as
+    /// the TSO task last published it. Mirrors client-go's
+    /// `TiKVLowResolutionTSOUpdateIntervalSecondsGauge`.
+    pub fn low_resolution_ts_update_interval(&self) -> Duration {
+        lock(&self.low_res).interval
+    }
+
+    /// Sets the configured refresh period of the low-resolution timestamp; the TSO task
+    /// applies it (see [`TsoBatcher::set_update_interval`]). Fails with
+    /// [`Error::InvalidArgument`] for zero or an overlong period. Mirrors client-go
+    /// `pdOracle.SetLowResolutionTimestampUpdateInterval`.
+    pub fn set_low_resolution_ts_update_interval(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> Result<(), Error> {
+        crate::machine::tso::validate_update_interval(interval)?;
+        self.start_tso_task();
+        self.tso_control
+            .push(TsoControl::SetInterval(interval))
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Tells the TSO task that a stale read at `read_ts` is being sent (`current`: a
+    /// timestamp just fetched, if any), so the refresh period can adapt (see
+    /// [`TsoBatcher::handle_stale_read`]). Mirrors the call of client-go
+    /// `adjustUpdateLowResolutionTSIntervalWithRequestedStaleness` in `ValidateReadTS`.
+    pub fn report_stale_read(self: &Arc<Self>, read_ts: Timestamp, current: Option<Timestamp>) {
+        self.start_tso_task();
+        let _ = self
+            .tso_control
+            .push(TsoControl::StaleRead { read_ts, current });
+    }
+}
+
 async fn member_task<R: Runtime>(client: Weak<PdClient<R>>, kick: Inbox<()>, rt: R) {
     let mut kicks: Vec<()> = Vec::new();
     loop {

@@ -21,11 +21,19 @@
 //! for the next input or [`TsoBatcher::poll_timeout`]. Inputs about an older stream epoch are
 //! ignored.
 //!
+//! The refresh period adapts to stale reads ([`AdaptiveUpdateInterval`]): a stale read asking
+//! for data fresher than the period allows ([`TsoBatcher::handle_stale_read`]) shrinks it (to
+//! 100 ms under the requested staleness, never below 500 ms); five minutes without such reads
+//! let it grow back by 20 ms per second to the configured value
+//! ([`TsoBatcher::set_update_interval`]).
+//!
 //! Mirrors the PD Go client `client/clients/tso/dispatcher.go` (`tsoDispatcher.handleDispatcher`,
 //! `processRequests`, `checkMonotonicity`, `handleProcessRequestError`) and `stream.go`
 //! (`tsoStream.recvLoop`: FIFO matching of replies, `ErrTSOLength`), and client-go
 //! `oracle/oracles/pd.go` (`setLastTS`, `GetLowResolutionTimestamp`, `IsExpired`,
-//! `UntilExpired`, `getStaleTimestamp`, `updateTS`).
+//! `UntilExpired`, `getStaleTimestamp`, `updateTS`, `nextUpdateInterval`,
+//! `adjustUpdateLowResolutionTSIntervalWithRequestedStaleness`,
+//! `SetLowResolutionTimestampUpdateInterval`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -162,6 +170,11 @@ pub struct TsoBatcher<T> {
     last: Option<(Timestamp, Instant)>,
     next_refresh: Option<Instant>,
     refresh_outstanding: bool,
+    /// The adaptive refresh period (client-go `lastTSUpdateInterval`,
+    /// `adaptiveLastTSUpdateInterval` and `adaptiveUpdateIntervalState`).
+    interval: AdaptiveUpdateInterval,
+    /// The period the refresh currently runs at (the ticker of client-go `updateTS`).
+    ticker: Duration,
     stats: TsoStats,
 }
 
@@ -184,8 +197,14 @@ impl<T> TsoBatcher<T> {
     /// A batcher for the cluster `cluster_id` (put in request headers and checked in replies;
     /// 0 = unknown, not checked). No stream is opened before the first request or refresh.
     pub fn new(now: Instant, cfg: TsoConfig, cluster_id: u64, seed: u64) -> Self {
-        let next_refresh = (!cfg.update_interval.is_zero()).then(|| now + cfg.update_interval);
+        let next_refresh = if cfg.update_interval.is_zero() {
+            None
+        } else {
+            now.checked_add(cfg.update_interval)
+        };
         TsoBatcher {
+            interval: AdaptiveUpdateInterval::new(now, cfg.update_interval),
+            ticker: cfg.update_interval,
             cluster_id,
             rng: Rng::new(seed),
             state: State::Idle,
@@ -274,18 +293,22 @@ impl<T> TsoBatcher<T> {
     /// reaches back before the Unix epoch of that timestamp. Mirrors client-go
     /// `pdOracle.getStaleTimestampWithLastTS`.
     pub fn stale_timestamp(&self, now: Instant, prev_seconds: u64) -> Result<Timestamp, Error> {
-        let Some((last, arrival)) = self.last else {
-            return Err(Error::Pd("no timestamp fetched yet".to_owned()));
-        };
-        let physical_ms = last.physical_ms();
-        if physical_ms / 1000 <= prev_seconds {
-            return Err(Error::invalid(format!(
-                "invalid prev_seconds {prev_seconds}"
-            )));
+        stale_timestamp(self.last, now, prev_seconds)
+    }
+
+    /// The period the low-resolution timestamp is refreshed at now (zero: no refresh). It is
+    /// the configured one unless stale reads shrank it; see [`AdaptiveUpdateInterval`].
+    pub fn update_interval(&self) -> Duration {
+        if self.next_refresh.is_none() {
+            Duration::ZERO
+        } else {
+            self.ticker
         }
-        let elapsed = now.saturating_duration_since(arrival).as_millis() as i128;
-        let stale = i128::from(physical_ms) + elapsed - i128::from(prev_seconds) * 1000;
-        Ok(Timestamp::compose(stale.max(0) as u64, 0))
+    }
+
+    /// The adaptive refresh period's state.
+    pub fn adaptive_interval(&self) -> &AdaptiveUpdateInterval {
+        &self.interval
     }
 
     // ---- inputs -----------------------------------------------------------------------
@@ -504,21 +527,68 @@ impl<T> TsoBatcher<T> {
         if let Some(at) = self.next_refresh
             && now >= at
         {
-            self.next_refresh = Some(now + self.cfg.update_interval);
-            if !self.refresh_outstanding {
-                self.refresh_outstanding = true;
-                let id = self.next_id;
-                self.next_id += 1;
-                self.waiting.push_back(Waiter {
-                    id,
-                    caller: Caller::Refresh,
-                    deadline: now + self.cfg.timeout,
-                });
-                if self.state == State::Idle {
-                    self.start_connect();
-                }
-            }
+            // The next period is computed before the refresh, which moves the last tick.
+            // Mirrors the ticker branch of client-go `pdOracle.updateTS`.
+            let next = self.interval.next_update_interval(now, Duration::ZERO);
+            self.refresh(now);
+            self.ticker = next;
+            self.next_refresh = now.checked_add(next);
         }
+    }
+
+    /// A stale read at `read_ts` is about to be sent; `current` is a timestamp just fetched
+    /// from PD, or `None` to estimate the current one from the last timestamp and the time
+    /// since it arrived. When the read asks for data fresher than the refresh period
+    /// guarantees, the period shrinks at once (and the refresh runs now if a whole new
+    /// period has passed since the last one). Mirrors client-go `pdOracle.ValidateReadTS`
+    /// (the estimate through `getStaleTimestampWithLastTS(last, 0)`),
+    /// `adjustUpdateLowResolutionTSIntervalWithRequestedStaleness` and the
+    /// `shrinkIntervalCh` branch of `updateTS`.
+    pub fn handle_stale_read(
+        &mut self,
+        now: Instant,
+        read_ts: Timestamp,
+        current: Option<Timestamp>,
+    ) {
+        let current = match current {
+            Some(ts) => ts,
+            None => match self.stale_timestamp(now, 0) {
+                Ok(ts) => ts,
+                Err(err) => {
+                    tracing::debug!(%err, "no current ts estimate for the adaptive refresh");
+                    return;
+                }
+            },
+        };
+        let Some(staleness) = self.interval.requested_staleness(now, read_ts, current) else {
+            return;
+        };
+        if self.next_refresh.is_none() {
+            // No refresh runs (client-go `NoUpdateTS`): nobody listens for the shrink.
+            return;
+        }
+        let next = self.interval.next_update_interval(now, staleness);
+        if next != self.ticker {
+            self.ticker = next;
+            if now.saturating_duration_since(self.interval.last_tick) >= next {
+                self.refresh(now);
+            }
+            self.next_refresh = now.checked_add(next);
+        }
+    }
+
+    /// Sets the configured refresh period; it takes effect at the next refresh at the latest,
+    /// at once when stale reads did not shrink the period or the new one is shorter than the
+    /// shrunk one. Setting it turns the refresh on if the configuration had it off. Fails
+    /// with [`Error::InvalidArgument`] for zero or a period longer than `i64::MAX`
+    /// nanoseconds. Mirrors client-go `pdOracle.SetLowResolutionTimestampUpdateInterval`.
+    pub fn set_update_interval(&mut self, now: Instant, interval: Duration) -> Result<(), Error> {
+        self.interval.set_configured(interval)?;
+        if self.next_refresh.is_none() {
+            self.ticker = self.interval.current();
+            self.next_refresh = now.checked_add(self.ticker);
+        }
+        Ok(())
     }
 
     // ---- outputs ----------------------------------------------------------------------
@@ -605,6 +675,26 @@ impl<T> TsoBatcher<T> {
 
     // ---- internals --------------------------------------------------------------------
 
+    /// Queues a refresh of the last timestamp (unless one is still on its way) and records
+    /// the tick. Mirrors `doUpdate` in client-go `pdOracle.updateTS`.
+    fn refresh(&mut self, now: Instant) {
+        self.interval.last_tick = now;
+        if self.refresh_outstanding {
+            return;
+        }
+        self.refresh_outstanding = true;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Waiter {
+            id,
+            caller: Caller::Refresh,
+            deadline: now + self.cfg.timeout,
+        });
+        if self.state == State::Idle {
+            self.start_connect();
+        }
+    }
+
     fn start_connect(&mut self) {
         self.epoch += 1;
         self.state = State::Connecting { epoch: self.epoch };
@@ -647,6 +737,279 @@ impl<T> TsoBatcher<T> {
         }
         self.start_connect();
     }
+}
+
+// ---- the adaptive refresh period -------------------------------------------------------
+
+/// Lower bound of the adaptive refresh period, so that one unusual read cannot make the
+/// refresh hammer PD. Mirrors client-go `minAllowedAdaptiveUpdateTSInterval`.
+pub const MIN_ADAPTIVE_UPDATE_INTERVAL: Duration = Duration::from_millis(500);
+/// How far below a read's requested staleness the period shrinks, so that slightly fresher
+/// reads do not shrink it again. Mirrors client-go `adaptiveUpdateTSIntervalShrinkingPreserve`.
+pub const ADAPTIVE_SHRINKING_PRESERVE: Duration = Duration::from_millis(100);
+/// A read asking for a staleness no more than this above the period holds off the recovery.
+/// Mirrors client-go `adaptiveUpdateTSIntervalBlockRecoverThreshold`.
+pub const ADAPTIVE_BLOCK_RECOVER_THRESHOLD: Duration = Duration::from_millis(200);
+/// How much the period grows per second of recovery. Mirrors client-go
+/// `adaptiveUpdateTSIntervalRecoverPerSecond`.
+pub const ADAPTIVE_RECOVER_PER_SECOND: Duration = Duration::from_millis(20);
+/// How long after the last short-staleness read the period stays shrunk before recovering.
+/// Mirrors client-go `adaptiveUpdateTSIntervalDelayBeforeRecovering`.
+pub const ADAPTIVE_DELAY_BEFORE_RECOVERING: Duration = Duration::from_secs(5 * 60);
+/// The longest refresh period accepted (the range of Go's `time.Duration`).
+pub const MAX_UPDATE_INTERVAL: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Where the adaptive refresh period stands. Mirrors client-go
+/// `adaptiveUpdateTSIntervalState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdaptiveIntervalState {
+    /// The period is the configured one.
+    Normal,
+    /// Stale reads asked for fresher data recently: the period is (or stays) shrunk.
+    Adapting,
+    /// No such read for a while: the period grows back towards the configured one.
+    Recovering,
+    /// The configured period is at or below [`MIN_ADAPTIVE_UPDATE_INTERVAL`]: nothing to
+    /// adapt.
+    Unadjustable,
+}
+
+/// The refresh period of the low-resolution timestamp and how it adapts to stale reads: a
+/// read whose staleness is below the period shrinks it to the staleness minus
+/// [`ADAPTIVE_SHRINKING_PRESERVE`] (at least [`MIN_ADAPTIVE_UPDATE_INTERVAL`]); once no read
+/// came within [`ADAPTIVE_BLOCK_RECOVER_THRESHOLD`] of the period for
+/// [`ADAPTIVE_DELAY_BEFORE_RECOVERING`], each refresh grows it by
+/// [`ADAPTIVE_RECOVER_PER_SECOND`] per second since the previous refresh, up to the
+/// configured period. Pure: every input carries the time. Mirrors the adaptive fields of
+/// client-go `pdOracle` and its `nextUpdateInterval`.
+#[derive(Debug, Clone)]
+pub struct AdaptiveUpdateInterval {
+    /// client-go `lastTSUpdateInterval`.
+    configured: Duration,
+    /// client-go `adaptiveLastTSUpdateInterval`.
+    adaptive: Duration,
+    /// client-go `lastShortStalenessReadTime` (`None`: never).
+    last_short_staleness_read: Option<Instant>,
+    /// When the last refresh ran (client-go `adaptiveUpdateIntervalState.lastTick`).
+    last_tick: Instant,
+    /// `None` before the first evaluation (client-go `adaptiveUpdateTSIntervalStateNone`).
+    state: Option<AdaptiveIntervalState>,
+}
+
+type IntervalCheck<'a> = &'a dyn Fn(Duration) -> Option<(AdaptiveIntervalState, Duration)>;
+
+impl AdaptiveUpdateInterval {
+    /// A period configured to `configured`, not adapted yet; the last tick is `now`.
+    pub fn new(now: Instant, configured: Duration) -> Self {
+        AdaptiveUpdateInterval {
+            configured,
+            adaptive: configured,
+            last_short_staleness_read: None,
+            last_tick: now,
+            state: None,
+        }
+    }
+
+    /// The configured period.
+    pub fn configured(&self) -> Duration {
+        self.configured
+    }
+
+    /// The period in effect (the configured one, or shorter while adapting / recovering).
+    pub fn current(&self) -> Duration {
+        self.adaptive
+    }
+
+    /// The state after the last evaluation (`None` before the first).
+    pub fn state(&self) -> Option<AdaptiveIntervalState> {
+        self.state
+    }
+
+    /// The last time a stale read asked for a staleness close to the period.
+    pub fn last_short_staleness_read(&self) -> Option<Instant> {
+        self.last_short_staleness_read
+    }
+
+    /// When the last refresh ran.
+    pub fn last_tick(&self) -> Instant {
+        self.last_tick
+    }
+
+    /// Records that a refresh ran at `now`.
+    pub fn record_tick(&mut self, now: Instant) {
+        self.last_tick = now;
+    }
+
+    /// Sets the configured period. The period in effect follows at once when it was not
+    /// adapted or when the new one is shorter; otherwise it recovers towards the new one.
+    /// Fails with [`Error::InvalidArgument`] like [`validate_update_interval`]. Mirrors
+    /// client-go `pdOracle.SetLowResolutionTimestampUpdateInterval`.
+    pub fn set_configured(&mut self, interval: Duration) -> Result<(), Error> {
+        validate_update_interval(interval)?;
+        let prev = std::mem::replace(&mut self.configured, interval);
+        if interval == prev {
+            return Ok(());
+        }
+        let prev_adaptive = self.adaptive;
+        if self.adaptive == prev || interval < self.adaptive {
+            self.adaptive = interval;
+        }
+        tracing::info!(
+            previous = ?prev,
+            new = ?interval,
+            prev_adaptive = ?prev_adaptive,
+            adaptive = ?self.adaptive,
+            "low-resolution ts update interval set"
+        );
+        Ok(())
+    }
+
+    /// A stale read at `read_ts` while the current timestamp is `current_ts`: records it
+    /// when its staleness comes within [`ADAPTIVE_BLOCK_RECOVER_THRESHOLD`] of the period
+    /// (holding off the recovery), and returns the staleness to shrink to (at least 1 ms)
+    /// when it is not above the period and the period is above the floor. Mirrors client-go
+    /// `pdOracle.adjustUpdateLowResolutionTSIntervalWithRequestedStaleness`.
+    pub fn requested_staleness(
+        &mut self,
+        now: Instant,
+        read_ts: Timestamp,
+        current_ts: Timestamp,
+    ) -> Option<Duration> {
+        // Physical times are milliseconds; the difference may be negative (clock drift, or a
+        // read ahead of the estimate).
+        let staleness_ms = i128::from(current_ts.physical_ms()) - i128::from(read_ts.physical_ms());
+        let staleness_ns = staleness_ms.saturating_mul(1_000_000);
+        let interval_ns = self.adaptive.as_nanos() as i128;
+        if staleness_ns <= interval_ns + ADAPTIVE_BLOCK_RECOVER_THRESHOLD.as_nanos() as i128
+            && self.last_short_staleness_read.is_none_or(|t| t < now)
+        {
+            self.last_short_staleness_read = Some(now);
+        }
+        if staleness_ns <= interval_ns && self.adaptive > MIN_ADAPTIVE_UPDATE_INTERVAL {
+            // `interval_ns` bounds it from above, so it fits.
+            return Some(Duration::from_nanos(staleness_ns.max(1_000_000) as u64));
+        }
+        None
+    }
+
+    /// The period until the next refresh, evaluated at a refresh (`required_staleness`
+    /// zero) or when a stale read asked for `required_staleness`; updates the period in
+    /// effect and the state. Mirrors client-go `pdOracle.nextUpdateInterval` (its checks,
+    /// in its order).
+    pub fn next_update_interval(&mut self, now: Instant, required_staleness: Duration) -> Duration {
+        use AdaptiveIntervalState::{Adapting, Normal, Recovering, Unadjustable};
+        let configured = self.configured;
+        let last_tick = self.last_tick;
+        let recent_short_read = self
+            .last_short_staleness_read
+            .is_some_and(|t| now.saturating_duration_since(t) < ADAPTIVE_DELAY_BEFORE_RECOVERING);
+
+        let unadjustable = |_current: Duration| {
+            (configured <= MIN_ADAPTIVE_UPDATE_INTERVAL).then_some((Unadjustable, configured))
+        };
+        let normal = |current: Duration| {
+            (configured > MIN_ADAPTIVE_UPDATE_INTERVAL && current == configured)
+                .then_some((Normal, current))
+        };
+        let adapting = |current: Duration| {
+            if !required_staleness.is_zero()
+                && required_staleness < current
+                && current > MIN_ADAPTIVE_UPDATE_INTERVAL
+            {
+                let shrunk = required_staleness
+                    .saturating_sub(ADAPTIVE_SHRINKING_PRESERVE)
+                    .max(MIN_ADAPTIVE_UPDATE_INTERVAL);
+                return Some((Adapting, shrunk));
+            }
+            // A recent short-staleness read keeps the shrunk period (and stops a recovery).
+            (current != configured && recent_short_read).then_some((Adapting, current))
+        };
+        let recovering = |current: Duration| {
+            if current == configured || recent_short_read {
+                return None;
+            }
+            let since_tick = now.saturating_duration_since(last_tick);
+            // Go: `time.Duration(since.Seconds() * float64(20 * time.Millisecond))`.
+            let grow_ns = since_tick.as_secs_f64() * ADAPTIVE_RECOVER_PER_SECOND.as_nanos() as f64;
+            let grown = current.saturating_add(Duration::from_nanos(grow_ns as u64));
+            Some((Recovering, grown.min(configured)))
+        };
+
+        let checks: &[IntervalCheck<'_>] = if required_staleness.is_zero() {
+            &[&unadjustable, &adapting, &normal, &recovering]
+        } else {
+            &[&unadjustable, &adapting]
+        };
+        let Some((mut state, mut next)) = checks.iter().find_map(|check| check(self.adaptive))
+        else {
+            return self.adaptive;
+        };
+        if state == Recovering
+            && let Some((s, n)) = normal(next)
+        {
+            (state, next) = (s, n);
+        }
+        if self.state != Some(state) {
+            tracing::info!(
+                configured = ?configured,
+                previous = ?self.adaptive,
+                new = ?next,
+                required_staleness = ?required_staleness,
+                prev_state = ?self.state,
+                new_state = ?state,
+                "adaptive low-resolution ts update interval state transition"
+            );
+            self.state = Some(state);
+        }
+        self.adaptive = next;
+        next
+    }
+}
+
+/// Checks a refresh period for [`AdaptiveUpdateInterval::set_configured`]: zero and periods
+/// longer than [`MAX_UPDATE_INTERVAL`] are [`Error::InvalidArgument`]. Mirrors the
+/// `updateInterval must be > 0` check of client-go
+/// `pdOracle.SetLowResolutionTimestampUpdateInterval`.
+pub fn validate_update_interval(interval: Duration) -> Result<(), Error> {
+    if interval.is_zero() {
+        return Err(Error::invalid(
+            "low-resolution ts update interval must be > 0",
+        ));
+    }
+    if interval > MAX_UPDATE_INTERVAL {
+        return Err(Error::invalid(format!(
+            "low-resolution ts update interval {interval:?} is too long (at most {MAX_UPDATE_INTERVAL:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// A timestamp standing for "`prev_seconds` ago", estimated from `last` (the last timestamp
+/// fetched and when it arrived): its physical time plus the time elapsed since, minus
+/// `prev_seconds`, with a zero logical part. Fails with [`Error::Pd`] when no timestamp was
+/// fetched yet, and with [`Error::InvalidArgument`] when `prev_seconds` reaches back to or
+/// before the Unix epoch of the last timestamp. Mirrors client-go
+/// `pdOracle.getStaleTimestamp` / `getStaleTimestampWithLastTS`.
+pub fn stale_timestamp(
+    last: Option<(Timestamp, Instant)>,
+    now: Instant,
+    prev_seconds: u64,
+) -> Result<Timestamp, Error> {
+    let Some((last, arrival)) = last else {
+        return Err(Error::Pd(
+            "get stale timestamp: no timestamp fetched yet".to_owned(),
+        ));
+    };
+    let physical_ms = last.physical_ms();
+    if physical_ms / 1000 <= prev_seconds {
+        return Err(Error::invalid(format!(
+            "invalid prev_seconds {prev_seconds}"
+        )));
+    }
+    let elapsed = now.saturating_duration_since(arrival).as_millis() as i128;
+    let stale = i128::from(physical_ms) + elapsed - i128::from(prev_seconds) * 1000;
+    Ok(Timestamp::compose(stale.max(0) as u64, 0))
 }
 
 #[cfg(test)]
@@ -990,5 +1353,294 @@ mod tests {
         assert!(matches!(drain(&mut tso)[0].result, Err(Error::Pd(_))));
         assert_eq!(tso.poll_action(), Some(TsoAction::Close { epoch: 1 }));
         assert_eq!(tso.poll_action(), Some(TsoAction::Connect { epoch: 2 }));
+    }
+
+    // ---- adaptive refresh period ----------------------------------------------------------
+
+    const P: u64 = 1_700_000_000_000;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ts_ms(physical: u64) -> Timestamp {
+        Timestamp::compose(physical, 0)
+    }
+
+    #[test]
+    fn adaptive_interval_shrinks_to_the_staleness_then_to_the_floor() {
+        use AdaptiveIntervalState::*;
+        let t0 = crate::machine::testkit::origin();
+        let mut a = AdaptiveUpdateInterval::new(t0, ms(2000));
+        assert_eq!(a.state(), None);
+        assert_eq!(
+            a.next_update_interval(t0 + ms(2000), Duration::ZERO),
+            ms(2000)
+        );
+        assert_eq!(a.state(), Some(Normal));
+
+        // A read 1 s stale while the period is 2 s: shrink to 1 s - 100 ms.
+        let t1 = t0 + ms(2500);
+        let got = a.requested_staleness(t1, ts_ms(P - 1000), ts_ms(P));
+        assert_eq!(got, Some(ms(1000)));
+        assert_eq!(a.last_short_staleness_read(), Some(t1));
+        assert_eq!(a.next_update_interval(t1, ms(1000)), ms(900));
+        assert_eq!((a.state(), a.current()), (Some(Adapting), ms(900)));
+
+        // A staler read (1.05 s, above the period but within 200 ms of it) shrinks nothing
+        // but counts as recent.
+        let t2 = t1 + ms(10);
+        assert_eq!(a.requested_staleness(t2, ts_ms(P - 1050), ts_ms(P)), None);
+        assert_eq!(a.last_short_staleness_read(), Some(t2));
+        // 1.2 s is beyond the threshold: not recorded.
+        assert_eq!(
+            a.requested_staleness(t2 + ms(5), ts_ms(P - 1200), ts_ms(P)),
+            None
+        );
+        assert_eq!(a.last_short_staleness_read(), Some(t2));
+
+        // 300 ms asked: 200 ms would be below the floor, so 500 ms.
+        let got = a.requested_staleness(t2, ts_ms(P - 300), ts_ms(P)).unwrap();
+        assert_eq!(got, ms(300));
+        assert_eq!(
+            a.next_update_interval(t2, got),
+            MIN_ADAPTIVE_UPDATE_INTERVAL
+        );
+        // At the floor nothing shrinks any more.
+        assert_eq!(a.requested_staleness(t2, ts_ms(P - 100), ts_ms(P)), None);
+        assert_eq!(a.current(), ms(500));
+    }
+
+    #[test]
+    fn a_read_ahead_of_the_current_ts_shrinks_with_at_least_one_millisecond() {
+        let t0 = crate::machine::testkit::origin();
+        let mut a = AdaptiveUpdateInterval::new(t0, ms(2000));
+        let got = a.requested_staleness(t0, ts_ms(P + 50), ts_ms(P));
+        assert_eq!(got, Some(ms(1)));
+        assert_eq!(a.next_update_interval(t0, ms(1)), ms(500));
+        // A period already at its value is left alone by a shrink that computes the same.
+        assert_eq!(a.next_update_interval(t0, ms(400)), ms(500));
+    }
+
+    #[test]
+    fn adaptive_interval_recovers_after_five_quiet_minutes() {
+        use AdaptiveIntervalState::*;
+        let t0 = crate::machine::testkit::origin();
+        let mut a = AdaptiveUpdateInterval::new(t0, ms(2000));
+        let s = a.requested_staleness(t0, ts_ms(P - 600), ts_ms(P)).unwrap();
+        assert_eq!(a.next_update_interval(t0, s), ms(500));
+        a.record_tick(t0);
+
+        // Ticks within five minutes of the short read keep the shrunk period.
+        let almost = t0 + ADAPTIVE_DELAY_BEFORE_RECOVERING - ms(1);
+        assert_eq!(a.next_update_interval(almost, Duration::ZERO), ms(500));
+        assert_eq!(a.state(), Some(Adapting));
+        a.record_tick(almost);
+
+        // Past five minutes: +20 ms per second since the last tick.
+        let t1 = t0 + ADAPTIVE_DELAY_BEFORE_RECOVERING + ms(999);
+        assert_eq!(a.next_update_interval(t1, Duration::ZERO), ms(520));
+        assert_eq!(a.state(), Some(Recovering));
+        a.record_tick(t1);
+        let t2 = t1 + ms(500);
+        assert_eq!(a.next_update_interval(t2, Duration::ZERO), ms(530));
+        a.record_tick(t2);
+
+        // A read close to the period (within 200 ms) stops the recovery for five minutes,
+        // although it does not shrink the period.
+        assert_eq!(a.requested_staleness(t2, ts_ms(P - 700), ts_ms(P)), None);
+        let t3 = t2 + ms(530);
+        assert_eq!(a.next_update_interval(t3, Duration::ZERO), ms(530));
+        assert_eq!(a.state(), Some(Adapting));
+        a.record_tick(t3);
+
+        // Five quiet minutes later it recovers again, and is capped at the configured
+        // period, where it is normal again.
+        let t4 = t2 + ADAPTIVE_DELAY_BEFORE_RECOVERING + ms(1);
+        assert_eq!(a.next_update_interval(t4, Duration::ZERO), ms(2000));
+        assert_eq!(a.state(), Some(Normal));
+        a.record_tick(t4);
+        assert_eq!(
+            a.next_update_interval(t4 + ms(2000), Duration::ZERO),
+            ms(2000)
+        );
+    }
+
+    #[test]
+    fn short_configured_intervals_are_unadjustable() {
+        let t0 = crate::machine::testkit::origin();
+        let mut a = AdaptiveUpdateInterval::new(t0, ms(300));
+        assert_eq!(a.next_update_interval(t0, Duration::ZERO), ms(300));
+        assert_eq!(a.state(), Some(AdaptiveIntervalState::Unadjustable));
+        // Recorded as recent, but nothing to shrink.
+        assert_eq!(a.requested_staleness(t0, ts_ms(P - 100), ts_ms(P)), None);
+        assert_eq!(a.last_short_staleness_read(), Some(t0));
+        assert_eq!(a.next_update_interval(t0, ms(100)), ms(300));
+    }
+
+    #[test]
+    fn setting_the_interval_validates_and_follows_client_go() {
+        let t0 = crate::machine::testkit::origin();
+        let mut a = AdaptiveUpdateInterval::new(t0, ms(2000));
+        assert!(matches!(
+            a.set_configured(Duration::ZERO),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            a.set_configured(Duration::MAX),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(a.configured(), ms(2000));
+        // Not adapted: the period follows at once.
+        a.set_configured(ms(5000)).unwrap();
+        assert_eq!((a.configured(), a.current()), (ms(5000), ms(5000)));
+        // Adapted to 900 ms: a longer setting leaves it to recover...
+        let s = a
+            .requested_staleness(t0, ts_ms(P - 1000), ts_ms(P))
+            .unwrap();
+        assert_eq!(a.next_update_interval(t0, s), ms(900));
+        a.set_configured(ms(3000)).unwrap();
+        assert_eq!((a.configured(), a.current()), (ms(3000), ms(900)));
+        // ...a shorter one than the adapted period applies at once.
+        a.set_configured(ms(600)).unwrap();
+        assert_eq!(a.current(), ms(600));
+    }
+
+    /// Answers every refresh the batcher asks for until `until`, firing its timeouts; the
+    /// reply's physical time follows the virtual clock from `P` at `t0`.
+    fn run_refreshes(tso: &mut TsoBatcher<u32>, t0: Instant, until: Instant) -> u32 {
+        let mut refreshes = 0;
+        while let Some((at, _)) = tso.poll_timeout()
+            && at <= until
+        {
+            tso.handle_timeout(at);
+            while let Some(TsoAction::Connect { epoch }) = tso.poll_action() {
+                tso.handle_connected(at, epoch);
+            }
+            while tso.poll_request(at).is_some() {
+                refreshes += 1;
+                let physical = P + (at - t0).as_millis() as u64;
+                tso.handle_response(at, tso.epoch(), reply(physical as i64, 0, 1));
+            }
+        }
+        refreshes
+    }
+
+    #[test]
+    fn stale_reads_drive_the_refresh_period_of_the_batcher() {
+        let t0 = crate::machine::testkit::origin();
+        let mut tso: TsoBatcher<u32> = TsoBatcher::new(t0, TsoConfig::default(), CLUSTER, 5);
+        tso.get_timestamp(t0, 1);
+        assert_eq!(tso.poll_action(), Some(TsoAction::Connect { epoch: 1 }));
+        tso.handle_connected(t0, 1);
+        tso.poll_request(t0).unwrap();
+        tso.handle_response(t0, 1, reply(P as i64, 0, 1));
+        assert!(drain(&mut tso)[0].result.is_ok());
+        assert_eq!(tso.update_interval(), ms(2000));
+
+        // 1.2 s later a stale read at the last timestamp: estimated staleness 1.2 s < 2 s.
+        // The period becomes 1.1 s and, 1.2 s having passed since the last tick, the
+        // refresh runs at once.
+        let t1 = t0 + ms(1200);
+        tso.handle_stale_read(t1, ts_ms(P), None);
+        assert_eq!(tso.update_interval(), ms(1100));
+        let refresh = tso.poll_request(t1).expect("refresh sent at once");
+        assert_eq!(refresh.count, 1);
+        tso.handle_response(t1, 1, reply((P + 1200) as i64, 0, 1));
+        assert_eq!(
+            tso.poll_timeout(),
+            Some((t1 + ms(1100), "low-resolution ts refresh"))
+        );
+        // A read with a fresh current timestamp, 600 ms stale: 500 ms (the floor), and no
+        // immediate refresh (the last tick is just now).
+        tso.handle_stale_read(t1, ts_ms(P + 600), Some(ts_ms(P + 1200)));
+        assert_eq!(tso.update_interval(), MIN_ADAPTIVE_UPDATE_INTERVAL);
+        assert!(tso.poll_request(t1).is_none());
+        assert_eq!(tso.poll_timeout().unwrap().0, t1 + ms(500));
+
+        // Refreshes every 500 ms for five minutes after the last short read (the one at
+        // the five-minute mark starts the recovery).
+        let t2 = t1 + ADAPTIVE_DELAY_BEFORE_RECOVERING - ms(1);
+        let n = run_refreshes(&mut tso, t0, t2);
+        assert_eq!(n, 599);
+        assert_eq!(tso.update_interval(), ms(500));
+        assert_eq!(
+            tso.adaptive_interval().state(),
+            Some(AdaptiveIntervalState::Adapting)
+        );
+        // Then it grows 20 ms per second: 1.5 s more takes 75 s.
+        let n = run_refreshes(&mut tso, t0, t2 + Duration::from_secs(70));
+        assert!(
+            tso.update_interval() < ms(2000),
+            "{:?}",
+            tso.update_interval()
+        );
+        assert!(
+            tso.update_interval() > ms(1800),
+            "{:?}",
+            tso.update_interval()
+        );
+        assert!(n > 40 && n < 100, "{n} refreshes while recovering");
+        run_refreshes(&mut tso, t0, t2 + Duration::from_secs(80));
+        assert_eq!(tso.update_interval(), ms(2000));
+        assert_eq!(
+            tso.adaptive_interval().state(),
+            Some(AdaptiveIntervalState::Normal)
+        );
+        // The low-resolution timestamp kept up with the refreshes.
+        let (last, arrival) = tso.last_ts().unwrap();
+        assert!(last.physical_ms() >= P + 300_000 + 78_000, "{last:?}");
+        assert!(arrival > t2);
+    }
+
+    #[test]
+    fn without_refresh_stale_reads_change_nothing_until_an_interval_is_set() {
+        let (t0, mut tso) = connected(cfg());
+        assert_eq!(tso.update_interval(), Duration::ZERO);
+        tso.handle_stale_read(t0, ts_ms(1000), None);
+        assert_eq!(tso.update_interval(), Duration::ZERO);
+        assert_eq!(tso.poll_timeout(), None);
+        assert!(matches!(
+            tso.set_update_interval(t0, Duration::ZERO),
+            Err(Error::InvalidArgument(_))
+        ));
+        tso.set_update_interval(t0, ms(700)).unwrap();
+        assert_eq!(tso.update_interval(), ms(700));
+        assert_eq!(
+            tso.poll_timeout(),
+            Some((t0 + ms(700), "low-resolution ts refresh"))
+        );
+    }
+
+    #[test]
+    fn a_new_interval_applies_from_the_next_refresh() {
+        let t0 = crate::machine::testkit::origin();
+        let mut tso: TsoBatcher<u32> = TsoBatcher::new(t0, TsoConfig::default(), CLUSTER, 5);
+        tso.set_update_interval(t0, ms(800)).unwrap();
+        // The refresh already scheduled stays; the one after uses the new period.
+        assert_eq!(tso.poll_timeout().unwrap().0, t0 + ms(2000));
+        run_refreshes(&mut tso, t0, t0 + ms(2000));
+        assert_eq!(tso.poll_timeout().unwrap().0, t0 + ms(2800));
+        assert_eq!(tso.update_interval(), ms(800));
+    }
+
+    #[test]
+    fn stale_timestamp_rules() {
+        let t0 = crate::machine::testkit::origin();
+        assert!(matches!(stale_timestamp(None, t0, 0), Err(Error::Pd(_))));
+        let last = Some((Timestamp::compose(5_500, 7), t0));
+        // 5.5 s of physical time: 5 s back is the limit (Unix seconds 5 <= 5).
+        assert!(matches!(
+            stale_timestamp(last, t0, 5),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(
+            stale_timestamp(last, t0 + ms(1999), 4).unwrap(),
+            Timestamp::compose(5_500 + 1_999 - 4_000, 0)
+        );
+        assert_eq!(
+            stale_timestamp(last, t0, 0).unwrap(),
+            Timestamp::compose(5_500, 0)
+        );
     }
 }

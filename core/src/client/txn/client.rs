@@ -277,6 +277,38 @@ impl<R: Runtime> TransactionClient<R> {
     }
 }
 
+/// The oracle's low-resolution and stale timestamps (client-go `KVStore.GetOracle()`).
+impl<R: Runtime> TransactionClient<R> {
+    /// The low-resolution timestamp (see [`Cluster::low_resolution_timestamp`]). Mirrors
+    /// client-go `oracle.Oracle.GetLowResolutionTimestamp`.
+    pub fn low_resolution_timestamp(&self) -> Result<Timestamp, Error> {
+        self.cluster.low_resolution_timestamp()
+    }
+
+    /// A timestamp standing for about `prev_seconds` ago (see
+    /// [`Cluster::stale_timestamp`]). Mirrors client-go `oracle.Oracle.GetStaleTimestamp`.
+    pub async fn stale_timestamp(&self, prev_seconds: u64) -> Result<Timestamp, Error> {
+        self.cluster
+            .stale_timestamp(prev_seconds)
+            .instrument(tracing::debug_span!(
+                "tikv.txn.stale_timestamp",
+                prev_seconds
+            ))
+            .await
+    }
+
+    /// Sets the refresh period of the low-resolution timestamp (see
+    /// [`Cluster::set_low_resolution_timestamp_update_interval`]). Mirrors client-go
+    /// `oracle.Oracle.SetLowResolutionTimestampUpdateInterval`.
+    pub fn set_low_resolution_timestamp_update_interval(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<(), Error> {
+        self.cluster
+            .set_low_resolution_timestamp_update_interval(interval)
+    }
+}
+
 /// Refuses the timestamps client-go refuses: at or above `i64::MAX` except `u64::MAX`
 /// (latest). Mirrors client-go `txnsnapshot.NewTiKVSnapshot` (which panics there).
 pub(crate) fn check_read_ts(ts: Timestamp) -> Result<(), Error> {
