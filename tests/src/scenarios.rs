@@ -1227,3 +1227,53 @@ pub async fn low_resolution_and_stale_timestamps<R: Runtime>() {
         Err(Error::Closed)
     ));
 }
+
+/// OR-06: with read-timestamp validation on, a stale read asking for data fresher than the
+/// low-resolution refresh period (1 s against the default 2 s) shrinks the period to the
+/// staleness minus 100 ms, as client-go `pdOracle.ValidateReadTS` does through
+/// `adjustUpdateLowResolutionTSIntervalWithRequestedStaleness`.
+pub async fn stale_reads_shrink_the_low_resolution_refresh<R: Runtime>() {
+    use tikv_core::machine::replica::ReadOptions;
+    use tikv_core::machine::request::RequestOptions;
+    use tikv_core::machine::txn::snapshot::{LockSets, SnapshotGet, SnapshotOptions};
+    use tikv_core::machine::{Key, Timestamp};
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = crate::txn_support::txn_config();
+    config.enable_ts_validation = true;
+    let client = crate::txn_support::connect::<R>(&mock, config).await;
+    let cluster = client.cluster();
+    assert_eq!(
+        cluster.low_resolution_timestamp_update_interval(),
+        Duration::from_secs(2)
+    );
+    // A plain read at a fresh timestamp leaves the period alone.
+    let now = client.current_timestamp().await.unwrap();
+    let read = |ts: Timestamp, stale_read: bool| {
+        let opts = SnapshotOptions::new(ts.version()).with_request_options(RequestOptions {
+            read: ReadOptions {
+                stale_read,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        SnapshotGet::new(Key::from("k"), &opts, LockSets::default())
+    };
+    assert_eq!(cluster.run(read(now, false)).await.unwrap().value, None);
+    assert_eq!(
+        cluster.low_resolution_timestamp_update_interval(),
+        Duration::from_secs(2)
+    );
+    // A stale read one second back.
+    let read_ts = Timestamp::compose(now.physical_ms() - 1_000, 0);
+    assert_eq!(cluster.run(read(read_ts, true)).await.unwrap().value, None);
+    eventually(cluster, "the refresh period shrinks", || {
+        cluster.low_resolution_timestamp_update_interval() < Duration::from_secs(2)
+    })
+    .await;
+    let period = cluster.low_resolution_timestamp_update_interval();
+    // Staleness: 1 s plus the little time since `now` was fetched, minus 100 ms.
+    assert!(
+        period >= Duration::from_millis(900) && period < Duration::from_millis(1_900),
+        "{period:?}"
+    );
+}

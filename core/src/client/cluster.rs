@@ -57,6 +57,11 @@ impl<R: Runtime> Dispatch for Inner<R> {
         }
     }
 
+    fn report_stale_read(&self, read_ts: u64, current: Option<u64>) {
+        self.pd
+            .report_stale_read(Timestamp(read_ts), current.map(Timestamp));
+    }
+
     fn sleep_until(&self, deadline: Instant) -> R::Sleep {
         self.rt.sleep_until(deadline)
     }

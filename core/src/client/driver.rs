@@ -64,6 +64,13 @@ pub trait Dispatch: Sync {
         drop(inbox);
     }
 
+    /// A stale read at `read_ts` passed read-timestamp validation, against `current` when a
+    /// timestamp was fetched for it (see `ReadTsValidator::take_stale_reads`). The default
+    /// does nothing.
+    fn report_stale_read(&self, read_ts: u64, current: Option<u64>) {
+        let _ = (read_ts, current);
+    }
+
     /// Drops the connections to `address`, queued by a machine in the store cache (see
     /// `StoreCache::on_store_not_match`). The default does nothing.
     fn close_address(&self, address: &str) {
@@ -145,6 +152,7 @@ where
             // Inline queue: an operation step usually emits one action.
             let mut actions: ActionQueue = ActionQueue::new();
             let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
+            let mut stale_reads: Vec<(u64, Option<u64>)> = Vec::new();
             let now = match (&step, st.arrived.take(), st.last_now) {
                 // Never behind the previous step's instant.
                 (Step::Inputs, Some(at), Some(last)) => at.max(last),
@@ -176,10 +184,16 @@ where
                 if shared.stores.has_connection_closes() {
                     closes = shared.stores.take_connection_closes();
                 }
+                if shared.read_ts.has_stale_reads() {
+                    stale_reads = shared.read_ts.take_stale_reads();
+                }
                 (op.poll_result(), op.poll_timeout())
             };
             for address in closes.drain(..) {
                 dispatch.close_address(&address);
+            }
+            for (read_ts, current) in stale_reads.drain(..) {
+                dispatch.report_stale_read(read_ts, current);
             }
 
             while let Some(action) = actions.pop_front() {

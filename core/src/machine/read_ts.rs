@@ -36,7 +36,16 @@ pub struct ReadTsValidator {
     pub enabled: bool,
     /// The largest timestamp known to come from PD (0: none).
     known: u64,
+    /// Stale reads validated since the driver last took them ([`Self::take_stale_reads`]):
+    /// the read timestamp and, when one was fetched for the check, the current timestamp
+    /// (else the low-resolution timestamp stands for it). They tune the low-resolution
+    /// timestamp's refresh period (see `machine::tso`). At most [`MAX_STALE_READS`].
+    stale_reads: Vec<(u64, Option<u64>)>,
 }
+
+/// The most stale reads [`ReadTsValidator`] keeps between two drains (the refresh-period
+/// adjustment is a rough one; a burst beyond this adds nothing).
+pub const MAX_STALE_READS: usize = 64;
 
 impl ReadTsValidator {
     /// The largest timestamp known to come from PD (0: none).
@@ -51,7 +60,7 @@ impl ReadTsValidator {
 
     /// First check of `read_ts` (`stale`: a stale read). Mirrors the start of client-go
     /// `pdOracle.ValidateReadTS`.
-    pub fn check(&self, read_ts: u64, stale: bool) -> ReadTsCheck {
+    pub fn check(&mut self, read_ts: u64, stale: bool) -> ReadTsCheck {
         if !self.enabled {
             return ReadTsCheck::Valid;
         }
@@ -69,17 +78,52 @@ impl ReadTsValidator {
             return ReadTsCheck::Valid;
         }
         if self.known != 0 && read_ts <= self.known {
+            if stale {
+                // Judged against the last timestamp, without a fetch: client-go then estimates
+                // the current timestamp from it for the refresh-period adjustment.
+                self.record_stale_read(read_ts, None);
+            }
             return ReadTsCheck::Valid;
         }
         ReadTsCheck::FetchCurrent
+    }
+
+    fn record_stale_read(&mut self, read_ts: u64, current: Option<u64>) {
+        if self.stale_reads.len() < MAX_STALE_READS {
+            self.stale_reads.push((read_ts, current));
+        }
+    }
+
+    /// Whether stale reads wait to be taken.
+    pub fn has_stale_reads(&self) -> bool {
+        !self.stale_reads.is_empty()
+    }
+
+    /// Takes the stale reads validated since the last call, in order: `(read_ts, current)`,
+    /// `current` being the timestamp fetched for the check if there was one. The client hands
+    /// each to the TSO machine's refresh-period adjustment, where client-go
+    /// `pdOracle.ValidateReadTS` calls `adjustUpdateLowResolutionTSIntervalWithRequestedStaleness`
+    /// (once per validation).
+    pub fn take_stale_reads(&mut self) -> Vec<(u64, Option<u64>)> {
+        std::mem::take(&mut self.stale_reads)
     }
 
     /// Compares `read_ts` with `current`, a timestamp just fetched from PD. A read ahead of it
     /// is given one more fetch (`retried` false: the fetched timestamp may come from a call
     /// that started before the caller got its read timestamp), then fails. Mirrors the loop
     /// of client-go `pdOracle.ValidateReadTS`.
-    pub fn check_against(&mut self, read_ts: u64, current: u64, retried: bool) -> ReadTsCheck {
+    pub fn check_against(
+        &mut self,
+        read_ts: u64,
+        current: u64,
+        retried: bool,
+        stale: bool,
+    ) -> ReadTsCheck {
         self.observe(current);
+        if stale && !retried {
+            // The first fetch of a validation (client-go adjusts at most once per call).
+            self.record_stale_read(read_ts, Some(current));
+        }
         if read_ts <= current {
             ReadTsCheck::Valid
         } else if !retried {
@@ -117,19 +161,19 @@ mod tests {
     fn on() -> ReadTsValidator {
         ReadTsValidator {
             enabled: true,
-            known: 0,
+            ..Default::default()
         }
     }
 
     #[test]
     fn disabled_accepts_anything() {
-        let v = ReadTsValidator::default();
+        let mut v = ReadTsValidator::default();
         assert_eq!(v.check(u64::MAX - 1, true), ReadTsCheck::Valid);
     }
 
     #[test]
     fn structural_checks_fail_without_fetching() {
-        let v = on();
+        let mut v = on();
         assert!(matches!(
             v.check(i64::MAX as u64, false),
             ReadTsCheck::Invalid(Error::InvalidArgument(_))
@@ -146,18 +190,21 @@ mod tests {
     fn unknown_timestamps_are_fetched_once_more_then_fail() {
         let mut v = on();
         assert_eq!(v.check(100, false), ReadTsCheck::FetchCurrent);
-        assert_eq!(v.check_against(100, 150, false), ReadTsCheck::Valid);
+        assert_eq!(v.check_against(100, 150, false, false), ReadTsCheck::Valid);
         assert_eq!(v.known(), 150);
         // Known now: no fetch for older or equal timestamps.
         assert_eq!(v.check(150, false), ReadTsCheck::Valid);
         assert_eq!(v.check(151, false), ReadTsCheck::FetchCurrent);
         // A read ahead of the fetched timestamp gets a second fetch, then fails.
-        assert_eq!(v.check_against(200, 160, false), ReadTsCheck::FetchCurrent);
+        assert_eq!(
+            v.check_against(200, 160, false, false),
+            ReadTsCheck::FetchCurrent
+        );
         assert!(matches!(
-            v.check_against(200, 170, true),
+            v.check_against(200, 170, true, false),
             ReadTsCheck::Invalid(Error::InvalidArgument(m)) if m.contains("readTS=200")
         ));
-        assert_eq!(v.check_against(200, 210, true), ReadTsCheck::Valid);
+        assert_eq!(v.check_against(200, 210, true, false), ReadTsCheck::Valid);
         v.observe(5);
         assert_eq!(v.known(), 210, "the watermark never goes back");
     }
@@ -178,5 +225,34 @@ mod tests {
         assert_eq!(read_ts_of(&prewrite), None);
         let raw = TikvRequest::Cmd(TikvCmd::RawGet(Box::default()));
         assert_eq!(read_ts_of(&raw), None);
+    }
+
+    #[test]
+    fn stale_reads_are_recorded_once_per_validation_for_the_refresh_period() {
+        let mut v = ReadTsValidator {
+            enabled: true,
+            ..Default::default()
+        };
+        v.observe(100);
+        // Judged against the known timestamp: recorded without a current one.
+        assert_eq!(v.check(90, true), ReadTsCheck::Valid);
+        // Not a stale read: nothing recorded.
+        assert_eq!(v.check(95, false), ReadTsCheck::Valid);
+        // Ahead of the known timestamp: fetched; the first comparison is recorded with the
+        // fetched timestamp, the retry is not.
+        assert_eq!(v.check(200, true), ReadTsCheck::FetchCurrent);
+        assert_eq!(
+            v.check_against(200, 150, false, true),
+            ReadTsCheck::FetchCurrent
+        );
+        assert_eq!(v.check_against(200, 210, true, true), ReadTsCheck::Valid);
+        assert!(v.has_stale_reads());
+        assert_eq!(v.take_stale_reads(), vec![(90, None), (200, Some(150))]);
+        assert!(!v.has_stale_reads());
+        // A burst keeps at most MAX_STALE_READS.
+        for _ in 0..MAX_STALE_READS + 10 {
+            v.check(50, true);
+        }
+        assert_eq!(v.take_stale_reads().len(), MAX_STALE_READS);
     }
 }

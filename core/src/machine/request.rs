@@ -1346,7 +1346,10 @@ impl Operation for RegionRequest {
                     Ok(ts) => ts.version(),
                     Err(e) => return self.fail(e),
                 };
-                let check = shared.read_ts.check_against(read_ts, current, retried);
+                let stale = self.opts.read.stale_read;
+                let check = shared
+                    .read_ts
+                    .check_against(read_ts, current, retried, stale);
                 if !self.on_ts_check(shared, check, read_ts, true) {
                     self.step(now, shared);
                 }
