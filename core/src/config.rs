@@ -654,6 +654,97 @@ impl Config {
     }
 }
 
+/// What a `tikv://` store path names: the PD endpoints and the two options client-go reads
+/// from its query. Built by [`parse_path`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorePath {
+    /// The PD endpoints (`host:port`), in the order given.
+    pub pd_endpoints: Vec<String>,
+    /// `disableGC=true`: the owner must not run GC on this store (TiDB's flag; the client
+    /// itself runs none).
+    pub disable_gc: bool,
+    /// `keyspaceName=...`: the keyspace to open (empty: none); see [`Config::with_keyspace`].
+    pub keyspace_name: String,
+}
+
+/// Parses a store path such as
+/// `tikv://pd1:2379,pd2:2379?disableGC=false&keyspaceName=SomeKeyspace`. Mirrors client-go
+/// `config.ParsePath`: the scheme must be `tikv` (any case), the host part is split on commas
+/// into the PD endpoints, `disableGC` must be `true` or `false` (any case) or absent, and
+/// `keyspaceName` is taken as given (percent-decoded, like Go's `url.Values.Get`: the first
+/// value wins, pairs that do not decode are ignored). User info, path and fragment are
+/// ignored.
+///
+/// ```
+/// use tikv_core::config::parse_path;
+/// let p = parse_path("tikv://pd1:2379,pd2:2379?keyspaceName=ks1").unwrap();
+/// assert_eq!(p.pd_endpoints, vec!["pd1:2379", "pd2:2379"]);
+/// assert_eq!(p.keyspace_name, "ks1");
+/// assert!(!p.disable_gc);
+/// ```
+pub fn parse_path(path: &str) -> Result<StorePath, crate::error::Error> {
+    use crate::error::Error;
+    let (scheme, rest) = path.split_once("://").ok_or_else(|| {
+        Error::invalid(format!("Uri scheme expected [tikv] but found in {path:?}"))
+    })?;
+    if !scheme.eq_ignore_ascii_case("tikv") {
+        return Err(Error::invalid(format!(
+            "Uri scheme expected [tikv] but found [{scheme}]"
+        )));
+    }
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    let (authority_and_path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = authority_and_path
+        .split_once('/')
+        .map_or(authority_and_path, |(a, _)| a);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let mut keyspace_name: Option<String> = None;
+    let mut disable_gc: Option<String> = None;
+    // Go's `url.ParseQuery` splits on `&` only and skips a pair holding a `;`.
+    for pair in query.split('&').filter(|p| !p.is_empty() && !p.contains(';')) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
+            continue;
+        };
+        let slot = match k.as_str() {
+            "keyspaceName" => &mut keyspace_name,
+            "disableGC" => &mut disable_gc,
+            _ => continue,
+        };
+        slot.get_or_insert(v);
+    }
+    let disable_gc = match disable_gc.unwrap_or_default().to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" | "" => false,
+        _ => return Err(Error::invalid("disableGC flag should be true/false")),
+    };
+    Ok(StorePath {
+        pd_endpoints: host.split(',').map(str::to_owned).collect(),
+        disable_gc,
+        keyspace_name: keyspace_name.unwrap_or_default(),
+    })
+}
+
+/// Decodes a query component like Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte;
+/// `None` for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,6 +911,50 @@ mod tests {
             assert!(
                 matches!(c.validate(), Err(Error::InvalidArgument(_))),
                 "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn store_paths_parse_like_client_go() {
+        let p = parse_path(
+            "tikv://pd1:2379,pd2:2379?cluster=1&disableGC=false&keyspaceName=Some%20Keyspace",
+        )
+        .unwrap();
+        assert_eq!(p.pd_endpoints, vec!["pd1:2379", "pd2:2379"]);
+        assert!(!p.disable_gc);
+        assert_eq!(p.keyspace_name, "Some Keyspace");
+        // Any case for the scheme and the flag; user info, path and fragment ignored; the
+        // first value of a repeated key wins.
+        let p =
+            parse_path("TiKV://u:p@pd:1/some/path?disableGC=TRUE&keyspaceName=a&keyspaceName=b#x")
+                .unwrap();
+        assert_eq!(p.pd_endpoints, vec!["pd:1"]);
+        assert!(p.disable_gc);
+        assert_eq!(p.keyspace_name, "a");
+        // No query at all.
+        assert_eq!(
+            parse_path("tikv://pd:2379").unwrap(),
+            StorePath {
+                pd_endpoints: vec!["pd:2379".into()],
+                ..Default::default()
+            }
+        );
+        // A malformed escape is ignored, as Go's `url.Values` does.
+        assert_eq!(
+            parse_path("tikv://pd?keyspaceName=%zz")
+                .unwrap()
+                .keyspace_name,
+            ""
+        );
+        // Typed errors: wrong scheme, no scheme, bad flag.
+        for bad in ["http://pd:2379", "pd:2379", "tikv://pd?disableGC=yes"] {
+            assert!(
+                matches!(
+                    parse_path(bad),
+                    Err(crate::error::Error::InvalidArgument(_))
+                ),
+                "{bad}"
             );
         }
     }
