@@ -702,7 +702,10 @@ pub fn parse_path(path: &str) -> Result<StorePath, crate::error::Error> {
     let mut keyspace_name: Option<String> = None;
     let mut disable_gc: Option<String> = None;
     // Go's `url.ParseQuery` splits on `&` only and skips a pair holding a `;`.
-    for pair in query.split('&').filter(|p| !p.is_empty() && !p.contains(';')) {
+    for pair in query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.contains(';'))
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
             continue;

@@ -1277,3 +1277,45 @@ pub async fn stale_reads_shrink_the_low_resolution_refresh<R: Runtime>() {
         "{period:?}"
     );
 }
+
+/// OR-01: a connected cluster is an `Oracle` (client-go `oracle.Oracle` over PD): fresh
+/// timestamps, the low-resolution one, lock expiry by the last timestamp, and read-timestamp
+/// validation (reads ahead of the TSO and stale reads at `u64::MAX` refused).
+pub async fn cluster_is_an_oracle<R: Runtime>() {
+    use tikv_core::client::Oracle;
+    use tikv_core::machine::Timestamp;
+    async fn two_timestamps<O: Oracle>(oracle: &O) -> Timestamp {
+        let a = oracle.timestamp().await.unwrap();
+        let b = oracle.timestamp().await.unwrap();
+        assert!(b > a);
+        assert!(oracle.low_resolution_timestamp().unwrap() >= b);
+        b
+    }
+    let mock = Mock::start(MockCluster::builder());
+    let mut config = test_config();
+    config.enable_ts_validation = true;
+    let client = connect::<R>(&mock, config).await;
+    let cluster = client.cluster();
+    // Lock expiry needs a last timestamp: before any, every lock counts as expired.
+    assert!(cluster.is_expired(Timestamp::compose(1, 0), u64::MAX));
+    let ts = two_timestamps(cluster).await;
+    assert!(!cluster.is_expired(ts, 60_000));
+    let left = cluster.until_expired(ts, 60_000);
+    assert!(left > 0 && left <= 60_000, "{left}");
+    assert!(cluster.is_expired(Timestamp::compose(ts.physical_ms() - 10_000, 0), 1_000));
+    // Validation: an allocated timestamp reads; one an hour ahead does not.
+    cluster.validate_read_ts(ts, false).await.unwrap();
+    let ahead = Timestamp::compose(ts.physical_ms() + 3_600_000, 0);
+    assert!(matches!(
+        cluster.validate_read_ts(ahead, false).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        cluster.validate_read_ts(Timestamp(u64::MAX), true).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    cluster
+        .validate_read_ts(Timestamp(u64::MAX), false)
+        .await
+        .unwrap();
+}

@@ -28,6 +28,7 @@ pub mod cluster;
 pub(crate) mod collapse;
 pub mod driver;
 pub(crate) mod health;
+pub mod oracle;
 pub(crate) mod pd;
 pub mod raw;
 pub mod rpc;
@@ -39,6 +40,7 @@ pub(crate) mod versioned;
 
 pub use crate::machine::raw::{KvPair, RawChecksum, Value};
 pub use cluster::Cluster;
+pub use oracle::{LocalOracle, Oracle};
 pub use raw::RawClient;
 pub use runtime::{Channel, Code, Runtime, Status};
 pub use sync::Inbox;

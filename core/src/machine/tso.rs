@@ -266,26 +266,14 @@ impl<T> TsoBatcher<T> {
     /// Whether a lock `lock_ts` with `ttl_ms` has expired by the last known timestamp (true
     /// when none is known). Mirrors client-go `pdOracle.IsExpired`.
     pub fn is_expired(&self, lock_ts: u64, ttl_ms: u64) -> bool {
-        match self.last {
-            None => true,
-            Some((last, _)) => {
-                last.physical_ms() >= Timestamp(lock_ts).physical_ms().saturating_add(ttl_ms)
-            }
-        }
+        lock_is_expired(self.low_resolution_ts(), lock_ts, ttl_ms)
     }
 
     /// Milliseconds until a lock `lock_ts` with `ttl_ms` expires by the last known timestamp
     /// (negative when expired, 0 when none is known). Mirrors client-go
     /// `pdOracle.UntilExpired`.
     pub fn until_expired(&self, lock_ts: u64, ttl_ms: u64) -> i64 {
-        match self.last {
-            None => 0,
-            Some((last, _)) => {
-                let expiry = i128::from(Timestamp(lock_ts).physical_ms()) + i128::from(ttl_ms);
-                (expiry - i128::from(last.physical_ms()))
-                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-            }
-        }
+        lock_until_expired(self.low_resolution_ts(), lock_ts, ttl_ms)
     }
 
     /// A timestamp standing for "`prev_seconds` ago", estimated from the last timestamp and
@@ -1010,6 +998,29 @@ pub fn stale_timestamp(
     let elapsed = now.saturating_duration_since(arrival).as_millis() as i128;
     let stale = i128::from(physical_ms) + elapsed - i128::from(prev_seconds) * 1000;
     Ok(Timestamp::compose(stale.max(0) as u64, 0))
+}
+
+/// Whether a lock written at `lock_ts` with a TTL of `ttl_ms` has expired by `last`, the
+/// last timestamp fetched (true when none was). Mirrors client-go `pdOracle.IsExpired`.
+pub fn lock_is_expired(last: Option<Timestamp>, lock_ts: u64, ttl_ms: u64) -> bool {
+    match last {
+        None => true,
+        Some(last) => last.physical_ms() >= Timestamp(lock_ts).physical_ms().saturating_add(ttl_ms),
+    }
+}
+
+/// Milliseconds until a lock written at `lock_ts` with a TTL of `ttl_ms` expires by `last`,
+/// the last timestamp fetched (negative once expired, 0 when none was). Mirrors client-go
+/// `pdOracle.UntilExpired`.
+pub fn lock_until_expired(last: Option<Timestamp>, lock_ts: u64, ttl_ms: u64) -> i64 {
+    match last {
+        None => 0,
+        Some(last) => {
+            let expiry = i128::from(Timestamp(lock_ts).physical_ms()) + i128::from(ttl_ms);
+            (expiry - i128::from(last.physical_ms()))
+                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+        }
+    }
 }
 
 #[cfg(test)]

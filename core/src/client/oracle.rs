@@ -1,0 +1,374 @@
+//! The timestamp oracle as an interface: [`Oracle`], served by a connected [`Cluster`] (PD's
+//! TSO) or by a [`LocalOracle`] reading a caller-supplied clock (for tests and tools that run
+//! without PD).
+//!
+//! Mirrors client-go `oracle/oracle.go` `Oracle` and `ReadTSValidator` (the global transaction
+//! scope only: client-go's `Option.TxnScope` has no other value with a single TSO), with
+//! `oracle/oracles/pd.go` behind [`Cluster`] and `oracle/oracles/local.go` behind
+//! [`LocalOracle`]. client-go's `...Async` variants are the futures themselves here.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::cluster::Cluster;
+use super::runtime::Runtime;
+use super::sync::lock;
+use crate::error::Error;
+use crate::machine::Timestamp;
+use crate::machine::read_ts::ReadTsCheck;
+use crate::machine::tso::{lock_is_expired, lock_until_expired};
+
+/// A source of timestamps and the checks built on them. Mirrors client-go `oracle.Oracle`.
+pub trait Oracle: Send + Sync {
+    /// A fresh timestamp, greater than every one handed out before. Mirrors `GetTimestamp`
+    /// (and `GetTimestampAsync`).
+    fn timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send;
+
+    /// A recent timestamp without a round trip (it may lag). Mirrors
+    /// `GetLowResolutionTimestamp` (and its `Async` variant).
+    fn low_resolution_timestamp(&self) -> Result<Timestamp, Error>;
+
+    /// Sets how often the low-resolution timestamp is refreshed. Mirrors
+    /// `SetLowResolutionTimestampUpdateInterval`.
+    fn set_low_resolution_timestamp_update_interval(&self, interval: Duration)
+    -> Result<(), Error>;
+
+    /// A timestamp standing for about `prev_seconds` ago, estimated locally; not guaranteed
+    /// readable. Mirrors `GetStaleTimestamp`.
+    fn stale_timestamp(
+        &self,
+        prev_seconds: u64,
+    ) -> impl Future<Output = Result<Timestamp, Error>> + Send;
+
+    /// Whether a lock written at `lock_ts` with a TTL of `ttl_ms` has expired. Mirrors
+    /// `IsExpired`.
+    fn is_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> bool;
+
+    /// Milliseconds until that lock expires (negative once expired). Mirrors `UntilExpired`.
+    fn until_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> i64;
+
+    /// Checks that reading at `read_ts` cannot see data the TSO has not allocated yet
+    /// (`stale_read`: a stale read, which may not read at the latest, `u64::MAX`). Mirrors
+    /// `ReadTSValidator.ValidateReadTS`.
+    fn validate_read_ts(
+        &self,
+        read_ts: Timestamp,
+        stale_read: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+impl<R: Runtime> Cluster<R> {
+    /// Whether a lock written at `lock_ts` with a TTL of `ttl_ms` has expired by the last
+    /// timestamp this client fetched (true when it has fetched none). Mirrors client-go
+    /// `pdOracle.IsExpired`.
+    pub fn is_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> bool {
+        lock_is_expired(
+            self.low_resolution_timestamp().ok(),
+            lock_ts.version(),
+            ttl_ms,
+        )
+    }
+
+    /// Milliseconds until a lock written at `lock_ts` with a TTL of `ttl_ms` expires by the
+    /// last timestamp this client fetched (negative once expired, 0 when it has fetched none).
+    /// Mirrors client-go `pdOracle.UntilExpired`.
+    pub fn until_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> i64 {
+        lock_until_expired(
+            self.low_resolution_timestamp().ok(),
+            lock_ts.version(),
+            ttl_ms,
+        )
+    }
+
+    /// Checks a read timestamp before reading at it, when [`crate::config::Config`]'s
+    /// `enable_ts_validation` is on (always `Ok` otherwise): `read_ts` must not be ahead of
+    /// what the TSO has allocated. A timestamp not known to be behind the last one fetched is
+    /// compared with a fresh one, twice at most (the first may come from a call that started
+    /// earlier); reads at `i64::MAX..u64::MAX` and stale reads at `u64::MAX` are refused with
+    /// [`Error::InvalidArgument`]. A stale read also tunes the low-resolution refresh period
+    /// (see [`Cluster::report_stale_read`]). Mirrors client-go `pdOracle.ValidateReadTS`.
+    pub async fn validate_read_ts(
+        &self,
+        read_ts: Timestamp,
+        stale_read: bool,
+    ) -> Result<(), Error> {
+        let mut check = self.with_shared(|s| s.read_ts.check(read_ts.version(), stale_read));
+        let mut retried = false;
+        let result = loop {
+            match check {
+                ReadTsCheck::Valid => break Ok(()),
+                ReadTsCheck::Invalid(err) => break Err(err),
+                ReadTsCheck::FetchCurrent => {
+                    let current = match self.timestamp().await {
+                        Ok(ts) => ts,
+                        Err(err) => break Err(err),
+                    };
+                    check = self.with_shared(|s| {
+                        s.read_ts.check_against(
+                            read_ts.version(),
+                            current.version(),
+                            retried,
+                            stale_read,
+                        )
+                    });
+                    retried = true;
+                }
+            }
+        };
+        for (read, current) in self.with_shared(|s| s.read_ts.take_stale_reads()) {
+            self.report_stale_read(Timestamp(read), current.map(Timestamp));
+        }
+        result
+    }
+}
+
+impl<R: Runtime> Oracle for Cluster<R> {
+    fn timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        Cluster::timestamp(self)
+    }
+
+    fn low_resolution_timestamp(&self) -> Result<Timestamp, Error> {
+        Cluster::low_resolution_timestamp(self)
+    }
+
+    fn set_low_resolution_timestamp_update_interval(
+        &self,
+        interval: Duration,
+    ) -> Result<(), Error> {
+        Cluster::set_low_resolution_timestamp_update_interval(self, interval)
+    }
+
+    fn stale_timestamp(
+        &self,
+        prev_seconds: u64,
+    ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        Cluster::stale_timestamp(self, prev_seconds)
+    }
+
+    fn is_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> bool {
+        Cluster::is_expired(self, lock_ts, ttl_ms)
+    }
+
+    fn until_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> i64 {
+        Cluster::until_expired(self, lock_ts, ttl_ms)
+    }
+
+    fn validate_read_ts(
+        &self,
+        read_ts: Timestamp,
+        stale_read: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        Cluster::validate_read_ts(self, read_ts, stale_read)
+    }
+}
+
+/// An oracle reading a clock instead of PD: timestamps are the clock's milliseconds, with the
+/// logical part counting calls within one millisecond. For tests and tools without PD; the
+/// clock is the caller's (`SystemTime::now` for real time, a fake one for tests). Mirrors
+/// client-go `oracle/oracles/local.go` `NewLocalOracle` (with its test hook as the clock).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tikv_core::client::oracle::{LocalOracle, Oracle};
+/// let oracle = LocalOracle::new(|| SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+/// let a = futures_lite::future::block_on(oracle.timestamp()).unwrap();
+/// let b = futures_lite::future::block_on(oracle.timestamp()).unwrap();
+/// assert_eq!(a.physical_ms(), 1_700_000_000_000);
+/// assert_eq!(b.version(), a.version() + 1);
+/// ```
+pub struct LocalOracle {
+    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    state: Mutex<LocalState>,
+}
+
+#[derive(Debug, Default)]
+struct LocalState {
+    /// The clock's timestamp at the last call, and the calls since within that millisecond.
+    last: u64,
+    n: u64,
+    /// The external timestamp (client-go `localExternalTimestamp`).
+    external: u64,
+}
+
+impl std::fmt::Debug for LocalOracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalOracle")
+            .field("state", &*lock(&self.state))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalOracle {
+    /// An oracle reading `clock`.
+    pub fn new(clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        LocalOracle {
+            clock: Arc::new(clock),
+            state: Mutex::default(),
+        }
+    }
+
+    /// The clock's time as a timestamp with a zero logical part (client-go `GoTimeToTS`);
+    /// times before 1970 count as 1970.
+    fn clock_ts(&self) -> u64 {
+        let now = (self.clock)();
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Timestamp::compose(u64::try_from(ms).unwrap_or(u64::MAX >> 18), 0).version()
+    }
+
+    fn clock_ms(&self) -> i128 {
+        let now = (self.clock)();
+        match now.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_millis() as i128,
+            Err(e) => -(e.duration().as_millis() as i128),
+        }
+    }
+
+    /// The next timestamp: the clock's, or one more than the last within the same
+    /// millisecond. Mirrors client-go `localOracle.GetTimestamp`.
+    fn next(&self) -> Timestamp {
+        let ts = self.clock_ts();
+        let mut st = lock(&self.state);
+        if st.last == ts {
+            st.n += 1;
+            return Timestamp(ts + st.n);
+        }
+        st.last = ts;
+        st.n = 0;
+        Timestamp(ts)
+    }
+
+    /// The external timestamp (0 until one is set). Mirrors client-go
+    /// `localOracle.GetExternalTimestamp`.
+    pub fn external_timestamp(&self) -> Timestamp {
+        Timestamp(lock(&self.state).external)
+    }
+
+    /// Sets the external timestamp: refused with [`Error::InvalidArgument`] when `ts` is
+    /// ahead of a fresh timestamp or below the one already set (setting the same one again
+    /// is fine). Mirrors client-go `localExternalTimestamp.setExternalTimestamp`.
+    pub fn set_external_timestamp(&self, ts: Timestamp) -> Result<(), Error> {
+        let current = self.next();
+        if ts > current {
+            return Err(Error::invalid(
+                "external timestamp is greater than global tso",
+            ));
+        }
+        let mut st = lock(&self.state);
+        if st.external > ts.version() {
+            return Err(Error::invalid("cannot decrease the external timestamp"));
+        }
+        st.external = ts.version();
+        Ok(())
+    }
+
+    /// The clock's time as a timestamp. Mirrors client-go
+    /// `localOracle.GetAllTSOKeyspaceGroupMinTS`.
+    pub fn all_tso_keyspace_group_min_ts(&self) -> Timestamp {
+        Timestamp(self.clock_ts())
+    }
+}
+
+impl Oracle for LocalOracle {
+    fn timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        let ts = self.next();
+        async move { Ok(ts) }
+    }
+
+    /// A fresh timestamp: a local oracle has no cache to lag.
+    fn low_resolution_timestamp(&self) -> Result<Timestamp, Error> {
+        Ok(self.next())
+    }
+
+    /// Nothing to refresh: accepted and ignored, like client-go's.
+    fn set_low_resolution_timestamp_update_interval(&self, _: Duration) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn stale_timestamp(
+        &self,
+        prev_seconds: u64,
+    ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        let ms = self.clock_ms() - i128::from(prev_seconds) * 1000;
+        let physical = u64::try_from(ms.max(0)).unwrap_or(u64::MAX >> 18);
+        async move { Ok(Timestamp::compose(physical, 0)) }
+    }
+
+    /// Whether the clock has reached the lock's physical time plus its TTL.
+    fn is_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> bool {
+        self.until_expired(lock_ts, ttl_ms) <= 0
+    }
+
+    fn until_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> i64 {
+        let expiry = i128::from(lock_ts.physical_ms()) + i128::from(ttl_ms);
+        (expiry - self.clock_ms()).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// Always fine: a local oracle does not validate (client-go's neither).
+    async fn validate_read_ts(&self, _: Timestamp, _: bool) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn fake_clock() -> (Arc<AtomicU64>, LocalOracle) {
+        let ms = Arc::new(AtomicU64::new(1_700_000_000_000));
+        let read = ms.clone();
+        let oracle = LocalOracle::new(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::Relaxed))
+        });
+        (ms, oracle)
+    }
+
+    #[test]
+    fn local_oracle_counts_within_a_millisecond_and_follows_the_clock() {
+        let (ms, oracle) = fake_clock();
+        let a = block_on(oracle.timestamp()).unwrap();
+        let b = block_on(oracle.timestamp()).unwrap();
+        assert_eq!(a, Timestamp::compose(1_700_000_000_000, 0));
+        assert_eq!(b.version(), a.version() + 1);
+        ms.store(1_700_000_000_005, Ordering::Relaxed);
+        let c = oracle.low_resolution_timestamp().unwrap();
+        assert_eq!(c, Timestamp::compose(1_700_000_000_005, 0));
+        let stale = block_on(oracle.stale_timestamp(2)).unwrap();
+        assert_eq!(stale, Timestamp::compose(1_699_999_998_005, 0));
+        // A lock of 10 ms written at `a`: 5 ms in, 5 ms left; at 10 ms, expired.
+        assert_eq!(oracle.until_expired(a, 10), 5);
+        assert!(!oracle.is_expired(a, 10));
+        ms.store(1_700_000_000_010, Ordering::Relaxed);
+        assert!(oracle.is_expired(a, 10));
+        assert_eq!(oracle.until_expired(a, 3), -7);
+        assert!(block_on(oracle.validate_read_ts(Timestamp(u64::MAX), true)).is_ok());
+    }
+
+    #[test]
+    fn local_external_timestamp_follows_client_go_rules() {
+        let (ms, oracle) = fake_clock();
+        assert_eq!(oracle.external_timestamp(), Timestamp(0));
+        let now = Timestamp::compose(1_700_000_000_000, 0);
+        oracle.set_external_timestamp(now).unwrap();
+        oracle.set_external_timestamp(now).unwrap();
+        assert_eq!(oracle.external_timestamp(), now);
+        // Ahead of the clock, or backwards: refused.
+        let ahead = Timestamp::compose(1_700_000_000_001, 0);
+        assert!(matches!(
+            oracle.set_external_timestamp(ahead),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            oracle.set_external_timestamp(Timestamp(1)),
+            Err(Error::InvalidArgument(_))
+        ));
+        ms.store(1_700_000_000_001, Ordering::Relaxed);
+        oracle.set_external_timestamp(ahead).unwrap();
+        assert_eq!(oracle.all_tso_keyspace_group_min_ts(), ahead);
+    }
+}
