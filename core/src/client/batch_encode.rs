@@ -141,37 +141,15 @@ impl BatchEncoder {
 const RAW_GET_ARM: u64 = 13;
 
 /// Writes `cmd` as its oneof arm (key, length, fields) like prost's `Cmd::encode`, the hottest
-/// command, a `RawGet` (a key and a column family), directly.
+/// command, a `RawGet` without a context, directly.
 fn encode_cmd(cmd: &TikvCmd, out: &mut Vec<u8>) {
-    let TikvCmd::RawGet(get) = cmd else {
-        cmd.encode(out);
-        return;
-    };
-    let field_len = |len: usize| {
-        if len == 0 {
-            0
-        } else {
-            1 + encoded_len_varint(len as u64) + len
+    match cmd {
+        TikvCmd::RawGet(get) if get.context.is_none() => {
+            put_varint(out, RAW_GET_ARM << 3 | 2);
+            put_varint(out, raw_get_fields_len(get) as u64);
+            put_raw_get_fields(out, get);
         }
-    };
-    let context_len = get.context.as_ref().map_or(0, |c| {
-        let len = c.encoded_len();
-        1 + encoded_len_varint(len as u64) + len
-    });
-    let inner = context_len + field_len(get.key.len()) + field_len(get.cf.len());
-    put_varint(out, RAW_GET_ARM << 3 | 2);
-    put_varint(out, inner as u64);
-    if let Some(c) = &get.context {
-        put_varint(out, u64::from(CONTEXT_FIELD << 3 | 2));
-        put_varint(out, c.encoded_len() as u64);
-        c.encode_raw(out);
-    }
-    for (tag, field) in [(2u64, &get.key[..]), (3, get.cf.as_bytes())] {
-        if !field.is_empty() {
-            put_varint(out, tag << 3 | 2);
-            put_varint(out, field.len() as u64);
-            out.extend_from_slice(field);
-        }
+        _ => cmd.encode(out),
     }
 }
 
@@ -179,18 +157,7 @@ fn encode_cmd(cmd: &TikvCmd, out: &mut Vec<u8>) {
 /// its context) as field 1 and its own context field ignored: the bytes prost writes for the
 /// command carrying that context.
 fn put_raw_get(out: &mut BytesMut, ctx: &[u8], get: &kvrpcpb::RawGetRequest) {
-    let field_len = |len: usize| {
-        if len == 0 {
-            0
-        } else {
-            1 + encoded_len_varint(len as u64) + len
-        }
-    };
-    let inner = 1
-        + encoded_len_varint(ctx.len() as u64)
-        + ctx.len()
-        + field_len(get.key.len())
-        + field_len(get.cf.len());
+    let inner = 1 + encoded_len_varint(ctx.len() as u64) + ctx.len() + raw_get_fields_len(get);
     let request_len =
         encoded_len_varint(RAW_GET_ARM << 3 | 2) + encoded_len_varint(inner as u64) + inner;
     put_varint(out, u64::from(REQUESTS_FIELD << 3 | 2));
@@ -200,7 +167,25 @@ fn put_raw_get(out: &mut BytesMut, ctx: &[u8], get: &kvrpcpb::RawGetRequest) {
     put_varint(out, u64::from(CONTEXT_FIELD << 3 | 2));
     put_varint(out, ctx.len() as u64);
     out.put_slice(ctx);
-    for (tag, field) in [(2u64, &get.key[..]), (3, get.cf.as_bytes())] {
+    put_raw_get_fields(out, get);
+}
+
+/// The `RawGet` fields after the context: the key (2) and the column family (3), each left
+/// out when empty, as proto3 does.
+fn raw_get_fields(get: &kvrpcpb::RawGetRequest) -> [(u64, &[u8]); 2] {
+    [(2, &get.key[..]), (3, get.cf.as_bytes())]
+}
+
+fn raw_get_fields_len(get: &kvrpcpb::RawGetRequest) -> usize {
+    raw_get_fields(get)
+        .iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(_, f)| 1 + encoded_len_varint(f.len() as u64) + f.len())
+        .sum()
+}
+
+fn put_raw_get_fields(out: &mut impl BufMut, get: &kvrpcpb::RawGetRequest) {
+    for (tag, field) in raw_get_fields(get) {
         if !field.is_empty() {
             put_varint(out, tag << 3 | 2);
             put_varint(out, field.len() as u64);
@@ -490,9 +475,11 @@ mod tests {
     #[test]
     fn raw_get_arm_encodes_like_prost() {
         for (context, key, cf) in [
-            (Some(ctx(3, 10, true)), &b"k"[..], ""),
+            (None, &b"k"[..], ""),
             (None, b"", "default"),
-            (Some(kvrpcpb::Context::default()), &[1u8; 200][..], "lock"),
+            (None, &[1u8; 200][..], "lock"),
+            // With a context it is prost's own encoding.
+            (Some(ctx(3, 10, true)), b"k", ""),
         ] {
             let cmd = TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
                 context,
