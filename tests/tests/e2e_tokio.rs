@@ -22,3 +22,10 @@ fn block_on<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
 }
 
 tikv_tests::e2e_suite!(tikv_tokio::Tokio, block_on);
+
+#[test]
+fn external_timestamp_and_min_ts() {
+    block_on(tikv_tests::scenarios::external_timestamp_and_min_ts::<
+        tikv_tokio::Tokio,
+    >());
+}
