@@ -998,8 +998,9 @@ pub async fn identical_region_resolves_collapse<R: Runtime>() {
 /// mock PD: a set value reads back; PD refuses a smaller, an equal and a future value with
 /// typed errors and keeps the stored one; `GetMinTS` answers at least every earlier TSO
 /// timestamp (its wall-clock time is now), and a PD without `GetMinTS` (`UNIMPLEMENTED`, not
-/// retried) is answered by the TSO; a `SetExternalTimestamp` whose reply is lost is not sent
-/// again and reports an undetermined result.
+/// retried) is answered by the TSO, a PD error is retried until PD recovers; a
+/// `SetExternalTimestamp` whose reply is lost is not sent again and reports an undetermined
+/// result.
 pub async fn external_timestamp_and_min_ts<R: Runtime>() {
     use tikv_core::machine::Timestamp;
     use tikv_core::machine::pd::ExternalTsRejection;
@@ -1059,6 +1060,21 @@ pub async fn external_timestamp_and_min_ts<R: Runtime>() {
         mock.cluster().pd_requests("GetMinTS"),
         2,
         "UNIMPLEMENTED is not retried"
+    );
+
+    // A PD error in the answer (the TSO is paused) is retried with `BoPDRPC` until PD recovers.
+    mock.cluster().pause_tso(true);
+    let control = mock.shared();
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        control.pause_tso(false);
+    });
+    let retried = cluster.all_tso_keyspace_group_min_ts().await.unwrap();
+    resume.join().unwrap();
+    assert!(retried > fallback);
+    assert!(
+        mock.cluster().pd_requests("GetMinTS") >= 4,
+        "the refused GetMinTS was asked again"
     );
 
     let sets = mock.cluster().pd_requests("SetExternalTimestamp");
