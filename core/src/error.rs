@@ -322,6 +322,18 @@ pub enum Error {
     #[error("pd error: circuit breaker is open")]
     PdCircuitBreakerOpen,
 
+    /// PD refused to set the cluster's external timestamp to `ts` (`INVALID_VALUE`): it is
+    /// above PD's current TSO, or not above the external timestamp already stored. Mirrors
+    /// PD `server/server.go` `SetExternalTS` as client-go `oracle/oracles/pd.go`
+    /// `SetExternalTimestamp` meets it.
+    #[error("external timestamp {ts} rejected: {reason}")]
+    ExternalTimestampRejected {
+        /// The timestamp the caller asked for.
+        ts: u64,
+        /// Which rule it broke.
+        reason: crate::machine::pd::ExternalTsRejection,
+    },
+
     /// The keyspace does not exist or is not enabled.
     #[error("keyspace {0:?} not found or not enabled")]
     KeyspaceNotFound(String),

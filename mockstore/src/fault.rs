@@ -201,6 +201,9 @@ pub enum PdFaultAction {
     },
     /// Never reply (the call runs).
     DropResponse,
+    /// Fail a unary call with gRPC status `Unimplemented`, as a PD without the
+    /// method answers (the call does not run; `Tso` ignores it).
+    Unimplemented,
 }
 
 /// A PD fault rule: a method name (`"GetRegion"`, `"Tso"`, ...; `None` for

@@ -112,6 +112,8 @@ pub struct PdState {
     operators: BTreeMap<u64, Operator>,
     keyspaces: BTreeMap<u32, keyspacepb::KeyspaceMeta>,
     next_keyspace: u32,
+    /// The external timestamp (`SetExternalTimestamp`); 0 until first set.
+    external_ts: u64,
 }
 
 impl PdState {
@@ -128,6 +130,7 @@ impl PdState {
             operators: BTreeMap::new(),
             keyspaces: BTreeMap::new(),
             next_keyspace: 1,
+            external_ts: 0,
         };
         pd.keyspaces.insert(0, keyspace_meta(0, "DEFAULT"));
         for name in &cfg.keyspaces {
@@ -201,6 +204,41 @@ impl PdState {
         }
         self.logical += u64::from(count);
         Ok((self.physical, self.logical))
+    }
+
+    /// The external timestamp (0 until one is set).
+    pub fn external_ts(&self) -> u64 {
+        self.external_ts
+    }
+
+    /// Sets the external timestamp to `ts`. A global timestamp is allocated first (so the
+    /// TSO moves on, as in PD); `ts` must not exceed it and must be strictly greater than the
+    /// stored external timestamp (setting the same value again is refused too).
+    ///
+    /// Follows PD `server/grpc_service.go` `SetExternalTimestamp` (one TSO allocated per
+    /// request) and `server/server.go` `SetExternalTS`, whose error messages it uses.
+    pub fn set_external_ts(&mut self, now_ms: u64, ts: u64) -> Result<(), PdError> {
+        let (physical, logical) = self.tso(now_ms, 1)?;
+        let global = compose_ts(physical, logical);
+        if ts > global {
+            return Err(PdError::InvalidValue(
+                "the external timestamp should not be larger than global ts".into(),
+            ));
+        }
+        if ts <= self.external_ts {
+            return Err(PdError::InvalidValue(
+                "the external timestamp should be larger than current external timestamp".into(),
+            ));
+        }
+        self.external_ts = ts;
+        Ok(())
+    }
+
+    /// The minimum timestamp over all TSO keyspace groups. This PD serves the only TSO
+    /// itself, so the minimum is a freshly allocated timestamp (as PD's `GetMinTS` in PD
+    /// service mode); returned as (physical, logical).
+    pub fn min_ts(&mut self, now_ms: u64) -> Result<(u64, u64), PdError> {
+        self.tso(now_ms, 1)
     }
 
     /// The cluster-wide (null keyspace) GC safe point.
@@ -711,6 +749,49 @@ impl Cluster {
             Err(e) => pdpb::TsoResponse {
                 header: self.pd_error_header(&e),
                 ..Default::default()
+            },
+        }
+    }
+
+    /// `SetExternalTimestamp` (see [`PdState::set_external_ts`]): refused with an
+    /// `INVALID_VALUE` header.
+    pub fn pd_set_external_timestamp(
+        &mut self,
+        now_ms: u64,
+        req: &pdpb::SetExternalTimestampRequest,
+    ) -> pdpb::SetExternalTimestampResponse {
+        match self.pd.set_external_ts(now_ms, req.timestamp) {
+            Ok(()) => pdpb::SetExternalTimestampResponse {
+                header: self.pd_header(),
+            },
+            Err(e) => pdpb::SetExternalTimestampResponse {
+                header: self.pd_error_header(&e),
+            },
+        }
+    }
+
+    /// `GetExternalTimestamp`: the stored external timestamp (0 when never set).
+    pub fn pd_get_external_timestamp(&self) -> pdpb::GetExternalTimestampResponse {
+        pdpb::GetExternalTimestampResponse {
+            header: self.pd_header(),
+            timestamp: self.pd.external_ts(),
+        }
+    }
+
+    /// `GetMinTS`: see [`PdState::min_ts`].
+    pub fn pd_get_min_ts(&mut self, now_ms: u64) -> pdpb::GetMinTsResponse {
+        match self.pd.min_ts(now_ms) {
+            Ok((physical, logical)) => pdpb::GetMinTsResponse {
+                header: self.pd_header(),
+                timestamp: Some(pdpb::Timestamp {
+                    physical: physical as i64,
+                    logical: logical as i64,
+                    suffix_bits: 0,
+                }),
+            },
+            Err(e) => pdpb::GetMinTsResponse {
+                header: self.pd_error_header(&e),
+                timestamp: None,
             },
         }
     }
@@ -1328,6 +1409,98 @@ mod tests {
         assert!(p.tso(300, 0).is_err());
         p.set_tso_paused(true);
         assert_eq!(p.tso(300, 1), Err(PdError::TsoPaused));
+    }
+
+    // PD `server/server.go` `SetExternalTS`: the external ts never exceeds the
+    // global ts allocated for the request and only moves strictly forward.
+    #[test]
+    fn external_ts_is_bounded_by_the_tso_and_only_increases() {
+        let mut p = pd();
+        assert_eq!(p.external_ts(), 0);
+        let (ph, lo) = p.tso(100, 5).unwrap();
+        let issued = compose_ts(ph, lo);
+        // The request allocates (100, 6): one above what was issued is still allowed.
+        p.set_external_ts(100, issued + 1).unwrap();
+        assert_eq!(p.external_ts(), issued + 1);
+        assert_eq!(p.tso(100, 1).unwrap(), (100, 7), "one TSO per set request");
+        // Above the ts allocated for the request (100, 8).
+        let too_new = compose_ts(100, 9);
+        let err = p.set_external_ts(100, too_new).unwrap_err();
+        assert_eq!(
+            err,
+            PdError::InvalidValue(
+                "the external timestamp should not be larger than global ts".into()
+            )
+        );
+        assert_eq!(p.external_ts(), issued + 1);
+        // Equal and smaller values are refused.
+        for ts in [issued + 1, issued, 1] {
+            let err = p.set_external_ts(100, ts).unwrap_err();
+            assert_eq!(
+                err,
+                PdError::InvalidValue(
+                    "the external timestamp should be larger than current external timestamp"
+                        .into()
+                )
+            );
+        }
+        // The physical part follows the clock: a later clock allows a later value.
+        p.set_external_ts(500, compose_ts(499, 3)).unwrap();
+        assert_eq!(p.external_ts(), compose_ts(499, 3));
+        p.set_tso_paused(true);
+        assert_eq!(
+            p.set_external_ts(600, compose_ts(550, 0)),
+            Err(PdError::TsoPaused)
+        );
+        assert_eq!(p.external_ts(), compose_ts(499, 3));
+    }
+
+    // PD `GetMinTS` in PD service mode: a fresh timestamp above every one issued.
+    #[test]
+    fn min_ts_is_a_fresh_timestamp() {
+        let mut p = pd();
+        let (ph, lo) = p.tso(100, 3).unwrap();
+        let min = p.min_ts(100).unwrap();
+        assert_eq!(min, (100, 4));
+        assert!(compose_ts(min.0, min.1) > compose_ts(ph, lo));
+        assert_eq!(p.tso(100, 1).unwrap(), (100, 5));
+        p.set_tso_paused(true);
+        assert_eq!(p.min_ts(100), Err(PdError::TsoPaused));
+    }
+
+    // The gRPC handlers: rejections travel as `INVALID_VALUE` headers.
+    #[test]
+    fn external_ts_and_min_ts_handlers() {
+        let mut c = Cluster::new(ClusterConfig::default());
+        let get = c.pd_get_external_timestamp();
+        assert_eq!(get.timestamp, 0);
+        assert!(get.header.unwrap().error.is_none());
+        let min = c.pd_get_min_ts(1_000);
+        assert!(min.header.unwrap().error.is_none());
+        let min = min.timestamp.unwrap();
+        assert_eq!((min.physical, min.logical), (1_000, 1));
+        let min_ts = compose_ts(1_000, 1);
+        let set = |c: &mut Cluster, ts| {
+            c.pd_set_external_timestamp(
+                1_000,
+                &pdpb::SetExternalTimestampRequest {
+                    timestamp: ts,
+                    ..Default::default()
+                },
+            )
+            .header
+            .unwrap()
+            .error
+        };
+        assert_eq!(set(&mut c, min_ts), None);
+        assert_eq!(c.pd_get_external_timestamp().timestamp, min_ts);
+        let refused = set(&mut c, min_ts - 1).expect("a smaller value is refused");
+        assert_eq!(refused.r#type, pdpb::ErrorType::InvalidValue as i32);
+        assert!(refused.message.contains("current external timestamp"));
+        let refused = set(&mut c, compose_ts(2_000, 0)).expect("a future value is refused");
+        assert_eq!(refused.r#type, pdpb::ErrorType::InvalidValue as i32);
+        assert!(refused.message.contains("global ts"));
+        assert_eq!(c.pd_get_external_timestamp().timestamp, min_ts);
     }
 
     // PD `pkg/gc/gc_state_manager.go`: txn safe point cannot pass barriers

@@ -833,6 +833,9 @@ const PD_METHODS: &[&str] = &[
     "DeleteGCBarrier",
     "GetOperator",
     "SplitRegions",
+    "SetExternalTimestamp",
+    "GetExternalTimestamp",
+    "GetMinTS",
 ];
 
 const KEYSPACE_METHODS: &[&str] = &["LoadKeyspace", "LoadKeyspaceByID", "GetAllKeyspaces"];
@@ -921,6 +924,11 @@ fn pd_call(shared: &Shared, method: &str, body: &[u8]) -> Result<Vec<u8>, Status
         "GetAllKeyspaces" => c
             .pd_get_all_keyspaces(&decode(body, method)?)
             .encode_to_vec(),
+        "SetExternalTimestamp" => c
+            .pd_set_external_timestamp(now, &decode(body, method)?)
+            .encode_to_vec(),
+        "GetExternalTimestamp" => c.pd_get_external_timestamp().encode_to_vec(),
+        "GetMinTS" => c.pd_get_min_ts(now).encode_to_vec(),
         other => return Err(Status::unimplemented(other.to_string())),
     };
     Ok(out)
@@ -939,6 +947,10 @@ impl tonic::server::UnaryService<Vec<u8>> for PdUnarySvc {
             if let Some(PdFaultAction::Unavailable(msg)) = &fault {
                 shared.lock().cluster.faults_mut().count_pd(&method);
                 return Err(Status::unavailable(msg.clone()));
+            }
+            if let Some(PdFaultAction::Unimplemented) = &fault {
+                shared.lock().cluster.faults_mut().count_pd(&method);
+                return Err(Status::unimplemented(method.clone()));
             }
             let out = pd_call(&shared, &method, &body)?;
             match fault {

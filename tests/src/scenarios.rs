@@ -1289,6 +1289,10 @@ pub async fn cluster_is_an_oracle<R: Runtime>() {
         let b = oracle.timestamp().await.unwrap();
         assert!(b > a);
         assert!(oracle.low_resolution_timestamp().unwrap() >= b);
+        assert!(oracle.all_tso_keyspace_group_min_ts().await.unwrap() > b);
+        assert_eq!(oracle.external_timestamp().await.unwrap(), Timestamp(0));
+        oracle.set_external_timestamp(a).await.unwrap();
+        assert_eq!(oracle.external_timestamp().await.unwrap(), a);
         b
     }
     let mock = Mock::start(MockCluster::builder());
@@ -1318,4 +1322,107 @@ pub async fn cluster_is_an_oracle<R: Runtime>() {
         .validate_read_ts(Timestamp(u64::MAX), false)
         .await
         .unwrap();
+}
+/// The external timestamp and the TSO minimum (client-go `oracle.Oracle`
+/// `SetExternalTimestamp`, `GetExternalTimestamp`, `GetAllTSOKeyspaceGroupMinTS`) against the
+/// mock PD: a set value reads back; PD refuses a smaller, an equal and a future value with
+/// typed errors and keeps the stored one; `GetMinTS` answers at least every earlier TSO
+/// timestamp (its wall-clock time is now), and a PD without `GetMinTS` (`UNIMPLEMENTED`, not
+/// retried) is answered by the TSO, a PD error is retried until PD recovers; a
+/// `SetExternalTimestamp` whose reply is lost is not sent again and reports an undetermined
+/// result.
+pub async fn external_timestamp_and_min_ts<R: Runtime>() {
+    use tikv_core::machine::Timestamp;
+    use tikv_core::machine::pd::ExternalTsRejection;
+
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    let cluster = client.cluster();
+    assert_eq!(cluster.external_timestamp().await.unwrap(), Timestamp(0));
+
+    let t1 = cluster.timestamp().await.unwrap();
+    cluster.set_external_timestamp(t1).await.unwrap();
+    assert_eq!(cluster.external_timestamp().await.unwrap(), t1);
+    let rejected = |ts: Timestamp, reason| Error::ExternalTimestampRejected {
+        ts: ts.version(),
+        reason,
+    };
+    let smaller = Timestamp(t1.version() - 1);
+    assert_eq!(
+        cluster.set_external_timestamp(smaller).await.unwrap_err(),
+        rejected(smaller, ExternalTsRejection::NotAboveCurrent)
+    );
+    assert_eq!(
+        cluster.set_external_timestamp(t1).await.unwrap_err(),
+        rejected(t1, ExternalTsRejection::NotAboveCurrent)
+    );
+    let future = Timestamp::compose(t1.physical_ms() + 3_600_000, 0);
+    assert_eq!(
+        cluster.set_external_timestamp(future).await.unwrap_err(),
+        rejected(future, ExternalTsRejection::AboveGlobalTs)
+    );
+    assert_eq!(cluster.external_timestamp().await.unwrap(), t1);
+    let t2 = cluster.timestamp().await.unwrap();
+    cluster.set_external_timestamp(t2).await.unwrap();
+    assert_eq!(cluster.external_timestamp().await.unwrap(), t2);
+
+    let before = cluster.timestamp().await.unwrap();
+    let min = cluster.all_tso_keyspace_group_min_ts().await.unwrap();
+    assert!(
+        min >= before,
+        "min ts {min:?} below an earlier TSO {before:?}"
+    );
+    assert_eq!(mock.cluster().pd_requests("GetMinTS"), 1);
+    let skew = match std::time::SystemTime::now().duration_since(min.to_system_time()) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    assert!(
+        skew < Duration::from_secs(60),
+        "min ts is {skew:?} off the clock"
+    );
+
+    mock.cluster()
+        .add_pd_fault(PdFaultRule::once("GetMinTS", PdFaultAction::Unimplemented));
+    let fallback = cluster.all_tso_keyspace_group_min_ts().await.unwrap();
+    assert!(fallback > min, "the TSO answers for a PD without GetMinTS");
+    assert_eq!(
+        mock.cluster().pd_requests("GetMinTS"),
+        2,
+        "UNIMPLEMENTED is not retried"
+    );
+
+    // A PD error in the answer (the TSO is paused) is retried with `BoPDRPC` until PD recovers.
+    mock.cluster().pause_tso(true);
+    let control = mock.shared();
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        control.pause_tso(false);
+    });
+    let retried = cluster.all_tso_keyspace_group_min_ts().await.unwrap();
+    resume.join().unwrap();
+    assert!(retried > fallback);
+    assert!(
+        mock.cluster().pd_requests("GetMinTS") >= 4,
+        "the refused GetMinTS was asked again"
+    );
+
+    let sets = mock.cluster().pd_requests("SetExternalTimestamp");
+    mock.cluster().add_pd_fault(PdFaultRule::once(
+        "SetExternalTimestamp",
+        PdFaultAction::DropResponse,
+    ));
+    let t3 = cluster.timestamp().await.unwrap();
+    let err = cluster.set_external_timestamp(t3).await.unwrap_err();
+    assert!(matches!(err, Error::Undetermined(_)), "{err:?}");
+    assert_eq!(
+        mock.cluster().pd_requests("SetExternalTimestamp"),
+        sets + 1,
+        "sent once"
+    );
+    assert_eq!(
+        cluster.external_timestamp().await.unwrap(),
+        t3,
+        "PD applied the set whose reply was lost"
+    );
 }

@@ -17,3 +17,9 @@ tikv_tests::e2e_suite!(tikv_smol::Smol, block_on);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; low_resolution_and_stale_timestamps);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; cluster_is_an_oracle);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; stale_reads_shrink_the_low_resolution_refresh);
+#[test]
+fn external_timestamp_and_min_ts() {
+    block_on(tikv_tests::scenarios::external_timestamp_and_min_ts::<
+        tikv_smol::Smol,
+    >());
+}

@@ -446,6 +446,34 @@ impl<R: Runtime> Cluster<R> {
     }
 }
 
+/// The external timestamp and the TSO minimum (client-go `oracle.Oracle`
+/// `GetExternalTimestamp`, `SetExternalTimestamp`, `GetAllTSOKeyspaceGroupMinTS`).
+impl<R: Runtime> Cluster<R> {
+    /// The cluster's external timestamp as PD stores it (`Timestamp(0)` when never set).
+    /// Mirrors client-go `oracle/oracles/pd.go` `pdOracle.GetExternalTimestamp`.
+    pub async fn external_timestamp(&self) -> Result<Timestamp, Error> {
+        self.inner.pd.external_timestamp().await
+    }
+
+    /// Sets the cluster's external timestamp in PD. PD refuses, with
+    /// [`Error::ExternalTimestampRejected`], a `ts` above its current TSO
+    /// ([`crate::machine::pd::ExternalTsRejection::AboveGlobalTs`]) or not above the stored
+    /// one ([`crate::machine::pd::ExternalTsRejection::NotAboveCurrent`]). The request is
+    /// sent once: a lost reply is [`Error::Undetermined`]. Mirrors client-go
+    /// `oracle/oracles/pd.go` `pdOracle.SetExternalTimestamp`.
+    pub async fn set_external_timestamp(&self, ts: Timestamp) -> Result<(), Error> {
+        self.inner.pd.set_external_timestamp(ts.version()).await
+    }
+
+    /// The smallest timestamp of all TSO keyspace groups (PD `GetMinTS`; a fresh TSO
+    /// timestamp from a PD without that method). Mirrors client-go `oracle/oracles/pd.go`
+    /// `pdOracle.GetAllTSOKeyspaceGroupMinTS` with the retries of `tikv/kv.go`
+    /// `getAllTSOKeyspaceGroupMinTSWithRetry`.
+    pub async fn all_tso_keyspace_group_min_ts(&self) -> Result<Timestamp, Error> {
+        self.inner.pd.min_ts().await
+    }
+}
+
 /// Loads keyspace `name` from PD. Mirrors client-go `tikv/kv.go` `NewKVStore` →
 /// `pdClient.LoadKeyspace`, failing unless the keyspace is enabled.
 async fn load_keyspace<R: Runtime>(

@@ -56,6 +56,22 @@ pub trait Oracle: Send + Sync {
         read_ts: Timestamp,
         stale_read: bool,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The external timestamp (zero until set). Mirrors `GetExternalTimestamp`.
+    fn external_timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send;
+
+    /// Sets the external timestamp, which may not pass the TSO nor go back. Mirrors
+    /// `SetExternalTimestamp`.
+    fn set_external_timestamp(
+        &self,
+        ts: Timestamp,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The smallest timestamp of all TSO keyspace groups. Mirrors
+    /// `GetAllTSOKeyspaceGroupMinTS`.
+    fn all_tso_keyspace_group_min_ts(
+        &self,
+    ) -> impl Future<Output = Result<Timestamp, Error>> + Send;
 }
 
 impl<R: Runtime> Cluster<R> {
@@ -161,6 +177,23 @@ impl<R: Runtime> Oracle for Cluster<R> {
     ) -> impl Future<Output = Result<(), Error>> + Send {
         Cluster::validate_read_ts(self, read_ts, stale_read)
     }
+
+    fn external_timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        Cluster::external_timestamp(self)
+    }
+
+    fn set_external_timestamp(
+        &self,
+        ts: Timestamp,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        Cluster::set_external_timestamp(self, ts)
+    }
+
+    fn all_tso_keyspace_group_min_ts(
+        &self,
+    ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        Cluster::all_tso_keyspace_group_min_ts(self)
+    }
 }
 
 /// An oracle reading a clock instead of PD: timestamps are the clock's milliseconds, with the
@@ -240,36 +273,6 @@ impl LocalOracle {
         st.n = 0;
         Timestamp(ts)
     }
-
-    /// The external timestamp (0 until one is set). Mirrors client-go
-    /// `localOracle.GetExternalTimestamp`.
-    pub fn external_timestamp(&self) -> Timestamp {
-        Timestamp(lock(&self.state).external)
-    }
-
-    /// Sets the external timestamp: refused with [`Error::InvalidArgument`] when `ts` is
-    /// ahead of a fresh timestamp or below the one already set (setting the same one again
-    /// is fine). Mirrors client-go `localExternalTimestamp.setExternalTimestamp`.
-    pub fn set_external_timestamp(&self, ts: Timestamp) -> Result<(), Error> {
-        let current = self.next();
-        if ts > current {
-            return Err(Error::invalid(
-                "external timestamp is greater than global tso",
-            ));
-        }
-        let mut st = lock(&self.state);
-        if st.external > ts.version() {
-            return Err(Error::invalid("cannot decrease the external timestamp"));
-        }
-        st.external = ts.version();
-        Ok(())
-    }
-
-    /// The clock's time as a timestamp. Mirrors client-go
-    /// `localOracle.GetAllTSOKeyspaceGroupMinTS`.
-    pub fn all_tso_keyspace_group_min_ts(&self) -> Timestamp {
-        Timestamp(self.clock_ts())
-    }
 }
 
 impl Oracle for LocalOracle {
@@ -310,6 +313,35 @@ impl Oracle for LocalOracle {
     /// Always fine: a local oracle does not validate (client-go's neither).
     async fn validate_read_ts(&self, _: Timestamp, _: bool) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// Zero until one is set. Mirrors client-go `localOracle.GetExternalTimestamp`.
+    async fn external_timestamp(&self) -> Result<Timestamp, Error> {
+        Ok(Timestamp(lock(&self.state).external))
+    }
+
+    /// Refused with [`Error::InvalidArgument`] when `ts` is ahead of a fresh timestamp or
+    /// below the one already set (setting the same one again is fine). Mirrors client-go
+    /// `localExternalTimestamp.setExternalTimestamp`.
+    async fn set_external_timestamp(&self, ts: Timestamp) -> Result<(), Error> {
+        let current = self.next();
+        if ts > current {
+            return Err(Error::invalid(
+                "external timestamp is greater than global tso",
+            ));
+        }
+        let mut st = lock(&self.state);
+        if st.external > ts.version() {
+            return Err(Error::invalid("cannot decrease the external timestamp"));
+        }
+        st.external = ts.version();
+        Ok(())
+    }
+
+    /// The clock's time as a timestamp. Mirrors client-go
+    /// `localOracle.GetAllTSOKeyspaceGroupMinTS`.
+    async fn all_tso_keyspace_group_min_ts(&self) -> Result<Timestamp, Error> {
+        Ok(Timestamp(self.clock_ts()))
     }
 }
 
@@ -352,23 +384,26 @@ mod tests {
     #[test]
     fn local_external_timestamp_follows_client_go_rules() {
         let (ms, oracle) = fake_clock();
-        assert_eq!(oracle.external_timestamp(), Timestamp(0));
+        assert_eq!(block_on(oracle.external_timestamp()).unwrap(), Timestamp(0));
         let now = Timestamp::compose(1_700_000_000_000, 0);
-        oracle.set_external_timestamp(now).unwrap();
-        oracle.set_external_timestamp(now).unwrap();
-        assert_eq!(oracle.external_timestamp(), now);
+        block_on(oracle.set_external_timestamp(now)).unwrap();
+        block_on(oracle.set_external_timestamp(now)).unwrap();
+        assert_eq!(block_on(oracle.external_timestamp()).unwrap(), now);
         // Ahead of the clock, or backwards: refused.
         let ahead = Timestamp::compose(1_700_000_000_001, 0);
         assert!(matches!(
-            oracle.set_external_timestamp(ahead),
+            block_on(oracle.set_external_timestamp(ahead)),
             Err(Error::InvalidArgument(_))
         ));
         assert!(matches!(
-            oracle.set_external_timestamp(Timestamp(1)),
+            block_on(oracle.set_external_timestamp(Timestamp(1))),
             Err(Error::InvalidArgument(_))
         ));
         ms.store(1_700_000_000_001, Ordering::Relaxed);
-        oracle.set_external_timestamp(ahead).unwrap();
-        assert_eq!(oracle.all_tso_keyspace_group_min_ts(), ahead);
+        block_on(oracle.set_external_timestamp(ahead)).unwrap();
+        assert_eq!(
+            block_on(oracle.all_tso_keyspace_group_min_ts()).unwrap(),
+            ahead
+        );
     }
 }

@@ -62,7 +62,7 @@ use prost::Message;
 use tikv_proto::pdpb;
 
 use super::rpc::{self, PD_GET_MEMBERS, PD_TSO};
-use super::runtime::{Channel, Runtime};
+use super::runtime::{Channel, Code, Runtime};
 use super::sync::{Inbox, lock};
 use super::tikv::with_deadline;
 use crate::config::Config;
@@ -605,8 +605,21 @@ impl<R: Runtime> PdClient<R> {
     async fn call_encoded(
         &self,
         breaker: Option<&Mutex<CircuitBreaker>>,
-        mut encode: impl FnMut(u64) -> (&'static str, Bytes),
+        encode: impl FnMut(u64) -> (&'static str, Bytes),
     ) -> Result<Bytes, Error> {
+        self.call_attempts(breaker, CallPolicy::default(), encode)
+            .await?
+            .ok_or_else(|| Error::Internal("PD call ended without a reply".into()))
+    }
+
+    /// The loop behind [`PdClient::call_encoded`], with `policy` deciding what ends it early:
+    /// `Ok(None)` is an `UNIMPLEMENTED` answer under [`CallPolicy::unimplemented_ends`].
+    async fn call_attempts(
+        &self,
+        breaker: Option<&Mutex<CircuitBreaker>>,
+        policy: CallPolicy,
+        mut encode: impl FnMut(u64) -> (&'static str, Bytes),
+    ) -> Result<Option<Bytes>, Error> {
         let mut bo = Backoffer::new(self.budget_ms);
         let deadline = self.budget_deadline();
         loop {
@@ -646,7 +659,27 @@ impl<R: Runtime> PdClient<R> {
                     match with_deadline(&self.rt, call_deadline, call).await {
                         Some(Ok(bytes)) => {
                             attempt.finish(false);
-                            return Ok(bytes);
+                            return Ok(Some(bytes));
+                        }
+                        Some(Err(status))
+                            if policy.unimplemented_ends && status.code == Code::UNIMPLEMENTED =>
+                        {
+                            attempt.finish(false);
+                            return Ok(None);
+                        }
+                        Some(Err(status)) if policy.send_once => {
+                            attempt.finish(is_overload_code(status.code.0));
+                            self.drop_leader(&leader);
+                            return Err(Error::Pd(format!("{path} to {}: {status}", leader.via)));
+                        }
+                        None if policy.send_once => {
+                            attempt.finish(true);
+                            self.drop_leader(&leader);
+                            return Err(Error::Undetermined(format!(
+                                "{path} to {}: no reply within {} ms",
+                                leader.via,
+                                self.call_timeout.as_millis()
+                            )));
                         }
                         Some(Err(status)) => {
                             attempt.finish(is_overload_code(status.code.0));
@@ -999,6 +1032,120 @@ impl<R: Runtime> PdClient<R> {
                 self.drop_leader(&leader);
                 Err(Error::Pd("open Tso stream: timeout".into()))
             }
+        }
+    }
+}
+
+/// Path of PD `SetExternalTimestamp`.
+const PD_SET_EXTERNAL_TIMESTAMP: &str = "/pdpb.PD/SetExternalTimestamp";
+/// Path of PD `GetExternalTimestamp`.
+const PD_GET_EXTERNAL_TIMESTAMP: &str = "/pdpb.PD/GetExternalTimestamp";
+/// Path of PD `GetMinTS`.
+const PD_GET_MIN_TS: &str = "/pdpb.PD/GetMinTS";
+
+/// What ends a unary PD call before its retry budget (see [`PdClient::call_attempts`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct CallPolicy {
+    /// An `UNIMPLEMENTED` status is an answer (the server lacks the method), not a failure to
+    /// retry.
+    unimplemented_ends: bool,
+    /// A request handed to the transport is never sent again: a failure after that ends the
+    /// call ([`Error::Undetermined`] when no reply came in time), because PD may have applied
+    /// it and a repeat could be refused for that very reason. Calls that never reached a
+    /// leader are still retried. The PD Go client does not retry such calls either.
+    send_once: bool,
+}
+
+/// The external timestamp and the TSO minimum (client-go `oracle/oracles/pd.go`).
+impl<R: Runtime> PdClient<R> {
+    fn request_header(cluster_id: u64) -> Option<pdpb::RequestHeader> {
+        Some(pdpb::RequestHeader {
+            cluster_id,
+            ..Default::default()
+        })
+    }
+
+    /// Asks PD to set the cluster's external timestamp to `ts`; PD refuses a value above its
+    /// current TSO or not above the stored one ([`Error::ExternalTimestampRejected`]). Sent
+    /// once (see [`CallPolicy::send_once`]). Mirrors client-go `pdOracle.SetExternalTimestamp`
+    /// (PD Go client `SetExternalTimestamp`).
+    pub async fn set_external_timestamp(&self, ts: u64) -> Result<(), Error> {
+        let policy = CallPolicy {
+            send_once: true,
+            ..CallPolicy::default()
+        };
+        let bytes = self
+            .call_attempts(None, policy, |cluster_id| {
+                let request = pdpb::SetExternalTimestampRequest {
+                    header: Self::request_header(cluster_id),
+                    timestamp: ts,
+                };
+                (PD_SET_EXTERNAL_TIMESTAMP, rpc::encode(&request))
+            })
+            .await?
+            .ok_or_else(|| Error::Internal("SetExternalTimestamp ended without a reply".into()))?;
+        let resp: pdpb::SetExternalTimestampResponse =
+            rpc::decode(bytes, "SetExternalTimestampResponse")?;
+        crate::machine::pd::set_external_ts_reply(self.cluster_id(), ts, &resp)
+    }
+
+    /// The cluster's external timestamp as PD stores it (`Timestamp(0)` when never set).
+    /// A PD without the method (`UNIMPLEMENTED`) fails the call at once. Mirrors client-go
+    /// `pdOracle.GetExternalTimestamp` (PD Go client `GetExternalTimestamp`).
+    pub async fn external_timestamp(&self) -> Result<Timestamp, Error> {
+        let policy = CallPolicy {
+            unimplemented_ends: true,
+            ..CallPolicy::default()
+        };
+        let bytes = self
+            .call_attempts(None, policy, |cluster_id| {
+                let request = pdpb::GetExternalTimestampRequest {
+                    header: Self::request_header(cluster_id),
+                };
+                (PD_GET_EXTERNAL_TIMESTAMP, rpc::encode(&request))
+            })
+            .await?
+            .ok_or_else(|| Error::Pd("PD does not implement GetExternalTimestamp".into()))?;
+        let resp: pdpb::GetExternalTimestampResponse =
+            rpc::decode(bytes, "GetExternalTimestampResponse")?;
+        crate::machine::pd::external_ts_reply(self.cluster_id(), &resp)
+    }
+
+    /// The smallest timestamp of all TSO keyspace groups, from PD `GetMinTS`. A PD without
+    /// that method (`UNIMPLEMENTED`) is answered by a fresh TSO timestamp instead, as the PD
+    /// Go client `GetMinTS` does (it also asks the TSO directly when PD serves it itself, and
+    /// PD answers `GetMinTS` in that mode with a fresh timestamp). A PD error in the answer is
+    /// retried with `BoPDRPC` within the PD retry budget, as client-go `tikv/kv.go`
+    /// `getAllTSOKeyspaceGroupMinTSWithRetry` does for every error except `Unimplemented`.
+    pub async fn min_ts(self: &Arc<Self>) -> Result<Timestamp, Error> {
+        let policy = CallPolicy {
+            unimplemented_ends: true,
+            ..CallPolicy::default()
+        };
+        let mut bo = Backoffer::new(self.budget_ms);
+        loop {
+            let reply = self
+                .call_attempts(None, policy, |cluster_id| {
+                    let request = pdpb::GetMinTsRequest {
+                        header: Self::request_header(cluster_id),
+                    };
+                    (PD_GET_MIN_TS, rpc::encode(&request))
+                })
+                .await?;
+            let Some(bytes) = reply else {
+                tracing::debug!("PD lacks GetMinTS; using a TSO timestamp");
+                return self.timestamp().await;
+            };
+            let resp: pdpb::GetMinTsResponse = rpc::decode(bytes, "GetMinTSResponse")?;
+            let err = match crate::machine::pd::min_ts_reply(self.cluster_id(), &resp) {
+                Ok(ts) => return Ok(ts),
+                Err(e) => e,
+            };
+            let sleep = {
+                let mut rng = lock(&self.rng);
+                bo.backoff(BackoffKind::PdRpc, err, None, &mut rng)?
+            };
+            self.sleep_for(sleep).await;
         }
     }
 }

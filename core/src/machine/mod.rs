@@ -244,6 +244,155 @@ impl Timestamp {
     }
 }
 
+/// Wall-clock conversions. Pure: the caller passes the time (the machines never read a clock).
+impl Timestamp {
+    /// The largest physical part a timestamp holds: 46 bits of milliseconds (the year 4199).
+    pub const MAX_PHYSICAL_MS: u64 = (1 << (64 - Self::LOGICAL_BITS)) - 1;
+
+    /// Milliseconds from the Unix epoch to `t`, sub-millisecond part dropped. Mirrors
+    /// client-go `oracle.GetPhysical`; a time before the epoch (negative in Go) is
+    /// [`Error::InvalidArgument`].
+    pub fn physical_ms_of(t: std::time::SystemTime) -> Result<u64, Error> {
+        let since = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| Error::invalid("time is before the Unix epoch"))?;
+        u64::try_from(since.as_millis())
+            .map_err(|_| Error::invalid("time is too far after the Unix epoch"))
+    }
+
+    /// The timestamp (logical part 0) of the instant `since_epoch` after the Unix epoch,
+    /// sub-millisecond part dropped. A physical part beyond [`Timestamp::MAX_PHYSICAL_MS`] is
+    /// [`Error::InvalidArgument`] (client-go `oracle.GoTimeToTS` silently loses the high bits).
+    pub fn from_unix_time(since_epoch: std::time::Duration) -> Result<Self, Error> {
+        let ms = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        if ms > Self::MAX_PHYSICAL_MS {
+            return Err(Error::invalid(format!(
+                "{ms} ms after the Unix epoch exceeds the 46-bit physical part of a timestamp"
+            )));
+        }
+        Ok(Self::compose(ms, 0))
+    }
+
+    /// The timestamp (logical part 0) of wall-clock time `t`. Mirrors client-go
+    /// `oracle.GoTimeToTS`; a time before the epoch or past [`Timestamp::MAX_PHYSICAL_MS`] is
+    /// [`Error::InvalidArgument`] instead of a wrapped value.
+    pub fn from_system_time(t: std::time::SystemTime) -> Result<Self, Error> {
+        Self::from_unix_time(Duration::from_millis(Self::physical_ms_of(t)?))
+    }
+
+    /// The smallest start ts an unfinished transaction can have at `now` when no
+    /// transaction runs longer than `max_txn_time_use`: the timestamp of
+    /// `now - max_txn_time_use`. Mirrors client-go `oracle.GoTimeToLowerLimitStartTS`; a
+    /// difference before the Unix epoch saturates to `Timestamp(0)` (nothing is lower).
+    pub fn lower_limit_start_ts(
+        now: std::time::SystemTime,
+        max_txn_time_use: Duration,
+    ) -> Result<Self, Error> {
+        match now.checked_sub(max_txn_time_use) {
+            Some(t) if t >= std::time::UNIX_EPOCH => Self::from_system_time(t),
+            _ => Ok(Timestamp(0)),
+        }
+    }
+
+    /// The physical part as a duration since the Unix epoch (the logical part is dropped).
+    pub fn unix_time(self) -> Duration {
+        Duration::from_millis(self.physical_ms())
+    }
+
+    /// The wall-clock time of the physical part. Mirrors client-go `oracle.GetTimeFromTS`.
+    /// Cannot overflow: the physical part is at most 2^46 ms (the year 4199), within the range
+    /// of `SystemTime` on every supported platform.
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + self.unix_time()
+    }
+}
+
+#[cfg(test)]
+mod timestamp_time_tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::Timestamp;
+    use crate::error::Error;
+
+    #[test]
+    fn wall_clock_round_trip_drops_logical_and_sub_millisecond_parts() {
+        // 2023-08-27 18:33:41.687 UTC, logical 4.
+        let ts = Timestamp(443_852_055_297_916_932);
+        assert_eq!((ts.physical_ms(), ts.logical()), (1_693_161_221_687, 4));
+        let t = ts.to_system_time();
+        assert_eq!(t, UNIX_EPOCH + Duration::from_millis(1_693_161_221_687));
+        assert_eq!(Timestamp::physical_ms_of(t).unwrap(), 1_693_161_221_687);
+        assert_eq!(
+            Timestamp::from_system_time(t).unwrap(),
+            Timestamp::compose(1_693_161_221_687, 0)
+        );
+        let later = t + Duration::from_micros(999);
+        assert_eq!(Timestamp::physical_ms_of(later).unwrap(), 1_693_161_221_687);
+        assert_eq!(
+            Timestamp::from_system_time(later).unwrap(),
+            Timestamp::from_system_time(t).unwrap()
+        );
+        assert_eq!(
+            Timestamp::from_unix_time(Duration::ZERO).unwrap(),
+            Timestamp(0)
+        );
+        assert_eq!(Timestamp(0).to_system_time(), UNIX_EPOCH);
+    }
+
+    #[test]
+    fn out_of_range_times_are_typed_errors() {
+        let before = UNIX_EPOCH - Duration::from_millis(1);
+        assert!(matches!(
+            Timestamp::physical_ms_of(before),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Timestamp::from_system_time(before),
+            Err(Error::InvalidArgument(_))
+        ));
+        let max = Duration::from_millis(Timestamp::MAX_PHYSICAL_MS);
+        let ts = Timestamp::from_unix_time(max).unwrap();
+        assert_eq!(ts.physical_ms(), Timestamp::MAX_PHYSICAL_MS);
+        assert_eq!(ts.to_system_time(), UNIX_EPOCH + max);
+        assert_eq!(Timestamp(u64::MAX).unix_time(), max);
+        let over = max + Duration::from_millis(1);
+        assert!(matches!(
+            Timestamp::from_unix_time(over),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Timestamp::from_system_time(UNIX_EPOCH + over),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(Timestamp::from_unix_time(Duration::MAX).is_err());
+    }
+
+    #[test]
+    fn lower_limit_start_ts_subtracts_and_saturates_at_the_epoch() {
+        let now: SystemTime = UNIX_EPOCH + Duration::from_millis(10_000);
+        assert_eq!(
+            Timestamp::lower_limit_start_ts(now, Duration::from_millis(2_500)).unwrap(),
+            Timestamp::compose(7_500, 0)
+        );
+        assert_eq!(
+            Timestamp::lower_limit_start_ts(now, Duration::ZERO).unwrap(),
+            Timestamp::from_system_time(now).unwrap()
+        );
+        assert_eq!(
+            Timestamp::lower_limit_start_ts(now, Duration::from_millis(10_000)).unwrap(),
+            Timestamp(0)
+        );
+        assert_eq!(
+            Timestamp::lower_limit_start_ts(now, Duration::from_secs(3_600)).unwrap(),
+            Timestamp(0)
+        );
+        assert_eq!(
+            Timestamp::lower_limit_start_ts(now, Duration::MAX).unwrap(),
+            Timestamp(0)
+        );
+    }
+}
+
 /// Something an operation wants done.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -659,6 +659,231 @@ fn pick_url(urls: &[String], tls: bool) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
+// ----- external timestamp and the TSO minimum ------------------------------------------------
+
+/// The rule PD's `SetExternalTimestamp` found broken (PD `server/server.go` `SetExternalTS`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExternalTsRejection {
+    /// The timestamp is above the global TSO PD allocated while handling the request: an
+    /// external timestamp may not be in the future.
+    #[error("it is larger than the global TSO")]
+    AboveGlobalTs,
+    /// The timestamp is not above the external timestamp already stored: it only moves
+    /// forward (the same value again is refused too).
+    #[error("it is not larger than the current external timestamp")]
+    NotAboveCurrent,
+    /// PD refused it with another `INVALID_VALUE` message (kept as sent).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ExternalTsRejection {
+    /// Classifies the message of PD's `INVALID_VALUE` answer. PD `SetExternalTS` words its two
+    /// refusals "the external timestamp should not be larger than global ts" and "the external
+    /// timestamp should be larger than current external timestamp".
+    pub fn from_message(message: &str) -> Self {
+        if message.contains("global ts") {
+            ExternalTsRejection::AboveGlobalTs
+        } else if message.contains("current external timestamp") {
+            ExternalTsRejection::NotAboveCurrent
+        } else {
+            ExternalTsRejection::Other(message.to_owned())
+        }
+    }
+}
+
+/// Reads PD's answer to `SetExternalTimestamp(ts)`: an `INVALID_VALUE` header is
+/// [`Error::ExternalTimestampRejected`], any other header error [`Error::Pd`]. Mirrors the PD
+/// Go client `SetExternalTimestamp` (a header error fails the call) behind client-go
+/// `oracle/oracles/pd.go` `pdOracle.SetExternalTimestamp`.
+pub fn set_external_ts_reply(
+    cluster_id: u64,
+    ts: u64,
+    resp: &pdpb::SetExternalTimestampResponse,
+) -> Result<(), Error> {
+    if let Some(e) = resp.header.as_ref().and_then(|h| h.error.as_ref())
+        && e.r#type == pdpb::ErrorType::InvalidValue as i32
+    {
+        return Err(Error::ExternalTimestampRejected {
+            ts,
+            reason: ExternalTsRejection::from_message(&e.message),
+        });
+    }
+    check_header(known(cluster_id), resp.header.as_ref())
+}
+
+/// Reads PD's answer to `GetExternalTimestamp`: the stored external timestamp (0 when none was
+/// ever set). Mirrors the PD Go client `GetExternalTimestamp`.
+pub fn external_ts_reply(
+    cluster_id: u64,
+    resp: &pdpb::GetExternalTimestampResponse,
+) -> Result<super::Timestamp, Error> {
+    check_header(known(cluster_id), resp.header.as_ref())?;
+    Ok(super::Timestamp(resp.timestamp))
+}
+
+/// Reads PD's answer to `GetMinTS`: the smallest timestamp of all TSO keyspace groups (for a
+/// PD serving the TSO itself, a fresh timestamp). A header error or an answer without a
+/// timestamp is [`Error::Pd`], as is a timestamp whose parts do not fit (negative, logical
+/// part of 18 bits or more, physical part of more than 46 bits). Mirrors the PD Go client
+/// `GetMinTS` (the logical part is used as sent: `AddLogical(logical, 0, suffix_bits)`).
+pub fn min_ts_reply(
+    cluster_id: u64,
+    resp: &pdpb::GetMinTsResponse,
+) -> Result<super::Timestamp, Error> {
+    check_header(known(cluster_id), resp.header.as_ref())
+        .map_err(|e| Error::Pd(format!("GetMinTS: {e}")))?;
+    let ts = resp
+        .timestamp
+        .as_ref()
+        .ok_or_else(|| Error::Pd("GetMinTS: no min ts info collected".to_owned()))?;
+    let physical = u64::try_from(ts.physical).ok();
+    let logical = u64::try_from(ts.logical).ok();
+    match (physical, logical) {
+        (Some(p), Some(l))
+            if p <= super::Timestamp::MAX_PHYSICAL_MS
+                && l < 1 << super::Timestamp::LOGICAL_BITS =>
+        {
+            Ok(super::Timestamp::compose(p, l))
+        }
+        _ => Err(Error::Pd(format!(
+            "GetMinTS: timestamp out of range: physical {}, logical {}",
+            ts.physical, ts.logical
+        ))),
+    }
+}
+
+/// `Some(id)` for a known cluster id (0 means not known yet).
+fn known(cluster_id: u64) -> Option<u64> {
+    (cluster_id != 0).then_some(cluster_id)
+}
+
+#[cfg(test)]
+mod external_ts_tests {
+    use super::*;
+    use crate::machine::Timestamp;
+
+    fn header(
+        cluster_id: u64,
+        error: Option<(pdpb::ErrorType, &str)>,
+    ) -> Option<pdpb::ResponseHeader> {
+        Some(pdpb::ResponseHeader {
+            cluster_id,
+            error: error.map(|(t, m)| pdpb::Error {
+                r#type: t as i32,
+                message: m.to_owned(),
+            }),
+        })
+    }
+
+    #[test]
+    fn set_external_ts_refusals_are_typed_by_rule() {
+        let ok = pdpb::SetExternalTimestampResponse {
+            header: header(7, None),
+        };
+        assert_eq!(set_external_ts_reply(7, 10, &ok), Ok(()));
+        let cases = [
+            (
+                "the external timestamp should not be larger than global ts",
+                ExternalTsRejection::AboveGlobalTs,
+            ),
+            (
+                "the external timestamp should be larger than current external timestamp",
+                ExternalTsRejection::NotAboveCurrent,
+            ),
+            ("odd", ExternalTsRejection::Other("odd".into())),
+        ];
+        for (message, reason) in cases {
+            let resp = pdpb::SetExternalTimestampResponse {
+                header: header(7, Some((pdpb::ErrorType::InvalidValue, message))),
+            };
+            assert_eq!(
+                set_external_ts_reply(7, 10, &resp),
+                Err(Error::ExternalTimestampRejected { ts: 10, reason })
+            );
+        }
+        let other = pdpb::SetExternalTimestampResponse {
+            header: header(
+                7,
+                Some((pdpb::ErrorType::NotBootstrapped, "not bootstrapped")),
+            ),
+        };
+        assert!(matches!(
+            set_external_ts_reply(7, 10, &other),
+            Err(Error::Pd(_))
+        ));
+        let wrong_cluster = pdpb::SetExternalTimestampResponse {
+            header: header(8, None),
+        };
+        assert!(matches!(
+            set_external_ts_reply(7, 10, &wrong_cluster),
+            Err(Error::Pd(_))
+        ));
+        assert!(
+            !Error::ExternalTimestampRejected {
+                ts: 1,
+                reason: ExternalTsRejection::AboveGlobalTs
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn get_external_ts_reads_the_stored_value() {
+        let resp = pdpb::GetExternalTimestampResponse {
+            header: header(7, None),
+            timestamp: 42,
+        };
+        assert_eq!(external_ts_reply(7, &resp), Ok(Timestamp(42)));
+        assert_eq!(external_ts_reply(0, &resp), Ok(Timestamp(42)));
+        let failed = pdpb::GetExternalTimestampResponse {
+            header: header(7, Some((pdpb::ErrorType::Unknown, "boom"))),
+            timestamp: 42,
+        };
+        assert!(matches!(external_ts_reply(7, &failed), Err(Error::Pd(_))));
+    }
+
+    #[test]
+    fn min_ts_is_composed_and_checked() {
+        let reply = |physical: i64, logical: i64| pdpb::GetMinTsResponse {
+            header: header(7, None),
+            timestamp: Some(pdpb::Timestamp {
+                physical,
+                logical,
+                suffix_bits: 0,
+            }),
+        };
+        assert_eq!(
+            min_ts_reply(7, &reply(1_000, 5)),
+            Ok(Timestamp::compose(1_000, 5))
+        );
+        let max = Timestamp::MAX_PHYSICAL_MS as i64;
+        assert_eq!(
+            min_ts_reply(7, &reply(max, (1 << 18) - 1)),
+            Ok(Timestamp(u64::MAX))
+        );
+        for (p, l) in [(-1, 0), (0, -1), (0, 1 << 18), (max + 1, 0)] {
+            assert!(
+                matches!(min_ts_reply(7, &reply(p, l)), Err(Error::Pd(_))),
+                "({p}, {l}) must be refused"
+            );
+        }
+        let empty = pdpb::GetMinTsResponse {
+            header: header(7, None),
+            timestamp: None,
+        };
+        assert!(matches!(min_ts_reply(7, &empty), Err(Error::Pd(m)) if m.contains("no min ts")));
+        let failed = pdpb::GetMinTsResponse {
+            header: header(7, Some((pdpb::ErrorType::Unknown, "tso unavailable"))),
+            timestamp: None,
+        };
+        assert!(
+            matches!(min_ts_reply(7, &failed), Err(Error::Pd(m)) if m.contains("tso unavailable"))
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,6 +198,18 @@ impl<R: Runtime> TransactionClient<R> {
             .await
     }
 
+    /// The smallest timestamp of all TSO keyspace groups (see
+    /// [`Cluster::all_tso_keyspace_group_min_ts`]). Mirrors client-go
+    /// `KVStore.CurrentAllTSOKeyspaceGroupMinTs`.
+    pub async fn current_all_tso_keyspace_group_min_ts(&self) -> Result<Timestamp, Error> {
+        self.cluster
+            .all_tso_keyspace_group_min_ts()
+            .instrument(tracing::debug_span!(
+                "tikv.txn.all_tso_keyspace_group_min_ts"
+            ))
+            .await
+    }
+
     /// Garbage-collects MVCC versions older than `safe_point`: advances the txn safe point
     /// through PD, resolves every lock below it region by region, then advances the GC safe
     /// point. Returns the txn safe point actually reached (lower than asked when a service
