@@ -26,3 +26,6 @@ tikv_tests::e2e_suite!(tikv_tokio::Tokio, block_on);
 // Low-resolution and stale timestamps (parity rows OR-05, OR-06, OR-08).
 tikv_tests::e2e_suite!(@each tikv_tokio::Tokio, block_on; low_resolution_and_stale_timestamps);
 tikv_tests::e2e_suite!(@each tikv_tokio::Tokio, block_on; stale_reads_shrink_the_low_resolution_refresh);
+
+// gRPC message compression (parity rows CL-03, CF-11).
+tikv_tests::e2e_suite!(@each tikv_tokio::Tokio, block_on; gzip_compressed_store_calls);
