@@ -121,6 +121,9 @@ pub(crate) struct Shared {
     /// Calls (unary, or `BatchCommands` streams) served on behalf of another
     /// store named by `tikv-forwarded-host`.
     forwarded_calls: AtomicU64,
+    /// Store calls (unary, or `BatchCommands` streams) whose request messages came
+    /// gzip-compressed (`grpc-encoding: gzip`).
+    gzip_calls: AtomicU64,
 }
 
 impl Shared {
@@ -353,6 +356,19 @@ async fn route(
     let mut grpc = tonic::server::Grpc::new(BytesCodec);
     match endpoint {
         Endpoint::Store(store_id) => {
+            // A TiKV server takes gzip-compressed messages (grpcio), and one set up with
+            // `server.grpc-compression-type = "gzip"` compresses its replies to clients that
+            // accept gzip; tonic does that negotiation.
+            if req
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|v| v.as_bytes() == b"gzip")
+            {
+                shared.gzip_calls.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut grpc = grpc
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
             if path == "/grpc.health.v1.Health/Check" {
                 return grpc.unary(HealthSvc { shared, store_id }, req).await;
             }
@@ -1301,6 +1317,7 @@ impl MockClusterBuilder {
             pd_url: Mutex::new(format!("{scheme}://{pd_addr}")),
             shutdown,
             forwarded_calls: AtomicU64::new(0),
+            gzip_calls: AtomicU64::new(0),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(run_listener(
@@ -1452,6 +1469,12 @@ impl MockCluster {
     /// (unary calls and `BatchCommands` streams) so far.
     pub fn forwarded_calls(&self) -> u64 {
         self.shared.forwarded_calls.load(Ordering::Relaxed)
+    }
+
+    /// Store calls (unary calls and `BatchCommands` streams) whose requests came
+    /// gzip-compressed so far.
+    pub fn gzip_calls(&self) -> u64 {
+        self.shared.gzip_calls.load(Ordering::Relaxed)
     }
 
     /// Pauses or resumes TSO: while paused, `Tso` stream requests get no

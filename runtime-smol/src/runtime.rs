@@ -24,8 +24,8 @@ use smol::Executor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 use tikv_core::Error;
 use tikv_core::client::Runtime;
-use tikv_core::config::{Config, SecurityConfig};
-use tikv_proto::channel::{ChannelConfig, handshake};
+use tikv_core::config::{Config, GrpcCompression, SecurityConfig};
+use tikv_proto::channel::{ChannelConfig, Compression, handshake};
 
 use crate::grpc::BytesChannel;
 use crate::tls;
@@ -162,14 +162,20 @@ impl Smol {
 
 /// The HTTP/2 settings of a client configuration: client-go's gRPC dial options
 /// (`GrpcKeepAliveTime`, `GrpcKeepAliveTimeout`, `GrpcInitialWindowSize`,
-/// `GrpcInitialConnWindowSize`; client-go `internal/client/conn_pool.go` `connArray.Init`).
+/// `GrpcInitialConnWindowSize`, and `GrpcCompressionType` for the calls to TiKV; client-go
+/// `internal/client/conn_pool.go` `connArray.Init`).
 pub fn http2_config(config: &Config) -> ChannelConfig {
+    let compression = match config.grpc_compression {
+        GrpcCompression::None => Compression::None,
+        GrpcCompression::Gzip => Compression::Gzip,
+    };
     ChannelConfig::with_client_settings(
         config.grpc_keepalive_time,
         config.grpc_keepalive_timeout,
         config.grpc_initial_window_size,
         config.grpc_initial_conn_window_size,
     )
+    .with_compression(compression)
 }
 
 /// The authority (`host:port`) of `address`, which may carry an `http://` or `https://`

@@ -8,13 +8,13 @@ use std::time::Instant;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tikv_core::Error;
 use tikv_core::client::Runtime;
-use tikv_proto::channel::{ChannelConfig, handshake};
+use tikv_proto::channel::{ChannelConfig, Compression, handshake};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
 use crate::grpc::BytesChannel;
 use crate::tls;
-use tikv_core::config::Config;
+use tikv_core::config::{Config, GrpcCompression};
 
 /// Runs hyper's connection and stream tasks on a tokio runtime handle, so connections opened
 /// from any thread land on the client's runtime.
@@ -86,14 +86,20 @@ impl Tokio {
 
 /// The HTTP/2 settings of a client configuration: client-go's gRPC dial options
 /// (`GrpcKeepAliveTime`, `GrpcKeepAliveTimeout`, `GrpcInitialWindowSize`,
-/// `GrpcInitialConnWindowSize`; client-go `internal/client/conn_pool.go` `connArray.Init`).
+/// `GrpcInitialConnWindowSize`, and `GrpcCompressionType` for the calls to TiKV; client-go
+/// `internal/client/conn_pool.go` `connArray.Init`).
 pub fn http2_config(config: &Config) -> ChannelConfig {
+    let compression = match config.grpc_compression {
+        GrpcCompression::None => Compression::None,
+        GrpcCompression::Gzip => Compression::Gzip,
+    };
     ChannelConfig::with_client_settings(
         config.grpc_keepalive_time,
         config.grpc_keepalive_timeout,
         config.grpc_initial_window_size,
         config.grpc_initial_conn_window_size,
     )
+    .with_compression(compression)
 }
 
 /// Splits `address` (`host:port`, `http://host:port` or `https://host:port`) into the
@@ -200,6 +206,16 @@ impl Runtime for Tokio {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_follows_the_client_config() {
+        assert_eq!(
+            http2_config(&Config::default()).compression,
+            Compression::None
+        );
+        let gzip = Config::default().with_grpc_compression(GrpcCompression::Gzip);
+        assert_eq!(http2_config(&gzip).compression, Compression::Gzip);
+    }
 
     #[test]
     fn address_forms() {

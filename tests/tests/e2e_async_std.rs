@@ -23,3 +23,6 @@ fn external_timestamp_and_min_ts() {
         tikv_smol::Smol,
     >());
 }
+
+// gRPC message compression (parity rows CL-03, CF-11).
+tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; gzip_compressed_store_calls);

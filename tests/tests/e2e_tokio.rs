@@ -33,3 +33,6 @@ fn external_timestamp_and_min_ts() {
         tikv_tokio::Tokio,
     >());
 }
+
+// gRPC message compression (parity rows CL-03, CF-11).
+tikv_tests::e2e_suite!(@each tikv_tokio::Tokio, block_on; gzip_compressed_store_calls);

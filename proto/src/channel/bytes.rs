@@ -7,6 +7,10 @@
 //! encoded reply. Nothing here depends on an async runtime; the channel runs on whatever
 //! executor and timer its [`super::handshake`] was given, so every runtime adapter wraps this
 //! one type instead of carrying its own copy.
+//!
+//! When the channel was configured with gzip ([`super::Compression`]), calls to the TiKV
+//! service (`/tikvpb.Tikv/...`) send gzip-compressed messages and accept gzip-compressed
+//! replies; every other call (PD, the health service) stays uncompressed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,11 +20,14 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use http::uri::PathAndQuery;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::tokio_stream::Stream;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 
-use super::GrpcChannel;
+use super::{Compression, GrpcChannel};
+
+/// The path prefix of the TiKV service's methods: the calls [`Compression`] applies to.
+const TIKV_SERVICE: &str = "/tikvpb.Tikv/";
 
 /// A tonic codec for messages that are already protobuf-encoded: writes them as they are and
 /// hands every received message back as raw bytes.
@@ -82,13 +89,35 @@ fn apply_metadata(map: &mut MetadataMap, metadata: Metadata<'_>) -> Result<(), S
 #[derive(Clone, Debug)]
 pub struct BytesChannel {
     grpc: tonic::client::Grpc<GrpcChannel>,
+    /// The client for TiKV-service calls when the channel compresses them; `None` (every call
+    /// uses `grpc`) without compression.
+    compressed: Option<tonic::client::Grpc<GrpcChannel>>,
 }
 
 impl BytesChannel {
-    /// Wraps an established HTTP/2 channel.
+    /// Wraps an established HTTP/2 channel, compressing TiKV-service calls as the channel's
+    /// [`GrpcChannel::compression`] says.
     pub fn new(channel: GrpcChannel) -> Self {
+        let compressed = match channel.compression() {
+            Compression::None => None,
+            Compression::Gzip => Some(
+                tonic::client::Grpc::new(channel.clone())
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Gzip),
+            ),
+        };
         BytesChannel {
             grpc: tonic::client::Grpc::new(channel),
+            compressed,
+        }
+    }
+
+    /// The client for a call to `path`: the compressing one for TiKV-service calls when the
+    /// channel compresses, the plain one otherwise.
+    fn client_for(&self, path: &str) -> tonic::client::Grpc<GrpcChannel> {
+        match &self.compressed {
+            Some(compressed) if path.starts_with(TIKV_SERVICE) => compressed.clone(),
+            _ => self.grpc.clone(),
         }
     }
 
@@ -102,7 +131,7 @@ impl BytesChannel {
         timeout: Option<Duration>,
         metadata: Metadata<'_>,
     ) -> impl Future<Output = Result<Bytes, Status>> + Send + 'static {
-        let mut grpc = self.grpc.clone();
+        let mut grpc = self.client_for(path);
         let mut request = tonic::Request::new(request);
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
@@ -130,7 +159,7 @@ impl BytesChannel {
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
-        let mut grpc = self.grpc.clone();
+        let mut grpc = self.client_for(path);
         let mut request = tonic::Request::new(requests);
         let prepared = apply_metadata(request.metadata_mut(), metadata).map(|()| request);
         async move {

@@ -36,6 +36,9 @@
 //! underlying hyper error as its source. A connection never reconnects: once
 //! [`GrpcChannel::is_closed`] turns true the owner should dial a new one.
 //!
+//! A channel may compress the messages of its calls to the TiKV service with gzip
+//! ([`ChannelConfig::compression`]); see [`Compression`] for which calls.
+//!
 //! On top of the channel, [`BytesChannel`] makes calls with already-encoded messages (method
 //! path + prost bytes, optional request metadata), and [`TlsFiles`] loads the rustls client
 //! configuration from PEM files: the runtime-neutral pieces every runtime adapter shares.
@@ -60,6 +63,8 @@ use tonic::{Code, Status};
 
 mod bytes;
 mod tls;
+#[cfg(all(test, feature = "server"))]
+mod wire_tests;
 
 pub use self::bytes::{BytesChannel, Metadata, Responses};
 pub use self::tls::{TlsError, TlsFiles};
@@ -71,6 +76,26 @@ pub type ConnectionTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// The future returned by [`GrpcChannel`]'s `call`.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, Status>> + Send + 'static>>;
+
+/// Message compression of the calls a [`BytesChannel`] makes to the TiKV service.
+///
+/// Mirrors client-go `internal/client/conn_pool.go` `connArray.Init`: with
+/// `TiKVClient.GrpcCompressionType = "gzip"` every call on a TiKV connection carries
+/// `grpc.UseCompressor(gzip)`, so requests are sent gzip-compressed and gzip-compressed
+/// responses are accepted. PD connections (client-go dials them in the PD client, without that
+/// option) and the store health probe (client-go `createKVHealthClient` dials its own
+/// connection) are never compressed. The runtime opens PD and TiKV connections the same way, so
+/// [`BytesChannel`] tells them apart by the service of the call: only paths under
+/// `/tikvpb.Tikv/` are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Messages travel uncompressed (client-go's default `"none"`).
+    #[default]
+    None,
+    /// TiKV-service requests are gzip-compressed and gzip responses are accepted (`"gzip"`).
+    Gzip,
+}
 
 /// HTTP/2 settings of one connection.
 ///
@@ -100,6 +125,9 @@ pub struct ChannelConfig {
     /// Grow the flow-control windows from measured bandwidth-delay product instead of using
     /// the fixed sizes above (which are then ignored).
     pub adaptive_window: bool,
+    /// Message compression of TiKV-service calls made through a [`BytesChannel`] on this
+    /// connection (none by default).
+    pub compression: Compression,
 }
 
 impl Default for ChannelConfig {
@@ -112,6 +140,7 @@ impl Default for ChannelConfig {
             initial_connection_window_size: 1 << 27,
             max_frame_size: None,
             adaptive_window: false,
+            compression: Compression::None,
         }
     }
 }
@@ -134,6 +163,13 @@ impl ChannelConfig {
             initial_connection_window_size: connection_window,
             ..ChannelConfig::default()
         }
+    }
+
+    /// These settings with `compression` for TiKV-service calls (client-go
+    /// `TiKVClient.GrpcCompressionType`; see [`Compression`]).
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 }
 
@@ -223,6 +259,7 @@ where
         sender,
         scheme,
         authority,
+        compression: config.compression,
     })
 }
 
@@ -236,6 +273,7 @@ pub struct GrpcChannel {
     sender: http2::SendRequest<Body>,
     scheme: Scheme,
     authority: Authority,
+    compression: Compression,
 }
 
 impl GrpcChannel {
@@ -258,6 +296,13 @@ impl GrpcChannel {
     /// The URI scheme (`http` or `https`) this channel puts on requests.
     pub fn scheme(&self) -> &Scheme {
         &self.scheme
+    }
+
+    /// The compression of TiKV-service calls this channel was configured with
+    /// ([`ChannelConfig::compression`]); a [`BytesChannel`] built on it applies it. Generated
+    /// clients set their own compression (`send_compressed` / `accept_compressed`).
+    pub fn compression(&self) -> Compression {
+        self.compression
     }
 
     /// Gives `request` this channel's scheme and authority, keeping its path and query.
@@ -283,6 +328,7 @@ impl fmt::Debug for GrpcChannel {
         f.debug_struct("GrpcChannel")
             .field("scheme", &self.scheme)
             .field("authority", &self.authority)
+            .field("compression", &self.compression)
             .field("closed", &self.is_closed())
             .finish()
     }
