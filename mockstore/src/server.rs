@@ -366,9 +366,12 @@ async fn route(
             {
                 shared.gzip_calls.fetch_add(1, Ordering::Relaxed);
             }
+            // TiKV takes requests of any size (grpcio's receive limit is off), so a big
+            // prewrite or batch put is not refused at tonic's default of 4 MiB.
             let mut grpc = grpc
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(usize::MAX);
             if path == "/grpc.health.v1.Health/Check" {
                 return grpc.unary(HealthSvc { shared, store_id }, req).await;
             }

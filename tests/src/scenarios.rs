@@ -1471,3 +1471,17 @@ pub async fn gzip_compressed_store_calls<R: Runtime>() {
     assert_eq!(plain.get_key_ttl("k2").await.unwrap(), Some(0));
     assert_eq!(mock.cluster().gzip_calls(), before);
 }
+
+/// CL-03: messages above tonic's default 4 MiB limit travel both ways, as client-go takes
+/// replies of any size (`MaxCallRecvMsgSize(math.MaxInt64 - 1)`): a 6 MiB value is put, read
+/// back and scanned.
+pub async fn messages_above_four_mib_travel<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    let big = Bytes::from(vec![0x5a; 6 << 20]);
+    client.put("big", big.clone()).await.unwrap();
+    assert_eq!(client.get("big").await.unwrap(), Some(big.clone()));
+    let scanned = client.scan("b", "c", 10).await.unwrap();
+    assert_eq!(scanned.len(), 1);
+    assert_eq!(scanned[0].1, big);
+}

@@ -98,16 +98,22 @@ impl BytesChannel {
     /// Wraps an established HTTP/2 channel, compressing TiKV-service calls as the channel's
     /// [`GrpcChannel::compression`] says.
     pub fn new(channel: GrpcChannel) -> Self {
+        // Replies of any size are taken, like client-go's `MaxCallRecvMsgSize(MaxRecvMsgSize)`
+        // (`math.MaxInt64 - 1`, `internal/client/conn_pool.go`): a big scan or batch get can
+        // pass tonic's default limit of 4 MiB.
+        let client = |channel: GrpcChannel| {
+            tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX)
+        };
         let compressed = match channel.compression() {
             Compression::None => None,
             Compression::Gzip => Some(
-                tonic::client::Grpc::new(channel.clone())
+                client(channel.clone())
                     .send_compressed(CompressionEncoding::Gzip)
                     .accept_compressed(CompressionEncoding::Gzip),
             ),
         };
         BytesChannel {
-            grpc: tonic::client::Grpc::new(channel),
+            grpc: client(channel),
             compressed,
         }
     }
