@@ -1485,3 +1485,58 @@ pub async fn messages_above_four_mib_travel<R: Runtime>() {
     assert_eq!(scanned.len(), 1);
     assert_eq!(scanned[0].1, big);
 }
+
+/// SN-12 / SN-16 / SN-17: a transactional snapshot's reads go where its options say: to a
+/// follower with `replica_read(Follower)` (client-go `KVSnapshot.SetReplicaRead`), to the
+/// leader by default, and the load-based threshold and read timeout options read normally.
+pub async fn snapshot_reads_follow_their_replica_options<R: Runtime>() {
+    use tikv_core::client::txn::SnapshotOptions;
+    use tikv_core::machine::replica::ReplicaReadType;
+    let mock = Mock::start(three_stores());
+    let client = crate::txn_support::connect::<R>(&mock, crate::txn_support::txn_config()).await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    txn.put("k", "v").await.unwrap();
+    txn.commit().await.unwrap();
+    let region = region_of(mock.cluster(), b"k");
+    let leader = mock
+        .cluster()
+        .with_cluster(|c| c.leader_of(region).expect("leader").store_id);
+    let gets = || -> Vec<u64> {
+        (1..=3)
+            .map(|s| {
+                mock.cluster()
+                    .with_cluster(|c| c.faults().requests_on(s, RpcKind::Get))
+            })
+            .collect()
+    };
+    let ts = client.current_timestamp().await.unwrap();
+
+    let before = gets();
+    let follower = client.snapshot(
+        ts,
+        SnapshotOptions::new().replica_read(ReplicaReadType::Follower),
+    );
+    assert_eq!(follower.get("k").await.unwrap(), Some(b("v")));
+    let after = gets();
+    assert_eq!(
+        after[leader as usize - 1],
+        before[leader as usize - 1],
+        "not the leader"
+    );
+    assert_eq!(after.iter().sum::<u64>(), before.iter().sum::<u64>() + 1);
+
+    let before = after;
+    let plain = client.snapshot(
+        ts,
+        SnapshotOptions::new()
+            .load_based_replica_read_threshold(Duration::from_millis(50))
+            .read_timeout(Duration::from_secs(1)),
+    );
+    assert_eq!(plain.get("k").await.unwrap(), Some(b("v")));
+    let after = gets();
+    assert_eq!(
+        after[leader as usize - 1],
+        before[leader as usize - 1] + 1,
+        "the leader"
+    );
+}

@@ -293,6 +293,12 @@ pub(crate) struct ContextOptions {
     pub sample_step: u32,
     /// Kill flag of every operation (client-go `Variables.Killed` / `LockCtx.Killed`).
     pub kill: Option<crate::machine::backoff::KillSignal>,
+    /// Replica choice of reads (replica read type, stale read, store labels, busy
+    /// threshold); writes always go to the leader.
+    pub read: crate::machine::replica::ReadOptions,
+    /// RPC timeout of reads, after which the read moves to another replica (`None`: the
+    /// client's `read_timeout_short`). Mirrors client-go `KVSnapshot.SetKVReadTimeout`.
+    pub read_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -378,6 +384,43 @@ macro_rules! context_setters {
         /// `Variables.Killed` (checked by `Backoffer.CheckKilled`) and `LockCtx.Killed`.
         pub fn kill_signal(mut self, signal: crate::machine::backoff::KillSignal) -> Self {
             self.ctx.kill = Some(signal);
+            self
+        }
+
+        /// Which replicas serve reads (default: the leader); writes always go to the leader.
+        /// Mirrors client-go `KVSnapshot.SetReplicaRead`.
+        pub fn replica_read(mut self, kind: crate::machine::replica::ReplicaReadType) -> Self {
+            self.ctx.read.replica_read = kind;
+            self
+        }
+
+        /// Reads prefer replicas on stores carrying all these labels (for example the
+        /// caller's zone). Mirrors client-go `KVSnapshot.SetMatchStoreLabels`.
+        pub fn match_store_labels(mut self, labels: Vec<tikv_proto::metapb::StoreLabel>) -> Self {
+            self.ctx.read.labels = labels;
+            self
+        }
+
+        /// Reads are stale reads: any replica serves them at the read timestamp once its safe
+        /// timestamp passed it (the timestamp should be an older one, see
+        /// `Cluster::stale_timestamp`); a replica that is not ready hands the read to the
+        /// leader. Mirrors client-go `KVSnapshot.SetIsStaleRead`.
+        pub fn stale_read(mut self, yes: bool) -> Self {
+            self.ctx.read.stale_read = yes;
+            self
+        }
+
+        /// A leader whose estimated wait exceeds `threshold` hands reads to an idle follower
+        /// (zero: off). Mirrors client-go `KVSnapshot.SetLoadBasedReplicaReadThreshold`.
+        pub fn load_based_replica_read_threshold(mut self, threshold: Duration) -> Self {
+            self.ctx.read.busy_threshold = threshold;
+            self
+        }
+
+        /// RPC timeout of reads; a read that times out moves to another replica at once
+        /// instead of backing off. Mirrors client-go `KVSnapshot.SetKVReadTimeout`.
+        pub fn read_timeout(mut self, timeout: Duration) -> Self {
+            self.ctx.read_timeout = Some(timeout);
             self
         }
     };

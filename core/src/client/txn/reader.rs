@@ -91,6 +91,11 @@ impl<R: Runtime> Reader<R> {
             .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve)
             .with_lite_threshold(cluster.config().resolve_lock_lite_threshold)
             .with_kill_signal(ctx.kill.clone())
+            .with_request_options(crate::machine::request::RequestOptions {
+                read: ctx.read.clone(),
+                timeout: ctx.read_timeout,
+                ..Default::default()
+            })
             .with_lock_fast_base(
                 u64::try_from(cluster.config().backoff_lock_fast.as_millis()).unwrap_or(u64::MAX),
             );
