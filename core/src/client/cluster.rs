@@ -245,6 +245,7 @@ impl<R: Runtime> Cluster<R> {
         }
         super::health::start(&inner);
         super::cache_gc::start(&inner);
+        super::safe_ts::start(&inner);
         Ok(Cluster {
             inner,
             codec: Arc::new(codec),
@@ -511,4 +512,28 @@ async fn load_keyspace<R: Runtime>(
         return Err(Error::KeyspaceNotFound(name.to_owned()));
     }
     Ok(meta)
+}
+
+/// The stores' safe timestamps for stale reads (client-go `KVStore.GetMinSafeTS`; see
+/// [`crate::machine::safe_ts`]).
+impl<R: Runtime> Cluster<R> {
+    /// The minimum safe timestamp of the stores of `scope`: `"global"`
+    /// ([`crate::machine::safe_ts::GLOBAL_SCOPE`]) for all stores, or a zone (the stores
+    /// whose `zone` label has that value); 0 while some store of the scope has not answered
+    /// yet. A stale read at or below it can be served by any replica of that scope. Refreshed
+    /// in the background every 2 s. Mirrors client-go `KVStore.GetMinSafeTS`.
+    pub fn min_safe_ts(&self, scope: &str) -> u64 {
+        self.with_shared(|s| s.safe_ts.min_safe_ts(scope))
+    }
+
+    /// The safe timestamp last learned for a store, if any.
+    pub fn store_safe_ts(&self, store_id: u64) -> Option<u64> {
+        self.with_shared(|s| s.safe_ts.store_safe_ts(store_id))
+    }
+
+    /// Refreshes the stores' safe timestamps now (the background task does it every 2 s).
+    /// Mirrors client-go `KVStore.updateSafeTS`.
+    pub async fn update_safe_ts(&self) -> Result<(), Error> {
+        super::safe_ts::update(&self.inner).await
+    }
 }

@@ -33,6 +33,7 @@ pub(crate) mod pd;
 pub mod raw;
 pub mod rpc;
 pub mod runtime;
+pub(crate) mod safe_ts;
 pub mod sync;
 pub(crate) mod tikv;
 pub mod txn;

@@ -37,6 +37,7 @@ pub mod region_cache;
 pub mod region_error;
 pub mod replica;
 pub mod request;
+pub mod safe_ts;
 pub mod store;
 pub mod store_limit;
 #[cfg(test)]
@@ -585,6 +586,8 @@ pub struct Shared {
     shutting_down: bool,
     /// Read-timestamp validation before reads are sent (see [`read_ts`]).
     pub read_ts: read_ts::ReadTsValidator,
+    /// The stores' safe timestamps for stale reads (see [`safe_ts`]).
+    pub safe_ts: safe_ts::SafeTsTracker,
     /// Allocations of finished single-region requests, reused by the next ones (see
     /// [`plan::SingleRegion`]).
     pub(crate) region_requests: Pool<Box<request::RegionRequest>>,
@@ -647,6 +650,7 @@ impl Shared {
             txn: Default::default(),
             shutting_down: false,
             read_ts: read_ts::ReadTsValidator::default(),
+            safe_ts: safe_ts::SafeTsTracker::default(),
             region_requests: Pool::default(),
             spare_cmds: Pool::default(),
         }
