@@ -1572,3 +1572,21 @@ pub async fn safe_ts_of_the_stores_is_tracked<R: Runtime>() {
     cluster.update_safe_ts().await.unwrap();
     assert_eq!(cluster.min_safe_ts(GLOBAL_SCOPE), 2_000);
 }
+
+/// TK-22: closing the cluster fails later requests with `Error::Closed` (raw reads and
+/// writes, timestamps) instead of reconnecting, and a second close is harmless. Mirrors
+/// client-go `KVStore.Close`.
+pub async fn closed_cluster_refuses_requests<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    client.put("k", "v").await.unwrap();
+    let cluster = client.cluster();
+    assert!(!cluster.is_closed());
+    cluster.close();
+    assert!(cluster.is_closed());
+    assert!(matches!(client.get("k").await, Err(Error::Closed)));
+    assert!(matches!(client.put("k", "w").await, Err(Error::Closed)));
+    assert!(matches!(cluster.timestamp().await, Err(Error::Closed)));
+    cluster.close();
+    assert!(matches!(client.get("k").await, Err(Error::Closed)));
+}

@@ -17,6 +17,7 @@ tikv_tests::e2e_suite!(tikv_smol::Smol, block_on);
 // Low-resolution and stale timestamps (parity rows OR-05, OR-06, OR-08).
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; low_resolution_and_stale_timestamps);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; cluster_is_an_oracle);
+tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; closed_cluster_refuses_requests);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; safe_ts_of_the_stores_is_tracked);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; snapshot_reads_follow_their_replica_options);
 tikv_tests::e2e_suite!(@each tikv_smol::Smol, block_on; messages_above_four_mib_travel);

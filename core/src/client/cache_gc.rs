@@ -183,6 +183,9 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R, refresh: Duration) {
         let Some(inner) = cluster.upgrade() else {
             return;
         };
+        if inner.is_closed() {
+            return;
+        }
         let now = rt.now();
         if !schedule.poll(now) {
             continue;

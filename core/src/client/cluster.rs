@@ -137,6 +137,12 @@ impl<R: Runtime> Dispatch for Inner<R> {
 }
 
 impl<R: Runtime> Inner<R> {
+    /// Whether [`Cluster::close`] was called (it closes the health feed with the
+    /// connections); the background tasks end at their next tick.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tikv.health_feed.is_closed()
+    }
+
     /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set.
     #[allow(clippy::too_many_arguments)]
     fn start_tikv(
@@ -352,10 +358,18 @@ impl<R: Runtime> Cluster<R> {
         self.inner.tikv.connection_version(address)
     }
 
-    /// Closes every connection now; pending and later requests fail with [`Error::Closed`].
+    /// Closes every connection now; pending and later requests fail with [`Error::Closed`],
+    /// and the background tasks (store health, region cache GC or refresh, safe timestamps,
+    /// the TSO and PD member loops) end at their next tick. Mirrors client-go
+    /// `KVStore.Close` (loops cancelled, then the PD and RPC clients closed).
     pub fn close(&self) {
         self.inner.pd.close();
         self.inner.tikv.close();
+    }
+
+    /// Whether [`Cluster::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
     }
 
     /// Changes the settings of the PD region-metadata circuit breaker (initially

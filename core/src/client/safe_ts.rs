@@ -22,8 +22,7 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
         let Some(inner) = cluster.upgrade() else {
             return;
         };
-        // `Cluster::close` closes the health feed with the connections.
-        if inner.tikv.health_feed.is_closed() {
+        if inner.is_closed() {
             return;
         }
         match update(&inner).await {

@@ -141,6 +141,8 @@ pub(crate) struct TikvTransport<R: Runtime> {
     /// Health feedback taken from `BatchCommands` responses, consumed by the client's store
     /// health task (client-go `ClientEventListener.OnHealthFeedback`).
     pub health_feed: Inbox<(tikv_proto::kvrpcpb::HealthFeedback, Instant)>,
+    /// Set by [`TikvTransport::close`]: later requests fail instead of dialling anew.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl<R: Runtime> Drop for TikvTransport<R> {
@@ -159,12 +161,14 @@ impl<R: Runtime> TikvTransport<R> {
             versions: Versions::default(),
             stats: Arc::new(TransportStats::default()),
             health_feed: Inbox::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Closes every connection: queued and in-flight requests fail with [`Error::Closed`] and
     /// the stream tasks end.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.health_feed.close();
         let mut pools: Vec<_> = lock(&self.pools).drain().map(|(_, p)| p).collect();
         pools.extend(lock(&self.forwarded).drain().map(|(_, p)| p));
@@ -324,8 +328,25 @@ impl<R: Runtime> TikvTransport<R> {
                 return None;
             }
         }
+        if self.refuse_if_closed(id, reply) {
+            return None;
+        }
         let pool = self.pool(address);
         self.start_on(pool, now, id, request, timeout, reply)
+    }
+
+    /// Completes request `id` with [`Error::Closed`] if the transport was closed (a closed
+    /// transport's pools are gone; a new one would dial again). Checked only where a request
+    /// found no open pool, or is not batched.
+    fn refuse_if_closed(&self, id: IoId, reply: &Inbox<Input>) -> bool {
+        if !self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let _ = reply.push(Input::Tikv {
+            id,
+            result: Err(Error::Closed),
+        });
+        true
     }
 
     /// [`TikvTransport::start`] for a request sent to the proxy at `address` that forwards it
@@ -341,6 +362,9 @@ impl<R: Runtime> TikvTransport<R> {
         timeout: Duration,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
+        if self.refuse_if_closed(id, reply) {
+            return None;
+        }
         let pool = self.forwarded_pool(address, forwarded_host);
         self.start_on(pool, now, id, request, timeout, reply)
     }
