@@ -80,7 +80,7 @@ impl BatchEncoder {
             }
             let context = cmd_context_slot(&mut cmd).and_then(Option::take);
             self.scratch.clear();
-            encode_cmd(&cmd, &mut self.scratch);
+            cmd.encode(&mut self.scratch);
             let Some(context) = context else {
                 encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
                 put_varint(out, self.scratch.len() as u64);
@@ -140,24 +140,18 @@ impl BatchEncoder {
 /// `Request.cmd` arm number of `RawGet` (the same in `Response.cmd`).
 const RAW_GET_ARM: u64 = 13;
 
-/// Writes `cmd` as its oneof arm (key, length, fields) like prost's `Cmd::encode`, the hottest
-/// command, a `RawGet` without a context, directly.
-fn encode_cmd(cmd: &TikvCmd, out: &mut Vec<u8>) {
-    match cmd {
-        TikvCmd::RawGet(get) if get.context.is_none() => {
-            put_varint(out, RAW_GET_ARM << 3 | 2);
-            put_varint(out, raw_get_fields_len(get) as u64);
-            put_raw_get_fields(out, get);
-        }
-        _ => cmd.encode(out),
-    }
-}
-
 /// Writes a `RawGet` command as an entry of the `requests` list, with `ctx` (the encoding of
 /// its context) as field 1 and its own context field ignored: the bytes prost writes for the
 /// command carrying that context.
 fn put_raw_get(out: &mut BytesMut, ctx: &[u8], get: &kvrpcpb::RawGetRequest) {
-    let inner = 1 + encoded_len_varint(ctx.len() as u64) + ctx.len() + raw_get_fields_len(get);
+    // The key (2) and the column family (3), each left out when empty, as proto3 does.
+    let fields = [(2u64, &get.key[..]), (3, get.cf.as_bytes())];
+    let fields_len: usize = fields
+        .iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(_, f)| 1 + encoded_len_varint(f.len() as u64) + f.len())
+        .sum();
+    let inner = 1 + encoded_len_varint(ctx.len() as u64) + ctx.len() + fields_len;
     let request_len =
         encoded_len_varint(RAW_GET_ARM << 3 | 2) + encoded_len_varint(inner as u64) + inner;
     put_varint(out, u64::from(REQUESTS_FIELD << 3 | 2));
@@ -167,25 +161,7 @@ fn put_raw_get(out: &mut BytesMut, ctx: &[u8], get: &kvrpcpb::RawGetRequest) {
     put_varint(out, u64::from(CONTEXT_FIELD << 3 | 2));
     put_varint(out, ctx.len() as u64);
     out.put_slice(ctx);
-    put_raw_get_fields(out, get);
-}
-
-/// The `RawGet` fields after the context: the key (2) and the column family (3), each left
-/// out when empty, as proto3 does.
-fn raw_get_fields(get: &kvrpcpb::RawGetRequest) -> [(u64, &[u8]); 2] {
-    [(2, &get.key[..]), (3, get.cf.as_bytes())]
-}
-
-fn raw_get_fields_len(get: &kvrpcpb::RawGetRequest) -> usize {
-    raw_get_fields(get)
-        .iter()
-        .filter(|(_, f)| !f.is_empty())
-        .map(|(_, f)| 1 + encoded_len_varint(f.len() as u64) + f.len())
-        .sum()
-}
-
-fn put_raw_get_fields(out: &mut impl BufMut, get: &kvrpcpb::RawGetRequest) {
-    for (tag, field) in raw_get_fields(get) {
+    for (tag, field) in fields {
         if !field.is_empty() {
             put_varint(out, tag << 3 | 2);
             put_varint(out, field.len() as u64);
@@ -473,24 +449,25 @@ mod tests {
     }
 
     #[test]
-    fn raw_get_arm_encodes_like_prost() {
+    fn raw_get_entry_encodes_like_prost() {
         for (context, key, cf) in [
-            (None, &b"k"[..], ""),
-            (None, b"", "default"),
-            (None, &[1u8; 200][..], "lock"),
-            // With a context it is prost's own encoding.
-            (Some(ctx(3, 10, true)), b"k", ""),
+            (ctx(3, 10, true), &b"k"[..], ""),
+            (kvrpcpb::Context::default(), b"", "default"),
+            (ctx(4, 11, false), &[1u8; 200][..], "lock"),
         ] {
-            let cmd = TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
-                context,
+            let get = kvrpcpb::RawGetRequest {
+                context: Some(context.clone()),
                 key: key.to_vec().into(),
                 cf: cf.into(),
-            }));
-            let mut ours = Vec::new();
-            encode_cmd(&cmd, &mut ours);
-            let mut prost = Vec::new();
-            cmd.encode(&mut prost);
-            assert_eq!(ours, prost);
+            };
+            let mut ours = BytesMut::new();
+            put_raw_get(&mut ours, &context.encode_to_vec(), &get);
+            let prost = request(TikvCmd::RawGet(Box::new(get)));
+            let mut want = Vec::new();
+            encode_key(REQUESTS_FIELD, WireType::LengthDelimited, &mut want);
+            encode_varint(prost.encoded_len() as u64, &mut want);
+            prost.encode_raw(&mut want);
+            assert_eq!(&ours[..], &want[..]);
         }
     }
 

@@ -137,10 +137,9 @@ impl<R: Runtime> Dispatch for Inner<R> {
 }
 
 impl<R: Runtime> Inner<R> {
-    /// Whether [`Cluster::close`] was called (it closes the health feed with the
-    /// connections); the background tasks end at their next tick.
+    /// Whether [`Cluster::close`] was called; the background tasks end at their next tick.
     pub(crate) fn is_closed(&self) -> bool {
-        self.tikv.health_feed.is_closed()
+        self.tikv.is_closed()
     }
 
     /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set.

@@ -241,20 +241,17 @@ impl LocalOracle {
         }
     }
 
-    /// The clock's time as a timestamp with a zero logical part (client-go `GoTimeToTS`);
-    /// times before 1970 count as 1970.
-    fn clock_ts(&self) -> u64 {
-        let now = (self.clock)();
-        let ms = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        Timestamp::compose(u64::try_from(ms).unwrap_or(u64::MAX >> 18), 0).version()
+    /// The clock's time as a timestamp with a zero logical part (`Timestamp::from_system_time`,
+    /// client-go `GoTimeToTS`); a clock before 1970 or past the timestamp range is
+    /// [`Error::InvalidArgument`].
+    fn clock_ts(&self) -> Result<Timestamp, Error> {
+        Timestamp::from_system_time((self.clock)())
     }
 
+    /// The clock in milliseconds since the Unix epoch, negative before it (client-go
+    /// `GetPhysical`, for lock expiry).
     fn clock_ms(&self) -> i128 {
-        let now = (self.clock)();
-        match now.duration_since(SystemTime::UNIX_EPOCH) {
+        match (self.clock)().duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => d.as_millis() as i128,
             Err(e) => -(e.duration().as_millis() as i128),
         }
@@ -262,28 +259,28 @@ impl LocalOracle {
 
     /// The next timestamp: the clock's, or one more than the last within the same
     /// millisecond. Mirrors client-go `localOracle.GetTimestamp`.
-    fn next(&self) -> Timestamp {
-        let ts = self.clock_ts();
+    fn next(&self) -> Result<Timestamp, Error> {
+        let ts = self.clock_ts()?.version();
         let mut st = lock(&self.state);
         if st.last == ts {
             st.n += 1;
-            return Timestamp(ts + st.n);
+            return Ok(Timestamp(ts + st.n));
         }
         st.last = ts;
         st.n = 0;
-        Timestamp(ts)
+        Ok(Timestamp(ts))
     }
 }
 
 impl Oracle for LocalOracle {
     fn timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send {
         let ts = self.next();
-        async move { Ok(ts) }
+        async move { ts }
     }
 
     /// A fresh timestamp: a local oracle has no cache to lag.
     fn low_resolution_timestamp(&self) -> Result<Timestamp, Error> {
-        Ok(self.next())
+        self.next()
     }
 
     /// Nothing to refresh: accepted and ignored, like client-go's.
@@ -295,9 +292,11 @@ impl Oracle for LocalOracle {
         &self,
         prev_seconds: u64,
     ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
-        let ms = self.clock_ms() - i128::from(prev_seconds) * 1000;
-        let physical = u64::try_from(ms.max(0)).unwrap_or(u64::MAX >> 18);
-        async move { Ok(Timestamp::compose(physical, 0)) }
+        let ts = (self.clock)()
+            .checked_sub(Duration::from_secs(prev_seconds))
+            .ok_or_else(|| Error::invalid("stale timestamp before the clock's range"))
+            .and_then(Timestamp::from_system_time);
+        async move { ts }
     }
 
     /// Whether the clock has reached the lock's physical time plus its TTL.
@@ -324,7 +323,7 @@ impl Oracle for LocalOracle {
     /// below the one already set (setting the same one again is fine). Mirrors client-go
     /// `localExternalTimestamp.setExternalTimestamp`.
     async fn set_external_timestamp(&self, ts: Timestamp) -> Result<(), Error> {
-        let current = self.next();
+        let current = self.next()?;
         if ts > current {
             return Err(Error::invalid(
                 "external timestamp is greater than global tso",
@@ -341,7 +340,7 @@ impl Oracle for LocalOracle {
     /// The clock's time as a timestamp. Mirrors client-go
     /// `localOracle.GetAllTSOKeyspaceGroupMinTS`.
     async fn all_tso_keyspace_group_min_ts(&self) -> Result<Timestamp, Error> {
-        Ok(Timestamp(self.clock_ts()))
+        self.clock_ts()
     }
 }
 

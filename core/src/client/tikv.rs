@@ -335,11 +335,16 @@ impl<R: Runtime> TikvTransport<R> {
         self.start_on(pool, now, id, request, timeout, reply)
     }
 
+    /// Whether [`TikvTransport::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Completes request `id` with [`Error::Closed`] if the transport was closed (a closed
     /// transport's pools are gone; a new one would dial again). Checked only where a request
     /// found no open pool, or is not batched.
     fn refuse_if_closed(&self, id: IoId, reply: &Inbox<Input>) -> bool {
-        if !self.closed.load(Ordering::Acquire) {
+        if !self.is_closed() {
             return false;
         }
         let _ = reply.push(Input::Tikv {
