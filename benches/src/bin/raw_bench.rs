@@ -5,6 +5,7 @@
 //! cargo build --release -p tikv-mockstore -p tikv-benches
 //! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]
 //!                           [--connections N] [--mockstore-cpus LIST]
+//!                           [--batch-policy basic|standard|positive]
 //! ```
 //!
 //! `--mockstore-cpus 1` runs the mockstore under `taskset -c 1`; with the client started as
@@ -12,7 +13,8 @@
 //! as in the measurements of `shared/reference/performance-floor.md`.
 //!
 //! `--connections N` sets `Config::grpc_connection_count` (default: the config's default, 4,
-//! like client-go).
+//! like client-go). `--batch-policy` sets `Config::batch_policy` (default: standard, like
+//! client-go).
 //!
 //! `--runtime tokio` (the default) drives the `tikv-tokio` client on a tokio runtime
 //! (current_thread for one thread, multi_thread otherwise); `--runtime smol` drives the
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tikv_core::client::{RawClient, Runtime};
 
-use tikv_core::config::Config;
+use tikv_core::config::{BatchPolicy, Config};
 use tikv_core::machine::Key;
 
 /// Which async runtime drives the client.
@@ -57,10 +59,12 @@ struct Args {
     /// cores with the client (the floor in `shared/reference/performance-floor.md` was
     /// measured that way); pin the client itself with `taskset -c OTHER raw_bench ...`.
     mockstore_cpus: Option<String>,
+    batch_policy: Option<BatchPolicy>,
 }
 
 const USAGE: &str = "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] \
-     [--runtime tokio|smol] [--connections N] [--mockstore-cpus LIST]";
+     [--runtime tokio|smol] [--connections N] [--mockstore-cpus LIST] \
+     [--batch-policy basic|standard|positive]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -74,6 +78,7 @@ fn parse_args() -> Args {
         runtime: RuntimeKind::Tokio,
         connections: None,
         mockstore_cpus: None,
+        batch_policy: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +93,17 @@ fn parse_args() -> Args {
             "--threads" => args.threads = value.parse().expect("--threads N"),
             "--connections" => {
                 args.connections = Some(value.parse().expect("--connections N"));
+            }
+            "--batch-policy" => {
+                args.batch_policy = Some(match value.as_str() {
+                    "basic" => BatchPolicy::Basic,
+                    "standard" => BatchPolicy::Standard,
+                    "positive" => BatchPolicy::Positive,
+                    _ => {
+                        eprintln!("{USAGE}");
+                        std::process::exit(2);
+                    }
+                });
             }
             "--runtime" => {
                 args.runtime = match value.as_str() {
@@ -280,6 +296,9 @@ fn main() {
     let mut config = Config::default();
     if let Some(n) = args.connections {
         config.grpc_connection_count = n;
+    }
+    if let Some(policy) = args.batch_policy {
+        config.batch_policy = policy;
     }
     match args.runtime {
         RuntimeKind::Tokio => {

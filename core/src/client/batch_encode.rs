@@ -15,9 +15,9 @@ use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
 use tikv_proto::{kvrpcpb, tikvpb};
 
-use crate::machine::TikvCmd;
 use crate::machine::batch::Batch;
 use crate::machine::request::cmd_context_slot;
+use crate::machine::{SpentCmds, TikvCmd};
 
 /// Field numbers of `BatchCommandsRequest` (`responses` and `request_ids` of
 /// `BatchCommandsResponse` have the same numbers) and of `Context` inside every kvrpcpb
@@ -54,9 +54,10 @@ pub struct BatchEncoder {
 
 impl BatchEncoder {
     /// Encodes `batch`, taking its commands out (its emptied vectors can be handed back to
-    /// [`crate::machine::batch::BatchConn::recycle`]); the bytes equal prost's encoding of the
-    /// `BatchCommandsRequest` with these commands and ids.
-    pub fn encode(&mut self, batch: &mut Batch<TikvCmd>) -> Bytes {
+    /// [`crate::machine::batch::BatchConn::recycle`]) and handing their allocations to
+    /// `spent`; the bytes equal prost's encoding of the `BatchCommandsRequest` with these
+    /// commands and ids.
+    pub fn encode(&mut self, batch: &mut Batch<TikvCmd>, spent: &mut SpentCmds) -> Bytes {
         let out = &mut self.outs[self.turn];
         self.turn = (self.turn + 1) % OUTPUT_BUFFERS;
         // At least a typical full batch's worth, so that a buffer, once free, takes every
@@ -76,6 +77,7 @@ impl BatchEncoder {
                     self.last = get.context.take();
                 }
                 put_raw_get(out, &self.ctx_bytes, get);
+                spent.keep(cmd);
                 continue;
             }
             let context = cmd_context_slot(&mut cmd).and_then(Option::take);
@@ -85,6 +87,7 @@ impl BatchEncoder {
                 encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
                 put_varint(out, self.scratch.len() as u64);
                 out.put_slice(&self.scratch);
+                spent.keep(cmd);
                 continue;
             };
             // Split the command's own framing off: the oneof arm's key and the inner length.
@@ -99,6 +102,7 @@ impl BatchEncoder {
                 encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
                 put_varint(out, cmd.encoded_len() as u64);
                 cmd.encode(out);
+                spent.keep(cmd);
                 continue;
             };
             debug_assert_eq!(rest.len() as u64, inner_len);
@@ -120,6 +124,7 @@ impl BatchEncoder {
             put_varint(out, ctx_len as u64);
             out.put_slice(&self.ctx_bytes);
             out.put_slice(rest);
+            spent.keep(cmd);
         }
         if !batch.request_ids.is_empty() {
             let len: usize = batch
@@ -413,6 +418,13 @@ mod tests {
                 ))),
                 // A context that is present but empty still encodes as an empty field 1.
                 get(b"e", Some(kvrpcpb::Context::default())),
+                request(TikvCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
+                    context: Some(ctx(3, 10, false)),
+                    key: b"p".to_vec().into(),
+                    value: b"pv".to_vec().into(),
+                    ttl: 7,
+                    ..Default::default()
+                }))),
                 // A column family, an empty key, a long key.
                 request(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
                     context: Some(ctx(4, 11, false)),
@@ -422,7 +434,7 @@ mod tests {
                 get(b"", Some(ctx(4, 11, false))),
                 get(&[9u8; 300], None),
             ],
-            request_ids: vec![1, 2, 300, 4, 5, 70_000, 7, 8, 9, 16_384],
+            request_ids: vec![1, 2, 300, 4, 5, 70_000, 7, 8, 9, 16_384, 11],
             client_send_time_ns: 0,
         };
         let expected = batch.encode_to_vec();
@@ -436,15 +448,36 @@ mod tests {
         };
         let mut encoder = BatchEncoder::default();
         let mut encoded = batch_of(&batch);
-        let got = encoder.encode(&mut encoded);
+        let mut spent = SpentCmds::default();
+        let got = encoder.encode(&mut encoded, &mut spent);
         assert!(encoded.requests.is_empty(), "the commands are taken");
+        // The raw gets' and puts' boxes are kept, without their keys and values.
+        let raw = |kind: fn(&TikvCmd) -> bool| {
+            batch
+                .requests
+                .iter()
+                .filter(|r| kind(r.cmd.as_ref().unwrap()))
+                .count()
+        };
+        let gets = raw(|c| matches!(c, TikvCmd::RawGet(_)));
+        let puts = raw(|c| matches!(c, TikvCmd::RawPut(_)));
+        assert!(gets > 0);
+        for _ in 0..gets {
+            let b = spent.take_raw_get().expect("a kept RawGet box");
+            assert!(b.key.is_empty());
+        }
+        for _ in 0..puts {
+            let b = spent.take_raw_put().expect("a kept RawPut box");
+            assert!(b.key.is_empty() && b.value.is_empty());
+        }
+        assert!(spent.is_empty(), "other kinds are not kept");
         assert_eq!(got.as_ref(), expected.as_slice());
         assert_eq!(
             tikvpb::BatchCommandsRequest::decode(got).expect("decodes"),
             batch
         );
         // The next batch (the encoder keeps its buffers and last context) encodes the same.
-        let again = encoder.encode(&mut batch_of(&batch));
+        let again = encoder.encode(&mut batch_of(&batch), &mut spent);
         assert_eq!(again.as_ref(), expected.as_slice());
     }
 
@@ -479,7 +512,9 @@ mod tests {
             request_ids: Vec::new(),
         };
         assert_eq!(
-            BatchEncoder::default().encode(&mut empty).as_ref(),
+            BatchEncoder::default()
+                .encode(&mut empty, &mut SpentCmds::default())
+                .as_ref(),
             batch.encode_to_vec().as_slice()
         );
     }

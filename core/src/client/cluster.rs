@@ -289,6 +289,17 @@ impl<R: Runtime> Cluster<R> {
         }
     }
 
+    /// The allocation of a sent `RawGet`, kept for the next one's request (see
+    /// [`crate::machine::SpentCmds`]).
+    pub(crate) fn spare_raw_get(&self) -> Option<Box<tikv_proto::kvrpcpb::RawGetRequest>> {
+        self.inner.tikv.take_raw_get()
+    }
+
+    /// The allocation of a sent `RawPut`, kept for the next one's request.
+    pub(crate) fn spare_raw_put(&self) -> Option<Box<tikv_proto::kvrpcpb::RawPutRequest>> {
+        self.inner.tikv.take_raw_put()
+    }
+
     /// The key codec (API version, keyspace) of this client.
     pub fn codec(&self) -> &Arc<ApiCodec> {
         &self.codec

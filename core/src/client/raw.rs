@@ -154,7 +154,11 @@ impl<R: Runtime> RawClient<R> {
         let key = key.into();
         let span = tracing::debug_span!("tikv.raw.get", key = %KeyField(&key));
         self.cluster
-            .run(raw::get(key, &self.opts))
+            .run(raw::get_reusing(
+                key,
+                &self.opts,
+                self.cluster.spare_raw_get(),
+            ))
             .instrument(span)
             .await
     }
@@ -189,7 +193,13 @@ impl<R: Runtime> RawClient<R> {
         let key = key.into();
         let span = tracing::debug_span!("tikv.raw.put", key = %KeyField(&key), ttl_secs);
         self.cluster
-            .run(raw::put(key, value.into(), ttl_secs, &self.opts))
+            .run(raw::put_reusing(
+                key,
+                value.into(),
+                ttl_secs,
+                &self.opts,
+                self.cluster.spare_raw_put(),
+            ))
             .instrument(span)
             .await
     }

@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
-use crate::machine::{Input, IoId, TikvCmd, TikvRequest, TikvResponse};
+use crate::machine::{Input, IoId, SpentCmds, TikvCmd, TikvRequest, TikvResponse};
 
 /// Settings of the TiKV transport, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -143,6 +143,9 @@ pub(crate) struct TikvTransport<R: Runtime> {
     pub health_feed: Inbox<(tikv_proto::kvrpcpb::HealthFeedback, Instant)>,
     /// Set by [`TikvTransport::close`]: later requests fail instead of dialling anew.
     closed: std::sync::atomic::AtomicBool,
+    /// Allocations of sent raw point commands, handed back by the stream tasks for the next
+    /// operations' requests (see [`SpentCmds`]).
+    spent: Arc<Mutex<SpentCmds>>,
 }
 
 impl<R: Runtime> Drop for TikvTransport<R> {
@@ -162,7 +165,18 @@ impl<R: Runtime> TikvTransport<R> {
             stats: Arc::new(TransportStats::default()),
             health_feed: Inbox::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            spent: Arc::default(),
         }
+    }
+
+    /// The allocation of a sent `RawGet`, if one is kept (see [`SpentCmds`]).
+    pub fn take_raw_get(&self) -> Option<Box<tikv_proto::kvrpcpb::RawGetRequest>> {
+        lock(&self.spent).take_raw_get()
+    }
+
+    /// The allocation of a sent `RawPut`, if one is kept (see [`SpentCmds`]).
+    pub fn take_raw_put(&self) -> Option<Box<tikv_proto::kvrpcpb::RawPutRequest>> {
+        lock(&self.spent).take_raw_put()
     }
 
     /// Closes every connection: queued and in-flight requests fail with [`Error::Closed`] and
@@ -302,6 +316,7 @@ impl<R: Runtime> TikvTransport<R> {
                 health_feed: self.health_feed.clone(),
                 seed: (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 forwarded_host: forwarded_host.clone(),
+                spent: self.spent.clone(),
             };
             self.rt.spawn(task.run());
         }
@@ -537,6 +552,8 @@ struct StreamTask<R: Runtime> {
     seed: u64,
     /// Set for a proxy pool's stream (see [`StorePool::forwarded_host`]).
     forwarded_host: Option<Arc<str>>,
+    /// Where the allocations of encoded commands go (see [`SpentCmds`]).
+    spent: Arc<Mutex<SpentCmds>>,
 }
 
 /// The stream currently carrying the slot's batches.
@@ -556,6 +573,8 @@ impl<R: Runtime> StreamTask<R> {
         );
         let mut queued: Vec<Queued> = Vec::new();
         let mut encoder = batch_encode::BatchEncoder::default();
+        // A batch's spent commands, moved to the transport's pool under one lock per batch.
+        let mut spent = SpentCmds::default();
         // Every reply message is decoded into this one, whose lists keep their capacity.
         let mut message = tikv_proto::tikvpb::BatchCommandsResponse::default();
         let mut opening: Option<(u64, Opening<R>)> = None;
@@ -690,8 +709,11 @@ impl<R: Runtime> StreamTask<R> {
                     self.stats
                         .requests_batched
                         .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
-                    let message = encoder.encode(&mut batch);
+                    let message = encoder.encode(&mut batch, &mut spent);
                     conn.recycle(batch);
+                    if !spent.is_empty() {
+                        lock(&self.spent).append(&mut spent);
+                    }
                     if o.outgoing.push(message).is_err() {
                         let epoch = o.epoch;
                         conn.handle_stream_error(now, epoch, "request stream closed");

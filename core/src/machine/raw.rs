@@ -231,11 +231,37 @@ impl<T> Operation for RawSingle<T> {
 
 /// `RawGet`: the value, `None` when the key does not exist. Mirrors client-go `Client.Get`.
 pub fn get(key: Key, opts: &RawOptions) -> RawSingle<Option<Value>> {
-    let req = TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
-        context: None,
-        key: key.clone(),
-        cf: opts.cf.clone(),
-    })));
+    get_reusing(key, opts, None)
+}
+
+/// [`get`] with its request written into `spare`, the allocation of an earlier request (see
+/// [`crate::machine::SpentCmds`]), when there is one.
+pub fn get_reusing(
+    key: Key,
+    opts: &RawOptions,
+    spare: Option<Box<kvrpcpb::RawGetRequest>>,
+) -> RawSingle<Option<Value>> {
+    let request = match spare {
+        // Field by field (the box is warm, and only these bytes need writing); the pattern
+        // names every field, so a field added to the message cannot be left stale.
+        Some(mut b) => {
+            let kvrpcpb::RawGetRequest {
+                context,
+                key: to_key,
+                cf,
+            } = &mut *b;
+            *context = None;
+            *to_key = key.clone();
+            cf.clone_from(&opts.cf);
+            b
+        }
+        None => Box::new(kvrpcpb::RawGetRequest {
+            context: None,
+            key: key.clone(),
+            cf: opts.cf.clone(),
+        }),
+    };
+    let req = TikvRequest::Cmd(TikvCmd::RawGet(request));
     RawSingle::new(non_empty(&key, "key"), key, req, opts, |resp| match resp {
         TikvResponse::Cmd(TikvCmdResponse::RawGet(r)) => {
             check_string(r.error)?;
@@ -265,14 +291,46 @@ pub fn get_key_ttl(key: Key, opts: &RawOptions) -> RawSingle<Option<u64>> {
 /// `RawPut` with a TTL in seconds (0: none); sets `for_cas` in atomic mode. Mirrors client-go
 /// `Client.PutWithTTL` / `Client.Put`.
 pub fn put(key: Key, value: Value, ttl_secs: u64, opts: &RawOptions) -> RawSingle<()> {
-    let req = TikvRequest::Cmd(TikvCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
-        context: None,
-        key: key.clone(),
-        value,
-        cf: opts.cf.clone(),
-        ttl: ttl_secs,
-        for_cas: opts.atomic,
-    })));
+    put_reusing(key, value, ttl_secs, opts, None)
+}
+
+/// [`put`] with its request written into `spare`, the allocation of an earlier request (see
+/// [`crate::machine::SpentCmds`]), when there is one.
+pub fn put_reusing(
+    key: Key,
+    value: Value,
+    ttl_secs: u64,
+    opts: &RawOptions,
+    spare: Option<Box<kvrpcpb::RawPutRequest>>,
+) -> RawSingle<()> {
+    let request = match spare {
+        Some(mut b) => {
+            let kvrpcpb::RawPutRequest {
+                context,
+                key: to_key,
+                value: to_value,
+                cf,
+                ttl,
+                for_cas,
+            } = &mut *b;
+            *context = None;
+            *to_key = key.clone();
+            *to_value = value;
+            cf.clone_from(&opts.cf);
+            *ttl = ttl_secs;
+            *for_cas = opts.atomic;
+            b
+        }
+        None => Box::new(kvrpcpb::RawPutRequest {
+            context: None,
+            key: key.clone(),
+            value,
+            cf: opts.cf.clone(),
+            ttl: ttl_secs,
+            for_cas: opts.atomic,
+        }),
+    };
+    let req = TikvRequest::Cmd(TikvCmd::RawPut(request));
     RawSingle::new(non_empty(&key, "key"), key, req, opts, |resp| match resp {
         TikvResponse::Cmd(TikvCmdResponse::RawPut(r)) => check_string(r.error),
         other => Err(unexpected(other)),
@@ -1145,6 +1203,57 @@ mod tests {
             crate::machine::testkit::ctx_of(&del.1).max_execution_duration_ms,
             20_000
         );
+    }
+
+    #[test]
+    fn requests_written_into_spent_boxes_equal_fresh_ones() {
+        let stale_ctx = kvrpcpb::Context {
+            region_id: 77,
+            priority: 2,
+            request_source: "stale".into(),
+            ..Default::default()
+        };
+        let stale_get = Box::new(kvrpcpb::RawGetRequest {
+            context: Some(stale_ctx.clone()),
+            key: k("stale"),
+            cf: "lock".into(),
+        });
+        let stale_put = Box::new(kvrpcpb::RawPutRequest {
+            context: Some(stale_ctx),
+            key: k("stale"),
+            value: k("old"),
+            cf: "lock".into(),
+            ttl: 99,
+            for_cas: true,
+        });
+        let cf_opts = RawOptions {
+            cf: "write".into(),
+            ..opts()
+        };
+        let mut fresh = World::new(&["m"]);
+        fresh.run(put(k("a"), k("1"), 5, &opts())).unwrap();
+        fresh.run(put(k("b"), k("2"), 0, &cf_opts)).unwrap();
+        let fresh_get = fresh.run(get(k("a"), &opts()));
+        let mut reused = World::new(&["m"]);
+        reused
+            .run(put_reusing(
+                k("a"),
+                k("1"),
+                5,
+                &opts(),
+                Some(stale_put.clone()),
+            ))
+            .unwrap();
+        reused
+            .run(put_reusing(k("b"), k("2"), 0, &cf_opts, Some(stale_put)))
+            .unwrap();
+        let reused_get = reused.run(get_reusing(k("a"), &opts(), Some(stale_get)));
+        assert_eq!(reused_get, fresh_get);
+        assert_eq!(fresh_get, Ok(Some(k("1"))));
+        let requests = |w: &World| -> Vec<TikvRequest> {
+            w.h.tikv_sent().into_iter().map(|(_, r)| r).collect()
+        };
+        assert_eq!(requests(&reused), requests(&fresh));
     }
 
     #[test]
