@@ -147,6 +147,7 @@ macro_rules! e2e_suite {
             raw_client_reports_the_cluster_id,
             zone_label_reaches_the_store_cache,
             connection_pool_rotates_batches_over_its_connections,
+            high_priority_requests_pass_the_concurrency_limit,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -307,6 +307,60 @@ pub async fn dropped_response_times_out_then_retries<R: Runtime>() {
     assert_eq!(mock.cluster().requests(RpcKind::RawGet), 2);
 }
 
+/// CL-08 (client-go `TestLimitConcurrency`, end to end): with one connection allowing one
+/// request in flight, a request whose reply never comes holds the only slot; a get with
+/// override priority 10 (`RawClient::with_override_priority`) is still written and answered,
+/// while a get of normal priority waits behind the limit until its deadline (and its
+/// retries' deadlines, until its backoff budget is spent).
+pub async fn high_priority_requests_pass_the_concurrency_limit<R: Runtime>() {
+    use futures_lite::future;
+    let mock = Mock::start(MockCluster::builder());
+    let config = test_config()
+        .with_grpc_connection_count(1)
+        .with_max_concurrency_request_limit(1);
+    let client = connect::<R>(&mock, config).await;
+    client.put("held", "h").await.unwrap();
+    client.put("urgent", "u").await.unwrap();
+    let gets_before = mock.cluster().requests(RpcKind::RawGet);
+    mock.cluster()
+        .add_fault(FaultRule::once(RpcKind::RawGet, FaultAction::DropResponse));
+    let held = client.with_timeout(Duration::from_secs(30));
+    let held = held.get("held");
+    let others = async {
+        // The held get is on the wire.
+        eventually(client.cluster(), "the held get reaches the store", || {
+            mock.cluster().requests(RpcKind::RawGet) > gets_before
+        })
+        .await;
+        // Its attempts time out in the queue until its budget is spent.
+        let normal = client
+            .with_timeout(Duration::from_millis(200))
+            .with_backoff_budget(100)
+            .get("urgent")
+            .await;
+        assert!(
+            matches!(normal, Err(Error::BackoffExhausted { .. })),
+            "a normal get waits behind the limit, got {normal:?}"
+        );
+        assert_eq!(
+            mock.cluster().requests(RpcKind::RawGet),
+            gets_before + 1,
+            "the normal get was never written"
+        );
+        let urgent = client.with_override_priority(10).get("urgent").await;
+        assert_eq!(urgent.unwrap(), Some(b("u")));
+    };
+    // The held get must still be waiting when the others are done.
+    future::or(
+        async {
+            let r = held.await;
+            panic!("the held get finished first: {r:?}");
+        },
+        others,
+    )
+    .await;
+}
+
 /// A store that stays down exhausts the backoff budget: a typed error naming the backoff kind.
 pub async fn budget_exhaustion_is_a_typed_error<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());

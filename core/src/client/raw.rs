@@ -149,6 +149,17 @@ impl<R: Runtime> RawClient<R> {
         c
     }
 
+    /// The same client with its requests carrying `priority` as
+    /// `Context.resource_control_context.override_priority`: queued on a connection they go
+    /// before lower priorities, and from [`crate::machine::batch::HIGH_TASK_PRIORITY`] (10) up
+    /// they are written even when the connection's `max_concurrency_request_limit` is
+    /// reached. client-go's resource control sets this field (`ResourceControlInterceptor`).
+    pub fn with_override_priority(&self, priority: u64) -> Self {
+        let mut c = self.clone();
+        c.opts.request.override_priority = priority;
+        c
+    }
+
     /// The value of `key`, `None` when absent. Mirrors client-go `Client.Get`.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
         let key = key.into();

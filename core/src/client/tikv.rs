@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
+use crate::machine::request::cmd_override_priority;
 use crate::machine::{Input, IoId, SpentCmds, TikvCmd, TikvRequest, TikvResponse};
 
 /// Settings of the TiKV transport, taken from [`Config`].
@@ -600,8 +601,15 @@ impl<R: Runtime> StreamTask<R> {
                             Ordering::Relaxed,
                             Ordering::Relaxed,
                         );
-                        for q in queued.drain(..) {
-                            conn.submit(now, q.cmd, q.deadline, (q.id, q.reply));
+                        for mut q in queued.drain(..) {
+                            let priority = cmd_override_priority(&mut q.cmd);
+                            conn.submit_with_priority(
+                                now,
+                                q.cmd,
+                                q.deadline,
+                                (q.id, q.reply),
+                                priority,
+                            );
                         }
                     }
                     Poll::Ready(false) if !closed => {

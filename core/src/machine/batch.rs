@@ -181,6 +181,41 @@ struct Pending<P> {
     cmd: P,
 }
 
+/// Requests of this priority or above are written even when the concurrency limit is reached,
+/// and do not count against it. Mirrors client-go `highTaskPriority`.
+pub const HIGH_TASK_PRIORITY: u64 = 10;
+
+/// A queued request with a non-zero priority (`Context.resource_control_context
+/// .override_priority`): the highest priority first, then submission order (client-go's heap
+/// does not keep submission order among equal priorities; this does).
+struct Prioritized<P> {
+    priority: u64,
+    pending: Pending<P>,
+}
+
+impl<P> PartialEq for Prioritized<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl<P> Eq for Prioritized<P> {}
+
+impl<P> PartialOrd for Prioritized<P> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<P> Ord for Prioritized<P> {
+    /// Greater is taken first (`BinaryHeap` is a max-heap): higher priority, then lower id.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.pending.id.cmp(&self.pending.id))
+    }
+}
+
 /// A batch to write: the commands and, at the same positions, their request ids (the two
 /// lists of a `BatchCommandsRequest`). `P` is the command as the driver submitted it: a
 /// [`TikvCmd`], or the command already encoded (the client's transport encodes each command
@@ -303,7 +338,10 @@ pub struct BatchConn<T, P = TikvCmd> {
     rng: Rng,
     next_id: u64,
     entries: IdMap<Entry<T>>,
+    /// Queued requests of priority 0 (the usual case), in submission order.
     pending: VecDeque<Pending<P>>,
+    /// Queued requests with a priority, taken before `pending` (see [`Prioritized`]).
+    prioritized: std::collections::BinaryHeap<Prioritized<P>>,
     /// The vectors of a written batch handed back by [`BatchConn::recycle`], for the next one.
     spare: Option<Batch<P>>,
     /// Entries with `sent == true` (tombstones included): what client-go's `sent` counts.
@@ -333,7 +371,7 @@ impl<T, P> std::fmt::Debug for BatchConn<T, P> {
         f.debug_struct("BatchConn")
             .field("address", &self.address)
             .field("state", &self.state)
-            .field("pending", &self.pending.len())
+            .field("pending", &self.pending_len())
             .field("entries", &self.entries.len())
             .field("inflight", &self.inflight)
             .field("stats", &self.stats)
@@ -361,6 +399,7 @@ impl<T, P> BatchConn<T, P> {
             next_id: 1,
             entries: IdMap::default(),
             pending: VecDeque::new(),
+            prioritized: std::collections::BinaryHeap::new(),
             spare: None,
             inflight: 0,
             completions: VecDeque::new(),
@@ -426,7 +465,15 @@ impl<T, P> BatchConn<T, P> {
 
     /// Requests queued and not yet written (cancelled ones included until skipped).
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.prioritized.len()
+    }
+
+    /// Whether a queued request has at least [`HIGH_TASK_PRIORITY`]. Mirrors client-go
+    /// `batchCommandsBuilder.hasHighPriorityTask`.
+    fn has_high_priority(&self) -> bool {
+        self.prioritized
+            .peek()
+            .is_some_and(|p| p.priority >= HIGH_TASK_PRIORITY)
     }
 
     /// Requests written and not yet answered (timed-out ones included until their reply or
@@ -465,6 +512,21 @@ impl<T, P> BatchConn<T, P> {
     /// already past). Opens a stream if there is none. Mirrors client-go `sendBatchRequest`
     /// (entry pushed to the send loop, failure if the connection is unusable).
     pub fn submit(&mut self, now: Instant, cmd: P, deadline: Instant, token: T) -> u64 {
+        self.submit_with_priority(now, cmd, deadline, token, 0)
+    }
+
+    /// [`BatchConn::submit`] for a request of `priority` (its `Context.resource_control_context
+    /// .override_priority`): queued requests are written highest priority first, and those of
+    /// [`HIGH_TASK_PRIORITY`] or more pass the concurrency limit. Mirrors client-go
+    /// `sendBatchRequest`'s `priority` and `batchCommandsBuilder.push`.
+    pub fn submit_with_priority(
+        &mut self,
+        now: Instant,
+        cmd: P,
+        deadline: Instant,
+        token: T,
+        priority: u64,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.stats.submitted += 1;
@@ -493,11 +555,16 @@ impl<T, P> BatchConn<T, P> {
                 sent: false,
             },
         );
-        self.pending.push_back(Pending {
+        let pending = Pending {
             id,
             arrived: now,
             cmd,
-        });
+        };
+        if priority == 0 {
+            self.pending.push_back(pending);
+        } else {
+            self.prioritized.push(Prioritized { priority, pending });
+        }
         if self.earliest_deadline.is_none_or(|d| deadline < d) {
             self.earliest_deadline = Some(deadline);
         }
@@ -652,6 +719,7 @@ impl<T, P> BatchConn<T, P> {
             && now.saturating_duration_since(self.last_activity) >= self.cfg.idle_timeout
         {
             self.pending.clear();
+            self.prioritized.clear();
             self.window = None;
             match self.state {
                 State::Ready { epoch } | State::Connecting { epoch } => {
@@ -683,6 +751,7 @@ impl<T, P> BatchConn<T, P> {
             }
         }
         self.pending.clear();
+        self.prioritized.clear();
         self.inflight = 0;
         self.window = None;
         self.earliest_deadline = None;
@@ -706,25 +775,27 @@ impl<T, P> BatchConn<T, P> {
     /// Mirrors client-go `batchConn.batchSendLoop`, `fetchMorePendingRequests` and
     /// `batchCommandsBuilder.buildWithLimit`.
     pub fn poll_batch(&mut self, now: Instant) -> Option<Batch<P>> {
-        if !matches!(self.state, State::Ready { .. }) || self.pending.is_empty() {
+        let queued = self.pending_len();
+        if !matches!(self.state, State::Ready { .. }) || queued == 0 {
             return None;
         }
         let available = self.available();
-        if available == 0 {
+        // High-priority requests pass the concurrency limit (client-go `getClientAndSend`).
+        if available == 0 && !self.has_high_priority() {
             return None;
         }
         let max = self.cfg.max_batch_size;
         match self.window {
             Some(w) => {
-                if self.pending.len() < w.size.min(max) && now < w.until {
+                if queued < w.size.min(max) && now < w.until {
                     return None;
                 }
                 self.window = None;
             }
             None => {
-                if self.pending.len() < max
+                if queued < max
                     && let Some(w) = self.open_window(now)
-                    && self.pending.len() < w.size.min(max)
+                    && queued < w.size.min(max)
                     && now < w.until
                 {
                     self.window = Some(w);
@@ -778,7 +849,10 @@ impl<T, P> BatchConn<T, P> {
     /// Decides whether to wait for more requests. Mirrors the two branches of client-go
     /// `batchSendLoop`: the overload wait and the turbo trigger.
     fn open_window(&mut self, now: Instant) -> Option<Window> {
-        let head = self.pending.front()?.arrived;
+        let head = match self.pending.front() {
+            Some(p) => p.arrived,
+            None => self.prioritized.peek()?.pending.arrived,
+        };
         let interval = match self.latest_arrival {
             Some(latest) if head > latest => head - latest,
             _ => Duration::ZERO,
@@ -818,9 +892,14 @@ impl<T, P> BatchConn<T, P> {
         }
     }
 
+    /// Takes up to a batch of queued requests: those with a priority first (highest first),
+    /// then the others in submission order. Requests below [`HIGH_TASK_PRIORITY`] stop at the
+    /// concurrency limit `available`; those at or above it do not count against it. Mirrors
+    /// client-go `batchCommandsBuilder.buildWithLimit`.
     fn build(&mut self, available: u64) -> Option<Batch<P>> {
-        let limit = (self.cfg.max_batch_size as u64).min(available) as usize;
-        let want = limit.min(self.pending.len());
+        let max = self.cfg.max_batch_size;
+        let limit = (max as u64).min(available) as usize;
+        let want = max.min(self.pending_len());
         let Batch {
             mut requests,
             request_ids: mut ids,
@@ -831,9 +910,19 @@ impl<T, P> BatchConn<T, P> {
         requests.reserve(want);
         ids.reserve(want);
         let mut fetched = 0usize;
-        while requests.len() < limit {
-            let Some(p) = self.pending.pop_front() else {
-                break;
+        // Requests written that count against the concurrency limit.
+        let mut counted = 0usize;
+        while requests.len() < max {
+            let (p, high) = match self.prioritized.peek() {
+                Some(top) if top.priority >= HIGH_TASK_PRIORITY || counted < limit => {
+                    let top = self.prioritized.pop().expect("peeked");
+                    (top.pending, top.priority >= HIGH_TASK_PRIORITY)
+                }
+                _ if counted < limit => match self.pending.pop_front() {
+                    Some(p) => (p, false),
+                    None => break,
+                },
+                _ => break,
             };
             fetched += 1;
             if self.latest_arrival.is_none_or(|l| p.arrived > l) {
@@ -844,6 +933,9 @@ impl<T, P> BatchConn<T, P> {
                 continue;
             };
             entry.sent = true;
+            if !high {
+                counted += 1;
+            }
             requests.push(p.cmd);
             ids.push(p.id);
         }
@@ -919,6 +1011,7 @@ impl<T, P> BatchConn<T, P> {
             }
         }
         self.pending.clear();
+        self.prioritized.clear();
         self.inflight = 0;
         self.window = None;
         self.earliest_deadline = None;
@@ -1312,6 +1405,77 @@ mod tests {
             c.poll_completion().unwrap(),
             Completion { id: got, result: Err(Error::Timeout { .. }), .. } if got == id
         ));
+    }
+
+    /// Ported from client-go `TestLimitConcurrency` (`client_test.go`): high-priority requests
+    /// pass the concurrency limit and do not count against it; others wait for it.
+    #[test]
+    fn high_priority_requests_pass_the_concurrency_limit() {
+        let (t0, mut c) = ready(BatchConfig {
+            max_concurrency_request_limit: 2,
+            ..basic()
+        });
+        // Limit 2: one request in flight leaves room for one more.
+        let first = c.submit(t0, get("a"), t0 + S30, 1);
+        assert_eq!(c.poll_batch(t0).unwrap().request_ids, vec![first]);
+        let second = c.submit(t0, get("b"), t0 + S30, 2);
+        assert_eq!(c.poll_batch(t0).unwrap().request_ids, vec![second]);
+        assert_eq!(c.available(), 0);
+
+        // At the limit a high-priority request is still written; one just below waits.
+        let below = c.submit_with_priority(t0, get("c"), t0 + S30, 3, HIGH_TASK_PRIORITY - 1);
+        let high = c.submit_with_priority(t0, get("d"), t0 + S30, 4, HIGH_TASK_PRIORITY);
+        assert_eq!(c.poll_batch(t0).unwrap().request_ids, vec![high]);
+        assert!(c.poll_batch(t0).is_none(), "the limit holds for the others");
+        assert_eq!(c.pending_len(), 1);
+
+        // A reply frees one slot: the waiting request of priority 9 goes before a normal one
+        // queued meanwhile.
+        let normal = c.submit(t0, get("e"), t0 + S30, 5);
+        c.handle_response(
+            t0,
+            1,
+            tikvpb::BatchCommandsResponse {
+                responses: vec![reply("a"), reply("d")],
+                request_ids: vec![first, high],
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.poll_completion().unwrap().id, first);
+        assert_eq!(c.poll_completion().unwrap().id, high);
+        assert_eq!(c.available(), 1);
+        assert_eq!(c.poll_batch(t0).unwrap().request_ids, vec![below]);
+        assert!(c.poll_batch(t0).is_none());
+        assert_eq!(c.pending_len(), 1, "the normal request still waits");
+        let _ = normal;
+    }
+
+    /// Queued requests are written highest priority first, in submission order among equal
+    /// priorities (client-go's heap orders by priority only); a cancelled one is skipped.
+    #[test]
+    fn queued_requests_go_by_priority_then_submission_order() {
+        let (t0, mut c) = ready(basic());
+        let mut ids = Vec::new();
+        for (i, priority) in [0u64, 5, 12, 0, 5, 3].into_iter().enumerate() {
+            ids.push(c.submit_with_priority(t0, get("k"), t0 + S30, i as u32, priority));
+        }
+        let cancelled = c.submit_with_priority(t0, get("x"), t0 + S30, 99, 20);
+        assert_eq!(c.cancel(cancelled), Some(99));
+        let batch = c.poll_batch(t0).unwrap();
+        assert_eq!(
+            batch.request_ids,
+            vec![ids[2], ids[1], ids[4], ids[5], ids[0], ids[3]]
+        );
+        // The batch size bounds high-priority requests too.
+        let (t1, mut c) = ready(BatchConfig {
+            max_batch_size: 2,
+            ..basic()
+        });
+        let highs: Vec<u64> = (0..3)
+            .map(|i| c.submit_with_priority(t1, get("h"), t1 + S30, i, HIGH_TASK_PRIORITY))
+            .collect();
+        assert_eq!(c.poll_batch(t1).unwrap().request_ids, highs[..2].to_vec());
+        assert_eq!(c.poll_batch(t1).unwrap().request_ids, highs[2..].to_vec());
     }
 
     #[test]

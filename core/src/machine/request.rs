@@ -56,6 +56,12 @@ pub struct RequestOptions {
     /// log immediately); zero: none (a preset value in the template is kept). client-go takes
     /// them from the request's Go context (`trace.GetTraceControlFlags`).
     pub trace_control_flags: u64,
+    /// `Context.resource_control_context.override_priority` of every attempt; zero: none (a
+    /// preset value in the template is kept). Queued `BatchCommands` requests are written
+    /// highest priority first, and from [`crate::machine::batch::HIGH_TASK_PRIORITY`] up they
+    /// pass the connection's concurrency limit. In client-go resource control's interceptor
+    /// sets it (`ResourceControlInterceptor`), and `RPCClient.sendRequest` reads it.
+    pub override_priority: u64,
 }
 
 /// What a region request ends with when it does not fail.
@@ -90,6 +96,16 @@ pub fn context_slot(req: &mut TikvRequest) -> Option<&mut Option<kvrpcpb::Contex
         TikvRequest::RawCas(r) => Some(&mut r.context),
         TikvRequest::RawChecksum(r) => Some(&mut r.context),
     }
+}
+
+/// The command's `Context.resource_control_context.override_priority` (0 when unset), its
+/// priority in the `BatchCommands` queue. Mirrors client-go `RPCClient.sendRequest`
+/// (`req.GetResourceControlContext().GetOverridePriority()`).
+pub fn cmd_override_priority(cmd: &mut TikvCmd) -> u64 {
+    cmd_context_slot(cmd)
+        .and_then(|c| c.as_ref())
+        .and_then(|c| c.resource_control_context.as_ref())
+        .map_or(0, |r| r.override_priority)
 }
 
 /// The `context` field of a batchable command (`None` for `Import` and the empty command).
@@ -759,6 +775,11 @@ impl RegionRequest {
             }
             if self.opts.trace_control_flags != 0 {
                 ctx.trace_control_flags = self.opts.trace_control_flags;
+            }
+            if self.opts.override_priority != 0 {
+                ctx.resource_control_context
+                    .get_or_insert_default()
+                    .override_priority = self.opts.override_priority;
             }
             // Only a request that carries a source is labelled: nothing is formatted otherwise.
             if !ctx.request_source.is_empty() {
@@ -2719,6 +2740,58 @@ mod tests {
         );
         assert!(res.is_ok());
         assert!(ctx_of(&h.tikv_sent()[1].1).trace_id.is_empty());
+    }
+
+    /// `RequestOptions::override_priority` reaches every attempt's
+    /// `resource_control_context` (created when absent, a template's resource group kept), and
+    /// `cmd_override_priority` reads it back for the `BatchCommands` queue.
+    #[test]
+    fn override_priority_reaches_every_attempt() {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let opts = RequestOptions {
+            override_priority: 16,
+            ..Default::default()
+        };
+        let busy = err_with(|e| e.server_is_busy = Some(Default::default()));
+        let mut template = raw_get("k");
+        context_mut(&mut template).unwrap().resource_control_context =
+            Some(Box::new(kvrpcpb::ResourceControlContext {
+                resource_group_name: "rg".into(),
+                ..Default::default()
+            }));
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts.clone(), template, Some(busy));
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_eq!(sent.len(), 2);
+        for (i, (_, req)) in sent.iter().enumerate() {
+            let rc = ctx_of(req).resource_control_context.clone().expect("set");
+            assert_eq!(rc.override_priority, 16, "attempt {i}");
+            assert_eq!(rc.resource_group_name, "rg", "attempt {i}");
+            let TikvRequest::Cmd(mut cmd) = req.clone() else {
+                panic!("a command")
+            };
+            assert_eq!(cmd_override_priority(&mut cmd), 16);
+        }
+        // Without the option nothing is added.
+        let (res, _) = run_with_opts(
+            &mut pd,
+            &mut h,
+            RequestOptions::default(),
+            raw_get("k"),
+            None,
+        );
+        assert!(res.is_ok());
+        let TikvRequest::Cmd(mut cmd) = h.tikv_sent()[2].1.clone() else {
+            panic!("a command")
+        };
+        assert_eq!(cmd_override_priority(&mut cmd), 0);
+        assert!(
+            ctx_of(&h.tikv_sent()[2].1)
+                .resource_control_context
+                .is_none()
+        );
+        let _ = opts;
     }
 
     /// client-go `replicaSelector.onServerIsBusy` + `nextForReplicaReadLeader` through the
