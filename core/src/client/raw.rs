@@ -135,7 +135,8 @@ impl<R: Runtime> RawClient<R> {
 
     /// The same client with a backoff budget of `ms` milliseconds per call (before
     /// client-go's weight of 2) instead of client-go's 20 s; once it is spent a call fails
-    /// with [`Error::BackoffExhausted`].
+    /// with [`Error::BackoffExhausted`]. A budget of 0 is unlimited, as a zero `maxSleep` is
+    /// for client-go's `Backoffer` (not "no retries").
     pub fn with_backoff_budget(&self, ms: u64) -> Self {
         let mut c = self.clone();
         c.opts.budget_ms = Some(ms);
