@@ -1447,7 +1447,18 @@ mod tests {
         assert_eq!(c.poll_batch(t0).unwrap().request_ids, vec![below]);
         assert!(c.poll_batch(t0).is_none());
         assert_eq!(c.pending_len(), 1, "the normal request still waits");
-        let _ = normal;
+        // The next free slot takes it.
+        c.handle_response(
+            t0,
+            1,
+            tikvpb::BatchCommandsResponse {
+                responses: vec![reply("b")],
+                request_ids: vec![second],
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.poll_completion().unwrap().id, second);
+        assert_eq!(c.poll_batch(t0).unwrap().request_ids, vec![normal]);
     }
 
     /// Queued requests are written highest priority first, in submission order among equal

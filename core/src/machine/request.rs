@@ -2760,7 +2760,7 @@ mod tests {
                 resource_group_name: "rg".into(),
                 ..Default::default()
             }));
-        let (res, _) = run_with_opts(&mut pd, &mut h, opts.clone(), template, Some(busy));
+        let (res, _) = run_with_opts(&mut pd, &mut h, opts, template, Some(busy));
         assert!(res.is_ok());
         let sent = h.tikv_sent();
         assert_eq!(sent.len(), 2);
@@ -2791,7 +2791,6 @@ mod tests {
                 .resource_control_context
                 .is_none()
         );
-        let _ = opts;
     }
 
     /// client-go `replicaSelector.onServerIsBusy` + `nextForReplicaReadLeader` through the
