@@ -4,19 +4,25 @@
 //! `txnkv/transaction/txn.go` `KVTxn.SetSessionID`, which puts the id into the context as
 //! `util.SessionID` (`util/misc.go`) for the transaction's log lines.
 //!
+//! A backoff taken inside a transaction's operation is logged with the transaction's start
+//! timestamp (RY-11, client-go `Backoffer.Backoff` logs `txnStartTS` from the context's
+//! `TxnStartKey`): the backoff event is emitted inside the operation's span, which carries
+//! `start_ts`.
+//!
 //! The spans are read by [`Recorder`], a minimal `tracing::Subscriber` written here (the
 //! workspace does not use `tracing-subscriber` in tests). It is installed with
 //! [`WithSubscriber::with_subscriber`] around the scenario's future, so it is the default
 //! subscriber on whichever thread polls that future and sees the spans the transaction's
 //! methods create there, and nothing of the scenarios running in parallel on other runtimes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::ThreadId;
 
 use tikv_core::client::Runtime;
 use tikv_core::client::txn::{LockOptions, TransactionOptions};
-use tikv_mockstore::MockCluster;
+use tikv_mockstore::{FaultAction, FaultRule, MockCluster, RpcKind};
 use tikv_tests::Mock;
 use tikv_tests::txn_support::{b, collect, connect, txn_config};
 use tracing::field::{Field, Visit};
@@ -24,7 +30,10 @@ use tracing::instrument::WithSubscriber;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-tikv_tests::txn_tests!(session_id_tags_every_span_of_the_transaction,);
+tikv_tests::txn_tests!(
+    session_id_tags_every_span_of_the_transaction,
+    backoffs_are_logged_with_the_start_ts,
+);
 
 /// The session id the first transaction of the scenario runs under.
 const SESSION: u64 = 4242;
@@ -39,13 +48,23 @@ struct SpanRecord {
     session_id: Option<u64>,
 }
 
-/// A `tracing::Subscriber` that keeps every new span (see [`SpanRecord`]) and ignores events
-/// and span entry / exit (so it has no notion of a current span). Span ids are the position
-/// in the list plus one (ids must be non-zero), never reused: spans are not forgotten when
-/// closed.
+/// One `backoff` event seen by a [`Recorder`]: its kind and the `start_ts` of the innermost
+/// entered span that has one, on the thread that emitted it.
+#[derive(Debug, Clone)]
+struct BackoffRecord {
+    kind: String,
+    start_ts: Option<u64>,
+}
+
+/// A `tracing::Subscriber` that keeps every new span (see [`SpanRecord`]) and every `backoff`
+/// event (see [`BackoffRecord`]), tracking the entered spans per thread. Span ids are the
+/// position in the list plus one (ids must be non-zero), never reused: spans are not
+/// forgotten when closed.
 #[derive(Clone, Default)]
 struct Recorder {
     spans: Arc<Mutex<Vec<SpanRecord>>>,
+    entered: Arc<Mutex<HashMap<ThreadId, Vec<u64>>>>,
+    backoffs: Arc<Mutex<Vec<BackoffRecord>>>,
 }
 
 impl Recorder {
@@ -58,6 +77,14 @@ impl Recorder {
             .filter(|s| s.name.starts_with("tikv.txn."))
             .cloned()
             .collect()
+    }
+
+    /// The `backoff` events seen so far.
+    fn backoffs(&self) -> Vec<BackoffRecord> {
+        self.backoffs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The `tikv.txn.*` spans carrying `start_ts` (those of one transaction).
@@ -84,6 +111,27 @@ impl Visit for Fields<'_> {
     // Other fields (keys, counts, flags) are not read; a `session_id` recorded as anything
     // but a `u64` is not read either, so the assertions below catch it.
     fn record_debug(&mut self, _field: &Field, _value: &dyn fmt::Debug) {}
+}
+
+/// The message and the `backoff` field (the kind) of an event.
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    backoff: String,
+}
+
+impl Visit for EventFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "backoff" {
+            self.backoff = value.to_owned();
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
 }
 
 impl Subscriber for Recorder {
@@ -113,11 +161,88 @@ impl Subscriber for Recorder {
 
     fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
 
-    fn event(&self, _event: &Event<'_>) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        if fields.message != "backoff" {
+            return;
+        }
+        let thread = std::thread::current().id();
+        let stack = self
+            .entered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&thread)
+            .cloned()
+            .unwrap_or_default();
+        let spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let start_ts = stack
+            .iter()
+            .rev()
+            .find_map(|id| spans.get(*id as usize - 1).and_then(|s| s.start_ts));
+        self.backoffs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(BackoffRecord {
+                kind: fields.backoff,
+                start_ts,
+            });
+    }
 
-    fn enter(&self, _span: &Id) {}
+    fn enter(&self, span: &Id) {
+        self.entered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(std::thread::current().id())
+            .or_default()
+            .push(span.into_u64());
+    }
 
-    fn exit(&self, _span: &Id) {}
+    fn exit(&self, span: &Id) {
+        let mut entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stack) = entered.get_mut(&std::thread::current().id())
+            && let Some(at) = stack.iter().rposition(|id| *id == span.into_u64())
+        {
+            stack.remove(at);
+        }
+    }
+}
+
+/// RY-11: a transaction's get answered `ServerIsBusy` once backs off (`tikvServerBusy`) and
+/// succeeds; the backoff event is logged inside the get's span, whose `start_ts` is the
+/// transaction's. Mirrors client-go `Backoffer.Backoff` logging `txnStartTS`
+/// (`retry.TxnStartKey`).
+async fn backoffs_are_logged_with_the_start_ts<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let recorder = Recorder::default();
+    let start_ts = async {
+        let client = connect::<R>(&mock, txn_config()).await;
+        let mut seed = client.begin_optimistic().await.unwrap();
+        seed.put(b("ry11_k"), b("v")).await.unwrap();
+        seed.commit().await.unwrap();
+        let mut txn = client.begin_optimistic().await.unwrap();
+        mock.cluster().add_fault(FaultRule::once(
+            RpcKind::Get,
+            FaultAction::server_is_busy("ry11", 0, 10),
+        ));
+        assert_eq!(txn.get(b("ry11_k")).await.unwrap(), Some(b("v")));
+        assert_eq!(
+            mock.cluster().requests(RpcKind::Get),
+            2,
+            "sent again after the backoff"
+        );
+        txn.rollback().await.unwrap();
+        txn.start_ts().version()
+    }
+    .with_subscriber(recorder.clone())
+    .await;
+    let backoffs = recorder.backoffs();
+    assert!(
+        backoffs
+            .iter()
+            .any(|r| r.kind == "tikvServerBusy" && r.start_ts == Some(start_ts)),
+        "a tikvServerBusy backoff logged with start_ts {start_ts}: {backoffs:?}"
+    );
 }
 
 /// The names of `spans`, deduplicated.
