@@ -41,7 +41,7 @@ pub(crate) mod versioned;
 
 pub use crate::machine::raw::{KvPair, RawChecksum, Value};
 pub use cluster::Cluster;
-pub use oracle::{LocalOracle, Oracle};
+pub use oracle::{LocalOracle, MockOracle, Oracle};
 pub use raw::RawClient;
 pub use runtime::{Channel, Code, Runtime, Status};
 pub use sync::Inbox;

@@ -1,11 +1,11 @@
 //! The timestamp oracle as an interface: [`Oracle`], served by a connected [`Cluster`] (PD's
-//! TSO) or by a [`LocalOracle`] reading a caller-supplied clock (for tests and tools that run
-//! without PD).
+//! TSO), by a [`LocalOracle`] reading a caller-supplied clock (for tests and tools that run
+//! without PD), or by a [`MockOracle`] (a local oracle that tests can stop and move ahead).
 //!
 //! Mirrors client-go `oracle/oracle.go` `Oracle` and `ReadTSValidator` (the global transaction
 //! scope only: client-go's `Option.TxnScope` has no other value with a single TSO), with
-//! `oracle/oracles/pd.go` behind [`Cluster`] and `oracle/oracles/local.go` behind
-//! [`LocalOracle`]. client-go's `...Async` variants are the futures themselves here.
+//! `oracle/oracles/pd.go` behind [`Cluster`], `oracle/oracles/local.go` behind
+//! [`LocalOracle`] and `oracle/oracles/mock.go` behind [`MockOracle`]. client-go's `...Async` variants are the futures themselves here.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -344,6 +344,151 @@ impl Oracle for LocalOracle {
     }
 }
 
+/// A [`LocalOracle`] for tests that can be stopped and moved ahead of its clock. Mirrors
+/// client-go `oracle/oracles/mock.go` `MockOracle` (`Enable`, `Disable`, `AddOffset`).
+///
+/// While disabled, fresh timestamps (and the low-resolution and minimum ones, which are fresh
+/// here too) fail with [`Error::Pd`], like a TSO that cannot be reached. The offset moves the
+/// clock every timestamp and every lock-expiry check reads, as client-go's does; stale
+/// timestamps read the clock without it, as client-go's `GetStaleTimestamp` does.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tikv_core::client::{MockOracle, Oracle};
+///
+/// let oracle = MockOracle::new(SystemTime::now);
+/// let ts = futures_lite::future::block_on(oracle.timestamp()).unwrap();
+/// // A lock of 10 s written now expires once the oracle is 10 s ahead.
+/// assert!(!oracle.is_expired(ts, 10_000));
+/// oracle.add_offset(Duration::from_secs(10));
+/// assert!(oracle.is_expired(ts, 10_000));
+/// oracle.disable();
+/// assert!(futures_lite::future::block_on(oracle.timestamp()).is_err());
+/// ```
+pub struct MockOracle {
+    inner: LocalOracle,
+    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    offset: Arc<Mutex<Duration>>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for MockOracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockOracle")
+            .field("offset", &*lock(&self.offset))
+            .field("stopped", &self.is_stopped())
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockOracle {
+    /// An enabled oracle reading `clock`, with no offset.
+    pub fn new(clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        let clock: Arc<dyn Fn() -> SystemTime + Send + Sync> = Arc::new(clock);
+        let offset = Arc::new(Mutex::new(Duration::ZERO));
+        let (read, shift) = (clock.clone(), offset.clone());
+        MockOracle {
+            inner: LocalOracle::new(move || read() + *lock(&shift)),
+            clock,
+            offset,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Hands out timestamps again. Mirrors client-go `MockOracle.Enable`.
+    pub fn enable(&self) {
+        self.stopped
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Fails every fresh timestamp until [`MockOracle::enable`]. Mirrors client-go
+    /// `MockOracle.Disable`.
+    pub fn disable(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Moves the oracle's clock `d` further ahead. Mirrors client-go `MockOracle.AddOffset`.
+    pub fn add_offset(&self, d: Duration) {
+        let mut offset = lock(&self.offset);
+        *offset = offset.saturating_add(d);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `Ok` while enabled; client-go returns its `errStopped`.
+    fn running(&self) -> Result<(), Error> {
+        if self.is_stopped() {
+            return Err(Error::Pd("mock oracle is stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Oracle for MockOracle {
+    fn timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        let ts = self.running().and_then(|()| self.inner.next());
+        async move { ts }
+    }
+
+    /// A fresh timestamp, like client-go's (`GetLowResolutionTimestamp` calls `GetTimestamp`).
+    fn low_resolution_timestamp(&self) -> Result<Timestamp, Error> {
+        self.running()?;
+        self.inner.next()
+    }
+
+    /// Accepted and ignored, like client-go's.
+    fn set_low_resolution_timestamp_update_interval(&self, _: Duration) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// `prev_seconds` before the clock, without the offset (client-go `GetStaleTimestamp`).
+    fn stale_timestamp(
+        &self,
+        prev_seconds: u64,
+    ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
+        let ts = (self.clock)()
+            .checked_sub(Duration::from_secs(prev_seconds))
+            .ok_or_else(|| Error::invalid("stale timestamp before the clock's range"))
+            .and_then(Timestamp::from_system_time);
+        async move { ts }
+    }
+
+    /// Against the clock moved by the offset.
+    fn is_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> bool {
+        self.inner.is_expired(lock_ts, ttl_ms)
+    }
+
+    fn until_expired(&self, lock_ts: Timestamp, ttl_ms: u64) -> i64 {
+        self.inner.until_expired(lock_ts, ttl_ms)
+    }
+
+    /// Always fine, like client-go's.
+    async fn validate_read_ts(&self, _: Timestamp, _: bool) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn external_timestamp(&self) -> Result<Timestamp, Error> {
+        self.inner.external_timestamp().await
+    }
+
+    /// [`LocalOracle`]'s rules against a fresh timestamp, which fails while disabled.
+    async fn set_external_timestamp(&self, ts: Timestamp) -> Result<(), Error> {
+        self.running()?;
+        self.inner.set_external_timestamp(ts).await
+    }
+
+    /// The clock moved by the offset as a timestamp; fails while disabled. Mirrors client-go
+    /// `MockOracle.GetAllTSOKeyspaceGroupMinTS`.
+    async fn all_tso_keyspace_group_min_ts(&self) -> Result<Timestamp, Error> {
+        self.running()?;
+        self.inner.all_tso_keyspace_group_min_ts().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +549,51 @@ mod tests {
             block_on(oracle.all_tso_keyspace_group_min_ts()).unwrap(),
             ahead
         );
+    }
+
+    #[test]
+    fn mock_oracle_stops_and_moves_ahead_like_client_go() {
+        let ms = Arc::new(AtomicU64::new(1_700_000_000_000));
+        let read = ms.clone();
+        let oracle = MockOracle::new(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::Relaxed))
+        });
+        let a = block_on(oracle.timestamp()).unwrap();
+        let b = block_on(oracle.timestamp()).unwrap();
+        assert_eq!(a, Timestamp::compose(1_700_000_000_000, 0));
+        assert_eq!(
+            b.version(),
+            a.version() + 1,
+            "the same millisecond counts up"
+        );
+        // Disabled: fresh, low-resolution and minimum timestamps fail; stale ones and lock
+        // checks still work.
+        oracle.disable();
+        assert!(matches!(block_on(oracle.timestamp()), Err(Error::Pd(_))));
+        assert!(oracle.low_resolution_timestamp().is_err());
+        assert!(block_on(oracle.all_tso_keyspace_group_min_ts()).is_err());
+        assert!(block_on(oracle.set_external_timestamp(a)).is_err());
+        assert!(block_on(oracle.stale_timestamp(1)).is_ok());
+        assert!(!oracle.is_expired(a, 10));
+        oracle.enable();
+        // The offset moves timestamps and lock expiry, not stale timestamps.
+        oracle.add_offset(Duration::from_millis(10));
+        assert!(oracle.is_expired(a, 10));
+        assert_eq!(oracle.until_expired(a, 15), 5);
+        let c = block_on(oracle.timestamp()).unwrap();
+        assert_eq!(c, Timestamp::compose(1_700_000_000_010, 0));
+        assert_eq!(
+            block_on(oracle.stale_timestamp(1)).unwrap(),
+            Timestamp::compose(1_699_999_999_000, 0)
+        );
+        assert_eq!(
+            block_on(oracle.all_tso_keyspace_group_min_ts()).unwrap(),
+            Timestamp::compose(1_700_000_000_010, 0)
+        );
+        // The external timestamp follows the local rules against the moved clock.
+        block_on(oracle.set_external_timestamp(c)).unwrap();
+        assert_eq!(block_on(oracle.external_timestamp()).unwrap(), c);
+        ms.fetch_add(1, Ordering::Relaxed);
+        assert!(block_on(oracle.timestamp()).unwrap() > c);
     }
 }
