@@ -272,6 +272,15 @@ impl LocalOracle {
     }
 }
 
+/// The timestamp `prev_seconds` before `now` (zero logical part); before 1970 or past the
+/// timestamp range it is [`Error::InvalidArgument`]. Mirrors client-go
+/// `localOracle.GetStaleTimestamp` / `MockOracle.GetStaleTimestamp`.
+fn stale_ts_before(now: SystemTime, prev_seconds: u64) -> Result<Timestamp, Error> {
+    now.checked_sub(Duration::from_secs(prev_seconds))
+        .ok_or_else(|| Error::invalid("stale timestamp before the clock's range"))
+        .and_then(Timestamp::from_system_time)
+}
+
 impl Oracle for LocalOracle {
     fn timestamp(&self) -> impl Future<Output = Result<Timestamp, Error>> + Send {
         let ts = self.next();
@@ -292,10 +301,7 @@ impl Oracle for LocalOracle {
         &self,
         prev_seconds: u64,
     ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
-        let ts = (self.clock)()
-            .checked_sub(Duration::from_secs(prev_seconds))
-            .ok_or_else(|| Error::invalid("stale timestamp before the clock's range"))
-            .and_then(Timestamp::from_system_time);
+        let ts = stale_ts_before((self.clock)(), prev_seconds);
         async move { ts }
     }
 
@@ -450,10 +456,7 @@ impl Oracle for MockOracle {
         &self,
         prev_seconds: u64,
     ) -> impl Future<Output = Result<Timestamp, Error>> + Send {
-        let ts = (self.clock)()
-            .checked_sub(Duration::from_secs(prev_seconds))
-            .ok_or_else(|| Error::invalid("stale timestamp before the clock's range"))
-            .and_then(Timestamp::from_system_time);
+        let ts = stale_ts_before((self.clock)(), prev_seconds);
         async move { ts }
     }
 

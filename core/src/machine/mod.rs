@@ -119,24 +119,18 @@ impl TikvRequest {
                 }
             };
         }
-        let cmd = match spares.pop() {
+        let cmd = match (spares.pop(), template) {
             // The raw point commands field by field: a derived `clone_from` builds the whole
             // message (~400 bytes) aside and copies it in, where only a few words change. The
             // patterns name every field, so none added to the message is left stale.
-            Some(TikvCmd::RawGet(mut to)) if matches!(template, TikvCmd::RawGet(_)) => {
-                let TikvCmd::RawGet(from) = template else {
-                    unreachable!()
-                };
+            (Some(TikvCmd::RawGet(mut to)), TikvCmd::RawGet(from)) => {
                 let kvrpcpb::RawGetRequest { context, key, cf } = &mut *to;
                 context.clone_from(&from.context);
                 key.clone_from(&from.key);
                 cf.clone_from(&from.cf);
                 TikvCmd::RawGet(to)
             }
-            Some(TikvCmd::RawPut(mut to)) if matches!(template, TikvCmd::RawPut(_)) => {
-                let TikvCmd::RawPut(from) = template else {
-                    unreachable!()
-                };
+            (Some(TikvCmd::RawPut(mut to)), TikvCmd::RawPut(from)) => {
                 let kvrpcpb::RawPutRequest {
                     context,
                     key,
@@ -153,8 +147,8 @@ impl TikvRequest {
                 *for_cas = from.for_cas;
                 TikvCmd::RawPut(to)
             }
-            Some(spare) => reuse!(spare, template, RawBatchGet, Get, BatchGet),
-            None => template.clone(),
+            (Some(spare), template) => reuse!(spare, template, RawBatchGet, Get, BatchGet),
+            (None, template) => template.clone(),
         };
         TikvRequest::Cmd(cmd)
     }
