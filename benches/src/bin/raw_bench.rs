@@ -5,8 +5,15 @@
 //! cargo build --release -p tikv-mockstore -p tikv-benches
 //! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]
 //!                           [--connections N] [--mockstore-cpus LIST]
-//!                           [--batch-policy basic|standard|positive]
+//!                           [--batch-policy basic|standard|positive] [--client tikv|floor]
 //! ```
+//!
+//! `--client floor` measures [`tikv_benches::floor`] instead of the client: the least a
+//! client can do to read over the same transport (callers batched onto one `BatchCommands`
+//! stream, replies routed back by id, nothing else), for raw gets only. Run interleaved with
+//! the default (`--client tikv`), it tells how far the client is from the floor at the same
+//! moment, which the host's changing speed makes hard to tell from absolute figures.
+//! `RAW_BENCH_ONLY=get:N` (or `put:N`) runs one cell, at any concurrency `N`.
 //!
 //! `--mockstore-cpus 1` runs the mockstore under `taskset -c 1`; with the client started as
 //! `taskset -c 0 target/release/raw_bench ...` the two processes then keep to their own cores,
@@ -40,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use tikv_core::client::{RawClient, Runtime};
 
+use tikv_benches::floor::FloorClient;
 use tikv_core::config::{BatchPolicy, Config};
 use tikv_core::machine::Key;
 
@@ -61,11 +69,14 @@ struct Args {
     /// measured that way); pin the client itself with `taskset -c OTHER raw_bench ...`.
     mockstore_cpus: Option<String>,
     batch_policy: Option<BatchPolicy>,
+    /// `--client floor`: measure the transport floor ([`tikv_benches::floor`]) instead of the
+    /// client (gets only).
+    floor: bool,
 }
 
 const USAGE: &str = "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] \
      [--runtime tokio|smol] [--connections N] [--mockstore-cpus LIST] \
-     [--batch-policy basic|standard|positive]";
+     [--batch-policy basic|standard|positive] [--client tikv|floor]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -80,6 +91,7 @@ fn parse_args() -> Args {
         connections: None,
         mockstore_cpus: None,
         batch_policy: None,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +117,16 @@ fn parse_args() -> Args {
                         std::process::exit(2);
                     }
                 });
+            }
+            "--client" => {
+                args.floor = match value.as_str() {
+                    "tikv" => false,
+                    "floor" => true,
+                    _ => {
+                        eprintln!("{USAGE}");
+                        std::process::exit(2);
+                    }
+                }
             }
             "--runtime" => {
                 args.runtime = match value.as_str() {
@@ -199,8 +221,34 @@ impl Spawner {
     }
 }
 
+/// What the measuring loop calls.
+#[derive(Clone)]
+enum Target<R: Runtime> {
+    /// The client.
+    Tikv(RawClient<R>),
+    /// The transport floor (gets only).
+    Floor(FloorClient),
+}
+
+impl<R: Runtime> Target<R> {
+    /// `BatchCommandsRequest`s written so far and the requests they carried.
+    fn sent(&self) -> (u64, u64) {
+        match self {
+            Target::Tikv(client) => {
+                let stats = client.cluster().transport_stats();
+                (
+                    stats.batches_sent.load(Ordering::Relaxed),
+                    stats.requests_batched.load(Ordering::Relaxed),
+                )
+            }
+            Target::Floor(floor) => floor.sent(),
+        }
+    }
+}
+
 async fn run<R: Runtime>(
     client: &RawClient<R>,
+    target: &Target<R>,
     spawner: &Spawner,
     op: &'static str,
     concurrency: usize,
@@ -215,16 +263,14 @@ async fn run<R: Runtime>(
     for key in keys.iter() {
         client.put(key.clone(), value.clone()).await.expect("seed");
     }
-    let stats = client.cluster().transport_stats();
-    let batches_before = stats.batches_sent.load(Ordering::Relaxed);
-    let batched_before = stats.requests_batched.load(Ordering::Relaxed);
+    let (batches_before, batched_before) = target.sent();
     let start = Instant::now();
     let deadline = start + window;
     let (user_before, system_before) = cpu_times();
     let cpu_before = user_before + system_before;
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let client = client.clone();
+        let client = target.clone();
         let value = value.clone();
         let keys = keys.clone();
         tasks.push(spawner.spawn(async move {
@@ -236,11 +282,15 @@ async fn run<R: Runtime>(
             while t0 < deadline {
                 let key = keys[(i % 1024) as usize].clone();
                 i = i.wrapping_add(7919);
-                match op {
-                    "get" => {
+                match (op, &client) {
+                    ("get", Target::Tikv(client)) => {
                         client.get(key).await.expect("get");
                     }
-                    _ => client.put(key, value.clone()).await.expect("put"),
+                    ("get", Target::Floor(client)) => {
+                        client.get(key).await;
+                    }
+                    (_, Target::Tikv(client)) => client.put(key, value.clone()).await.expect("put"),
+                    (_, Target::Floor(_)) => unreachable!("the floor client only reads"),
                 }
                 let t1 = Instant::now();
                 lat.push(t1.duration_since(t0).as_micros().min(u32::MAX as u128) as u32);
@@ -258,8 +308,9 @@ async fn run<R: Runtime>(
     let cpu = (user_after + system_after).saturating_sub(cpu_before);
     let user = user_after.saturating_sub(user_before);
     let system = system_after.saturating_sub(system_before);
-    let batches = stats.batches_sent.load(Ordering::Relaxed) - batches_before;
-    let batched = stats.requests_batched.load(Ordering::Relaxed) - batched_before;
+    let (batches_after, batched_after) = target.sent();
+    let batches = batches_after - batches_before;
+    let batched = batched_after - batched_before;
     all.sort_unstable();
     let ops = all.len() as f64;
     println!(
@@ -336,7 +387,16 @@ fn main() {
                         "multi_thread"
                     }
                 );
-                bench(tokio_rt, Spawner::Tokio, &endpoint, &label, window, config).await;
+                bench(
+                    tokio_rt,
+                    Spawner::Tokio,
+                    &endpoint,
+                    &label,
+                    window,
+                    config,
+                    args.floor,
+                )
+                .await;
             });
         }
         RuntimeKind::Smol => {
@@ -363,6 +423,7 @@ fn main() {
                 &label,
                 window,
                 config,
+                args.floor,
             )));
             drop(stop);
             for h in helpers {
@@ -380,6 +441,7 @@ async fn bench<R: Runtime>(
     label: &str,
     window: Duration,
     config: Config,
+    floor: bool,
 ) {
     let mut client = None;
     for _ in 0..100 {
@@ -392,17 +454,45 @@ async fn bench<R: Runtime>(
         }
     }
     let client = client.expect("mockstore reachable");
-    println!("client runtime: {label}, window {} s", window.as_secs());
+    let target = if floor {
+        Target::Floor(
+            FloorClient::connect_like(&client, b"bench-0000")
+                .await
+                .expect("floor stream"),
+        )
+    } else {
+        Target::Tikv(client.clone())
+    };
+    println!(
+        "client{}: {label}, window {} s",
+        if floor {
+            " floor (tikv_benches::floor)"
+        } else {
+            " runtime"
+        },
+        window.as_secs()
+    );
     println!("| op      | conc |     ops/s | p50 µs | p99 µs | CPU µs/op | batch |");
     println!("|---------|------|-----------|--------|--------|-----------|-------|");
-    // `RAW_BENCH_ONLY=get:256` restricts the run to one cell (for profiling).
-    let only = std::env::var("RAW_BENCH_ONLY").ok();
-    for op in ["get", "put"] {
-        for c in [1, 16, 256] {
-            if only.as_deref().is_some_and(|o| o != format!("{op}:{c}")) {
-                continue;
+    // `RAW_BENCH_ONLY=get:256` runs one cell only (for profiling), at any concurrency.
+    let only = std::env::var("RAW_BENCH_ONLY").ok().map(|o| {
+        match o.split_once(':').map(|(op, c)| (op, c.parse::<usize>())) {
+            Some(("get", Ok(c))) if c > 0 => ("get", c),
+            Some(("put", Ok(c))) if c > 0 => ("put", c),
+            _ => panic!("RAW_BENCH_ONLY must be get:N or put:N, not {o:?}"),
+        }
+    });
+    match only {
+        Some((op, c)) => run(&client, &target, &spawner, op, c, window).await,
+        None => {
+            for op in ["get", "put"] {
+                if floor && op == "put" {
+                    continue;
+                }
+                for c in [1, 16, 256] {
+                    run(&client, &target, &spawner, op, c, window).await;
+                }
             }
-            run(&client, &spawner, op, c, window).await;
         }
     }
 }
