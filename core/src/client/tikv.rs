@@ -109,9 +109,14 @@ struct StorePool<R: Runtime> {
     /// `batchConn.batchSendLoop`, `getClientAndSend`). Round-robin per request would split
     /// the same arrivals into `connections` smaller batches.
     current: Arc<AtomicUsize>,
-    /// Connection for unary calls, opened on first use and dropped when it fails (a failure
+    /// The connection of each slot, shared by the slot's stream and by unary calls: opened by
+    /// whichever needs it first, dropped when a call or the stream on it fails (a failure
     /// drops only the connection version it used, never a newer one).
-    unary: VersionedSlot<R::Channel>,
+    channels: Arc<[VersionedSlot<R::Channel>]>,
+    /// The slot the next unary call goes to: unary calls rotate over the pool's connections,
+    /// like client-go's `connArray.Get` (`internal/client/conn_pool.go`), instead of opening
+    /// a connection of their own.
+    next_unary: AtomicUsize,
     /// The pool's version (client-go `connPool.ver`), for [`TikvTransport::close_address_version`].
     version: u64,
 }
@@ -264,7 +269,9 @@ impl<R: Runtime> TikvTransport<R> {
                 });
             }
         }
-        pool.unary.clear_if(ANY_VERSION);
+        for channel in pool.channels.iter() {
+            channel.clear_if(ANY_VERSION);
+        }
     }
 
     fn pool(&self, address: &Arc<str>) -> Arc<StorePool<R>> {
@@ -302,7 +309,10 @@ impl<R: Runtime> TikvTransport<R> {
                 })
                 .collect(),
             current: Arc::new(AtomicUsize::new(0)),
-            unary: VersionedSlot::default(),
+            channels: (0..self.config.connections)
+                .map(|_| VersionedSlot::default())
+                .collect(),
+            next_unary: AtomicUsize::new(0),
         });
         for (i, conn) in pool.conns.iter().enumerate() {
             let task = StreamTask {
@@ -311,6 +321,7 @@ impl<R: Runtime> TikvTransport<R> {
                 queue: conn.queue.clone(),
                 index: i,
                 current: pool.current.clone(),
+                channels: pool.channels.clone(),
                 retired: conn.retired.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
@@ -479,23 +490,10 @@ async fn unary<R: Runtime>(
     let deadline = rt.now() + timeout;
     let result = async {
         let (path, body, decoder) = rpc::unary_tikv(&request)?;
-        let existing = pool.unary.get();
-        let (version, channel) = match existing {
-            Some(c) => c,
-            None => {
-                let dial = rt.now() + dial_timeout.min(timeout);
-                let c = with_deadline(&rt, dial, rt.connect(&address))
-                    .await
-                    .unwrap_or_else(|| {
-                        Err(Error::Rpc {
-                            address: address.to_string(),
-                            message: "dial timeout".into(),
-                            sent: false,
-                        })
-                    })?;
-                (pool.unary.set(c.clone()), c)
-            }
-        };
+        let slot =
+            &pool.channels[pool.next_unary.fetch_add(1, Ordering::Relaxed) % pool.channels.len()];
+        let dial = rt.now() + dial_timeout.min(timeout);
+        let (version, channel) = slot_channel(&rt, slot, &address, dial).await?;
         let call = channel.unary_with_metadata(
             path,
             body,
@@ -508,7 +506,7 @@ async fn unary<R: Runtime>(
                 timeout_ms: timeout.as_millis() as u64,
             }),
             Some(Err(status)) => {
-                pool.unary.clear_if(version);
+                slot.clear_if(version);
                 Err(status.into_error(&address, true))
             }
             Some(Ok(bytes)) => decoder(bytes).map_err(|e| Error::Codec(e.to_string())),
@@ -526,6 +524,7 @@ type Opening<R> = Pin<
         dyn Future<
                 Output = Result<
                     (
+                        u64,
                         Inbox<Bytes>,
                         <<R as Runtime>::Channel as Channel>::Responses,
                     ),
@@ -546,6 +545,9 @@ struct StreamTask<R: Runtime> {
     /// [`StorePool::current`]).
     index: usize,
     current: Arc<AtomicUsize>,
+    /// The pool's connections; this task's is `channels[index]` (see
+    /// [`StorePool::channels`]).
+    channels: Arc<[VersionedSlot<R::Channel>]>,
     retired: Arc<std::sync::atomic::AtomicBool>,
     config: TransportConfig,
     stats: Arc<TransportStats>,
@@ -560,11 +562,19 @@ struct StreamTask<R: Runtime> {
 /// The stream currently carrying the slot's batches.
 struct Open<R: Runtime> {
     epoch: u64,
+    /// The version of the slot's connection the stream runs on.
+    channel: u64,
     outgoing: Inbox<Bytes>,
     responses: <R::Channel as Channel>::Responses,
 }
 
 impl<R: Runtime> StreamTask<R> {
+    /// Drops this slot's connection if it is still version `version`: the stream on it
+    /// failed, so the next stream, or unary call, dials a new one.
+    fn drop_channel(&self, version: u64) {
+        self.channels[self.index].clear_if(version);
+    }
+
     async fn run(self) {
         let mut conn: BatchConn<Token> = BatchConn::new(
             self.rt.now(),
@@ -626,10 +636,11 @@ impl<R: Runtime> StreamTask<R> {
                     let epoch = *epoch;
                     opening = None;
                     match r {
-                        Ok((outgoing, responses)) => {
+                        Ok((channel, outgoing, responses)) => {
                             self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                             open = Some(Open {
                                 epoch,
+                                channel,
                                 outgoing,
                                 responses,
                             });
@@ -654,6 +665,7 @@ impl<R: Runtime> StreamTask<R> {
                                     Err(e) => {
                                         let msg = format!("bad BatchCommandsResponse: {e}");
                                         conn.handle_stream_error(now, o.epoch, &msg);
+                                        self.drop_channel(o.channel);
                                         break;
                                     }
                                 }
@@ -661,11 +673,13 @@ impl<R: Runtime> StreamTask<R> {
                             Poll::Ready(Some(Err(status))) => {
                                 progressed = true;
                                 conn.handle_stream_error(now, o.epoch, &status.to_string());
+                                self.drop_channel(o.channel);
                                 break;
                             }
                             Poll::Ready(None) => {
                                 progressed = true;
                                 conn.handle_stream_error(now, o.epoch, "server ended the stream");
+                                self.drop_channel(o.channel);
                                 break;
                             }
                             Poll::Pending => break,
@@ -692,6 +706,8 @@ impl<R: Runtime> StreamTask<R> {
                                 epoch,
                                 Box::pin(open_stream(
                                     self.rt.clone(),
+                                    self.channels.clone(),
+                                    self.index,
                                     self.address.clone(),
                                     self.config.dial_timeout,
                                     self.forwarded_host.clone(),
@@ -725,6 +741,7 @@ impl<R: Runtime> StreamTask<R> {
                     if o.outgoing.push(message).is_err() {
                         let epoch = o.epoch;
                         conn.handle_stream_error(now, epoch, "request stream closed");
+                        self.drop_channel(o.channel);
                     }
                 }
                 while let Some(done) = conn.poll_completion() {
@@ -781,20 +798,14 @@ fn retired_error(address: &str) -> Error {
 /// forwards the whole stream to that store.
 async fn open_stream<R: Runtime>(
     rt: R,
+    channels: Arc<[VersionedSlot<R::Channel>]>,
+    index: usize,
     address: Arc<str>,
     dial_timeout: Duration,
     forwarded_host: Option<Arc<str>>,
-) -> Result<(Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
+) -> Result<(u64, Inbox<Bytes>, <R::Channel as Channel>::Responses), Error> {
     let deadline = rt.now() + dial_timeout;
-    let channel = with_deadline(&rt, deadline, rt.connect(&address))
-        .await
-        .unwrap_or_else(|| {
-            Err(Error::Rpc {
-                address: address.to_string(),
-                message: "dial timeout".into(),
-                sent: false,
-            })
-        })?;
+    let (version, channel) = slot_channel(&rt, &channels[index], &address, deadline).await?;
     let outgoing: Inbox<Bytes> = Inbox::new();
     let opening = channel.streaming_with_metadata(
         BATCH_COMMANDS,
@@ -804,6 +815,32 @@ async fn open_stream<R: Runtime>(
     let responses = with_deadline(&rt, deadline, opening)
         .await
         .unwrap_or_else(|| Err(Status::unavailable("stream open timeout")))
-        .map_err(|s| s.into_error(&address, false))?;
-    Ok((outgoing, responses))
+        .map_err(|s| {
+            channels[index].clear_if(version);
+            s.into_error(&address, false)
+        })?;
+    Ok((version, outgoing, responses))
+}
+
+/// The connection in `slot` and its version, dialing `address` (by `deadline`) and storing
+/// the new connection when the slot is empty.
+async fn slot_channel<R: Runtime>(
+    rt: &R,
+    slot: &VersionedSlot<R::Channel>,
+    address: &str,
+    deadline: Instant,
+) -> Result<(u64, R::Channel), Error> {
+    if let Some(existing) = slot.get() {
+        return Ok(existing);
+    }
+    let channel = with_deadline(rt, deadline, rt.connect(address))
+        .await
+        .unwrap_or_else(|| {
+            Err(Error::Rpc {
+                address: address.to_string(),
+                message: "dial timeout".into(),
+                sent: false,
+            })
+        })?;
+    Ok((slot.set(channel.clone()), channel))
 }
