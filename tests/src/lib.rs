@@ -145,6 +145,7 @@ macro_rules! e2e_suite {
             identical_region_resolves_collapse,
             pd_circuit_breaker_fails_region_loads_fast,
             raw_client_reports_the_cluster_id,
+            pd_handle_answers_regions_and_stores,
             zone_label_reaches_the_store_cache,
             connection_pool_rotates_batches_over_its_connections,
             high_priority_requests_pass_the_concurrency_limit,

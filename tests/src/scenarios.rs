@@ -1071,6 +1071,93 @@ pub async fn zone_label_reaches_the_store_cache<R: Runtime>() {
     assert_eq!(txn.cluster_id(), client.cluster_id());
 }
 
+/// RW-03: the client's PD handle (client-go `GetPDClient`, wrapped like `CodecPDClient`)
+/// answers regions by key, by id, before a key and by range, stores by id and in full, and
+/// timestamps; with API V2 and a keyspace, keys go out with the keyspace prefix and region
+/// bounds come back without it, clamped to the keyspace.
+pub async fn pd_handle_answers_regions_and_stores<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().stores(3));
+    let client = connect::<R>(&mock, test_config()).await;
+    mock.cluster().split(&[b"h".to_vec(), b"q".to_vec()]);
+    let pd = client.pd();
+    assert_eq!(pd.cluster_id(), client.cluster_id());
+    let bounds = |r: &tikv_core::machine::region_cache::PdRegion| {
+        (r.meta.start_key.clone(), r.meta.end_key.clone())
+    };
+
+    let first = pd.get_region("a").await.unwrap().expect("a region holds a");
+    assert_eq!(bounds(&first), (b(""), b("h")));
+    assert!(first.leader.is_some_and(|l| first.meta.peers.contains(&l)));
+    let middle = pd.get_region("m").await.unwrap().expect("a region holds m");
+    assert_eq!(bounds(&middle), (b("h"), b("q")));
+    let by_id = pd.get_region_by_id(middle.meta.id).await.unwrap();
+    assert_eq!(by_id.map(|r| bounds(&r)), Some((b("h"), b("q"))));
+    assert_eq!(pd.get_region_by_id(987_654).await.unwrap(), None);
+    let prev = pd
+        .get_prev_region("m")
+        .await
+        .unwrap()
+        .expect("a region before h");
+    assert_eq!(prev.meta.id, first.meta.id);
+
+    let all = pd.scan_regions("", "", 0).await.unwrap();
+    let all: Vec<_> = all.iter().map(bounds).collect();
+    assert_eq!(
+        all,
+        vec![(b(""), b("h")), (b("h"), b("q")), (b("q"), b(""))]
+    );
+    let some = pd.scan_regions("i", "z", 1).await.unwrap();
+    assert_eq!(
+        some.iter().map(bounds).collect::<Vec<_>>(),
+        vec![(b("h"), b("q"))]
+    );
+    assert!(matches!(
+        pd.scan_regions("z", "a", 0).await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    let stores = pd.get_all_stores(true).await.unwrap();
+    assert_eq!(stores.len(), 3);
+    for store in &stores {
+        let got = pd.get_store(store.id).await.unwrap().expect("known store");
+        assert_eq!(got.address, store.address);
+        assert_eq!(
+            mock.cluster().store_addr(store.id).map(|a| a.to_string()),
+            Some(store.address.clone())
+        );
+    }
+    assert_eq!(pd.get_store(999).await.unwrap(), None);
+
+    let t1 = pd.timestamp().await.unwrap();
+    let t2 = pd.timestamp().await.unwrap();
+    assert!(t2 > t1);
+
+    // API V2, keyspace DEFAULT: PD's keys carry the keyspace prefix, the handle's do not.
+    let mock = Mock::start(MockCluster::builder().api_version(MockApi::V2));
+    let mut config = test_config();
+    config.api_version = ApiVersion::V2;
+    let client = connect::<R>(&mock, config).await;
+    let pd = client.pd();
+    let whole = pd
+        .get_region("k")
+        .await
+        .unwrap()
+        .expect("the keyspace's region");
+    assert_eq!(bounds(&whole), (b(""), b("")));
+    let split_at = client.cluster().codec().encode_region_key(b"m");
+    assert_ne!(split_at, b("m"), "V2 region keys carry the keyspace prefix");
+    mock.cluster().split(&[split_at.to_vec()]);
+    let low = pd.get_region("a").await.unwrap().expect("region of a");
+    let high = pd.get_region("z").await.unwrap().expect("region of z");
+    assert_eq!(bounds(&low), (b(""), b("m")));
+    assert_eq!(bounds(&high), (b("m"), b("")));
+    let scanned = pd.scan_regions("", "", 0).await.unwrap();
+    assert_eq!(
+        scanned.iter().map(bounds).collect::<Vec<_>>(),
+        vec![(b(""), b("m")), (b("m"), b(""))]
+    );
+}
+
 /// RW-03: the raw client reports the id of the cluster its PD answered with (client-go
 /// `rawkv.Client.ClusterID`), the same id every request context carries.
 pub async fn raw_client_reports_the_cluster_id<R: Runtime>() {

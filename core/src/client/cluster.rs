@@ -300,6 +300,21 @@ impl<R: Runtime> Cluster<R> {
         self.inner.tikv.take_raw_put()
     }
 
+    /// A handle on the cluster's PD, for direct region and store queries (client-go
+    /// `KVStore.GetPDClient`); see [`PdHandle`](super::PdHandle).
+    pub fn pd(&self) -> super::PdHandle<R> {
+        super::PdHandle::new(self.clone())
+    }
+
+    /// One PD call through the client's PD connection (leader discovery, forwarding,
+    /// retries, the region-metadata circuit breaker); the request's header is filled in.
+    pub(crate) async fn pd_call(
+        &self,
+        request: crate::machine::PdRequest,
+    ) -> Result<crate::machine::PdResponse, Error> {
+        self.inner.pd.call(request).await
+    }
+
     /// The key codec (API version, keyspace) of this client.
     pub fn codec(&self) -> &Arc<ApiCodec> {
         &self.codec

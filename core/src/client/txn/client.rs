@@ -115,6 +115,12 @@ impl<R: Runtime> TransactionClient<R> {
         })
     }
 
+    /// A handle on the cluster's PD: regions by key, id or range, stores, timestamps, with
+    /// keys in this client's user form. Mirrors client-go `GetPDClient`.
+    pub fn pd(&self) -> crate::client::PdHandle<R> {
+        self.cluster().pd()
+    }
+
     /// The underlying cluster connection (counters, timestamps, close).
     pub fn cluster(&self) -> &Cluster<R> {
         &self.cluster
