@@ -146,6 +146,7 @@ macro_rules! e2e_suite {
             pd_circuit_breaker_fails_region_loads_fast,
             raw_client_reports_the_cluster_id,
             pd_handle_answers_regions_and_stores,
+            rpc_stats_count_requests_per_command,
             zone_label_reaches_the_store_cache,
             connection_pool_rotates_batches_over_its_connections,
             high_priority_requests_pass_the_concurrency_limit,

@@ -1158,6 +1158,78 @@ pub async fn pd_handle_answers_regions_and_stores<R: Runtime>() {
     );
 }
 
+/// TK-31 / LC-44 / CL-19: the client counts its TiKV requests per command kind (client-go
+/// `RegionRequestRuntimeStats`, the request-seconds histogram): batched and unary requests,
+/// retries included, replies with a region error, requests without a reply, and their times
+/// in the latency buckets.
+pub async fn rpc_stats_count_requests_per_command<R: Runtime>() {
+    use tikv_core::client::rpc_stats::{BUCKET_BOUNDS_US, BUCKETS};
+
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config()).await;
+    for i in 0..10 {
+        client.put(format!("k{i}"), "v").await.unwrap();
+    }
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::RawPut,
+        FaultAction::Delay { ms: 60 },
+    ));
+    client.put("slow", "v").await.unwrap();
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::RawGet,
+        FaultAction::stale_command(),
+    ));
+    mock.cluster()
+        .add_fault(FaultRule::once(RpcKind::RawGet, FaultAction::DropResponse));
+    for i in 0..10 {
+        assert_eq!(client.get(format!("k{i}")).await.unwrap(), Some(b("v")));
+    }
+    client.checksum("", "").await.unwrap();
+
+    let stats = client.cluster().rpc_stats();
+    // The stream tasks add a round's completions after handing them out: wait for them.
+    eventually(client.cluster(), "every get is counted", || {
+        stats.get("RawGet").is_some_and(|g| g.count == 12)
+    })
+    .await;
+    let gets = stats.get("RawGet").unwrap();
+    assert_eq!(
+        (gets.count, gets.region_errors, gets.transport_errors),
+        (12, 1, 1),
+        "10 gets, one retried after StaleCommand and one after its reply was dropped"
+    );
+    // The dropped one waited for its deadline (1 s in the test configuration).
+    assert!(gets.total >= Duration::from_millis(1_000), "{gets:?}");
+    assert_eq!(gets.buckets.iter().sum::<u64>(), gets.count);
+
+    eventually(client.cluster(), "every put is counted", || {
+        stats.get("RawPut").is_some_and(|p| p.count == 11)
+    })
+    .await;
+    let puts = stats.get("RawPut").unwrap();
+    assert_eq!((puts.region_errors, puts.transport_errors), (0, 0));
+    assert!(puts.total >= Duration::from_millis(60), "{puts:?}");
+    // The delayed put sits in a bucket above 32 ms; every bucket from there on holds it alone.
+    let slow_from = BUCKET_BOUNDS_US.iter().position(|&b| b >= 32_768).unwrap() + 1;
+    assert_eq!(
+        puts.buckets[slow_from..BUCKETS].iter().sum::<u64>(),
+        1,
+        "{puts:?}"
+    );
+
+    let checksums = stats
+        .get("RawChecksum")
+        .expect("the unary checksum is counted");
+    assert_eq!((checksums.count, checksums.transport_errors), (1, 0));
+    assert!(
+        stats
+            .snapshot()
+            .iter()
+            .all(|c| c.buckets.iter().sum::<u64>() == c.count)
+    );
+    assert_eq!(stats.get("KvPrewrite"), None);
+}
+
 /// RW-03: the raw client reports the id of the cluster its PD answered with (client-go
 /// `rawkv.Client.ClusterID`), the same id every request context carries.
 pub async fn raw_client_reports_the_cluster_id<R: Runtime>() {

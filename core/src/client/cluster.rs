@@ -352,6 +352,21 @@ impl<R: Runtime> Cluster<R> {
         &self.inner.tikv.stats
     }
 
+    /// Requests sent to TiKV per command kind: counts, region and transport errors, total
+    /// time and a latency histogram (client-go `RegionRequestRuntimeStats` and the
+    /// `tikv_client_go_request_seconds` histogram); see [`super::rpc_stats`].
+    ///
+    /// ```no_run
+    /// # fn demo<R: tikv_core::client::Runtime>(cluster: &tikv_core::client::Cluster<R>) {
+    /// for cmd in cluster.rpc_stats().snapshot() {
+    ///     println!("{}: {} requests, mean {:?}, {} region errors", cmd.command, cmd.count, cmd.mean(), cmd.region_errors);
+    /// }
+    /// # }
+    /// ```
+    pub fn rpc_stats(&self) -> &super::rpc_stats::RpcStats {
+        &self.inner.tikv.stats.rpc
+    }
+
     /// PD counters: member lookups, calls, TSO streams.
     pub fn pd_stats(&self) -> &PdStats {
         &self.inner.pd.stats

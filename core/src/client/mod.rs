@@ -33,6 +33,7 @@ pub(crate) mod pd;
 pub mod pd_handle;
 pub mod raw;
 pub mod rpc;
+pub mod rpc_stats;
 pub mod runtime;
 pub(crate) mod safe_ts;
 pub mod sync;

@@ -45,6 +45,62 @@ pub fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, Error
 
 macro_rules! cmd_table {
     ($($arm:ident => $method:literal, $resp:ty;)*) => {
+        /// Every TiKV request kind: the batchable commands, then the stream-only empty
+        /// command, then the unary-only requests. Indexes [`KIND_NAMES`].
+        #[allow(dead_code)]
+        #[repr(usize)]
+        enum Kind {
+            $($arm,)*
+            Empty,
+            SplitRegion,
+            UnsafeDestroyRange,
+            RawGetKeyTtl,
+            RawCas,
+            RawChecksum,
+            StoreSafeTs,
+            Count,
+        }
+
+        /// How many request kinds [`request_kind`] tells apart.
+        pub const KINDS: usize = Kind::Count as usize;
+
+        // The stream tasks carry a kind in a byte.
+        const _: () = assert!(KINDS <= u8::MAX as usize);
+
+        /// The gRPC method name of each request kind (`KvGet`, `RawGet`, ...), by
+        /// [`request_kind`] index.
+        pub const KIND_NAMES: [&str; KINDS] = [
+            $($method,)*
+            "BatchCommandsEmpty",
+            "SplitRegion",
+            "UnsafeDestroyRange",
+            "RawGetKeyTTL",
+            "RawCompareAndSwap",
+            "RawChecksum",
+            "GetStoreSafeTS",
+        ];
+
+        /// The kind of a batchable command, an index into [`KIND_NAMES`].
+        pub fn cmd_kind(cmd: &TikvCmd) -> usize {
+            match cmd {
+                $(TikvCmd::$arm(_) => Kind::$arm as usize,)*
+                TikvCmd::Empty(_) => Kind::Empty as usize,
+            }
+        }
+
+        /// The kind of a request, an index into [`KIND_NAMES`] (client-go `tikvrpc.CmdType`).
+        pub fn request_kind(request: &TikvRequest) -> usize {
+            match request {
+                TikvRequest::Cmd(cmd) => cmd_kind(cmd),
+                TikvRequest::SplitRegion(_) => Kind::SplitRegion as usize,
+                TikvRequest::UnsafeDestroyRange(_) => Kind::UnsafeDestroyRange as usize,
+                TikvRequest::RawGetKeyTtl(_) => Kind::RawGetKeyTtl as usize,
+                TikvRequest::RawCas(_) => Kind::RawCas as usize,
+                TikvRequest::RawChecksum(_) => Kind::RawChecksum as usize,
+                TikvRequest::StoreSafeTs(_) => Kind::StoreSafeTs as usize,
+            }
+        }
+
         /// The unary method path, encoded body and reply decoder of a batchable command.
         fn unary_cmd(cmd: &TikvCmd) -> Result<(&'static str, Bytes, TikvDecoder), Error> {
             Ok(match cmd {

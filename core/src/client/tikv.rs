@@ -33,6 +33,7 @@ use futures_lite::{Stream, future};
 use super::batch_encode;
 use super::driver::LocalIo;
 use super::rpc::{self, BATCH_COMMANDS};
+use super::rpc_stats::{LocalRpcStats, Outcome};
 use super::runtime::{Channel, Runtime, Status};
 use super::sync::{Inbox, lock};
 use super::versioned::{ANY_VERSION, VersionedSlot, Versions, closes};
@@ -40,7 +41,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
-use crate::machine::request::cmd_override_priority;
+use crate::machine::request::{cmd_override_priority, region_error};
 use crate::machine::{Input, IoId, SpentCmds, TikvCmd, TikvRequest, TikvResponse};
 
 /// Settings of the TiKV transport, taken from [`Config`].
@@ -132,6 +133,8 @@ pub struct TransportStats {
     pub unary_calls: std::sync::atomic::AtomicU64,
     /// Streams (re)opened.
     pub streams_opened: std::sync::atomic::AtomicU64,
+    /// Requests completed per command kind, with their errors and times.
+    pub rpc: super::rpc_stats::RpcStats,
 }
 
 /// All TiKV connections of one client.
@@ -450,6 +453,7 @@ impl<R: Runtime> TikvTransport<R> {
         Some(Box::pin(unary(
             self.rt.clone(),
             pool,
+            self.stats.clone(),
             self.config.dial_timeout,
             id,
             request,
@@ -481,13 +485,16 @@ pub(crate) async fn with_deadline<R: Runtime, F: Future>(
 async fn unary<R: Runtime>(
     rt: R,
     pool: Arc<StorePool<R>>,
+    stats: Arc<TransportStats>,
     dial_timeout: Duration,
     id: IoId,
     request: TikvRequest,
     timeout: Duration,
 ) -> Input {
     let address = pool.address.clone();
-    let deadline = rt.now() + timeout;
+    let kind = rpc::request_kind(&request);
+    let started = rt.now();
+    let deadline = started + timeout;
     let result = async {
         let (path, body, decoder) = rpc::unary_tikv(&request)?;
         let slot =
@@ -513,11 +520,20 @@ async fn unary<R: Runtime>(
         }
     }
     .await;
+    let outcome = match &result {
+        Ok(resp) if region_error(resp).is_some() => Outcome::RegionError,
+        Ok(_) => Outcome::Ok,
+        Err(_) => Outcome::TransportError,
+    };
+    stats
+        .rpc
+        .record(kind, rt.now().saturating_duration_since(started), outcome);
     Input::Tikv { id, result }
 }
 
 /// The caller of a batched request: where and under which id its completion goes.
-type Token = (IoId, Inbox<Input>);
+/// (request id, where its completion goes, its kind for [`TransportStats::rpc`]).
+type Token = (IoId, Inbox<Input>, u8);
 
 type Opening<R> = Pin<
     Box<
@@ -588,6 +604,7 @@ impl<R: Runtime> StreamTask<R> {
         let mut spent = SpentCmds::default();
         // Every reply message is decoded into this one, whose lists keep their capacity.
         let mut message = tikv_proto::tikvpb::BatchCommandsResponse::default();
+        let mut rpc_counts = LocalRpcStats::default();
         let mut opening: Option<(u64, Opening<R>)> = None;
         let mut open: Option<Open<R>> = None;
         let mut timer: Option<(Instant, R::Sleep)> = None;
@@ -613,11 +630,12 @@ impl<R: Runtime> StreamTask<R> {
                         );
                         for mut q in queued.drain(..) {
                             let priority = cmd_override_priority(&mut q.cmd);
+                            let kind = rpc::cmd_kind(&q.cmd) as u8;
                             conn.submit_with_priority(
                                 now,
                                 q.cmd,
                                 q.deadline,
-                                (q.id, q.reply),
+                                (q.id, q.reply, kind),
                                 priority,
                             );
                         }
@@ -746,17 +764,26 @@ impl<R: Runtime> StreamTask<R> {
                 }
                 while let Some(done) = conn.poll_completion() {
                     progressed = true;
-                    let (id, reply) = done.token;
+                    let (id, reply, kind) = done.token;
                     let result = match done.result {
                         Err(Error::Closed) if self.retired.load(Ordering::Acquire) => {
                             Err(retired_error(&self.address))
                         }
                         r => r.map(TikvResponse::Cmd),
                     };
+                    let outcome = match &result {
+                        Ok(resp) if region_error(resp).is_some() => Outcome::RegionError,
+                        Ok(_) => Outcome::Ok,
+                        Err(_) => Outcome::TransportError,
+                    };
+                    let elapsed = now.saturating_duration_since(done.submitted);
+                    rpc_counts.record(usize::from(kind), elapsed, outcome);
                     // `now`, read at the top of this round, in which the reply was taken off
                     // the stream, stands for its arrival.
                     let _ = reply.push_at(Input::Tikv { id, result }, now);
                 }
+                // The round's completions, added to the client's statistics in one go.
+                rpc_counts.flush(&self.stats.rpc);
                 match conn.poll_timeout() {
                     Some((at, _why)) => {
                         if timer.as_ref().is_none_or(|(t, _)| *t != at) {

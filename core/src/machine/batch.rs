@@ -136,6 +136,8 @@ pub struct Completion<T> {
     pub token: T,
     /// The reply, or why there is none ([`Error::Rpc`], [`Error::Timeout`], [`Error::Closed`]).
     pub result: Result<TikvCmdResponse, Error>,
+    /// When the request was submitted (for the caller's latency statistics).
+    pub submitted: Instant,
 }
 
 /// Counters of one multiplexer.
@@ -532,18 +534,18 @@ impl<T, P> BatchConn<T, P> {
         self.stats.submitted += 1;
         self.last_activity = now;
         if self.state == State::Closed {
-            self.complete(id, token, Err(Error::Closed));
+            self.complete(now, id, token, Err(Error::Closed));
             return id;
         }
         if !self.accepts_requests() {
             let err = self.rpc_error("no available connections", false);
-            self.complete(id, token, Err(err));
+            self.complete(now, id, token, Err(err));
             return id;
         }
         if deadline <= now {
             self.stats.timeouts += 1;
             let err = self.timeout_error(Duration::ZERO);
-            self.complete(id, token, Err(err));
+            self.complete(now, id, token, Err(err));
             return id;
         }
         self.entries.insert(
@@ -677,7 +679,12 @@ impl<T, P> BatchConn<T, P> {
             let result =
                 reply.ok_or_else(|| self.rpc_error("BatchCommands reply without a command", true));
             self.stats.completed += 1;
-            self.completions.push_back(Completion { id, token, result });
+            self.completions.push_back(Completion {
+                id,
+                token,
+                result,
+                submitted: entry.submitted,
+            });
         }
         if self.entries.is_empty() {
             self.earliest_deadline = None;
@@ -747,6 +754,7 @@ impl<T, P> BatchConn<T, P> {
                     id,
                     token,
                     result: Err(Error::Closed),
+                    submitted: entry.submitted,
                 });
             }
         }
@@ -980,7 +988,8 @@ impl<T, P> BatchConn<T, P> {
             let Some(token) = entry.token.take() else {
                 continue;
             };
-            let waited = entry.deadline.saturating_duration_since(entry.submitted);
+            let submitted = entry.submitted;
+            let waited = entry.deadline.saturating_duration_since(submitted);
             if !entry.sent {
                 self.entries.remove(&id);
             }
@@ -990,6 +999,7 @@ impl<T, P> BatchConn<T, P> {
                 id,
                 token,
                 result: Err(err),
+                submitted,
             });
         }
         self.earliest_deadline = earliest;
@@ -1007,6 +1017,7 @@ impl<T, P> BatchConn<T, P> {
                     id,
                     token,
                     result: Err(err),
+                    submitted: entry.submitted,
                 });
             }
         }
@@ -1017,8 +1028,20 @@ impl<T, P> BatchConn<T, P> {
         self.earliest_deadline = None;
     }
 
-    fn complete(&mut self, id: u64, token: T, result: Result<TikvCmdResponse, Error>) {
-        self.completions.push_back(Completion { id, token, result });
+    /// Completes a request refused when submitted at `now`.
+    fn complete(
+        &mut self,
+        now: Instant,
+        id: u64,
+        token: T,
+        result: Result<TikvCmdResponse, Error>,
+    ) {
+        self.completions.push_back(Completion {
+            id,
+            token,
+            result,
+            submitted: now,
+        });
     }
 
     fn rpc_error(&self, message: &str, sent: bool) -> Error {

@@ -1,0 +1,303 @@
+//! Per-command RPC statistics of a client: how many requests of each kind were sent to TiKV,
+//! how many failed in transport or came back with a region error, and how long they took.
+//!
+//! client-go keeps these per statement (`RegionRequestRuntimeStats`: `RPCRuntimeStats` count
+//! and time per `tikvrpc.CmdType`, `RequestErrorStats`) and per process (the
+//! `tikv_client_go_request_seconds` histogram by command type). Here they are kept per
+//! client ([`crate::client::Cluster::rpc_stats`]), as plain counters any metrics system can
+//! read: [`RpcStats::snapshot`] returns one [`CmdStats`] per command kind seen.
+//!
+//! A request's time runs from when its connection's task takes it from the queue (the
+//! `BatchCommands` batching wait included) or its unary call starts, to when its reply or
+//! failure is handed back. Batched requests are counted by the stream tasks, which add a
+//! whole round of completions at once: the cost is a few plain additions per request and a
+//! few atomic ones per round.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::rpc::{KIND_NAMES, KINDS};
+
+/// Upper bounds of the latency buckets, in microseconds: powers of two from 64 µs to about
+/// 34 s; the last bucket takes everything slower.
+pub const BUCKET_BOUNDS_US: [u64; BUCKETS - 1] = {
+    let mut b = [0u64; BUCKETS - 1];
+    let mut i = 0;
+    while i < BUCKETS - 1 {
+        b[i] = 64 << i;
+        i += 1;
+    }
+    b
+};
+
+/// Number of latency buckets.
+pub const BUCKETS: usize = 21;
+
+/// The bucket of a latency: the first whose bound is at least `micros` (a bit count, not
+/// a search: the bounds are `64 << i`).
+fn bucket_of(micros: u64) -> usize {
+    if micros <= BUCKET_BOUNDS_US[0] {
+        return 0;
+    }
+    // 64 << i >= micros  <=>  i >= bits(micros - 1) - 6.
+    let bits = (u64::BITS - (micros - 1).leading_zeros()) as usize;
+    (bits - 6).min(BUCKETS - 1)
+}
+
+/// Whole microseconds of `d`, without the 128-bit division of `Duration::as_micros`.
+fn micros_of(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()))
+}
+
+/// What happened to one request, for [`RpcStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply without a region error.
+    Ok,
+    /// A reply carrying a region error.
+    RegionError,
+    /// No usable reply: a transport failure, a deadline passed, or an undecodable reply.
+    TransportError,
+}
+
+#[derive(Default)]
+struct Counters {
+    count: AtomicU64,
+    region_errors: AtomicU64,
+    transport_errors: AtomicU64,
+    total_us: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+}
+
+/// The RPC statistics of one client; see the module docs.
+pub struct RpcStats {
+    kinds: Box<[Counters; KINDS]>,
+}
+
+impl Default for RpcStats {
+    fn default() -> Self {
+        RpcStats {
+            kinds: Box::new(std::array::from_fn(|_| Counters::default())),
+        }
+    }
+}
+
+impl std::fmt::Debug for RpcStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot()).finish()
+    }
+}
+
+/// The statistics of one command kind at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdStats {
+    /// The gRPC method (`RawGet`, `KvPrewrite`, ...).
+    pub command: &'static str,
+    /// Requests completed.
+    pub count: u64,
+    /// Of those, replies carrying a region error.
+    pub region_errors: u64,
+    /// Of those, requests without a usable reply (transport failure, deadline, undecodable).
+    pub transport_errors: u64,
+    /// Their total time.
+    pub total: Duration,
+    /// How many took at most each bound of [`BUCKET_BOUNDS_US`] (and more than the previous
+    /// one); the last entry counts those slower than every bound.
+    pub buckets: [u64; BUCKETS],
+}
+
+impl CmdStats {
+    /// The mean time of a request (zero when none completed).
+    pub fn mean(&self) -> Duration {
+        match self.count {
+            0 => Duration::ZERO,
+            n => self.total / u32::try_from(n).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl RpcStats {
+    /// Counts one request of kind `kind` (a [`super::rpc::request_kind`] index).
+    pub(crate) fn record(&self, kind: usize, elapsed: Duration, outcome: Outcome) {
+        let mut local = LocalRpcStats::default();
+        local.record(kind, elapsed, outcome);
+        local.flush(self);
+    }
+
+    /// The statistics of every command kind that completed at least one request, in the
+    /// order of [`super::rpc::KIND_NAMES`].
+    pub fn snapshot(&self) -> Vec<CmdStats> {
+        (0..KINDS).filter_map(|k| self.get_kind(k)).collect()
+    }
+
+    /// The statistics of the command `command` (its gRPC method name, for example `RawGet`),
+    /// if it completed at least one request.
+    pub fn get(&self, command: &str) -> Option<CmdStats> {
+        let kind = KIND_NAMES.iter().position(|n| *n == command)?;
+        self.get_kind(kind)
+    }
+
+    fn get_kind(&self, kind: usize) -> Option<CmdStats> {
+        let c = &self.kinds[kind];
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let count = load(&c.count);
+        (count > 0).then(|| CmdStats {
+            command: KIND_NAMES[kind],
+            count,
+            region_errors: load(&c.region_errors),
+            transport_errors: load(&c.transport_errors),
+            total: Duration::from_micros(load(&c.total_us)),
+            buckets: std::array::from_fn(|i| load(&c.buckets[i])),
+        })
+    }
+}
+
+/// Completions counted by one task before they are added to the shared [`RpcStats`] in one
+/// go ([`LocalRpcStats::flush`]). Keeps the kinds seen since the last flush (usually one).
+#[derive(Default)]
+pub(crate) struct LocalRpcStats {
+    kinds: Vec<(usize, LocalCounters)>,
+}
+
+#[derive(Default)]
+struct LocalCounters {
+    count: u64,
+    region_errors: u64,
+    transport_errors: u64,
+    total_us: u64,
+    buckets: [u64; BUCKETS],
+}
+
+impl LocalRpcStats {
+    /// Counts one request.
+    pub(crate) fn record(&mut self, kind: usize, elapsed: Duration, outcome: Outcome) {
+        // A round's completions are mostly of one kind: the last one seen is checked first.
+        let i = match self.kinds.last() {
+            Some((k, _)) if *k == kind => self.kinds.len() - 1,
+            _ => match self.kinds.iter().position(|(k, _)| *k == kind) {
+                Some(i) => i,
+                None => {
+                    self.kinds.push((kind, LocalCounters::default()));
+                    self.kinds.len() - 1
+                }
+            },
+        };
+        let c = &mut self.kinds[i].1;
+        let micros = micros_of(elapsed);
+        c.count += 1;
+        c.total_us = c.total_us.saturating_add(micros);
+        c.buckets[bucket_of(micros)] += 1;
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::RegionError => c.region_errors += 1,
+            Outcome::TransportError => c.transport_errors += 1,
+        }
+    }
+
+    /// Adds what was counted to `shared` and starts over.
+    pub(crate) fn flush(&mut self, shared: &RpcStats) {
+        for (kind, c) in self.kinds.drain(..) {
+            let s = &shared.kinds[kind];
+            let add = |a: &AtomicU64, v: u64| {
+                if v > 0 {
+                    a.fetch_add(v, Ordering::Relaxed);
+                }
+            };
+            add(&s.count, c.count);
+            add(&s.region_errors, c.region_errors);
+            add(&s.transport_errors, c.transport_errors);
+            add(&s.total_us, c.total_us);
+            for (a, v) in s.buckets.iter().zip(c.buckets) {
+                add(a, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::rpc::{cmd_kind, request_kind};
+    use crate::machine::{TikvCmd, TikvRequest};
+
+    /// `bucket_of` picks the first bucket whose bound holds the latency, as a search would.
+    #[test]
+    fn bucket_of_matches_a_search_of_the_bounds() {
+        let search = |m: u64| {
+            BUCKET_BOUNDS_US
+                .iter()
+                .position(|&b| m <= b)
+                .unwrap_or(BUCKETS - 1)
+        };
+        let mut probes = vec![0, 1, 63, 64, 65, 127, 128, 129, u64::MAX];
+        for b in BUCKET_BOUNDS_US {
+            probes.extend([b - 1, b, b + 1]);
+        }
+        for m in probes {
+            assert_eq!(bucket_of(m), search(m), "{m} µs");
+        }
+        assert_eq!(micros_of(Duration::new(3, 4_567_891)), 3_004_567);
+    }
+
+    #[test]
+    fn kinds_name_the_grpc_methods() {
+        let get = TikvCmd::RawGet(Box::default());
+        assert_eq!(KIND_NAMES[cmd_kind(&get)], "RawGet");
+        assert_eq!(
+            KIND_NAMES[cmd_kind(&TikvCmd::Prewrite(Box::default()))],
+            "KvPrewrite"
+        );
+        let split = TikvRequest::SplitRegion(Box::default());
+        assert_eq!(KIND_NAMES[request_kind(&split)], "SplitRegion");
+        assert_eq!(
+            request_kind(&TikvRequest::Cmd(get)),
+            KIND_NAMES.iter().position(|n| *n == "RawGet").unwrap()
+        );
+        let mut names = KIND_NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS, "every kind has its own name");
+    }
+
+    #[test]
+    fn counts_outcomes_times_and_buckets_per_kind() {
+        let stats = RpcStats::default();
+        let get = cmd_kind(&TikvCmd::RawGet(Box::default()));
+        let put = cmd_kind(&TikvCmd::RawPut(Box::default()));
+        let mut local = LocalRpcStats::default();
+        local.record(get, Duration::from_micros(10), Outcome::Ok);
+        local.record(get, Duration::from_micros(100), Outcome::RegionError);
+        local.record(put, Duration::from_millis(3), Outcome::TransportError);
+        assert_eq!(
+            stats.snapshot(),
+            vec![],
+            "nothing is shared before the flush"
+        );
+        local.flush(&stats);
+        stats.record(get, Duration::from_secs(1000), Outcome::Ok);
+
+        let g = stats.get("RawGet").unwrap();
+        assert_eq!((g.count, g.region_errors, g.transport_errors), (3, 1, 0));
+        assert_eq!(g.total, Duration::from_micros(1_000_000_110));
+        assert_eq!(g.buckets[0], 1, "10 µs <= 64 µs");
+        assert_eq!(g.buckets[1], 1, "100 µs in (64, 128]");
+        assert_eq!(g.buckets[BUCKETS - 1], 1, "slower than every bound");
+        assert_eq!(g.buckets.iter().sum::<u64>(), g.count);
+        let p = stats.get("RawPut").unwrap();
+        assert_eq!((p.count, p.transport_errors), (1, 1));
+        assert_eq!(p.buckets[bucket_of(3000)], 1);
+        assert_eq!(p.mean(), Duration::from_millis(3));
+        assert_eq!(
+            stats
+                .snapshot()
+                .iter()
+                .map(|s| s.command)
+                .collect::<Vec<_>>(),
+            vec!["RawGet", "RawPut"]
+        );
+        assert_eq!(stats.get("KvGet"), None);
+        assert_eq!(stats.get("NoSuchMethod"), None);
+    }
+}
