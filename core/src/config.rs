@@ -278,6 +278,10 @@ pub struct Config {
     /// PD before sending it, failing reads from the future (client-go
     /// `oracles.EnableTSValidation`, off; see `machine::read_ts`).
     pub enable_ts_validation: bool,
+    /// Talk to a next-generation TiKV (client-go's `nextgen` build, `config.NextGen`, off):
+    /// replica and stale reads are turned off, every read goes to the leader without a busy
+    /// threshold (client-go `disableReadFeaturesForNextGen`).
+    pub next_gen: bool,
     /// Interval of the periodic PD member refresh (PD client `MemberUpdateInterval`, 1 min).
     pub pd_member_update_interval: Duration,
     /// Retry budget of a PD call or timestamp request before [`Config::backoff_weight`] is
@@ -396,6 +400,7 @@ impl Default for Config {
             low_resolution_ts_update_interval: Duration::from_secs(2),
             enable_forwarding: false,
             enable_ts_validation: false,
+            next_gen: false,
             pd_member_update_interval: Duration::from_secs(60),
             pd_retry_budget: Duration::from_millis(15_000),
             pd_region_meta_circuit_breaker: CircuitBreakerSettings::default(),
@@ -496,6 +501,8 @@ setters! {
     with_enable_forwarding: enable_forwarding: bool;
     /// Sets [`Config::enable_ts_validation`].
     with_enable_ts_validation: enable_ts_validation: bool;
+    /// Sets [`Config::next_gen`].
+    with_next_gen: next_gen: bool;
     /// Sets [`Config::pd_member_update_interval`].
     with_pd_member_update_interval: pd_member_update_interval: Duration;
     /// Sets [`Config::pd_retry_budget`].
@@ -795,6 +802,10 @@ mod tests {
         assert_eq!(c.low_resolution_ts_update_interval, Duration::from_secs(2));
         assert!(!c.enable_forwarding);
         assert!(!c.enable_ts_validation);
+        assert!(
+            !c.next_gen,
+            "client-go builds without the nextgen tag by default"
+        );
         assert_eq!(c.pd_member_update_interval, Duration::from_secs(60));
         assert_eq!(c.pd_retry_budget, Duration::from_secs(15));
         assert_eq!(

@@ -224,6 +224,7 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_short: config.read_timeout_short,
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
+            next_gen: config.next_gen,
         };
         shared.regions =
             RegionCache::with_ttl(config.region_cache_ttl, config.region_cache_ttl_jitter);

@@ -573,6 +573,9 @@ pub struct RoutingConfig {
     pub read_timeout_medium: Duration,
     /// Cluster id put in every request context (0: unknown).
     pub cluster_id: u64,
+    /// A next-generation TiKV: reads go to the leader, without replica-read, stale-read or
+    /// busy-threshold flags (client-go `config.NextGen`, `disableReadFeaturesForNextGen`).
+    pub next_gen: bool,
 }
 
 impl Default for RoutingConfig {
@@ -581,6 +584,7 @@ impl Default for RoutingConfig {
             read_timeout_short: Duration::from_secs(30),
             read_timeout_medium: Duration::from_secs(60),
             cluster_id: 0,
+            next_gen: false,
         }
     }
 }

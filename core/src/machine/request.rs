@@ -75,6 +75,15 @@ pub enum RegionOutcome {
 }
 
 /// The empty command, standing for a template a finished request no longer holds.
+/// Turns a read's replica-read, stale-read and busy-threshold options off, keeping its read
+/// timestamp. Mirrors client-go `disableReadFeaturesForNextGen`, applied when
+/// [`crate::machine::RoutingConfig::next_gen`] is set.
+fn disable_read_features_for_next_gen(read: &mut ReadOptions) {
+    read.stale_read = false;
+    read.replica_read = crate::machine::replica::ReplicaReadType::Leader;
+    read.busy_threshold = Duration::ZERO;
+}
+
 fn empty_request() -> TikvRequest {
     TikvRequest::Cmd(TikvCmd::Empty(Box::default()))
 }
@@ -639,6 +648,9 @@ impl RegionRequest {
         {
             return self.fail(e);
         }
+        if shared.routing.next_gen {
+            disable_read_features_for_next_gen(&mut self.opts.read);
+        }
         if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
             return;
         }
@@ -765,6 +777,14 @@ impl RegionRequest {
             ctx.stale_read = target.stale_read;
             ctx.is_retry_request = self.send_times > 0;
             ctx.busy_threshold_ms = target.busy_threshold_ms;
+            if shared.routing.next_gen {
+                // The selector may still fall back to a follower (a leader that timed out);
+                // next-gen never flags a request as a replica or stale read (client-go
+                // leaves `ReplicaRead` unset there when `config.NextGen`).
+                ctx.replica_read = false;
+                ctx.stale_read = false;
+                ctx.busy_threshold_ms = 0;
+            }
             if ctx.cluster_id == 0 {
                 ctx.cluster_id = shared.routing.cluster_id;
             }
@@ -2035,6 +2055,100 @@ mod tests {
         );
         assert_eq!(L::of(true, true), L::StaleLeader);
         assert_eq!(L::of(false, false), L::Follower);
+    }
+
+    /// LC-43: against a next-generation TiKV (`RoutingConfig::next_gen`), stale, follower
+    /// and busy-threshold reads go to the leader without those flags, keeping their read
+    /// timestamp; a leader timing out still moves the read to a follower, but never flagged
+    /// as a replica read (client-go `disableReadFeaturesForNextGen`, `config.NextGen`).
+    #[test]
+    fn next_gen_reads_go_to_the_leader_without_read_flags() {
+        use crate::machine::replica::{ReadOptions, ReplicaReadType};
+        let pd = FakePd::split(3, &[]);
+        let get = || {
+            TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
+                context: Some(kvrpcpb::Context {
+                    max_execution_duration_ms: 1000,
+                    ..Default::default()
+                }),
+                key: Bytes::from_static(b"k"),
+                version: 10,
+                ..Default::default()
+            })))
+        };
+        let reads = [
+            ReadOptions {
+                stale_read: true,
+                ..ReadOptions::default()
+            },
+            ReadOptions {
+                replica_read: ReplicaReadType::Follower,
+                ..ReadOptions::default()
+            },
+            ReadOptions {
+                busy_threshold: Duration::from_millis(50),
+                ..ReadOptions::default()
+            },
+        ];
+        for (next_gen, read) in [true, false]
+            .into_iter()
+            .flat_map(|g| reads.clone().map(|r| (g, r)))
+        {
+            let mut h = warm(&pd);
+            h.shared.routing.next_gen = next_gen;
+            let opts = RequestOptions {
+                read: read.clone(),
+                ..RequestOptions::default()
+            };
+            let mut op = RegionRequest::new(
+                ver(&h, 1),
+                get(),
+                opts,
+                Backoffer::weighted(budget::RAW, budget::WEIGHT),
+            );
+            let res = h.run(&mut op, |a, _| {
+                tikv_reply(
+                    a,
+                    Ok(TikvResponse::Cmd(TikvCmdResponse::Get(Box::default()))),
+                )
+            });
+            assert!(res.is_ok());
+            let sent = h.tikv_sent();
+            let ctx = ctx_of(&sent[0].1);
+            let flagged = ctx.stale_read || ctx.replica_read || ctx.busy_threshold_ms > 0;
+            if next_gen {
+                assert_eq!(sent[0].0, 1, "{read:?}: to the leader's store");
+                assert!(!flagged, "{read:?}: {ctx:?}");
+            } else {
+                assert!(
+                    flagged,
+                    "{read:?} keeps its flags without next-gen: {ctx:?}"
+                );
+            }
+        }
+
+        // A leader timing out: the retry goes to a follower, not flagged as a replica read.
+        let mut h = warm(&pd);
+        h.shared.routing.next_gen = true;
+        let mut op = request(&h, 1, get());
+        let mut n = 0;
+        let res = h.run(&mut op, |a, _| {
+            n += 1;
+            let reply = if n == 1 {
+                Err(Error::Timeout {
+                    address: "store1:20160".into(),
+                    timeout_ms: 1000,
+                })
+            } else {
+                Ok(TikvResponse::Cmd(TikvCmdResponse::Get(Box::default())))
+            };
+            tikv_reply(a, reply)
+        });
+        assert!(res.is_ok());
+        let sent = h.tikv_sent();
+        assert_ne!(sent[1].0, 1, "retried on a follower");
+        let ctx = ctx_of(&sent[1].1);
+        assert!(!ctx.replica_read && !ctx.stale_read, "{ctx:?}");
     }
 
     #[test]
