@@ -60,6 +60,7 @@ use bytes::Bytes;
 use futures_lite::{Stream, future};
 use prost::Message;
 use tikv_proto::pdpb;
+use tracing::Instrument;
 
 use super::rpc::{self, PD_GET_MEMBERS, PD_TSO};
 use super::runtime::{Channel, Code, Runtime};
@@ -656,7 +657,17 @@ impl<R: Runtime> PdClient<R> {
                         Some(self.call_timeout),
                         metadata.as_slice(),
                     );
-                    match with_deadline(&self.rt, call_deadline, call).await {
+                    // One span per gRPC call, as client-go's OpenTracing interceptors give.
+                    let span = tracing::debug_span!(
+                        "tikv.rpc.pd",
+                        method = path,
+                        address = %leader.via,
+                        forwarded = metadata.is_some(),
+                    );
+                    match with_deadline(&self.rt, call_deadline, call)
+                        .instrument(span)
+                        .await
+                    {
                         Some(Ok(bytes)) => {
                             attempt.finish(false);
                             return Ok(Some(bytes));

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{Stream, future};
+use tracing::Instrument;
 
 use super::batch_encode;
 use super::driver::LocalIo;
@@ -507,7 +508,14 @@ async fn unary<R: Runtime>(
             Some(timeout),
             &forward_metadata(&pool.forwarded_host),
         );
-        match with_deadline(&rt, deadline, call).await {
+        // One span per gRPC call, as client-go's OpenTracing interceptors give.
+        let span = tracing::debug_span!(
+            "tikv.rpc.unary",
+            method = path,
+            address = %address,
+            forwarded_host = pool.forwarded_host.as_deref(),
+        );
+        match with_deadline(&rt, deadline, call).instrument(span).await {
             None => Err(Error::Timeout {
                 address: address.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
@@ -751,6 +759,13 @@ impl<R: Runtime> StreamTask<R> {
                     self.stats
                         .requests_batched
                         .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
+                    // A trace event per message; the requests in it are traced by the spans
+                    // of the operations that sent them.
+                    tracing::trace!(
+                        address = %self.address,
+                        requests = batch.requests.len(),
+                        "BatchCommands message"
+                    );
                     let message = encoder.encode(&mut batch, &mut spent);
                     conn.recycle(batch);
                     if !spent.is_empty() {

@@ -1,0 +1,138 @@
+//! Every gRPC call the client makes opens a `tracing` span inside the span of the operation
+//! that made it (CF-10: client-go's `OpenTracingEnable` puts OpenTracing interceptors on its
+//! gRPC connections, one span per call): `tikv.rpc.unary` for a unary TiKV call,
+//! `tikv.rpc.pd` for a PD call, each with the gRPC method. Requests on the `BatchCommands`
+//! stream belong to their operations' spans, and each stream message is a trace event.
+//!
+//! The spans are read by [`Recorder`], a minimal `tracing::Subscriber` installed with
+//! [`WithSubscriber::with_subscriber`] around the scenario's future, so it sees what that
+//! future's tasks create on the thread polling it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::ThreadId;
+
+use tikv_core::client::{RawClient, Runtime};
+use tikv_mockstore::MockCluster;
+use tikv_tests::Mock;
+use tikv_tests::scenarios::test_config;
+use tracing::field::{Field, Visit};
+use tracing::instrument::WithSubscriber;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+tikv_tests::txn_tests!(grpc_calls_open_spans_inside_their_operations);
+
+/// One span: its name, its `method` field, and the name of the span it was created in.
+#[derive(Debug, Clone)]
+struct SpanRecord {
+    name: &'static str,
+    method: Option<String>,
+    parent: Option<&'static str>,
+}
+
+/// Keeps every new span, with the span entered on its thread when it was created.
+#[derive(Clone, Default)]
+struct Recorder {
+    spans: Arc<Mutex<Vec<SpanRecord>>>,
+    entered: Arc<Mutex<HashMap<ThreadId, Vec<u64>>>>,
+}
+
+impl Recorder {
+    fn spans(&self) -> Vec<SpanRecord> {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+struct MethodField<'a>(&'a mut Option<String>);
+
+impl Visit for MethodField<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "method" {
+            *self.0 = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, _field: &Field, _value: &dyn fmt::Debug) {}
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _metadata: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let mut method = None;
+        attrs.record(&mut MethodField(&mut method));
+        let current = self
+            .entered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&std::thread::current().id())
+            .and_then(|stack| stack.last().copied());
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let parent = current.and_then(|id| spans.get(id as usize - 1).map(|s| s.name));
+        spans.push(SpanRecord {
+            name: attrs.metadata().name(),
+            method,
+            parent,
+        });
+        Id::from_u64(spans.len() as u64)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, _event: &Event<'_>) {}
+
+    fn enter(&self, span: &Id) {
+        self.entered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(std::thread::current().id())
+            .or_default()
+            .push(span.into_u64());
+    }
+
+    fn exit(&self, span: &Id) {
+        let mut entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stack) = entered.get_mut(&std::thread::current().id())
+            && let Some(at) = stack.iter().rposition(|id| *id == span.into_u64())
+        {
+            stack.remove(at);
+        }
+    }
+}
+
+/// CF-10: a put's region lookup is a PD call with its own `tikv.rpc.pd` span inside the
+/// put's; a checksum (a unary TiKV call) has its `tikv.rpc.unary` span inside the
+/// checksum's, both naming their gRPC method.
+async fn grpc_calls_open_spans_inside_their_operations<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let recorder = Recorder::default();
+    let pd = mock.pd();
+    async move {
+        let client = RawClient::<R>::connect(&pd, test_config()).await.unwrap();
+        client.put("k", "v").await.unwrap();
+        client.checksum("", "").await.unwrap();
+    }
+    .with_subscriber(recorder.clone())
+    .await;
+
+    let spans = recorder.spans();
+    let find = |name: &str, method: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.method.as_deref() == Some(method))
+            .cloned()
+    };
+    let region = find("tikv.rpc.pd", "/pdpb.PD/GetRegion").expect("a GetRegion span");
+    assert_eq!(region.parent, Some("tikv.raw.put"), "{spans:#?}");
+    let checksum = find("tikv.rpc.unary", "/tikvpb.Tikv/RawChecksum").expect("a RawChecksum span");
+    assert_eq!(checksum.parent, Some("tikv.raw.checksum"), "{spans:#?}");
+}
