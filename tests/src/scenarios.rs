@@ -1160,8 +1160,8 @@ pub async fn pd_handle_answers_regions_and_stores<R: Runtime>() {
 
 /// TK-31 / LC-44 / CL-19: the client counts its TiKV requests per command kind (client-go
 /// `RegionRequestRuntimeStats`, the request-seconds histogram): batched and unary requests,
-/// retries included, replies with a region error, requests without a reply, and their times
-/// in the latency buckets.
+/// retries included, replies with a region error (also counted by label, client-go
+/// `RequestErrorStats`), requests without a reply, and their times in the latency buckets.
 pub async fn rpc_stats_count_requests_per_command<R: Runtime>() {
     use tikv_core::client::rpc_stats::{BUCKET_BOUNDS_US, BUCKETS};
 
@@ -1228,6 +1228,7 @@ pub async fn rpc_stats_count_requests_per_command<R: Runtime>() {
             .all(|c| c.buckets.iter().sum::<u64>() == c.count)
     );
     assert_eq!(stats.get("KvPrewrite"), None);
+    assert_eq!(stats.region_errors(), vec![("stale_command", 1)]);
 }
 
 /// RW-03: the raw client reports the id of the cluster its PD answered with (client-go

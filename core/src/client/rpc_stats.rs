@@ -56,8 +56,9 @@ fn micros_of(d: Duration) -> u64 {
 pub enum Outcome {
     /// A reply without a region error.
     Ok,
-    /// A reply carrying a region error.
-    RegionError,
+    /// A reply carrying a region error, with its label (client-go `regionErrorToLabel`, see
+    /// [`crate::machine::region_error::label`]).
+    RegionError(&'static str),
     /// No usable reply: a transport failure, a deadline passed, or an undecodable reply.
     TransportError,
 }
@@ -74,12 +75,15 @@ struct Counters {
 /// The RPC statistics of one client; see the module docs.
 pub struct RpcStats {
     kinds: Box<[Counters; KINDS]>,
+    /// Region errors by label, whatever the command (client-go `RequestErrorStats.ErrStats`).
+    labels: std::sync::Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Default for RpcStats {
     fn default() -> Self {
         RpcStats {
             kinds: Box::new(std::array::from_fn(|_| Counters::default())),
+            labels: std::sync::Mutex::default(),
         }
     }
 }
@@ -132,6 +136,13 @@ impl RpcStats {
         (0..KINDS).filter_map(|k| self.get_kind(k)).collect()
     }
 
+    /// The region errors received, by label (`not_leader`, `epoch_not_match`,
+    /// `server_is_busy`, ...; client-go `regionErrorToLabel`), in the order first seen.
+    /// Mirrors client-go `RequestErrorStats.ErrStats`.
+    pub fn region_errors(&self) -> Vec<(&'static str, u64)> {
+        super::sync::lock(&self.labels).clone()
+    }
+
     /// The statistics of the command `command` (its gRPC method name, for example `RawGet`),
     /// if it completed at least one request.
     pub fn get(&self, command: &str) -> Option<CmdStats> {
@@ -142,7 +153,7 @@ impl RpcStats {
     fn get_kind(&self, kind: usize) -> Option<CmdStats> {
         let c = &self.kinds[kind];
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let count = load(&c.count);
+        let count = c.count.load(Ordering::Acquire);
         (count > 0).then(|| CmdStats {
             command: KIND_NAMES[kind],
             count,
@@ -159,6 +170,7 @@ impl RpcStats {
 #[derive(Default)]
 pub(crate) struct LocalRpcStats {
     kinds: Vec<(usize, LocalCounters)>,
+    labels: Vec<(&'static str, u64)>,
 }
 
 #[derive(Default)]
@@ -191,13 +203,24 @@ impl LocalRpcStats {
         c.buckets[bucket_of(micros)] += 1;
         match outcome {
             Outcome::Ok => {}
-            Outcome::RegionError => c.region_errors += 1,
+            Outcome::RegionError(label) => {
+                c.region_errors += 1;
+                add_label(&mut self.labels, label, 1);
+            }
             Outcome::TransportError => c.transport_errors += 1,
         }
     }
 
-    /// Adds what was counted to `shared` and starts over.
+    /// Adds what was counted to `shared` and starts over. The labels go first and each
+    /// kind's count last (release), so a reader that sees a count (acquire) sees everything
+    /// counted with it.
     pub(crate) fn flush(&mut self, shared: &RpcStats) {
+        if !self.labels.is_empty() {
+            let mut labels = super::sync::lock(&shared.labels);
+            for (label, n) in self.labels.drain(..) {
+                add_label(&mut labels, label, n);
+            }
+        }
         for (kind, c) in self.kinds.drain(..) {
             let s = &shared.kinds[kind];
             let add = |a: &AtomicU64, v: u64| {
@@ -205,14 +228,22 @@ impl LocalRpcStats {
                     a.fetch_add(v, Ordering::Relaxed);
                 }
             };
-            add(&s.count, c.count);
             add(&s.region_errors, c.region_errors);
             add(&s.transport_errors, c.transport_errors);
             add(&s.total_us, c.total_us);
             for (a, v) in s.buckets.iter().zip(c.buckets) {
                 add(a, v);
             }
+            s.count.fetch_add(c.count, Ordering::Release);
         }
+    }
+}
+
+/// Adds `n` to the count of `label`.
+fn add_label(labels: &mut Vec<(&'static str, u64)>, label: &'static str, n: u64) {
+    match labels.iter_mut().find(|(l, _)| *l == label) {
+        Some((_, count)) => *count += n,
+        None => labels.push((label, n)),
     }
 }
 
@@ -268,7 +299,21 @@ mod tests {
         let put = cmd_kind(&TikvCmd::RawPut(Box::default()));
         let mut local = LocalRpcStats::default();
         local.record(get, Duration::from_micros(10), Outcome::Ok);
-        local.record(get, Duration::from_micros(100), Outcome::RegionError);
+        local.record(
+            get,
+            Duration::from_micros(100),
+            Outcome::RegionError("not_leader"),
+        );
+        local.record(
+            put,
+            Duration::from_micros(100),
+            Outcome::RegionError("not_leader"),
+        );
+        local.record(
+            put,
+            Duration::from_micros(100),
+            Outcome::RegionError("server_is_busy"),
+        );
         local.record(put, Duration::from_millis(3), Outcome::TransportError);
         assert_eq!(
             stats.snapshot(),
@@ -286,9 +331,13 @@ mod tests {
         assert_eq!(g.buckets[BUCKETS - 1], 1, "slower than every bound");
         assert_eq!(g.buckets.iter().sum::<u64>(), g.count);
         let p = stats.get("RawPut").unwrap();
-        assert_eq!((p.count, p.transport_errors), (1, 1));
+        assert_eq!((p.count, p.region_errors, p.transport_errors), (3, 2, 1));
         assert_eq!(p.buckets[bucket_of(3000)], 1);
-        assert_eq!(p.mean(), Duration::from_millis(3));
+        assert_eq!(p.mean(), Duration::from_micros(3200) / 3);
+        assert_eq!(
+            stats.region_errors(),
+            vec![("not_leader", 2), ("server_is_busy", 1)]
+        );
         assert_eq!(
             stats
                 .snapshot()

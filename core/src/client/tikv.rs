@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
+use crate::machine::region_error::label;
 use crate::machine::request::{cmd_override_priority, region_error};
 use crate::machine::{Input, IoId, SpentCmds, TikvCmd, TikvRequest, TikvResponse};
 
@@ -529,8 +530,7 @@ async fn unary<R: Runtime>(
     }
     .await;
     let outcome = match &result {
-        Ok(resp) if region_error(resp).is_some() => Outcome::RegionError,
-        Ok(_) => Outcome::Ok,
+        Ok(resp) => region_error(resp).map_or(Outcome::Ok, |e| Outcome::RegionError(label(e))),
         Err(_) => Outcome::TransportError,
     };
     stats
@@ -787,8 +787,8 @@ impl<R: Runtime> StreamTask<R> {
                         r => r.map(TikvResponse::Cmd),
                     };
                     let outcome = match &result {
-                        Ok(resp) if region_error(resp).is_some() => Outcome::RegionError,
-                        Ok(_) => Outcome::Ok,
+                        Ok(resp) => region_error(resp)
+                            .map_or(Outcome::Ok, |e| Outcome::RegionError(label(e))),
                         Err(_) => Outcome::TransportError,
                     };
                     let elapsed = now.saturating_duration_since(done.submitted);
