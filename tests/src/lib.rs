@@ -12,6 +12,7 @@
 //!   runtime is one macro call (see `tests/e2e_tokio.rs`).
 
 pub mod counting;
+pub mod entered_spans;
 pub mod pd_group;
 pub mod scenarios;
 pub mod txn_support;

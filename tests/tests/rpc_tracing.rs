@@ -8,14 +8,13 @@
 //! [`WithSubscriber::with_subscriber`] around the scenario's future, so it sees what that
 //! future's tasks create on the thread polling it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::ThreadId;
 
 use tikv_core::client::{RawClient, Runtime};
 use tikv_mockstore::MockCluster;
 use tikv_tests::Mock;
+use tikv_tests::entered_spans::EnteredSpans;
 use tikv_tests::scenarios::test_config;
 use tracing::field::{Field, Visit};
 use tracing::instrument::WithSubscriber;
@@ -36,7 +35,7 @@ struct SpanRecord {
 #[derive(Clone, Default)]
 struct Recorder {
     spans: Arc<Mutex<Vec<SpanRecord>>>,
-    entered: Arc<Mutex<HashMap<ThreadId, Vec<u64>>>>,
+    entered: EnteredSpans,
 }
 
 impl Recorder {
@@ -68,12 +67,7 @@ impl Subscriber for Recorder {
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
         let mut method = None;
         attrs.record(&mut MethodField(&mut method));
-        let current = self
-            .entered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&std::thread::current().id())
-            .and_then(|stack| stack.last().copied());
+        let current = self.entered.current().last().copied();
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         let parent = current.and_then(|id| spans.get(id as usize - 1).map(|s| s.name));
         spans.push(SpanRecord {
@@ -91,21 +85,11 @@ impl Subscriber for Recorder {
     fn event(&self, _event: &Event<'_>) {}
 
     fn enter(&self, span: &Id) {
-        self.entered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(std::thread::current().id())
-            .or_default()
-            .push(span.into_u64());
+        self.entered.enter(span);
     }
 
     fn exit(&self, span: &Id) {
-        let mut entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(stack) = entered.get_mut(&std::thread::current().id())
-            && let Some(at) = stack.iter().rposition(|id| *id == span.into_u64())
-        {
-            stack.remove(at);
-        }
+        self.entered.exit(span);
     }
 }
 

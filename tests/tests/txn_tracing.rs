@@ -15,15 +15,15 @@
 //! subscriber on whichever thread polls that future and sees the spans the transaction's
 //! methods create there, and nothing of the scenarios running in parallel on other runtimes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::ThreadId;
 
 use tikv_core::client::Runtime;
 use tikv_core::client::txn::{LockOptions, TransactionOptions};
 use tikv_mockstore::{FaultAction, FaultRule, MockCluster, RpcKind};
 use tikv_tests::Mock;
+use tikv_tests::entered_spans::EnteredSpans;
 use tikv_tests::txn_support::{b, collect, connect, txn_config};
 use tracing::field::{Field, Visit};
 use tracing::instrument::WithSubscriber;
@@ -63,7 +63,7 @@ struct BackoffRecord {
 #[derive(Clone, Default)]
 struct Recorder {
     spans: Arc<Mutex<Vec<SpanRecord>>>,
-    entered: Arc<Mutex<HashMap<ThreadId, Vec<u64>>>>,
+    entered: EnteredSpans,
     backoffs: Arc<Mutex<Vec<BackoffRecord>>>,
 }
 
@@ -167,14 +167,7 @@ impl Subscriber for Recorder {
         if fields.message != "backoff" {
             return;
         }
-        let thread = std::thread::current().id();
-        let stack = self
-            .entered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&thread)
-            .cloned()
-            .unwrap_or_default();
+        let stack = self.entered.current();
         let spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         let start_ts = stack
             .iter()
@@ -190,21 +183,11 @@ impl Subscriber for Recorder {
     }
 
     fn enter(&self, span: &Id) {
-        self.entered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(std::thread::current().id())
-            .or_default()
-            .push(span.into_u64());
+        self.entered.enter(span);
     }
 
     fn exit(&self, span: &Id) {
-        let mut entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(stack) = entered.get_mut(&std::thread::current().id())
-            && let Some(at) = stack.iter().rposition(|id| *id == span.into_u64())
-        {
-            stack.remove(at);
-        }
+        self.entered.exit(span);
     }
 }
 

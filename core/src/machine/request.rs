@@ -2065,17 +2065,7 @@ mod tests {
     fn next_gen_reads_go_to_the_leader_without_read_flags() {
         use crate::machine::replica::{ReadOptions, ReplicaReadType};
         let pd = FakePd::split(3, &[]);
-        let get = || {
-            TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
-                context: Some(kvrpcpb::Context {
-                    max_execution_duration_ms: 1000,
-                    ..Default::default()
-                }),
-                key: Bytes::from_static(b"k"),
-                version: 10,
-                ..Default::default()
-            })))
-        };
+        let get = get_with_read_timeout;
         let reads = [
             ReadOptions {
                 stale_read: true,
@@ -2151,11 +2141,10 @@ mod tests {
         assert!(!ctx.replica_read && !ctx.stale_read, "{ctx:?}");
     }
 
-    #[test]
-    fn configurable_read_timeout_moves_to_follower_without_backoff() {
-        let pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
-        let get = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
+    /// A `KvGet` at version 10 whose context sets a 1 s read timeout
+    /// (`max_execution_duration_ms`).
+    fn get_with_read_timeout() -> TikvRequest {
+        TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
             context: Some(kvrpcpb::Context {
                 max_execution_duration_ms: 1000,
                 ..Default::default()
@@ -2163,8 +2152,14 @@ mod tests {
             key: Bytes::from_static(b"k"),
             version: 10,
             ..Default::default()
-        })));
-        let mut op = request(&h, 1, get);
+        })))
+    }
+
+    #[test]
+    fn configurable_read_timeout_moves_to_follower_without_backoff() {
+        let pd = FakePd::split(3, &[]);
+        let mut h = warm(&pd);
+        let mut op = request(&h, 1, get_with_read_timeout());
         let mut n = 0;
         let res = h.run(&mut op, |a, _| {
             n += 1;
