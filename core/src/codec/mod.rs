@@ -8,6 +8,7 @@
 
 mod api;
 pub mod memcomparable;
+pub mod number;
 
 #[cfg(test)]
 mod tests;
