@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub(crate) mod hash;
 pub mod machine;
+pub mod request_source;
 pub mod rng;
 
 pub use error::{Error, Result};

@@ -198,70 +198,9 @@ pub struct CommitTimings {
 /// `KVTxn.SetCommitCallback`.
 pub type CommitCallback = Arc<dyn Fn(&CommitInfo, Result<(), &Error>) + Send + Sync>;
 
-/// Where requests come from, as TiKV labels them in `Context.request_source` for quotas and
-/// metrics: `internal` or `external`, a source type, and an optional explicit type (for
-/// example `external_select_br`). Mirrors client-go `util.RequestSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestSource {
-    /// Issued by the system itself rather than a user.
-    pub internal: bool,
-    /// The kind of work (`"gc"`, `"stats"`, `"select"`, ...).
-    pub source_type: String,
-    /// The tool or task that asked for it (`"br"`, `"lightning"`, `"ddl"`, ...).
-    pub explicit_type: String,
-}
-
-impl RequestSource {
-    /// An internal source of `source_type`. Mirrors client-go `WithInternalSourceType`.
-    pub fn internal(source_type: impl Into<String>) -> Self {
-        RequestSource {
-            internal: true,
-            source_type: source_type.into(),
-            explicit_type: String::new(),
-        }
-    }
-
-    /// An external (user) source of `source_type`.
-    pub fn external(source_type: impl Into<String>) -> Self {
-        RequestSource {
-            internal: false,
-            source_type: source_type.into(),
-            explicit_type: String::new(),
-        }
-    }
-
-    /// Adds the explicit type. Mirrors client-go `SetExplicitRequestSourceType`.
-    pub fn with_explicit_type(mut self, explicit_type: impl Into<String>) -> Self {
-        self.explicit_type = explicit_type.into();
-        self
-    }
-
-    /// The label sent to TiKV: `unknown` when neither type is set, else
-    /// `internal|external` + `_` + type (`unknown` if empty) + `_explicit` when the explicit
-    /// type is set and differs from the type. Mirrors client-go
-    /// `RequestSource.GetRequestSource`.
-    pub fn label(&self) -> String {
-        if self.source_type.is_empty() && self.explicit_type.is_empty() {
-            return "unknown".into();
-        }
-        let origin = if self.internal {
-            "internal"
-        } else {
-            "external"
-        };
-        let source = if self.source_type.is_empty() {
-            "unknown"
-        } else {
-            &self.source_type
-        };
-        let mut label = format!("{origin}_{source}");
-        if !self.explicit_type.is_empty() && self.explicit_type != self.source_type {
-            label.push('_');
-            label.push_str(&self.explicit_type);
-        }
-        label
-    }
-}
+/// Where requests come from, as TiKV labels them in `Context.request_source` (see
+/// [`crate::request_source`]).
+pub use crate::request_source::RequestSource;
 
 /// Says whether a buffered put (a delete when the value is empty) of a key may be left out of
 /// the commit. See [`TransactionOptions::kv_filter`].
@@ -1071,32 +1010,15 @@ mod tests {
         );
     }
 
-    /// client-go `util/request_source.go` `GetRequestSource`.
+    /// A request source given as its parts, or converted to its label, sets
+    /// `Context.request_source` (the labels' rules are tested in `crate::request_source`).
     #[test]
-    fn request_source_labels_follow_client_go() {
-        assert_eq!(RequestSource::default().label(), "unknown");
-        assert_eq!(RequestSource::internal("gc").label(), "internal_gc");
-        assert_eq!(
-            RequestSource::external("select")
-                .with_explicit_type("br")
-                .label(),
-            "external_select_br"
-        );
-        assert_eq!(
-            RequestSource::external("ddl")
-                .with_explicit_type("ddl")
-                .label(),
-            "external_ddl",
-            "an explicit type equal to the type is not repeated"
-        );
-        assert_eq!(
-            RequestSource::default()
-                .with_explicit_type("lightning")
-                .label(),
-            "external_unknown_lightning"
-        );
+    fn request_source_options_take_the_label() {
         let o = TransactionOptions::new_optimistic()
             .request_source_of(RequestSource::internal("stats").with_explicit_type("analyze"));
         assert_eq!(o.ctx.request_source, "internal_stats_analyze");
+        let o = TransactionOptions::new_optimistic()
+            .request_source(RequestSource::external("Insert").with_explicit_type("br"));
+        assert_eq!(o.ctx.request_source, "external_Insert_br");
     }
 }
