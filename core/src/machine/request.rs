@@ -251,6 +251,69 @@ pub fn is_interruptible(req: &TikvRequest) -> bool {
     )
 }
 
+/// Whether `req` writes transactional data or transaction state. Mirrors client-go
+/// `tikvrpc.Request.IsTxnWriteRequest`.
+pub fn is_txn_write_request(req: &TikvRequest) -> bool {
+    matches!(
+        req,
+        TikvRequest::Cmd(
+            TikvCmd::PessimisticLock(_)
+                | TikvCmd::Prewrite(_)
+                | TikvCmd::Commit(_)
+                | TikvCmd::BatchRollback(_)
+                | TikvCmd::PessimisticRollback(_)
+                | TikvCmd::CheckTxnStatus(_)
+                | TikvCmd::CheckSecondaryLocks(_)
+                | TikvCmd::Cleanup(_)
+                | TikvCmd::TxnHeartBeat(_)
+                | TikvCmd::ResolveLock(_)
+                | TikvCmd::FlashbackToVersion(_)
+                | TikvCmd::PrepareFlashbackToVersion(_)
+                | TikvCmd::Flush(_)
+        )
+    )
+}
+
+/// Whether `req` writes raw data: put, batch put, delete. Mirrors client-go
+/// `tikvrpc.Request.IsRawWriteRequest` (which leaves out batch delete, delete range and
+/// compare-and-swap, as this does).
+pub fn is_raw_write_request(req: &TikvRequest) -> bool {
+    matches!(
+        req,
+        TikvRequest::Cmd(TikvCmd::RawPut(_) | TikvCmd::RawBatchPut(_) | TikvCmd::RawDelete(_))
+    )
+}
+
+/// The start timestamp `req` works at (0 for requests without one). Mirrors client-go
+/// `tikvrpc.Request.GetStartTS`.
+pub fn start_ts_of(req: &TikvRequest) -> u64 {
+    let TikvRequest::Cmd(cmd) = req else {
+        return 0;
+    };
+    match cmd {
+        TikvCmd::Get(r) => r.version,
+        TikvCmd::Scan(r) => r.version,
+        TikvCmd::Prewrite(r) => r.start_version,
+        TikvCmd::Commit(r) => r.start_version,
+        TikvCmd::Cleanup(r) => r.start_version,
+        TikvCmd::BatchGet(r) => r.version,
+        TikvCmd::BatchRollback(r) => r.start_version,
+        TikvCmd::ScanLock(r) => r.max_version,
+        TikvCmd::ResolveLock(r) => r.start_version,
+        TikvCmd::PessimisticLock(r) => r.start_version,
+        TikvCmd::PessimisticRollback(r) => r.start_version,
+        TikvCmd::TxnHeartBeat(r) => r.start_version,
+        TikvCmd::CheckTxnStatus(r) => r.lock_ts,
+        TikvCmd::CheckSecondaryLocks(r) => r.start_version,
+        TikvCmd::FlashbackToVersion(r) => r.start_ts,
+        TikvCmd::PrepareFlashbackToVersion(r) => r.start_ts,
+        TikvCmd::Flush(r) => r.start_ts,
+        TikvCmd::BufferBatchGet(r) => r.version,
+        TikvCmd::Coprocessor(r) => r.start_ts,
+        _ => 0,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Prepared {
     store_id: u64,
@@ -1549,6 +1612,91 @@ mod tests {
 
     fn is_region_err(e: &Error) -> bool {
         matches!(e, Error::Region(_))
+    }
+
+    /// client-go `IsTxnWriteRequest`, `IsRawWriteRequest`, `IsInterruptible` and `GetStartTS`,
+    /// command by command.
+    #[test]
+    fn request_classifiers_follow_client_go() {
+        let cmd = |c: TikvCmd| TikvRequest::Cmd(c);
+        let txn_writes = [
+            cmd(TikvCmd::PessimisticLock(Box::default())),
+            cmd(TikvCmd::Prewrite(Box::default())),
+            cmd(TikvCmd::Commit(Box::default())),
+            cmd(TikvCmd::BatchRollback(Box::default())),
+            cmd(TikvCmd::PessimisticRollback(Box::default())),
+            cmd(TikvCmd::CheckTxnStatus(Box::default())),
+            cmd(TikvCmd::CheckSecondaryLocks(Box::default())),
+            cmd(TikvCmd::Cleanup(Box::default())),
+            cmd(TikvCmd::TxnHeartBeat(Box::default())),
+            cmd(TikvCmd::ResolveLock(Box::default())),
+            cmd(TikvCmd::FlashbackToVersion(Box::default())),
+            cmd(TikvCmd::PrepareFlashbackToVersion(Box::default())),
+            cmd(TikvCmd::Flush(Box::default())),
+        ];
+        let raw_writes = [
+            cmd(TikvCmd::RawPut(Box::default())),
+            cmd(TikvCmd::RawBatchPut(Box::default())),
+            cmd(TikvCmd::RawDelete(Box::default())),
+        ];
+        let others = [
+            cmd(TikvCmd::Get(Box::default())),
+            cmd(TikvCmd::RawGet(Box::default())),
+            cmd(TikvCmd::RawBatchDelete(Box::default())),
+            cmd(TikvCmd::RawDeleteRange(Box::default())),
+            TikvRequest::RawCas(Box::default()),
+            TikvRequest::SplitRegion(Box::default()),
+        ];
+        for r in &txn_writes {
+            assert!(is_txn_write_request(r) && !is_raw_write_request(r), "{r:?}");
+        }
+        for r in &raw_writes {
+            assert!(is_raw_write_request(r) && !is_txn_write_request(r), "{r:?}");
+        }
+        for r in &others {
+            assert!(
+                !is_raw_write_request(r) && !is_txn_write_request(r),
+                "{r:?}"
+            );
+        }
+        let interruptible: Vec<bool> = txn_writes.iter().map(is_interruptible).collect();
+        assert_eq!(
+            interruptible,
+            [
+                true, true, false, false, false, true, true, true, true, true, true, true, true
+            ],
+            "commit, batch rollback and pessimistic rollback run to the end"
+        );
+
+        let get = cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
+            version: 7,
+            ..Default::default()
+        })));
+        assert_eq!(start_ts_of(&get), 7);
+        let prewrite = cmd(TikvCmd::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
+            start_version: 8,
+            ..Default::default()
+        })));
+        assert_eq!(start_ts_of(&prewrite), 8);
+        let check = cmd(TikvCmd::CheckTxnStatus(Box::new(
+            kvrpcpb::CheckTxnStatusRequest {
+                lock_ts: 9,
+                caller_start_ts: 99,
+                ..Default::default()
+            },
+        )));
+        assert_eq!(
+            start_ts_of(&check),
+            9,
+            "the lock's timestamp, not the caller's"
+        );
+        let scan_lock = cmd(TikvCmd::ScanLock(Box::new(kvrpcpb::ScanLockRequest {
+            max_version: 10,
+            ..Default::default()
+        })));
+        assert_eq!(start_ts_of(&scan_lock), 10);
+        assert_eq!(start_ts_of(&cmd(TikvCmd::RawGet(Box::default()))), 0);
+        assert_eq!(start_ts_of(&TikvRequest::SplitRegion(Box::default())), 0);
     }
 
     #[test]
