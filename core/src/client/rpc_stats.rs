@@ -124,10 +124,24 @@ impl CmdStats {
 
 impl RpcStats {
     /// Counts one request of kind `kind` (a [`super::rpc::request_kind`] index).
+    /// (Unary calls; the stream tasks go through a [`LocalRpcStats`].)
     pub(crate) fn record(&self, kind: usize, elapsed: Duration, outcome: Outcome) {
-        let mut local = LocalRpcStats::default();
-        local.record(kind, elapsed, outcome);
-        local.flush(self);
+        let c = &self.kinds[kind];
+        let micros = micros_of(elapsed);
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::RegionError(label) => {
+                add_label(&mut super::sync::lock(&self.labels), label, 1);
+                c.region_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::TransportError => {
+                c.transport_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        c.total_us.fetch_add(micros, Ordering::Relaxed);
+        c.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        // Last, with release: see `LocalRpcStats::flush`.
+        c.count.fetch_add(1, Ordering::Release);
     }
 
     /// The statistics of every command kind that completed at least one request, in the
