@@ -13,8 +13,10 @@ use tikv_proto::{metapb, pdpb};
 use tracing::Instrument;
 
 use super::cluster::Cluster;
+use super::raw::KeyField;
 use super::runtime::Runtime;
 use crate::error::Error;
+use crate::machine::raw::check_range;
 use crate::machine::region_cache::PdRegion;
 use crate::machine::{Key, PdRequest, PdResponse, Timestamp};
 
@@ -65,12 +67,8 @@ impl<R: Runtime> PdHandle<R> {
     /// `CodecPDClient.GetRegion`.
     pub async fn get_region(&self, key: impl Into<Key>) -> Result<Option<PdRegion>, Error> {
         let key = key.into();
-        let request = PdRequest::GetRegion(Box::new(pdpb::GetRegionRequest {
-            header: None,
-            region_key: self.cluster.codec().encode_region_key(&key),
-            need_buckets: true,
-        }));
-        let span = tracing::debug_span!("tikv.pd.get_region", key = ?key);
+        let span = tracing::debug_span!("tikv.pd.get_region", key = %KeyField(&key));
+        let request = PdRequest::GetRegion(self.region_request(&key));
         self.region_answer(request).instrument(span).await
     }
 
@@ -78,13 +76,18 @@ impl<R: Runtime> PdHandle<R> {
     /// `CodecPDClient.GetPrevRegion`.
     pub async fn get_prev_region(&self, key: impl Into<Key>) -> Result<Option<PdRegion>, Error> {
         let key = key.into();
-        let request = PdRequest::GetPrevRegion(Box::new(pdpb::GetRegionRequest {
-            header: None,
-            region_key: self.cluster.codec().encode_region_key(&key),
-            need_buckets: true,
-        }));
-        let span = tracing::debug_span!("tikv.pd.get_prev_region", key = ?key);
+        let span = tracing::debug_span!("tikv.pd.get_prev_region", key = %KeyField(&key));
+        let request = PdRequest::GetPrevRegion(self.region_request(&key));
         self.region_answer(request).instrument(span).await
+    }
+
+    /// The `GetRegion` / `GetPrevRegion` request for the user key `key`.
+    fn region_request(&self, key: &[u8]) -> Box<pdpb::GetRegionRequest> {
+        Box::new(pdpb::GetRegionRequest {
+            header: None,
+            region_key: self.cluster.codec().encode_region_key(key),
+            need_buckets: true,
+        })
     }
 
     /// The region with id `region_id`, if PD knows it. Mirrors client-go
@@ -109,11 +112,7 @@ impl<R: Runtime> PdHandle<R> {
         limit: usize,
     ) -> Result<Vec<PdRegion>, Error> {
         let (start, end): (Key, Key) = (start.into(), end.into());
-        if !end.is_empty() && start > end {
-            return Err(Error::InvalidArgument(format!(
-                "scan_regions: start {start:?} is after end {end:?}"
-            )));
-        }
+        check_range(&start, &end)?;
         let (start_key, end_key) = self.cluster.codec().encode_region_range(&start, &end);
         let request = PdRequest::ScanRegions(Box::new(pdpb::ScanRegionsRequest {
             header: None,
@@ -121,7 +120,12 @@ impl<R: Runtime> PdHandle<R> {
             end_key,
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
         }));
-        let span = tracing::debug_span!("tikv.pd.scan_regions", start = ?start, end = ?end, limit);
+        let span = tracing::debug_span!(
+            "tikv.pd.scan_regions",
+            start = %KeyField(&start),
+            end = %KeyField(&end),
+            limit
+        );
         let resp = match self.call(request).instrument(span).await? {
             PdResponse::ScanRegions(resp) => resp,
             other => return Err(unexpected(&other)),

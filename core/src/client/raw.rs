@@ -27,7 +27,7 @@ use crate::machine::Key;
 use crate::machine::raw::{self, KvPair, RawChecksum, RawOptions, Value};
 
 /// Formats a key for tracing: printable ASCII as is, the rest as `\xNN`, cut after 64 bytes.
-struct KeyField<'a>(&'a [u8]);
+pub(crate) struct KeyField<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for KeyField<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -46,7 +46,8 @@ pub fn decode<M: Message + Default>(bytes: Bytes, what: &str) -> Result<M, Error
 macro_rules! cmd_table {
     ($($arm:ident => $method:literal, $resp:ty;)*) => {
         /// Every TiKV request kind: the batchable commands, then the stream-only empty
-        /// command, then the unary-only requests. Indexes [`KIND_NAMES`].
+        /// command, then the unary-only requests. Indexes [`KIND_NAMES`]. (Its variants are
+        /// only read as numbers, never built, hence the `allow`.)
         #[allow(dead_code)]
         #[repr(usize)]
         enum Kind {

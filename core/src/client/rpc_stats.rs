@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::rpc::{KIND_NAMES, KINDS};
+use crate::error::Error;
+use crate::machine::TikvResponse;
+use crate::machine::region_error::label;
+use crate::machine::request::region_error;
 
 /// Upper bounds of the latency buckets, in microseconds: powers of two from 64 µs to about
 /// 34 s; the last bucket takes everything slower.
@@ -61,6 +65,17 @@ pub enum Outcome {
     RegionError(&'static str),
     /// No usable reply: a transport failure, a deadline passed, or an undecodable reply.
     TransportError,
+}
+
+impl Outcome {
+    /// The outcome of a request completed with `result`; a region error is labelled as
+    /// client-go `regionErrorToLabel` does.
+    pub(crate) fn of(result: &Result<TikvResponse, Error>) -> Outcome {
+        match result {
+            Ok(resp) => region_error(resp).map_or(Outcome::Ok, |e| Outcome::RegionError(label(e))),
+            Err(_) => Outcome::TransportError,
+        }
+    }
 }
 
 #[derive(Default)]

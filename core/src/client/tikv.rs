@@ -42,8 +42,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
-use crate::machine::region_error::label;
-use crate::machine::request::{cmd_override_priority, region_error};
+use crate::machine::request::cmd_override_priority;
 use crate::machine::{Input, IoId, SpentCmds, TikvCmd, TikvRequest, TikvResponse};
 
 /// Settings of the TiKV transport, taken from [`Config`].
@@ -529,18 +528,13 @@ async fn unary<R: Runtime>(
         }
     }
     .await;
-    let outcome = match &result {
-        Ok(resp) => region_error(resp).map_or(Outcome::Ok, |e| Outcome::RegionError(label(e))),
-        Err(_) => Outcome::TransportError,
-    };
-    stats
-        .rpc
-        .record(kind, rt.now().saturating_duration_since(started), outcome);
+    let elapsed = rt.now().saturating_duration_since(started);
+    stats.rpc.record(kind, elapsed, Outcome::of(&result));
     Input::Tikv { id, result }
 }
 
-/// The caller of a batched request: where and under which id its completion goes.
-/// (request id, where its completion goes, its kind for [`TransportStats::rpc`]).
+/// The caller of a batched request: its id, where its completion goes, and its kind (a
+/// [`rpc::cmd_kind`]) for [`TransportStats::rpc`].
 type Token = (IoId, Inbox<Input>, u8);
 
 type Opening<R> = Pin<
@@ -786,13 +780,8 @@ impl<R: Runtime> StreamTask<R> {
                         }
                         r => r.map(TikvResponse::Cmd),
                     };
-                    let outcome = match &result {
-                        Ok(resp) => region_error(resp)
-                            .map_or(Outcome::Ok, |e| Outcome::RegionError(label(e))),
-                        Err(_) => Outcome::TransportError,
-                    };
                     let elapsed = now.saturating_duration_since(done.submitted);
-                    rpc_counts.record(usize::from(kind), elapsed, outcome);
+                    rpc_counts.record(usize::from(kind), elapsed, Outcome::of(&result));
                     // `now`, read at the top of this round, in which the reply was taken off
                     // the stream, stands for its arrival.
                     let _ = reply.push_at(Input::Tikv { id, result }, now);

@@ -118,7 +118,8 @@ fn non_empty(key: &Key, what: &str) -> Result<(), Error> {
     }
 }
 
-fn check_range(start: &Key, end: &Key) -> Result<(), Error> {
+/// An inverted range (`start` after a bounded `end`) is [`Error::InvalidArgument`].
+pub(crate) fn check_range(start: &Key, end: &Key) -> Result<(), Error> {
     if !end.is_empty() && start > end {
         return Err(Error::invalid(format!(
             "inverted range: start {start:?} is after end {end:?}"
