@@ -49,7 +49,26 @@ fn main() -> Result<(), Box<dyn Error>> {
     // reply crosses the client's queues and machines by pointer. One allocation per arm, made
     // where the message is built or decoded anyway.
     config.boxed(".tikvpb.BatchCommandsRequest.Request.cmd");
-    config.boxed(".tikvpb.BatchCommandsResponse.Response.cmd");
+    // Replies likewise, except the two the raw client's point operations receive most
+    // (`RawGet`, `RawPut`): small enough inline (the enum grows to their size, ~80 bytes),
+    // and a box for each would be an allocation per reply, made by the stream task and freed
+    // by the caller, a pattern the allocator's per-thread cache cannot serve.
+    let arms = oneof_arms(
+        &descriptors,
+        ".tikvpb.BatchCommandsResponse.Response",
+        "cmd",
+    );
+    if !UNBOXED_REPLY_ARMS
+        .iter()
+        .all(|a| arms.iter().any(|b| b == a))
+    {
+        return Err("tikvpb.BatchCommandsResponse.Response.cmd: arms not found".into());
+    }
+    for arm in arms {
+        if !UNBOXED_REPLY_ARMS.contains(&arm.as_str()) {
+            config.boxed(format!(".tikvpb.BatchCommandsResponse.Response.cmd.{arm}"));
+        }
+    }
 
     tonic_prost_build::configure()
         .build_client(client)
@@ -83,6 +102,45 @@ const BOXED_TYPES: &[&str] = &[
     ".kvrpcpb.SourceStmt",
     ".tracepb.TraceContext",
 ];
+
+/// The `BatchCommandsResponse.Response.cmd` arms generated inline (see `main`).
+const UNBOXED_REPLY_ARMS: &[&str] = &["RawGet", "RawPut"];
+
+/// The names of the fields of oneof `oneof` in message `message` (`.package.Message`).
+fn oneof_arms(set: &prost_types::FileDescriptorSet, message: &str, oneof: &str) -> Vec<String> {
+    fn find<'a>(
+        scope: &str,
+        messages: &'a [prost_types::DescriptorProto],
+        want: &str,
+    ) -> Option<&'a prost_types::DescriptorProto> {
+        messages.iter().find_map(|m| {
+            let name = format!("{scope}.{}", m.name());
+            if name == want {
+                Some(m)
+            } else {
+                find(&name, &m.nested_type, want)
+            }
+        })
+    }
+    let found = set.file.iter().find_map(|file| {
+        let scope = match file.package() {
+            "" => String::new(),
+            package => format!(".{package}"),
+        };
+        find(&scope, &file.message_type, message)
+    });
+    let Some(m) = found else {
+        return Vec::new();
+    };
+    let Some(index) = m.oneof_decl.iter().position(|o| o.name() == oneof) else {
+        return Vec::new();
+    };
+    m.field
+        .iter()
+        .filter(|f| f.oneof_index == Some(index as i32))
+        .map(|f| f.name().to_owned())
+        .collect()
+}
 
 /// The prost-build paths (`.package.Message.field`, `.package.Message.oneof.field`) of every
 /// singular field whose type is one of [`BOXED_TYPES`].

@@ -75,10 +75,10 @@ fn cmd(id: u64) -> TikvCmd {
 
 fn reply(id: u64) -> tikvpb::batch_commands_response::Response {
     tikvpb::batch_commands_response::Response {
-        cmd: Some(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+        cmd: Some(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
             value: Bytes::copy_from_slice(&id.to_be_bytes()),
             ..Default::default()
-        }))),
+        })),
     }
 }
 

@@ -119,10 +119,10 @@ fn response(kind: Kind, err: Option<errorpb::Error>) -> TikvResponse {
             region_error: err.map(Box::new),
             ..Default::default()
         })),
-        Kind::RawGet => TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+        Kind::RawGet => TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
             region_error: err.map(Box::new),
             ..Default::default()
-        })),
+        }),
         Kind::Prewrite => TikvCmdResponse::Prewrite(Box::new(kvrpcpb::PrewriteResponse {
             region_error: err.map(Box::new),
             ..Default::default()

@@ -31,7 +31,7 @@ macro_rules! tikv_rpcs {
             /// unary-only RPCs.
             pub fn into_batch(self) -> Option<BatchResp> {
                 match self {
-                    $(TikvResponse::$bvariant(r) => Some(BatchResp::$bvariant(Box::new(r))),)*
+                    $(TikvResponse::$bvariant(r) => Some(BatchResp::$bvariant(r.into())),)*
                     _ => None,
                 }
             }

@@ -224,8 +224,8 @@ async fn unary_and_batch_commands_agree() {
             }
         }
         use batch_commands_response::response::Cmd as A;
-        assert_eq!(got.remove(&10), Some(A::RawGet(Box::new(unary_get))));
-        assert_eq!(got.remove(&11), Some(A::RawGet(Box::new(unary_bad))));
+        assert_eq!(got.remove(&10), Some(A::RawGet(unary_get)));
+        assert_eq!(got.remove(&11), Some(A::RawGet(unary_bad)));
         assert_eq!(got.remove(&12), Some(A::RawScan(Box::new(unary_scan))));
         assert_eq!(got.remove(&13), Some(A::Get(Box::new(unary_txn_get))));
         assert_eq!(got.remove(&15), Some(A::Coprocessor(Box::new(unary_cop))));

@@ -125,10 +125,10 @@ impl Tikv for Fake {
                 resp.request_ids.push(id);
                 resp.responses
                     .push(tikvpb::batch_commands_response::Response {
-                        cmd: Some(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+                        cmd: Some(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
                             value: get.key,
                             ..Default::default()
-                        }))),
+                        })),
                     });
             }
             Ok(resp)

@@ -360,7 +360,7 @@ fn decode_plain_cmd(body: &Bytes) -> Option<crate::machine::TikvCmdResponse> {
         return None;
     }
     match key >> 3 {
-        RAW_PUT_ARM if len == 0 => Some(Cmd::RawPut(Box::default())),
+        RAW_PUT_ARM if len == 0 => Some(Cmd::RawPut(Default::default())),
         RAW_GET_ARM => {
             let mut resp = kvrpcpb::RawGetResponse::default();
             while !cur.is_empty() {
@@ -381,7 +381,7 @@ fn decode_plain_cmd(body: &Bytes) -> Option<crate::machine::TikvCmdResponse> {
                     _ => return None,
                 }
             }
-            Some(Cmd::RawGet(Box::new(resp)))
+            Some(Cmd::RawGet(resp))
         }
         _ => None,
     }
@@ -697,7 +697,7 @@ mod tests {
         use tikv_proto::errorpb;
         use tikv_proto::tikvpb::batch_commands_response::{Response, response::Cmd};
         let raw_get = |i: usize| Response {
-            cmd: Some(Cmd::RawGet(Box::new(kvrpcpb::RawGetResponse {
+            cmd: Some(Cmd::RawGet(kvrpcpb::RawGetResponse {
                 value: vec![b'v'; i].into(),
                 not_found: i.is_multiple_of(5),
                 error: if i % 7 == 3 {
@@ -711,17 +711,17 @@ mod tests {
                         ..Default::default()
                     })
                 }),
-            }))),
+            })),
         };
         let mut responses: Vec<Response> = (0..40).map(raw_get).collect();
         responses.push(Response {
-            cmd: Some(Cmd::RawPut(Box::default())),
+            cmd: Some(Cmd::RawPut(Default::default())),
         });
         responses.push(Response {
-            cmd: Some(Cmd::RawPut(Box::new(kvrpcpb::RawPutResponse {
+            cmd: Some(Cmd::RawPut(kvrpcpb::RawPutResponse {
                 error: "full".into(),
                 ..Default::default()
-            }))),
+            })),
         });
         responses.push(Response {
             cmd: Some(Cmd::Get(Box::new(kvrpcpb::GetResponse {

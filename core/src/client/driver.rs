@@ -23,7 +23,7 @@ use futures_lite::future;
 use super::sync::{Inbox, lock};
 use crate::error::Error;
 use crate::machine::queue::InlineQueue;
-use crate::machine::{Action, ActionQueue, Input, Operation, Shared};
+use crate::machine::{Action, Input, Operation, Shared};
 
 /// A completion the driver polls itself (a unary RPC or a PD call in flight).
 pub type LocalIo = Pin<Box<dyn Future<Output = Input> + Send + 'static>>;
@@ -149,8 +149,6 @@ where
         // is not part of the future's state across the wait below (the future is moved by
         // value before it is first polled: its size is copied each time).
         {
-            // Inline queue: an operation step usually emits one action.
-            let mut actions: ActionQueue = ActionQueue::new();
             let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
             let mut stale_reads: Vec<(u64, Option<u64>)> = Vec::new();
             let now = match (&step, st.arrived.take(), st.last_now) {
@@ -159,7 +157,7 @@ where
                 _ => dispatch.now(),
             };
             st.last_now = Some(now);
-            let (result, timeout) = {
+            {
                 let mut shared = lock(shared);
                 match step {
                     Step::Start => op.start(now, &mut shared),
@@ -178,17 +176,13 @@ where
                     }
                     Step::Timeout => op.handle_timeout(now, &mut shared),
                 }
-                while let Some(action) = op.poll_action() {
-                    actions.push_back(action);
-                }
                 if shared.stores.has_connection_closes() {
                     closes = shared.stores.take_connection_closes();
                 }
                 if shared.read_ts.has_stale_reads() {
                     stale_reads = shared.read_ts.take_stale_reads();
                 }
-                (op.poll_result(), op.poll_timeout())
-            };
+            }
             for address in closes.drain(..) {
                 dispatch.close_address(&address);
             }
@@ -196,7 +190,9 @@ where
                 dispatch.report_stale_read(read_ts, current);
             }
 
-            while let Some(action) = actions.pop_front() {
+            // The step's actions, taken from the machine with the shared state unlocked (the
+            // machine's queues are its own): each goes straight to the dispatcher.
+            while let Some(action) = op.poll_action() {
                 tracing::trace!(?action, "dispatch");
                 // Fire-and-forget actions (no id) complete nothing.
                 let completes = action.id().is_some();
@@ -206,6 +202,7 @@ where
                     None => {}
                 }
             }
+            let (result, timeout) = (op.poll_result(), op.poll_timeout());
             if let Some(result) = result {
                 // Late completions are refused by the closed inbox and dropped by their producer.
                 inbox.close();
@@ -357,10 +354,10 @@ mod tests {
                         let input = Input::Tikv {
                             id,
                             result: Ok(TikvResponse::Cmd(crate::machine::TikvCmdResponse::RawGet(
-                                Box::new(kvrpcpb::RawGetResponse {
+                                kvrpcpb::RawGetResponse {
                                     value: bytes::Bytes::from_static(b"v"),
                                     ..Default::default()
-                                }),
+                                },
                             ))),
                         };
                         // Delivered through the inbox, as a stream task would (the

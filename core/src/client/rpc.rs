@@ -108,7 +108,7 @@ macro_rules! cmd_table {
                 $(TikvCmd::$arm(r) => (
                     concat!("/tikvpb.Tikv/", $method),
                     encode(r),
-                    |b| Ok(TikvResponse::Cmd(TikvCmdResponse::$arm(Box::new(<$resp>::decode(b)?)))),
+                    |b| Ok(TikvResponse::Cmd(TikvCmdResponse::$arm(<$resp>::decode(b)?.into()))),
                 ),)*
                 TikvCmd::Empty(_) => return Err(Error::invalid(
                     "the empty batch command exists only on the BatchCommands stream",

@@ -1189,14 +1189,14 @@ fn v2_decodes_every_response() {
 
     // Region errors of the remaining raw responses.
     for resp in [
-        R::RawGet(Box::new(kvrpcpb::RawGetResponse {
+        R::RawGet(kvrpcpb::RawGetResponse {
             region_error: Some(Box::new(region_error())),
             ..Default::default()
-        })),
-        R::RawPut(Box::new(kvrpcpb::RawPutResponse {
+        }),
+        R::RawPut(kvrpcpb::RawPutResponse {
             region_error: Some(Box::new(region_error())),
             ..Default::default()
-        })),
+        }),
         R::RawDelete(Box::new(kvrpcpb::RawDeleteResponse {
             region_error: Some(Box::new(region_error())),
             ..Default::default()
@@ -1275,7 +1275,7 @@ fn v2_rejects_keys_outside_the_keyspace() {
     assert!(c.decode_response(&mut resp).is_err());
 
     // A malformed region key is an error even in EpochNotMatch.
-    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+    let mut resp = TikvResponse::Cmd(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
         region_error: Some(Box::new(errorpb::Error {
             epoch_not_match: Some(errorpb::EpochNotMatch {
                 current_regions: vec![metapb::Region {
@@ -1286,7 +1286,7 @@ fn v2_rejects_keys_outside_the_keyspace() {
             ..Default::default()
         })),
         ..Default::default()
-    })));
+    }));
     assert!(c.decode_response(&mut resp).is_err());
 }
 

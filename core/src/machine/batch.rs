@@ -1077,10 +1077,10 @@ mod tests {
 
     fn reply(value: &str) -> Response {
         Response {
-            cmd: Some(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+            cmd: Some(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
                 value: bytes::Bytes::copy_from_slice(value.as_bytes()),
                 ..Default::default()
-            }))),
+            })),
         }
     }
 

@@ -37,7 +37,21 @@ impl<T> InlineQueue<T> {
     }
 
     /// Appends `item` at the back.
+    #[inline]
     pub fn push_back(&mut self, item: T) {
+        if self.first.is_none() && self.rest.is_none() {
+            self.first = Some(item);
+        } else {
+            self.push_back_slow(item);
+        }
+    }
+
+    /// [`InlineQueue::push_back`] past the inline slot. Out of line and cold: the spill
+    /// path's `VecDeque` code would otherwise be inlined into every machine's hot path,
+    /// spreading it over more instruction-cache lines.
+    #[cold]
+    #[inline(never)]
+    fn push_back_slow(&mut self, item: T) {
         if self.first.is_none() && self.rest_is_empty() {
             self.first = Some(item);
         } else {
@@ -46,11 +60,21 @@ impl<T> InlineQueue<T> {
     }
 
     /// Removes the front item.
+    #[inline]
     pub fn pop_front(&mut self) -> Option<T> {
         match self.first.take() {
             Some(item) => Some(item),
-            None => self.rest.as_mut().and_then(VecDeque::pop_front),
+            None if self.rest.is_none() => None,
+            None => self.pop_front_slow(),
         }
+    }
+
+    /// [`InlineQueue::pop_front`] from the spilled items (see
+    /// [`InlineQueue::push_back_slow`]).
+    #[cold]
+    #[inline(never)]
+    fn pop_front_slow(&mut self) -> Option<T> {
+        self.rest.as_mut().and_then(VecDeque::pop_front)
     }
 
     /// Whether the queue is empty.

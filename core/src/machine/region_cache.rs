@@ -449,6 +449,31 @@ impl RegionCache {
     }
 
     /// The cached region holding `key` (by end key with `is_end_key`), valid or not.
+    /// [`RegionCache::search_ver`] with the entry found, borrowed for update: one probe of
+    /// the region map instead of a second one by version.
+    fn search_entry(
+        &mut self,
+        key: &[u8],
+        is_end_key: bool,
+    ) -> Option<(RegionVerId, &mut CachedRegion)> {
+        if is_end_key && key.is_empty() {
+            let ver = self.search_ver(key, is_end_key)?;
+            return self.regions.get_mut(&ver).map(|r| (ver, r));
+        }
+        let (_, ver) = self
+            .sorted
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .rev()
+            .find(|(start, _)| !(is_end_key && start.as_ref() == key))?;
+        let r = self.regions.get_mut(ver)?;
+        let hit = if is_end_key {
+            contains_by_end(r.start_key(), r.end_key(), key)
+        } else {
+            contains(r.start_key(), r.end_key(), key)
+        };
+        hit.then_some((*ver, r))
+    }
+
     fn search_ver(&self, key: &[u8], is_end_key: bool) -> Option<RegionVerId> {
         if is_end_key && key.is_empty() {
             self.sorted
@@ -488,10 +513,7 @@ impl RegionCache {
     pub fn lookup(&mut self, key: &[u8], is_end_key: bool, now: Instant, rng: &mut Rng) -> Lookup {
         // One probe of the region map: the TTL check and the flags on the same entry.
         let (ttl, jitter) = (self.ttl, self.ttl_jitter);
-        let entry = self
-            .search_ver(key, is_end_key)
-            .and_then(|ver| self.regions.get_mut(&ver).map(|r| (ver, r)));
-        match entry {
+        match self.search_entry(key, is_end_key) {
             None => Lookup::Miss,
             Some((ver, r)) => {
                 if !entry_ttl_ok(r, ttl, jitter, now, rng) {

@@ -414,13 +414,13 @@ pub(crate) fn ctx_of(req: &TikvRequest) -> kvrpcpb::Context {
 
 /// A `RawGet` reply.
 pub(crate) fn raw_get_ok(value: Option<&str>) -> TikvResponse {
-    TikvResponse::Cmd(TikvCmdResponse::RawGet(Box::new(kvrpcpb::RawGetResponse {
+    TikvResponse::Cmd(TikvCmdResponse::RawGet(kvrpcpb::RawGetResponse {
         value: value
             .map(|v| Bytes::copy_from_slice(v.as_bytes()))
             .unwrap_or_default(),
         not_found: value.is_none(),
         ..Default::default()
-    })))
+    }))
 }
 
 /// A reply of the same command as `req` carrying only `err` as its region error.
@@ -429,18 +429,18 @@ pub(crate) fn region_err_reply(req: &TikvRequest, err: tikv_proto::errorpb::Erro
     let e = Some(err);
     match req {
         TikvRequest::Cmd(cmd) => TikvResponse::Cmd(match cmd {
-            TikvCmd::RawGet(_) => R::RawGet(Box::new(kvrpcpb::RawGetResponse {
+            TikvCmd::RawGet(_) => R::RawGet(kvrpcpb::RawGetResponse {
                 region_error: e.map(Box::new),
                 ..Default::default()
-            })),
+            }),
             TikvCmd::RawBatchGet(_) => R::RawBatchGet(Box::new(kvrpcpb::RawBatchGetResponse {
                 region_error: e.map(Box::new),
                 ..Default::default()
             })),
-            TikvCmd::RawPut(_) => R::RawPut(Box::new(kvrpcpb::RawPutResponse {
+            TikvCmd::RawPut(_) => R::RawPut(kvrpcpb::RawPutResponse {
                 region_error: e.map(Box::new),
                 ..Default::default()
-            })),
+            }),
             TikvCmd::RawBatchPut(_) => R::RawBatchPut(Box::new(kvrpcpb::RawBatchPutResponse {
                 region_error: e.map(Box::new),
                 ..Default::default()
@@ -624,11 +624,11 @@ impl FakeKv {
                 }
                 self.served.push((store, "get", 1));
                 let v = self.data.get(&g.key);
-                TikvResponse::Cmd(R::RawGet(Box::new(kvrpcpb::RawGetResponse {
+                TikvResponse::Cmd(R::RawGet(kvrpcpb::RawGetResponse {
                     value: v.map(|x| x.0.clone()).unwrap_or_default(),
                     not_found: v.is_none(),
                     ..Default::default()
-                })))
+                }))
             }
             TikvRequest::Cmd(TikvCmd::RawBatchGet(g)) => {
                 if !g.keys.iter().all(|k| in_region(r, k)) {
