@@ -57,7 +57,9 @@ impl fmt::Display for KeyField<'_> {
 /// ```
 pub struct RawClient<R: Runtime> {
     cluster: Cluster<R>,
-    opts: RawOptions,
+    /// Shared by the clones of a client (a builder method copies them on write): a clone per
+    /// task then costs a reference count, and every operation reads the same warm bytes.
+    opts: std::sync::Arc<RawOptions>,
 }
 
 impl<R: Runtime> Clone for RawClient<R> {
@@ -103,7 +105,10 @@ impl<R: Runtime> RawClient<R> {
             atomic: cluster.config().atomic_for_cas,
             ..RawOptions::default()
         };
-        RawClient { cluster, opts }
+        RawClient {
+            cluster,
+            opts: std::sync::Arc::new(opts),
+        }
     }
 
     /// A handle on the cluster's PD: regions by key, id or range, stores, timestamps, with
@@ -127,7 +132,7 @@ impl<R: Runtime> RawClient<R> {
     /// default when empty).
     pub fn with_cf(&self, cf: impl Into<String>) -> Self {
         let mut c = self.clone();
-        c.opts.cf = cf.into();
+        std::sync::Arc::make_mut(&mut c.opts).cf = cf.into();
         c
     }
 
@@ -135,7 +140,7 @@ impl<R: Runtime> RawClient<R> {
     /// [`RawClient::compare_and_swap`]. Mirrors client-go `Client.SetAtomicForCAS`.
     pub fn with_atomic_for_cas(&self, atomic: bool) -> Self {
         let mut c = self.clone();
-        c.opts.atomic = atomic;
+        std::sync::Arc::make_mut(&mut c.opts).atomic = atomic;
         c
     }
 
@@ -145,14 +150,14 @@ impl<R: Runtime> RawClient<R> {
     /// for client-go's `Backoffer` (not "no retries").
     pub fn with_backoff_budget(&self, ms: u64) -> Self {
         let mut c = self.clone();
-        c.opts.budget_ms = Some(ms);
+        std::sync::Arc::make_mut(&mut c.opts).budget_ms = Some(ms);
         c
     }
 
     /// The same client with an RPC deadline of `timeout` (instead of `read_timeout_short`).
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         let mut c = self.clone();
-        c.opts.request.timeout = Some(timeout);
+        std::sync::Arc::make_mut(&mut c.opts).request.timeout = Some(timeout);
         c
     }
 
@@ -163,7 +168,9 @@ impl<R: Runtime> RawClient<R> {
     /// reached. client-go's resource control sets this field (`ResourceControlInterceptor`).
     pub fn with_override_priority(&self, priority: u64) -> Self {
         let mut c = self.clone();
-        c.opts.request.override_priority = priority;
+        std::sync::Arc::make_mut(&mut c.opts)
+            .request
+            .override_priority = priority;
         c
     }
 

@@ -825,8 +825,16 @@ impl RegionRequest {
     /// filled from the RPC context) and `tikvrpc.AttachContext`.
     fn prepare(&mut self, shared: &mut Shared, target: Target) -> Prepared {
         // (A taken template means a finished request, which takes no more steps.)
-        let mut request = match &self.request {
-            Some(template) => template.clone_reusing(&mut shared.spare_cmds),
+        // The copy becomes the template and the template's own allocation is sent: the two
+        // are equal, but a raw point request's template box came from a stream task that
+        // encoded it moments ago (see `SpentCmds`), while a pooled spare was last written a
+        // whole round of in-flight operations ago. The send writes the `Context` (~350
+        // bytes) into the box it sends, the template only its few fields.
+        let mut request = match self.request.as_mut() {
+            Some(template) => {
+                let copy = template.clone_reusing(&mut shared.spare_cmds);
+                std::mem::replace(template, copy)
+            }
             None => empty_request(),
         };
         if let Some(ctx) = context_mut(&mut request) {
