@@ -82,7 +82,9 @@ pub struct SingleRegion {
     /// The request; lent to the running [`RegionRequest`] and given back when it ends.
     template: Option<TikvRequest>,
     clamp: Clamp,
-    opts: RequestOptions,
+    /// The routing options; lent to the running request, and given back when a send fails
+    /// or must be repeated (a reply ends the plan and drops them).
+    opts: Option<RequestOptions>,
     bo: Option<Backoffer>,
     rng: Rng,
     /// The location step, boxed only while it waits for PD (a cache hit finishes at once and
@@ -91,11 +93,17 @@ pub struct SingleRegion {
     /// The request step; boxed so that the operation, moved into the caller's future, stays
     /// small.
     request: Option<Box<RegionRequest>>,
-    /// Where the running request was sent.
+    /// Where the running request was sent; kept with a successful result (see
+    /// [`SingleRegion::finish`]).
     location: Option<KeyLocation>,
     wake: Option<Instant>,
-    actions: ActionQueue,
-    result: Option<Result<Located, Error>>,
+    /// This plan's own actions (the locator's, and those a finished request left): none on
+    /// the common path (a running request's actions stay in it), so the queue is only
+    /// allocated when one comes. The plan lives in its operation's allocation, whose every
+    /// byte an operation in flight keeps in the cache.
+    actions: Option<Box<ActionQueue>>,
+    /// The outcome; a reply's location is `location`.
+    result: Option<Result<TikvResponse, Error>>,
     done: bool,
 }
 
@@ -115,17 +123,24 @@ impl SingleRegion {
             by_end,
             template: Some(request),
             clamp,
-            opts,
+            opts: Some(opts),
             bo: Some(backoffer),
             rng: Rng::new(0),
             locate: None,
             request: None,
             location: None,
             wake: None,
-            actions: ActionQueue::new(),
+            actions: None,
             result: None,
             done: false,
         }
+    }
+
+    /// Queues one of this plan's own actions (see [`SingleRegion::actions`]).
+    fn push_action(&mut self, action: Action) {
+        self.actions
+            .get_or_insert_with(Default::default)
+            .push_back(action);
     }
 
     /// The backoffer once the plan is finished (`None` while a step holds it).
@@ -133,13 +148,22 @@ impl SingleRegion {
         self.bo.as_ref()
     }
 
-    fn finish(&mut self, r: Result<Located, Error>) {
+    /// Ends the plan with `r`; a reply's location is `location`.
+    fn finish(&mut self, r: Result<(TikvResponse, KeyLocation), Error>) {
         self.done = true;
         self.locate = None;
         self.request = None;
-        self.location = None;
         self.wake = None;
-        self.result = Some(r);
+        self.result = Some(match r {
+            Ok((response, location)) => {
+                self.location = Some(location);
+                Ok(response)
+            }
+            Err(e) => {
+                self.location = None;
+                Err(e)
+            }
+        });
     }
 
     fn begin_locate(&mut self, now: Instant, shared: &mut Shared) {
@@ -155,7 +179,7 @@ impl SingleRegion {
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
         op.start_with_lookup(shared, rng, lookup);
         while let Some(a) = op.poll_action() {
-            self.actions.push_back(a);
+            self.push_action(a);
         }
         match op.poll_result() {
             Some(r) => {
@@ -187,7 +211,7 @@ impl SingleRegion {
         };
         apply_clamp(&mut req, &self.clamp, &loc);
         // Lent to the request, given back by `take_parts`.
-        let opts = std::mem::take(&mut self.opts);
+        let opts = self.opts.take().unwrap_or_default();
         // A finished request's allocation if one is pooled, else a new one written in place
         // (a region request is several hundred bytes).
         let boxed = match shared.region_requests.pop() {
@@ -213,7 +237,9 @@ impl SingleRegion {
         loop {
             if let Some(op) = self.locate.as_mut() {
                 while let Some(a) = op.poll_action() {
-                    self.actions.push_back(a);
+                    self.actions
+                        .get_or_insert_with(Default::default)
+                        .push_back(a);
                 }
                 let Some(r) = op.poll_result() else {
                     return;
@@ -230,24 +256,28 @@ impl SingleRegion {
                     return;
                 };
                 while let Some(a) = op.poll_action() {
-                    self.actions.push_back(a);
+                    self.actions
+                        .get_or_insert_with(Default::default)
+                        .push_back(a);
                 }
                 let mut op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");
                 let (mut bo, template, opts) = op.take_parts();
                 shared.region_requests.push(op);
-                self.opts = opts;
                 match r {
                     Ok(RegionOutcome::Response(response)) => {
+                        // Done: the options are not needed again.
+                        drop(opts);
                         self.bo = Some(bo);
                         // Done with the template: its allocation serves the next copies.
                         if let TikvRequest::Cmd(cmd) = template {
                             shared.spare_cmds.push(cmd);
                         }
-                        return self.finish(Ok(Located { response, location }));
+                        return self.finish(Ok((response, location)));
                     }
                     Ok(RegionOutcome::Resplit(e)) => {
                         self.template = Some(template);
+                        self.opts = Some(opts);
                         match may_backoff_for_region_error(&e, &mut bo, &mut self.rng) {
                             Ok(d) => {
                                 tracing::debug!(key = ?self.key, sleep_ms = d.as_millis() as u64, "re-locate after region error");
@@ -263,6 +293,7 @@ impl SingleRegion {
                     }
                     Err(e) => {
                         self.template = Some(template);
+                        self.opts = Some(opts);
                         self.bo = Some(bo);
                         return self.finish(Err(e));
                     }
@@ -311,7 +342,8 @@ impl Operation for SingleRegion {
 
     fn poll_action(&mut self) -> Option<Action> {
         self.actions
-            .pop_front()
+            .as_mut()
+            .and_then(|q| q.pop_front())
             .or_else(|| self.request.as_mut().and_then(|op| op.poll_action()))
     }
 
@@ -326,7 +358,13 @@ impl Operation for SingleRegion {
     }
 
     fn poll_result(&mut self) -> Option<Result<Located, Error>> {
-        self.result.take()
+        let r = self.result.take()?;
+        Some(r.and_then(|response| match self.location.take() {
+            Some(location) => Ok(Located { response, location }),
+            None => Err(Error::Internal(
+                "single-region reply without its location".into(),
+            )),
+        }))
     }
 }
 

@@ -397,6 +397,26 @@ fn patch_request_source(
     out
 }
 
+/// A [`RegionRequest`]'s store-address resolution (see `RegionRequest::resolve_stores`).
+#[derive(Debug, Default)]
+struct StoreResolve {
+    /// `GetStore` calls in flight: their ids and stores.
+    pending: Vec<(IoId, u64)>,
+    /// The first failure to resolve a store that had no address.
+    failed: Option<Error>,
+    /// Stores whose re-check failed: they keep their address and are not checked again by
+    /// this request.
+    skip: Vec<u64>,
+}
+
+impl StoreResolve {
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.failed = None;
+        self.skip.clear();
+    }
+}
+
 /// Progress of the read-timestamp validation before the first send.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum TsCheck {
@@ -441,9 +461,9 @@ pub struct RegionRequest {
     actions: ActionQueue,
     result: Option<Result<RegionOutcome, Error>>,
     send_times: u32,
-    resolving: Vec<(IoId, u64)>,
-    resolve_failed: Option<Error>,
-    resolve_skip: Vec<u64>,
+    /// Store-address resolution in progress; allocated by the first request that needs one
+    /// and kept with the pooled request (most never do).
+    resolve: Option<Box<StoreResolve>>,
     inflight: Option<Inflight>,
     wake: Option<(Instant, Wake)>,
     done: bool,
@@ -492,9 +512,7 @@ impl RegionRequest {
             actions: ActionQueue::new(),
             result: None,
             send_times: 0,
-            resolving: Vec::new(),
-            resolve_failed: None,
-            resolve_skip: Vec::new(),
+            resolve: None,
             inflight: None,
             wake: None,
             done: false,
@@ -530,9 +548,7 @@ impl RegionRequest {
             actions,
             result,
             send_times,
-            resolving,
-            resolve_failed,
-            resolve_skip,
+            resolve,
             inflight,
             wake,
             done,
@@ -554,9 +570,9 @@ impl RegionRequest {
         actions.clear();
         *result = None;
         *send_times = 0;
-        resolving.clear();
-        *resolve_failed = None;
-        resolve_skip.clear();
+        if let Some(r) = resolve {
+            r.clear();
+        }
         *inflight = None;
         *wake = None;
         *done = false;
@@ -639,7 +655,9 @@ impl RegionRequest {
     fn finish(&mut self, result: Result<RegionOutcome, Error>) {
         self.inflight = None;
         self.wake = None;
-        self.resolving.clear();
+        if let Some(r) = &mut self.resolve {
+            r.pending.clear();
+        }
         self.done = true;
         self.result = Some(result);
     }
@@ -950,12 +968,17 @@ impl RegionRequest {
         }
     }
 
+    /// Whether store addresses are being fetched.
+    fn resolving(&self) -> bool {
+        self.resolve.as_ref().is_some_and(|r| !r.pending.is_empty())
+    }
+
     /// Issues `GetStore` for every replica store that is unresolved or marked `NeedCheck`.
     /// Returns whether the request must wait for them. Mirrors client-go `Store.initResolve`
     /// (done by `newRegion` before a region is used) and the re-resolution of `needCheck`
     /// stores.
     fn resolve_stores(&mut self, shared: &mut Shared) -> bool {
-        if !self.resolving.is_empty() {
+        if self.resolving() {
             return true;
         }
         let Some(sel) = &self.selector else {
@@ -963,7 +986,10 @@ impl RegionRequest {
         };
         let mut ids: Vec<u64> = sel
             .store_ids()
-            .filter(|id| shared.stores.needs_resolve(*id) && !self.resolve_skip.contains(id))
+            .filter(|id| {
+                shared.stores.needs_resolve(*id)
+                    && !self.resolve.as_ref().is_some_and(|r| r.skip.contains(id))
+            })
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -977,9 +1003,12 @@ impl RegionRequest {
                     store_id,
                 })),
             });
-            self.resolving.push((id, store_id));
+            self.resolve
+                .get_or_insert_with(Default::default)
+                .pending
+                .push((id, store_id));
         }
-        !self.resolving.is_empty()
+        self.resolving()
     }
 
     fn on_store_resolved(
@@ -1030,16 +1059,19 @@ impl RegionRequest {
                     // A failed re-check keeps the old address, like client-go's background
                     // re-resolve.
                     tracing::warn!(store = store_id, error = %e, "store re-check failed; keep its address");
-                    self.resolve_skip.push(store_id);
+                    self.resolve
+                        .get_or_insert_with(Default::default)
+                        .skip
+                        .push(store_id);
                 } else {
-                    self.resolve_failed = Some(e);
+                    self.resolve.get_or_insert_with(Default::default).failed = Some(e);
                 }
             }
         }
-        if !self.resolving.is_empty() {
+        if self.resolving() {
             return;
         }
-        match self.resolve_failed.take() {
+        match self.resolve.as_mut().and_then(|r| r.failed.take()) {
             Some(e) => self.backoff_then(now, shared, BackoffKind::PdRpc, e, Wake::Step),
             None => self.step(now, shared),
         }
@@ -1373,10 +1405,13 @@ impl Operation for RegionRequest {
         }
         match input {
             Input::Pd { id, result } => {
-                let Some(pos) = self.resolving.iter().position(|(i, _)| *i == id) else {
+                let Some(r) = self.resolve.as_mut() else {
                     return;
                 };
-                let (_, store_id) = self.resolving.remove(pos);
+                let Some(pos) = r.pending.iter().position(|(i, _)| *i == id) else {
+                    return;
+                };
+                let (_, store_id) = r.pending.remove(pos);
                 self.on_store_resolved(now, shared, store_id, result);
             }
             Input::Tikv { id, result } => {
