@@ -13,8 +13,11 @@ use std::collections::VecDeque;
 pub struct InlineQueue<T> {
     first: Option<T>,
     /// The overflow, created on the first spill: an empty `VecDeque` still costs a call to
-    /// drop, and every machine layer and step owns a queue.
-    rest: Option<VecDeque<T>>,
+    /// drop, and every machine layer and step owns a queue. Boxed: a pointer instead of a
+    /// `VecDeque`'s four words in every machine that holds a queue.
+    // A box of a collection on purpose: one word in the queue, the collection only on a spill.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<T>>>,
 }
 
 impl<T> Default for InlineQueue<T> {
@@ -33,7 +36,7 @@ impl<T> InlineQueue<T> {
     }
 
     fn rest_is_empty(&self) -> bool {
-        self.rest.as_ref().is_none_or(VecDeque::is_empty)
+        self.rest.as_deref().is_none_or(VecDeque::is_empty)
     }
 
     /// Appends `item` at the back.
@@ -55,7 +58,9 @@ impl<T> InlineQueue<T> {
         if self.first.is_none() && self.rest_is_empty() {
             self.first = Some(item);
         } else {
-            self.rest.get_or_insert_with(VecDeque::new).push_back(item);
+            self.rest
+                .get_or_insert_with(Default::default)
+                .push_back(item);
         }
     }
 
@@ -74,7 +79,7 @@ impl<T> InlineQueue<T> {
     #[cold]
     #[inline(never)]
     fn pop_front_slow(&mut self) -> Option<T> {
-        self.rest.as_mut().and_then(VecDeque::pop_front)
+        self.rest.as_deref_mut().and_then(VecDeque::pop_front)
     }
 
     /// Whether the queue is empty.
@@ -84,7 +89,7 @@ impl<T> InlineQueue<T> {
 
     /// Number of queued items.
     pub fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.as_ref().map_or(0, VecDeque::len)
+        usize::from(self.first.is_some()) + self.rest.as_deref().map_or(0, VecDeque::len)
     }
 
     /// Removes every item.
@@ -97,7 +102,9 @@ impl<T> InlineQueue<T> {
 
     /// The items, front to back.
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
-        self.first.iter().chain(self.rest.iter().flatten())
+        self.first
+            .iter()
+            .chain(self.rest.as_deref().into_iter().flatten())
     }
 
     /// Removes and yields every item, front to back.

@@ -465,7 +465,8 @@ pub struct RegionRequest {
     /// and kept with the pooled request (most never do).
     resolve: Option<Box<StoreResolve>>,
     inflight: Option<Inflight>,
-    wake: Option<(Instant, Wake)>,
+    /// A backoff sleep in progress (boxed: rare, and the request is kept small).
+    wake: Option<Box<(Instant, Wake)>>,
     done: bool,
     ts_check: TsCheck,
     /// The read type of the first attempt, kept for the retry labels of the request source.
@@ -680,7 +681,7 @@ impl RegionRequest {
         if d.is_zero() {
             self.wake_up(now, shared, wake);
         } else {
-            self.wake = Some((now + d, wake));
+            self.wake = Some(Box::new((now + d, wake)));
         }
     }
 
@@ -1505,10 +1506,10 @@ impl Operation for RegionRequest {
     }
 
     fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
-        if let Some((at, _)) = &self.wake
-            && now >= *at
-            && let Some((_, wake)) = self.wake.take()
+        if self.wake.as_ref().is_some_and(|w| now >= w.0)
+            && let Some(w) = self.wake.take()
         {
+            let (_, wake) = *w;
             self.wake_up(now, shared, wake);
         }
     }
@@ -1518,9 +1519,7 @@ impl Operation for RegionRequest {
     }
 
     fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        self.wake
-            .as_ref()
-            .map(|(at, _)| (*at, "region request backoff"))
+        self.wake.as_ref().map(|w| (w.0, "region request backoff"))
     }
 
     fn poll_result(&mut self) -> Option<Result<RegionOutcome, Error>> {
