@@ -13,6 +13,7 @@
 //! stream, replies routed back by id, nothing else), for raw gets only. Run interleaved with
 //! the default (`--client tikv`), it tells how far the client is from the floor at the same
 //! moment, which the host's changing speed makes hard to tell from absolute figures.
+//! `benches/compare_floor.sh [ROUNDS]` runs that alternation and prints the means and ratio.
 //! `RAW_BENCH_ONLY=get:N` (or `put:N`) runs one cell, at any concurrency `N`.
 //!
 //! `--mockstore-cpus 1` runs the mockstore under `taskset -c 1`; with the client started as
