@@ -1132,6 +1132,47 @@ pub async fn pd_handle_answers_regions_and_stores<R: Runtime>() {
     let t2 = pd.timestamp().await.unwrap();
     assert!(t2 > t1);
 
+    // Buckets come from the region cache (client-go `KeyLocation.LocateBucket`): nothing
+    // before a request locates the key (the PD handle's answers are not cached); then the
+    // region, which the mockstore reports without buckets, is one bucket.
+    assert_eq!(client.cluster().locate_bucket(b"m"), None);
+    client.get("m").await.unwrap();
+    let bucket = client
+        .cluster()
+        .locate_bucket(b"m")
+        .expect("m's region is cached");
+    assert_eq!((bucket.start_key, bucket.end_key), (b("h"), b("q")));
+    assert_eq!(
+        client.cluster().locate_bucket(b"z"),
+        None,
+        "q.. is not cached"
+    );
+    // client-go `UpdateBucketsIfNeeded`: a reload from PD only when a reply reported newer
+    // buckets than the cached ones (the mockstore's regions have none: version 0).
+    let ver = tikv_core::machine::region_cache::RegionVerId::of(&middle.meta);
+    // The mockstore's count of this one method: the client's background tasks make other
+    // PD calls, never this one.
+    let calls = || mock.cluster().pd_requests("GetRegionByID");
+    let before = calls();
+    let cluster = client.cluster();
+    assert!(!cluster.update_buckets_if_needed(ver, 0, 0).await.unwrap());
+    assert_eq!(calls(), before, "nothing newer: no PD call");
+    let unknown = tikv_core::machine::region_cache::RegionVerId { id: 987_654, ..ver };
+    assert!(
+        !cluster
+            .update_buckets_if_needed(unknown, 0, 9)
+            .await
+            .unwrap()
+    );
+    assert!(cluster.update_buckets_if_needed(ver, 0, 9).await.unwrap());
+    assert_eq!(calls(), before + 1, "one GetRegionByID");
+    assert_eq!(
+        cluster
+            .locate_bucket(b"m")
+            .map(|b| (b.start_key, b.end_key)),
+        Some((b("h"), b("q")))
+    );
+
     // API V2, keyspace DEFAULT: PD's keys carry the keyspace prefix, the handle's do not.
     let mock = Mock::start(MockCluster::builder().api_version(MockApi::V2));
     let mut config = test_config();

@@ -301,6 +301,54 @@ impl<R: Runtime> Cluster<R> {
         self.inner.tikv.take_raw_put()
     }
 
+    /// The bucket of the cached region holding `key` (a user key), from the bucket split keys
+    /// TiKV reports with the region; a region cached without buckets is one bucket. `None`
+    /// when no cached region holds `key`: this reads the region cache only, so locate the key
+    /// first (any request to it does). Mirrors client-go `KeyLocation.LocateBucket`.
+    ///
+    /// ```no_run
+    /// # fn demo<R: tikv_core::client::Runtime>(cluster: &tikv_core::client::Cluster<R>) {
+    /// if let Some(bucket) = cluster.locate_bucket(b"user/42") {
+    ///     println!("[{:?}, {:?})", bucket.start_key, bucket.end_key);
+    /// }
+    /// # }
+    /// ```
+    pub fn locate_bucket(&self, key: &[u8]) -> Option<crate::machine::region_cache::Bucket> {
+        self.with_shared(|s| s.regions.locate_bucket(key))
+    }
+
+    /// Reloads region `region` from PD when a reply reported buckets newer than the cached
+    /// ones: `latest_buckets_version` above the cached version, and the cached version not
+    /// already past `request_buckets_version` (the version the request was sent with; 0:
+    /// unknown). Returns whether a reload was made; a region not cached at that version is
+    /// left alone, and when PD fails the cached entry stays, flagged to be reloaded on its
+    /// next access. Mirrors client-go `RegionCache.UpdateBucketsIfNeeded`, run here in the
+    /// caller's task instead of a background goroutine (spawn it to keep it off a hot path).
+    pub async fn update_buckets_if_needed(
+        &self,
+        region: crate::machine::region_cache::RegionVerId,
+        request_buckets_version: u64,
+        latest_buckets_version: u64,
+    ) -> Result<bool, Error> {
+        let Some(cached) = self.with_shared(|s| s.regions.buckets_version(region)) else {
+            return Ok(false);
+        };
+        if request_buckets_version != 0 && request_buckets_version < cached {
+            return Ok(false);
+        }
+        if cached >= latest_buckets_version {
+            return Ok(false);
+        }
+        // client-go's backoff budget for the reload (`retry.NewBackofferWithVars(ctx,
+        // 20000, nil)`).
+        let op = crate::machine::locate::LocateRegionById::reload(
+            region.id,
+            crate::machine::backoff::Backoffer::new(20_000),
+        );
+        self.run(op).await?;
+        Ok(true)
+    }
+
     /// A handle on the cluster's PD, for direct region and store queries (client-go
     /// `KVStore.GetPDClient`); see [`PdHandle`](super::PdHandle).
     pub fn pd(&self) -> super::PdHandle<R> {

@@ -567,6 +567,8 @@ impl Operation for GroupKeys {
 #[derive(Debug)]
 pub struct LocateRegionById {
     id: u64,
+    /// Load from PD even when the cache holds the region ([`LocateRegionById::reload`]).
+    force: bool,
     backoffer: Backoffer,
     rng: Rng,
     stale: Option<KeyLocation>,
@@ -582,6 +584,7 @@ impl LocateRegionById {
     pub fn new(id: u64, backoffer: Backoffer) -> Self {
         LocateRegionById {
             id,
+            force: false,
             backoffer,
             rng: Rng::new(0),
             stale: None,
@@ -590,6 +593,17 @@ impl LocateRegionById {
             actions: ActionQueue::new(),
             result: None,
             done: false,
+        }
+    }
+
+    /// Loads region `id` from PD whatever the cache holds, and caches PD's answer (a cached
+    /// version of the region is kept, and given back, only if the load fails). Mirrors the
+    /// reload client-go `RegionCache.UpdateBucketsIfNeeded` starts (`loadRegionByID`, then
+    /// `insertRegionToCache`).
+    pub fn reload(id: u64, backoffer: Backoffer) -> Self {
+        LocateRegionById {
+            force: true,
+            ..Self::new(id, backoffer)
         }
     }
 
@@ -641,6 +655,10 @@ impl Operation for LocateRegionById {
     fn start(&mut self, now: Instant, shared: &mut Shared) {
         self.rng = shared.rng.fork();
         match shared.regions.lookup_id(self.id, now, &mut self.rng) {
+            Lookup::Hit(loc) if self.force => {
+                self.stale = Some(loc);
+                self.load(shared);
+            }
             Lookup::Hit(loc) => self.finish(Ok(loc)),
             Lookup::Reload { stale } => {
                 self.stale = Some(stale);
@@ -1640,6 +1658,78 @@ mod tests {
             h.run(&mut missing, |a, _| by_id(&mut pd, a)),
             Err(Error::Pd(_))
         ));
+    }
+
+    /// The reload behind client-go `RegionCache.UpdateBucketsIfNeeded`: PD is asked even
+    /// though the region is cached, and its answer (here with buckets) replaces the entry; a
+    /// failed reload gives back the cached entry.
+    #[test]
+    fn reload_by_id_asks_pd_even_when_cached() {
+        let mut pd = FakePd::split(1, &["m"]);
+        pd.regions[1].meta.id = 42;
+        let mut h = Harness::new();
+        let loc = h
+            .run(&mut LocateRegionById::new(42, Backoffer::new(0)), |a, _| {
+                by_id(&mut pd, a)
+            })
+            .unwrap();
+        assert_eq!(h.shared.regions.buckets_version(loc.region), Some(0));
+
+        let mut asked = 0;
+        let with_buckets = |a: &Action| {
+            let Action::Pd {
+                id,
+                request: PdRequest::GetRegionById(r),
+            } = a
+            else {
+                panic!("unexpected {a:?}");
+            };
+            let found = pd.regions.iter().find(|x| x.meta.id == r.region_id);
+            crate::machine::testkit::Reply::Now(Input::Pd {
+                id: *id,
+                result: Ok(PdResponse::Region(Box::new(pdpb::GetRegionResponse {
+                    region: found.map(|x| x.meta.clone()),
+                    leader: found.map(|x| x.meta.peers[0]),
+                    buckets: Some(tikv_proto::metapb::Buckets {
+                        region_id: r.region_id,
+                        version: 7,
+                        keys: vec![Bytes::from_static(b"m"), Bytes::from_static(b"t")],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }))),
+            })
+        };
+        let reloaded = h
+            .run(
+                &mut LocateRegionById::reload(42, Backoffer::new(0)),
+                |a, _| {
+                    asked += 1;
+                    with_buckets(a)
+                },
+            )
+            .unwrap();
+        assert_eq!(asked, 1, "PD was asked although the region was cached");
+        assert_eq!(reloaded.region, loc.region);
+        assert_eq!(h.shared.regions.buckets_version(loc.region), Some(7));
+        assert_eq!(
+            h.shared.regions.locate_bucket(b"p").map(|b| b.end_key),
+            Some(Bytes::from_static(b"t"))
+        );
+
+        // PD failing: the cached entry comes back.
+        let failed = h
+            .run(
+                &mut LocateRegionById::reload(42, Backoffer::new(0)),
+                |a, _| {
+                    crate::machine::testkit::Reply::Now(Input::Pd {
+                        id: a.id().expect("a PD call"),
+                        result: Err(Error::Pd("unavailable".into())),
+                    })
+                },
+            )
+            .unwrap();
+        assert_eq!(failed, reloaded);
     }
 
     fn by_id(pd: &mut FakePd, a: &Action) -> crate::machine::testkit::Reply {

@@ -103,6 +103,96 @@ impl KeyLocation {
     }
 }
 
+/// A bucket of a region: a sub-range of it, from the split points TiKV reports with the
+/// region (`metapb::Buckets`), which lets a caller divide a region's work further. Mirrors
+/// client-go `locate.Bucket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// Inclusive start key (empty: unbounded).
+    pub start_key: Key,
+    /// Exclusive end key (empty: unbounded).
+    pub end_key: Key,
+}
+
+impl Bucket {
+    /// `start <= key < end`. Mirrors client-go `Bucket.Contains`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        contains(&self.start_key, &self.end_key, key)
+    }
+}
+
+/// The bucket holding `key` in the region `[start, end)` whose bucket split keys are `keys`
+/// (sorted; TiKV includes the region's own bounds, but a stale set may not cover the region),
+/// clamped to the region; `None` when the region does not hold `key`. Where the keys leave a
+/// gap at either end of the region, the gap is one bucket. Mirrors client-go
+/// `KeyLocation.LocateBucket` (with `locateBucket` and `clampBucketToRegion`), except that
+/// keys out of order give `None` where client-go panics.
+pub fn locate_bucket(start: &Key, end: &Key, keys: &[Key], key: &[u8]) -> Option<Bucket> {
+    if let Some(found) = bucket_among(keys, key) {
+        return Some(clamp_bucket(start, end, found));
+    }
+    if !contains(start, end, key) {
+        return None;
+    }
+    let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+        // No split keys: the region is one bucket.
+        return Some(Bucket {
+            start_key: start.clone(),
+            end_key: end.clone(),
+        });
+    };
+    if key < first.as_ref() {
+        return Some(Bucket {
+            start_key: start.clone(),
+            end_key: first.clone(),
+        });
+    }
+    if last.as_ref() <= key {
+        return Some(Bucket {
+            start_key: last.clone(),
+            end_key: end.clone(),
+        });
+    }
+    None
+}
+
+/// The bucket `[keys[i - 1], keys[i])` holding `key`, if the split keys cover it (client-go
+/// `locateBucket`): not before the first key, and not at or past a non-empty last key.
+fn bucket_among(keys: &[Key], key: &[u8]) -> Option<Bucket> {
+    let last = keys.len().checked_sub(1)?;
+    // The first split key above `key` among all but the last.
+    let i = keys[..last].partition_point(|k| k.as_ref() <= key);
+    if i == 0 || (i == last && !keys[last].is_empty() && key >= keys[last].as_ref()) {
+        return None;
+    }
+    Some(Bucket {
+        start_key: keys[i - 1].clone(),
+        end_key: keys[i].clone(),
+    })
+}
+
+/// `bucket` cut to the region `[start, end)` (the empty end key meaning +∞); the region itself
+/// when nothing would be left. Mirrors client-go `KeyLocation.clampBucketToRegion`.
+fn clamp_bucket(start: &Key, end: &Key, bucket: Bucket) -> Bucket {
+    let start_key = if bucket.start_key < *start {
+        start.clone()
+    } else {
+        bucket.start_key
+    };
+    let end_key = if !end.is_empty() && (bucket.end_key.is_empty() || bucket.end_key > *end) {
+        end.clone()
+    } else {
+        bucket.end_key
+    };
+    if !end_key.is_empty() && start_key >= end_key {
+        return Bucket {
+            start_key: start.clone(),
+            end_key: end.clone(),
+        };
+    }
+    Bucket { start_key, end_key }
+}
+
 fn contains(start: &[u8], end: &[u8], key: &[u8]) -> bool {
     start <= key && (end.is_empty() || key < end)
 }
@@ -563,6 +653,25 @@ impl RegionCache {
         Some(r.location())
     }
 
+    /// The buckets version of the cached region `ver` (0: cached without buckets); `None` when
+    /// that version of the region is not cached.
+    pub fn buckets_version(&self, ver: RegionVerId) -> Option<u64> {
+        self.regions
+            .get(&ver)
+            .map(|r| r.buckets.as_ref().map_or(0, |b| b.version))
+    }
+
+    /// The bucket of the cached region holding `key` (see [`locate_bucket`]); `None` when no
+    /// cached region holds it. A region cached without buckets is one bucket. Reads the cache
+    /// only (no TTL extension, no load). Mirrors client-go `KeyLocation.LocateBucket` on the
+    /// location `TryLocateKey` gives.
+    pub fn locate_bucket(&self, key: &[u8]) -> Option<Bucket> {
+        let ver = self.search_ver(key, false)?;
+        let r = self.regions.get(&ver)?;
+        let keys = r.buckets.as_ref().map_or(&[][..], |b| &b.keys[..]);
+        locate_bucket(r.start_key(), r.end_key(), keys, key)
+    }
+
     /// Re-flags a region whose reload failed, so the next access tries again. Mirrors the
     /// error branch of client-go `findRegionByKey`.
     pub fn mark_reload_on_access(&mut self, ver: RegionVerId) {
@@ -1014,6 +1123,149 @@ pub(crate) mod tests {
         c.apply_pd_region(pd(r, 1), true, &raw_v1(), s, now, rng)
             .unwrap()
             .1
+    }
+
+    fn k(s: &[u8]) -> Key {
+        Bytes::copy_from_slice(s)
+    }
+
+    /// Ported from client-go `TestLocateBucket`.
+    #[test]
+    fn locate_bucket_covers_the_region_with_and_without_gaps() {
+        // Split keys spanning the whole region ["", "d"): every key of it has its bucket.
+        let (start, end) = (k(b""), k(b"d"));
+        let keys = [k(b""), k(b"a"), k(b"b"), k(b"d")];
+        for key in [&b""[..], b"\x60", b"a", b"a0", b"b", b"c"] {
+            let b = bucket_among(&keys, key).expect("covered");
+            assert!(b.contains(key), "{key:?} in {b:?}");
+            assert_eq!(locate_bucket(&start, &end, &keys, key), Some(b));
+        }
+        assert_eq!(
+            locate_bucket(&start, &end, &keys, b"a0"),
+            Some(Bucket {
+                start_key: k(b"a"),
+                end_key: k(b"b"),
+            })
+        );
+        // Stale split keys leaving gaps before "a" and after "b": the split keys alone place
+        // nothing there, the region's bounds close the gaps.
+        let keys = [k(b"a"), k(b"b")];
+        for key in [&b"\x60"[..], b"c"] {
+            assert_eq!(bucket_among(&keys, key), None);
+            let b = locate_bucket(&start, &end, &keys, key).expect("the region holds it");
+            assert!(b.contains(key), "{key:?} in {b:?}");
+        }
+        assert_eq!(
+            locate_bucket(&start, &end, &keys, b"c"),
+            Some(Bucket {
+                start_key: k(b"b"),
+                end_key: k(b"d"),
+            })
+        );
+        // Outside the region: none. No split keys: the region is one bucket.
+        assert_eq!(locate_bucket(&start, &end, &keys, b"e"), None);
+        assert_eq!(
+            locate_bucket(&k(b"b"), &k(b"x"), &[], b"c"),
+            Some(Bucket {
+                start_key: k(b"b"),
+                end_key: k(b"x"),
+            })
+        );
+    }
+
+    /// Ported from client-go `TestBucketClampingToRegion`: `(region start, region end,
+    /// bucket start, bucket end, clamped start, clamped end)`.
+    #[test]
+    fn bucket_clamping_to_region() {
+        let cases: [(&str, &str, &str, &str, &str, &str); 11] = [
+            ("a", "z", "f", "m", "f", "m"),
+            ("f", "z", "a", "m", "f", "m"),
+            ("a", "m", "f", "z", "f", "m"),
+            ("f", "m", "a", "z", "f", "m"),
+            ("", "m", "a", "f", "a", "f"),
+            ("m", "z", "a", "f", "m", "z"),
+            ("f", "z", "", "m", "f", "m"),
+            ("a", "m", "f", "", "f", "m"),
+            ("", "z", "", "m", "", "m"),
+            ("a", "", "f", "", "f", ""),
+            ("f", "m", "", "", "f", "m"),
+        ];
+        for (rs, re, bs, be, ws, we) in cases {
+            let got = clamp_bucket(
+                &k(rs.as_bytes()),
+                &k(re.as_bytes()),
+                Bucket {
+                    start_key: k(bs.as_bytes()),
+                    end_key: k(be.as_bytes()),
+                },
+            );
+            assert_eq!(
+                (got.start_key.as_ref(), got.end_key.as_ref()),
+                (ws.as_bytes(), we.as_bytes()),
+                "region [{rs}, {re}), bucket [{bs}, {be})"
+            );
+        }
+        // An unbounded region leaves any bucket as it is.
+        let b = clamp_bucket(
+            &k(b""),
+            &k(b""),
+            Bucket {
+                start_key: k(b"a"),
+                end_key: k(b"z"),
+            },
+        );
+        assert_eq!(
+            (b.start_key.as_ref(), b.end_key.as_ref()),
+            (&b"a"[..], &b"z"[..])
+        );
+    }
+
+    #[test]
+    fn cached_region_locates_buckets_from_its_split_keys() {
+        let now = crate::machine::testkit::origin();
+        let mut rng = Rng::new(1);
+        let mut s = StoreCache::default();
+        let mut c = RegionCache::default();
+        assert_eq!(c.locate_bucket(b"b"), None, "nothing cached");
+        let mut with_buckets = pd(region(1, "a", "m", 1, &[(11, 1)]), 1);
+        with_buckets.buckets = Some(metapb::Buckets {
+            region_id: 1,
+            version: 3,
+            keys: vec![k(b"a"), k(b"f"), k(b"m")],
+            ..Default::default()
+        });
+        c.apply_pd_region(with_buckets, true, &raw_v1(), &mut s, now, &mut rng)
+            .unwrap();
+        assert_eq!(
+            c.locate_bucket(b"g"),
+            Some(Bucket {
+                start_key: k(b"f"),
+                end_key: k(b"m"),
+            })
+        );
+        assert_eq!(
+            c.locate_bucket(b"a"),
+            Some(Bucket {
+                start_key: k(b"a"),
+                end_key: k(b"f"),
+            })
+        );
+        assert_eq!(c.locate_bucket(b"z"), None, "outside every cached region");
+        // A region cached without buckets is one bucket.
+        put(
+            &mut c,
+            &mut s,
+            region(2, "m", "t", 1, &[(21, 1)]),
+            now,
+            &mut rng,
+        );
+        assert_eq!(
+            c.locate_bucket(b"p"),
+            Some(Bucket {
+                start_key: k(b"m"),
+                end_key: k(b"t"),
+            })
+        );
     }
 
     #[test]
