@@ -159,22 +159,24 @@ async fn shared_lock_block_exclusive_lock<R: Runtime>() {
             txn3.lock_keys([key.clone()], exclusive()).await.unwrap();
             *released.lock().unwrap()
         };
+        // Each holder's release is counted as it starts: the server may grant txn3's lock, and
+        // txn3 see it, before the releasing transaction's own reply comes back.
         let release = async {
             wait_until(&client, || waiters(&mock) == 1).await;
+            *released.lock().unwrap() = 1;
             if commit {
                 txn1.commit().await.unwrap();
             } else {
                 txn1.rollback().await.unwrap();
             }
-            *released.lock().unwrap() = 1;
             assert_eq!(holders(&mock, &key).0, vec![txn2.start_ts().version()]);
             assert_eq!(waiters(&mock), 1, "one holder is left: still waiting");
+            *released.lock().unwrap() = 2;
             if commit {
                 txn2.commit().await.unwrap();
             } else {
                 txn2.rollback().await.unwrap();
             }
-            *released.lock().unwrap() = 2;
         };
         let (released_when_locked, ()) = future::zip(lock3, release).await;
         assert_eq!(
