@@ -280,7 +280,8 @@ pub struct Config {
     pub enable_ts_validation: bool,
     /// Talk to a next-generation TiKV (client-go's `nextgen` build, `config.NextGen`, off):
     /// replica and stale reads are turned off, every read goes to the leader without a busy
-    /// threshold (client-go `disableReadFeaturesForNextGen`).
+    /// threshold (client-go `disableReadFeaturesForNextGen`), and background lock resolution
+    /// asks TiKV to resolve asynchronously (see [`Config::tikv_side_async_resolve_enabled`]).
     pub next_gen: bool,
     /// Interval of the periodic PD member refresh (PD client `MemberUpdateInterval`, 1 min).
     pub pd_member_update_interval: Duration,
@@ -343,7 +344,10 @@ pub struct Config {
     pub resolve_lock_lite_threshold: u64,
     /// Background region-wide lock resolution asks TiKV to resolve asynchronously
     /// (`ResolveLockRequest.is_async`). client-go turns it on for next-gen clusters only
-    /// (`enableTiKVSideAsyncResolve = config.NextGen`, `txnlock.LockResolver`); off by default.
+    /// (`enableTiKVSideAsyncResolve = config.NextGen`, `txnlock.LockResolver`), and so does
+    /// [`Config::next_gen`] here whatever this flag says; the flag turns it on for a classic
+    /// cluster whose TiKV supports it. Off by default. See
+    /// [`Config::tikv_side_async_resolve_enabled`].
     pub tikv_side_async_resolve: bool,
     /// Longest wait for a commit (`TiKVClient.CommitTimeout`, 41 s). Carried for parity only:
     /// client-go declares and defaults it but no code path reads it (the commit's own limits
@@ -596,6 +600,14 @@ impl Config {
         self.max_batch_size > 0
     }
 
+    /// Whether background region-wide lock resolution asks TiKV to resolve asynchronously:
+    /// always on a next-gen cluster (client-go `NewLockResolver`:
+    /// `enableTiKVSideAsyncResolve.Store(config.NextGen)`), otherwise as
+    /// [`Config::tikv_side_async_resolve`] says.
+    pub fn tikv_side_async_resolve_enabled(&self) -> bool {
+        self.next_gen || self.tikv_side_async_resolve
+    }
+
     /// Checks the settings for values client-go rejects. Mirrors client-go
     /// `TiKVClient.Valid`, `PDClient.Valid` and `TxnLocalLatches.Valid`, plus the TLS pairing
     /// rule of `Security.ToTLSConfig` (a certificate needs its key).
@@ -758,6 +770,23 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// client-go `NewLockResolver` enables TiKV-side async resolve exactly on next-gen
+    /// clusters; the flag adds it for others.
+    #[test]
+    fn tikv_side_async_resolve_follows_next_gen() {
+        assert!(!Config::default().tikv_side_async_resolve_enabled());
+        assert!(
+            Config::default()
+                .with_next_gen(true)
+                .tikv_side_async_resolve_enabled()
+        );
+        assert!(
+            Config::default()
+                .with_tikv_side_async_resolve(true)
+                .tikv_side_async_resolve_enabled()
+        );
+    }
 
     /// client-go `config.DefaultConfig`: `ZoneLabel` is empty (no zone, every access
     /// location unknown).

@@ -88,7 +88,7 @@ impl<R: Runtime> Reader<R> {
             .with_task_id(ctx.task_id)
             .with_sample_step(ctx.sample_step)
             .with_background_resolve(true)
-            .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve)
+            .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve_enabled())
             .with_lite_threshold(cluster.config().resolve_lock_lite_threshold)
             .with_kill_signal(ctx.kill.clone())
             .with_request_options(crate::machine::request::RequestOptions {
