@@ -106,30 +106,36 @@ const BOXED_TYPES: &[&str] = &[
 /// The `BatchCommandsResponse.Response.cmd` arms generated inline (see `main`).
 const UNBOXED_REPLY_ARMS: &[&str] = &["RawGet", "RawPut"];
 
-/// The names of the fields of oneof `oneof` in message `message` (`.package.Message`).
-fn oneof_arms(set: &prost_types::FileDescriptorSet, message: &str, oneof: &str) -> Vec<String> {
-    fn find<'a>(
+/// Every message of `set`, nested ones included, with its full name (`.package.Message`).
+fn all_messages(
+    set: &prost_types::FileDescriptorSet,
+) -> Vec<(String, &prost_types::DescriptorProto)> {
+    fn walk<'a>(
         scope: &str,
         messages: &'a [prost_types::DescriptorProto],
-        want: &str,
-    ) -> Option<&'a prost_types::DescriptorProto> {
-        messages.iter().find_map(|m| {
-            let name = format!("{scope}.{}", m.name());
-            if name == want {
-                Some(m)
-            } else {
-                find(&name, &m.nested_type, want)
-            }
-        })
+        out: &mut Vec<(String, &'a prost_types::DescriptorProto)>,
+    ) {
+        for message in messages {
+            let name = format!("{scope}.{}", message.name());
+            walk(&name, &message.nested_type, out);
+            out.push((name, message));
+        }
     }
-    let found = set.file.iter().find_map(|file| {
+    let mut out = Vec::new();
+    for file in &set.file {
         let scope = match file.package() {
             "" => String::new(),
             package => format!(".{package}"),
         };
-        find(&scope, &file.message_type, message)
-    });
-    let Some(m) = found else {
+        walk(&scope, &file.message_type, &mut out);
+    }
+    out
+}
+
+/// The names of the fields of oneof `oneof` in message `message` (`.package.Message`).
+fn oneof_arms(set: &prost_types::FileDescriptorSet, message: &str, oneof: &str) -> Vec<String> {
+    let messages = all_messages(set);
+    let Some((_, m)) = messages.iter().find(|(name, _)| name == message) else {
         return Vec::new();
     };
     let Some(index) = m.oneof_decl.iter().position(|o| o.name() == oneof) else {
@@ -145,36 +151,23 @@ fn oneof_arms(set: &prost_types::FileDescriptorSet, message: &str, oneof: &str) 
 /// The prost-build paths (`.package.Message.field`, `.package.Message.oneof.field`) of every
 /// singular field whose type is one of [`BOXED_TYPES`].
 fn boxed_fields(set: &prost_types::FileDescriptorSet) -> Vec<String> {
-    fn walk(scope: &str, messages: &[prost_types::DescriptorProto], out: &mut Vec<String>) {
-        for message in messages {
-            let name = format!("{scope}.{}", message.name());
-            for field in &message.field {
-                let repeated =
-                    field.label() == prost_types::field_descriptor_proto::Label::Repeated;
-                if repeated || !BOXED_TYPES.contains(&field.type_name()) {
-                    continue;
-                }
-                let path = match field.oneof_index {
-                    // Proto3 `optional` fields are synthetic oneofs but generated as plain
-                    // fields.
-                    Some(i) if !field.proto3_optional() => {
-                        let oneof = message.oneof_decl[i as usize].name();
-                        format!("{name}.{oneof}.{}", field.name())
-                    }
-                    _ => format!("{name}.{}", field.name()),
-                };
-                out.push(path);
-            }
-            walk(&name, &message.nested_type, out);
-        }
-    }
     let mut out = Vec::new();
-    for file in &set.file {
-        let scope = match file.package() {
-            "" => String::new(),
-            package => format!(".{package}"),
-        };
-        walk(&scope, &file.message_type, &mut out);
+    for (name, message) in all_messages(set) {
+        for field in &message.field {
+            let repeated = field.label() == prost_types::field_descriptor_proto::Label::Repeated;
+            if repeated || !BOXED_TYPES.contains(&field.type_name()) {
+                continue;
+            }
+            let path = match field.oneof_index {
+                // Proto3 `optional` fields are synthetic oneofs but generated as plain fields.
+                Some(i) if !field.proto3_optional() => {
+                    let oneof = message.oneof_decl[i as usize].name();
+                    format!("{name}.{oneof}.{}", field.name())
+                }
+                _ => format!("{name}.{}", field.name()),
+            };
+            out.push(path);
+        }
     }
     out
 }

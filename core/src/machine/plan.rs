@@ -107,6 +107,14 @@ pub struct SingleRegion {
     done: bool,
 }
 
+/// Queues one of a [`SingleRegion`]'s own actions, allocating its queue on the first (see
+/// `SingleRegion::actions`).
+fn push_action(actions: &mut Option<Box<ActionQueue>>, action: Action) {
+    actions
+        .get_or_insert_with(Default::default)
+        .push_back(action);
+}
+
 impl SingleRegion {
     /// Sends `request` to the region holding `key` (`by_end`: the region holding the greatest
     /// key below `key`, for reverse scans), sleeping from `backoffer`.
@@ -134,13 +142,6 @@ impl SingleRegion {
             result: None,
             done: false,
         }
-    }
-
-    /// Queues one of this plan's own actions (see [`SingleRegion::actions`]).
-    fn push_action(&mut self, action: Action) {
-        self.actions
-            .get_or_insert_with(Default::default)
-            .push_back(action);
     }
 
     /// The backoffer once the plan is finished (`None` while a step holds it).
@@ -179,7 +180,7 @@ impl SingleRegion {
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
         op.start_with_lookup(shared, rng, lookup);
         while let Some(a) = op.poll_action() {
-            self.push_action(a);
+            push_action(&mut self.actions, a);
         }
         match op.poll_result() {
             Some(r) => {
@@ -237,9 +238,7 @@ impl SingleRegion {
         loop {
             if let Some(op) = self.locate.as_mut() {
                 while let Some(a) = op.poll_action() {
-                    self.actions
-                        .get_or_insert_with(Default::default)
-                        .push_back(a);
+                    push_action(&mut self.actions, a);
                 }
                 let Some(r) = op.poll_result() else {
                     return;
@@ -256,9 +255,7 @@ impl SingleRegion {
                     return;
                 };
                 while let Some(a) = op.poll_action() {
-                    self.actions
-                        .get_or_insert_with(Default::default)
-                        .push_back(a);
+                    push_action(&mut self.actions, a);
                 }
                 let mut op = self.request.take().expect("request running");
                 let location = self.location.take().expect("request running");

@@ -204,6 +204,15 @@ fn contains_by_end(start: &[u8], end: &[u8], key: &[u8]) -> bool {
     start < key && (end.is_empty() || key <= end)
 }
 
+/// Whether `region` holds `key` (by end key with `is_end_key`, see [`contains_by_end`]).
+fn holds(region: &CachedRegion, key: &[u8], is_end_key: bool) -> bool {
+    if is_end_key {
+        contains_by_end(region.start_key(), region.end_key(), key)
+    } else {
+        contains(region.start_key(), region.end_key(), key)
+    }
+}
+
 /// Two peers are the same when id and store agree. Mirrors client-go `isSamePeer`.
 pub fn same_peer(a: &metapb::Peer, b: &metapb::Peer) -> bool {
     a.id == b.id && a.store_id == b.store_id
@@ -538,7 +547,26 @@ impl RegionCache {
         Some((ver, expired))
     }
 
+    /// The only cached region that may hold `key`: the last one starting at or before it (by
+    /// end key with `is_end_key`: before it, or the last region for the empty key, meaning
+    /// +∞), not yet checked against its end (see [`holds`]).
+    fn candidate(&self, key: &[u8], is_end_key: bool) -> Option<RegionVerId> {
+        if is_end_key && key.is_empty() {
+            return self.sorted.values().next_back().copied();
+        }
+        self.sorted
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .rev()
+            .find(|(start, _)| !(is_end_key && start.as_ref() == key))
+            .map(|(_, v)| *v)
+    }
+
     /// The cached region holding `key` (by end key with `is_end_key`), valid or not.
+    fn search_ver(&self, key: &[u8], is_end_key: bool) -> Option<RegionVerId> {
+        let ver = self.candidate(key, is_end_key)?;
+        holds(self.regions.get(&ver)?, key, is_end_key).then_some(ver)
+    }
+
     /// [`RegionCache::search_ver`] with the entry found, borrowed for update: one probe of
     /// the region map instead of a second one by version.
     fn search_entry(
@@ -546,54 +574,9 @@ impl RegionCache {
         key: &[u8],
         is_end_key: bool,
     ) -> Option<(RegionVerId, &mut CachedRegion)> {
-        if is_end_key && key.is_empty() {
-            let ver = self.search_ver(key, is_end_key)?;
-            return self.regions.get_mut(&ver).map(|r| (ver, r));
-        }
-        let (_, ver) = self
-            .sorted
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .rev()
-            .find(|(start, _)| !(is_end_key && start.as_ref() == key))?;
-        let r = self.regions.get_mut(ver)?;
-        let hit = if is_end_key {
-            contains_by_end(r.start_key(), r.end_key(), key)
-        } else {
-            contains(r.start_key(), r.end_key(), key)
-        };
-        hit.then_some((*ver, r))
-    }
-
-    fn search_ver(&self, key: &[u8], is_end_key: bool) -> Option<RegionVerId> {
-        if is_end_key && key.is_empty() {
-            self.sorted
-                .iter()
-                .next_back()
-                .map(|(_, v)| *v)
-                .filter(|v| self.regions[v].end_key().is_empty())
-        } else {
-            let mut found = None;
-            for (start, v) in self
-                .sorted
-                .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-                .rev()
-            {
-                if is_end_key && start.as_ref() == key {
-                    continue;
-                }
-                let r = &self.regions[v];
-                let hit = if is_end_key {
-                    contains_by_end(r.start_key(), r.end_key(), key)
-                } else {
-                    contains(r.start_key(), r.end_key(), key)
-                };
-                if hit {
-                    found = Some(*v);
-                }
-                break;
-            }
-            found
-        }
+        let ver = self.candidate(key, is_end_key)?;
+        let r = self.regions.get_mut(&ver)?;
+        holds(r, key, is_end_key).then_some((ver, r))
     }
 
     /// Looks up the region for `key` (or by end key). Mirrors the cache half of client-go

@@ -74,7 +74,6 @@ pub enum RegionOutcome {
     Resplit(Box<errorpb::Error>),
 }
 
-/// The empty command, standing for a template a finished request no longer holds.
 /// Turns a read's replica-read, stale-read and busy-threshold options off, keeping its read
 /// timestamp. Mirrors client-go `disableReadFeaturesForNextGen`, applied when
 /// [`crate::machine::RoutingConfig::next_gen`] is set.
@@ -84,6 +83,7 @@ fn disable_read_features_for_next_gen(read: &mut ReadOptions) {
     read.busy_threshold = Duration::ZERO;
 }
 
+/// The empty command, standing for a template a finished request no longer holds.
 fn empty_request() -> TikvRequest {
     TikvRequest::Cmd(TikvCmd::Empty(Box::default()))
 }
