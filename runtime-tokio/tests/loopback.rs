@@ -185,6 +185,7 @@ impl Operation for OneRequest {
             store_id: 1,
             address: self.address.clone(),
             request: self.request.take().unwrap(),
+            context: None,
             timeout: self.timeout,
             forwarded_host: None,
         });

@@ -395,10 +395,13 @@ impl World {
                 id,
                 store_id,
                 address,
-                request,
+                mut request,
+                context,
                 timeout,
                 ..
             } => {
+                // What goes on the wire: the request with its (possibly shared) context.
+                tikv_core::machine::attach_context(&mut request, context);
                 self.inflight
                     .insert((client, id), Inflight { op, tso: false });
                 let t = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX / 4);

@@ -10,6 +10,8 @@
 //! request's, and splices it back in as field 1, where prost would have put it: the bytes are
 //! identical to `prost::Message::encode` of the same message (checked by the tests below).
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
@@ -33,6 +35,45 @@ const OUTPUT_BUFFERS: usize = 4;
 /// 80 bytes) with room to spare.
 const MIN_OUTPUT_CAPACITY: usize = 16 * 1024;
 
+/// A command queued for a `BatchCommands` stream, with its attempt's `Context` when that is
+/// shared rather than written into the command (see `crate::machine::shared_ctx`; the
+/// command's own `context` field is then empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchCmd {
+    /// The command.
+    pub cmd: TikvCmd,
+    /// Its shared context, if it carries none itself.
+    pub context: Option<Arc<kvrpcpb::Context>>,
+}
+
+impl From<TikvCmd> for BatchCmd {
+    fn from(cmd: TikvCmd) -> Self {
+        BatchCmd { cmd, context: None }
+    }
+}
+
+/// The last distinct context a [`BatchEncoder`] encoded: one moved out of its command, or a
+/// shared one (then the next command sharing it is recognised by its pointer).
+#[derive(Debug, Default)]
+// One per stream: boxing the owned context would allocate at every change of context.
+#[allow(clippy::large_enum_variant)]
+enum LastContext {
+    #[default]
+    None,
+    Owned(kvrpcpb::Context),
+    Shared(Arc<kvrpcpb::Context>),
+}
+
+impl LastContext {
+    fn get(&self) -> Option<&kvrpcpb::Context> {
+        match self {
+            LastContext::None => None,
+            LastContext::Owned(c) => Some(c),
+            LastContext::Shared(c) => Some(c),
+        }
+    }
+}
+
 /// Encodes the batches of one stream. It keeps its buffers and the last `Context` it encoded
 /// from one batch to the next: consecutive batches to a region usually carry the same
 /// `Context`, and the output buffers' allocations are reused.
@@ -48,48 +89,101 @@ pub struct BatchEncoder {
     /// One command at a time, without its context: [arm key][inner length][inner fields].
     scratch: Vec<u8>,
     /// The previous distinct context and its encoding.
-    last: Option<kvrpcpb::Context>,
-    ctx_bytes: Vec<u8>,
+    ctx: ContextEncoding,
+}
+
+/// The last distinct context a [`BatchEncoder`] met, and its encoding.
+#[derive(Debug, Default)]
+struct ContextEncoding {
+    last: LastContext,
+    bytes: Vec<u8>,
+}
+
+impl ContextEncoding {
+    /// Makes `bytes` the encoding of the shared context `ctx`: nothing to do when it is the
+    /// last one (the same pointer, or equal contents).
+    fn use_shared(&mut self, ctx: Arc<kvrpcpb::Context>) {
+        if let LastContext::Shared(last) = &self.last
+            && Arc::ptr_eq(last, &ctx)
+        {
+            return;
+        }
+        if !same_context_opt(self.last.get(), Some(&ctx)) {
+            self.bytes.clear();
+            ctx.encode_raw(&mut self.bytes);
+        }
+        self.last = LastContext::Shared(ctx);
+    }
+
+    /// Makes `bytes` the encoding of `ctx`, moved out of its command.
+    fn use_owned(&mut self, ctx: kvrpcpb::Context) {
+        if !same_context_opt(self.last.get(), Some(&ctx)) {
+            self.bytes.clear();
+            ctx.encode_raw(&mut self.bytes);
+            self.last = LastContext::Owned(ctx);
+        }
+    }
+
+    /// [`ContextEncoding::use_owned`] or [`ContextEncoding::use_shared`], whichever the
+    /// command has.
+    fn use_either(&mut self, own: Option<kvrpcpb::Context>, shared: Option<Arc<kvrpcpb::Context>>) {
+        match (own, shared) {
+            (Some(own), _) => self.use_owned(own),
+            (None, Some(shared)) => self.use_shared(shared),
+            (None, None) => {}
+        }
+    }
 }
 
 impl BatchEncoder {
     /// Encodes `batch`, taking its commands out (its emptied vectors can be handed back to
     /// [`crate::machine::batch::BatchConn::recycle`]) and handing their allocations to
     /// `spent`; the bytes equal prost's encoding of the `BatchCommandsRequest` with these
-    /// commands and ids.
-    pub fn encode(&mut self, batch: &mut Batch<TikvCmd>, spent: &mut SpentCmds) -> Bytes {
+    /// commands (each carrying its shared context, if any) and ids.
+    pub fn encode(&mut self, batch: &mut Batch<BatchCmd>, spent: &mut SpentCmds) -> Bytes {
         let out = &mut self.outs[self.turn];
         self.turn = (self.turn + 1) % OUTPUT_BUFFERS;
         // At least a typical full batch's worth, so that a buffer, once free, takes every
         // later batch without growing (a grown buffer would be a new allocation each time).
         out.reserve((64 * batch.requests.len() + 16).max(MIN_OUTPUT_CAPACITY));
-        for mut cmd in batch.requests.drain(..) {
-            // The hottest command, written directly; its context is compared where it lies
-            // and moved out only when it differs from the last one (a context is ~350 bytes).
+        for BatchCmd {
+            mut cmd,
+            context: shared,
+        } in batch.requests.drain(..)
+        {
+            // The hottest command, written directly. A shared context is recognised by its
+            // pointer; an own one is compared where it lies and moved out only when it
+            // differs from the last one (a context is ~350 bytes).
             if let TikvCmd::RawGet(get) = &mut cmd
-                && get.context.is_some()
+                && (get.context.is_some() || shared.is_some())
             {
-                if !same_context_opt(self.last.as_ref(), get.context.as_ref()) {
-                    self.ctx_bytes.clear();
-                    if let Some(context) = &get.context {
-                        context.encode_raw(&mut self.ctx_bytes);
+                match &mut get.context {
+                    // Compared where it lies, and moved out only when it differs (moving it
+                    // reads the whole ~350 bytes, from a box the cache may have lost).
+                    Some(own) => {
+                        if !same_context_opt(self.ctx.last.get(), Some(own)) {
+                            self.ctx.use_owned(std::mem::take(own));
+                        }
                     }
-                    self.last = get.context.take();
+                    None => self.ctx.use_either(None, shared),
                 }
-                put_raw_get(out, &self.ctx_bytes, get);
+                put_raw_get(out, &self.ctx.bytes, get);
                 spent.keep(cmd);
                 continue;
             }
-            let context = cmd_context_slot(&mut cmd).and_then(Option::take);
+            // Taken only when present: an empty slot is left alone rather than moved.
+            let own = cmd_context_slot(&mut cmd)
+                .filter(|slot| slot.is_some())
+                .and_then(Option::take);
             self.scratch.clear();
             cmd.encode(&mut self.scratch);
-            let Some(context) = context else {
+            if own.is_none() && shared.is_none() {
                 encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
                 put_varint(out, self.scratch.len() as u64);
                 out.put_slice(&self.scratch);
                 spent.keep(cmd);
                 continue;
-            };
+            }
             // Split the command's own framing off: the oneof arm's key and the inner length.
             let mut rest: &[u8] = &self.scratch;
             let framing = (decode_varint(&mut rest), decode_varint(&mut rest));
@@ -97,7 +191,7 @@ impl BatchEncoder {
                 // prost always frames an arm as key + length; should that ever change, encode
                 // this request the plain way rather than send it without its context.
                 if let Some(slot) = cmd_context_slot(&mut cmd) {
-                    *slot = Some(context);
+                    *slot = own.or_else(|| shared.map(Arc::unwrap_or_clone));
                 }
                 encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
                 put_varint(out, cmd.encoded_len() as u64);
@@ -106,12 +200,8 @@ impl BatchEncoder {
                 continue;
             };
             debug_assert_eq!(rest.len() as u64, inner_len);
-            if !same_context_opt(self.last.as_ref(), Some(&context)) {
-                self.ctx_bytes.clear();
-                context.encode_raw(&mut self.ctx_bytes);
-                self.last = Some(context);
-            }
-            let ctx_len = self.ctx_bytes.len();
+            self.ctx.use_either(own, shared);
+            let ctx_len = self.ctx.bytes.len();
             let ctx_field_len = 1 + encoded_len_varint(ctx_len as u64) + ctx_len;
             let inner = ctx_field_len + rest.len();
             let request_len =
@@ -122,7 +212,7 @@ impl BatchEncoder {
             put_varint(out, inner as u64);
             put_varint(out, u64::from(CONTEXT_FIELD << 3 | 2));
             put_varint(out, ctx_len as u64);
-            out.put_slice(&self.ctx_bytes);
+            out.put_slice(&self.ctx.bytes);
             out.put_slice(rest);
             spent.keep(cmd);
         }
@@ -611,7 +701,7 @@ mod tests {
             requests: b
                 .requests
                 .iter()
-                .map(|r| r.cmd.clone().expect("a command"))
+                .map(|r| BatchCmd::from(r.cmd.clone().expect("a command")))
                 .collect(),
             request_ids: b.request_ids.clone(),
         };
@@ -648,6 +738,49 @@ mod tests {
         // The next batch (the encoder keeps its buffers and last context) encodes the same.
         let again = encoder.encode(&mut batch_of(&batch), &mut spent);
         assert_eq!(again.as_ref(), expected.as_slice());
+
+        // The same commands with their contexts shared beside them instead (an equal context
+        // following another is the same `Arc` except once, where it is an equal copy; the
+        // first two keep their own): the same bytes, through a fresh encoder and through one
+        // whose last context was an own one.
+        let mut last: Option<Arc<kvrpcpb::Context>> = None;
+        let mut copies = 0;
+        let mut shared = batch_of(&batch);
+        for (i, c) in shared.requests.iter_mut().enumerate() {
+            let Some(slot) = cmd_context_slot(&mut c.cmd) else {
+                continue;
+            };
+            if i < 2 {
+                continue;
+            }
+            let Some(own) = slot.take() else {
+                continue;
+            };
+            let arc = match &last {
+                Some(l) if **l == own && copies > 0 => l.clone(),
+                Some(l) if **l == own => {
+                    copies += 1;
+                    Arc::new(own)
+                }
+                _ => Arc::new(own),
+            };
+            last = Some(arc.clone());
+            c.context = Some(arc);
+        }
+        assert!(copies > 0, "the batch has an equal copy");
+        assert!(
+            shared
+                .requests
+                .iter()
+                .filter(|c| c.context.is_some())
+                .count()
+                >= 5,
+            "most commands share their context"
+        );
+        let fresh = BatchEncoder::default().encode(&mut shared.clone(), &mut spent);
+        assert_eq!(fresh.as_ref(), expected.as_slice());
+        let warm = encoder.encode(&mut shared, &mut spent);
+        assert_eq!(warm.as_ref(), expected.as_slice());
     }
 
     #[test]

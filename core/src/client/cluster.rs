@@ -72,11 +72,12 @@ impl<R: Runtime> Dispatch for Inner<R> {
                 id,
                 address,
                 request,
+                context,
                 timeout,
                 forwarded_host,
                 ..
             } => {
-                if let Some(key) = collapse_key(&request) {
+                if let Some(key) = collapse_key(&request, context.as_deref()) {
                     if !self.collapse.join(key, id, reply) {
                         return None;
                     }
@@ -88,6 +89,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                         &address,
                         forwarded_host.as_ref(),
                         request,
+                        context,
                         timeout,
                         &flight,
                     );
@@ -111,6 +113,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                     &address,
                     forwarded_host.as_ref(),
                     request,
+                    context,
                     timeout,
                     reply,
                 )
@@ -151,14 +154,17 @@ impl<R: Runtime> Inner<R> {
         address: &Arc<str>,
         forwarded_host: Option<&Arc<str>>,
         request: crate::machine::TikvRequest,
+        context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
         timeout: std::time::Duration,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
         match forwarded_host {
-            None => self.tikv.start(now, id, address, request, timeout, reply),
+            None => self
+                .tikv
+                .start(now, id, address, request, context, timeout, reply),
             Some(host) => self
                 .tikv
-                .start_forwarded(now, id, address, host, request, timeout, reply),
+                .start_forwarded(now, id, address, host, request, context, timeout, reply),
         }
     }
 }

@@ -28,9 +28,13 @@ pub(crate) struct CollapseKey {
     is_async: bool,
 }
 
-/// The collapse key of `request`, or `None` when it must not be collapsed (anything but a
-/// region-wide `ResolveLock`). Mirrors client-go `reqCollapse.tryCollapseRequest`.
-pub(crate) fn collapse_key(request: &TikvRequest) -> Option<CollapseKey> {
+/// The collapse key of `request` (whose `Context` is `shared` when it carries none itself,
+/// see `crate::machine::shared_ctx`), or `None` when it must not be collapsed (anything but
+/// a region-wide `ResolveLock`). Mirrors client-go `reqCollapse.tryCollapseRequest`.
+pub(crate) fn collapse_key(
+    request: &TikvRequest,
+    shared: Option<&tikv_proto::kvrpcpb::Context>,
+) -> Option<CollapseKey> {
     let TikvRequest::Cmd(TikvCmd::ResolveLock(r)) = request else {
         return None;
     };
@@ -38,7 +42,7 @@ pub(crate) fn collapse_key(request: &TikvRequest) -> Option<CollapseKey> {
         return None;
     }
     Some(CollapseKey {
-        region_id: r.context.as_ref().map_or(0, |c| c.region_id),
+        region_id: r.context.as_ref().or(shared).map_or(0, |c| c.region_id),
         start_version: r.start_version,
         is_async: r.is_async,
     })
@@ -118,11 +122,11 @@ mod tests {
 
     #[test]
     fn only_region_wide_resolve_lock_collapses() {
-        let a = collapse_key(&resolve(1, 10, vec![])).unwrap();
-        assert_eq!(a, collapse_key(&resolve(1, 10, vec![])).unwrap());
-        assert_ne!(a, collapse_key(&resolve(2, 10, vec![])).unwrap());
-        assert_ne!(a, collapse_key(&resolve(1, 11, vec![])).unwrap());
-        assert!(collapse_key(&resolve(1, 10, vec![Bytes::from_static(b"k")])).is_none());
+        let a = collapse_key(&resolve(1, 10, vec![]), None).unwrap();
+        assert_eq!(a, collapse_key(&resolve(1, 10, vec![]), None).unwrap());
+        assert_ne!(a, collapse_key(&resolve(2, 10, vec![]), None).unwrap());
+        assert_ne!(a, collapse_key(&resolve(1, 11, vec![]), None).unwrap());
+        assert!(collapse_key(&resolve(1, 10, vec![Bytes::from_static(b"k")]), None).is_none());
         let mut batch = kvrpcpb::ResolveLockRequest {
             txn_infos: vec![kvrpcpb::TxnInfo {
                 txn: 10,
@@ -132,29 +136,46 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            collapse_key(&TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
-                batch.clone()
-            ))))
+            collapse_key(
+                &TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(batch.clone()))),
+                None
+            )
             .is_none()
         );
         batch.txn_infos.clear();
         batch.is_async = true;
-        let async_key =
-            collapse_key(&TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(batch)))).unwrap();
+        let async_key = collapse_key(
+            &TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(batch))),
+            None,
+        )
+        .unwrap();
         assert!(async_key.is_async);
         let get = TikvRequest::Cmd(TikvCmd::Get(Default::default()));
-        assert!(collapse_key(&get).is_none());
+        assert!(collapse_key(&get, None).is_none());
+        // A request whose context travels beside it is keyed by that context's region.
+        let mut bare = resolve(1, 10, vec![]);
+        crate::machine::request::context_slot(&mut bare)
+            .unwrap()
+            .take();
+        let shared = kvrpcpb::Context {
+            region_id: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            collapse_key(&bare, Some(&shared)),
+            collapse_key(&resolve(2, 10, vec![]), None)
+        );
     }
 
     #[test]
     fn joiners_get_the_leaders_reply_under_their_own_ids() {
         let c = ReqCollapse::default();
-        let key = collapse_key(&resolve(1, 10, vec![])).unwrap();
+        let key = collapse_key(&resolve(1, 10, vec![]), None).unwrap();
         let (a, b) = (Inbox::new(), Inbox::new());
         assert!(c.join(key, IoId(1), &a), "the first caller leads");
         assert!(!c.join(key, IoId(2), &b), "the second joins");
         assert!(!c.join(key, IoId(3), &a));
-        let other = collapse_key(&resolve(2, 10, vec![])).unwrap();
+        let other = collapse_key(&resolve(2, 10, vec![]), None).unwrap();
         assert!(
             c.join(other, IoId(4), &b),
             "another region is its own flight"

@@ -427,6 +427,7 @@ mod tests {
                 store_id: 1,
                 address: Arc::from("s1"),
                 request: TikvRequest::Cmd(TikvCmd::RawGet(Default::default())),
+                context: None,
                 timeout: Duration::from_millis(50),
                 forwarded_host: None,
             });
@@ -551,6 +552,7 @@ mod tests {
                 store_id: 1,
                 address: Arc::from("s1"),
                 request: TikvRequest::Cmd(TikvCmd::RawGet(Default::default())),
+                context: None,
                 timeout: Duration::from_millis(50),
                 forwarded_host: None,
             })

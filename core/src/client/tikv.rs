@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures_lite::{Stream, future};
 use tracing::Instrument;
 
-use super::batch_encode;
+use super::batch_encode::{self, BatchCmd};
 use super::driver::LocalIo;
 use super::rpc::{self, BATCH_COMMANDS};
 use super::rpc_stats::{LocalRpcStats, Outcome};
@@ -43,7 +43,8 @@ use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
 use crate::machine::request::cmd_override_priority;
-use crate::machine::{Input, IoId, SpentCmds, TikvCmd, TikvRequest, TikvResponse};
+use crate::machine::{Input, IoId, SpentCmds, TikvRequest, TikvResponse};
+use tikv_proto::kvrpcpb;
 
 /// Settings of the TiKV transport, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -68,7 +69,7 @@ impl TransportConfig {
 /// A request waiting in a connection's queue.
 struct Queued {
     id: IoId,
-    cmd: TikvCmd,
+    cmd: BatchCmd,
     deadline: Instant,
     reply: Inbox<Input>,
 }
@@ -341,12 +342,14 @@ impl<R: Runtime> TikvTransport<R> {
 
     /// Starts `request` to `address` at `now`; completes through `reply` (batched) or the
     /// returned future (unary), per the [`super::driver::Dispatch`] contract.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
         now: Instant,
         id: IoId,
         address: &Arc<str>,
         request: TikvRequest,
+        context: Option<Arc<kvrpcpb::Context>>,
         timeout: Duration,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
@@ -355,7 +358,7 @@ impl<R: Runtime> TikvTransport<R> {
             // locked (a queue push, no await), without cloning the pool's `Arc`.
             let pools = lock(&self.pools);
             if let Some(pool) = pools.get(address) {
-                Self::queue(pool, now, id, request, timeout, reply);
+                Self::queue(pool, now, id, request, context, timeout, reply);
                 return None;
             }
         }
@@ -363,7 +366,7 @@ impl<R: Runtime> TikvTransport<R> {
             return None;
         }
         let pool = self.pool(address);
-        self.start_on(pool, now, id, request, timeout, reply)
+        self.start_on(pool, now, id, request, context, timeout, reply)
     }
 
     /// Whether [`TikvTransport::close`] was called.
@@ -395,6 +398,7 @@ impl<R: Runtime> TikvTransport<R> {
         address: &Arc<str>,
         forwarded_host: &Arc<str>,
         request: TikvRequest,
+        context: Option<Arc<kvrpcpb::Context>>,
         timeout: Duration,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
@@ -402,16 +406,18 @@ impl<R: Runtime> TikvTransport<R> {
             return None;
         }
         let pool = self.forwarded_pool(address, forwarded_host);
-        self.start_on(pool, now, id, request, timeout, reply)
+        self.start_on(pool, now, id, request, context, timeout, reply)
     }
 
     /// Queues a batchable `request` on the pool's collecting connection (see
     /// [`StorePool::current`]); a closed queue completes it with [`Error::Closed`].
+    #[allow(clippy::too_many_arguments)]
     fn queue(
         pool: &StorePool<R>,
         now: Instant,
         id: IoId,
         request: TikvRequest,
+        context: Option<Arc<kvrpcpb::Context>>,
         timeout: Duration,
         reply: &Inbox<Input>,
     ) {
@@ -425,7 +431,7 @@ impl<R: Runtime> TikvTransport<R> {
         let i = pool.current.load(Ordering::Relaxed) % pool.conns.len();
         let queued = Queued {
             id,
-            cmd,
+            cmd: BatchCmd { cmd, context },
             deadline: now + timeout,
             reply: reply.clone(),
         };
@@ -437,19 +443,23 @@ impl<R: Runtime> TikvTransport<R> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_on(
         &self,
         pool: Arc<StorePool<R>>,
         now: Instant,
         id: IoId,
         request: TikvRequest,
+        context: Option<Arc<kvrpcpb::Context>>,
         timeout: Duration,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
         if self.config.max_batch_size > 0 && rpc::batchable(&request) {
-            Self::queue(&pool, now, id, request, timeout, reply);
+            Self::queue(&pool, now, id, request, context, timeout, reply);
             return None;
         }
+        let mut request = request;
+        crate::machine::attach_context(&mut request, context);
         self.stats.unary_calls.fetch_add(1, Ordering::Relaxed);
         Some(Box::pin(unary(
             self.rt.clone(),
@@ -594,7 +604,7 @@ impl<R: Runtime> StreamTask<R> {
     }
 
     async fn run(self) {
-        let mut conn: BatchConn<Token> = BatchConn::new(
+        let mut conn: BatchConn<Token, BatchCmd> = BatchConn::new(
             self.rt.now(),
             self.address.clone(),
             self.config.batch.clone(),
@@ -631,8 +641,14 @@ impl<R: Runtime> StreamTask<R> {
                             Ordering::Relaxed,
                         );
                         for mut q in queued.drain(..) {
-                            let priority = cmd_override_priority(&mut q.cmd);
-                            let kind = rpc::cmd_kind(&q.cmd) as u8;
+                            let priority = match &q.cmd.context {
+                                Some(ctx) => ctx
+                                    .resource_control_context
+                                    .as_ref()
+                                    .map_or(0, |r| r.override_priority),
+                                None => cmd_override_priority(&mut q.cmd.cmd),
+                            };
+                            let kind = rpc::cmd_kind(&q.cmd.cmd) as u8;
                             conn.submit_with_priority(
                                 now,
                                 q.cmd,

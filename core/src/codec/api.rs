@@ -393,23 +393,25 @@ impl ApiCodec {
     /// `codecV2.EncodeRequest`, extended to the batchable commands client-go does not send
     /// (`RawBatchScan` with its reverse flag, `RawCoprocessor`).
     pub fn encode_cmd(&self, cmd: &mut TikvCmd) {
+        self.encode_cmd_keys(cmd);
+        if let Some(ctx) = crate::machine::request::cmd_context_slot(cmd) {
+            self.set_context(ctx);
+        }
+    }
+
+    /// [`ApiCodec::encode_cmd`] without the `Context`: the keys only, for a command whose
+    /// context travels beside it, filled by [`ApiCodec::set_context`] once for many
+    /// commands (see `crate::machine::shared_ctx`).
+    pub fn encode_cmd_keys(&self, cmd: &mut TikvCmd) {
         match cmd {
-            TikvCmd::Get(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.key);
-            }
-            TikvCmd::Scan(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, r.reverse);
-            }
+            TikvCmd::Get(r) => self.ek(&mut r.key),
+            TikvCmd::Scan(r) => self.erange(&mut r.start_key, &mut r.end_key, r.reverse),
             TikvCmd::Prewrite(r) => {
-                self.set_context(&mut r.context);
                 self.emuts(&mut r.mutations);
                 self.ek(&mut r.primary_lock);
                 self.eks(&mut r.secondaries);
             }
             TikvCmd::Commit(r) => {
-                self.set_context(&mut r.context);
                 self.eks(&mut r.keys);
                 if !r.primary_key.is_empty() {
                     self.ek(&mut r.primary_key);
@@ -417,74 +419,31 @@ impl ApiCodec {
             }
             // Legacy command without a context; client-go never sends it.
             TikvCmd::Import(_) => {}
-            TikvCmd::Cleanup(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.key);
-            }
-            TikvCmd::BatchGet(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::BatchRollback(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::ScanLock(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, false);
-            }
-            TikvCmd::ResolveLock(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::Gc(r) => self.set_context(&mut r.context),
-            TikvCmd::DeleteRange(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, false);
-            }
-            TikvCmd::RawGet(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.key);
-            }
-            TikvCmd::RawBatchGet(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::RawPut(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.key);
-            }
+            TikvCmd::Cleanup(r) => self.ek(&mut r.key),
+            TikvCmd::BatchGet(r) => self.eks(&mut r.keys),
+            TikvCmd::BatchRollback(r) => self.eks(&mut r.keys),
+            TikvCmd::ScanLock(r) => self.erange(&mut r.start_key, &mut r.end_key, false),
+            TikvCmd::ResolveLock(r) => self.eks(&mut r.keys),
+            TikvCmd::DeleteRange(r) => self.erange(&mut r.start_key, &mut r.end_key, false),
+            TikvCmd::RawGet(r) => self.ek(&mut r.key),
+            TikvCmd::RawBatchGet(r) => self.eks(&mut r.keys),
+            TikvCmd::RawPut(r) => self.ek(&mut r.key),
             TikvCmd::RawBatchPut(r) => {
-                self.set_context(&mut r.context);
                 for pair in &mut r.pairs {
                     self.ek(&mut pair.key);
                 }
             }
-            TikvCmd::RawDelete(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.key);
-            }
-            TikvCmd::RawBatchDelete(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::RawScan(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, r.reverse);
-            }
-            TikvCmd::RawDeleteRange(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, false);
-            }
+            TikvCmd::RawDelete(r) => self.ek(&mut r.key),
+            TikvCmd::RawBatchDelete(r) => self.eks(&mut r.keys),
+            TikvCmd::RawScan(r) => self.erange(&mut r.start_key, &mut r.end_key, r.reverse),
+            TikvCmd::RawDeleteRange(r) => self.erange(&mut r.start_key, &mut r.end_key, false),
             TikvCmd::RawBatchScan(r) => {
-                self.set_context(&mut r.context);
                 let reverse = r.reverse;
                 for range in &mut r.ranges {
                     self.ekr(range, reverse);
                 }
             }
             TikvCmd::Coprocessor(r) => {
-                self.set_context(&mut r.context);
                 self.ecop_ranges(&mut r.ranges);
                 for vr in &mut r.versioned_ranges {
                     if let Some(range) = &mut vr.range {
@@ -501,54 +460,34 @@ impl ApiCodec {
                 }
             }
             TikvCmd::PessimisticLock(r) => {
-                self.set_context(&mut r.context);
                 self.emuts(&mut r.mutations);
                 self.ek(&mut r.primary_lock);
             }
-            TikvCmd::PessimisticRollback(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::CheckTxnStatus(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.primary_key);
-            }
-            TikvCmd::TxnHeartBeat(r) => {
-                self.set_context(&mut r.context);
-                self.ek(&mut r.primary_lock);
-            }
-            TikvCmd::CheckSecondaryLocks(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
+            TikvCmd::PessimisticRollback(r) => self.eks(&mut r.keys),
+            TikvCmd::CheckTxnStatus(r) => self.ek(&mut r.primary_key),
+            TikvCmd::TxnHeartBeat(r) => self.ek(&mut r.primary_lock),
+            TikvCmd::CheckSecondaryLocks(r) => self.eks(&mut r.keys),
             TikvCmd::RawCoprocessor(r) => {
-                self.set_context(&mut r.context);
                 for range in &mut r.ranges {
                     self.ekr(range, false);
                 }
             }
-            TikvCmd::FlashbackToVersion(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, false);
-            }
+            TikvCmd::FlashbackToVersion(r) => self.erange(&mut r.start_key, &mut r.end_key, false),
             TikvCmd::PrepareFlashbackToVersion(r) => {
-                self.set_context(&mut r.context);
-                self.erange(&mut r.start_key, &mut r.end_key, false);
+                self.erange(&mut r.start_key, &mut r.end_key, false)
             }
             TikvCmd::Flush(r) => {
-                self.set_context(&mut r.context);
                 self.emuts(&mut r.mutations);
                 if !r.primary_key.is_empty() {
                     self.ek(&mut r.primary_key);
                 }
             }
-            TikvCmd::BufferBatchGet(r) => {
-                self.set_context(&mut r.context);
-                self.eks(&mut r.keys);
-            }
-            TikvCmd::GetHealthFeedback(r) => self.set_context(&mut r.context),
-            TikvCmd::BroadcastTxnStatus(r) => self.set_context(&mut r.context),
-            TikvCmd::Empty(_) => {}
+            TikvCmd::BufferBatchGet(r) => self.eks(&mut r.keys),
+            // No keys (`BroadcastTxnStatus` names transactions, not keys).
+            TikvCmd::Gc(_)
+            | TikvCmd::GetHealthFeedback(_)
+            | TikvCmd::BroadcastTxnStatus(_)
+            | TikvCmd::Empty(_) => {}
         }
     }
 

@@ -38,6 +38,7 @@ pub mod region_error;
 pub mod replica;
 pub mod request;
 pub mod safe_ts;
+pub(crate) mod shared_ctx;
 pub mod store;
 pub mod store_limit;
 #[cfg(test)]
@@ -435,8 +436,14 @@ pub enum Action {
         store_id: u64,
         /// Target store address (`host:port`).
         address: std::sync::Arc<str>,
-        /// The request, with its `Context` already filled.
+        /// The request, with its `Context` already filled, unless `context` is set.
         request: TikvRequest,
+        /// The attempt's `Context` when it is shared with other attempts rather than written
+        /// into `request` (whose own `context` field is then empty; see
+        /// [`shared_ctx`]). A dispatcher that needs the whole request calls
+        /// [`Action::attach_context`]; the `BatchCommands` encoder writes it as the command's
+        /// context field.
+        context: Option<std::sync::Arc<tikv_proto::kvrpcpb::Context>>,
         /// Per-request deadline (client-go `ReadTimeoutShort` / `ReadTimeoutMedium`).
         timeout: Duration,
         /// Request forwarding: when set, `address` is a proxy store's address (a follower of
@@ -465,6 +472,30 @@ impl Action {
         match self {
             Action::Tikv { id, .. } | Action::Pd { id, .. } | Action::Tso { id } => Some(*id),
         }
+    }
+
+    /// Writes a TiKV action's shared `context` into its request, so that the request alone
+    /// is what goes on the wire. Other actions are left as they are.
+    pub fn attach_context(&mut self) {
+        if let Action::Tikv {
+            request, context, ..
+        } = self
+        {
+            attach_context(request, context.take());
+        }
+    }
+}
+
+/// Writes `context` (a shared attempt context, see [`Action::Tikv`]) into `request`'s own
+/// `context` field; nothing when it is `None` or the request has no such field.
+pub fn attach_context(
+    request: &mut TikvRequest,
+    context: Option<std::sync::Arc<tikv_proto::kvrpcpb::Context>>,
+) {
+    if let Some(ctx) = context
+        && let Some(slot) = request::context_slot(request)
+    {
+        *slot = Some(std::sync::Arc::unwrap_or_clone(ctx));
     }
 }
 
@@ -625,6 +656,8 @@ pub struct Shared {
     /// Commands of finished single-region requests, whose allocations the next attempts'
     /// copies of their templates are written into (see [`TikvRequest::clone_reusing`]).
     pub(crate) spare_cmds: Pool<TikvCmd>,
+    /// Contexts shared by attempts that carry equal ones (see [`shared_ctx`]).
+    pub(crate) contexts: shared_ctx::ContextCache,
 }
 
 /// Things a finished operation leaves behind (an allocation, an inbox) kept for the next
@@ -765,6 +798,7 @@ impl Shared {
             safe_ts: safe_ts::SafeTsTracker::default(),
             region_requests: Pool::default(),
             spare_cmds: Pool::default(),
+            contexts: Default::default(),
         }
     }
 

@@ -33,6 +33,7 @@ use crate::machine::read_ts::{ReadTsCheck, read_ts_of};
 use crate::machine::region_cache::{InvalidReason, RegionVerId};
 use crate::machine::region_error::{self, pseudo_epoch_not_match};
 use crate::machine::replica::{ReadOptions, ReplicaSelector, Target, Verdict};
+use crate::machine::shared_ctx::AttemptKey;
 use crate::machine::store::{AccessLocation, ResolveState, StoreUpdate};
 use crate::machine::{
     Action, ActionQueue, Input, IoId, Operation, PdRequest, PdResponse, Shared, TikvCmd,
@@ -321,6 +322,9 @@ struct Prepared {
     /// Forwarded through this proxy (store id, address).
     proxy: Option<(u64, Arc<str>)>,
     request: TikvRequest,
+    /// The attempt's shared `Context`, when `request` carries none (see
+    /// [`crate::machine::shared_ctx`]).
+    context: Option<Arc<kvrpcpb::Context>>,
     replica_read: bool,
     stale_read: bool,
     access_location: AccessLocation,
@@ -840,15 +844,19 @@ impl RegionRequest {
     }
 
     /// The request of one attempt at `target`: the template with this attempt's `Context`,
-    /// keys encoded for the keyspace. Mirrors client-go `sendReqState.next` (`req.Context`
-    /// filled from the RPC context) and `tikvrpc.AttachContext`.
+    /// keys encoded for the keyspace. The context is written into the request, or, when the
+    /// template has none of its own and the options add nothing to it, shared with other
+    /// attempts that have the same [`AttemptKey`] (see [`crate::machine::shared_ctx`]).
+    /// Mirrors client-go `sendReqState.next` (`req.Context` filled from the RPC context) and
+    /// `tikvrpc.AttachContext`.
     fn prepare(&mut self, shared: &mut Shared, target: Target) -> Prepared {
         // (A taken template means a finished request, which takes no more steps.)
         // The copy becomes the template and the template's own allocation is sent: the two
         // are equal, but a raw point request's template box came from a stream task that
         // encoded it moments ago (see `SpentCmds`), while a pooled spare was last written a
-        // whole round of in-flight operations ago. The send writes the `Context` (~350
-        // bytes) into the box it sends, the template only its few fields.
+        // whole round of in-flight operations ago. The send may write the `Context` (~350
+        // bytes) into the box it sends (when it is not shared), the template only its few
+        // fields.
         let mut request = match self.request.as_mut() {
             Some(template) => {
                 let copy = template.clone_reusing(&mut shared.spare_cmds);
@@ -856,64 +864,106 @@ impl RegionRequest {
             }
             None => empty_request(),
         };
-        if let Some(ctx) = context_mut(&mut request) {
-            if ctx.max_execution_duration_ms == 0 {
-                ctx.max_execution_duration_ms = self.max_exec_ms;
-            }
-            ctx.region_id = self.region.id;
-            ctx.region_epoch = Some(self.region.epoch());
-            ctx.peer = Some(target.peer);
-            ctx.replica_read = target.replica_read;
-            ctx.stale_read = target.stale_read;
-            ctx.is_retry_request = self.send_times > 0;
-            ctx.busy_threshold_ms = target.busy_threshold_ms;
-            if shared.routing.next_gen {
-                // The selector may still fall back to a follower (a leader that timed out);
-                // next-gen never flags a request as a replica or stale read (client-go
-                // leaves `ReplicaRead` unset there when `config.NextGen`).
-                ctx.replica_read = false;
-                ctx.stale_read = false;
-                ctx.busy_threshold_ms = 0;
-            }
-            if ctx.cluster_id == 0 {
-                ctx.cluster_id = shared.routing.cluster_id;
-            }
-            // Tracing (client-go `sendReqState.next`): only set options are copied, a
-            // reference-count bump at most.
-            if !self.opts.trace_id.is_empty() {
-                ctx.trace_id = self.opts.trace_id.clone();
-            }
-            if self.opts.trace_control_flags != 0 {
-                ctx.trace_control_flags = self.opts.trace_control_flags;
-            }
-            if self.opts.override_priority != 0 {
-                ctx.resource_control_context
-                    .get_or_insert_default()
-                    .override_priority = self.opts.override_priority;
-            }
-            // Only a request that carries a source is labelled: nothing is formatted otherwise.
-            if !ctx.request_source.is_empty() {
-                let replica = ReadTypeLabel::of(target.is_leader, false);
-                if self.send_times == 0 {
-                    self.first_read_type = ReadTypeLabel::of(target.is_leader, target.stale_read);
-                }
-                ctx.request_source = patch_request_source(
-                    &ctx.request_source,
-                    self.send_times > 0,
-                    self.first_read_type,
-                    replica,
-                );
-            }
+        let mut key = AttemptKey {
+            region_id: self.region.id,
+            epoch: self.region.epoch(),
+            peer: target.peer,
+            replica_read: target.replica_read,
+            stale_read: target.stale_read,
+            is_retry: self.send_times > 0,
+            busy_threshold_ms: target.busy_threshold_ms,
+            max_exec_ms: self.max_exec_ms,
+            cluster_id: shared.routing.cluster_id,
+        };
+        if shared.routing.next_gen {
+            // The selector may still fall back to a follower (a leader that timed out);
+            // next-gen never flags a request as a replica or stale read (client-go leaves
+            // `ReplicaRead` unset there when `config.NextGen`).
+            key.replica_read = false;
+            key.stale_read = false;
+            key.busy_threshold_ms = 0;
         }
-        shared.codec.encode_request_in_place(&mut request);
+        // A template without a context of its own, and options that add nothing to it: the
+        // attempt's context depends on the key alone and may be shared.
+        let shareable = self.opts.trace_id.is_empty()
+            && self.opts.trace_control_flags == 0
+            && self.opts.override_priority == 0
+            && match &mut request {
+                TikvRequest::Cmd(cmd) => matches!(cmd_context_slot(cmd), Some(None)),
+                _ => false,
+            };
+        let store_id = key.peer.store_id;
+        let shared_ctx = if shareable {
+            shared.contexts.get(key, &shared.codec)
+        } else {
+            Err(key)
+        };
+        let context = match shared_ctx {
+            Ok(ctx) => {
+                if let TikvRequest::Cmd(cmd) = &mut request {
+                    shared.codec.encode_cmd_keys(cmd);
+                }
+                Some(ctx)
+            }
+            Err(key) => {
+                self.write_context(&mut request, &key, target.is_leader, target.stale_read);
+                shared.codec.encode_request_in_place(&mut request);
+                None
+            }
+        };
         Prepared {
-            store_id: target.peer.store_id,
+            store_id,
             address: target.address,
             proxy: target.proxy.map(|p| (p.peer.store_id, p.address)),
             request,
+            context,
             replica_read: target.replica_read,
             stale_read: target.stale_read,
             access_location: target.access_location,
+        }
+    }
+
+    /// Writes an attempt's `Context` into its own request: the attempt's routing fields
+    /// (`key`), the caller's tracing and priority options, and the request source labelled
+    /// with the read type (`is_leader`, `stale_read`: the target's). Mirrors client-go
+    /// `sendReqState.next` (`req.Context` filled from the RPC context) and
+    /// `tikvrpc.AttachContext`.
+    fn write_context(
+        &mut self,
+        request: &mut TikvRequest,
+        key: &AttemptKey,
+        is_leader: bool,
+        stale_read: bool,
+    ) {
+        let Some(ctx) = context_mut(request) else {
+            return;
+        };
+        key.apply(ctx);
+        // Tracing (client-go `sendReqState.next`): only set options are copied, a
+        // reference-count bump at most.
+        if !self.opts.trace_id.is_empty() {
+            ctx.trace_id = self.opts.trace_id.clone();
+        }
+        if self.opts.trace_control_flags != 0 {
+            ctx.trace_control_flags = self.opts.trace_control_flags;
+        }
+        if self.opts.override_priority != 0 {
+            ctx.resource_control_context
+                .get_or_insert_default()
+                .override_priority = self.opts.override_priority;
+        }
+        // Only a request that carries a source is labelled: nothing is formatted otherwise.
+        if !ctx.request_source.is_empty() {
+            let replica = ReadTypeLabel::of(is_leader, false);
+            if self.send_times == 0 {
+                self.first_read_type = ReadTypeLabel::of(is_leader, stale_read);
+            }
+            ctx.request_source = patch_request_source(
+                &ctx.request_source,
+                self.send_times > 0,
+                self.first_read_type,
+                replica,
+            );
         }
     }
 
@@ -1108,6 +1158,7 @@ impl RegionRequest {
             store_id: p.store_id,
             address: send_to,
             request: p.request,
+            context: p.context,
             timeout: self.timeout,
             forwarded_host,
         });
@@ -2919,6 +2970,93 @@ mod tests {
         assert_eq!(shared.store_limits.in_flight(1), 1);
         drop(op);
         assert_eq!(shared.store_limits.in_flight(1), 0);
+    }
+
+    /// The first attempt with a given region, peer and flags writes its `Context` into its
+    /// request; later ones whose templates carry no context share one (`Action::Tikv`'s
+    /// `context`), equal to what they would have written. A template with its own context,
+    /// or options that add to it, never shares.
+    #[test]
+    fn attempts_share_equal_contexts_from_the_second_on() {
+        let pd = FakePd::split(1, &[]);
+        let mut h = warm(&pd);
+        h.shared.routing.cluster_id = 77;
+        let sent = |h: &mut Harness, req: TikvRequest, opts: RequestOptions| {
+            let mut op = RegionRequest::new(
+                ver(h, 1),
+                req,
+                opts,
+                Backoffer::weighted(budget::RAW, budget::WEIGHT),
+            );
+            op.start(h.now, &mut h.shared);
+            match op.poll_action() {
+                Some(Action::Tikv {
+                    request, context, ..
+                }) => (request, context),
+                other => panic!("expected a TiKV send, got {other:?}"),
+            }
+        };
+        let (mut first, none) = sent(&mut h, raw_get("a"), RequestOptions::default());
+        assert!(none.is_none(), "the first attempt writes its own context");
+        let written = context_slot(&mut first).unwrap().clone().unwrap();
+        assert_eq!(written.region_id, ver(&h, 1).id);
+        assert_eq!(written.cluster_id, 77);
+        let (mut second, shared) = sent(&mut h, raw_get("b"), RequestOptions::default());
+        let shared = shared.expect("the second shares");
+        assert_eq!(context_slot(&mut second).unwrap(), &None);
+        assert_eq!(
+            *shared, written,
+            "the shared context is the one it would write"
+        );
+        let (_, third) = sent(&mut h, raw_get("c"), RequestOptions::default());
+        assert!(Arc::ptr_eq(&shared, &third.unwrap()), "one context for all");
+        // Attached, the request is the one the first path sends.
+        let mut attached = Action::Tikv {
+            id: IoId(0),
+            store_id: 0,
+            address: Arc::from(""),
+            request: second,
+            context: Some(shared.clone()),
+            timeout: Duration::ZERO,
+            forwarded_host: None,
+        };
+        attached.attach_context();
+        let Action::Tikv {
+            mut request,
+            context,
+            ..
+        } = attached
+        else {
+            unreachable!()
+        };
+        assert!(context.is_none());
+        assert_eq!(context_slot(&mut request).unwrap().as_ref(), Some(&written));
+
+        // Options that add to the context, a template with a context of its own: written.
+        let traced = RequestOptions {
+            trace_id: Bytes::from_static(b"t"),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let (mut req, ctx) = sent(&mut h, raw_get("d"), traced.clone());
+            assert!(ctx.is_none());
+            assert_eq!(
+                &context_slot(&mut req).unwrap().as_ref().unwrap().trace_id[..],
+                b"t"
+            );
+        }
+        let mut own = raw_get("e");
+        *context_slot(&mut own).unwrap() = Some(kvrpcpb::Context {
+            request_source: "external_x".into(),
+            ..Default::default()
+        });
+        for _ in 0..2 {
+            let (mut req, ctx) = sent(&mut h, own.clone(), RequestOptions::default());
+            assert!(ctx.is_none());
+            let c = context_slot(&mut req).unwrap().clone().unwrap();
+            assert_eq!(c.request_source, "leader_external_x");
+            assert_eq!(c.region_id, written.region_id);
+        }
     }
 
     #[test]

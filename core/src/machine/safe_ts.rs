@@ -147,6 +147,7 @@ impl Operation for UpdateSafeTs {
                 store_id,
                 address,
                 request,
+                context: None,
                 timeout,
                 forwarded_host: None,
             });

@@ -78,7 +78,10 @@ impl Harness {
         op.start(self.now, &mut self.shared);
         for _ in 0..100_000 {
             self.clock.set(self.now);
-            while let Some(action) = op.poll_action() {
+            while let Some(mut action) = op.poll_action() {
+                // Responders and the log see what goes on the wire: the request with its
+                // context, shared or not.
+                action.attach_context();
                 self.log.push((self.now, action.clone()));
                 let reply = respond(&action, &mut self.shared);
                 let (at, input) = match reply {

@@ -755,7 +755,9 @@ impl World {
         let mut seq = 0u64;
         op.start(self.now, &mut self.shared);
         for _ in 0..200_000 {
-            while let Some(action) = op.poll_action() {
+            while let Some(mut action) = op.poll_action() {
+                // The request as it goes on the wire, with its context shared or not.
+                action.attach_context();
                 seq += 1;
                 match &action {
                     Action::Tso { id } => {

@@ -467,6 +467,7 @@ impl UnsafeDestroyRange {
                 store_id: s.id,
                 address: s.address.as_str().into(),
                 request,
+                context: None,
                 timeout: UNSAFE_DESTROY_RANGE_TIMEOUT,
                 forwarded_host: None,
             });

@@ -39,7 +39,8 @@ fn max_prewrites_in_flight(w: &mut World, c: &mut Committer) -> usize {
     let mut max = 0;
     c.start(w.now, &mut w.shared);
     for _ in 0..100_000 {
-        while let Some(a) = c.poll_action() {
+        while let Some(mut a) = c.poll_action() {
+            a.attach_context();
             match a {
                 Action::Tso { id } => {
                     let ts = w.ts_now();
