@@ -126,7 +126,7 @@ impl TikvRequest {
             // patterns name every field, so none added to the message is left stale.
             (Some(TikvCmd::RawGet(mut to)), TikvCmd::RawGet(from)) => {
                 let kvrpcpb::RawGetRequest { context, key, cf } = &mut *to;
-                context.clone_from(&from.context);
+                clone_context_from(context, &from.context);
                 key.clone_from(&from.key);
                 cf.clone_from(&from.cf);
                 TikvCmd::RawGet(to)
@@ -140,7 +140,7 @@ impl TikvRequest {
                     ttl,
                     for_cas,
                 } = &mut *to;
-                context.clone_from(&from.context);
+                clone_context_from(context, &from.context);
                 key.clone_from(&from.key);
                 value.clone_from(&from.value);
                 cf.clone_from(&from.cf);
@@ -152,6 +152,26 @@ impl TikvRequest {
             (None, template) => template.clone(),
         };
         TikvRequest::Cmd(cmd)
+    }
+}
+
+/// `to.clone_from(from)` for a request's `Context` slot, writing nothing when both are
+/// empty: `Option::clone_from` assigns `from.clone()` whenever either side is `None`, and
+/// assigning a `None` of this ~350-byte type may write all of it, into a box the cache lost a
+/// round of in-flight operations ago.
+fn clone_context_from(to: &mut Option<kvrpcpb::Context>, from: &Option<kvrpcpb::Context>) {
+    match (to.as_mut(), from) {
+        (Some(to), Some(from)) => to.clone_from(from),
+        (None, None) => {}
+        (_, from) => *to = from.clone(),
+    }
+}
+
+/// Empties a request's `Context` slot, writing nothing when it is already empty (see
+/// [`clone_context_from`]).
+pub(crate) fn clear_context(slot: &mut Option<kvrpcpb::Context>) {
+    if slot.is_some() {
+        *slot = None;
     }
 }
 
@@ -718,13 +738,13 @@ impl SpentCmds {
         match cmd {
             TikvCmd::RawGet(mut b) if self.raw_get.len() < Self::CAPACITY => {
                 b.key = Bytes::new();
-                b.context = None;
+                clear_context(&mut b.context);
                 self.raw_get.push(b);
             }
             TikvCmd::RawPut(mut b) if self.raw_put.len() < Self::CAPACITY => {
                 b.key = Bytes::new();
                 b.value = Bytes::new();
-                b.context = None;
+                clear_context(&mut b.context);
                 self.raw_put.push(b);
             }
             _ => {}
@@ -877,6 +897,18 @@ mod tests {
             ..Default::default()
         })));
         let TikvRequest::Cmd(spare) = raw_get(b"old key", 9, "external_y") else {
+            unreachable!()
+        };
+        spares.push(spare);
+        assert_eq!(bare.clone_reusing(&mut spares), bare);
+        // ... and the other way round: a spare without one, a template with one.
+        let TikvRequest::Cmd(spare) = bare.clone() else {
+            unreachable!()
+        };
+        spares.push(spare);
+        assert_eq!(template.clone_reusing(&mut spares), template);
+        // Neither has one.
+        let TikvRequest::Cmd(spare) = bare.clone() else {
             unreachable!()
         };
         spares.push(spare);

@@ -251,7 +251,7 @@ pub fn get_reusing(
                 key: to_key,
                 cf,
             } = &mut *b;
-            *context = None;
+            crate::machine::clear_context(context);
             *to_key = key.clone();
             cf.clone_from(&opts.cf);
             b
@@ -314,7 +314,7 @@ pub fn put_reusing(
                 ttl,
                 for_cas,
             } = &mut *b;
-            *context = None;
+            crate::machine::clear_context(context);
             *to_key = key.clone();
             *to_value = value;
             cf.clone_from(&opts.cf);
