@@ -21,7 +21,7 @@ use crate::machine::backoff::Backoffer;
 use crate::machine::locate::{GroupKeys, KeyGroup, LocateKey};
 use crate::machine::region_cache::{KeyLocation, Lookup};
 use crate::machine::region_error::may_backoff_for_region_error;
-use crate::machine::request::{RegionOutcome, RegionRequest, RequestOptions};
+use crate::machine::request::{CompactOptions, RegionOutcome, RegionRequest, RequestOptions};
 use crate::machine::{
     Action, ActionQueue, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
 };
@@ -84,7 +84,7 @@ pub struct SingleRegion {
     clamp: Clamp,
     /// The routing options; lent to the running request, and given back when a send fails
     /// or must be repeated (a reply ends the plan and drops them).
-    opts: Option<RequestOptions>,
+    opts: Option<CompactOptions>,
     bo: Option<Backoffer>,
     rng: Rng,
     /// The location step, boxed only while it waits for PD (a cache hit finishes at once and
@@ -123,7 +123,7 @@ impl SingleRegion {
         by_end: bool,
         request: TikvRequest,
         clamp: Clamp,
-        opts: RequestOptions,
+        opts: impl Into<CompactOptions>,
         backoffer: Backoffer,
     ) -> Self {
         SingleRegion {
@@ -131,7 +131,7 @@ impl SingleRegion {
             by_end,
             template: Some(request),
             clamp,
-            opts: Some(opts),
+            opts: Some(opts.into()),
             bo: Some(backoffer),
             rng: Rng::new(0),
             locate: None,

@@ -29,7 +29,7 @@ use crate::machine::plan::{
     BatchKind, BatchPlan, Clamp, Located, SingleRegion, batches_by_count, batches_by_size,
     clamped_end,
 };
-use crate::machine::request::RequestOptions;
+use crate::machine::request::{CompactOptions, RequestOptions};
 use crate::machine::{
     Action, ActionQueue, Input, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse,
@@ -166,7 +166,7 @@ impl<T> RawSingle<T> {
                 false,
                 request,
                 Clamp::None,
-                opts.request.clone(),
+                CompactOptions::of(&opts.request),
                 opts.backoffer(),
             )
         });

@@ -65,6 +65,70 @@ pub struct RequestOptions {
     pub override_priority: u64,
 }
 
+/// The defaults, for [`CompactOptions`] to point at.
+static DEFAULT_OPTIONS: RequestOptions = RequestOptions {
+    read: ReadOptions {
+        replica_read: crate::machine::replica::ReplicaReadType::Leader,
+        stale_read: false,
+        labels: Vec::new(),
+        stores: Vec::new(),
+        leader_only: false,
+        busy_threshold: Duration::ZERO,
+    },
+    timeout: None,
+    trace_id: bytes::Bytes::new(),
+    trace_control_flags: 0,
+    override_priority: 0,
+};
+
+/// [`RequestOptions`] as an operation in flight keeps them: a null pointer for the defaults
+/// (almost every request's), the options boxed otherwise. Every operation in flight holds
+/// its options until its reply, and 136 inline bytes are two more cache lines of state that
+/// the CPU must find again when the reply comes (see `docs/PERFORMANCE.md`). Reads go through
+/// `Deref`; [`CompactOptions::get_mut`] boxes the defaults on a first write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompactOptions(Option<Box<RequestOptions>>);
+
+impl CompactOptions {
+    /// `opts` in compact form, cloned only if they are not the defaults.
+    pub fn of(opts: &RequestOptions) -> Self {
+        if *opts == DEFAULT_OPTIONS {
+            CompactOptions(None)
+        } else {
+            CompactOptions(Some(Box::new(opts.clone())))
+        }
+    }
+
+    /// The options, for writing.
+    pub fn get_mut(&mut self) -> &mut RequestOptions {
+        self.0
+            .get_or_insert_with(|| Box::new(DEFAULT_OPTIONS.clone()))
+    }
+
+    /// The options themselves.
+    pub fn into_options(self) -> RequestOptions {
+        self.0.map_or_else(|| DEFAULT_OPTIONS.clone(), |b| *b)
+    }
+}
+
+impl From<RequestOptions> for CompactOptions {
+    fn from(opts: RequestOptions) -> Self {
+        if opts == DEFAULT_OPTIONS {
+            CompactOptions(None)
+        } else {
+            CompactOptions(Some(Box::new(opts)))
+        }
+    }
+}
+
+impl std::ops::Deref for CompactOptions {
+    type Target = RequestOptions;
+
+    fn deref(&self) -> &RequestOptions {
+        self.0.as_deref().unwrap_or(&DEFAULT_OPTIONS)
+    }
+}
+
 /// What a region request ends with when it does not fail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegionOutcome {
@@ -453,7 +517,7 @@ pub struct RegionRequest {
     region: RegionVerId,
     /// The template (`None` only once [`RegionRequest::take_parts`] took it out).
     request: Option<TikvRequest>,
-    opts: RequestOptions,
+    opts: CompactOptions,
     read_only: bool,
     max_exec_ms: u64,
     timeout: Duration,
@@ -500,14 +564,14 @@ impl RegionRequest {
     pub fn new(
         region: RegionVerId,
         request: TikvRequest,
-        opts: RequestOptions,
+        opts: impl Into<CompactOptions>,
         backoffer: Backoffer,
     ) -> Self {
         let read_only = is_read_request(&request);
         RegionRequest {
             region,
             request: Some(request),
-            opts,
+            opts: opts.into(),
             read_only,
             max_exec_ms: 0,
             timeout: Duration::ZERO,
@@ -537,7 +601,7 @@ impl RegionRequest {
         &mut self,
         region: RegionVerId,
         request: TikvRequest,
-        opts: RequestOptions,
+        opts: impl Into<CompactOptions>,
         backoffer: Backoffer,
     ) {
         let RegionRequest {
@@ -566,7 +630,7 @@ impl RegionRequest {
         *read_only = is_read_request(&request);
         *r_region = region;
         *r_request = Some(request);
-        *r_opts = opts;
+        *r_opts = opts.into();
         *max_exec_ms = 0;
         *timeout = Duration::ZERO;
         *r_backoffer = backoffer;
@@ -614,14 +678,14 @@ impl RegionRequest {
     /// Takes the backoffer, the request template and the options out of a boxed request (for
     /// a caller that continues with them: a re-located retry reuses them instead of cloning
     /// them again). Only those fields move out of the box; a region request is large.
-    pub fn into_parts(mut self: Box<Self>) -> (Backoffer, TikvRequest, RequestOptions) {
+    pub fn into_parts(mut self: Box<Self>) -> (Backoffer, TikvRequest, CompactOptions) {
         self.take_parts()
     }
 
     /// [`RegionRequest::into_parts`] leaving the request's allocation to the caller, to be
     /// reused for another request (see [`crate::machine::Shared`]'s pool); the request is
     /// finished and inert afterwards.
-    pub fn take_parts(&mut self) -> (Backoffer, TikvRequest, RequestOptions) {
+    pub fn take_parts(&mut self) -> (Backoffer, TikvRequest, CompactOptions) {
         // Only a second take finds none; give an empty command rather than panic.
         let template = self.request.take().unwrap_or_else(empty_request);
         self.done = true;
@@ -735,7 +799,14 @@ impl RegionRequest {
             return self.fail(e);
         }
         if shared.routing.next_gen {
-            disable_read_features_for_next_gen(&mut self.opts.read);
+            let read = &self.opts.read;
+            // Written (and the defaults boxed) only when there is something to turn off.
+            if read.stale_read
+                || read.replica_read != crate::machine::replica::ReplicaReadType::Leader
+                || !read.busy_threshold.is_zero()
+            {
+                disable_read_features_for_next_gen(&mut self.opts.get_mut().read);
+            }
         }
         if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
             return;
