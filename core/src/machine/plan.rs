@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::machine::backoff::Backoffer;
 use crate::machine::locate::{GroupKeys, KeyGroup, LocateKey};
-use crate::machine::region_cache::{KeyLocation, Lookup};
+use crate::machine::region_cache::{KeyLocation, Lookup, RegionVerId};
 use crate::machine::region_error::may_backoff_for_region_error;
 use crate::machine::request::{CompactOptions, RegionOutcome, RegionRequest, RequestOptions};
 use crate::machine::{
@@ -95,7 +95,10 @@ pub struct SingleRegion {
     request: Option<Box<RegionRequest>>,
     /// Where the running request was sent; kept with a successful result (see
     /// [`SingleRegion::finish`]).
-    location: Option<KeyLocation>,
+    location: Option<SentTo>,
+    /// Whether the reply's [`Located::location`] carries the region's keys (see
+    /// [`SingleRegion::without_location`]).
+    keep_location: bool,
     wake: Option<Instant>,
     /// This plan's own actions (the locator's, and those a finished request left): none on
     /// the common path (a running request's actions stay in it), so the queue is only
@@ -105,6 +108,36 @@ pub struct SingleRegion {
     /// The outcome; a reply's location is `location`.
     result: Option<Result<TikvResponse, Error>>,
     done: bool,
+}
+
+/// Where a [`SingleRegion`]'s request went: the region's location, or only its version when
+/// the caller does not want the location ([`SingleRegion::without_location`]), which is
+/// one cache line of state less and no copy of the region's keys.
+#[derive(Debug)]
+enum SentTo {
+    Location(KeyLocation),
+    Region(RegionVerId),
+}
+
+impl SentTo {
+    fn into_location(self) -> KeyLocation {
+        match self {
+            SentTo::Location(loc) => loc,
+            SentTo::Region(region) => KeyLocation {
+                region,
+                start_key: Key::new(),
+                end_key: Key::new(),
+                buckets_version: 0,
+            },
+        }
+    }
+
+    fn region(&self) -> RegionVerId {
+        match self {
+            SentTo::Location(loc) => loc.region,
+            SentTo::Region(region) => *region,
+        }
+    }
 }
 
 /// Queues one of a [`SingleRegion`]'s own actions, allocating its queue on the first (see
@@ -137,6 +170,7 @@ impl SingleRegion {
             locate: None,
             request: None,
             location: None,
+            keep_location: true,
             wake: None,
             actions: None,
             result: None,
@@ -149,8 +183,16 @@ impl SingleRegion {
         self.bo.as_ref()
     }
 
+    /// For a caller that uses only the reply: the cached region's keys are not copied, and
+    /// the reply's [`Located::location`] names only the region (its keys empty, its buckets
+    /// version 0), unless the key had to be located through PD.
+    pub fn without_location(mut self) -> Self {
+        self.keep_location = false;
+        self
+    }
+
     /// Ends the plan with `r`; a reply's location is `location`.
-    fn finish(&mut self, r: Result<(TikvResponse, KeyLocation), Error>) {
+    fn finish(&mut self, r: Result<(TikvResponse, SentTo), Error>) {
         self.done = true;
         self.locate = None;
         self.request = None;
@@ -172,9 +214,23 @@ impl SingleRegion {
         // The cache lookup `LocateKey::start` would make; a hit (the common case) needs no
         // locator.
         let mut rng = shared.rng.fork();
-        let lookup = shared.regions.lookup(&self.key, self.by_end, now, &mut rng);
+        // Without a clamp, a caller that does not want the location needs only the region.
+        let lookup = if self.keep_location || !matches!(self.clamp, Clamp::None) {
+            shared.regions.lookup(&self.key, self.by_end, now, &mut rng)
+        } else {
+            match shared
+                .regions
+                .lookup_region(&self.key, self.by_end, now, &mut rng)
+            {
+                Ok(region) => {
+                    self.send(now, shared, bo, Ok(SentTo::Region(region)), true);
+                    return self.drive(now, shared);
+                }
+                Err(lookup) => lookup,
+            }
+        };
         if let Lookup::Hit(loc) = lookup {
-            self.send(now, shared, bo, Ok(loc), true);
+            self.send(now, shared, bo, Ok(SentTo::Location(loc)), true);
             return self.drive(now, shared);
         }
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
@@ -185,7 +241,7 @@ impl SingleRegion {
         match op.poll_result() {
             Some(r) => {
                 let bo = op.into_backoffer();
-                self.send(now, shared, bo, r, false);
+                self.send(now, shared, bo, r.map(SentTo::Location), false);
             }
             None => self.locate = Some(Box::new(op)),
         }
@@ -198,7 +254,7 @@ impl SingleRegion {
         now: Instant,
         shared: &mut Shared,
         bo: Backoffer,
-        located: Result<KeyLocation, Error>,
+        located: Result<SentTo, Error>,
         cache_hit: bool,
     ) {
         let loc = match located {
@@ -210,20 +266,21 @@ impl SingleRegion {
                 "single-region request lost its template".into(),
             )));
         };
-        apply_clamp(&mut req, &self.clamp, &loc);
+        // (Only a plan without a clamp sends without the location's keys.)
+        if let SentTo::Location(loc) = &loc {
+            apply_clamp(&mut req, &self.clamp, loc);
+        }
+        let region = loc.region();
         // Lent to the request, given back by `take_parts`.
         let opts = self.opts.take().unwrap_or_default();
         // A finished request's allocation if one is pooled, else a new one written in place
         // (a region request is several hundred bytes).
         let boxed = match shared.region_requests.pop() {
             Some(mut b) => {
-                b.reset(loc.region, req, opts, bo);
+                b.reset(region, req, opts, bo);
                 b
             }
-            None => Box::write(
-                Box::new_uninit(),
-                RegionRequest::new(loc.region, req, opts, bo),
-            ),
+            None => Box::write(Box::new_uninit(), RegionRequest::new(region, req, opts, bo)),
         };
         let rr = self.request.insert(boxed);
         if cache_hit {
@@ -245,7 +302,7 @@ impl SingleRegion {
                 };
                 let op = self.locate.take().expect("locate running");
                 let bo = op.into_backoffer();
-                self.send(now, shared, bo, r, false);
+                self.send(now, shared, bo, r.map(SentTo::Location), false);
                 continue;
             }
             if let Some(op) = self.request.as_mut() {
@@ -357,7 +414,10 @@ impl Operation for SingleRegion {
     fn poll_result(&mut self) -> Option<Result<Located, Error>> {
         let r = self.result.take()?;
         Some(r.and_then(|response| match self.location.take() {
-            Some(location) => Ok(Located { response, location }),
+            Some(sent) => Ok(Located {
+                response,
+                location: sent.into_location(),
+            }),
             None => Err(Error::Internal(
                 "single-region reply without its location".into(),
             )),
@@ -772,6 +832,55 @@ mod tests {
         assert_eq!(b, vec![vec![10, 10], vec![10, 10], vec![10]]);
         let big = batches_by_size(vec![100usize, 1], 16, |x| *x);
         assert_eq!(big, vec![vec![100], vec![1]]);
+    }
+
+    /// A plan built `without_location` sends like any other but copies no keys of the
+    /// region: its reply names only the region. Located through PD (a cold cache), or with
+    /// a clamp, it still has the whole location.
+    #[test]
+    fn without_location_names_only_the_region() {
+        use crate::machine::backoff::{Backoffer, budget};
+        use crate::machine::testkit::{FakePd, Harness, pd_reply, raw_get_ok, tikv_reply};
+        use tikv_proto::kvrpcpb;
+        let get = |key: &str| {
+            TikvRequest::Cmd(crate::machine::TikvCmd::RawGet(Box::new(
+                kvrpcpb::RawGetRequest {
+                    key: Key::copy_from_slice(key.as_bytes()),
+                    ..Default::default()
+                },
+            )))
+        };
+        let plan = |key: &str, keep: bool| {
+            let p = SingleRegion::new(
+                Key::copy_from_slice(key.as_bytes()),
+                false,
+                get(key),
+                Clamp::None,
+                RequestOptions::default(),
+                Backoffer::weighted(budget::RAW, budget::WEIGHT),
+            );
+            if keep { p } else { p.without_location() }
+        };
+        let mut pd = FakePd::split(1, &["m"]);
+        let mut h = Harness::new();
+        let mut run = |h: &mut Harness, mut op: SingleRegion| {
+            h.run(&mut op, |a, _| {
+                pd_reply(&mut pd, a).unwrap_or_else(|| tikv_reply(a, Ok(raw_get_ok(Some("v")))))
+            })
+            .unwrap()
+        };
+        // Cold cache: located through PD, the whole location either way.
+        let first = run(&mut h, plan("a", false));
+        assert_eq!(first.location.end_key, Key::from_static(b"m"));
+        // Cached: only the region, unless the location is kept.
+        let bare = run(&mut h, plan("b", false));
+        assert_eq!(bare.location.region, first.location.region);
+        assert!(bare.location.start_key.is_empty() && bare.location.end_key.is_empty());
+        let kept = run(&mut h, plan("c", true));
+        assert_eq!(kept.location, first.location);
+        let upper = run(&mut h, plan("x", false));
+        assert_ne!(upper.location.region, first.location.region);
+        assert_eq!(upper.response, raw_get_ok(Some("v")));
     }
 
     #[test]

@@ -169,6 +169,8 @@ impl<T> RawSingle<T> {
                 CompactOptions::of(&opts.request),
                 opts.backoffer(),
             )
+            // Only the reply is decoded.
+            .without_location()
         });
         RawSingle {
             inner: inner.map_err(Some),

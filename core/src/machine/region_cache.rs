@@ -584,22 +584,51 @@ impl RegionCache {
     /// `needReloadOnAccess` / `needDelayedReloadReady` has those flags cleared and is returned
     /// as [`Lookup::Reload`].
     pub fn lookup(&mut self, key: &[u8], is_end_key: bool, now: Instant, rng: &mut Rng) -> Lookup {
+        match self.lookup_with(key, is_end_key, now, rng, CachedRegion::location) {
+            Ok(loc) => Lookup::Hit(loc),
+            Err(other) => other,
+        }
+    }
+
+    /// [`RegionCache::lookup`] for a caller that needs only the region of a hit: `Ok` with its
+    /// version, without copying the region's keys (each copy of a shared key is an atomic
+    /// reference count that every request to the region would contend on); anything else
+    /// is the [`Lookup`] `lookup` gives, with the same effects on the cache.
+    pub fn lookup_region(
+        &mut self,
+        key: &[u8],
+        is_end_key: bool,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> Result<RegionVerId, Lookup> {
+        self.lookup_with(key, is_end_key, now, rng, |r| r.ver)
+    }
+
+    /// The lookup behind [`RegionCache::lookup`]: a plain hit is `hit` of the entry.
+    fn lookup_with<T>(
+        &mut self,
+        key: &[u8],
+        is_end_key: bool,
+        now: Instant,
+        rng: &mut Rng,
+        hit: impl FnOnce(&CachedRegion) -> T,
+    ) -> Result<T, Lookup> {
         // One probe of the region map: the TTL check and the flags on the same entry.
         let (ttl, jitter) = (self.ttl, self.ttl_jitter);
         match self.search_entry(key, is_end_key) {
-            None => Lookup::Miss,
+            None => Err(Lookup::Miss),
             Some((ver, r)) => {
                 if !entry_ttl_ok(r, ttl, jitter, now, rng) {
-                    return Lookup::Miss;
+                    return Err(Lookup::Miss);
                 }
                 if r.has_flag(NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY) {
                     r.flags &= !(NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY);
                     tracing::debug!(region = ver.id, "cached region flagged for reload");
-                    Lookup::Reload {
+                    Err(Lookup::Reload {
                         stale: r.location(),
-                    }
+                    })
                 } else {
-                    Lookup::Hit(r.location())
+                    Ok(hit(r))
                 }
             }
         }
@@ -1324,6 +1353,26 @@ pub(crate) mod tests {
         assert_eq!(id(c.lookup(b"", true, now, &mut rng)), 3);
         assert_eq!(c.cached_range(b"a", b"e", now, &mut rng).len(), 3);
         assert_eq!(c.cached_range(b"a", b"c", now, &mut rng).len(), 2);
+        // The region-only lookup: the same regions, and the same answer when not a hit.
+        assert_eq!(
+            c.lookup_region(b"a", false, now, &mut rng).map(|v| v.id),
+            Ok(1)
+        );
+        assert_eq!(
+            c.lookup_region(b"d", true, now, &mut rng).map(|v| v.id),
+            Ok(2)
+        );
+        let two = c.latest(2).unwrap().ver_id();
+        c.mark_reload_on_access(two);
+        assert!(matches!(
+            c.lookup_region(b"c", false, now, &mut rng),
+            Err(Lookup::Reload { stale }) if stale.region == two
+        ));
+        assert_eq!(
+            c.lookup_region(b"c", false, now, &mut rng),
+            Ok(two),
+            "flag cleared"
+        );
     }
 
     #[test]
