@@ -18,7 +18,7 @@ use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encode
 use tikv_proto::{kvrpcpb, tikvpb};
 
 use crate::machine::batch::Batch;
-use crate::machine::request::cmd_context_slot;
+use crate::machine::request::{cmd_context_slot, cmd_override_priority, context_override_priority};
 use crate::machine::{SpentCmds, TikvCmd};
 
 /// Field numbers of `BatchCommandsRequest` (`responses` and `request_ids` of
@@ -44,6 +44,17 @@ pub struct BatchCmd {
     pub cmd: TikvCmd,
     /// Its shared context, if it carries none itself.
     pub context: Option<Arc<kvrpcpb::Context>>,
+}
+
+impl BatchCmd {
+    /// Its priority in the `BatchCommands` queue, from whichever context it carries (see
+    /// [`crate::machine::request::cmd_override_priority`]).
+    pub fn override_priority(&mut self) -> u64 {
+        match &self.context {
+            Some(ctx) => context_override_priority(ctx),
+            None => cmd_override_priority(&mut self.cmd),
+        }
+    }
 }
 
 impl From<TikvCmd> for BatchCmd {
@@ -116,11 +127,18 @@ impl ContextEncoding {
     }
 
     /// Makes `bytes` the encoding of `ctx`, moved out of its command.
-    fn use_owned(&mut self, ctx: kvrpcpb::Context) {
-        if !same_context_opt(self.last.get(), Some(&ctx)) {
+    fn use_owned(&mut self, mut ctx: kvrpcpb::Context) {
+        self.use_in_place(&mut ctx);
+    }
+
+    /// Makes `bytes` the encoding of `ctx`, compared where it lies and moved out only when
+    /// it differs from the last one (moving it reads the whole ~350 bytes, from a box the
+    /// cache may have lost).
+    fn use_in_place(&mut self, ctx: &mut kvrpcpb::Context) {
+        if !same_context_opt(self.last.get(), Some(ctx)) {
             self.bytes.clear();
             ctx.encode_raw(&mut self.bytes);
-            self.last = LastContext::Owned(ctx);
+            self.last = LastContext::Owned(std::mem::take(ctx));
         }
     }
 
@@ -158,13 +176,7 @@ impl BatchEncoder {
                 && (get.context.is_some() || shared.is_some())
             {
                 match &mut get.context {
-                    // Compared where it lies, and moved out only when it differs (moving it
-                    // reads the whole ~350 bytes, from a box the cache may have lost).
-                    Some(own) => {
-                        if !same_context_opt(self.ctx.last.get(), Some(own)) {
-                            self.ctx.use_owned(std::mem::take(own));
-                        }
-                    }
+                    Some(own) => self.ctx.use_in_place(own),
                     None => self.ctx.use_either(None, shared),
                 }
                 put_raw_get(out, &self.ctx.bytes, get);

@@ -42,7 +42,6 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
 use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
-use crate::machine::request::cmd_override_priority;
 use crate::machine::{Input, IoId, SpentCmds, TikvRequest, TikvResponse};
 use tikv_proto::kvrpcpb;
 
@@ -641,13 +640,7 @@ impl<R: Runtime> StreamTask<R> {
                             Ordering::Relaxed,
                         );
                         for mut q in queued.drain(..) {
-                            let priority = match &q.cmd.context {
-                                Some(ctx) => ctx
-                                    .resource_control_context
-                                    .as_ref()
-                                    .map_or(0, |r| r.override_priority),
-                                None => cmd_override_priority(&mut q.cmd.cmd),
-                            };
+                            let priority = q.cmd.override_priority();
                             let kind = rpc::cmd_kind(&q.cmd.cmd) as u8;
                             conn.submit_with_priority(
                                 now,

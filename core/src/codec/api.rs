@@ -325,7 +325,11 @@ impl ApiCodec {
     /// Fills `Context.api_version`, the keyspace oneof and `keyspace_name`. Mirrors
     /// client-go `apicodec.setAPICtx` (V1 carries `NullKeyspaceID` like client-go).
     pub fn set_context(&self, ctx: &mut Option<kvrpcpb::Context>) {
-        let ctx = ctx.get_or_insert_with(Default::default);
+        self.fill_context(ctx.get_or_insert_with(Default::default));
+    }
+
+    /// [`ApiCodec::set_context`] on a context that is there.
+    pub fn fill_context(&self, ctx: &mut kvrpcpb::Context) {
         ctx.api_version = self.api_version() as i32;
         match &self.keyspace {
             None => {

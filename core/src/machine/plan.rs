@@ -215,24 +215,24 @@ impl SingleRegion {
         // locator.
         let mut rng = shared.rng.fork();
         // Without a clamp, a caller that does not want the location needs only the region.
-        let lookup = if self.keep_location || !matches!(self.clamp, Clamp::None) {
-            shared.regions.lookup(&self.key, self.by_end, now, &mut rng)
-        } else {
-            match shared
-                .regions
-                .lookup_region(&self.key, self.by_end, now, &mut rng)
-            {
-                Ok(region) => {
-                    self.send(now, shared, bo, Ok(SentTo::Region(region)), true);
-                    return self.drive(now, shared);
-                }
-                Err(lookup) => lookup,
+        let hit = if self.keep_location || !matches!(self.clamp, Clamp::None) {
+            match shared.regions.lookup(&self.key, self.by_end, now, &mut rng) {
+                Lookup::Hit(loc) => Ok(SentTo::Location(loc)),
+                other => Err(other),
             }
+        } else {
+            let found = shared
+                .regions
+                .lookup_region(&self.key, self.by_end, now, &mut rng);
+            found.map(SentTo::Region)
         };
-        if let Lookup::Hit(loc) = lookup {
-            self.send(now, shared, bo, Ok(SentTo::Location(loc)), true);
-            return self.drive(now, shared);
-        }
+        let lookup = match hit {
+            Ok(sent) => {
+                self.send(now, shared, bo, Ok(sent), true);
+                return self.drive(now, shared);
+            }
+            Err(lookup) => lookup,
+        };
         let mut op = LocateKey::new(self.key.clone(), self.by_end, bo);
         op.start_with_lookup(shared, rng, lookup);
         while let Some(a) = op.poll_action() {

@@ -104,11 +104,6 @@ impl CompactOptions {
         self.0
             .get_or_insert_with(|| Box::new(DEFAULT_OPTIONS.clone()))
     }
-
-    /// The options themselves.
-    pub fn into_options(self) -> RequestOptions {
-        self.0.map_or_else(|| DEFAULT_OPTIONS.clone(), |b| *b)
-    }
 }
 
 impl From<RequestOptions> for CompactOptions {
@@ -141,10 +136,20 @@ pub enum RegionOutcome {
 
 /// Turns a read's replica-read, stale-read and busy-threshold options off, keeping its read
 /// timestamp. Mirrors client-go `disableReadFeaturesForNextGen`, applied when
-/// [`crate::machine::RoutingConfig::next_gen`] is set.
-fn disable_read_features_for_next_gen(read: &mut ReadOptions) {
+/// [`crate::machine::RoutingConfig::next_gen`] is set. Options with none of them on are
+/// left as they are (the defaults stay unboxed).
+fn disable_read_features_for_next_gen(opts: &mut CompactOptions) {
+    use crate::machine::replica::ReplicaReadType;
+    let read = &opts.read;
+    if !read.stale_read
+        && read.replica_read == ReplicaReadType::Leader
+        && read.busy_threshold.is_zero()
+    {
+        return;
+    }
+    let read = &mut opts.get_mut().read;
     read.stale_read = false;
-    read.replica_read = crate::machine::replica::ReplicaReadType::Leader;
+    read.replica_read = ReplicaReadType::Leader;
     read.busy_threshold = Duration::ZERO;
 }
 
@@ -178,7 +183,14 @@ pub fn context_slot(req: &mut TikvRequest) -> Option<&mut Option<kvrpcpb::Contex
 pub fn cmd_override_priority(cmd: &mut TikvCmd) -> u64 {
     cmd_context_slot(cmd)
         .and_then(|c| c.as_ref())
-        .and_then(|c| c.resource_control_context.as_ref())
+        .map_or(0, context_override_priority)
+}
+
+/// A request `Context`'s `resource_control_context.override_priority` (0 when unset); see
+/// [`cmd_override_priority`].
+pub fn context_override_priority(ctx: &kvrpcpb::Context) -> u64 {
+    ctx.resource_control_context
+        .as_ref()
         .map_or(0, |r| r.override_priority)
 }
 
@@ -799,14 +811,7 @@ impl RegionRequest {
             return self.fail(e);
         }
         if shared.routing.next_gen {
-            let read = &self.opts.read;
-            // Written (and the defaults boxed) only when there is something to turn off.
-            if read.stale_read
-                || read.replica_read != crate::machine::replica::ReplicaReadType::Leader
-                || !read.busy_threshold.is_zero()
-            {
-                disable_read_features_for_next_gen(&mut self.opts.get_mut().read);
-            }
+            disable_read_features_for_next_gen(&mut self.opts);
         }
         if self.ts_check != TsCheck::Done && self.validate_read_ts(shared) {
             return;
@@ -3041,6 +3046,24 @@ mod tests {
         assert_eq!(shared.store_limits.in_flight(1), 1);
         drop(op);
         assert_eq!(shared.store_limits.in_flight(1), 0);
+    }
+
+    /// The compact form's defaults are `RequestOptions::default()`, which it stores as
+    /// nothing; other options are kept whole.
+    #[test]
+    fn compact_options_store_nothing_for_the_defaults() {
+        assert_eq!(DEFAULT_OPTIONS, RequestOptions::default());
+        let compact = CompactOptions::of(&RequestOptions::default());
+        assert_eq!(compact, CompactOptions::default());
+        assert_eq!(*compact, RequestOptions::default());
+        let traced = RequestOptions {
+            trace_control_flags: 1,
+            ..Default::default()
+        };
+        assert_eq!(*CompactOptions::from(traced.clone()), traced);
+        let mut written = CompactOptions::default();
+        written.get_mut().override_priority = 3;
+        assert_eq!(written.override_priority, 3);
     }
 
     /// The first attempt with a given region, peer and flags writes its `Context` into its

@@ -106,12 +106,10 @@ impl ContextCache {
                 if let Some(ctx) = &s.context {
                     return Ok(ctx.clone());
                 }
-                let mut ctx = Some(kvrpcpb::Context::default());
-                if let Some(c) = ctx.as_mut() {
-                    key.apply(c);
-                }
-                codec.set_context(&mut ctx);
-                let ctx = Arc::new(ctx.unwrap_or_default());
+                let mut ctx = kvrpcpb::Context::default();
+                key.apply(&mut ctx);
+                codec.fill_context(&mut ctx);
+                let ctx = Arc::new(ctx);
                 s.context = Some(ctx.clone());
                 Ok(ctx)
             }
