@@ -147,9 +147,11 @@ fn with_max_exec(mut ctx: kvrpcpb::Context, ms: u64) -> Option<kvrpcpb::Context>
 /// A raw call on one key: locate, send, decode. See the module docs.
 #[derive(Debug)]
 pub struct RawSingle<T> {
+    /// The plan, or the input check's error (taken as the result).
     inner: Result<SingleRegion, Option<Error>>,
+    /// Turns the plan's reply into the output, as the result is taken (the operation keeps
+    /// no copy of it: its allocation is part of every call in flight).
     decode: fn(TikvResponse) -> Result<T, Error>,
-    result: Option<Result<T, Error>>,
 }
 
 impl<T> RawSingle<T> {
@@ -175,15 +177,6 @@ impl<T> RawSingle<T> {
         RawSingle {
             inner: inner.map_err(Some),
             decode,
-            result: None,
-        }
-    }
-
-    fn settle(&mut self) {
-        if let Ok(op) = &mut self.inner
-            && let Some(r) = op.poll_result()
-        {
-            self.result = Some(r.and_then(|l| (self.decode)(l.response)));
         }
     }
 }
@@ -192,31 +185,22 @@ impl<T> Operation for RawSingle<T> {
     type Output = T;
 
     fn start(&mut self, now: Instant, shared: &mut Shared) {
-        match &mut self.inner {
-            Ok(op) => op.start(now, shared),
-            Err(e) => {
-                let e = e
-                    .take()
-                    .unwrap_or_else(|| Error::invalid("operation restarted"));
-                self.result = Some(Err(e));
-                return;
-            }
+        // (A failed input check is the result, taken by `poll_result`.)
+        if let Ok(op) = &mut self.inner {
+            op.start(now, shared);
         }
-        self.settle();
     }
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
         if let Ok(op) = &mut self.inner {
             op.handle_input(now, shared, input);
         }
-        self.settle();
     }
 
     fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
         if let Ok(op) = &mut self.inner {
             op.handle_timeout(now, shared);
         }
-        self.settle();
     }
 
     fn poll_action(&mut self) -> Option<Action> {
@@ -228,7 +212,13 @@ impl<T> Operation for RawSingle<T> {
     }
 
     fn poll_result(&mut self) -> Option<Result<T, Error>> {
-        self.result.take()
+        match &mut self.inner {
+            Ok(op) => {
+                let r = op.poll_result()?;
+                Some(r.and_then(|l| (self.decode)(l.response)))
+            }
+            Err(e) => e.take().map(Err),
+        }
     }
 }
 
