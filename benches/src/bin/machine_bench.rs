@@ -98,14 +98,16 @@ fn warm_shared(now: Instant) -> Shared {
         leader: Some(peer),
         ..Default::default()
     };
-    let Shared {
-        regions,
-        stores,
-        rng,
-        ..
-    } = &mut shared;
-    regions
-        .apply_pd_region(region, true, &codec, stores, now, rng)
+    shared
+        .regions
+        .apply_pd_region(
+            region,
+            true,
+            &codec,
+            &mut shared.stores,
+            now,
+            &mut shared.rng,
+        )
         .expect("region applies");
     shared
 }
