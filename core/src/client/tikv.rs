@@ -448,7 +448,7 @@ impl<R: Runtime> TikvTransport<R> {
         pool: Arc<StorePool<R>>,
         now: Instant,
         id: IoId,
-        request: TikvRequest,
+        mut request: TikvRequest,
         context: Option<Arc<kvrpcpb::Context>>,
         timeout: Duration,
         reply: &Inbox<Input>,
@@ -457,7 +457,6 @@ impl<R: Runtime> TikvTransport<R> {
             Self::queue(&pool, now, id, request, context, timeout, reply);
             return None;
         }
-        let mut request = request;
         crate::machine::attach_context(&mut request, context);
         self.stats.unary_calls.fetch_add(1, Ordering::Relaxed);
         Some(Box::pin(unary(

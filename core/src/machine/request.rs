@@ -65,6 +65,16 @@ pub struct RequestOptions {
     pub override_priority: u64,
 }
 
+impl RequestOptions {
+    /// Whether these options write anything into an attempt's `Context` (tracing, priority:
+    /// the options `RegionRequest::write_context` copies). An attempt whose options write
+    /// nothing and whose template has no `Context` of its own may share its context (see
+    /// [`crate::machine::shared_ctx`]).
+    fn writes_context(&self) -> bool {
+        !self.trace_id.is_empty() || self.trace_control_flags != 0 || self.override_priority != 0
+    }
+}
+
 /// The defaults, for [`CompactOptions`] to point at.
 static DEFAULT_OPTIONS: RequestOptions = RequestOptions {
     read: ReadOptions {
@@ -961,9 +971,7 @@ impl RegionRequest {
         }
         // A template without a context of its own, and options that add nothing to it: the
         // attempt's context depends on the key alone and may be shared.
-        let shareable = self.opts.trace_id.is_empty()
-            && self.opts.trace_control_flags == 0
-            && self.opts.override_priority == 0
+        let shareable = !self.opts.writes_context()
             && match &mut request {
                 TikvRequest::Cmd(cmd) => matches!(cmd_context_slot(cmd), Some(None)),
                 _ => false,
