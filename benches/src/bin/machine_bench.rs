@@ -11,8 +11,9 @@
 //! by several percent from one minute to the next and from one build to the next (code
 //! layout), so a change worth a few percent cannot be resolved with it. This benchmark runs
 //! the part of a get that `docs/PERFORMANCE.md` (session 10) found to be the biggest single
-//! share of the client's time: the operation ([`raw::get_reusing`], a `RawSingle` over a
-//! `SingleRegion` and a `RegionRequest`) against a warm region cache, fed its reply by hand
+//! share of the client's time: the operation ([`raw::get_reusing`], a `RawSingle`, which on
+//! a warm cache sends on the leader fast path without building its `SingleRegion` plan or a
+//! `RegionRequest`) against a warm region cache, fed its reply by hand
 //! the way the driver does. It is single-threaded and deterministic: a fixed seed, a fixed
 //! order, no clock in the machines (the instants are a counter). So its instruction count
 //! under callgrind is exact, and its time per get varies little.

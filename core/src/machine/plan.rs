@@ -21,7 +21,9 @@ use crate::machine::backoff::Backoffer;
 use crate::machine::locate::{GroupKeys, KeyGroup, LocateKey};
 use crate::machine::region_cache::{KeyLocation, Lookup, RegionVerId};
 use crate::machine::region_error::may_backoff_for_region_error;
-use crate::machine::request::{CompactOptions, RegionOutcome, RegionRequest, RequestOptions};
+use crate::machine::request::{
+    CompactOptions, FastAttempt, RegionOutcome, RegionRequest, RequestOptions,
+};
 use crate::machine::{
     Action, ActionQueue, Input, IoId, Key, Operation, Shared, TikvCmd, TikvRequest, TikvResponse,
 };
@@ -191,6 +193,68 @@ impl SingleRegion {
         self
     }
 
+    /// [`Operation::start`] for a caller that already looked its key up the way the plan's
+    /// start would: `plan_rng` and `lookup_rng` are the two streams that start forks (in that
+    /// order), `found` the [`RegionCache::lookup_region`] made with the second. Only for a
+    /// plan [`SingleRegion::without_location`] and without a clamp, which is what that lookup
+    /// serves.
+    ///
+    /// [`RegionCache::lookup_region`]: crate::machine::region_cache::RegionCache::lookup_region
+    pub fn start_after_lookup(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        plan_rng: Rng,
+        lookup_rng: Rng,
+        found: Result<RegionVerId, Lookup>,
+    ) {
+        debug_assert!(!self.keep_location && matches!(self.clamp, Clamp::None));
+        self.rng = plan_rng;
+        self.after_lookup(now, shared, lookup_rng, found.map(SentTo::Region));
+    }
+
+    /// A plan for `key` (routed by its start, without location or clamp) whose first request
+    /// went out on the leader fast path ([`FastAttempt`]) from a caller that holds the
+    /// template, options and backoffer: the plan stands as it would after sending that
+    /// attempt itself (the plan's `start` forked `plan_rng`); feed it the attempt's reply
+    /// next.
+    pub fn resume_fast(
+        key: Key,
+        template: TikvRequest,
+        opts: CompactOptions,
+        backoffer: Backoffer,
+        plan_rng: Rng,
+        fast: FastAttempt,
+        shared: &mut Shared,
+    ) -> Self {
+        let region = fast.region();
+        let mut request = match shared.region_requests.pop() {
+            Some(mut b) => {
+                b.reset(region, template, opts, backoffer);
+                b
+            }
+            None => Box::new(RegionRequest::new(region, template, opts, backoffer)),
+        };
+        request.adopt_fast_attempt(fast);
+        SingleRegion {
+            key,
+            by_end: false,
+            template: None,
+            clamp: Clamp::None,
+            opts: None,
+            bo: None,
+            rng: plan_rng,
+            locate: None,
+            request: Some(request),
+            location: Some(SentTo::Region(region)),
+            keep_location: false,
+            wake: None,
+            actions: None,
+            result: None,
+            done: false,
+        }
+    }
+
     /// Ends the plan with `r`; a reply's location is `location`.
     fn finish(&mut self, r: Result<(TikvResponse, SentTo), Error>) {
         self.done = true;
@@ -210,7 +274,6 @@ impl SingleRegion {
     }
 
     fn begin_locate(&mut self, now: Instant, shared: &mut Shared) {
-        let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
         // The cache lookup `LocateKey::start` would make; a hit (the common case) needs no
         // locator.
         let mut rng = shared.rng.fork();
@@ -226,6 +289,19 @@ impl SingleRegion {
                 .lookup_region(&self.key, self.by_end, now, &mut rng);
             found.map(SentTo::Region)
         };
+        self.after_lookup(now, shared, rng, hit);
+    }
+
+    /// Goes on from the cache lookup of `begin_locate`, made with `rng`: sends on a hit, else
+    /// locates the key through PD.
+    fn after_lookup(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        rng: Rng,
+        hit: Result<SentTo, Lookup>,
+    ) {
+        let bo = self.bo.take().unwrap_or_else(|| Backoffer::new(0));
         let lookup = match hit {
             Ok(sent) => {
                 self.send(now, shared, bo, Ok(sent), true);

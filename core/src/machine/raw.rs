@@ -1,7 +1,8 @@
 //! Raw key-value operations as machines.
 //!
 //! Every raw call of the client is one [`Operation`] built here from the routing pieces:
-//! single-key calls are a [`SingleRegion`] plus a decoder ([`RawSingle`]); batch calls are a
+//! single-key calls ([`RawSingle`]) send their request themselves when the region and its
+//! leader are cached, and run a [`SingleRegion`] plan otherwise or on a retry; batch calls are a
 //! [`BatchPlan`] ([`RawBatch`], 512 keys per get / delete RPC, 16 KiB per put RPC); scans,
 //! reverse scans, delete range and checksum walk the regions one by one ([`RawWalk`], each step
 //! with a fresh backoff budget like client-go's `sendReq`). Keys are user keys: the client's
@@ -29,11 +30,12 @@ use crate::machine::plan::{
     BatchKind, BatchPlan, Clamp, Located, SingleRegion, batches_by_count, batches_by_size,
     clamped_end,
 };
-use crate::machine::request::{CompactOptions, RequestOptions};
+use crate::machine::request::{CompactOptions, FastAttempt, FastReply, FastStart, RequestOptions};
 use crate::machine::{
     Action, ActionQueue, Input, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse,
 };
+use crate::rng::Rng;
 
 /// Largest scan limit. Mirrors client-go `rawkv.MaxRawKVScanLimit`.
 pub const MAX_RAW_SCAN_LIMIT: u32 = 10240;
@@ -145,13 +147,69 @@ fn with_max_exec(mut ctx: kvrpcpb::Context, ms: u64) -> Option<kvrpcpb::Context>
 // ---- single-key calls -------------------------------------------------------------------
 
 /// A raw call on one key: locate, send, decode. See the module docs.
+///
+/// A call whose region is cached with a reachable leader sends its one request itself
+/// ([`FastAttempt`]) and, when the reply has no region error, completes without building
+/// the general plan. Any other path (a cache miss, a follower read, a send failure or a
+/// region error in the reply) runs the [`SingleRegion`] plan, resumed exactly where the
+/// call left it: the behaviour is the plan's in every case, only cheaper on the common one.
+/// Mirrors client-go `rawkv.Client.sendReq`.
 #[derive(Debug)]
 pub struct RawSingle<T> {
-    /// The plan, or the input check's error (taken as the result).
-    inner: Result<SingleRegion, Option<Error>>,
-    /// Turns the plan's reply into the output, as the result is taken (the operation keeps
-    /// no copy of it: its allocation is part of every call in flight).
+    state: SingleState,
+    /// The fast path's action until it is polled, then the result until it is taken (the
+    /// two never overlap, and the operation's bytes are part of every call in flight).
+    out: Out,
+    /// Turns the reply into the output, as the result is taken (the operation keeps no copy
+    /// of it).
     decode: fn(TikvResponse) -> Result<T, Error>,
+}
+
+/// What a [`RawSingle`] sends: everything its plan would be built from.
+#[derive(Debug)]
+struct Call {
+    key: Key,
+    template: TikvRequest,
+    opts: CompactOptions,
+    /// The backoff budget in ms (before weighting); the backoffer is built only for a retry.
+    budget_ms: u64,
+}
+
+impl Call {
+    fn backoffer(&self) -> Backoffer {
+        Backoffer::weighted(self.budget_ms, budget::WEIGHT)
+    }
+
+    fn plan(self) -> SingleRegion {
+        let bo = self.backoffer();
+        SingleRegion::new(self.key, false, self.template, Clamp::None, self.opts, bo)
+            // Only the reply is decoded.
+            .without_location()
+    }
+}
+
+#[derive(Debug)]
+enum SingleState {
+    /// Built, not started.
+    Ready(Call),
+    /// The first attempt is in flight on the fast path; `plan_rng` is the stream the plan
+    /// forked at the start, for a plan resumed on a retry.
+    Fast {
+        call: Call,
+        attempt: FastAttempt,
+        plan_rng: Rng,
+    },
+    /// The general plan runs.
+    Plan(Box<SingleRegion>),
+    /// Finished (the result, until taken, is in `out`).
+    Done,
+}
+
+#[derive(Debug)]
+enum Out {
+    None,
+    Action(Action),
+    Result(Result<TikvResponse, Error>),
 }
 
 impl<T> RawSingle<T> {
@@ -162,22 +220,60 @@ impl<T> RawSingle<T> {
         opts: &RawOptions,
         decode: fn(TikvResponse) -> Result<T, Error>,
     ) -> Self {
-        let inner = checked.map(|()| {
-            SingleRegion::new(
-                key,
-                false,
-                request,
-                Clamp::None,
-                CompactOptions::of(&opts.request),
-                opts.backoffer(),
-            )
-            // Only the reply is decoded.
-            .without_location()
-        });
-        RawSingle {
-            inner: inner.map_err(Some),
-            decode,
+        let (state, out) = match checked {
+            Ok(()) => (
+                SingleState::Ready(Call {
+                    key,
+                    template: request,
+                    opts: CompactOptions::of(&opts.request),
+                    budget_ms: opts.budget_ms.unwrap_or(budget::RAW),
+                }),
+                Out::None,
+            ),
+            // (A failed input check is the result, taken by `poll_result`.)
+            Err(e) => (SingleState::Done, Out::Result(Err(e))),
+        };
+        RawSingle { state, out, decode }
+    }
+
+    /// The call without its fast path: the plan runs from the start (for tests that compare
+    /// the two).
+    #[cfg(test)]
+    fn planned(mut self) -> Self {
+        if let SingleState::Ready(call) = std::mem::replace(&mut self.state, SingleState::Done) {
+            self.state = SingleState::Plan(Box::new(call.plan()));
         }
+        self
+    }
+
+    fn start_call(&mut self, mut call: Call, now: Instant, shared: &mut Shared) {
+        // The plan's start: its own stream, then the lookup's.
+        let plan_rng = shared.rng.fork();
+        let mut lookup_rng = shared.rng.fork();
+        let found = shared
+            .regions
+            .lookup_region(&call.key, false, now, &mut lookup_rng);
+        if let Ok(region) = found {
+            match FastAttempt::send(region, &mut call.template, &mut call.opts, now, shared) {
+                FastStart::Sent(attempt, action) => {
+                    self.out = Out::Action(action);
+                    self.state = SingleState::Fast {
+                        call,
+                        attempt,
+                        plan_rng,
+                    };
+                    return;
+                }
+                FastStart::Failed(e) => {
+                    self.out = Out::Result(Err(e));
+                    return;
+                }
+                FastStart::NotTaken => {}
+            }
+        }
+        let mut plan = Box::new(call.plan());
+        plan.start_after_lookup(now, shared, plan_rng, lookup_rng, found);
+        self.state = SingleState::Plan(plan);
     }
 }
 
@@ -185,39 +281,93 @@ impl<T> Operation for RawSingle<T> {
     type Output = T;
 
     fn start(&mut self, now: Instant, shared: &mut Shared) {
-        // (A failed input check is the result, taken by `poll_result`.)
-        if let Ok(op) = &mut self.inner {
-            op.start(now, shared);
+        match std::mem::replace(&mut self.state, SingleState::Done) {
+            SingleState::Ready(call) => self.start_call(call, now, shared),
+            SingleState::Plan(mut plan) => {
+                plan.start(now, shared);
+                self.state = SingleState::Plan(plan);
+            }
+            other => self.state = other,
         }
     }
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
-        if let Ok(op) = &mut self.inner {
-            op.handle_input(now, shared, input);
+        match std::mem::replace(&mut self.state, SingleState::Done) {
+            SingleState::Plan(mut plan) => {
+                plan.handle_input(now, shared, input);
+                self.state = SingleState::Plan(plan);
+            }
+            SingleState::Fast {
+                call,
+                attempt,
+                plan_rng,
+            } if matches!(&input, Input::Tikv { id, .. } if *id == attempt.id()) => {
+                match attempt.on_reply(shared, input) {
+                    FastReply::Done(result) => {
+                        // Done with the template: its allocation serves the next copies.
+                        if let TikvRequest::Cmd(cmd) = call.template {
+                            shared.spare_cmds.push(cmd);
+                        }
+                        self.out = Out::Result(result);
+                    }
+                    FastReply::Retry(attempt, input) => {
+                        let bo = call.backoffer();
+                        let mut plan = Box::new(SingleRegion::resume_fast(
+                            call.key,
+                            call.template,
+                            call.opts,
+                            bo,
+                            plan_rng,
+                            attempt,
+                            shared,
+                        ));
+                        plan.handle_input(now, shared, input);
+                        self.state = SingleState::Plan(plan);
+                    }
+                }
+            }
+            // Not this call's reply, or a finished call.
+            other => self.state = other,
         }
     }
 
     fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
-        if let Ok(op) = &mut self.inner {
-            op.handle_timeout(now, shared);
+        if let SingleState::Plan(plan) = &mut self.state {
+            plan.handle_timeout(now, shared);
         }
     }
 
     fn poll_action(&mut self) -> Option<Action> {
-        self.inner.as_mut().ok().and_then(|op| op.poll_action())
+        if matches!(self.out, Out::Action(_))
+            && let Out::Action(a) = std::mem::replace(&mut self.out, Out::None)
+        {
+            return Some(a);
+        }
+        match &mut self.state {
+            SingleState::Plan(plan) => plan.poll_action(),
+            _ => None,
+        }
     }
 
     fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        self.inner.as_ref().ok().and_then(|op| op.poll_timeout())
+        match &self.state {
+            SingleState::Plan(plan) => plan.poll_timeout(),
+            _ => None,
+        }
     }
 
     fn poll_result(&mut self) -> Option<Result<T, Error>> {
-        match &mut self.inner {
-            Ok(op) => {
-                let r = op.poll_result()?;
+        if matches!(self.out, Out::Result(_))
+            && let Out::Result(r) = std::mem::replace(&mut self.out, Out::None)
+        {
+            return Some(r.and_then(self.decode));
+        }
+        match &mut self.state {
+            SingleState::Plan(plan) => {
+                let r = plan.poll_result()?;
                 Some(r.and_then(|l| (self.decode)(l.response)))
             }
-            Err(e) => e.take().map(Err),
+            _ => None,
         }
     }
 }
@@ -1118,11 +1268,13 @@ mod tests {
     use super::*;
     use crate::codec::{ApiCodec, KeyMode};
     use crate::machine::backoff::BackoffKind;
+    use crate::machine::replica::ReplicaReadType;
     use crate::machine::testkit::{
-        FakeKv, FakePd, Harness, Reply, cluster, fake_crc, pd_reply, region_err_reply, tikv_reply,
+        self, FakeKv, FakePd, Harness, Reply, cluster, fake_crc, pd_reply, region_err_reply,
+        tikv_reply,
     };
     use std::cell::RefCell;
-    use tikv_proto::errorpb;
+    use tikv_proto::{errorpb, metapb};
 
     fn k(s: &str) -> Key {
         Bytes::copy_from_slice(s.as_bytes())
@@ -1170,6 +1322,222 @@ mod tests {
 
     fn opts() -> RawOptions {
         RawOptions::default()
+    }
+
+    /// How the first attempt of a call is answered in [`fast_path_behaves_as_the_plan`].
+    #[derive(Clone)]
+    enum First {
+        Reply,
+        RegionError(Box<errorpb::Error>),
+        /// A split moved the key's region to a new version (TiKV's `EpochNotMatch` with the
+        /// current regions).
+        Split,
+        SendError(Error),
+        Drop,
+    }
+
+    /// One run of `get("k")` on a 3-store cluster (one region, leader on store 1), its first
+    /// attempt answered by `first` and every later one by a found value. The observable
+    /// record: the result, every action with its instant, the caches and the shared random
+    /// stream afterwards.
+    fn record_get(
+        base: Instant,
+        fast: bool,
+        warm: bool,
+        opts: &RawOptions,
+        next_gen: bool,
+        first: &First,
+    ) -> String {
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = if warm {
+            Harness::warm_at(&pd, base)
+        } else {
+            Harness::at(base)
+        };
+        h.shared.routing.next_gen = next_gen;
+        let op = get(k("k"), opts);
+        let mut op = if fast { op } else { op.planned() };
+        let mut n = 0;
+        let result = h.run(&mut op, |a, _| {
+            if let Some(r) = pd_reply(&mut pd, a) {
+                return r;
+            }
+            n += 1;
+            let Action::Tikv { request, .. } = a else {
+                panic!("unexpected action {a:?}")
+            };
+            if n > 1 {
+                return tikv_reply(a, Ok(testkit::raw_get_ok(Some("v"))));
+            }
+            match first {
+                First::Reply => tikv_reply(a, Ok(testkit::raw_get_ok(Some("v")))),
+                First::RegionError(e) => {
+                    tikv_reply(a, Ok(region_err_reply(request, (**e).clone())))
+                }
+                First::Split => {
+                    pd.split_at("m", 9);
+                    let current = pd.regions.iter().map(|r| r.meta.clone()).collect();
+                    let e = errorpb::Error {
+                        message: "epoch not match".into(),
+                        epoch_not_match: Some(errorpb::EpochNotMatch {
+                            current_regions: current,
+                        }),
+                        ..Default::default()
+                    };
+                    tikv_reply(a, Ok(region_err_reply(request, e)))
+                }
+                First::SendError(e) => tikv_reply(a, Err(e.clone())),
+                First::Drop => Reply::Drop,
+            }
+        });
+        let log: Vec<String> = h
+            .log
+            .iter()
+            .map(|(at, a)| format!("{:?} {a:?}", *at - base))
+            .collect();
+        format!(
+            "result {result:?}\nlog {log:#?}\nregions {:?}\nstores {:?}\nrng {}\nnow {:?}",
+            h.shared.regions,
+            h.shared.stores,
+            h.shared.rng.next_u64(),
+            h.now - base,
+        )
+    }
+
+    /// The fast path of a raw point call (`FastAttempt`, no plan built) behaves exactly as
+    /// the plan it skips: for a found value, every row of the region-error table, a split,
+    /// each kind of send failure and a dropped reply, with a warm and a cold cache, leader
+    /// and follower reads, and next-gen routing, the result, the actions with their
+    /// instants, both caches and the shared random stream are the same.
+    #[test]
+    fn fast_path_behaves_as_the_plan() {
+        fn err_with(f: impl FnOnce(&mut errorpb::Error)) -> errorpb::Error {
+            let mut e = errorpb::Error {
+                message: "scripted".into(),
+                ..Default::default()
+            };
+            f(&mut e);
+            e
+        }
+        let region_errors = vec![
+            err_with(|e| e.undetermined_result = Some(Default::default())),
+            err_with(|e| {
+                e.not_leader = Some(errorpb::NotLeader {
+                    region_id: 1,
+                    leader: Some(metapb::Peer {
+                        id: 12,
+                        store_id: 2,
+                        ..Default::default()
+                    }),
+                })
+            }),
+            err_with(|e| e.not_leader = Some(Default::default())),
+            err_with(|e| e.disk_full = Some(Default::default())),
+            err_with(|e| e.recovery_in_progress = Some(Default::default())),
+            err_with(|e| e.is_witness = Some(Default::default())),
+            err_with(|e| e.flashback_in_progress = Some(Default::default())),
+            err_with(|e| e.flashback_not_prepared = Some(Default::default())),
+            err_with(|e| e.region_not_found = Some(Default::default())),
+            err_with(|e| e.key_not_in_region = Some(Default::default())),
+            err_with(|e| e.epoch_not_match = Some(Default::default())),
+            err_with(|e| e.bucket_version_not_match = Some(Default::default())),
+            err_with(|e| e.server_is_busy = Some(Default::default())),
+            err_with(|e| e.stale_command = Some(Default::default())),
+            err_with(|e| e.store_not_match = Some(Default::default())),
+            err_with(|e| e.raft_entry_too_large = Some(Default::default())),
+            err_with(|e| e.max_timestamp_not_synced = Some(Default::default())),
+            err_with(|e| e.region_not_initialized = Some(Default::default())),
+            err_with(|e| e.read_index_not_ready = Some(Default::default())),
+            err_with(|e| e.proposal_in_merging_mode = Some(Default::default())),
+            err_with(|e| e.data_is_not_ready = Some(Default::default())),
+            err_with(|e| e.mismatch_peer_id = Some(Default::default())),
+            err_with(|e| e.message = "invalid max_ts update".into()),
+            err_with(|_| {}),
+        ];
+        let mut firsts = vec![First::Reply, First::Split, First::Drop];
+        firsts.extend(
+            region_errors
+                .into_iter()
+                .map(|e| First::RegionError(Box::new(e))),
+        );
+        for sent in [false, true] {
+            firsts.push(First::SendError(Error::Rpc {
+                address: "store1:20160".into(),
+                message: "connection reset".into(),
+                sent,
+            }));
+        }
+        firsts.push(First::SendError(Error::Closed));
+        let mut follower = RawOptions::default();
+        follower.request.read.replica_read = ReplicaReadType::Follower;
+        let base = testkit::origin();
+        let mut fast_taken = 0;
+        for (i, first) in firsts.iter().enumerate() {
+            for (warm, opts, next_gen) in [
+                (true, &opts(), false),
+                (false, &opts(), false),
+                (true, &follower, false),
+                (true, &follower, true),
+            ] {
+                let fast = record_get(base, true, warm, opts, next_gen, first);
+                let planned = record_get(base, false, warm, opts, next_gen, first);
+                assert_eq!(
+                    fast,
+                    planned,
+                    "case {i} (warm {warm}, follower {}, next-gen {next_gen})",
+                    opts.request.read.replica_read != ReplicaReadType::Leader
+                );
+                fast_taken += usize::from(warm && (next_gen || opts == &RawOptions::default()));
+            }
+        }
+        // (The comparison must cover runs that took the fast path: warm leader reads, and
+        // next-gen follower reads, which next-gen sends to the leader.)
+        assert!(fast_taken > firsts.len());
+    }
+
+    /// A warm leader read takes the fast path: no plan and no region request is built for it
+    /// (the pool of region requests stays empty), and a failed first attempt resumes the
+    /// plan, which reuses the pool.
+    #[test]
+    fn warm_leader_read_builds_no_plan() {
+        let pd = FakePd::split(3, &[]);
+        let mut h = Harness::warm(&pd);
+        let mut op = get(k("k"), &opts());
+        op.start(h.now, &mut h.shared);
+        assert!(matches!(op.state, SingleState::Fast { .. }));
+        let Some(Action::Tikv { id, .. }) = op.poll_action() else {
+            panic!("a warm get sends at once")
+        };
+        assert!(op.poll_action().is_none());
+        op.handle_input(
+            h.now,
+            &mut h.shared,
+            Input::Tikv {
+                id,
+                result: Ok(testkit::raw_get_ok(Some("v"))),
+            },
+        );
+        assert_eq!(op.poll_result(), Some(Ok(Some(k("v")))));
+        assert!(h.shared.region_requests.pop().is_none());
+
+        let mut op = get(k("k"), &opts());
+        op.start(h.now, &mut h.shared);
+        let Some(Action::Tikv { id, .. }) = op.poll_action() else {
+            panic!("a warm get sends at once")
+        };
+        op.handle_input(
+            h.now,
+            &mut h.shared,
+            Input::Tikv {
+                id,
+                result: Err(Error::Rpc {
+                    address: "store1:20160".into(),
+                    message: "reset".into(),
+                    sent: false,
+                }),
+            },
+        );
+        assert!(matches!(op.state, SingleState::Plan(_)));
     }
 
     #[test]

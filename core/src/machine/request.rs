@@ -487,6 +487,228 @@ fn patch_request_source(
     out
 }
 
+/// What an attempt's request is built from besides its target: the request's region, how
+/// many attempts went before, its execution limit and options.
+struct AttemptBasis<'a> {
+    region: RegionVerId,
+    send_times: u32,
+    max_exec_ms: u64,
+    opts: &'a RequestOptions,
+}
+
+/// The request of one attempt at `target`: the template with this attempt's `Context`,
+/// keys encoded for the keyspace. The context is written into the request, or, when the
+/// template has none of its own and the options add nothing to it, shared with other
+/// attempts that have the same [`AttemptKey`] (see [`crate::machine::shared_ctx`]).
+/// Mirrors client-go `sendReqState.next` (`req.Context` filled from the RPC context) and
+/// `tikvrpc.AttachContext`.
+fn prepare_attempt(
+    template: Option<&mut TikvRequest>,
+    basis: &AttemptBasis<'_>,
+    first_read_type: &mut ReadTypeLabel,
+    shared: &mut Shared,
+    target: Target,
+) -> Prepared {
+    // (A taken template means a finished request, which takes no more steps.)
+    // The copy becomes the template and the template's own allocation is sent: the two
+    // are equal, but a raw point request's template box came from a stream task that
+    // encoded it moments ago (see `SpentCmds`), while a pooled spare was last written a
+    // whole round of in-flight operations ago. The send may write the `Context` (~350
+    // bytes) into the box it sends (when it is not shared), the template only its few
+    // fields.
+    let mut request = match template {
+        Some(template) => {
+            let copy = template.clone_reusing(&mut shared.spare_cmds);
+            std::mem::replace(template, copy)
+        }
+        None => empty_request(),
+    };
+    let mut key = AttemptKey {
+        region_id: basis.region.id,
+        epoch: basis.region.epoch(),
+        peer: target.peer,
+        replica_read: target.replica_read,
+        stale_read: target.stale_read,
+        is_retry: basis.send_times > 0,
+        busy_threshold_ms: target.busy_threshold_ms,
+        max_exec_ms: basis.max_exec_ms,
+        cluster_id: shared.routing.cluster_id,
+    };
+    if shared.routing.next_gen {
+        // The selector may still fall back to a follower (a leader that timed out);
+        // next-gen never flags a request as a replica or stale read (client-go leaves
+        // `ReplicaRead` unset there when `config.NextGen`).
+        key.replica_read = false;
+        key.stale_read = false;
+        key.busy_threshold_ms = 0;
+    }
+    // A template without a context of its own, and options that add nothing to it: the
+    // attempt's context depends on the key alone and may be shared.
+    let shareable = !basis.opts.writes_context()
+        && match &mut request {
+            TikvRequest::Cmd(cmd) => matches!(cmd_context_slot(cmd), Some(None)),
+            _ => false,
+        };
+    let store_id = key.peer.store_id;
+    let shared_ctx = if shareable {
+        shared.contexts.get(key, &shared.codec)
+    } else {
+        Err(key)
+    };
+    let context = match shared_ctx {
+        Ok(ctx) => {
+            if let TikvRequest::Cmd(cmd) = &mut request {
+                shared.codec.encode_cmd_keys(cmd);
+            }
+            Some(ctx)
+        }
+        Err(key) => {
+            write_context(
+                &mut request,
+                &key,
+                target.is_leader,
+                target.stale_read,
+                basis,
+                first_read_type,
+            );
+            shared.codec.encode_request_in_place(&mut request);
+            None
+        }
+    };
+    Prepared {
+        store_id,
+        address: target.address,
+        proxy: target.proxy.map(|p| (p.peer.store_id, p.address)),
+        request,
+        context,
+        replica_read: target.replica_read,
+        stale_read: target.stale_read,
+        access_location: target.access_location,
+    }
+}
+
+/// Writes an attempt's `Context` into its own request: the attempt's routing fields
+/// (`key`), the caller's tracing and priority options, and the request source labelled
+/// with the read type (`is_leader`, `stale_read`: the target's). Mirrors client-go
+/// `sendReqState.next` (`req.Context` filled from the RPC context) and
+/// `tikvrpc.AttachContext`.
+fn write_context(
+    request: &mut TikvRequest,
+    key: &AttemptKey,
+    is_leader: bool,
+    stale_read: bool,
+    basis: &AttemptBasis<'_>,
+    first_read_type: &mut ReadTypeLabel,
+) {
+    let Some(ctx) = context_mut(request) else {
+        return;
+    };
+    key.apply(ctx);
+    // Tracing (client-go `sendReqState.next`): only set options are copied, a
+    // reference-count bump at most.
+    if !basis.opts.trace_id.is_empty() {
+        ctx.trace_id = basis.opts.trace_id.clone();
+    }
+    if basis.opts.trace_control_flags != 0 {
+        ctx.trace_control_flags = basis.opts.trace_control_flags;
+    }
+    if basis.opts.override_priority != 0 {
+        ctx.resource_control_context
+            .get_or_insert_default()
+            .override_priority = basis.opts.override_priority;
+    }
+    // Only a request that carries a source is labelled: nothing is formatted otherwise.
+    if !ctx.request_source.is_empty() {
+        let replica = ReadTypeLabel::of(is_leader, false);
+        if basis.send_times == 0 {
+            *first_read_type = ReadTypeLabel::of(is_leader, stale_read);
+        }
+        ctx.request_source = patch_request_source(
+            &ctx.request_source,
+            basis.send_times > 0,
+            *first_read_type,
+            replica,
+        );
+    }
+}
+
+/// Sends a prepared attempt: takes a store token (`Config::store_limit`) and an I/O id, and
+/// gives the action with the record of the attempt in flight and its access location.
+/// `send_times` counts the attempts before this one. Mirrors client-go `sendReqState.send`
+/// and the store-limit switch of `sendReqState.next` (`getStoreToken`).
+fn dispatch(
+    region: RegionVerId,
+    send_times: u32,
+    timeout: Duration,
+    now: Instant,
+    shared: &mut Shared,
+    p: Prepared,
+) -> Result<(Action, Inflight, AccessLocation), Error> {
+    let token = shared.store_limits.acquire(p.store_id)?;
+    let id = shared.next_io_id();
+    tracing::debug!(
+        region = region.id,
+        store = p.store_id,
+        address = %p.address,
+        attempt = send_times + 1,
+        replica_read = p.replica_read,
+        stale_read = p.stale_read,
+        proxy = ?p.proxy,
+        access = ?p.access_location,
+        "send region request"
+    );
+    // Forwarded: sent to the proxy, naming the target's address (client-go
+    // `sendReqState.send`: `req.ForwardedHost = rpcCtx.Addr`, sent to `rpcCtx.ProxyAddr`).
+    let (send_to, forwarded_host) = match &p.proxy {
+        Some((_, proxy_address)) => (proxy_address.clone(), Some(p.address.clone())),
+        None => (p.address.clone(), None),
+    };
+    let action = Action::Tikv {
+        id,
+        store_id: p.store_id,
+        address: send_to,
+        request: p.request,
+        context: p.context,
+        timeout,
+        forwarded_host,
+    };
+    let inflight = Inflight {
+        id,
+        store_id: p.store_id,
+        address: p.address,
+        proxy_store: p.proxy.map(|(s, _)| s),
+        sent_at: now,
+        replica_read: p.replica_read,
+        stale_read: p.stale_read,
+        _token: token,
+    };
+    Ok((action, inflight, p.access_location))
+}
+
+/// The deadline of a request's attempts (the options' timeout, else
+/// [`crate::machine::RoutingConfig::read_timeout_short`]) and their execution limit: the
+/// template's preset `max_execution_duration_ms`, else the deadline in milliseconds; `None`
+/// for a request without a `Context`. Mirrors the `ReadTimeoutShort` default of client-go
+/// `RegionRequestSender.SendReq` and `sendReqState.next` setting `MaxExecutionDurationMs`.
+fn attempt_limits(
+    opts: &RequestOptions,
+    template: Option<&mut TikvRequest>,
+    shared: &Shared,
+) -> (Duration, Option<u64>) {
+    let timeout = opts.timeout.unwrap_or(shared.routing.read_timeout_short);
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    // The template keeps no `Context` unless its builder preset one (cloning a filled
+    // `Context` per attempt is a third of a request's cost): the default execution limit is
+    // applied to each attempt's context when it is prepared.
+    let max_exec_ms = template.and_then(context_slot).map(|slot| {
+        slot.as_ref()
+            .map(|c| c.max_execution_duration_ms)
+            .filter(|ms| *ms != 0)
+            .unwrap_or(timeout_ms)
+    });
+    (timeout, max_exec_ms)
+}
+
 /// A [`RegionRequest`]'s store-address resolution (see `RegionRequest::resolve_stores`).
 #[derive(Debug, Default)]
 struct StoreResolve {
@@ -680,6 +902,23 @@ impl RegionRequest {
     /// would be the same; skipping it saves two cache lookups per request.
     pub fn assume_region_valid(&mut self) {
         self.region_checked = true;
+    }
+
+    /// Takes over a request whose first attempt was sent on the leader fast path without
+    /// it ([`FastAttempt`]): the request must be freshly built or reset for the attempt's
+    /// region, template, options and backoffer, and not started. It then stands as it would
+    /// after sending that attempt itself; feed it the attempt's reply next.
+    pub fn adopt_fast_attempt(&mut self, fast: FastAttempt) {
+        debug_assert_eq!(self.region, fast.region);
+        debug_assert_eq!(self.send_times, 0);
+        self.rng = fast.rng;
+        self.timeout = fast.timeout;
+        self.max_exec_ms = fast.max_exec_ms;
+        self.ts_check = TsCheck::Done;
+        self.fast_peer = Some(fast.peer);
+        self.access_location = fast.access_location;
+        self.inflight = Some(fast.inflight);
+        self.send_times = 1;
     }
 
     /// The region this request targets.
@@ -929,126 +1168,21 @@ impl RegionRequest {
         self.selector.is_some()
     }
 
-    /// The request of one attempt at `target`: the template with this attempt's `Context`,
-    /// keys encoded for the keyspace. The context is written into the request, or, when the
-    /// template has none of its own and the options add nothing to it, shared with other
-    /// attempts that have the same [`AttemptKey`] (see [`crate::machine::shared_ctx`]).
-    /// Mirrors client-go `sendReqState.next` (`req.Context` filled from the RPC context) and
-    /// `tikvrpc.AttachContext`.
+    /// The request of one attempt at `target` (see [`prepare_attempt`]).
     fn prepare(&mut self, shared: &mut Shared, target: Target) -> Prepared {
-        // (A taken template means a finished request, which takes no more steps.)
-        // The copy becomes the template and the template's own allocation is sent: the two
-        // are equal, but a raw point request's template box came from a stream task that
-        // encoded it moments ago (see `SpentCmds`), while a pooled spare was last written a
-        // whole round of in-flight operations ago. The send may write the `Context` (~350
-        // bytes) into the box it sends (when it is not shared), the template only its few
-        // fields.
-        let mut request = match self.request.as_mut() {
-            Some(template) => {
-                let copy = template.clone_reusing(&mut shared.spare_cmds);
-                std::mem::replace(template, copy)
-            }
-            None => empty_request(),
-        };
-        let mut key = AttemptKey {
-            region_id: self.region.id,
-            epoch: self.region.epoch(),
-            peer: target.peer,
-            replica_read: target.replica_read,
-            stale_read: target.stale_read,
-            is_retry: self.send_times > 0,
-            busy_threshold_ms: target.busy_threshold_ms,
+        let basis = AttemptBasis {
+            region: self.region,
+            send_times: self.send_times,
             max_exec_ms: self.max_exec_ms,
-            cluster_id: shared.routing.cluster_id,
+            opts: &self.opts,
         };
-        if shared.routing.next_gen {
-            // The selector may still fall back to a follower (a leader that timed out);
-            // next-gen never flags a request as a replica or stale read (client-go leaves
-            // `ReplicaRead` unset there when `config.NextGen`).
-            key.replica_read = false;
-            key.stale_read = false;
-            key.busy_threshold_ms = 0;
-        }
-        // A template without a context of its own, and options that add nothing to it: the
-        // attempt's context depends on the key alone and may be shared.
-        let shareable = !self.opts.writes_context()
-            && match &mut request {
-                TikvRequest::Cmd(cmd) => matches!(cmd_context_slot(cmd), Some(None)),
-                _ => false,
-            };
-        let store_id = key.peer.store_id;
-        let shared_ctx = if shareable {
-            shared.contexts.get(key, &shared.codec)
-        } else {
-            Err(key)
-        };
-        let context = match shared_ctx {
-            Ok(ctx) => {
-                if let TikvRequest::Cmd(cmd) = &mut request {
-                    shared.codec.encode_cmd_keys(cmd);
-                }
-                Some(ctx)
-            }
-            Err(key) => {
-                self.write_context(&mut request, &key, target.is_leader, target.stale_read);
-                shared.codec.encode_request_in_place(&mut request);
-                None
-            }
-        };
-        Prepared {
-            store_id,
-            address: target.address,
-            proxy: target.proxy.map(|p| (p.peer.store_id, p.address)),
-            request,
-            context,
-            replica_read: target.replica_read,
-            stale_read: target.stale_read,
-            access_location: target.access_location,
-        }
-    }
-
-    /// Writes an attempt's `Context` into its own request: the attempt's routing fields
-    /// (`key`), the caller's tracing and priority options, and the request source labelled
-    /// with the read type (`is_leader`, `stale_read`: the target's). Mirrors client-go
-    /// `sendReqState.next` (`req.Context` filled from the RPC context) and
-    /// `tikvrpc.AttachContext`.
-    fn write_context(
-        &mut self,
-        request: &mut TikvRequest,
-        key: &AttemptKey,
-        is_leader: bool,
-        stale_read: bool,
-    ) {
-        let Some(ctx) = context_mut(request) else {
-            return;
-        };
-        key.apply(ctx);
-        // Tracing (client-go `sendReqState.next`): only set options are copied, a
-        // reference-count bump at most.
-        if !self.opts.trace_id.is_empty() {
-            ctx.trace_id = self.opts.trace_id.clone();
-        }
-        if self.opts.trace_control_flags != 0 {
-            ctx.trace_control_flags = self.opts.trace_control_flags;
-        }
-        if self.opts.override_priority != 0 {
-            ctx.resource_control_context
-                .get_or_insert_default()
-                .override_priority = self.opts.override_priority;
-        }
-        // Only a request that carries a source is labelled: nothing is formatted otherwise.
-        if !ctx.request_source.is_empty() {
-            let replica = ReadTypeLabel::of(is_leader, false);
-            if self.send_times == 0 {
-                self.first_read_type = ReadTypeLabel::of(is_leader, stale_read);
-            }
-            ctx.request_source = patch_request_source(
-                &ctx.request_source,
-                self.send_times > 0,
-                self.first_read_type,
-                replica,
-            );
-        }
+        prepare_attempt(
+            self.request.as_mut(),
+            &basis,
+            &mut self.first_read_type,
+            shared,
+            target,
+        )
     }
 
     /// Validates the read timestamp before the first send; returns whether the request must
@@ -1213,50 +1347,15 @@ impl RegionRequest {
     }
 
     fn send(&mut self, now: Instant, shared: &mut Shared, p: Prepared) {
-        // Mirrors the store-limit switch of client-go `sendReqState.next` (`getStoreToken`).
-        let token = match shared.store_limits.acquire(p.store_id) {
-            Ok(t) => t,
-            Err(e) => return self.fail(e),
-        };
-        let id = shared.next_io_id();
-        tracing::debug!(
-            region = self.region.id,
-            store = p.store_id,
-            address = %p.address,
-            attempt = self.send_times + 1,
-            replica_read = p.replica_read,
-            stale_read = p.stale_read,
-            proxy = ?p.proxy,
-            access = ?p.access_location,
-            "send region request"
-        );
-        self.access_location = p.access_location;
-        // Forwarded: sent to the proxy, naming the target's address (client-go
-        // `sendReqState.send`: `req.ForwardedHost = rpcCtx.Addr`, sent to `rpcCtx.ProxyAddr`).
-        let (send_to, forwarded_host) = match &p.proxy {
-            Some((_, proxy_address)) => (proxy_address.clone(), Some(p.address.clone())),
-            None => (p.address.clone(), None),
-        };
-        self.actions.push_back(Action::Tikv {
-            id,
-            store_id: p.store_id,
-            address: send_to,
-            request: p.request,
-            context: p.context,
-            timeout: self.timeout,
-            forwarded_host,
-        });
-        self.inflight = Some(Inflight {
-            id,
-            store_id: p.store_id,
-            address: p.address,
-            proxy_store: p.proxy.map(|(s, _)| s),
-            sent_at: now,
-            replica_read: p.replica_read,
-            stale_read: p.stale_read,
-            _token: token,
-        });
-        self.send_times += 1;
+        match dispatch(self.region, self.send_times, self.timeout, now, shared, p) {
+            Ok((action, inflight, access_location)) => {
+                self.access_location = access_location;
+                self.actions.push_back(action);
+                self.inflight = Some(inflight);
+                self.send_times += 1;
+            }
+            Err(e) => self.fail(e),
+        }
     }
 
     /// Mirrors client-go `RegionRequestSender.onSendFail` + `replicaSelector.onSendFailure`.
@@ -1512,25 +1611,166 @@ impl RegionRequest {
     }
 }
 
+/// The first attempt of a request sent on the leader fast path by a caller that holds no
+/// [`RegionRequest`]: a raw point call ([`crate::machine::raw::RawSingle`]) sends its one
+/// request this way and builds the retry loop only if the reply needs it. Everything the
+/// loop's first step would have computed and kept is here, so that
+/// [`RegionRequest::adopt_fast_attempt`] resumes the loop exactly as if it had sent the
+/// attempt itself: same actions, same backoff, same cache effects (a unit test compares the
+/// two over the region-error table).
+///
+/// Mirrors client-go `RegionRequestSender.SendReqCtx` up to its first `sendReqState.send`,
+/// for a leader read of a valid cached region whose leader's store is reachable.
+#[derive(Debug)]
+pub struct FastAttempt {
+    region: RegionVerId,
+    peer: metapb::Peer,
+    inflight: Inflight,
+    /// The random stream the request forks at its start; unused before its first retry.
+    rng: Rng,
+    timeout: Duration,
+    max_exec_ms: u64,
+    access_location: AccessLocation,
+}
+
+/// What [`FastAttempt::send`] did.
+#[derive(Debug)]
+pub enum FastStart {
+    /// The fast path does not apply; nothing was changed (the caller starts a
+    /// [`RegionRequest`], which takes the general path).
+    NotTaken,
+    /// Sent: the attempt in flight and its action.
+    Sent(FastAttempt, Action),
+    /// The request failed before it could be sent (the store's token limit): its result.
+    Failed(Error),
+}
+
+/// What a [`FastAttempt`]'s reply means.
+#[derive(Debug)]
+pub enum FastReply {
+    /// The request's outcome: a reply without region error (decoded), or the error that ends
+    /// it.
+    Done(Result<TikvResponse, Error>),
+    /// A send failure or a region error: the retry loop takes it from here (resume a
+    /// [`RegionRequest`] with [`RegionRequest::adopt_fast_attempt`] and hand it this input).
+    Retry(FastAttempt, Input),
+}
+
+impl FastAttempt {
+    /// Sends the first attempt of a request for `region`, which the caller has just found
+    /// valid in the cache at `now`, when the leader fast path applies: a leader read with no
+    /// read timestamp to validate, whose leader's store is resolved and reachable (see
+    /// [`ReplicaSelector::leader_fast_path`]). `template` and `opts` are the request's, as a
+    /// [`RegionRequest`] would hold them: the template keeps a copy of what was sent, and
+    /// next-gen reads lose their read flags, as the loop's first step does.
+    pub fn send(
+        region: RegionVerId,
+        template: &mut TikvRequest,
+        opts: &mut CompactOptions,
+        now: Instant,
+        shared: &mut Shared,
+    ) -> FastStart {
+        // The loop's first step, up to its send: a new request's backoffer is not killed,
+        // and a request with a read timestamp to validate takes the general path.
+        if shared.routing.next_gen {
+            disable_read_features_for_next_gen(opts);
+        }
+        if shared.read_ts.enabled && read_ts_of(template).is_some() {
+            return FastStart::NotTaken;
+        }
+        let Some(target) = ReplicaSelector::leader_fast_path(
+            region,
+            &opts.read,
+            &shared.regions,
+            &shared.stores,
+            now,
+        ) else {
+            return FastStart::NotTaken;
+        };
+        // From here on, what `RegionRequest::start` and its first step do.
+        let rng = shared.rng.fork();
+        let (timeout, max_exec_ms) = attempt_limits(opts, Some(&mut *template), shared);
+        let max_exec_ms = max_exec_ms.unwrap_or(0);
+        let peer = target.peer;
+        // (A leader read without stale read: the label a new request starts with.)
+        let mut first_read_type = ReadTypeLabel::Leader;
+        let basis = AttemptBasis {
+            region,
+            send_times: 0,
+            max_exec_ms,
+            opts,
+        };
+        let prepared =
+            prepare_attempt(Some(template), &basis, &mut first_read_type, shared, target);
+        match dispatch(region, 0, timeout, now, shared, prepared) {
+            Ok((action, inflight, access_location)) => FastStart::Sent(
+                FastAttempt {
+                    region,
+                    peer,
+                    inflight,
+                    rng,
+                    timeout,
+                    max_exec_ms,
+                    access_location,
+                },
+                action,
+            ),
+            Err(e) => {
+                tracing::debug!(region = region.id, error = %e, "region request failed");
+                FastStart::Failed(e)
+            }
+        }
+    }
+
+    /// The id of the attempt's action (its reply carries it).
+    pub fn id(&self) -> IoId {
+        self.inflight.id
+    }
+
+    /// The region the attempt went to.
+    pub fn region(&self) -> RegionVerId {
+        self.region
+    }
+
+    /// Handles the attempt's reply (`input` carries [`FastAttempt::id`]): a reply without
+    /// region error is decoded and ends the request, with the bookkeeping a successful
+    /// first attempt makes (the store is reachable; the leader that served the read stays
+    /// the cached leader). Anything else goes back to the retry loop, untouched. Mirrors the
+    /// success branch of client-go `RegionRequestSender.SendReqCtx`
+    /// (`replicaSelector.onSendSuccess`).
+    pub fn on_reply(self, shared: &mut Shared, input: Input) -> FastReply {
+        let resp = match input {
+            Input::Tikv {
+                result: Ok(resp), ..
+            } if region_error(&resp).is_none() => resp,
+            other => return FastReply::Retry(self, other),
+        };
+        let mut resp = resp;
+        if let Err(e) = shared.codec.decode_response(&mut resp) {
+            tracing::debug!(region = self.region.id, error = %e, "region request failed");
+            return FastReply::Done(Err(e));
+        }
+        shared.stores.mark_reachable(self.inflight.store_id);
+        ReplicaSelector::on_fast_send_success(
+            self.region,
+            &self.peer,
+            &mut shared.regions,
+            &shared.stores,
+        );
+        FastReply::Done(Ok(resp))
+    }
+}
+
 impl Operation for RegionRequest {
     type Output = RegionOutcome;
 
     fn start(&mut self, now: Instant, shared: &mut Shared) {
         self.rng = shared.rng.fork();
-        self.timeout = self
-            .opts
-            .timeout
-            .unwrap_or(shared.routing.read_timeout_short);
-        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        // The template keeps no `Context` unless its builder preset one (cloning a filled
-        // `Context` per attempt is a third of a request's cost): the default execution limit
-        // is applied to each attempt's context in `step`.
-        if let Some(slot) = self.request.as_mut().and_then(context_slot) {
-            self.max_exec_ms = slot
-                .as_ref()
-                .map(|c| c.max_execution_duration_ms)
-                .filter(|ms| *ms != 0)
-                .unwrap_or(timeout_ms);
+        let (timeout, max_exec_ms) = attempt_limits(&self.opts, self.request.as_mut(), shared);
+        self.timeout = timeout;
+        // (A request without a context slot keeps the 0 it was built with.)
+        if let Some(ms) = max_exec_ms {
+            self.max_exec_ms = ms;
         }
         self.step(now, shared);
     }
@@ -1673,44 +1913,6 @@ mod tests {
     use bytes::Bytes;
     use tikv_proto::metapb;
 
-    /// A harness whose caches hold every region and store of `pd`.
-    fn warm(pd: &FakePd) -> Harness {
-        let mut h = Harness::new();
-        for (id, s) in &pd.stores {
-            h.shared.stores.apply_store(*id, Some(s)).unwrap();
-        }
-        for r in &pd.regions {
-            let leader = r
-                .meta
-                .peers
-                .iter()
-                .find(|p| p.store_id == r.leader_store)
-                .copied();
-            let now = h.now;
-            let Shared {
-                regions,
-                stores,
-                rng,
-                ..
-            } = &mut h.shared;
-            regions
-                .apply_pd_region(
-                    PdRegion {
-                        meta: r.meta.clone(),
-                        leader,
-                        ..Default::default()
-                    },
-                    true,
-                    &raw_v1(),
-                    stores,
-                    now,
-                    rng,
-                )
-                .unwrap();
-        }
-        h
-    }
-
     fn raw_get(key: &str) -> TikvRequest {
         TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
             key: Bytes::copy_from_slice(key.as_bytes()),
@@ -1745,7 +1947,7 @@ mod tests {
         first: errorpb::Error,
     ) -> (Result<RegionOutcome, Error>, Harness, RegionRequest) {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("k"));
         let mut n = 0;
         let res = h.run(&mut op, |a, _| {
@@ -2141,7 +2343,7 @@ mod tests {
                 current_regions: current.clone(),
             })
         });
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("x"));
         let res = h.run(&mut op, |a, _| {
             let Action::Tikv { request, .. } = a else {
@@ -2163,7 +2365,7 @@ mod tests {
     #[test]
     fn epoch_not_match_when_tikv_is_behind_backs_off_and_retries() {
         let pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let behind = err_with(|e| {
             e.epoch_not_match = Some(errorpb::EpochNotMatch {
                 current_regions: vec![crate::machine::testkit::meta(1, "", "", 0, &[(11, 1)])],
@@ -2289,7 +2491,7 @@ mod tests {
     #[test]
     fn timeout_backs_off_and_retries_same_leader() {
         let pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("k"));
         let mut n = 0;
         let res = h.run(&mut op, |a, _| {
@@ -2328,7 +2530,7 @@ mod tests {
             ("", "", ""),
         ] {
             let pd = FakePd::split(3, &[]);
-            let mut h = warm(&pd);
+            let mut h = Harness::warm(&pd);
             let get = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
                 context: Some(kvrpcpb::Context {
                     max_execution_duration_ms: 1000,
@@ -2409,7 +2611,7 @@ mod tests {
             .into_iter()
             .flat_map(|g| reads.clone().map(|r| (g, r)))
         {
-            let mut h = warm(&pd);
+            let mut h = Harness::warm(&pd);
             h.shared.routing.next_gen = next_gen;
             let opts = RequestOptions {
                 read: read.clone(),
@@ -2443,7 +2645,7 @@ mod tests {
         }
 
         // A leader timing out: the retry goes to a follower, not flagged as a replica read.
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.routing.next_gen = true;
         let mut op = request(&h, 1, get());
         let mut n = 0;
@@ -2483,7 +2685,7 @@ mod tests {
     #[test]
     fn configurable_read_timeout_moves_to_follower_without_backoff() {
         let pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, get_with_read_timeout());
         let mut n = 0;
         let res = h.run(&mut op, |a, _| {
@@ -2515,7 +2717,7 @@ mod tests {
         // Three replicas: the leader's store refuses connections; followers answer NotLeader
         // without a hint (election running), then one becomes leader.
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("k"));
         let mut calls: Vec<u64> = Vec::new();
         let res = h.run(&mut op, |a, _| {
@@ -2576,7 +2778,7 @@ mod tests {
     #[test]
     fn leader_moved_during_the_first_attempt_is_switched_back_on_success() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("k"));
         let v = ver(&h, 1);
         let mut stores_hit = Vec::new();
@@ -2605,7 +2807,7 @@ mod tests {
     #[test]
     fn region_replaced_during_the_first_attempt_is_relocated_after_a_send_failure() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("k"));
         let mut newer = pd.regions[0].meta.clone();
         newer.region_epoch.as_mut().unwrap().version += 1;
@@ -2657,7 +2859,7 @@ mod tests {
     #[test]
     fn send_failure_while_shutting_down_is_not_retried() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.store_shutting_down(true);
         assert!(h.shared.load_shutting_down());
         let mut op = request(&h, 1, raw_get("k"));
@@ -2706,7 +2908,7 @@ mod tests {
     #[test]
     fn single_replica_store_down_gives_region_back() {
         let mut pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = request(&h, 1, raw_get("k"));
         let res = h.run(&mut op, |a, _| {
             if let Some(r) = pd_reply(&mut pd, a) {
@@ -2740,7 +2942,7 @@ mod tests {
     #[test]
     fn forwarding_reaches_unreachable_leader_through_a_follower() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.regions.enable_forwarding = true;
         let mut op = request(&h, 1, raw_get("k"));
         let mut sent: Vec<(u64, String, Option<String>)> = Vec::new();
@@ -2802,7 +3004,7 @@ mod tests {
     #[test]
     fn failure_behind_a_proxy_does_not_blame_the_proxy() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.regions.enable_forwarding = true;
         let mut op = request(&h, 1, raw_get("k"));
         let mut n = 0;
@@ -2855,7 +3057,7 @@ mod tests {
     #[test]
     fn forwarding_with_every_proxy_failing_gives_the_region_back() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.regions.enable_forwarding = true;
         let mut op = request(&h, 1, raw_get("k"));
         let res = h.run(&mut op, |a, _| {
@@ -2931,7 +3133,7 @@ mod tests {
     #[test]
     fn read_ts_is_validated_against_pd_before_sending() {
         let mut pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let (res, seen) = run_validated(&mut h, &mut pd, 100, &[120]);
         assert!(matches!(res, Ok(RegionOutcome::Response(_))), "{res:?}");
         assert!(
@@ -2952,7 +3154,7 @@ mod tests {
     #[test]
     fn future_read_ts_fails_without_sending() {
         let mut pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let (res, seen) = run_validated(&mut h, &mut pd, 500, &[100, 200]);
         assert!(
             matches!(&res, Err(Error::InvalidArgument(m)) if m.contains("readTS=500")),
@@ -2977,7 +3179,7 @@ mod tests {
     #[test]
     fn budget_exhaustion_is_a_typed_error() {
         let pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut op = RegionRequest::new(
             ver(&h, 1),
             raw_get("k"),
@@ -3026,7 +3228,7 @@ mod tests {
     #[test]
     fn store_limit_holds_a_token_while_in_flight_and_fails_fast_at_the_limit() {
         let pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.store_limits.set_limit(1);
         // A request in flight holds the store's only token until its reply arrives.
         let mut op = request(&h, 1, raw_get("k"));
@@ -3081,7 +3283,7 @@ mod tests {
     #[test]
     fn attempts_share_equal_contexts_from_the_second_on() {
         let pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.routing.cluster_id = 77;
         let sent = |h: &mut Harness, req: TikvRequest, opts: RequestOptions| {
             let mut op = RegionRequest::new(
@@ -3165,7 +3367,7 @@ mod tests {
     fn kill_signal_stops_interruptible_requests_before_resending() {
         use crate::machine::backoff::KillSignal;
         let pd = FakePd::split(1, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let kill = KillSignal::new();
         let mut op = RegionRequest::new(
             ver(&h, 1),
@@ -3241,7 +3443,7 @@ mod tests {
     #[test]
     fn trace_and_cluster_id_reach_every_attempt() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         h.shared.routing.cluster_id = 4242;
         let opts = RequestOptions {
             trace_id: Bytes::from_static(b"trace-0001"),
@@ -3262,7 +3464,7 @@ mod tests {
         }
 
         // No trace options: nothing is set, a template's own trace id stays.
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let mut template = raw_get("k");
         context_mut(&mut template).unwrap().trace_id = Bytes::from_static(b"preset");
         let (res, _) = run_with_opts(&mut pd, &mut h, RequestOptions::default(), template, None);
@@ -3287,7 +3489,7 @@ mod tests {
     #[test]
     fn override_priority_reaches_every_attempt() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let opts = RequestOptions {
             override_priority: 16,
             ..Default::default()
@@ -3341,7 +3543,7 @@ mod tests {
     #[test]
     fn busy_threshold_read_moves_to_an_idle_follower_without_sleeping() {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let opts = RequestOptions {
             read: ReadOptions {
                 busy_threshold: Duration::from_millis(50),
@@ -3391,7 +3593,7 @@ mod tests {
 
         // A raw get is no read to client-go's `isReadReq` (get, batch get, scan,
         // coprocessor): it keeps the leader and backs off on the busy reply.
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let (res, op) = run_with_opts(&mut pd, &mut h, opts, raw_get("k"), Some(busy));
         assert!(res.is_ok());
         let sent = h.tikv_sent();
@@ -3415,7 +3617,7 @@ mod tests {
                     value: zone.into(),
                 });
         }
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         // Unknown before a send, and without a client zone.
         let (res, op) = run_with_opts(
             &mut pd,
@@ -3519,7 +3721,7 @@ mod tests {
             })
         });
         let mut pd = FakePd::split(3, &[]);
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let (res, _) = run_with_opts(&mut pd, &mut h, opts.clone(), cop(2), Some(busy.clone()));
         assert!(
             matches!(&res, Ok(RegionOutcome::Resplit(e)) if e.server_is_busy.is_some()),
@@ -3531,7 +3733,7 @@ mod tests {
             Duration::from_millis(300)
         );
 
-        let mut h = warm(&pd);
+        let mut h = Harness::warm(&pd);
         let (res, _) = run_with_opts(&mut pd, &mut h, opts, cop(0), Some(busy));
         assert!(matches!(res, Ok(RegionOutcome::Response(_))));
         let sent = h.tikv_sent();

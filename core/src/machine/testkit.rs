@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tikv_proto::{kvrpcpb, metapb, pdpb};
 
 use crate::error::Error;
+use crate::machine::region_cache::{PdRegion, tests::raw_v1};
 use crate::machine::{
     Action, Input, Operation, PdRequest, PdResponse, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse,
@@ -47,7 +48,11 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
-        let base = origin();
+        Self::at(origin())
+    }
+
+    /// A harness whose clock starts at `base`.
+    pub fn at(base: Instant) -> Self {
         Harness {
             shared: Shared::new(42),
             base,
@@ -55,6 +60,51 @@ impl Harness {
             log: Vec::new(),
             clock: std::rc::Rc::new(std::cell::Cell::new(base)),
         }
+    }
+
+    /// A harness whose region and store caches hold `pd`'s regions and stores, as a warm
+    /// client's would.
+    pub fn warm(pd: &FakePd) -> Harness {
+        Self::warm_at(pd, origin())
+    }
+
+    /// [`Harness::warm`] with its clock starting at `base` (two harnesses at one base give
+    /// equal instants for equal runs).
+    pub fn warm_at(pd: &FakePd, base: Instant) -> Harness {
+        let mut h = Harness::at(base);
+        for (id, s) in &pd.stores {
+            h.shared.stores.apply_store(*id, Some(s)).unwrap();
+        }
+        for r in &pd.regions {
+            let leader = r
+                .meta
+                .peers
+                .iter()
+                .find(|p| p.store_id == r.leader_store)
+                .copied();
+            let now = h.now;
+            let Shared {
+                regions,
+                stores,
+                rng,
+                ..
+            } = &mut h.shared;
+            regions
+                .apply_pd_region(
+                    PdRegion {
+                        meta: r.meta.clone(),
+                        leader,
+                        ..Default::default()
+                    },
+                    true,
+                    &raw_v1(),
+                    stores,
+                    now,
+                    rng,
+                )
+                .unwrap();
+        }
+        h
     }
 
     /// A handle on the fake clock, readable from inside a responder.
