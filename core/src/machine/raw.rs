@@ -1540,6 +1540,40 @@ mod tests {
         assert!(matches!(op.state, SingleState::Plan(_)));
     }
 
+    /// The store token limit holds on the fast path as on the plan's: the attempt in flight
+    /// holds its store's token until its reply (or until the call is dropped), and a call at
+    /// the limit fails without sending. Mirrors client-go `sendReqState.next`'s
+    /// `getStoreToken`.
+    #[test]
+    fn fast_path_keeps_the_store_token_limit() {
+        let pd = FakePd::split(1, &[]);
+        let mut h = Harness::warm(&pd);
+        h.shared.store_limits.set_limit(1);
+        let mut seen = Vec::new();
+        let res = h.run(&mut get(k("k"), &opts()), |a, shared| {
+            seen.push(shared.store_limits.in_flight(1));
+            tikv_reply(a, Ok(testkit::raw_get_ok(Some("v"))))
+        });
+        assert_eq!(res, Ok(Some(k("v"))));
+        assert_eq!(seen, vec![1]);
+        assert_eq!(h.shared.store_limits.in_flight(1), 0, "given back");
+
+        let held = h.shared.store_limits.acquire(1).unwrap();
+        let res = h.run(&mut get(k("k"), &opts()), |_, _| {
+            panic!("nothing is sent at the limit")
+        });
+        assert_eq!(res, Err(Error::StoreTokenLimit { store_id: 1 }));
+        drop(held);
+
+        let mut op = get(k("k"), &opts());
+        op.start(h.now, &mut h.shared);
+        assert!(matches!(op.state, SingleState::Fast { .. }));
+        assert!(matches!(op.poll_action(), Some(Action::Tikv { .. })));
+        assert_eq!(h.shared.store_limits.in_flight(1), 1);
+        drop(op);
+        assert_eq!(h.shared.store_limits.in_flight(1), 0);
+    }
+
     #[test]
     fn get_put_delete_and_empty_values() {
         let mut w = World::new(&["m"]);
