@@ -30,7 +30,8 @@ use crate::machine::plan::{
     BatchKind, BatchPlan, Clamp, Located, SingleRegion, batches_by_count, batches_by_size,
     clamped_end,
 };
-use crate::machine::request::{CompactOptions, FastAttempt, FastReply, FastStart, RequestOptions};
+use crate::machine::region_cache::{Lookup, RegionVerId};
+use crate::machine::request::{CompactOptions, FastAttempt, FastStart, RequestOptions};
 use crate::machine::{
     Action, ActionQueue, Input, Key, Operation, Shared, TikvCmd, TikvCmdResponse, TikvRequest,
     TikvResponse,
@@ -156,7 +157,16 @@ fn with_max_exec(mut ctx: kvrpcpb::Context, ms: u64) -> Option<kvrpcpb::Context>
 /// Mirrors client-go `rawkv.Client.sendReq`.
 #[derive(Debug)]
 pub struct RawSingle<T> {
-    state: SingleState,
+    /// What the call sends; given to the plan when one runs. (The call's parts live in
+    /// separate fields rather than one state enum: each step touches only its own, and the
+    /// operation is not moved as a whole at every transition.)
+    call: Option<Call>,
+    /// The first attempt, in flight on the fast path.
+    attempt: Option<FastAttempt>,
+    /// The general plan, once it runs (boxed: the fast path never builds it).
+    plan: Option<Box<SingleRegion>>,
+    /// The stream the plan's start forks, kept for a plan resumed after the fast attempt.
+    plan_rng: Rng,
     /// The fast path's action until it is polled, then the result until it is taken (the
     /// two never overlap, and the operation's bytes are part of every call in flight).
     out: Out,
@@ -189,23 +199,6 @@ impl Call {
 }
 
 #[derive(Debug)]
-enum SingleState {
-    /// Built, not started.
-    Ready(Call),
-    /// The first attempt is in flight on the fast path; `plan_rng` is the stream the plan
-    /// forked at the start, for a plan resumed on a retry.
-    Fast {
-        call: Call,
-        attempt: FastAttempt,
-        plan_rng: Rng,
-    },
-    /// The general plan runs.
-    Plan(Box<SingleRegion>),
-    /// Finished (the result, until taken, is in `out`).
-    Done,
-}
-
-#[derive(Debug)]
 enum Out {
     None,
     Action(Action),
@@ -220,9 +213,9 @@ impl<T> RawSingle<T> {
         opts: &RawOptions,
         decode: fn(TikvResponse) -> Result<T, Error>,
     ) -> Self {
-        let (state, out) = match checked {
+        let (call, out) = match checked {
             Ok(()) => (
-                SingleState::Ready(Call {
+                Some(Call {
                     key,
                     template: request,
                     opts: CompactOptions::of(&opts.request),
@@ -231,49 +224,61 @@ impl<T> RawSingle<T> {
                 Out::None,
             ),
             // (A failed input check is the result, taken by `poll_result`.)
-            Err(e) => (SingleState::Done, Out::Result(Err(e))),
+            Err(e) => (None, Out::Result(Err(e))),
         };
-        RawSingle { state, out, decode }
+        RawSingle {
+            call,
+            attempt: None,
+            plan: None,
+            plan_rng: Rng::new(0),
+            out,
+            decode,
+        }
     }
 
     /// The call without its fast path: the plan runs from the start (for tests that compare
     /// the two).
     #[cfg(test)]
     fn planned(mut self) -> Self {
-        if let SingleState::Ready(call) = std::mem::replace(&mut self.state, SingleState::Done) {
-            self.state = SingleState::Plan(Box::new(call.plan()));
+        if let Some(call) = self.call.take() {
+            self.plan = Some(Box::new(call.plan()));
         }
         self
     }
 
-    fn start_call(&mut self, mut call: Call, now: Instant, shared: &mut Shared) {
-        // The plan's start: its own stream, then the lookup's.
-        let plan_rng = shared.rng.fork();
-        let mut lookup_rng = shared.rng.fork();
-        let found = shared
-            .regions
-            .lookup_region(&call.key, false, now, &mut lookup_rng);
-        if let Ok(region) = found {
-            match FastAttempt::send(region, &mut call.template, &mut call.opts, now, shared) {
-                FastStart::Sent(attempt, action) => {
-                    self.out = Out::Action(action);
-                    self.state = SingleState::Fast {
-                        call,
-                        attempt,
-                        plan_rng,
-                    };
-                    return;
-                }
-                FastStart::Failed(e) => {
-                    self.out = Out::Result(Err(e));
-                    return;
-                }
-                FastStart::NotTaken => {}
-            }
-        }
+    /// The plan, started after the lookup the call made (`found`, with `lookup_rng`).
+    fn run_plan(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        lookup_rng: Rng,
+        found: Result<RegionVerId, Lookup>,
+    ) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
         let mut plan = Box::new(call.plan());
-        plan.start_after_lookup(now, shared, plan_rng, lookup_rng, found);
-        self.state = SingleState::Plan(plan);
+        plan.start_after_lookup(now, shared, self.plan_rng.clone(), lookup_rng, found);
+        self.plan = Some(plan);
+    }
+
+    /// Hands the fast attempt's failed reply to the plan, resumed where the attempt left it.
+    fn resume_plan(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        let (Some(call), Some(attempt)) = (self.call.take(), self.attempt.take()) else {
+            return;
+        };
+        let bo = call.backoffer();
+        let mut plan = Box::new(SingleRegion::resume_fast(
+            call.key,
+            call.template,
+            call.opts,
+            bo,
+            self.plan_rng.clone(),
+            attempt,
+            shared,
+        ));
+        plan.handle_input(now, shared, input);
+        self.plan = Some(plan);
     }
 }
 
@@ -281,58 +286,65 @@ impl<T> Operation for RawSingle<T> {
     type Output = T;
 
     fn start(&mut self, now: Instant, shared: &mut Shared) {
-        match std::mem::replace(&mut self.state, SingleState::Done) {
-            SingleState::Ready(call) => self.start_call(call, now, shared),
-            SingleState::Plan(mut plan) => {
-                plan.start(now, shared);
-                self.state = SingleState::Plan(plan);
-            }
-            other => self.state = other,
+        if let Some(plan) = &mut self.plan {
+            return plan.start(now, shared);
         }
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        // The plan's start: its own stream, then the lookup's.
+        self.plan_rng = shared.rng.fork();
+        let mut lookup_rng = shared.rng.fork();
+        let found = shared
+            .regions
+            .lookup_region(&call.key, false, now, &mut lookup_rng);
+        if let Ok(region) = found {
+            match FastAttempt::send(region, &mut call.template, &mut call.opts, now, shared) {
+                FastStart::Sent(attempt, action) => {
+                    self.attempt = Some(attempt);
+                    self.out = Out::Action(action);
+                    return;
+                }
+                FastStart::Failed(e) => {
+                    self.call = None;
+                    self.out = Out::Result(Err(e));
+                    return;
+                }
+                FastStart::NotTaken => {}
+            }
+        }
+        self.run_plan(now, shared, lookup_rng, found);
     }
 
     fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
-        match std::mem::replace(&mut self.state, SingleState::Done) {
-            SingleState::Plan(mut plan) => {
-                plan.handle_input(now, shared, input);
-                self.state = SingleState::Plan(plan);
-            }
-            SingleState::Fast {
-                call,
-                attempt,
-                plan_rng,
-            } if matches!(&input, Input::Tikv { id, .. } if *id == attempt.id()) => {
-                match attempt.on_reply(shared, input) {
-                    FastReply::Done(result) => {
-                        // Done with the template: its allocation serves the next copies.
-                        if let TikvRequest::Cmd(cmd) = call.template {
-                            shared.spare_cmds.push(cmd);
-                        }
-                        self.out = Out::Result(result);
-                    }
-                    FastReply::Retry(attempt, input) => {
-                        let bo = call.backoffer();
-                        let mut plan = Box::new(SingleRegion::resume_fast(
-                            call.key,
-                            call.template,
-                            call.opts,
-                            bo,
-                            plan_rng,
-                            attempt,
-                            shared,
-                        ));
-                        plan.handle_input(now, shared, input);
-                        self.state = SingleState::Plan(plan);
-                    }
+        if let Some(plan) = &mut self.plan {
+            return plan.handle_input(now, shared, input);
+        }
+        let Some(attempt) = &self.attempt else {
+            return;
+        };
+        if !matches!(&input, Input::Tikv { id, .. } if *id == attempt.id()) {
+            return;
+        }
+        match attempt.on_reply(shared, input) {
+            Ok(result) => {
+                self.attempt = None;
+                // Done with the template: its allocation serves the next copies.
+                if let Some(Call {
+                    template: TikvRequest::Cmd(cmd),
+                    ..
+                }) = self.call.take()
+                {
+                    shared.spare_cmds.push(cmd);
                 }
+                self.out = Out::Result(result);
             }
-            // Not this call's reply, or a finished call.
-            other => self.state = other,
+            Err(input) => self.resume_plan(now, shared, input),
         }
     }
 
     fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
-        if let SingleState::Plan(plan) = &mut self.state {
+        if let Some(plan) = &mut self.plan {
             plan.handle_timeout(now, shared);
         }
     }
@@ -343,17 +355,11 @@ impl<T> Operation for RawSingle<T> {
         {
             return Some(a);
         }
-        match &mut self.state {
-            SingleState::Plan(plan) => plan.poll_action(),
-            _ => None,
-        }
+        self.plan.as_mut().and_then(|plan| plan.poll_action())
     }
 
     fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        match &self.state {
-            SingleState::Plan(plan) => plan.poll_timeout(),
-            _ => None,
-        }
+        self.plan.as_ref().and_then(|plan| plan.poll_timeout())
     }
 
     fn poll_result(&mut self) -> Option<Result<T, Error>> {
@@ -362,13 +368,8 @@ impl<T> Operation for RawSingle<T> {
         {
             return Some(r.and_then(self.decode));
         }
-        match &mut self.state {
-            SingleState::Plan(plan) => {
-                let r = plan.poll_result()?;
-                Some(r.and_then(|l| (self.decode)(l.response)))
-            }
-            _ => None,
-        }
+        let r = self.plan.as_mut()?.poll_result()?;
+        Some(r.and_then(|l| (self.decode)(l.response)))
     }
 }
 
@@ -1504,7 +1505,7 @@ mod tests {
         let mut h = Harness::warm(&pd);
         let mut op = get(k("k"), &opts());
         op.start(h.now, &mut h.shared);
-        assert!(matches!(op.state, SingleState::Fast { .. }));
+        assert!(op.attempt.is_some() && op.plan.is_none());
         let Some(Action::Tikv { id, .. }) = op.poll_action() else {
             panic!("a warm get sends at once")
         };
@@ -1537,7 +1538,7 @@ mod tests {
                 }),
             },
         );
-        assert!(matches!(op.state, SingleState::Plan(_)));
+        assert!(op.attempt.is_none() && op.plan.is_some());
     }
 
     /// The store token limit holds on the fast path as on the plan's: the attempt in flight
@@ -1567,7 +1568,7 @@ mod tests {
 
         let mut op = get(k("k"), &opts());
         op.start(h.now, &mut h.shared);
-        assert!(matches!(op.state, SingleState::Fast { .. }));
+        assert!(op.attempt.is_some() && op.plan.is_none());
         assert!(matches!(op.poll_action(), Some(Action::Tikv { .. })));
         assert_eq!(h.shared.store_limits.in_flight(1), 1);
         drop(op);

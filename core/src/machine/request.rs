@@ -1645,17 +1645,6 @@ pub enum FastStart {
     Failed(Error),
 }
 
-/// What a [`FastAttempt`]'s reply means.
-#[derive(Debug)]
-pub enum FastReply {
-    /// The request's outcome: a reply without region error (decoded), or the error that ends
-    /// it.
-    Done(Result<TikvResponse, Error>),
-    /// A send failure or a region error: the retry loop takes it from here (resume a
-    /// [`RegionRequest`] with [`RegionRequest::adopt_fast_attempt`] and hand it this input).
-    Retry(FastAttempt, Input),
-}
-
 impl FastAttempt {
     /// Sends the first attempt of a request for `region`, which the caller has just found
     /// valid in the cache at `now`, when the leader fast path applies: a leader read with no
@@ -1733,22 +1722,27 @@ impl FastAttempt {
     }
 
     /// Handles the attempt's reply (`input` carries [`FastAttempt::id`]): a reply without
-    /// region error is decoded and ends the request, with the bookkeeping a successful
-    /// first attempt makes (the store is reachable; the leader that served the read stays
-    /// the cached leader). Anything else goes back to the retry loop, untouched. Mirrors the
-    /// success branch of client-go `RegionRequestSender.SendReqCtx`
+    /// region error is decoded and is the request's outcome (`Ok`), with the bookkeeping a
+    /// successful first attempt makes (the store is reachable; the leader that served the
+    /// read stays the cached leader); so is a reply that fails to decode. Anything else (a
+    /// send failure, a region error) is given back untouched (`Err`) for the retry loop:
+    /// resume a [`RegionRequest`] with [`RegionRequest::adopt_fast_attempt`] and hand it the
+    /// input. Mirrors the success branch of client-go `RegionRequestSender.SendReqCtx`
     /// (`replicaSelector.onSendSuccess`).
-    pub fn on_reply(self, shared: &mut Shared, input: Input) -> FastReply {
-        let resp = match input {
+    pub fn on_reply(
+        &self,
+        shared: &mut Shared,
+        input: Input,
+    ) -> Result<Result<TikvResponse, Error>, Input> {
+        let mut resp = match input {
             Input::Tikv {
                 result: Ok(resp), ..
             } if region_error(&resp).is_none() => resp,
-            other => return FastReply::Retry(self, other),
+            other => return Err(other),
         };
-        let mut resp = resp;
         if let Err(e) = shared.codec.decode_response(&mut resp) {
             tracing::debug!(region = self.region.id, error = %e, "region request failed");
-            return FastReply::Done(Err(e));
+            return Ok(Err(e));
         }
         shared.stores.mark_reachable(self.inflight.store_id);
         ReplicaSelector::on_fast_send_success(
@@ -1757,7 +1751,7 @@ impl FastAttempt {
             &mut shared.regions,
             &shared.stores,
         );
-        FastReply::Done(Ok(resp))
+        Ok(Ok(resp))
     }
 }
 
