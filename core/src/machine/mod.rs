@@ -701,6 +701,12 @@ impl<T> Pool<T> {
         self.0.pop()
     }
 
+    /// How many items are kept.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Keeps `item` for reuse unless the pool is full.
     pub fn push(&mut self, item: T) {
         if self.0.len() < Self::CAPACITY {

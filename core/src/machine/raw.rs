@@ -1325,6 +1325,17 @@ mod tests {
         RawOptions::default()
     }
 
+    /// The cluster and cache a call in [`fast_path_behaves_as_the_plan`] starts from.
+    #[derive(Clone, Copy, Debug)]
+    enum Setup {
+        /// Every region and store cached (API V1).
+        Warm,
+        /// Nothing cached.
+        Cold,
+        /// API V2 with a keyspace, the key's region cached by an earlier get.
+        KeyspaceWarm,
+    }
+
     /// How the first attempt of a call is answered in [`fast_path_behaves_as_the_plan`].
     #[derive(Clone)]
     enum First {
@@ -1340,22 +1351,55 @@ mod tests {
     /// One run of `get("k")` on a 3-store cluster (one region, leader on store 1), its first
     /// attempt answered by `first` and every later one by a found value. The observable
     /// record: the result, every action with its instant, the caches and the shared random
-    /// stream afterwards.
+    /// stream afterwards; and how many region requests the run built or reused (the fast
+    /// path builds none for a reply without region error).
     fn record_get(
         base: Instant,
         fast: bool,
-        warm: bool,
+        setup: Setup,
         opts: &RawOptions,
         next_gen: bool,
         first: &First,
-    ) -> String {
+    ) -> (String, usize) {
         let mut pd = FakePd::split(3, &[]);
-        let mut h = if warm {
-            Harness::warm_at(&pd, base)
-        } else {
-            Harness::at(base)
+        let mut h = match setup {
+            Setup::Warm => Harness::warm_at(&pd, base),
+            Setup::Cold => Harness::at(base),
+            Setup::KeyspaceWarm => {
+                let mut h = Harness::at(base);
+                let codec = ApiCodec::v2(KeyMode::Raw, 1, "ks1").unwrap();
+                let (prefix, end) = codec.keyspace_range().unwrap();
+                h.shared = Shared::with_codec(42, codec);
+                // TiKV key space: [.., keyspace) [keyspace) [keyspace end, ..), each region
+                // with a peer on every store, led from store 1.
+                pd.encoded = true;
+                pd.regions.clear();
+                let bounds = [Bytes::new(), prefix, end, Bytes::new()];
+                for (i, b) in bounds.windows(2).enumerate() {
+                    let id = i as u64 + 1;
+                    let peers: Vec<(u64, u64)> = (1..=3).map(|s| (id * 10 + s, s)).collect();
+                    let mut meta = testkit::meta(id, "", "", 1, &peers);
+                    meta.start_key = b[0].clone();
+                    meta.end_key = b[1].clone();
+                    pd.regions.push(testkit::FakeRegion {
+                        meta,
+                        leader_store: 1,
+                    });
+                }
+                // Warmed by a first get, through PD.
+                let mut warm_up = get(k("k"), opts);
+                let res = h.run(&mut warm_up, |a, _| {
+                    if let Some(r) = pd_reply(&mut pd, a) {
+                        return r;
+                    }
+                    tikv_reply(a, Ok(testkit::raw_get_ok(Some("v"))))
+                });
+                assert_eq!(res, Ok(Some(k("v"))));
+                h
+            }
         };
         h.shared.routing.next_gen = next_gen;
+        let pooled = h.shared.region_requests.len();
         let op = get(k("k"), opts);
         let mut op = if fast { op } else { op.planned() };
         let mut n = 0;
@@ -1396,20 +1440,21 @@ mod tests {
             .iter()
             .map(|(at, a)| format!("{:?} {a:?}", *at - base))
             .collect();
-        format!(
+        let record = format!(
             "result {result:?}\nlog {log:#?}\nregions {:?}\nstores {:?}\nrng {}\nnow {:?}",
             h.shared.regions,
             h.shared.stores,
             h.shared.rng.next_u64(),
             h.now - base,
-        )
+        );
+        (record, h.shared.region_requests.len() - pooled)
     }
 
     /// The fast path of a raw point call (`FastAttempt`, no plan built) behaves exactly as
     /// the plan it skips: for a found value, every row of the region-error table, a split,
     /// each kind of send failure and a dropped reply, with a warm and a cold cache, leader
-    /// and follower reads, and next-gen routing, the result, the actions with their
-    /// instants, both caches and the shared random stream are the same.
+    /// and follower reads, next-gen routing and an API V2 keyspace, the result, the actions
+    /// with their instants, both caches and the shared random stream are the same.
     #[test]
     fn fast_path_behaves_as_the_plan() {
         fn err_with(f: impl FnOnce(&mut errorpb::Error)) -> errorpb::Error {
@@ -1472,28 +1517,42 @@ mod tests {
         let mut follower = RawOptions::default();
         follower.request.read.replica_read = ReplicaReadType::Follower;
         let base = testkit::origin();
-        let mut fast_taken = 0;
+        let mut fast_taken = Vec::new();
         for (i, first) in firsts.iter().enumerate() {
-            for (warm, opts, next_gen) in [
-                (true, &opts(), false),
-                (false, &opts(), false),
-                (true, &follower, false),
-                (true, &follower, true),
+            for (setup, opts, next_gen) in [
+                (Setup::Warm, &opts(), false),
+                (Setup::Cold, &opts(), false),
+                (Setup::Warm, &follower, false),
+                (Setup::Warm, &follower, true),
+                (Setup::KeyspaceWarm, &opts(), false),
             ] {
-                let fast = record_get(base, true, warm, opts, next_gen, first);
-                let planned = record_get(base, false, warm, opts, next_gen, first);
+                // (The scripted split is written in API V1 keys.)
+                if matches!(setup, Setup::KeyspaceWarm) && matches!(first, First::Split) {
+                    continue;
+                }
+                let (fast, fast_built) = record_get(base, true, setup, opts, next_gen, first);
+                let (planned, _) = record_get(base, false, setup, opts, next_gen, first);
                 assert_eq!(
                     fast,
                     planned,
-                    "case {i} (warm {warm}, follower {}, next-gen {next_gen})",
+                    "case {i} ({setup:?}, follower {}, next-gen {next_gen})",
                     opts.request.read.replica_read != ReplicaReadType::Leader
                 );
-                fast_taken += usize::from(warm && (next_gen || opts == &RawOptions::default()));
+                if matches!(first, First::Reply) && fast_built == 0 {
+                    fast_taken.push(format!("{setup:?} next-gen {next_gen}"));
+                }
             }
         }
-        // (The comparison must cover runs that took the fast path: warm leader reads, and
-        // next-gen follower reads, which next-gen sends to the leader.)
-        assert!(fast_taken > firsts.len());
+        // The comparison covers runs that took the fast path: warm leader reads (API V1 and
+        // V2), and next-gen follower reads, which next-gen sends to the leader.
+        assert_eq!(
+            fast_taken,
+            [
+                "Warm next-gen false",
+                "Warm next-gen true",
+                "KeyspaceWarm next-gen false"
+            ]
+        );
     }
 
     /// A warm leader read takes the fast path: no plan and no region request is built for it
