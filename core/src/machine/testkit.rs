@@ -72,7 +72,10 @@ impl Harness {
     /// equal instants for equal runs).
     pub fn warm_at(pd: &FakePd, base: Instant) -> Harness {
         let mut h = Harness::at(base);
-        for (id, s) in &pd.stores {
+        // In id order: two harnesses warmed from equal PDs hold equal caches.
+        let mut stores: Vec<_> = pd.stores.iter().collect();
+        stores.sort_by_key(|(id, _)| **id);
+        for (id, s) in stores {
             h.shared.stores.apply_store(*id, Some(s)).unwrap();
         }
         for r in &pd.regions {
