@@ -1900,9 +1900,9 @@ impl Operation for RegionRequest {
 mod tests {
     use super::*;
     use crate::machine::backoff::budget;
-    use crate::machine::region_cache::{PdRegion, tests::raw_v1};
     use crate::machine::testkit::{
-        FakePd, Harness, Reply, ctx_of, pd_reply, raw_get_ok, region_err_reply, tikv_reply,
+        FakePd, Harness, Reply, cache_region, ctx_of, pd_reply, raw_get_ok, region_err_reply,
+        tikv_reply,
     };
     use bytes::Bytes;
     use tikv_proto::metapb;
@@ -2402,30 +2402,8 @@ mod tests {
         let mut pd = FakePd::split(3, &[]);
         let mut h = Harness::new();
         // Region cached but stores unknown.
-        {
-            let r = &pd.regions[0];
-            let now = h.now;
-            let Shared {
-                regions,
-                stores,
-                rng,
-                ..
-            } = &mut h.shared;
-            regions
-                .apply_pd_region(
-                    PdRegion {
-                        meta: r.meta.clone(),
-                        leader: Some(r.meta.peers[0]),
-                        ..Default::default()
-                    },
-                    true,
-                    &raw_v1(),
-                    stores,
-                    now,
-                    rng,
-                )
-                .unwrap();
-        }
+        let (meta, now) = (&pd.regions[0].meta, h.now);
+        cache_region(&mut h.shared, meta, Some(meta.peers[0]), now);
         pd.stores.remove(&3); // store 3 is gone: it becomes a tombstone
         let mut op = request(&h, 1, raw_get("k"));
         let res = h.run(&mut op, |a, _| {
@@ -2451,29 +2429,8 @@ mod tests {
         let mut pd = FakePd::split(1, &[]);
         pd.fail_next = 2;
         let mut h = Harness::new();
-        {
-            let r = &pd.regions[0];
-            let now = h.now;
-            let Shared {
-                regions,
-                stores,
-                rng,
-                ..
-            } = &mut h.shared;
-            regions
-                .apply_pd_region(
-                    PdRegion {
-                        meta: r.meta.clone(),
-                        ..Default::default()
-                    },
-                    true,
-                    &raw_v1(),
-                    stores,
-                    now,
-                    rng,
-                )
-                .unwrap();
-        }
+        let now = h.now;
+        cache_region(&mut h.shared, &pd.regions[0].meta, None, now);
         let mut op = request(&h, 1, raw_get("k"));
         let res = h.run(&mut op, |a, _| {
             pd_reply(&mut pd, a).unwrap_or_else(|| tikv_reply(a, Ok(raw_get_ok(Some("v")))))
@@ -2811,26 +2768,12 @@ mod tests {
                 return r;
             }
             sends += 1;
-            let Shared {
-                regions,
-                stores,
-                rng,
-                ..
-            } = shared;
-            regions
-                .apply_pd_region(
-                    PdRegion {
-                        meta: newer.clone(),
-                        leader: Some(peer(11, 1)),
-                        ..Default::default()
-                    },
-                    true,
-                    &raw_v1(),
-                    stores,
-                    crate::machine::testkit::origin(),
-                    rng,
-                )
-                .unwrap();
+            cache_region(
+                shared,
+                &newer,
+                Some(peer(11, 1)),
+                crate::machine::testkit::origin(),
+            );
             tikv_reply(
                 a,
                 Err(Error::Rpc {

@@ -86,26 +86,7 @@ impl Harness {
                 .find(|p| p.store_id == r.leader_store)
                 .copied();
             let now = h.now;
-            let Shared {
-                regions,
-                stores,
-                rng,
-                ..
-            } = &mut h.shared;
-            regions
-                .apply_pd_region(
-                    PdRegion {
-                        meta: r.meta.clone(),
-                        leader,
-                        ..Default::default()
-                    },
-                    true,
-                    &raw_v1(),
-                    stores,
-                    now,
-                    rng,
-                )
-                .unwrap();
+            cache_region(&mut h.shared, &r.meta, leader, now);
         }
         h
     }
@@ -207,6 +188,35 @@ impl Harness {
             })
             .collect()
     }
+}
+
+/// Caches `meta` (API V1 keys) with `leader` as PD's answer at `now` would.
+pub(crate) fn cache_region(
+    shared: &mut Shared,
+    meta: &metapb::Region,
+    leader: Option<metapb::Peer>,
+    now: Instant,
+) {
+    let Shared {
+        regions,
+        stores,
+        rng,
+        ..
+    } = shared;
+    regions
+        .apply_pd_region(
+            PdRegion {
+                meta: meta.clone(),
+                leader,
+                ..Default::default()
+            },
+            true,
+            &raw_v1(),
+            stores,
+            now,
+            rng,
+        )
+        .unwrap();
 }
 
 /// A region of the scripted cluster: meta plus leader store.
