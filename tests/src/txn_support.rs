@@ -1,6 +1,6 @@
 //! Helpers of the transactional end-to-end suites (`tests/txn_*.rs`): client settings with
 //! short deadlines, connecting a [`TransactionClient`] to a [`Mock`] cluster, collecting scan
-//! streams, inspecting the mock's locks and versions, and [`txn_tests!`] which instantiates
+//! streams, inspecting the mock's locks and versions, and [`txn_tests!`](crate::txn_tests) which instantiates
 //! generic scenarios once per runtime.
 
 use std::time::Duration;

@@ -459,8 +459,8 @@ pub enum Action {
         /// The request, with its `Context` already filled, unless `context` is set.
         request: TikvRequest,
         /// The attempt's `Context` when it is shared with other attempts rather than written
-        /// into `request` (whose own `context` field is then empty; see
-        /// [`shared_ctx`]). A dispatcher that needs the whole request calls
+        /// into `request` (whose own `context` field is then empty; see the crate-private
+        /// `shared_ctx` module). A dispatcher that needs the whole request calls
         /// [`Action::attach_context`]; the `BatchCommands` encoder writes it as the command's
         /// context field.
         context: Option<std::sync::Arc<tikv_proto::kvrpcpb::Context>>,

@@ -3,7 +3,7 @@
 //!
 //! Each function is a port of the TiKV action of the same name in
 //! `src/storage/txn/actions/`, reading from the engine as it was before the
-//! command and writing into the command's [`MvccTxn`].
+//! command and writing into the command's `MvccTxn`.
 
 use std::cmp;
 

@@ -9,7 +9,7 @@
 //! the same iteration order (newest version first when iterating backwards).
 //!
 //! Commands read from the engine as it was before the command (TiKV reads from
-//! a snapshot) and collect their changes in an [`MvccTxn`]; the changes are
+//! a snapshot) and collect their changes in an `MvccTxn`; the changes are
 //! applied atomically only when the command succeeds.
 
 use std::collections::BTreeMap;
