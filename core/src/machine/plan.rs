@@ -142,6 +142,27 @@ impl SentTo {
     }
 }
 
+/// A new [`RegionRequest`] in a finished request's allocation if one is pooled, else in a new
+/// one written in place (a region request is several hundred bytes).
+fn pooled_request(
+    shared: &mut Shared,
+    region: RegionVerId,
+    template: TikvRequest,
+    opts: CompactOptions,
+    backoffer: Backoffer,
+) -> Box<RegionRequest> {
+    match shared.region_requests.pop() {
+        Some(mut b) => {
+            b.reset(region, template, opts, backoffer);
+            b
+        }
+        None => Box::write(
+            Box::new_uninit(),
+            RegionRequest::new(region, template, opts, backoffer),
+        ),
+    }
+}
+
 /// Queues one of a [`SingleRegion`]'s own actions, allocating its queue on the first (see
 /// `SingleRegion::actions`).
 fn push_action(actions: &mut Option<Box<ActionQueue>>, action: Action) {
@@ -228,13 +249,7 @@ impl SingleRegion {
         shared: &mut Shared,
     ) -> Self {
         let region = fast.region();
-        let mut request = match shared.region_requests.pop() {
-            Some(mut b) => {
-                b.reset(region, template, opts, backoffer);
-                b
-            }
-            None => Box::new(RegionRequest::new(region, template, opts, backoffer)),
-        };
+        let mut request = pooled_request(shared, region, template, opts, backoffer);
         request.adopt_fast_attempt(fast);
         SingleRegion {
             key,
@@ -349,16 +364,9 @@ impl SingleRegion {
         let region = loc.region();
         // Lent to the request, given back by `take_parts`.
         let opts = self.opts.take().unwrap_or_default();
-        // A finished request's allocation if one is pooled, else a new one written in place
-        // (a region request is several hundred bytes).
-        let boxed = match shared.region_requests.pop() {
-            Some(mut b) => {
-                b.reset(region, req, opts, bo);
-                b
-            }
-            None => Box::write(Box::new_uninit(), RegionRequest::new(region, req, opts, bo)),
-        };
-        let rr = self.request.insert(boxed);
+        let rr = self
+            .request
+            .insert(pooled_request(shared, region, req, opts, bo));
         if cache_hit {
             // The lookup at this `now` just found the region valid.
             rr.assume_region_valid();

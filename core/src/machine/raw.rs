@@ -70,9 +70,20 @@ pub struct RawOptions {
 }
 
 impl RawOptions {
-    fn backoffer(&self) -> Backoffer {
-        Backoffer::weighted(self.budget_ms.unwrap_or(budget::RAW), budget::WEIGHT)
+    /// The budget in ms of one raw request (before weighting).
+    fn budget(&self) -> u64 {
+        self.budget_ms.unwrap_or(budget::RAW)
     }
+
+    fn backoffer(&self) -> Backoffer {
+        raw_backoffer(self.budget())
+    }
+}
+
+/// A raw request's backoffer for a budget of `budget_ms`, weighted like client-go
+/// `NewBackofferWithVars`.
+fn raw_backoffer(budget_ms: u64) -> Backoffer {
+    Backoffer::weighted(budget_ms, budget::WEIGHT)
 }
 
 /// Result of [`checksum`]. Mirrors client-go `rawkv.RawChecksum`.
@@ -187,7 +198,7 @@ struct Call {
 
 impl Call {
     fn backoffer(&self) -> Backoffer {
-        Backoffer::weighted(self.budget_ms, budget::WEIGHT)
+        raw_backoffer(self.budget_ms)
     }
 
     fn plan(self) -> SingleRegion {
@@ -219,7 +230,7 @@ impl<T> RawSingle<T> {
                     key,
                     template: request,
                     opts: CompactOptions::of(&opts.request),
-                    budget_ms: opts.budget_ms.unwrap_or(budget::RAW),
+                    budget_ms: opts.budget(),
                 }),
                 Out::None,
             ),

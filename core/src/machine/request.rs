@@ -67,7 +67,7 @@ pub struct RequestOptions {
 
 impl RequestOptions {
     /// Whether these options write anything into an attempt's `Context` (tracing, priority:
-    /// the options `RegionRequest::write_context` copies). An attempt whose options write
+    /// the options `write_context` copies). An attempt whose options write
     /// nothing and whose template has no `Context` of its own may share its context (see
     /// [`crate::machine::shared_ctx`]).
     fn writes_context(&self) -> bool {
@@ -1636,8 +1636,9 @@ pub struct FastAttempt {
 /// What [`FastAttempt::send`] did.
 #[derive(Debug)]
 pub enum FastStart {
-    /// The fast path does not apply; nothing was changed (the caller starts a
-    /// [`RegionRequest`], which takes the general path).
+    /// The fast path does not apply (the caller starts a [`RegionRequest`], which takes the
+    /// general path); nothing was changed but next-gen read flags, which that path turns off
+    /// as well.
     NotTaken,
     /// Sent: the attempt in flight and its action.
     Sent(FastAttempt, Action),
