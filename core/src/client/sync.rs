@@ -25,7 +25,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct State<T> {
     /// The first item queued while the backlog was empty: an operation's inbox usually gets
-    /// exactly one completion, which then needs no vector.
+    /// exactly one completion, which then needs no vector. Only ever set while `items` is
+    /// empty (a second push moves it there).
     first: Option<T>,
     items: Vec<T>,
     waker: Option<Waker>,
@@ -125,9 +126,14 @@ impl<T> Inbox<T> {
                 Some(at) => s.arrived = Some(s.arrived.map_or(at, |a| a.max(at))),
                 None => s.untimed = true,
             }
-            if s.first.is_none() && s.items.is_empty() {
+            if s.items.is_empty() && s.first.is_none() {
                 s.first = Some(item);
             } else {
+                // A second item joins the first in the vector, so that a drain of a backlog
+                // is one swap of vectors rather than a copy of every item behind the first.
+                if let Some(first) = s.first.take() {
+                    s.items.push(first);
+                }
                 s.items.push(item);
             }
             s.waker.take()
@@ -353,6 +359,42 @@ mod tests {
         assert_eq!(producer.push(4), Err(4));
         let got = future::block_on(future::poll_fn(|cx| inbox.poll_drain(cx, &mut out)));
         assert!(!got, "closed and empty");
+    }
+
+    /// Every way of draining gives the items in push order, whatever mix of single pushes and
+    /// `push_all` queued them, into an empty or a non-empty output.
+    #[test]
+    fn every_drain_keeps_push_order() {
+        let fill = |inbox: &Inbox<u32>| {
+            inbox.push(1).unwrap();
+            inbox.push(2).unwrap();
+            assert!(inbox.push_all(&mut vec![3, 4]));
+            inbox.push(5).unwrap();
+        };
+        let inbox = Inbox::new();
+        fill(&inbox);
+        let mut out = vec![0];
+        assert!(future::block_on(future::poll_fn(
+            |cx| inbox.poll_drain(cx, &mut out)
+        )));
+        assert_eq!(out, vec![0, 1, 2, 3, 4, 5]);
+
+        fill(&inbox);
+        let mut queue = InlineQueue::new();
+        assert!(future::block_on(future::poll_fn(|cx| {
+            inbox.poll_drain_queue(cx, &mut queue)
+        })));
+        let drained: Vec<u32> = std::iter::from_fn(|| queue.pop_front()).collect();
+        assert_eq!(drained, vec![1, 2, 3, 4, 5]);
+
+        fill(&inbox);
+        let mut out = Vec::new();
+        assert!(inbox.try_drain(&mut out));
+        assert_eq!(out, vec![1, 2, 3, 4, 5]);
+
+        inbox.push(6).unwrap();
+        assert!(inbox.push_all(&mut vec![7]));
+        assert_eq!(inbox.close_and_take(), vec![6, 7]);
     }
 
     /// A drain learns when its items arrived only if every one was pushed with its instant:
