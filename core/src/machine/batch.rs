@@ -169,6 +169,160 @@ pub struct BatchStats {
 
 type IdMap<V> = crate::hash::FastMap<u64, V>;
 
+/// Values keyed by request id, for ids handed out in increasing order that mostly live
+/// briefly (a connection's requests in flight).
+///
+/// A direct-mapped table indexed by the id's low bits holds nearly all of them: a lookup is
+/// an index and a compare, and requests in flight together sit side by side in memory rather
+/// than scattered over a hash table. The table doubles (up to [`IdTable::MAX_SLOTS`]) when a
+/// new id finds its slot still taken by an older one; past that size such an id goes to an
+/// overflow map (a request outliving thousands of later ones).
+struct IdTable<V> {
+    /// Length zero or a power of two; a slot holds the id it was filled for.
+    slots: Vec<Option<(u64, V)>>,
+    overflow: IdMap<V>,
+    len: usize,
+}
+
+impl<V> Default for IdTable<V> {
+    fn default() -> Self {
+        IdTable {
+            slots: Vec::new(),
+            overflow: IdMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> IdTable<V> {
+    const MIN_SLOTS: usize = 64;
+    const MAX_SLOTS: usize = 4096;
+
+    fn slot(&self, id: u64) -> usize {
+        (id as usize) & (self.slots.len() - 1)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Stores `value` under `id`, which must not be present.
+    fn insert(&mut self, id: u64, value: V) {
+        debug_assert!(self.get(id).is_none(), "id {id} inserted twice");
+        self.len += 1;
+        loop {
+            if self.slots.is_empty() {
+                self.slots.resize_with(Self::MIN_SLOTS, || None);
+            }
+            let i = self.slot(id);
+            if self.slots[i].is_none() {
+                self.slots[i] = Some((id, value));
+                return;
+            }
+            if self.slots.len() >= Self::MAX_SLOTS {
+                self.overflow.insert(id, value);
+                return;
+            }
+            self.grow();
+        }
+    }
+
+    /// Doubles the table, moving each entry to its slot in the new size (entries of the
+    /// overflow map too, where their slot is free).
+    #[cold]
+    fn grow(&mut self) {
+        let size = self.slots.len() * 2;
+        let old = std::mem::take(&mut self.slots);
+        self.slots.resize_with(size, || None);
+        for (id, v) in old.into_iter().flatten() {
+            // Entries of distinct old slots land in distinct new slots: a new slot, taken
+            // modulo the old size, is the old slot.
+            let i = self.slot(id);
+            debug_assert!(self.slots[i].is_none());
+            self.slots[i] = Some((id, v));
+        }
+        if !self.overflow.is_empty() {
+            let ids: Vec<u64> = self.overflow.keys().copied().collect();
+            for id in ids {
+                let i = self.slot(id);
+                if self.slots[i].is_none()
+                    && let Some(v) = self.overflow.remove(&id)
+                {
+                    self.slots[i] = Some((id, v));
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<&V> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        match &self.slots[self.slot(id)] {
+            Some((at, v)) if *at == id => Some(v),
+            _ if self.overflow.is_empty() => None,
+            _ => self.overflow.get(&id),
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut V> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = self.slot(id);
+        match &mut self.slots[i] {
+            Some((at, v)) if *at == id => Some(v),
+            _ if self.overflow.is_empty() => None,
+            _ => self.overflow.get_mut(&id),
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<V> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = self.slot(id);
+        let v = match &self.slots[i] {
+            Some((at, _)) if *at == id => self.slots[i].take().map(|(_, v)| v),
+            _ if self.overflow.is_empty() => None,
+            _ => self.overflow.remove(&id),
+        };
+        if v.is_some() {
+            self.len -= 1;
+        }
+        v
+    }
+
+    /// Every entry, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|(id, v)| (*id, v))
+            .chain(self.overflow.iter().map(|(id, v)| (*id, v)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// Removes every entry and returns them in id order.
+    fn take_sorted(&mut self) -> Vec<(u64, V)> {
+        let mut all: Vec<(u64, V)> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .chain(std::mem::take(&mut self.overflow))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        self.len = 0;
+        all
+    }
+}
+
 struct Entry<T> {
     /// `None` once the caller was answered (timeout, cancel) while the request is on the wire.
     token: Option<T>,
@@ -339,7 +493,7 @@ pub struct BatchConn<T, P = TikvCmd> {
     cfg: BatchConfig,
     rng: Rng,
     next_id: u64,
-    entries: IdMap<Entry<T>>,
+    entries: IdTable<Entry<T>>,
     /// Queued requests of priority 0 (the usual case), in submission order.
     pending: VecDeque<Pending<P>>,
     /// Queued requests with a priority, taken before `pending` (see [`Prioritized`]).
@@ -399,7 +553,7 @@ impl<T, P> BatchConn<T, P> {
             address,
             rng: Rng::new(seed),
             next_id: 1,
-            entries: IdMap::default(),
+            entries: IdTable::default(),
             pending: VecDeque::new(),
             prioritized: std::collections::BinaryHeap::new(),
             spare: None,
@@ -580,10 +734,10 @@ impl<T, P> BatchConn<T, P> {
     /// produced. A request already on the wire stays counted in flight until its reply (which
     /// is dropped) or the stream's end, like client-go's cancelled entries.
     pub fn cancel(&mut self, id: u64) -> Option<T> {
-        let entry = self.entries.get_mut(&id)?;
+        let entry = self.entries.get_mut(id)?;
         let token = entry.token.take()?;
         if !entry.sent {
-            self.entries.remove(&id);
+            self.entries.remove(id);
         }
         if self.entries.is_empty() {
             self.earliest_deadline = None;
@@ -661,14 +815,14 @@ impl<T, P> BatchConn<T, P> {
         let mut responses = resp.responses.drain(..);
         for id in resp.request_ids.drain(..) {
             let reply = responses.next().and_then(|r| r.cmd);
-            match self.entries.get(&id) {
+            match self.entries.get(id) {
                 Some(e) if e.sent => {}
                 _ => {
                     self.stats.unknown_responses += 1;
                     continue;
                 }
             }
-            let Some(entry) = self.entries.remove(&id) else {
+            let Some(entry) = self.entries.remove(id) else {
                 continue;
             };
             self.inflight = self.inflight.saturating_sub(1);
@@ -747,8 +901,7 @@ impl<T, P> BatchConn<T, P> {
             self.actions.push_back(BatchAction::Close { epoch });
         }
         self.state = State::Closed;
-        let entries = std::mem::take(&mut self.entries);
-        for (id, entry) in entries {
+        for (id, entry) in self.entries.take_sorted() {
             if let Some(token) = entry.token {
                 self.completions.push_back(Completion {
                     id,
@@ -936,7 +1089,7 @@ impl<T, P> BatchConn<T, P> {
             if self.latest_arrival.is_none_or(|l| p.arrived > l) {
                 self.latest_arrival = Some(p.arrived);
             }
-            let Some(entry) = self.entries.get_mut(&p.id) else {
+            let Some(entry) = self.entries.get_mut(p.id) else {
                 // Cancelled or timed out while queued.
                 continue;
             };
@@ -970,19 +1123,19 @@ impl<T, P> BatchConn<T, P> {
     fn expire(&mut self, now: Instant) {
         let mut earliest: Option<Instant> = None;
         let mut expired: Vec<u64> = Vec::new();
-        for (id, e) in &self.entries {
+        for (id, e) in self.entries.iter() {
             if e.token.is_none() {
                 continue;
             }
             if e.deadline <= now {
-                expired.push(*id);
+                expired.push(id);
             } else if earliest.is_none_or(|d| e.deadline < d) {
                 earliest = Some(e.deadline);
             }
         }
         expired.sort_unstable();
         for id in expired {
-            let Some(entry) = self.entries.get_mut(&id) else {
+            let Some(entry) = self.entries.get_mut(id) else {
                 continue;
             };
             let Some(token) = entry.token.take() else {
@@ -991,7 +1144,7 @@ impl<T, P> BatchConn<T, P> {
             let submitted = entry.submitted;
             let waited = entry.deadline.saturating_duration_since(submitted);
             if !entry.sent {
-                self.entries.remove(&id);
+                self.entries.remove(id);
             }
             self.stats.timeouts += 1;
             let err = self.timeout_error(waited);
@@ -1008,9 +1161,7 @@ impl<T, P> BatchConn<T, P> {
     /// Fails every waiting caller; `on_wire` marks errors of written requests as possibly
     /// applied.
     fn fail_all(&mut self, message: &str, on_wire: bool) {
-        let mut entries: Vec<(u64, Entry<T>)> = self.entries.drain().collect();
-        entries.sort_unstable_by_key(|(id, _)| *id);
-        for (id, entry) in entries {
+        for (id, entry) in self.entries.take_sorted() {
             if let Some(token) = entry.token {
                 let err = self.rpc_error(message, on_wire && entry.sent);
                 self.completions.push_back(Completion {
@@ -1063,6 +1214,56 @@ impl<T, P> BatchConn<T, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `IdTable` answers like a map under a seeded mix of short-lived ids, stragglers that
+    /// outlive thousands of later ids (growth, then the overflow map) and removals of
+    /// absent ids; it returns everything in id order when taken.
+    #[test]
+    fn id_table_behaves_as_a_map() {
+        let mut rng = crate::rng::Rng::new(7);
+        let mut table: IdTable<u64> = IdTable::default();
+        let mut model: std::collections::BTreeMap<u64, u64> = Default::default();
+        let mut next = 1u64;
+        for round in 0..40_000u64 {
+            match rng.below(10) {
+                0..=4 => {
+                    table.insert(next, next * 3);
+                    model.insert(next, next * 3);
+                    next += 1;
+                }
+                5..=8 => {
+                    // Mostly recent ids; every 97th round keeps old ones alive.
+                    let back = 1 + rng.below(if round % 97 == 0 { 2 } else { 200 });
+                    let id = next.saturating_sub(back);
+                    assert_eq!(table.remove(id), model.remove(&id), "remove {id}");
+                }
+                _ => {
+                    let id = next.saturating_sub(1 + rng.below(6000));
+                    assert_eq!(table.get(id), model.get(&id), "get {id}");
+                    if let Some(v) = table.get_mut(id) {
+                        *v += 1;
+                        *model.get_mut(&id).unwrap() += 1;
+                    }
+                }
+            }
+            assert_eq!(table.len(), model.len());
+            assert_eq!(table.is_empty(), model.is_empty());
+        }
+        assert!(
+            !table.overflow.is_empty(),
+            "stragglers reached the overflow map"
+        );
+        assert_eq!(table.slots.len(), IdTable::<u64>::MAX_SLOTS);
+        let mut seen: Vec<(u64, u64)> = table.iter().map(|(id, v)| (id, *v)).collect();
+        seen.sort_unstable();
+        let expected: Vec<(u64, u64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(table.values().count(), model.len());
+        assert_eq!(table.take_sorted(), expected);
+        assert!(table.is_empty() && table.get(1).is_none() && table.remove(1).is_none());
+        table.insert(next, 1);
+        assert_eq!(table.get(next), Some(&1));
+    }
     use crate::config::BatchPolicy;
     use tikv_proto::tikvpb::batch_commands_response::Response;
 
