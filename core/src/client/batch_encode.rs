@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
 use tikv_proto::{kvrpcpb, tikvpb};
@@ -409,19 +409,22 @@ fn decode_batch_fast(bytes: Bytes, msg: &mut tikvpb::BatchCommandsResponse) -> O
     let (responses, ids) = count_batch_response(&bytes);
     msg.responses.reserve(responses);
     msg.request_ids.reserve(ids);
-    let mut buf = bytes;
-    while buf.has_remaining() {
-        let start = buf.clone();
+    // The walk reads a plain slice; a `Bytes` (one reference count each) is made only for what
+    // outlives the message: a reply's value, or a part handed to prost.
+    let whole: &[u8] = &bytes;
+    let mut buf = whole;
+    while !buf.is_empty() {
+        let start = buf;
         let key = decode_varint(&mut buf).ok()?;
         if key == u64::from(REQUESTS_FIELD << 3 | 2) {
             let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-            if len > buf.len() {
-                return None;
-            }
-            let body = buf.split_to(len);
-            let response = match decode_plain_cmd(&body) {
+            let body = buf.get(..len)?;
+            buf = &buf[len..];
+            let response = match decode_plain_cmd(&bytes, body) {
                 Some(cmd) => tikvpb::batch_commands_response::Response { cmd: Some(cmd) },
-                None => tikvpb::batch_commands_response::Response::decode(body).ok()?,
+                None => {
+                    tikvpb::batch_commands_response::Response::decode(bytes.slice_ref(body)).ok()?
+                }
             };
             msg.responses.push(response);
             continue;
@@ -430,7 +433,7 @@ fn decode_batch_fast(bytes: Bytes, msg: &mut tikvpb::BatchCommandsResponse) -> O
         // at a time, merged into the same message.
         let wire = WireType::try_from(key & 7).ok()?;
         let tag = u32::try_from(key >> 3).ok()?;
-        let mut rest = buf.clone();
+        let mut rest = buf;
         prost::encoding::skip_field(
             wire,
             tag,
@@ -438,9 +441,8 @@ fn decode_batch_fast(bytes: Bytes, msg: &mut tikvpb::BatchCommandsResponse) -> O
             prost::encoding::DecodeContext::default(),
         )
         .ok()?;
-        let mut field = start;
-        let field_len = field.len() - rest.len();
-        msg.merge(field.split_to(field_len)).ok()?;
+        let field = &start[..start.len() - rest.len()];
+        msg.merge(bytes.slice_ref(field)).ok()?;
         buf = rest;
     }
     Some(())
@@ -450,9 +452,9 @@ fn decode_batch_fast(bytes: Bytes, msg: &mut tikvpb::BatchCommandsResponse) -> O
 /// [`RAW_GET_ARM`].
 const RAW_PUT_ARM: u64 = 15;
 
-/// The reply in `body` if it is one of the plain hot replies (see [`decode_batch_response_into`]);
-/// `None` sends it to prost.
-fn decode_plain_cmd(body: &Bytes) -> Option<crate::machine::TikvCmdResponse> {
+/// The reply in `body` (a part of `whole`, which its value is sliced from) if it is one of the
+/// plain hot replies (see [`decode_batch_response_into`]); `None` sends it to prost.
+fn decode_plain_cmd(whole: &Bytes, body: &[u8]) -> Option<crate::machine::TikvCmdResponse> {
     use crate::machine::TikvCmdResponse as Cmd;
     let mut cur: &[u8] = body;
     let key = decode_varint(&mut cur).ok()?;
@@ -474,8 +476,7 @@ fn decode_plain_cmd(body: &Bytes) -> Option<crate::machine::TikvCmdResponse> {
                         if n > cur.len() {
                             return None;
                         }
-                        let at = body.len() - cur.len();
-                        resp.value = body.slice(at..at + n);
+                        resp.value = whole.slice_ref(&cur[..n]);
                         cur = &cur[n..];
                     }
                     // not_found: bool
