@@ -196,7 +196,10 @@ impl<V> Default for IdTable<V> {
 
 impl<V> IdTable<V> {
     const MIN_SLOTS: usize = 64;
-    const MAX_SLOTS: usize = 4096;
+    /// A table never shrinks while its connection lives (a stream's end empties it), so its
+    /// size is capped: 1 024 slots of a multiplexer's entries are ~80 KiB, room for four
+    /// times the requests in flight of 256 busy callers on one connection.
+    const MAX_SLOTS: usize = 1024;
 
     fn slot(&self, id: u64) -> usize {
         (id as usize) & (self.slots.len() - 1)
@@ -1254,6 +1257,12 @@ mod tests {
             "stragglers reached the overflow map"
         );
         assert_eq!(table.slots.len(), IdTable::<u64>::MAX_SLOTS);
+        assert!(
+            std::mem::size_of::<Option<(u64, Entry<(crate::machine::IoId, usize, u8)>)>>()
+                * IdTable::<u64>::MAX_SLOTS
+                <= 96 * 1024,
+            "a full table of entries (the transport's token: an id, an inbox pointer, a kind) stays under 96 KiB"
+        );
         let mut seen: Vec<(u64, u64)> = table.iter().map(|(id, v)| (id, *v)).collect();
         seen.sort_unstable();
         let expected: Vec<(u64, u64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
