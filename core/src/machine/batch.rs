@@ -176,7 +176,7 @@ type IdMap<V> = crate::hash::FastMap<u64, V>;
 /// an index and a compare, and requests in flight together sit side by side in memory rather
 /// than scattered over a hash table. The table doubles (up to [`IdTable::MAX_SLOTS`]) when a
 /// new id finds its slot still taken by an older one; past that size such an id goes to an
-/// overflow map (a request outliving thousands of later ones).
+/// overflow map (a request outliving about a thousand later ones).
 struct IdTable<V> {
     /// Length zero or a power of two; a slot holds the id it was filled for.
     slots: Vec<Option<(u64, V)>>,
