@@ -29,7 +29,7 @@ pub(crate) struct Inner<R: Runtime> {
     pub(super) pd: Arc<PdClient<R>>,
     /// Region-wide `ResolveLock` flights in progress (client-go `reqCollapse`).
     pub(super) collapse: Arc<ReqCollapse>,
-    /// Inboxes of finished operations, reused by the next ones (see [`Inbox::into_reusable`]).
+    /// Inboxes of finished operations, reused by the next ones (see [`Inbox::reuse_or_close`]).
     pub(super) inboxes: Mutex<Pool<Inbox<Input>>>,
 }
 
@@ -52,9 +52,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
     }
 
     fn recycle_inbox(&self, inbox: Inbox<Input>) {
-        if let Some(inbox) = inbox.into_reusable() {
-            lock(&self.inboxes).push(inbox);
-        }
+        lock(&self.inboxes).push(inbox);
     }
 
     fn report_stale_read(&self, read_ts: u64, current: Option<u64>) {

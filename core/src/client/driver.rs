@@ -59,7 +59,8 @@ pub trait Dispatch: Sync {
         Inbox::new()
     }
 
-    /// Takes back the (closed) inbox of a finished operation; the default drops it.
+    /// Takes back the inbox of a finished operation, emptied, open and held by nobody else
+    /// (a shared one is closed instead, see [`Inbox::reuse_or_close`]); the default drops it.
     fn recycle_inbox(&self, inbox: Inbox<Input>) {
         drop(inbox);
     }
@@ -204,9 +205,11 @@ where
             }
             let (result, timeout) = (op.poll_result(), op.poll_timeout());
             if let Some(result) = result {
-                // Late completions are refused by the closed inbox and dropped by their producer.
-                inbox.close();
-                dispatch.recycle_inbox(inbox);
+                // An inbox still shared with a producer is closed: its late completions are
+                // refused and dropped by that producer. One held by nobody else is reused.
+                if let Some(inbox) = inbox.reuse_or_close() {
+                    dispatch.recycle_inbox(inbox);
+                }
                 return result;
             }
             let deadline = timeout.map(|(at, _why)| at);

@@ -268,8 +268,29 @@ impl<T> Inbox<T> {
     /// The inbox emptied and reopened, if this is its only handle (so nobody can push to it
     /// any more); `None` otherwise, the handle then being dropped. Lets a finished operation's
     /// inbox serve the next one without a new allocation.
-    pub fn into_reusable(mut self) -> Option<Inbox<T>> {
-        let state = Arc::get_mut(&mut self.state)?;
+    pub fn into_reusable(self) -> Option<Inbox<T>> {
+        self.try_reuse().ok()
+    }
+
+    /// The consumer is done with this inbox: it comes back emptied and reopened for reuse if
+    /// this is its only handle; otherwise it is closed (later pushes are refused) and `None`
+    /// is returned. Unlike [`Inbox::close`] followed by [`Inbox::into_reusable`], an inbox
+    /// nobody else holds is not locked at all.
+    pub fn reuse_or_close(self) -> Option<Inbox<T>> {
+        match self.try_reuse() {
+            Ok(inbox) => Some(inbox),
+            Err(shared) => {
+                shared.close();
+                None
+            }
+        }
+    }
+
+    /// The inbox emptied and reopened if this is its only handle, else the handle back.
+    fn try_reuse(mut self) -> Result<Inbox<T>, Inbox<T>> {
+        let Some(state) = Arc::get_mut(&mut self.state) else {
+            return Err(self);
+        };
         let s = state.get_mut().unwrap_or_else(|e| e.into_inner());
         s.first = None;
         s.items.clear();
@@ -277,7 +298,7 @@ impl<T> Inbox<T> {
         s.closed = false;
         s.arrived = None;
         s.untimed = false;
-        Some(self)
+        Ok(self)
     }
 
     /// Whether [`Inbox::close`] was called.
@@ -448,6 +469,19 @@ mod tests {
         inbox.push(3).unwrap();
         assert!(inbox.try_drain(&mut out));
         assert_eq!(out, vec![3]);
+
+        // `reuse_or_close`: a shared inbox is closed for its producers; the last handle comes
+        // back emptied and open.
+        let producer = inbox.clone();
+        producer.push(4).unwrap();
+        assert!(
+            inbox.reuse_or_close().is_none(),
+            "a producer still holds it"
+        );
+        assert_eq!(producer.push(5), Err(5), "closed for the producer");
+        let again = producer.reuse_or_close().expect("the last handle");
+        assert!(!again.is_closed());
+        assert!(!again.try_drain(&mut out), "emptied");
     }
 
     #[test]
