@@ -411,8 +411,7 @@ fn decode_batch_fast(bytes: Bytes, msg: &mut tikvpb::BatchCommandsResponse) -> O
     msg.request_ids.reserve(ids);
     // The walk reads a plain slice; a `Bytes` (one reference count each) is made only for what
     // outlives the message: a reply's value, or a part handed to prost.
-    let whole: &[u8] = &bytes;
-    let mut buf = whole;
+    let mut buf: &[u8] = &bytes;
     while !buf.is_empty() {
         let start = buf;
         let key = decode_varint(&mut buf).ok()?;

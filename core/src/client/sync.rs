@@ -153,8 +153,9 @@ impl<T> Inbox<T> {
                 return false;
             }
             s.untimed = true;
+            // `first` is set only while `items` is empty: it goes first.
             if let Some(first) = s.first.take() {
-                s.items.insert(0, first);
+                s.items.push(first);
             }
             if s.items.is_empty() {
                 std::mem::swap(&mut s.items, items);
@@ -253,10 +254,9 @@ impl<T> Inbox<T> {
         let (items, waker) = {
             let mut s = lock(&self.state);
             s.closed = true;
+            // `first` is set only while `items` is empty.
             let mut items = std::mem::take(&mut s.items);
-            if let Some(first) = s.first.take() {
-                items.insert(0, first);
-            }
+            items.extend(s.first.take());
             (items, s.waker.take())
         };
         if let Some(w) = waker {
