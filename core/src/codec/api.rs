@@ -497,6 +497,12 @@ impl ApiCodec {
 
     // ---- responses --------------------------------------------------------------------
 
+    /// Whether [`ApiCodec::decode_response`] changes only a response's region error (API V1:
+    /// only V2 keys carry a prefix to strip), so a response without one needs no decoding.
+    pub fn decodes_region_errors_only(&self) -> bool {
+        self.keyspace.is_none()
+    }
+
     /// Decodes every key of a response in place: region errors (V1 and V2), and in V2 KV pairs,
     /// key errors, lock infos and region metas. Mirrors client-go `codecV1.DecodeResponse` and
     /// `codecV2.DecodeResponse`.

@@ -1292,6 +1292,10 @@ fn v2_rejects_keys_outside_the_keyspace() {
 
 #[test]
 fn v1_decodes_region_errors_only() {
+    // What a caller may rely on to skip decoding a reply without region error.
+    assert!(ApiCodec::v1(KeyMode::Raw).decodes_region_errors_only());
+    assert!(ApiCodec::v1(KeyMode::Txn).decodes_region_errors_only());
+    assert!(!v2().decodes_region_errors_only());
     let txn = ApiCodec::v1(KeyMode::Txn);
     let mut resp = TikvResponse::Cmd(TikvCmdResponse::Get(Box::new(kvrpcpb::GetResponse {
         region_error: Some(Box::new(errorpb::Error {

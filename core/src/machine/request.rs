@@ -73,6 +73,37 @@ impl RequestOptions {
     fn writes_context(&self) -> bool {
         !self.trace_id.is_empty() || self.trace_control_flags != 0 || self.override_priority != 0
     }
+
+    /// Whether these are the defaults: `== RequestOptions::default()`, field by field
+    /// without comparing contents (a call that checks every request's options pays for it
+    /// once per request). Every field is named, so a new field must be added here.
+    pub fn is_default(&self) -> bool {
+        let RequestOptions {
+            read:
+                ReadOptions {
+                    replica_read,
+                    stale_read,
+                    labels,
+                    stores,
+                    leader_only,
+                    busy_threshold,
+                },
+            timeout,
+            trace_id,
+            trace_control_flags,
+            override_priority,
+        } = self;
+        *replica_read == crate::machine::replica::ReplicaReadType::Leader
+            && !*stale_read
+            && labels.is_empty()
+            && stores.is_empty()
+            && !*leader_only
+            && busy_threshold.is_zero()
+            && timeout.is_none()
+            && trace_id.is_empty()
+            && *trace_control_flags == 0
+            && *override_priority == 0
+    }
 }
 
 /// The defaults, for [`CompactOptions`] to point at.
@@ -102,7 +133,7 @@ pub struct CompactOptions(Option<Box<RequestOptions>>);
 impl CompactOptions {
     /// `opts` in compact form, cloned only if they are not the defaults.
     pub fn of(opts: &RequestOptions) -> Self {
-        if *opts == DEFAULT_OPTIONS {
+        if opts.is_default() {
             CompactOptions(None)
         } else {
             CompactOptions(Some(Box::new(opts.clone())))
@@ -118,7 +149,7 @@ impl CompactOptions {
 
 impl From<RequestOptions> for CompactOptions {
     fn from(opts: RequestOptions) -> Self {
-        if opts == DEFAULT_OPTIONS {
+        if opts.is_default() {
             CompactOptions(None)
         } else {
             CompactOptions(Some(Box::new(opts)))
@@ -1741,7 +1772,10 @@ impl FastAttempt {
             } if region_error(&resp).is_none() => resp,
             other => return Err(other),
         };
-        if let Err(e) = shared.codec.decode_response(&mut resp) {
+        // (A reply without region error has nothing for a V1 codec to decode.)
+        if !shared.codec.decodes_region_errors_only()
+            && let Err(e) = shared.codec.decode_response(&mut resp)
+        {
             tracing::debug!(region = self.region.id, error = %e, "region request failed");
             return Ok(Err(e));
         }
@@ -3212,6 +3246,30 @@ mod tests {
         let mut written = CompactOptions::default();
         written.get_mut().override_priority = 3;
         assert_eq!(written.override_priority, 3);
+
+        // `is_default` is `== default()`: any one field changed makes the options not the
+        // defaults (and the compact form keeps them).
+        use crate::machine::replica::ReplicaReadType;
+        assert!(RequestOptions::default().is_default());
+        let changes: Vec<fn(&mut RequestOptions)> = vec![
+            |o| o.read.replica_read = ReplicaReadType::Follower,
+            |o| o.read.stale_read = true,
+            |o| o.read.labels.push(metapb::StoreLabel::default()),
+            |o| o.read.stores.push(1),
+            |o| o.read.leader_only = true,
+            |o| o.read.busy_threshold = Duration::from_millis(1),
+            |o| o.timeout = Some(Duration::ZERO),
+            |o| o.trace_id = bytes::Bytes::from_static(b"t"),
+            |o| o.trace_control_flags = 1,
+            |o| o.override_priority = 1,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut o = RequestOptions::default();
+            change(&mut o);
+            assert_ne!(o, RequestOptions::default(), "change {i}");
+            assert!(!o.is_default(), "change {i}");
+            assert_eq!(*CompactOptions::of(&o), o, "change {i}");
+        }
     }
 
     /// The first attempt with a given region, peer and flags writes its `Context` into its
