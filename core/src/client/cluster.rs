@@ -275,23 +275,8 @@ impl<R: Runtime> Cluster<R> {
         // the driver's whole future instead measured dearer: one more copy of the operation,
         // and past 1 KiB an allocation misses the allocator's thread cache.)
         // Written straight into the allocation (`Box::new` of a tuple copies it once more).
-        let mut boxed = Box::write(Box::new_uninit(), (op, driver::DriveState::default()));
-        async move {
-            let (op, state) = &mut *boxed;
-            // Unoptimised builds copy futures between stack temporaries enough to overflow a
-            // test thread's stack, so debug builds keep the driver's future on the heap too.
-            if cfg!(debug_assertions) {
-                Box::pin(driver::drive_with(
-                    &*self.inner,
-                    &self.inner.shared,
-                    op,
-                    state,
-                ))
-                .await
-            } else {
-                driver::drive_with(&*self.inner, &self.inner.shared, op, state).await
-            }
-        }
+        let boxed = Box::write(Box::new_uninit(), (op, driver::DriveState::default()));
+        driver::Drive::new(&*self.inner, &self.inner.shared, boxed)
     }
 
     /// The allocation of a sent `RawGet`, kept for the next one's request (see

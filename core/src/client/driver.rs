@@ -18,8 +18,6 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_lite::future;
-
 use super::sync::{Inbox, lock};
 use crate::error::Error;
 use crate::machine::queue::InlineQueue;
@@ -85,10 +83,9 @@ enum Step {
     Timeout,
 }
 
-/// What [`drive_with`] keeps from one step of an operation to the next. It lives wherever the
-/// caller puts it: `Cluster::run` boxes it with the operation, so the driver's future holds
-/// a pointer to it instead of its bytes (a future is moved, and so copied, before it is first
-/// polled).
+/// What a [`Drive`] keeps from one step of an operation to the next, boxed with the
+/// operation: the driver's future holds a pointer to it instead of its bytes (a future is
+/// moved, and so copied, before it is first polled).
 pub struct DriveState<S> {
     /// Completions received and not yet fed (usually one).
     inputs: InlineQueue<Input>,
@@ -127,128 +124,200 @@ where
     D: Dispatch,
     O: Operation,
 {
-    let mut state = DriveState::default();
-    drive_with(dispatch, shared, op, &mut state).await
+    Drive::new(dispatch, shared, Box::new((op, DriveState::default()))).await
 }
 
-/// [`drive`] with its between-steps state in `st` (fresh from `DriveState::default`).
-pub async fn drive_with<D, O>(
-    dispatch: &D,
-    shared: &Mutex<Shared>,
-    mut op: O,
-    st: &mut DriveState<D::Sleep>,
-) -> Result<O::Output, Error>
-where
-    D: Dispatch,
-    O: Operation,
-{
-    let inbox: Inbox<Input> = dispatch.inbox();
-    let mut step = Step::Start;
+/// Where a [`Drive`] is between two polls.
+enum Phase {
+    /// A step is due (its kind in `Drive::step`).
+    Step,
+    /// The driver yielded to the executor once (see [`MAX_READY_STEPS`]); it waits for
+    /// completions when polled again.
+    Yielded,
+    /// Waiting for a completion or the timer.
+    Waiting,
+    /// The operation's result was returned.
+    Done,
+}
 
-    loop {
-        // What a step needs only until its actions are dispatched lives in this block, so it
-        // is not part of the future's state across the wait below (the future is moved by
-        // value before it is first polled: its size is copied each time).
+/// The future that runs one operation to completion, following the contract written in
+/// [`crate::machine`]: a step (start, inputs or timeout) with the shared state locked, the
+/// step's actions handed to the [`Dispatch`] with it unlocked, then a wait for the first
+/// completion or the timer.
+///
+/// The operation and the driver's between-steps state are on the heap, in the box the
+/// caller gives; the future itself is a few pointers. Futures are moved (copied) before
+/// they are first polled, by every caller that wraps or awaits them, so its size is paid on
+/// each call (see `docs/PERFORMANCE.md`).
+pub struct Drive<'a, D: Dispatch, O> {
+    dispatch: &'a D,
+    shared: &'a Mutex<Shared>,
+    /// The operation's completions (`None` once it is done); dropped before the operation.
+    inbox: Option<Inbox<Input>>,
+    boxed: Box<(O, DriveState<D::Sleep>)>,
+    step: Step,
+    phase: Phase,
+}
+
+impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
+    /// A driver for the operation in `boxed` (its state fresh from `DriveState::default`).
+    /// Nothing runs until the future is polled, apart from taking an inbox from `dispatch`.
+    pub fn new(
+        dispatch: &'a D,
+        shared: &'a Mutex<Shared>,
+        boxed: Box<(O, DriveState<D::Sleep>)>,
+    ) -> Self {
+        Drive {
+            dispatch,
+            shared,
+            inbox: Some(dispatch.inbox()),
+            boxed,
+            step: Step::Start,
+            phase: Phase::Step,
+        }
+    }
+
+    /// Runs the due step and dispatches its actions: the operation's result if it has one
+    /// now, `None` if it waits for a completion or its timer.
+    fn run_step(&mut self) -> Option<Result<O::Output, Error>> {
+        let dispatch = self.dispatch;
+        let (op, st) = &mut *self.boxed;
+        let inbox = self.inbox.as_ref()?;
+        let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
+        let mut stale_reads: Vec<(u64, Option<u64>)> = Vec::new();
+        let now = match (&self.step, st.arrived.take(), st.last_now) {
+            // Never behind the previous step's instant.
+            (Step::Inputs, Some(at), Some(last)) => at.max(last),
+            _ => dispatch.now(),
+        };
+        st.last_now = Some(now);
         {
-            let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
-            let mut stale_reads: Vec<(u64, Option<u64>)> = Vec::new();
-            let now = match (&step, st.arrived.take(), st.last_now) {
-                // Never behind the previous step's instant.
-                (Step::Inputs, Some(at), Some(last)) => at.max(last),
-                _ => dispatch.now(),
-            };
-            st.last_now = Some(now);
-            {
-                let mut shared = lock(shared);
-                match step {
-                    Step::Start => op.start(now, &mut shared),
-                    Step::Inputs => {
-                        while let Some(input) = st.inputs.pop_front() {
-                            // Every timestamp handed out is known to come from PD: reads at it
-                            // pass read-ts validation without a fetch of their own. Mirrors
-                            // client-go `pdOracle.setLastTS` on each TSO result.
-                            if shared.read_ts.enabled
-                                && let Input::Tso { result: Ok(ts), .. } = &input
-                            {
-                                shared.read_ts.observe(ts.version());
-                            }
-                            op.handle_input(now, &mut shared, input);
+            let mut shared = lock(self.shared);
+            match self.step {
+                Step::Start => op.start(now, &mut shared),
+                Step::Inputs => {
+                    while let Some(input) = st.inputs.pop_front() {
+                        // Every timestamp handed out is known to come from PD: reads at it
+                        // pass read-ts validation without a fetch of their own. Mirrors
+                        // client-go `pdOracle.setLastTS` on each TSO result.
+                        if shared.read_ts.enabled
+                            && let Input::Tso { result: Ok(ts), .. } = &input
+                        {
+                            shared.read_ts.observe(ts.version());
                         }
+                        op.handle_input(now, &mut shared, input);
                     }
-                    Step::Timeout => op.handle_timeout(now, &mut shared),
                 }
-                if shared.stores.has_connection_closes() {
-                    closes = shared.stores.take_connection_closes();
-                }
-                if shared.read_ts.has_stale_reads() {
-                    stale_reads = shared.read_ts.take_stale_reads();
-                }
+                Step::Timeout => op.handle_timeout(now, &mut shared),
             }
-            for address in closes.drain(..) {
-                dispatch.close_address(&address);
+            if shared.stores.has_connection_closes() {
+                closes = shared.stores.take_connection_closes();
             }
-            for (read_ts, current) in stale_reads.drain(..) {
-                dispatch.report_stale_read(read_ts, current);
+            if shared.read_ts.has_stale_reads() {
+                stale_reads = shared.read_ts.take_stale_reads();
             }
+        }
+        for address in closes.drain(..) {
+            dispatch.close_address(&address);
+        }
+        for (read_ts, current) in stale_reads.drain(..) {
+            dispatch.report_stale_read(read_ts, current);
+        }
 
-            // The step's actions, taken from the machine with the shared state unlocked (the
-            // machine's queues are its own): each goes straight to the dispatcher.
-            while let Some(action) = op.poll_action() {
-                tracing::trace!(?action, "dispatch");
-                // Fire-and-forget actions (no id) complete nothing.
-                let completes = action.id().is_some();
-                match dispatch.start(now, action, &inbox) {
-                    Some(io) => st.local.push(io),
-                    None if completes => st.via_inbox += 1,
-                    None => {}
-                }
+        // The step's actions, taken from the machine with the shared state unlocked (the
+        // machine's queues are its own): each goes straight to the dispatcher.
+        while let Some(action) = op.poll_action() {
+            tracing::trace!(?action, "dispatch");
+            // Fire-and-forget actions (no id) complete nothing.
+            let completes = action.id().is_some();
+            match dispatch.start(now, action, inbox) {
+                Some(io) => st.local.push(io),
+                None if completes => st.via_inbox += 1,
+                None => {}
             }
-            let (result, timeout) = (op.poll_result(), op.poll_timeout());
-            if let Some(result) = result {
-                // An inbox still shared with a producer is closed: its late completions are
-                // refused and dropped by that producer. One held by nobody else is reused.
-                if let Some(inbox) = inbox.reuse_or_close() {
-                    dispatch.recycle_inbox(inbox);
-                }
-                return result;
+        }
+        let (result, timeout) = (op.poll_result(), op.poll_timeout());
+        if let Some(result) = result {
+            // An inbox still shared with a producer is closed: its late completions are
+            // refused and dropped by that producer. One held by nobody else is reused.
+            if let Some(inbox) = self.inbox.take().and_then(Inbox::reuse_or_close) {
+                dispatch.recycle_inbox(inbox);
             }
-            let deadline = timeout.map(|(at, _why)| at);
-            if deadline.is_none() && st.via_inbox == 0 && st.local.is_empty() {
+            return Some(result);
+        }
+        let deadline = timeout.map(|(at, _why)| at);
+        if deadline.is_none() && st.via_inbox == 0 && st.local.is_empty() {
+            if let Some(inbox) = self.inbox.take() {
                 inbox.close();
-                return Err(Error::Internal(
-                    "operation waits for nothing: no I/O in flight and no timeout".into(),
-                ));
             }
-            match (&st.timer, deadline) {
-                (Some((at, _)), Some(d)) if *at == d => {}
-                (_, Some(d)) => st.timer = Some((d, dispatch.sleep_until(d))),
-                (_, None) => st.timer = None,
+            return Some(Err(Error::Internal(
+                "operation waits for nothing: no I/O in flight and no timeout".into(),
+            )));
+        }
+        match (&st.timer, deadline) {
+            (Some((at, _)), Some(d)) if *at == d => {}
+            (_, Some(d)) => st.timer = Some((d, dispatch.sleep_until(d))),
+            (_, None) => st.timer = None,
+        }
+        None
+    }
+}
+
+impl<D: Dispatch, O: Operation> Future for Drive<'_, D, O> {
+    type Output = Result<O::Output, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin` (the operation and the timer are boxed).
+        let this = self.get_mut();
+        loop {
+            match this.phase {
+                Phase::Step => {
+                    if let Some(result) = this.run_step() {
+                        this.phase = Phase::Done;
+                        return Poll::Ready(result);
+                    }
+                    let st = &mut this.boxed.1;
+                    st.ready_steps += 1;
+                    if st.ready_steps >= MAX_READY_STEPS {
+                        // Yield once to the executor (`future::yield_now`).
+                        st.ready_steps = 0;
+                        this.phase = Phase::Yielded;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    this.phase = Phase::Waiting;
+                }
+                Phase::Yielded => this.phase = Phase::Waiting,
+                Phase::Waiting => {
+                    let Some(inbox) = &this.inbox else {
+                        this.phase = Phase::Done;
+                        continue;
+                    };
+                    let st = &mut this.boxed.1;
+                    let step = match poll_completions(
+                        cx,
+                        inbox,
+                        &mut st.local,
+                        &mut st.inputs,
+                        &mut st.via_inbox,
+                        &mut st.timer,
+                        &mut st.arrived,
+                    ) {
+                        Poll::Ready(step) => step,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    if !matches!(step, Step::Timeout) {
+                        // Only the timer path can spin without I/O; a completed I/O resets
+                        // the count.
+                        st.ready_steps = 0;
+                    } else {
+                        st.timer = None;
+                    }
+                    this.step = step;
+                    this.phase = Phase::Step;
+                }
+                Phase::Done => panic!("`Drive` polled after completion"),
             }
-        }
-
-        st.ready_steps += 1;
-        if st.ready_steps >= MAX_READY_STEPS {
-            st.ready_steps = 0;
-            future::yield_now().await;
-        }
-
-        step = future::poll_fn(|cx| {
-            poll_completions(
-                cx,
-                &inbox,
-                &mut st.local,
-                &mut st.inputs,
-                &mut st.via_inbox,
-                &mut st.timer,
-                &mut st.arrived,
-            )
-        })
-        .await;
-        if !matches!(step, Step::Timeout) {
-            // Only the timer path can spin without I/O; a completed I/O resets the count.
-            st.ready_steps = 0;
-        } else {
-            st.timer = None;
         }
     }
 }
@@ -300,6 +369,7 @@ fn poll_completions<S: Future<Output = ()> + Unpin>(
 mod tests {
     use super::*;
     use crate::machine::{IoId, PdRequest, PdResponse, TikvCmd, TikvRequest, TikvResponse};
+    use futures_lite::future;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
@@ -598,6 +668,75 @@ mod tests {
         fn poll_result(&mut self) -> Option<Result<(), Error>> {
             None
         }
+    }
+
+    /// A machine whose every step asks for a timeout that is already due.
+    struct Spinner {
+        left: u32,
+        at: Option<Instant>,
+    }
+    impl Operation for Spinner {
+        type Output = u32;
+        fn start(&mut self, now: Instant, _: &mut Shared) {
+            self.at = Some(now);
+        }
+        fn handle_input(&mut self, _: Instant, _: &mut Shared, _: Input) {}
+        fn handle_timeout(&mut self, now: Instant, _: &mut Shared) {
+            self.left -= 1;
+            self.at = Some(now);
+        }
+        fn poll_action(&mut self) -> Option<Action> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+            self.at.map(|at| (at, "spin"))
+        }
+        fn poll_result(&mut self) -> Option<Result<u32, Error>> {
+            (self.left == 0).then_some(Ok(7))
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    struct CountWakes(AtomicU32);
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A machine that never waits for I/O yields to the executor once every
+    /// `MAX_READY_STEPS` steps (pending, with its own waker woken), and finishes.
+    #[test]
+    fn a_machine_with_ready_work_yields_every_max_ready_steps() {
+        let d = fake(true);
+        let shared = Mutex::new(Shared::new(1));
+        let steps = 3 * MAX_READY_STEPS + 5;
+        let mut fut = Drive::new(
+            &d,
+            &shared,
+            Box::new((
+                Spinner {
+                    left: steps,
+                    at: None,
+                },
+                DriveState::default(),
+            )),
+        );
+        let wakes = Arc::new(CountWakes(AtomicU32::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut pendings = 0;
+        let out = loop {
+            match Pin::new(&mut fut).poll(&mut cx) {
+                Poll::Ready(out) => break out,
+                Poll::Pending => pendings += 1,
+            }
+            assert!(pendings <= 100, "never finishes");
+        };
+        assert_eq!(out.unwrap(), 7);
+        // The start and every timeout step count; the fake timer fires at once when due.
+        assert_eq!(pendings, (steps + 1) / MAX_READY_STEPS);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), pendings);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! `&'static str`, `&'static [u8]`) is accepted. In ranges an empty end key means "to the end".
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -175,7 +176,14 @@ impl<R: Runtime> RawClient<R> {
     }
 
     /// The value of `key`, `None` when absent. Mirrors client-go `Client.Get`.
-    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>, Error> {
+    ///
+    /// (Like [`RawClient::put`], this builds its request when called and returns a future
+    /// of a few pointers that sends it when first polled: a small future is cheap to move,
+    /// and every caller moves it before awaiting it.)
+    pub fn get(
+        &self,
+        key: impl Into<Key>,
+    ) -> impl Future<Output = Result<Option<Value>, Error>> + Send + '_ {
         let key = key.into();
         let span = tracing::debug_span!("tikv.raw.get", key = %KeyField(&key));
         self.cluster
@@ -185,7 +193,6 @@ impl<R: Runtime> RawClient<R> {
                 self.cluster.spare_raw_get(),
             ))
             .instrument(span)
-            .await
     }
 
     /// The values of `keys`, aligned with them (`None` where absent). Mirrors client-go
@@ -203,18 +210,26 @@ impl<R: Runtime> RawClient<R> {
     }
 
     /// Writes `value` at `key`. Mirrors client-go `Client.Put`.
-    pub async fn put(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<(), Error> {
-        self.put_with_ttl(key, value, 0).await
+    ///
+    /// (The request is built when this is called, as in [`RawClient::get`].)
+    pub fn put(
+        &self,
+        key: impl Into<Key>,
+        value: impl Into<Value>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.put_with_ttl(key, value, 0)
     }
 
     /// Writes `value` at `key`, expiring after `ttl_secs` seconds (0: never). Mirrors
     /// client-go `Client.PutWithTTL`.
-    pub async fn put_with_ttl(
+    ///
+    /// (The request is built when this is called, as in [`RawClient::get`].)
+    pub fn put_with_ttl(
         &self,
         key: impl Into<Key>,
         value: impl Into<Value>,
         ttl_secs: u64,
-    ) -> Result<(), Error> {
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         let key = key.into();
         let span = tracing::debug_span!("tikv.raw.put", key = %KeyField(&key), ttl_secs);
         self.cluster
@@ -226,7 +241,6 @@ impl<R: Runtime> RawClient<R> {
                 self.cluster.spare_raw_put(),
             ))
             .instrument(span)
-            .await
     }
 
     /// Writes every pair. Mirrors client-go `Client.BatchPut`.
