@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use tikv_proto::keyspacepb;
 
 use super::collapse::{ReqCollapse, collapse_key};
@@ -18,6 +19,7 @@ use super::tikv::{TikvTransport, TransportConfig, TransportStats};
 use crate::codec::{ApiCodec, KeyMode};
 use crate::config::{ApiVersion, Config};
 use crate::error::Error;
+use crate::machine::raw::RawSingle;
 use crate::machine::region_cache::RegionCache;
 use crate::machine::{Action, Input, Operation, Pool, RoutingConfig, Shared, Timestamp};
 
@@ -31,6 +33,54 @@ pub(crate) struct Inner<R: Runtime> {
     pub(super) collapse: Arc<ReqCollapse>,
     /// Inboxes of finished operations, reused by the next ones (see [`Inbox::reuse_or_close`]).
     pub(super) inboxes: Mutex<Pool<Inbox<Input>>>,
+    /// Boxes of finished raw gets, reused by the next ones (see [`Recyclable`]).
+    get_slots: Mutex<Pool<Slot<R, RawSingle<Option<Bytes>>>>>,
+    /// Boxes of finished raw puts.
+    put_slots: Mutex<Pool<Slot<R, RawSingle<()>>>>,
+}
+
+/// An operation with its driver's state, in the allocation [`Cluster::run`] gives it.
+type Slot<R, O> = Box<(O, driver::DriveState<<R as Runtime>::Sleep>)>;
+
+/// An operation kind frequent enough that the boxes of finished ones are kept for the next
+/// ones, with their inboxes ([`Cluster::run_recycled`]): a raw get's box (about 530 bytes)
+/// costs the allocator about 165 instructions to allocate and free, against two
+/// uncontended locks of the pool (see `docs/PERFORMANCE.md`).
+pub(crate) trait Recyclable<R: Runtime>: Operation + Sized {
+    /// The pool of this kind's boxes.
+    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, Self>>>;
+
+    /// Drops whatever the finished operation still holds (keys, values, a plan), so a pooled
+    /// box keeps no user data alive.
+    fn clear(&mut self);
+}
+
+impl<R: Runtime> Recyclable<R> for RawSingle<Option<Bytes>> {
+    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, Self>>> {
+        &inner.get_slots
+    }
+
+    fn clear(&mut self) {
+        RawSingle::clear(self);
+    }
+}
+
+impl<R: Runtime> Recyclable<R> for RawSingle<()> {
+    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, Self>>> {
+        &inner.put_slots
+    }
+
+    fn clear(&mut self) {
+        RawSingle::clear(self);
+    }
+}
+
+/// Gives a finished operation's box back to its pool (a [`driver::Recycle`]).
+fn give_back<R: Runtime, O: Recyclable<R>>(inner: &Inner<R>, mut slot: Slot<R, O>) {
+    // Outside the pool's lock: what the operation and the driver still hold is dropped.
+    slot.0.clear();
+    slot.1.reset();
+    lock(O::slots(inner)).push(slot);
 }
 
 impl<R: Runtime> Drop for Inner<R> {
@@ -246,6 +296,8 @@ impl<R: Runtime> Cluster<R> {
             pd,
             collapse: Arc::new(ReqCollapse::default()),
             inboxes: Mutex::new(Pool::default()),
+            get_slots: Mutex::new(Pool::default()),
+            put_slots: Mutex::new(Pool::default()),
         });
         if inner.config.enable_preload
             && let Err(err) = super::cache_gc::refresh_region_index(&inner).await
@@ -277,6 +329,29 @@ impl<R: Runtime> Cluster<R> {
         // Written straight into the allocation (`Box::new` of a tuple copies it once more).
         let boxed = Box::write(Box::new_uninit(), (op, driver::DriveState::default()));
         driver::Drive::new(&*self.inner, &self.inner.shared, boxed)
+    }
+
+    /// [`Cluster::run`] for an operation of a [`Recyclable`] kind: in the box (and with the
+    /// inbox) of a finished one when its pool has one, the box given back when done.
+    pub(crate) fn run_recycled<O>(&self, op: O) -> driver::Drive<'_, Inner<R>, O>
+    where
+        O: Recyclable<R>,
+    {
+        let pooled = lock(O::slots(&self.inner)).pop();
+        let boxed = match pooled {
+            // (Its state was reset when it was given back.)
+            Some(mut slot) => {
+                slot.0 = op;
+                slot
+            }
+            None => Box::write(Box::new_uninit(), (op, driver::DriveState::default())),
+        };
+        driver::Drive::recycled(
+            &*self.inner,
+            &self.inner.shared,
+            boxed,
+            Some(give_back::<R, O>),
+        )
     }
 
     /// The allocation of a sent `RawGet`, kept for the next one's request (see

@@ -102,6 +102,9 @@ pub struct DriveState<S> {
     arrived: Option<Instant>,
     /// The instant of the previous step (steps never go back in time).
     last_now: Option<Instant>,
+    /// The operation's completions: taken from the dispatcher by [`Drive::new`], given back
+    /// when the operation is done, or kept here for the next operation of a recycled slot.
+    inbox: Option<Inbox<Input>>,
 }
 
 impl<S> Default for DriveState<S> {
@@ -114,9 +117,29 @@ impl<S> Default for DriveState<S> {
             ready_steps: 0,
             arrived: None,
             last_now: None,
+            inbox: None,
         }
     }
 }
+
+impl<S> DriveState<S> {
+    /// The state of a finished operation made fresh for the next one, keeping its
+    /// allocations (an open inbox nobody else holds, the local completions' vector).
+    /// Anything left in flight is dropped.
+    pub fn reset(&mut self) {
+        self.inputs.clear();
+        self.local.clear();
+        self.via_inbox = 0;
+        self.timer = None;
+        self.ready_steps = 0;
+        self.arrived = None;
+        self.last_now = None;
+    }
+}
+
+/// Where a finished operation's box goes (see [`Drive::recycled`]): the dispatcher's pool of
+/// such boxes, for the next operation of the same kind.
+pub type Recycle<D, O> = fn(&D, Box<(O, DriveState<<D as Dispatch>::Sleep>)>);
 
 /// Runs `op` to completion. `shared` is locked only inside machine calls.
 pub async fn drive<D, O>(dispatch: &D, shared: &Mutex<Shared>, op: O) -> Result<O::Output, Error>
@@ -136,8 +159,6 @@ enum Phase {
     Yielded,
     /// Waiting for a completion or the timer.
     Waiting,
-    /// The operation's result was returned.
-    Done,
 }
 
 /// The future that runs one operation to completion, following the contract written in
@@ -152,28 +173,66 @@ enum Phase {
 pub struct Drive<'a, D: Dispatch, O> {
     dispatch: &'a D,
     shared: &'a Mutex<Shared>,
-    /// The operation's completions (`None` once it is done); dropped before the operation.
-    inbox: Option<Inbox<Input>>,
-    boxed: Box<(O, DriveState<D::Sleep>)>,
+    /// The operation and the driver's state; `None` once the result is returned.
+    boxed: Option<Box<(O, DriveState<D::Sleep>)>>,
+    /// Where the box goes when the operation is done (dropped if `None`).
+    recycle: Option<Recycle<D, O>>,
     step: Step,
     phase: Phase,
 }
 
 impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
-    /// A driver for the operation in `boxed` (its state fresh from `DriveState::default`).
-    /// Nothing runs until the future is polled, apart from taking an inbox from `dispatch`.
+    /// A driver for the operation in `boxed` (its state fresh from `DriveState::default`
+    /// or [`DriveState::reset`]). Nothing runs until the future is polled, apart from
+    /// taking an inbox from `dispatch` when the state has none.
     pub fn new(
         dispatch: &'a D,
         shared: &'a Mutex<Shared>,
         boxed: Box<(O, DriveState<D::Sleep>)>,
     ) -> Self {
+        Self::recycled(dispatch, shared, boxed, None)
+    }
+
+    /// [`Drive::new`], with the box handed to `recycle` once the operation has returned its
+    /// result, its inbox in it if that can be reused (see [`Inbox::reuse_or_close`]). A
+    /// future dropped before that drops its box.
+    pub fn recycled(
+        dispatch: &'a D,
+        shared: &'a Mutex<Shared>,
+        mut boxed: Box<(O, DriveState<D::Sleep>)>,
+        recycle: Option<Recycle<D, O>>,
+    ) -> Self {
+        if boxed.1.inbox.is_none() {
+            boxed.1.inbox = Some(dispatch.inbox());
+        }
         Drive {
             dispatch,
             shared,
-            inbox: Some(dispatch.inbox()),
-            boxed,
+            boxed: Some(boxed),
+            recycle,
             step: Step::Start,
             phase: Phase::Step,
+        }
+    }
+
+    /// The operation is done: its inbox and box go back (see [`Drive::recycled`]).
+    fn finish(&mut self) {
+        let Some(mut boxed) = self.boxed.take() else {
+            return;
+        };
+        // An inbox still shared with a producer is closed: its late completions are refused
+        // and dropped by that producer. One held by nobody else is reused.
+        let inbox = boxed.1.inbox.take().and_then(Inbox::reuse_or_close);
+        match self.recycle {
+            Some(recycle) => {
+                boxed.1.inbox = inbox;
+                recycle(self.dispatch, boxed);
+            }
+            None => {
+                if let Some(inbox) = inbox {
+                    self.dispatch.recycle_inbox(inbox);
+                }
+            }
         }
     }
 
@@ -181,8 +240,8 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
     /// now, `None` if it waits for a completion or its timer.
     fn run_step(&mut self) -> Option<Result<O::Output, Error>> {
         let dispatch = self.dispatch;
-        let (op, st) = &mut *self.boxed;
-        let inbox = self.inbox.as_ref()?;
+        let (op, st) = &mut **self.boxed.as_mut()?;
+        let inbox = st.inbox.as_ref()?;
         let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
         let mut stale_reads: Vec<(u64, Option<u64>)> = Vec::new();
         let now = match (&self.step, st.arrived.take(), st.last_now) {
@@ -238,18 +297,15 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
         }
         let (result, timeout) = (op.poll_result(), op.poll_timeout());
         if let Some(result) = result {
-            // An inbox still shared with a producer is closed: its late completions are
-            // refused and dropped by that producer. One held by nobody else is reused.
-            if let Some(inbox) = self.inbox.take().and_then(Inbox::reuse_or_close) {
-                dispatch.recycle_inbox(inbox);
-            }
+            self.finish();
             return Some(result);
         }
         let deadline = timeout.map(|(at, _why)| at);
         if deadline.is_none() && st.via_inbox == 0 && st.local.is_empty() {
-            if let Some(inbox) = self.inbox.take() {
+            if let Some(inbox) = st.inbox.take() {
                 inbox.close();
             }
+            self.boxed = None;
             return Some(Err(Error::Internal(
                 "operation waits for nothing: no I/O in flight and no timeout".into(),
             )));
@@ -273,10 +329,12 @@ impl<D: Dispatch, O: Operation> Future for Drive<'_, D, O> {
             match this.phase {
                 Phase::Step => {
                     if let Some(result) = this.run_step() {
-                        this.phase = Phase::Done;
                         return Poll::Ready(result);
                     }
-                    let st = &mut this.boxed.1;
+                    let Some(boxed) = this.boxed.as_mut() else {
+                        panic!("`Drive` polled after completion");
+                    };
+                    let st = &mut boxed.1;
                     st.ready_steps += 1;
                     if st.ready_steps >= MAX_READY_STEPS {
                         // Yield once to the executor (`future::yield_now`).
@@ -289,11 +347,13 @@ impl<D: Dispatch, O: Operation> Future for Drive<'_, D, O> {
                 }
                 Phase::Yielded => this.phase = Phase::Waiting,
                 Phase::Waiting => {
-                    let Some(inbox) = &this.inbox else {
-                        this.phase = Phase::Done;
-                        continue;
+                    let Some(boxed) = this.boxed.as_mut() else {
+                        panic!("`Drive` polled after completion");
                     };
-                    let st = &mut this.boxed.1;
+                    let st = &mut boxed.1;
+                    let Some(inbox) = &st.inbox else {
+                        panic!("`Drive` polled after completion");
+                    };
                     let step = match poll_completions(
                         cx,
                         inbox,
@@ -316,7 +376,6 @@ impl<D: Dispatch, O: Operation> Future for Drive<'_, D, O> {
                     this.step = step;
                     this.phase = Phase::Step;
                 }
-                Phase::Done => panic!("`Drive` polled after completion"),
             }
         }
     }
@@ -651,6 +710,103 @@ mod tests {
         d.stamp_after = None;
         let at = future::block_on(drive(&d, &shared, OneCall::default())).unwrap();
         assert_eq!(at, origin);
+    }
+
+    /// A dispatcher that counts the inboxes it hands out and takes back, and keeps the
+    /// boxes of recycled operations.
+    struct Recycling {
+        fake: FakeDispatch,
+        inboxes_out: AtomicU32,
+        inboxes_back: AtomicU32,
+        boxes: Mutex<Vec<OneCallBox>>,
+    }
+
+    type OneCallBox = Box<(OneCall, DriveState<FakeSleep>)>;
+
+    impl Dispatch for Recycling {
+        type Sleep = FakeSleep;
+        fn now(&self) -> Instant {
+            self.fake.now()
+        }
+        fn sleep_until(&self, at: Instant) -> FakeSleep {
+            self.fake.sleep_until(at)
+        }
+        fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+            self.fake.start(now, action, reply)
+        }
+        fn inbox(&self) -> Inbox<Input> {
+            self.inboxes_out.fetch_add(1, Ordering::Relaxed);
+            Inbox::new()
+        }
+        fn recycle_inbox(&self, _: Inbox<Input>) {
+            self.inboxes_back.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn keep_box(d: &Recycling, boxed: OneCallBox) {
+        lock(&d.boxes).push(boxed);
+    }
+
+    /// A recycled driver hands its box to the recycler once the result is out, its state
+    /// reset and its unshared inbox in it; the next operation in that box takes no inbox
+    /// from the dispatcher. A driver dropped before its result recycles nothing.
+    #[test]
+    fn a_finished_operation_gives_back_its_box_with_its_inbox() {
+        let d = Recycling {
+            fake: fake(true),
+            inboxes_out: AtomicU32::new(0),
+            inboxes_back: AtomicU32::new(0),
+            boxes: Mutex::new(Vec::new()),
+        };
+        let shared = Mutex::new(Shared::new(1));
+        let fresh = Box::new((OneCall::default(), DriveState::default()));
+        let drive = Drive::recycled(&d, &shared, fresh, Some(keep_box));
+        assert!(future::block_on(drive).is_ok());
+        let mut boxed = lock(&d.boxes).pop().expect("given back");
+        assert!(boxed.0.done, "the finished operation is in it");
+        assert!(boxed.1.inbox.is_some(), "with its inbox");
+        assert_eq!(d.inboxes_out.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            d.inboxes_back.load(Ordering::Relaxed),
+            0,
+            "not to the dispatcher"
+        );
+
+        // The next operation in the same box.
+        boxed.0 = OneCall::default();
+        boxed.1.reset();
+        let drive = Drive::recycled(&d, &shared, boxed, Some(keep_box));
+        assert!(future::block_on(drive).is_ok());
+        assert_eq!(lock(&d.boxes).len(), 1);
+        assert_eq!(
+            d.inboxes_out.load(Ordering::Relaxed),
+            1,
+            "the kept inbox served"
+        );
+
+        // Dropped before its reply: nothing comes back.
+        let mut answerless = Recycling {
+            fake: fake(false),
+            inboxes_out: AtomicU32::new(0),
+            inboxes_back: AtomicU32::new(0),
+            boxes: Mutex::new(Vec::new()),
+        };
+        answerless.fake.stamp_after = None;
+        let mut drive = Drive::recycled(
+            &answerless,
+            &shared,
+            Box::new((OneCall::default(), DriveState::default())),
+            Some(keep_box),
+        );
+        let waker = std::task::Waker::noop();
+        assert!(
+            Pin::new(&mut drive)
+                .poll(&mut Context::from_waker(waker))
+                .is_pending()
+        );
+        drop(drive);
+        assert!(lock(&answerless.boxes).is_empty());
+        assert_eq!(answerless.inboxes_back.load(Ordering::Relaxed), 0);
     }
 
     struct Idle;

@@ -187,7 +187,7 @@ impl<R: Runtime> RawClient<R> {
         let key = key.into();
         let span = tracing::debug_span!("tikv.raw.get", key = %KeyField(&key));
         self.cluster
-            .run(raw::get_reusing(
+            .run_recycled(raw::get_reusing(
                 key,
                 &self.opts,
                 self.cluster.spare_raw_get(),
@@ -233,7 +233,7 @@ impl<R: Runtime> RawClient<R> {
         let key = key.into();
         let span = tracing::debug_span!("tikv.raw.put", key = %KeyField(&key), ttl_secs);
         self.cluster
-            .run(raw::put_reusing(
+            .run_recycled(raw::put_reusing(
                 key,
                 value.into(),
                 ttl_secs,

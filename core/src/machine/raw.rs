@@ -247,6 +247,16 @@ impl<T> RawSingle<T> {
         }
     }
 
+    /// Drops whatever the call still holds (its request, attempt, plan, undelivered output),
+    /// leaving a finished call that holds no user data: its allocation may be kept for the
+    /// next call.
+    pub fn clear(&mut self) {
+        self.call = None;
+        self.attempt = None;
+        self.plan = None;
+        self.out = Out::None;
+    }
+
     /// The call without its fast path: the plan runs from the start (for tests that compare
     /// the two).
     #[cfg(test)]
