@@ -169,7 +169,8 @@ enum Phase {
 /// The operation and the driver's between-steps state are on the heap, in the box the
 /// caller gives; the future itself is a few pointers. Futures are moved (copied) before
 /// they are first polled, by every caller that wraps or awaits them, so its size is paid on
-/// each call (see `docs/PERFORMANCE.md`).
+/// each call (see `docs/PERFORMANCE.md`). Like any future, it must not be polled again
+/// after it returned its result (it panics).
 pub struct Drive<'a, D: Dispatch, O> {
     dispatch: &'a D,
     shared: &'a Mutex<Shared>,
