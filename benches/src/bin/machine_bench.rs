@@ -22,6 +22,8 @@
 //! the 256 callers of `raw_bench`'s target cell): their state stays live across a round as
 //! it does in the client, so the cache footprint of operations in flight is part of the
 //! measure. `--inflight 1` shows the same work with a footprint that stays in the cache.
+//! `--regions N` splits the keys over N regions: consecutive gets (keys 7 919 apart) then
+//! land in different regions, as with a working set spread over a cluster.
 //! Each round runs the steps the driver runs for one get: `start`, `poll_action`, then
 //! `handle_input` with the reply and `poll_result`. The sent command's allocation serves a
 //! later get's request, as the stream task hands it back in the client.
@@ -38,17 +40,19 @@ use tikv_core::machine::{
 };
 use tikv_proto::{kvrpcpb, metapb};
 
-const USAGE: &str = "usage: machine_bench [--ops N] [--inflight N]";
+const USAGE: &str = "usage: machine_bench [--ops N] [--inflight N] [--regions N]";
 
 struct Args {
     ops: u64,
     inflight: usize,
+    regions: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         ops: 2_000_000,
         inflight: 256,
+        regions: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,18 +62,24 @@ fn parse_args() -> Result<Args, String> {
             "--inflight" => {
                 args.inflight = value()?.parse().map_err(|e| format!("--inflight: {e}"))?;
             }
+            "--regions" => {
+                args.regions = value()?.parse().map_err(|e| format!("--regions: {e}"))?;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    if args.inflight == 0 || args.ops == 0 {
-        return Err(format!("--ops and --inflight must be positive\n{USAGE}"));
+    if args.inflight == 0 || args.ops == 0 || !(1..=1024).contains(&args.regions) {
+        return Err(format!(
+            "--ops and --inflight must be positive, --regions within 1..=1024\n{USAGE}"
+        ));
     }
     Ok(args)
 }
 
-/// Shared state with one store and one region holding every key, its leader on that store.
-fn warm_shared(now: Instant) -> Shared {
+/// Shared state with one store and `regions` regions splitting the benchmark's 1 024 keys
+/// evenly (one holds them all by default), their leaders on that store.
+fn warm_shared(now: Instant, regions: usize) -> Shared {
     let codec = ApiCodec::v1(KeyMode::Raw);
     let mut shared = Shared::with_codec(42, codec.clone());
     let store = metapb::Store {
@@ -81,35 +91,46 @@ fn warm_shared(now: Instant) -> Shared {
         .stores
         .apply_store(1, Some(&store))
         .expect("store applies");
-    let peer = metapb::Peer {
-        id: 11,
-        store_id: 1,
-        ..Default::default()
+    // Region `r` starts at key `r * 1024 / regions` (the first at -inf, the last to +inf).
+    let bound = |r: usize| match r {
+        0 => Bytes::new(),
+        r if r == regions => Bytes::new(),
+        r => Bytes::from(format!("bench-{:04}", r * 1024 / regions)),
     };
-    let region = PdRegion {
-        meta: metapb::Region {
-            id: 1,
-            region_epoch: Some(metapb::RegionEpoch {
-                conf_ver: 1,
-                version: 1,
-            }),
-            peers: vec![peer],
+    for r in 0..regions {
+        let id = r as u64 + 1;
+        let peer = metapb::Peer {
+            id: 10 * id + 1,
+            store_id: 1,
             ..Default::default()
-        },
-        leader: Some(peer),
-        ..Default::default()
-    };
-    shared
-        .regions
-        .apply_pd_region(
-            region,
-            true,
-            &codec,
-            &mut shared.stores,
-            now,
-            &mut shared.rng,
-        )
-        .expect("region applies");
+        };
+        let region = PdRegion {
+            meta: metapb::Region {
+                id,
+                start_key: bound(r),
+                end_key: bound(r + 1),
+                region_epoch: Some(metapb::RegionEpoch {
+                    conf_ver: 1,
+                    version: 1,
+                }),
+                peers: vec![peer],
+                ..Default::default()
+            },
+            leader: Some(peer),
+            ..Default::default()
+        };
+        shared
+            .regions
+            .apply_pd_region(
+                region,
+                true,
+                &codec,
+                &mut shared.stores,
+                now,
+                &mut shared.rng,
+            )
+            .expect("region applies");
+    }
     shared
 }
 
@@ -135,7 +156,7 @@ fn main() {
         }
     };
     let base = Instant::now();
-    let mut shared = warm_shared(base);
+    let mut shared = warm_shared(base, args.regions);
     let opts = RawOptions::default();
     let keys: Vec<Key> = (0..1024u32)
         .map(|i| Key::from(format!("bench-{i:04}")))
@@ -190,8 +211,9 @@ fn main() {
     let elapsed = started.elapsed();
     assert_eq!(found, done, "every get found its value");
     println!(
-        "machine_bench: {done} gets, {} in flight per round: {:.1} ns per get ({:.2} s)",
+        "machine_bench: {done} gets, {} in flight per round, {} regions: {:.1} ns per get ({:.2} s)",
         args.inflight,
+        args.regions,
         elapsed.as_nanos() as f64 / done as f64,
         elapsed.as_secs_f64(),
     );
