@@ -42,45 +42,36 @@ pub(crate) struct Inner<R: Runtime> {
 /// An operation with its driver's state, in the allocation [`Cluster::run`] gives it.
 type Slot<R, O> = Box<(O, driver::DriveState<<R as Runtime>::Sleep>)>;
 
-/// An operation kind frequent enough that the boxes of finished ones are kept for the next
-/// ones, with their inboxes ([`Cluster::run_recycled`]): a raw get's box (about 530 bytes)
-/// costs the allocator about 165 instructions to allocate and free, against two
+/// The output of a raw point call frequent enough that the boxes of finished calls are kept
+/// for the next ones, with their inboxes ([`Cluster::run_recycled`]): a raw get's box (about
+/// 530 bytes) costs the allocator about 165 instructions to allocate and free, against two
 /// uncontended locks of the pool (see `docs/PERFORMANCE.md`).
-pub(crate) trait Recyclable<R: Runtime>: Operation + Sized {
-    /// The pool of this kind's boxes.
-    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, Self>>>;
-
-    /// Drops whatever the finished operation still holds (keys, values, a plan), so a pooled
-    /// box keeps no user data alive.
-    fn clear(&mut self);
+pub(crate) trait Recyclable<R: Runtime>: Sized {
+    /// The pool of the boxes of calls with this output.
+    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, RawSingle<Self>>>>;
 }
 
-impl<R: Runtime> Recyclable<R> for RawSingle<Option<Bytes>> {
-    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, Self>>> {
+/// Raw gets.
+impl<R: Runtime> Recyclable<R> for Option<Bytes> {
+    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, RawSingle<Self>>>> {
         &inner.get_slots
     }
-
-    fn clear(&mut self) {
-        RawSingle::clear(self);
-    }
 }
 
-impl<R: Runtime> Recyclable<R> for RawSingle<()> {
-    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, Self>>> {
+/// Raw puts.
+impl<R: Runtime> Recyclable<R> for () {
+    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, RawSingle<Self>>>> {
         &inner.put_slots
     }
-
-    fn clear(&mut self) {
-        RawSingle::clear(self);
-    }
 }
 
-/// Gives a finished operation's box back to its pool (a [`driver::Recycle`]).
-fn give_back<R: Runtime, O: Recyclable<R>>(inner: &Inner<R>, mut slot: Slot<R, O>) {
-    // Outside the pool's lock: what the operation and the driver still hold is dropped.
+/// Gives a finished call's box back to its pool (a [`driver::Recycle`]).
+fn give_back<R: Runtime, T: Recyclable<R>>(inner: &Inner<R>, mut slot: Slot<R, RawSingle<T>>) {
+    // Outside the pool's lock: what the call and the driver still hold is dropped, so a
+    // pooled box keeps no user data alive.
     slot.0.clear();
     slot.1.reset();
-    lock(O::slots(inner)).push(slot);
+    lock(T::slots(inner)).push(slot);
 }
 
 impl<R: Runtime> Drop for Inner<R> {
@@ -331,13 +322,16 @@ impl<R: Runtime> Cluster<R> {
         driver::Drive::new(&*self.inner, &self.inner.shared, boxed)
     }
 
-    /// [`Cluster::run`] for an operation of a [`Recyclable`] kind: in the box (and with the
-    /// inbox) of a finished one when its pool has one, the box given back when done.
-    pub(crate) fn run_recycled<O>(&self, op: O) -> driver::Drive<'_, Inner<R>, O>
+    /// [`Cluster::run`] for a raw point call with a [`Recyclable`] output: in the box (and
+    /// with the inbox) of a finished one when its pool has one, the box given back when done.
+    pub(crate) fn run_recycled<T>(
+        &self,
+        op: RawSingle<T>,
+    ) -> driver::Drive<'_, Inner<R>, RawSingle<T>>
     where
-        O: Recyclable<R>,
+        T: Recyclable<R>,
     {
-        let pooled = lock(O::slots(&self.inner)).pop();
+        let pooled = lock(T::slots(&self.inner)).pop();
         let boxed = match pooled {
             // (Its state was reset when it was given back.)
             Some(mut slot) => {
@@ -350,7 +344,7 @@ impl<R: Runtime> Cluster<R> {
             &*self.inner,
             &self.inner.shared,
             boxed,
-            Some(give_back::<R, O>),
+            Some(give_back::<R, T>),
         )
     }
 

@@ -786,13 +786,12 @@ mod tests {
         );
 
         // Dropped before its reply: nothing comes back.
-        let mut answerless = Recycling {
+        let answerless = Recycling {
             fake: fake(false),
             inboxes_out: AtomicU32::new(0),
             inboxes_back: AtomicU32::new(0),
             boxes: Mutex::new(Vec::new()),
         };
-        answerless.fake.stamp_after = None;
         let mut drive = Drive::recycled(
             &answerless,
             &shared,

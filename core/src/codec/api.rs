@@ -499,6 +499,8 @@ impl ApiCodec {
 
     /// Whether [`ApiCodec::decode_response`] changes only a response's region error (API V1:
     /// only V2 keys carry a prefix to strip), so a response without one needs no decoding.
+    /// Mirrors client-go `codecV1.DecodeResponse`, which returns a response without region
+    /// error as it is.
     pub fn decodes_region_errors_only(&self) -> bool {
         self.keyspace.is_none()
     }

@@ -1267,8 +1267,8 @@ pub(crate) mod tests {
         );
     }
 
-    /// The previous hit is tried first by every lookup: whatever the cache has been through,
-    /// a lookup answers as the sorted index alone would (here: the one cached region whose
+    /// Whether or not a lookup tries the previous hit first, and whatever the cache has been
+    /// through, it answers as the sorted index alone would (here: the one cached region whose
     /// range holds the key, by a scan of all of them).
     #[test]
     fn lookup_answers_as_the_index_whatever_the_previous_hit() {
