@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use tikv_proto::keyspacepb;
 
 use super::collapse::{ReqCollapse, collapse_key};
@@ -33,45 +32,6 @@ pub(crate) struct Inner<R: Runtime> {
     pub(super) collapse: Arc<ReqCollapse>,
     /// Inboxes of finished operations, reused by the next ones (see [`Inbox::reuse_or_close`]).
     pub(super) inboxes: Mutex<Pool<Inbox<Input>>>,
-    /// Boxes of finished raw gets, reused by the next ones (see [`Recyclable`]).
-    get_slots: Mutex<Pool<Slot<R, RawSingle<Option<Bytes>>>>>,
-    /// Boxes of finished raw puts.
-    put_slots: Mutex<Pool<Slot<R, RawSingle<()>>>>,
-}
-
-/// An operation with its driver's state, in the allocation [`Cluster::run`] gives it.
-type Slot<R, O> = Box<(O, driver::DriveState<<R as Runtime>::Sleep>)>;
-
-/// The output of a raw point call frequent enough that the boxes of finished calls are kept
-/// for the next ones, with their inboxes ([`Cluster::run_recycled`]): a raw get's box (about
-/// 530 bytes) costs the allocator about 165 instructions to allocate and free, against two
-/// uncontended locks of the pool (see `docs/PERFORMANCE.md`).
-pub(crate) trait Recyclable<R: Runtime>: Sized {
-    /// The pool of the boxes of calls with this output.
-    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, RawSingle<Self>>>>;
-}
-
-/// Raw gets.
-impl<R: Runtime> Recyclable<R> for Option<Bytes> {
-    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, RawSingle<Self>>>> {
-        &inner.get_slots
-    }
-}
-
-/// Raw puts.
-impl<R: Runtime> Recyclable<R> for () {
-    fn slots(inner: &Inner<R>) -> &Mutex<Pool<Slot<R, RawSingle<Self>>>> {
-        &inner.put_slots
-    }
-}
-
-/// Gives a finished call's box back to its pool (a [`driver::Recycle`]).
-fn give_back<R: Runtime, T: Recyclable<R>>(inner: &Inner<R>, mut slot: Slot<R, RawSingle<T>>) {
-    // Outside the pool's lock: what the call and the driver still hold is dropped, so a
-    // pooled box keeps no user data alive.
-    slot.0.clear();
-    slot.1.reset();
-    lock(T::slots(inner)).push(slot);
 }
 
 impl<R: Runtime> Drop for Inner<R> {
@@ -287,8 +247,6 @@ impl<R: Runtime> Cluster<R> {
             pd,
             collapse: Arc::new(ReqCollapse::default()),
             inboxes: Mutex::new(Pool::default()),
-            get_slots: Mutex::new(Pool::default()),
-            put_slots: Mutex::new(Pool::default()),
         });
         if inner.config.enable_preload
             && let Err(err) = super::cache_gc::refresh_region_index(&inner).await
@@ -322,30 +280,14 @@ impl<R: Runtime> Cluster<R> {
         driver::Drive::new(&*self.inner, &self.inner.shared, boxed)
     }
 
-    /// [`Cluster::run`] for a raw point call with a [`Recyclable`] output: in the box (and
-    /// with the inbox) of a finished one when its pool has one, the box given back when done.
-    pub(crate) fn run_recycled<T>(
-        &self,
-        op: RawSingle<T>,
-    ) -> driver::Drive<'_, Inner<R>, RawSingle<T>>
+    /// [`Cluster::run`] for a raw point call, built by `build` when the future is first
+    /// polled and driven by a [`driver::FastDrive`]: the call's one request and its reply
+    /// take the unrolled fast path, anything else the general driver.
+    pub(crate) fn run_fast<T, F>(&self, build: F) -> driver::FastDrive<'_, Inner<R>, T, F>
     where
-        T: Recyclable<R>,
+        F: FnOnce() -> RawSingle<T>,
     {
-        let pooled = lock(T::slots(&self.inner)).pop();
-        let boxed = match pooled {
-            // (Its state was reset when it was given back.)
-            Some(mut slot) => {
-                slot.0 = op;
-                slot
-            }
-            None => Box::write(Box::new_uninit(), (op, driver::DriveState::default())),
-        };
-        driver::Drive::recycled(
-            &*self.inner,
-            &self.inner.shared,
-            boxed,
-            Some(give_back::<R, T>),
-        )
+        driver::FastDrive::new(&*self.inner, &self.inner.shared, build)
     }
 
     /// The allocation of a sent `RawGet`, kept for the next one's request (see

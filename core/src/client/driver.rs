@@ -7,6 +7,9 @@
 //! come back either through the operation's [`Inbox`] (pushed by a long-lived stream task: no
 //! task per request) or as a small future the driver polls itself (unary and PD calls).
 //!
+//! [`FastDrive`] is the same loop unrolled for raw point calls, whose common case is one
+//! request and the reply that ends the call; it hands any other case to a [`Drive`].
+//!
 //! Rules the loop keeps: the [`Shared`] mutex is held only while the machine is called, never
 //! across an `.await`; no task is spawned per operation or per request; and a machine that
 //! keeps producing immediately-ready work yields to the executor every
@@ -21,6 +24,7 @@ use std::time::Instant;
 use super::sync::{Inbox, lock};
 use crate::error::Error;
 use crate::machine::queue::InlineQueue;
+use crate::machine::raw::{FastBegin, FastCall, RawSingle};
 use crate::machine::{Action, Input, Operation, Shared};
 
 /// A completion the driver polls itself (a unary RPC or a PD call in flight).
@@ -81,6 +85,9 @@ enum Step {
     Start,
     Inputs,
     Timeout,
+    /// The operation's step was run by another driver ([`FastDrive`]): only what follows
+    /// a step (its actions, result and timeout) is due.
+    Resume,
 }
 
 /// What a [`Drive`] keeps from one step of an operation to the next, boxed with the
@@ -127,8 +134,13 @@ impl<S> DriveState<S> {
     /// allocations (an open inbox nobody else holds, the local completions' vector).
     /// Anything left in flight is dropped.
     pub fn reset(&mut self) {
-        self.inputs.clear();
-        self.local.clear();
+        // (A finished call's queues are usually empty already: clearing them is skipped.)
+        if !self.inputs.is_empty() {
+            self.inputs.clear();
+        }
+        if !self.local.is_empty() {
+            self.local.clear();
+        }
         self.via_inbox = 0;
         self.timer = None;
         self.ready_steps = 0;
@@ -140,6 +152,71 @@ impl<S> DriveState<S> {
 /// Where a finished operation's box goes (see [`Drive::recycled`]): the dispatcher's pool of
 /// such boxes, for the next operation of the same kind.
 pub type Recycle<D, O> = fn(&D, Box<(O, DriveState<<D as Dispatch>::Sleep>)>);
+
+/// A finished operation's inbox and box go back: the box to `recycle` with its inbox, or
+/// the inbox alone to the dispatcher's pool. An inbox still shared with a producer is closed
+/// instead: its late completions are refused and dropped by that producer.
+fn give_back<D: Dispatch, O>(
+    dispatch: &D,
+    mut boxed: Box<(O, DriveState<D::Sleep>)>,
+    recycle: Option<Recycle<D, O>>,
+) {
+    let inbox = boxed.1.inbox.take().and_then(Inbox::reuse_or_close);
+    match recycle {
+        Some(recycle) => {
+            boxed.1.inbox = inbox;
+            recycle(dispatch, boxed);
+        }
+        None => {
+            if let Some(inbox) = inbox {
+                dispatch.recycle_inbox(inbox);
+            }
+        }
+    }
+}
+
+/// What a step left in the shared state for the driver to carry out once it is unlocked:
+/// connections to close, stale reads to report. Usually nothing: then taking and carrying
+/// it out cost two flag reads.
+#[derive(Default)]
+struct StepEffects {
+    closes: Vec<std::sync::Arc<str>>,
+    stale_reads: Vec<(u64, Option<u64>)>,
+}
+
+impl StepEffects {
+    /// Takes the effects out of `shared` (still locked).
+    #[inline]
+    fn take(shared: &mut Shared) -> Self {
+        let mut effects = StepEffects::default();
+        if shared.stores.has_connection_closes() {
+            effects.closes = shared.stores.take_connection_closes();
+        }
+        if shared.read_ts.has_stale_reads() {
+            effects.stale_reads = shared.read_ts.take_stale_reads();
+        }
+        effects
+    }
+
+    /// Carries the effects out, with the shared state unlocked.
+    #[inline]
+    fn carry_out<D: Dispatch>(self, dispatch: &D) {
+        if !self.closes.is_empty() || !self.stale_reads.is_empty() {
+            self.carry_out_slow(dispatch);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn carry_out_slow<D: Dispatch>(self, dispatch: &D) {
+        for address in self.closes {
+            dispatch.close_address(&address);
+        }
+        for (read_ts, current) in self.stale_reads {
+            dispatch.report_stale_read(read_ts, current);
+        }
+    }
+}
 
 /// Runs `op` to completion. `shared` is locked only inside machine calls.
 pub async fn drive<D, O>(dispatch: &D, shared: &Mutex<Shared>, op: O) -> Result<O::Output, Error>
@@ -218,22 +295,8 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
 
     /// The operation is done: its inbox and box go back (see [`Drive::recycled`]).
     fn finish(&mut self) {
-        let Some(mut boxed) = self.boxed.take() else {
-            return;
-        };
-        // An inbox still shared with a producer is closed: its late completions are refused
-        // and dropped by that producer. One held by nobody else is reused.
-        let inbox = boxed.1.inbox.take().and_then(Inbox::reuse_or_close);
-        match self.recycle {
-            Some(recycle) => {
-                boxed.1.inbox = inbox;
-                recycle(self.dispatch, boxed);
-            }
-            None => {
-                if let Some(inbox) = inbox {
-                    self.dispatch.recycle_inbox(inbox);
-                }
-            }
+        if let Some(boxed) = self.boxed.take() {
+            give_back(self.dispatch, boxed, self.recycle);
         }
     }
 
@@ -243,15 +306,15 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
         let dispatch = self.dispatch;
         let (op, st) = &mut **self.boxed.as_mut()?;
         let inbox = st.inbox.as_ref()?;
-        let mut closes: Vec<std::sync::Arc<str>> = Vec::new();
-        let mut stale_reads: Vec<(u64, Option<u64>)> = Vec::new();
         let now = match (&self.step, st.arrived.take(), st.last_now) {
             // Never behind the previous step's instant.
             (Step::Inputs, Some(at), Some(last)) => at.max(last),
+            // The rest of a step another driver ran: at that step's instant.
+            (Step::Resume, _, Some(last)) => last,
             _ => dispatch.now(),
         };
         st.last_now = Some(now);
-        {
+        let effects = {
             let mut shared = lock(self.shared);
             match self.step {
                 Step::Start => op.start(now, &mut shared),
@@ -269,20 +332,11 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
                     }
                 }
                 Step::Timeout => op.handle_timeout(now, &mut shared),
+                Step::Resume => {}
             }
-            if shared.stores.has_connection_closes() {
-                closes = shared.stores.take_connection_closes();
-            }
-            if shared.read_ts.has_stale_reads() {
-                stale_reads = shared.read_ts.take_stale_reads();
-            }
-        }
-        for address in closes.drain(..) {
-            dispatch.close_address(&address);
-        }
-        for (read_ts, current) in stale_reads.drain(..) {
-            dispatch.report_stale_read(read_ts, current);
-        }
+            StepEffects::take(&mut shared)
+        };
+        effects.carry_out(dispatch);
 
         // The step's actions, taken from the machine with the shared state unlocked (the
         // machine's queues are its own): each goes straight to the dispatcher.
@@ -377,6 +431,273 @@ impl<D: Dispatch, O: Operation> Future for Drive<'_, D, O> {
                     this.step = step;
                     this.phase = Phase::Step;
                 }
+            }
+        }
+    }
+}
+
+/// Where a [`FastDrive`] is.
+// The in-flight state is large (~270 bytes) and the others small: boxing it would cost an
+// allocation per call, which is what the fast driver avoids.
+#[allow(clippy::large_enum_variant)]
+enum FastState<'a, D: Dispatch, T, F> {
+    /// Not polled yet: the call is built on the first poll (`F`, the call's arguments).
+    Init(Option<F>),
+    /// The fast attempt is in flight; its reply is due through `inbox`.
+    InFlight {
+        call: FastCall<T>,
+        /// (Taken when the call ends.)
+        inbox: Option<Inbox<Input>>,
+        /// The instant of the start step (steps never go back in time).
+        started: Instant,
+    },
+    /// The call left the fast path: the general driver runs it from where it stands.
+    General(Drive<'a, D, RawSingle<T>>),
+    /// The result was returned.
+    Done,
+}
+
+/// The driver of a raw point call ([`RawSingle`]): the [`Drive`] loop unrolled for the common
+/// case of one request whose reply ends the call, with the call's in-flight state
+/// ([`FastCall`]) in the future itself rather than in a boxed operation.
+///
+/// It starts the call with [`RawSingle::begin_fast`], sends the fast attempt's action, waits
+/// for its reply in an inbox from the dispatcher's pool and ends with [`FastCall::finish`],
+/// with the same locking of the shared state, clock readings and step effects as [`Drive`]'s
+/// steps. Anything else (a cache miss, the plan, a completion the driver polls itself, a
+/// reply that does not end the call) boxes the call as it stands and hands it to a [`Drive`],
+/// which goes on from there: the call's behaviour is its machine's either way, only the
+/// common path is shorter (see `docs/PERFORMANCE.md`, session 14).
+///
+/// Like [`Drive`], it must not be polled again after it returned its result.
+pub struct FastDrive<'a, D: Dispatch, T, F> {
+    dispatch: &'a D,
+    shared: &'a Mutex<Shared>,
+    state: FastState<'a, D, T, F>,
+}
+
+impl<'a, D, T, F> FastDrive<'a, D, T, F>
+where
+    D: Dispatch,
+    F: FnOnce() -> RawSingle<T>,
+{
+    /// A driver for the call `build` makes when the future is first polled.
+    pub fn new(dispatch: &'a D, shared: &'a Mutex<Shared>, build: F) -> Self {
+        FastDrive {
+            dispatch,
+            shared,
+            state: FastState::Init(Some(build)),
+        }
+    }
+
+    /// Leaves the fast path: `op` and `st` (with the call's inbox) go to a [`Drive`] that runs
+    /// `step` next, in `phase`.
+    fn hand_over(&mut self, op: RawSingle<T>, st: DriveState<D::Sleep>, step: Step, phase: Phase) {
+        let mut drive = Drive::new(self.dispatch, self.shared, Box::new((op, st)));
+        drive.step = step;
+        drive.phase = phase;
+        self.state = FastState::General(drive);
+    }
+
+    /// The start step: the call built and started, its fast attempt sent. `Some` with the
+    /// call's result when the start ends it.
+    #[inline(always)]
+    fn start(&mut self, build: F) -> Option<Result<T, Error>> {
+        let dispatch = self.dispatch;
+        let mut op = build();
+        let inbox = dispatch.inbox();
+        let now = dispatch.now();
+        let (begun, effects) = {
+            let mut shared = lock(self.shared);
+            let begun = op.begin_fast(now, &mut shared);
+            (begun, StepEffects::take(&mut shared))
+        };
+        effects.carry_out(dispatch);
+        let general_state = |inbox| DriveState {
+            last_now: Some(now),
+            inbox: Some(inbox),
+            ..DriveState::default()
+        };
+        match begun {
+            FastBegin::Sent(action) => {
+                tracing::trace!(?action, "dispatch");
+                let completes = action.id().is_some();
+                match (dispatch.start(now, action, &inbox), op.take_fast()) {
+                    (None, Some(call)) if completes => {
+                        self.state = FastState::InFlight {
+                            call,
+                            inbox: Some(inbox),
+                            started: now,
+                        };
+                    }
+                    // (The fast attempt's action always completes through the inbox; the
+                    // general driver deals with any other case as it would.)
+                    (io, call) => {
+                        let op = call.map_or(op, FastCall::into_single);
+                        let mut st = general_state(inbox);
+                        let phase = match io {
+                            Some(io) => {
+                                st.local.push(io);
+                                Phase::Waiting
+                            }
+                            None => {
+                                st.via_inbox = usize::from(completes);
+                                if completes {
+                                    Phase::Waiting
+                                } else {
+                                    Phase::Step
+                                }
+                            }
+                        };
+                        self.hand_over(op, st, Step::Resume, phase);
+                    }
+                }
+                None
+            }
+            FastBegin::Done(result) => {
+                if let Some(inbox) = Inbox::reuse_or_close(inbox) {
+                    dispatch.recycle_inbox(inbox);
+                }
+                self.state = FastState::Done;
+                Some(result)
+            }
+            FastBegin::General => {
+                self.hand_over(op, general_state(inbox), Step::Resume, Phase::Step);
+                None
+            }
+        }
+    }
+
+    /// The fast attempt in flight: its reply, once in the inbox. `Ready(Some)` with the
+    /// call's result, `Ready(None)` when the general driver has taken over.
+    #[inline(always)]
+    fn reply(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
+        let dispatch = self.dispatch;
+        let FastState::InFlight {
+            call,
+            inbox: Some(inbox),
+            started,
+        } = &mut self.state
+        else {
+            unreachable!("called in flight");
+        };
+        let started = *started;
+        let mut inputs = InlineQueue::new();
+        let mut at = None;
+        let moved = match inbox.poll_drain_queue_timed(cx, &mut inputs, &mut at) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(moved) => moved,
+        };
+        // The fast path: the attempt's one reply.
+        if moved
+            && inputs.len() == 1
+            && matches!(inputs.iter().next(), Some(Input::Tikv { .. }))
+            && let Some(input) = inputs.pop_front()
+        {
+            // Never behind the previous step's instant (as `Drive`'s input steps).
+            let now = match at {
+                Some(at) => at.max(started),
+                None => dispatch.now(),
+            };
+            let mut shared = lock(self.shared);
+            let finished = call.finish(&mut shared, input);
+            let outcome = match finished {
+                Ok(result) => Ok(result),
+                // Not the end: the same step goes on as the general path's, under the
+                // same lock.
+                Err(input) => {
+                    let FastState::InFlight { call, inbox, .. } =
+                        std::mem::replace(&mut self.state, FastState::Done)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    let mut op = call.into_single();
+                    op.handle_input(now, &mut shared, input);
+                    Err((op, inbox))
+                }
+            };
+            let effects = StepEffects::take(&mut shared);
+            drop(shared);
+            effects.carry_out(dispatch);
+            return match outcome {
+                Ok(result) => {
+                    let inbox = match &mut self.state {
+                        FastState::InFlight { inbox, .. } => inbox.take(),
+                        _ => None,
+                    };
+                    self.state = FastState::Done;
+                    if let Some(inbox) = inbox.and_then(Inbox::reuse_or_close) {
+                        dispatch.recycle_inbox(inbox);
+                    }
+                    Poll::Ready(Some(result))
+                }
+                Err((op, inbox)) => {
+                    let st = DriveState {
+                        last_now: Some(now),
+                        inbox,
+                        ..DriveState::default()
+                    };
+                    self.hand_over(op, st, Step::Resume, Phase::Step);
+                    Poll::Ready(None)
+                }
+            };
+        }
+        // Anything else is the general driver's: the inputs as they came, or (closed with
+        // nothing queued) the wait as it stands.
+        let FastState::InFlight {
+            call,
+            inbox: Some(inbox),
+            ..
+        } = std::mem::replace(&mut self.state, FastState::Done)
+        else {
+            unreachable!("matched above");
+        };
+        let received = inputs.len();
+        let st = DriveState {
+            inputs,
+            via_inbox: 1usize.saturating_sub(received),
+            arrived: at,
+            last_now: Some(started),
+            inbox: Some(inbox),
+            ..DriveState::default()
+        };
+        let (step, phase) = if received == 0 {
+            (Step::Start, Phase::Waiting)
+        } else {
+            (Step::Inputs, Phase::Step)
+        };
+        self.hand_over(call.into_single(), st, step, phase);
+        Poll::Ready(None)
+    }
+}
+
+impl<D, T, F> Future for FastDrive<'_, D, T, F>
+where
+    D: Dispatch,
+    F: FnOnce() -> RawSingle<T> + Unpin,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin` (`F` by the bound; the general driver's call is boxed).
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                FastState::Init(build) => {
+                    let Some(build) = build.take() else {
+                        unreachable!("taken once");
+                    };
+                    if let Some(result) = this.start(build) {
+                        return Poll::Ready(result);
+                    }
+                }
+                FastState::InFlight { .. } => match this.reply(cx) {
+                    Poll::Ready(Some(result)) => return Poll::Ready(result),
+                    Poll::Ready(None) => {}
+                    Poll::Pending => return Poll::Pending,
+                },
+                FastState::General(drive) => return Pin::new(drive).poll(cx),
+                FastState::Done => panic!("`FastDrive` polled after completion"),
             }
         }
     }
@@ -807,6 +1128,83 @@ mod tests {
         drop(drive);
         assert!(lock(&answerless.boxes).is_empty());
         assert_eq!(answerless.inboxes_back.load(Ordering::Relaxed), 0);
+    }
+
+    fn recycling(answer_tikv: bool) -> Recycling {
+        Recycling {
+            fake: fake(answer_tikv),
+            inboxes_out: AtomicU32::new(0),
+            inboxes_back: AtomicU32::new(0),
+            boxes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A shared state with one region over the whole key space, led from store 1 of three,
+    /// and every store cached: a leader read takes the fast path.
+    fn warm_shared() -> Mutex<Shared> {
+        let pd = crate::machine::testkit::FakePd::split(3, &[]);
+        let mut h = crate::machine::testkit::Harness::warm(&pd);
+        Mutex::new(std::mem::replace(&mut h.shared, Shared::new(1)))
+    }
+
+    /// A warm leader read run by [`FastDrive`] ends on its one reply without the general
+    /// driver: one action sent, the value returned, the inbox taken from the dispatcher's
+    /// pool and given back to it.
+    #[test]
+    fn fast_drive_ends_a_warm_read_on_its_one_reply() {
+        let d = recycling(true);
+        let shared = warm_shared();
+        let opts = crate::machine::raw::RawOptions::default();
+        let drive = FastDrive::new(&d, &shared, || {
+            crate::machine::raw::get(bytes::Bytes::from_static(b"k"), &opts)
+        });
+        assert_eq!(
+            future::block_on(drive).expect("read"),
+            Some(bytes::Bytes::from_static(b"v"))
+        );
+        assert_eq!(d.fake.started.load(Ordering::Relaxed), 1);
+        assert_eq!(d.inboxes_out.load(Ordering::Relaxed), 1);
+        assert_eq!(d.inboxes_back.load(Ordering::Relaxed), 1);
+    }
+
+    /// Calls that leave the fast path end as under [`Drive`]: a failed input check (the
+    /// general driver returns the call's early result) and a cold cache (the plan's region
+    /// lookup through PD, then what follows): same result, same actions started.
+    #[test]
+    fn fast_drive_hands_other_calls_to_the_general_driver() {
+        let opts = crate::machine::raw::RawOptions::default();
+        for key in [&b""[..], &b"k"[..]] {
+            let key = bytes::Bytes::copy_from_slice(key);
+            let (fast_d, general_d) = (recycling(true), recycling(true));
+            let (fast_shared, general_shared) =
+                (Mutex::new(Shared::new(1)), Mutex::new(Shared::new(1)));
+            let fast = future::block_on(FastDrive::new(&fast_d, &fast_shared, || {
+                crate::machine::raw::get(key.clone(), &opts)
+            }));
+            let general = future::block_on(drive(
+                &general_d,
+                &general_shared,
+                crate::machine::raw::get(key.clone(), &opts),
+            ));
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "key {key:?}");
+            assert!(fast.is_err(), "key {key:?}: {fast:?}");
+            assert_eq!(
+                fast_d.fake.started.load(Ordering::Relaxed),
+                general_d.fake.started.load(Ordering::Relaxed),
+                "key {key:?}"
+            );
+            assert_eq!(
+                fast_d.inboxes_back.load(Ordering::Relaxed),
+                1,
+                "key {key:?}"
+            );
+            // (The empty key fails its check and sends nothing; the other goes to PD.)
+            assert_eq!(
+                fast_d.fake.started.load(Ordering::Relaxed) > 0,
+                !key.is_empty(),
+                "key {key:?}"
+            );
+        }
     }
 
     struct Idle;

@@ -303,15 +303,87 @@ impl<T> RawSingle<T> {
     }
 }
 
-impl<T> Operation for RawSingle<T> {
-    type Output = T;
+/// What [`RawSingle::begin`] did.
+enum Begun {
+    /// The fast attempt is in flight: its action.
+    Sent(Action),
+    /// The call failed before anything was sent (its result).
+    Failed(Error),
+    /// Nothing to do here (a call that already has its result), or the plan runs.
+    Plan,
+}
 
-    fn start(&mut self, now: Instant, shared: &mut Shared) {
-        if let Some(plan) = &mut self.plan {
-            return plan.start(now, shared);
+/// What [`RawSingle::begin_fast`] did.
+#[derive(Debug)]
+pub enum FastBegin<T> {
+    /// The fast attempt is in flight: the driver sends this action (what
+    /// [`Operation::poll_action`] would give after [`Operation::start`]), takes the call's
+    /// in-flight state with [`RawSingle::take_fast`] and hands the reply to
+    /// [`FastCall::finish`].
+    Sent(Action),
+    /// The call's result, known at its start (an input check or the store's token limit
+    /// failed it).
+    Done(Result<T, Error>),
+    /// The general path: the call has started (as by [`Operation::start`]) and runs on
+    /// through the [`Operation`] methods.
+    General,
+}
+
+/// A raw point call whose fast attempt is in flight (see [`RawSingle::begin_fast`]): what
+/// the call keeps of itself meanwhile, without the parts of a [`RawSingle`] that only the
+/// general path uses.
+#[derive(Debug)]
+pub struct FastCall<T> {
+    call: Option<Call>,
+    attempt: FastAttempt,
+    plan_rng: Rng,
+    decode: fn(TikvResponse) -> Result<T, Error>,
+}
+
+impl<T> FastCall<T> {
+    /// The reply to the fast attempt: `Ok` with the call's result when it ends the call (as
+    /// [`Operation::handle_input`] then [`Operation::poll_result`] would give it); `Err` with
+    /// the input, untouched, when it does not: the call then goes on as
+    /// [`FastCall::into_single`], which takes the input through [`Operation::handle_input`]
+    /// (its plan resumes where the attempt left it).
+    #[inline(always)]
+    pub fn finish(&mut self, shared: &mut Shared, input: Input) -> Result<Result<T, Error>, Input> {
+        if !matches!(&input, Input::Tikv { id, .. } if *id == self.attempt.id()) {
+            return Err(input);
         }
+        let result = self.attempt.on_reply(shared, input)?;
+        // Done with the template: its allocation serves the next copies.
+        if let Some(Call {
+            template: TikvRequest::Cmd(cmd),
+            ..
+        }) = self.call.take()
+        {
+            shared.spare_cmds.push(cmd);
+        }
+        Ok(result.and_then(self.decode))
+    }
+
+    /// The call as the [`RawSingle`] it would be after [`Operation::start`] and
+    /// [`Operation::poll_action`]: waiting for the attempt's reply.
+    pub fn into_single(self) -> RawSingle<T> {
+        RawSingle {
+            call: self.call,
+            attempt: Some(self.attempt),
+            plan: None,
+            plan_rng: self.plan_rng,
+            out: Out::None,
+            decode: self.decode,
+        }
+    }
+}
+
+impl<T> RawSingle<T> {
+    /// The start of a call that has not run its plan: the fast attempt when it applies, else
+    /// the plan, started after the call's lookup. [`Operation::start`]'s body.
+    #[inline(always)]
+    fn begin(&mut self, now: Instant, shared: &mut Shared) -> Begun {
         let Some(call) = &mut self.call else {
-            return;
+            return Begun::Plan;
         };
         // The plan's start: its own stream, then the lookup's.
         self.plan_rng = shared.rng.fork();
@@ -323,29 +395,31 @@ impl<T> Operation for RawSingle<T> {
             match FastAttempt::send(region, &mut call.template, &mut call.opts, now, shared) {
                 FastStart::Sent(attempt, action) => {
                     self.attempt = Some(attempt);
-                    self.out = Out::Action(action);
-                    return;
+                    return Begun::Sent(action);
                 }
                 FastStart::Failed(e) => {
                     self.call = None;
-                    self.out = Out::Result(Err(e));
-                    return;
+                    return Begun::Failed(e);
                 }
                 FastStart::NotTaken => {}
             }
         }
         self.run_plan(now, shared, lookup_rng, found);
+        Begun::Plan
     }
 
-    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
-        if let Some(plan) = &mut self.plan {
-            return plan.handle_input(now, shared, input);
-        }
-        let Some(attempt) = &self.attempt else {
-            return;
-        };
+    /// The fast attempt's reply: its result when the reply ends the call (the template's
+    /// allocation goes back to the spares), `None` when the plan takes over from the attempt
+    /// (or the input is not the attempt's reply, and is ignored).
+    fn take_reply(
+        &mut self,
+        now: Instant,
+        shared: &mut Shared,
+        input: Input,
+    ) -> Option<Result<TikvResponse, Error>> {
+        let attempt = self.attempt.as_ref()?;
         if !matches!(&input, Input::Tikv { id, .. } if *id == attempt.id()) {
-            return;
+            return None;
         }
         match attempt.on_reply(shared, input) {
             Ok(result) => {
@@ -358,9 +432,68 @@ impl<T> Operation for RawSingle<T> {
                 {
                     shared.spare_cmds.push(cmd);
                 }
-                self.out = Out::Result(result);
+                Some(result)
             }
-            Err(input) => self.resume_plan(now, shared, input),
+            Err(input) => {
+                self.resume_plan(now, shared, input);
+                None
+            }
+        }
+    }
+
+    /// [`Operation::start`] for a driver that carries the fast attempt itself: the same
+    /// step, with the fast attempt's action (or the call's early result) handed back rather
+    /// than kept for [`Operation::poll_action`] (or [`Operation::poll_result`]).
+    #[inline(always)]
+    pub fn begin_fast(&mut self, now: Instant, shared: &mut Shared) -> FastBegin<T> {
+        if self.plan.is_some() {
+            self.start(now, shared);
+            return FastBegin::General;
+        }
+        match self.begin(now, shared) {
+            Begun::Sent(action) => FastBegin::Sent(action),
+            Begun::Failed(e) => FastBegin::Done(Err(e)),
+            Begun::Plan => FastBegin::General,
+        }
+    }
+
+    /// The in-flight state of a call whose [`RawSingle::begin_fast`] sent its fast attempt
+    /// (`None` for any other call, which is left as it was).
+    #[inline(always)]
+    pub fn take_fast(&mut self) -> Option<FastCall<T>> {
+        if self.plan.is_some() || self.call.is_none() {
+            return None;
+        }
+        let attempt = self.attempt.take()?;
+        Some(FastCall {
+            call: self.call.take(),
+            attempt,
+            plan_rng: self.plan_rng.clone(),
+            decode: self.decode,
+        })
+    }
+}
+
+impl<T> Operation for RawSingle<T> {
+    type Output = T;
+
+    fn start(&mut self, now: Instant, shared: &mut Shared) {
+        if let Some(plan) = &mut self.plan {
+            return plan.start(now, shared);
+        }
+        match self.begin(now, shared) {
+            Begun::Sent(action) => self.out = Out::Action(action),
+            Begun::Failed(e) => self.out = Out::Result(Err(e)),
+            Begun::Plan => {}
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+        if let Some(plan) = &mut self.plan {
+            return plan.handle_input(now, shared, input);
+        }
+        if let Some(result) = self.take_reply(now, shared, input) {
+            self.out = Out::Result(result);
         }
     }
 
@@ -1369,6 +1502,105 @@ mod tests {
         Drop,
     }
 
+    /// How [`record_get`] drives its call.
+    #[derive(Clone, Copy, Debug)]
+    enum Mode {
+        /// Through the [`Operation`] methods, fast path included.
+        Fast,
+        /// Through the [`Operation`] methods, without the fast path.
+        Planned,
+        /// As `client::driver::FastDrive` does: [`RawSingle::begin_fast`],
+        /// [`RawSingle::take_fast`] and [`FastCall::finish`], then the [`Operation`] methods
+        /// once the call leaves the fast path.
+        FastMethods,
+    }
+
+    /// A raw get driven per [`Mode`], as an [`Operation`] for the harness.
+    enum Driven {
+        Plain(RawSingle<Option<Value>>),
+        /// Not started yet (the fast methods take it).
+        Unstarted(Option<RawSingle<Option<Value>>>),
+        /// The fast attempt in flight, its action not yet taken.
+        InFlight(Option<FastCall<Option<Value>>>, Option<Action>),
+        /// Ended on the fast path (or at its start).
+        Ended(Option<Result<Option<Value>, Error>>),
+    }
+
+    impl Driven {
+        fn fast(op: RawSingle<Option<Value>>) -> Self {
+            Driven::Unstarted(Some(op))
+        }
+    }
+
+    impl Operation for Driven {
+        type Output = Option<Value>;
+
+        fn start(&mut self, now: Instant, shared: &mut Shared) {
+            match self {
+                Driven::Plain(op) => op.start(now, shared),
+                Driven::Unstarted(op) => {
+                    let Some(mut op) = op.take() else { return };
+                    *self = match op.begin_fast(now, shared) {
+                        FastBegin::Sent(action) => {
+                            let call = op.take_fast().expect("sent on the fast path");
+                            Driven::InFlight(Some(call), Some(action))
+                        }
+                        FastBegin::Done(result) => Driven::Ended(Some(result)),
+                        FastBegin::General => Driven::Plain(op),
+                    };
+                }
+                _ => unreachable!("started once"),
+            }
+        }
+
+        fn handle_input(&mut self, now: Instant, shared: &mut Shared, input: Input) {
+            match self {
+                Driven::Plain(op) => op.handle_input(now, shared, input),
+                Driven::InFlight(call, _) => {
+                    let Some(mut c) = call.take() else { return };
+                    *self = match c.finish(shared, input) {
+                        Ok(result) => Driven::Ended(Some(result)),
+                        Err(input) => {
+                            let mut op = c.into_single();
+                            op.handle_input(now, shared, input);
+                            Driven::Plain(op)
+                        }
+                    };
+                }
+                _ => {}
+            }
+        }
+
+        fn handle_timeout(&mut self, now: Instant, shared: &mut Shared) {
+            if let Driven::Plain(op) = self {
+                op.handle_timeout(now, shared);
+            }
+        }
+
+        fn poll_action(&mut self) -> Option<Action> {
+            match self {
+                Driven::Plain(op) => op.poll_action(),
+                Driven::InFlight(_, action) => action.take(),
+                _ => None,
+            }
+        }
+
+        fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+            match self {
+                Driven::Plain(op) => op.poll_timeout(),
+                _ => None,
+            }
+        }
+
+        fn poll_result(&mut self) -> Option<Result<Option<Value>, Error>> {
+            match self {
+                Driven::Plain(op) => op.poll_result(),
+                Driven::Ended(result) => result.take(),
+                _ => None,
+            }
+        }
+    }
+
     /// One run of `get("k")` on a 3-store cluster (one region, leader on store 1), its first
     /// attempt answered by `first` and every later one by a found value. The observable
     /// record: the result, every action with its instant, the caches and the shared random
@@ -1376,7 +1608,7 @@ mod tests {
     /// path builds none for a reply without region error).
     fn record_get(
         base: Instant,
-        fast: bool,
+        mode: Mode,
         setup: Setup,
         opts: &RawOptions,
         next_gen: bool,
@@ -1422,7 +1654,11 @@ mod tests {
         h.shared.routing.next_gen = next_gen;
         let pooled = h.shared.region_requests.len();
         let op = get(k("k"), opts);
-        let mut op = if fast { op } else { op.planned() };
+        let mut op = match mode {
+            Mode::Fast => Driven::Plain(op),
+            Mode::Planned => Driven::Plain(op.planned()),
+            Mode::FastMethods => Driven::fast(op),
+        };
         let mut n = 0;
         let result = h.run(&mut op, |a, _| {
             if let Some(r) = pd_reply(&mut pd, a) {
@@ -1551,14 +1787,17 @@ mod tests {
                 if matches!(setup, Setup::KeyspaceWarm) && matches!(first, First::Split) {
                     continue;
                 }
-                let (fast, fast_built) = record_get(base, true, setup, opts, next_gen, first);
-                let (planned, _) = record_get(base, false, setup, opts, next_gen, first);
-                assert_eq!(
-                    fast,
-                    planned,
+                let (fast, fast_built) = record_get(base, Mode::Fast, setup, opts, next_gen, first);
+                let (planned, _) = record_get(base, Mode::Planned, setup, opts, next_gen, first);
+                let (methods, _) =
+                    record_get(base, Mode::FastMethods, setup, opts, next_gen, first);
+                let case = format!(
                     "case {i} ({setup:?}, follower {}, next-gen {next_gen})",
                     opts.request.read.replica_read != ReplicaReadType::Leader
                 );
+                assert_eq!(fast, planned, "{case}");
+                // The fast driver's methods behave as the `Operation` methods.
+                assert_eq!(methods, fast, "{case}: the fast driver's methods");
                 if matches!(first, First::Reply) && fast_built == 0 {
                     fast_taken.push(format!("{setup:?} next-gen {next_gen}"));
                 }
