@@ -134,13 +134,8 @@ impl<S> DriveState<S> {
     /// allocations (an open inbox nobody else holds, the local completions' vector).
     /// Anything left in flight is dropped.
     pub fn reset(&mut self) {
-        // (A finished call's queues are usually empty already: clearing them is skipped.)
-        if !self.inputs.is_empty() {
-            self.inputs.clear();
-        }
-        if !self.local.is_empty() {
-            self.local.clear();
-        }
+        self.inputs.clear();
+        self.local.clear();
         self.via_inbox = 0;
         self.timer = None;
         self.ready_steps = 0;
@@ -153,25 +148,12 @@ impl<S> DriveState<S> {
 /// such boxes, for the next operation of the same kind.
 pub type Recycle<D, O> = fn(&D, Box<(O, DriveState<<D as Dispatch>::Sleep>)>);
 
-/// A finished operation's inbox and box go back: the box to `recycle` with its inbox, or
-/// the inbox alone to the dispatcher's pool. An inbox still shared with a producer is closed
-/// instead: its late completions are refused and dropped by that producer.
-fn give_back<D: Dispatch, O>(
-    dispatch: &D,
-    mut boxed: Box<(O, DriveState<D::Sleep>)>,
-    recycle: Option<Recycle<D, O>>,
-) {
-    let inbox = boxed.1.inbox.take().and_then(Inbox::reuse_or_close);
-    match recycle {
-        Some(recycle) => {
-            boxed.1.inbox = inbox;
-            recycle(dispatch, boxed);
-        }
-        None => {
-            if let Some(inbox) = inbox {
-                dispatch.recycle_inbox(inbox);
-            }
-        }
+/// A finished operation's inbox goes back to the dispatcher's pool ([`Dispatch::recycle_inbox`])
+/// if nobody else holds it; one still shared with a producer is closed instead, its late
+/// completions refused and dropped by that producer (see [`Inbox::reuse_or_close`]).
+fn return_inbox<D: Dispatch>(dispatch: &D, inbox: Inbox<Input>) {
+    if let Some(inbox) = Inbox::reuse_or_close(inbox) {
+        dispatch.recycle_inbox(inbox);
     }
 }
 
@@ -295,8 +277,20 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
 
     /// The operation is done: its inbox and box go back (see [`Drive::recycled`]).
     fn finish(&mut self) {
-        if let Some(boxed) = self.boxed.take() {
-            give_back(self.dispatch, boxed, self.recycle);
+        let Some(mut boxed) = self.boxed.take() else {
+            return;
+        };
+        let inbox = boxed.1.inbox.take();
+        match self.recycle {
+            Some(recycle) => {
+                boxed.1.inbox = inbox.and_then(Inbox::reuse_or_close);
+                recycle(self.dispatch, boxed);
+            }
+            None => {
+                if let Some(inbox) = inbox {
+                    return_inbox(self.dispatch, inbox);
+                }
+            }
         }
     }
 
@@ -555,9 +549,7 @@ where
                 None
             }
             FastBegin::Done(result) => {
-                if let Some(inbox) = Inbox::reuse_or_close(inbox) {
-                    dispatch.recycle_inbox(inbox);
-                }
+                return_inbox(dispatch, inbox);
                 self.state = FastState::Done;
                 Some(result)
             }
@@ -626,8 +618,8 @@ where
                         _ => None,
                     };
                     self.state = FastState::Done;
-                    if let Some(inbox) = inbox.and_then(Inbox::reuse_or_close) {
-                        dispatch.recycle_inbox(inbox);
+                    if let Some(inbox) = inbox {
+                        return_inbox(dispatch, inbox);
                     }
                     Poll::Ready(Some(result))
                 }

@@ -247,16 +247,6 @@ impl<T> RawSingle<T> {
         }
     }
 
-    /// Drops whatever the call still holds (its request, attempt, plan, undelivered output),
-    /// leaving a finished call that holds no user data: its allocation may be kept for the
-    /// next call.
-    pub fn clear(&mut self) {
-        self.call = None;
-        self.attempt = None;
-        self.plan = None;
-        self.out = Out::None;
-    }
-
     /// The call without its fast path: the plan runs from the start (for tests that compare
     /// the two).
     #[cfg(test)]
@@ -300,6 +290,18 @@ impl<T> RawSingle<T> {
         ));
         plan.handle_input(now, shared, input);
         self.plan = Some(plan);
+    }
+}
+
+/// A call its fast attempt ended: the template's allocation goes to the spares, to serve
+/// the next calls' copies (see [`crate::machine::SpentCmds`]).
+fn spend_call(call: Option<Call>, shared: &mut Shared) {
+    if let Some(Call {
+        template: TikvRequest::Cmd(cmd),
+        ..
+    }) = call
+    {
+        shared.spare_cmds.push(cmd);
     }
 }
 
@@ -352,14 +354,7 @@ impl<T> FastCall<T> {
             return Err(input);
         }
         let result = self.attempt.on_reply(shared, input)?;
-        // Done with the template: its allocation serves the next copies.
-        if let Some(Call {
-            template: TikvRequest::Cmd(cmd),
-            ..
-        }) = self.call.take()
-        {
-            shared.spare_cmds.push(cmd);
-        }
+        spend_call(self.call.take(), shared);
         Ok(result.and_then(self.decode))
     }
 
@@ -424,14 +419,7 @@ impl<T> RawSingle<T> {
         match attempt.on_reply(shared, input) {
             Ok(result) => {
                 self.attempt = None;
-                // Done with the template: its allocation serves the next copies.
-                if let Some(Call {
-                    template: TikvRequest::Cmd(cmd),
-                    ..
-                }) = self.call.take()
-                {
-                    shared.spare_cmds.push(cmd);
-                }
+                spend_call(self.call.take(), shared);
                 Some(result)
             }
             Err(input) => {
