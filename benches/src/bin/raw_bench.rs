@@ -6,6 +6,7 @@
 //! target/release/raw_bench [--seconds N] [--mockstore PATH] [--threads N] [--runtime tokio|smol]
 //!                           [--connections N] [--mockstore-cpus LIST]
 //!                           [--batch-policy basic|standard|positive] [--client tikv|floor]
+//!                           [--value-size BYTES]
 //! ```
 //!
 //! `--client floor` measures [`tikv_benches::floor`] instead of the client: the least a
@@ -15,6 +16,7 @@
 //! moment, which the host's changing speed makes hard to tell from absolute figures.
 //! `benches/compare_floor.sh [ROUNDS]` runs that alternation and prints the means and ratio.
 //! `RAW_BENCH_ONLY=get:N` (or `put:N`) runs one cell, at any concurrency `N`.
+//! `--value-size BYTES` sets the size of the values written and read (default 64).
 //!
 //! `--mockstore-cpus 1` runs the mockstore under `taskset -c 1`; with the client started as
 //! `taskset -c 0 target/release/raw_bench ...` the two processes then keep to their own cores,
@@ -73,11 +75,13 @@ struct Args {
     /// `--client floor`: measure the transport floor ([`tikv_benches::floor`]) instead of the
     /// client (gets only).
     floor: bool,
+    /// The size of the values written and read.
+    value_size: usize,
 }
 
 const USAGE: &str = "usage: raw_bench [--seconds N] [--mockstore PATH] [--threads N] \
      [--runtime tokio|smol] [--connections N] [--mockstore-cpus LIST] \
-     [--batch-policy basic|standard|positive] [--client tikv|floor]";
+     [--batch-policy basic|standard|positive] [--client tikv|floor] [--value-size BYTES]";
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -93,6 +97,7 @@ fn parse_args() -> Args {
         mockstore_cpus: None,
         batch_policy: None,
         floor: false,
+        value_size: 64,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -102,6 +107,7 @@ fn parse_args() -> Args {
         });
         match flag.as_str() {
             "--seconds" => args.seconds = value.parse().expect("--seconds N"),
+            "--value-size" => args.value_size = value.parse().expect("--value-size BYTES"),
             "--mockstore" => args.mockstore = value,
             "--mockstore-cpus" => args.mockstore_cpus = Some(value),
             "--threads" => args.threads = value.parse().expect("--threads N"),
@@ -254,8 +260,9 @@ async fn run<R: Runtime>(
     op: &'static str,
     concurrency: usize,
     window: Duration,
+    value_size: usize,
 ) {
-    let value = Key::from(vec![b'v'; 64]);
+    let value = Key::from(vec![b'v'; value_size]);
     let keys: Arc<Vec<Key>> = Arc::new(
         (0..1024u32)
             .map(|i| Key::from(format!("bench-{i:04}")))
@@ -399,6 +406,7 @@ fn main() {
                     window,
                     config,
                     args.floor,
+                    args.value_size,
                 )
                 .await;
             });
@@ -428,6 +436,7 @@ fn main() {
                 window,
                 config,
                 args.floor,
+                args.value_size,
             )));
             drop(stop);
             for h in helpers {
@@ -438,6 +447,7 @@ fn main() {
 }
 
 /// Connects to the mockstore (retrying while it starts) and prints the table.
+#[allow(clippy::too_many_arguments)]
 async fn bench<R: Runtime>(
     rt: R,
     spawner: Spawner,
@@ -446,6 +456,7 @@ async fn bench<R: Runtime>(
     window: Duration,
     config: Config,
     floor: bool,
+    value_size: usize,
 ) {
     let mut client = None;
     for _ in 0..100 {
@@ -487,14 +498,14 @@ async fn bench<R: Runtime>(
         }
     });
     match only {
-        Some((op, c)) => run(&client, &target, &spawner, op, c, window).await,
+        Some((op, c)) => run(&client, &target, &spawner, op, c, window, value_size).await,
         None => {
             for op in ["get", "put"] {
                 if floor && op == "put" {
                     continue;
                 }
                 for c in [1, 16, 256] {
-                    run(&client, &target, &spawner, op, c, window).await;
+                    run(&client, &target, &spawner, op, c, window, value_size).await;
                 }
             }
         }
