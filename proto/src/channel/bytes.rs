@@ -2,11 +2,14 @@
 //!
 //! A client that does its own prost encoding (the TiKV client's core does, so that every
 //! runtime sends byte-identical traffic) needs no generated stub per method: [`BytesChannel`]
-//! takes a method path and the encoded request, lets tonic's client codec do the gRPC framing
-//! (length prefix, `grpc-timeout`, `grpc-status` / `grpc-message` trailers), and hands back the
-//! encoded reply. Nothing here depends on an async runtime; the channel runs on whatever
-//! executor and timer its [`super::handshake`] was given, so every runtime adapter wraps this
-//! one type instead of carrying its own copy.
+//! takes a method path and the encoded request, does the gRPC framing (length prefix,
+//! `grpc-timeout`, `grpc-status` / `grpc-message` trailers) and hands back the encoded reply.
+//! Unary calls and compressed streams go through tonic's client codec; uncompressed streams
+//! (`BatchCommands`, PD's `Tso`) are framed here (module `framing`), copying a message only
+//! when it arrives split over HTTP/2 data frames.
+//! Nothing here depends on an async runtime; the channel runs on whatever executor and timer
+//! its [`super::handshake`] was given, so every runtime adapter wraps this one type instead of
+//! carrying its own copy.
 //!
 //! When the channel was configured with gzip ([`super::Compression`]), calls to the TiKV
 //! service (`/tikvpb.Tikv/...`) send gzip-compressed messages and accept gzip-compressed
@@ -24,7 +27,10 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::codegen::tokio_stream::Stream;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 
-use super::{Compression, GrpcChannel};
+use super::framing::{FramedRequests, FramedResponses};
+use super::{Compression, GrpcChannel, ResponseBody};
+use tonic::body::Body;
+use tower_service::Service;
 
 /// The path prefix of the TiKV service's methods: the calls [`Compression`] applies to.
 const TIKV_SERVICE: &str = "/tikvpb.Tikv/";
@@ -88,6 +94,8 @@ fn apply_metadata(map: &mut MetadataMap, metadata: Metadata<'_>) -> Result<(), S
 /// One gRPC connection (HTTP/2) carrying encoded messages. Clones share the connection.
 #[derive(Clone, Debug)]
 pub struct BytesChannel {
+    /// The channel itself, for streams framed here (module `framing`).
+    channel: GrpcChannel,
     grpc: tonic::client::Grpc<GrpcChannel>,
     /// The client for TiKV-service calls when the channel compresses them; `None` (every call
     /// uses `grpc`) without compression.
@@ -113,6 +121,7 @@ impl BytesChannel {
             ),
         };
         BytesChannel {
+            channel: channel.clone(),
             grpc: client(channel),
             compressed,
         }
@@ -155,7 +164,8 @@ impl BytesChannel {
     /// Opens the bidirectional stream `path` (for example `/tikvpb.Tikv/BatchCommands`) with
     /// `metadata` as custom headers; each item of `requests` is sent as one message and ending
     /// `requests` half-closes the stream. Resolves once the server has sent its response
-    /// headers.
+    /// headers. Without compression the messages go out and come back without a copy (module
+    /// `framing`).
     pub fn streaming<S>(
         &self,
         path: &'static str,
@@ -165,26 +175,86 @@ impl BytesChannel {
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
-        let mut grpc = self.client_for(path);
-        let mut request = tonic::Request::new(requests);
-        let prepared = apply_metadata(request.metadata_mut(), metadata).map(|()| request);
+        enum Open<S> {
+            Framed(GrpcChannel, Result<http::Request<Body>, Status>),
+            Tonic(
+                tonic::client::Grpc<GrpcChannel>,
+                Result<tonic::Request<S>, Status>,
+            ),
+        }
+        let open = match &self.compressed {
+            Some(compressed) if path.starts_with(TIKV_SERVICE) => {
+                let mut request = tonic::Request::new(requests);
+                let prepared = apply_metadata(request.metadata_mut(), metadata).map(|()| request);
+                Open::Tonic(compressed.clone(), prepared)
+            }
+            _ => Open::Framed(
+                self.channel.clone(),
+                framed_request(path, requests, metadata),
+            ),
+        };
         async move {
-            let request = prepared?;
-            grpc.ready().await?;
-            let path = PathAndQuery::from_static(path);
-            let reply = grpc.streaming(request, path, RawBytes).await?;
-            Ok(Responses {
-                inner: reply.into_inner(),
-            })
+            match open {
+                Open::Framed(mut channel, request) => {
+                    let response = channel.call(request?).await?;
+                    Ok(Responses {
+                        inner: Replies::Framed(FramedResponses::new(response)?),
+                    })
+                }
+                Open::Tonic(mut grpc, request) => {
+                    let request = request?;
+                    grpc.ready().await?;
+                    let path = PathAndQuery::from_static(path);
+                    let reply = grpc.streaming(request, path, RawBytes).await?;
+                    Ok(Responses {
+                        inner: Replies::Tonic(reply.into_inner()),
+                    })
+                }
+            }
         }
     }
+}
+
+/// The HTTP request of an uncompressed stream framed here (module `framing`): what
+/// tonic `GrpcConfig::prepare_request` makes of it (POST to `path` over HTTP/2, `te:
+/// trailers`, the gRPC content type, the metadata as headers), `requests` as its body.
+fn framed_request<S>(
+    path: &'static str,
+    requests: S,
+    metadata: Metadata<'_>,
+) -> Result<http::Request<Body>, Status>
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+{
+    let mut map = MetadataMap::new();
+    apply_metadata(&mut map, metadata)?;
+    let body = Body::new(FramedRequests::new(Box::pin(requests)));
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static(path);
+    *request.version_mut() = http::Version::HTTP_2;
+    let headers = request.headers_mut();
+    *headers = map.into_headers();
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    Ok(request)
 }
 
 /// The replies of a bidirectional stream opened on a [`BytesChannel`]: encoded messages, then
 /// `None` when the server ends the stream with status OK, or an `Err` when it ends it with an
 /// error.
 pub struct Responses {
-    inner: tonic::Streaming<Bytes>,
+    inner: Replies,
+}
+
+enum Replies {
+    /// Framed here (module `framing`).
+    Framed(FramedResponses<ResponseBody>),
+    /// Decoded by tonic (a compressed stream).
+    Tonic(tonic::Streaming<Bytes>),
 }
 
 impl std::fmt::Debug for Responses {
@@ -197,7 +267,10 @@ impl Stream for Responses {
     type Item = Result<Bytes, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
+        match &mut self.inner {
+            Replies::Framed(replies) => Pin::new(replies).poll_next(cx),
+            Replies::Tonic(replies) => Pin::new(replies).poll_next(cx),
+        }
     }
 }
 

@@ -62,6 +62,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 mod bytes;
+mod framing;
 mod tls;
 #[cfg(all(test, feature = "server"))]
 mod wire_tests;

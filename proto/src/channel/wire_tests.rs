@@ -21,9 +21,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::{BytesChannel, ChannelConfig, Compression, handshake};
-use crate::kvrpcpb;
 use crate::pdpb::{self, pd_server::Pd, pd_server::PdServer};
 use crate::tikvpb::tikv_server::{Tikv, TikvServer};
+use crate::{kvrpcpb, tikvpb};
 
 /// Size of the value written and read back: large and made of one repeated byte, so gzip
 /// shrinks it to a few kilobytes.
@@ -59,6 +59,33 @@ impl Tikv for Fake {
         Ok(Response::new(kvrpcpb::RawPutResponse::default()))
     }
 
+    /// Answers each request with [`batch_reply`], in order, and ends with an `Aborted`
+    /// status once the client half-closed the stream.
+    async fn batch_commands(
+        &self,
+        request: Request<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
+    ) -> Result<Response<tonic::codegen::BoxStream<tikvpb::BatchCommandsResponse>>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let reply = match requests.message().await {
+                    Ok(Some(request)) => Ok(batch_reply(&request)),
+                    Ok(None) => Err(Status::aborted(BATCH_END)),
+                    // (A request that does not decode ends the stream with its error.)
+                    Err(status) => Err(status),
+                };
+                let end = reply.is_err();
+                if tx.send(reply).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
     async fn raw_get(
         &self,
         _: Request<kvrpcpb::RawGetRequest>,
@@ -69,6 +96,25 @@ impl Tikv for Fake {
         }))
     }
 }
+
+/// The reply a fake `BatchCommands` stream sends for each request: a `RawGet` response with a
+/// large value (so that it spans many HTTP/2 data frames), carrying the request's ids.
+fn batch_reply(request: &tikvpb::BatchCommandsRequest) -> tikvpb::BatchCommandsResponse {
+    use tikvpb::batch_commands_response::{Response as Resp, response::Cmd};
+    tikvpb::BatchCommandsResponse {
+        responses: vec![Resp {
+            cmd: Some(Cmd::RawGet(kvrpcpb::RawGetResponse {
+                value: vec![request.request_ids.len() as u8; VALUE_LEN].into(),
+                ..Default::default()
+            })),
+        }],
+        request_ids: request.request_ids.clone(),
+        ..Default::default()
+    }
+}
+
+/// How the fake `BatchCommands` stream ends once the client half-closes it.
+const BATCH_END: &str = "the fake stream is done";
 
 #[tonic::async_trait]
 impl Pd for Fake {
@@ -258,4 +304,57 @@ async fn without_compression_the_messages_go_as_they_are() {
     assert_eq!(seen.value_len.load(Ordering::SeqCst), VALUE_LEN as u64);
     assert!(put_bytes > VALUE_LEN as u64, "{put_bytes}");
     assert!(get_bytes > VALUE_LEN as u64, "{get_bytes}");
+}
+
+/// A `BatchCommands` stream, framed by the channel itself when uncompressed and by tonic's
+/// codec with gzip: requests arrive whole, replies of 1 MiB (many HTTP/2 data frames each)
+/// come back whole and in order, and the server's final status ends the stream as an error.
+#[tokio::test]
+async fn batch_streams_carry_whole_messages_and_the_final_status() {
+    use tokio_stream::StreamExt;
+    for compression in [Compression::None, Compression::Gzip] {
+        let (addr, _seen) = start().await;
+        let (channel, _read, _written) = counted_channel(addr, compression).await;
+        let requests: Vec<Bytes> = (1..=3u64)
+            .map(|n| {
+                tikvpb::BatchCommandsRequest {
+                    request_ids: (0..n).collect(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+                .into()
+            })
+            .collect();
+        let sent: Vec<tikvpb::BatchCommandsRequest> = requests
+            .iter()
+            .map(|b| tikvpb::BatchCommandsRequest::decode(b.clone()).unwrap())
+            .collect();
+        let exchange = async {
+            let mut replies = channel
+                .streaming(
+                    "/tikvpb.Tikv/BatchCommands",
+                    tokio_stream::iter(requests),
+                    &[],
+                )
+                .await
+                .unwrap();
+            for request in &sent {
+                let reply = replies
+                    .next()
+                    .await
+                    .expect("a reply")
+                    .expect("not an error");
+                let reply = tikvpb::BatchCommandsResponse::decode(reply).unwrap();
+                assert_eq!(reply, batch_reply(request), "{compression:?}");
+            }
+            let end = replies.next().await.expect("the final status").unwrap_err();
+            assert_eq!(end.code(), tonic::Code::Aborted, "{compression:?}: {end:?}");
+            assert_eq!(end.message(), BATCH_END);
+            assert!(replies.next().await.is_none(), "{compression:?}");
+        };
+        // (A framing error would leave one side waiting for bytes that never come.)
+        tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{compression:?}: the exchange stalled"));
+    }
 }
