@@ -170,6 +170,18 @@ impl StepEffects {
     /// Takes the effects out of `shared` (still locked).
     #[inline]
     fn take(shared: &mut Shared) -> Self {
+        if shared.stores.has_connection_closes() || shared.read_ts.has_stale_reads() {
+            Self::take_slow(shared)
+        } else {
+            StepEffects::default()
+        }
+    }
+
+    /// [`StepEffects::take`] when there are some: out of line, so that the common path's code
+    /// stays small.
+    #[cold]
+    #[inline(never)]
+    fn take_slow(shared: &mut Shared) -> Self {
         let mut effects = StepEffects::default();
         if shared.stores.has_connection_closes() {
             effects.closes = shared.stores.take_connection_closes();
@@ -486,11 +498,42 @@ where
 
     /// Leaves the fast path: `op` and `st` (with the call's inbox) go to a [`Drive`] that runs
     /// `step` next, in `phase`.
+    #[cold]
+    #[inline(never)]
     fn hand_over(&mut self, op: RawSingle<T>, st: DriveState<D::Sleep>, step: Step, phase: Phase) {
         let mut drive = Drive::new(self.dispatch, self.shared, Box::new((op, st)));
         drive.step = step;
         drive.phase = phase;
         self.state = FastState::General(drive);
+    }
+
+    /// Leaves the fast path right after the start step sent an action that is not the fast
+    /// attempt's usual one: `io` is its local I/O, if any; `completes` whether it completes
+    /// through the inbox.
+    #[cold]
+    #[inline(never)]
+    fn hand_over_started(
+        &mut self,
+        op: RawSingle<T>,
+        mut st: DriveState<D::Sleep>,
+        io: Option<LocalIo>,
+        completes: bool,
+    ) {
+        let phase = match io {
+            Some(io) => {
+                st.local.push(io);
+                Phase::Waiting
+            }
+            None => {
+                st.via_inbox = usize::from(completes);
+                if completes {
+                    Phase::Waiting
+                } else {
+                    Phase::Step
+                }
+            }
+        };
+        self.hand_over(op, st, Step::Resume, phase);
     }
 
     /// The start step: the call built and started, its fast attempt sent. `Some` with the
@@ -528,22 +571,7 @@ where
                     // general driver deals with any other case as it would.)
                     (io, call) => {
                         let op = call.map_or(op, FastCall::into_single);
-                        let mut st = general_state(inbox);
-                        let phase = match io {
-                            Some(io) => {
-                                st.local.push(io);
-                                Phase::Waiting
-                            }
-                            None => {
-                                st.via_inbox = usize::from(completes);
-                                if completes {
-                                    Phase::Waiting
-                                } else {
-                                    Phase::Step
-                                }
-                            }
-                        };
-                        self.hand_over(op, st, Step::Resume, phase);
+                        self.hand_over_started(op, general_state(inbox), io, completes);
                     }
                 }
                 None
@@ -634,15 +662,28 @@ where
                 }
             };
         }
-        // Anything else is the general driver's: the inputs as they came, or (closed with
-        // nothing queued) the wait as it stands.
+        self.hand_over_inputs(inputs, at, started);
+        Poll::Ready(None)
+    }
+
+    /// Leaves the fast path after a reply step that did not end the call: the general driver
+    /// takes the inputs as they came (`at`: when they arrived), or (the inbox closed with
+    /// nothing queued) the wait as it stands; `started` is the start step's instant.
+    #[cold]
+    #[inline(never)]
+    fn hand_over_inputs(
+        &mut self,
+        inputs: InlineQueue<Input>,
+        at: Option<Instant>,
+        started: Instant,
+    ) {
         let FastState::InFlight {
             call,
             inbox: Some(inbox),
             ..
         } = std::mem::replace(&mut self.state, FastState::Done)
         else {
-            unreachable!("matched above");
+            unreachable!("called in flight");
         };
         let received = inputs.len();
         let st = DriveState {
@@ -659,7 +700,6 @@ where
             (Step::Inputs, Phase::Step)
         };
         self.hand_over(call.into_single(), st, step, phase);
-        Poll::Ready(None)
     }
 }
 
