@@ -1106,12 +1106,7 @@ mod tests {
     /// from the dispatcher. A driver dropped before its result recycles nothing.
     #[test]
     fn a_finished_operation_gives_back_its_box_with_its_inbox() {
-        let d = Recycling {
-            fake: fake(true),
-            inboxes_out: AtomicU32::new(0),
-            inboxes_back: AtomicU32::new(0),
-            boxes: Mutex::new(Vec::new()),
-        };
+        let d = recycling(true);
         let shared = Mutex::new(Shared::new(1));
         let fresh = Box::new((OneCall::default(), DriveState::default()));
         let drive = Drive::recycled(&d, &shared, fresh, Some(keep_box));
@@ -1139,12 +1134,7 @@ mod tests {
         );
 
         // Dropped before its reply: nothing comes back.
-        let answerless = Recycling {
-            fake: fake(false),
-            inboxes_out: AtomicU32::new(0),
-            inboxes_back: AtomicU32::new(0),
-            boxes: Mutex::new(Vec::new()),
-        };
+        let answerless = recycling(false);
         let mut drive = Drive::recycled(
             &answerless,
             &shared,

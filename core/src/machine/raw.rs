@@ -350,7 +350,7 @@ impl<T> FastCall<T> {
     /// (its plan resumes where the attempt left it).
     #[inline(always)]
     pub fn finish(&mut self, shared: &mut Shared, input: Input) -> Result<Result<T, Error>, Input> {
-        if !matches!(&input, Input::Tikv { id, .. } if *id == self.attempt.id()) {
+        if !self.attempt.answered_by(&input) {
             return Err(input);
         }
         let result = self.attempt.on_reply(shared, input)?;
@@ -413,7 +413,7 @@ impl<T> RawSingle<T> {
         input: Input,
     ) -> Option<Result<TikvResponse, Error>> {
         let attempt = self.attempt.as_ref()?;
-        if !matches!(&input, Input::Tikv { id, .. } if *id == attempt.id()) {
+        if !attempt.answered_by(&input) {
             return None;
         }
         match attempt.on_reply(shared, input) {

@@ -1743,9 +1743,9 @@ impl FastAttempt {
         }
     }
 
-    /// The id of the attempt's action (its reply carries it).
-    pub fn id(&self) -> IoId {
-        self.inflight.id
+    /// Whether `input` is the reply to this attempt (its action's id).
+    pub fn answered_by(&self, input: &Input) -> bool {
+        matches!(input, Input::Tikv { id, .. } if *id == self.inflight.id)
     }
 
     /// The region the attempt went to.

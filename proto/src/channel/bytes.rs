@@ -127,13 +127,18 @@ impl BytesChannel {
         }
     }
 
-    /// The client for a call to `path`: the compressing one for TiKV-service calls when the
-    /// channel compresses, the plain one otherwise.
+    /// The compressing client, for a call to `path` that is compressed: a TiKV-service call
+    /// when the channel compresses.
+    fn compressing(&self, path: &str) -> Option<&tonic::client::Grpc<GrpcChannel>> {
+        self.compressed
+            .as_ref()
+            .filter(|_| path.starts_with(TIKV_SERVICE))
+    }
+
+    /// The client for a call to `path`: the compressing one when the call is compressed
+    /// ([`BytesChannel::compressing`]), the plain one otherwise.
     fn client_for(&self, path: &str) -> tonic::client::Grpc<GrpcChannel> {
-        match &self.compressed {
-            Some(compressed) if path.starts_with(TIKV_SERVICE) => compressed.clone(),
-            _ => self.grpc.clone(),
-        }
+        self.compressing(path).unwrap_or(&self.grpc).clone()
     }
 
     /// Calls the unary method `path` (for example `/tikvpb.Tikv/RawGet`) with the encoded
@@ -182,13 +187,13 @@ impl BytesChannel {
                 Result<tonic::Request<S>, Status>,
             ),
         }
-        let open = match &self.compressed {
-            Some(compressed) if path.starts_with(TIKV_SERVICE) => {
+        let open = match self.compressing(path) {
+            Some(compressed) => {
                 let mut request = tonic::Request::new(requests);
                 let prepared = apply_metadata(request.metadata_mut(), metadata).map(|()| request);
                 Open::Tonic(compressed.clone(), prepared)
             }
-            _ => Open::Framed(
+            None => Open::Framed(
                 self.channel.clone(),
                 framed_request(path, requests, metadata),
             ),
