@@ -1753,7 +1753,7 @@ impl FastAttempt {
         self.region
     }
 
-    /// Handles the attempt's reply (`input` carries [`FastAttempt::id`]): a reply without
+    /// Handles the attempt's reply (see [`FastAttempt::answered_by`]): a reply without
     /// region error is decoded and is the request's outcome (`Ok`), with the bookkeeping a
     /// successful first attempt makes (the store is reachable; the leader that served the
     /// read stays the cached leader); so is a reply that fails to decode. Anything else (a
