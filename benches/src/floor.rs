@@ -118,7 +118,7 @@ impl FloorClient {
                         message.requests.push(batch_commands_request::Request {
                             cmd: Some(batch_commands_request::request::Cmd::RawGet(Box::new(
                                 kvrpcpb::RawGetRequest {
-                                    context: Some(ctx.clone()),
+                                    context: Some(Box::new(ctx.clone())),
                                     key,
                                     cf: String::new(),
                                 },

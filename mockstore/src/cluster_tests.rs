@@ -38,7 +38,7 @@ fn ctx_for(c: &Cluster, key: &[u8], class: CmdClass) -> (kvrpcpb::Context, u64) 
 fn raw_put(c: &mut Cluster, now: u64, key: &[u8], value: &[u8]) -> TikvResponse {
     let (ctx, store) = ctx_for(c, key, CmdClass::Raw);
     let req = TikvRequest::RawPut(kvrpcpb::RawPutRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         key: Bytes::copy_from_slice(key),
         value: Bytes::copy_from_slice(value),
         ..Default::default()
@@ -53,7 +53,7 @@ fn raw_get_with(
     key: &[u8],
 ) -> kvrpcpb::RawGetResponse {
     let req = TikvRequest::RawGet(kvrpcpb::RawGetRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         key: Bytes::copy_from_slice(key),
         ..Default::default()
     });
@@ -185,7 +185,7 @@ fn replica_and_stale_reads_on_followers() {
     assert_eq!(resp.value.as_ref(), b"v");
     // Writes are never served by followers.
     let put = TikvRequest::RawPut(kvrpcpb::RawPutRequest {
-        context: Some(fctx.clone()),
+        context: Some(Box::new(fctx.clone())),
         key: Bytes::from_static(b"k"),
         ..Default::default()
     });
@@ -199,7 +199,7 @@ fn replica_and_stale_reads_on_followers() {
     sctx.stale_read = true;
     let get = |ts: u64| {
         TikvRequest::Get(kvrpcpb::GetRequest {
-            context: Some(sctx.clone()),
+            context: Some(Box::new(sctx.clone())),
             key: Bytes::from_static(b"k"),
             version: ts,
             ..Default::default()
@@ -219,7 +219,7 @@ fn store_down_refuses_and_moves_leaders() {
     assert_eq!(store, 1);
     c.set_store_up(1, false).unwrap();
     let req = TikvRequest::RawGet(kvrpcpb::RawGetRequest {
-        context: Some(ctx.clone()),
+        context: Some(Box::new(ctx.clone())),
         key: Bytes::from_static(b"k"),
         ..Default::default()
     });
@@ -277,7 +277,7 @@ fn split_region_rpc_encodes_txn_keys() {
     let mut c = cluster(1);
     let (ctx, store) = ctx_for(&c, b"a", CmdClass::Txn);
     let req = TikvRequest::SplitRegion(kvrpcpb::SplitRegionRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         split_keys: vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")],
         ..Default::default()
     });
@@ -306,7 +306,7 @@ fn raw_scan_is_clipped_to_region() {
     c.split_keys(&[b"d".to_vec()]);
     let (ctx, store) = ctx_for(&c, b"a", CmdClass::Raw);
     let req = TikvRequest::RawScan(kvrpcpb::RawScanRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         start_key: Bytes::from_static(b"a"),
         limit: 10,
         ..Default::default()
@@ -342,7 +342,7 @@ fn auto_split_after_threshold() {
         })
         .collect();
     let put = TikvRequest::RawBatchPut(kvrpcpb::RawBatchPutRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         pairs,
         ..Default::default()
     });
@@ -414,7 +414,7 @@ fn fault_rules_apply_or_not() {
     c.faults_mut()
         .add(FaultRule::once(RpcKind::RawPut, FaultAction::DropResponse));
     let req = TikvRequest::RawPut(kvrpcpb::RawPutRequest {
-        context: Some(ctx.clone()),
+        context: Some(Box::new(ctx.clone())),
         key: Bytes::from_static(b"a"),
         value: Bytes::from_static(b"2"),
         ..Default::default()
@@ -445,7 +445,7 @@ fn fault_rules_apply_or_not() {
         FaultAction::Delay { ms: 70 },
     ));
     let req = TikvRequest::RawGet(kvrpcpb::RawGetRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         key: Bytes::from_static(b"a"),
         ..Default::default()
     });
@@ -526,7 +526,7 @@ fn lock_req(c: &Cluster, key: &[u8], start_ts: u64, wait_ms: i64) -> (TikvReques
     let (ctx, store) = txn_ctx(c, key);
     (
         TikvRequest::PessimisticLock(kvrpcpb::PessimisticLockRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             mutations: vec![kvrpcpb::Mutation {
                 op: kvrpcpb::Op::PessimisticLock as i32,
                 key: Bytes::copy_from_slice(key),
@@ -564,7 +564,7 @@ fn pessimistic_lock_wait_is_woken_by_rollback() {
     assert!(c.next_lock_wait_deadline().is_some());
     let (ctx, _) = txn_ctx(&c, b"k");
     let rb = TikvRequest::PessimisticRollback(kvrpcpb::PessimisticRollbackRequest {
-        context: Some(ctx),
+        context: Some(Box::new(ctx)),
         start_version: ts(100),
         for_update_ts: ts(100),
         keys: vec![Bytes::from_static(b"k")],
@@ -603,7 +603,7 @@ fn txn_commands_respect_region_bounds() {
     c.split_keys(&[crate::codec::encode_bytes(b"m")]);
     let prewrite = |ctx: kvrpcpb::Context, key: &'static [u8]| {
         TikvRequest::Prewrite(kvrpcpb::PrewriteRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             mutations: vec![kvrpcpb::Mutation {
                 op: kvrpcpb::Op::Put as i32,
                 key: Bytes::from_static(key),
@@ -670,7 +670,7 @@ fn api_v2_txn_key_modes() {
                 0,
                 store,
                 TikvRequest::Get(kvrpcpb::GetRequest {
-                    context: Some(ctx),
+                    context: Some(Box::new(ctx)),
                     key: Bytes::from_static(key),
                     version: 10,
                     ..Default::default()
@@ -702,7 +702,7 @@ fn max_ts_is_per_store() {
     assert_eq!(store, 1);
     let get = |ctx: &kvrpcpb::Context, ts: u64| {
         TikvRequest::Get(kvrpcpb::GetRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             version: ts,
             ..Default::default()
@@ -743,7 +743,7 @@ fn max_ts_is_per_store() {
     // An async-commit prewrite on the leader commits above its max ts.
     let prewrite = |ctx: &kvrpcpb::Context, start_ts: u64| {
         TikvRequest::Prewrite(kvrpcpb::PrewriteRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             mutations: vec![kvrpcpb::Mutation {
                 op: kvrpcpb::Op::Put as i32,
                 key: Bytes::from_static(b"k"),
@@ -784,7 +784,7 @@ fn replica_read_waits_for_the_read_index() {
     let (ctx, store) = txn_ctx(&c, b"k");
     let get = |ctx: &kvrpcpb::Context| {
         TikvRequest::Get(kvrpcpb::GetRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             version: 10,
             ..Default::default()

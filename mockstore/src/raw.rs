@@ -226,7 +226,7 @@ impl RawEngine {
     pub fn raw_get(&self, now_ms: u64, req: &kvrpcpb::RawGetRequest) -> kvrpcpb::RawGetResponse {
         let mut resp = kvrpcpb::RawGetResponse::default();
         let r = (|| {
-            self.check_keys(req.context.as_ref(), "raw_get", [req.key.as_ref()])?;
+            self.check_keys(req.context.as_deref(), "raw_get", [req.key.as_ref()])?;
             let cf = rawkv_cf(&req.cf, self.api)?;
             Ok(self.get_live(cf, &req.key, now_ms).map(|v| v.value.clone()))
         })();
@@ -248,7 +248,7 @@ impl RawEngine {
         let mut resp = kvrpcpb::RawBatchGetResponse::default();
         let r = (|| {
             self.check_keys(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_batch_get",
                 req.keys.iter().map(|k| k.as_ref()),
             )?;
@@ -282,7 +282,7 @@ impl RawEngine {
         req: &kvrpcpb::RawPutRequest,
     ) -> kvrpcpb::RawPutResponse {
         let r = (|| {
-            self.check_keys(req.context.as_ref(), "raw_put", [req.key.as_ref()])?;
+            self.check_keys(req.context.as_deref(), "raw_put", [req.key.as_ref()])?;
             let cf = rawkv_cf(&req.cf, self.api)?;
             self.check_ttl(req.ttl)?;
             self.put(
@@ -309,7 +309,7 @@ impl RawEngine {
     ) -> kvrpcpb::RawBatchPutResponse {
         let r = (|| {
             self.check_keys(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_batch_put",
                 req.pairs.iter().map(|p| p.key.as_ref()),
             )?;
@@ -344,7 +344,7 @@ impl RawEngine {
     /// `RawDelete`. Follows TiKV `src/storage/mod.rs` `raw_delete`.
     pub fn raw_delete(&mut self, req: &kvrpcpb::RawDeleteRequest) -> kvrpcpb::RawDeleteResponse {
         let r = (|| {
-            self.check_keys(req.context.as_ref(), "raw_delete", [req.key.as_ref()])?;
+            self.check_keys(req.context.as_deref(), "raw_delete", [req.key.as_ref()])?;
             let cf = rawkv_cf(&req.cf, self.api)?;
             self.cfs[cf.index()].remove(req.key.as_ref());
             Ok(())
@@ -362,7 +362,7 @@ impl RawEngine {
     ) -> kvrpcpb::RawBatchDeleteResponse {
         let r = (|| {
             self.check_keys(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_batch_delete",
                 req.keys.iter().map(|k| k.as_ref()),
             )?;
@@ -387,7 +387,7 @@ impl RawEngine {
     ) -> kvrpcpb::RawDeleteRangeResponse {
         let r = (|| {
             self.check_ranges(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_delete_range",
                 [(Some(req.start_key.as_ref()), Some(req.end_key.as_ref()))],
             )?;
@@ -463,7 +463,7 @@ impl RawEngine {
         let mut resp = kvrpcpb::RawScanResponse::default();
         let r = (|| {
             self.check_ranges(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_scan",
                 [(Some(req.start_key.as_ref()), non_empty(&req.end_key))],
             )?;
@@ -500,7 +500,7 @@ impl RawEngine {
         let mut resp = kvrpcpb::RawBatchScanResponse::default();
         let r = (|| {
             self.check_ranges(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_batch_scan",
                 req.ranges
                     .iter()
@@ -539,7 +539,11 @@ impl RawEngine {
     ) -> kvrpcpb::RawGetKeyTtlResponse {
         let mut resp = kvrpcpb::RawGetKeyTtlResponse::default();
         let r = (|| {
-            self.check_keys(req.context.as_ref(), "raw_get_key_ttl", [req.key.as_ref()])?;
+            self.check_keys(
+                req.context.as_deref(),
+                "raw_get_key_ttl",
+                [req.key.as_ref()],
+            )?;
             let cf = rawkv_cf(&req.cf, self.api)?;
             Ok(self.get_live(cf, &req.key, now_ms).map(|v| {
                 v.expire_ms
@@ -568,7 +572,7 @@ impl RawEngine {
         let mut resp = kvrpcpb::RawCasResponse::default();
         let r = (|| {
             self.check_keys(
-                req.context.as_ref(),
+                req.context.as_deref(),
                 "raw_compare_and_swap",
                 [req.key.as_ref()],
             )?;
@@ -642,7 +646,7 @@ impl RawEngine {
             return resp;
         }
         if let Err(e) = self.check_ranges(
-            req.context.as_ref(),
+            req.context.as_deref(),
             "raw_checksum",
             req.ranges
                 .iter()
@@ -716,7 +720,7 @@ mod tests {
         e.raw_put(
             now,
             &kvrpcpb::RawPutRequest {
-                context: ctx(wire),
+                context: ctx(wire).map(Box::new),
                 key: Bytes::copy_from_slice(k),
                 value: Bytes::copy_from_slice(v),
                 ttl,
@@ -731,7 +735,7 @@ mod tests {
         let r = e.raw_get(
             now,
             &kvrpcpb::RawGetRequest {
-                context: ctx(wire),
+                context: ctx(wire).map(Box::new),
                 key: Bytes::copy_from_slice(k),
                 ..Default::default()
             },
@@ -751,7 +755,7 @@ mod tests {
             e.raw_get_key_ttl(
                 now,
                 &kvrpcpb::RawGetKeyTtlRequest {
-                    context: ctx(0),
+                    context: ctx(0).map(Box::new),
                     key: Bytes::from_static(b"k"),
                     ..Default::default()
                 },
@@ -800,7 +804,7 @@ mod tests {
         let r = v2.raw_get(
             0,
             &kvrpcpb::RawGetRequest {
-                context: ctx(2),
+                context: ctx(2).map(Box::new),
                 key: Bytes::from_static(b"r\0\0\0a"),
                 cf: "default".into(),
             },
@@ -968,7 +972,7 @@ mod tests {
         let r = e.raw_put(
             0,
             &kvrpcpb::RawPutRequest {
-                context: ctx(0),
+                context: ctx(0).map(Box::new),
                 key: Bytes::from_static(b"r\0\0\0a"),
                 ..Default::default()
             },

@@ -99,7 +99,7 @@ macro_rules! tikv_rpcs {
             /// The request context, if the message carries one.
             pub fn context(&self) -> Option<&kvrpcpb::Context> {
                 match self {
-                    $(TikvRequest::$variant(r) => r.context.as_ref(),)*
+                    $(TikvRequest::$variant(r) => r.context.as_deref(),)*
                 }
             }
 

@@ -799,8 +799,8 @@ impl ReqBatcher {
             ctx.is_none_or(|c| c.priority == kvrpcpb::CommandPri::Normal as i32)
         };
         match req {
-            TikvRequest::Get(r) if normal(r.context.as_ref()) => Some(&mut self.gets),
-            TikvRequest::RawGet(r) if normal(r.context.as_ref()) => Some(&mut self.raw_gets),
+            TikvRequest::Get(r) if normal(r.context.as_deref()) => Some(&mut self.gets),
+            TikvRequest::RawGet(r) if normal(r.context.as_deref()) => Some(&mut self.raw_gets),
             _ => None,
         }
     }
@@ -1545,10 +1545,10 @@ mod req_batcher_tests {
 
     fn raw_get(priority: kvrpcpb::CommandPri) -> TikvRequest {
         TikvRequest::RawGet(kvrpcpb::RawGetRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 priority: priority as i32,
                 ..Default::default()
-            }),
+            })),
             key: b"k".to_vec().into(),
             ..Default::default()
         })

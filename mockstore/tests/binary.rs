@@ -110,7 +110,7 @@ fn serves_and_exits_on_sigterm() {
         let (ctx, store) = common::route(&mut pd, &region_key, 2).await;
         let mut kv = common::tikv(stores[(store - 1) as usize]).await;
         let put = kvrpcpb::RawPutRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: key.clone(),
             value: Bytes::from_static(b"v"),
             ..Default::default()
@@ -118,7 +118,7 @@ fn serves_and_exits_on_sigterm() {
         let r = kv.raw_put(put).await.unwrap().into_inner();
         assert!(r.region_error.is_none() && r.error.is_empty(), "{r:?}");
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             key,
             ..Default::default()
         };

@@ -126,7 +126,7 @@ async fn unary_and_batch_commands_agree() {
         let mut kv = tikv(c.store_addr(store).unwrap()).await;
 
         let put = kvrpcpb::RawPutRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"key"),
             value: Bytes::from_static(b"value"),
             ..Default::default()
@@ -135,25 +135,25 @@ async fn unary_and_batch_commands_agree() {
         assert!(r.region_error.is_none() && r.error.is_empty());
 
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"key"),
             ..Default::default()
         };
         let mut wrong_store_ctx = ctx.clone();
         wrong_store_ctx.peer.as_mut().unwrap().store_id = 99;
         let bad_get = kvrpcpb::RawGetRequest {
-            context: Some(wrong_store_ctx),
+            context: Some(Box::new(wrong_store_ctx)),
             key: Bytes::from_static(b"key"),
             ..Default::default()
         };
         let scan = kvrpcpb::RawScanRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             start_key: Bytes::from_static(b"a"),
             limit: 10,
             ..Default::default()
         };
         let txn_get = kvrpcpb::GetRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"key"),
             version: u64::MAX >> 2,
             ..Default::default()
@@ -175,7 +175,7 @@ async fn unary_and_batch_commands_agree() {
         // Coprocessor requests are refused like TiKV refuses an unknown
         // request type: `other_error`, no region error.
         let cop = tikv_proto::coprocessor::Request {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             tp: 103,
             ..Default::default()
         };
@@ -254,7 +254,7 @@ async fn store_down_refuses_connections_and_comes_back() {
         let mut pd = pd(c.pd_addr()).await;
         let (ctx, _) = route(&mut pd, b"k", 0).await;
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };
@@ -322,7 +322,7 @@ async fn faults_reach_the_client() {
             FaultAction::server_is_busy("too busy", 20, 0),
         ));
         let put = kvrpcpb::RawPutRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
             ..Default::default()
@@ -341,7 +341,7 @@ async fn faults_reach_the_client() {
         let lost = tokio::time::timeout(Duration::from_millis(300), kv.raw_put(put.clone())).await;
         assert!(lost.is_err(), "reply should be lost");
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };
@@ -413,7 +413,7 @@ fn lock_request(
     wait_ms: i64,
 ) -> kvrpcpb::PessimisticLockRequest {
     kvrpcpb::PessimisticLockRequest {
-        context: Some(ctx.clone()),
+        context: Some(Box::new(ctx.clone())),
         mutations: vec![kvrpcpb::Mutation {
             op: kvrpcpb::Op::PessimisticLock as i32,
             key: Bytes::from_static(key),
@@ -487,7 +487,7 @@ async fn lock_wait_answered_on_release_over_batch_commands() {
         );
 
         let rb = kvrpcpb::PessimisticRollbackRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             start_version: holder,
             for_update_ts: holder,
             keys: vec![Bytes::from_static(b"k")],
@@ -543,7 +543,7 @@ async fn dropped_reply_in_batch_commands() {
             .into_inner();
         use batch_commands_request::request::Cmd as Q;
         let put = kvrpcpb::RawPutRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
             ..Default::default()
@@ -572,7 +572,7 @@ async fn dropped_reply_in_batch_commands() {
                 .is_err()
         );
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };
@@ -679,7 +679,7 @@ async fn isolated_store_serves_forwarded_calls() {
         // Unary, forwarded by the proxy to the isolated leader.
         let host = leader_addr.to_string();
         let put = kvrpcpb::RawPutRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
             ..Default::default()
@@ -693,7 +693,7 @@ async fn isolated_store_serves_forwarded_calls() {
 
         // The same request without the header is the proxy's own: wrong store.
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };
@@ -728,7 +728,7 @@ async fn isolated_store_serves_forwarded_calls() {
 
         // An address no store has.
         let unknown = kvrpcpb::RawGetRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"k"),
             ..Default::default()
         };

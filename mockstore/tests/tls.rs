@@ -84,14 +84,14 @@ async fn tls_endpoints() {
         };
         let mut kv = TikvClient::new(dial_tls(c.store_addr(1).unwrap(), ca).await);
         let put = kvrpcpb::RawPutRequest {
-            context: Some(ctx.clone()),
+            context: Some(Box::new(ctx.clone())),
             key: Bytes::from_static(b"a"),
             value: Bytes::from_static(b"1"),
             ..Default::default()
         };
         assert!(kv.raw_put(put).await.unwrap().into_inner().error.is_empty());
         let get = kvrpcpb::RawGetRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             key: Bytes::from_static(b"a"),
             ..Default::default()
         };

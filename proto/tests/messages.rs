@@ -26,13 +26,13 @@ fn arm(cmd: Cmd) -> BatchRequest {
 fn batch_commands_request_with_mixed_arms_round_trips() {
     let requests = vec![
         arm(Cmd::Get(Box::new(kvrpcpb::GetRequest {
-            context: Some(context(1)),
+            context: Some(Box::new(context(1))),
             key: Bytes::from_static(b"k1"),
             version: 42,
             ..Default::default()
         }))),
         arm(Cmd::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
-            context: Some(context(2)),
+            context: Some(Box::new(context(2))),
             mutations: vec![kvrpcpb::Mutation {
                 op: kvrpcpb::Op::Put as i32,
                 key: Bytes::from_static(b"k2"),
@@ -45,7 +45,7 @@ fn batch_commands_request_with_mixed_arms_round_trips() {
             ..Default::default()
         }))),
         arm(Cmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
-            context: Some(context(3)),
+            context: Some(Box::new(context(3))),
             key: Bytes::from_static(b"raw"),
             value: Bytes::from_static(b"value"),
             cf: "default".to_owned(),
@@ -54,7 +54,7 @@ fn batch_commands_request_with_mixed_arms_round_trips() {
         }))),
         arm(Cmd::CheckTxnStatus(Box::new(
             kvrpcpb::CheckTxnStatusRequest {
-                context: Some(context(4)),
+                context: Some(Box::new(context(4))),
                 primary_key: Bytes::from_static(b"pk"),
                 lock_ts: 100,
                 caller_start_ts: 120,
@@ -203,4 +203,15 @@ fn truncated_input_is_an_error_not_a_panic() {
             );
         }
     }
+}
+
+/// The messages a request in flight is made of stay small: the rarely-set nested messages
+/// (`Context`, region errors, execution details) are boxed by `build.rs`, so a point
+/// request is a few words and not the size of its whole type tree.
+#[test]
+fn point_requests_are_small() {
+    assert!(std::mem::size_of::<kvrpcpb::RawGetRequest>() <= 64);
+    assert!(std::mem::size_of::<kvrpcpb::RawPutRequest>() <= 128);
+    assert!(std::mem::size_of::<kvrpcpb::GetRequest>() <= 64);
+    assert!(std::mem::size_of::<kvrpcpb::RawGetResponse>() <= 80);
 }

@@ -210,7 +210,7 @@ pub fn mock_prewrite(
         let is_primary = *k == primary;
         let resp = mock_send(mock, k.as_bytes(), |ctx| {
             tikv_mockstore::TikvRequest::Prewrite(kvrpcpb::PrewriteRequest {
-                context: Some(ctx),
+                context: Some(Box::new(ctx)),
                 mutations: vec![kvrpcpb::Mutation {
                     op: kvrpcpb::Op::Put as i32,
                     key: b(k),
@@ -253,7 +253,7 @@ pub fn mock_commit(mock: &Mock, start_ts: u64, commit_ts: u64, keys: &[&str]) {
     for k in keys {
         let resp = mock_send(mock, k.as_bytes(), |ctx| {
             tikv_mockstore::TikvRequest::Commit(kvrpcpb::CommitRequest {
-                context: Some(ctx),
+                context: Some(Box::new(ctx)),
                 start_version: start_ts,
                 keys: vec![b(k)],
                 commit_version: commit_ts,

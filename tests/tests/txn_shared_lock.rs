@@ -102,7 +102,7 @@ fn exclusive() -> LockOptions {
 fn abandoned_lock(mock: &Mock, start_ts: u64, primary: &str, key: &str, op: kvrpcpb::Op, ttl: u64) {
     let resp = mock_send(mock, key.as_bytes(), |ctx| {
         tikv_mockstore::TikvRequest::PessimisticLock(kvrpcpb::PessimisticLockRequest {
-            context: Some(ctx),
+            context: Some(Box::new(ctx)),
             mutations: vec![kvrpcpb::Mutation {
                 op: op as i32,
                 key: b(key),
@@ -311,7 +311,7 @@ async fn scan_shared_lock<R: Runtime>() {
     let scan = |max_version: u64| -> Vec<u64> {
         let resp = mock_send(&mock, key.as_bytes(), |ctx| {
             tikv_mockstore::TikvRequest::ScanLock(kvrpcpb::ScanLockRequest {
-                context: Some(ctx),
+                context: Some(Box::new(ctx)),
                 max_version,
                 start_key: b(key),
                 end_key: b("ssl_shared_key\0"),

@@ -71,7 +71,7 @@ impl From<TikvCmd> for BatchCmd {
 enum LastContext {
     #[default]
     None,
-    Owned(kvrpcpb::Context),
+    Owned(Box<kvrpcpb::Context>),
     Shared(Arc<kvrpcpb::Context>),
 }
 
@@ -127,24 +127,32 @@ impl ContextEncoding {
     }
 
     /// Makes `bytes` the encoding of `ctx`, moved out of its command.
-    fn use_owned(&mut self, mut ctx: kvrpcpb::Context) {
-        self.use_in_place(&mut ctx);
-    }
-
-    /// Makes `bytes` the encoding of `ctx`, compared where it lies and moved out only when
-    /// it differs from the last one (moving it reads the whole ~350 bytes, from a box the
-    /// cache may have lost).
-    fn use_in_place(&mut self, ctx: &mut kvrpcpb::Context) {
-        if !same_context_opt(self.last.get(), Some(ctx)) {
+    fn use_owned(&mut self, ctx: Box<kvrpcpb::Context>) {
+        if !same_context_opt(self.last.get(), Some(&ctx)) {
             self.bytes.clear();
             ctx.encode_raw(&mut self.bytes);
-            self.last = LastContext::Owned(std::mem::take(ctx));
+            self.last = LastContext::Owned(ctx);
+        }
+    }
+
+    /// Makes `bytes` the encoding of the context in `slot`, compared where it lies and
+    /// taken out of the slot only when it differs from the last one.
+    fn use_in_place(&mut self, slot: &mut Option<Box<kvrpcpb::Context>>) {
+        if let Some(ctx) = slot
+            && !same_context_opt(self.last.get(), Some(ctx))
+            && let Some(ctx) = slot.take()
+        {
+            self.use_owned(ctx);
         }
     }
 
     /// [`ContextEncoding::use_owned`] or [`ContextEncoding::use_shared`], whichever the
     /// command has.
-    fn use_either(&mut self, own: Option<kvrpcpb::Context>, shared: Option<Arc<kvrpcpb::Context>>) {
+    fn use_either(
+        &mut self,
+        own: Option<Box<kvrpcpb::Context>>,
+        shared: Option<Arc<kvrpcpb::Context>>,
+    ) {
         match (own, shared) {
             (Some(own), _) => self.use_owned(own),
             (None, Some(shared)) => self.use_shared(shared),
@@ -170,14 +178,15 @@ impl BatchEncoder {
         } in batch.requests.drain(..)
         {
             // The hottest command, written directly. A shared context is recognised by its
-            // pointer; an own one is compared where it lies and moved out only when it
-            // differs from the last one (a context is ~350 bytes).
+            // pointer; an own one is compared where it lies and taken only when it differs
+            // from the last one.
             if let TikvCmd::RawGet(get) = &mut cmd
                 && (get.context.is_some() || shared.is_some())
             {
-                match &mut get.context {
-                    Some(own) => self.ctx.use_in_place(own),
-                    None => self.ctx.use_either(None, shared),
+                if get.context.is_some() {
+                    self.ctx.use_in_place(&mut get.context);
+                } else {
+                    self.ctx.use_either(None, shared);
                 }
                 put_raw_get(out, &self.ctx.bytes, get);
                 spent.keep(cmd);
@@ -203,7 +212,7 @@ impl BatchEncoder {
                 // prost always frames an arm as key + length; should that ever change, encode
                 // this request the plain way rather than send it without its context.
                 if let Some(slot) = cmd_context_slot(&mut cmd) {
-                    *slot = own.or_else(|| shared.map(Arc::unwrap_or_clone));
+                    *slot = own.or_else(|| shared.map(|c| Box::new(Arc::unwrap_or_clone(c))));
                 }
                 encode_key(REQUESTS_FIELD, WireType::LengthDelimited, out);
                 put_varint(out, cmd.encoded_len() as u64);
@@ -658,7 +667,7 @@ mod tests {
     fn bytes_equal_prost_encoding_for_mixed_commands_and_contexts() {
         let get = |k: &'static [u8], c: Option<kvrpcpb::Context>| {
             request(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
-                context: c,
+                context: c.map(Box::new),
                 key: k.to_vec().into(),
                 cf: String::new(),
             })))
@@ -670,7 +679,7 @@ mod tests {
                 get(b"c", Some(ctx(4, 11, true))),
                 get(b"d", None),
                 request(TikvCmd::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
-                    context: Some(ctx(4, 11, true)),
+                    context: Some(Box::new(ctx(4, 11, true))),
                     mutations: vec![kvrpcpb::Mutation {
                         key: b"k".to_vec().into(),
                         value: b"v".to_vec().into(),
@@ -690,7 +699,7 @@ mod tests {
                 // A context that is present but empty still encodes as an empty field 1.
                 get(b"e", Some(kvrpcpb::Context::default())),
                 request(TikvCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
-                    context: Some(ctx(3, 10, false)),
+                    context: Some(Box::new(ctx(3, 10, false))),
                     key: b"p".to_vec().into(),
                     value: b"pv".to_vec().into(),
                     ttl: 7,
@@ -698,7 +707,7 @@ mod tests {
                 }))),
                 // A column family, an empty key, a long key.
                 request(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
-                    context: Some(ctx(4, 11, false)),
+                    context: Some(Box::new(ctx(4, 11, false))),
                     key: b"f".to_vec().into(),
                     cf: "write".into(),
                 }))),
@@ -769,12 +778,12 @@ mod tests {
                 continue;
             };
             let arc = match &last {
-                Some(l) if **l == own && copies > 0 => l.clone(),
-                Some(l) if **l == own => {
+                Some(l) if **l == *own && copies > 0 => l.clone(),
+                Some(l) if **l == *own => {
                     copies += 1;
-                    Arc::new(own)
+                    Arc::new(*own)
                 }
-                _ => Arc::new(own),
+                _ => Arc::new(*own),
             };
             last = Some(arc.clone());
             c.context = Some(arc);
@@ -803,7 +812,7 @@ mod tests {
             (ctx(4, 11, false), &[1u8; 200][..], "lock"),
         ] {
             let get = kvrpcpb::RawGetRequest {
-                context: Some(context.clone()),
+                context: Some(Box::new(context.clone())),
                 key: key.to_vec().into(),
                 cf: cf.into(),
             };

@@ -42,7 +42,7 @@ pub(crate) fn collapse_key(
         return None;
     }
     Some(CollapseKey {
-        region_id: r.context.as_ref().or(shared).map_or(0, |c| c.region_id),
+        region_id: r.context.as_deref().or(shared).map_or(0, |c| c.region_id),
         start_version: r.start_version,
         is_async: r.is_async,
     })
@@ -108,10 +108,10 @@ mod tests {
     fn resolve(region: u64, start: u64, keys: Vec<Bytes>) -> TikvRequest {
         TikvRequest::Cmd(TikvCmd::ResolveLock(Box::new(
             kvrpcpb::ResolveLockRequest {
-                context: Some(kvrpcpb::Context {
+                context: Some(Box::new(kvrpcpb::Context {
                     region_id: region,
                     ..Default::default()
-                }),
+                })),
                 start_version: start,
                 commit_version: start + 1,
                 keys,

@@ -324,7 +324,7 @@ impl ApiCodec {
 
     /// Fills `Context.api_version`, the keyspace oneof and `keyspace_name`. Mirrors
     /// client-go `apicodec.setAPICtx` (V1 carries `NullKeyspaceID` like client-go).
-    pub fn set_context(&self, ctx: &mut Option<kvrpcpb::Context>) {
+    pub fn set_context(&self, ctx: &mut Option<Box<kvrpcpb::Context>>) {
         self.fill_context(ctx.get_or_insert_with(Default::default));
     }
 

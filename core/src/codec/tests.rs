@@ -28,10 +28,10 @@ const END: [u8; 4] = [b'x', 1, 2, 4];
 
 fn ctx_of(cmd: &TikvCmd) -> Option<&kvrpcpb::Context> {
     match cmd {
-        TikvCmd::Get(r) => r.context.as_ref(),
-        TikvCmd::Scan(r) => r.context.as_ref(),
-        TikvCmd::RawGet(r) => r.context.as_ref(),
-        TikvCmd::Prewrite(r) => r.context.as_ref(),
+        TikvCmd::Get(r) => r.context.as_deref(),
+        TikvCmd::Scan(r) => r.context.as_deref(),
+        TikvCmd::RawGet(r) => r.context.as_deref(),
+        TikvCmd::Prewrite(r) => r.context.as_deref(),
         _ => None,
     }
 }
@@ -234,10 +234,10 @@ fn v1_sets_context_and_keeps_keys() {
 fn v2_encodes_on_a_copy_and_sets_context() {
     let c = v2();
     let original = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
-        context: Some(kvrpcpb::Context {
+        context: Some(Box::new(kvrpcpb::Context {
             region_id: 9,
             ..Default::default()
-        }),
+        })),
         key: b("k"),
         version: 3,
         ..Default::default()

@@ -98,9 +98,8 @@ impl TikvRequest {
     /// kind from `spares` when there is one (the hot point commands), else a plain clone.
     ///
     /// Every attempt sends its own copy of the request's template. With hundreds of requests
-    /// in flight, a fresh allocation for each copy (a point read's command is about 400
-    /// bytes) misses the allocator's per-thread cache; the templates of finished requests,
-    /// returned to `spares`, serve instead.
+    /// in flight, a fresh allocation for each copy misses the allocator's per-thread cache;
+    /// the templates of finished requests, returned to `spares`, serve instead.
     pub(crate) fn clone_reusing(&self, spares: &mut Pool<TikvCmd>) -> TikvRequest {
         let TikvRequest::Cmd(template) = self else {
             return self.clone();
@@ -122,8 +121,8 @@ impl TikvRequest {
         }
         let cmd = match (spares.pop(), template) {
             // The raw point commands field by field: a derived `clone_from` builds the whole
-            // message (~400 bytes) aside and copies it in, where only a few words change. The
-            // patterns name every field, so none added to the message is left stale.
+            // message aside and copies it in, where only a few words change. The patterns
+            // name every field, so none added to the message is left stale.
             (Some(TikvCmd::RawGet(mut to)), TikvCmd::RawGet(from)) => {
                 let kvrpcpb::RawGetRequest { context, key, cf } = &mut *to;
                 clone_context_from(context, &from.context);
@@ -156,10 +155,12 @@ impl TikvRequest {
 }
 
 /// `to.clone_from(from)` for a request's `Context` slot, writing nothing when both are
-/// empty: `Option::clone_from` assigns `from.clone()` whenever either side is `None`, and
-/// assigning a `None` of this ~350-byte type may write all of it, into a box the cache lost a
-/// round of in-flight operations ago.
-fn clone_context_from(to: &mut Option<kvrpcpb::Context>, from: &Option<kvrpcpb::Context>) {
+/// empty (`Option::clone_from` assigns `from.clone()` whenever either side is `None`): the
+/// slot lies in a request box the cache may have lost a round of in-flight operations ago.
+fn clone_context_from(
+    to: &mut Option<Box<kvrpcpb::Context>>,
+    from: &Option<Box<kvrpcpb::Context>>,
+) {
     match (to.as_mut(), from) {
         (Some(to), Some(from)) => to.clone_from(from),
         (None, None) => {}
@@ -169,7 +170,7 @@ fn clone_context_from(to: &mut Option<kvrpcpb::Context>, from: &Option<kvrpcpb::
 
 /// Empties a request's `Context` slot, writing nothing when it is already empty (see
 /// [`clone_context_from`]).
-pub(crate) fn clear_context(slot: &mut Option<kvrpcpb::Context>) {
+pub(crate) fn clear_context(slot: &mut Option<Box<kvrpcpb::Context>>) {
     if slot.is_some() {
         *slot = None;
     }
@@ -515,7 +516,7 @@ pub fn attach_context(
     if let Some(ctx) = context
         && let Some(slot) = request::context_slot(request)
     {
-        *slot = Some(std::sync::Arc::unwrap_or_clone(ctx));
+        *slot = Some(Box::new(std::sync::Arc::unwrap_or_clone(ctx)));
     }
 }
 
@@ -718,8 +719,9 @@ impl<T> Pool<T> {
 /// Allocations of sent commands of the raw client's hottest kinds (`RawGet`, `RawPut`),
 /// emptied of user data, for the templates of the next operations of those kinds.
 ///
-/// A point operation's request travels in a box of about 400 bytes (the `Context` lies
-/// inline). The stream task that encoded it would free it, and the next operation would
+/// A point operation's request travels in a box of its own (64 bytes for a get: the
+/// `Context` is boxed too, and usually absent). The stream task that encoded it would free
+/// it, and the next operation would
 /// allocate another: with hundreds of requests in flight both miss the allocator's
 /// per-thread cache, and each new box is memory the cache has not seen. The stream tasks
 /// keep the boxes here instead, and `RawClient::get` / `put` write their templates into them
@@ -738,8 +740,8 @@ impl SpentCmds {
 
     /// Keeps `cmd`'s allocation if it is of a kept kind and there is room, after dropping the
     /// keys and values it carries (a pooled box must not hold the user's data alive) and its
-    /// `Context`. The caller that takes the box next would otherwise drop that context itself
-    /// (~350 bytes read), by then long out of the cache; here, just after encoding, it is warm.
+    /// `Context`. The caller that takes the box next would otherwise drop that context itself,
+    /// by then long out of the cache; here, just after encoding, it is warm.
     pub fn keep(&mut self, cmd: TikvCmd) {
         match cmd {
             TikvCmd::RawGet(mut b) if self.raw_get.len() < Self::CAPACITY => {
@@ -858,11 +860,11 @@ mod tests {
 
     fn raw_get(key: &'static [u8], region: u64, source: &str) -> TikvRequest {
         TikvRequest::Cmd(TikvCmd::RawGet(Box::new(kvrpcpb::RawGetRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 region_id: region,
                 request_source: source.into(),
                 ..Default::default()
-            }),
+            })),
             key: bytes::Bytes::from_static(key),
             cf: "default".into(),
         })))
@@ -929,10 +931,10 @@ mod tests {
             for_cas: false,
         })));
         spares.push(TikvCmd::RawPut(Box::new(kvrpcpb::RawPutRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 region_id: 5,
                 ..Default::default()
-            }),
+            })),
             key: Bytes::from_static(b"old"),
             value: Bytes::from_static(b"old value"),
             cf: "lock".into(),
@@ -950,10 +952,10 @@ mod tests {
     fn spent_commands_keep_raw_point_boxes_without_user_data() {
         let mut spent = SpentCmds::default();
         let get = Box::new(kvrpcpb::RawGetRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 region_id: 3,
                 ..Default::default()
-            }),
+            })),
             key: Bytes::from_static(b"user key"),
             cf: "default".into(),
         });

@@ -151,9 +151,9 @@ fn check_limit(limit: u32) -> Result<(), Error> {
     Ok(())
 }
 
-fn with_max_exec(mut ctx: kvrpcpb::Context, ms: u64) -> Option<kvrpcpb::Context> {
+fn with_max_exec(mut ctx: kvrpcpb::Context, ms: u64) -> Option<Box<kvrpcpb::Context>> {
     ctx.max_execution_duration_ms = ms;
-    Some(ctx)
+    Some(Box::new(ctx))
 }
 
 // ---- single-key calls -------------------------------------------------------------------
@@ -1917,12 +1917,12 @@ mod tests {
             ..Default::default()
         };
         let stale_get = Box::new(kvrpcpb::RawGetRequest {
-            context: Some(stale_ctx.clone()),
+            context: Some(Box::new(stale_ctx.clone())),
             key: k("stale"),
             cf: "lock".into(),
         });
         let stale_put = Box::new(kvrpcpb::RawPutRequest {
-            context: Some(stale_ctx),
+            context: Some(Box::new(stale_ctx)),
             key: k("stale"),
             value: k("old"),
             cf: "lock".into(),

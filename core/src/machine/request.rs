@@ -202,11 +202,11 @@ fn empty_request() -> TikvRequest {
 /// Mutable access to a request's `Context`, inserting a default one when absent (`None` for
 /// the legacy `Import` command, the empty command and `GetStoreSafeTS`).
 pub fn context_mut(req: &mut TikvRequest) -> Option<&mut kvrpcpb::Context> {
-    context_slot(req).map(|c| c.get_or_insert_with(Default::default))
+    context_slot(req).map(|c| &mut **c.get_or_insert_with(Default::default))
 }
 
 /// The `context` field of a request, present or not (`None` for requests without one).
-pub fn context_slot(req: &mut TikvRequest) -> Option<&mut Option<kvrpcpb::Context>> {
+pub fn context_slot(req: &mut TikvRequest) -> Option<&mut Option<Box<kvrpcpb::Context>>> {
     match req {
         TikvRequest::Cmd(cmd) => cmd_context_slot(cmd),
         TikvRequest::SplitRegion(r) => Some(&mut r.context),
@@ -223,7 +223,7 @@ pub fn context_slot(req: &mut TikvRequest) -> Option<&mut Option<kvrpcpb::Contex
 /// (`req.GetResourceControlContext().GetOverridePriority()`).
 pub fn cmd_override_priority(cmd: &mut TikvCmd) -> u64 {
     cmd_context_slot(cmd)
-        .and_then(|c| c.as_ref())
+        .and_then(|c| c.as_deref())
         .map_or(0, context_override_priority)
 }
 
@@ -236,7 +236,7 @@ pub fn context_override_priority(ctx: &kvrpcpb::Context) -> u64 {
 }
 
 /// The `context` field of a batchable command (`None` for `Import` and the empty command).
-pub fn cmd_context_slot(cmd: &mut TikvCmd) -> Option<&mut Option<kvrpcpb::Context>> {
+pub fn cmd_context_slot(cmd: &mut TikvCmd) -> Option<&mut Option<Box<kvrpcpb::Context>>> {
     match cmd {
         TikvCmd::Get(r) => Some(&mut r.context),
         TikvCmd::Scan(r) => Some(&mut r.context),
@@ -544,9 +544,8 @@ fn prepare_attempt(
     // The copy becomes the template and the template's own allocation is sent: the two
     // are equal, but a raw point request's template box came from a stream task that
     // encoded it moments ago (see `SpentCmds`), while a pooled spare was last written a
-    // whole round of in-flight operations ago. The send may write the `Context` (~350
-    // bytes) into the box it sends (when it is not shared), the template only its few
-    // fields.
+    // whole round of in-flight operations ago. The send may write a `Context` into the
+    // request it sends (when it is not shared), the template only its few fields.
     let mut request = match template {
         Some(template) => {
             let copy = template.clone_reusing(&mut shared.spare_cmds);
@@ -2518,11 +2517,11 @@ mod tests {
             let pd = FakePd::split(3, &[]);
             let mut h = Harness::warm(&pd);
             let get = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
-                context: Some(kvrpcpb::Context {
+                context: Some(Box::new(kvrpcpb::Context {
                     max_execution_duration_ms: 1000,
                     request_source: input.into(),
                     ..Default::default()
-                }),
+                })),
                 key: Bytes::from_static(b"k"),
                 version: 10,
                 ..Default::default()
@@ -2658,10 +2657,10 @@ mod tests {
     /// (`max_execution_duration_ms`).
     fn get_with_read_timeout() -> TikvRequest {
         TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 max_execution_duration_ms: 1000,
                 ..Default::default()
-            }),
+            })),
             key: Bytes::from_static(b"k"),
             version: 10,
             ..Default::default()
@@ -3305,7 +3304,7 @@ mod tests {
         let shared = shared.expect("the second shares");
         assert_eq!(context_slot(&mut second).unwrap(), &None);
         assert_eq!(
-            *shared, written,
+            *shared, *written,
             "the shared context is the one it would write"
         );
         let (_, third) = sent(&mut h, raw_get("c"), RequestOptions::default());
@@ -3346,10 +3345,10 @@ mod tests {
             );
         }
         let mut own = raw_get("e");
-        *context_slot(&mut own).unwrap() = Some(kvrpcpb::Context {
+        *context_slot(&mut own).unwrap() = Some(Box::new(kvrpcpb::Context {
             request_source: "external_x".into(),
             ..Default::default()
-        });
+        }));
         for _ in 0..2 {
             let (mut req, ctx) = sent(&mut h, own.clone(), RequestOptions::default());
             assert!(ctx.is_none());

@@ -161,10 +161,10 @@ mod tests {
         let again = cache.get(k.clone(), &codec).expect("and keeps sharing");
         assert!(Arc::ptr_eq(&first, &again));
         // What the attempt would have written into its own request.
-        let mut written = Some(kvrpcpb::Context::default());
+        let mut written = Some(Box::<kvrpcpb::Context>::default());
         k.apply(written.as_mut().unwrap());
         codec.set_context(&mut written);
-        assert_eq!(*first, written.unwrap());
+        assert_eq!(*first, *written.unwrap());
         assert_eq!(first.region_id, 3);
         assert_eq!(first.peer.as_ref().map(|p| p.id), Some(4));
         assert_eq!(first.cluster_id, 9);

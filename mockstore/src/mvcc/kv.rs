@@ -40,8 +40,8 @@ fn b(v: &[u8]) -> Bytes {
     Bytes::copy_from_slice(v)
 }
 
-fn ctx_of(ctx: &Option<kvrpcpb::Context>) -> kvrpcpb::Context {
-    ctx.clone().unwrap_or_default()
+fn ctx_of(ctx: &Option<Box<kvrpcpb::Context>>) -> kvrpcpb::Context {
+    ctx.as_deref().cloned().unwrap_or_default()
 }
 
 fn bounds_of(range: &kvrpcpb::KeyRange) -> KeyBounds {

@@ -175,7 +175,7 @@ impl AsyncResolvePool {
     pub fn submit(
         &mut self,
         tasks: Vec<ReadResolveTask>,
-        context: Option<kvrpcpb::Context>,
+        context: Option<Box<kvrpcpb::Context>>,
         tikv_side_async: bool,
     ) -> bool {
         let mut s = guard(&self.state);
@@ -257,7 +257,7 @@ enum Sub {
 #[derive(Debug)]
 pub struct AsyncResolve {
     tasks: VecDeque<ReadResolveTask>,
-    context: Option<kvrpcpb::Context>,
+    context: Option<Box<kvrpcpb::Context>>,
     tikv_side_async: bool,
     bo: Option<Backoffer>,
     sub: Option<Sub>,

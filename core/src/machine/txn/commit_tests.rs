@@ -1515,7 +1515,7 @@ fn transaction_options_reach_every_write_request() {
     w.run(&mut c).expect("commit");
     let mut bg = c.take_background().expect("secondaries");
     w.run(&mut bg).expect("secondaries commit");
-    let check = |ctx: &Option<kvrpcpb::Context>| {
+    let check = |ctx: &Option<Box<kvrpcpb::Context>>| {
         let ctx = ctx.as_ref().expect("context");
         assert_eq!(ctx.priority, kvrpcpb::CommandPri::Low as i32);
         assert!(ctx.sync_log);

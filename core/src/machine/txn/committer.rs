@@ -387,10 +387,10 @@ impl BatchAction for PrewriteAction {
         };
         Ok(TikvRequest::Cmd(TikvCmd::Prewrite(Box::new(
             kvrpcpb::PrewriteRequest {
-                context: Some(
+                context: Some(Box::new(
                     self.context
                         .write_context(crate::machine::txn::tagger::TaggedCommand::Prewrite),
-                ),
+                )),
                 mutations: muts,
                 primary_lock: self.primary.clone(),
                 start_version: self.start_ts,
@@ -584,10 +584,10 @@ impl BatchAction for CommitAction {
     fn request(&mut self, batch: &Batch, _now: Instant) -> Result<TikvRequest, Error> {
         Ok(TikvRequest::Cmd(TikvCmd::Commit(Box::new(
             kvrpcpb::CommitRequest {
-                context: Some(
+                context: Some(Box::new(
                     self.context
                         .write_context(crate::machine::txn::tagger::TaggedCommand::Commit),
-                ),
+                )),
                 start_version: self.start_ts,
                 keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),
                 commit_version: self.commit_ts,
@@ -692,10 +692,9 @@ impl BatchAction for CleanupAction {
     fn request(&mut self, batch: &Batch, _now: Instant) -> Result<TikvRequest, Error> {
         Ok(TikvRequest::Cmd(TikvCmd::BatchRollback(Box::new(
             kvrpcpb::BatchRollbackRequest {
-                context: Some(
-                    self.context
-                        .write_context(crate::machine::txn::tagger::TaggedCommand::BatchRollback),
-                ),
+                context: Some(Box::new(self.context.write_context(
+                    crate::machine::txn::tagger::TaggedCommand::BatchRollback,
+                ))),
                 start_version: self.start_ts,
                 keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),
                 is_txn_file: false,

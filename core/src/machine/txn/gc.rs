@@ -453,10 +453,10 @@ impl UnsafeDestroyRange {
         for s in resp.stores.iter().filter(|s| destroy_target(s)) {
             let mut request =
                 TikvRequest::UnsafeDestroyRange(Box::new(kvrpcpb::UnsafeDestroyRangeRequest {
-                    context: Some(kvrpcpb::Context {
+                    context: Some(Box::new(kvrpcpb::Context {
                         cluster_id: shared.routing.cluster_id,
                         ..Default::default()
-                    }),
+                    })),
                     start_key: self.start.clone(),
                     end_key: self.end.clone(),
                 }));

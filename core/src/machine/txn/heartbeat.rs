@@ -125,10 +125,10 @@ impl TxnHeartBeat {
     ) -> Self {
         let req = TikvRequest::Cmd(TikvCmd::TxnHeartBeat(Box::new(
             kvrpcpb::TxnHeartBeatRequest {
-                context: Some(kvrpcpb::Context {
+                context: Some(Box::new(kvrpcpb::Context {
                     max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
                     ..Default::default()
-                }),
+                })),
                 primary_lock: primary.clone(),
                 start_version: start_ts,
                 advise_lock_ttl,

@@ -430,11 +430,9 @@ impl BatchAction for PessimisticLockAction {
             .unwrap_or(u64::MAX);
         #[allow(deprecated)]
         let req = kvrpcpb::PessimisticLockRequest {
-            context: Some(
-                self.ctx
-                    .context
-                    .write_context(crate::machine::txn::tagger::TaggedCommand::PessimisticLock),
-            ),
+            context: Some(Box::new(self.ctx.context.write_context(
+                crate::machine::txn::tagger::TaggedCommand::PessimisticLock,
+            ))),
             mutations,
             primary_lock: self.primary.clone(),
             start_version: self.start_ts,
@@ -533,10 +531,10 @@ impl BatchAction for PessimisticRollbackAction {
     fn request(&mut self, batch: &Batch, _now: Instant) -> Result<TikvRequest, Error> {
         Ok(TikvRequest::Cmd(TikvCmd::PessimisticRollback(Box::new(
             kvrpcpb::PessimisticRollbackRequest {
-                context: Some(kvrpcpb::Context {
+                context: Some(Box::new(kvrpcpb::Context {
                     max_execution_duration_ms: super::commit_exec::MAX_WRITE_EXECUTION_MS,
                     ..Default::default()
-                }),
+                })),
                 start_version: self.start_ts,
                 for_update_ts: self.for_update_ts,
                 keys: batch.mutations.iter().map(|m| m.key.clone()).collect(),

@@ -215,10 +215,10 @@ impl SnapshotScan {
     fn send(&mut self, now: Instant, shared: &mut Shared) {
         let c = self.cursor.clone();
         let mut req = kvrpcpb::ScanRequest {
-            context: Some(self.opts.context(
+            context: Some(Box::new(self.opts.context(
                 &self.locks,
                 crate::machine::txn::tagger::TaggedCommand::Scan,
-            )),
+            ))),
             start_key: c.next_start.clone(),
             end_key: c.end.clone(),
             limit: self.batch_size,

@@ -348,8 +348,11 @@ impl Operation for KeyCall {
 
 /// The `Context` of lock-resolution requests: request source, resource group and client-go's
 /// `MaxWriteExecutionTime`.
-pub fn resolve_context(request_source: &str, resource_group: &str) -> Option<kvrpcpb::Context> {
-    Some(kvrpcpb::Context {
+pub fn resolve_context(
+    request_source: &str,
+    resource_group: &str,
+) -> Option<Box<kvrpcpb::Context>> {
+    Some(Box::new(kvrpcpb::Context {
         request_source: request_source.to_owned(),
         resource_control_context: (!resource_group.is_empty())
             .then(|| kvrpcpb::ResourceControlContext {
@@ -359,7 +362,7 @@ pub fn resolve_context(request_source: &str, resource_group: &str) -> Option<kvr
             .map(Box::new),
         max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
         ..Default::default()
-    })
+    }))
 }
 
 fn unexpected(what: &str, resp: TikvResponse) -> Error {
@@ -377,7 +380,7 @@ pub struct ResolveKeysKind {
     /// The locks were written by a "txn file" writer.
     pub is_txn_file: bool,
     /// Context template.
-    pub context: Option<kvrpcpb::Context>,
+    pub context: Option<Box<kvrpcpb::Context>>,
 }
 
 impl BatchKind for ResolveKeysKind {
@@ -502,7 +505,7 @@ pub struct CheckSecondariesKind {
     /// Start ts of the async-commit transaction.
     pub start_ts: u64,
     /// Context template.
-    pub context: Option<kvrpcpb::Context>,
+    pub context: Option<Box<kvrpcpb::Context>>,
     /// What the answers said so far.
     pub data: AsyncResolveData,
     /// Set when a non-async-commit lock was met (the plan then fails).

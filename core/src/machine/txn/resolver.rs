@@ -437,7 +437,7 @@ impl Engine {
         self.result = Some(Err(e));
     }
 
-    fn context(&self) -> Option<kvrpcpb::Context> {
+    fn context(&self) -> Option<Box<kvrpcpb::Context>> {
         resolve_context(&self.opts.request_source, &self.opts.resource_group)
     }
 

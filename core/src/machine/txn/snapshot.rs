@@ -472,7 +472,7 @@ impl SnapshotGet {
 
     fn send(&mut self, now: Instant, shared: &mut Shared) {
         let req = TikvRequest::Cmd(TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
-            context: Some(self.opts.context(&self.locks, TaggedCommand::Get)),
+            context: Some(Box::new(self.opts.context(&self.locks, TaggedCommand::Get))),
             key: self.key.clone(),
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,
@@ -792,7 +792,9 @@ impl SnapshotBatchGet {
         shared: &mut Shared,
     ) {
         let req = TikvRequest::Cmd(TikvCmd::BatchGet(Box::new(kvrpcpb::BatchGetRequest {
-            context: Some(self.opts.context(&self.locks, TaggedCommand::BatchGet)),
+            context: Some(Box::new(
+                self.opts.context(&self.locks, TaggedCommand::BatchGet),
+            )),
             keys: keys.clone(),
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,

@@ -488,10 +488,10 @@ fn scan_responses() {
     let r = s.kv_scan(
         0,
         &kvrpcpb::ScanRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 isolation_level: kvrpcpb::IsolationLevel::RcCheckTs as i32,
                 ..kvrpcpb::Context::default()
-            }),
+            })),
             ..req.clone()
         },
         &all(),
@@ -503,10 +503,10 @@ fn scan_responses() {
     let r = s.kv_scan(
         0,
         &kvrpcpb::ScanRequest {
-            context: Some(kvrpcpb::Context {
+            context: Some(Box::new(kvrpcpb::Context {
                 resolved_locks: vec![5],
                 ..kvrpcpb::Context::default()
-            }),
+            })),
             ..req
         },
         &kvrpcpb::KeyRange {
