@@ -84,7 +84,7 @@ enum Kind {
 }
 
 fn request(kind: Kind) -> TikvRequest {
-    let ctx = Some(kvrpcpb::Context::default());
+    let ctx = Some(Box::<kvrpcpb::Context>::default());
     let key = Bytes::from_static(b"k");
     TikvRequest::Cmd(match kind {
         Kind::Get => TikvCmd::Get(Box::new(kvrpcpb::GetRequest {
