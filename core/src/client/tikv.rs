@@ -41,7 +41,7 @@ use super::versioned::{ANY_VERSION, VersionedSlot, Versions, closes};
 use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
-use crate::machine::batch::{BatchAction, BatchConfig, BatchConn};
+use crate::machine::batch::{BatchAction, BatchConfig, BatchConn, Completion};
 use crate::machine::{Input, IoId, SpentCmds, TikvRequest, TikvResponse};
 use tikv_proto::kvrpcpb;
 
@@ -601,6 +601,21 @@ impl<R: Runtime> StreamTask<R> {
         self.channels[self.index].clear_if(version);
     }
 
+    /// Hands a finished request to its caller's inbox and counts it. `now`, read at the top
+    /// of the round in which the reply was taken off the stream, stands for its arrival.
+    fn deliver(&self, now: Instant, done: Completion<Token>, rpc_counts: &mut LocalRpcStats) {
+        let (id, reply, kind) = done.token;
+        let result = match done.result {
+            Err(Error::Closed) if self.retired.load(Ordering::Acquire) => {
+                Err(retired_error(&self.address))
+            }
+            r => r.map(TikvResponse::Cmd),
+        };
+        let elapsed = now.saturating_duration_since(done.submitted);
+        rpc_counts.record(usize::from(kind), elapsed, Outcome::of(&result));
+        let _ = reply.push_at(Input::Tikv { id, result }, now);
+    }
+
     async fn run(self) {
         let mut conn: BatchConn<Token, BatchCmd> = BatchConn::new(
             self.rt.now(),
@@ -685,7 +700,12 @@ impl<R: Runtime> StreamTask<R> {
                                 match batch_encode::decode_batch_response_into(bytes, &mut message)
                                 {
                                     Ok(()) => {
-                                        conn.handle_response_in(now, o.epoch, &mut message);
+                                        conn.handle_response_with(
+                                            now,
+                                            o.epoch,
+                                            &mut message,
+                                            |done| self.deliver(now, done, &mut rpc_counts),
+                                        );
                                         if let Some(feedback) = conn.take_health_feedback() {
                                             let _ = self.health_feed.push((feedback, now));
                                         }
@@ -781,18 +801,7 @@ impl<R: Runtime> StreamTask<R> {
                 }
                 while let Some(done) = conn.poll_completion() {
                     progressed = true;
-                    let (id, reply, kind) = done.token;
-                    let result = match done.result {
-                        Err(Error::Closed) if self.retired.load(Ordering::Acquire) => {
-                            Err(retired_error(&self.address))
-                        }
-                        r => r.map(TikvResponse::Cmd),
-                    };
-                    let elapsed = now.saturating_duration_since(done.submitted);
-                    rpc_counts.record(usize::from(kind), elapsed, Outcome::of(&result));
-                    // `now`, read at the top of this round, in which the reply was taken off
-                    // the stream, stands for its arrival.
-                    let _ = reply.push_at(Input::Tikv { id, result }, now);
+                    self.deliver(now, done, &mut rpc_counts);
                 }
                 // The round's completions, added to the client's statistics in one go.
                 rpc_counts.flush(&self.stats.rpc);

@@ -803,6 +803,24 @@ impl<T, P> BatchConn<T, P> {
         epoch: u64,
         resp: &mut tikvpb::BatchCommandsResponse,
     ) {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.handle_response_with(now, epoch, resp, |done| completions.push_back(done));
+        self.completions = completions;
+    }
+
+    /// [`BatchConn::handle_response_in`] handing each request the message completes to
+    /// `on_done` at once, instead of queueing it for [`BatchConn::poll_completion`]: a driver
+    /// that delivers completions as they come saves writing each one into the queue and
+    /// reading it back (a message completes tens of requests, and the queue's memory has
+    /// usually left the cache since the connection's last message). Completions already
+    /// queued stay queued.
+    pub fn handle_response_with(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        resp: &mut tikvpb::BatchCommandsResponse,
+        mut on_done: impl FnMut(Completion<T>),
+    ) {
         if self.state != (State::Ready { epoch }) {
             self.stats.stale_messages += 1;
             return;
@@ -836,7 +854,7 @@ impl<T, P> BatchConn<T, P> {
             let result =
                 reply.ok_or_else(|| self.rpc_error("BatchCommands reply without a command", true));
             self.stats.completed += 1;
-            self.completions.push_back(Completion {
+            on_done(Completion {
                 id,
                 token,
                 result,
@@ -1381,6 +1399,46 @@ mod tests {
         assert!(c.poll_completion().is_none());
         assert_eq!(c.inflight_len(), 0);
         assert_eq!(c.stats().completed, 3);
+    }
+
+    #[test]
+    fn replies_can_be_handed_over_at_once_while_other_completions_stay_queued() {
+        let (t0, mut c) = ready(basic());
+        let a = c.submit(t0, get("a"), t0 + S30, 1);
+        let b = c.submit(t0, get("b"), t0 + Duration::from_millis(10), 2);
+        let batch = c.poll_batch(t0).unwrap();
+        assert_eq!(batch.request_ids, vec![a, b]);
+        let t1 = t0 + Duration::from_millis(20);
+        // `b` times out: its completion is queued.
+        c.handle_timeout(t1);
+        let mut resp = tikvpb::BatchCommandsResponse {
+            responses: vec![reply("va")],
+            request_ids: vec![a],
+            ..Default::default()
+        };
+        let mut direct = Vec::new();
+        c.handle_response_with(t1, 1, &mut resp, |done| direct.push(done));
+        assert_eq!(direct.len(), 1);
+        assert_eq!(
+            (direct[0].id, direct[0].token, value_of(&direct[0])),
+            (a, 1, "va".into())
+        );
+        assert!(resp.responses.is_empty() && resp.request_ids.is_empty());
+        let queued = c.poll_completion().unwrap();
+        assert_eq!((queued.id, queued.token), (b, 2));
+        assert!(matches!(queued.result, Err(Error::Timeout { .. })));
+        assert!(c.poll_completion().is_none());
+        // `b`'s late reply completes nothing a second time.
+        let mut late = tikvpb::BatchCommandsResponse {
+            responses: vec![reply("vb")],
+            request_ids: vec![b],
+            ..Default::default()
+        };
+        c.handle_response_with(t1, 1, &mut late, |done| {
+            panic!("request {} completed twice", done.id)
+        });
+        assert_eq!(c.stats().late_responses, 1);
+        assert!(c.poll_completion().is_none());
     }
 
     #[test]
