@@ -18,7 +18,9 @@
 //! 2. [`BatchConn::poll_batch`]: a [`Batch`] to write. Call it whenever the stream
 //!    can take a write; requests that arrive while a write is in progress naturally form the
 //!    next, bigger batch (the same effect as client-go's single send loop);
-//! 3. [`BatchConn::poll_completion`]: finished requests, each with the caller's token;
+//! 3. [`BatchConn::poll_completion`]: finished requests, each with the caller's token
+//!    (a driver may instead take a message's replies as it hands the message in, with
+//!    [`BatchConn::handle_response_with`]; other completions still come through here);
 //!
 //! then waits for the next input or for [`BatchConn::poll_timeout`]. Spurious
 //! `handle_timeout` calls are no-ops; time must be monotonic.
