@@ -126,23 +126,12 @@ impl ContextEncoding {
         self.last = LastContext::Shared(ctx);
     }
 
-    /// Makes `bytes` the encoding of `ctx`, moved out of its command.
+    /// Makes `bytes` the encoding of `ctx`, taken out of its command.
     fn use_owned(&mut self, ctx: Box<kvrpcpb::Context>) {
         if !same_context_opt(self.last.get(), Some(&ctx)) {
             self.bytes.clear();
             ctx.encode_raw(&mut self.bytes);
             self.last = LastContext::Owned(ctx);
-        }
-    }
-
-    /// Makes `bytes` the encoding of the context in `slot`, compared where it lies and
-    /// taken out of the slot only when it differs from the last one.
-    fn use_in_place(&mut self, slot: &mut Option<Box<kvrpcpb::Context>>) {
-        if let Some(ctx) = slot
-            && !same_context_opt(self.last.get(), Some(ctx))
-            && let Some(ctx) = slot.take()
-        {
-            self.use_owned(ctx);
         }
     }
 
@@ -178,24 +167,16 @@ impl BatchEncoder {
         } in batch.requests.drain(..)
         {
             // The hottest command, written directly. A shared context is recognised by its
-            // pointer; an own one is compared where it lies and taken only when it differs
-            // from the last one.
+            // pointer; an own one (a box) is taken out of the command.
             if let TikvCmd::RawGet(get) = &mut cmd
                 && (get.context.is_some() || shared.is_some())
             {
-                if get.context.is_some() {
-                    self.ctx.use_in_place(&mut get.context);
-                } else {
-                    self.ctx.use_either(None, shared);
-                }
+                self.ctx.use_either(get.context.take(), shared);
                 put_raw_get(out, &self.ctx.bytes, get);
                 spent.keep(cmd);
                 continue;
             }
-            // Taken only when present: an empty slot is left alone rather than moved.
-            let own = cmd_context_slot(&mut cmd)
-                .filter(|slot| slot.is_some())
-                .and_then(Option::take);
+            let own = cmd_context_slot(&mut cmd).and_then(Option::take);
             self.scratch.clear();
             cmd.encode(&mut self.scratch);
             if own.is_none() && shared.is_none() {

@@ -815,7 +815,8 @@ impl<T, P> BatchConn<T, P> {
     /// that delivers completions as they come saves writing each one into the queue and
     /// reading it back (a message completes tens of requests, and the queue's memory has
     /// usually left the cache since the connection's last message). Completions already
-    /// queued stay queued.
+    /// queued stay queued. Mirrors client-go `batchCommandsClient.batchRecvLoop`, which
+    /// hands each reply to its entry's channel as it reads the message.
     pub fn handle_response_with(
         &mut self,
         now: Instant,

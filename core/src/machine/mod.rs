@@ -721,9 +721,9 @@ impl<T> Pool<T> {
 ///
 /// A point operation's request travels in a box of its own (64 bytes for a get: the
 /// `Context` is boxed too, and usually absent). The stream task that encoded it would free
-/// it, and the next operation would
-/// allocate another: with hundreds of requests in flight both miss the allocator's
-/// per-thread cache, and each new box is memory the cache has not seen. The stream tasks
+/// it, and the next operation would allocate another: with hundreds of requests in flight
+/// both miss the allocator's per-thread cache, and each new box is memory the cache has not
+/// seen. The stream tasks
 /// keep the boxes here instead, and `RawClient::get` / `put` write their templates into them
 /// (see `raw::get_reusing`). Commands of other kinds are dropped.
 #[derive(Default)]
