@@ -2,6 +2,7 @@
 //!
 //! The fuzzer's bytes pick the configuration (batch size, concurrency limit, batching waits,
 //! idle timeout) and a sequence of inputs: submissions with various deadlines, cancellations,
+//! callers abandoning requests (seen by [`BatchConn::poll_batch_with`]),
 //! stream opened / failed to open (for the current or an older epoch), replies (for requests
 //! on the wire, unknown ids, duplicate ids, requests that already timed out or were
 //! cancelled, replies without a command, an older epoch), stream failures, virtual time and
@@ -14,6 +15,8 @@
 //! - every submitted request completes exactly once with its own token (reply, timeout,
 //!   stream error or close), unless its caller cancelled it, and `cancel` returns the token
 //!   exactly when the request was still waiting;
+//! - a request abandoned before it was written is withdrawn: never written, never completed;
+//!   one abandoned once written completes as usual;
 //! - a reply goes to the request with that id, only after the request was written on the stream
 //!   the reply came from;
 //! - a timeout completion never comes before the deadline; a stream error says "may have been
@@ -51,6 +54,8 @@ struct Req {
     sent_on: Option<u64>,
     /// A reply for it was fed on the stream it was written on.
     replied: bool,
+    /// Its caller gave up on it (the token answers `true` to `poll_batch_with`).
+    abandoned: bool,
 }
 
 struct Harness {
@@ -99,7 +104,19 @@ impl Harness {
                 _ => {}
             }
         }
-        while let Some(batch) = self.conn.poll_batch(self.now) {
+        let reqs = &mut self.reqs;
+        while let Some(batch) = self.conn.poll_batch_with(self.now, |token| {
+            let id = (token - 3) / 7;
+            let req = reqs.get_mut(&id).expect("asked about a submitted request");
+            assert_eq!(req.token, *token);
+            assert_eq!(req.state, St::Waiting, "asked about a finished request");
+            assert!(req.sent_on.is_none(), "asked about a written request");
+            if req.abandoned {
+                // Withdrawn: it must never be written or completed.
+                req.state = St::Cancelled;
+            }
+            req.abandoned
+        }) {
             let epoch = self.open.expect("batch written without an open stream");
             assert_eq!(self.conn.state(), ConnState::Ready);
             assert_eq!(batch.requests.len(), batch.request_ids.len());
@@ -111,8 +128,12 @@ impl Harness {
                 self.cfg.max_batch_size
             );
             for (id, r) in batch.request_ids.iter().zip(&batch.requests) {
-                let req = self.reqs.get_mut(id).expect("batched id was submitted");
+                let req = reqs.get_mut(id).expect("batched id was submitted");
                 assert!(req.sent_on.is_none(), "request {id} written twice");
+                assert!(
+                    !req.abandoned,
+                    "request {id} written after its caller gave up"
+                );
                 assert_eq!(
                     req.state,
                     St::Waiting,
@@ -185,6 +206,7 @@ impl Harness {
                 state: St::Waiting,
                 sent_on: None,
                 replied: false,
+                abandoned: false,
             },
         );
         self.next_id += 1;
@@ -259,6 +281,15 @@ impl Harness {
     fn op(&mut self, u: &mut Unstructured<'_>) {
         match u.int_in_range(0u8..=15).unwrap_or(0) {
             0..=3 => self.submit(u),
+            4 if u.ratio(1u8, 2).unwrap_or(false) => {
+                // The caller drops its operation: only the token says so.
+                let id = self.pick_id(u);
+                if let Some(r) = self.reqs.get_mut(&id)
+                    && r.state == St::Waiting
+                {
+                    r.abandoned = true;
+                }
+            }
             4 => {
                 let id = self.pick_id(u);
                 let got = self.conn.cancel(id);

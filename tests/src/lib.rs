@@ -151,6 +151,7 @@ macro_rules! e2e_suite {
             zone_label_reaches_the_store_cache,
             connection_pool_rotates_batches_over_its_connections,
             high_priority_requests_pass_the_concurrency_limit,
+            dropped_get_is_withdrawn_unsent,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

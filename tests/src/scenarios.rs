@@ -361,6 +361,55 @@ pub async fn high_priority_requests_pass_the_concurrency_limit<R: Runtime>() {
     .await;
 }
 
+/// TK-32: a get dropped while its request waits in the batch queue is withdrawn, never
+/// written (client-go `sendBatchRequest` marks the entry cancelled when the caller's context
+/// ends, and `batchCommandsBuilder.buildWithLimit` skips it). With one connection allowing
+/// one request in flight and a get held on the wire (its reply delayed), a second get is
+/// started and dropped; once the slot frees, the store never sees it, while the held get
+/// and a later one are answered.
+pub async fn dropped_get_is_withdrawn_unsent<R: Runtime>() {
+    use futures_lite::future;
+    let mock = Mock::start(MockCluster::builder());
+    let config = test_config()
+        .with_grpc_connection_count(1)
+        .with_max_concurrency_request_limit(1);
+    let client = connect::<R>(&mock, config).await;
+    client.put("held", "h").await.unwrap();
+    client.put("dropped", "d").await.unwrap();
+    let gets_before = mock.cluster().requests(RpcKind::RawGet);
+    let cancelled = || {
+        client
+            .cluster()
+            .transport_stats()
+            .requests_cancelled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(cancelled(), 0);
+    // Held well within the 1 s read timeout of `test_config`.
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::RawGet,
+        FaultAction::Delay { ms: 600 },
+    ));
+    let mut held = Box::pin(client.get("held"));
+    assert!(future::poll_once(held.as_mut()).await.is_none());
+    eventually(client.cluster(), "the held get reaches the store", || {
+        mock.cluster().requests(RpcKind::RawGet) > gets_before
+    })
+    .await;
+    // Queued behind the limit, then dropped.
+    let mut dropped = Box::pin(client.get("dropped"));
+    assert!(future::poll_once(dropped.as_mut()).await.is_none());
+    drop(dropped);
+    assert_eq!(held.await.unwrap(), Some(b("h")));
+    assert_eq!(client.get("dropped").await.unwrap(), Some(b("d")));
+    assert_eq!(
+        mock.cluster().requests(RpcKind::RawGet),
+        gets_before + 2,
+        "the dropped get never reached the store"
+    );
+    assert_eq!(cancelled(), 1);
+}
+
 /// A store that stays down exhausts the backoff budget: a typed error naming the backoff kind.
 pub async fn budget_exhaustion_is_a_typed_error<R: Runtime>() {
     let mock = Mock::start(MockCluster::builder());

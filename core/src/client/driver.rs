@@ -380,6 +380,22 @@ impl<'a, D: Dispatch, O: Operation> Drive<'a, D, O> {
     }
 }
 
+/// An operation dropped while completions are due through its inbox gives the inbox up
+/// ([`Inbox::abandon`]): its requests still queued for a `BatchCommands` batch are withdrawn
+/// unsent, and replies already on their way are refused. Local I/O (unary calls) is dropped
+/// with the operation. Mirrors client-go `sendBatchRequest` marking its entry cancelled when
+/// the caller's context ends.
+impl<D: Dispatch, O> Drop for Drive<'_, D, O> {
+    fn drop(&mut self) {
+        if let Some(boxed) = &self.boxed
+            && boxed.1.via_inbox > 0
+            && let Some(inbox) = &boxed.1.inbox
+        {
+            inbox.abandon();
+        }
+    }
+}
+
 impl<D: Dispatch, O: Operation> Future for Drive<'_, D, O> {
     type Output = Result<O::Output, Error>;
 
@@ -700,6 +716,18 @@ where
             (Step::Inputs, Phase::Step)
         };
         self.hand_over(call.into_single(), st, step, phase);
+    }
+}
+
+/// A call dropped while its attempt is in flight gives up its inbox, as [`Drive`] does.
+impl<D: Dispatch, T, F> Drop for FastDrive<'_, D, T, F> {
+    fn drop(&mut self) {
+        if let FastState::InFlight {
+            inbox: Some(inbox), ..
+        } = &self.state
+        {
+            inbox.abandon();
+        }
     }
 }
 
@@ -1073,6 +1101,10 @@ mod tests {
         inboxes_out: AtomicU32,
         inboxes_back: AtomicU32,
         boxes: Mutex<Vec<OneCallBox>>,
+        /// When `record`: a handle on every reply inbox an action was started with, as a
+        /// stream task holds one with each queued request.
+        replies: Mutex<Vec<Inbox<Input>>>,
+        record: bool,
     }
 
     type OneCallBox = Box<(OneCall, DriveState<FakeSleep>)>;
@@ -1086,6 +1118,9 @@ mod tests {
             self.fake.sleep_until(at)
         }
         fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+            if self.record {
+                lock(&self.replies).push(reply.clone());
+            }
             self.fake.start(now, action, reply)
         }
         fn inbox(&self) -> Inbox<Input> {
@@ -1158,6 +1193,8 @@ mod tests {
             inboxes_out: AtomicU32::new(0),
             inboxes_back: AtomicU32::new(0),
             boxes: Mutex::new(Vec::new()),
+            replies: Mutex::new(Vec::new()),
+            record: false,
         }
     }
 
@@ -1187,6 +1224,55 @@ mod tests {
         assert_eq!(d.fake.started.load(Ordering::Relaxed), 1);
         assert_eq!(d.inboxes_out.load(Ordering::Relaxed), 1);
         assert_eq!(d.inboxes_back.load(Ordering::Relaxed), 1);
+    }
+
+    /// A call dropped while its reply is due gives up its inbox, so that the stream task
+    /// withdraws its request if still queued (`BatchConn::poll_batch_with`); a call that
+    /// finished does not. Mirrors client-go `sendBatchRequest` cancelling its entry when
+    /// the caller's context ends.
+    #[test]
+    fn a_call_dropped_in_flight_abandons_its_inbox() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let opts = crate::machine::raw::RawOptions::default();
+        let get = || crate::machine::raw::get(bytes::Bytes::from_static(b"k"), &opts);
+
+        // The fast driver, its attempt in flight.
+        let d = Recycling {
+            record: true,
+            ..recycling(false)
+        };
+        let shared = warm_shared();
+        let mut fast = FastDrive::new(&d, &shared, get);
+        assert!(Pin::new(&mut fast).poll(&mut cx).is_pending());
+        let held = lock(&d.replies).pop().expect("the attempt was started");
+        assert!(!held.is_abandoned());
+        drop(fast);
+        assert!(held.is_abandoned());
+        assert_eq!(d.inboxes_back.load(Ordering::Relaxed), 0);
+
+        // The general driver, a completion due through its inbox.
+        let mut general = Drive::new(
+            &d,
+            &shared,
+            Box::new((OneCall::default(), DriveState::default())),
+        );
+        assert!(Pin::new(&mut general).poll(&mut cx).is_pending());
+        let held = lock(&d.replies).pop().expect("the call was started");
+        drop(general);
+        assert!(held.is_abandoned());
+
+        // A finished call leaves its inbox alone (shared with the holder here, it is closed
+        // rather than recycled).
+        let d = Recycling {
+            record: true,
+            ..recycling(true)
+        };
+        let shared = warm_shared();
+        assert!(future::block_on(FastDrive::new(&d, &shared, get)).is_ok());
+        let held = lock(&d.replies).pop().expect("the attempt was started");
+        assert!(!held.is_abandoned());
+        assert!(held.is_closed());
     }
 
     /// Calls that leave the fast path end as under [`Drive`]: a failed input check (the

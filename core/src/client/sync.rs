@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -62,20 +63,26 @@ impl<T> State<T> {
 /// queued so far, in push order. After [`Inbox::close`] pushes are refused (the item is given
 /// back) and the consumer sees the end once the backlog is drained.
 pub struct Inbox<T> {
-    state: Arc<Mutex<State<T>>>,
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    /// Set by [`Inbox::abandon`]; read without the lock ([`Inbox::is_abandoned`]).
+    abandoned: AtomicBool,
+    state: Mutex<State<T>>,
 }
 
 impl<T> Clone for Inbox<T> {
     fn clone(&self) -> Self {
         Inbox {
-            state: self.state.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
 
 impl<T> std::fmt::Debug for Inbox<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = lock(&self.state);
+        let s = self.lock();
         f.debug_struct("Inbox")
             .field("queued", &(usize::from(s.first.is_some()) + s.items.len()))
             .field("closed", &s.closed)
@@ -90,17 +97,24 @@ impl<T> Default for Inbox<T> {
 }
 
 impl<T> Inbox<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        lock(&self.shared.state)
+    }
+
     /// An empty, open inbox.
     pub fn new() -> Self {
         Inbox {
-            state: Arc::new(Mutex::new(State {
-                first: None,
-                items: Vec::new(),
-                waker: None,
-                closed: false,
-                arrived: None,
-                untimed: false,
-            })),
+            shared: Arc::new(Shared {
+                abandoned: AtomicBool::new(false),
+                state: Mutex::new(State {
+                    first: None,
+                    items: Vec::new(),
+                    waker: None,
+                    closed: false,
+                    arrived: None,
+                    untimed: false,
+                }),
+            }),
         }
     }
 
@@ -118,7 +132,7 @@ impl<T> Inbox<T> {
 
     fn push_inner(&self, item: T, at: Option<Instant>) -> Result<(), T> {
         let waker = {
-            let mut s = lock(&self.state);
+            let mut s = self.lock();
             if s.closed {
                 return Err(item);
             }
@@ -148,7 +162,7 @@ impl<T> Inbox<T> {
     /// empty; returns `false` (and leaves `items` untouched) if the inbox is closed.
     pub fn push_all(&self, items: &mut Vec<T>) -> bool {
         let waker = {
-            let mut s = lock(&self.state);
+            let mut s = self.lock();
             if s.closed {
                 return false;
             }
@@ -174,7 +188,7 @@ impl<T> Inbox<T> {
     /// moved, `Ready(false)` when the inbox is closed and empty, `Pending` (with the waker
     /// stored) otherwise.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<T>) -> Poll<bool> {
-        let mut s = lock(&self.state);
+        let mut s = self.lock();
         s.arrived = None;
         s.untimed = false;
         let mut moved = false;
@@ -208,7 +222,7 @@ impl<T> Inbox<T> {
         out: &mut InlineQueue<T>,
         arrived: &mut Option<Instant>,
     ) -> Poll<bool> {
-        let mut s = lock(&self.state);
+        let mut s = self.lock();
         *arrived = if s.untimed { None } else { s.arrived };
         s.arrived = None;
         s.untimed = false;
@@ -227,7 +241,7 @@ impl<T> Inbox<T> {
     /// Moves every queued item into `out` without registering interest; returns whether any
     /// was moved.
     pub fn try_drain(&self, out: &mut Vec<T>) -> bool {
-        let mut s = lock(&self.state);
+        let mut s = self.lock();
         let first = s.first.take();
         if first.is_none() && s.items.is_empty() {
             return false;
@@ -240,7 +254,7 @@ impl<T> Inbox<T> {
     /// Refuses further pushes and wakes the consumer. Items already queued stay drainable.
     pub fn close(&self) {
         let waker = {
-            let mut s = lock(&self.state);
+            let mut s = self.lock();
             s.closed = true;
             s.waker.take()
         };
@@ -252,7 +266,7 @@ impl<T> Inbox<T> {
     /// Closes the inbox and returns what was queued and never drained.
     pub fn close_and_take(&self) -> Vec<T> {
         let (items, waker) = {
-            let mut s = lock(&self.state);
+            let mut s = self.lock();
             s.closed = true;
             // `first` is set only while `items` is empty.
             let mut items = std::mem::take(&mut s.items);
@@ -288,10 +302,11 @@ impl<T> Inbox<T> {
 
     /// The inbox emptied and reopened if this is its only handle, else the handle back.
     fn try_reuse(mut self) -> Result<Inbox<T>, Inbox<T>> {
-        let Some(state) = Arc::get_mut(&mut self.state) else {
+        let Some(shared) = Arc::get_mut(&mut self.shared) else {
             return Err(self);
         };
-        let s = state.get_mut().unwrap_or_else(|e| e.into_inner());
+        *shared.abandoned.get_mut() = false;
+        let s = shared.state.get_mut().unwrap_or_else(|e| e.into_inner());
         s.first = None;
         s.items.clear();
         s.waker = None;
@@ -303,7 +318,30 @@ impl<T> Inbox<T> {
 
     /// Whether [`Inbox::close`] was called.
     pub fn is_closed(&self) -> bool {
-        lock(&self.state).closed
+        self.lock().closed
+    }
+
+    /// The consumer gives up on this inbox before everything it waited for arrived (its
+    /// operation's future was dropped): the inbox is closed, what is queued is dropped, and it
+    /// is marked abandoned, which a producer holding work for it sees without a lock
+    /// ([`Inbox::is_abandoned`]) and may then skip. The consumer is not woken: it is gone.
+    /// Mirrors client-go `sendBatchRequest` setting its `batchCommandsEntry.canceled` when
+    /// the caller's context ends.
+    pub fn abandon(&self) {
+        self.shared.abandoned.store(true, Ordering::Relaxed);
+        let (first, items, waker) = {
+            let mut s = self.lock();
+            s.closed = true;
+            (s.first.take(), std::mem::take(&mut s.items), s.waker.take())
+        };
+        drop((first, items, waker));
+    }
+
+    /// Whether the consumer abandoned this inbox ([`Inbox::abandon`]): work whose only
+    /// result would be pushed here is no longer wanted. Mirrors client-go
+    /// `batchCommandsEntry.isCanceled`.
+    pub fn is_abandoned(&self) -> bool {
+        self.shared.abandoned.load(Ordering::Relaxed)
     }
 
     /// A [`Stream`] over this inbox's items (the consumer side), ending once it is closed and
@@ -380,6 +418,56 @@ mod tests {
         assert_eq!(producer.push(4), Err(4));
         let got = future::block_on(future::poll_fn(|cx| inbox.poll_drain(cx, &mut out)));
         assert!(!got, "closed and empty");
+    }
+
+    /// An abandoned inbox refuses pushes, drops its backlog, shows the mark to every handle
+    /// without a lock and does not wake its gone consumer; a reuse clears the mark.
+    #[test]
+    fn abandon_marks_closes_and_drops_the_backlog_without_waking() {
+        let inbox: Inbox<u32> = Inbox::new();
+        let producer = inbox.clone();
+        let mut out = Vec::new();
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waker = counting_waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(inbox.poll_drain(&mut cx, &mut out).is_pending());
+        producer.push(1).unwrap();
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(inbox.poll_drain(&mut cx, &mut out).is_ready());
+        assert!(inbox.poll_drain(&mut cx, &mut out).is_pending());
+        producer.push(2).unwrap();
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(!producer.is_abandoned());
+
+        inbox.abandon();
+        assert!(producer.is_abandoned());
+        assert!(producer.is_closed());
+        assert_eq!(producer.push(3), Err(3));
+        assert_eq!(
+            producer.close_and_take(),
+            Vec::<u32>::new(),
+            "backlog dropped"
+        );
+        assert_eq!(
+            woken.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "not woken"
+        );
+
+        drop(inbox);
+        let reused = producer.into_reusable().expect("only handle");
+        assert!(!reused.is_abandoned());
+        reused.push(4).unwrap();
+    }
+
+    fn counting_waker(count: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Waker {
+        struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Waker::from(std::sync::Arc::new(Count(count)))
     }
 
     /// Every way of draining gives the items in push order, whatever mix of single pushes and

@@ -134,6 +134,9 @@ pub struct TransportStats {
     pub unary_calls: std::sync::atomic::AtomicU64,
     /// Streams (re)opened.
     pub streams_opened: std::sync::atomic::AtomicU64,
+    /// Batchable requests withdrawn before they were written because their caller had
+    /// dropped the operation's future (client-go: cancelled `batchCommandsEntry`s).
+    pub requests_cancelled: std::sync::atomic::AtomicU64,
     /// Requests completed per command kind, with their errors and times.
     pub rpc: super::rpc_stats::RpcStats,
 }
@@ -774,7 +777,14 @@ impl<R: Runtime> StreamTask<R> {
                         }
                     }
                 }
-                while let Some(mut batch) = conn.poll_batch(now) {
+                // A request whose caller dropped its operation (abandoning the inbox the
+                // reply would go to) is withdrawn rather than written.
+                let mut withdrawn = 0u64;
+                while let Some(mut batch) = conn.poll_batch_with(now, |(_, reply, _)| {
+                    let gone = reply.is_abandoned();
+                    withdrawn += u64::from(gone);
+                    gone
+                }) {
                     progressed = true;
                     let Some(o) = open.as_ref() else { break };
                     self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -798,6 +808,16 @@ impl<R: Runtime> StreamTask<R> {
                         conn.handle_stream_error(now, epoch, "request stream closed");
                         self.drop_channel(o.channel);
                     }
+                }
+                if withdrawn > 0 {
+                    self.stats
+                        .requests_cancelled
+                        .fetch_add(withdrawn, Ordering::Relaxed);
+                    tracing::debug!(
+                        address = %self.address,
+                        requests = withdrawn,
+                        "requests of dropped operations withdrawn unsent"
+                    );
                 }
                 while let Some(done) = conn.poll_completion() {
                     progressed = true;

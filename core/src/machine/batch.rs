@@ -167,6 +167,9 @@ pub struct BatchStats {
     pub health_feedbacks: u64,
     /// Largest batch written.
     pub max_batch: u64,
+    /// Queued requests withdrawn unsent because their caller had given up
+    /// ([`BatchConn::poll_batch_with`]).
+    pub cancelled: u64,
 }
 
 type IdMap<V> = crate::hash::FastMap<u64, V>;
@@ -960,6 +963,19 @@ impl<T, P> BatchConn<T, P> {
     /// Mirrors client-go `batchConn.batchSendLoop`, `fetchMorePendingRequests` and
     /// `batchCommandsBuilder.buildWithLimit`.
     pub fn poll_batch(&mut self, now: Instant) -> Option<Batch<P>> {
+        self.poll_batch_with(now, |_| false)
+    }
+
+    /// [`BatchConn::poll_batch`] that first asks `cancelled` about each queued request it
+    /// takes (by its token): a request whose caller gave up is withdrawn instead of written,
+    /// its token dropped and no completion produced, as [`BatchConn::cancel`] would have
+    /// done. The waiting policy still counts it (it arrived). Mirrors client-go
+    /// `batchCommandsBuilder.buildWithLimit` skipping entries that `isCanceled`.
+    pub fn poll_batch_with(
+        &mut self,
+        now: Instant,
+        cancelled: impl FnMut(&T) -> bool,
+    ) -> Option<Batch<P>> {
         let queued = self.pending_len();
         if !matches!(self.state, State::Ready { .. }) || queued == 0 {
             return None;
@@ -988,7 +1004,7 @@ impl<T, P> BatchConn<T, P> {
                 }
             }
         }
-        self.build(available)
+        self.build(available, cancelled)
     }
 
     /// The next finished request.
@@ -1081,7 +1097,7 @@ impl<T, P> BatchConn<T, P> {
     /// then the others in submission order. Requests below [`HIGH_TASK_PRIORITY`] stop at the
     /// concurrency limit `available`; those at or above it do not count against it. Mirrors
     /// client-go `batchCommandsBuilder.buildWithLimit`.
-    fn build(&mut self, available: u64) -> Option<Batch<P>> {
+    fn build(&mut self, available: u64, mut cancelled: impl FnMut(&T) -> bool) -> Option<Batch<P>> {
         let max = self.cfg.max_batch_size;
         let limit = (max as u64).min(available) as usize;
         let want = max.min(self.pending_len());
@@ -1117,6 +1133,14 @@ impl<T, P> BatchConn<T, P> {
                 // Cancelled or timed out while queued.
                 continue;
             };
+            if entry.token.as_ref().is_some_and(&mut cancelled) {
+                self.entries.remove(p.id);
+                self.stats.cancelled += 1;
+                if self.entries.is_empty() {
+                    self.earliest_deadline = None;
+                }
+                continue;
+            }
             entry.sent = true;
             if !high {
                 counted += 1;
@@ -1888,6 +1912,52 @@ mod tests {
         );
         assert!(c.poll_completion().is_none());
         assert_eq!(c.stats().late_responses, 1);
+    }
+
+    /// A request whose caller gave up before the batch was built is withdrawn, not written;
+    /// its neighbours go as usual, and a reply naming its id (a server answering anyway)
+    /// completes nobody. Mirrors client-go `buildWithLimit` skipping cancelled entries.
+    #[test]
+    fn requests_cancelled_while_queued_are_not_written() {
+        let (t0, mut c) = ready(basic());
+        let a = c.submit(t0, get("a"), t0 + S30, 1);
+        let b = c.submit(t0, get("b"), t0 + S30, 2);
+        let d = c.submit(t0, get("d"), t0 + S30, 3);
+        let mut asked = Vec::new();
+        let batch = c
+            .poll_batch_with(t0, |token| {
+                asked.push(*token);
+                *token == 2
+            })
+            .unwrap();
+        assert_eq!(asked, vec![1, 2, 3]);
+        assert_eq!(batch.request_ids, vec![a, d]);
+        assert_eq!(batch.requests.len(), 2);
+        assert_eq!(c.stats().cancelled, 1);
+        assert_eq!(c.cancel(b), None, "already withdrawn");
+        c.handle_response(
+            t0,
+            1,
+            tikvpb::BatchCommandsResponse {
+                responses: vec![reply("va"), reply("vb"), reply("vd")],
+                request_ids: vec![a, b, d],
+                ..Default::default()
+            },
+        );
+        let done: Vec<u32> = std::iter::from_fn(|| c.poll_completion())
+            .map(|x| x.token)
+            .collect();
+        assert_eq!(done, vec![1, 3]);
+        assert_eq!(c.stats().unknown_responses, 1);
+
+        // All of a batch withdrawn: nothing to write, and no deadline left to wake for.
+        c.submit(t0, get("e"), t0 + S30, 4);
+        assert!(c.poll_batch_with(t0, |_| true).is_none());
+        assert_eq!(c.stats().cancelled, 2);
+        assert_ne!(
+            c.poll_timeout().map(|(_, why)| why),
+            Some("request deadline")
+        );
     }
 
     #[test]
