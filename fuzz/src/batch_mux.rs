@@ -19,6 +19,8 @@
 //!   one abandoned once written completes as usual;
 //! - a reply goes to the request with that id, only after the request was written on the stream
 //!   the reply came from;
+//! - a completion says how long its request waited to be batched exactly when it was
+//!   written, no longer than from its submission to its completion;
 //! - a timeout completion never comes before the deadline; a stream error says "may have been
 //!   applied" only for requests that were written;
 //! - batches hold between 1 and `max_batch_size` requests with matching id lists, are only
@@ -160,6 +162,15 @@ impl Harness {
                 c.id
             );
             req.state = St::Done;
+            assert_eq!(
+                c.batch_wait.is_some(),
+                req.sent_on.is_some(),
+                "request {} says it was batched exactly when it was written",
+                c.id
+            );
+            if let Some(waited) = c.batch_wait {
+                assert!(waited <= self.now.saturating_duration_since(c.submitted));
+            }
             match &c.result {
                 Ok(TikvCmdResponse::RawGet(r)) => {
                     assert!(req.replied, "reply for {} that was never answered", c.id);

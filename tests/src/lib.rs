@@ -152,6 +152,7 @@ macro_rules! e2e_suite {
             connection_pool_rotates_batches_over_its_connections,
             high_priority_requests_pass_the_concurrency_limit,
             dropped_get_is_withdrawn_unsent,
+            connection_states_are_reported,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

@@ -1319,6 +1319,102 @@ pub async fn rpc_stats_count_requests_per_command<R: Runtime>() {
     );
     assert_eq!(stats.get("KvPrewrite"), None);
     assert_eq!(stats.region_errors(), vec![("stale_command", 1)]);
+
+    // CL-19: the batched requests' stage times per store (client-go
+    // `TiKVBatchRequestStageDuration`). 11 puts and 12 gets were written (the checksum
+    // went unary); the get whose reply was dropped waited for its deadline after it was
+    // written, every other request was answered.
+    use tikv_core::client::rpc_stats::BatchOutcome;
+    let transport = client.cluster().transport_stats();
+    eventually(client.cluster(), "every batched request is timed", || {
+        transport
+            .store_stages()
+            .first()
+            .is_some_and(|s| s.done.count + s.recv_wait(BatchOutcome::Timeout).count == 23)
+    })
+    .await;
+    let stages = transport.store_stages();
+    assert_eq!(stages.len(), 1, "one store, no proxy: {stages:?}");
+    let s = &stages[0];
+    assert_eq!(s.forwarded_host, None);
+    let written = transport
+        .requests_batched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(written, 23);
+    assert_eq!(s.batch_wait(BatchOutcome::Ok).count, written);
+    assert_eq!(s.recv_wait(BatchOutcome::Ok).count, 22);
+    assert_eq!(s.done.count, 22);
+    let timed_out = s.recv_wait(BatchOutcome::Timeout);
+    assert_eq!(timed_out.count, 1);
+    // Its 1 s deadline counts from the call's start, a little before it was written.
+    assert!(timed_out.total >= Duration::from_millis(950), "{s:?}");
+    for o in [
+        BatchOutcome::Timeout,
+        BatchOutcome::Failed,
+        BatchOutcome::Closed,
+    ] {
+        assert_eq!(s.batch_wait(o).count, 0, "nothing ended queued: {s:?}");
+    }
+    assert_eq!(s.recv_wait(BatchOutcome::Failed).count, 0);
+    // The delayed put is in the answered requests' slow buckets.
+    assert_eq!(
+        s.recv_wait(BatchOutcome::Ok).buckets[slow_from..BUCKETS]
+            .iter()
+            .sum::<u64>(),
+        1,
+        "{s:?}"
+    );
+    // An answered request's whole time is its batching wait plus its wait for the reply.
+    assert!(s.done.total >= s.recv_wait(BatchOutcome::Ok).total);
+    for h in s.batch_wait.iter().chain(&s.recv_wait).chain([&s.done]) {
+        assert_eq!(h.buckets.iter().sum::<u64>(), h.count, "{s:?}");
+    }
+}
+
+/// CL-19: the state of every connection's `BatchCommands` stream is reported per store pool
+/// (client-go's connection monitor, the `TiKVGrpcConnectionState` gauge): of a pool of two
+/// connections, the one that carried the first request is ready and the other idle; once
+/// the address is closed (`Cluster::close_address`) both streams are closed, and the next
+/// request opens a new pool, reported in their place.
+pub async fn connection_states_are_reported<R: Runtime>() {
+    use tikv_core::machine::batch::ConnState;
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, test_config().with_grpc_connection_count(2)).await;
+    client.put("k", "v").await.unwrap();
+    let stats = client.cluster().transport_stats();
+    let one_ready_one_idle = || {
+        stats.connections().first().is_some_and(|p| {
+            let count = |s: ConnState| p.states.iter().filter(|x| **x == s).count();
+            (count(ConnState::Ready), count(ConnState::Idle)) == (1, 1)
+        })
+    };
+    eventually(
+        client.cluster(),
+        "one stream ready, one idle",
+        one_ready_one_idle,
+    )
+    .await;
+    let pools = stats.connections();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert_eq!(pools[0].forwarded_host, None);
+    assert_eq!(pools[0].states.len(), 2);
+
+    client.cluster().close_address(&pools[0].address);
+    eventually(client.cluster(), "both streams closed", || {
+        stats
+            .connections()
+            .first()
+            .is_some_and(|p| p.states.iter().all(|s| *s == ConnState::Closed))
+    })
+    .await;
+    assert_eq!(client.get("k").await.unwrap(), Some(b("v")));
+    eventually(
+        client.cluster(),
+        "the new pool reported",
+        one_ready_one_idle,
+    )
+    .await;
+    assert_eq!(stats.connections().len(), 1);
 }
 
 /// RW-03: the raw client reports the id of the cluster its PD answered with (client-go

@@ -48,4 +48,5 @@ pub use pd_handle::PdHandle;
 pub use raw::RawClient;
 pub use runtime::{Channel, Code, Runtime, Status};
 pub use sync::Inbox;
+pub use tikv::{PoolConnections, TransportStats};
 pub use txn::{Snapshot, Transaction, TransactionClient};

@@ -12,6 +12,11 @@
 //! failure is handed back. Batched requests are counted by the stream tasks, which add a
 //! whole round of completions at once: the cost is a few plain additions per request and a
 //! few atomic ones per round.
+//!
+//! The batched requests' stage times are kept per store connection pool ([`StoreStages`],
+//! read through [`TransportStats::store_stages`](super::TransportStats::store_stages)):
+//! how long requests waited to be written into a batch, then for their reply, by how they
+//! ended (client-go `batchRequestStageMetrics`, labelled by store, stage and outcome).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -268,6 +273,266 @@ impl LocalRpcStats {
     }
 }
 
+/// A latency histogram at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations.
+    pub count: u64,
+    /// Their total.
+    pub total: Duration,
+    /// How many took at most each bound of [`BUCKET_BOUNDS_US`] (and more than the previous
+    /// one); the last entry counts those slower than every bound.
+    pub buckets: [u64; BUCKETS],
+}
+
+impl Histogram {
+    /// The mean observation (zero when there is none).
+    pub fn mean(&self) -> Duration {
+        match self.count {
+            0 => Duration::ZERO,
+            n => self.total / u32::try_from(n).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// How a batched request ended, for its stage times. Mirrors client-go
+/// `batchRequestOutcome` (`batchRequestTerminalOutcome`); a request withdrawn unsent because
+/// its caller gave up is counted by
+/// [`TransportStats::requests_cancelled`](super::TransportStats::requests_cancelled)
+/// instead of client-go's `canceled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// A reply came.
+    Ok = 0,
+    /// Its deadline passed first.
+    Timeout = 1,
+    /// The stream failed.
+    Failed = 2,
+    /// The client (or the connection) was closed.
+    Closed = 3,
+}
+
+impl BatchOutcome {
+    /// Every outcome, in the order of the arrays of [`StoreStages`].
+    pub const ALL: [BatchOutcome; 4] = [
+        BatchOutcome::Ok,
+        BatchOutcome::Timeout,
+        BatchOutcome::Failed,
+        BatchOutcome::Closed,
+    ];
+
+    /// The outcome of a request completed with `result`.
+    pub(crate) fn of<T>(result: &Result<T, Error>) -> BatchOutcome {
+        match result {
+            Ok(_) => BatchOutcome::Ok,
+            Err(Error::Timeout { .. }) => BatchOutcome::Timeout,
+            Err(Error::Closed) => BatchOutcome::Closed,
+            Err(_) => BatchOutcome::Failed,
+        }
+    }
+}
+
+/// The stage times of one store connection pool's batched requests at one moment. Mirrors
+/// client-go's per-store `TiKVBatchRequestStageDuration` (stages `batch_wait`, `recv_wait`
+/// and `done`, by outcome; `send_wait` is not separate here: a batch is handed to its
+/// HTTP/2 connection as it is built) and, through [`StoreStages::done`], the per-store
+/// request latency of `storeMetrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStages {
+    /// The address the requests went to.
+    pub address: std::sync::Arc<str>,
+    /// The store a proxy at `address` forwarded them to, if any.
+    pub forwarded_host: Option<std::sync::Arc<str>>,
+    /// From submission to the connection until written into a batch, by outcome
+    /// ([`BatchOutcome::ALL`] order): the `Ok` entry holds every request that was written,
+    /// the others requests that ended while still queued.
+    pub batch_wait: [Histogram; 4],
+    /// From written until the reply or failure, by outcome.
+    pub recv_wait: [Histogram; 4],
+    /// The whole time of the requests answered (`Ok`), submission to reply.
+    pub done: Histogram,
+}
+
+impl StoreStages {
+    /// The `batch_wait` histogram of `outcome`.
+    pub fn batch_wait(&self, outcome: BatchOutcome) -> &Histogram {
+        &self.batch_wait[outcome as usize]
+    }
+
+    /// The `recv_wait` histogram of `outcome`.
+    pub fn recv_wait(&self, outcome: BatchOutcome) -> &Histogram {
+        &self.recv_wait[outcome as usize]
+    }
+}
+
+/// The histograms of [`StoreStages`], in order: `batch_wait` by outcome, `recv_wait` by
+/// outcome, `done`.
+const STAGE_HISTS: usize = 9;
+const RECV_WAIT: usize = 4;
+const DONE: usize = 8;
+
+#[derive(Default)]
+struct AtomicHist {
+    count: AtomicU64,
+    total_us: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+}
+
+/// The shared stage counters of one store connection pool (see [`StoreStages`]); its
+/// stream tasks add to them through a [`LocalStages`].
+#[derive(Default)]
+pub(crate) struct StageCounters {
+    hists: [AtomicHist; STAGE_HISTS],
+}
+
+impl std::fmt::Debug for StageCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageCounters").finish_non_exhaustive()
+    }
+}
+
+impl StageCounters {
+    /// The counters as they stand, for the pool to `address` (forwarding to
+    /// `forwarded_host`).
+    pub(crate) fn snapshot(
+        &self,
+        address: std::sync::Arc<str>,
+        forwarded_host: Option<std::sync::Arc<str>>,
+    ) -> StoreStages {
+        let hist = |i: usize| {
+            let h = &self.hists[i];
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            // The count last with acquire: see `LocalStages::flush`.
+            let count = h.count.load(Ordering::Acquire);
+            Histogram {
+                count,
+                total: Duration::from_micros(load(&h.total_us)),
+                buckets: std::array::from_fn(|b| load(&h.buckets[b])),
+            }
+        };
+        StoreStages {
+            address,
+            forwarded_host,
+            batch_wait: std::array::from_fn(hist),
+            recv_wait: std::array::from_fn(|i| hist(RECV_WAIT + i)),
+            done: hist(DONE),
+        }
+    }
+}
+
+/// Stage times observed by one stream task since its last flush to the pool's
+/// [`StageCounters`].
+///
+/// The requests of a round mostly share their times: those drained together were submitted
+/// at the same clock reading and written together, those answered by one message completed
+/// at the same one. So a run of requests with the same times and outcome is counted as
+/// one, its buckets found once; the atomic additions come once per round, for the
+/// histograms and buckets touched.
+#[derive(Default)]
+pub(crate) struct LocalStages {
+    run: Option<Run>,
+    count: [u64; STAGE_HISTS],
+    total_us: [u64; STAGE_HISTS],
+    buckets: [[u64; BUCKETS]; STAGE_HISTS],
+    /// Bit `i`: histogram `i` has observations.
+    touched: u16,
+    /// Per histogram, bit `b`: bucket `b` was counted.
+    touched_buckets: [u32; STAGE_HISTS],
+}
+
+/// `n` requests with the same times and outcome.
+#[derive(Clone, Copy)]
+struct Run {
+    elapsed_us: u64,
+    batch_wait_us: Option<u64>,
+    outcome: BatchOutcome,
+    n: u64,
+}
+
+impl LocalStages {
+    /// Counts the stages of one request that ended with `outcome` `elapsed` after its
+    /// submission, having waited `batch_wait` of it to be written into a batch (`None`: it
+    /// never was); see [`LocalStages::add_run`].
+    #[inline]
+    pub(crate) fn record(
+        &mut self,
+        elapsed: Duration,
+        batch_wait: Option<Duration>,
+        outcome: BatchOutcome,
+    ) {
+        let elapsed_us = micros_of(elapsed);
+        let batch_wait_us = batch_wait.map(micros_of);
+        if let Some(run) = &mut self.run
+            && run.elapsed_us == elapsed_us
+            && run.batch_wait_us == batch_wait_us
+            && run.outcome == outcome
+        {
+            run.n += 1;
+            return;
+        }
+        let ended = self.run.replace(Run {
+            elapsed_us,
+            batch_wait_us,
+            outcome,
+            n: 1,
+        });
+        if let Some(run) = ended {
+            self.add_run(run);
+        }
+    }
+
+    /// Counts a run's stages. Mirrors client-go `visitBatchRequestObservations`: a request
+    /// never written counts its whole wait as `batch_wait` of its outcome; one written
+    /// counts `batch_wait` as `Ok`, then `recv_wait` (the rest of its time) of its outcome,
+    /// then, if answered, `done` (all of it).
+    fn add_run(&mut self, run: Run) {
+        let o = run.outcome as usize;
+        let Some(waited) = run.batch_wait_us else {
+            self.observe(o, run.elapsed_us, run.n);
+            return;
+        };
+        self.observe(0, waited, run.n);
+        self.observe(RECV_WAIT + o, run.elapsed_us.saturating_sub(waited), run.n);
+        if run.outcome == BatchOutcome::Ok {
+            self.observe(DONE, run.elapsed_us, run.n);
+        }
+    }
+
+    fn observe(&mut self, hist: usize, micros: u64, n: u64) {
+        let b = bucket_of(micros);
+        self.count[hist] += n;
+        self.total_us[hist] = self.total_us[hist].saturating_add(micros.saturating_mul(n));
+        self.buckets[hist][b] += n;
+        self.touched |= 1 << hist;
+        self.touched_buckets[hist] |= 1 << b;
+    }
+
+    /// Adds what was counted to `shared` and starts over; each histogram's count goes last
+    /// (release), so a reader that sees a count (acquire) sees its total and buckets.
+    pub(crate) fn flush(&mut self, shared: &StageCounters) {
+        if let Some(run) = self.run.take() {
+            self.add_run(run);
+        }
+        while self.touched != 0 {
+            let i = self.touched.trailing_zeros() as usize;
+            self.touched &= self.touched - 1;
+            let h = &shared.hists[i];
+            h.total_us.fetch_add(self.total_us[i], Ordering::Relaxed);
+            let mut bits = self.touched_buckets[i];
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                h.buckets[b].fetch_add(self.buckets[i][b], Ordering::Relaxed);
+                self.buckets[i][b] = 0;
+            }
+            h.count.fetch_add(self.count[i], Ordering::Release);
+            self.touched_buckets[i] = 0;
+            self.count[i] = 0;
+            self.total_us[i] = 0;
+        }
+    }
+}
+
 /// Adds `n` to the count of `label`.
 fn add_label(labels: &mut Vec<(&'static str, u64)>, label: &'static str, n: u64) {
     match labels.iter_mut().find(|(l, _)| *l == label) {
@@ -299,6 +564,58 @@ mod tests {
             assert_eq!(bucket_of(m), search(m), "{m} µs");
         }
         assert_eq!(micros_of(Duration::new(3, 4_567_891)), 3_004_567);
+    }
+
+    /// The stages of a request follow client-go `visitBatchRequestObservations`: never
+    /// written, its whole wait is `batch_wait` of its outcome; written, `batch_wait` is `Ok`,
+    /// then `recv_wait` of its outcome, then `done` if answered. A flush adds each round once.
+    #[test]
+    fn stage_times_follow_the_request_through_batching_and_reply() {
+        let ms = Duration::from_millis;
+        let shared = StageCounters::default();
+        let mut local = LocalStages::default();
+        // Answered: 2 ms queued, 5 ms on the wire.
+        local.record(ms(7), Some(ms(2)), BatchOutcome::Ok);
+        // Timed out on the wire after 1 s.
+        local.record(ms(1_001), Some(ms(1)), BatchOutcome::Timeout);
+        // Failed with its stream while still queued.
+        local.record(ms(3), None, BatchOutcome::Failed);
+        local.flush(&shared);
+        local.flush(&shared);
+        let s = shared.snapshot("s1".into(), None);
+        let ok = BatchOutcome::Ok;
+        assert_eq!(s.batch_wait(ok).count, 2);
+        assert_eq!(s.batch_wait(ok).total, ms(3));
+        assert_eq!(s.batch_wait(BatchOutcome::Failed).count, 1);
+        assert_eq!(s.batch_wait(BatchOutcome::Failed).total, ms(3));
+        assert_eq!(s.recv_wait(ok).total, ms(5));
+        assert_eq!(s.recv_wait(BatchOutcome::Timeout).total, ms(1_000));
+        assert_eq!(s.recv_wait(BatchOutcome::Failed).count, 0);
+        assert_eq!((s.done.count, s.done.total), (1, ms(7)));
+        assert_eq!(s.done.mean(), ms(7));
+        assert_eq!(s.done.buckets[bucket_of(7_000)], 1);
+        assert_eq!(s.batch_wait(BatchOutcome::Closed), &Histogram::default());
+        for h in s.batch_wait.iter().chain(&s.recv_wait).chain([&s.done]) {
+            assert_eq!(h.buckets.iter().sum::<u64>(), h.count);
+        }
+
+        // A later round adds to the same histograms.
+        local.record(ms(1), Some(ms(0)), BatchOutcome::Ok);
+        local.flush(&shared);
+        let s = shared.snapshot("s1".into(), None);
+        assert_eq!((s.done.count, s.done.total), (2, ms(8)));
+        assert_eq!(s.batch_wait(ok).count, 3);
+
+        // Runs of one span and spans interleaved count alike.
+        for to in [1, 1, 2, 1, 1] {
+            local.record(ms(to), Some(ms(0)), BatchOutcome::Ok);
+        }
+        local.flush(&shared);
+        let s = shared.snapshot("s1".into(), None);
+        assert_eq!((s.done.count, s.done.total), (7, ms(14)));
+        assert_eq!(s.recv_wait(ok).count, 7);
+        assert_eq!(s.done.buckets[bucket_of(1_000)], 5);
+        assert_eq!(s.done.buckets[bucket_of(2_000)], 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -34,14 +34,16 @@ use tracing::Instrument;
 use super::batch_encode::{self, BatchCmd};
 use super::driver::LocalIo;
 use super::rpc::{self, BATCH_COMMANDS};
-use super::rpc_stats::{LocalRpcStats, Outcome};
+use super::rpc_stats::{
+    BatchOutcome, LocalRpcStats, LocalStages, Outcome, StageCounters, StoreStages,
+};
 use super::runtime::{Channel, Runtime, Status};
 use super::sync::{Inbox, lock};
 use super::versioned::{ANY_VERSION, VersionedSlot, Versions, closes};
 use crate::config::Config;
 use crate::error::Error;
 use crate::hash::FastMap;
-use crate::machine::batch::{BatchAction, BatchConfig, BatchConn, Completion};
+use crate::machine::batch::{BatchAction, BatchConfig, BatchConn, Completion, ConnState};
 use crate::machine::{Input, IoId, SpentCmds, TikvRequest, TikvResponse};
 use tikv_proto::kvrpcpb;
 
@@ -139,6 +141,120 @@ pub struct TransportStats {
     pub requests_cancelled: std::sync::atomic::AtomicU64,
     /// Requests completed per command kind, with their errors and times.
     pub rpc: super::rpc_stats::RpcStats,
+    /// What is counted per store connection pool, by (address, forwarded host).
+    pools: Mutex<Vec<PoolCounters>>,
+}
+
+/// What the transport counts for the pool to one address (forwarding to one host).
+#[derive(Debug)]
+struct PoolCounters {
+    address: Arc<str>,
+    forwarded_host: Option<Arc<str>>,
+    /// Kept across the pools that replace one another to the same place.
+    stages: Arc<StageCounters>,
+    /// The stream state of each connection slot of the current pool (see
+    /// [`conn_state_code`]), as its task last saw it.
+    states: Arc<[AtomicU8]>,
+}
+
+/// The streams of one store connection pool at one moment; see
+/// [`TransportStats::connections`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConnections {
+    /// The address the pool connects to.
+    pub address: Arc<str>,
+    /// The store a proxy at `address` forwards the pool's requests to, if any.
+    pub forwarded_host: Option<Arc<str>>,
+    /// The state of each connection's `BatchCommands` stream
+    /// ([`Config::grpc_connection_count`] of them).
+    pub states: Vec<ConnState>,
+}
+
+/// A [`ConnState`] as a number, for an atomic.
+fn conn_state_code(state: ConnState) -> u8 {
+    match state {
+        ConnState::Idle => 0,
+        ConnState::Connecting => 1,
+        ConnState::Ready => 2,
+        ConnState::Backoff => 3,
+        ConnState::Closed => 4,
+    }
+}
+
+fn conn_state_of(code: u8) -> ConnState {
+    match code {
+        0 => ConnState::Idle,
+        1 => ConnState::Connecting,
+        2 => ConnState::Ready,
+        3 => ConnState::Backoff,
+        _ => ConnState::Closed,
+    }
+}
+
+impl TransportStats {
+    /// The stage times of the batched requests to each store address (and, through a proxy,
+    /// to each forwarded store) so far, in the order the pools were first opened. Mirrors
+    /// client-go's per-store `TiKVBatchRequestStageDuration` and request latency; see
+    /// [`StoreStages`].
+    pub fn store_stages(&self) -> Vec<StoreStages> {
+        lock(&self.pools)
+            .iter()
+            .map(|p| {
+                p.stages
+                    .snapshot(p.address.clone(), p.forwarded_host.clone())
+            })
+            .collect()
+    }
+
+    /// The state of every connection's `BatchCommands` stream, per store connection pool
+    /// (in the order the pools were first opened): idle until first used, connecting,
+    /// ready, backing off before a reconnection, or closed. Mirrors client-go's connection
+    /// monitor (`internal/client/conn_monitor.go`, the `TiKVGrpcConnectionState` gauge per
+    /// connection), read when asked instead of polled every second.
+    pub fn connections(&self) -> Vec<PoolConnections> {
+        lock(&self.pools)
+            .iter()
+            .map(|p| PoolConnections {
+                address: p.address.clone(),
+                forwarded_host: p.forwarded_host.clone(),
+                states: p
+                    .states
+                    .iter()
+                    .map(|s| conn_state_of(s.load(Ordering::Relaxed)))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The counters of a new pool of `connections` to `address` (forwarding to `host`): a
+    /// pool that replaces an earlier one to the same place goes on counting its stages
+    /// where that one stopped, with states of its own.
+    fn pool_counters(
+        &self,
+        address: &Arc<str>,
+        host: &Option<Arc<str>>,
+        connections: usize,
+    ) -> (Arc<StageCounters>, Arc<[AtomicU8]>) {
+        let states: Arc<[AtomicU8]> = (0..connections)
+            .map(|_| AtomicU8::new(conn_state_code(ConnState::Idle)))
+            .collect();
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools
+            .iter_mut()
+            .find(|p| p.address == *address && p.forwarded_host == *host)
+        {
+            p.states = states.clone();
+            return (p.stages.clone(), states);
+        }
+        let stages = Arc::new(StageCounters::default());
+        pools.push(PoolCounters {
+            address: address.clone(),
+            forwarded_host: host.clone(),
+            stages: stages.clone(),
+            states: states.clone(),
+        });
+        (stages, states)
+    }
 }
 
 /// All TiKV connections of one client.
@@ -321,6 +437,9 @@ impl<R: Runtime> TikvTransport<R> {
                 .collect(),
             next_unary: AtomicUsize::new(0),
         });
+        let (stages, states) =
+            self.stats
+                .pool_counters(address, &forwarded_host, self.config.connections);
         for (i, conn) in pool.conns.iter().enumerate() {
             let task = StreamTask {
                 rt: self.rt.clone(),
@@ -332,6 +451,8 @@ impl<R: Runtime> TikvTransport<R> {
                 retired: conn.retired.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
+                stages: stages.clone(),
+                states: states.clone(),
                 health_feed: self.health_feed.clone(),
                 seed: (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 forwarded_host: forwarded_host.clone(),
@@ -580,6 +701,11 @@ struct StreamTask<R: Runtime> {
     retired: Arc<std::sync::atomic::AtomicBool>,
     config: TransportConfig,
     stats: Arc<TransportStats>,
+    /// The pool's stage counters (see [`TransportStats::store_stages`]).
+    stages: Arc<StageCounters>,
+    /// The pool's stream states; this task's is `states[index]` (see
+    /// [`TransportStats::connections`]).
+    states: Arc<[AtomicU8]>,
     health_feed: Inbox<(tikv_proto::kvrpcpb::HealthFeedback, Instant)>,
     seed: u64,
     /// Set for a proxy pool's stream (see [`StorePool::forwarded_host`]).
@@ -606,15 +732,22 @@ impl<R: Runtime> StreamTask<R> {
 
     /// Hands a finished request to its caller's inbox and counts it. `now`, read at the top
     /// of the round in which the reply was taken off the stream, stands for its arrival.
-    fn deliver(&self, now: Instant, done: Completion<Token>, rpc_counts: &mut LocalRpcStats) {
+    fn deliver(
+        &self,
+        now: Instant,
+        done: Completion<Token>,
+        rpc_counts: &mut LocalRpcStats,
+        stages: &mut LocalStages,
+    ) {
         let (id, reply, kind) = done.token;
+        let elapsed = now.saturating_duration_since(done.submitted);
+        stages.record(elapsed, done.batch_wait, BatchOutcome::of(&done.result));
         let result = match done.result {
             Err(Error::Closed) if self.retired.load(Ordering::Acquire) => {
                 Err(retired_error(&self.address))
             }
             r => r.map(TikvResponse::Cmd),
         };
-        let elapsed = now.saturating_duration_since(done.submitted);
         rpc_counts.record(usize::from(kind), elapsed, Outcome::of(&result));
         let _ = reply.push_at(Input::Tikv { id, result }, now);
     }
@@ -633,6 +766,9 @@ impl<R: Runtime> StreamTask<R> {
         // Every reply message is decoded into this one, whose lists keep their capacity.
         let mut message = tikv_proto::tikvpb::BatchCommandsResponse::default();
         let mut rpc_counts = LocalRpcStats::default();
+        let mut stage_counts = LocalStages::default();
+        // This slot's stream state as last published (see `TransportStats::connections`).
+        let mut published = conn_state_code(ConnState::Idle);
         let mut opening: Option<(u64, Opening<R>)> = None;
         let mut open: Option<Open<R>> = None;
         let mut timer: Option<(Instant, R::Sleep)> = None;
@@ -707,7 +843,14 @@ impl<R: Runtime> StreamTask<R> {
                                             now,
                                             o.epoch,
                                             &mut message,
-                                            |done| self.deliver(now, done, &mut rpc_counts),
+                                            |done| {
+                                                self.deliver(
+                                                    now,
+                                                    done,
+                                                    &mut rpc_counts,
+                                                    &mut stage_counts,
+                                                )
+                                            },
                                         );
                                         if let Some(feedback) = conn.take_health_feedback() {
                                             let _ = self.health_feed.push((feedback, now));
@@ -821,10 +964,16 @@ impl<R: Runtime> StreamTask<R> {
                 }
                 while let Some(done) = conn.poll_completion() {
                     progressed = true;
-                    self.deliver(now, done, &mut rpc_counts);
+                    self.deliver(now, done, &mut rpc_counts, &mut stage_counts);
                 }
                 // The round's completions, added to the client's statistics in one go.
                 rpc_counts.flush(&self.stats.rpc);
+                stage_counts.flush(&self.stages);
+                let state = conn_state_code(conn.state());
+                if state != published {
+                    published = state;
+                    self.states[self.index].store(state, Ordering::Relaxed);
+                }
                 match conn.poll_timeout() {
                     Some((at, _why)) => {
                         if timer.as_ref().is_none_or(|(t, _)| *t != at) {
@@ -839,6 +988,8 @@ impl<R: Runtime> StreamTask<R> {
                     if let Some(o) = open.take() {
                         o.outgoing.close();
                     }
+                    self.states[self.index]
+                        .store(conn_state_code(ConnState::Closed), Ordering::Relaxed);
                     return Poll::Ready(());
                 }
                 if !progressed {

@@ -140,6 +140,10 @@ pub struct Completion<T> {
     pub result: Result<TikvCmdResponse, Error>,
     /// When the request was submitted (for the caller's latency statistics).
     pub submitted: Instant,
+    /// How long after its submission the request was written into a batch (whole
+    /// microseconds); `None` if it never was. For its stage times (client-go
+    /// `batchCommandsEntry.batchedNS`).
+    pub batch_wait: Option<Duration>,
 }
 
 /// Counters of one multiplexer.
@@ -336,7 +340,24 @@ struct Entry<T> {
     token: Option<T>,
     submitted: Instant,
     deadline: Instant,
-    sent: bool,
+    /// Microseconds from submission until written into a batch; [`UNSENT`] while queued.
+    /// (Four bytes where an instant would take sixteen: entries are the stream task's
+    /// per-request memory.)
+    batch_wait_us: u32,
+}
+
+/// [`Entry::batch_wait_us`] of a request not written yet.
+const UNSENT: u32 = u32::MAX;
+
+impl<T> Entry<T> {
+    fn sent(&self) -> bool {
+        self.batch_wait_us != UNSENT
+    }
+}
+
+/// An [`Entry::batch_wait_us`] as the [`Completion::batch_wait`] it gives.
+fn batch_wait_of(us: u32) -> Option<Duration> {
+    (us != UNSENT).then(|| Duration::from_micros(u64::from(us)))
 }
 
 struct Pending<P> {
@@ -716,7 +737,7 @@ impl<T, P> BatchConn<T, P> {
                 token: Some(token),
                 submitted: now,
                 deadline,
-                sent: false,
+                batch_wait_us: UNSENT,
             },
         );
         let pending = Pending {
@@ -744,7 +765,7 @@ impl<T, P> BatchConn<T, P> {
     pub fn cancel(&mut self, id: u64) -> Option<T> {
         let entry = self.entries.get_mut(id)?;
         let token = entry.token.take()?;
-        if !entry.sent {
+        if !entry.sent() {
             self.entries.remove(id);
         }
         if self.entries.is_empty() {
@@ -843,7 +864,7 @@ impl<T, P> BatchConn<T, P> {
         for id in resp.request_ids.drain(..) {
             let reply = responses.next().and_then(|r| r.cmd);
             match self.entries.get(id) {
-                Some(e) if e.sent => {}
+                Some(e) if e.sent() => {}
                 _ => {
                     self.stats.unknown_responses += 1;
                     continue;
@@ -865,6 +886,7 @@ impl<T, P> BatchConn<T, P> {
                 token,
                 result,
                 submitted: entry.submitted,
+                batch_wait: batch_wait_of(entry.batch_wait_us),
             });
         }
         if self.entries.is_empty() {
@@ -935,6 +957,7 @@ impl<T, P> BatchConn<T, P> {
                     token,
                     result: Err(Error::Closed),
                     submitted: entry.submitted,
+                    batch_wait: batch_wait_of(entry.batch_wait_us),
                 });
             }
         }
@@ -1004,7 +1027,7 @@ impl<T, P> BatchConn<T, P> {
                 }
             }
         }
-        self.build(available, cancelled)
+        self.build(now, available, cancelled)
     }
 
     /// The next finished request.
@@ -1097,7 +1120,12 @@ impl<T, P> BatchConn<T, P> {
     /// then the others in submission order. Requests below [`HIGH_TASK_PRIORITY`] stop at the
     /// concurrency limit `available`; those at or above it do not count against it. Mirrors
     /// client-go `batchCommandsBuilder.buildWithLimit`.
-    fn build(&mut self, available: u64, mut cancelled: impl FnMut(&T) -> bool) -> Option<Batch<P>> {
+    fn build(
+        &mut self,
+        now: Instant,
+        available: u64,
+        mut cancelled: impl FnMut(&T) -> bool,
+    ) -> Option<Batch<P>> {
         let max = self.cfg.max_batch_size;
         let limit = (max as u64).min(available) as usize;
         let want = max.min(self.pending_len());
@@ -1111,6 +1139,7 @@ impl<T, P> BatchConn<T, P> {
         requests.reserve(want);
         ids.reserve(want);
         let mut fetched = 0usize;
+        let (mut last_submitted, mut last_wait_us) = (None, 0u32);
         // Requests written that count against the concurrency limit.
         let mut counted = 0usize;
         while requests.len() < max {
@@ -1141,7 +1170,13 @@ impl<T, P> BatchConn<T, P> {
                 }
                 continue;
             }
-            entry.sent = true;
+            // Requests drained together share their submission instant: one subtraction.
+            if last_submitted != Some(entry.submitted) {
+                last_submitted = Some(entry.submitted);
+                let waited = now.saturating_duration_since(entry.submitted);
+                last_wait_us = u32::try_from(waited.as_micros()).unwrap_or(UNSENT - 1);
+            }
+            entry.batch_wait_us = last_wait_us;
             if !high {
                 counted += 1;
             }
@@ -1190,8 +1225,9 @@ impl<T, P> BatchConn<T, P> {
                 continue;
             };
             let submitted = entry.submitted;
+            let batch_wait = batch_wait_of(entry.batch_wait_us);
             let waited = entry.deadline.saturating_duration_since(submitted);
-            if !entry.sent {
+            if batch_wait.is_none() {
                 self.entries.remove(id);
             }
             self.stats.timeouts += 1;
@@ -1201,6 +1237,7 @@ impl<T, P> BatchConn<T, P> {
                 token,
                 result: Err(err),
                 submitted,
+                batch_wait,
             });
         }
         self.earliest_deadline = earliest;
@@ -1211,12 +1248,13 @@ impl<T, P> BatchConn<T, P> {
     fn fail_all(&mut self, message: &str, on_wire: bool) {
         for (id, entry) in self.entries.take_sorted() {
             if let Some(token) = entry.token {
-                let err = self.rpc_error(message, on_wire && entry.sent);
+                let err = self.rpc_error(message, on_wire && entry.batch_wait_us != UNSENT);
                 self.completions.push_back(Completion {
                     id,
                     token,
                     result: Err(err),
                     submitted: entry.submitted,
+                    batch_wait: batch_wait_of(entry.batch_wait_us),
                 });
             }
         }
@@ -1240,6 +1278,7 @@ impl<T, P> BatchConn<T, P> {
             token,
             result,
             submitted: now,
+            batch_wait: None,
         });
     }
 
@@ -1912,6 +1951,33 @@ mod tests {
         );
         assert!(c.poll_completion().is_none());
         assert_eq!(c.stats().late_responses, 1);
+    }
+
+    /// A completion says how long its request waited to be written into a batch (its stage
+    /// times), or that it never was.
+    #[test]
+    fn completions_carry_when_their_request_was_batched() {
+        let (t0, mut c) = ready(basic());
+        let ms = Duration::from_millis;
+        let written = c.submit(t0, get("a"), t0 + S30, 1);
+        c.poll_batch(t0 + ms(2)).unwrap();
+        let queued = c.submit(t0 + ms(3), get("b"), t0 + ms(10), 2);
+        c.handle_response(
+            t0 + ms(9),
+            1,
+            tikvpb::BatchCommandsResponse {
+                responses: vec![reply("v")],
+                request_ids: vec![written],
+                ..Default::default()
+            },
+        );
+        let done = c.poll_completion().unwrap();
+        assert_eq!((done.id, done.submitted), (written, t0));
+        assert_eq!(done.batch_wait, Some(ms(2)));
+        c.handle_stream_error(t0 + ms(9), 1, "reset");
+        let failed = c.poll_completion().unwrap();
+        assert_eq!((failed.id, failed.batch_wait), (queued, None));
+        assert_eq!(failed.submitted, t0 + ms(3));
     }
 
     /// A request whose caller gave up before the batch was built is withdrawn, not written;
