@@ -73,6 +73,8 @@ pub struct StoreInfo {
     pub address: String,
     /// Whether the store accepts requests.
     pub up: bool,
+    /// The store's labels (`zone`, `host`, ...), as PD reports them.
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -223,6 +225,7 @@ impl Cluster {
                     id,
                     address: format!("store{id}"),
                     up: true,
+                    labels: Vec::new(),
                 },
             );
         }
@@ -450,6 +453,24 @@ impl Cluster {
             .get_mut(&store_id)
             .ok_or(ControlError::StoreNotFound(store_id))?;
         s.address = addr.to_string();
+        Ok(())
+    }
+
+    /// Sets the labels PD reports for a store (`metapb.Store.labels`: `zone`, `host`, ...),
+    /// as its `--labels` configuration would in TiKV.
+    pub fn set_store_labels(
+        &mut self,
+        store_id: u64,
+        labels: &[(&str, &str)],
+    ) -> Result<(), ControlError> {
+        let s = self
+            .stores
+            .get_mut(&store_id)
+            .ok_or(ControlError::StoreNotFound(store_id))?;
+        s.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Ok(())
     }
 

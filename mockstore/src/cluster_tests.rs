@@ -815,3 +815,34 @@ fn replica_read_waits_for_the_read_index() {
     c.set_safe_ts(ctx.region_id, Some(100)).unwrap();
     assert_eq!(delay_of(c.handle_tikv(0, 2, get(&sctx))), 0);
 }
+
+/// PD reports the labels set on a store (`metapb.Store.labels`), as TiKV's `--labels` would;
+/// an unknown store is an error.
+#[test]
+fn store_labels_are_reported_by_pd() {
+    let mut c = cluster(2);
+    c.set_store_labels(1, &[("zone", "z1"), ("host", "h1")])
+        .unwrap();
+    let store = |c: &Cluster, id| {
+        c.pd_get_store(&pdpb::GetStoreRequest {
+            store_id: id,
+            ..Default::default()
+        })
+        .store
+        .expect("known store")
+    };
+    let labels: Vec<(String, String)> = store(&c, 1)
+        .labels
+        .into_iter()
+        .map(|l| (l.key, l.value))
+        .collect();
+    assert_eq!(
+        labels,
+        vec![("zone".into(), "z1".into()), ("host".into(), "h1".into())]
+    );
+    assert!(store(&c, 2).labels.is_empty());
+    assert_eq!(
+        c.set_store_labels(9, &[("zone", "z")]),
+        Err(crate::cluster::ControlError::StoreNotFound(9))
+    );
+}

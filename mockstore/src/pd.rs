@@ -929,6 +929,14 @@ impl Cluster {
             id: s.id,
             address: s.address.clone(),
             state: metapb::StoreState::Up as i32,
+            labels: s
+                .labels
+                .iter()
+                .map(|(key, value)| metapb::StoreLabel {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
             version: "8.5.0".into(),
             ..Default::default()
         })

@@ -1447,6 +1447,15 @@ impl MockCluster {
         self.with_cluster(|c| c.set_store_up(store_id, up))
     }
 
+    /// Sets the labels PD reports for a store (see [`Cluster::set_store_labels`]).
+    pub fn set_store_labels(
+        &self,
+        store_id: u64,
+        labels: &[(&str, &str)],
+    ) -> Result<(), ControlError> {
+        self.with_cluster(|c| c.set_store_labels(store_id, labels))
+    }
+
     /// Isolates a store from clients (or ends the isolation): its listener
     /// closes and its open connections are cut, like a store taken down, but
     /// it keeps serving calls that other stores forward to it

@@ -153,6 +153,7 @@ macro_rules! e2e_suite {
             high_priority_requests_pass_the_concurrency_limit,
             dropped_get_is_withdrawn_unsent,
             connection_states_are_reported,
+            traffic_is_counted_by_zone,
         );
     };
     (@each $runtime:ty, $block_on:path; $($name:ident),* $(,)?) => {

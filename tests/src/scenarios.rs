@@ -1417,6 +1417,52 @@ pub async fn connection_states_are_reported<R: Runtime>() {
     assert_eq!(stats.connections().len(), 1);
 }
 
+/// LC-44 / KV-08: data-command traffic is counted by where the store is (client-go
+/// `networkCollector`): with the client in `zone-a`, reads served by a leader in `zone-a`
+/// count as local-zone traffic and, once the leader moves to `zone-b`, as cross-zone
+/// traffic; each read counts one request, its request bytes and its reply's.
+pub async fn traffic_is_counted_by_zone<R: Runtime>() {
+    let mock = Mock::start(three_stores());
+    mock.cluster()
+        .set_store_labels(1, &[("zone", "zone-a")])
+        .unwrap();
+    for store in [2, 3] {
+        mock.cluster()
+            .set_store_labels(store, &[("zone", "zone-b"), ("host", "h")])
+            .unwrap();
+    }
+    let client = connect::<R>(&mock, test_config().with_zone_label("zone-a")).await;
+    client.put("key", "value").await.unwrap();
+    let region = region_of(mock.cluster(), b"key");
+    let reads = async |n: u64| {
+        // One read to learn where the leader is, then `n` measured ones.
+        assert_eq!(client.get("key").await.unwrap(), Some(b("value")));
+        let before = client.cluster().traffic_stats();
+        for _ in 0..n {
+            assert_eq!(client.get("key").await.unwrap(), Some(b("value")));
+        }
+        (before, client.cluster().traffic_stats())
+    };
+
+    mock.cluster().transfer_leader(region, 1).unwrap();
+    let (before, after) = reads(5).await;
+    assert_eq!(after.local_zone.requests - before.local_zone.requests, 5);
+    assert_eq!(after.cross_zone, before.cross_zone);
+    let sent = after.local_zone.bytes_sent - before.local_zone.bytes_sent;
+    let received = after.local_zone.bytes_received - before.local_zone.bytes_received;
+    // Each request carries the key and a context; each reply the value.
+    assert!(sent >= 5 * (3 + 10), "{sent} bytes for 5 requests");
+    assert!(received >= 5 * 7, "{received} bytes for 5 replies");
+
+    mock.cluster().transfer_leader(region, 2).unwrap();
+    let (before, after) = reads(3).await;
+    assert_eq!(after.cross_zone.requests - before.cross_zone.requests, 3);
+    assert_eq!(after.local_zone, before.local_zone);
+    assert!(after.cross_zone.bytes_received - before.cross_zone.bytes_received >= 3 * 7);
+    assert_eq!(after.stale_read_local_zone, Default::default());
+    assert_eq!(after.stale_read_cross_zone, Default::default());
+}
+
 /// RW-03: the raw client reports the id of the cluster its PD answered with (client-go
 /// `rawkv.Client.ClusterID`), the same id every request context carries.
 pub async fn raw_client_reports_the_cluster_id<R: Runtime>() {

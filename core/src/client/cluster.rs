@@ -416,6 +416,23 @@ impl<R: Runtime> Cluster<R> {
         &self.inner.tikv.stats.rpc
     }
 
+    /// The client's data-command traffic so far by where the stores are: requests and
+    /// protobuf bytes to stores in its zone and in others, and those of stale reads (see
+    /// [`crate::machine::traffic`]). Counted only when the client has a zone
+    /// ([`crate::config::Config::zone_label`]) and the store its `zone` label. Mirrors
+    /// client-go's `networkCollector` (cross-zone `ExecDetails` bytes, stale-read and
+    /// replica-read byte metrics).
+    ///
+    /// ```
+    /// # fn demo<R: tikv_core::client::Runtime>(cluster: &tikv_core::client::Cluster<R>) {
+    /// let t = cluster.traffic_stats();
+    /// println!("{} bytes sent across zones", t.cross_zone.bytes_sent);
+    /// # }
+    /// ```
+    pub fn traffic_stats(&self) -> crate::machine::traffic::TrafficStats {
+        self.with_shared(|s| s.traffic)
+    }
+
     /// PD counters: member lookups, calls, TSO streams.
     pub fn pd_stats(&self) -> &PdStats {
         &self.inner.pd.stats

@@ -43,6 +43,7 @@ pub mod store;
 pub mod store_limit;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod traffic;
 pub mod tso;
 pub mod txn;
 
@@ -679,6 +680,8 @@ pub struct Shared {
     pub(crate) spare_cmds: Pool<TikvCmd>,
     /// Contexts shared by attempts that carry equal ones (see [`shared_ctx`]).
     pub(crate) contexts: shared_ctx::ContextCache,
+    /// Data-command traffic by access location (see [`traffic`]).
+    pub traffic: traffic::TrafficStats,
 }
 
 /// Things a finished operation leaves behind (an allocation, an inbox) kept for the next
@@ -827,6 +830,7 @@ impl Shared {
             region_requests: Pool::default(),
             spare_cmds: Pool::default(),
             contexts: Default::default(),
+            traffic: Default::default(),
         }
     }
 

@@ -676,6 +676,14 @@ fn dispatch(
 ) -> Result<(Action, Inflight, AccessLocation), Error> {
     let token = shared.store_limits.acquire(p.store_id)?;
     let id = shared.next_io_id();
+    if p.access_location != AccessLocation::Unknown
+        && let TikvRequest::Cmd(cmd) = &p.request
+    {
+        let size = cmd_size(cmd, p.context.as_deref());
+        shared
+            .traffic
+            .on_request(p.access_location, p.stale_read, size);
+    }
     tracing::debug!(
         region = region.id,
         store = p.store_id,
@@ -713,6 +721,16 @@ fn dispatch(
         _token: token,
     };
     Ok((action, inflight, p.access_location))
+}
+
+/// The protobuf size of a data command with the shared `context` it travels with (client-go
+/// `tikvrpc.Request.GetSize`), for [`super::traffic::TrafficStats`].
+fn cmd_size(cmd: &TikvCmd, context: Option<&kvrpcpb::Context>) -> usize {
+    let context = context.map_or(0, |c| {
+        let n = prost::Message::encoded_len(c);
+        1 + prost::encoding::encoded_len_varint(n as u64) + n
+    });
+    cmd.encoded_len() + context
 }
 
 /// The deadline of a request's attempts (the options' timeout, else
@@ -1771,6 +1789,15 @@ impl FastAttempt {
             } if region_error(&resp).is_none() => resp,
             other => return Err(other),
         };
+        if self.access_location != AccessLocation::Unknown
+            && let TikvResponse::Cmd(reply) = &resp
+        {
+            shared.traffic.on_reply(
+                self.access_location,
+                self.inflight.stale_read,
+                reply.encoded_len(),
+            );
+        }
         // (A reply without region error has nothing for a V1 codec to decode.)
         if !shared.codec.decodes_region_errors_only()
             && let Err(e) = shared.codec.decode_response(&mut resp)
@@ -1849,6 +1876,15 @@ impl Operation for RegionRequest {
                 match result {
                     Err(err) => self.on_send_fail(now, shared, inf, err),
                     Ok(mut resp) => {
+                        if self.access_location != AccessLocation::Unknown
+                            && let TikvResponse::Cmd(reply) = &resp
+                        {
+                            shared.traffic.on_reply(
+                                self.access_location,
+                                inf.stale_read,
+                                reply.encoded_len(),
+                            );
+                        }
                         if let Err(err) = shared.codec.decode_response(&mut resp) {
                             return self.fail(err);
                         }
