@@ -125,7 +125,11 @@ struct StorePool<R: Runtime> {
     version: u64,
 }
 
-/// Counters of the transport (for tests and benchmarks).
+/// Counters of the transport, read through [`super::Cluster::transport_stats`]: messages and
+/// requests written, unary calls, streams opened, requests withdrawn, the per-command RPC
+/// statistics ([`TransportStats::rpc`]), the batched requests' stage times per store
+/// ([`TransportStats::store_stages`]) and the streams' states
+/// ([`TransportStats::connections`]).
 #[derive(Debug, Default)]
 pub struct TransportStats {
     /// `BatchCommandsRequest` messages written.
