@@ -307,6 +307,21 @@ pub async fn dropped_response_times_out_then_retries<R: Runtime>() {
     assert_eq!(mock.cluster().requests(RpcKind::RawGet), 2);
 }
 
+/// A client of `mock` with one connection allowing one request in flight, after storing
+/// `held` → `h` and `other` (key, value).
+async fn one_slot_client<R: Runtime>(mock: &Mock, other: (&str, &str)) -> RawClient<R> {
+    let config = test_config()
+        .with_grpc_connection_count(1)
+        .with_max_concurrency_request_limit(1);
+    let client = connect::<R>(mock, config).await;
+    client.put("held", "h").await.unwrap();
+    client
+        .put(other.0.to_owned(), other.1.to_owned())
+        .await
+        .unwrap();
+    client
+}
+
 /// CL-08 (client-go `TestLimitConcurrency`, end to end): with one connection allowing one
 /// request in flight, a request whose reply never comes holds the only slot; a get with
 /// override priority 10 (`RawClient::with_override_priority`) is still written and answered,
@@ -315,12 +330,7 @@ pub async fn dropped_response_times_out_then_retries<R: Runtime>() {
 pub async fn high_priority_requests_pass_the_concurrency_limit<R: Runtime>() {
     use futures_lite::future;
     let mock = Mock::start(MockCluster::builder());
-    let config = test_config()
-        .with_grpc_connection_count(1)
-        .with_max_concurrency_request_limit(1);
-    let client = connect::<R>(&mock, config).await;
-    client.put("held", "h").await.unwrap();
-    client.put("urgent", "u").await.unwrap();
+    let client = one_slot_client::<R>(&mock, ("urgent", "u")).await;
     let gets_before = mock.cluster().requests(RpcKind::RawGet);
     mock.cluster()
         .add_fault(FaultRule::once(RpcKind::RawGet, FaultAction::DropResponse));
@@ -370,12 +380,7 @@ pub async fn high_priority_requests_pass_the_concurrency_limit<R: Runtime>() {
 pub async fn dropped_get_is_withdrawn_unsent<R: Runtime>() {
     use futures_lite::future;
     let mock = Mock::start(MockCluster::builder());
-    let config = test_config()
-        .with_grpc_connection_count(1)
-        .with_max_concurrency_request_limit(1);
-    let client = connect::<R>(&mock, config).await;
-    client.put("held", "h").await.unwrap();
-    client.put("dropped", "d").await.unwrap();
+    let client = one_slot_client::<R>(&mock, ("dropped", "d")).await;
     let gets_before = mock.cluster().requests(RpcKind::RawGet);
     let cancelled = || {
         client

@@ -135,10 +135,7 @@ pub struct CmdStats {
 impl CmdStats {
     /// The mean time of a request (zero when none completed).
     pub fn mean(&self) -> Duration {
-        match self.count {
-            0 => Duration::ZERO,
-            n => self.total / u32::try_from(n).unwrap_or(u32::MAX),
-        }
+        mean_of(self.total, self.count)
     }
 }
 
@@ -288,10 +285,15 @@ pub struct Histogram {
 impl Histogram {
     /// The mean observation (zero when there is none).
     pub fn mean(&self) -> Duration {
-        match self.count {
-            0 => Duration::ZERO,
-            n => self.total / u32::try_from(n).unwrap_or(u32::MAX),
-        }
+        mean_of(self.total, self.count)
+    }
+}
+
+/// `total` over `count` (zero when `count` is).
+fn mean_of(total: Duration, count: u64) -> Duration {
+    match count {
+        0 => Duration::ZERO,
+        n => total / u32::try_from(n).unwrap_or(u32::MAX),
     }
 }
 
