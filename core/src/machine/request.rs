@@ -840,6 +840,82 @@ pub struct RegionRequest {
     fast_peer: Option<metapb::Peer>,
     /// The access location of the last attempt sent (see [`RegionRequest::access_location`]).
     access_location: AccessLocation,
+    /// The attempts that failed, if any did (see [`RegionRequest::access_trail`]).
+    trail: Option<Box<AccessTrail>>,
+}
+
+/// How an attempt read: from the leader, a replica, or a stale read. Mirrors client-go
+/// `ReqReadType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptRead {
+    /// From the leader (and every write).
+    Leader,
+    /// A replica read (follower or learner).
+    ReplicaRead,
+    /// A stale read.
+    StaleRead,
+}
+
+/// One failed attempt of a region request. Mirrors client-go `ReplicaAccessInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// The store it was sent to.
+    pub store_id: u64,
+    /// How it read.
+    pub read: AttemptRead,
+    /// Why it failed: the region error's label (`not_leader`, `server_is_busy`, ...;
+    /// [`region_error::label`]) or the send failure.
+    pub error: String,
+}
+
+/// The failed attempts of a region request: the first [`AccessTrail::KEPT`] in order, the
+/// rest counted. Mirrors client-go `ReplicaAccessStats` (which counts the overflow per peer
+/// and error), logged with a request that fails as client-go's `logSendReqError` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessTrail {
+    /// The first failed attempts.
+    pub records: Vec<AccessRecord>,
+    /// Failed attempts after those.
+    pub overflow: u32,
+}
+
+impl AccessTrail {
+    /// Failed attempts kept in order (client-go keeps five).
+    pub const KEPT: usize = 5;
+
+    fn record(&mut self, store_id: u64, read: AttemptRead, error: String) {
+        if self.records.len() < Self::KEPT {
+            self.records.push(AccessRecord {
+                store_id,
+                read,
+                error,
+            });
+        } else {
+            self.overflow += 1;
+        }
+    }
+}
+
+impl std::fmt::Display for AccessTrail {
+    /// `{store:1, err:not_leader}, {replica_read, store:2, err:...}, overflow:3`, as
+    /// client-go's `ReplicaAccessStats.String`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.records.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            let read = match r.read {
+                AttemptRead::Leader => "",
+                AttemptRead::ReplicaRead => "replica_read, ",
+                AttemptRead::StaleRead => "stale_read, ",
+            };
+            write!(f, "{{{read}store:{}, err:{}}}", r.store_id, r.error)?;
+        }
+        if self.overflow > 0 {
+            write!(f, ", overflow:{}", self.overflow)?;
+        }
+        Ok(())
+    }
 }
 
 // Every single-region operation boxes one region request; past 1 KiB the allocation leaves
@@ -882,6 +958,7 @@ impl RegionRequest {
             region_checked: false,
             fast_peer: None,
             access_location: AccessLocation::Unknown,
+            trail: None,
         }
     }
 
@@ -918,6 +995,7 @@ impl RegionRequest {
             region_checked,
             fast_peer,
             access_location,
+            trail,
         } = self;
         *read_only = is_read_request(&request);
         *r_region = region;
@@ -942,6 +1020,7 @@ impl RegionRequest {
         *region_checked = false;
         *fast_peer = None;
         *access_location = AccessLocation::Unknown;
+        *trail = None;
     }
 
     /// Tells the request that its caller has just found the region valid in the cache (a hit,
@@ -1014,6 +1093,26 @@ impl RegionRequest {
         self.access_location
     }
 
+    /// The attempts that failed so far (send failures and region errors), if any did.
+    /// Mirrors client-go `RegionRequestSender.AccessStats`.
+    pub fn access_trail(&self) -> Option<&AccessTrail> {
+        self.trail.as_deref()
+    }
+
+    /// Records a failed attempt (client-go `recordRPCAccessInfo`).
+    fn record_failure(&mut self, inf: &Inflight, error: String) {
+        let read = if inf.replica_read {
+            AttemptRead::ReplicaRead
+        } else if inf.stale_read {
+            AttemptRead::StaleRead
+        } else {
+            AttemptRead::Leader
+        };
+        self.trail
+            .get_or_insert_default()
+            .record(inf.store_id, read, error);
+    }
+
     /// The replica count of this request's region for request-unit accounting (voters and
     /// learners, see [`replica_number`]), computed on demand from the cached region rather
     /// than for every attempt; 1 when the region version is no longer cached. Mirrors the
@@ -1041,7 +1140,17 @@ impl RegionRequest {
     }
 
     fn fail(&mut self, err: Error) {
-        tracing::debug!(region = self.region.id, error = %err, "region request failed");
+        match &self.trail {
+            // As client-go's `logSendReqError`: the failed attempts with the failure.
+            Some(trail) => tracing::debug!(
+                region = self.region.id,
+                error = %err,
+                attempts = self.send_times,
+                replica_access = %trail,
+                "region request failed"
+            ),
+            None => tracing::debug!(region = self.region.id, error = %err, "region request failed"),
+        }
         self.finish(Err(err));
     }
 
@@ -1408,6 +1517,7 @@ impl RegionRequest {
 
     /// Mirrors client-go `RegionRequestSender.onSendFail` + `replicaSelector.onSendFailure`.
     fn on_send_fail(&mut self, now: Instant, shared: &mut Shared, inf: Inflight, err: Error) {
+        self.record_failure(&inf, err.to_string());
         let Some(sel) = self.selector.as_mut() else {
             return self.fail(err);
         };
@@ -1456,6 +1566,7 @@ impl RegionRequest {
             error = region_error::label(&e),
             "region error"
         );
+        self.record_failure(&inf, region_error::label(&e).to_owned());
         let Some(sel) = self.selector.as_mut() else {
             return self.give_up(e);
         };
@@ -2379,6 +2490,59 @@ mod tests {
         let c1 = ctx_of(&sent[1].1);
         assert_eq!(c1.peer.unwrap().id, 12);
         assert_eq!(h.shared.regions.latest(1).unwrap().leader().store_id, 2);
+    }
+
+    /// A failed attempt is recorded with its store, read type and error label (client-go
+    /// `recordRPCAccessInfo`); a request that never failed has no trail.
+    #[test]
+    fn failed_attempts_are_recorded_in_the_access_trail() {
+        let err = err_with(|e| {
+            e.not_leader = Some(errorpb::NotLeader {
+                region_id: 1,
+                leader: Some(peer(12, 2)),
+            })
+        });
+        let (res, _, op) = run_with_first_error(err);
+        assert!(res.is_ok());
+        let trail = op.access_trail().expect("one attempt failed");
+        assert_eq!(
+            trail.records,
+            vec![AccessRecord {
+                store_id: 1,
+                read: AttemptRead::Leader,
+                error: "not_leader".into(),
+            }]
+        );
+        assert_eq!(trail.to_string(), "{store:1, err:not_leader}");
+
+        let mut pd = FakePd::split(3, &[]);
+        let mut h = Harness::warm(&pd);
+        let mut op = request(&h, 1, raw_get("k"));
+        let res = h.run(&mut op, |a, _| {
+            pd_reply(&mut pd, a).unwrap_or_else(|| tikv_reply(a, Ok(raw_get_ok(Some("v")))))
+        });
+        assert!(res.is_ok());
+        assert_eq!(op.access_trail(), None);
+    }
+
+    /// The trail keeps the first five failures in order and counts the rest, and prints
+    /// like client-go's `ReplicaAccessStats.String`.
+    #[test]
+    fn access_trail_keeps_five_and_counts_the_rest() {
+        let mut t = AccessTrail::default();
+        t.record(2, AttemptRead::ReplicaRead, "server_is_busy".into());
+        t.record(3, AttemptRead::StaleRead, "data_is_not_ready".into());
+        for _ in 0..5 {
+            t.record(1, AttemptRead::Leader, "timeout".into());
+        }
+        assert_eq!(t.records.len(), AccessTrail::KEPT);
+        assert_eq!(t.overflow, 2);
+        assert_eq!(
+            t.to_string(),
+            "{replica_read, store:2, err:server_is_busy}, {stale_read, store:3, \
+             err:data_is_not_ready}, {store:1, err:timeout}, {store:1, err:timeout}, \
+             {store:1, err:timeout}, overflow:2"
+        );
     }
 
     #[test]
