@@ -2463,15 +2463,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn context_is_filled_and_not_leader_hint_moves_cached_leader() {
-        let err = err_with(|e| {
+    /// `NotLeader` for region 1 naming peer 12 on store 2 as the leader.
+    fn not_leader_hinting_store_2() -> errorpb::Error {
+        err_with(|e| {
             e.not_leader = Some(errorpb::NotLeader {
                 region_id: 1,
                 leader: Some(peer(12, 2)),
             })
-        });
-        let (res, h, _) = run_with_first_error(err);
+        })
+    }
+
+    #[test]
+    fn context_is_filled_and_not_leader_hint_moves_cached_leader() {
+        let (res, h, _) = run_with_first_error(not_leader_hinting_store_2());
         assert!(res.is_ok());
         let sent = h.tikv_sent();
         let c0 = ctx_of(&sent[0].1);
@@ -2496,13 +2500,7 @@ mod tests {
     /// `recordRPCAccessInfo`); a request that never failed has no trail.
     #[test]
     fn failed_attempts_are_recorded_in_the_access_trail() {
-        let err = err_with(|e| {
-            e.not_leader = Some(errorpb::NotLeader {
-                region_id: 1,
-                leader: Some(peer(12, 2)),
-            })
-        });
-        let (res, _, op) = run_with_first_error(err);
+        let (res, _, op) = run_with_first_error(not_leader_hinting_store_2());
         assert!(res.is_ok());
         let trail = op.access_trail().expect("one attempt failed");
         assert_eq!(
