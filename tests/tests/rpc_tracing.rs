@@ -3,6 +3,7 @@
 //! gRPC connections, one span per call): `tikv.rpc.unary` for a unary TiKV call,
 //! `tikv.rpc.pd` for a PD call, each with the gRPC method. Requests on the `BatchCommands`
 //! stream belong to their operations' spans, and each stream message is a trace event.
+//! The operations' spans open inside the caller's span (TK-35: the caller's log context).
 //!
 //! The spans are read by [`Recorder`], a minimal `tracing::Subscriber` installed with
 //! [`WithSubscriber::with_subscriber`] around the scenario's future, so it sees what that
@@ -16,12 +17,16 @@ use tikv_mockstore::MockCluster;
 use tikv_tests::Mock;
 use tikv_tests::entered_spans::EnteredSpans;
 use tikv_tests::scenarios::test_config;
+use tracing::Instrument;
 use tracing::field::{Field, Visit};
 use tracing::instrument::WithSubscriber;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-tikv_tests::txn_tests!(grpc_calls_open_spans_inside_their_operations);
+tikv_tests::txn_tests!(
+    grpc_calls_open_spans_inside_their_operations,
+    calls_run_inside_the_callers_span
+);
 
 /// One span: its name, its `method` field, and the name of the span it was created in.
 #[derive(Debug, Clone)]
@@ -119,4 +124,47 @@ async fn grpc_calls_open_spans_inside_their_operations<R: Runtime>() {
     assert_eq!(region.parent, Some("tikv.raw.put"), "{spans:#?}");
     let checksum = find("tikv.rpc.unary", "/tikvpb.Tikv/RawChecksum").expect("a RawChecksum span");
     assert_eq!(checksum.parent, Some("tikv.raw.checksum"), "{spans:#?}");
+}
+
+/// TK-35: a caller's log context travels with its calls as its `tracing` span, where
+/// client-go passes a logger in the request's context (`WithLogContext`): a call made
+/// inside the caller's span (here an `Instrument`ed block, as an `#[instrument]`ed function
+/// would be) opens its span inside the caller's, and its gRPC calls inside that, so every
+/// event of the call carries the caller's fields. (The client's spans are opened when a
+/// call is made, so `.instrument` goes around the block that makes the call, not around
+/// the returned future.)
+async fn calls_run_inside_the_callers_span<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let recorder = Recorder::default();
+    let pd = mock.pd();
+    async move {
+        let client = RawClient::<R>::connect(&pd, test_config()).await.unwrap();
+        async {
+            client.put("k", "v").await.unwrap();
+            client.checksum("", "").await.unwrap();
+        }
+        .instrument(tracing::info_span!("caller.request", request_id = 7))
+        .await;
+        client.get("k").await.unwrap();
+    }
+    .with_subscriber(recorder.clone())
+    .await;
+
+    let spans = recorder.spans();
+    let parent_of = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("a {name} span: {spans:#?}"))
+            .parent
+    };
+    assert_eq!(parent_of("tikv.raw.put"), Some("caller.request"));
+    assert_eq!(parent_of("tikv.raw.checksum"), Some("caller.request"));
+    let unary = spans
+        .iter()
+        .find(|s| s.name == "tikv.rpc.unary")
+        .expect("the checksum's unary call");
+    assert_eq!(unary.parent, Some("tikv.raw.checksum"), "{spans:#?}");
+    // A call outside the caller's span is not inside it.
+    assert_eq!(parent_of("tikv.raw.get"), None);
 }
