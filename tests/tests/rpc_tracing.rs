@@ -98,22 +98,33 @@ impl Subscriber for Recorder {
     }
 }
 
-/// CF-10: a put's region lookup is a PD call with its own `tikv.rpc.pd` span inside the
-/// put's; a checksum (a unary TiKV call) has its `tikv.rpc.unary` span inside the
-/// checksum's, both naming their gRPC method.
-async fn grpc_calls_open_spans_inside_their_operations<R: Runtime>() {
+/// Runs `scenario` with a client of a fresh mockstore under a [`Recorder`] and returns the
+/// spans it opened.
+async fn spans_of<R: Runtime, F>(scenario: F) -> Vec<SpanRecord>
+where
+    F: AsyncFnOnce(&RawClient<R>),
+{
     let mock = Mock::start(MockCluster::builder());
     let recorder = Recorder::default();
     let pd = mock.pd();
     async move {
         let client = RawClient::<R>::connect(&pd, test_config()).await.unwrap();
-        client.put("k", "v").await.unwrap();
-        client.checksum("", "").await.unwrap();
+        scenario(&client).await;
     }
     .with_subscriber(recorder.clone())
     .await;
+    recorder.spans()
+}
 
-    let spans = recorder.spans();
+/// CF-10: a put's region lookup is a PD call with its own `tikv.rpc.pd` span inside the
+/// put's; a checksum (a unary TiKV call) has its `tikv.rpc.unary` span inside the
+/// checksum's, both naming their gRPC method.
+async fn grpc_calls_open_spans_inside_their_operations<R: Runtime>() {
+    let spans = spans_of::<R, _>(async |client| {
+        client.put("k", "v").await.unwrap();
+        client.checksum("", "").await.unwrap();
+    })
+    .await;
     let find = |name: &str, method: &str| {
         spans
             .iter()
@@ -134,11 +145,7 @@ async fn grpc_calls_open_spans_inside_their_operations<R: Runtime>() {
 /// call is made, so `.instrument` goes around the block that makes the call, not around
 /// the returned future.)
 async fn calls_run_inside_the_callers_span<R: Runtime>() {
-    let mock = Mock::start(MockCluster::builder());
-    let recorder = Recorder::default();
-    let pd = mock.pd();
-    async move {
-        let client = RawClient::<R>::connect(&pd, test_config()).await.unwrap();
+    let spans = spans_of::<R, _>(async |client| {
         async {
             client.put("k", "v").await.unwrap();
             client.checksum("", "").await.unwrap();
@@ -146,11 +153,8 @@ async fn calls_run_inside_the_callers_span<R: Runtime>() {
         .instrument(tracing::info_span!("caller.request", request_id = 7))
         .await;
         client.get("k").await.unwrap();
-    }
-    .with_subscriber(recorder.clone())
+    })
     .await;
-
-    let spans = recorder.spans();
     let parent_of = |name: &str| {
         spans
             .iter()

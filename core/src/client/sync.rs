@@ -5,7 +5,9 @@
 //! stream task's queue of requests to send, and the outgoing message stream of a gRPC call.
 //! [`Inbox`] serves all three with one `std::sync::Mutex` held for a push or a swap of two
 //! vectors, and one stored [`Waker`]. Runtime-neutral by construction (no tokio, no smol), and
-//! cheaper than a general channel: the consumer takes the whole backlog in one lock.
+//! cheaper than a general channel: the consumer takes the whole backlog in one lock. A
+//! consumer that gives up marks its inbox abandoned ([`Inbox::abandon`]), a flag producers
+//! read without the lock to skip work nobody waits for.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -1248,13 +1248,14 @@ impl<T, P> BatchConn<T, P> {
     fn fail_all(&mut self, message: &str, on_wire: bool) {
         for (id, entry) in self.entries.take_sorted() {
             if let Some(token) = entry.token {
-                let err = self.rpc_error(message, on_wire && entry.batch_wait_us != UNSENT);
+                let batch_wait = batch_wait_of(entry.batch_wait_us);
+                let err = self.rpc_error(message, on_wire && batch_wait.is_some());
                 self.completions.push_back(Completion {
                     id,
                     token,
                     result: Err(err),
                     submitted: entry.submitted,
-                    batch_wait: batch_wait_of(entry.batch_wait_us),
+                    batch_wait,
                 });
             }
         }

@@ -726,9 +726,8 @@ impl<T> Pool<T> {
 /// `Context` is boxed too, and usually absent). The stream task that encoded it would free
 /// it, and the next operation would allocate another: with hundreds of requests in flight
 /// both miss the allocator's per-thread cache, and each new box is memory the cache has not
-/// seen. The stream tasks
-/// keep the boxes here instead, and `RawClient::get` / `put` write their templates into them
-/// (see `raw::get_reusing`). Commands of other kinds are dropped.
+/// seen. The stream tasks keep the boxes here instead, and `RawClient::get` / `put` write
+/// their templates into them (see `raw::get_reusing`). Commands of other kinds are dropped.
 #[derive(Default)]
 // The boxes are the point: each is an allocation a command travels in.
 #[allow(clippy::vec_box)]

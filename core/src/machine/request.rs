@@ -1140,17 +1140,14 @@ impl RegionRequest {
     }
 
     fn fail(&mut self, err: Error) {
-        match &self.trail {
-            // As client-go's `logSendReqError`: the failed attempts with the failure.
-            Some(trail) => tracing::debug!(
-                region = self.region.id,
-                error = %err,
-                attempts = self.send_times,
-                replica_access = %trail,
-                "region request failed"
-            ),
-            None => tracing::debug!(region = self.region.id, error = %err, "region request failed"),
-        }
+        // As client-go's `logSendReqError`: the failed attempts, if any, with the failure.
+        tracing::debug!(
+            region = self.region.id,
+            error = %err,
+            attempts = self.send_times,
+            replica_access = self.trail.as_deref().map(tracing::field::display),
+            "region request failed"
+        );
         self.finish(Err(err));
     }
 
