@@ -350,6 +350,14 @@ pub enum Error {
     #[error("client is closed")]
     Closed,
 
+    /// Resource control refused the request: its resource group is throttled, its
+    /// configuration is unavailable, or the group does not exist. Returned by a
+    /// [`ResourceGroupInterceptor`](crate::client::interceptor::ResourceGroupInterceptor) and
+    /// never retried. Mirrors client-go's handling of PD's `ErrClientResourceGroupThrottled`,
+    /// `ErrClientResourceGroupConfigUnavailable` and `ErrClientGetResourceGroup`.
+    #[error("resource control: {0}")]
+    ResourceControl(String),
+
     /// A send failed while the owner is shutting down (see
     /// `machine::Shared::store_shutting_down`), so it was not retried. Mirrors client-go
     /// `ErrTiDBShuttingDown`.

@@ -3,13 +3,17 @@
 //! public clients ([`super::RawClient`], later the transactional one) are thin views over it.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use tikv_proto::keyspacepb;
 
 use super::collapse::{ReqCollapse, collapse_key};
 use super::driver::{self, Dispatch, LocalIo};
+use super::interceptor::{
+    self, BoxFuture, Charged, Current, Interception, InterceptorChain, ResourceGroupInterceptor,
+    RpcCall, RpcInterceptor, RpcResult, RuDetails, Transmit,
+};
 use super::pd::{PdClient, PdStats};
 use super::rpc::{self, PD_LOAD_KEYSPACE};
 use super::runtime::Runtime;
@@ -32,6 +36,10 @@ pub(crate) struct Inner<R: Runtime> {
     pub(super) collapse: Arc<ReqCollapse>,
     /// Inboxes of finished operations, reused by the next ones (see [`Inbox::reuse_or_close`]).
     pub(super) inboxes: Mutex<Pool<Inbox<Input>>>,
+    /// RPC interceptors and resource control (see [`super::interceptor`]).
+    pub(super) interception: Interception,
+    /// This client itself, for the futures of intercepted requests, which outlive a call.
+    me: Weak<Inner<R>>,
 }
 
 impl<R: Runtime> Drop for Inner<R> {
@@ -69,12 +77,12 @@ impl<R: Runtime> Dispatch for Inner<R> {
         match action {
             Action::Tikv {
                 id,
+                store_id,
                 address,
                 request,
                 context,
                 timeout,
                 forwarded_host,
-                ..
             } => {
                 if let Some(key) = collapse_key(&request, context.as_deref()) {
                     if !self.collapse.join(key, id, reply) {
@@ -85,6 +93,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                     let io = self.start_tikv(
                         now,
                         id,
+                        store_id,
                         &address,
                         forwarded_host.as_ref(),
                         request,
@@ -109,6 +118,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                 self.start_tikv(
                     now,
                     id,
+                    store_id,
                     &address,
                     forwarded_host.as_ref(),
                     request,
@@ -144,9 +154,50 @@ impl<R: Runtime> Inner<R> {
         self.tikv.is_closed()
     }
 
-    /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set.
+    /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set,
+    /// and through the client's interceptors when it has any.
     #[allow(clippy::too_many_arguments)]
     fn start_tikv(
+        &self,
+        now: Instant,
+        id: crate::machine::IoId,
+        store_id: u64,
+        address: &Arc<str>,
+        forwarded_host: Option<&Arc<str>>,
+        request: crate::machine::TikvRequest,
+        context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
+        timeout: std::time::Duration,
+        reply: &Inbox<Input>,
+    ) -> Option<LocalIo> {
+        if let Some(current) = self.interception.current() {
+            return self.start_intercepted(
+                current,
+                now,
+                id,
+                store_id,
+                address,
+                forwarded_host,
+                request,
+                context,
+                timeout,
+                reply,
+            );
+        }
+        self.send_tikv(
+            now,
+            id,
+            address,
+            forwarded_host,
+            request,
+            context,
+            timeout,
+            reply,
+        )
+    }
+
+    /// Sends a TiKV request on the client's connections.
+    #[allow(clippy::too_many_arguments)]
+    fn send_tikv(
         &self,
         now: Instant,
         id: crate::machine::IoId,
@@ -165,6 +216,148 @@ impl<R: Runtime> Inner<R> {
                 .tikv
                 .start_forwarded(now, id, address, host, request, context, timeout, reply),
         }
+    }
+
+    /// [`Inner::start_tikv`] with interceptors in force: a request that resource control
+    /// charges (it names a resource group that is not background work and is not exempt, see
+    /// [`RequestInfo::of`](crate::machine::resource_control::RequestInfo::of)) or that RPC
+    /// interceptors see is carried by a future of its own; any other is sent as usual.
+    /// Mirrors client-go `getResourceControlInfo` and `interceptedClient.SendRequest`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_intercepted(
+        &self,
+        current: Arc<Current>,
+        now: Instant,
+        id: crate::machine::IoId,
+        store_id: u64,
+        address: &Arc<str>,
+        forwarded_host: Option<&Arc<str>>,
+        mut request: crate::machine::TikvRequest,
+        context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
+        timeout: std::time::Duration,
+        reply: &Inbox<Input>,
+    ) -> Option<LocalIo> {
+        crate::machine::attach_context(&mut request, context);
+        let charged = current
+            .resource()
+            .and_then(|rc| self.charged(rc.as_ref(), store_id, &mut request));
+        let me = match self.me.upgrade() {
+            Some(me) if charged.is_some() || current.has_rpc() => me,
+            _ => {
+                return self.send_tikv(
+                    now,
+                    id,
+                    address,
+                    forwarded_host,
+                    request,
+                    None,
+                    timeout,
+                    reply,
+                );
+            }
+        };
+        let call = RpcCall {
+            target: address.clone(),
+            store_id,
+            forwarded_host: forwarded_host.cloned(),
+            request,
+        };
+        Some(Box::pin(async move {
+            let send = Sender {
+                inner: &me,
+                id,
+                timeout,
+            };
+            let next_gen = me.config.next_gen;
+            let result =
+                interceptor::run(&current, &me.interception, charged, call, &send, next_gen).await;
+            Input::Tikv { id, result }
+        }))
+    }
+
+    /// What resource control charges for `request` to store `store_id`, or `None` when it
+    /// leaves the request alone: no resource group, background work, or exempt. Mirrors
+    /// client-go `getResourceControlInfo`, with the replica count and access location of
+    /// client-go `sendReqState.send`.
+    fn charged(
+        &self,
+        rc: &dyn ResourceGroupInterceptor,
+        store_id: u64,
+        request: &mut crate::machine::TikvRequest,
+    ) -> Option<Charged> {
+        let ctx = crate::machine::request::context_slot(request)?.as_deref()?;
+        let group = &ctx.resource_control_context.as_ref()?.resource_group_name;
+        if group.is_empty() || rc.is_background_request(group, &ctx.request_source) {
+            return None;
+        }
+        let (group, source, region) = (group.clone(), ctx.request_source.clone(), ctx.region_id);
+        let (replicas, access) = {
+            let shared = lock(&self.shared);
+            let replicas = shared.regions.latest(region).map_or(1, |r| {
+                crate::machine::request::replica_number(&r.meta().peers)
+            });
+            let access = shared
+                .stores
+                .get(store_id)
+                .map_or(crate::machine::store::AccessLocation::Unknown, |s| {
+                    s.access_location()
+                });
+            (replicas, access)
+        };
+        let info = crate::machine::resource_control::RequestInfo::of(
+            request,
+            &source,
+            store_id,
+            u64::try_from(replicas).unwrap_or(0),
+            access,
+        );
+        (!info.bypass()).then_some(Charged { group, info })
+    }
+}
+
+/// The end of an intercepted request's chain: sends it on the client's connections and waits
+/// for its reply, which comes within the request's deadline.
+struct Sender<'a, R: Runtime> {
+    inner: &'a Inner<R>,
+    id: crate::machine::IoId,
+    timeout: std::time::Duration,
+}
+
+impl<R: Runtime> Transmit for Sender<'_, R> {
+    fn transmit(&self, call: RpcCall) -> BoxFuture<'_, RpcResult> {
+        Box::pin(async move {
+            let inbox: Inbox<Input> = Inbox::new();
+            // A caller that gives up withdraws the request if it is still queued.
+            let abandon = AbandonOnDrop(&inbox);
+            let io = self.inner.send_tikv(
+                self.inner.rt.now(),
+                self.id,
+                &call.target,
+                call.forwarded_host.as_ref(),
+                call.request,
+                None,
+                self.timeout,
+                &inbox,
+            );
+            let input = match io {
+                Some(io) => Some(io.await),
+                None => futures_lite::StreamExt::next(&mut inbox.clone().into_stream()).await,
+            };
+            std::mem::forget(abandon);
+            match input {
+                Some(Input::Tikv { result, .. }) => result,
+                _ => Err(Error::Closed),
+            }
+        })
+    }
+}
+
+/// Abandons an inbox when dropped (see [`Inbox::abandon`]).
+struct AbandonOnDrop<'a>(&'a Inbox<Input>);
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
@@ -239,7 +432,7 @@ impl<R: Runtime> Cluster<R> {
         shared.read_ts.enabled = config.enable_ts_validation;
         shared.stores.set_zone_label(&config.zone_label);
         let shared = Mutex::new(shared);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             rt,
             config,
             shared,
@@ -247,6 +440,8 @@ impl<R: Runtime> Cluster<R> {
             pd,
             collapse: Arc::new(ReqCollapse::default()),
             inboxes: Mutex::new(Pool::default()),
+            interception: Interception::default(),
+            me: me.clone(),
         });
         if inner.config.enable_preload
             && let Err(err) = super::cache_gc::refresh_region_index(&inner).await
@@ -288,6 +483,78 @@ impl<R: Runtime> Cluster<R> {
         F: FnOnce() -> RawSingle<T>,
     {
         driver::FastDrive::new(&*self.inner, &self.inner.shared, build)
+    }
+
+    /// Sets the RPC interceptors every TiKV request of this client (and of every clone and
+    /// client over it) goes through, replacing those set before; an empty chain removes
+    /// them. Requests already sent keep the interceptors they started with. Mirrors client-go
+    /// `KVTxn.SetRPCInterceptor` / `interceptor.WithRPCInterceptor`, set here on the client
+    /// rather than carried in a request's context.
+    ///
+    /// ```no_run
+    /// # fn demo<R: tikv_core::client::Runtime>(cluster: &tikv_core::client::Cluster<R>) {
+    /// use tikv_core::client::interceptor::{self, InterceptorChain};
+    ///
+    /// let log = interceptor::from_fn("log", |call, next| {
+    ///     tracing::info!(method = call.method(), target = %call.target, "tikv request");
+    ///     next.run(call)
+    /// });
+    /// cluster.set_rpc_interceptors(InterceptorChain::new().link(log));
+    /// # }
+    /// ```
+    pub fn set_rpc_interceptors(&self, chain: InterceptorChain) {
+        self.inner.interception.update(|rpc, _, _| *rpc = chain);
+    }
+
+    /// Adds `interceptor` after those set, replacing one of the same name (client-go
+    /// `KVTxn.AddRPCInterceptor`, `RPCInterceptorChain.Link`).
+    pub fn add_rpc_interceptor(&self, interceptor: Arc<dyn RpcInterceptor>) {
+        self.inner
+            .interception
+            .update(|rpc, _, _| *rpc = std::mem::take(rpc).link(interceptor));
+    }
+
+    /// The RPC interceptors set, outermost first.
+    pub fn rpc_interceptors(&self) -> InterceptorChain {
+        self.inner.interception.rpc()
+    }
+
+    /// Switches resource control on: requests naming a resource group (see
+    /// `TransactionOptions::resource_group_name`) are charged by the interceptor set with
+    /// [`Cluster::set_resource_control_interceptor`]. Off by default. Mirrors client-go
+    /// `EnableResourceControl` (process-wide there, per client here).
+    pub fn enable_resource_control(&self) {
+        self.inner.interception.update(|_, on, _| *on = true);
+    }
+
+    /// Switches resource control off. Mirrors client-go `DisableResourceControl`.
+    pub fn disable_resource_control(&self) {
+        self.inner.interception.update(|_, on, _| *on = false);
+    }
+
+    /// Whether resource control is switched on.
+    pub fn resource_control_enabled(&self) -> bool {
+        self.inner.interception.resource_control_enabled()
+    }
+
+    /// Sets the resource-group controller that charges requests while resource control is
+    /// on. Mirrors client-go `SetResourceControlInterceptor`.
+    pub fn set_resource_control_interceptor(&self, controller: Arc<dyn ResourceGroupInterceptor>) {
+        self.inner
+            .interception
+            .update(|_, _, rc| *rc = Some(controller));
+    }
+
+    /// Removes the resource-group controller. Mirrors client-go
+    /// `UnsetResourceControlInterceptor`.
+    pub fn unset_resource_control_interceptor(&self) {
+        self.inner.interception.update(|_, _, rc| *rc = None);
+    }
+
+    /// The request units resource control charged this client's requests, and the time they
+    /// waited for them (client-go `util.RUDetails`, summed per client).
+    pub fn ru_details(&self) -> RuDetails {
+        self.inner.interception.ru_details()
     }
 
     /// The allocation of a sent `RawGet`, kept for the next one's request (see

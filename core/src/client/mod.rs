@@ -28,6 +28,7 @@ pub mod cluster;
 pub(crate) mod collapse;
 pub mod driver;
 pub(crate) mod health;
+pub mod interceptor;
 pub mod oracle;
 pub(crate) mod pd;
 pub mod pd_handle;

@@ -37,6 +37,7 @@ pub mod region_cache;
 pub mod region_error;
 pub mod replica;
 pub mod request;
+pub mod resource_control;
 pub mod safe_ts;
 pub(crate) mod shared_ctx;
 pub mod store;

@@ -1519,7 +1519,8 @@ impl RegionRequest {
             return self.fail(err);
         };
         match &err {
-            Error::Closed => return self.fail(err),
+            // Resource-control refusals are not retried either (client-go `onSendFail`).
+            Error::Closed | Error::ResourceControl(_) => return self.fail(err),
             // Mirrors the `LoadShuttingDown() > 0` branch of client-go `onSendFail`.
             _ if shared.load_shutting_down() => {
                 tracing::debug!(region = self.region.id, store = inf.store_id, error = %err, "send failed while shutting down");
@@ -1972,7 +1973,7 @@ impl Operation for RegionRequest {
                     && self.fast_peer.is_some()
                     && !self.materialize_selector(shared, attempted)
                     && let Err(e) = &result
-                    && !matches!(e, Error::Closed)
+                    && !matches!(e, Error::Closed | Error::ResourceControl(_))
                     && !shared.load_shutting_down()
                 {
                     tracing::debug!(

@@ -1,0 +1,517 @@
+//! Interception of the client's TiKV requests: RPC interceptors, middleware around every
+//! request a client sends (client-go `tikvrpc/interceptor`), and resource control, which asks
+//! a resource-group controller for request units before a request goes out and charges its
+//! reply when it comes back (client-go `interceptedClient` with a
+//! `ResourceGroupKVInterceptor`).
+//!
+//! Both are set on a [`Cluster`](super::Cluster) (so on every clone of it and the clients
+//! over it), never process-wide. A client with neither pays one atomic load per request; an
+//! intercepted request is carried by a future of its own (one allocation), runs the resource
+//! controller's wait, then the interceptors in the order they were linked, the last of which
+//! sends the request, with its deadline, on the client's connections.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tikv_core::client::interceptor::{self, InterceptorChain};
+//!
+//! // Logs every request's method and target, then sends it on.
+//! let log = interceptor::from_fn("log", |call, next| {
+//!     Box::pin(async move {
+//!         tracing::info!(method = call.method(), target = %call.target, "tikv request");
+//!         next.run(call).await
+//!     })
+//! });
+//! let chain = InterceptorChain::new().link(log);
+//! assert_eq!(chain.names().collect::<Vec<_>>(), ["log"]);
+//! // cluster.set_rpc_interceptors(chain);
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tikv_proto::kvrpcpb;
+use tikv_proto::resource_manager::Consumption;
+
+use super::rpc;
+use super::sync::lock;
+use crate::error::Error;
+use crate::machine::request::context_slot;
+use crate::machine::resource_control::{RequestInfo, ResponseInfo};
+use crate::machine::{TikvRequest, TikvResponse};
+
+/// A boxed, sendable future, the return type of interceptor methods (object-safe traits
+/// cannot return `impl Future`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a TiKV request comes to: its reply, or the error that ended the attempt.
+pub type RpcResult = Result<TikvResponse, Error>;
+
+/// One TiKV request on its way out, as interceptors see it. Mirrors the `(target, req)`
+/// arguments of client-go `RPCInterceptorFunc`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RpcCall {
+    /// The address the request is sent to: the target store's, or a proxy's when the request
+    /// is forwarded. An interceptor may change it.
+    pub target: Arc<str>,
+    /// The store the request is for.
+    pub store_id: u64,
+    /// The address of the store a proxy forwards the request to (`tikv-forwarded-host`), or
+    /// `None` for a direct request.
+    pub forwarded_host: Option<Arc<str>>,
+    /// The request, its `Context` written in (region, epoch, peer, resource group, ...).
+    pub request: TikvRequest,
+}
+
+impl RpcCall {
+    /// The gRPC method name of the request (`KvGet`, `RawPut`, ...; client-go
+    /// `tikvrpc.CmdType`).
+    pub fn method(&self) -> &'static str {
+        rpc::KIND_NAMES[rpc::request_kind(&self.request)]
+    }
+
+    /// The request's `Context`, to read or change (`None` for the few requests without one).
+    pub fn context_mut(&mut self) -> Option<&mut kvrpcpb::Context> {
+        context_slot(&mut self.request).and_then(|c| c.as_deref_mut())
+    }
+}
+
+/// Middleware around every TiKV request of a client: it may look at or change the request,
+/// send it on through [`Next::run`] (or not), and look at or replace the result. Mirrors
+/// client-go `interceptor.RPCInterceptor`.
+///
+/// An error an interceptor returns is the attempt's transport error: the request is retried
+/// like any failed send (with `tikvRPC` backoff), unless it is [`Error::ResourceControl`] or
+/// [`Error::Closed`], which end the operation.
+pub trait RpcInterceptor: Send + Sync + 'static {
+    /// The interceptor's name: a chain keeps one interceptor per name (see
+    /// [`InterceptorChain::link`]).
+    fn name(&self) -> &str;
+
+    /// Handles `call`; `next` runs the rest of the chain and sends the request.
+    fn intercept<'a>(&'a self, call: RpcCall, next: Next<'a>) -> BoxFuture<'a, RpcResult>;
+}
+
+/// An [`RpcInterceptor`] named `name` that runs `f`. Mirrors client-go `NewRPCInterceptor`.
+///
+/// ```
+/// use tikv_core::client::interceptor;
+///
+/// let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// let seen = count.clone();
+/// let counter = interceptor::from_fn("count", move |call, next| {
+///     seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///     next.run(call)
+/// });
+/// assert_eq!(counter.name(), "count");
+/// ```
+pub fn from_fn<F>(name: impl Into<String>, f: F) -> Arc<dyn RpcInterceptor>
+where
+    F: for<'a> Fn(RpcCall, Next<'a>) -> BoxFuture<'a, RpcResult> + Send + Sync + 'static,
+{
+    Arc::new(FnInterceptor {
+        name: name.into(),
+        f,
+    })
+}
+
+struct FnInterceptor<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> RpcInterceptor for FnInterceptor<F>
+where
+    F: for<'a> Fn(RpcCall, Next<'a>) -> BoxFuture<'a, RpcResult> + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn intercept<'a>(&'a self, call: RpcCall, next: Next<'a>) -> BoxFuture<'a, RpcResult> {
+        (self.f)(call, next)
+    }
+}
+
+/// Sends a request once the interceptors are done with it: the cluster's connections.
+pub(crate) trait Transmit: Sync {
+    /// Sends `call` and waits for its reply (or the deadline).
+    fn transmit(&self, call: RpcCall) -> BoxFuture<'_, RpcResult>;
+}
+
+/// The rest of an interceptor chain, ending in the send of the request. Mirrors the `next`
+/// `RPCInterceptorFunc` client-go hands to an interceptor.
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn RpcInterceptor>],
+    send: &'a dyn Transmit,
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("interceptors_left", &self.rest.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Next<'a> {
+    /// Runs the next interceptor with `call`, or sends it when none is left.
+    pub fn run(self, call: RpcCall) -> BoxFuture<'a, RpcResult> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.intercept(
+                call,
+                Next {
+                    rest,
+                    send: self.send,
+                },
+            ),
+            None => self.send.transmit(call),
+        }
+    }
+}
+
+/// Interceptors run in the order they were linked, the first outermost. Mirrors client-go
+/// `RPCInterceptorChain`.
+#[derive(Clone, Default)]
+pub struct InterceptorChain {
+    chain: Vec<Arc<dyn RpcInterceptor>>,
+}
+
+impl fmt::Debug for InterceptorChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl InterceptorChain {
+    /// An empty chain.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `interceptor`, first removing one of the same name: a chain keeps the last
+    /// interceptor linked under each name. Mirrors client-go `RPCInterceptorChain.Link`.
+    pub fn link(mut self, interceptor: Arc<dyn RpcInterceptor>) -> Self {
+        self.chain.retain(|i| i.name() != interceptor.name());
+        self.chain.push(interceptor);
+        self
+    }
+
+    /// Links every interceptor of `other`, in its order (client-go `Link` of a chain).
+    pub fn link_chain(self, other: &InterceptorChain) -> Self {
+        other.chain.iter().cloned().fold(self, Self::link)
+    }
+
+    /// The interceptors' names, outermost first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.chain.iter().map(|i| i.name())
+    }
+
+    /// How many interceptors the chain holds.
+    pub fn len(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// Whether the chain is empty.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+}
+
+/// What a resource-group controller grants a request before it is sent. Mirrors the results
+/// of client-go `ResourceGroupKVInterceptor.OnRequestWait`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestGrant {
+    /// What the request was charged (added to [`RuDetails`]).
+    pub consumption: Option<Consumption>,
+    /// Resources the group consumed elsewhere that TiKV must account for: sent as the
+    /// request's `resource_control_context.penalty`.
+    pub penalty: Option<Consumption>,
+    /// How long the request waited for tokens.
+    pub wait: Duration,
+    /// The group's priority: the request's `override_priority` unless one is set already
+    /// (client-go passes it from the client, since TiKV finding it costs; see
+    /// tikv/tikv#15994).
+    pub priority: u32,
+}
+
+/// What a resource-group controller charges for a reply. Mirrors the results of client-go
+/// `ResourceGroupKVInterceptor.OnResponseWait`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseCharge {
+    /// What the reply was charged (added to [`RuDetails`]).
+    pub consumption: Option<Consumption>,
+    /// How long the charge waited for tokens.
+    pub wait: Duration,
+}
+
+/// A resource-group controller: charges request units for the requests of resource groups
+/// and delays them when a group is out of tokens. Mirrors the `ResourceGroupKVInterceptor`
+/// interface of PD's resource-group client, which client-go's `interceptedClient` calls;
+/// PD's token-bucket controller is one implementation, a test's recorder another.
+///
+/// Return [`Error::ResourceControl`] when a group is throttled, its configuration cannot be
+/// had or it does not exist: the request then fails without being retried (client-go
+/// `onSendFail` does not retry `ErrClientResourceGroupThrottled`,
+/// `ErrClientResourceGroupConfigUnavailable` or `ErrClientGetResourceGroup`). Any other
+/// error is the attempt's send failure and is retried.
+pub trait ResourceGroupInterceptor: Send + Sync + 'static {
+    /// Charges what is known before the request is sent, waiting for tokens as needed.
+    fn on_request_wait<'a>(
+        &'a self,
+        group: &'a str,
+        request: &'a RequestInfo,
+    ) -> BoxFuture<'a, Result<RequestGrant, Error>>;
+
+    /// Charges what the reply tells (read bytes, TiKV CPU), waiting for tokens as needed.
+    fn on_response_wait<'a>(
+        &'a self,
+        group: &'a str,
+        request: &'a RequestInfo,
+        response: &'a ResponseInfo,
+    ) -> BoxFuture<'a, Result<ResponseCharge, Error>>;
+
+    /// Whether requests of `group` from `request_source` are background work, which TiKV
+    /// accounts for itself: such requests are neither charged nor delayed here. The default
+    /// is `false`.
+    fn is_background_request(&self, group: &str, request_source: &str) -> bool {
+        let _ = (group, request_source);
+        false
+    }
+}
+
+/// Request units charged and time spent waiting for them, summed over a client's requests.
+/// Mirrors client-go `util.RUDetails` (kept per client here, not per statement).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RuDetails {
+    /// Read request units.
+    pub rru: f64,
+    /// Write request units.
+    pub wru: f64,
+    /// Time spent waiting for tokens.
+    pub ru_wait: Duration,
+}
+
+impl RuDetails {
+    /// Adds one charge. Mirrors client-go `RUDetails.Update`.
+    fn update(&mut self, consumption: Option<&Consumption>, wait: Duration) {
+        if let Some(c) = consumption {
+            self.rru += c.r_r_u;
+            self.wru += c.w_r_u;
+        }
+        self.ru_wait += wait;
+    }
+}
+
+/// The interceptors in force, fixed for the requests that start while they are.
+pub(crate) struct Current {
+    rpc: InterceptorChain,
+    resource: Option<Arc<dyn ResourceGroupInterceptor>>,
+}
+
+/// A client's interception settings. Mirrors client-go's `ResourceControlSwitch` and
+/// `ResourceControlInterceptor` (process-wide there, per client here) and the interceptors
+/// client-go carries in a request's context.
+#[derive(Default)]
+pub(crate) struct Interception {
+    /// Whether anything intercepts (`current` is set): the one check an unintercepted
+    /// request pays.
+    active: AtomicBool,
+    settings: Mutex<Settings>,
+    ru: Mutex<RuDetails>,
+}
+
+#[derive(Default)]
+struct Settings {
+    rpc: InterceptorChain,
+    resource_control: bool,
+    resource: Option<Arc<dyn ResourceGroupInterceptor>>,
+    current: Option<Arc<Current>>,
+}
+
+impl Interception {
+    /// The interceptors in force, if any (one atomic load when there are none).
+    pub fn current(&self) -> Option<Arc<Current>> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.settings).current.clone()
+    }
+
+    /// Changes the settings with `f` and works out what is in force.
+    pub fn update(
+        &self,
+        f: impl FnOnce(&mut InterceptorChain, &mut bool, &mut Option<Arc<dyn ResourceGroupInterceptor>>),
+    ) {
+        let mut s = lock(&self.settings);
+        let Settings {
+            rpc,
+            resource_control,
+            resource,
+            current,
+        } = &mut *s;
+        f(rpc, resource_control, resource);
+        let resource = resource.clone().filter(|_| *resource_control);
+        *current = (!rpc.is_empty() || resource.is_some()).then(|| {
+            Arc::new(Current {
+                rpc: rpc.clone(),
+                resource,
+            })
+        });
+        self.active.store(current.is_some(), Ordering::Release);
+    }
+
+    /// The RPC interceptors set.
+    pub fn rpc(&self) -> InterceptorChain {
+        lock(&self.settings).rpc.clone()
+    }
+
+    /// Whether resource control is switched on.
+    pub fn resource_control_enabled(&self) -> bool {
+        lock(&self.settings).resource_control
+    }
+
+    /// The request units charged so far.
+    pub fn ru_details(&self) -> RuDetails {
+        *lock(&self.ru)
+    }
+}
+
+/// The resource-control side of one request: its group, its facts and the controller.
+pub(crate) struct Charged {
+    pub group: String,
+    pub info: RequestInfo,
+}
+
+impl Current {
+    /// Whether requests go through RPC interceptors.
+    pub fn has_rpc(&self) -> bool {
+        !self.rpc.is_empty()
+    }
+
+    /// The controller, when resource control is on and one is set.
+    pub fn resource(&self) -> Option<&Arc<dyn ResourceGroupInterceptor>> {
+        self.resource.as_ref()
+    }
+}
+
+/// Runs one intercepted request: the resource controller's grant (its penalty and priority
+/// written into the request's context), the RPC interceptors around `send`, then the charge
+/// for the reply. Mirrors client-go `interceptedClient.SendRequest`.
+pub(crate) async fn run(
+    current: &Current,
+    interception: &Interception,
+    charged: Option<Charged>,
+    mut call: RpcCall,
+    send: &dyn Transmit,
+    next_gen: bool,
+) -> RpcResult {
+    let resource = charged.as_ref().and(current.resource.as_ref());
+    if let (Some(rc), Some(c)) = (resource, &charged) {
+        let grant = rc.on_request_wait(&c.group, &c.info).await?;
+        if let Some(ctx) = call.context_mut() {
+            let rcc = ctx
+                .resource_control_context
+                .get_or_insert_with(Default::default);
+            rcc.penalty = grant.penalty;
+            if rcc.override_priority == 0 {
+                rcc.override_priority = u64::from(grant.priority);
+            }
+        }
+        lock(&interception.ru).update(grant.consumption.as_ref(), grant.wait);
+    }
+    let result = Next {
+        rest: &current.rpc.chain,
+        send,
+    }
+    .run(call)
+    .await;
+    if let (Some(rc), Some(c), Ok(resp)) = (resource, &charged, &result) {
+        let info = ResponseInfo::of(resp, next_gen);
+        let charge = rc.on_response_wait(&c.group, &c.info, &info).await?;
+        lock(&interception.ru).update(charge.consumption.as_ref(), charge.wait);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &'static str) -> Arc<dyn RpcInterceptor> {
+        from_fn(name, |call, next| next.run(call))
+    }
+
+    #[test]
+    fn a_chain_keeps_the_last_interceptor_of_each_name_in_link_order() {
+        let chain = InterceptorChain::new()
+            .link(named("a"))
+            .link(named("b"))
+            .link(named("a"));
+        assert_eq!(chain.names().collect::<Vec<_>>(), ["b", "a"]);
+        let other = InterceptorChain::new().link(named("c")).link(named("b"));
+        let joined = chain.link_chain(&other);
+        assert_eq!(joined.names().collect::<Vec<_>>(), ["a", "c", "b"]);
+        assert_eq!(joined.len(), 3);
+        assert!(InterceptorChain::new().is_empty());
+    }
+
+    struct Grants;
+
+    impl ResourceGroupInterceptor for Grants {
+        fn on_request_wait<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a RequestInfo,
+        ) -> BoxFuture<'a, Result<RequestGrant, Error>> {
+            Box::pin(async { Ok(RequestGrant::default()) })
+        }
+
+        fn on_response_wait<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a RequestInfo,
+            _: &'a ResponseInfo,
+        ) -> BoxFuture<'a, Result<ResponseCharge, Error>> {
+            Box::pin(async { Ok(ResponseCharge::default()) })
+        }
+    }
+
+    /// Resource control is in force only while switched on with a controller set (client-go
+    /// `getResourceControlInfo` checks `ResourceControlSwitch` and the interceptor); RPC
+    /// interceptors whenever the chain is not empty.
+    #[test]
+    fn interception_is_in_force_only_when_something_intercepts() {
+        let i = Interception::default();
+        assert!(i.current().is_none());
+        i.update(|_, on, _| *on = true);
+        assert!(i.current().is_none(), "switched on without a controller");
+        i.update(|_, _, rc| *rc = Some(Arc::new(Grants)));
+        let current = i.current().expect("on with a controller");
+        assert!(current.resource().is_some() && !current.has_rpc());
+        i.update(|_, on, _| *on = false);
+        assert!(i.current().is_none(), "switched off");
+        i.update(|rpc, _, _| *rpc = InterceptorChain::new().link(named("a")));
+        let current = i.current().expect("an interceptor");
+        assert!(current.has_rpc() && current.resource().is_none());
+        assert!(!i.resource_control_enabled());
+    }
+
+    #[test]
+    fn ru_details_add_up_charges() {
+        let mut ru = RuDetails::default();
+        let c = Consumption {
+            r_r_u: 1.5,
+            w_r_u: 2.0,
+            ..Default::default()
+        };
+        ru.update(Some(&c), Duration::from_millis(2));
+        ru.update(None, Duration::from_millis(1));
+        assert_eq!((ru.rru, ru.wru), (1.5, 2.0));
+        assert_eq!(ru.ru_wait, Duration::from_millis(3));
+    }
+}
