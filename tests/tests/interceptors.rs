@@ -27,6 +27,7 @@ tikv_tests::txn_tests!(
     interceptor_errors_are_send_failures,
     resource_control_charges_the_requests_of_resource_groups,
     a_throttled_resource_group_fails_without_retry,
+    transactions_and_snapshots_add_interceptors_of_their_own,
 );
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -428,4 +429,79 @@ async fn a_throttled_resource_group_fails_without_retry<R: Runtime>() {
         "{err:?}"
     );
     assert_eq!(mock.cluster().requests(RpcKind::Prewrite), prewrites);
+}
+
+/// client-go `TestInterceptor` (`integration_tests/interceptor_test.go`): a transaction's
+/// interceptor sees its prewrite and commit, another transaction's its get. Here they run
+/// after the client's, a snapshot takes them too, and other transactions' requests pass only
+/// the client's.
+async fn transactions_and_snapshots_add_interceptors_of_their_own<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let log: Log = Arc::default();
+    client
+        .cluster()
+        .set_rpc_interceptors(InterceptorChain::new().link(logging("client", &log)));
+    let take = || std::mem::take(&mut *log.lock().unwrap());
+
+    let mut txn = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic().rpc_interceptor(logging("txn-1", &log)),
+        )
+        .await
+        .unwrap();
+    txn.put("key".to_owned(), "value".to_owned()).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(
+        take(),
+        [
+            "client:KvPrewrite",
+            "txn-1:KvPrewrite",
+            "txn-1:done",
+            "client:done",
+            "client:KvCommit",
+            "txn-1:KvCommit",
+            "txn-1:done",
+            "client:done",
+        ]
+    );
+
+    let txn = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic().rpc_interceptor(logging("txn-2", &log)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        txn.get("key".to_owned()).await.unwrap().as_deref(),
+        Some(&b"value"[..])
+    );
+    assert_eq!(
+        take(),
+        ["client:KvGet", "txn-2:KvGet", "txn-2:done", "client:done"]
+    );
+
+    let plain = client.begin_optimistic().await.unwrap();
+    plain.get("key".to_owned()).await.unwrap();
+    assert_eq!(take(), ["client:KvGet", "client:done"]);
+
+    let ts = client.current_timestamp().await.unwrap();
+    let snapshot = client.snapshot(
+        ts,
+        tikv_core::client::txn::SnapshotOptions::default()
+            .rpc_interceptor(logging("snapshot", &log)),
+    );
+    assert_eq!(
+        snapshot.get("key".to_owned()).await.unwrap().as_deref(),
+        Some(&b"value"[..])
+    );
+    assert_eq!(
+        take(),
+        [
+            "client:KvGet",
+            "snapshot:KvGet",
+            "snapshot:done",
+            "client:done"
+        ]
+    );
 }

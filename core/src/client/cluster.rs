@@ -74,6 +74,24 @@ impl<R: Runtime> Dispatch for Inner<R> {
     }
 
     fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+        self.start_with(now, action, reply, None)
+    }
+
+    fn close_address(&self, address: &str) {
+        self.tikv.close_address(address);
+    }
+}
+
+impl<R: Runtime> Inner<R> {
+    /// [`Dispatch::start`], with the RPC interceptors `extra` of a [`View`] after the
+    /// client's.
+    fn start_with(
+        &self,
+        now: Instant,
+        action: Action,
+        reply: &Inbox<Input>,
+        extra: Option<&InterceptorChain>,
+    ) -> Option<LocalIo> {
         match action {
             Action::Tikv {
                 id,
@@ -100,6 +118,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                         context,
                         timeout,
                         &flight,
+                        extra,
                     );
                     let collapse = self.collapse.clone();
                     self.rt.spawn(async move {
@@ -125,6 +144,7 @@ impl<R: Runtime> Dispatch for Inner<R> {
                     context,
                     timeout,
                     reply,
+                    extra,
                 )
             }
             Action::Pd { id, request } => {
@@ -143,19 +163,13 @@ impl<R: Runtime> Dispatch for Inner<R> {
         }
     }
 
-    fn close_address(&self, address: &str) {
-        self.tikv.close_address(address);
-    }
-}
-
-impl<R: Runtime> Inner<R> {
     /// Whether [`Cluster::close`] was called; the background tasks end at their next tick.
     pub(crate) fn is_closed(&self) -> bool {
         self.tikv.is_closed()
     }
 
     /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set,
-    /// and through the client's interceptors when it has any.
+    /// and through the client's interceptors (then `extra`) when there are any.
     #[allow(clippy::too_many_arguments)]
     fn start_tikv(
         &self,
@@ -168,8 +182,13 @@ impl<R: Runtime> Inner<R> {
         context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
         timeout: std::time::Duration,
         reply: &Inbox<Input>,
+        extra: Option<&InterceptorChain>,
     ) -> Option<LocalIo> {
-        if let Some(current) = self.interception.current() {
+        let current = match extra {
+            None => self.interception.current(),
+            Some(extra) => self.interception.current_with(extra),
+        };
+        if let Some(current) = current {
             return self.start_intercepted(
                 current,
                 now,
@@ -315,6 +334,66 @@ impl<R: Runtime> Inner<R> {
     }
 }
 
+/// A client seen through RPC interceptors of its own, added after the client's: the
+/// dispatcher of the operations of a transaction or snapshot with interceptors (client-go
+/// carries them in the request's context, `interceptor.WithRPCInterceptor`).
+pub(crate) struct View<R: Runtime> {
+    inner: Arc<Inner<R>>,
+    chain: InterceptorChain,
+}
+
+impl<R: Runtime> Dispatch for View<R> {
+    type Sleep = R::Sleep;
+
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> R::Sleep {
+        self.inner.sleep_until(deadline)
+    }
+
+    fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
+        self.inner.start_with(now, action, reply, Some(&self.chain))
+    }
+
+    fn inbox(&self) -> Inbox<Input> {
+        self.inner.inbox()
+    }
+
+    fn recycle_inbox(&self, inbox: Inbox<Input>) {
+        self.inner.recycle_inbox(inbox);
+    }
+
+    fn report_stale_read(&self, read_ts: u64, current: Option<u64>) {
+        self.inner.report_stale_read(read_ts, current);
+    }
+
+    fn close_address(&self, address: &str) {
+        self.inner.close_address(address);
+    }
+}
+
+/// The future of [`Cluster::run`]: the operation's driver, on the client or on a [`View`].
+enum Run<'a, R: Runtime, O> {
+    Client(driver::Drive<'a, Inner<R>, O>),
+    View(driver::Drive<'a, View<R>, O>),
+}
+
+impl<R: Runtime, O: Operation> Future for Run<'_, R, O> {
+    type Output = Result<O::Output, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Run::Client(d) => std::pin::Pin::new(d).poll(cx),
+            Run::View(d) => std::pin::Pin::new(d).poll(cx),
+        }
+    }
+}
+
 /// The end of an intercepted request's chain: sends it on the client's connections and waits
 /// for its reply, which comes within the request's deadline.
 struct Sender<'a, R: Runtime> {
@@ -368,6 +447,9 @@ impl Drop for AbandonOnDrop<'_> {
 pub struct Cluster<R: Runtime> {
     inner: Arc<Inner<R>>,
     codec: Arc<ApiCodec>,
+    /// RPC interceptors of a transaction or snapshot, after the client's (see
+    /// [`Cluster::with_rpc_interceptors`]); `None` for the client itself.
+    view: Option<Arc<View<R>>>,
 }
 
 impl<R: Runtime> Clone for Cluster<R> {
@@ -375,6 +457,7 @@ impl<R: Runtime> Clone for Cluster<R> {
         Cluster {
             inner: self.inner.clone(),
             codec: self.codec.clone(),
+            view: self.view.clone(),
         }
     }
 }
@@ -455,6 +538,7 @@ impl<R: Runtime> Cluster<R> {
         Ok(Cluster {
             inner,
             codec: Arc::new(codec),
+            view: None,
         })
     }
 
@@ -472,7 +556,27 @@ impl<R: Runtime> Cluster<R> {
         // and past 1 KiB an allocation misses the allocator's thread cache.)
         // Written straight into the allocation (`Box::new` of a tuple copies it once more).
         let boxed = Box::write(Box::new_uninit(), (op, driver::DriveState::default()));
-        driver::Drive::new(&*self.inner, &self.inner.shared, boxed)
+        match &self.view {
+            None => Run::Client(driver::Drive::new(&*self.inner, &self.inner.shared, boxed)),
+            Some(view) => Run::View(driver::Drive::new(&**view, &self.inner.shared, boxed)),
+        }
+    }
+
+    /// This cluster with `chain` run after the client's RPC interceptors for the operations
+    /// run on it (an empty chain: none of its own). For the transactions and snapshots given
+    /// interceptors of their own; raw calls always run on the client itself.
+    pub(crate) fn with_rpc_interceptors(&self, chain: InterceptorChain) -> Cluster<R> {
+        let view = (!chain.is_empty()).then(|| {
+            Arc::new(View {
+                inner: self.inner.clone(),
+                chain,
+            })
+        });
+        Cluster {
+            inner: self.inner.clone(),
+            codec: self.codec.clone(),
+            view,
+        }
     }
 
     /// [`Cluster::run`] for a raw point call, built by `build` when the future is first
@@ -482,6 +586,7 @@ impl<R: Runtime> Cluster<R> {
     where
         F: FnOnce() -> RawSingle<T>,
     {
+        debug_assert!(self.view.is_none(), "raw calls run on the client itself");
         driver::FastDrive::new(&*self.inner, &self.inner.shared, build)
     }
 

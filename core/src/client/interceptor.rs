@@ -187,6 +187,19 @@ impl fmt::Debug for InterceptorChain {
     }
 }
 
+/// Chains are equal when they hold the same interceptors (the same allocations) in the same
+/// order.
+impl PartialEq for InterceptorChain {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain.len() == other.chain.len()
+            && self
+                .chain
+                .iter()
+                .zip(&other.chain)
+                .all(|(a, b)| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)))
+    }
+}
+
 impl InterceptorChain {
     /// An empty chain.
     pub fn new() -> Self {
@@ -340,6 +353,19 @@ impl Interception {
             return None;
         }
         lock(&self.settings).current.clone()
+    }
+
+    /// The interceptors in force for the requests of an operation that adds `extra` (a
+    /// transaction's or snapshot's own) after the client's, if any.
+    pub fn current_with(&self, extra: &InterceptorChain) -> Option<Arc<Current>> {
+        if extra.is_empty() {
+            return self.current();
+        }
+        let s = lock(&self.settings);
+        Some(Arc::new(Current {
+            rpc: s.rpc.clone().link_chain(extra),
+            resource: s.resource.clone().filter(|_| s.resource_control),
+        }))
     }
 
     /// Changes the settings with `f` and works out what is in force.

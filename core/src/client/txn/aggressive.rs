@@ -212,7 +212,7 @@ impl<R: Runtime> Transaction<R> {
         if release.keys.is_empty() {
             return;
         }
-        let cluster = self.txn_client().cluster().clone();
+        let cluster = self.cluster().clone();
         let start_ts = self.start_ts();
         let rt = cluster.runtime().clone();
         rt.spawn(self.options().lifecycle_hooks.wrap(async move {

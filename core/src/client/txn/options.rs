@@ -238,6 +238,8 @@ pub(crate) struct ContextOptions {
     /// RPC timeout of reads, after which the read moves to another replica (`None`: the
     /// client's `read_timeout_short`). Mirrors client-go `KVSnapshot.SetKVReadTimeout`.
     pub read_timeout: Option<Duration>,
+    /// RPC interceptors of the transaction's or snapshot's requests, after the client's.
+    pub rpc_interceptors: crate::client::interceptor::InterceptorChain,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -254,6 +256,41 @@ impl fmt::Debug for ContextOptions {
 
 macro_rules! context_setters {
     () => {
+        /// RPC interceptors every TiKV request of this transaction or snapshot goes through,
+        /// after the client's (see [`Cluster::set_rpc_interceptors`](crate::client::Cluster::set_rpc_interceptors)),
+        /// replacing any set before. Mirrors client-go `KVTxn.SetRPCInterceptor` /
+        /// `KVSnapshot.SetRPCInterceptor`.
+        pub fn rpc_interceptors(
+            mut self,
+            chain: crate::client::interceptor::InterceptorChain,
+        ) -> Self {
+            self.ctx.rpc_interceptors = chain;
+            self
+        }
+
+        /// Adds an RPC interceptor after those set, replacing one of the same name. Mirrors
+        /// client-go `KVTxn.AddRPCInterceptor` / `KVSnapshot.AddRPCInterceptor`.
+        ///
+        /// ```
+        /// use tikv_core::client::interceptor;
+        /// use tikv_core::client::txn::TransactionOptions;
+        ///
+        /// let log = interceptor::from_fn("log", |call, next| {
+        ///     tracing::debug!(method = call.method(), "transaction request");
+        ///     next.run(call)
+        /// });
+        /// let options = TransactionOptions::new_optimistic().rpc_interceptor(log);
+        /// # let _ = options;
+        /// ```
+        pub fn rpc_interceptor(
+            mut self,
+            interceptor: std::sync::Arc<dyn crate::client::interceptor::RpcInterceptor>,
+        ) -> Self {
+            self.ctx.rpc_interceptors =
+                std::mem::take(&mut self.ctx.rpc_interceptors).link(interceptor);
+            self
+        }
+
         /// Scheduling priority of every request. Mirrors client-go `SetPriority`.
         pub fn priority(mut self, priority: Priority) -> Self {
             self.ctx.priority = priority;

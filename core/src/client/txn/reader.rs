@@ -77,6 +77,13 @@ impl SnapCache {
 
 impl<R: Runtime> Reader<R> {
     pub fn new(cluster: Cluster<R>, start_ts: Timestamp, ctx: ContextOptions) -> Self {
+        // A transaction or snapshot with interceptors of its own runs its operations on a
+        // view of the client that adds them.
+        let cluster = if ctx.rpc_interceptors.is_empty() {
+            cluster
+        } else {
+            cluster.with_rpc_interceptors(ctx.rpc_interceptors.clone())
+        };
         let opts = SnapshotOptions::new(start_ts.version())
             .with_isolation(ctx.isolation_level.to_pb())
             .with_priority(ctx.priority.to_pb())

@@ -772,7 +772,7 @@ impl<R: Runtime> Transaction<R> {
             };
             let primary = request.primary.clone();
             let locked_keys = request.keys.clone();
-            let outcome = backend::pessimistic_lock(self.client.cluster(), request).await;
+            let outcome = backend::pessimistic_lock(&self.reader.cluster, request).await;
             match outcome {
                 Ok(outcome) => {
                     let mut s = lock(&self.state);
@@ -854,7 +854,7 @@ impl<R: Runtime> Transaction<R> {
                     }
                     if outcome.primary_locked && s.ttl.is_none() && s.status == Status::Active {
                         s.ttl = Some(backend::start_ttl_manager(
-                            self.client.cluster(),
+                            &self.reader.cluster,
                             primary.clone(),
                             self.start_ts(),
                             self.options.managed_lock_ttl,
@@ -1025,7 +1025,7 @@ impl<R: Runtime> Transaction<R> {
                 hooks: self.options.lifecycle_hooks.clone(),
                 max_locked_with_conflict_ts: max_conflict,
             };
-            let report = backend::commit(self.client.cluster(), request).await;
+            let report = backend::commit(&self.reader.cluster, request).await;
             // The primary lock no longer needs keeping alive once the commit has an outcome.
             drop(ttl);
             let commit_ts = report.result.as_ref().ok().copied();
@@ -1125,7 +1125,7 @@ impl<R: Runtime> Transaction<R> {
             drop(ttl);
             if !keys.is_empty() {
                 backend::pessimistic_rollback(
-                    self.client.cluster(),
+                    &self.reader.cluster,
                     self.start_ts(),
                     for_update_ts,
                     keys,
@@ -1179,6 +1179,12 @@ impl<R: Runtime> Transaction<R> {
 
     pub(crate) fn txn_client(&self) -> &TransactionClient<R> {
         &self.client
+    }
+
+    /// The cluster this transaction's operations run on: the client's, seen through the
+    /// transaction's own RPC interceptors when it has any.
+    pub(crate) fn cluster(&self) -> &crate::client::Cluster<R> {
+        &self.reader.cluster
     }
 
     /// Fails with [`Error::TransactionClosed`] once the transaction ended.
@@ -1288,7 +1294,7 @@ impl<R: Runtime> Drop for Transaction<R> {
             "transaction dropped without commit or rollback; rolling back its pessimistic locks \
              in the background"
         );
-        let cluster = self.client.cluster().clone();
+        let cluster = self.reader.cluster.clone();
         let for_update_ts = s
             .for_update_ts
             .max(Timestamp(s.max_locked_with_conflict_ts));
