@@ -188,6 +188,49 @@ impl Default for AsyncCommitConfig {
     }
 }
 
+/// The weights that turn the request-unit counters TiKV reports with a reply
+/// (`ExecDetailsV2.ru_v2`) into TiKV's request units (RU v2), added to
+/// [`RuDetails`](crate::client::interceptor::RuDetails) for the requests resource control
+/// charges. Mirrors client-go `RUV2TiKVConfig`; the defaults are `DefaultRUV2TiKVConfig`'s,
+/// fitted by client-go to stay close to the legacy RU accounting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuV2Weights {
+    /// Scale of the weighted sum (`RUScale`, 2.10).
+    pub ru_scale: f64,
+    /// Per KV engine cache miss (`TiKVKVEngineCacheMiss`).
+    pub kv_engine_cache_miss: f64,
+    /// Per write RPC (`ResourceManagerWriteCntTiKV`).
+    pub write_rpc_count: f64,
+    /// Per coprocessor executor input row (`ExecutorInputs`).
+    pub executor_inputs: f64,
+    /// Per coprocessor executor iteration (`TiKVCoprocessorExecutorIterations`).
+    pub coprocessor_executor_iterations: f64,
+    /// Per coprocessor response byte (`TiKVCoprocessorResponseBytes`).
+    pub coprocessor_response_bytes: f64,
+    /// Per raftstore write-batch byte (`TiKVRaftstoreStoreWriteTriggerWB`).
+    pub raftstore_store_write_trigger_wb_bytes: f64,
+    /// Per key a batch get processed (`TiKVStorageProcessedKeysBatchGet`).
+    pub storage_processed_keys_batch_get: f64,
+    /// Per key a point get processed (`TiKVStorageProcessedKeysGet`).
+    pub storage_processed_keys_get: f64,
+}
+
+impl Default for RuV2Weights {
+    fn default() -> Self {
+        RuV2Weights {
+            ru_scale: 2.10,
+            kv_engine_cache_miss: 0.459_753_89,
+            write_rpc_count: 0.096_421_81,
+            executor_inputs: 0.000_031_50,
+            coprocessor_executor_iterations: 0.057_753_69,
+            coprocessor_response_bytes: 0.000_000_87,
+            raftstore_store_write_trigger_wb_bytes: 0.000_061_00,
+            storage_processed_keys_batch_get: 0.002_667_91,
+            storage_processed_keys_get: 0.014_168_29,
+        }
+    }
+}
+
 /// Every setting of the client. See the module docs; each field names its client-go origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -324,6 +367,8 @@ pub struct Config {
     /// with each store's `zone` label to tell same-zone from cross-zone requests
     /// (`machine::store::AccessLocation`, client-go `AccessLocation`).
     pub zone_label: String,
+    /// Weights of TiKV's RU v2 counters (`TiKVClient.RUV2`, see [`RuV2Weights`]).
+    pub ru_v2: RuV2Weights,
 
     // ---- Transactions (CF-02..CF-05, CF-14, CF-20) ----------------------------------------
     /// Parallel batches per 2PC action (`Config.CommitterConcurrency`, 128).
@@ -416,6 +461,7 @@ impl Default for Config {
             regions_refresh_interval: Duration::ZERO,
             enable_preload: false,
             zone_label: String::new(),
+            ru_v2: RuV2Weights::default(),
             committer_concurrency: 128,
             max_txn_ttl: Duration::from_secs(3600),
             enable_async_commit: false,
@@ -507,6 +553,8 @@ setters! {
     with_enable_ts_validation: enable_ts_validation: bool;
     /// Sets [`Config::next_gen`].
     with_next_gen: next_gen: bool;
+    /// Sets [`Config::ru_v2`].
+    with_ru_v2: ru_v2: RuV2Weights;
     /// Sets [`Config::pd_member_update_interval`].
     with_pd_member_update_interval: pd_member_update_interval: Duration;
     /// Sets [`Config::pd_retry_budget`].
@@ -801,6 +849,9 @@ mod tests {
     #[test]
     fn defaults_match_client_go() {
         let c = Config::default();
+        assert_eq!(c.ru_v2.ru_scale, 2.10);
+        assert_eq!(c.ru_v2.storage_processed_keys_get, 0.01416829);
+        assert_eq!(c.ru_v2.write_rpc_count, 0.09642181);
         assert_eq!(c.api_version, ApiVersion::V1);
         assert_eq!(c.keyspace_name(), "DEFAULT");
         assert!(!c.atomic_for_cas);

@@ -394,12 +394,26 @@ async fn resource_control_charges_the_requests_of_resource_groups<R: Runtime>() 
     let read = &read[charges.len()..];
     assert_eq!(read.len(), 2, "{read:?}");
     assert!(read.iter().all(|c| !c.write && c.write_bytes == 0));
+    let reply = read
+        .iter()
+        .find_map(|c| c.response.clone())
+        .expect("the reply's charge");
+    assert_eq!(reply.read_bytes(), 8, "the version read: key + value");
 
     let ru = cluster.ru_details();
     // Three requests granted (1 RRU, 2 WRU, 3 ms each), three replies charged (0.25 RRU, 1 ms).
     assert_eq!(ru.rru, 3.0 * 1.0 + 3.0 * 0.25);
     assert_eq!(ru.wru, 3.0 * 2.0);
     assert_eq!(ru.ru_wait, Duration::from_millis(3 * 3 + 3));
+    // CF-16: the get's reply reported one processed key (RU v2), weighed with its read RPC by
+    // the default weights; the mockstore's write replies report no RU v2 counters.
+    assert_eq!(ru.ru_v2.storage_processed_keys_get, 1);
+    assert_eq!((ru.ru_v2.read_rpc_count, ru.ru_v2.write_rpc_count), (1, 0));
+    assert!(
+        (ru.tikv_ru_v2 - 0.01416829 * 2.10).abs() < 1e-12,
+        "{}",
+        ru.tikv_ru_v2
+    );
 
     cluster.disable_resource_control();
     write_in_group(&client, "rg", "", "f", "6").await;

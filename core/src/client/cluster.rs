@@ -287,9 +287,9 @@ impl<R: Runtime> Inner<R> {
                 id,
                 timeout,
             };
-            let next_gen = me.config.next_gen;
             let result =
-                interceptor::run(&current, &me.interception, charged, call, &send, next_gen).await;
+                interceptor::run(&current, &me.interception, charged, call, &send, &me.config)
+                    .await;
             Input::Tikv { id, result }
         }))
     }

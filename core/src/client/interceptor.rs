@@ -40,7 +40,7 @@ use super::rpc;
 use super::sync::lock;
 use crate::error::Error;
 use crate::machine::request::context_slot;
-use crate::machine::resource_control::{RequestInfo, ResponseInfo};
+use crate::machine::resource_control::{RequestInfo, ResponseInfo, exec_details_v2, tikv_ru_v2};
 use crate::machine::{TikvRequest, TikvResponse};
 
 /// A boxed, sendable future, the return type of interceptor methods (object-safe traits
@@ -297,8 +297,9 @@ pub trait ResourceGroupInterceptor: Send + Sync + 'static {
     }
 }
 
-/// Request units charged and time spent waiting for them, summed over a client's requests.
-/// Mirrors client-go `util.RUDetails` (kept per client here, not per statement).
+/// Request units charged and time spent waiting for them, summed over a client's requests
+/// that resource control charged. Mirrors client-go `util.RUDetails` (kept per client here,
+/// not per statement).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RuDetails {
     /// Read request units.
@@ -307,6 +308,12 @@ pub struct RuDetails {
     pub wru: f64,
     /// Time spent waiting for tokens.
     pub ru_wait: Duration,
+    /// TiKV's request units (RU v2): the counters its replies reported, weighted by
+    /// `Config::ru_v2` (client-go `RUDetails.TiKVRUV2`).
+    pub tikv_ru_v2: f64,
+    /// TiKV's RU v2 counters summed, each reply's RPC counted as a read or a write
+    /// (client-go `RUDetails.AddRUV2`).
+    pub ru_v2: kvrpcpb::Ruv2,
 }
 
 impl RuDetails {
@@ -317,6 +324,38 @@ impl RuDetails {
             self.wru += c.w_r_u;
         }
         self.ru_wait += wait;
+    }
+
+    /// Adds a reply's RU v2 counters (already counting the reply's RPC) and units. Mirrors
+    /// client-go `RUDetails.AddRUV2` / `AddTiKVRUV2`.
+    fn add_ru_v2(&mut self, ru: &kvrpcpb::Ruv2, units: f64) {
+        let sum = &mut self.ru_v2;
+        sum.kv_engine_cache_miss += ru.kv_engine_cache_miss;
+        sum.coprocessor_executor_iterations += ru.coprocessor_executor_iterations;
+        sum.coprocessor_response_bytes += ru.coprocessor_response_bytes;
+        sum.raftstore_store_write_trigger_wb_bytes += ru.raftstore_store_write_trigger_wb_bytes;
+        sum.storage_processed_keys_batch_get += ru.storage_processed_keys_batch_get;
+        sum.storage_processed_keys_get += ru.storage_processed_keys_get;
+        sum.read_rpc_count += ru.read_rpc_count;
+        sum.write_rpc_count += ru.write_rpc_count;
+        if let Some(add) = &ru.executor_inputs {
+            let to = sum.executor_inputs.get_or_insert_with(Default::default);
+            to.tikv_coprocessor_executor_work_total_batch_index_scan +=
+                add.tikv_coprocessor_executor_work_total_batch_index_scan;
+            to.tikv_coprocessor_executor_work_total_batch_table_scan +=
+                add.tikv_coprocessor_executor_work_total_batch_table_scan;
+            to.tikv_coprocessor_executor_work_total_batch_selection +=
+                add.tikv_coprocessor_executor_work_total_batch_selection;
+            to.tikv_coprocessor_executor_work_total_batch_top_n +=
+                add.tikv_coprocessor_executor_work_total_batch_top_n;
+            to.tikv_coprocessor_executor_work_total_batch_limit +=
+                add.tikv_coprocessor_executor_work_total_batch_limit;
+            to.tikv_coprocessor_executor_work_total_batch_simple_aggr +=
+                add.tikv_coprocessor_executor_work_total_batch_simple_aggr;
+            to.tikv_coprocessor_executor_work_total_batch_fast_hash_aggr +=
+                add.tikv_coprocessor_executor_work_total_batch_fast_hash_aggr;
+        }
+        self.tikv_ru_v2 += units;
     }
 }
 
@@ -427,14 +466,15 @@ impl Current {
 
 /// Runs one intercepted request: the resource controller's grant (its penalty and priority
 /// written into the request's context), the RPC interceptors around `send`, then the charge
-/// for the reply. Mirrors client-go `interceptedClient.SendRequest`.
+/// for the reply and the reply's RU v2 (client-go charges RU v2 in `RPCClient.sendRequest`
+/// for requests that are not exempt). Mirrors client-go `interceptedClient.SendRequest`.
 pub(crate) async fn run(
     current: &Current,
     interception: &Interception,
     charged: Option<Charged>,
     mut call: RpcCall,
     send: &dyn Transmit,
-    next_gen: bool,
+    config: &crate::config::Config,
 ) -> RpcResult {
     let resource = charged.as_ref().and(current.resource.as_ref());
     if let (Some(rc), Some(c)) = (resource, &charged) {
@@ -457,7 +497,11 @@ pub(crate) async fn run(
     .run(call)
     .await;
     if let (Some(rc), Some(c), Ok(resp)) = (resource, &charged, &result) {
-        let info = ResponseInfo::of(resp, next_gen);
+        if let Some(ru) = exec_details_v2(resp).and_then(|d| d.ru_v2.as_ref()) {
+            let (ru, units) = tikv_ru_v2(ru, c.info.is_write(), &config.ru_v2);
+            lock(&interception.ru).add_ru_v2(&ru, units);
+        }
+        let info = ResponseInfo::of(resp, config.next_gen);
         let charge = rc.on_response_wait(&c.group, &c.info, &info).await?;
         lock(&interception.ru).update(charge.consumption.as_ref(), charge.wait);
     }

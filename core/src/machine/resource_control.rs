@@ -194,6 +194,70 @@ impl ResponseInfo {
     }
 }
 
+/// The execution details TiKV sent with a reply (`exec_details_v2`), for the replies that
+/// carry them. Mirrors client-go `tikvrpc.Response.GetExecDetailsV2`.
+pub fn exec_details_v2(response: &TikvResponse) -> Option<&kvrpcpb::ExecDetailsV2> {
+    use TikvCmdResponse as R;
+    let TikvResponse::Cmd(cmd) = response else {
+        return None;
+    };
+    match cmd {
+        R::Get(r) => r.exec_details_v2.as_deref(),
+        R::Prewrite(r) => r.exec_details_v2.as_deref(),
+        R::PessimisticLock(r) => r.exec_details_v2.as_deref(),
+        R::PessimisticRollback(r) => r.exec_details_v2.as_deref(),
+        R::TxnHeartBeat(r) => r.exec_details_v2.as_deref(),
+        R::CheckTxnStatus(r) => r.exec_details_v2.as_deref(),
+        R::CheckSecondaryLocks(r) => r.exec_details_v2.as_deref(),
+        R::Commit(r) => r.exec_details_v2.as_deref(),
+        R::BatchGet(r) => r.exec_details_v2.as_deref(),
+        R::BatchRollback(r) => r.exec_details_v2.as_deref(),
+        R::ScanLock(r) => r.exec_details_v2.as_deref(),
+        R::ResolveLock(r) => r.exec_details_v2.as_deref(),
+        R::Flush(r) => r.exec_details_v2.as_deref(),
+        R::BufferBatchGet(r) => r.exec_details_v2.as_deref(),
+        R::Coprocessor(r) => r.exec_details_v2.as_deref(),
+        _ => None,
+    }
+}
+
+/// TiKV's request units (RU v2) for a reply's counters `ru`, with the reply's own RPC
+/// counted in `ru` first (a write's as a write RPC, any other as a read RPC), weighted by
+/// `weights`. Returns the counters as counted and the units (0 when every weighted counter
+/// is zero). Mirrors client-go `UpdateTiKVRUV2FromExecDetailsV2` with
+/// `completedTiKVRUV2RPCCount`.
+pub fn tikv_ru_v2(
+    ru: &kvrpcpb::Ruv2,
+    is_write: bool,
+    weights: &crate::config::RuV2Weights,
+) -> (kvrpcpb::Ruv2, f64) {
+    let mut ru = *ru;
+    if is_write {
+        ru.write_rpc_count += 1;
+    } else {
+        ru.read_rpc_count += 1;
+    }
+    let inputs = ru.executor_inputs.as_ref().map_or(0, |i| {
+        i.tikv_coprocessor_executor_work_total_batch_index_scan
+            + i.tikv_coprocessor_executor_work_total_batch_table_scan
+            + i.tikv_coprocessor_executor_work_total_batch_selection
+            + i.tikv_coprocessor_executor_work_total_batch_top_n
+            + i.tikv_coprocessor_executor_work_total_batch_limit
+            + i.tikv_coprocessor_executor_work_total_batch_simple_aggr
+            + i.tikv_coprocessor_executor_work_total_batch_fast_hash_aggr
+    });
+    let sum = ru.kv_engine_cache_miss as f64 * weights.kv_engine_cache_miss
+        + inputs as f64 * weights.executor_inputs
+        + ru.coprocessor_executor_iterations as f64 * weights.coprocessor_executor_iterations
+        + ru.coprocessor_response_bytes as f64 * weights.coprocessor_response_bytes
+        + ru.raftstore_store_write_trigger_wb_bytes as f64
+            * weights.raftstore_store_write_trigger_wb_bytes
+        + ru.storage_processed_keys_batch_get as f64 * weights.storage_processed_keys_batch_get
+        + ru.storage_processed_keys_get as f64 * weights.storage_processed_keys_get
+        + ru.write_rpc_count as f64 * weights.write_rpc_count;
+    (ru, sum * weights.ru_scale)
+}
+
 /// Mirrors client-go `scanDetailReadBytes`.
 fn scan_read_bytes(scan: &kvrpcpb::ScanDetailV2, next_gen: bool) -> u64 {
     if next_gen {
@@ -304,6 +368,48 @@ mod tests {
         let get = TikvRequest::Cmd(TikvCmd::Get(Box::default()));
         let info = RequestInfo::of(&get, "internal_others", 1, 3, AccessLocation::Unknown);
         assert!(info.bypass());
+    }
+
+    #[test]
+    fn ru_v2_weighs_tikv_counters_and_counts_the_rpc() {
+        let weights = crate::config::RuV2Weights::default();
+        let ru = kvrpcpb::Ruv2 {
+            kv_engine_cache_miss: 2,
+            storage_processed_keys_get: 10,
+            executor_inputs: Some(kvrpcpb::ExecutorInputs {
+                tikv_coprocessor_executor_work_total_batch_table_scan: 1000,
+                tikv_coprocessor_executor_work_total_batch_limit: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (read, units) = tikv_ru_v2(&ru, false, &weights);
+        assert_eq!((read.read_rpc_count, read.write_rpc_count), (1, 0));
+        let expected = (2.0 * 0.45975389 + 10.0 * 0.01416829 + 2000.0 * 0.0000315) * 2.10;
+        assert!((units - expected).abs() < 1e-9, "{units} vs {expected}");
+        let (write, units) = tikv_ru_v2(&kvrpcpb::Ruv2::default(), true, &weights);
+        assert_eq!((write.read_rpc_count, write.write_rpc_count), (0, 1));
+        assert!(
+            (units - 0.09642181 * 2.10).abs() < 1e-12,
+            "a write RPC is weighed"
+        );
+        let (_, units) = tikv_ru_v2(&kvrpcpb::Ruv2::default(), false, &weights);
+        assert_eq!(units, 0.0, "a read RPC alone weighs nothing");
+
+        let reply = TikvResponse::Cmd(TikvCmdResponse::Commit(Box::new(kvrpcpb::CommitResponse {
+            exec_details_v2: Some(Box::new(kvrpcpb::ExecDetailsV2 {
+                ru_v2: Some(ru),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })));
+        assert!(
+            exec_details_v2(&reply)
+                .and_then(|d| d.ru_v2.as_ref())
+                .is_some()
+        );
+        let raw = TikvResponse::Cmd(TikvCmdResponse::RawGet(Default::default()));
+        assert!(exec_details_v2(&raw).is_none());
     }
 
     #[test]

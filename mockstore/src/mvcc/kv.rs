@@ -374,14 +374,21 @@ impl MvccStore {
         let ctx = ctx_of(&req.context);
         let opts = read_options(&ctx, req.version, false, req.need_commit_ts);
         let mut resp = kvrpcpb::GetResponse::default();
+        let mut processed = 0;
         match self.get(&req.key, &opts, ctx.stale_read) {
             Ok(Some(e)) => {
+                processed = req.key.len() + e.value.len();
                 resp.value = Bytes::from(e.value);
                 resp.commit_ts = e.commit_ts.unwrap_or(0);
             }
             Ok(None) => resp.not_found = true,
             Err(e) => resp.error = Some(Box::new(key_error(&e))),
         }
+        resp.exec_details_v2 = Some(Box::new(read_details(
+            usize::from(processed > 0),
+            processed,
+            |ru| ru.storage_processed_keys_get = 1,
+        )));
         resp
     }
 
@@ -403,9 +410,15 @@ impl MvccStore {
                 Ok(e) => kv_pair(&k, e.value, e.commit_ts),
                 Err(e) => error_pair(&e),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let found = pairs.iter().filter(|p| p.error.is_none());
+        let processed = found.clone().map(|p| p.key.len() + p.value.len()).sum();
+        let details = read_details(found.count(), processed, |ru| {
+            ru.storage_processed_keys_batch_get = keys.len() as u64
+        });
         kvrpcpb::BatchGetResponse {
             pairs,
+            exec_details_v2: Some(Box::new(details)),
             ..kvrpcpb::BatchGetResponse::default()
         }
     }
@@ -939,5 +952,29 @@ impl MvccStore {
     pub fn versions_of(&self, key: &[u8]) -> kvrpcpb::MvccInfo {
         let info = self.mvcc_by_key(key);
         mvcc_info_to_pb(info.lock.as_ref(), &info.writes, &info.values)
+    }
+}
+
+/// The execution details of a point or batch read that found `versions` versions of
+/// `processed` bytes (keys and values): the scan details and RU v2 counters (`ru_v2` sets the
+/// read's own counter) TiKV reports with `KvGet` / `KvBatchGet`, which clients charge as
+/// read bytes and request units.
+fn read_details(
+    versions: usize,
+    processed: usize,
+    ru_v2: impl FnOnce(&mut kvrpcpb::Ruv2),
+) -> kvrpcpb::ExecDetailsV2 {
+    let mut ru = kvrpcpb::Ruv2::default();
+    ru_v2(&mut ru);
+    kvrpcpb::ExecDetailsV2 {
+        scan_detail_v2: Some(kvrpcpb::ScanDetailV2 {
+            processed_versions: versions as u64,
+            processed_versions_size: processed as u64,
+            total_versions: versions as u64,
+            total_versions_size: processed as u64,
+            ..Default::default()
+        }),
+        ru_v2: Some(ru),
+        ..Default::default()
     }
 }
