@@ -35,7 +35,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use tikv_proto::{kvrpcpb, pdpb};
+use tikv_proto::{kvrpcpb, metapb, pdpb};
 
 use super::cluster::Inner;
 use super::runtime::{Channel, Code, Runtime};
@@ -161,9 +161,10 @@ async fn reresolve_store<R: Runtime>(inner: &Inner<R>, store_id: u64) -> bool {
 pub const STORE_LIST_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Fetches every non-tombstone store from PD and applies the list (new stores are added,
-/// known ones refreshed). Mirrors client-go `storeCacheUpdater.tick` /
+/// known ones refreshed). Returns whether PD answered, and the stores' addresses when it
+/// answered with a list. Mirrors client-go `storeCacheUpdater.tick` /
 /// `insertMissingStores`.
-async fn refresh_store_list<R: Runtime>(inner: &Inner<R>) -> bool {
+async fn refresh_store_list<R: Runtime>(inner: &Inner<R>) -> (bool, Option<Vec<String>>) {
     let request = PdRequest::GetAllStores(Box::new(pdpb::GetAllStoresRequest {
         exclude_tombstone_stores: true,
         ..Default::default()
@@ -174,16 +175,68 @@ async fn refresh_store_list<R: Runtime>(inner: &Inner<R>) -> bool {
                 .header
                 .as_ref()
                 .and_then(|h| h.error.as_ref())
-                .is_none()
+                .is_some()
             {
-                lock(&inner.shared).stores.apply_all_stores(&resp.stores);
+                return (true, None);
             }
-            true
+            lock(&inner.shared).stores.apply_all_stores(&resp.stores);
+            let listed = resp
+                .stores
+                .iter()
+                .filter(|s| s.state != metapb::StoreState::Tombstone as i32)
+                .map(|s| s.address.clone())
+                .collect();
+            (true, Some(listed))
         }
-        Ok(_) => true,
+        Ok(_) => (true, None),
         Err(err) => {
             tracing::debug!(%err, "store list refresh failed");
-            false
+            (false, None)
+        }
+    }
+}
+
+/// How often the transport's per-store statistics are checked for stores that are gone.
+/// Mirrors client-go `cleanStoreMetricsInterval` (1 min).
+pub const CLEAN_STORE_STATS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Finds the per-store statistics of stores PD no longer lists, one store at a time: a
+/// store found missing at one check is forgotten at the next if it is still missing then.
+/// Mirrors client-go `storeCacheUpdater.cleanUpStaleStoreMetrics` (which confirms with a
+/// `GetStore`; here the next check's fresh store list confirms), keyed by address since
+/// that is how the transport counts.
+#[derive(Debug, Default)]
+pub(crate) struct StaleStoreStats {
+    last: Option<Instant>,
+    next: Option<Arc<str>>,
+}
+
+impl StaleStoreStats {
+    /// The address whose statistics to forget now, given the addresses `valid` PD just
+    /// listed and those the transport counts (`tracked`), if any.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        valid: &[String],
+        tracked: &[Arc<str>],
+    ) -> Option<Arc<str>> {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < CLEAN_STORE_STATS_INTERVAL)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        let stale = |a: &Arc<str>| !valid.iter().any(|v| v.as_str() == &**a);
+        match self.next.take() {
+            // Picked now, forgotten a check later if still gone.
+            None => {
+                self.next = tracked.iter().find(|a| stale(a)).cloned();
+                None
+            }
+            Some(candidate) => {
+                (stale(&candidate) && tracked.contains(&candidate)).then_some(candidate)
+            }
         }
     }
 }
@@ -205,6 +258,7 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
     });
     let mut next_store_check = rt.now() + store_check_interval;
     let mut next_store_list = rt.now() + STORE_LIST_INTERVAL;
+    let mut stale_stats = StaleStoreStats::default();
     loop {
         let mut sleep = rt.sleep_until(next_probe);
         let closed = future::poll_fn(|cx| match feed.poll_drain(cx, &mut feedback) {
@@ -255,7 +309,15 @@ async fn run<R: Runtime>(cluster: Weak<Inner<R>>, rt: R) {
         let mut pd_ok = true;
         if now >= next_store_list {
             next_store_list = now + STORE_LIST_INTERVAL;
-            pd_ok = refresh_store_list(&inner).await;
+            let (answered, listed) = refresh_store_list(&inner).await;
+            pd_ok = answered;
+            if let Some(valid) = listed {
+                let tracked = inner.tikv.stats.tracked_addresses();
+                if let Some(gone) = stale_stats.tick(rt.now(), &valid, &tracked) {
+                    tracing::info!(address = %gone, "store gone from PD; dropping its statistics");
+                    inner.tikv.stats.forget_address(&gone);
+                }
+            }
         }
         let timeout = inner.config.store_liveness_timeout;
         for (store_id, address) in probes {
@@ -314,5 +376,43 @@ mod tests {
             liveness_of(Err(Status::new(Code::UNIMPLEMENTED, "no health service"))),
             Liveness::Reachable
         );
+    }
+
+    /// client-go `cleanUpStaleStoreMetrics`: once a minute at most, a tracked store that PD
+    /// no longer lists is picked, and forgotten at the next check if it is still missing;
+    /// one that comes back is kept.
+    #[test]
+    fn stale_store_stats_are_picked_then_forgotten_a_check_later() {
+        let t0 = crate::machine::testkit::origin();
+        let minute = CLEAN_STORE_STATS_INTERVAL;
+        let tracked: Vec<Arc<str>> = vec!["s1:1".into(), "s2:1".into()];
+        let both = ["s1:1".to_owned(), "s2:1".to_owned()];
+        let only_s1 = ["s1:1".to_owned()];
+        let mut sweep = StaleStoreStats::default();
+        assert_eq!(sweep.tick(t0, &both, &tracked), None, "nothing stale");
+        assert_eq!(
+            sweep.tick(t0 + minute, &only_s1, &tracked),
+            None,
+            "s2 picked"
+        );
+        assert_eq!(
+            sweep.tick(t0 + minute + Duration::from_secs(10), &only_s1, &tracked),
+            None,
+            "not a minute yet"
+        );
+        assert_eq!(
+            sweep.tick(t0 + 2 * minute, &only_s1, &tracked).as_deref(),
+            Some("s2:1"),
+            "still gone a check later"
+        );
+
+        let mut sweep = StaleStoreStats::default();
+        assert_eq!(sweep.tick(t0, &only_s1, &tracked), None, "s2 picked");
+        assert_eq!(
+            sweep.tick(t0 + minute, &both, &tracked),
+            None,
+            "s2 came back"
+        );
+        assert_eq!(sweep.tick(t0 + 2 * minute, &both, &tracked), None);
     }
 }

@@ -230,6 +230,29 @@ impl TransportStats {
             .collect()
     }
 
+    /// The addresses whose pools are counted, as targets or as forwarded hosts.
+    pub(crate) fn tracked_addresses(&self) -> Vec<Arc<str>> {
+        let pools = lock(&self.pools);
+        let mut out: Vec<Arc<str>> = Vec::new();
+        for p in pools.iter() {
+            for a in std::iter::once(&p.address).chain(p.forwarded_host.as_ref()) {
+                if !out.contains(a) {
+                    out.push(a.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets the counters of the pools to `address` and of those forwarding to it (a store
+    /// PD no longer lists). A pool still open goes on counting where it was, unreported; a
+    /// new one starts from zero. Mirrors client-go's removal of a stale store's metric
+    /// series (`DeletePartialMatch` in `cleanUpStaleStoreMetrics`).
+    pub(crate) fn forget_address(&self, address: &str) {
+        lock(&self.pools)
+            .retain(|p| &*p.address != address && p.forwarded_host.as_deref() != Some(address));
+    }
+
     /// The counters of a new pool of `connections` to `address` (forwarding to `host`): a
     /// pool that replaces an earlier one to the same place goes on counting its stages
     /// where that one stopped, with states of its own.
@@ -1066,4 +1089,30 @@ async fn slot_channel<R: Runtime>(
             })
         })?;
     Ok((slot.set(channel.clone()), channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MU-03: the counters of a store that is gone are dropped, as targets and as forwarded
+    /// hosts; the others stay.
+    #[test]
+    fn forgotten_addresses_lose_their_pool_counters() {
+        let stats = TransportStats::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a:1".into(), "b:1".into());
+        stats.pool_counters(&a, &None, 2);
+        stats.pool_counters(&b, &None, 2);
+        stats.pool_counters(&a, &Some(b.clone()), 2);
+        assert_eq!(stats.tracked_addresses(), [a.clone(), b.clone()]);
+        stats.forget_address("b:1");
+        let left: Vec<_> = stats
+            .connections()
+            .into_iter()
+            .map(|p| (p.address, p.forwarded_host))
+            .collect();
+        assert_eq!(left, [(a.clone(), None)]);
+        assert_eq!(stats.tracked_addresses(), [a]);
+        assert_eq!(stats.store_stages().len(), 1);
+    }
 }
