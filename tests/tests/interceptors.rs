@@ -28,6 +28,7 @@ tikv_tests::txn_tests!(
     resource_control_charges_the_requests_of_resource_groups,
     a_throttled_resource_group_fails_without_retry,
     transactions_and_snapshots_add_interceptors_of_their_own,
+    trace_ids_reach_every_request,
 );
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -518,4 +519,69 @@ async fn transactions_and_snapshots_add_interceptors_of_their_own<R: Runtime>() 
             "client:done"
         ]
     );
+}
+
+/// A request's method, trace id and trace control flags, as sent.
+type Traced = (String, Vec<u8>, u64);
+
+/// MU-05 (client-go `trace.ContextWithTraceID` / `TraceControlFlags`): a raw client's or a
+/// transaction's trace id and flags travel in the `Context` of each of its requests, reads
+/// and writes; other requests carry none.
+async fn trace_ids_reach_every_request<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let seen: Arc<Mutex<Vec<Traced>>> = Arc::default();
+    let record = seen.clone();
+    let wire = interceptor::from_fn("wire", move |mut call, next| {
+        let method = call.method().to_owned();
+        if let Some(ctx) = call.context_mut() {
+            record.lock().unwrap_or_else(PoisonError::into_inner).push((
+                method,
+                ctx.trace_id.to_vec(),
+                ctx.trace_control_flags,
+            ));
+        }
+        next.run(call)
+    });
+    client.cluster().add_rpc_interceptor(wire.clone());
+    let take = || std::mem::take(&mut *seen.lock().unwrap());
+
+    let mut txn = client
+        .begin_with_options(
+            TransactionOptions::new_optimistic()
+                .trace_id(&b"trace-1"[..])
+                .trace_control_flags(1),
+        )
+        .await
+        .unwrap();
+    txn.get("k".to_owned()).await.unwrap();
+    txn.put("k".to_owned(), "v".to_owned()).await.unwrap();
+    txn.commit().await.unwrap();
+    let sent = take();
+    let methods: Vec<&str> = sent.iter().map(|(m, ..)| m.as_str()).collect();
+    assert_eq!(methods, ["KvGet", "KvPrewrite", "KvCommit"]);
+    assert!(
+        sent.iter()
+            .all(|(_, id, flags)| id == b"trace-1" && *flags == 1),
+        "{sent:?}"
+    );
+
+    let plain = client.begin_optimistic().await.unwrap();
+    plain.get("k".to_owned()).await.unwrap();
+    assert!(
+        take()
+            .iter()
+            .all(|(_, id, flags)| id.is_empty() && *flags == 0)
+    );
+
+    let raw = raw_client::<R>(&mock).await;
+    raw.cluster().add_rpc_interceptor(wire);
+    let traced = raw.with_trace(&b"trace-2"[..], 0);
+    traced.put("r", "v").await.unwrap();
+    traced.get("r").await.unwrap();
+    let sent = take();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(_, id, _)| id == b"trace-2"), "{sent:?}");
+    raw.get("r").await.unwrap();
+    assert!(take().iter().all(|(_, id, _)| id.is_empty()));
 }

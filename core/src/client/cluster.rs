@@ -243,6 +243,8 @@ impl<R: Runtime> Inner<R> {
     /// interceptors see is carried by a future of its own; any other is sent as usual.
     /// Mirrors client-go `getResourceControlInfo` and `interceptedClient.SendRequest`.
     #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
     fn start_intercepted(
         &self,
         current: Arc<Current>,

@@ -387,15 +387,24 @@ struct Settings {
 
 impl Interception {
     /// The interceptors in force, if any (one atomic load when there are none).
+    #[inline]
     pub fn current(&self) -> Option<Arc<Current>> {
         if !self.active.load(Ordering::Acquire) {
             return None;
         }
+        self.current_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn current_slow(&self) -> Option<Arc<Current>> {
         lock(&self.settings).current.clone()
     }
 
     /// The interceptors in force for the requests of an operation that adds `extra` (a
     /// transaction's or snapshot's own) after the client's, if any.
+    #[cold]
+    #[inline(never)]
     pub fn current_with(&self, extra: &InterceptorChain) -> Option<Arc<Current>> {
         if extra.is_empty() {
             return self.current();

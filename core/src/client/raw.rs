@@ -175,6 +175,18 @@ impl<R: Runtime> RawClient<R> {
         c
     }
 
+    /// The same client with its requests carrying `trace_id` (`Context.trace_id`) and
+    /// `flags` (`Context.trace_control_flags`; bit 0: TiKV logs the request's trace at once),
+    /// so that TiKV ties its trace records to the caller's trace. Mirrors client-go
+    /// `trace.ContextWithTraceID` and `SetTraceControlExtractor`.
+    pub fn with_trace(&self, trace_id: impl Into<bytes::Bytes>, flags: u64) -> Self {
+        let mut c = self.clone();
+        let opts = &mut std::sync::Arc::make_mut(&mut c.opts).request;
+        opts.trace_id = trace_id.into();
+        opts.trace_control_flags = flags;
+        c
+    }
+
     /// The value of `key`, `None` when absent. Mirrors client-go `Client.Get`.
     ///
     /// (Like [`RawClient::put`], this returns a future that builds and sends its request

@@ -177,6 +177,8 @@ fn write_context(ctx: &ContextOptions) -> TxnRequestContext {
         disk_full_opt: ctx.disk_full_opt.to_pb(),
         txn_source: ctx.txn_source,
         request_source: ctx.request_source.clone(),
+        trace_id: ctx.trace_id.clone(),
+        trace_control_flags: ctx.trace_control_flags,
     }
 }
 

@@ -240,6 +240,10 @@ pub(crate) struct ContextOptions {
     pub read_timeout: Option<Duration>,
     /// RPC interceptors of the transaction's or snapshot's requests, after the client's.
     pub rpc_interceptors: crate::client::interceptor::InterceptorChain,
+    /// `Context.trace_id` of every request (empty: none).
+    pub trace_id: Bytes,
+    /// `Context.trace_control_flags` of every request.
+    pub trace_control_flags: u64,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -256,6 +260,21 @@ impl fmt::Debug for ContextOptions {
 
 macro_rules! context_setters {
     () => {
+        /// Trace id sent with every request (`Context.trace_id`), so that TiKV ties its own
+        /// trace records to the caller's trace. Mirrors client-go `trace.ContextWithTraceID`.
+        pub fn trace_id(mut self, trace_id: impl Into<Bytes>) -> Self {
+            self.ctx.trace_id = trace_id.into();
+            self
+        }
+
+        /// Trace control flags sent with every request (`Context.trace_control_flags`; bit 0:
+        /// TiKV logs the request's trace at once). Mirrors client-go
+        /// `trace.SetTraceControlExtractor` / `TraceControlFlags`.
+        pub fn trace_control_flags(mut self, flags: u64) -> Self {
+            self.ctx.trace_control_flags = flags;
+            self
+        }
+
         /// RPC interceptors every TiKV request of this transaction or snapshot goes through,
         /// after the client's (see [`Cluster::set_rpc_interceptors`](crate::client::Cluster::set_rpc_interceptors)),
         /// replacing any set before. Mirrors client-go `KVTxn.SetRPCInterceptor` /

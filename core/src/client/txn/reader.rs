@@ -101,6 +101,8 @@ impl<R: Runtime> Reader<R> {
             .with_request_options(crate::machine::request::RequestOptions {
                 read: ctx.read.clone(),
                 timeout: ctx.read_timeout,
+                trace_id: ctx.trace_id.clone(),
+                trace_control_flags: ctx.trace_control_flags,
                 ..Default::default()
             })
             .with_lock_fast_base(

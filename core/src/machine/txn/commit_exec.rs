@@ -942,6 +942,10 @@ pub struct TxnRequestContext {
     pub request_source: String,
     /// Computes the tag per request when `resource_group_tag` is empty.
     pub resource_group_tagger: Option<crate::machine::txn::tagger::ResourceGroupTagger>,
+    /// `Context.trace_id` (empty: none). Mirrors client-go `trace.TraceIDFromContext`.
+    pub trace_id: bytes::Bytes,
+    /// `Context.trace_control_flags`. Mirrors client-go `trace.GetTraceControlFlags`.
+    pub trace_control_flags: u64,
 }
 
 /// `Context.max_execution_duration_ms` of write RPCs. Mirrors client-go
@@ -967,6 +971,8 @@ impl TxnRequestContext {
             txn_source: self.txn_source,
             max_execution_duration_ms: MAX_WRITE_EXECUTION_MS,
             request_source: self.request_source.clone(),
+            trace_id: self.trace_id.clone(),
+            trace_control_flags: self.trace_control_flags,
             resource_control_context: (!self.resource_group_name.is_empty())
                 .then(|| kvrpcpb::ResourceControlContext {
                     resource_group_name: self.resource_group_name.clone(),

@@ -1505,6 +1505,8 @@ fn transaction_options_reach_every_write_request() {
         txn_source: 42,
         request_source: "external_test".into(),
         resource_group_tagger: None,
+        trace_id: k("trace"),
+        trace_control_flags: 1,
     };
     o.assertion_level = kvrpcpb::AssertionLevel::Strict;
     let mut a = put("a", "1");
@@ -1534,6 +1536,10 @@ fn transaction_options_reach_every_write_request() {
         // Labelled with the attempt's read type by the region request (`patchRequestSource`).
         assert_eq!(ctx.request_source, "leader_external_test");
         assert_eq!(ctx.max_execution_duration_ms, MAX_WRITE_EXECUTION_MS);
+        assert_eq!(
+            (&ctx.trace_id[..], ctx.trace_control_flags),
+            (&b"trace"[..], 1)
+        );
     };
     let prewrites = w.sent_of("prewrite");
     assert_eq!(prewrites.len(), 2);
