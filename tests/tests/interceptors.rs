@@ -29,6 +29,7 @@ tikv_tests::txn_tests!(
     a_throttled_resource_group_fails_without_retry,
     transactions_and_snapshots_add_interceptors_of_their_own,
     trace_ids_reach_every_request,
+    a_replica_read_adjuster_picks_the_read_type_by_key_count,
 );
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -584,4 +585,60 @@ async fn trace_ids_reach_every_request<R: Runtime>() {
     assert!(sent.iter().all(|(_, id, _)| id == b"trace-2"), "{sent:?}");
     raw.get("r").await.unwrap();
     assert!(take().iter().all(|(_, id, _)| id.is_empty()));
+}
+
+/// SN-13 (client-go `KVSnapshot.SetReplicaReadAdjuster`): a snapshot's follower reads ask
+/// the adjuster with their key count per region; here single-key reads go to the leader and
+/// larger ones stay follower reads.
+async fn a_replica_read_adjuster_picks_the_read_type_by_key_count<R: Runtime>() {
+    use tikv_core::client::txn::SnapshotOptions;
+    use tikv_core::machine::replica::ReplicaReadType;
+
+    let mock = Mock::start(MockCluster::builder().stores(3).replicas(3));
+    let client = connect::<R>(&mock, txn_config()).await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    for k in ["a", "b", "c"] {
+        txn.put(k.to_owned(), k.to_owned()).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+
+    let asked: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let (asks, record) = (asked.clone(), seen.clone());
+    let options = SnapshotOptions::new()
+        .replica_read(ReplicaReadType::Follower)
+        .replica_read_adjuster(move |keys, read| {
+            asks.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(keys);
+            if keys <= 1 {
+                read.replica_read = ReplicaReadType::Leader;
+            }
+        })
+        .rpc_interceptor(interceptor::from_fn("wire", move |mut call, next| {
+            let method = call.method().to_owned();
+            if let Some(ctx) = call.context_mut() {
+                record
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((method, ctx.replica_read));
+            }
+            next.run(call)
+        }));
+    let ts = client.current_timestamp().await.unwrap();
+    let snapshot = client.snapshot(ts, options);
+    assert_eq!(
+        snapshot.get("a".to_owned()).await.unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    let got = snapshot
+        .batch_get(vec!["b".to_owned(), "c".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(*asked.lock().unwrap(), [1, 2]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("KvGet".to_owned(), false), ("KvBatchGet".to_owned(), true)]
+    );
 }

@@ -1279,6 +1279,45 @@ impl Mixed {
     }
 }
 
+/// The callback of a [`ReplicaReadAdjuster`]: given how many keys a read asks one region
+/// for, adjusts its replica choice (read type, store labels or ids, leader only).
+pub type AdjustFn = std::sync::Arc<dyn Fn(usize, &mut ReadOptions) + Send + Sync>;
+
+/// Adjusts the replica choice of a snapshot's follower reads by their key count, for
+/// instance to send small reads to the leader. Mirrors client-go
+/// `txnsnapshot.ReplicaReadAdjuster`, called by `KVSnapshot.get` (one key) and
+/// `batchGetSingleRegion` (the keys of the region) when the read type is not `Leader`.
+#[derive(Clone)]
+pub struct ReplicaReadAdjuster(AdjustFn);
+
+impl ReplicaReadAdjuster {
+    /// Wraps `f`.
+    pub fn new(f: AdjustFn) -> Self {
+        ReplicaReadAdjuster(f)
+    }
+
+    /// `read` adjusted for a read of `keys` keys: unchanged for leader reads (client-go
+    /// `ReplicaReadType.IsFollowerRead`).
+    pub fn adjust(&self, keys: usize, read: &mut ReadOptions) {
+        if read.replica_read != ReplicaReadType::Leader {
+            (self.0)(keys, read);
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicaReadAdjuster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicaReadAdjuster(..)")
+    }
+}
+
+/// Two adjusters are equal when they share the same callback.
+impl PartialEq for ReplicaReadAdjuster {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2175,5 +2214,31 @@ mod tests {
             AccessLocation::CrossZone
         };
         assert_eq!(t.access_location, want);
+    }
+
+    /// client-go calls the adjuster only for follower reads (`IsFollowerRead`), with the
+    /// read's key count.
+    #[test]
+    fn the_adjuster_sees_only_follower_reads_with_their_key_count() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let adjuster =
+            ReplicaReadAdjuster::new(std::sync::Arc::new(move |keys, read: &mut ReadOptions| {
+                record.lock().unwrap().push(keys);
+                read.replica_read = ReplicaReadType::Leader;
+                read.leader_only = true;
+            }));
+        let mut leader = ReadOptions::default();
+        adjuster.adjust(1, &mut leader);
+        assert!(seen.lock().unwrap().is_empty() && !leader.leader_only);
+        let mut follower = ReadOptions {
+            replica_read: ReplicaReadType::Mixed,
+            ..Default::default()
+        };
+        adjuster.adjust(7, &mut follower);
+        assert_eq!(*seen.lock().unwrap(), [7]);
+        assert_eq!(follower.replica_read, ReplicaReadType::Leader);
+        assert!(follower.leader_only);
+        assert_eq!(adjuster.clone(), adjuster);
     }
 }

@@ -244,6 +244,8 @@ pub(crate) struct ContextOptions {
     pub trace_id: Bytes,
     /// `Context.trace_control_flags` of every request.
     pub trace_control_flags: u64,
+    /// Adjusts the replica choice of follower reads by key count.
+    pub replica_read_adjuster: Option<crate::machine::replica::ReplicaReadAdjuster>,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -386,6 +388,36 @@ macro_rules! context_setters {
         /// Mirrors client-go `KVSnapshot.SetReplicaRead`.
         pub fn replica_read(mut self, kind: crate::machine::replica::ReplicaReadType) -> Self {
             self.ctx.read.replica_read = kind;
+            self
+        }
+
+        /// Adjusts the replica choice of each follower read by how many keys it reads of one
+        /// region (1 for a point get): `f` may change the read type, store labels or ids of
+        /// the read's [`ReadOptions`](crate::machine::replica::ReadOptions), for instance to
+        /// send small reads to the leader. Leader reads are left alone. Mirrors client-go
+        /// `KVSnapshot.SetReplicaReadAdjuster`.
+        ///
+        /// ```
+        /// use tikv_core::client::txn::SnapshotOptions;
+        /// use tikv_core::machine::replica::ReplicaReadType;
+        ///
+        /// // Follower reads, except single keys, which the leader serves.
+        /// let options = SnapshotOptions::new()
+        ///     .replica_read(ReplicaReadType::Follower)
+        ///     .replica_read_adjuster(|keys, read| {
+        ///         if keys <= 1 {
+        ///             read.replica_read = ReplicaReadType::Leader;
+        ///         }
+        ///     });
+        /// # let _ = options;
+        /// ```
+        pub fn replica_read_adjuster(
+            mut self,
+            f: impl Fn(usize, &mut crate::machine::replica::ReadOptions) + Send + Sync + 'static,
+        ) -> Self {
+            self.ctx.replica_read_adjuster = Some(
+                crate::machine::replica::ReplicaReadAdjuster::new(std::sync::Arc::new(f)),
+            );
             self
         }
 

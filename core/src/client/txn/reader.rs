@@ -98,6 +98,7 @@ impl<R: Runtime> Reader<R> {
             .with_tikv_side_async_resolve(cluster.config().tikv_side_async_resolve_enabled())
             .with_lite_threshold(cluster.config().resolve_lock_lite_threshold)
             .with_kill_signal(ctx.kill.clone())
+            .with_replica_read_adjuster(ctx.replica_read_adjuster.clone())
             .with_request_options(crate::machine::request::RequestOptions {
                 read: ctx.read.clone(),
                 timeout: ctx.read_timeout,

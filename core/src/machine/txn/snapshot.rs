@@ -99,6 +99,9 @@ pub struct SnapshotOptions {
     pub tikv_side_async_resolve: bool,
     /// Routing options (replica read, RPC timeout override).
     pub request: RequestOptions,
+    /// Adjusts the replica choice of follower reads by key count. Mirrors
+    /// `SetReplicaReadAdjuster`.
+    pub replica_read_adjuster: Option<crate::machine::replica::ReplicaReadAdjuster>,
     /// Kill flag checked before every backoff sleep and resend (client-go `SetVars` with
     /// `Variables.Killed`); `None`: never killed.
     pub kill: Option<crate::machine::backoff::KillSignal>,
@@ -128,6 +131,7 @@ impl SnapshotOptions {
             check_visibility: true,
             background_resolve: false,
             tikv_side_async_resolve: false,
+            replica_read_adjuster: None,
             request: RequestOptions::default(),
             kill: None,
             lock_fast_base_ms: crate::machine::backoff::DEFAULT_LOCK_FAST_BASE_MS,
@@ -201,6 +205,15 @@ impl SnapshotOptions {
     /// is set. Mirrors client-go `KVSnapshot.SetResourceGroupTagger`.
     pub fn with_resource_group_tagger(mut self, tagger: Option<ResourceGroupTagger>) -> Self {
         self.resource_group_tagger = tagger;
+        self
+    }
+
+    /// Sets the replica read adjuster (see [`SnapshotOptions::replica_read_adjuster`]).
+    pub fn with_replica_read_adjuster(
+        mut self,
+        adjuster: Option<crate::machine::replica::ReplicaReadAdjuster>,
+    ) -> Self {
+        self.replica_read_adjuster = adjuster;
         self
     }
 
@@ -315,11 +328,15 @@ impl SnapshotOptions {
         }
     }
 
-    /// Routing options with the given default timeout (unless overridden).
-    fn request_options(&self, default_timeout: Duration) -> RequestOptions {
+    /// Routing options of a read of `keys` keys of one region, with the given default
+    /// timeout (unless overridden), adjusted by the replica read adjuster if any.
+    fn request_options(&self, default_timeout: Duration, keys: usize) -> RequestOptions {
         let mut r = self.request.clone();
         if r.timeout.is_none() {
             r.timeout = Some(default_timeout);
+        }
+        if let Some(adjuster) = &self.replica_read_adjuster {
+            adjuster.adjust(keys, &mut r.read);
         }
         r
     }
@@ -483,7 +500,8 @@ impl SnapshotGet {
             false,
             req,
             RegionErrorBackoff::MayBackoff,
-            self.opts.request_options(shared.routing.read_timeout_short),
+            self.opts
+                .request_options(shared.routing.read_timeout_short, 1),
             bo,
         );
         op.start(now, shared);
@@ -799,10 +817,7 @@ impl SnapshotBatchGet {
             version: self.opts.ts,
             need_commit_ts: self.need_commit_ts,
         })));
-        let mut opts = self.opts.request.clone();
-        if opts.timeout.is_none() {
-            opts.timeout = Some(self.timeout);
-        }
+        let opts = self.opts.request_options(self.timeout, keys.len());
         let mut op = RegionRequest::new(region, req, opts, bo);
         op.start(now, shared);
         self.push(
