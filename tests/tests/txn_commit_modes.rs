@@ -9,6 +9,7 @@ use std::time::Duration;
 use tikv_core::Error;
 use tikv_core::client::txn::{
     CommitInfo, CommitMode, PrewriteLockPolicy, SnapshotOptions, TransactionOptions,
+    TxnCommitCounter,
 };
 use tikv_core::client::{Runtime, TransactionClient};
 use tikv_core::machine::Timestamp;
@@ -27,6 +28,7 @@ tikv_tests::txn_tests!(
     commit_waits_until_the_tso_passes_a_target,
     commit_ts_upper_bound_check_gates_the_commit,
     no_resolve_policy_turns_a_lock_into_a_write_conflict,
+    commits_are_counted_per_protocol,
 );
 
 type Seen = Arc<Mutex<Vec<CommitInfo>>>;
@@ -297,5 +299,57 @@ async fn commit_ts_upper_bound_check_gates_the_commit<R: Runtime>() {
         mock.cluster().requests(RpcKind::Commit),
         commits,
         "no commit RPC"
+    );
+}
+
+/// MU-02 (client-go `metrics.GetTxnCommitCounter`, counted in `twoPhaseCommitter.execute`):
+/// each commit counts under the protocol it ran with, a 1PC that fell back to 2PC as 2PC;
+/// read-only commits are not counted; a failed commit counts as a failure of its protocol.
+async fn commits_are_counted_per_protocol<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder().stores(3));
+    split_txn(&mock, &["m"]);
+    let client = connect::<R>(&mock, txn_config()).await;
+    let start = client.commit_counter();
+    assert_eq!(start, TxnCommitCounter::default());
+    let plain = TransactionOptions::new_optimistic();
+    write(&client, plain.clone(), &[("a", "1")]).await;
+    write(&client, plain.clone().async_commit(true), &[("b", "1")]).await;
+    write(&client, plain.clone().one_pc(true), &[("c", "1")]).await;
+    // Across two regions 1PC falls back to 2PC.
+    write(
+        &client,
+        plain.clone().one_pc(true),
+        &[("d", "1"), ("z", "1")],
+    )
+    .await;
+    // Read-only.
+    let mut t = client.begin_with_options(plain.clone()).await.unwrap();
+    t.get("a").await.unwrap();
+    t.commit().await.unwrap();
+    let counted = client.commit_counter() - start;
+    assert_eq!(
+        counted,
+        TxnCommitCounter {
+            two_pc: 2,
+            async_commit: 1,
+            one_pc: 1
+        }
+    );
+    assert_eq!(client.commit_failure_counter(), TxnCommitCounter::default());
+
+    // A write conflict fails the later commit.
+    let mut first = client.begin_with_options(plain.clone()).await.unwrap();
+    let mut second = client.begin_with_options(plain).await.unwrap();
+    first.put("x", "1").await.unwrap();
+    second.put("x", "2").await.unwrap();
+    first.commit().await.unwrap();
+    assert!(second.commit().await.is_err());
+    assert_eq!(client.commit_counter().two_pc, counted.two_pc + 1);
+    assert_eq!(
+        client.commit_failure_counter(),
+        TxnCommitCounter {
+            two_pc: 1,
+            ..Default::default()
+        }
     );
 }

@@ -23,6 +23,57 @@ use crate::machine::{Key, Timestamp};
 struct ClientShared {
     latches: Option<Arc<LatchScheduler>>,
     background: backend::ClientTasks,
+    /// Commits that succeeded, then failed, per protocol.
+    commits: [CommitCounts; 2],
+}
+
+/// Commits per protocol (2PC, async commit, 1PC).
+#[derive(Debug, Default)]
+struct CommitCounts([std::sync::atomic::AtomicU64; 3]);
+
+impl CommitCounts {
+    fn read(&self) -> TxnCommitCounter {
+        let get = |i: usize| self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        TxnCommitCounter {
+            two_pc: get(0),
+            async_commit: get(1),
+            one_pc: get(2),
+        }
+    }
+}
+
+/// Transactions committed with each protocol: two-phase commit, async commit and one-phase
+/// commit (a commit that fell back to 2PC counts as 2PC; read-only commits are not
+/// counted). Mirrors client-go `metrics.TxnCommitCounter`.
+///
+/// ```
+/// use tikv_core::client::txn::TxnCommitCounter;
+///
+/// let before = TxnCommitCounter { two_pc: 3, async_commit: 1, one_pc: 0 };
+/// let after = TxnCommitCounter { two_pc: 5, async_commit: 1, one_pc: 2 };
+/// assert_eq!(after - before, TxnCommitCounter { two_pc: 2, async_commit: 0, one_pc: 2 });
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxnCommitCounter {
+    /// Two-phase commits.
+    pub two_pc: u64,
+    /// Async commits.
+    pub async_commit: u64,
+    /// One-phase commits.
+    pub one_pc: u64,
+}
+
+/// The difference of two counters (client-go `TxnCommitCounter.Sub`), saturating at zero.
+impl std::ops::Sub for TxnCommitCounter {
+    type Output = TxnCommitCounter;
+
+    fn sub(self, rhs: TxnCommitCounter) -> TxnCommitCounter {
+        TxnCommitCounter {
+            two_pc: self.two_pc.saturating_sub(rhs.two_pc),
+            async_commit: self.async_commit.saturating_sub(rhs.async_commit),
+            one_pc: self.one_pc.saturating_sub(rhs.one_pc),
+        }
+    }
 }
 
 impl Drop for ClientShared {
@@ -111,6 +162,7 @@ impl<R: Runtime> TransactionClient<R> {
             shared: Arc::new(ClientShared {
                 latches,
                 background,
+                commits: Default::default(),
             }),
         })
     }
@@ -124,6 +176,43 @@ impl<R: Runtime> TransactionClient<R> {
     /// The underlying cluster connection (counters, timestamps, close).
     pub fn cluster(&self) -> &Cluster<R> {
         &self.cluster
+    }
+
+    /// Transactions of this client (and its clones) committed so far, per protocol. Mirrors
+    /// client-go `metrics.GetTxnCommitCounter` (the `*TxnCounterOk` counters; per client
+    /// here).
+    pub fn commit_counter(&self) -> TxnCommitCounter {
+        self.shared.commits[0].read()
+    }
+
+    /// Transactions whose commit failed, per protocol last tried (client-go
+    /// `TwoPCTxnCounterError`, `AsyncCommitTxnCounterError`, `OnePCTxnCounterError`). As in
+    /// client-go, a 2PC commit whose outcome is undetermined counts as committed.
+    pub fn commit_failure_counter(&self) -> TxnCommitCounter {
+        self.shared.commits[1].read()
+    }
+
+    /// Counts a commit that ran with `mode` and ended with `result` (read-only commits are
+    /// not counted). Mirrors the deferred counting of client-go
+    /// `twoPhaseCommitter.execute`.
+    pub(crate) fn count_commit<T>(
+        &self,
+        mode: super::options::CommitMode,
+        result: &Result<T, crate::error::Error>,
+    ) {
+        use super::options::CommitMode;
+        let ok = match result {
+            Ok(_) => true,
+            Err(e) => mode == CommitMode::TwoPc && e.is_undetermined(),
+        };
+        let i = match mode {
+            CommitMode::ReadOnly => return,
+            CommitMode::TwoPc => 0,
+            CommitMode::AsyncCommit => 1,
+            CommitMode::OnePc => 2,
+        };
+        self.shared.commits[usize::from(!ok)].0[i]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The id of the cluster the client is connected to, as PD reported it. Mirrors client-go

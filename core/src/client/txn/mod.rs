@@ -40,7 +40,7 @@ pub use crate::machine::backoff::KillSignal;
 pub use crate::machine::txn::lock_stats::LockKeysStats;
 pub use crate::machine::txn::schema::SchemaLeaseChecker;
 pub use buffer::{BufferHandle, Staging, TxnBufferSnapshot, TxnBufferSnapshotIter, TxnSnapshot};
-pub use client::TransactionClient;
+pub use client::{TransactionClient, TxnCommitCounter};
 pub use getter::{BatchGetter, Getter};
 pub use options::{
     AssertionLevel, CommitCallback, CommitInfo, CommitMode, CommitTimings, DiskFullOpt,

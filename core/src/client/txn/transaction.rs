@@ -1046,6 +1046,7 @@ impl<R: Runtime> Transaction<R> {
                 };
                 s.commit_ts = commit_ts;
             }
+            self.client.count_commit(report.mode, &report.result);
             let info = self.commit_info(
                 commit_ts,
                 report.mode,
