@@ -15,20 +15,14 @@
 
 use tikv_tokio::{Config, KeyRange, TransactionClient};
 
+#[path = "support/mod.rs"]
+mod support;
+
 // Under `cargo test` the harness provides the entry point and the test below runs `run`.
 #[cfg_attr(test, allow(dead_code))]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let pd = match args.as_slice() {
-        [] => None,
-        [flag, addr] if flag == "--pd" => Some(addr.clone()),
-        _ => {
-            eprintln!("usage: maintenance [--pd host:port]");
-            std::process::exit(2);
-        }
-    };
-    run(pd).await
+    run(support::pd_arg("maintenance")).await
 }
 
 /// Writes `keys` under `prefix` in one transaction.
@@ -65,15 +59,9 @@ async fn run(pd: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
     let (endpoint, _embedded) = match pd {
         Some(addr) => (addr, None),
         None => {
-            let cluster = tikv_mockstore::MockCluster::builder()
-                .stores(3)
-                .start()
-                .await?;
-            println!(
-                "started an embedded mockstore, PD at {}",
-                cluster.pd_endpoint()
-            );
-            (cluster.pd_endpoint(), Some(cluster))
+            let (endpoint, cluster) =
+                support::embedded(tikv_mockstore::MockCluster::builder().stores(3)).await?;
+            (endpoint, Some(cluster))
         }
     };
     let client = TransactionClient::connect(&[endpoint], Config::default()).await?;

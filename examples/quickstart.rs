@@ -13,20 +13,14 @@
 
 use tikv_tokio::{Config, RawClient, TransactionClient};
 
+#[path = "support/mod.rs"]
+mod support;
+
 // Under `cargo test` the harness provides the entry point and the test below runs `run`.
 #[cfg_attr(test, allow(dead_code))]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let pd = match args.as_slice() {
-        [] => None,
-        [flag, addr] if flag == "--pd" => Some(addr.clone()),
-        _ => {
-            eprintln!("usage: quickstart [--pd host:port]");
-            std::process::exit(2);
-        }
-    };
-    run(pd).await
+    run(support::pd_arg("quickstart")).await
 }
 
 /// The walk-through itself; `pd: None` starts an embedded mockstore.
@@ -35,17 +29,14 @@ async fn run(pd: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
     let (endpoint, config, _embedded) = match pd {
         Some(addr) => (addr, Config::default(), None),
         None => {
-            let cluster = tikv_mockstore::MockCluster::builder()
-                .api_version(tikv_mockstore::ApiVersion::V2)
-                .keyspace("DEFAULT")
-                .start()
-                .await?;
-            println!(
-                "started an embedded mockstore, PD at {}",
-                cluster.pd_endpoint()
-            );
+            let (endpoint, cluster) = support::embedded(
+                tikv_mockstore::MockCluster::builder()
+                    .api_version(tikv_mockstore::ApiVersion::V2)
+                    .keyspace("DEFAULT"),
+            )
+            .await?;
             let config = Config::default().with_keyspace("DEFAULT");
-            (cluster.pd_endpoint(), config, Some(cluster))
+            (endpoint, config, Some(cluster))
         }
     };
 

@@ -209,6 +209,19 @@ struct Recorder {
 }
 
 impl Recorder {
+    fn record(&self, group: &str, request: &RequestInfo, response: Option<&ResponseInfo>) {
+        self.charges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Charge {
+                group: group.to_owned(),
+                write: request.is_write(),
+                write_bytes: request.write_bytes(),
+                replicas: request.replica_number(),
+                response: response.cloned(),
+            });
+    }
+
     fn charges(&self) -> Vec<Charge> {
         self.charges
             .lock()
@@ -227,16 +240,7 @@ impl ResourceGroupInterceptor for Recorder {
             if self.throttle {
                 return Err(Error::ResourceControl(format!("{group} is throttled")));
             }
-            self.charges
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Charge {
-                    group: group.to_owned(),
-                    write: request.is_write(),
-                    write_bytes: request.write_bytes(),
-                    replicas: request.replica_number(),
-                    response: None,
-                });
+            self.record(group, request, None);
             Ok(RequestGrant {
                 consumption: Some(Consumption {
                     r_r_u: 1.0,
@@ -260,16 +264,7 @@ impl ResourceGroupInterceptor for Recorder {
         response: &'a ResponseInfo,
     ) -> BoxFuture<'a, Result<ResponseCharge, Error>> {
         Box::pin(async move {
-            self.charges
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Charge {
-                    group: group.to_owned(),
-                    write: request.is_write(),
-                    write_bytes: request.write_bytes(),
-                    replicas: request.replica_number(),
-                    response: Some(response.clone()),
-                });
+            self.record(group, request, Some(response));
             Ok(ResponseCharge {
                 consumption: Some(Consumption {
                     r_r_u: 0.25,

@@ -102,24 +102,22 @@ impl<R: Runtime> Inner<R> {
                 timeout,
                 forwarded_host,
             } => {
-                if let Some(key) = collapse_key(&request, context.as_deref()) {
+                let out = Outgoing {
+                    id,
+                    store_id,
+                    address,
+                    forwarded_host,
+                    request,
+                    context,
+                    timeout,
+                };
+                if let Some(key) = collapse_key(&out.request, out.context.as_deref()) {
                     if !self.collapse.join(key, id, reply) {
                         return None;
                     }
                     // The flight's leader: its completion goes to every caller that joined.
                     let flight: Inbox<Input> = Inbox::new();
-                    let io = self.start_tikv(
-                        now,
-                        id,
-                        store_id,
-                        &address,
-                        forwarded_host.as_ref(),
-                        request,
-                        context,
-                        timeout,
-                        &flight,
-                        extra,
-                    );
+                    let io = self.start_tikv(now, out, &flight, extra);
                     let collapse = self.collapse.clone();
                     self.rt.spawn(async move {
                         let input = match io {
@@ -134,18 +132,7 @@ impl<R: Runtime> Inner<R> {
                     });
                     return None;
                 }
-                self.start_tikv(
-                    now,
-                    id,
-                    store_id,
-                    &address,
-                    forwarded_host.as_ref(),
-                    request,
-                    context,
-                    timeout,
-                    reply,
-                    extra,
-                )
+                self.start_tikv(now, out, reply, extra)
             }
             Action::Pd { id, request } => {
                 let pd = self.pd.clone();
@@ -168,19 +155,12 @@ impl<R: Runtime> Inner<R> {
         self.tikv.is_closed()
     }
 
-    /// Starts a TiKV request, through the proxy at `address` when `forwarded_host` is set,
-    /// and through the client's interceptors (then `extra`) when there are any.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a TiKV request, through the proxy at its address when it is forwarded, and
+    /// through the client's interceptors (then `extra`) when there are any.
     fn start_tikv(
         &self,
         now: Instant,
-        id: crate::machine::IoId,
-        store_id: u64,
-        address: &Arc<str>,
-        forwarded_host: Option<&Arc<str>>,
-        request: crate::machine::TikvRequest,
-        context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
-        timeout: std::time::Duration,
+        out: Outgoing,
         reply: &Inbox<Input>,
         extra: Option<&InterceptorChain>,
     ) -> Option<LocalIo> {
@@ -188,52 +168,30 @@ impl<R: Runtime> Inner<R> {
             None => self.interception.current(),
             Some(extra) => self.interception.current_with(extra),
         };
-        if let Some(current) = current {
-            return self.start_intercepted(
-                current,
-                now,
-                id,
-                store_id,
-                address,
-                forwarded_host,
-                request,
-                context,
-                timeout,
-                reply,
-            );
+        match current {
+            Some(current) => self.start_intercepted(current, now, out, reply),
+            None => self.send_tikv(now, out, reply),
         }
-        self.send_tikv(
-            now,
+    }
+
+    /// Sends a TiKV request on the client's connections.
+    fn send_tikv(&self, now: Instant, out: Outgoing, reply: &Inbox<Input>) -> Option<LocalIo> {
+        let Outgoing {
             id,
             address,
             forwarded_host,
             request,
             context,
             timeout,
-            reply,
-        )
-    }
-
-    /// Sends a TiKV request on the client's connections.
-    #[allow(clippy::too_many_arguments)]
-    fn send_tikv(
-        &self,
-        now: Instant,
-        id: crate::machine::IoId,
-        address: &Arc<str>,
-        forwarded_host: Option<&Arc<str>>,
-        request: crate::machine::TikvRequest,
-        context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
-        timeout: std::time::Duration,
-        reply: &Inbox<Input>,
-    ) -> Option<LocalIo> {
+            ..
+        } = out;
         match forwarded_host {
             None => self
                 .tikv
-                .start(now, id, address, request, context, timeout, reply),
+                .start(now, id, &address, request, context, timeout, reply),
             Some(host) => self
                 .tikv
-                .start_forwarded(now, id, address, host, request, context, timeout, reply),
+                .start_forwarded(now, id, &address, &host, request, context, timeout, reply),
         }
     }
 
@@ -242,45 +200,36 @@ impl<R: Runtime> Inner<R> {
     /// [`RequestInfo::of`](crate::machine::resource_control::RequestInfo::of)) or that RPC
     /// interceptors see is carried by a future of its own; any other is sent as usual.
     /// Mirrors client-go `getResourceControlInfo` and `interceptedClient.SendRequest`.
-    #[allow(clippy::too_many_arguments)]
     #[cold]
     #[inline(never)]
     fn start_intercepted(
         &self,
         current: Arc<Current>,
         now: Instant,
-        id: crate::machine::IoId,
-        store_id: u64,
-        address: &Arc<str>,
-        forwarded_host: Option<&Arc<str>>,
-        mut request: crate::machine::TikvRequest,
-        context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
-        timeout: std::time::Duration,
+        mut out: Outgoing,
         reply: &Inbox<Input>,
     ) -> Option<LocalIo> {
-        crate::machine::attach_context(&mut request, context);
+        crate::machine::attach_context(&mut out.request, out.context.take());
         let charged = current
             .resource()
-            .and_then(|rc| self.charged(rc.as_ref(), store_id, &mut request));
+            .and_then(|rc| self.charged(rc.as_ref(), out.store_id, &mut out.request));
         let me = match self.me.upgrade() {
             Some(me) if charged.is_some() || current.has_rpc() => me,
-            _ => {
-                return self.send_tikv(
-                    now,
-                    id,
-                    address,
-                    forwarded_host,
-                    request,
-                    None,
-                    timeout,
-                    reply,
-                );
-            }
+            _ => return self.send_tikv(now, out, reply),
         };
-        let call = RpcCall {
-            target: address.clone(),
+        let Outgoing {
+            id,
             store_id,
-            forwarded_host: forwarded_host.cloned(),
+            address,
+            forwarded_host,
+            request,
+            timeout,
+            ..
+        } = out;
+        let call = RpcCall {
+            target: address,
+            store_id,
+            forwarded_host,
             request,
         };
         Some(Box::pin(async move {
@@ -334,6 +283,18 @@ impl<R: Runtime> Inner<R> {
         );
         (!info.bypass()).then_some(Charged { group, info })
     }
+}
+
+/// A TiKV request on its way out: the fields of an [`Action::Tikv`].
+struct Outgoing {
+    id: crate::machine::IoId,
+    store_id: u64,
+    /// Where it is sent (a proxy's address when forwarded).
+    address: Arc<str>,
+    forwarded_host: Option<Arc<str>>,
+    request: crate::machine::TikvRequest,
+    context: Option<Arc<tikv_proto::kvrpcpb::Context>>,
+    timeout: std::time::Duration,
 }
 
 /// A client seen through RPC interceptors of its own, added after the client's: the
@@ -410,16 +371,16 @@ impl<R: Runtime> Transmit for Sender<'_, R> {
             let inbox: Inbox<Input> = Inbox::new();
             // A caller that gives up withdraws the request if it is still queued.
             let abandon = AbandonOnDrop(&inbox);
-            let io = self.inner.send_tikv(
-                self.inner.rt.now(),
-                self.id,
-                &call.target,
-                call.forwarded_host.as_ref(),
-                call.request,
-                None,
-                self.timeout,
-                &inbox,
-            );
+            let out = Outgoing {
+                id: self.id,
+                store_id: call.store_id,
+                address: call.target,
+                forwarded_host: call.forwarded_host,
+                request: call.request,
+                context: None,
+                timeout: self.timeout,
+            };
+            let io = self.inner.send_tikv(self.inner.rt.now(), out, &inbox);
             let input = match io {
                 Some(io) => Some(io.await),
                 None => futures_lite::StreamExt::next(&mut inbox.clone().into_stream()).await,
