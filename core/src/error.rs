@@ -373,6 +373,40 @@ pub enum Error {
     Internal(String),
 }
 
+/// The MVCC debug info TiKV attached to a key error (`KeyError.debug_info`: each key's lock,
+/// writes and values), as text for a log; empty when there is none. With `redact` (see
+/// `Config::redact_info_log`) every key, primary, secondary and value reads `?`. Mirrors
+/// client-go `ExtractDebugInfoStrFromKeyErr` (which writes JSON).
+pub fn key_error_debug_info(key_error: &kvrpcpb::KeyError, redact: bool) -> String {
+    let Some(info) = &key_error.debug_info else {
+        return String::new();
+    };
+    if !redact {
+        return format!("{info:?}");
+    }
+    let marker = bytes::Bytes::from_static(b"?");
+    let mut info = info.clone();
+    for m in &mut info.mvcc_info {
+        m.key = marker.clone();
+        if let Some(mvcc) = &mut m.mvcc {
+            if let Some(lock) = &mut mvcc.lock {
+                lock.primary = marker.clone();
+                lock.short_value = marker.clone();
+                lock.secondaries
+                    .iter_mut()
+                    .for_each(|s| *s = marker.clone());
+            }
+            mvcc.writes
+                .iter_mut()
+                .for_each(|w| w.short_value = marker.clone());
+            mvcc.values
+                .iter_mut()
+                .for_each(|v| v.value = marker.clone());
+        }
+    }
+    format!("{info:?}")
+}
+
 impl Error {
     /// Whether running the same operation again can succeed (for a transaction, starting a new
     /// transaction). Mirrors how client-go callers (TiDB's `kv.IsTxnRetryableError`) treat
@@ -402,5 +436,54 @@ impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// client-go `ExtractDebugInfoStrFromKeyErr`: nothing without debug info; with it, the
+    /// MVCC state, whose keys and values read `?` when logs are redacted.
+    #[test]
+    fn key_error_debug_info_is_shown_or_redacted() {
+        assert_eq!(
+            key_error_debug_info(&kvrpcpb::KeyError::default(), false),
+            ""
+        );
+        let secret = bytes::Bytes::from_static(b"secret-key");
+        let ke = kvrpcpb::KeyError {
+            debug_info: Some(kvrpcpb::DebugInfo {
+                mvcc_info: vec![kvrpcpb::MvccDebugInfo {
+                    key: secret.clone(),
+                    mvcc: Some(kvrpcpb::MvccInfo {
+                        lock: Some(kvrpcpb::MvccLock {
+                            primary: secret.clone(),
+                            short_value: secret.clone(),
+                            secondaries: vec![secret.clone()],
+                            start_ts: 42,
+                            ..Default::default()
+                        }),
+                        writes: vec![kvrpcpb::MvccWrite {
+                            short_value: secret.clone(),
+                            ..Default::default()
+                        }],
+                        values: vec![kvrpcpb::MvccValue {
+                            value: secret.clone(),
+                            ..Default::default()
+                        }],
+                    }),
+                }],
+            }),
+            ..Default::default()
+        };
+        let shown = key_error_debug_info(&ke, false);
+        assert!(
+            shown.contains("secret-key") && shown.contains("42"),
+            "{shown}"
+        );
+        let redacted = key_error_debug_info(&ke, true);
+        assert!(!redacted.contains("secret-key"), "{redacted}");
+        assert!(redacted.contains("42"), "timestamps stay: {redacted}");
     }
 }

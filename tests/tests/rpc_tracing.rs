@@ -25,14 +25,17 @@ use tracing::{Event, Metadata, Subscriber};
 
 tikv_tests::txn_tests!(
     grpc_calls_open_spans_inside_their_operations,
-    calls_run_inside_the_callers_span
+    calls_run_inside_the_callers_span,
+    keys_in_spans_are_redacted_when_asked
 );
 
-/// One span: its name, its `method` field, and the name of the span it was created in.
+/// One span: its name, its `method` and `key` fields, and the name of the span it was
+/// created in.
 #[derive(Debug, Clone)]
 struct SpanRecord {
     name: &'static str,
     method: Option<String>,
+    key: Option<String>,
     parent: Option<&'static str>,
 }
 
@@ -52,16 +55,25 @@ impl Recorder {
     }
 }
 
-struct MethodField<'a>(&'a mut Option<String>);
+/// Reads a span's `method` (a string) and `key` (a `%`-formatted value) fields.
+#[derive(Default)]
+struct Fields {
+    method: Option<String>,
+    key: Option<String>,
+}
 
-impl Visit for MethodField<'_> {
+impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "method" {
-            *self.0 = Some(value.to_owned());
+            self.method = Some(value.to_owned());
         }
     }
 
-    fn record_debug(&mut self, _field: &Field, _value: &dyn fmt::Debug) {}
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "key" {
+            self.key = Some(format!("{value:?}"));
+        }
+    }
 }
 
 impl Subscriber for Recorder {
@@ -70,14 +82,15 @@ impl Subscriber for Recorder {
     }
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
-        let mut method = None;
-        attrs.record(&mut MethodField(&mut method));
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
         let current = self.entered.current().last().copied();
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         let parent = current.and_then(|id| spans.get(id as usize - 1).map(|s| s.name));
         spans.push(SpanRecord {
             name: attrs.metadata().name(),
-            method,
+            method: fields.method,
+            key: fields.key,
             parent,
         });
         Id::from_u64(spans.len() as u64)
@@ -104,11 +117,22 @@ async fn spans_of<R: Runtime, F>(scenario: F) -> Vec<SpanRecord>
 where
     F: AsyncFnOnce(&RawClient<R>),
 {
+    spans_with::<R, F>(test_config(), scenario).await
+}
+
+/// [`spans_of`] with a client configured by `config`.
+async fn spans_with<R: Runtime, F>(
+    config: tikv_core::config::Config,
+    scenario: F,
+) -> Vec<SpanRecord>
+where
+    F: AsyncFnOnce(&RawClient<R>),
+{
     let mock = Mock::start(MockCluster::builder());
     let recorder = Recorder::default();
     let pd = mock.pd();
     async move {
-        let client = RawClient::<R>::connect(&pd, test_config()).await.unwrap();
+        let client = RawClient::<R>::connect(&pd, config).await.unwrap();
         scenario(&client).await;
     }
     .with_subscriber(recorder.clone())
@@ -171,4 +195,26 @@ async fn calls_run_inside_the_callers_span<R: Runtime>() {
     assert_eq!(unary.parent, Some("tikv.raw.checksum"), "{spans:#?}");
     // A call outside the caller's span is not inside it.
     assert_eq!(parent_of("tikv.raw.get"), None);
+}
+
+/// MU-15 (client-go `redact.Key` under `tidb_redact_log`): with `Config::redact_info_log`
+/// a call's key shows as `?` in its span; without it, as the key.
+async fn keys_in_spans_are_redacted_when_asked<R: Runtime>() {
+    let key_of = |spans: &[SpanRecord]| {
+        spans
+            .iter()
+            .find(|s| s.name == "tikv.raw.get")
+            .and_then(|s| s.key.clone())
+    };
+    let spans = spans_of::<R, _>(async |client| {
+        client.get("user/42").await.unwrap();
+    })
+    .await;
+    assert_eq!(key_of(&spans).as_deref(), Some("user/42"));
+    let redacting = test_config().with_redact_info_log(true);
+    let spans = spans_with::<R, _>(redacting, async |client| {
+        client.get("user/42").await.unwrap();
+    })
+    .await;
+    assert_eq!(key_of(&spans).as_deref(), Some("?"));
 }

@@ -553,6 +553,11 @@ impl<R: Runtime> Cluster<R> {
         driver::FastDrive::new(&*self.inner, &self.inner.shared, build)
     }
 
+    /// `key` as logs and spans show it, `?` with [`Config::redact_info_log`].
+    pub(crate) fn key_field<'a>(&self, key: &'a [u8]) -> super::raw::KeyField<'a> {
+        super::raw::KeyField::new(key, self.inner.config.redact_info_log)
+    }
+
     /// Sets the RPC interceptors every TiKV request of this client (and of every clone and
     /// client over it) goes through, replacing those set before; an empty chain removes
     /// them. Requests already sent keep the interceptors they started with. Mirrors client-go

@@ -13,7 +13,6 @@ use tikv_proto::{metapb, pdpb};
 use tracing::Instrument;
 
 use super::cluster::Cluster;
-use super::raw::KeyField;
 use super::runtime::Runtime;
 use crate::error::Error;
 use crate::machine::raw::check_range;
@@ -67,7 +66,7 @@ impl<R: Runtime> PdHandle<R> {
     /// `CodecPDClient.GetRegion`.
     pub async fn get_region(&self, key: impl Into<Key>) -> Result<Option<PdRegion>, Error> {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.pd.get_region", key = %KeyField(&key));
+        let span = tracing::debug_span!("tikv.pd.get_region", key = %self.cluster.key_field(&key));
         let request = PdRequest::GetRegion(self.region_request(&key));
         self.region_answer(request).instrument(span).await
     }
@@ -76,7 +75,8 @@ impl<R: Runtime> PdHandle<R> {
     /// `CodecPDClient.GetPrevRegion`.
     pub async fn get_prev_region(&self, key: impl Into<Key>) -> Result<Option<PdRegion>, Error> {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.pd.get_prev_region", key = %KeyField(&key));
+        let span =
+            tracing::debug_span!("tikv.pd.get_prev_region", key = %self.cluster.key_field(&key));
         let request = PdRequest::GetPrevRegion(self.region_request(&key));
         self.region_answer(request).instrument(span).await
     }
@@ -122,8 +122,8 @@ impl<R: Runtime> PdHandle<R> {
         }));
         let span = tracing::debug_span!(
             "tikv.pd.scan_regions",
-            start = %KeyField(&start),
-            end = %KeyField(&end),
+            start = %self.cluster.key_field(&start),
+            end = %self.cluster.key_field(&end),
             limit
         );
         let resp = match self.call(request).instrument(span).await? {

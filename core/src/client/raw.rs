@@ -27,19 +27,34 @@ use crate::error::Error;
 use crate::machine::Key;
 use crate::machine::raw::{self, KvPair, RawChecksum, RawOptions, Value};
 
-/// Formats a key for tracing: printable ASCII as is, the rest as `\xNN`, cut after 64 bytes.
-pub(crate) struct KeyField<'a>(pub(crate) &'a [u8]);
+/// Formats a key for logs and spans: printable ASCII as is, the rest as `\xNN`, cut after 64
+/// bytes; `?` when the client redacts keys ([`Config::redact_info_log`], client-go
+/// `redact.Key`). Built with [`Cluster::key_field`](super::Cluster::key_field).
+pub(crate) struct KeyField<'a> {
+    key: &'a [u8],
+    redact: bool,
+}
+
+impl<'a> KeyField<'a> {
+    /// `key`, shown unless `redact`.
+    pub(crate) fn new(key: &'a [u8], redact: bool) -> Self {
+        KeyField { key, redact }
+    }
+}
 
 impl fmt::Display for KeyField<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0.iter().take(64) {
+        if self.redact {
+            return f.write_str("?");
+        }
+        for &b in self.key.iter().take(64) {
             if b.is_ascii_graphic() {
                 write!(f, "{}", b as char)?;
             } else {
                 write!(f, "\\x{b:02x}")?;
             }
         }
-        if self.0.len() > 64 {
+        if self.key.len() > 64 {
             write!(f, "…")?;
         }
         Ok(())
@@ -199,7 +214,7 @@ impl<R: Runtime> RawClient<R> {
         key: impl Into<Key>,
     ) -> impl Future<Output = Result<Option<Value>, Error>> + Send + '_ {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.raw.get", key = %KeyField(&key));
+        let span = tracing::debug_span!("tikv.raw.get", key = %self.cluster.key_field(&key));
         let cluster = &self.cluster;
         let opts = &self.opts;
         cluster
@@ -245,7 +260,8 @@ impl<R: Runtime> RawClient<R> {
         ttl_secs: u64,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.raw.put", key = %KeyField(&key), ttl_secs);
+        let span =
+            tracing::debug_span!("tikv.raw.put", key = %self.cluster.key_field(&key), ttl_secs);
         let value = value.into();
         let cluster = &self.cluster;
         let opts = &self.opts;
@@ -283,7 +299,7 @@ impl<R: Runtime> RawClient<R> {
     /// Deletes `key`. Mirrors client-go `Client.Delete`.
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), Error> {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.raw.delete", key = %KeyField(&key));
+        let span = tracing::debug_span!("tikv.raw.delete", key = %self.cluster.key_field(&key));
         self.cluster
             .run(raw::delete(key, &self.opts))
             .instrument(span)
@@ -313,8 +329,8 @@ impl<R: Runtime> RawClient<R> {
         let (start, end) = (start.into(), end.into());
         let span = tracing::debug_span!(
             "tikv.raw.delete_range",
-            start = %KeyField(&start),
-            end = %KeyField(&end)
+            start = %self.cluster.key_field(&start),
+            end = %self.cluster.key_field(&end)
         );
         self.cluster
             .run(raw::delete_range(start, end, &self.opts))
@@ -333,8 +349,8 @@ impl<R: Runtime> RawClient<R> {
         let span = tracing::debug_span!(
             "tikv.raw.scan",
             kind = name,
-            start = %KeyField(start),
-            end = %KeyField(end),
+            start = %self.cluster.key_field(start),
+            end = %self.cluster.key_field(end),
             limit
         );
         self.cluster.run(op).instrument(span).await
@@ -464,7 +480,8 @@ impl<R: Runtime> RawClient<R> {
     /// Mirrors client-go `Client.GetKeyTTL`.
     pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<u64>, Error> {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.raw.get_key_ttl", key = %KeyField(&key));
+        let span =
+            tracing::debug_span!("tikv.raw.get_key_ttl", key = %self.cluster.key_field(&key));
         self.cluster
             .run(raw::get_key_ttl(key, &self.opts))
             .instrument(span)
@@ -482,7 +499,8 @@ impl<R: Runtime> RawClient<R> {
         new: impl Into<Value>,
     ) -> Result<(Option<Value>, bool), Error> {
         let key = key.into();
-        let span = tracing::debug_span!("tikv.raw.compare_and_swap", key = %KeyField(&key));
+        let span =
+            tracing::debug_span!("tikv.raw.compare_and_swap", key = %self.cluster.key_field(&key));
         self.cluster
             .run(raw::compare_and_swap(key, previous, new.into(), &self.opts))
             .instrument(span)
@@ -499,8 +517,8 @@ impl<R: Runtime> RawClient<R> {
         let (start, end) = (start.into(), end.into());
         let span = tracing::debug_span!(
             "tikv.raw.checksum",
-            start = %KeyField(&start),
-            end = %KeyField(&end)
+            start = %self.cluster.key_field(&start),
+            end = %self.cluster.key_field(&end)
         );
         self.cluster
             .run(raw::checksum(start, end, &self.opts))
@@ -515,9 +533,10 @@ mod tests {
 
     #[test]
     fn key_field_escapes_and_truncates() {
-        assert_eq!(KeyField(b"ab\x00").to_string(), "ab\\x00");
+        assert_eq!(KeyField::new(b"ab\x00", false).to_string(), "ab\\x00");
+        assert_eq!(KeyField::new(b"secret", true).to_string(), "?");
         let long = vec![b'k'; 70];
-        let s = KeyField(&long).to_string();
+        let s = KeyField::new(&long, false).to_string();
         assert!(s.ends_with('…'));
         assert_eq!(s.chars().count(), 65);
     }

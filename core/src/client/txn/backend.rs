@@ -179,6 +179,7 @@ fn write_context(ctx: &ContextOptions) -> TxnRequestContext {
         request_source: ctx.request_source.clone(),
         trace_id: ctx.trace_id.clone(),
         trace_control_flags: ctx.trace_control_flags,
+        redact_info_log: false,
     }
 }
 
@@ -235,6 +236,7 @@ pub(crate) async fn pessimistic_lock<R: Runtime>(
     ctx.force_lock = request.wake_up_force_lock;
     ctx.in_share_mode = request.in_share_mode;
     ctx.context = write_context(&request.ctx);
+    ctx.context.redact_info_log = cluster.config().redact_info_log;
     ctx.managed_lock_ttl = request.managed_lock_ttl;
     let keys = request
         .keys
@@ -448,6 +450,7 @@ pub(crate) async fn commit<R: Runtime>(
     opts.lock_policy = request.lock_policy;
     opts.assertion_level = request.assertion_level.to_pb();
     opts.context = write_context(&request.ctx);
+    opts.context.redact_info_log = cluster.config().redact_info_log;
     opts.lock_ttls = request.lock_ttls;
     opts.for_update_ts_constraints = request.for_update_ts_checks;
     opts.schema_check = request.schema_check;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use super::KeyField;
 use super::backend;
 use super::latches::LatchScheduler;
 use super::options::{SnapshotOptions, TransactionOptions};
@@ -324,8 +323,8 @@ impl<R: Runtime> TransactionClient<R> {
         range.check()?;
         let span = tracing::info_span!(
             "tikv.txn.unsafe_destroy_range",
-            start = %KeyField(range.start()),
-            end = %KeyField(range.end())
+            start = %self.cluster.key_field(range.start()),
+            end = %self.cluster.key_field(range.end())
         );
         backend::unsafe_destroy_range(&self.cluster, range)
             .instrument(span)
@@ -340,8 +339,8 @@ impl<R: Runtime> TransactionClient<R> {
         range.check()?;
         let span = tracing::info_span!(
             "tikv.txn.delete_range",
-            start = %KeyField(range.start()),
-            end = %KeyField(range.end())
+            start = %self.cluster.key_field(range.start()),
+            end = %self.cluster.key_field(range.end())
         );
         backend::delete_range(&self.cluster, range, false)
             .instrument(span)
@@ -360,8 +359,8 @@ impl<R: Runtime> TransactionClient<R> {
         range.check()?;
         let span = tracing::info_span!(
             "tikv.txn.delete_range_notify_only",
-            start = %KeyField(range.start()),
-            end = %KeyField(range.end())
+            start = %self.cluster.key_field(range.start()),
+            end = %self.cluster.key_field(range.end())
         );
         backend::delete_range(&self.cluster, range, true)
             .instrument(span)

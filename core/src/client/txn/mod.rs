@@ -34,8 +34,6 @@ mod scan;
 mod snapshot;
 mod transaction;
 
-use std::fmt;
-
 pub use crate::machine::backoff::KillSignal;
 pub use crate::machine::txn::lock_stats::LockKeysStats;
 pub use crate::machine::txn::schema::SchemaLeaseChecker;
@@ -52,22 +50,3 @@ pub use range::KeyRange;
 pub use scan::{DEFAULT_SCAN_BATCH_SIZE, MAX_SCAN_BATCH_SIZE, Scan, ScanKeys};
 pub use snapshot::Snapshot;
 pub use transaction::{Mutation, PESSIMISTIC_LOCK_MAX_RETRIES, Transaction};
-
-/// Formats a key for tracing: printable ASCII as is, the rest as `\xNN`, cut after 64 bytes.
-pub(crate) struct KeyField<'a>(pub &'a [u8]);
-
-impl fmt::Display for KeyField<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0.iter().take(64) {
-            if b.is_ascii_graphic() {
-                write!(f, "{}", b as char)?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        if self.0.len() > 64 {
-            write!(f, "…")?;
-        }
-        Ok(())
-    }
-}

@@ -105,8 +105,8 @@ impl<'a, R: Runtime> Scan<'a, R> {
             session_id,
             reverse = order == ScanOrder::Reverse,
             key_only,
-            start = %super::KeyField(range.start()),
-            end = %super::KeyField(range.end()),
+            start = %reader.cluster.key_field(range.start()),
+            end = %reader.cluster.key_field(range.end()),
         );
         let bad = range.check().err();
         // TiKV reads an empty start key of a reverse `Scan` as the smallest key (TiKV

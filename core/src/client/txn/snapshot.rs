@@ -2,7 +2,6 @@
 
 use tracing::Instrument;
 
-use super::KeyField;
 use super::backend;
 use super::options::SnapshotOptions;
 use super::range::KeyRange;
@@ -61,7 +60,7 @@ impl<R: Runtime> Snapshot<R> {
         let span = tracing::debug_span!(
             "tikv.snapshot.get",
             ts = self.ts().version(),
-            key = %KeyField(&key)
+            key = %self.reader.cluster.key_field(&key)
         );
         self.reader.get(key).instrument(span).await
     }
@@ -100,7 +99,7 @@ impl<R: Runtime> Snapshot<R> {
         let span = tracing::debug_span!(
             "tikv.snapshot.get_with_commit_ts",
             ts = self.ts().version(),
-            key = %KeyField(&key)
+            key = %self.reader.cluster.key_field(&key)
         );
         async {
             if key.is_empty() {

@@ -34,6 +34,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use super::backend::CommitRequest;
 use super::backend::{self, LockRequest, TtlHandle};
 use super::buffer::{BufferHandle, TxnSnapshot};
 use super::client::TransactionClient;
@@ -43,7 +44,6 @@ use super::options::{
 use super::range::KeyRange;
 use super::reader::Reader;
 use super::scan::{Scan, ScanKeys};
-use super::{KeyField, backend::CommitRequest};
 use crate::client::runtime::Runtime;
 use crate::client::sync::lock;
 use crate::error::Error;
@@ -299,7 +299,7 @@ impl<R: Runtime> Transaction<R> {
             "tikv.txn.get",
             start_ts = self.start_ts().version(),
             session_id = self.options.session_id,
-            key = %KeyField(&key)
+            key = %self.reader.cluster.key_field(&key)
         );
         async {
             if let Some(v) = self.buffered(&key)? {
@@ -415,7 +415,7 @@ impl<R: Runtime> Transaction<R> {
             "tikv.txn.put",
             start_ts = self.start_ts().version(),
             session_id = self.options.session_id,
-            key = %KeyField(&key),
+            key = %self.reader.cluster.key_field(&key),
             value_len = value.len()
         );
         async {
@@ -442,7 +442,7 @@ impl<R: Runtime> Transaction<R> {
             "tikv.txn.insert",
             start_ts = self.start_ts().version(),
             session_id = self.options.session_id,
-            key = %KeyField(&key),
+            key = %self.reader.cluster.key_field(&key),
             value_len = value.len()
         );
         async {
@@ -486,7 +486,7 @@ impl<R: Runtime> Transaction<R> {
             "tikv.txn.delete",
             start_ts = self.start_ts().version(),
             session_id = self.options.session_id,
-            key = %KeyField(&key)
+            key = %self.reader.cluster.key_field(&key)
         );
         async {
             check_key(&key)?;

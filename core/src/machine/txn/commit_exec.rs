@@ -946,6 +946,8 @@ pub struct TxnRequestContext {
     pub trace_id: bytes::Bytes,
     /// `Context.trace_control_flags`. Mirrors client-go `trace.GetTraceControlFlags`.
     pub trace_control_flags: u64,
+    /// Not sent: the transaction's logs redact user data (`Config::redact_info_log`).
+    pub redact_info_log: bool,
 }
 
 /// `Context.max_execution_duration_ms` of write RPCs. Mirrors client-go

@@ -1507,6 +1507,7 @@ fn transaction_options_reach_every_write_request() {
         resource_group_tagger: None,
         trace_id: k("trace"),
         trace_control_flags: 1,
+        redact_info_log: false,
     };
     o.assertion_level = kvrpcpb::AssertionLevel::Strict;
     let mut a = put("a", "1");

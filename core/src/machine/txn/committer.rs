@@ -637,6 +637,9 @@ impl BatchAction for CommitAction {
             self.expired = Some(rejected.clone());
             return Verdict::Fail(Error::CommitTsExpired(Box::new(rejected.clone())));
         }
+        let debug_info = self
+            .committed
+            .then(|| crate::error::key_error_debug_info(&ke, self.context.redact_info_log));
         let err = match key_error(*ke) {
             Error::TxnRolledBack { reason, .. } => Error::TxnRolledBack {
                 start_ts: self.start_ts,
@@ -644,8 +647,14 @@ impl BatchAction for CommitAction {
             },
             e => e,
         };
-        if self.committed {
-            tracing::error!(start_ts = self.start_ts, error = %err, "commit of a secondary failed after the primary committed");
+        if let Some(debug_info) = debug_info {
+            tracing::error!(
+                start_ts = self.start_ts,
+                commit_ts = self.commit_ts,
+                error = %err,
+                debug_info,
+                "commit of a secondary failed after the primary committed"
+            );
         }
         Verdict::Fail(err)
     }
