@@ -369,6 +369,10 @@ pub struct Config {
     pub zone_label: String,
     /// Weights of TiKV's RU v2 counters (`TiKVClient.RUV2`, see [`RuV2Weights`]).
     pub ru_v2: RuV2Weights,
+    /// `Context.request_origin` of every request that does not set its own (default
+    /// unknown; TiDB sets `TiDb`). Mirrors client-go `tikvrpc.SetDefaultRequestOrigin`
+    /// (process-wide there, per client here).
+    pub request_origin: tikv_proto::kvrpcpb::RequestOrigin,
     /// Redact user data in logs and spans: keys show as `?`, and the MVCC debug info TiKV
     /// attaches to key errors loses its keys and values (off). Mirrors client-go
     /// `redact.NeedRedact` (TiDB's `tidb_redact_log`), per client here.
@@ -467,6 +471,7 @@ impl Default for Config {
             zone_label: String::new(),
             ru_v2: RuV2Weights::default(),
             redact_info_log: false,
+            request_origin: tikv_proto::kvrpcpb::RequestOrigin::Unknown,
             committer_concurrency: 128,
             max_txn_ttl: Duration::from_secs(3600),
             enable_async_commit: false,
@@ -562,6 +567,8 @@ setters! {
     with_ru_v2: ru_v2: RuV2Weights;
     /// Sets [`Config::redact_info_log`].
     with_redact_info_log: redact_info_log: bool;
+    /// Sets [`Config::request_origin`].
+    with_request_origin: request_origin: tikv_proto::kvrpcpb::RequestOrigin;
     /// Sets [`Config::pd_member_update_interval`].
     with_pd_member_update_interval: pd_member_update_interval: Duration;
     /// Sets [`Config::pd_retry_budget`].
@@ -858,6 +865,10 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.ru_v2.ru_scale, 2.10);
         assert!(!c.redact_info_log);
+        assert_eq!(
+            c.request_origin,
+            tikv_proto::kvrpcpb::RequestOrigin::Unknown
+        );
         assert_eq!(c.ru_v2.storage_processed_keys_get, 0.01416829);
         assert_eq!(c.ru_v2.write_rpc_count, 0.09642181);
         assert_eq!(c.api_version, ApiVersion::V1);

@@ -230,7 +230,7 @@ impl World {
                     read_timeout_short: cfg.read_timeout,
                     read_timeout_medium: cfg.read_timeout * 2,
                     cluster_id: cluster.pd().cluster_id(),
-                    next_gen: false,
+                    ..RoutingConfig::default()
                 };
                 shared.txn.planted = cfg.planted;
                 Client { shared }

@@ -30,6 +30,7 @@ tikv_tests::txn_tests!(
     transactions_and_snapshots_add_interceptors_of_their_own,
     trace_ids_reach_every_request,
     a_replica_read_adjuster_picks_the_read_type_by_key_count,
+    the_default_request_origin_fills_every_context,
 );
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -636,4 +637,51 @@ async fn a_replica_read_adjuster_picks_the_read_type_by_key_count<R: Runtime>() 
         *seen.lock().unwrap(),
         [("KvGet".to_owned(), false), ("KvBatchGet".to_owned(), true)]
     );
+}
+
+/// RPC-03 (client-go `SetDefaultRequestOrigin` / `fillDefaultRequestOrigin`): a client
+/// configured with a request origin sends it in the context of every request, raw and
+/// transactional; by default the origin stays unknown.
+async fn the_default_request_origin_fills_every_context<R: Runtime>() {
+    let mock = Mock::start(MockCluster::builder());
+    let origins: Arc<Mutex<Vec<(String, i32)>>> = Arc::default();
+    let record = origins.clone();
+    let wire = interceptor::from_fn("wire", move |mut call, next| {
+        let method = call.method().to_owned();
+        if let Some(ctx) = call.context_mut() {
+            record
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((method, ctx.request_origin));
+        }
+        next.run(call)
+    });
+    let take = || std::mem::take(&mut *origins.lock().unwrap());
+    let tidb = kvrpcpb::RequestOrigin::TiDb as i32;
+
+    let config = test_config().with_request_origin(kvrpcpb::RequestOrigin::TiDb);
+    let raw = RawClient::<R>::connect(&mock.pd(), config).await.unwrap();
+    raw.cluster().add_rpc_interceptor(wire.clone());
+    raw.put("k", "v").await.unwrap();
+    raw.get("k").await.unwrap();
+    raw.get("k").await.unwrap();
+    let sent = take();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent.iter().all(|(_, o)| *o == tidb), "{sent:?}");
+
+    let config = txn_config().with_request_origin(kvrpcpb::RequestOrigin::TiDb);
+    let client = connect::<R>(&mock, config).await;
+    client.cluster().add_rpc_interceptor(wire.clone());
+    let mut txn = client.begin_optimistic().await.unwrap();
+    txn.get("t".to_owned()).await.unwrap();
+    txn.put("t".to_owned(), "v".to_owned()).await.unwrap();
+    txn.commit().await.unwrap();
+    let sent = take();
+    assert_eq!(sent.len(), 3, "get, prewrite, commit: {sent:?}");
+    assert!(sent.iter().all(|(_, o)| *o == tidb), "{sent:?}");
+
+    let plain = raw_client::<R>(&mock).await;
+    plain.cluster().add_rpc_interceptor(wire);
+    plain.get("k").await.unwrap();
+    assert!(take().iter().all(|(_, o)| *o == 0));
 }

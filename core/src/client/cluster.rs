@@ -468,6 +468,7 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_short: config.read_timeout_short,
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
+            request_origin: config.request_origin,
             next_gen: config.next_gen,
         };
         shared.regions =

@@ -630,6 +630,9 @@ pub struct RoutingConfig {
     /// A next-generation TiKV: reads go to the leader, without replica-read, stale-read or
     /// busy-threshold flags (client-go `config.NextGen`, `disableReadFeaturesForNextGen`).
     pub next_gen: bool,
+    /// `Context.request_origin` of requests that leave it unknown (client-go
+    /// `SetDefaultRequestOrigin`, process-wide there).
+    pub request_origin: tikv_proto::kvrpcpb::RequestOrigin,
 }
 
 impl Default for RoutingConfig {
@@ -639,6 +642,7 @@ impl Default for RoutingConfig {
             read_timeout_medium: Duration::from_secs(60),
             cluster_id: 0,
             next_gen: false,
+            request_origin: tikv_proto::kvrpcpb::RequestOrigin::Unknown,
         }
     }
 }

@@ -563,6 +563,7 @@ fn prepare_attempt(
         busy_threshold_ms: target.busy_threshold_ms,
         max_exec_ms: basis.max_exec_ms,
         cluster_id: shared.routing.cluster_id,
+        request_origin: shared.routing.request_origin as i32,
     };
     if shared.routing.next_gen {
         // The selector may still fall back to a follower (a leader that timed out);
@@ -3636,6 +3637,7 @@ mod tests {
         let mut pd = FakePd::split(3, &[]);
         let mut h = Harness::warm(&pd);
         h.shared.routing.cluster_id = 4242;
+        h.shared.routing.request_origin = kvrpcpb::RequestOrigin::TiDb;
         let opts = RequestOptions {
             trace_id: Bytes::from_static(b"trace-0001"),
             trace_control_flags: 1,
@@ -3651,6 +3653,11 @@ mod tests {
             assert_eq!(c.trace_id, Bytes::from_static(b"trace-0001"), "attempt {i}");
             assert_eq!(c.trace_control_flags, 1, "attempt {i}");
             assert_eq!(c.cluster_id, 4242, "attempt {i}");
+            assert_eq!(
+                c.request_origin,
+                kvrpcpb::RequestOrigin::TiDb as i32,
+                "attempt {i}"
+            );
             assert_eq!(c.is_retry_request, i > 0);
         }
 

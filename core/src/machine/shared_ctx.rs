@@ -41,6 +41,8 @@ pub(crate) struct AttemptKey {
     pub max_exec_ms: u64,
     /// Written when the template leaves `cluster_id` at 0.
     pub cluster_id: u64,
+    /// Written when the template leaves `request_origin` unknown.
+    pub request_origin: i32,
 }
 
 impl AttemptKey {
@@ -59,6 +61,10 @@ impl AttemptKey {
         ctx.busy_threshold_ms = self.busy_threshold_ms;
         if ctx.cluster_id == 0 {
             ctx.cluster_id = self.cluster_id;
+        }
+        // Mirrors client-go `fillDefaultRequestOrigin`.
+        if ctx.request_origin == kvrpcpb::RequestOrigin::Unknown as i32 {
+            ctx.request_origin = self.request_origin;
         }
     }
 
@@ -148,6 +154,7 @@ mod tests {
             busy_threshold_ms: 0,
             max_exec_ms: 0,
             cluster_id: 9,
+            request_origin: 0,
         }
     }
 
