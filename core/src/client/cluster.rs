@@ -469,6 +469,7 @@ impl<R: Runtime> Cluster<R> {
             read_timeout_medium: config.read_timeout_medium,
             cluster_id: pd.cluster_id(),
             request_origin: config.request_origin,
+            redact_info_log: config.redact_info_log,
             next_gen: config.next_gen,
         };
         shared.regions =

@@ -633,6 +633,9 @@ pub struct RoutingConfig {
     /// `Context.request_origin` of requests that leave it unknown (client-go
     /// `SetDefaultRequestOrigin`, process-wide there).
     pub request_origin: tikv_proto::kvrpcpb::RequestOrigin,
+    /// Logs redact user data (`Config::redact_info_log`): machines logging TiKV's MVCC debug
+    /// info pass it to [`crate::error::key_error_debug_info`].
+    pub redact_info_log: bool,
 }
 
 impl Default for RoutingConfig {
@@ -643,6 +646,7 @@ impl Default for RoutingConfig {
             cluster_id: 0,
             next_gen: false,
             request_origin: tikv_proto::kvrpcpb::RequestOrigin::Unknown,
+            redact_info_log: false,
         }
     }
 }

@@ -316,6 +316,7 @@ impl AsyncResolve {
                         commit_version: commit_ts,
                         is_txn_file: lock.is_txn_file,
                         context: self.context.clone(),
+                        redact_info_log: shared.routing.redact_info_log,
                     };
                     let mut plan = BatchPlan::new(kind, keys, RequestOptions::default(), bo);
                     plan.start(now, shared);

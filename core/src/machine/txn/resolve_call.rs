@@ -381,6 +381,8 @@ pub struct ResolveKeysKind {
     pub is_txn_file: bool,
     /// Context template.
     pub context: Option<Box<kvrpcpb::Context>>,
+    /// Redact the MVCC debug info a key error is logged with (`Config::redact_info_log`).
+    pub redact_info_log: bool,
 }
 
 impl BatchKind for ResolveKeysKind {
@@ -411,7 +413,18 @@ impl BatchKind for ResolveKeysKind {
     fn absorb(&mut self, _items: &[Key], response: TikvResponse) -> Result<(), Error> {
         match response {
             TikvResponse::Cmd(TikvCmdResponse::ResolveLock(r)) => match r.error {
-                Some(e) => Err(key_error(*e)),
+                Some(e) => {
+                    // Mirrors the error log of client-go `resolveRegionLocks`.
+                    let debug_info = crate::error::key_error_debug_info(&e, self.redact_info_log);
+                    let err = key_error(*e);
+                    tracing::error!(
+                        start_ts = self.start_version,
+                        error = %err,
+                        debug_info,
+                        "resolve lock failed with a key error"
+                    );
+                    Err(err)
+                }
                 None => Ok(()),
             },
             other => Err(unexpected("ResolveLock", other)),

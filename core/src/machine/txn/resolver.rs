@@ -932,6 +932,7 @@ impl Engine {
             },
             is_txn_file: lock.is_txn_file,
             context: self.context(),
+            redact_info_log: shared.routing.redact_info_log,
         };
         let bo = self.bo.clone().unwrap_or_else(|| Backoffer::new(0));
         let mut plan = BatchPlan::new(kind, keys, RequestOptions::default(), bo);
@@ -1181,11 +1182,15 @@ impl Engine {
         self.poll_sub(now, shared);
     }
 
-    fn on_gc_sent(&mut self, r: Result<RegionOutcome, Error>, now: Instant) {
+    fn on_gc_sent(&mut self, r: Result<RegionOutcome, Error>, now: Instant, redact: bool) {
         match r {
             Ok(RegionOutcome::Response(TikvResponse::Cmd(TikvCmdResponse::ResolveLock(resp)))) => {
                 if let Some(e) = resp.error {
-                    return self.fail(key_error(*e));
+                    // Mirrors the error log of client-go `LockResolver.BatchResolveLocks`.
+                    let debug_info = crate::error::key_error_debug_info(&e, redact);
+                    let err = key_error(*e);
+                    tracing::error!(error = %err, debug_info, "batch resolve lock failed with a key error");
+                    return self.fail(err);
                 }
                 self.phase = Phase::Done;
                 self.result = Some(Ok(EngineOut::Gc(true)));
@@ -1312,7 +1317,7 @@ impl Engine {
                     return;
                 };
                 self.bo = Some(op.into_backoffer());
-                self.on_gc_sent(r, now);
+                self.on_gc_sent(r, now, shared.routing.redact_info_log);
             }
         }
     }
