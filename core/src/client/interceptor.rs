@@ -87,6 +87,11 @@ impl RpcCall {
 /// An error an interceptor returns is the attempt's transport error: the request is retried
 /// like any failed send (with `tikvRPC` backoff), unless it is [`Error::ResourceControl`] or
 /// [`Error::Closed`], which end the operation.
+///
+/// The request's deadline (`Config::read_timeout_short` and the like) covers the send that
+/// [`Next::run`] makes; time an interceptor spends before or after it is not bounded by it,
+/// as in client-go, where the caller's context bounds it. Drop the operation's future to
+/// give up on it.
 pub trait RpcInterceptor: Send + Sync + 'static {
     /// The interceptor's name: a chain keeps one interceptor per name (see
     /// [`InterceptorChain::link`]).
