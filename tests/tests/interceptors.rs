@@ -31,6 +31,7 @@ tikv_tests::txn_tests!(
     trace_ids_reach_every_request,
     a_replica_read_adjuster_picks_the_read_type_by_key_count,
     the_default_request_origin_fills_every_context,
+    request_stats_count_the_requests_of_a_transaction_or_snapshot,
 );
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -684,4 +685,59 @@ async fn the_default_request_origin_fills_every_context<R: Runtime>() {
     plain.cluster().add_rpc_interceptor(wire);
     plain.get("k").await.unwrap();
     assert!(take().iter().all(|(_, o)| *o == 0));
+}
+
+/// LC-44 / SN-19 (client-go `RegionRequestRuntimeStats`, `KVSnapshot.SetRuntimeStats`): a
+/// transaction's or snapshot's statistics count its requests per method, with their time,
+/// and its failed attempts by label; other transactions' requests are not counted.
+async fn request_stats_count_the_requests_of_a_transaction_or_snapshot<R: Runtime>() {
+    use tikv_core::client::interceptor::RequestStats;
+    use tikv_core::client::txn::SnapshotOptions;
+    use tikv_mockstore::{FaultAction, FaultRule};
+
+    let mock = Mock::start(MockCluster::builder());
+    let client = connect::<R>(&mock, txn_config()).await;
+    let stats = RequestStats::new();
+    let mut txn = client
+        .begin_with_options(TransactionOptions::new_optimistic().request_stats(stats.clone()))
+        .await
+        .unwrap();
+    txn.get("k".to_owned()).await.unwrap();
+    txn.put("k".to_owned(), "v".to_owned()).await.unwrap();
+    txn.commit().await.unwrap();
+    // Another transaction's requests are not counted.
+    let mut other = client.begin_optimistic().await.unwrap();
+    other.put("o".to_owned(), "v".to_owned()).await.unwrap();
+    other.commit().await.unwrap();
+    let methods = stats.methods();
+    let counts: Vec<(&str, u64)> = methods.iter().map(|(m, s)| (*m, s.count)).collect();
+    assert_eq!(counts, [("KvCommit", 1), ("KvGet", 1), ("KvPrewrite", 1)]);
+    assert!(methods.values().all(|s| s.time > Duration::ZERO));
+    assert!(stats.errors().is_empty());
+
+    let region = mock.cluster().with_cluster(|c| {
+        c.region_for_user_key(b"k", tikv_mockstore::api::CmdClass::Txn)
+            .expect("region")
+            .id
+    });
+    mock.cluster().add_fault(FaultRule::once(
+        RpcKind::Get,
+        FaultAction::not_leader(region, None),
+    ));
+    let stats = RequestStats::new();
+    let ts = client.current_timestamp().await.unwrap();
+    let snapshot = client.snapshot(ts, SnapshotOptions::new().request_stats(stats.clone()));
+    assert_eq!(
+        snapshot.get("k".to_owned()).await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        stats.methods()["KvGet"].count,
+        2,
+        "the NotLeader attempt and the retry"
+    );
+    assert_eq!(
+        stats.errors().into_iter().collect::<Vec<_>>(),
+        [("not_leader", 1)]
+    );
 }

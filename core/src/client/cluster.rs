@@ -11,8 +11,8 @@ use tikv_proto::keyspacepb;
 use super::collapse::{ReqCollapse, collapse_key};
 use super::driver::{self, Dispatch, LocalIo};
 use super::interceptor::{
-    self, BoxFuture, Charged, Current, Interception, InterceptorChain, ResourceGroupInterceptor,
-    RpcCall, RpcInterceptor, RpcResult, RuDetails, Transmit,
+    self, BoxFuture, Charged, Current, Extras, Interception, InterceptorChain,
+    ResourceGroupInterceptor, RpcCall, RpcInterceptor, RpcResult, RuDetails, Transmit,
 };
 use super::pd::{PdClient, PdStats};
 use super::rpc::{self, PD_LOAD_KEYSPACE};
@@ -90,7 +90,7 @@ impl<R: Runtime> Inner<R> {
         now: Instant,
         action: Action,
         reply: &Inbox<Input>,
-        extra: Option<&InterceptorChain>,
+        extra: Option<&Extras>,
     ) -> Option<LocalIo> {
         match action {
             Action::Tikv {
@@ -162,7 +162,7 @@ impl<R: Runtime> Inner<R> {
         now: Instant,
         out: Outgoing,
         reply: &Inbox<Input>,
-        extra: Option<&InterceptorChain>,
+        extra: Option<&Extras>,
     ) -> Option<LocalIo> {
         let current = match extra {
             None => self.interception.current(),
@@ -297,12 +297,13 @@ struct Outgoing {
     timeout: std::time::Duration,
 }
 
-/// A client seen through RPC interceptors of its own, added after the client's: the
-/// dispatcher of the operations of a transaction or snapshot with interceptors (client-go
-/// carries them in the request's context, `interceptor.WithRPCInterceptor`).
+/// A client seen through RPC interceptors of its own, added after the client's, and
+/// counting requests in statistics of its own: the dispatcher of the operations of a
+/// transaction or snapshot given them (client-go carries both in the request's context,
+/// `interceptor.WithRPCInterceptor`, `execdetails`).
 pub(crate) struct View<R: Runtime> {
     inner: Arc<Inner<R>>,
-    chain: InterceptorChain,
+    extras: Extras,
 }
 
 impl<R: Runtime> Dispatch for View<R> {
@@ -317,7 +318,8 @@ impl<R: Runtime> Dispatch for View<R> {
     }
 
     fn start(&self, now: Instant, action: Action, reply: &Inbox<Input>) -> Option<LocalIo> {
-        self.inner.start_with(now, action, reply, Some(&self.chain))
+        self.inner
+            .start_with(now, action, reply, Some(&self.extras))
     }
 
     fn inbox(&self) -> Inbox<Input> {
@@ -366,6 +368,10 @@ struct Sender<'a, R: Runtime> {
 }
 
 impl<R: Runtime> Transmit for Sender<'_, R> {
+    fn now(&self) -> Instant {
+        self.inner.rt.now()
+    }
+
     fn transmit(&self, call: RpcCall) -> BoxFuture<'_, RpcResult> {
         Box::pin(async move {
             let inbox: Inbox<Input> = Inbox::new();
@@ -527,14 +533,15 @@ impl<R: Runtime> Cluster<R> {
         }
     }
 
-    /// This cluster with `chain` run after the client's RPC interceptors for the operations
-    /// run on it (an empty chain: none of its own). For the transactions and snapshots given
-    /// interceptors of their own; raw calls always run on the client itself.
-    pub(crate) fn with_rpc_interceptors(&self, chain: InterceptorChain) -> Cluster<R> {
-        let view = (!chain.is_empty()).then(|| {
+    /// This cluster with `extras` (RPC interceptors run after the client's, request
+    /// statistics) for the operations run on it; empty extras: the client itself. For the
+    /// transactions and snapshots given interceptors or statistics of their own; raw calls
+    /// always run on the client itself.
+    pub(crate) fn with_extras(&self, extras: Extras) -> Cluster<R> {
+        let view = (!extras.is_empty()).then(|| {
             Arc::new(View {
                 inner: self.inner.clone(),
-                chain,
+                extras,
             })
         });
         Cluster {

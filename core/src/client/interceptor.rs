@@ -26,12 +26,13 @@
 //! // cluster.set_rpc_interceptors(chain);
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tikv_proto::kvrpcpb;
 use tikv_proto::resource_manager::Consumption;
@@ -146,6 +147,9 @@ where
 pub(crate) trait Transmit: Sync {
     /// Sends `call` and waits for its reply (or the deadline).
     fn transmit(&self, call: RpcCall) -> BoxFuture<'_, RpcResult>;
+
+    /// The runtime's clock.
+    fn now(&self) -> Instant;
 }
 
 /// The rest of an interceptor chain, ending in the send of the request. Mirrors the `next`
@@ -364,10 +368,115 @@ impl RuDetails {
     }
 }
 
+/// The requests of a transaction or snapshot given a [`RequestStats`]
+/// (`TransactionOptions::request_stats`): per gRPC method how many were sent and their
+/// time from send to reply, and the failures by label (the region error's, or `timeout`,
+/// `rpc`, `resource_control`, `closed`, `other` for the others). Mirrors client-go
+/// `RegionRequestRuntimeStats` (its `RPCRuntimeStats` per command and `RequestErrorStats`),
+/// kept per transaction or snapshot as client-go keeps it per statement. Cheap to clone:
+/// clones share the counts.
+///
+/// ```
+/// use tikv_core::client::interceptor::RequestStats;
+///
+/// let stats = RequestStats::new();
+/// // let txn = client.begin_with_options(TransactionOptions::new_optimistic().request_stats(stats.clone())).await?;
+/// assert!(stats.methods().is_empty());
+/// ```
+#[derive(Clone, Default)]
+pub struct RequestStats(Arc<Mutex<StatsData>>);
+
+#[derive(Default)]
+struct StatsData {
+    methods: BTreeMap<&'static str, MethodStats>,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+/// The requests of one gRPC method in a [`RequestStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MethodStats {
+    /// Requests sent (retries included).
+    pub count: u64,
+    /// Their total time from send to reply or failure.
+    pub time: Duration,
+}
+
+impl RequestStats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Per gRPC method (`KvGet`, `KvPrewrite`, ...), the requests sent and their time.
+    pub fn methods(&self) -> BTreeMap<&'static str, MethodStats> {
+        lock(&self.0).methods.clone()
+    }
+
+    /// Failed requests by label: the region error's (`not_leader`, `epoch_not_match`, ...)
+    /// or, for a request without a reply, `timeout`, `rpc`, `resource_control`, `closed` or
+    /// `other`.
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.0).errors.clone()
+    }
+
+    /// Counts one request of `method` that took `time` and ended with `result`.
+    fn record(&self, method: &'static str, time: Duration, result: &RpcResult) {
+        let label = match result {
+            Ok(resp) => {
+                crate::machine::request::region_error(resp).map(crate::machine::region_error::label)
+            }
+            Err(Error::Timeout { .. }) => Some("timeout"),
+            Err(Error::Rpc { .. }) => Some("rpc"),
+            Err(Error::ResourceControl(_)) => Some("resource_control"),
+            Err(Error::Closed) => Some("closed"),
+            Err(_) => Some("other"),
+        };
+        let mut data = lock(&self.0);
+        let m = data.methods.entry(method).or_default();
+        m.count += 1;
+        m.time += time;
+        if let Some(label) = label {
+            *data.errors.entry(label).or_default() += 1;
+        }
+    }
+}
+
+impl fmt::Debug for RequestStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestStats")
+            .field("methods", &self.methods())
+            .field("errors", &self.errors())
+            .finish()
+    }
+}
+
+/// Statistics are equal when they are the same (clones of one another).
+impl PartialEq for RequestStats {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// What a transaction or snapshot adds to its client's interception: interceptors of its own
+/// and the statistics of its requests.
+#[derive(Clone, Default)]
+pub(crate) struct Extras {
+    pub chain: InterceptorChain,
+    pub stats: Option<RequestStats>,
+}
+
+impl Extras {
+    /// Whether nothing is added.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty() && self.stats.is_none()
+    }
+}
+
 /// The interceptors in force, fixed for the requests that start while they are.
 pub(crate) struct Current {
     rpc: InterceptorChain,
     resource: Option<Arc<dyn ResourceGroupInterceptor>>,
+    stats: Option<RequestStats>,
 }
 
 /// A client's interception settings. Mirrors client-go's `ResourceControlSwitch` and
@@ -410,14 +519,15 @@ impl Interception {
     /// transaction's or snapshot's own) after the client's, if any.
     #[cold]
     #[inline(never)]
-    pub fn current_with(&self, extra: &InterceptorChain) -> Option<Arc<Current>> {
+    pub fn current_with(&self, extra: &Extras) -> Option<Arc<Current>> {
         if extra.is_empty() {
             return self.current();
         }
         let s = lock(&self.settings);
         Some(Arc::new(Current {
-            rpc: s.rpc.clone().link_chain(extra),
+            rpc: s.rpc.clone().link_chain(&extra.chain),
             resource: s.resource.clone().filter(|_| s.resource_control),
+            stats: extra.stats.clone(),
         }))
     }
 
@@ -439,6 +549,7 @@ impl Interception {
             Arc::new(Current {
                 rpc: rpc.clone(),
                 resource,
+                stats: None,
             })
         });
         self.active.store(current.is_some(), Ordering::Release);
@@ -467,9 +578,9 @@ pub(crate) struct Charged {
 }
 
 impl Current {
-    /// Whether requests go through RPC interceptors.
+    /// Whether requests go through RPC interceptors or are counted.
     pub fn has_rpc(&self) -> bool {
-        !self.rpc.is_empty()
+        !self.rpc.is_empty() || self.stats.is_some()
     }
 
     /// The controller, when resource control is on and one is set.
@@ -504,12 +615,21 @@ pub(crate) async fn run(
         }
         lock(&interception.ru).update(grant.consumption.as_ref(), grant.wait);
     }
+    let method = call.method();
+    let started = current.stats.as_ref().map(|_| send.now());
     let result = Next {
         rest: &current.rpc.chain,
         send,
     }
     .run(call)
     .await;
+    if let (Some(stats), Some(started)) = (&current.stats, started) {
+        stats.record(
+            method,
+            send.now().saturating_duration_since(started),
+            &result,
+        );
+    }
     if let (Some(rc), Some(c), Ok(resp)) = (resource, &charged, &result) {
         if let Some(ru) = exec_details_v2(resp).and_then(|d| d.ru_v2.as_ref()) {
             let (ru, units) = tikv_ru_v2(ru, c.info.is_write(), &config.ru_v2);
@@ -597,5 +717,34 @@ mod tests {
         ru.update(None, Duration::from_millis(1));
         assert_eq!((ru.rru, ru.wru), (1.5, 2.0));
         assert_eq!(ru.ru_wait, Duration::from_millis(3));
+    }
+
+    #[test]
+    fn request_stats_count_methods_times_and_failure_labels() {
+        let stats = RequestStats::new();
+        let ok = TikvResponse::Cmd(crate::machine::TikvCmdResponse::Get(Default::default()));
+        stats.record("KvGet", Duration::from_millis(2), &Ok(ok));
+        stats.record(
+            "KvGet",
+            Duration::from_millis(3),
+            &Err(Error::Timeout {
+                address: "a".into(),
+                timeout_ms: 1,
+            }),
+        );
+        stats.record("KvCommit", Duration::from_millis(1), &Err(Error::Closed));
+        let methods = stats.methods();
+        assert_eq!(
+            methods["KvGet"],
+            MethodStats {
+                count: 2,
+                time: Duration::from_millis(5)
+            }
+        );
+        assert_eq!(methods["KvCommit"].count, 1);
+        let errors: Vec<_> = stats.errors().into_iter().collect();
+        assert_eq!(errors, [("closed", 1), ("timeout", 1)]);
+        assert_eq!(stats.clone(), stats);
+        assert_ne!(RequestStats::new(), stats);
     }
 }

@@ -246,6 +246,8 @@ pub(crate) struct ContextOptions {
     pub trace_control_flags: u64,
     /// Adjusts the replica choice of follower reads by key count.
     pub replica_read_adjuster: Option<crate::machine::replica::ReplicaReadAdjuster>,
+    /// Counts the requests of the transaction or snapshot.
+    pub request_stats: Option<crate::client::interceptor::RequestStats>,
 }
 
 impl fmt::Debug for ContextOptions {
@@ -286,6 +288,15 @@ macro_rules! context_setters {
             chain: crate::client::interceptor::InterceptorChain,
         ) -> Self {
             self.ctx.rpc_interceptors = chain;
+            self
+        }
+
+        /// Counts every TiKV request of this transaction or snapshot in `stats` (per gRPC
+        /// method: requests and their time; failures by label), which the caller keeps to
+        /// read them. Mirrors client-go `KVSnapshot.SetRuntimeStats` and the
+        /// `RegionRequestRuntimeStats` of a statement's execution details.
+        pub fn request_stats(mut self, stats: crate::client::interceptor::RequestStats) -> Self {
+            self.ctx.request_stats = Some(stats);
             self
         }
 

@@ -77,12 +77,16 @@ impl SnapCache {
 
 impl<R: Runtime> Reader<R> {
     pub fn new(cluster: Cluster<R>, start_ts: Timestamp, ctx: ContextOptions) -> Self {
-        // A transaction or snapshot with interceptors of its own runs its operations on a
-        // view of the client that adds them.
-        let cluster = if ctx.rpc_interceptors.is_empty() {
+        // A transaction or snapshot with interceptors or statistics of its own runs its
+        // operations on a view of the client that adds them.
+        let extras = crate::client::interceptor::Extras {
+            chain: ctx.rpc_interceptors.clone(),
+            stats: ctx.request_stats.clone(),
+        };
+        let cluster = if extras.is_empty() {
             cluster
         } else {
-            cluster.with_rpc_interceptors(ctx.rpc_interceptors.clone())
+            cluster.with_extras(extras)
         };
         let opts = SnapshotOptions::new(start_ts.version())
             .with_isolation(ctx.isolation_level.to_pb())
