@@ -15,6 +15,7 @@
 
 use tikv_tokio::{Config, KeyRange, TransactionClient};
 
+#[macro_use]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -112,14 +113,4 @@ async fn run(pd: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    /// `cargo test` runs the whole walk-through against an embedded mockstore, so the example
-    /// cannot silently rot.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_on_an_embedded_mockstore() {
-        Box::pin(super::run(None))
-            .await
-            .expect("the maintenance walk-through");
-    }
-}
+runs_on_an_embedded_mockstore!("maintenance");

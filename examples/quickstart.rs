@@ -13,6 +13,7 @@
 
 use tikv_tokio::{Config, RawClient, TransactionClient};
 
+#[macro_use]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -135,14 +136,4 @@ fn parse(value: Option<tikv_tokio::Value>) -> u64 {
         .unwrap_or(0)
 }
 
-#[cfg(test)]
-mod tests {
-    /// `cargo test` runs the whole walk-through against an embedded mockstore, so the example
-    /// cannot silently rot.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_on_an_embedded_mockstore() {
-        Box::pin(super::run(None))
-            .await
-            .expect("the quickstart walk-through");
-    }
-}
+runs_on_an_embedded_mockstore!("quickstart");

@@ -24,6 +24,7 @@ fn show(v: &Option<Value>) -> String {
     }
 }
 
+#[macro_use]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -182,14 +183,4 @@ async fn run(pd: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    /// `cargo test` runs the whole walk-through against an embedded mockstore, so the example
-    /// cannot silently rot.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_on_an_embedded_mockstore() {
-        Box::pin(super::run(None))
-            .await
-            .expect("the txn_walkthrough walk-through");
-    }
-}
+runs_on_an_embedded_mockstore!("txn_walkthrough");

@@ -28,3 +28,20 @@ pub async fn embedded(
     println!("started an embedded mockstore, PD at {endpoint}");
     Ok((endpoint, cluster))
 }
+
+/// The example's test: `cargo test` runs its whole walk-through (`run(None)`) against an
+/// embedded mockstore, so the example cannot silently rot.
+macro_rules! runs_on_an_embedded_mockstore {
+    ($example:literal) => {
+        #[cfg(test)]
+        mod tests {
+            /// The walk-through against an embedded mockstore.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runs_on_an_embedded_mockstore() {
+                Box::pin(super::run(None))
+                    .await
+                    .expect(concat!("the ", $example, " walk-through"));
+            }
+        }
+    };
+}

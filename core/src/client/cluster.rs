@@ -212,9 +212,9 @@ impl<R: Runtime> Inner<R> {
         crate::machine::attach_context(&mut out.request, out.context.take());
         let charged = current
             .resource()
-            .and_then(|rc| self.charged(rc.as_ref(), out.store_id, &mut out.request));
+            .and_then(|rc| self.charged(rc, out.store_id, &mut out.request));
         let me = match self.me.upgrade() {
-            Some(me) if charged.is_some() || current.has_rpc() => me,
+            Some(me) if charged.is_some() || current.wraps_every_request() => me,
             _ => return self.send_tikv(now, out, reply),
         };
         let Outgoing {
@@ -251,7 +251,7 @@ impl<R: Runtime> Inner<R> {
     /// client-go `sendReqState.send`.
     fn charged(
         &self,
-        rc: &dyn ResourceGroupInterceptor,
+        rc: &Arc<dyn ResourceGroupInterceptor>,
         store_id: u64,
         request: &mut crate::machine::TikvRequest,
     ) -> Option<Charged> {
@@ -281,7 +281,11 @@ impl<R: Runtime> Inner<R> {
             u64::try_from(replicas).unwrap_or(0),
             access,
         );
-        (!info.bypass()).then_some(Charged { group, info })
+        (!info.bypass()).then(|| Charged {
+            controller: rc.clone(),
+            group,
+            info,
+        })
     }
 }
 
@@ -416,8 +420,8 @@ impl Drop for AbandonOnDrop<'_> {
 pub struct Cluster<R: Runtime> {
     inner: Arc<Inner<R>>,
     codec: Arc<ApiCodec>,
-    /// RPC interceptors of a transaction or snapshot, after the client's (see
-    /// [`Cluster::with_rpc_interceptors`]); `None` for the client itself.
+    /// RPC interceptors and request statistics of a transaction or snapshot, after the
+    /// client's (see [`Cluster::with_extras`]); `None` for the client itself.
     view: Option<Arc<View<R>>>,
 }
 
@@ -585,7 +589,7 @@ impl<R: Runtime> Cluster<R> {
     /// # }
     /// ```
     pub fn set_rpc_interceptors(&self, chain: InterceptorChain) {
-        self.inner.interception.update(|rpc, _, _| *rpc = chain);
+        self.inner.interception.update(|s| s.rpc = chain);
     }
 
     /// Adds `interceptor` after those set, replacing one of the same name (client-go
@@ -593,7 +597,7 @@ impl<R: Runtime> Cluster<R> {
     pub fn add_rpc_interceptor(&self, interceptor: Arc<dyn RpcInterceptor>) {
         self.inner
             .interception
-            .update(|rpc, _, _| *rpc = std::mem::take(rpc).link(interceptor));
+            .update(|s| s.rpc = std::mem::take(&mut s.rpc).link(interceptor));
     }
 
     /// The RPC interceptors set, outermost first.
@@ -606,12 +610,16 @@ impl<R: Runtime> Cluster<R> {
     /// [`Cluster::set_resource_control_interceptor`]. Off by default. Mirrors client-go
     /// `EnableResourceControl` (process-wide there, per client here).
     pub fn enable_resource_control(&self) {
-        self.inner.interception.update(|_, on, _| *on = true);
+        self.inner
+            .interception
+            .update(|s| s.resource_control = true);
     }
 
     /// Switches resource control off. Mirrors client-go `DisableResourceControl`.
     pub fn disable_resource_control(&self) {
-        self.inner.interception.update(|_, on, _| *on = false);
+        self.inner
+            .interception
+            .update(|s| s.resource_control = false);
     }
 
     /// Whether resource control is switched on.
@@ -624,13 +632,13 @@ impl<R: Runtime> Cluster<R> {
     pub fn set_resource_control_interceptor(&self, controller: Arc<dyn ResourceGroupInterceptor>) {
         self.inner
             .interception
-            .update(|_, _, rc| *rc = Some(controller));
+            .update(|s| s.resource = Some(controller));
     }
 
     /// Removes the resource-group controller. Mirrors client-go
     /// `UnsetResourceControlInterceptor`.
     pub fn unset_resource_control_interceptor(&self) {
-        self.inner.interception.update(|_, _, rc| *rc = None);
+        self.inner.interception.update(|s| s.resource = None);
     }
 
     /// The request units resource control charged this client's requests, and the time they

@@ -491,11 +491,16 @@ pub(crate) struct Interception {
     ru: Mutex<RuDetails>,
 }
 
+/// What a client's owner sets (see [`Interception::update`]).
 #[derive(Default)]
-struct Settings {
-    rpc: InterceptorChain,
-    resource_control: bool,
-    resource: Option<Arc<dyn ResourceGroupInterceptor>>,
+pub(crate) struct Settings {
+    /// The client's RPC interceptors.
+    pub rpc: InterceptorChain,
+    /// Resource control is switched on.
+    pub resource_control: bool,
+    /// The resource-group controller.
+    pub resource: Option<Arc<dyn ResourceGroupInterceptor>>,
+    /// What is in force, worked out from the rest by `update`.
     current: Option<Arc<Current>>,
 }
 
@@ -532,27 +537,18 @@ impl Interception {
     }
 
     /// Changes the settings with `f` and works out what is in force.
-    pub fn update(
-        &self,
-        f: impl FnOnce(&mut InterceptorChain, &mut bool, &mut Option<Arc<dyn ResourceGroupInterceptor>>),
-    ) {
+    pub fn update(&self, f: impl FnOnce(&mut Settings)) {
         let mut s = lock(&self.settings);
-        let Settings {
-            rpc,
-            resource_control,
-            resource,
-            current,
-        } = &mut *s;
-        f(rpc, resource_control, resource);
-        let resource = resource.clone().filter(|_| *resource_control);
-        *current = (!rpc.is_empty() || resource.is_some()).then(|| {
+        f(&mut s);
+        let resource = s.resource.clone().filter(|_| s.resource_control);
+        s.current = (!s.rpc.is_empty() || resource.is_some()).then(|| {
             Arc::new(Current {
-                rpc: rpc.clone(),
+                rpc: s.rpc.clone(),
                 resource,
                 stats: None,
             })
         });
-        self.active.store(current.is_some(), Ordering::Release);
+        self.active.store(s.current.is_some(), Ordering::Release);
     }
 
     /// The RPC interceptors set.
@@ -571,15 +567,18 @@ impl Interception {
     }
 }
 
-/// The resource-control side of one request: its group, its facts and the controller.
+/// The resource-control side of one request: the controller, the request's group and its
+/// facts.
 pub(crate) struct Charged {
+    pub controller: Arc<dyn ResourceGroupInterceptor>,
     pub group: String,
     pub info: RequestInfo,
 }
 
 impl Current {
-    /// Whether requests go through RPC interceptors or are counted.
-    pub fn has_rpc(&self) -> bool {
+    /// Whether every request goes through the interception (RPC interceptors or request
+    /// statistics), charged by resource control or not.
+    pub fn wraps_every_request(&self) -> bool {
         !self.rpc.is_empty() || self.stats.is_some()
     }
 
@@ -601,9 +600,8 @@ pub(crate) async fn run(
     send: &dyn Transmit,
     config: &crate::config::Config,
 ) -> RpcResult {
-    let resource = charged.as_ref().and(current.resource.as_ref());
-    if let (Some(rc), Some(c)) = (resource, &charged) {
-        let grant = rc.on_request_wait(&c.group, &c.info).await?;
+    if let Some(c) = &charged {
+        let grant = c.controller.on_request_wait(&c.group, &c.info).await?;
         if let Some(ctx) = call.context_mut() {
             let rcc = ctx
                 .resource_control_context
@@ -630,13 +628,16 @@ pub(crate) async fn run(
             &result,
         );
     }
-    if let (Some(rc), Some(c), Ok(resp)) = (resource, &charged, &result) {
+    if let (Some(c), Ok(resp)) = (&charged, &result) {
         if let Some(ru) = exec_details_v2(resp).and_then(|d| d.ru_v2.as_ref()) {
             let (ru, units) = tikv_ru_v2(ru, c.info.is_write(), &config.ru_v2);
             lock(&interception.ru).add_ru_v2(&ru, units);
         }
         let info = ResponseInfo::of(resp, config.next_gen);
-        let charge = rc.on_response_wait(&c.group, &c.info, &info).await?;
+        let charge = c
+            .controller
+            .on_response_wait(&c.group, &c.info, &info)
+            .await?;
         lock(&interception.ru).update(charge.consumption.as_ref(), charge.wait);
     }
     result
@@ -692,16 +693,16 @@ mod tests {
     fn interception_is_in_force_only_when_something_intercepts() {
         let i = Interception::default();
         assert!(i.current().is_none());
-        i.update(|_, on, _| *on = true);
+        i.update(|s| s.resource_control = true);
         assert!(i.current().is_none(), "switched on without a controller");
-        i.update(|_, _, rc| *rc = Some(Arc::new(Grants)));
+        i.update(|s| s.resource = Some(Arc::new(Grants)));
         let current = i.current().expect("on with a controller");
-        assert!(current.resource().is_some() && !current.has_rpc());
-        i.update(|_, on, _| *on = false);
+        assert!(current.resource().is_some() && !current.wraps_every_request());
+        i.update(|s| s.resource_control = false);
         assert!(i.current().is_none(), "switched off");
-        i.update(|rpc, _, _| *rpc = InterceptorChain::new().link(named("a")));
+        i.update(|s| s.rpc = InterceptorChain::new().link(named("a")));
         let current = i.current().expect("an interceptor");
-        assert!(current.has_rpc() && current.resource().is_none());
+        assert!(current.wraps_every_request() && current.resource().is_none());
         assert!(!i.resource_control_enabled());
     }
 
